@@ -1,0 +1,478 @@
+//! One fixed-size block: the byte layout of records inside it.
+//!
+//! A block is `block_size` bytes. It starts with a 16-byte header, then an array of
+//! `u16` slot offsets kept in unique-key order, then free space; records are packed at
+//! the end of the block and grow downward. The layout is a pure function of the
+//! sequence of inserts and removals applied to it, so two stores that apply the same
+//! operations hold byte-identical blocks (SPEC A5): freed bytes are always zeroed.
+//!
+//! ```text
+//! 0   kind      u8   1 = primary, 2 = overflow
+//! 1   reserved  u8
+//! 2   count     u16  number of records
+//! 4   heap      u32  offset of the lowest record byte (records fill [heap, size))
+//! 8   next      u32  next block of the overflow chain, NO_BLOCK if none
+//! 12  reserved  u32
+//! 16  slots     count x u16, record offsets in key order
+//! ```
+//!
+//! A record is `key_len u16 | key | alt_count u8 | (alt_index u8, len u16, bytes)* |
+//! data_len u32 | data`, all little-endian.
+
+use std::cmp::Ordering;
+
+/// Size of the block header in bytes.
+pub const HEADER_BYTES: usize = 16;
+/// Bytes a record costs in the slot array.
+pub const SLOT_BYTES: usize = 2;
+/// Marks "no block" in chain pointers.
+pub const NO_BLOCK: u32 = u32::MAX;
+/// Smallest and largest configurable block sizes. Slot offsets are `u16`.
+pub const MIN_BLOCK_BYTES: usize = 512;
+pub const MAX_BLOCK_BYTES: usize = 32 * 1024;
+
+const KIND_PRIMARY: u8 = 1;
+const KIND_OVERFLOW: u8 = 2;
+
+/// Whether a block is reached from the block directory or only through its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    Primary,
+    Overflow,
+}
+
+/// The bytes of one block. Cloned only when a snapshot still shares it (copy-on-write).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Block {
+    bytes: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("kind", &self.kind())
+            .field("count", &self.count())
+            .field("next", &self.next())
+            .finish()
+    }
+}
+
+/// A record seen in place inside a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub key: &'a [u8],
+    alts: &'a [u8],
+    alt_count: u8,
+    pub data: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    /// The alternate-key values present on this record, as (alt index, value).
+    pub fn alts(&self) -> AltIter<'a> {
+        AltIter {
+            rest: self.alts,
+            left: self.alt_count,
+        }
+    }
+
+    /// The value of alternate key `index`, if the record has one.
+    pub fn alt(&self, index: u8) -> Option<&'a [u8]> {
+        self.alts().find(|(i, _)| *i == index).map(|(_, v)| v)
+    }
+}
+
+/// Iterator over the alternate keys of a record.
+pub struct AltIter<'a> {
+    rest: &'a [u8],
+    left: u8,
+}
+
+impl<'a> Iterator for AltIter<'a> {
+    type Item = (u8, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let index = self.rest[0];
+        let len = u16::from_le_bytes([self.rest[1], self.rest[2]]) as usize;
+        let value = &self.rest[3..3 + len];
+        self.rest = &self.rest[3 + len..];
+        Some((index, value))
+    }
+}
+
+/// Encoded length of a record with these parts.
+pub fn record_len(key: &[u8], alts: &[(u8, &[u8])], data: &[u8]) -> usize {
+    2 + key.len() + 1 + alts.iter().map(|(_, v)| 3 + v.len()).sum::<usize>() + 4 + data.len()
+}
+
+/// Encode a record into `out` (cleared first). Alternate keys must be sorted by index.
+pub fn encode_record(out: &mut Vec<u8>, key: &[u8], alts: &[(u8, &[u8])], data: &[u8]) {
+    debug_assert!(key.len() <= u16::MAX as usize);
+    debug_assert!(alts.windows(2).all(|w| w[0].0 < w[1].0));
+    out.clear();
+    out.reserve(record_len(key, alts, data));
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+    out.push(alts.len() as u8);
+    for (index, value) in alts {
+        out.push(*index);
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Decode a record that starts at the beginning of `bytes`; returns it and its length.
+fn decode_record(bytes: &[u8]) -> (RecordRef<'_>, usize) {
+    let key_len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
+    let key = &bytes[2..2 + key_len];
+    let mut pos = 2 + key_len;
+    let alt_count = bytes[pos];
+    pos += 1;
+    let alts_start = pos;
+    for _ in 0..alt_count {
+        let len = u16::from_le_bytes([bytes[pos + 1], bytes[pos + 2]]) as usize;
+        pos += 3 + len;
+    }
+    let alts = &bytes[alts_start..pos];
+    let data_len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+    pos += 4;
+    let data = &bytes[pos..pos + data_len];
+    (
+        RecordRef {
+            key,
+            alts,
+            alt_count,
+            data,
+        },
+        pos + data_len,
+    )
+}
+
+/// Decode a record from bytes that did not come from a block (a log entry, a request),
+/// checking every length. Returns None if `bytes` is not exactly one record.
+pub fn decode(bytes: &[u8]) -> Option<RecordRef<'_>> {
+    let take = |pos: usize, len: usize| bytes.get(pos..pos.checked_add(len)?);
+    let key_len = u16::from_le_bytes(take(0, 2)?.try_into().ok()?) as usize;
+    let key = take(2, key_len)?;
+    let mut pos = 2 + key_len;
+    let alt_count = *take(pos, 1)?.first()?;
+    pos += 1;
+    let alts_start = pos;
+    let mut last_index = None;
+    for _ in 0..alt_count {
+        let header = take(pos, 3)?;
+        if last_index.is_some_and(|last| header[0] <= last) {
+            return None;
+        }
+        last_index = Some(header[0]);
+        let len = u16::from_le_bytes([header[1], header[2]]) as usize;
+        take(pos + 3, len)?;
+        pos += 3 + len;
+    }
+    let alts = &bytes[alts_start..pos];
+    let data_len = u32::from_le_bytes(take(pos, 4)?.try_into().ok()?) as usize;
+    let data = take(pos + 4, data_len)?;
+    (pos + 4 + data_len == bytes.len()).then_some(RecordRef {
+        key,
+        alts,
+        alt_count,
+        data,
+    })
+}
+
+/// The key of the record at `bytes` without decoding the rest.
+#[inline]
+fn record_key(bytes: &[u8]) -> &[u8] {
+    let key_len = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
+    &bytes[2..2 + key_len]
+}
+
+impl Block {
+    /// A new, empty block of `size` bytes.
+    pub fn new(size: usize, kind: BlockKind) -> Block {
+        assert!((MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size));
+        let mut block = Block {
+            bytes: vec![0u8; size].into_boxed_slice(),
+        };
+        block.set_kind(kind);
+        block.set_heap(size);
+        block.set_next(NO_BLOCK);
+        block
+    }
+
+    /// Rebuild a block from bytes taken out of a snapshot. Checks the header.
+    pub fn from_bytes(bytes: Box<[u8]>) -> Option<Block> {
+        let block = Block { bytes };
+        let size = block.bytes.len();
+        let ok = (MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size)
+            && matches!(block.bytes[0], KIND_PRIMARY | KIND_OVERFLOW)
+            && block.heap() <= size
+            && HEADER_BYTES + block.count() * SLOT_BYTES <= block.heap();
+        ok.then_some(block)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Mutable access to the raw bytes, for tests that corrupt blocks on purpose.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// xxh3 of the block's bytes: equal blocks have equal checksums (SPEC G3).
+    pub fn checksum(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.bytes)
+    }
+
+    pub fn kind(&self) -> BlockKind {
+        if self.bytes[0] == KIND_OVERFLOW {
+            BlockKind::Overflow
+        } else {
+            BlockKind::Primary
+        }
+    }
+
+    pub fn set_kind(&mut self, kind: BlockKind) {
+        self.bytes[0] = match kind {
+            BlockKind::Primary => KIND_PRIMARY,
+            BlockKind::Overflow => KIND_OVERFLOW,
+        };
+    }
+
+    pub fn count(&self) -> usize {
+        u16::from_le_bytes([self.bytes[2], self.bytes[3]]) as usize
+    }
+
+    fn set_count(&mut self, count: usize) {
+        self.bytes[2..4].copy_from_slice(&(count as u16).to_le_bytes());
+    }
+
+    fn heap(&self) -> usize {
+        u32::from_le_bytes(self.bytes[4..8].try_into().expect("4 bytes")) as usize
+    }
+
+    fn set_heap(&mut self, heap: usize) {
+        self.bytes[4..8].copy_from_slice(&(heap as u32).to_le_bytes());
+    }
+
+    /// The next block of the overflow chain.
+    pub fn next(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[8..12].try_into().expect("4 bytes"))
+    }
+
+    pub fn set_next(&mut self, next: u32) {
+        self.bytes[8..12].copy_from_slice(&next.to_le_bytes());
+    }
+
+    /// Largest record an empty block of `size` bytes can hold.
+    pub fn capacity(size: usize) -> usize {
+        size - HEADER_BYTES - SLOT_BYTES
+    }
+
+    /// Bytes free for new records and their slots.
+    pub fn free(&self) -> usize {
+        self.heap() - HEADER_BYTES - self.count() * SLOT_BYTES
+    }
+
+    /// Bytes used by records and slots.
+    pub fn used(&self) -> usize {
+        self.size() - HEADER_BYTES - self.free()
+    }
+
+    /// Whether a record of `len` bytes fits without reorganising.
+    pub fn fits(&self, len: usize) -> bool {
+        self.free() >= len + SLOT_BYTES
+    }
+
+    #[inline]
+    fn slot(&self, index: usize) -> usize {
+        let at = HEADER_BYTES + index * SLOT_BYTES;
+        u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]) as usize
+    }
+
+    fn set_slot(&mut self, index: usize, offset: usize) {
+        let at = HEADER_BYTES + index * SLOT_BYTES;
+        self.bytes[at..at + 2].copy_from_slice(&(offset as u16).to_le_bytes());
+    }
+
+    /// Byte offset of the record at slot `index` (the "record offset" of SPEC B2).
+    pub fn offset(&self, index: usize) -> u32 {
+        self.slot(index) as u32
+    }
+
+    /// The key at slot `index`.
+    #[inline]
+    pub fn key(&self, index: usize) -> &[u8] {
+        record_key(&self.bytes[self.slot(index)..])
+    }
+
+    /// The record at slot `index`.
+    pub fn record(&self, index: usize) -> RecordRef<'_> {
+        decode_record(&self.bytes[self.slot(index)..]).0
+    }
+
+    /// The raw bytes of the record at slot `index`.
+    pub fn record_bytes(&self, index: usize) -> &[u8] {
+        let start = self.slot(index);
+        let len = decode_record(&self.bytes[start..]).1;
+        &self.bytes[start..start + len]
+    }
+
+    /// Lowest key held (the FROM of the block's range).
+    pub fn first_key(&self) -> Option<&[u8]> {
+        (self.count() > 0).then(|| self.key(0))
+    }
+
+    /// Highest key held (the TO of the block's range).
+    pub fn last_key(&self) -> Option<&[u8]> {
+        let count = self.count();
+        (count > 0).then(|| self.key(count - 1))
+    }
+
+    /// Binary search for `key`: `Ok(slot)` if present, `Err(slot)` where it would go.
+    #[inline]
+    pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        let (mut low, mut high) = (0usize, self.count());
+        while low < high {
+            let mid = (low + high) / 2;
+            match self.key(mid).cmp(key) {
+                Ordering::Less => low = mid + 1,
+                Ordering::Greater => high = mid,
+                Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(low)
+    }
+
+    /// Insert encoded `record` at slot `index`. The caller checked `fits` and order.
+    /// Returns the record's offset.
+    pub fn insert_at(&mut self, index: usize, record: &[u8]) -> u32 {
+        assert!(self.fits(record.len()), "insert into a block without room");
+        let count = self.count();
+        debug_assert!(index <= count);
+        let heap = self.heap() - record.len();
+        self.bytes[heap..heap + record.len()].copy_from_slice(record);
+        self.set_heap(heap);
+        let slots_at = HEADER_BYTES + index * SLOT_BYTES;
+        let slots_end = HEADER_BYTES + count * SLOT_BYTES;
+        self.bytes
+            .copy_within(slots_at..slots_end, slots_at + SLOT_BYTES);
+        self.set_slot(index, heap);
+        self.set_count(count + 1);
+        heap as u32
+    }
+
+    /// Remove the record at slot `index`, closing the gap and zeroing freed bytes.
+    pub fn remove_at(&mut self, index: usize) {
+        let count = self.count();
+        assert!(index < count, "remove of a missing slot");
+        let offset = self.slot(index);
+        let len = decode_record(&self.bytes[offset..]).1;
+        let heap = self.heap();
+        // Close the hole: records below it move up by `len`.
+        self.bytes.copy_within(heap..offset, heap + len);
+        self.bytes[heap..heap + len].fill(0);
+        self.set_heap(heap + len);
+        for slot in 0..count {
+            let at = self.slot(slot);
+            if at < offset {
+                self.set_slot(slot, at + len);
+            }
+        }
+        let slots_at = HEADER_BYTES + index * SLOT_BYTES;
+        let slots_end = HEADER_BYTES + count * SLOT_BYTES;
+        self.bytes
+            .copy_within(slots_at + SLOT_BYTES..slots_end, slots_at);
+        self.bytes[slots_end - SLOT_BYTES..slots_end].fill(0);
+        self.set_count(count - 1);
+    }
+
+    /// Move the records from slot `from` on into `other` (which must be empty),
+    /// keeping their order. Used by splits.
+    pub fn move_tail(&mut self, from: usize, other: &mut Block) {
+        debug_assert_eq!(other.count(), 0);
+        let count = self.count();
+        for index in from..count {
+            let record = self.record_bytes(index).to_vec();
+            other.insert_at(index - from, &record);
+        }
+        for index in (from..count).rev() {
+            self.remove_at(index);
+        }
+    }
+
+    /// The slot at which to split so that each side holds about half the bytes.
+    pub fn byte_midpoint(&self) -> usize {
+        let half = self.used() / 2;
+        let mut acc = 0;
+        for index in 0..self.count() {
+            acc += self.record_bytes(index).len() + SLOT_BYTES;
+            if acc >= half {
+                return (index + 1).min(self.count() - 1).max(1);
+            }
+        }
+        self.count() / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, data: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, key.as_bytes(), &[(0, b"x")], data.as_bytes());
+        out
+    }
+
+    #[test]
+    fn insert_search_remove_keeps_order_and_zeroes() {
+        let mut block = Block::new(512, BlockKind::Primary);
+        let empty = block.clone();
+        for key in ["m", "c", "x", "a"] {
+            let slot = block.search(key.as_bytes()).unwrap_err();
+            block.insert_at(slot, &rec(key, "data"));
+        }
+        let keys: Vec<_> = (0..block.count()).map(|i| block.key(i).to_vec()).collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"m".to_vec(), b"x".to_vec()]);
+        assert_eq!(block.record(2).data, b"data");
+        assert_eq!(block.record(2).alt(0), Some(&b"x"[..]));
+        for key in ["c", "x", "a", "m"] {
+            let slot = block.search(key.as_bytes()).unwrap();
+            block.remove_at(slot);
+        }
+        assert_eq!(block, empty, "removing everything restores the empty bytes");
+    }
+
+    #[test]
+    fn split_moves_tail_in_order() {
+        let mut block = Block::new(512, BlockKind::Primary);
+        for i in 0..10 {
+            let key = format!("k{i}");
+            let slot = block.search(key.as_bytes()).unwrap_err();
+            block.insert_at(slot, &rec(&key, "0123456789"));
+        }
+        let mut other = Block::new(512, BlockKind::Overflow);
+        let mid = block.byte_midpoint();
+        block.move_tail(mid, &mut other);
+        assert_eq!(block.count() + other.count(), 10);
+        assert!(block.last_key().unwrap() < other.first_key().unwrap());
+    }
+
+    #[test]
+    fn from_bytes_rejects_garbage() {
+        assert!(Block::from_bytes(vec![0xff; 512].into_boxed_slice()).is_none());
+        let block = Block::new(1024, BlockKind::Overflow);
+        let copy = Block::from_bytes(block.as_bytes().into()).unwrap();
+        assert_eq!(copy, block);
+    }
+}

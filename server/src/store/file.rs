@@ -1,0 +1,530 @@
+//! A block file: the location table, the block directory and overflow chains.
+//!
+//! A [`BlockFile`] is one file (table) of a database, or one alternate-key table. It
+//! owns:
+//! - the **location table**: block number → block in memory. Block numbers are logical
+//!   and stable; a block that moves (copy-on-write under a snapshot) keeps its number.
+//! - the **block directory**: the lower key bound of each primary block. The first
+//!   primary block has the empty bound, so every key has exactly one primary block.
+//! - **overflow chains**: a full block gets an overflow block chained after it. A chain
+//!   holds its records in key order across its blocks, and overflow blocks are reached
+//!   only through their primary block. Overflow blocks are never empty.
+//!
+//! Splitting inside a chain happens as part of a put. Promoting a long chain's overflow
+//! blocks to primary blocks is a separate, logged reorganisation ([`BlockFile::reorg`]),
+//! so that a replica applying the same log entries builds the same layout (SPEC A3).
+//! Every decision here is deterministic: free block numbers are reused lowest first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::block::{Block, BlockKind, RecordRef, NO_BLOCK, SLOT_BYTES};
+
+/// Where a record sits: its block number and byte offset inside the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub block: u32,
+    pub offset: u32,
+}
+
+/// Chains longer than this many blocks are promoted to primary blocks by a reorg.
+pub const MAX_CHAIN_BLOCKS: usize = 8;
+
+/// Most blocks one put may allocate in one file (a split plus one block of its own).
+pub const MAX_BLOCKS_PER_PUT: usize = 2;
+
+/// One file of blocks. Cloning is cheap: blocks are shared until written.
+#[derive(Clone, Debug)]
+pub struct BlockFile {
+    block_size: usize,
+    table: Vec<Option<Arc<Block>>>,
+    directory: BTreeMap<Vec<u8>, u32>,
+    free: BTreeSet<u32>,
+}
+
+/// Result of [`BlockFile::put`].
+#[derive(Debug, Clone, Copy)]
+pub struct PutOutcome {
+    pub placement: Placement,
+    /// The primary block whose chain received the record, and that chain's length.
+    pub primary: u32,
+    pub chain_blocks: usize,
+}
+
+/// The parts of a file a snapshot keeps besides the blocks themselves.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileLayout {
+    pub block_size: u32,
+    pub table_len: u32,
+    pub directory: Vec<(Vec<u8>, u32)>,
+}
+
+impl BlockFile {
+    pub fn new(block_size: usize) -> BlockFile {
+        BlockFile {
+            block_size,
+            table: Vec::new(),
+            directory: BTreeMap::new(),
+            free: BTreeSet::new(),
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Number of blocks allocated (in use).
+    pub fn allocated_blocks(&self) -> usize {
+        self.table.len() - self.free.len()
+    }
+
+    /// The block at `number`, if allocated.
+    pub fn block(&self, number: u32) -> Option<&Block> {
+        self.table.get(number as usize)?.as_deref()
+    }
+
+    fn blk(&self, number: u32) -> &Block {
+        self.table[number as usize]
+            .as_deref()
+            .expect("location table points at an allocated block")
+    }
+
+    fn blk_mut(&mut self, number: u32) -> &mut Block {
+        Arc::make_mut(
+            self.table[number as usize]
+                .as_mut()
+                .expect("location table points at an allocated block"),
+        )
+    }
+
+    /// Mutable access for tests and repair: replaces a block's bytes in place.
+    pub fn block_mut(&mut self, number: u32) -> Option<&mut Block> {
+        self.table.get_mut(number as usize)?.as_mut().map(Arc::make_mut)
+    }
+
+    /// Allocated blocks in block-number order.
+    pub fn blocks(&self) -> impl Iterator<Item = (u32, &Block)> {
+        self.table
+            .iter()
+            .enumerate()
+            .filter_map(|(number, block)| block.as_deref().map(|b| (number as u32, b)))
+    }
+
+    fn alloc(&mut self, block: Block) -> u32 {
+        if let Some(number) = self.free.pop_first() {
+            self.table[number as usize] = Some(Arc::new(block));
+            number
+        } else {
+            self.table.push(Some(Arc::new(block)));
+            (self.table.len() - 1) as u32
+        }
+    }
+
+    fn release(&mut self, number: u32) {
+        self.table[number as usize] = None;
+        self.free.insert(number);
+    }
+
+    /// The primary block whose range covers `key`.
+    fn primary_for(&self, key: &[u8]) -> Option<(&Vec<u8>, u32)> {
+        self.directory
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(bound, number)| (bound, *number))
+    }
+
+    /// The block of the chain that holds (or would hold) `key`, with its predecessor
+    /// in the chain, the primary block and the chain length walked so far.
+    fn target(&self, key: &[u8]) -> Option<Target> {
+        let (_, primary) = self.primary_for(key)?;
+        let mut previous = NO_BLOCK;
+        let mut current = primary;
+        let mut walked = 1;
+        loop {
+            let next = self.blk(current).next();
+            if next == NO_BLOCK {
+                break;
+            }
+            let next_first = self.blk(next).first_key().expect("overflow blocks are never empty");
+            if key < next_first {
+                break;
+            }
+            previous = current;
+            current = next;
+            walked += 1;
+        }
+        Some(Target {
+            primary,
+            previous,
+            block: current,
+            walked,
+        })
+    }
+
+    fn chain_blocks(&self, primary: u32) -> usize {
+        let mut count = 1;
+        let mut next = self.blk(primary).next();
+        while next != NO_BLOCK {
+            count += 1;
+            next = self.blk(next).next();
+        }
+        count
+    }
+
+    /// Find a record by unique key.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<(Placement, RecordRef<'_>)> {
+        let target = self.target(key)?;
+        let block = self.blk(target.block);
+        let slot = block.search(key).ok()?;
+        Some((
+            Placement {
+                block: target.block,
+                offset: block.offset(slot),
+            },
+            block.record(slot),
+        ))
+    }
+
+    /// How many blocks a put of a `len`-byte record under `key` may allocate. Zero means
+    /// the put fits in place; otherwise an upper bound.
+    pub fn blocks_needed(&self, key: &[u8], len: usize) -> usize {
+        let Some(target) = self.target(key) else {
+            return 1;
+        };
+        let block = self.blk(target.block);
+        let reclaimed = match block.search(key) {
+            Ok(slot) => block.record_bytes(slot).len() + SLOT_BYTES,
+            Err(_) => 0,
+        };
+        if block.free() + reclaimed >= len + SLOT_BYTES {
+            0
+        } else {
+            MAX_BLOCKS_PER_PUT
+        }
+    }
+
+    /// Insert or replace the record under `key`. `record` is the encoded record.
+    /// The caller checked size and quota.
+    pub fn put(&mut self, key: &[u8], record: &[u8]) -> PutOutcome {
+        if self.directory.is_empty() {
+            let number = self.alloc(Block::new(self.block_size, BlockKind::Primary));
+            self.directory.insert(Vec::new(), number);
+        }
+        let target = self.target(key).expect("a file with blocks has a target");
+        let block = self.blk_mut(target.block);
+        if let Ok(slot) = block.search(key) {
+            block.remove_at(slot);
+        }
+        let slot = block.search(key).expect_err("key was just removed");
+        if block.fits(record.len()) {
+            let offset = block.insert_at(slot, record);
+            return PutOutcome {
+                placement: Placement {
+                    block: target.block,
+                    offset,
+                },
+                primary: target.primary,
+                chain_blocks: target.walked.max(self.chain_blocks(target.primary)),
+            };
+        }
+        let placement = self.split_insert(target.block, slot, key, record);
+        PutOutcome {
+            placement,
+            primary: target.primary,
+            chain_blocks: self.chain_blocks(target.primary),
+        }
+    }
+
+    /// Insert into the full block `number` by splitting it. At most two new blocks.
+    fn split_insert(&mut self, number: u32, slot: usize, key: &[u8], record: &[u8]) -> Placement {
+        let size = self.block_size;
+        let block = self.blk(number);
+        let count = block.count();
+        let mut tail = Block::new(size, BlockKind::Overflow);
+        if slot == count {
+            // Appending past the block's highest key: a fresh block takes the record
+            // and the full block stays full.
+            let offset = tail.insert_at(0, record);
+            let placement = self.link_after(number, tail);
+            return Placement {
+                block: placement,
+                offset,
+            };
+        }
+        // Prefer a split in the middle (by bytes) when the record then fits its side.
+        let mid = if count >= 2 { block.byte_midpoint() } else { count };
+        let goes_left = mid < count && key < block.key(mid);
+        let side_used: usize = if mid == count {
+            usize::MAX / 2
+        } else if goes_left {
+            (0..mid).map(|i| block.record_bytes(i).len() + SLOT_BYTES).sum()
+        } else {
+            (mid..count)
+                .map(|i| block.record_bytes(i).len() + SLOT_BYTES)
+                .sum()
+        };
+        let capacity = Block::capacity(size) + SLOT_BYTES;
+        if mid < count && capacity - side_used >= record.len() + SLOT_BYTES {
+            self.blk_mut(number).move_tail(mid, &mut tail);
+            let (home, home_slot) = if goes_left {
+                (number, slot)
+            } else {
+                (NO_BLOCK, slot - mid)
+            };
+            let tail_number = self.link_after(number, tail);
+            let home = if home == NO_BLOCK { tail_number } else { home };
+            let offset = self.blk_mut(home).insert_at(home_slot, record);
+            return Placement {
+                block: home,
+                offset,
+            };
+        }
+        // A large record: split exactly at its key, and give it a block of its own if
+        // the lower part still leaves no room.
+        self.blk_mut(number).move_tail(slot, &mut tail);
+        self.link_after(number, tail);
+        if self.blk(number).fits(record.len()) {
+            let offset = self.blk_mut(number).insert_at(slot, record);
+            return Placement {
+                block: number,
+                offset,
+            };
+        }
+        let mut own = Block::new(size, BlockKind::Overflow);
+        let offset = own.insert_at(0, record);
+        Placement {
+            block: self.link_after(number, own),
+            offset,
+        }
+    }
+
+    /// Chain `block` right after block `number`; returns its block number.
+    fn link_after(&mut self, number: u32, mut block: Block) -> u32 {
+        block.set_kind(BlockKind::Overflow);
+        block.set_next(self.blk(number).next());
+        let new_number = self.alloc(block);
+        self.blk_mut(number).set_next(new_number);
+        new_number
+    }
+
+    /// Remove the record under `key`; returns where it was.
+    pub fn delete(&mut self, key: &[u8]) -> Option<Placement> {
+        let target = self.target(key)?;
+        let block = self.blk(target.block);
+        let slot = block.search(key).ok()?;
+        let placement = Placement {
+            block: target.block,
+            offset: block.offset(slot),
+        };
+        let block = self.blk_mut(target.block);
+        block.remove_at(slot);
+        if block.count() > 0 {
+            return Some(placement);
+        }
+        let next = block.next();
+        if target.previous != NO_BLOCK {
+            // An empty overflow block leaves its chain.
+            self.blk_mut(target.previous).set_next(next);
+            self.release(target.block);
+        } else if next == NO_BLOCK {
+            // An empty primary without a chain leaves the directory, unless it is the
+            // first one (the empty bound), which stays so the file keeps its root.
+            let (bound, _) = self.primary_for(key).expect("primary block is in the directory");
+            let bound = bound.clone();
+            if !bound.is_empty() {
+                self.directory.remove(&bound);
+                self.release(target.block);
+            }
+        }
+        Some(placement)
+    }
+
+    /// Whether `primary`'s chain is long enough to be promoted by [`Self::reorg`].
+    pub fn needs_reorg(chain_blocks: usize) -> bool {
+        chain_blocks > MAX_CHAIN_BLOCKS
+    }
+
+    /// Promote the overflow blocks of `primary`'s chain to primary blocks. Returns
+    /// false if `primary` is not a primary block with a chain.
+    pub fn reorg(&mut self, primary: u32) -> bool {
+        match self.block(primary) {
+            Some(block) if block.kind() == BlockKind::Primary && block.next() != NO_BLOCK => {}
+            _ => return false,
+        }
+        let mut next = self.blk(primary).next();
+        self.blk_mut(primary).set_next(NO_BLOCK);
+        while next != NO_BLOCK {
+            let block = self.blk_mut(next);
+            let after = block.next();
+            block.set_next(NO_BLOCK);
+            block.set_kind(BlockKind::Primary);
+            let bound = block.first_key().expect("overflow blocks are never empty").to_vec();
+            self.directory.insert(bound, next);
+            next = after;
+        }
+        true
+    }
+
+    /// Visit records with `from <= key` (and `key <= to` when given) in key order,
+    /// until `visit` returns false.
+    pub fn scan<'a>(&'a self, from: &[u8], to: Option<&[u8]>, mut visit: impl FnMut(RecordRef<'a>) -> bool) {
+        let Some((start, _)) = self.primary_for(from) else {
+            return;
+        };
+        for (_, &primary) in self.directory.range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded)) {
+            let mut number = primary;
+            while number != NO_BLOCK {
+                let block = self.blk(number);
+                let first = match block.search(from) {
+                    Ok(slot) | Err(slot) => slot,
+                };
+                for slot in first..block.count() {
+                    let record = block.record(slot);
+                    if to.is_some_and(|to| record.key > to) || !visit(record) {
+                        return;
+                    }
+                }
+                number = block.next();
+            }
+        }
+    }
+
+    /// The layout a snapshot stores beside the used blocks.
+    pub fn layout(&self) -> FileLayout {
+        FileLayout {
+            block_size: self.block_size as u32,
+            table_len: self.table.len() as u32,
+            directory: self.directory.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    /// Rebuild a file from a snapshot layout and its used blocks (re-expanded to their
+    /// original block numbers). Returns None if they do not fit together.
+    pub fn from_parts(layout: FileLayout, blocks: Vec<(u32, Block)>) -> Option<BlockFile> {
+        let mut table: Vec<Option<Arc<Block>>> = vec![None; layout.table_len as usize];
+        for (number, block) in blocks {
+            if block.size() != layout.block_size as usize {
+                return None;
+            }
+            let slot = table.get_mut(number as usize)?;
+            *slot = Some(Arc::new(block));
+        }
+        let free = (0..layout.table_len)
+            .filter(|n| table[*n as usize].is_none())
+            .collect();
+        let directory: BTreeMap<_, _> = layout.directory.into_iter().collect();
+        if directory.values().any(|n| table.get(*n as usize).is_none_or(Option::is_none)) {
+            return None;
+        }
+        Some(BlockFile {
+            block_size: layout.block_size as usize,
+            table,
+            directory,
+            free,
+        })
+    }
+}
+
+struct Target {
+    primary: u32,
+    previous: u32,
+    block: u32,
+    walked: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::block::encode_record;
+    use super::*;
+
+    fn put(file: &mut BlockFile, key: &str, data: &[u8]) -> PutOutcome {
+        let mut rec = Vec::new();
+        encode_record(&mut rec, key.as_bytes(), &[], data);
+        let out = file.put(key.as_bytes(), &rec);
+        if BlockFile::needs_reorg(out.chain_blocks) {
+            file.reorg(out.primary);
+        }
+        out
+    }
+
+    fn keys(file: &BlockFile) -> Vec<String> {
+        let mut out = Vec::new();
+        file.scan(b"", None, |r| {
+            out.push(String::from_utf8(r.key.to_vec()).unwrap());
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn sequential_inserts_fill_blocks_and_scan_in_order() {
+        let mut file = BlockFile::new(512);
+        for i in 0..500 {
+            put(&mut file, &format!("key{i:05}"), &[7u8; 40]);
+        }
+        let all = keys(&file);
+        assert_eq!(all.len(), 500);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        // Appends keep blocks full: 500 records of ~50 bytes in 512-byte blocks.
+        // 57 bytes a record with its slot: 8 fit in 496 usable bytes.
+        assert_eq!(file.allocated_blocks(), 500usize.div_ceil(8));
+    }
+
+    #[test]
+    fn random_inserts_and_deletes_match_a_btreemap() {
+        let mut file = BlockFile::new(512);
+        let mut model = BTreeMap::new();
+        let mut x: u64 = 12345;
+        for step in 0..4000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let key = format!("k{}", (x >> 33) % 700);
+            if step % 3 == 0 {
+                let was = model.remove(&key).is_some();
+                assert_eq!(file.delete(key.as_bytes()).is_some(), was);
+            } else {
+                let data = vec![(x % 251) as u8; (x % 90) as usize];
+                put(&mut file, &key, &data);
+                model.insert(key, data);
+            }
+        }
+        assert_eq!(keys(&file), model.keys().cloned().collect::<Vec<_>>());
+        for (key, data) in &model {
+            assert_eq!(file.get(key.as_bytes()).unwrap().1.data, data.as_slice());
+        }
+        let mut ranged = Vec::new();
+        file.scan(b"k3", Some(b"k4"), |r| {
+            ranged.push(r.key.to_vec());
+            true
+        });
+        let expected: Vec<_> = model
+            .range("k3".to_string()..="k4".to_string())
+            .map(|(k, _)| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(ranged, expected);
+    }
+
+    #[test]
+    fn large_records_split_without_loss() {
+        let mut file = BlockFile::new(512);
+        for i in (0..40).rev() {
+            put(&mut file, &format!("{i:03}"), &vec![1u8; 100 + (i * 37) % 380]);
+        }
+        assert_eq!(keys(&file).len(), 40);
+    }
+
+    #[test]
+    fn layout_round_trips_through_parts() {
+        let mut file = BlockFile::new(512);
+        for i in 0..300 {
+            put(&mut file, &format!("{:03}", (i * 7) % 300), &[3u8; 30]);
+        }
+        let blocks = file.blocks().map(|(n, b)| (n, b.clone())).collect();
+        let copy = BlockFile::from_parts(file.layout(), blocks).unwrap();
+        assert_eq!(keys(&copy), keys(&file));
+        let a: Vec<_> = file.blocks().map(|(n, b)| (n, b.checksum())).collect();
+        let b: Vec<_> = copy.blocks().map(|(n, b)| (n, b.checksum())).collect();
+        assert_eq!(a, b);
+    }
+}

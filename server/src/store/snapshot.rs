@@ -1,0 +1,103 @@
+//! Compact snapshots of a store (SPEC G1, seed 003).
+//!
+//! Freezing a store clones its location tables: blocks are shared (`Arc`) and later
+//! writes copy a block before changing it, so the frozen image is not disturbed. The
+//! frozen image is then encoded without holding any lock: a [`SnapshotLayout`] (the
+//! schema, each file's directory and a dense index → block number table) and the bytes
+//! of the used blocks only, packed densely in that order. Its size follows the live
+//! data, not the capacity. Decoding re-expands the blocks to their original numbers, so
+//! a restored store is byte-identical to the one frozen.
+
+use serde::{Deserialize, Serialize};
+
+use super::block::Block;
+use super::file::{BlockFile, FileLayout};
+use super::{Schema, Store};
+
+/// Everything in a snapshot except the block bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLayout {
+    pub schema: Schema,
+    pub block_size: u32,
+    pub files: Vec<FileSnapshot>,
+}
+
+/// One block file in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSnapshot {
+    pub layout: FileLayout,
+    /// Dense index → block number: the i-th packed block is block `dense[i]`.
+    pub dense: Vec<u32>,
+}
+
+impl SnapshotLayout {
+    pub fn block_count(&self) -> usize {
+        self.files.iter().map(|f| f.dense.len()).sum()
+    }
+}
+
+/// Why a snapshot could not be turned back into a store.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot is damaged: {0}")]
+pub struct SnapshotError(pub String);
+
+impl Store {
+    /// The frozen copy a snapshot is taken from. Cheap: shares every block.
+    pub fn freeze(&self) -> Store {
+        self.clone()
+    }
+
+    /// The layout of this (frozen) store and its used blocks in dense order.
+    pub fn snapshot_parts(&self) -> (SnapshotLayout, Vec<&Block>) {
+        let mut blocks = Vec::new();
+        let files = self
+            .files()
+            .iter()
+            .map(|file| {
+                let mut dense = Vec::new();
+                for (number, block) in file.blocks() {
+                    dense.push(number);
+                    blocks.push(block);
+                }
+                FileSnapshot {
+                    layout: file.layout(),
+                    dense,
+                }
+            })
+            .collect();
+        let layout = SnapshotLayout {
+            schema: self.schema().clone(),
+            block_size: self.block_size() as u32,
+            files,
+        };
+        (layout, blocks)
+    }
+
+    /// Rebuild a store from a snapshot's layout and its packed block bytes.
+    pub fn from_snapshot(layout: SnapshotLayout, quota_bytes: u64, packed: &[u8]) -> Result<Store, SnapshotError> {
+        let block_size = layout.block_size as usize;
+        if packed.len() != layout.block_count() * block_size {
+            return Err(SnapshotError(format!(
+                "{} block bytes for {} blocks of {block_size}",
+                packed.len(),
+                layout.block_count()
+            )));
+        }
+        let mut chunks = packed.chunks_exact(block_size.max(1));
+        let mut files = Vec::new();
+        for (index, file) in layout.files.into_iter().enumerate() {
+            let mut blocks = Vec::with_capacity(file.dense.len());
+            for number in &file.dense {
+                let bytes = chunks.next().expect("length checked above");
+                let block = Block::from_bytes(bytes.into())
+                    .ok_or_else(|| SnapshotError(format!("block {number} of file {index} has a bad header")))?;
+                blocks.push((*number, block));
+            }
+            let file = BlockFile::from_parts(file.layout, blocks)
+                .ok_or_else(|| SnapshotError(format!("file {index} does not fit its location table")))?;
+            files.push(file);
+        }
+        Store::from_files(layout.schema, block_size, quota_bytes, files)
+            .ok_or_else(|| SnapshotError("file count does not match the schema".into()))
+    }
+}
