@@ -20,6 +20,7 @@
 //! data_len u32 | data`, all little-endian.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// Size of the block header in bytes.
 pub const HEADER_BYTES: usize = 16;
@@ -41,10 +42,11 @@ pub enum BlockKind {
     Overflow,
 }
 
-/// The bytes of one block. Cloned only when a snapshot still shares it (copy-on-write).
+/// The bytes of one block. Clones share the bytes; the first write to a shared block
+/// copies it (copy-on-write), which is what keeps a snapshot frozen.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for Block {
@@ -196,7 +198,7 @@ impl Block {
     pub fn new(size: usize, kind: BlockKind) -> Block {
         assert!((MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size));
         let mut block = Block {
-            bytes: vec![0u8; size].into_boxed_slice(),
+            bytes: vec![0u8; size].into(),
         };
         block.set_kind(kind);
         block.set_heap(size);
@@ -205,8 +207,8 @@ impl Block {
     }
 
     /// Rebuild a block from bytes taken out of a snapshot. Checks the header.
-    pub fn from_bytes(bytes: Box<[u8]>) -> Option<Block> {
-        let block = Block { bytes };
+    pub fn from_bytes(bytes: &[u8]) -> Option<Block> {
+        let block = Block { bytes: bytes.into() };
         let size = block.bytes.len();
         let ok = (MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size)
             && matches!(block.bytes[0], KIND_PRIMARY | KIND_OVERFLOW)
@@ -221,7 +223,7 @@ impl Block {
 
     /// Mutable access to the raw bytes, for tests that corrupt blocks on purpose.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes
+        Arc::make_mut(&mut self.bytes)
     }
 
     pub fn size(&self) -> usize {
@@ -242,7 +244,7 @@ impl Block {
     }
 
     pub fn set_kind(&mut self, kind: BlockKind) {
-        self.bytes[0] = match kind {
+        self.bytes_mut()[0] = match kind {
             BlockKind::Primary => KIND_PRIMARY,
             BlockKind::Overflow => KIND_OVERFLOW,
         };
@@ -253,7 +255,7 @@ impl Block {
     }
 
     fn set_count(&mut self, count: usize) {
-        self.bytes[2..4].copy_from_slice(&(count as u16).to_le_bytes());
+        self.bytes_mut()[2..4].copy_from_slice(&(count as u16).to_le_bytes());
     }
 
     fn heap(&self) -> usize {
@@ -261,7 +263,7 @@ impl Block {
     }
 
     fn set_heap(&mut self, heap: usize) {
-        self.bytes[4..8].copy_from_slice(&(heap as u32).to_le_bytes());
+        self.bytes_mut()[4..8].copy_from_slice(&(heap as u32).to_le_bytes());
     }
 
     /// The next block of the overflow chain.
@@ -270,7 +272,7 @@ impl Block {
     }
 
     pub fn set_next(&mut self, next: u32) {
-        self.bytes[8..12].copy_from_slice(&next.to_le_bytes());
+        self.bytes_mut()[8..12].copy_from_slice(&next.to_le_bytes());
     }
 
     /// Largest record an empty block of `size` bytes can hold.
@@ -301,7 +303,7 @@ impl Block {
 
     fn set_slot(&mut self, index: usize, offset: usize) {
         let at = HEADER_BYTES + index * SLOT_BYTES;
-        self.bytes[at..at + 2].copy_from_slice(&(offset as u16).to_le_bytes());
+        self.bytes_mut()[at..at + 2].copy_from_slice(&(offset as u16).to_le_bytes());
     }
 
     /// Byte offset of the record at slot `index` (the "record offset" of SPEC B2).
@@ -360,11 +362,11 @@ impl Block {
         let count = self.count();
         debug_assert!(index <= count);
         let heap = self.heap() - record.len();
-        self.bytes[heap..heap + record.len()].copy_from_slice(record);
+        self.bytes_mut()[heap..heap + record.len()].copy_from_slice(record);
         self.set_heap(heap);
         let slots_at = HEADER_BYTES + index * SLOT_BYTES;
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
-        self.bytes
+        self.bytes_mut()
             .copy_within(slots_at..slots_end, slots_at + SLOT_BYTES);
         self.set_slot(index, heap);
         self.set_count(count + 1);
@@ -379,8 +381,8 @@ impl Block {
         let len = decode_record(&self.bytes[offset..]).1;
         let heap = self.heap();
         // Close the hole: records below it move up by `len`.
-        self.bytes.copy_within(heap..offset, heap + len);
-        self.bytes[heap..heap + len].fill(0);
+        self.bytes_mut().copy_within(heap..offset, heap + len);
+        self.bytes_mut()[heap..heap + len].fill(0);
         self.set_heap(heap + len);
         for slot in 0..count {
             let at = self.slot(slot);
@@ -390,9 +392,9 @@ impl Block {
         }
         let slots_at = HEADER_BYTES + index * SLOT_BYTES;
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
-        self.bytes
+        self.bytes_mut()
             .copy_within(slots_at + SLOT_BYTES..slots_end, slots_at);
-        self.bytes[slots_end - SLOT_BYTES..slots_end].fill(0);
+        self.bytes_mut()[slots_end - SLOT_BYTES..slots_end].fill(0);
         self.set_count(count - 1);
     }
 
@@ -470,9 +472,9 @@ mod tests {
 
     #[test]
     fn from_bytes_rejects_garbage() {
-        assert!(Block::from_bytes(vec![0xff; 512].into_boxed_slice()).is_none());
+        assert!(Block::from_bytes(&[0xff; 512]).is_none());
         let block = Block::new(1024, BlockKind::Overflow);
-        let copy = Block::from_bytes(block.as_bytes().into()).unwrap();
+        let copy = Block::from_bytes(block.as_bytes()).unwrap();
         assert_eq!(copy, block);
     }
 }

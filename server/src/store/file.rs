@@ -17,9 +17,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::block::{Block, BlockKind, RecordRef, NO_BLOCK, SLOT_BYTES};
+
+/// A directory bound. Short keys live inline in the directory's nodes, so a lookup
+/// compares them without chasing a pointer.
+type Bound_ = SmallVec<[u8; 23]>;
 
 /// Where a record sits: its block number and byte offset inside the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,7 +34,7 @@ pub struct Placement {
 }
 
 /// Chains longer than this many blocks are promoted to primary blocks by a reorg.
-pub const MAX_CHAIN_BLOCKS: usize = 8;
+pub const MAX_CHAIN_BLOCKS: usize = 4;
 
 /// Most blocks one put may allocate in one file (a split plus one block of its own).
 pub const MAX_BLOCKS_PER_PUT: usize = 2;
@@ -38,8 +43,8 @@ pub const MAX_BLOCKS_PER_PUT: usize = 2;
 #[derive(Clone, Debug)]
 pub struct BlockFile {
     block_size: usize,
-    table: Vec<Option<Arc<Block>>>,
-    directory: BTreeMap<Vec<u8>, u32>,
+    table: Vec<Option<Block>>,
+    directory: BTreeMap<Bound_, u32>,
     free: BTreeSet<u32>,
 }
 
@@ -81,26 +86,24 @@ impl BlockFile {
 
     /// The block at `number`, if allocated.
     pub fn block(&self, number: u32) -> Option<&Block> {
-        self.table.get(number as usize)?.as_deref()
+        self.table.get(number as usize)?.as_ref()
     }
 
     fn blk(&self, number: u32) -> &Block {
         self.table[number as usize]
-            .as_deref()
+            .as_ref()
             .expect("location table points at an allocated block")
     }
 
     fn blk_mut(&mut self, number: u32) -> &mut Block {
-        Arc::make_mut(
-            self.table[number as usize]
-                .as_mut()
-                .expect("location table points at an allocated block"),
-        )
+        self.table[number as usize]
+            .as_mut()
+            .expect("location table points at an allocated block")
     }
 
     /// Mutable access for tests and repair: replaces a block's bytes in place.
     pub fn block_mut(&mut self, number: u32) -> Option<&mut Block> {
-        self.table.get_mut(number as usize)?.as_mut().map(Arc::make_mut)
+        self.table.get_mut(number as usize)?.as_mut()
     }
 
     /// Allocated blocks in block-number order.
@@ -108,15 +111,15 @@ impl BlockFile {
         self.table
             .iter()
             .enumerate()
-            .filter_map(|(number, block)| block.as_deref().map(|b| (number as u32, b)))
+            .filter_map(|(number, block)| block.as_ref().map(|b| (number as u32, b)))
     }
 
     fn alloc(&mut self, block: Block) -> u32 {
         if let Some(number) = self.free.pop_first() {
-            self.table[number as usize] = Some(Arc::new(block));
+            self.table[number as usize] = Some(block);
             number
         } else {
-            self.table.push(Some(Arc::new(block)));
+            self.table.push(Some(block));
             (self.table.len() - 1) as u32
         }
     }
@@ -127,7 +130,7 @@ impl BlockFile {
     }
 
     /// The primary block whose range covers `key`.
-    fn primary_for(&self, key: &[u8]) -> Option<(&Vec<u8>, u32)> {
+    fn primary_for(&self, key: &[u8]) -> Option<(&Bound_, u32)> {
         self.directory
             .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
@@ -135,12 +138,11 @@ impl BlockFile {
     }
 
     /// The block of the chain that holds (or would hold) `key`, with its predecessor
-    /// in the chain, the primary block and the chain length walked so far.
-    fn target(&self, key: &[u8]) -> Option<Target> {
+    /// in the chain and the primary block.
+    pub fn locate(&self, key: &[u8]) -> Option<Target> {
         let (_, primary) = self.primary_for(key)?;
         let mut previous = NO_BLOCK;
         let mut current = primary;
-        let mut walked = 1;
         loop {
             let next = self.blk(current).next();
             if next == NO_BLOCK {
@@ -152,13 +154,11 @@ impl BlockFile {
             }
             previous = current;
             current = next;
-            walked += 1;
         }
         Some(Target {
             primary,
             previous,
             block: current,
-            walked,
         })
     }
 
@@ -175,7 +175,12 @@ impl BlockFile {
     /// Find a record by unique key.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<(Placement, RecordRef<'_>)> {
-        let target = self.target(key)?;
+        self.get_at(&self.locate(key)?, key)
+    }
+
+    /// Find a record in the block `target` located.
+    #[inline]
+    pub fn get_at(&self, target: &Target, key: &[u8]) -> Option<(Placement, RecordRef<'_>)> {
         let block = self.blk(target.block);
         let slot = block.search(key).ok()?;
         Some((
@@ -190,7 +195,12 @@ impl BlockFile {
     /// How many blocks a put of a `len`-byte record under `key` may allocate. Zero means
     /// the put fits in place; otherwise an upper bound.
     pub fn blocks_needed(&self, key: &[u8], len: usize) -> usize {
-        let Some(target) = self.target(key) else {
+        self.blocks_needed_at(self.locate(key).as_ref(), key, len)
+    }
+
+    /// [`Self::blocks_needed`] for a key already located.
+    pub fn blocks_needed_at(&self, target: Option<&Target>, key: &[u8], len: usize) -> usize {
+        let Some(target) = target else {
             return 1;
         };
         let block = self.blk(target.block);
@@ -208,11 +218,19 @@ impl BlockFile {
     /// Insert or replace the record under `key`. `record` is the encoded record.
     /// The caller checked size and quota.
     pub fn put(&mut self, key: &[u8], record: &[u8]) -> PutOutcome {
-        if self.directory.is_empty() {
-            let number = self.alloc(Block::new(self.block_size, BlockKind::Primary));
-            self.directory.insert(Vec::new(), number);
-        }
-        let target = self.target(key).expect("a file with blocks has a target");
+        self.put_at(self.locate(key), key, record)
+    }
+
+    /// [`Self::put`] for a key already located (nothing changed in this file since).
+    pub fn put_at(&mut self, target: Option<Target>, key: &[u8], record: &[u8]) -> PutOutcome {
+        let target = match target {
+            Some(target) => target,
+            None => {
+                let number = self.alloc(Block::new(self.block_size, BlockKind::Primary));
+                self.directory.insert(Bound_::new(), number);
+                self.locate(key).expect("a file with blocks has a target")
+            }
+        };
         let block = self.blk_mut(target.block);
         if let Ok(slot) = block.search(key) {
             block.remove_at(slot);
@@ -226,7 +244,8 @@ impl BlockFile {
                     offset,
                 },
                 primary: target.primary,
-                chain_blocks: target.walked.max(self.chain_blocks(target.primary)),
+                // The chain did not grow.
+                chain_blocks: 0,
             };
         }
         let placement = self.split_insert(target.block, slot, key, record);
@@ -311,7 +330,7 @@ impl BlockFile {
 
     /// Remove the record under `key`; returns where it was.
     pub fn delete(&mut self, key: &[u8]) -> Option<Placement> {
-        let target = self.target(key)?;
+        let target = self.locate(key)?;
         let block = self.blk(target.block);
         let slot = block.search(key).ok()?;
         let placement = Placement {
@@ -360,7 +379,7 @@ impl BlockFile {
             let after = block.next();
             block.set_next(NO_BLOCK);
             block.set_kind(BlockKind::Primary);
-            let bound = block.first_key().expect("overflow blocks are never empty").to_vec();
+            let bound = Bound_::from_slice(block.first_key().expect("overflow blocks are never empty"));
             self.directory.insert(bound, next);
             next = after;
         }
@@ -396,25 +415,29 @@ impl BlockFile {
         FileLayout {
             block_size: self.block_size as u32,
             table_len: self.table.len() as u32,
-            directory: self.directory.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            directory: self.directory.iter().map(|(k, v)| (k.to_vec(), *v)).collect(),
         }
     }
 
     /// Rebuild a file from a snapshot layout and its used blocks (re-expanded to their
     /// original block numbers). Returns None if they do not fit together.
     pub fn from_parts(layout: FileLayout, blocks: Vec<(u32, Block)>) -> Option<BlockFile> {
-        let mut table: Vec<Option<Arc<Block>>> = vec![None; layout.table_len as usize];
+        let mut table: Vec<Option<Block>> = vec![None; layout.table_len as usize];
         for (number, block) in blocks {
             if block.size() != layout.block_size as usize {
                 return None;
             }
             let slot = table.get_mut(number as usize)?;
-            *slot = Some(Arc::new(block));
+            *slot = Some(block);
         }
         let free = (0..layout.table_len)
             .filter(|n| table[*n as usize].is_none())
             .collect();
-        let directory: BTreeMap<_, _> = layout.directory.into_iter().collect();
+        let directory: BTreeMap<_, _> = layout
+            .directory
+            .into_iter()
+            .map(|(k, v)| (Bound_::from_vec(k), v))
+            .collect();
         if directory.values().any(|n| table.get(*n as usize).is_none_or(Option::is_none)) {
             return None;
         }
@@ -427,11 +450,12 @@ impl BlockFile {
     }
 }
 
-struct Target {
-    primary: u32,
+/// Where a key belongs: found by [`BlockFile::locate`].
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub primary: u32,
     previous: u32,
-    block: u32,
-    walked: usize,
+    pub block: u32,
 }
 
 #[cfg(test)]

@@ -305,7 +305,8 @@ impl Store {
             return Err(StoreError::RecordTooLarge { len: record.len(), max });
         }
         let main = &self.files[file as usize];
-        let before = main.get(rec.key).map(|(_, r)| r);
+        let target = main.locate(rec.key);
+        let before = target.and_then(|t| main.get_at(&t, rec.key)).map(|(_, r)| r);
         match (mode, before.is_some()) {
             (PutMode::Insert, true) => return Err(StoreError::DuplicateKey),
             (PutMode::Update, false) => return Err(StoreError::NotFound),
@@ -317,7 +318,7 @@ impl Store {
             .unwrap_or_default();
         let new_alts: Vec<(u8, Vec<u8>)> = rec.alts().map(|(i, v)| (i, alt_entry_key(v, rec.key))).collect();
         let alt_count = self.schema.files[table].alt_keys.len();
-        let mut needed_blocks = main.blocks_needed(rec.key, record.len());
+        let mut needed_blocks = main.blocks_needed_at(target.as_ref(), rec.key, record.len());
         for (index, entry) in &new_alts {
             if *index as usize >= alt_count {
                 return Err(StoreError::UnknownFile(file + 1 + *index as u32));
@@ -353,7 +354,7 @@ impl Store {
                 reorg = Some((id, outcome.primary));
             }
         }
-        let outcome = self.files[file as usize].put(rec.key, record);
+        let outcome = self.files[file as usize].put_at(target, rec.key, record);
         if BlockFile::needs_reorg(outcome.chain_blocks) {
             reorg = Some((file, outcome.primary));
         }

@@ -89,7 +89,7 @@ impl Store {
             let mut blocks = Vec::with_capacity(file.dense.len());
             for number in &file.dense {
                 let bytes = chunks.next().expect("length checked above");
-                let block = Block::from_bytes(bytes.into())
+                let block = Block::from_bytes(bytes)
                     .ok_or_else(|| SnapshotError(format!("block {number} of file {index} has a bad header")))?;
                 blocks.push((*number, block));
             }

@@ -1,0 +1,368 @@
+//! The durable log and snapshots in sled, with group commit (SPEC B4, B5, G1).
+//!
+//! Trees:
+//! - `log`: key `db uid (8, BE) | kind (1) | first serial (8, BE)` → encoded chunk.
+//! - `snapshots`: key `db uid | serial | part (4, BE)` → packed block bytes; part
+//!   `u32::MAX` is the snapshot's metadata, written in the same atomic batch.
+//!
+//! A transaction's chunks are inserted while its database's writer lock is held, so
+//! sled receives them in serial order and a crash keeps a prefix of the log. Making them
+//! durable is separate: [`LogStore::wait_durable`] waits for a flush that started after
+//! the insert. One flusher thread runs flushes back to back while anyone waits, so one
+//! fsync covers every transaction that arrived during the previous one (group commit).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::codec::{self, ChunkRef};
+use super::{LogKind, TxnLog};
+use crate::store::snapshot::SnapshotLayout;
+
+/// Bytes of packed blocks per snapshot part.
+const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+const META_PART: u32 = u32::MAX;
+
+/// A failure of the durable log. The message is safe to show to clients.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("the log store failed: {0}")]
+    Sled(String),
+    #[error("the log flush failed: {0}")]
+    Flush(String),
+    #[error("a stored log chunk or snapshot is damaged: {0}")]
+    Damaged(String),
+}
+
+impl From<sled::Error> for LogError {
+    fn from(err: sled::Error) -> Self {
+        LogError::Sled(err.to_string())
+    }
+}
+
+/// Metadata of a stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub serial: u64,
+    pub next_txn: u64,
+    pub created_ms: u64,
+    pub parts: u32,
+    pub size_bytes: u64,
+    pub layout: SnapshotLayout,
+}
+
+#[derive(Default)]
+struct FlushState {
+    requested: u64,
+    shutdown: bool,
+}
+
+/// Flush progress: flushes completed (by ticket number) and the last error.
+type Flushed = (u64, Option<Arc<str>>);
+
+/// The durable log of every database of a node.
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    snapshots: sled::Tree,
+    state: Mutex<FlushState>,
+    wake: Condvar,
+    flushed: watch::Sender<Flushed>,
+}
+
+fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[8] = kind as u8;
+    key[9..].copy_from_slice(&serial.to_be_bytes());
+    key
+}
+
+fn log_prefix(uid: u64, kind: LogKind) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[8] = kind as u8;
+    key
+}
+
+fn snapshot_key(uid: u64, serial: u64, part: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[8..16].copy_from_slice(&serial.to_be_bytes());
+    key[16..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+impl LogStore {
+    /// Open the log trees in `db` and start the flusher thread.
+    pub fn open(db: &sled::Db) -> Result<Arc<LogStore>, LogError> {
+        let store = Arc::new(LogStore {
+            db: db.clone(),
+            log: db.open_tree("log")?,
+            snapshots: db.open_tree("snapshots")?,
+            state: Mutex::new(FlushState::default()),
+            wake: Condvar::new(),
+            flushed: watch::channel((0, None)).0,
+        });
+        let flusher = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("doppel-log-flusher".into())
+            .spawn(move || flush_loop(flusher))
+            .map_err(|e| LogError::Flush(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// Write a transaction's A, B and T chunks in one atomic batch. Call it under the
+    /// database's writer lock so chunks reach sled in serial order.
+    pub fn append(&self, uid: u64, txn: &TxnLog) -> Result<(), LogError> {
+        let Some(first) = txn.first_serial() else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for kind in [LogKind::A, LogKind::B, LogKind::T] {
+            if let Some(bytes) = codec::encode(txn, kind) {
+                batch.insert(&log_key(uid, kind, first)[..], bytes);
+            }
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A ticket for the next flush, to pass to [`Self::wait_durable`]. Take it after
+    /// [`Self::append`].
+    pub fn request_flush(&self) -> u64 {
+        let mut state = self.state.lock();
+        state.requested += 1;
+        let ticket = state.requested;
+        self.wake.notify_one();
+        ticket
+    }
+
+    /// Wait until the flush for `ticket` is done.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
+        let mut rx = self.flushed.subscribe();
+        let seen = rx
+            .wait_for(|(done, err)| *done >= ticket || err.is_some())
+            .await
+            .map_err(|_| LogError::Flush("the flusher stopped".into()))?;
+        match &seen.1 {
+            Some(err) if seen.0 < ticket => Err(LogError::Flush(err.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Flush now, on this thread (durability `sync`, shutdown).
+    pub fn flush_now(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Visit the A entries of database `uid` with serial above `after`, in order, as
+    /// decoded chunks. Stops at the first gap in serials, returning the last serial seen.
+    pub fn replay(&self, uid: u64, after: u64, mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>) -> Result<u64, LogError> {
+        let mut last = after;
+        let start = log_key(uid, LogKind::A, after.saturating_add(1));
+        let end = log_key(uid, LogKind::A, u64::MAX);
+        for item in self.log.range(start..=end) {
+            let (_, value) = item?;
+            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if chunk.first_serial != last + 1 {
+                tracing::error!(uid, expected = last + 1, found = chunk.first_serial, "gap in the log; replay stops here");
+                break;
+            }
+            visit(&chunk)?;
+            last = chunk.last_serial;
+        }
+        Ok(last)
+    }
+
+    /// The chunks of `kind` for database `uid` that hold serials from `from` on, in order,
+    /// until `visit` returns false.
+    pub fn read(&self, uid: u64, kind: LogKind, from: u64, mut visit: impl FnMut(&ChunkRef<'_>) -> bool) -> Result<(), LogError> {
+        let prefix = log_prefix(uid, kind);
+        // The chunk holding `from` starts at or before it.
+        let start = self
+            .log
+            .range(log_key(uid, kind, 0)..=log_key(uid, kind, from))
+            .next_back()
+            .transpose()?
+            .map(|(key, _)| key.to_vec())
+            .unwrap_or_else(|| log_key(uid, kind, from).to_vec());
+        for item in self.log.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if chunk.last_serial < from {
+                continue;
+            }
+            if !visit(&chunk) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete chunks of `kind` whose newest entry is older than `cutoff_us`, oldest
+    /// first; returns how many were deleted.
+    pub fn prune_older_than(&self, uid: u64, kind: LogKind, cutoff_us: u64) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+            let (key, value) = item?;
+            if codec::last_timestamp_us(&value).is_none_or(|ts| ts >= cutoff_us) {
+                break;
+            }
+            self.log.remove(key)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Delete chunks of `kind` whose entries all have serials at or below `serial`.
+    pub fn prune_through(&self, uid: u64, kind: LogKind, serial: u64) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for item in self.log.range(log_key(uid, kind, 0)..=log_key(uid, kind, serial)) {
+            let (key, value) = item?;
+            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if chunk.last_serial > serial {
+                break;
+            }
+            self.log.remove(key)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Oldest serial still held in the log of `kind`, if any.
+    pub fn oldest_serial(&self, uid: u64, kind: LogKind) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .log
+            .scan_prefix(log_prefix(uid, kind))
+            .next()
+            .transpose()?
+            .map(|(key, _)| u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"))))
+    }
+
+    /// Store a snapshot: its block bytes in parts and its metadata, atomically, then flush.
+    pub fn save_snapshot(&self, uid: u64, mut meta: SnapshotMeta, blocks: &[&crate::store::Block]) -> Result<SnapshotMeta, LogError> {
+        let mut batch = sled::Batch::default();
+        let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
+        let mut parts = 0u32;
+        let mut size = 0u64;
+        for block in blocks {
+            part.extend_from_slice(block.as_bytes());
+            if part.len() >= SNAPSHOT_PART_BYTES {
+                size += part.len() as u64;
+                batch.insert(&snapshot_key(uid, meta.serial, parts)[..], std::mem::take(&mut part));
+                parts += 1;
+            }
+        }
+        if !part.is_empty() {
+            size += part.len() as u64;
+            batch.insert(&snapshot_key(uid, meta.serial, parts)[..], part);
+            parts += 1;
+        }
+        meta.parts = parts;
+        meta.size_bytes = size;
+        let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
+        batch.insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded);
+        self.snapshots.apply_batch(batch)?;
+        self.flush_now()?;
+        Ok(meta)
+    }
+
+    /// Metadata of every stored snapshot of `uid`, oldest first.
+    pub fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotMeta>, LogError> {
+        let mut out = Vec::new();
+        for item in self.snapshots.scan_prefix(uid.to_be_bytes()) {
+            let (key, value) = item?;
+            if key[16..20] == META_PART.to_be_bytes() {
+                out.push(postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The packed block bytes of a snapshot.
+    pub fn snapshot_blocks(&self, uid: u64, meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
+        let mut packed = Vec::with_capacity(meta.size_bytes as usize);
+        for part in 0..meta.parts {
+            let bytes = self
+                .snapshots
+                .get(snapshot_key(uid, meta.serial, part))?
+                .ok_or_else(|| LogError::Damaged(format!("snapshot {} misses part {part}", meta.serial)))?;
+            packed.extend_from_slice(&bytes);
+        }
+        Ok(packed)
+    }
+
+    /// Delete a stored snapshot.
+    pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        for part in 0..meta.parts {
+            batch.remove(&snapshot_key(uid, meta.serial, part)[..]);
+        }
+        batch.remove(&snapshot_key(uid, meta.serial, META_PART)[..]);
+        self.snapshots.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Delete every log chunk and snapshot of a database.
+    pub fn delete_database(&self, uid: u64) -> Result<(), LogError> {
+        for tree in [&self.log, &self.snapshots] {
+            let keys: Vec<_> = tree.scan_prefix(uid.to_be_bytes()).keys().collect::<Result<_, _>>()?;
+            let mut batch = sled::Batch::default();
+            for key in keys {
+                batch.remove(key);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Stop the flusher after a last flush.
+    pub fn shutdown(&self) -> Result<(), LogError> {
+        self.state.lock().shutdown = true;
+        self.wake.notify_one();
+        self.flush_now()
+    }
+}
+
+fn flush_loop(store: std::sync::Weak<LogStore>) {
+    loop {
+        let Some(store) = store.upgrade() else { return };
+        let target = {
+            let mut state = store.state.lock();
+            let done = store.flushed.borrow().0;
+            if state.requested == done {
+                if state.shutdown {
+                    return;
+                }
+                // Wake up now and then to notice a dropped store.
+                store.wake.wait_for(&mut state, Duration::from_millis(200));
+                continue;
+            }
+            state.requested
+        };
+        let result = store.db.flush();
+        store.flushed.send_modify(|(done, err)| {
+            match result {
+                Ok(_) => {
+                    *done = target;
+                    *err = None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "log flush failed");
+                    *err = Some(e.to_string().into());
+                }
+            }
+        });
+        if store.flushed.borrow().1.is_some() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
