@@ -1,1 +1,5 @@
-fn main() {}
+//! The `doppel` binary: see [`doppel_server::cli`].
+
+fn main() -> std::process::ExitCode {
+    doppel_server::cli::main()
+}

@@ -1,0 +1,171 @@
+//! API errors as problem+json (RFC 9457), and extractors whose rejections use it.
+//!
+//! Every error a client can meet has a stable `code`, a status, a title and a precise
+//! `detail`. Extractor rejections (bad JSON, bad query, oversized body) go through the
+//! same type, so no route answers with a plain-text error.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::node::Error;
+use crate::store::StoreError;
+use crate::txn::locks::LockError;
+
+/// A problem to report to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub op_index: Option<usize>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            op_index: None,
+        }
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed-request", detail)
+    }
+}
+
+fn title(code: &str) -> &'static str {
+    match code {
+        "malformed-request" => "The request is malformed",
+        "empty-key" => "The key is empty",
+        "key-too-long" => "The key is too long",
+        "not-found" => "Not found",
+        "no-route" => "No such route",
+        "method-not-allowed" => "Method not allowed",
+        "already-exists" => "Already exists",
+        "duplicate-key" => "Duplicate unique key",
+        "lock-timeout" => "Lock wait timed out",
+        "deadlock" => "Deadlock detected",
+        "payload-too-large" => "The request body is too large",
+        "record-too-large" => "The record is larger than a block",
+        "quota-exceeded" => "Memory quota exceeded",
+        "unavailable" => "Service unavailable",
+        _ => "Internal error",
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> ApiError {
+        let detail = err.to_string();
+        let (status, code, op_index) = match &err {
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", None),
+            Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists", None),
+            Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request", None),
+            Error::Store { op_index, err } => {
+                let (status, code) = match err {
+                    StoreError::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key"),
+                    StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),
+                    StoreError::DuplicateKey => (StatusCode::CONFLICT, "duplicate-key"),
+                    StoreError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+                    StoreError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large"),
+                    StoreError::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded"),
+                    StoreError::UnknownFile(_) => (StatusCode::NOT_FOUND, "not-found"),
+                    StoreError::Malformed | StoreError::BadReorg { .. } => {
+                        (StatusCode::BAD_REQUEST, "malformed-request")
+                    }
+                };
+                (status, code, *op_index)
+            }
+            Error::Lock(LockError::Timeout { .. }) => (StatusCode::CONFLICT, "lock-timeout", None),
+            Error::Lock(LockError::Deadlock { .. }) => (StatusCode::CONFLICT, "deadlock", None),
+            Error::Log(_) | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+        };
+        ApiError {
+            status,
+            code,
+            detail,
+            op_index,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://doppel.dev/problems/{}", self.code),
+            "title": title(self.code),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Some(index) = self.op_index {
+            body["op_index"] = json!(index);
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// A JSON body whose rejections are problems.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the request body is over the limit of {} bytes", super::MAX_BODY_BYTES),
+        );
+    }
+    let detail = match rejection {
+        JsonRejection::MissingJsonContentType(_) => "expected a body with Content-Type: application/json".to_string(),
+        other => other.body_text(),
+    };
+    ApiError::malformed(detail)
+}
+
+/// Query parameters whose rejections are problems.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|r: QueryRejection| ApiError::malformed(r.body_text()))
+    }
+}
+
+/// Path parameters whose rejections are problems.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r: PathRejection| ApiError::malformed(r.body_text()))
+    }
+}

@@ -1,0 +1,54 @@
+//! The REST API (SPEC H1): axum routes under `/v1`, problem+json errors and the
+//! OpenAPI document. Every data path is tenant-scoped from the start.
+//!
+//! [`ROUTES`](openapi::ROUTES) is the one list of routes: the router is built from it
+//! and the OpenAPI document describes it, so the two cannot drift apart.
+
+pub mod error;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::MethodFilter;
+use axum::Router;
+
+use crate::node::Node;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub node: Arc<Node>,
+}
+
+/// The router for a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let mut router = Router::new();
+    for route in openapi::ROUTES {
+        let filter = match route.method {
+            "get" => MethodFilter::GET,
+            "post" => MethodFilter::POST,
+            "put" => MethodFilter::PUT,
+            "delete" => MethodFilter::DELETE,
+            other => unreachable!("route table has method {other}"),
+        };
+        router = router.route(route.path, (route.handler)(filter));
+    }
+    router
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::new(AppState { node }))
+}
+
+type Handler = fn(MethodFilter) -> axum::routing::MethodRouter<Arc<AppState>>;
+
+macro_rules! handler {
+    ($f:path) => {
+        (|filter| axum::routing::on(filter, $f)) as Handler
+    };
+}
+pub(crate) use handler;

@@ -1,0 +1,90 @@
+//! The route table and the OpenAPI 3.1 document generated from it.
+
+use serde_json::{json, Map, Value};
+
+use super::routes as r;
+use super::{handler, Handler};
+
+/// One route: method, path (axum and OpenAPI share the `{param}` syntax), summary.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub handler: Handler,
+}
+
+/// A path under one database.
+macro_rules! db {
+    ($rest:literal) => {
+        concat!("/v1/tenants/{tenant}/databases/{db}", $rest)
+    };
+}
+
+macro_rules! routes {
+    ($($method:literal $path:expr => $f:path, $summary:literal;)*) => {
+        /// Every route of the API.
+        pub const ROUTES: &[Route] = &[$(Route { method: $method, path: $path, summary: $summary, handler: handler!($f) }),*];
+    };
+}
+
+routes! {
+    "get" "/v1/health" => r::health, "Liveness of the node";
+    "get" "/v1/openapi.json" => r::openapi, "This document";
+    "get" "/v1/tenants" => r::list_tenants, "List tenants";
+    "post" "/v1/tenants" => r::create_tenant, "Create a tenant";
+    "get" "/v1/tenants/{tenant}/databases" => r::list_databases, "List a tenant's databases";
+    "post" "/v1/tenants/{tenant}/databases" => r::create_database, "Create a database: files, alternate keys, block size, durability, quota, retention";
+    "get" db!("") => r::get_database, "Show a database";
+    "delete" db!("") => r::delete_database, "Delete a database with its logs and snapshots";
+    "get" db!("/files/{file}/records") => r::scan_records, "Scan records by unique key range (from, to, limit)";
+    "post" db!("/files/{file}/records") => r::insert_record, "Insert a record (409 if the key exists)";
+    "get" db!("/files/{file}/records/{key}") => r::get_record, "Read a record by unique key";
+    "put" db!("/files/{file}/records/{key}") => r::put_record, "Insert or replace a record";
+    "delete" db!("/files/{file}/records/{key}") => r::delete_record, "Delete a record";
+    "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, "Records whose alternate key equals a value";
+    "post" db!("/transactions") => r::transaction, "Apply a batch of operations atomically";
+    "post" db!("/txns") => r::begin, "Begin an interactive transaction";
+    "get" db!("/txns/{txn}") => r::get_txn, "Show an open transaction";
+    "post" db!("/txns/{txn}/ops") => r::add_ops, "Add operations to an open transaction (locks their records)";
+    "post" db!("/txns/{txn}/commit") => r::commit, "Commit an open transaction";
+    "post" db!("/txns/{txn}/cancel") => r::cancel, "Cancel an open transaction";
+    "get" db!("/snapshots") => r::list_snapshots, "List stored snapshots";
+    "post" db!("/snapshots") => r::take_snapshot, "Take a compact snapshot";
+    "get" db!("/log") => r::read_log, "Inspect A/B/T log entries (from, limit)";
+    "get" db!("/checksums") => r::checksums, "Per-block checksums, file by file";
+}
+
+/// The OpenAPI document for [`ROUTES`].
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let params: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut responses = Map::new();
+        responses.insert("2XX".into(), json!({"description": "Success", "content": {"application/json": {}}}));
+        responses.insert("default".into(), json!({"description": "A problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}));
+        let mut op = json!({"summary": route.summary, "parameters": params, "responses": responses});
+        if matches!(route.method, "post" | "put") {
+            op["requestBody"] = json!({"required": false, "content": {"application/json": {}}});
+        }
+        let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
+        entry[route.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Doppel", "version": env!("CARGO_PKG_VERSION"), "description": "Replication server for in-memory block-store databases. See docs/API.md."},
+        "paths": paths,
+        "components": {"schemas": {"Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "code"],
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string"}, "op_index": {"type": "integer"}
+            }
+        }}}
+    })
+}

@@ -1,0 +1,310 @@
+//! The REST handlers: tenants, databases, records, transactions, snapshots, log and
+//! checksums. Each handler parses, calls the node, and shapes the JSON answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body, Path, Query};
+use super::AppState;
+use crate::node::records::{OpInput, OpName};
+use crate::node::{logview, Database, DatabaseSpec};
+
+type Result<T> = std::result::Result<T, ApiError>;
+type App = State<Arc<AppState>>;
+
+/// Most records one scan or lookup returns.
+const MAX_LIMIT: usize = 10_000;
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(super::openapi::document())
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no-route", "no route matches this path")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this path does not take this method")
+}
+
+// ---- tenants ----
+
+pub async fn list_tenants(State(app): App) -> Json<Value> {
+    let tenants: Vec<Value> = app.node.tenants().into_iter().map(|name| json!({"name": name})).collect();
+    Json(Value::Array(tenants))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+}
+
+pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Result<Response> {
+    app.node.create_tenant(&body.name)?;
+    Ok((StatusCode::CREATED, Json(json!({"name": body.name})) ).into_response())
+}
+
+// ---- databases ----
+
+fn db(app: &AppState, tenant: &str, name: &str) -> Result<Arc<Database>> {
+    Ok(app.node.database(tenant, name)?)
+}
+
+pub async fn create_database(State(app): App, Path(tenant): Path<String>, Body(spec): Body<DatabaseSpec>) -> Result<Response> {
+    let db = app.node.create_database(&tenant, spec)?;
+    Ok((StatusCode::CREATED, Json(db.info())).into_response())
+}
+
+pub async fn list_databases(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+    let infos: Vec<_> = app.node.databases(&tenant)?.iter().map(|db| db.info()).collect();
+    Ok(Json(json!(infos)))
+}
+
+pub async fn get_database(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+    Ok(Json(json!(db(&app, &tenant, &name)?.info())))
+}
+
+pub async fn delete_database(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<StatusCode> {
+    app.node.delete_database(&tenant, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- records ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordBody {
+    #[serde(default)]
+    alt: BTreeMap<String, String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecord {
+    key: String,
+    #[serde(default)]
+    alt: BTreeMap<String, String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+type RecordPath = Path<(String, String, String, String)>;
+
+fn lock_timeout(app: &AppState, ms: Option<u64>) -> Duration {
+    Duration::from_millis(ms.unwrap_or(app.node.settings.lock_timeout_ms).min(600_000))
+}
+
+async fn run_one(app: &AppState, db: &Database, op: OpInput) -> Result<crate::node::database::Committed> {
+    let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
+    db.execute(&ops, lock_timeout(app, None)).await.map_err(strip_index)
+}
+
+/// Single-record calls report errors without an operation index.
+fn strip_index(err: crate::node::Error) -> ApiError {
+    match err {
+        crate::node::Error::Store { err, .. } => crate::node::Error::Store { op_index: None, err }.into(),
+        other => other.into(),
+    }
+}
+
+pub async fn put_record(State(app): App, Path((tenant, name, file, key)): RecordPath, Body(body): Body<RecordBody>) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let existed = db.get(&file, &key).is_ok();
+    let op = OpInput {
+        op: OpName::Upsert,
+        file,
+        key,
+        alt: body.alt,
+        data: body.data,
+    };
+    let done = run_one(&app, &db, op).await?;
+    Ok(Json(json!({"txn": done.txn, "serial": done.first_serial, "created": !existed})))
+}
+
+pub async fn insert_record(State(app): App, Path((tenant, name, file)): Path<(String, String, String)>, Body(body): Body<NewRecord>) -> Result<Response> {
+    let db = db(&app, &tenant, &name)?;
+    let op = OpInput {
+        op: OpName::Insert,
+        file,
+        key: body.key,
+        alt: body.alt,
+        data: body.data,
+    };
+    let done = run_one(&app, &db, op).await?;
+    Ok((StatusCode::CREATED, Json(json!({"txn": done.txn, "serial": done.first_serial}))).into_response())
+}
+
+pub async fn get_record(State(app): App, Path((tenant, name, file, key)): RecordPath) -> Result<Json<Value>> {
+    Ok(Json(json!(db(&app, &tenant, &name)?.get(&file, &key)?)))
+}
+
+pub async fn delete_record(State(app): App, Path((tenant, name, file, key)): RecordPath) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let op = OpInput {
+        op: OpName::Delete,
+        file,
+        key,
+        alt: BTreeMap::new(),
+        data: None,
+    };
+    let done = run_one(&app, &db, op).await?;
+    Ok(Json(json!({"txn": done.txn, "serial": done.first_serial})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+fn limit(requested: Option<usize>) -> Result<usize> {
+    match requested.unwrap_or(100) {
+        0 => Err(ApiError::malformed("limit must be at least 1")),
+        n if n > MAX_LIMIT => Err(ApiError::malformed(format!("limit must be at most {MAX_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+pub async fn scan_records(State(app): App, Path((tenant, name, file)): Path<(String, String, String)>, Query(q): Query<ScanQuery>) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let (records, next) = db.scan(&file, q.from.as_deref().unwrap_or(""), q.to.as_deref(), limit(q.limit)?)?;
+    Ok(Json(json!({"records": records, "next": next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    limit: Option<usize>,
+}
+
+pub async fn lookup_alt(
+    State(app): App,
+    Path((tenant, name, file, alt, value)): Path<(String, String, String, String, String)>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let records = db.lookup_alt(&file, &alt, &value, limit(q.limit.or(Some(MAX_LIMIT)))?)?;
+    Ok(Json(json!({"records": records})))
+}
+
+// ---- transactions ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsBody {
+    ops: Vec<OpInput>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockQuery {
+    lock_timeout_ms: Option<u64>,
+}
+
+pub async fn transaction(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+    Query(q): Query<LockQuery>,
+    Body(body): Body<OpsBody>,
+) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let ops = db.resolve(&body.ops)?;
+    let done = db.execute(&ops, lock_timeout(&app, q.lock_timeout_ms)).await?;
+    Ok(Json(json!(done)))
+}
+
+pub async fn begin(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Response> {
+    let txn = db(&app, &tenant, &name)?.begin()?;
+    Ok((StatusCode::CREATED, Json(json!({"txn": txn}))).into_response())
+}
+
+type TxnPath = Path<(String, String, u64)>;
+
+pub async fn add_ops(State(app): App, Path((tenant, name, txn)): TxnPath, Query(q): Query<LockQuery>, Body(body): Body<OpsBody>) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let ops = db.resolve(&body.ops)?;
+    let pending = db.add(txn, ops, lock_timeout(&app, q.lock_timeout_ms)).await?;
+    Ok(Json(json!({"txn": txn, "pending": pending})))
+}
+
+pub async fn get_txn(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+    let pending = db(&app, &tenant, &name)?.pending(txn).await?;
+    Ok(Json(json!({"txn": txn, "pending": pending, "state": "open"})))
+}
+
+pub async fn commit(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+    let done = db(&app, &tenant, &name)?.commit(txn).await?;
+    Ok(Json(json!(done)))
+}
+
+pub async fn cancel(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+    db(&app, &tenant, &name)?.cancel(txn)?;
+    Ok(Json(json!({"txn": txn, "cancelled": true})))
+}
+
+// ---- snapshots, log, checksums ----
+
+fn snapshot_json(meta: &crate::log::durable::SnapshotMeta) -> Value {
+    json!({
+        "serial": meta.serial,
+        "size_bytes": meta.size_bytes,
+        "blocks": meta.layout.block_count(),
+        "created_ms": meta.created_ms,
+    })
+}
+
+pub async fn take_snapshot(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Response> {
+    let meta = db(&app, &tenant, &name)?.snapshot().await?;
+    Ok((StatusCode::CREATED, Json(snapshot_json(&meta))).into_response())
+}
+
+pub async fn list_snapshots(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+    let metas = db(&app, &tenant, &name)?.snapshots()?;
+    Ok(Json(Value::Array(metas.iter().map(snapshot_json).collect())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn read_log(State(app): App, Path((tenant, name)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Result<Json<Value>> {
+    let db = db(&app, &tenant, &name)?;
+    let entries = logview::read(&db, q.from.unwrap_or(1), limit(q.limit)?)?;
+    Ok(Json(json!({"entries": entries})))
+}
+
+pub async fn checksums(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+    let files: Vec<Value> = db(&app, &tenant, &name)?
+        .checksums()
+        .into_iter()
+        .map(|(name, blocks)| {
+            let blocks: Vec<Value> = blocks
+                .into_iter()
+                .map(|(block, sum)| json!({"block": block, "checksum": format!("{sum:016x}")}))
+                .collect();
+            json!({"name": name, "blocks": blocks})
+        })
+        .collect();
+    Ok(Json(json!({"files": files})))
+}

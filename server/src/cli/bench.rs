@@ -1,0 +1,150 @@
+//! `doppel bench`: load a running node through its REST API and print throughput,
+//! latency percentiles and memory. The client runs on the same machine as the node, so
+//! the figures include the client's own CPU use.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::client::{encode_segment, Client, Target};
+
+/// Options of `doppel bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Records to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Operations per transaction.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Bytes of data per record.
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    /// Durability of the bench database: none, group or sync.
+    #[arg(long, default_value = "group")]
+    durability: String,
+    /// Point reads to run after the writes.
+    #[arg(long, default_value_t = 20_000)]
+    reads: usize,
+    /// Name of the database to (re)create.
+    #[arg(long, default_value = "bench")]
+    db: String,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run_parallel(connections: usize, jobs: usize, work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static, url: &str) -> Result<(Duration, Vec<Duration>), String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let work = Arc::new(work);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..connections)
+        .map(|_| {
+            let (next, work, client) = (next.clone(), work.clone(), Client::new(url));
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut latencies = Vec::new();
+                loop {
+                    let job = next.fetch_add(1, Ordering::Relaxed);
+                    if job >= jobs {
+                        return Ok(latencies);
+                    }
+                    let t = Instant::now();
+                    work(&client, job)?;
+                    latencies.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.join().map_err(|_| "a bench thread panicked".to_string())??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok((elapsed, latencies))
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let client = Client::new(&args.target.url);
+    let tenant = encode_segment(&args.target.tenant);
+    let db_path = format!("/v1/tenants/{tenant}/databases/{}", encode_segment(&args.db));
+    let _ = client.call("DELETE", &db_path, None);
+    client.call(
+        "POST",
+        &format!("/v1/tenants/{tenant}/databases"),
+        Some(&json!({"name": args.db, "files": [{"name": "bench"}], "durability": args.durability, "memory_quota_bytes": 16u64 << 30})),
+    )?;
+    let payload = "x".repeat(args.record_bytes.saturating_sub(2));
+    let batches = args.records.div_ceil(args.batch);
+    let (records, batch) = (args.records, args.batch);
+    let txn_path = format!("{db_path}/transactions");
+    let body_for = move |job: usize| -> String {
+        let start = job * batch;
+        let end = (start + batch).min(records);
+        let ops: Vec<String> = (start..end)
+            .map(|i| format!(r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":"{payload}"}}"#))
+            .collect();
+        format!(r#"{{"ops":[{}]}}"#, ops.join(","))
+    };
+    let path = txn_path.clone();
+    let (elapsed, latencies) = run_parallel(
+        args.connections,
+        batches,
+        move |client, job| {
+            let body: Value = serde_json::from_str(&body_for(job)).map_err(|e| e.to_string())?;
+            client.call("POST", &path, Some(&body)).map(|_| ())
+        },
+        &args.target.url,
+    )?;
+    println!(
+        "writes: {records} records in {batches} transactions of {batch} ({} durability, {} connections)",
+        args.durability, args.connections
+    );
+    println!(
+        "  {:.0} records/s; per transaction p50 {:.2} ms, p99 {:.2} ms",
+        records as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99))
+    );
+    let reads = args.reads;
+    let read_base = format!("{db_path}/files/bench/records");
+    let (elapsed, latencies) = run_parallel(
+        args.connections,
+        reads,
+        move |client, job| {
+            let key = (job.wrapping_mul(2_654_435_761)) % records;
+            client.call("GET", &format!("{read_base}/k{key:012}"), None).map(|_| ())
+        },
+        &args.target.url,
+    )?;
+    println!(
+        "reads: {reads} point gets, {:.0} gets/s; p50 {:.3} ms, p99 {:.3} ms",
+        reads as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99))
+    );
+    let info = client.call("GET", &db_path, None)?;
+    let memory = info["memory_bytes"].as_u64().unwrap_or(0);
+    let raw = records as u64 * (13 + args.record_bytes as u64);
+    println!(
+        "memory: {memory} bytes of blocks for {raw} raw key+data bytes ({:.2}x)",
+        memory as f64 / raw as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The `doppel` command line: `serve` runs a node; the other subcommands are a client
+//! of a running node's REST API, plus `bench` which measures one.
+
+mod bench;
+mod client;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Doppel: replication for in-memory block-store databases.
+#[derive(Parser, Debug)]
+#[command(name = "doppel", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (defaults: data in ./doppel-data, API on 127.0.0.1:7070).
+    Serve(serve::ServeArgs),
+    /// Measure a running node: batched writes and point reads.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+/// Entry point of the `doppel` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Client(command) => client::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("doppel: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

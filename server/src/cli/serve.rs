@@ -1,0 +1,130 @@
+//! `doppel serve`: configuration, logging, the HTTP listener, background upkeep and
+//! graceful shutdown (Ctrl-C or SIGTERM flush the log before exiting).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::node::{Node, NodeSettings};
+
+/// Options of `doppel serve`. Flags override the config file.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (sled files: config, logs, snapshots).
+    #[arg(long, env = "DOPPEL_DATA")]
+    data: Option<PathBuf>,
+    /// Address of the REST API.
+    #[arg(long, env = "DOPPEL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// A TOML config file (keys: data, listen, log_format, [node]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+/// The TOML config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_format: Option<String>,
+    node: NodeSettings,
+}
+
+const DEFAULT_DATA: &str = "./doppel-data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data = args.data.or(file.data).unwrap_or_else(|| DEFAULT_DATA.into());
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+    init_logging(args.log_format.or(file.log_format).as_deref().unwrap_or("text"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("doppel")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(data, listen, file.node))
+}
+
+async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Result<(), String> {
+    let dir = data.clone();
+    let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let node = Arc::new(node);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(data = %data.display(), address = %local, "node started");
+    println!("doppel listening on http://{local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let upkeep = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                node.upkeep().await;
+            }
+        })
+    };
+    let app = crate::api::router(node.clone());
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    upkeep.abort();
+    tracing::info!("shutting down: flushing the log");
+    node.shutdown().map_err(|e| e.to_string())?;
+    result.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

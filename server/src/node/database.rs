@@ -1,0 +1,611 @@
+//! One live database: its store, its writer, its open transactions and its log.
+//!
+//! The database is its own single writer: a write takes the state lock, applies a whole
+//! transaction through [`txn::apply`], appends its log chunks to sled in serial order,
+//! and lets go. Durability is awaited after the lock is released, so one flush covers
+//! many transactions (group commit). Readers take the state lock shared and never see a
+//! transaction half-applied.
+//!
+//! Interactive transactions buffer their operations, holding record locks from the
+//! moment an operation is added until commit or cancel; nothing reaches the store before
+//! commit, so cancel restores every before image by construction. A batch transaction
+//! (`POST …/transactions`) takes no locks of its own: it runs entirely under the state
+//! lock, after waiting for any interactive transaction that holds one of its records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+use super::records::{self, RecordView};
+use crate::log::durable::SnapshotMeta;
+use crate::log::{LogKind, LogStore, TxnLog};
+use crate::store::{FileSchema, Schema, Store};
+use crate::txn::locks::{LockManager, RecordId};
+use crate::txn::{self, Op, Sequencer};
+
+/// When a write is acknowledged (SPEC B5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged from RAM; the log is written in the background and a crash may lose
+    /// the last writes (like PostgreSQL's `synchronous_commit = off`).
+    None,
+    /// Acknowledged after the group flush that covers it.
+    #[default]
+    Group,
+    /// Acknowledged after a flush of its own.
+    Sync,
+}
+
+/// Retention of B and T logs, each on its own (SPEC B4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    #[serde(default = "Retention::default_b_secs")]
+    pub b_secs: u64,
+    #[serde(default = "Retention::default_t_secs")]
+    pub t_secs: u64,
+}
+
+impl Retention {
+    fn default_b_secs() -> u64 {
+        24 * 3600
+    }
+    fn default_t_secs() -> u64 {
+        7 * 24 * 3600
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            b_secs: Self::default_b_secs(),
+            t_secs: Self::default_t_secs(),
+        }
+    }
+}
+
+/// What a client declares when creating a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    pub name: String,
+    pub files: Vec<FileSchema>,
+    #[serde(default = "DatabaseSpec::default_block_size")]
+    pub block_size: usize,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default = "DatabaseSpec::default_quota")]
+    pub memory_quota_bytes: u64,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+impl DatabaseSpec {
+    fn default_block_size() -> usize {
+        4096
+    }
+    fn default_quota() -> u64 {
+        1 << 30
+    }
+}
+
+/// A database's persisted definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseDef {
+    pub uid: u64,
+    pub tenant: String,
+    pub spec: DatabaseSpec,
+    pub created_ms: u64,
+}
+
+/// Summary of a committed transaction.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Committed {
+    pub txn: u64,
+    pub first_serial: u64,
+    pub last_serial: u64,
+    pub count: usize,
+}
+
+/// Most interactive transactions open at once in one database.
+pub const MAX_OPEN_TXNS: usize = 1024;
+/// Most operations one interactive transaction may buffer.
+pub const MAX_TXN_OPS: usize = 100_000;
+
+struct State {
+    store: Store,
+    seq: Sequencer,
+    snapshot_serial: u64,
+}
+
+struct OpenTxn {
+    ops: Vec<Op>,
+    last_used: Instant,
+}
+
+/// A live database.
+pub struct Database {
+    pub def: DatabaseDef,
+    state: RwLock<State>,
+    locks: LockManager,
+    open: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenTxn>>>>,
+    log: Arc<LogStore>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Database {
+    /// A new, empty database.
+    pub fn create(def: DatabaseDef, log: Arc<LogStore>) -> Database {
+        let store = Store::new(
+            Schema {
+                files: def.spec.files.clone(),
+            },
+            def.spec.block_size,
+            def.spec.memory_quota_bytes,
+        );
+        Self::with_state(def, log, store, Sequencer::new(0, 1), 0)
+    }
+
+    fn with_state(def: DatabaseDef, log: Arc<LogStore>, store: Store, seq: Sequencer, snapshot_serial: u64) -> Database {
+        Database {
+            def,
+            state: RwLock::new(State {
+                store,
+                seq,
+                snapshot_serial,
+            }),
+            locks: LockManager::default(),
+            open: Mutex::new(HashMap::new()),
+            log,
+        }
+    }
+
+    /// Rebuild a database from its latest snapshot plus the log after it (SPEC B5).
+    /// Returns it with the number of log entries replayed.
+    pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
+        let snapshot = log.snapshots(def.uid)?.pop();
+        let (mut store, mut seq, snapshot_serial) = match &snapshot {
+            Some(meta) => {
+                let packed = log.snapshot_blocks(def.uid, meta)?;
+                let store = Store::from_snapshot(meta.layout.clone(), def.spec.memory_quota_bytes, &packed)
+                    .map_err(|e| Error::Unavailable(e.to_string()))?;
+                (store, Sequencer::new(meta.serial, meta.next_txn), meta.serial)
+            }
+            None => {
+                let schema = Schema {
+                    files: def.spec.files.clone(),
+                };
+                (Store::new(schema, def.spec.block_size, def.spec.memory_quota_bytes), Sequencer::new(0, 1), 0)
+            }
+        };
+        let mut replayed = 0u64;
+        let mut max_txn = 0;
+        let last = log.replay(def.uid, seq.last_serial, |chunk| {
+            max_txn = max_txn.max(chunk.txn);
+            for entry in &chunk.entries {
+                txn::replay_entry(&mut store, entry).map_err(|e| {
+                    crate::log::LogError::Damaged(format!("serial {}: {e}", entry.header.serial))
+                })?;
+            }
+            replayed += chunk.entries.len() as u64;
+            Ok(())
+        })?;
+        seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
+        Ok((Self::with_state(def, log, store, seq, snapshot_serial), replayed))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.def.spec.name
+    }
+
+    fn schema_file(&self, store: &Store, name: &str) -> Result<(usize, FileSchema)> {
+        let index = store
+            .schema()
+            .file_index(name)
+            .ok_or_else(|| Error::NotFound(format!("file '{name}'")))?;
+        Ok((index, store.schema().files[index].clone()))
+    }
+
+    /// Read a record by unique key.
+    pub fn get(&self, file: &str, key: &str) -> Result<RecordView> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let id = state.store.schema().main_id(index);
+        let (placement, record) = state
+            .store
+            .get(id, key.as_bytes())
+            .ok_or_else(|| Error::NotFound(format!("record '{key}'")))?;
+        let mut view = records::view(&schema, &record);
+        view.block = Some(placement.block);
+        view.offset = Some(placement.offset);
+        Ok(view)
+    }
+
+    /// Records with `from <= key <= to`, in order, at most `limit`; and the next key.
+    pub fn scan(&self, file: &str, from: &str, to: Option<&str>, limit: usize) -> Result<(Vec<RecordView>, Option<String>)> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let id = state.store.schema().main_id(index);
+        let mut out = Vec::new();
+        let mut next = None;
+        state.store.files()[id as usize].scan(from.as_bytes(), to.map(str::as_bytes), |record| {
+            if out.len() == limit {
+                next = Some(String::from_utf8_lossy(record.key).into_owned());
+                return false;
+            }
+            out.push(records::view(&schema, &record));
+            true
+        });
+        Ok((out, next))
+    }
+
+    /// Records whose alternate key `alt` equals `value`.
+    pub fn lookup_alt(&self, file: &str, alt: &str, value: &str, limit: usize) -> Result<Vec<RecordView>> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let alt_index = schema
+            .alt_keys
+            .iter()
+            .position(|a| a == alt)
+            .ok_or_else(|| Error::NotFound(format!("alternate key '{alt}' of file '{file}'")))?;
+        Ok(state
+            .store
+            .lookup_alt(index, alt_index, value.as_bytes(), limit)
+            .iter()
+            .map(|r| records::view(&schema, r))
+            .collect())
+    }
+
+    /// Resolve client operations against this database's schema.
+    pub fn resolve(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
+        let state = self.state.read();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                records::resolve(state.store.schema(), input).map_err(|e| match e {
+                    Error::Store { err, .. } => Error::Store { op_index: Some(i), err },
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
+    /// Run `ops` as one atomic transaction (the batched fast path).
+    pub async fn execute(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+        if ops.is_empty() {
+            return Err(Error::Malformed("a transaction needs at least one operation".into()));
+        }
+        let deadline = Instant::now() + lock_timeout;
+        loop {
+            // Wait for interactive transactions holding any of these records.
+            let records: Vec<RecordId> = if self.locks.is_idle() {
+                Vec::new()
+            } else {
+                ops.iter().map(|op| (op.file, op.key().to_vec())).collect()
+            };
+            let outcome = {
+                let mut state = self.state.write();
+                match self.locks.first_blocker(0, records.iter()) {
+                    Some((_, holder)) => Err(holder),
+                    None => {
+                        let txn = state.seq.next_txn();
+                        Ok(self.write_locked(&mut state, txn, ops))
+                    }
+                }
+            };
+            match outcome {
+                Ok(result) => {
+                    let committed = result?;
+                    self.await_durable().await?;
+                    return Ok(committed);
+                }
+                Err(holder) => self.locks.wait_release(holder, deadline).await?,
+            }
+        }
+    }
+
+    /// Apply a transaction and append its log, under the state lock.
+    fn write_locked(&self, state: &mut State, txn: u64, ops: &[Op]) -> Result<Committed> {
+        let State { store, seq, .. } = state;
+        match txn::apply(store, seq, txn, ops) {
+            Ok(log) => {
+                self.append(&log)?;
+                Ok(Committed {
+                    txn,
+                    first_serial: log.first_serial().unwrap_or(seq.last_serial),
+                    last_serial: log.last_serial().unwrap_or(seq.last_serial),
+                    count: ops.len(),
+                })
+            }
+            Err(refused) => {
+                self.append(&refused.log)?;
+                Err(Error::Store {
+                    op_index: Some(refused.index),
+                    err: refused.error,
+                })
+            }
+        }
+    }
+
+    fn append(&self, log: &TxnLog) -> Result<()> {
+        self.log.append(self.def.uid, log).map_err(|e| {
+            tracing::error!(database = %self.name(), error = %e, "log append failed");
+            Error::from(e)
+        })
+    }
+
+    /// Wait for the durability this database promises.
+    async fn await_durable(&self) -> Result<()> {
+        match self.def.spec.durability {
+            Durability::None => Ok(()),
+            Durability::Group => {
+                let ticket = self.log.request_flush();
+                Ok(self.log.wait_durable(ticket).await?)
+            }
+            Durability::Sync => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.flush_now())
+                    .await
+                    .map_err(|e| Error::Unavailable(e.to_string()))??;
+                Ok(())
+            }
+        }
+    }
+
+    /// Open an interactive transaction.
+    pub fn begin(&self) -> Result<u64> {
+        let mut open = self.open.lock();
+        if open.len() >= MAX_OPEN_TXNS {
+            return Err(Error::Unavailable(format!(
+                "database '{}' already has {MAX_OPEN_TXNS} open transactions",
+                self.name()
+            )));
+        }
+        let txn = self.state.write().seq.next_txn();
+        open.insert(
+            txn,
+            Arc::new(tokio::sync::Mutex::new(OpenTxn {
+                ops: Vec::new(),
+                last_used: Instant::now(),
+            })),
+        );
+        Ok(txn)
+    }
+
+    fn open_txn(&self, txn: u64) -> Result<Arc<tokio::sync::Mutex<OpenTxn>>> {
+        self.open
+            .lock()
+            .get(&txn)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("open transaction {txn}")))
+    }
+
+    /// Add operations to an open transaction, locking their records. On deadlock the
+    /// transaction is cancelled.
+    pub async fn add(&self, txn: u64, ops: Vec<Op>, lock_timeout: Duration) -> Result<usize> {
+        let handle = self.open_txn(txn)?;
+        let mut open = handle.lock().await;
+        if !self.open.lock().contains_key(&txn) {
+            return Err(Error::NotFound(format!("open transaction {txn}")));
+        }
+        if open.ops.len() + ops.len() > MAX_TXN_OPS {
+            return Err(Error::Malformed(format!("a transaction holds at most {MAX_TXN_OPS} operations")));
+        }
+        let deadline = Instant::now() + lock_timeout;
+        for op in &ops {
+            let record = (op.file, op.key().to_vec());
+            if let Err(err) = self.locks.lock(txn, &record, deadline).await {
+                if matches!(err, crate::txn::locks::LockError::Deadlock { .. }) {
+                    self.open.lock().remove(&txn);
+                    self.locks.release_all(txn);
+                }
+                return Err(err.into());
+            }
+        }
+        open.ops.extend(ops);
+        open.last_used = Instant::now();
+        Ok(open.ops.len())
+    }
+
+    /// Number of buffered operations of an open transaction.
+    pub async fn pending(&self, txn: u64) -> Result<usize> {
+        Ok(self.open_txn(txn)?.lock().await.ops.len())
+    }
+
+    /// Commit an open transaction.
+    pub async fn commit(&self, txn: u64) -> Result<Committed> {
+        let handle = self.open_txn(txn)?;
+        let open = handle.lock().await;
+        if self.open.lock().remove(&txn).is_none() {
+            return Err(Error::NotFound(format!("open transaction {txn}")));
+        }
+        let result = if open.ops.is_empty() {
+            let last = self.state.read().seq.last_serial;
+            Ok(Committed {
+                txn,
+                first_serial: last,
+                last_serial: last,
+                count: 0,
+            })
+        } else {
+            let mut state = self.state.write();
+            self.write_locked(&mut state, txn, &open.ops)
+        };
+        self.locks.release_all(txn);
+        let committed = result?;
+        if committed.count > 0 {
+            self.await_durable().await?;
+        }
+        Ok(committed)
+    }
+
+    /// Cancel an open transaction: drop its operations and release its locks.
+    pub fn cancel(&self, txn: u64) -> Result<()> {
+        self.open
+            .lock()
+            .remove(&txn)
+            .ok_or_else(|| Error::NotFound(format!("open transaction {txn}")))?;
+        self.locks.release_all(txn);
+        Ok(())
+    }
+
+    /// Cancel transactions idle longer than `idle`; returns how many.
+    pub fn cancel_idle(&self, idle: Duration) -> usize {
+        let stale: Vec<u64> = self
+            .open
+            .lock()
+            .iter()
+            .filter(|(_, t)| t.try_lock().is_ok_and(|t| t.last_used.elapsed() > idle))
+            .map(|(txn, _)| *txn)
+            .collect();
+        stale.iter().filter(|txn| self.cancel(**txn).is_ok()).count()
+    }
+
+    /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<SnapshotMeta> {
+        let (frozen, serial, next_txn) = {
+            let state = self.state.read();
+            (state.store.freeze(), state.seq.last_serial, state.seq.next_txn)
+        };
+        let db = self.clone();
+        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
+            let (layout, blocks) = frozen.snapshot_parts();
+            let meta = SnapshotMeta {
+                serial,
+                next_txn,
+                created_ms: now_ms(),
+                parts: 0,
+                size_bytes: 0,
+                layout,
+            };
+            let meta = db.log.save_snapshot(db.def.uid, meta, &blocks)?;
+            db.compact_after_snapshot()?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))??;
+        let mut state = self.state.write();
+        state.snapshot_serial = state.snapshot_serial.max(meta.serial);
+        Ok(meta)
+    }
+
+    /// Keep the two newest snapshots and the A log from the older of them on.
+    fn compact_after_snapshot(&self) -> Result<()> {
+        let snapshots = self.log.snapshots(self.def.uid)?;
+        if snapshots.len() > 2 {
+            for old in &snapshots[..snapshots.len() - 2] {
+                self.log.delete_snapshot(self.def.uid, old)?;
+            }
+        }
+        if let Some(keep_from) = snapshots.iter().rev().nth(1) {
+            self.log.prune_through(self.def.uid, LogKind::A, keep_from.serial)?;
+        }
+        Ok(())
+    }
+
+    /// Stored snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotMeta>> {
+        Ok(self.log.snapshots(self.def.uid)?)
+    }
+
+    /// Drop B and T log chunks past their retention.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let now_us = now_ms() * 1000;
+        let retention = self.def.spec.retention;
+        let b = self
+            .log
+            .prune_older_than(self.def.uid, LogKind::B, now_us.saturating_sub(retention.b_secs * 1_000_000))?;
+        let t = self
+            .log
+            .prune_older_than(self.def.uid, LogKind::T, now_us.saturating_sub(retention.t_secs * 1_000_000))?;
+        Ok(b + t)
+    }
+
+    /// Serial of the last applied update and of the last snapshot.
+    pub fn serials(&self) -> (u64, u64) {
+        let state = self.state.read();
+        (state.seq.last_serial, state.snapshot_serial)
+    }
+
+    /// Figures for the database info: per-file record counts and memory in use.
+    pub fn info(&self) -> DatabaseInfo {
+        let state = self.state.read();
+        let schema = state.store.schema();
+        let files = schema
+            .files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let id = schema.main_id(index);
+                let records = state.store.files()[id as usize]
+                    .blocks()
+                    .map(|(_, b)| b.count() as u64)
+                    .sum();
+                FileInfo {
+                    name: file.name.clone(),
+                    alt_keys: file.alt_keys.clone(),
+                    records,
+                }
+            })
+            .collect();
+        DatabaseInfo {
+            name: self.def.spec.name.clone(),
+            files,
+            block_size: self.def.spec.block_size,
+            durability: self.def.spec.durability,
+            memory_quota_bytes: self.def.spec.memory_quota_bytes,
+            memory_bytes: state.store.memory_bytes(),
+            retention: self.def.spec.retention,
+            last_serial: state.seq.last_serial,
+            snapshot_serial: state.snapshot_serial,
+            created_ms: self.def.created_ms,
+        }
+    }
+
+    /// Per-block checksums, file by file.
+    pub fn checksums(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        self.state.read().store.checksums()
+    }
+
+    /// The schema (for log views).
+    pub fn schema(&self) -> Schema {
+        self.state.read().store.schema().clone()
+    }
+
+    pub fn log_store(&self) -> &LogStore {
+        &self.log
+    }
+}
+
+/// A database as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub files: Vec<FileInfo>,
+    pub block_size: usize,
+    pub durability: Durability,
+    pub memory_quota_bytes: u64,
+    pub memory_bytes: u64,
+    pub retention: Retention,
+    pub last_serial: u64,
+    pub snapshot_serial: u64,
+    pub created_ms: u64,
+}
+
+/// A file as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub alt_keys: Vec<String>,
+    pub records: u64,
+}

@@ -1,0 +1,313 @@
+//! A Doppel node: its tenants, their databases, and the sled data directory that keeps
+//! their definitions, logs and snapshots.
+//!
+//! The node owns the one sled database of its data directory. Tenant and database
+//! definitions live in the `config` tree as JSON; logs and snapshots in the trees of
+//! [`LogStore`]. Opening a node recovers every database from its last snapshot plus the
+//! log after it. Background upkeep (idle transactions, retention, periodic snapshots)
+//! runs from [`Node::upkeep`].
+
+pub mod database;
+pub mod error;
+pub mod logview;
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+pub use database::{Database, DatabaseDef, DatabaseSpec, Durability};
+pub use error::{Error, Result};
+
+use crate::log::LogStore;
+use crate::store::block::{MAX_BLOCK_BYTES, MIN_BLOCK_BYTES};
+use crate::store::MAX_ALT_KEYS;
+
+/// The tenant every node has.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Node settings that are not per database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Take a snapshot of a database once this many updates follow its last one.
+    pub snapshot_every_entries: u64,
+    /// Default wait for a locked record.
+    pub lock_timeout_ms: u64,
+    /// Cancel interactive transactions idle this long.
+    pub txn_idle_timeout_secs: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            snapshot_every_entries: 1_000_000,
+            lock_timeout_ms: 5_000,
+            txn_idle_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TenantDef {
+    name: String,
+    created_ms: u64,
+}
+
+#[derive(Default)]
+struct Tenant {
+    databases: BTreeMap<String, Arc<Database>>,
+}
+
+/// A running node's state.
+pub struct Node {
+    sled: sled::Db,
+    config: sled::Tree,
+    log: Arc<LogStore>,
+    tenants: RwLock<BTreeMap<String, Tenant>>,
+    pub settings: NodeSettings,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Check a tenant, database or file name: 1–64 of `A-Z a-z 0-9 _ -`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Malformed(format!(
+            "{what} name '{name}' must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
+fn db_key(tenant: &str, name: &str) -> String {
+    format!("db/{tenant}/{name}")
+}
+
+impl Node {
+    /// Open (or create) the node in `data_dir` and recover its databases.
+    pub fn open(data_dir: &Path, settings: NodeSettings) -> Result<Node> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+        let sled = sled::Config::new()
+            .path(data_dir.join("sled"))
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| Error::Unavailable(format!("cannot open the data directory {}: {e}", data_dir.display())))?;
+        let config = sled.open_tree("config").map_err(crate::log::LogError::from)?;
+        let log = LogStore::open(&sled)?;
+        let node = Node {
+            sled,
+            config,
+            log,
+            tenants: RwLock::new(BTreeMap::new()),
+            settings,
+        };
+        node.load()?;
+        if !node.tenants.read().contains_key(DEFAULT_TENANT) {
+            node.create_tenant(DEFAULT_TENANT)?;
+        }
+        Ok(node)
+    }
+
+    fn load(&self) -> Result<()> {
+        let mut tenants = self.tenants.write();
+        for item in self.config.scan_prefix("tenant/") {
+            let (_, value) = item.map_err(crate::log::LogError::from)?;
+            let def: TenantDef = serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
+            tenants.entry(def.name).or_default();
+        }
+        for item in self.config.scan_prefix("db/") {
+            let (_, value) = item.map_err(crate::log::LogError::from)?;
+            let def: DatabaseDef = serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
+            let started = Instant::now();
+            let (tenant, name) = (def.tenant.clone(), def.spec.name.clone());
+            let (db, replayed) = Database::recover(def, self.log.clone())?;
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                tenant = %tenant,
+                database = %name,
+                replayed_entries = replayed,
+                seconds = secs,
+                entries_per_sec = (replayed as f64 / secs.max(1e-9)) as u64,
+                "database recovered"
+            );
+            tenants.entry(tenant).or_default().databases.insert(name, Arc::new(db));
+        }
+        Ok(())
+    }
+
+    /// Names of all tenants.
+    pub fn tenants(&self) -> Vec<String> {
+        self.tenants.read().keys().cloned().collect()
+    }
+
+    /// Create a tenant.
+    pub fn create_tenant(&self, name: &str) -> Result<()> {
+        check_name("tenant", name)?;
+        let mut tenants = self.tenants.write();
+        if tenants.contains_key(name) {
+            return Err(Error::AlreadyExists(format!("tenant '{name}'")));
+        }
+        let def = TenantDef {
+            name: name.to_string(),
+            created_ms: now_ms(),
+        };
+        self.put_config(&format!("tenant/{name}"), &def)?;
+        tenants.insert(name.to_string(), Tenant::default());
+        Ok(())
+    }
+
+    fn put_config<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.config
+            .insert(key, bytes)
+            .map_err(crate::log::LogError::from)?;
+        self.log.flush_now()?;
+        Ok(())
+    }
+
+    fn check_spec(spec: &DatabaseSpec) -> Result<()> {
+        check_name("database", &spec.name)?;
+        if spec.files.is_empty() {
+            return Err(Error::Malformed("a database needs at least one file".into()));
+        }
+        if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&spec.block_size) {
+            return Err(Error::Malformed(format!(
+                "block_size must be between {MIN_BLOCK_BYTES} and {MAX_BLOCK_BYTES} bytes"
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for file in &spec.files {
+            check_name("file", &file.name)?;
+            if !names.insert(&file.name) {
+                return Err(Error::Malformed(format!("file '{}' is declared twice", file.name)));
+            }
+            if file.alt_keys.len() > MAX_ALT_KEYS {
+                return Err(Error::Malformed(format!("a file has at most {MAX_ALT_KEYS} alternate keys")));
+            }
+            let mut alts = std::collections::BTreeSet::new();
+            for alt in &file.alt_keys {
+                check_name("alternate key", alt)?;
+                if !alts.insert(alt) {
+                    return Err(Error::Malformed(format!("alternate key '{alt}' is declared twice")));
+                }
+            }
+        }
+        if spec.memory_quota_bytes < spec.block_size as u64 {
+            return Err(Error::Malformed("memory_quota_bytes must hold at least one block".into()));
+        }
+        Ok(())
+    }
+
+    /// Create a database in `tenant`.
+    pub fn create_database(&self, tenant: &str, spec: DatabaseSpec) -> Result<Arc<Database>> {
+        Self::check_spec(&spec)?;
+        let mut tenants = self.tenants.write();
+        let owner = tenants
+            .get_mut(tenant)
+            .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
+        if owner.databases.contains_key(&spec.name) {
+            return Err(Error::AlreadyExists(format!("database '{}'", spec.name)));
+        }
+        let uid = self.sled.generate_id().map_err(crate::log::LogError::from)? + 1;
+        let def = DatabaseDef {
+            uid,
+            tenant: tenant.to_string(),
+            spec,
+            created_ms: now_ms(),
+        };
+        self.put_config(&db_key(tenant, &def.spec.name), &def)?;
+        let name = def.spec.name.clone();
+        let db = Arc::new(Database::create(def, self.log.clone()));
+        owner.databases.insert(name, db.clone());
+        Ok(db)
+    }
+
+    /// The databases of `tenant`.
+    pub fn databases(&self, tenant: &str) -> Result<Vec<Arc<Database>>> {
+        let tenants = self.tenants.read();
+        let owner = tenants
+            .get(tenant)
+            .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
+        Ok(owner.databases.values().cloned().collect())
+    }
+
+    /// One database of `tenant`.
+    pub fn database(&self, tenant: &str, name: &str) -> Result<Arc<Database>> {
+        let tenants = self.tenants.read();
+        let owner = tenants
+            .get(tenant)
+            .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
+        owner
+            .databases
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("database '{name}'")))
+    }
+
+    /// Delete a database with its logs and snapshots.
+    pub fn delete_database(&self, tenant: &str, name: &str) -> Result<()> {
+        let mut tenants = self.tenants.write();
+        let owner = tenants
+            .get_mut(tenant)
+            .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
+        let db = owner
+            .databases
+            .remove(name)
+            .ok_or_else(|| Error::NotFound(format!("database '{name}'")))?;
+        self.config
+            .remove(db_key(tenant, name))
+            .map_err(crate::log::LogError::from)?;
+        self.log.delete_database(db.def.uid)?;
+        self.log.flush_now()?;
+        Ok(())
+    }
+
+    fn all_databases(&self) -> Vec<Arc<Database>> {
+        self.tenants
+            .read()
+            .values()
+            .flat_map(|t| t.databases.values().cloned())
+            .collect()
+    }
+
+    /// One round of background upkeep: cancel idle transactions, enforce retention, and
+    /// snapshot databases whose log has grown. Errors are logged, not returned.
+    pub async fn upkeep(&self) {
+        for db in self.all_databases() {
+            let cancelled = db.cancel_idle(Duration::from_secs(self.settings.txn_idle_timeout_secs));
+            if cancelled > 0 {
+                tracing::info!(database = %db.name(), cancelled, "idle transactions cancelled");
+            }
+            if let Err(e) = db.enforce_retention() {
+                tracing::warn!(database = %db.name(), error = %e, "retention failed");
+            }
+            let (last, snapshot) = db.serials();
+            if last - snapshot >= self.settings.snapshot_every_entries {
+                match db.snapshot().await {
+                    Ok(meta) => tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken"),
+                    Err(e) => tracing::warn!(database = %db.name(), error = %e, "snapshot failed"),
+                }
+            }
+        }
+    }
+
+    /// Flush everything and stop the log flusher.
+    pub fn shutdown(&self) -> Result<()> {
+        self.log.shutdown()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Records as clients see them: JSON in, encoded block records out, and back.
+//!
+//! A client record is a unique key, named alternate keys and any JSON data. The store
+//! keeps the data as compact JSON text and the alternate keys by their index in the
+//! file's schema. This module owns that translation and its validation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::{Error, Result};
+use crate::log::OpKind;
+use crate::store::{encode_record, FileSchema, RecordRef, Schema, Store, StoreError, MAX_KEY_BYTES};
+use crate::txn::Op;
+
+/// One operation of a transaction, as the client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpInput {
+    pub op: OpName,
+    pub file: String,
+    pub key: String,
+    #[serde(default)]
+    pub alt: BTreeMap<String, String>,
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+}
+
+/// The operation names clients use.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OpName {
+    Insert,
+    Update,
+    Upsert,
+    Delete,
+}
+
+impl From<OpName> for OpKind {
+    fn from(op: OpName) -> OpKind {
+        match op {
+            OpName::Insert => OpKind::Insert,
+            OpName::Update => OpKind::Update,
+            OpName::Upsert => OpKind::Upsert,
+            OpName::Delete => OpKind::Delete,
+        }
+    }
+}
+
+impl From<OpKind> for OpName {
+    fn from(op: OpKind) -> OpName {
+        match op {
+            OpKind::Insert => OpName::Insert,
+            OpKind::Update => OpName::Update,
+            OpKind::Upsert => OpName::Upsert,
+            OpKind::Delete => OpName::Delete,
+        }
+    }
+}
+
+/// A record as clients read it.
+#[derive(Debug, Serialize)]
+pub struct RecordView {
+    pub key: String,
+    pub alt: BTreeMap<String, String>,
+    pub data: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+/// Turn a stored record into its client view.
+pub fn view(file: &FileSchema, record: &RecordRef<'_>) -> RecordView {
+    let alt = record
+        .alts()
+        .filter_map(|(index, value)| {
+            let name = file.alt_keys.get(index as usize)?;
+            Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
+        })
+        .collect();
+    let data = std::str::from_utf8(record.data)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+        .unwrap_or_else(null);
+    RecordView {
+        key: String::from_utf8_lossy(record.key).into_owned(),
+        alt,
+        data,
+        block: None,
+        offset: None,
+    }
+}
+
+/// Resolve a client operation against the schema: file id, alt indexes, encoding.
+pub fn resolve(schema: &Schema, input: &OpInput) -> Result<Op> {
+    let table = schema
+        .file_index(&input.file)
+        .ok_or_else(|| Error::NotFound(format!("file '{}'", input.file)))?;
+    let file = schema.main_id(table);
+    Store::check_key(input.key.as_bytes())?;
+    let kind = OpKind::from(input.op);
+    if kind == OpKind::Delete {
+        return Ok(Op {
+            kind,
+            file,
+            payload: input.key.as_bytes().to_vec(),
+        });
+    }
+    let payload = encode(&schema.files[table], &input.key, &input.alt, input.data.as_deref())?;
+    Ok(Op { kind, file, payload })
+}
+
+/// Encode a record for `file`, checking its alternate-key names.
+pub fn encode(file: &FileSchema, key: &str, alt: &BTreeMap<String, String>, data: Option<&RawValue>) -> Result<Vec<u8>> {
+    let mut alts: Vec<(u8, &[u8])> = Vec::with_capacity(alt.len());
+    for (name, value) in alt {
+        let index = file
+            .alt_keys
+            .iter()
+            .position(|a| a == name)
+            .ok_or_else(|| Error::Malformed(format!("file '{}' has no alternate key '{name}'", file.name)))?;
+        if value.len() > MAX_KEY_BYTES {
+            return Err(StoreError::KeyTooLong {
+                len: value.len(),
+                max: MAX_KEY_BYTES,
+            }
+            .into());
+        }
+        if !value.is_empty() {
+            alts.push((index as u8, value.as_bytes()));
+        }
+    }
+    alts.sort_unstable_by_key(|(index, _)| *index);
+    Store::check_key(key.as_bytes())?;
+    let data = data.map_or("null", RawValue::get);
+    let mut out = Vec::new();
+    encode_record(&mut out, key.as_bytes(), &alts, data.as_bytes());
+    Ok(out)
+}
