@@ -26,7 +26,11 @@ fn fill(store: &mut Store, keys: impl Iterator<Item = usize>) {
     for i in keys {
         encode_record(&mut record, &key(i), &[], &DATA);
         let applied = store
-            .apply(Mutation::Put { file: 0, mode: PutMode::Insert, record: &record })
+            .apply(Mutation::Put {
+                file: 0,
+                mode: PutMode::Insert,
+                record: &record,
+            })
             .expect("insert");
         if let Some((file, block)) = applied.reorg {
             store.apply(Mutation::Reorg { file, block }).expect("reorg");

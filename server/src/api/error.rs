@@ -73,8 +73,12 @@ impl From<Error> for ApiError {
                     StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),
                     StoreError::DuplicateKey => (StatusCode::CONFLICT, "duplicate-key"),
                     StoreError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
-                    StoreError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large"),
-                    StoreError::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded"),
+                    StoreError::RecordTooLarge { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large")
+                    }
+                    StoreError::QuotaExceeded { .. } => {
+                        (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded")
+                    }
                     StoreError::UnknownFile(_) => (StatusCode::NOT_FOUND, "not-found"),
                     StoreError::Malformed | StoreError::BadReorg { .. } => {
                         (StatusCode::BAD_REQUEST, "malformed-request")
@@ -84,7 +88,9 @@ impl From<Error> for ApiError {
             }
             Error::Lock(LockError::Timeout { .. }) => (StatusCode::CONFLICT, "lock-timeout", None),
             Error::Lock(LockError::Deadlock { .. }) => (StatusCode::CONFLICT, "deadlock", None),
-            Error::Log(_) | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            Error::Log(_) | Error::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None)
+            }
         };
         ApiError {
             status,
@@ -134,11 +140,16 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",
-            format!("the request body is over the limit of {} bytes", super::MAX_BODY_BYTES),
+            format!(
+                "the request body is over the limit of {} bytes",
+                super::MAX_BODY_BYTES
+            ),
         );
     }
     let detail = match rejection {
-        JsonRejection::MissingJsonContentType(_) => "expected a body with Content-Type: application/json".to_string(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a body with Content-Type: application/json".to_string()
+        }
         other => other.body_text(),
     };
     ApiError::malformed(detail)

@@ -65,13 +65,19 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         let mut responses = Map::new();
-        responses.insert("2XX".into(), json!({"description": "Success", "content": {"application/json": {}}}));
+        responses.insert(
+            "2XX".into(),
+            json!({"description": "Success", "content": {"application/json": {}}}),
+        );
         responses.insert("default".into(), json!({"description": "A problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}));
-        let mut op = json!({"summary": route.summary, "parameters": params, "responses": responses});
+        let mut op =
+            json!({"summary": route.summary, "parameters": params, "responses": responses});
         if matches!(route.method, "post" | "put") {
             op["requestBody"] = json!({"required": false, "content": {"application/json": {}}});
         }
-        let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
         entry[route.method] = op;
     }
     json!({

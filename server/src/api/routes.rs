@@ -33,17 +33,30 @@ pub async fn openapi() -> Json<Value> {
 }
 
 pub async fn no_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no-route", "no route matches this path")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "no route matches this path",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this path does not take this method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this path does not take this method",
+    )
 }
 
 // ---- tenants ----
 
 pub async fn list_tenants(State(app): App) -> Json<Value> {
-    let tenants: Vec<Value> = app.node.tenants().into_iter().map(|name| json!({"name": name})).collect();
+    let tenants: Vec<Value> = app
+        .node
+        .tenants()
+        .into_iter()
+        .map(|name| json!({"name": name}))
+        .collect();
     Json(Value::Array(tenants))
 }
 
@@ -55,7 +68,7 @@ pub struct NewTenant {
 
 pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Result<Response> {
     app.node.create_tenant(&body.name)?;
-    Ok((StatusCode::CREATED, Json(json!({"name": body.name})) ).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"name": body.name}))).into_response())
 }
 
 // ---- databases ----
@@ -64,21 +77,36 @@ fn db(app: &AppState, tenant: &str, name: &str) -> Result<Arc<Database>> {
     Ok(app.node.database(tenant, name)?)
 }
 
-pub async fn create_database(State(app): App, Path(tenant): Path<String>, Body(spec): Body<DatabaseSpec>) -> Result<Response> {
+pub async fn create_database(
+    State(app): App,
+    Path(tenant): Path<String>,
+    Body(spec): Body<DatabaseSpec>,
+) -> Result<Response> {
     let db = app.node.create_database(&tenant, spec)?;
     Ok((StatusCode::CREATED, Json(db.info())).into_response())
 }
 
 pub async fn list_databases(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
-    let infos: Vec<_> = app.node.databases(&tenant)?.iter().map(|db| db.info()).collect();
+    let infos: Vec<_> = app
+        .node
+        .databases(&tenant)?
+        .iter()
+        .map(|db| db.info())
+        .collect();
     Ok(Json(json!(infos)))
 }
 
-pub async fn get_database(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_database(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     Ok(Json(json!(db(&app, &tenant, &name)?.info())))
 }
 
-pub async fn delete_database(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<StatusCode> {
+pub async fn delete_database(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<StatusCode> {
     app.node.delete_database(&tenant, &name)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -110,20 +138,34 @@ fn lock_timeout(app: &AppState, ms: Option<u64>) -> Duration {
     Duration::from_millis(ms.unwrap_or(app.node.settings.lock_timeout_ms).min(600_000))
 }
 
-async fn run_one(app: &AppState, db: &Database, op: OpInput) -> Result<crate::node::database::Committed> {
+async fn run_one(
+    app: &AppState,
+    db: &Database,
+    op: OpInput,
+) -> Result<crate::node::database::Committed> {
     let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
-    db.execute(&ops, lock_timeout(app, None)).await.map_err(strip_index)
+    db.execute(&ops, lock_timeout(app, None))
+        .await
+        .map_err(strip_index)
 }
 
 /// Single-record calls report errors without an operation index.
 fn strip_index(err: crate::node::Error) -> ApiError {
     match err {
-        crate::node::Error::Store { err, .. } => crate::node::Error::Store { op_index: None, err }.into(),
+        crate::node::Error::Store { err, .. } => crate::node::Error::Store {
+            op_index: None,
+            err,
+        }
+        .into(),
         other => other.into(),
     }
 }
 
-pub async fn put_record(State(app): App, Path((tenant, name, file, key)): RecordPath, Body(body): Body<RecordBody>) -> Result<Json<Value>> {
+pub async fn put_record(
+    State(app): App,
+    Path((tenant, name, file, key)): RecordPath,
+    Body(body): Body<RecordBody>,
+) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let existed = db.get(&file, &key).is_ok();
     let op = OpInput {
@@ -134,10 +176,16 @@ pub async fn put_record(State(app): App, Path((tenant, name, file, key)): Record
         data: body.data,
     };
     let done = run_one(&app, &db, op).await?;
-    Ok(Json(json!({"txn": done.txn, "serial": done.first_serial, "created": !existed})))
+    Ok(Json(
+        json!({"txn": done.txn, "serial": done.first_serial, "created": !existed}),
+    ))
 }
 
-pub async fn insert_record(State(app): App, Path((tenant, name, file)): Path<(String, String, String)>, Body(body): Body<NewRecord>) -> Result<Response> {
+pub async fn insert_record(
+    State(app): App,
+    Path((tenant, name, file)): Path<(String, String, String)>,
+    Body(body): Body<NewRecord>,
+) -> Result<Response> {
     let db = db(&app, &tenant, &name)?;
     let op = OpInput {
         op: OpName::Insert,
@@ -147,14 +195,24 @@ pub async fn insert_record(State(app): App, Path((tenant, name, file)): Path<(St
         data: body.data,
     };
     let done = run_one(&app, &db, op).await?;
-    Ok((StatusCode::CREATED, Json(json!({"txn": done.txn, "serial": done.first_serial}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"txn": done.txn, "serial": done.first_serial})),
+    )
+        .into_response())
 }
 
-pub async fn get_record(State(app): App, Path((tenant, name, file, key)): RecordPath) -> Result<Json<Value>> {
+pub async fn get_record(
+    State(app): App,
+    Path((tenant, name, file, key)): RecordPath,
+) -> Result<Json<Value>> {
     Ok(Json(json!(db(&app, &tenant, &name)?.get(&file, &key)?)))
 }
 
-pub async fn delete_record(State(app): App, Path((tenant, name, file, key)): RecordPath) -> Result<Json<Value>> {
+pub async fn delete_record(
+    State(app): App,
+    Path((tenant, name, file, key)): RecordPath,
+) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let op = OpInput {
         op: OpName::Delete,
@@ -178,14 +236,25 @@ pub struct ScanQuery {
 fn limit(requested: Option<usize>) -> Result<usize> {
     match requested.unwrap_or(100) {
         0 => Err(ApiError::malformed("limit must be at least 1")),
-        n if n > MAX_LIMIT => Err(ApiError::malformed(format!("limit must be at most {MAX_LIMIT}"))),
+        n if n > MAX_LIMIT => Err(ApiError::malformed(format!(
+            "limit must be at most {MAX_LIMIT}"
+        ))),
         n => Ok(n),
     }
 }
 
-pub async fn scan_records(State(app): App, Path((tenant, name, file)): Path<(String, String, String)>, Query(q): Query<ScanQuery>) -> Result<Json<Value>> {
+pub async fn scan_records(
+    State(app): App,
+    Path((tenant, name, file)): Path<(String, String, String)>,
+    Query(q): Query<ScanQuery>,
+) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
-    let (records, next) = db.scan(&file, q.from.as_deref().unwrap_or(""), q.to.as_deref(), limit(q.limit)?)?;
+    let (records, next) = db.scan(
+        &file,
+        q.from.as_deref().unwrap_or(""),
+        q.to.as_deref(),
+        limit(q.limit)?,
+    )?;
     Ok(Json(json!({"records": records, "next": next})))
 }
 
@@ -227,27 +296,41 @@ pub async fn transaction(
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let ops = db.resolve(&body.ops)?;
-    let done = db.execute(&ops, lock_timeout(&app, q.lock_timeout_ms)).await?;
+    let done = db
+        .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
+        .await?;
     Ok(Json(json!(done)))
 }
 
-pub async fn begin(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Response> {
+pub async fn begin(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Response> {
     let txn = db(&app, &tenant, &name)?.begin()?;
     Ok((StatusCode::CREATED, Json(json!({"txn": txn}))).into_response())
 }
 
 type TxnPath = Path<(String, String, u64)>;
 
-pub async fn add_ops(State(app): App, Path((tenant, name, txn)): TxnPath, Query(q): Query<LockQuery>, Body(body): Body<OpsBody>) -> Result<Json<Value>> {
+pub async fn add_ops(
+    State(app): App,
+    Path((tenant, name, txn)): TxnPath,
+    Query(q): Query<LockQuery>,
+    Body(body): Body<OpsBody>,
+) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let ops = db.resolve(&body.ops)?;
-    let pending = db.add(txn, ops, lock_timeout(&app, q.lock_timeout_ms)).await?;
+    let pending = db
+        .add(txn, ops, lock_timeout(&app, q.lock_timeout_ms))
+        .await?;
     Ok(Json(json!({"txn": txn, "pending": pending})))
 }
 
 pub async fn get_txn(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
     let pending = db(&app, &tenant, &name)?.pending(txn).await?;
-    Ok(Json(json!({"txn": txn, "pending": pending, "state": "open"})))
+    Ok(Json(
+        json!({"txn": txn, "pending": pending, "state": "open"}),
+    ))
 }
 
 pub async fn commit(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
@@ -271,14 +354,22 @@ fn snapshot_json(meta: &crate::log::durable::SnapshotMeta) -> Value {
     })
 }
 
-pub async fn take_snapshot(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Response> {
+pub async fn take_snapshot(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Response> {
     let meta = db(&app, &tenant, &name)?.snapshot().await?;
     Ok((StatusCode::CREATED, Json(snapshot_json(&meta))).into_response())
 }
 
-pub async fn list_snapshots(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn list_snapshots(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     let metas = db(&app, &tenant, &name)?.snapshots()?;
-    Ok(Json(Value::Array(metas.iter().map(snapshot_json).collect())))
+    Ok(Json(Value::Array(
+        metas.iter().map(snapshot_json).collect(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -288,13 +379,20 @@ pub struct LogQuery {
     limit: Option<usize>,
 }
 
-pub async fn read_log(State(app): App, Path((tenant, name)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Result<Json<Value>> {
+pub async fn read_log(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let entries = logview::read(&db, q.from.unwrap_or(1), limit(q.limit)?)?;
     Ok(Json(json!({"entries": entries})))
 }
 
-pub async fn checksums(State(app): App, Path((tenant, name)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn checksums(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     let files: Vec<Value> = db(&app, &tenant, &name)?
         .checksums()
         .into_iter()

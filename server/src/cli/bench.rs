@@ -50,7 +50,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn run_parallel(connections: usize, jobs: usize, work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static, url: &str) -> Result<(Duration, Vec<Duration>), String> {
+fn run_parallel(
+    connections: usize,
+    jobs: usize,
+    work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static,
+    url: &str,
+) -> Result<(Duration, Vec<Duration>), String> {
     let next = Arc::new(AtomicUsize::new(0));
     let work = Arc::new(work);
     let started = Instant::now();
@@ -73,7 +78,11 @@ fn run_parallel(connections: usize, jobs: usize, work: impl Fn(&Client, usize) -
         .collect();
     let mut latencies = Vec::new();
     for handle in handles {
-        latencies.extend(handle.join().map_err(|_| "a bench thread panicked".to_string())??);
+        latencies.extend(
+            handle
+                .join()
+                .map_err(|_| "a bench thread panicked".to_string())??,
+        );
     }
     let elapsed = started.elapsed();
     latencies.sort();
@@ -83,7 +92,10 @@ fn run_parallel(connections: usize, jobs: usize, work: impl Fn(&Client, usize) -
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let client = Client::new(&args.target.url);
     let tenant = encode_segment(&args.target.tenant);
-    let db_path = format!("/v1/tenants/{tenant}/databases/{}", encode_segment(&args.db));
+    let db_path = format!(
+        "/v1/tenants/{tenant}/databases/{}",
+        encode_segment(&args.db)
+    );
     let _ = client.call("DELETE", &db_path, None);
     client.call(
         "POST",
@@ -98,7 +110,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         let start = job * batch;
         let end = (start + batch).min(records);
         let ops: Vec<String> = (start..end)
-            .map(|i| format!(r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":"{payload}"}}"#))
+            .map(|i| {
+                format!(r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":"{payload}"}}"#)
+            })
             .collect();
         format!(r#"{{"ops":[{}]}}"#, ops.join(","))
     };
@@ -129,7 +143,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         reads,
         move |client, job| {
             let key = (job.wrapping_mul(2_654_435_761)) % records;
-            client.call("GET", &format!("{read_base}/k{key:012}"), None).map(|_| ())
+            client
+                .call("GET", &format!("{read_base}/k{key:012}"), None)
+                .map(|_| ())
         },
         &args.target.url,
     )?;

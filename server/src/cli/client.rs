@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// Base URL of the node's API.
-    #[arg(long, global = true, env = "DOPPEL_URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "DOPPEL_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub url: String,
     /// Tenant to act for.
     #[arg(long, global = true, env = "DOPPEL_TENANT", default_value = "default")]
@@ -38,9 +43,21 @@ pub enum ClientCommand {
         target: Target,
     },
     /// Read a record.
-    Get { db: String, file: String, key: String, #[command(flatten)] target: Target },
+    Get {
+        db: String,
+        file: String,
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete a record.
-    Del { db: String, file: String, key: String, #[command(flatten)] target: Target },
+    Del {
+        db: String,
+        file: String,
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Scan records by key range.
     Scan {
         db: String,
@@ -55,11 +72,27 @@ pub enum ClientCommand {
         target: Target,
     },
     /// Find records by alternate key.
-    Lookup { db: String, file: String, alt: String, value: String, #[command(flatten)] target: Target },
+    Lookup {
+        db: String,
+        file: String,
+        alt: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Apply a transaction from a JSON file ({"ops": [...]}, or '-' for stdin).
-    Txn { db: String, ops: PathBuf, #[command(flatten)] target: Target },
+    Txn {
+        db: String,
+        ops: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Take a snapshot.
-    Snapshot { db: String, #[command(flatten)] target: Target },
+    Snapshot {
+        db: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show A/B/T log entries.
     Log {
         db: String,
@@ -71,7 +104,11 @@ pub enum ClientCommand {
         target: Target,
     },
     /// Show per-block checksums.
-    Checksums { db: String, #[command(flatten)] target: Target },
+    Checksums {
+        db: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -101,9 +138,17 @@ pub enum DbCommand {
     /// List databases.
     List(TargetOnly),
     /// Show a database.
-    Show { name: String, #[command(flatten)] target: Target },
+    Show {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete a database.
-    Delete { name: String, #[command(flatten)] target: Target },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn parse_alt(text: &str) -> Result<(String, String), String> {
@@ -133,7 +178,9 @@ pub fn encode_segment(segment: &str) -> String {
 impl Client {
     pub fn new(base: &str) -> Client {
         Client {
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(60))
+                .build(),
             base: base.trim_end_matches('/').to_string(),
         }
     }
@@ -162,11 +209,20 @@ impl Client {
 }
 
 fn db_path(target: &Target, db: &str) -> String {
-    format!("/v1/tenants/{}/databases/{}", encode_segment(&target.tenant), encode_segment(db))
+    format!(
+        "/v1/tenants/{}/databases/{}",
+        encode_segment(&target.tenant),
+        encode_segment(db)
+    )
 }
 
 fn record_path(target: &Target, db: &str, file: &str, key: &str) -> String {
-    format!("{}/files/{}/records/{}", db_path(target, db), encode_segment(file), encode_segment(key))
+    format!(
+        "{}/files/{}/records/{}",
+        db_path(target, db),
+        encode_segment(file),
+        encode_segment(key)
+    )
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
@@ -177,7 +233,10 @@ pub fn run(command: ClientCommand) -> Result<(), String> {
     let (target, method, path, body) = request_for(command)?;
     let answer = Client::new(&target.url).call(method, &path, body.as_ref())?;
     if !answer.is_null() {
-        println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -188,11 +247,20 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
     use ClientCommand as C;
     Ok(match command {
         C::Health(t) => (t.target, "GET", "/v1/health".into(), None),
-        C::Db(DbCommand::Create { name, files, block_size, durability, memory_quota_bytes, target }) => {
+        C::Db(DbCommand::Create {
+            name,
+            files,
+            block_size,
+            durability,
+            memory_quota_bytes,
+            target,
+        }) => {
             let files: Vec<Value> = files
                 .iter()
                 .map(|f| match f.split_once(':') {
-                    Some((name, alts)) => json!({"name": name, "alt_keys": alts.split(',').collect::<Vec<_>>()}),
+                    Some((name, alts)) => {
+                        json!({"name": name, "alt_keys": alts.split(',').collect::<Vec<_>>()})
+                    }
                     None => json!({"name": f}),
                 })
                 .collect();
@@ -221,22 +289,51 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             let path = db_path(&target, &name);
             (target, "DELETE", path, None)
         }
-        C::Put { db, file, key, data, alt, target } => {
-            let alt: serde_json::Map<String, Value> = alt.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        C::Put {
+            db,
+            file,
+            key,
+            data,
+            alt,
+            target,
+        } => {
+            let alt: serde_json::Map<String, Value> =
+                alt.into_iter().map(|(k, v)| (k, json!(v))).collect();
             let body = json!({"alt": alt, "data": parse_json(&data)?});
             let path = record_path(&target, &db, &file, &key);
             (target, "PUT", path, Some(body))
         }
-        C::Get { db, file, key, target } => {
+        C::Get {
+            db,
+            file,
+            key,
+            target,
+        } => {
             let path = record_path(&target, &db, &file, &key);
             (target, "GET", path, None)
         }
-        C::Del { db, file, key, target } => {
+        C::Del {
+            db,
+            file,
+            key,
+            target,
+        } => {
             let path = record_path(&target, &db, &file, &key);
             (target, "DELETE", path, None)
         }
-        C::Scan { db, file, from, to, limit, target } => {
-            let mut path = format!("{}/files/{}/records?limit={limit}", db_path(&target, &db), encode_segment(&file));
+        C::Scan {
+            db,
+            file,
+            from,
+            to,
+            limit,
+            target,
+        } => {
+            let mut path = format!(
+                "{}/files/{}/records?limit={limit}",
+                db_path(&target, &db),
+                encode_segment(&file)
+            );
             if let Some(from) = from {
                 path.push_str(&format!("&from={}", encode_segment(&from)));
             }
@@ -245,15 +342,28 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             }
             (target, "GET", path, None)
         }
-        C::Lookup { db, file, alt, value, target } => {
-            let path = format!("{}/files/{}/alt/{}/{}", db_path(&target, &db), encode_segment(&file), encode_segment(&alt), encode_segment(&value));
+        C::Lookup {
+            db,
+            file,
+            alt,
+            value,
+            target,
+        } => {
+            let path = format!(
+                "{}/files/{}/alt/{}/{}",
+                db_path(&target, &db),
+                encode_segment(&file),
+                encode_segment(&alt),
+                encode_segment(&value)
+            );
             (target, "GET", path, None)
         }
         C::Txn { db, ops, target } => {
             let text = if ops.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).map_err(|e| e.to_string())?
             } else {
-                std::fs::read_to_string(&ops).map_err(|e| format!("cannot read {}: {e}", ops.display()))?
+                std::fs::read_to_string(&ops)
+                    .map_err(|e| format!("cannot read {}: {e}", ops.display()))?
             };
             let path = format!("{}/transactions", db_path(&target, &db));
             (target, "POST", path, Some(parse_json(&text)?))
@@ -262,7 +372,12 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             let path = format!("{}/snapshots", db_path(&target, &db));
             (target, "POST", path, None)
         }
-        C::Log { db, from, limit, target } => {
+        C::Log {
+            db,
+            from,
+            limit,
+            target,
+        } => {
             let path = format!("{}/log?from={from}&limit={limit}", db_path(&target, &db));
             (target, "GET", path, None)
         }
@@ -272,5 +387,3 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
         }
     })
 }
-
-

@@ -44,7 +44,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -55,17 +57,26 @@ fn init_logging(format: &str) {
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let data = args.data.or(file.data).unwrap_or_else(|| DEFAULT_DATA.into());
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| DEFAULT_DATA.into());
     let listen = args
         .listen
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
-    init_logging(args.log_format.or(file.log_format).as_deref().unwrap_or("text"));
+    init_logging(
+        args.log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text"),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("doppel")
@@ -101,7 +112,9 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
         })
     };
     let app = crate::api::router(node.clone());
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     upkeep.abort();
     tracing::info!("shutting down: flushing the log");
     node.shutdown().map_err(|e| e.to_string())?;

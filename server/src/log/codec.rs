@@ -63,7 +63,10 @@ pub fn encode(txn: &TxnLog, kind: LogKind) -> Option<Vec<u8>> {
             LogKind::B => put_bytes(&mut out, update.before.as_deref().unwrap_or_default()),
             LogKind::T => {
                 out.push(update.op.expect("filtered on op") as u8);
-                put_bytes(&mut out, update.after.as_deref().or(deleted_key).unwrap_or_default());
+                put_bytes(
+                    &mut out,
+                    update.after.as_deref().or(deleted_key).unwrap_or_default(),
+                );
             }
         }
     }
@@ -137,10 +140,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, CodecError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, CodecError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
         let len = self.u32()? as usize;
@@ -190,7 +197,11 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
         _ => return Err(CodecError(9)),
     };
     let txn = r.u64()?;
-    let outcome = if r.u8()? == 0 { Outcome::Committed } else { Outcome::Cancelled };
+    let outcome = if r.u8()? == 0 {
+        Outcome::Committed
+    } else {
+        Outcome::Cancelled
+    };
     let first_serial = r.u64()?;
     let last_serial = r.u64()?;
     let count = r.u32()? as usize;
@@ -256,7 +267,13 @@ pub fn last_timestamp_us(bytes: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn update(serial: u64, effect: Effect, after: Option<&[u8]>, before: Option<&[u8]>, op: Option<OpKind>) -> Update {
+    fn update(
+        serial: u64,
+        effect: Effect,
+        after: Option<&[u8]>,
+        before: Option<&[u8]>,
+        op: Option<OpKind>,
+    ) -> Update {
         Update {
             header: Header {
                 serial,
@@ -289,7 +306,10 @@ mod tests {
         };
         let a = encode(&txn, LogKind::A).unwrap();
         let chunk = decode(&a).unwrap();
-        assert_eq!((chunk.first_serial, chunk.last_serial, chunk.entries.len()), (10, 12, 3));
+        assert_eq!(
+            (chunk.first_serial, chunk.last_serial, chunk.entries.len()),
+            (10, 12, 3)
+        );
         assert_eq!(chunk.entries[0].image, Some(&b"new"[..]));
         assert_eq!(chunk.entries[1].key, Some(&b"k"[..]));
         assert_eq!(chunk.entries[1].header.offset, 4000);
@@ -307,7 +327,13 @@ mod tests {
         let txn = TxnLog {
             txn: 1,
             outcome: Outcome::Committed,
-            updates: vec![update(1, Effect::Insert, Some(b"x"), None, Some(OpKind::Upsert))],
+            updates: vec![update(
+                1,
+                Effect::Insert,
+                Some(b"x"),
+                None,
+                Some(OpKind::Upsert),
+            )],
         };
         let a = encode(&txn, LogKind::A).unwrap();
         for cut in 0..a.len() {

@@ -162,7 +162,12 @@ impl LogStore {
 
     /// Visit the A entries of database `uid` with serial above `after`, in order, as
     /// decoded chunks. Stops at the first gap in serials, returning the last serial seen.
-    pub fn replay(&self, uid: u64, after: u64, mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>) -> Result<u64, LogError> {
+    pub fn replay(
+        &self,
+        uid: u64,
+        after: u64,
+        mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>,
+    ) -> Result<u64, LogError> {
         let mut last = after;
         let start = log_key(uid, LogKind::A, after.saturating_add(1));
         let end = log_key(uid, LogKind::A, u64::MAX);
@@ -170,7 +175,12 @@ impl LogStore {
             let (_, value) = item?;
             let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if chunk.first_serial != last + 1 {
-                tracing::error!(uid, expected = last + 1, found = chunk.first_serial, "gap in the log; replay stops here");
+                tracing::error!(
+                    uid,
+                    expected = last + 1,
+                    found = chunk.first_serial,
+                    "gap in the log; replay stops here"
+                );
                 break;
             }
             visit(&chunk)?;
@@ -181,7 +191,13 @@ impl LogStore {
 
     /// The chunks of `kind` for database `uid` that hold serials from `from` on, in order,
     /// until `visit` returns false.
-    pub fn read(&self, uid: u64, kind: LogKind, from: u64, mut visit: impl FnMut(&ChunkRef<'_>) -> bool) -> Result<(), LogError> {
+    pub fn read(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        from: u64,
+        mut visit: impl FnMut(&ChunkRef<'_>) -> bool,
+    ) -> Result<(), LogError> {
         let prefix = log_prefix(uid, kind);
         // The chunk holding `from` starts at or before it.
         let start = self
@@ -209,7 +225,12 @@ impl LogStore {
 
     /// Delete chunks of `kind` whose newest entry is older than `cutoff_us`, oldest
     /// first; returns how many were deleted.
-    pub fn prune_older_than(&self, uid: u64, kind: LogKind, cutoff_us: u64) -> Result<usize, LogError> {
+    pub fn prune_older_than(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        cutoff_us: u64,
+    ) -> Result<usize, LogError> {
         let mut removed = 0;
         for item in self.log.scan_prefix(log_prefix(uid, kind)) {
             let (key, value) = item?;
@@ -225,7 +246,10 @@ impl LogStore {
     /// Delete chunks of `kind` whose entries all have serials at or below `serial`.
     pub fn prune_through(&self, uid: u64, kind: LogKind, serial: u64) -> Result<usize, LogError> {
         let mut removed = 0;
-        for item in self.log.range(log_key(uid, kind, 0)..=log_key(uid, kind, serial)) {
+        for item in self
+            .log
+            .range(log_key(uid, kind, 0)..=log_key(uid, kind, serial))
+        {
             let (key, value) = item?;
             let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if chunk.last_serial > serial {
@@ -248,7 +272,12 @@ impl LogStore {
     }
 
     /// Store a snapshot: its block bytes in parts and its metadata, atomically, then flush.
-    pub fn save_snapshot(&self, uid: u64, mut meta: SnapshotMeta, blocks: &[&crate::store::Block]) -> Result<SnapshotMeta, LogError> {
+    pub fn save_snapshot(
+        &self,
+        uid: u64,
+        mut meta: SnapshotMeta,
+        blocks: &[&crate::store::Block],
+    ) -> Result<SnapshotMeta, LogError> {
         let mut batch = sled::Batch::default();
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
         let mut parts = 0u32;
@@ -257,7 +286,10 @@ impl LogStore {
             part.extend_from_slice(block.as_bytes());
             if part.len() >= SNAPSHOT_PART_BYTES {
                 size += part.len() as u64;
-                batch.insert(&snapshot_key(uid, meta.serial, parts)[..], std::mem::take(&mut part));
+                batch.insert(
+                    &snapshot_key(uid, meta.serial, parts)[..],
+                    std::mem::take(&mut part),
+                );
                 parts += 1;
             }
         }
@@ -281,7 +313,9 @@ impl LogStore {
         for item in self.snapshots.scan_prefix(uid.to_be_bytes()) {
             let (key, value) = item?;
             if key[16..20] == META_PART.to_be_bytes() {
-                out.push(postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?);
+                out.push(
+                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?,
+                );
             }
         }
         Ok(out)
@@ -294,7 +328,9 @@ impl LogStore {
             let bytes = self
                 .snapshots
                 .get(snapshot_key(uid, meta.serial, part))?
-                .ok_or_else(|| LogError::Damaged(format!("snapshot {} misses part {part}", meta.serial)))?;
+                .ok_or_else(|| {
+                    LogError::Damaged(format!("snapshot {} misses part {part}", meta.serial))
+                })?;
             packed.extend_from_slice(&bytes);
         }
         Ok(packed)
@@ -314,7 +350,10 @@ impl LogStore {
     /// Delete every log chunk and snapshot of a database.
     pub fn delete_database(&self, uid: u64) -> Result<(), LogError> {
         for tree in [&self.log, &self.snapshots] {
-            let keys: Vec<_> = tree.scan_prefix(uid.to_be_bytes()).keys().collect::<Result<_, _>>()?;
+            let keys: Vec<_> = tree
+                .scan_prefix(uid.to_be_bytes())
+                .keys()
+                .collect::<Result<_, _>>()?;
             let mut batch = sled::Batch::default();
             for key in keys {
                 batch.remove(key);
@@ -349,16 +388,14 @@ fn flush_loop(store: std::sync::Weak<LogStore>) {
             state.requested
         };
         let result = store.db.flush();
-        store.flushed.send_modify(|(done, err)| {
-            match result {
-                Ok(_) => {
-                    *done = target;
-                    *err = None;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "log flush failed");
-                    *err = Some(e.to_string().into());
-                }
+        store.flushed.send_modify(|(done, err)| match result {
+            Ok(_) => {
+                *done = target;
+                *err = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log flush failed");
+                *err = Some(e.to_string().into());
             }
         });
         if store.flushed.borrow().1.is_some() {

@@ -155,7 +155,13 @@ impl Database {
         Self::with_state(def, log, store, Sequencer::new(0, 1), 0)
     }
 
-    fn with_state(def: DatabaseDef, log: Arc<LogStore>, store: Store, seq: Sequencer, snapshot_serial: u64) -> Database {
+    fn with_state(
+        def: DatabaseDef,
+        log: Arc<LogStore>,
+        store: Store,
+        seq: Sequencer,
+        snapshot_serial: u64,
+    ) -> Database {
         Database {
             def,
             state: RwLock::new(State {
@@ -176,15 +182,24 @@ impl Database {
         let (mut store, mut seq, snapshot_serial) = match &snapshot {
             Some(meta) => {
                 let packed = log.snapshot_blocks(def.uid, meta)?;
-                let store = Store::from_snapshot(meta.layout.clone(), def.spec.memory_quota_bytes, &packed)
-                    .map_err(|e| Error::Unavailable(e.to_string()))?;
-                (store, Sequencer::new(meta.serial, meta.next_txn), meta.serial)
+                let store =
+                    Store::from_snapshot(meta.layout.clone(), def.spec.memory_quota_bytes, &packed)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                (
+                    store,
+                    Sequencer::new(meta.serial, meta.next_txn),
+                    meta.serial,
+                )
             }
             None => {
                 let schema = Schema {
                     files: def.spec.files.clone(),
                 };
-                (Store::new(schema, def.spec.block_size, def.spec.memory_quota_bytes), Sequencer::new(0, 1), 0)
+                (
+                    Store::new(schema, def.spec.block_size, def.spec.memory_quota_bytes),
+                    Sequencer::new(0, 1),
+                    0,
+                )
             }
         };
         let mut replayed = 0u64;
@@ -200,7 +215,10 @@ impl Database {
             Ok(())
         })?;
         seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
-        Ok((Self::with_state(def, log, store, seq, snapshot_serial), replayed))
+        Ok((
+            Self::with_state(def, log, store, seq, snapshot_serial),
+            replayed,
+        ))
     }
 
     pub fn name(&self) -> &str {
@@ -231,7 +249,13 @@ impl Database {
     }
 
     /// Records with `from <= key <= to`, in order, at most `limit`; and the next key.
-    pub fn scan(&self, file: &str, from: &str, to: Option<&str>, limit: usize) -> Result<(Vec<RecordView>, Option<String>)> {
+    pub fn scan(
+        &self,
+        file: &str,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RecordView>, Option<String>)> {
         let state = self.state.read();
         let (index, schema) = self.schema_file(&state.store, file)?;
         let id = state.store.schema().main_id(index);
@@ -249,7 +273,13 @@ impl Database {
     }
 
     /// Records whose alternate key `alt` equals `value`.
-    pub fn lookup_alt(&self, file: &str, alt: &str, value: &str, limit: usize) -> Result<Vec<RecordView>> {
+    pub fn lookup_alt(
+        &self,
+        file: &str,
+        alt: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<RecordView>> {
         let state = self.state.read();
         let (index, schema) = self.schema_file(&state.store, file)?;
         let alt_index = schema
@@ -273,7 +303,10 @@ impl Database {
             .enumerate()
             .map(|(i, input)| {
                 records::resolve(state.store.schema(), input).map_err(|e| match e {
-                    Error::Store { err, .. } => Error::Store { op_index: Some(i), err },
+                    Error::Store { err, .. } => Error::Store {
+                        op_index: Some(i),
+                        err,
+                    },
                     other => other,
                 })
             })
@@ -283,7 +316,9 @@ impl Database {
     /// Run `ops` as one atomic transaction (the batched fast path).
     pub async fn execute(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
         if ops.is_empty() {
-            return Err(Error::Malformed("a transaction needs at least one operation".into()));
+            return Err(Error::Malformed(
+                "a transaction needs at least one operation".into(),
+            ));
         }
         let deadline = Instant::now() + lock_timeout;
         loop {
@@ -399,7 +434,9 @@ impl Database {
             return Err(Error::NotFound(format!("open transaction {txn}")));
         }
         if open.ops.len() + ops.len() > MAX_TXN_OPS {
-            return Err(Error::Malformed(format!("a transaction holds at most {MAX_TXN_OPS} operations")));
+            return Err(Error::Malformed(format!(
+                "a transaction holds at most {MAX_TXN_OPS} operations"
+            )));
         }
         let deadline = Instant::now() + lock_timeout;
         for op in &ops {
@@ -468,14 +505,21 @@ impl Database {
             .filter(|(_, t)| t.try_lock().is_ok_and(|t| t.last_used.elapsed() > idle))
             .map(|(txn, _)| *txn)
             .collect();
-        stale.iter().filter(|txn| self.cancel(**txn).is_ok()).count()
+        stale
+            .iter()
+            .filter(|txn| self.cancel(**txn).is_ok())
+            .count()
     }
 
     /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it.
     pub async fn snapshot(self: &Arc<Self>) -> Result<SnapshotMeta> {
         let (frozen, serial, next_txn) = {
             let state = self.state.read();
-            (state.store.freeze(), state.seq.last_serial, state.seq.next_txn)
+            (
+                state.store.freeze(),
+                state.seq.last_serial,
+                state.seq.next_txn,
+            )
         };
         let db = self.clone();
         let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
@@ -508,7 +552,8 @@ impl Database {
             }
         }
         if let Some(keep_from) = snapshots.iter().rev().nth(1) {
-            self.log.prune_through(self.def.uid, LogKind::A, keep_from.serial)?;
+            self.log
+                .prune_through(self.def.uid, LogKind::A, keep_from.serial)?;
         }
         Ok(())
     }
@@ -522,12 +567,16 @@ impl Database {
     pub fn enforce_retention(&self) -> Result<usize> {
         let now_us = now_ms() * 1000;
         let retention = self.def.spec.retention;
-        let b = self
-            .log
-            .prune_older_than(self.def.uid, LogKind::B, now_us.saturating_sub(retention.b_secs * 1_000_000))?;
-        let t = self
-            .log
-            .prune_older_than(self.def.uid, LogKind::T, now_us.saturating_sub(retention.t_secs * 1_000_000))?;
+        let b = self.log.prune_older_than(
+            self.def.uid,
+            LogKind::B,
+            now_us.saturating_sub(retention.b_secs * 1_000_000),
+        )?;
+        let t = self.log.prune_older_than(
+            self.def.uid,
+            LogKind::T,
+            now_us.saturating_sub(retention.t_secs * 1_000_000),
+        )?;
         Ok(b + t)
     }
 

@@ -15,7 +15,10 @@ pub enum Error {
     Malformed(String),
     /// A store refusal, with the index of the transaction operation that caused it.
     #[error("{}{err}", op_index.map(|i| format!("operation {i}: ")).unwrap_or_default())]
-    Store { op_index: Option<usize>, err: StoreError },
+    Store {
+        op_index: Option<usize>,
+        err: StoreError,
+    },
     #[error("{0}")]
     Lock(#[from] LockError),
     #[error("{0}")]
@@ -26,7 +29,10 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
-        Error::Store { op_index: None, err }
+        Error::Store {
+            op_index: None,
+            err,
+        }
     }
 }
 

@@ -78,7 +78,9 @@ pub fn read(db: &Database, from: u64, limit: usize) -> Result<Vec<LogEntryView>>
                 if serial > upto || (kind == LogKind::A && entries.len() >= limit) {
                     return false;
                 }
-                let view = entries.entry(serial).or_insert_with(|| new_view(&names, entry));
+                let view = entries
+                    .entry(serial)
+                    .or_insert_with(|| new_view(&names, entry));
                 attach(&schema, view, kind, entry);
             }
             true
@@ -122,7 +124,10 @@ fn attach(schema: &Schema, view: &mut LogEntryView, kind: LogKind, entry: &Entry
             } else {
                 image(schema, file, entry.image)
             };
-            view.t = record.zip(entry.op).map(|(record, op)| TView { op: op.into(), record });
+            view.t = record.zip(entry.op).map(|(record, op)| TView {
+                op: op.into(),
+                record,
+            });
         }
     }
 }

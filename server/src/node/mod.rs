@@ -82,7 +82,9 @@ fn now_ms() -> u64 {
 pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -99,14 +101,22 @@ fn db_key(tenant: &str, name: &str) -> String {
 impl Node {
     /// Open (or create) the node in `data_dir` and recover its databases.
     pub fn open(data_dir: &Path, settings: NodeSettings) -> Result<Node> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
         let sled = sled::Config::new()
             .path(data_dir.join("sled"))
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|e| Error::Unavailable(format!("cannot open the data directory {}: {e}", data_dir.display())))?;
-        let config = sled.open_tree("config").map_err(crate::log::LogError::from)?;
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot open the data directory {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+        let config = sled
+            .open_tree("config")
+            .map_err(crate::log::LogError::from)?;
         let log = LogStore::open(&sled)?;
         let node = Node {
             sled,
@@ -126,12 +136,14 @@ impl Node {
         let mut tenants = self.tenants.write();
         for item in self.config.scan_prefix("tenant/") {
             let (_, value) = item.map_err(crate::log::LogError::from)?;
-            let def: TenantDef = serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
+            let def: TenantDef =
+                serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
             tenants.entry(def.name).or_default();
         }
         for item in self.config.scan_prefix("db/") {
             let (_, value) = item.map_err(crate::log::LogError::from)?;
-            let def: DatabaseDef = serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
+            let def: DatabaseDef =
+                serde_json::from_slice(&value).map_err(|e| Error::Unavailable(e.to_string()))?;
             let started = Instant::now();
             let (tenant, name) = (def.tenant.clone(), def.spec.name.clone());
             let (db, replayed) = Database::recover(def, self.log.clone())?;
@@ -144,7 +156,11 @@ impl Node {
                 entries_per_sec = (replayed as f64 / secs.max(1e-9)) as u64,
                 "database recovered"
             );
-            tenants.entry(tenant).or_default().databases.insert(name, Arc::new(db));
+            tenants
+                .entry(tenant)
+                .or_default()
+                .databases
+                .insert(name, Arc::new(db));
         }
         Ok(())
     }
@@ -182,7 +198,9 @@ impl Node {
     fn check_spec(spec: &DatabaseSpec) -> Result<()> {
         check_name("database", &spec.name)?;
         if spec.files.is_empty() {
-            return Err(Error::Malformed("a database needs at least one file".into()));
+            return Err(Error::Malformed(
+                "a database needs at least one file".into(),
+            ));
         }
         if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&spec.block_size) {
             return Err(Error::Malformed(format!(
@@ -193,21 +211,30 @@ impl Node {
         for file in &spec.files {
             check_name("file", &file.name)?;
             if !names.insert(&file.name) {
-                return Err(Error::Malformed(format!("file '{}' is declared twice", file.name)));
+                return Err(Error::Malformed(format!(
+                    "file '{}' is declared twice",
+                    file.name
+                )));
             }
             if file.alt_keys.len() > MAX_ALT_KEYS {
-                return Err(Error::Malformed(format!("a file has at most {MAX_ALT_KEYS} alternate keys")));
+                return Err(Error::Malformed(format!(
+                    "a file has at most {MAX_ALT_KEYS} alternate keys"
+                )));
             }
             let mut alts = std::collections::BTreeSet::new();
             for alt in &file.alt_keys {
                 check_name("alternate key", alt)?;
                 if !alts.insert(alt) {
-                    return Err(Error::Malformed(format!("alternate key '{alt}' is declared twice")));
+                    return Err(Error::Malformed(format!(
+                        "alternate key '{alt}' is declared twice"
+                    )));
                 }
             }
         }
         if spec.memory_quota_bytes < spec.block_size as u64 {
-            return Err(Error::Malformed("memory_quota_bytes must hold at least one block".into()));
+            return Err(Error::Malformed(
+                "memory_quota_bytes must hold at least one block".into(),
+            ));
         }
         Ok(())
     }
@@ -222,7 +249,11 @@ impl Node {
         if owner.databases.contains_key(&spec.name) {
             return Err(Error::AlreadyExists(format!("database '{}'", spec.name)));
         }
-        let uid = self.sled.generate_id().map_err(crate::log::LogError::from)? + 1;
+        let uid = self
+            .sled
+            .generate_id()
+            .map_err(crate::log::LogError::from)?
+            + 1;
         let def = DatabaseDef {
             uid,
             tenant: tenant.to_string(),
@@ -288,7 +319,8 @@ impl Node {
     /// snapshot databases whose log has grown. Errors are logged, not returned.
     pub async fn upkeep(&self) {
         for db in self.all_databases() {
-            let cancelled = db.cancel_idle(Duration::from_secs(self.settings.txn_idle_timeout_secs));
+            let cancelled =
+                db.cancel_idle(Duration::from_secs(self.settings.txn_idle_timeout_secs));
             if cancelled > 0 {
                 tracing::info!(database = %db.name(), cancelled, "idle transactions cancelled");
             }
@@ -298,7 +330,9 @@ impl Node {
             let (last, snapshot) = db.serials();
             if last - snapshot >= self.settings.snapshot_every_entries {
                 match db.snapshot().await {
-                    Ok(meta) => tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken"),
+                    Ok(meta) => {
+                        tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken")
+                    }
                     Err(e) => tracing::warn!(database = %db.name(), error = %e, "snapshot failed"),
                 }
             }

@@ -11,7 +11,9 @@ use serde_json::value::RawValue;
 
 use super::error::{Error, Result};
 use crate::log::OpKind;
-use crate::store::{encode_record, FileSchema, RecordRef, Schema, Store, StoreError, MAX_KEY_BYTES};
+use crate::store::{
+    encode_record, FileSchema, RecordRef, Schema, Store, StoreError, MAX_KEY_BYTES,
+};
 use crate::txn::Op;
 
 /// One operation of a transaction, as the client sends it.
@@ -112,19 +114,38 @@ pub fn resolve(schema: &Schema, input: &OpInput) -> Result<Op> {
             payload: input.key.as_bytes().to_vec(),
         });
     }
-    let payload = encode(&schema.files[table], &input.key, &input.alt, input.data.as_deref())?;
-    Ok(Op { kind, file, payload })
+    let payload = encode(
+        &schema.files[table],
+        &input.key,
+        &input.alt,
+        input.data.as_deref(),
+    )?;
+    Ok(Op {
+        kind,
+        file,
+        payload,
+    })
 }
 
 /// Encode a record for `file`, checking its alternate-key names.
-pub fn encode(file: &FileSchema, key: &str, alt: &BTreeMap<String, String>, data: Option<&RawValue>) -> Result<Vec<u8>> {
+pub fn encode(
+    file: &FileSchema,
+    key: &str,
+    alt: &BTreeMap<String, String>,
+    data: Option<&RawValue>,
+) -> Result<Vec<u8>> {
     let mut alts: Vec<(u8, &[u8])> = Vec::with_capacity(alt.len());
     for (name, value) in alt {
         let index = file
             .alt_keys
             .iter()
             .position(|a| a == name)
-            .ok_or_else(|| Error::Malformed(format!("file '{}' has no alternate key '{name}'", file.name)))?;
+            .ok_or_else(|| {
+                Error::Malformed(format!(
+                    "file '{}' has no alternate key '{name}'",
+                    file.name
+                ))
+            })?;
         if value.len() > MAX_KEY_BYTES {
             return Err(StoreError::KeyTooLong {
                 len: value.len(),

@@ -208,7 +208,9 @@ impl Block {
 
     /// Rebuild a block from bytes taken out of a snapshot. Checks the header.
     pub fn from_bytes(bytes: &[u8]) -> Option<Block> {
-        let block = Block { bytes: bytes.into() };
+        let block = Block {
+            bytes: bytes.into(),
+        };
         let size = block.bytes.len();
         let ok = (MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size)
             && matches!(block.bytes[0], KIND_PRIMARY | KIND_OVERFLOW)
@@ -445,7 +447,10 @@ mod tests {
             block.insert_at(slot, &rec(key, "data"));
         }
         let keys: Vec<_> = (0..block.count()).map(|i| block.key(i).to_vec()).collect();
-        assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"m".to_vec(), b"x".to_vec()]);
+        assert_eq!(
+            keys,
+            vec![b"a".to_vec(), b"c".to_vec(), b"m".to_vec(), b"x".to_vec()]
+        );
         assert_eq!(block.record(2).data, b"data");
         assert_eq!(block.record(2).alt(0), Some(&b"x"[..]));
         for key in ["c", "x", "a", "m"] {

@@ -148,7 +148,10 @@ impl BlockFile {
             if next == NO_BLOCK {
                 break;
             }
-            let next_first = self.blk(next).first_key().expect("overflow blocks are never empty");
+            let next_first = self
+                .blk(next)
+                .first_key()
+                .expect("overflow blocks are never empty");
             if key < next_first {
                 break;
             }
@@ -273,12 +276,18 @@ impl BlockFile {
             };
         }
         // Prefer a split in the middle (by bytes) when the record then fits its side.
-        let mid = if count >= 2 { block.byte_midpoint() } else { count };
+        let mid = if count >= 2 {
+            block.byte_midpoint()
+        } else {
+            count
+        };
         let goes_left = mid < count && key < block.key(mid);
         let side_used: usize = if mid == count {
             usize::MAX / 2
         } else if goes_left {
-            (0..mid).map(|i| block.record_bytes(i).len() + SLOT_BYTES).sum()
+            (0..mid)
+                .map(|i| block.record_bytes(i).len() + SLOT_BYTES)
+                .sum()
         } else {
             (mid..count)
                 .map(|i| block.record_bytes(i).len() + SLOT_BYTES)
@@ -350,7 +359,9 @@ impl BlockFile {
         } else if next == NO_BLOCK {
             // An empty primary without a chain leaves the directory, unless it is the
             // first one (the empty bound), which stays so the file keeps its root.
-            let (bound, _) = self.primary_for(key).expect("primary block is in the directory");
+            let (bound, _) = self
+                .primary_for(key)
+                .expect("primary block is in the directory");
             let bound = bound.clone();
             if !bound.is_empty() {
                 self.directory.remove(&bound);
@@ -379,7 +390,8 @@ impl BlockFile {
             let after = block.next();
             block.set_next(NO_BLOCK);
             block.set_kind(BlockKind::Primary);
-            let bound = Bound_::from_slice(block.first_key().expect("overflow blocks are never empty"));
+            let bound =
+                Bound_::from_slice(block.first_key().expect("overflow blocks are never empty"));
             self.directory.insert(bound, next);
             next = after;
         }
@@ -388,11 +400,19 @@ impl BlockFile {
 
     /// Visit records with `from <= key` (and `key <= to` when given) in key order,
     /// until `visit` returns false.
-    pub fn scan<'a>(&'a self, from: &[u8], to: Option<&[u8]>, mut visit: impl FnMut(RecordRef<'a>) -> bool) {
+    pub fn scan<'a>(
+        &'a self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut visit: impl FnMut(RecordRef<'a>) -> bool,
+    ) {
         let Some((start, _)) = self.primary_for(from) else {
             return;
         };
-        for (_, &primary) in self.directory.range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded)) {
+        for (_, &primary) in self
+            .directory
+            .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded))
+        {
             let mut number = primary;
             while number != NO_BLOCK {
                 let block = self.blk(number);
@@ -415,7 +435,11 @@ impl BlockFile {
         FileLayout {
             block_size: self.block_size as u32,
             table_len: self.table.len() as u32,
-            directory: self.directory.iter().map(|(k, v)| (k.to_vec(), *v)).collect(),
+            directory: self
+                .directory
+                .iter()
+                .map(|(k, v)| (k.to_vec(), *v))
+                .collect(),
         }
     }
 
@@ -438,7 +462,10 @@ impl BlockFile {
             .into_iter()
             .map(|(k, v)| (Bound_::from_vec(k), v))
             .collect();
-        if directory.values().any(|n| table.get(*n as usize).is_none_or(Option::is_none)) {
+        if directory
+            .values()
+            .any(|n| table.get(*n as usize).is_none_or(Option::is_none))
+        {
             return None;
         }
         Some(BlockFile {
@@ -502,7 +529,9 @@ mod tests {
         let mut model = BTreeMap::new();
         let mut x: u64 = 12345;
         for step in 0..4000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let key = format!("k{}", (x >> 33) % 700);
             if step % 3 == 0 {
                 let was = model.remove(&key).is_some();
@@ -533,7 +562,11 @@ mod tests {
     fn large_records_split_without_loss() {
         let mut file = BlockFile::new(512);
         for i in (0..40).rev() {
-            put(&mut file, &format!("{i:03}"), &vec![1u8; 100 + (i * 37) % 380]);
+            put(
+                &mut file,
+                &format!("{i:03}"),
+                &vec![1u8; 100 + (i * 37) % 380],
+            );
         }
         assert_eq!(keys(&file).len(), 40);
     }

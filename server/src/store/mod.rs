@@ -91,7 +91,9 @@ pub enum StoreError {
     NotFound,
     #[error("the record needs {len} bytes but a block holds at most {max}")]
     RecordTooLarge { len: usize, max: usize },
-    #[error("the database would need {needed_bytes} bytes of blocks; its memory quota is {quota_bytes}")]
+    #[error(
+        "the database would need {needed_bytes} bytes of blocks; its memory quota is {quota_bytes}"
+    )]
     QuotaExceeded { needed_bytes: u64, quota_bytes: u64 },
     #[error("the record bytes are malformed")]
     Malformed,
@@ -171,7 +173,12 @@ impl Store {
     }
 
     /// Rebuild a store from its block files (snapshot restore).
-    pub fn from_files(schema: Schema, block_size: usize, quota_bytes: u64, files: Vec<BlockFile>) -> Option<Store> {
+    pub fn from_files(
+        schema: Schema,
+        block_size: usize,
+        quota_bytes: u64,
+        files: Vec<BlockFile>,
+    ) -> Option<Store> {
         (files.len() == schema.block_file_names().len()).then_some(Store {
             schema,
             block_size,
@@ -223,7 +230,13 @@ impl Store {
 
     /// Records of table `table` whose alternate key `alt` equals `value`, in unique-key
     /// order, at most `limit`.
-    pub fn lookup_alt(&self, table: usize, alt: usize, value: &[u8], limit: usize) -> Vec<RecordRef<'_>> {
+    pub fn lookup_alt(
+        &self,
+        table: usize,
+        alt: usize,
+        value: &[u8],
+        limit: usize,
+    ) -> Vec<RecordRef<'_>> {
         let main = self.schema.main_id(table);
         let index = &self.files[(main + 1 + alt as u32) as usize];
         let prefix = alt_prefix(value);
@@ -251,12 +264,19 @@ impl Store {
         self.apply_inner(mutation, false)
     }
 
-    fn apply_inner(&mut self, mutation: Mutation<'_>, check_quota: bool) -> Result<Applied, StoreError> {
+    fn apply_inner(
+        &mut self,
+        mutation: Mutation<'_>,
+        check_quota: bool,
+    ) -> Result<Applied, StoreError> {
         match mutation {
             Mutation::Put { file, mode, record } => self.put(file, mode, record, check_quota),
             Mutation::Delete { file, key } => self.delete(file, key),
             Mutation::Reorg { file, block } => {
-                let target = self.files.get_mut(file as usize).ok_or(StoreError::UnknownFile(file))?;
+                let target = self
+                    .files
+                    .get_mut(file as usize)
+                    .ok_or(StoreError::UnknownFile(file))?;
                 if !target.reorg(block) {
                     return Err(StoreError::BadReorg { file, block });
                 }
@@ -271,7 +291,9 @@ impl Store {
     }
 
     fn table_for(&self, file: FileId) -> Result<usize, StoreError> {
-        self.schema.table_of(file).ok_or(StoreError::UnknownFile(file))
+        self.schema
+            .table_of(file)
+            .ok_or(StoreError::UnknownFile(file))
     }
 
     /// Check a key's length rules.
@@ -288,7 +310,13 @@ impl Store {
         Ok(())
     }
 
-    fn put(&mut self, file: FileId, mode: PutMode, record: &[u8], check_quota: bool) -> Result<Applied, StoreError> {
+    fn put(
+        &mut self,
+        file: FileId,
+        mode: PutMode,
+        record: &[u8],
+        check_quota: bool,
+    ) -> Result<Applied, StoreError> {
         let table = self.table_for(file)?;
         let rec = block::decode(record).ok_or(StoreError::Malformed)?;
         Self::check_key(rec.key)?;
@@ -302,11 +330,16 @@ impl Store {
         }
         let max = self.max_record_bytes();
         if record.len() > max {
-            return Err(StoreError::RecordTooLarge { len: record.len(), max });
+            return Err(StoreError::RecordTooLarge {
+                len: record.len(),
+                max,
+            });
         }
         let main = &self.files[file as usize];
         let target = main.locate(rec.key);
-        let before = target.and_then(|t| main.get_at(&t, rec.key)).map(|(_, r)| r);
+        let before = target
+            .and_then(|t| main.get_at(&t, rec.key))
+            .map(|(_, r)| r);
         match (mode, before.is_some()) {
             (PutMode::Insert, true) => return Err(StoreError::DuplicateKey),
             (PutMode::Update, false) => return Err(StoreError::NotFound),
@@ -314,9 +347,16 @@ impl Store {
         }
         // Alternate-key entries to remove and add.
         let old_alts: Vec<(u8, Vec<u8>)> = before
-            .map(|r| r.alts().map(|(i, v)| (i, alt_entry_key(v, rec.key))).collect())
+            .map(|r| {
+                r.alts()
+                    .map(|(i, v)| (i, alt_entry_key(v, rec.key)))
+                    .collect()
+            })
             .unwrap_or_default();
-        let new_alts: Vec<(u8, Vec<u8>)> = rec.alts().map(|(i, v)| (i, alt_entry_key(v, rec.key))).collect();
+        let new_alts: Vec<(u8, Vec<u8>)> = rec
+            .alts()
+            .map(|(i, v)| (i, alt_entry_key(v, rec.key)))
+            .collect();
         let alt_count = self.schema.files[table].alt_keys.len();
         let mut needed_blocks = main.blocks_needed_at(target.as_ref(), rec.key, record.len());
         for (index, entry) in &new_alts {
@@ -328,7 +368,8 @@ impl Store {
                 return Err(StoreError::RecordTooLarge { len, max });
             }
             if !old_alts.contains(&(*index, entry.clone())) {
-                needed_blocks += self.files[(file + 1 + *index as u32) as usize].blocks_needed(entry, len);
+                needed_blocks +=
+                    self.files[(file + 1 + *index as u32) as usize].blocks_needed(entry, len);
             }
         }
         if check_quota && needed_blocks > 0 {
@@ -359,7 +400,11 @@ impl Store {
             reorg = Some((file, outcome.primary));
         }
         Ok(Applied {
-            effect: if before.is_some() { Effect::Update } else { Effect::Insert },
+            effect: if before.is_some() {
+                Effect::Update
+            } else {
+                Effect::Insert
+            },
             placement: outcome.placement,
             before,
             reorg,
@@ -369,13 +414,20 @@ impl Store {
     fn delete(&mut self, file: FileId, key: &[u8]) -> Result<Applied, StoreError> {
         self.table_for(file)?;
         Self::check_key(key)?;
-        let (_, record) = self.files[file as usize].get(key).ok_or(StoreError::NotFound)?;
+        let (_, record) = self.files[file as usize]
+            .get(key)
+            .ok_or(StoreError::NotFound)?;
         let before = encode_owned(&record);
-        let alts: Vec<(u8, Vec<u8>)> = record.alts().map(|(i, v)| (i, alt_entry_key(v, key))).collect();
+        let alts: Vec<(u8, Vec<u8>)> = record
+            .alts()
+            .map(|(i, v)| (i, alt_entry_key(v, key)))
+            .collect();
         for (index, entry) in alts {
             self.files[(file + 1 + index as u32) as usize].delete(&entry);
         }
-        let placement = self.files[file as usize].delete(key).expect("record was just found");
+        let placement = self.files[file as usize]
+            .delete(key)
+            .expect("record was just found");
         Ok(Applied {
             effect: Effect::Delete,
             placement,
@@ -390,7 +442,12 @@ impl Store {
             .block_file_names()
             .into_iter()
             .zip(&self.files)
-            .map(|(name, file)| (name, file.blocks().map(|(n, b)| (n, b.checksum())).collect()))
+            .map(|(name, file)| {
+                (
+                    name,
+                    file.blocks().map(|(n, b)| (n, b.checksum())).collect(),
+                )
+            })
             .collect()
     }
 }

@@ -74,7 +74,11 @@ impl Store {
     }
 
     /// Rebuild a store from a snapshot's layout and its packed block bytes.
-    pub fn from_snapshot(layout: SnapshotLayout, quota_bytes: u64, packed: &[u8]) -> Result<Store, SnapshotError> {
+    pub fn from_snapshot(
+        layout: SnapshotLayout,
+        quota_bytes: u64,
+        packed: &[u8],
+    ) -> Result<Store, SnapshotError> {
         let block_size = layout.block_size as usize;
         if packed.len() != layout.block_count() * block_size {
             return Err(SnapshotError(format!(
@@ -89,12 +93,14 @@ impl Store {
             let mut blocks = Vec::with_capacity(file.dense.len());
             for number in &file.dense {
                 let bytes = chunks.next().expect("length checked above");
-                let block = Block::from_bytes(bytes)
-                    .ok_or_else(|| SnapshotError(format!("block {number} of file {index} has a bad header")))?;
+                let block = Block::from_bytes(bytes).ok_or_else(|| {
+                    SnapshotError(format!("block {number} of file {index} has a bad header"))
+                })?;
                 blocks.push((*number, block));
             }
-            let file = BlockFile::from_parts(file.layout, blocks)
-                .ok_or_else(|| SnapshotError(format!("file {index} does not fit its location table")))?;
+            let file = BlockFile::from_parts(file.layout, blocks).ok_or_else(|| {
+                SnapshotError(format!("file {index} does not fit its location table"))
+            })?;
             files.push(file);
         }
         Store::from_files(layout.schema, block_size, quota_bytes, files)

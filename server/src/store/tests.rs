@@ -28,7 +28,12 @@ fn rec(key: &str, customer: Option<&str>, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn put(store: &mut Store, file: FileId, mode: PutMode, record: &[u8]) -> Result<Applied, StoreError> {
+fn put(
+    store: &mut Store,
+    file: FileId,
+    mode: PutMode,
+    record: &[u8],
+) -> Result<Applied, StoreError> {
     let applied = store.apply(Mutation::Put { file, mode, record })?;
     if let Some((file, block)) = applied.reorg {
         store.apply(Mutation::Reorg { file, block }).unwrap();
@@ -44,7 +49,10 @@ fn schema_ids_cover_main_and_alt_files() {
     let s = schema();
     assert_eq!(s.main_id(0), 0);
     assert_eq!(s.main_id(1), 2);
-    assert_eq!(s.block_file_names(), vec!["orders", "orders#customer", "lines"]);
+    assert_eq!(
+        s.block_file_names(),
+        vec!["orders", "orders#customer", "lines"]
+    );
     assert_eq!(s.table_of(1), None, "an alt table is not a main file");
 }
 
@@ -56,7 +64,13 @@ fn same_mutations_give_identical_blocks() {
             let key = format!("{:06}", (i * 7919) % 5000);
             let customer = format!("c{}", i % 13);
             let data = vec![(i % 200) as u8; (i % 150) as usize];
-            put(&mut store, ORDERS, PutMode::Upsert, &rec(&key, Some(&customer), &data)).unwrap();
+            put(
+                &mut store,
+                ORDERS,
+                PutMode::Upsert,
+                &rec(&key, Some(&customer), &data),
+            )
+            .unwrap();
             if i % 5 == 0 {
                 let _ = store.apply(Mutation::Delete {
                     file: ORDERS,
@@ -68,25 +82,69 @@ fn same_mutations_give_identical_blocks() {
     };
     let (a, b) = (run(), run());
     assert_eq!(a.checksums(), b.checksums());
-    let bytes = |s: &Store| -> Vec<Vec<u8>> { s.files()[0].blocks().map(|(_, b)| b.as_bytes().to_vec()).collect() };
+    let bytes = |s: &Store| -> Vec<Vec<u8>> {
+        s.files()[0]
+            .blocks()
+            .map(|(_, b)| b.as_bytes().to_vec())
+            .collect()
+    };
     assert_eq!(bytes(&a), bytes(&b));
 }
 
 #[test]
 fn alternate_keys_find_every_match_and_follow_updates() {
     let mut store = Store::new(schema(), 1024, 1 << 30);
-    put(&mut store, ORDERS, PutMode::Insert, &rec("o1", Some("ann"), b"1")).unwrap();
-    put(&mut store, ORDERS, PutMode::Insert, &rec("o2", Some("bob"), b"2")).unwrap();
-    put(&mut store, ORDERS, PutMode::Insert, &rec("o3", Some("ann"), b"3")).unwrap();
-    let found: Vec<_> = store.lookup_alt(0, 0, b"ann", 100).iter().map(|r| r.key.to_vec()).collect();
+    put(
+        &mut store,
+        ORDERS,
+        PutMode::Insert,
+        &rec("o1", Some("ann"), b"1"),
+    )
+    .unwrap();
+    put(
+        &mut store,
+        ORDERS,
+        PutMode::Insert,
+        &rec("o2", Some("bob"), b"2"),
+    )
+    .unwrap();
+    put(
+        &mut store,
+        ORDERS,
+        PutMode::Insert,
+        &rec("o3", Some("ann"), b"3"),
+    )
+    .unwrap();
+    let found: Vec<_> = store
+        .lookup_alt(0, 0, b"ann", 100)
+        .iter()
+        .map(|r| r.key.to_vec())
+        .collect();
     assert_eq!(found, vec![b"o1".to_vec(), b"o3".to_vec()]);
-    put(&mut store, ORDERS, PutMode::Update, &rec("o1", Some("bob"), b"1")).unwrap();
+    put(
+        &mut store,
+        ORDERS,
+        PutMode::Update,
+        &rec("o1", Some("bob"), b"1"),
+    )
+    .unwrap();
     assert_eq!(store.lookup_alt(0, 0, b"ann", 100).len(), 1);
     assert_eq!(store.lookup_alt(0, 0, b"bob", 100).len(), 2);
-    store.apply(Mutation::Delete { file: ORDERS, key: b"o2" }).unwrap();
+    store
+        .apply(Mutation::Delete {
+            file: ORDERS,
+            key: b"o2",
+        })
+        .unwrap();
     assert_eq!(store.lookup_alt(0, 0, b"bob", 100).len(), 1);
     // An alt value that is a prefix of another does not match it.
-    put(&mut store, ORDERS, PutMode::Insert, &rec("o4", Some("bo"), b"4")).unwrap();
+    put(
+        &mut store,
+        ORDERS,
+        PutMode::Insert,
+        &rec("o4", Some("bo"), b"4"),
+    )
+    .unwrap();
     assert_eq!(store.lookup_alt(0, 0, b"bo", 100).len(), 1);
 }
 
@@ -103,13 +161,27 @@ fn refusals_change_nothing() {
         put(&mut store, ORDERS, PutMode::Update, &rec("zz", None, b"y")).unwrap_err(),
         StoreError::NotFound
     );
-    assert_eq!(put(&mut store, ORDERS, PutMode::Insert, &rec("", None, b"y")).unwrap_err(), StoreError::EmptyKey);
+    assert_eq!(
+        put(&mut store, ORDERS, PutMode::Insert, &rec("", None, b"y")).unwrap_err(),
+        StoreError::EmptyKey
+    );
     assert!(matches!(
-        put(&mut store, ORDERS, PutMode::Insert, &rec("big", None, &[0; 600])).unwrap_err(),
+        put(
+            &mut store,
+            ORDERS,
+            PutMode::Insert,
+            &rec("big", None, &[0; 600])
+        )
+        .unwrap_err(),
         StoreError::RecordTooLarge { max: 494, .. }
     ));
     assert_eq!(
-        store.apply(Mutation::Delete { file: ORDERS, key: b"nope" }).unwrap_err(),
+        store
+            .apply(Mutation::Delete {
+                file: ORDERS,
+                key: b"nope"
+            })
+            .unwrap_err(),
         StoreError::NotFound
     );
     assert_eq!(
@@ -125,17 +197,42 @@ fn quota_is_a_clear_error_and_the_store_stays_usable() {
     let mut store = Store::new(schema(), 512, 8 * 512);
     let mut inserted = 0;
     let err = loop {
-        match put(&mut store, LINES, PutMode::Insert, &rec(&format!("{inserted:05}"), None, &[1; 100])) {
+        match put(
+            &mut store,
+            LINES,
+            PutMode::Insert,
+            &rec(&format!("{inserted:05}"), None, &[1; 100]),
+        ) {
             Ok(_) => inserted += 1,
             Err(err) => break err,
         }
         assert!(inserted < 10_000);
     };
-    assert!(matches!(err, StoreError::QuotaExceeded { quota_bytes: 4096, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::QuotaExceeded {
+                quota_bytes: 4096,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(store.memory_bytes() <= 4096);
     // Deletes and in-place updates still work at the quota.
-    store.apply(Mutation::Delete { file: LINES, key: b"00000" }).unwrap();
-    put(&mut store, LINES, PutMode::Update, &rec("00001", None, &[2; 100])).unwrap();
+    store
+        .apply(Mutation::Delete {
+            file: LINES,
+            key: b"00000",
+        })
+        .unwrap();
+    put(
+        &mut store,
+        LINES,
+        PutMode::Update,
+        &rec("00001", None, &[2; 100]),
+    )
+    .unwrap();
     let mut count = 0;
     store.files()[LINES as usize].scan(b"", None, |_| {
         count += 1;
@@ -148,14 +245,30 @@ fn quota_is_a_clear_error_and_the_store_stays_usable() {
 fn snapshot_is_frozen_and_restores_byte_identical() {
     let mut store = Store::new(schema(), 512, 1 << 30);
     for i in 0..400 {
-        put(&mut store, ORDERS, PutMode::Upsert, &rec(&format!("{:04}", (i * 13) % 400), Some("c"), &[i as u8; 20])).unwrap();
+        put(
+            &mut store,
+            ORDERS,
+            PutMode::Upsert,
+            &rec(&format!("{:04}", (i * 13) % 400), Some("c"), &[i as u8; 20]),
+        )
+        .unwrap();
     }
     let frozen = store.freeze();
     let frozen_sums = frozen.checksums();
     for i in 0..400 {
-        put(&mut store, ORDERS, PutMode::Upsert, &rec(&format!("{i:04}"), Some("d"), &[9; 30])).unwrap();
+        put(
+            &mut store,
+            ORDERS,
+            PutMode::Upsert,
+            &rec(&format!("{i:04}"), Some("d"), &[9; 30]),
+        )
+        .unwrap();
     }
-    assert_eq!(frozen.checksums(), frozen_sums, "later writes do not disturb the snapshot");
+    assert_eq!(
+        frozen.checksums(),
+        frozen_sums,
+        "later writes do not disturb the snapshot"
+    );
     let (layout, blocks) = frozen.snapshot_parts();
     let used: usize = frozen.files().iter().map(|f| f.allocated_blocks()).sum();
     assert_eq!(blocks.len(), used, "only used blocks are packed");
@@ -172,7 +285,12 @@ fn damaged_snapshot_is_refused() {
     put(&mut store2, ORDERS, PutMode::Insert, &rec("a", None, b"x")).unwrap();
     let (layout, _) = store2.snapshot_parts();
     assert!(Store::from_snapshot(layout.clone(), 1 << 30, &[0u8; 100]).is_err());
-    assert!(Store::from_snapshot(layout.clone(), 1 << 30, &vec![0xEEu8; 512 * layout.block_count()]).is_err());
+    assert!(Store::from_snapshot(
+        layout.clone(),
+        1 << 30,
+        &vec![0xEEu8; 512 * layout.block_count()]
+    )
+    .is_err());
 }
 
 proptest! {

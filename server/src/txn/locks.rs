@@ -67,11 +67,20 @@ impl LockManager {
 
     /// The holder of `record`'s lock, if another transaction than `txn` holds it.
     pub fn blocker(&self, txn: u64, record: &RecordId) -> Option<u64> {
-        self.table.lock().holders.get(record).copied().filter(|h| *h != txn)
+        self.table
+            .lock()
+            .holders
+            .get(record)
+            .copied()
+            .filter(|h| *h != txn)
     }
 
     /// The first holder (other than `txn`) among `records`.
-    pub fn first_blocker<'a>(&self, txn: u64, records: impl IntoIterator<Item = &'a RecordId>) -> Option<(RecordId, u64)> {
+    pub fn first_blocker<'a>(
+        &self,
+        txn: u64,
+        records: impl IntoIterator<Item = &'a RecordId>,
+    ) -> Option<(RecordId, u64)> {
         let table = self.table.lock();
         if table.holders.is_empty() {
             return None;
@@ -86,7 +95,12 @@ impl LockManager {
     }
 
     /// Lock `record` for `txn`, waiting until `deadline` at most.
-    pub async fn lock(&self, txn: u64, record: &RecordId, deadline: Instant) -> Result<(), LockError> {
+    pub async fn lock(
+        &self,
+        txn: u64,
+        record: &RecordId,
+        deadline: Instant,
+    ) -> Result<(), LockError> {
         let started = Instant::now();
         loop {
             let notified = self.released.notified();
@@ -108,14 +122,20 @@ impl LockManager {
                     Some(holder) => {
                         if holder == txn || table.reaches(holder, txn) {
                             table.waits_for.remove(&txn);
-                            return Err(LockError::Deadlock { victim: txn, holder });
+                            return Err(LockError::Deadlock {
+                                victim: txn,
+                                holder,
+                            });
                         }
                         table.waits_for.insert(txn, holder);
                         holder
                     }
                 }
             };
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 self.table.lock().waits_for.remove(&txn);
                 return Err(LockError::Timeout {
                     holder,
@@ -136,7 +156,10 @@ impl LockManager {
             if !self.table.lock().held_by.contains_key(&holder) {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 return Err(LockError::Timeout {
                     holder,
                     waited_ms: started.elapsed().as_millis() as u64,
@@ -212,7 +235,13 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let err = locks.lock(2, &rec("a"), soon(5000)).await.unwrap_err();
-        assert_eq!(err, LockError::Deadlock { victim: 2, holder: 1 });
+        assert_eq!(
+            err,
+            LockError::Deadlock {
+                victim: 2,
+                holder: 1
+            }
+        );
         locks.release_all(2);
         first.await.unwrap().unwrap();
     }

@@ -68,7 +68,15 @@ impl Sequencer {
         self.last_timestamp_us
     }
 
-    fn update(&mut self, txn: u64, file: FileId, applied: Applied, after: Option<Vec<u8>>, op: Option<OpKind>, undo: bool) -> Update {
+    fn update(
+        &mut self,
+        txn: u64,
+        file: FileId,
+        applied: Applied,
+        after: Option<Vec<u8>>,
+        op: Option<OpKind>,
+        undo: bool,
+    ) -> Update {
         self.last_serial += 1;
         Update {
             header: Header {
@@ -99,7 +107,12 @@ pub struct Refused {
 
 /// Apply `ops` as transaction `txn`. On success, the log of a committed transaction; on
 /// refusal, nothing remains changed and the log of the cancelled attempt.
-pub fn apply(store: &mut Store, seq: &mut Sequencer, txn: u64, ops: &[Op]) -> Result<TxnLog, Refused> {
+pub fn apply(
+    store: &mut Store,
+    seq: &mut Sequencer,
+    txn: u64,
+    ops: &[Op],
+) -> Result<TxnLog, Refused> {
     let mut updates = Vec::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
         let mutation = match op.kind.put_mode() {
@@ -142,7 +155,14 @@ pub fn apply(store: &mut Store, seq: &mut Sequencer, txn: u64, ops: &[Op]) -> Re
 }
 
 /// Apply and log the reorganisation a put asked for.
-fn reorganise(store: &mut Store, seq: &mut Sequencer, txn: u64, reorg: Option<(FileId, u32)>, undo: bool, updates: &mut Vec<Update>) {
+fn reorganise(
+    store: &mut Store,
+    seq: &mut Sequencer,
+    txn: u64,
+    reorg: Option<(FileId, u32)>,
+    undo: bool,
+    updates: &mut Vec<Update>,
+) {
     if let Some((file, block)) = reorg {
         let applied = store
             .apply(Mutation::Reorg { file, block })
@@ -153,17 +173,20 @@ fn reorganise(store: &mut Store, seq: &mut Sequencer, txn: u64, reorg: Option<(F
 
 /// Restore the before images of `updates`, newest first, logging each restore.
 fn undo(store: &mut Store, seq: &mut Sequencer, txn: u64, updates: &mut Vec<Update>) {
-    let forward: Vec<(FileId, Effect, Option<Vec<u8>>, Option<Vec<u8>>)> = updates
-        .iter()
-        .rev()
-        .filter(|u| u.header.effect != Effect::Reorg)
-        .map(|u| (u.header.file, u.header.effect, u.before.clone(), u.after.clone()))
-        .collect();
-    for (file, effect, before, after) in forward {
+    for index in (0..updates.len()).rev() {
+        let forward = &updates[index];
+        if forward.header.undo || forward.header.effect == Effect::Reorg {
+            continue;
+        }
+        let (file, effect) = (forward.header.file, forward.header.effect);
+        let (before, after) = (forward.before.clone(), forward.after.clone());
         let result = match (effect, before) {
             (Effect::Insert, _) => {
                 let after = after.expect("an insert has an after image");
-                let key = block::decode(&after).expect("logged records decode").key.to_vec();
+                let key = block::decode(&after)
+                    .expect("logged records decode")
+                    .key
+                    .to_vec();
                 let applied = store.apply_unchecked(Mutation::Delete { file, key: &key });
                 applied.map(|a| (a, None))
             }
@@ -225,7 +248,11 @@ mod tests {
     fn put(kind: OpKind, key: &str, data: &[u8]) -> Op {
         let mut payload = Vec::new();
         encode_record(&mut payload, key.as_bytes(), &[(0, b"alt")], data);
-        Op { kind, file: 0, payload }
+        Op {
+            kind,
+            file: 0,
+            payload,
+        }
     }
 
     fn replay(log: &TxnLog, into: &mut Store) {
@@ -240,9 +267,20 @@ mod tests {
         let mut s = store(1 << 20);
         let mut seq = Sequencer::new(0, 1);
         let txn = seq.next_txn();
-        let log = apply(&mut s, &mut seq, txn, &[put(OpKind::Insert, "k", b"1"), put(OpKind::Update, "k", b"2")]).unwrap();
+        let log = apply(
+            &mut s,
+            &mut seq,
+            txn,
+            &[
+                put(OpKind::Insert, "k", b"1"),
+                put(OpKind::Update, "k", b"2"),
+            ],
+        )
+        .unwrap();
         assert_eq!(log.outcome, Outcome::Committed);
-        let [first, second] = &log.updates[..] else { panic!("two updates") };
+        let [first, second] = &log.updates[..] else {
+            panic!("two updates")
+        };
         assert_eq!((first.header.serial, second.header.serial), (1, 2));
         assert_eq!(first.header.effect, Effect::Insert);
         assert_eq!(second.header.effect, Effect::Update);
@@ -256,11 +294,26 @@ mod tests {
     fn a_refused_operation_restores_every_before_image_and_replays_identically() {
         let mut s = store(1 << 20);
         let mut seq = Sequencer::new(0, 1);
-        let setup = apply(&mut s, &mut seq, 1, &[put(OpKind::Insert, "a", b"old-a"), put(OpKind::Insert, "b", b"old-b")]).unwrap();
+        let setup = apply(
+            &mut s,
+            &mut seq,
+            1,
+            &[
+                put(OpKind::Insert, "a", b"old-a"),
+                put(OpKind::Insert, "b", b"old-b"),
+            ],
+        )
+        .unwrap();
         let before = s.checksums();
-        let mut ops: Vec<Op> = (0..50).map(|i| put(OpKind::Insert, &format!("n{i:03}"), &[1; 40])).collect();
+        let mut ops: Vec<Op> = (0..50)
+            .map(|i| put(OpKind::Insert, &format!("n{i:03}"), &[1; 40]))
+            .collect();
         ops.push(put(OpKind::Update, "a", b"new-a"));
-        ops.push(Op { kind: OpKind::Delete, file: 0, payload: b"b".to_vec() });
+        ops.push(Op {
+            kind: OpKind::Delete,
+            file: 0,
+            payload: b"b".to_vec(),
+        });
         ops.push(put(OpKind::Insert, "a", b"dup"));
         let refused = apply(&mut s, &mut seq, 2, &ops).unwrap_err();
         assert_eq!(refused.index, 52);
