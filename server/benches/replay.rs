@@ -38,7 +38,9 @@ fn replay(c: &mut Criterion) {
         created_ms: 0,
     };
     // Write the log the way a node does: one chunk set per transaction.
-    let schema = Schema { files: def.spec.files.clone() };
+    let schema = Schema {
+        files: def.spec.files.clone(),
+    };
     let mut store = Store::new(schema, 4096, u64::MAX);
     let mut seq = Sequencer::new(0, 1);
     let data = [b'x'; 100];
@@ -46,9 +48,16 @@ fn replay(c: &mut Criterion) {
         let ops: Vec<Op> = (0..BATCH)
             .map(|i| {
                 let mut payload = Vec::new();
-                let key = format!("k{:012}", (batch * BATCH + i).wrapping_mul(2_654_435_761) % (1 << 40));
+                let key = format!(
+                    "k{:012}",
+                    (batch * BATCH + i).wrapping_mul(2_654_435_761) % (1 << 40)
+                );
                 encode_record(&mut payload, key.as_bytes(), &[], &data);
-                Op { kind: doppel_server::log::OpKind::Upsert, file: 0, payload }
+                Op {
+                    kind: doppel_server::log::OpKind::Upsert,
+                    file: 0,
+                    payload,
+                }
             })
             .collect();
         let txn = seq.next_txn();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::client::{encode_segment, Client, Target};
 
@@ -121,8 +121,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         args.connections,
         batches,
         move |client, job| {
-            let body: Value = serde_json::from_str(&body_for(job)).map_err(|e| e.to_string())?;
-            client.call("POST", &path, Some(&body)).map(|_| ())
+            client
+                .call_raw("POST", &path, Some(&body_for(job)))
+                .map(|_| ())
         },
         &args.target.url,
     )?;

@@ -187,9 +187,17 @@ impl Client {
 
     /// Send a request; returns the JSON answer or the problem's message.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let text = body.map(Value::to_string);
+        self.call_raw(method, path, text.as_deref())
+    }
+
+    /// [`Self::call`] with a body that is already JSON text.
+    pub fn call_raw(&self, method: &str, path: &str, body: Option<&str>) -> Result<Value, String> {
         let request = self.agent.request(method, &format!("{}{path}", self.base));
         let result = match body {
-            Some(body) => request.send_json(body),
+            Some(body) => request
+                .set("content-type", "application/json")
+                .send_string(body),
             None => request.call(),
         };
         match result {

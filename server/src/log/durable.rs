@@ -23,7 +23,8 @@ use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
 /// Bytes of packed blocks per snapshot part.
-const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+/// Small enough that sled keeps parts inline rather than as blob files.
+const SNAPSHOT_PART_BYTES: usize = 48 * 1024;
 const META_PART: u32 = u32::MAX;
 
 /// A failure of the durable log. The message is safe to show to clients.
@@ -118,12 +119,12 @@ impl LogStore {
     /// Write a transaction's A, B and T chunks in one atomic batch. Call it under the
     /// database's writer lock so chunks reach sled in serial order.
     pub fn append(&self, uid: u64, txn: &TxnLog) -> Result<(), LogError> {
-        let Some(first) = txn.first_serial() else {
+        if txn.updates.is_empty() {
             return Ok(());
-        };
+        }
         let mut batch = sled::Batch::default();
         for kind in [LogKind::A, LogKind::B, LogKind::T] {
-            if let Some(bytes) = codec::encode(txn, kind) {
+            for (first, bytes) in codec::encode(txn, kind) {
                 batch.insert(&log_key(uid, kind, first)[..], bytes);
             }
         }

@@ -256,9 +256,10 @@ mod tests {
     }
 
     fn replay(log: &TxnLog, into: &mut Store) {
-        let bytes = codec::encode(log, LogKind::A).unwrap();
-        for entry in codec::decode(&bytes).unwrap().entries {
-            replay_entry(into, &entry).unwrap();
+        for (_, bytes) in codec::encode(log, LogKind::A) {
+            for entry in codec::decode(&bytes).unwrap().entries {
+                replay_entry(into, &entry).unwrap();
+            }
         }
     }
 
