@@ -25,15 +25,34 @@ fn health_tenants_and_database_lifecycle() {
     assert_eq!(health.media_type().as_deref(), Some("application/json"));
 
     let tenants = node.get("/v1/tenants");
-    let names: Vec<&Value> = tenants.ok().as_array().unwrap().iter().map(|t| &t["name"]).collect();
-    assert!(names.contains(&&json!("default")), "default tenant listed: {tenants}");
+    let names: Vec<&Value> = tenants
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["name"])
+        .collect();
+    assert!(
+        names.contains(&&json!("default")),
+        "default tenant listed: {tenants}"
+    );
 
-    node.post("/v1/tenants", &json!({ "name": "acme" })).expect(201);
+    node.post("/v1/tenants", &json!({ "name": "acme" }))
+        .expect(201);
     node.post("/v1/tenants", &json!({ "name": "acme" }))
         .expect_problem(409, "already-exists");
     let tenants = node.get("/v1/tenants");
-    let names: Vec<&Value> = tenants.ok().as_array().unwrap().iter().map(|t| &t["name"]).collect();
-    assert!(names.contains(&&json!("acme")) && names.contains(&&json!("default")), "{tenants}");
+    let names: Vec<&Value> = tenants
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["name"])
+        .collect();
+    assert!(
+        names.contains(&&json!("acme")) && names.contains(&&json!("default")),
+        "{tenants}"
+    );
 
     let spec = json!({
         "name": "shop",
@@ -94,7 +113,12 @@ fn crud_round_trip_and_upsert_created_flag() {
     let node = Node::start();
     let db = node.create_db("default", shop_spec("shop"));
 
-    let r = db.put("orders", "o1", ann(), json!({ "total": 12.5, "items": ["a", "b"] }));
+    let r = db.put(
+        "orders",
+        "o1",
+        ann(),
+        json!({ "total": 12.5, "items": ["a", "b"] }),
+    );
     let put1 = r.ok().clone();
     assert_eq!(put1["created"], json!(true), "{r}");
     assert!(put1["txn"].is_u64() && put1["serial"].is_u64(), "{r}");
@@ -110,8 +134,14 @@ fn crud_round_trip_and_upsert_created_flag() {
     let r = db.put("orders", "o1", customer("bob"), json!("second"));
     let put2 = r.ok().clone();
     assert_eq!(put2["created"], json!(false), "{r}");
-    assert!(put2["serial"].as_u64() > put1["serial"].as_u64(), "serials grow: {r}");
-    assert!(put2["txn"].as_u64() > put1["txn"].as_u64(), "txns grow: {r}");
+    assert!(
+        put2["serial"].as_u64() > put1["serial"].as_u64(),
+        "serials grow: {r}"
+    );
+    assert!(
+        put2["txn"].as_u64() > put1["txn"].as_u64(),
+        "txns grow: {r}"
+    );
     let r = db.get("orders", "o1");
     assert_eq!(r.ok()["data"], json!("second"));
     assert_eq!(r["alt"], customer("bob"));
@@ -122,7 +152,11 @@ fn crud_round_trip_and_upsert_created_flag() {
     db.insert("orders", "o2", customer("zed"), json!("dup"))
         .expect_problem(409, "duplicate-key");
     assert_eq!(db.data("orders", "o2"), Some(json!(null)));
-    assert_eq!(db.get("orders", "o2")["alt"], ann(), "alt unchanged by refused insert");
+    assert_eq!(
+        db.get("orders", "o2")["alt"],
+        ann(),
+        "alt unchanged by refused insert"
+    );
 
     // A file without alt keys.
     db.put("lines", "l1", json!({}), json!([1, 2, 3])).ok();
@@ -201,7 +235,10 @@ fn scan_orders_by_key_with_from_to_limit_and_next() {
             }
             Value::String(next) => {
                 assert_eq!(page.len(), 10, "a short page must not offer next: {r}");
-                assert!(next.as_str() > page.last().unwrap().as_str(), "next after page: {r}");
+                assert!(
+                    next.as_str() > page.last().unwrap().as_str(),
+                    "next after page: {r}"
+                );
                 from = Some(next.clone());
             }
             other => panic!("next must be a key or null, got {other}: {r}"),
@@ -246,6 +283,10 @@ fn alt_lookup_returns_all_matches_and_follows_changes() {
     assert_eq!(keys_of(&r["records"]), vec!["o1", "o3", "o4"], "{r}");
     assert_eq!(recs[0]["data"], json!(1), "{r}");
     assert_eq!(recs[0]["alt"], ann(), "{r}");
+    assert!(
+        recs[0]["block"].is_u64() && recs[0]["offset"].is_u64(),
+        "full records: {r}"
+    );
     assert_eq!(db.alt_keys("orders", "customer", "bob"), vec!["o2"]);
 
     // An update moves a record between alt values.
@@ -256,19 +297,30 @@ fn alt_lookup_returns_all_matches_and_follows_changes() {
     assert_eq!(r.ok()["records"][1]["data"], json!("3b"), "{r}");
 
     // Updates through a transaction too.
-    db.batch(json!([op::update_alt("orders", "o4", customer("cy"), json!(44))]))
-        .ok();
+    db.batch(json!([op::update_alt(
+        "orders",
+        "o4",
+        customer("cy"),
+        json!(44)
+    )]))
+    .ok();
     assert_eq!(db.alt_keys("orders", "customer", "ann"), vec!["o1"]);
     assert_eq!(db.alt_keys("orders", "customer", "cy"), vec!["o4"]);
 
     // Deletes remove matches.
     db.delete("orders", "o1").ok();
-    assert_eq!(db.alt_keys("orders", "customer", "ann"), Vec::<String>::new());
+    assert_eq!(
+        db.alt_keys("orders", "customer", "ann"),
+        Vec::<String>::new()
+    );
     db.delete("orders", "o2").ok();
     assert_eq!(db.alt_keys("orders", "customer", "bob"), vec!["o3"]);
 
     // A value nobody has is an empty answer; an unknown alt key is 404.
-    assert_eq!(db.alt_keys("orders", "customer", "nobody"), Vec::<String>::new());
+    assert_eq!(
+        db.alt_keys("orders", "customer", "nobody"),
+        Vec::<String>::new()
+    );
     db.alt("orders", "region", "ann")
         .expect_problem(404, "not-found");
     db.alt("lines", "customer", "ann")
@@ -297,15 +349,28 @@ fn log_shows_after_before_and_client_images() {
     let node = Node::start();
     let db = node.create_db("default", shop_spec("shop"));
 
-    let ins = db.batch(json!([op::insert_alt("orders", "o1", ann(), json!({ "n": 1 }))]));
+    let ins = db.batch(json!([op::insert_alt(
+        "orders",
+        "o1",
+        ann(),
+        json!({ "n": 1 })
+    )]));
     let ins = ins.ok().clone();
-    let upd = db.batch(json!([op::update_alt("orders", "o1", customer("bob"), json!({ "n": 2 }))]));
+    let upd = db.batch(json!([op::update_alt(
+        "orders",
+        "o1",
+        customer("bob"),
+        json!({ "n": 2 })
+    )]));
     let upd = upd.ok().clone();
     let del = db.batch(json!([op::delete("orders", "o1")]));
     let del = del.ok().clone();
     for r in [&ins, &upd, &del] {
         assert_eq!(r["count"], json!(1), "{r}");
-        assert!(r["first_serial"].as_u64() <= r["last_serial"].as_u64(), "{r}");
+        assert!(
+            r["first_serial"].as_u64() <= r["last_serial"].as_u64(),
+            "{r}"
+        );
     }
 
     let entries = db.log_from(0);
@@ -327,7 +392,11 @@ fn log_shows_after_before_and_client_images() {
         .iter()
         .filter(|e| e["file"] == json!("orders") && e["kind"] != json!("reorg"))
         .collect();
-    assert_eq!(of_o1.len(), 3, "three client updates on orders: {entries:#?}");
+    assert_eq!(
+        of_o1.len(),
+        3,
+        "three client updates on orders: {entries:#?}"
+    );
 
     let image = |alt: Value, data: Value| json!({ "key": "o1", "alt": alt, "data": data });
     let (e_ins, e_upd, e_del) = (of_o1[0], of_o1[1], of_o1[2]);
@@ -337,7 +406,11 @@ fn log_shows_after_before_and_client_images() {
     assert_eq!(e_ins["serial"], ins["first_serial"], "{e_ins}");
     assert_eq!(e_ins["undo"], json!(false));
     assert_eq!(e_ins["a"], image(ann(), json!({ "n": 1 })), "{e_ins}");
-    assert_eq!(e_ins["b"], Value::Null, "insert has no before image: {e_ins}");
+    assert_eq!(
+        e_ins["b"],
+        Value::Null,
+        "insert has no before image: {e_ins}"
+    );
     assert_eq!(e_ins["t"]["op"], json!("insert"), "{e_ins}");
     assert_eq!(e_ins["t"]["key"], json!("o1"), "{e_ins}");
     assert_eq!(e_ins["t"]["data"], json!({ "n": 1 }), "{e_ins}");
@@ -346,7 +419,11 @@ fn log_shows_after_before_and_client_images() {
     assert_eq!(e_upd["txn"], upd["txn"], "{e_upd}");
     assert_eq!(e_upd["serial"], upd["first_serial"], "{e_upd}");
     assert_eq!(e_upd["undo"], json!(false));
-    assert_eq!(e_upd["a"], image(customer("bob"), json!({ "n": 2 })), "{e_upd}");
+    assert_eq!(
+        e_upd["a"],
+        image(customer("bob"), json!({ "n": 2 })),
+        "{e_upd}"
+    );
     assert_eq!(e_upd["b"], image(ann(), json!({ "n": 1 })), "{e_upd}");
     assert_eq!(e_upd["t"]["op"], json!("update"), "{e_upd}");
     assert_eq!(e_upd["t"]["key"], json!("o1"), "{e_upd}");
@@ -358,7 +435,11 @@ fn log_shows_after_before_and_client_images() {
     assert_eq!(e_del["serial"], del["first_serial"], "{e_del}");
     assert_eq!(e_del["undo"], json!(false));
     assert_eq!(e_del["a"]["key"], json!("o1"), "{e_del}");
-    assert_eq!(e_del["b"], image(customer("bob"), json!({ "n": 2 })), "{e_del}");
+    assert_eq!(
+        e_del["b"],
+        image(customer("bob"), json!({ "n": 2 })),
+        "{e_del}"
+    );
     assert_eq!(e_del["t"]["op"], json!("delete"), "{e_del}");
     assert_eq!(e_del["t"]["key"], json!("o1"), "{e_del}");
 
@@ -384,10 +465,20 @@ fn checksums_cover_every_file_and_alt_index() {
     let node = Node::start();
     let db = node.create_db("default", shop_spec("shop"));
     for i in 0..20 {
-        db.put("orders", &format!("o{i:02}"), customer(&format!("c{}", i % 3)), json!({ "i": i }))
-            .ok();
-        db.put("lines", &format!("l{i:02}"), json!({}), json!("x".repeat(100)))
-            .ok();
+        db.put(
+            "orders",
+            &format!("o{i:02}"),
+            customer(&format!("c{}", i % 3)),
+            json!({ "i": i }),
+        )
+        .ok();
+        db.put(
+            "lines",
+            &format!("l{i:02}"),
+            json!({}),
+            json!("x".repeat(100)),
+        )
+        .ok();
     }
 
     let r = db.checksums();
@@ -397,14 +488,18 @@ fn checksums_cover_every_file_and_alt_index() {
         assert!(names.contains(&expected), "{expected} in {r}");
     }
     for f in &files {
-        let blocks = f["blocks"].as_array().unwrap_or_else(|| panic!("blocks array: {r}"));
+        let blocks = f["blocks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("blocks array: {r}"));
         if f["name"] != json!("orders") && f["name"] != json!("lines") {
             continue;
         }
         assert!(!blocks.is_empty(), "a file with records has blocks: {f}");
         for b in blocks {
             assert!(b["block"].is_u64(), "{b}");
-            let sum = b["checksum"].as_str().unwrap_or_else(|| panic!("checksum string: {b}"));
+            let sum = b["checksum"]
+                .as_str()
+                .unwrap_or_else(|| panic!("checksum string: {b}"));
             assert_eq!(sum.len(), 16, "16 hex digits: {b}");
             assert!(sum.chars().all(|c| c.is_ascii_hexdigit()), "hex: {b}");
         }
@@ -413,7 +508,8 @@ fn checksums_cover_every_file_and_alt_index() {
     // Stable while nothing changes; changes when a record changes.
     let again = db.checksums();
     assert_eq!(again.ok(), r.ok(), "checksums are deterministic");
-    db.put("lines", "l05", json!({}), json!("y".repeat(100))).ok();
+    db.put("lines", "l05", json!({}), json!("y".repeat(100)))
+        .ok();
     let after = db.checksums();
     let lines_before = files.iter().find(|f| f["name"] == json!("lines")).unwrap();
     let lines_after = after.ok()["files"]
@@ -422,7 +518,10 @@ fn checksums_cover_every_file_and_alt_index() {
         .iter()
         .find(|f| f["name"] == json!("lines"))
         .unwrap();
-    assert_ne!(lines_before, lines_after, "a write changes the file's checksums");
+    assert_ne!(
+        lines_before, lines_after,
+        "a write changes the file's checksums"
+    );
 }
 
 #[test]
@@ -445,9 +544,11 @@ fn unknown_names_are_404_not_found() {
         .expect_problem(404, "not-found");
     let other = node.db("default", "nope");
     other.get("orders", "o1").expect_problem(404, "not-found");
-    other.put("orders", "o1", ann(), json!(1))
+    other
+        .put("orders", "o1", ann(), json!(1))
         .expect_problem(404, "not-found");
-    other.batch(json!([op::insert("orders", "x", json!(1))]))
+    other
+        .batch(json!([op::insert("orders", "x", json!(1))]))
         .expect_problem(404, "not-found");
     other.log(0, 10).expect_problem(404, "not-found");
     other.checksums().expect_problem(404, "not-found");
@@ -490,7 +591,11 @@ fn malformed_requests_are_400_problems() {
         ("POST", "/v1/tenants".into(), "{not json"),
         ("POST", "/v1/tenants".into(), r#"{"name": 5}"#),
         ("POST", "/v1/tenants/default/databases".into(), "[1,2"),
-        ("POST", "/v1/tenants/default/databases".into(), r#"{"name":"x","files":"orders"}"#),
+        (
+            "POST",
+            "/v1/tenants/default/databases".into(),
+            r#"{"name":"x","files":"orders"}"#,
+        ),
         (
             "POST",
             "/v1/tenants/default/databases".into(),
@@ -506,11 +611,27 @@ fn malformed_requests_are_400_problems() {
             "/v1/tenants/default/databases".into(),
             r#"{"name":"x","files":[{"name":"f"}],"block_size":65536}"#,
         ),
-        ("PUT", db.record_path("orders", "o1"), r#"{"alt": 5, "data": 1"#),
-        ("PUT", db.record_path("orders", "o1"), r#"{"alt": 5, "data": 1}"#),
-        ("POST", db.path("/files/orders/records"), r#"{"key": 7, "data": 1}"#),
+        (
+            "PUT",
+            db.record_path("orders", "o1"),
+            r#"{"alt": 5, "data": 1"#,
+        ),
+        (
+            "PUT",
+            db.record_path("orders", "o1"),
+            r#"{"alt": 5, "data": 1}"#,
+        ),
+        (
+            "POST",
+            db.path("/files/orders/records"),
+            r#"{"key": 7, "data": 1}"#,
+        ),
         ("POST", db.path("/transactions"), r#"{"ops": {}}"#),
-        ("POST", db.path("/transactions"), r#"{"ops": [{"op": "frobnicate", "file": "orders", "key": "k"}]}"#),
+        (
+            "POST",
+            db.path("/transactions"),
+            r#"{"ops": [{"op": "frobnicate", "file": "orders", "key": "k"}]}"#,
+        ),
         ("POST", db.path("/transactions"), "ops=1"),
     ];
     for (method, path, body) in &cases {
@@ -552,30 +673,49 @@ fn record_larger_than_a_block_is_413_and_not_written() {
         "default",
         json!({ "name": "tiny", "files": [{ "name": "f", "alt_keys": ["tag"] }], "block_size": 512 }),
     );
-    db.put("f", "small", json!({ "tag": "t" }), json!("fits")).ok();
-    let before = db.info().ok()["last_serial"].clone();
+    db.put("f", "small", json!({ "tag": "t" }), json!("fits"))
+        .ok();
+    let before = db.info().ok()["last_serial"].as_u64().unwrap();
 
     let big = json!("x".repeat(1000));
     db.put("f", "big", json!({ "tag": "t" }), big.clone())
         .expect_problem(413, "record-too-large");
     db.insert("f", "big", json!({ "tag": "t" }), big.clone())
         .expect_problem(413, "record-too-large");
+    // Growing an existing record past the block is refused too.
+    db.put("f", "small", json!({ "tag": "t" }), big.clone())
+        .expect_problem(413, "record-too-large");
+    let info = db.info();
+    assert_eq!(
+        info.ok()["last_serial"],
+        json!(before),
+        "refused writes are not logged: {info}"
+    );
+
     let r = db.batch(json!([
         op::insert_alt("f", "also", json!({ "tag": "t" }), json!(1)),
-        op::insert_alt("f", "big", json!({ "tag": "t" }), big.clone()),
+        op::insert_alt("f", "big", json!({ "tag": "t" }), big),
     ]));
-    assert_eq!(r.expect_problem(413, "record-too-large")["op_index"], json!(1), "{r}");
-    // Growing an existing record past the block is refused too.
-    db.put("f", "small", json!({ "tag": "t" }), big)
-        .expect_problem(413, "record-too-large");
+    assert_eq!(
+        r.expect_problem(413, "record-too-large")["op_index"],
+        json!(1),
+        "{r}"
+    );
 
     assert_eq!(db.data("f", "big"), None);
     assert_eq!(db.data("f", "also"), None);
     assert_eq!(db.data("f", "small"), Some(json!("fits")));
     assert_eq!(db.alt_keys("f", "tag", "t"), vec!["small"]);
     assert_eq!(db.record_count("f"), 1);
-    let info = db.info();
-    assert_eq!(info.ok()["last_serial"], before, "nothing reached the log: {info}");
+    // The refused batch may have logged applied ops, but then each one is
+    // followed by its undo.
+    let tail = db.log_from(before + 1);
+    let done = tail.iter().filter(|e| e["undo"] == json!(false)).count();
+    let undone = tail.iter().filter(|e| e["undo"] == json!(true)).count();
+    assert_eq!(
+        done, undone,
+        "every logged op of a refused batch is undone: {tail:#?}"
+    );
 }
 
 #[test]
@@ -586,7 +726,12 @@ fn body_over_16_mib_is_413_payload_too_large() {
     let mut body = b"{\"alt\":{},\"data\":\"".to_vec();
     body.resize(BODY_LIMIT + 1024 * 1024, b'x');
     body.extend_from_slice(b"\"}");
-    let r = node.send_streaming("PUT", &db.record_path("lines", "huge"), "application/json", body);
+    let r = node.send_streaming(
+        "PUT",
+        &db.record_path("lines", "huge"),
+        "application/json",
+        body,
+    );
     r.expect_problem(413, "payload-too-large");
 
     // The server is fine afterwards and nothing was written.
@@ -626,7 +771,10 @@ fn memory_quota_exceeded_is_507_and_deletes_still_work() {
 
     let info = db.info();
     let mem = info.ok()["memory_bytes"].as_u64().expect("memory_bytes");
-    assert!(mem <= quota, "memory_bytes {mem} within quota {quota}: {info}");
+    assert!(
+        mem <= quota,
+        "memory_bytes {mem} within quota {quota}: {info}"
+    );
     assert_eq!(db.record_count("f"), stored.len() as u64);
 
     // Still refused (not a one-off), batches included.
@@ -645,7 +793,9 @@ fn memory_quota_exceeded_is_507_and_deletes_still_work() {
 
     // Other databases are unaffected.
     for i in 0..50 {
-        roomy.put("lines", &format!("l{i}"), json!({}), payload.clone()).ok();
+        roomy
+            .put("lines", &format!("l{i}"), json!({}), payload.clone())
+            .ok();
     }
     assert_eq!(roomy.record_count("lines"), 50);
 }

@@ -395,9 +395,13 @@ impl Resp {
 
     /// Media type without parameters, lowercased (e.g. `application/json`).
     pub fn media_type(&self) -> Option<String> {
-        self.content_type
-            .as_deref()
-            .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        self.content_type.as_deref().map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
     }
 
     /// Asserts the status and returns the body.
@@ -461,7 +465,7 @@ impl fmt::Display for Resp {
                 cut -= 1;
             }
             text.truncate(cut);
-            text.push_str("…");
+            text.push('…');
         }
         write!(
             f,
@@ -574,14 +578,21 @@ impl Client {
     /// separate thread while reading the answer, so a server that answers
     /// before consuming the whole body (e.g. 413) is still heard. Used for
     /// oversized bodies.
-    pub fn send_streaming(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
+    pub fn send_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Resp {
         let url = self.url(path);
         let hostport = self
             .base
             .strip_prefix("http://")
             .expect("http base url")
             .to_string();
-        let stream = TcpStream::connect(&hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+        let stream =
+            TcpStream::connect(&hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
         stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
         let head = format!(
@@ -632,7 +643,8 @@ impl Client {
     /// Creates a tenant; asserts 201.
     #[track_caller]
     pub fn create_tenant(&self, name: &str) {
-        self.post("/v1/tenants", &json!({ "name": name })).expect(201);
+        self.post("/v1/tenants", &json!({ "name": name }))
+            .expect(201);
     }
 
     /// Creates a database in `tenant` from a full creation body; asserts 201
@@ -808,7 +820,13 @@ impl Db {
 
     /// GET a range scan with optional `from`, `to` and `limit`.
     #[track_caller]
-    pub fn scan(&self, file: &str, from: Option<&str>, to: Option<&str>, limit: Option<u64>) -> Resp {
+    pub fn scan(
+        &self,
+        file: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        limit: Option<u64>,
+    ) -> Resp {
         let mut q = Vec::new();
         if let Some(from) = from {
             q.push(("from", from.to_string()));
@@ -839,6 +857,18 @@ impl Db {
             }
         }
         panic!("scan of {file} did not finish");
+    }
+
+    /// [`Self::scan_all`] without where records sit: the logical contents only.
+    pub fn contents(&self, file: &str) -> Vec<Value> {
+        let mut records = self.scan_all(file);
+        for record in &mut records {
+            if let Some(fields) = record.as_object_mut() {
+                fields.remove("block");
+                fields.remove("offset");
+            }
+        }
+        records
     }
 
     /// GET records by alt key value.
@@ -887,15 +917,19 @@ impl Db {
     /// Adds ops to an interactive transaction.
     #[track_caller]
     pub fn ops(&self, txn: u64, ops: Value) -> Resp {
-        self.client
-            .post(&self.path(&format!("/txns/{txn}/ops")), &json!({ "ops": ops }))
+        self.client.post(
+            &self.path(&format!("/txns/{txn}/ops")),
+            &json!({ "ops": ops }),
+        )
     }
 
     /// Adds ops with an explicit lock wait timeout.
     #[track_caller]
     pub fn ops_with_timeout(&self, txn: u64, ops: Value, lock_timeout_ms: u64) -> Resp {
         self.client.post(
-            &self.path(&format!("/txns/{txn}/ops?lock_timeout_ms={lock_timeout_ms}")),
+            &self.path(&format!(
+                "/txns/{txn}/ops?lock_timeout_ms={lock_timeout_ms}"
+            )),
             &json!({ "ops": ops }),
         )
     }

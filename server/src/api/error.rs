@@ -63,40 +63,46 @@ fn title(code: &str) -> &'static str {
 impl From<Error> for ApiError {
     fn from(err: Error) -> ApiError {
         let detail = err.to_string();
-        let (status, code, op_index) = match &err {
-            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", None),
-            Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists", None),
-            Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request", None),
-            Error::Store { op_index, err } => {
-                let (status, code) = match err {
-                    StoreError::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key"),
-                    StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),
-                    StoreError::DuplicateKey => (StatusCode::CONFLICT, "duplicate-key"),
-                    StoreError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
-                    StoreError::RecordTooLarge { .. } => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large")
-                    }
-                    StoreError::QuotaExceeded { .. } => {
-                        (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded")
-                    }
-                    StoreError::UnknownFile(_) => (StatusCode::NOT_FOUND, "not-found"),
-                    StoreError::Malformed | StoreError::BadReorg { .. } => {
-                        (StatusCode::BAD_REQUEST, "malformed-request")
-                    }
-                };
-                (status, code, *op_index)
-            }
-            Error::Lock(LockError::Timeout { .. }) => (StatusCode::CONFLICT, "lock-timeout", None),
-            Error::Lock(LockError::Deadlock { .. }) => (StatusCode::CONFLICT, "deadlock", None),
+        if let Error::AtOp { index, err } = err {
+            return ApiError {
+                detail,
+                op_index: Some(index),
+                ..ApiError::from(*err)
+            };
+        }
+        let (status, code) = match &err {
+            Error::AtOp { .. } => unreachable!("handled above"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists"),
+            Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
+            Error::Store(err) => match err {
+                StoreError::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key"),
+                StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),
+                StoreError::DuplicateKey => (StatusCode::CONFLICT, "duplicate-key"),
+                StoreError::NotFound | StoreError::UnknownFile(_) => {
+                    (StatusCode::NOT_FOUND, "not-found")
+                }
+                StoreError::RecordTooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large")
+                }
+                StoreError::QuotaExceeded { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded")
+                }
+                StoreError::Malformed | StoreError::BadReorg { .. } => {
+                    (StatusCode::BAD_REQUEST, "malformed-request")
+                }
+            },
+            Error::Lock(LockError::Timeout { .. }) => (StatusCode::CONFLICT, "lock-timeout"),
+            Error::Lock(LockError::Deadlock { .. }) => (StatusCode::CONFLICT, "deadlock"),
             Error::Log(_) | Error::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None)
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         };
         ApiError {
             status,
             code,
             detail,
-            op_index,
+            op_index: None,
         }
     }
 }

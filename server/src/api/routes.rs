@@ -152,11 +152,7 @@ async fn run_one(
 /// Single-record calls report errors without an operation index.
 fn strip_index(err: crate::node::Error) -> ApiError {
     match err {
-        crate::node::Error::Store { err, .. } => crate::node::Error::Store {
-            op_index: None,
-            err,
-        }
-        .into(),
+        crate::node::Error::AtOp { err, .. } => (*err).into(),
         other => other.into(),
     }
 }

@@ -242,10 +242,7 @@ impl Database {
             .store
             .get(id, key.as_bytes())
             .ok_or_else(|| Error::NotFound(format!("record '{key}'")))?;
-        let mut view = records::view(&schema, &record);
-        view.block = Some(placement.block);
-        view.offset = Some(placement.offset);
-        Ok(view)
+        Ok(records::placed_view(&schema, placement, &record))
     }
 
     /// Records with `from <= key <= to`, in order, at most `limit`; and the next key.
@@ -261,14 +258,18 @@ impl Database {
         let id = state.store.schema().main_id(index);
         let mut out = Vec::new();
         let mut next = None;
-        state.store.files()[id as usize].scan(from.as_bytes(), to.map(str::as_bytes), |record| {
-            if out.len() == limit {
-                next = Some(String::from_utf8_lossy(record.key).into_owned());
-                return false;
-            }
-            out.push(records::view(&schema, &record));
-            true
-        });
+        state.store.files()[id as usize].scan_placed(
+            from.as_bytes(),
+            to.map(str::as_bytes),
+            |placement, record| {
+                if out.len() == limit {
+                    next = Some(String::from_utf8_lossy(record.key).into_owned());
+                    return false;
+                }
+                out.push(records::placed_view(&schema, placement, &record));
+                true
+            },
+        );
         Ok((out, next))
     }
 
@@ -291,7 +292,7 @@ impl Database {
             .store
             .lookup_alt(index, alt_index, value.as_bytes(), limit)
             .iter()
-            .map(|r| records::view(&schema, r))
+            .map(|(placement, r)| records::placed_view(&schema, *placement, r))
             .collect())
     }
 
@@ -301,15 +302,7 @@ impl Database {
         inputs
             .iter()
             .enumerate()
-            .map(|(i, input)| {
-                records::resolve(state.store.schema(), input).map_err(|e| match e {
-                    Error::Store { err, .. } => Error::Store {
-                        op_index: Some(i),
-                        err,
-                    },
-                    other => other,
-                })
-            })
+            .map(|(i, input)| records::resolve(state.store.schema(), input).map_err(|e| e.at_op(i)))
             .collect()
     }
 
@@ -364,10 +357,7 @@ impl Database {
             }
             Err(refused) => {
                 self.append(&refused.log)?;
-                Err(Error::Store {
-                    op_index: Some(refused.index),
-                    err: refused.error,
-                })
+                Err(Error::Store(refused.error).at_op(refused.index))
             }
         }
     }

@@ -13,12 +13,11 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     Malformed(String),
-    /// A store refusal, with the index of the transaction operation that caused it.
-    #[error("{}{err}", op_index.map(|i| format!("operation {i}: ")).unwrap_or_default())]
-    Store {
-        op_index: Option<usize>,
-        err: StoreError,
-    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// An error caused by operation `index` of a transaction.
+    #[error("operation {index}: {err}")]
+    AtOp { index: usize, err: Box<Error> },
     #[error("{0}")]
     Lock(#[from] LockError),
     #[error("{0}")]
@@ -27,11 +26,12 @@ pub enum Error {
     Unavailable(String),
 }
 
-impl From<StoreError> for Error {
-    fn from(err: StoreError) -> Self {
-        Error::Store {
-            op_index: None,
-            err,
+impl Error {
+    /// Mark this error as caused by operation `index` of a transaction.
+    pub fn at_op(self, index: usize) -> Error {
+        Error::AtOp {
+            index,
+            err: Box::new(self),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::error::{Error, Result};
 use crate::log::OpKind;
 use crate::store::{
-    encode_record, FileSchema, RecordRef, Schema, Store, StoreError, MAX_KEY_BYTES,
+    encode_record, FileSchema, Placement, RecordRef, Schema, Store, StoreError, MAX_KEY_BYTES,
 };
 use crate::txn::Op;
 
@@ -96,6 +96,15 @@ pub fn view(file: &FileSchema, record: &RecordRef<'_>) -> RecordView {
         data,
         block: None,
         offset: None,
+    }
+}
+
+/// The client view of a record read from the store, with where it sits.
+pub fn placed_view(file: &FileSchema, placement: Placement, record: &RecordRef<'_>) -> RecordView {
+    RecordView {
+        block: Some(placement.block),
+        offset: Some(placement.offset),
+        ..view(file, record)
     }
 }
 

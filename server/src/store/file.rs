@@ -406,6 +406,16 @@ impl BlockFile {
         to: Option<&[u8]>,
         mut visit: impl FnMut(RecordRef<'a>) -> bool,
     ) {
+        self.scan_placed(from, to, |_, record| visit(record))
+    }
+
+    /// [`Self::scan`], also telling where each record sits.
+    pub fn scan_placed<'a>(
+        &'a self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut visit: impl FnMut(Placement, RecordRef<'a>) -> bool,
+    ) {
         let Some((start, _)) = self.primary_for(from) else {
             return;
         };
@@ -421,7 +431,14 @@ impl BlockFile {
                 };
                 for slot in first..block.count() {
                     let record = block.record(slot);
-                    if to.is_some_and(|to| record.key > to) || !visit(record) {
+                    if to.is_some_and(|to| record.key > to) {
+                        return;
+                    }
+                    let placement = Placement {
+                        block: number,
+                        offset: block.offset(slot),
+                    };
+                    if !visit(placement, record) {
                         return;
                     }
                 }

@@ -236,7 +236,7 @@ impl Store {
         alt: usize,
         value: &[u8],
         limit: usize,
-    ) -> Vec<RecordRef<'_>> {
+    ) -> Vec<(Placement, RecordRef<'_>)> {
         let main = self.schema.main_id(table);
         let index = &self.files[(main + 1 + alt as u32) as usize];
         let prefix = alt_prefix(value);
@@ -249,7 +249,7 @@ impl Store {
             true
         });
         keys.into_iter()
-            .filter_map(|key| self.files[main as usize].get(key).map(|(_, r)| r))
+            .filter_map(|key| self.files[main as usize].get(key))
             .collect()
     }
 

@@ -118,7 +118,7 @@ fn alternate_keys_find_every_match_and_follow_updates() {
     let found: Vec<_> = store
         .lookup_alt(0, 0, b"ann", 100)
         .iter()
-        .map(|r| r.key.to_vec())
+        .map(|(_, r)| r.key.to_vec())
         .collect();
     assert_eq!(found, vec![b"o1".to_vec(), b"o3".to_vec()]);
     put(

@@ -1,0 +1,526 @@
+//! End-to-end durability tests against real server processes: a restart on
+//! the same data directory recovers tenants, databases, records, alt keys,
+//! serials and the log; a snapshot followed by more writes recovers both;
+//! kill -9 in the middle of a concurrent batch load (durability `group` and
+//! `sync`) loses no acknowledged batch and leaves no batch half-applied; and
+//! a graceful SIGTERM keeps everything, for every durability mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use doppel_tests::*;
+
+fn customer(name: &str) -> Value {
+    json!({ "customer": name })
+}
+
+/// A record as a client sees its content (without its storage location).
+fn content(record: &Value) -> Value {
+    json!({ "key": record["key"], "alt": record["alt"], "data": record["data"] })
+}
+
+/// Everything a client can read from a database: its settings, serials,
+/// per-file record counts and every record's content.
+fn capture(db: &Db) -> Value {
+    let r = db.info();
+    let info = r.ok();
+    let mut files = serde_json::Map::new();
+    for f in info["files"].as_array().expect("files") {
+        let name = f["name"].as_str().unwrap();
+        let records: Vec<Value> = db.scan_all(name).iter().map(content).collect();
+        files.insert(name.to_string(), json!(records));
+    }
+    json!({
+        "name": info["name"],
+        "files": info["files"],
+        "block_size": info["block_size"],
+        "durability": info["durability"],
+        "memory_quota_bytes": info["memory_quota_bytes"],
+        "last_serial": info["last_serial"],
+        "snapshot_serial": info["snapshot_serial"],
+        "records": files,
+    })
+}
+
+fn names(list: &Resp) -> BTreeSet<String> {
+    list.ok()
+        .as_array()
+        .unwrap_or_else(|| panic!("array: {list}"))
+        .iter()
+        .map(|x| x["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// Writes a mix of single-record calls, batches and an interactive
+/// transaction into a shop database.
+fn write_mix(db: &Db, tag: &str) {
+    for i in 0..30 {
+        db.put(
+            "orders",
+            &format!("{tag}-o{i:02}"),
+            customer(&format!("c{}", i % 4)),
+            json!({ "i": i, "tag": tag }),
+        )
+        .ok();
+    }
+    for i in 0..10 {
+        db.put(
+            "orders",
+            &format!("{tag}-o{i:02}"),
+            customer("vip"),
+            json!({ "i": i, "updated": true }),
+        )
+        .ok();
+    }
+    for i in 20..25 {
+        db.delete("orders", &format!("{tag}-o{i:02}")).ok();
+    }
+    let ops: Vec<Value> = (0..15)
+        .map(|i| op::insert("lines", &format!("{tag}-l{i:02}"), json!([tag, i])))
+        .collect();
+    db.batch(json!(ops)).ok();
+    let txn = db.begin();
+    db.ops(
+        txn,
+        json!([
+            op::update_alt(
+                "orders",
+                &format!("{tag}-o10"),
+                customer("txn"),
+                json!("via txn")
+            ),
+            op::delete("lines", &format!("{tag}-l00")),
+        ]),
+    )
+    .ok();
+    db.commit(txn).ok();
+}
+
+#[test]
+fn restart_after_kill9_recovers_data_serials_and_log() {
+    let mut node = Node::start();
+    node.create_tenant("acme");
+    let shop = node.create_db(
+        "default",
+        json!({
+            "name": "shop",
+            "files": [{ "name": "orders", "alt_keys": ["customer"] }, { "name": "lines" }],
+            "durability": "group",
+        }),
+    );
+    let books = node.create_db(
+        "acme",
+        json!({
+            "name": "books",
+            "files": [{ "name": "orders", "alt_keys": ["customer"] }, { "name": "lines" }],
+            "durability": "sync",
+            "block_size": 1024,
+            "memory_quota_bytes": 33554432,
+        }),
+    );
+    let temp = node.create_db("default", shop_spec("temp"));
+    write_mix(&shop, "s");
+    write_mix(&books, "b");
+    temp.put("lines", "t", json!({}), json!(1)).ok();
+    node.delete(&temp.path("")).expect(204);
+
+    // An open transaction's pending ops must not survive.
+    let open = shop.begin();
+    shop.ops(
+        open,
+        json!([
+            op::insert("lines", "pending", json!(1)),
+            op::delete("orders", "s-o01")
+        ]),
+    )
+    .ok();
+
+    let tenants = names(&node.get("/v1/tenants"));
+    let default_dbs = names(&node.get("/v1/tenants/default/databases"));
+    let acme_dbs = names(&node.get("/v1/tenants/acme/databases"));
+    let shop_state = capture(&shop);
+    let books_state = capture(&books);
+    let shop_log = shop.log_from(0);
+    let books_log = books.log_from(0);
+    let last_txn = shop_log
+        .iter()
+        .filter_map(|e| e["txn"].as_u64())
+        .max()
+        .unwrap();
+
+    node.kill9();
+    node.restart();
+    let shop = node.db("default", "shop");
+    let books = node.db("acme", "books");
+
+    assert_eq!(names(&node.get("/v1/tenants")), tenants);
+    assert_eq!(
+        names(&node.get("/v1/tenants/default/databases")),
+        default_dbs
+    );
+    assert_eq!(names(&node.get("/v1/tenants/acme/databases")), acme_dbs);
+    node.get(&temp.path("")).expect_problem(404, "not-found");
+    assert_eq!(capture(&shop), shop_state, "shop recovered");
+    assert_eq!(capture(&books), books_state, "books recovered");
+    assert_eq!(shop.log_from(0), shop_log, "shop log recovered");
+    assert_eq!(books.log_from(0), books_log, "books log recovered");
+
+    assert_eq!(shop.data("lines", "pending"), None);
+    assert!(shop.data("orders", "s-o01").is_some());
+    let r = shop.txn(open);
+    assert!(
+        r.status == 404 || r["state"] != json!("open"),
+        "open txn did not survive: {r}"
+    );
+    assert_eq!(shop.alt_keys("orders", "customer", "txn"), vec!["s-o10"]);
+    assert_eq!(shop.alt_keys("orders", "customer", "vip").len(), 10);
+
+    // New work continues the serial and transaction sequences.
+    let r = shop.put("orders", "after", customer("new"), json!("after"));
+    let res = r.ok();
+    assert!(
+        res["serial"].as_u64() > shop_state["last_serial"].as_u64(),
+        "serials continue: {r}"
+    );
+    assert!(res["txn"].as_u64() > Some(last_txn), "txns continue: {r}");
+    // Recovered records are writable and lockable.
+    let txn = shop.begin();
+    shop.ops_with_timeout(
+        txn,
+        json!([op::update("orders", "s-o02", json!("post"))]),
+        1000,
+    )
+    .ok();
+    shop.commit(txn).ok();
+    assert_eq!(shop.data("orders", "s-o02"), Some(json!("post")));
+}
+
+#[test]
+fn snapshot_then_more_writes_then_restart_recovers_both() {
+    let mut node = Node::start();
+    let db = node.create_db(
+        "default",
+        json!({ "name": "snap", "files": [{ "name": "orders", "alt_keys": ["customer"] }, { "name": "lines" }], "durability": "group" }),
+    );
+    for i in 0..20 {
+        db.put(
+            "orders",
+            &format!("o{i:02}"),
+            customer(&format!("c{}", i % 3)),
+            json!({ "i": i }),
+        )
+        .ok();
+    }
+    let last_before = db.info().ok()["last_serial"].as_u64().unwrap();
+
+    let r = db.snapshot();
+    let snap = r.expect(201).clone();
+    let serial = snap["serial"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("serial: {r}"));
+    assert_eq!(
+        serial, last_before,
+        "snapshot taken at the last serial: {r}"
+    );
+    for field in ["size_bytes", "blocks", "created_ms"] {
+        assert!(snap[field].is_u64(), "snapshot.{field}: {r}");
+    }
+    assert!(snap["blocks"].as_u64() > Some(0), "{r}");
+    let info = db.info();
+    assert_eq!(info.ok()["snapshot_serial"], json!(serial), "{info}");
+    let list = db.snapshots();
+    assert!(
+        list.ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["serial"] == json!(serial)),
+        "snapshot listed: {list}"
+    );
+
+    // More writes after the snapshot: updates, deletes, inserts, a batch.
+    for i in 0..5 {
+        db.put(
+            "orders",
+            &format!("o{i:02}"),
+            customer("late"),
+            json!({ "i": i, "v": 2 }),
+        )
+        .ok();
+    }
+    for i in 5..10 {
+        db.delete("orders", &format!("o{i:02}")).ok();
+    }
+    let ops: Vec<Value> = (0..10)
+        .map(|i| {
+            op::insert_alt(
+                "orders",
+                &format!("n{i:02}"),
+                customer("late"),
+                json!({ "n": i }),
+            )
+        })
+        .collect();
+    db.batch(json!(ops)).ok();
+    db.put("lines", "l", json!({}), json!("l")).ok();
+
+    let state = capture(&db);
+    let tail = db.log_from(serial + 1);
+    assert!(
+        tail.len() >= 21,
+        "post-snapshot writes are in the log: {tail:#?}"
+    );
+    let snapshots = db.snapshots().ok().clone();
+
+    node.kill9();
+    node.restart();
+    let db = node.db("default", "snap");
+
+    assert_eq!(capture(&db), state, "snapshot + log recovered");
+    assert_eq!(db.log_from(serial + 1), tail, "post-snapshot log recovered");
+    assert_eq!(db.snapshots().ok(), &snapshots, "snapshot list recovered");
+    assert_eq!(db.alt_keys("orders", "customer", "late").len(), 15);
+    assert_eq!(db.data("orders", "o07"), None);
+    assert_eq!(db.data("orders", "o12"), Some(json!({ "i": 12 })));
+
+    // A second snapshot after recovery covers everything.
+    let r = db.snapshot();
+    assert_eq!(r.expect(201)["serial"], state["last_serial"], "{r}");
+    node.kill9();
+    node.restart();
+    assert_eq!(
+        capture(&node.db("default", "snap"))["records"],
+        state["records"]
+    );
+}
+
+const WRITERS: usize = 2;
+const BATCH_SIZE: usize = 10;
+const ACKED_BEFORE_KILL: usize = 100;
+const MAX_BATCHES_PER_WRITER: usize = 5000;
+
+#[derive(Default)]
+struct WriterLog {
+    attempted: Vec<String>,
+    acked: Vec<String>,
+    refused: Vec<String>,
+}
+
+/// Sends batches until told to stop or the server goes away; records which
+/// batches were acknowledged (200).
+fn run_writer(db: Db, writer: usize, stop: &AtomicBool, acked: &AtomicUsize) -> WriterLog {
+    let mut log = WriterLog::default();
+    for i in 0..MAX_BATCHES_PER_WRITER {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let id = format!("w{writer}-b{i:05}");
+        let ops: Vec<Value> = (0..BATCH_SIZE)
+            .map(|j| {
+                op::insert_alt(
+                    "events",
+                    &format!("{id}-r{j}"),
+                    json!({ "batch": id }),
+                    json!({ "batch": id, "j": j, "pad": "p".repeat(64) }),
+                )
+            })
+            .collect();
+        log.attempted.push(id.clone());
+        match db.try_batch(json!(ops)) {
+            Ok(r) if r.status == 200 => {
+                log.acked.push(id);
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(r) => {
+                log.refused.push(r.to_string());
+                break;
+            }
+            // The server was killed.
+            Err(_) => break,
+        }
+    }
+    log
+}
+
+fn kill9_under_load(durability: &str) {
+    let mut node = Node::start();
+    let spec = json!({
+        "name": "load",
+        "files": [{ "name": "events", "alt_keys": ["batch"] }],
+        "durability": durability,
+        "memory_quota_bytes": 268435456,
+    });
+    let db = node.create_db("default", spec);
+
+    let stop = AtomicBool::new(false);
+    let acked_count = AtomicUsize::new(0);
+    let logs: Vec<WriterLog> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let db = db.clone();
+                let (stop, acked_count) = (&stop, &acked_count);
+                s.spawn(move || run_writer(db, w, stop, acked_count))
+            })
+            .collect();
+        let reached = wait_until(deadline_in(Duration::from_secs(60)), || {
+            acked_count.load(Ordering::SeqCst) >= ACKED_BEFORE_KILL
+                || handles.iter().all(|h| h.is_finished())
+        });
+        // Kill while the writers are still sending.
+        node.kill9();
+        stop.store(true, Ordering::SeqCst);
+        let logs: Vec<WriterLog> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(
+            reached && acked_count.load(Ordering::SeqCst) >= ACKED_BEFORE_KILL,
+            "writers reached {} acknowledged batches",
+            acked_count.load(Ordering::SeqCst)
+        );
+        logs
+    });
+    for log in &logs {
+        assert!(
+            log.refused.is_empty(),
+            "batches refused under load: {:?}",
+            log.refused
+        );
+    }
+    let attempted: BTreeSet<&String> = logs.iter().flat_map(|l| &l.attempted).collect();
+    let acked: BTreeSet<&String> = logs.iter().flat_map(|l| &l.acked).collect();
+
+    node.restart();
+    let db = node.db("default", "load");
+
+    let mut present: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for rec in db.scan_all("events") {
+        let batch = rec["data"]["batch"]
+            .as_str()
+            .expect("batch id in data")
+            .to_string();
+        let j = rec["data"]["j"].as_u64().expect("j");
+        assert_eq!(rec["key"], json!(format!("{batch}-r{j}")), "{rec}");
+        assert_eq!(rec["alt"], json!({ "batch": batch }), "{rec}");
+        assert!(
+            present.entry(batch).or_default().insert(j),
+            "{rec} seen twice"
+        );
+    }
+    println!(
+        "{durability}: {} batches attempted, {} acknowledged, {} recovered",
+        attempted.len(),
+        acked.len(),
+        present.len()
+    );
+    let full: BTreeSet<u64> = (0..BATCH_SIZE as u64).collect();
+    for (batch, js) in &present {
+        assert!(attempted.contains(batch), "unknown batch {batch} recovered");
+        assert_eq!(js, &full, "batch {batch} is partially present");
+    }
+    for batch in &acked {
+        assert!(
+            present.contains_key(*batch),
+            "acknowledged batch {batch} lost ({durability})"
+        );
+    }
+    // Alt lookups agree with the scan for the batches around the kill.
+    for batch in logs.iter().flat_map(|l| l.attempted.iter().rev().take(2)) {
+        let expected = if present.contains_key(batch) {
+            BATCH_SIZE
+        } else {
+            0
+        };
+        assert_eq!(
+            db.alt_keys("events", "batch", batch).len(),
+            expected,
+            "alt lookup for {batch}"
+        );
+    }
+    let info = db.info();
+    assert_eq!(
+        info.ok()["files"][0]["records"],
+        json!(present.len() * BATCH_SIZE),
+        "{info}"
+    );
+
+    // The recovered database takes new work.
+    let ops: Vec<Value> = (0..BATCH_SIZE)
+        .map(|j| {
+            op::insert_alt(
+                "events",
+                &format!("after-r{j}"),
+                json!({ "batch": "after" }),
+                json!(j),
+            )
+        })
+        .collect();
+    db.batch(json!(ops)).ok();
+    assert_eq!(db.alt_keys("events", "batch", "after").len(), BATCH_SIZE);
+}
+
+#[test]
+fn kill9_under_load_keeps_acknowledged_batches_group() {
+    kill9_under_load("group");
+}
+
+#[test]
+fn kill9_under_load_keeps_acknowledged_batches_sync() {
+    kill9_under_load("sync");
+}
+
+#[test]
+fn graceful_sigterm_then_restart_keeps_everything() {
+    let mut node = Node::start();
+    let mut dbs = Vec::new();
+    for durability in ["none", "group", "sync"] {
+        let db = node.create_db(
+            "default",
+            json!({
+                "name": format!("d-{durability}"),
+                "files": [{ "name": "orders", "alt_keys": ["customer"] }, { "name": "lines" }],
+                "durability": durability,
+            }),
+        );
+        write_mix(&db, durability);
+        dbs.push(db);
+    }
+    dbs[1].snapshot().expect(201);
+    dbs[1]
+        .put("lines", "after-snapshot", json!({}), json!(1))
+        .ok();
+    let open = dbs[2].begin();
+    dbs[2]
+        .ops(open, json!([op::insert("lines", "pending", json!(1))]))
+        .ok();
+
+    let states: Vec<Value> = dbs.iter().map(capture).collect();
+    let logs: Vec<Vec<Value>> = dbs.iter().map(|db| db.log_from(0)).collect();
+
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly, got {status}");
+    node.restart();
+
+    for (i, durability) in ["none", "group", "sync"].iter().enumerate() {
+        let db = node.db("default", &format!("d-{durability}"));
+        assert_eq!(
+            capture(&db),
+            states[i],
+            "database with durability {durability} kept"
+        );
+        assert_eq!(db.log_from(0), logs[i], "log of {durability} kept");
+    }
+    assert_eq!(node.db("default", "d-sync").data("lines", "pending"), None);
+
+    // And a second graceful cycle with no writes in between changes nothing.
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "second SIGTERM exits cleanly, got {status}"
+    );
+    node.restart();
+    for (i, durability) in ["none", "group", "sync"].iter().enumerate() {
+        assert_eq!(
+            capture(&node.db("default", &format!("d-{durability}"))),
+            states[i]
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! End-to-end checks of `/v1/openapi.json` against a real server process:
+//! the document is OpenAPI 3.1, lists at least every route of the documented
+//! contract, and every (path, method) it lists is actually routed by the
+//! server (never the router's 404 `no-route` answer, never 405).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use doppel_tests::*;
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+/// The contract's routes, with parameters written as `{}`.
+const EXPECTED: &[(&str, &[&str])] = &[
+    ("/v1/health", &["get"]),
+    ("/v1/openapi.json", &["get"]),
+    ("/v1/tenants", &["get", "post"]),
+    ("/v1/tenants/{}/databases", &["get", "post"]),
+    ("/v1/tenants/{}/databases/{}", &["get", "delete"]),
+    (
+        "/v1/tenants/{}/databases/{}/files/{}/records",
+        &["get", "post"],
+    ),
+    (
+        "/v1/tenants/{}/databases/{}/files/{}/records/{}",
+        &["get", "put", "delete"],
+    ),
+    ("/v1/tenants/{}/databases/{}/files/{}/alt/{}/{}", &["get"]),
+    ("/v1/tenants/{}/databases/{}/transactions", &["post"]),
+    ("/v1/tenants/{}/databases/{}/txns", &["post"]),
+    ("/v1/tenants/{}/databases/{}/txns/{}", &["get"]),
+    ("/v1/tenants/{}/databases/{}/txns/{}/ops", &["post"]),
+    ("/v1/tenants/{}/databases/{}/txns/{}/commit", &["post"]),
+    ("/v1/tenants/{}/databases/{}/txns/{}/cancel", &["post"]),
+    ("/v1/tenants/{}/databases/{}/snapshots", &["get", "post"]),
+    ("/v1/tenants/{}/databases/{}/log", &["get"]),
+    ("/v1/tenants/{}/databases/{}/checksums", &["get"]),
+];
+
+/// `/a/{x}/b/{y}` → `/a/{}/b/{}`.
+fn normalise(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "{}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Documented operations: normalised path → methods.
+fn documented(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let paths = doc["paths"].as_object().expect("paths object");
+    let mut out = BTreeMap::new();
+    for (path, item) in paths {
+        let methods: BTreeSet<String> = item
+            .as_object()
+            .unwrap_or_else(|| panic!("path item object for {path}"))
+            .keys()
+            .filter(|k| METHODS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        out.insert(normalise(path), methods);
+    }
+    out
+}
+
+#[test]
+fn document_is_openapi_3_1_and_lists_the_contract() {
+    let node = Node::start();
+    let r = node.get("/v1/openapi.json");
+    let doc = r.ok();
+    assert_eq!(r.media_type().as_deref(), Some("application/json"), "{r}");
+    let version = doc["openapi"]
+        .as_str()
+        .unwrap_or_else(|| panic!("openapi version: {r}"));
+    assert!(version.starts_with("3.1"), "OpenAPI 3.1, got {version}");
+    assert!(doc["info"]["title"].is_string(), "info.title");
+    assert!(doc["info"]["version"].is_string(), "info.version");
+
+    let paths = doc["paths"].as_object().expect("paths object");
+    for (path, item) in paths {
+        assert!(path.starts_with('/'), "path {path}");
+        assert!(
+            !path.contains(':'),
+            "path {path} uses {{param}} syntax, not :param"
+        );
+        let item = item.as_object().unwrap();
+        for (key, operation) in item {
+            if METHODS.contains(&key.to_ascii_lowercase().as_str()) {
+                assert_eq!(
+                    key,
+                    &key.to_ascii_lowercase(),
+                    "lowercase method key at {path}"
+                );
+                assert!(
+                    operation["responses"].is_object(),
+                    "{key} {path} documents its responses"
+                );
+            }
+        }
+    }
+
+    let documented = documented(doc);
+    let mut missing = Vec::new();
+    for (path, methods) in EXPECTED {
+        for method in *methods {
+            if !documented.get(*path).is_some_and(|m| m.contains(*method)) {
+                missing.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "routes missing from the OpenAPI document: {missing:#?}"
+    );
+}
+
+/// Fills a documented path's parameters with values that exist on the
+/// server, choosing by the literal segment that precedes each parameter.
+fn fill(path: &str, txn: u64) -> String {
+    let segs: Vec<&str> = path.split('/').collect();
+    let mut out = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        if !(seg.starts_with('{') && seg.ends_with('}')) {
+            out.push(seg.to_string());
+            continue;
+        }
+        let prev = if i > 0 { segs[i - 1] } else { "" };
+        let value = match prev {
+            "tenants" => "default".to_string(),
+            "databases" => "api".to_string(),
+            "files" => "orders".to_string(),
+            "records" => "k1".to_string(),
+            "alt" => "customer".to_string(),
+            "txns" => txn.to_string(),
+            "snapshots" => "1".to_string(),
+            // The value after an alt key name.
+            _ if i >= 2 && segs[i - 2] == "alt" => "ann".to_string(),
+            _ => "x".to_string(),
+        };
+        out.push(value);
+    }
+    out.join("/")
+}
+
+#[test]
+fn every_documented_route_is_served() {
+    let node = Node::start();
+    // Sanity check of what "not routed" looks like.
+    node.get("/v1/no/such/route")
+        .expect_problem(404, "no-route");
+
+    let doc = node.get("/v1/openapi.json").ok().clone();
+    let paths = doc["paths"].as_object().expect("paths object");
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            if METHODS.contains(&method.as_str()) && method != "head" && method != "options" {
+                calls.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    // Deletes last and deepest first, so earlier calls still find what they
+    // address (the database itself goes last).
+    calls.sort_by_key(|(m, p)| {
+        (
+            m == "DELETE",
+            std::cmp::Reverse(p.len()),
+            p.clone(),
+            m.clone(),
+        )
+    });
+    assert!(!calls.is_empty(), "document lists operations");
+
+    let db = node.create_db("default", shop_spec("api"));
+    db.put("orders", "k1", json!({ "customer": "ann" }), json!(1))
+        .ok();
+
+    let mut problems = Vec::new();
+    for (method, path) in &calls {
+        // A fresh open transaction for every call, so commit/cancel/ops each
+        // address a live one.
+        let begun = node.post_empty(&db.path("/txns"));
+        let txn = begun["txn"].as_u64().unwrap_or(1);
+        let url_path = fill(path, txn);
+        let body = json!({});
+        let r = match method.as_str() {
+            "POST" | "PUT" | "PATCH" => node.request(method, &url_path, Body::Json(&body)),
+            _ => node.request(method, &url_path, Body::Empty),
+        };
+        let _ = db.cancel(txn);
+        let unrouted = (r.status == 404 && r.code() == Some("no-route")) || r.status == 405;
+        let server_error = r.status >= 500 && r.status != 507;
+        if unrouted || server_error {
+            problems.push(format!("{method} {path}: {r}"));
+        }
+        if r.status >= 400 {
+            assert_eq!(
+                r.media_type().as_deref(),
+                Some("application/problem+json"),
+                "errors are problem+json: {method} {path}: {r}"
+            );
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "documented routes not served properly:\n{}",
+        problems.join("\n")
+    );
+}
