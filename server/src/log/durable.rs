@@ -404,3 +404,7 @@ fn flush_loop(store: std::sync::Weak<LogStore>) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "durable_tests.rs"]
+mod tests;

@@ -16,15 +16,40 @@
 //! Every decision here is deterministic: free block numbers are reused lowest first.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use std::ops::Bound::{Excluded, Unbounded};
 
 use smallvec::SmallVec;
 
 use super::block::{Block, BlockKind, RecordRef, NO_BLOCK, SLOT_BYTES};
 
-/// A directory bound. Short keys live inline in the directory's nodes, so a lookup
-/// compares them without chasing a pointer.
-type Bound_ = SmallVec<[u8; 23]>;
+/// A directory bound: the key's first eight bytes as an integer, then the whole key.
+/// Ordering by (prefix, key) is the keys' byte order, and most comparisons in a lookup
+/// are then one integer compare; short keys live inline in the directory's nodes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+struct Bound_ {
+    prefix: u64,
+    key: SmallVec<[u8; 16]>,
+}
+
+impl Bound_ {
+    fn new() -> Bound_ {
+        Bound_::default()
+    }
+
+    fn from_slice(key: &[u8]) -> Bound_ {
+        let mut prefix = [0u8; 8];
+        let n = key.len().min(8);
+        prefix[..n].copy_from_slice(&key[..n]);
+        Bound_ {
+            prefix: u64::from_be_bytes(prefix),
+            key: SmallVec::from_slice(key),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.key
+    }
+}
 
 /// Where a record sits: its block number and byte offset inside the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,10 +59,11 @@ pub struct Placement {
 }
 
 /// Chains longer than this many blocks are promoted to primary blocks by a reorg.
-pub const MAX_CHAIN_BLOCKS: usize = 4;
+pub const MAX_CHAIN_BLOCKS: usize = 2;
 
-/// Most blocks one put may allocate in one file (a split plus one block of its own).
-pub const MAX_BLOCKS_PER_PUT: usize = 2;
+/// Most blocks one put may allocate in one file: a three-way split may be followed by
+/// a split plus a block of the record's own.
+pub const MAX_BLOCKS_PER_PUT: usize = 3;
 
 /// One file of blocks. Cloning is cheap: blocks are shared until written.
 #[derive(Clone, Debug)]
@@ -132,7 +158,7 @@ impl BlockFile {
     /// The primary block whose range covers `key`.
     fn primary_for(&self, key: &[u8]) -> Option<(&Bound_, u32)> {
         self.directory
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .range(..=Bound_::from_slice(key))
             .next_back()
             .map(|(bound, number)| (bound, *number))
     }
@@ -251,12 +277,180 @@ impl BlockFile {
                 chain_blocks: 0,
             };
         }
-        let placement = self.split_insert(target.block, slot, key, record);
+        if let Some(placement) = self.shift_right(&target, slot, key, record) {
+            return PutOutcome {
+                placement,
+                primary: target.primary,
+                chain_blocks: 0,
+            };
+        }
+        let placement = match self.split_three(&target, key, record) {
+            Some(placement) => placement,
+            None => self.split_insert(target.block, slot, key, record),
+        };
         PutOutcome {
             placement,
             primary: target.primary,
             chain_blocks: self.chain_blocks(target.primary),
         }
+    }
+
+    /// Make room in the full target block by moving its highest records to the block
+    /// after it in key order (the next block of its chain, or the next primary block)
+    /// when that one has room, and insert there. Keeps blocks fuller than splitting.
+    /// Returns None, changing nothing, when the neighbour cannot take enough.
+    fn shift_right(
+        &mut self,
+        target: &Target,
+        slot: usize,
+        key: &[u8],
+        record: &[u8],
+    ) -> Option<Placement> {
+        let (right, right_bound) = self.right_neighbour(target, key)?;
+        let block = self.blk(target.block);
+        let count = block.count();
+        let right_free = self.blk(right).free();
+        let need = record.len() + SLOT_BYTES;
+        // Move the k highest records: the fewest that leave room on the record's side.
+        let mut moved_bytes = 0;
+        let mut choice = None;
+        for k in 0..count {
+            let first_moved = count - k;
+            if k > 0 {
+                moved_bytes += block.record_bytes(first_moved).len() + SLOT_BYTES;
+            }
+            if moved_bytes > right_free {
+                return None;
+            }
+            let goes_left = slot < first_moved;
+            let fits = if goes_left {
+                block.free() + moved_bytes >= need
+            } else {
+                right_free >= moved_bytes + need
+            };
+            if fits {
+                choice = Some((first_moved, goes_left));
+                break;
+            }
+        }
+        let (first_moved, goes_left) = choice?;
+        let moving: Vec<Vec<u8>> = (first_moved..count)
+            .map(|i| block.record_bytes(i).to_vec())
+            .collect();
+        let block = self.blk_mut(target.block);
+        for index in (first_moved..count).rev() {
+            block.remove_at(index);
+        }
+        let neighbour = self.blk_mut(right);
+        for (index, moved) in moving.iter().enumerate() {
+            neighbour.insert_at(index, moved);
+        }
+        let placement = if goes_left {
+            let offset = self.blk_mut(target.block).insert_at(slot, record);
+            Placement {
+                block: target.block,
+                offset,
+            }
+        } else {
+            let offset = self.blk_mut(right).insert_at(slot - first_moved, record);
+            Placement {
+                block: right,
+                offset,
+            }
+        };
+        self.rebound(right, right_bound);
+        Some(placement)
+    }
+
+    /// The block after the target's in key order: the next block of its chain, or the
+    /// next primary block with its directory bound.
+    fn right_neighbour(&self, target: &Target, key: &[u8]) -> Option<(u32, Option<Bound_>)> {
+        match self.blk(target.block).next() {
+            NO_BLOCK => {
+                let (bound, _) = self.primary_for(key)?;
+                let (next_bound, next) = self
+                    .directory
+                    .range((Excluded(bound.clone()), Unbounded))
+                    .next()?;
+                Some((*next, Some(next_bound.clone())))
+            }
+            next => Some((next, None)),
+        }
+    }
+
+    /// After a primary block's lowest key changed, make its directory bound that key.
+    fn rebound(&mut self, number: u32, old: Option<Bound_>) {
+        let Some(old) = old else { return };
+        let first = self
+            .blk(number)
+            .first_key()
+            .expect("a rebound block holds records");
+        let bound = Bound_::from_slice(first);
+        if bound != old {
+            self.directory.remove(&old);
+            self.directory.insert(bound, number);
+        }
+    }
+
+    /// Spread the full target block and its full right neighbour over three blocks, a
+    /// third each (as B*-trees do), then insert. Blocks then stay at least two thirds
+    /// full under random inserts instead of half. Only for records small enough to fit
+    /// afterwards; returns None, changing nothing, otherwise.
+    fn split_three(&mut self, target: &Target, key: &[u8], record: &[u8]) -> Option<Placement> {
+        let capacity = Block::capacity(self.block_size);
+        if record.len() + SLOT_BYTES > capacity / 8 {
+            return None;
+        }
+        let (right, right_bound) = self.right_neighbour(target, key)?;
+        let (left, neighbour) = (self.blk(target.block), self.blk(right));
+        if left.count() < 2 || neighbour.count() < 2 {
+            return None;
+        }
+        let third = (left.used() + neighbour.used()) / 3;
+        let middle = self.link_after(
+            target.block,
+            Block::new(self.block_size, BlockKind::Overflow),
+        );
+        // Each side gives the middle its records nearest to it, while the middle has room.
+        while self.blk(target.block).used() > third && self.blk(target.block).count() > 1 {
+            let left = self.blk(target.block);
+            let last = left.count() - 1;
+            if !self.blk(middle).fits(left.record_bytes(last).len()) {
+                break;
+            }
+            let moved = left.record_bytes(last).to_vec();
+            self.blk_mut(target.block).remove_at(last);
+            self.blk_mut(middle).insert_at(0, &moved);
+        }
+        while self.blk(right).used() > third && self.blk(right).count() > 1 {
+            if !self.blk(middle).fits(self.blk(right).record_bytes(0).len()) {
+                break;
+            }
+            let moved = self.blk(right).record_bytes(0).to_vec();
+            self.blk_mut(right).remove_at(0);
+            let middle_block = self.blk_mut(middle);
+            let at = middle_block.count();
+            middle_block.insert_at(at, &moved);
+        }
+        if self.blk(middle).count() == 0 {
+            // Nothing could move: take the empty block back out of the chain.
+            let after = self.blk(middle).next();
+            self.blk_mut(target.block).set_next(after);
+            self.release(middle);
+            return None;
+        }
+        self.rebound(right, right_bound);
+        let home = self.locate(key).expect("the file has blocks");
+        let block = self.blk_mut(home.block);
+        let slot = block.search(key).expect_err("the key is new");
+        if !block.fits(record.len()) {
+            return Some(self.split_insert(home.block, slot, key, record));
+        }
+        let offset = block.insert_at(slot, record);
+        Some(Placement {
+            block: home.block,
+            offset,
+        })
     }
 
     /// Insert into the full block `number` by splitting it. At most two new blocks.
@@ -363,7 +557,7 @@ impl BlockFile {
                 .primary_for(key)
                 .expect("primary block is in the directory");
             let bound = bound.clone();
-            if !bound.is_empty() {
+            if !bound.as_slice().is_empty() {
                 self.directory.remove(&bound);
                 self.release(target.block);
             }
@@ -419,10 +613,7 @@ impl BlockFile {
         let Some((start, _)) = self.primary_for(from) else {
             return;
         };
-        for (_, &primary) in self
-            .directory
-            .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded))
-        {
+        for (_, &primary) in self.directory.range(start.clone()..) {
             let mut number = primary;
             while number != NO_BLOCK {
                 let block = self.blk(number);
@@ -455,7 +646,7 @@ impl BlockFile {
             directory: self
                 .directory
                 .iter()
-                .map(|(k, v)| (k.to_vec(), *v))
+                .map(|(k, v)| (k.as_slice().to_vec(), *v))
                 .collect(),
         }
     }
@@ -477,7 +668,7 @@ impl BlockFile {
         let directory: BTreeMap<_, _> = layout
             .directory
             .into_iter()
-            .map(|(k, v)| (Bound_::from_vec(k), v))
+            .map(|(k, v)| (Bound_::from_slice(&k), v))
             .collect();
         if directory
             .values()

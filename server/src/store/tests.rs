@@ -294,13 +294,16 @@ fn damaged_snapshot_is_refused() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
     /// The store behaves like an ordered map under any mix of operations, and a
     /// replay of the same mutations gives the same blocks.
     #[test]
-    fn behaves_like_an_ordered_map(ops in proptest::collection::vec((0u8..3, 0u16..300, 0usize..160), 1..600)) {
-        let mut store = Store::new(schema(), 512, 1 << 30);
-        let mut replica = Store::new(schema(), 512, 1 << 30);
+    fn behaves_like_an_ordered_map(
+        block_size in prop_oneof![Just(512usize), Just(1024), Just(4096)],
+        ops in proptest::collection::vec((0u8..3, 0u16..300, prop_oneof![0usize..40, 0usize..450]), 1..800),
+    ) {
+        let mut store = Store::new(schema(), block_size, 1 << 30);
+        let mut replica = Store::new(schema(), block_size, 1 << 30);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for (kind, key, len) in ops {
             let key = format!("{key:04}").into_bytes();

@@ -1,0 +1,779 @@
+//! Unit tests of [`LogStore`] on a real sled database in a temporary directory.
+//!
+//! Covers: append + replay of A entries in serial order (including a transaction split
+//! into several chunks and a cancelled transaction with its undo), replaying into an
+//! empty store rebuilds identical blocks, replay from a later serial, replay stopping at
+//! a gap in serials; `read` of B and T chunks from a serial; retention pruning
+//! (`prune_older_than`) of B and T and `prune_through` of A, each touching only its own
+//! kind and database; snapshots saved, listed, loaded and deleted; `delete_database`;
+//! group commit (`request_flush` + `wait_durable`); and reopening the sled directory.
+//!
+//! Transaction logs are produced by `txn::apply` on a real `Store`, so every chunk holds
+//! realistic records, before images and operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::log::{OpKind, Outcome};
+use crate::store::{encode_record, Effect, FileId, FileSchema, Schema, Store};
+use crate::txn::{self, Op, Sequencer};
+
+const UID: u64 = 1;
+const OTHER_UID: u64 = 2;
+/// Main file ids of the test schema: `orders` (with alt table 1) and `lines`.
+const ORDERS: FileId = 0;
+const LINES: FileId = 2;
+const BLOCK_SIZE: usize = 4096;
+const QUOTA: u64 = 1 << 30;
+
+/// A sled database in a temporary directory and the log store on it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    sled: sled::Db,
+    log: Arc<LogStore>,
+}
+
+fn open_at(path: &std::path::Path) -> (sled::Db, Arc<LogStore>) {
+    let sled = sled::Config::new().path(path).open().expect("open sled");
+    let log = LogStore::open(&sled).expect("open log store");
+    (sled, log)
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (sled, log) = open_at(&dir.path().join("sled"));
+        Fixture { dir, sled, log }
+    }
+
+    /// Closes everything and opens the same directory again.
+    fn reopen(self) -> Fixture {
+        let Fixture { dir, sled, log } = self;
+        log.shutdown().expect("shutdown flushes");
+        let weak = Arc::downgrade(&log);
+        drop(log);
+        drop(sled);
+        // The flusher thread may hold the store (and its sled handle) for a moment
+        // after the last user lets go; sled's directory lock is free once it is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while weak.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log store was not released within 10 s of shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (sled, log) = open_at(&dir.path().join("sled"));
+        Fixture { dir, sled, log }
+    }
+}
+
+fn schema() -> Schema {
+    Schema {
+        files: vec![
+            FileSchema {
+                name: "orders".into(),
+                alt_keys: vec!["customer".into()],
+            },
+            FileSchema {
+                name: "lines".into(),
+                alt_keys: vec![],
+            },
+        ],
+    }
+}
+
+/// One database's writer: a store and its sequencer, as a node keeps them.
+struct Writer {
+    store: Store,
+    seq: Sequencer,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            store: Store::new(schema(), BLOCK_SIZE, QUOTA),
+            seq: Sequencer::new(0, 1),
+        }
+    }
+
+    /// Applies `ops` as one committed transaction and returns its log.
+    #[track_caller]
+    fn commit(&mut self, ops: &[Op]) -> TxnLog {
+        let txn = self.seq.next_txn();
+        txn::apply(&mut self.store, &mut self.seq, txn, ops).expect("transaction applies")
+    }
+
+    /// Applies `ops`, which must be refused, and returns the cancelled attempt's log.
+    #[track_caller]
+    fn refuse(&mut self, ops: &[Op]) -> TxnLog {
+        let txn = self.seq.next_txn();
+        txn::apply(&mut self.store, &mut self.seq, txn, ops)
+            .expect_err("transaction is refused")
+            .log
+    }
+}
+
+fn record(key: &str, customer: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    match customer {
+        Some(c) => encode_record(&mut payload, key.as_bytes(), &[(0, c.as_bytes())], data),
+        None => encode_record(&mut payload, key.as_bytes(), &[], data),
+    }
+    payload
+}
+
+fn put(kind: OpKind, file: FileId, key: &str, data: &[u8]) -> Op {
+    let customer = (file == ORDERS).then_some("ann");
+    Op {
+        kind,
+        file,
+        payload: record(key, customer, data),
+    }
+}
+
+fn insert(file: FileId, key: &str, data: &[u8]) -> Op {
+    put(OpKind::Insert, file, key, data)
+}
+
+fn update(file: FileId, key: &str, data: &[u8]) -> Op {
+    put(OpKind::Update, file, key, data)
+}
+
+fn delete(file: FileId, key: &str) -> Op {
+    Op {
+        kind: OpKind::Delete,
+        file,
+        payload: key.as_bytes().to_vec(),
+    }
+}
+
+/// Inserts `count` orders `{prefix}{i:04}` with `bytes` bytes of data each.
+fn inserts(prefix: &str, count: usize, bytes: usize) -> Vec<Op> {
+    (0..count)
+        .map(|i| insert(ORDERS, &format!("{prefix}{i:04}"), &vec![b'd'; bytes]))
+        .collect()
+}
+
+/// Sets every update's timestamp (retention works on chunk timestamps).
+fn stamped(mut log: TxnLog, timestamp_us: u64) -> TxnLog {
+    for update in &mut log.updates {
+        update.header.timestamp_us = timestamp_us;
+    }
+    log
+}
+
+/// Shifts every serial of `log` by `by` (to fake a log with a gap in it).
+fn shifted(mut log: TxnLog, by: u64) -> TxnLog {
+    for update in &mut log.updates {
+        update.header.serial += by;
+    }
+    log
+}
+
+/// A replayed A entry, owned: serial, txn, effect, undo, after image, deleted key.
+type Replayed = (u64, u64, Effect, bool, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn owned(chunk: &ChunkRef<'_>) -> Vec<Replayed> {
+    chunk
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.header.serial,
+                e.header.txn,
+                e.header.effect,
+                e.header.undo,
+                e.image.map(<[u8]>::to_vec),
+                e.key.map(<[u8]>::to_vec),
+            )
+        })
+        .collect()
+}
+
+/// What replaying `logs` must yield, derived from the updates themselves.
+fn expected(logs: &[&TxnLog]) -> Vec<Replayed> {
+    logs.iter()
+        .flat_map(|log| log.updates.iter())
+        .map(|u| {
+            let deleted_key = match (u.header.effect, &u.before) {
+                (Effect::Delete, Some(before)) => {
+                    crate::store::block::decode(before).map(|r| r.key.to_vec())
+                }
+                _ => None,
+            };
+            (
+                u.header.serial,
+                u.header.txn,
+                u.header.effect,
+                u.header.undo,
+                u.after.clone(),
+                deleted_key,
+            )
+        })
+        .collect()
+}
+
+/// Replays `uid` after `after`: the entries visited, the chunks seen, the last serial.
+fn replay_all(log: &LogStore, uid: u64, after: u64) -> (Vec<Replayed>, usize, u64) {
+    let mut entries = Vec::new();
+    let mut chunks = 0;
+    let last = log
+        .replay(uid, after, |chunk| {
+            assert_eq!(chunk.kind, LogKind::A, "replay visits A chunks only");
+            entries.extend(owned(chunk));
+            chunks += 1;
+            Ok(())
+        })
+        .expect("replay");
+    (entries, chunks, last)
+}
+
+/// Entries of `kind` with serial >= `from`, as (serial, image, op).
+fn read_kind(
+    log: &LogStore,
+    uid: u64,
+    kind: LogKind,
+    from: u64,
+) -> Vec<(u64, Option<Vec<u8>>, Option<OpKind>)> {
+    let mut out = Vec::new();
+    log.read(uid, kind, from, |chunk| {
+        assert_eq!(chunk.kind, kind);
+        assert!(chunk.last_serial >= from, "chunk ends before {from}");
+        out.extend(
+            chunk
+                .entries
+                .iter()
+                .filter(|e| e.header.serial >= from)
+                .map(|e| (e.header.serial, e.image.map(<[u8]>::to_vec), e.op)),
+        );
+        true
+    })
+    .expect("read");
+    out
+}
+
+fn serials<T>(entries: &[(u64, T, Option<OpKind>)]) -> Vec<u64> {
+    entries.iter().map(|e| e.0).collect()
+}
+
+/// A store rebuilt from nothing by replaying the A log of `uid`.
+fn rebuilt(log: &LogStore, uid: u64) -> Store {
+    let mut store = Store::new(schema(), BLOCK_SIZE, QUOTA);
+    log.replay(uid, 0, |chunk| {
+        for entry in &chunk.entries {
+            txn::replay_entry(&mut store, entry).expect("replayed entry applies");
+        }
+        Ok(())
+    })
+    .expect("replay");
+    store
+}
+
+fn save_snapshot(log: &LogStore, uid: u64, writer: &Writer) -> SnapshotMeta {
+    let frozen = writer.store.freeze();
+    let (layout, blocks) = frozen.snapshot_parts();
+    let meta = SnapshotMeta {
+        serial: writer.seq.last_serial,
+        next_txn: writer.seq.next_txn,
+        created_ms: 1_700_000_000_000,
+        parts: 0,
+        size_bytes: 0,
+        layout,
+    };
+    log.save_snapshot(uid, meta, &blocks)
+        .expect("save snapshot")
+}
+
+fn load_snapshot(log: &LogStore, uid: u64, meta: &SnapshotMeta) -> Store {
+    let packed = log.snapshot_blocks(uid, meta).expect("snapshot blocks");
+    Store::from_snapshot(meta.layout.clone(), QUOTA, &packed).expect("snapshot decodes")
+}
+
+#[test]
+fn append_then_replay_yields_every_a_entry_in_serial_order() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("o", 20, 30));
+    let second = w.commit(&[
+        update(ORDERS, "o0003", b"changed"),
+        delete(ORDERS, "o0004"),
+        insert(LINES, "o0003/1", b"line"),
+        put(OpKind::Upsert, ORDERS, "o0005", b"upserted"),
+    ]);
+    // Large enough to be written as several A chunks.
+    let big = w.commit(&inserts("big", 300, 400));
+    assert!(
+        codec::encode(&big, LogKind::A).len() >= 3,
+        "the big transaction spans several chunks"
+    );
+    // A refused transaction is logged too: its updates, then their undo.
+    let refused = w.refuse(&[
+        insert(ORDERS, "new", b"n"),
+        update(ORDERS, "o0006", b"x"),
+        insert(ORDERS, "o0007", b"duplicate"),
+    ]);
+    assert_eq!(refused.outcome, Outcome::Cancelled);
+    assert!(refused.updates.iter().any(|u| u.header.undo));
+    let last = w.commit(&[delete(LINES, "o0003/1")]);
+    for log in [&first, &second, &big, &refused, &last] {
+        f.log.append(UID, log).expect("append");
+    }
+
+    let (entries, chunks, last_serial) = replay_all(&f.log, UID, 0);
+    let want = expected(&[&first, &second, &big, &refused, &last]);
+    assert_eq!(last_serial, w.seq.last_serial);
+    assert_eq!(
+        entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (1..=w.seq.last_serial).collect::<Vec<_>>(),
+        "every serial once, in order"
+    );
+    assert_eq!(entries, want, "entries carry their txn, effect and images");
+    assert!(
+        chunks >= 7,
+        "one chunk per small transaction, several for the big one"
+    );
+
+    // Replaying the A log into an empty store rebuilds identical blocks.
+    let store = rebuilt(&f.log, UID);
+    assert_eq!(store.checksums(), w.store.checksums());
+    assert!(
+        store.get(ORDERS, b"new").is_none(),
+        "the refused insert was undone"
+    );
+    assert_eq!(store.get(ORDERS, b"o0003").unwrap().1.data, b"changed");
+    assert!(store.get(ORDERS, b"o0004").is_none());
+    assert!(store.get(ORDERS, b"big0299").is_some());
+}
+
+#[test]
+fn empty_transactions_write_nothing() {
+    let f = Fixture::new();
+    let empty = TxnLog {
+        txn: 1,
+        outcome: Outcome::Committed,
+        updates: Vec::new(),
+    };
+    f.log.append(UID, &empty).expect("append");
+    assert_eq!(replay_all(&f.log, UID, 0), (Vec::new(), 0, 0));
+    for kind in [LogKind::A, LogKind::B, LogKind::T] {
+        assert_eq!(f.log.oldest_serial(UID, kind).unwrap(), None);
+    }
+}
+
+#[test]
+fn replay_from_a_later_serial_returns_only_the_entries_after_it() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("a", 5, 10));
+    let big = w.commit(&inserts("b", 300, 400));
+    let third = w.commit(&[update(ORDERS, "a0001", b"new"), delete(ORDERS, "a0002")]);
+    for log in [&first, &big, &third] {
+        f.log.append(UID, log).unwrap();
+    }
+    let end = w.seq.last_serial;
+
+    // From the end of a transaction, as recovery does after a snapshot.
+    let after = first.last_serial().unwrap();
+    let (entries, _, last) = replay_all(&f.log, UID, after);
+    assert_eq!(last, end);
+    assert_eq!(entries, expected(&[&big, &third]));
+
+    // From a chunk boundary inside the big transaction.
+    let chunks = codec::encode(&big, LogKind::A);
+    let second_chunk_first = chunks[1].0;
+    let (entries, _, last) = replay_all(&f.log, UID, second_chunk_first - 1);
+    assert_eq!(last, end);
+    assert_eq!(entries.first().map(|e| e.0), Some(second_chunk_first));
+    assert_eq!(
+        entries.len() as u64,
+        end - second_chunk_first + 1,
+        "everything after the boundary"
+    );
+
+    // From the last serial: nothing to replay, the last serial is kept.
+    assert_eq!(replay_all(&f.log, UID, end), (Vec::new(), 0, end));
+    // Another database's log is empty.
+    assert_eq!(replay_all(&f.log, OTHER_UID, 0), (Vec::new(), 0, 0));
+}
+
+#[test]
+fn replay_stops_at_a_gap_in_serials_and_resumes_once_it_is_filled() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("a", 5, 10)); // serials 1..=5
+    let missing = w.commit(&inserts("b", 2, 10)); // serials 6..=7
+    let after_gap = w.commit(&inserts("c", 3, 10)); // serials 8..=10
+    assert_eq!(
+        (missing.first_serial(), after_gap.first_serial()),
+        (Some(6), Some(8))
+    );
+    f.log.append(UID, &first).unwrap();
+    f.log.append(UID, &after_gap).unwrap();
+
+    let (entries, chunks, last) = replay_all(&f.log, UID, 0);
+    assert_eq!(last, 5, "replay stops before the gap");
+    assert_eq!(chunks, 1);
+    assert_eq!(entries, expected(&[&first]));
+
+    // Chunks after a gap are also ignored when the gap is farther on.
+    let beyond = shifted(w.commit(&inserts("d", 2, 10)), 100); // serials 111..=112
+    f.log.append(UID, &beyond).unwrap();
+    f.log.append(UID, &missing).unwrap();
+    let (entries, _, last) = replay_all(&f.log, UID, 0);
+    assert_eq!(
+        last, 10,
+        "the filled gap is replayed, the next gap stops it"
+    );
+    assert_eq!(entries, expected(&[&first, &missing, &after_gap]));
+}
+
+#[test]
+fn read_returns_b_and_t_entries_from_a_serial() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("k", 5, 10)); // 1..=5: inserts, no before images
+    let second = w.commit(&[
+        update(ORDERS, "k0001", b"v2"),             // 6
+        delete(ORDERS, "k0002"),                    // 7
+        put(OpKind::Upsert, LINES, "l1", b"l1"),    // 8: new, no before image
+        put(OpKind::Upsert, ORDERS, "k0003", b"u"), // 9: replaces
+    ]);
+    let refused = w.refuse(&[
+        update(ORDERS, "k0004", b"x"),
+        insert(ORDERS, "k0000", b"dup"),
+    ]);
+    for log in [&first, &second, &refused] {
+        f.log.append(UID, log).unwrap();
+    }
+    let before_of = |log: &TxnLog, serial: u64| {
+        log.updates
+            .iter()
+            .find(|u| u.header.serial == serial)
+            .and_then(|u| u.before.clone())
+    };
+
+    // B: only updates with a before image, each carrying it.
+    let b = read_kind(&f.log, UID, LogKind::B, 1);
+    let undo_serials: Vec<u64> = refused
+        .updates
+        .iter()
+        .filter(|u| u.before.is_some())
+        .map(|u| u.header.serial)
+        .collect();
+    let mut want_serials = vec![6, 7, 9];
+    want_serials.extend(&undo_serials);
+    assert_eq!(serials(&b), want_serials);
+    assert_eq!(b[0].1, before_of(&second, 6));
+    assert_eq!(
+        b[0].1.as_deref(),
+        Some(&record("k0001", Some("ann"), b"dddddddddd")[..]),
+        "the before image is the record as it was"
+    );
+    assert_eq!(b[1].1, before_of(&second, 7));
+    assert!(b.iter().all(|e| e.2.is_none()), "B entries carry no op");
+
+    // T: the client's operations only (no undo), from a serial inside a chunk.
+    let t = read_kind(&f.log, UID, LogKind::T, 3);
+    let mut want_t: Vec<u64> = (3..=9).collect();
+    want_t.push(refused.updates[0].header.serial);
+    assert_eq!(serials(&t), want_t);
+    let op_of = |serial: u64| t.iter().find(|e| e.0 == serial).map(|e| e.2);
+    assert_eq!(op_of(3), Some(Some(OpKind::Insert)));
+    assert_eq!(op_of(6), Some(Some(OpKind::Update)));
+    assert_eq!(op_of(7), Some(Some(OpKind::Delete)));
+    assert_eq!(op_of(8), Some(Some(OpKind::Upsert)));
+    let delete_payload = t.iter().find(|e| e.0 == 7).unwrap().1.clone();
+    assert_eq!(
+        delete_payload.as_deref(),
+        Some(&b"k0002"[..]),
+        "a delete's T payload is its key"
+    );
+    let upsert_payload = t.iter().find(|e| e.0 == 8).unwrap().1.clone();
+    assert_eq!(
+        upsert_payload.as_deref(),
+        Some(&record("l1", None, b"l1")[..])
+    );
+
+    // Reading from past the end gives nothing; a visitor can stop early.
+    assert!(read_kind(&f.log, UID, LogKind::B, w.seq.last_serial + 1).is_empty());
+    let mut visited = 0;
+    f.log
+        .read(UID, LogKind::A, 1, |_| {
+            visited += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!(visited, 1, "read stops when the visitor returns false");
+    // Other databases and kinds are separate.
+    assert!(read_kind(&f.log, OTHER_UID, LogKind::T, 0).is_empty());
+}
+
+#[test]
+fn prune_older_than_removes_only_old_chunks_of_that_kind_and_database() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let mut logs = vec![stamped(w.commit(&inserts("k", 4, 10)), 500)];
+    for (round, ts) in [(1u8, 1_000), (2, 2_000), (3, 3_000)] {
+        let ops = [
+            update(ORDERS, "k0000", &[round]),
+            update(ORDERS, "k0001", &[round]),
+        ];
+        logs.push(stamped(w.commit(&ops), ts));
+    }
+    for log in &logs {
+        f.log.append(UID, log).unwrap();
+    }
+    // Another database with an old B chunk.
+    let mut other = Writer::new();
+    f.log
+        .append(OTHER_UID, &stamped(other.commit(&inserts("x", 2, 5)), 100))
+        .unwrap();
+    f.log
+        .append(
+            OTHER_UID,
+            &stamped(other.commit(&[update(ORDERS, "x0000", b"y")]), 100),
+        )
+        .unwrap();
+    let a_before = replay_all(&f.log, UID, 0);
+
+    // B chunks exist for the three update rounds only; two are older than 2500.
+    assert_eq!(f.log.prune_older_than(UID, LogKind::B, 2_500).unwrap(), 2);
+    assert_eq!(serials(&read_kind(&f.log, UID, LogKind::B, 0)), vec![9, 10]);
+    // Pruning again finds nothing more to remove.
+    assert_eq!(f.log.prune_older_than(UID, LogKind::B, 2_500).unwrap(), 0);
+
+    // T: 500 and 1000 are older than 2000; the chunk at exactly 2000 stays.
+    assert_eq!(f.log.prune_older_than(UID, LogKind::T, 2_000).unwrap(), 2);
+    assert_eq!(
+        serials(&read_kind(&f.log, UID, LogKind::T, 0)),
+        vec![7, 8, 9, 10]
+    );
+    assert_eq!(f.log.oldest_serial(UID, LogKind::T).unwrap(), Some(7));
+
+    // The A log and the other database are untouched.
+    assert_eq!(replay_all(&f.log, UID, 0), a_before);
+    assert_eq!(f.log.oldest_serial(UID, LogKind::A).unwrap(), Some(1));
+    assert_eq!(
+        serials(&read_kind(&f.log, OTHER_UID, LogKind::B, 0)),
+        vec![3]
+    );
+    assert_eq!(
+        serials(&read_kind(&f.log, OTHER_UID, LogKind::T, 0)),
+        vec![1, 2, 3]
+    );
+
+    // A cutoff after everything empties the kind.
+    assert_eq!(
+        f.log.prune_older_than(UID, LogKind::B, u64::MAX).unwrap(),
+        1
+    );
+    assert_eq!(f.log.oldest_serial(UID, LogKind::B).unwrap(), None);
+}
+
+#[test]
+fn prune_through_removes_a_chunks_wholly_at_or_below_a_serial() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let logs: Vec<TxnLog> = ["a", "b", "c"]
+        .iter()
+        .map(|p| w.commit(&inserts(p, 3, 10)))
+        .collect(); // serials 1..=3, 4..=6, 7..=9
+    for log in &logs {
+        f.log.append(UID, log).unwrap();
+    }
+
+    assert_eq!(f.log.prune_through(UID, LogKind::A, 6).unwrap(), 2);
+    assert_eq!(f.log.oldest_serial(UID, LogKind::A).unwrap(), Some(7));
+    let (entries, _, last) = replay_all(&f.log, UID, 6);
+    assert_eq!((entries, last), (expected(&[&logs[2]]), 9));
+    // A chunk that also holds a later serial is kept whole.
+    assert_eq!(f.log.prune_through(UID, LogKind::A, 8).unwrap(), 0);
+    assert_eq!(f.log.oldest_serial(UID, LogKind::A).unwrap(), Some(7));
+    // The T log is untouched.
+    assert_eq!(f.log.oldest_serial(UID, LogKind::T).unwrap(), Some(1));
+    assert_eq!(read_kind(&f.log, UID, LogKind::T, 0).len(), 9);
+
+    assert_eq!(f.log.prune_through(UID, LogKind::A, 9).unwrap(), 1);
+    assert_eq!(f.log.oldest_serial(UID, LogKind::A).unwrap(), None);
+}
+
+#[test]
+fn snapshots_save_list_load_and_delete() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    // An empty store snapshots and loads too.
+    let empty = save_snapshot(&f.log, OTHER_UID, &w);
+    assert_eq!(
+        load_snapshot(&f.log, OTHER_UID, &empty).checksums(),
+        w.store.checksums()
+    );
+
+    w.commit(&inserts("k", 600, 200));
+    let first = save_snapshot(&f.log, UID, &w);
+    let blocks = w.store.freeze().snapshot_parts().1.len() as u64;
+    assert_eq!(first.serial, w.seq.last_serial);
+    assert_eq!(first.next_txn, w.seq.next_txn);
+    assert_eq!(first.size_bytes, blocks * BLOCK_SIZE as u64);
+    assert!(first.parts >= 2, "{blocks} blocks fill several parts");
+    let loaded = load_snapshot(&f.log, UID, &first);
+    assert_eq!(loaded.checksums(), w.store.checksums());
+    assert_eq!(
+        loaded.get(ORDERS, b"k0599").map(|(_, r)| r.data.to_vec()),
+        Some(vec![b'd'; 200])
+    );
+    assert_eq!(loaded.lookup_alt(0, 0, b"ann", 1000).len(), 600);
+    let at_first = w.store.checksums();
+
+    w.commit(&[delete(ORDERS, "k0000"), insert(LINES, "l", b"1")]);
+    let second = save_snapshot(&f.log, UID, &w);
+    assert_eq!(
+        f.log.snapshots(UID).unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+    assert_eq!(f.log.snapshots(OTHER_UID).unwrap(), vec![empty.clone()]);
+    assert_eq!(
+        load_snapshot(&f.log, UID, &second).checksums(),
+        w.store.checksums()
+    );
+    assert_eq!(load_snapshot(&f.log, UID, &first).checksums(), at_first);
+
+    f.log.delete_snapshot(UID, &first).unwrap();
+    assert_eq!(f.log.snapshots(UID).unwrap(), vec![second.clone()]);
+    assert!(matches!(
+        f.log.snapshot_blocks(UID, &first),
+        Err(LogError::Damaged(_))
+    ));
+    assert_eq!(
+        load_snapshot(&f.log, UID, &second).checksums(),
+        w.store.checksums()
+    );
+    assert_eq!(f.log.snapshots(OTHER_UID).unwrap(), vec![empty]);
+}
+
+#[test]
+fn delete_database_removes_only_that_databases_log_and_snapshots() {
+    let f = Fixture::new();
+    // Three databases; uid 256 differs from uid 1 only in the low bytes of the key prefix.
+    let uids = [UID, OTHER_UID, 256];
+    let mut writers: Vec<Writer> = Vec::new();
+    for uid in uids {
+        let mut w = Writer::new();
+        let a = w.commit(&inserts("k", 5, 10));
+        let b = w.commit(&[update(ORDERS, "k0001", b"x"), delete(ORDERS, "k0002")]);
+        f.log.append(uid, &a).unwrap();
+        f.log.append(uid, &b).unwrap();
+        save_snapshot(&f.log, uid, &w);
+        writers.push(w);
+    }
+
+    f.log.delete_database(UID).unwrap();
+    assert_eq!(replay_all(&f.log, UID, 0), (Vec::new(), 0, 0));
+    for kind in [LogKind::A, LogKind::B, LogKind::T] {
+        assert_eq!(f.log.oldest_serial(UID, kind).unwrap(), None);
+        assert!(read_kind(&f.log, UID, kind, 0).is_empty());
+    }
+    assert!(f.log.snapshots(UID).unwrap().is_empty());
+
+    for (uid, w) in uids.iter().zip(&writers).skip(1) {
+        let (_, _, last) = replay_all(&f.log, *uid, 0);
+        assert_eq!(last, w.seq.last_serial, "database {uid} keeps its log");
+        assert_eq!(rebuilt(&f.log, *uid).checksums(), w.store.checksums());
+        assert_eq!(serials(&read_kind(&f.log, *uid, LogKind::B, 0)), vec![6, 7]);
+        let snaps = f.log.snapshots(*uid).unwrap();
+        assert_eq!(snaps.len(), 1, "database {uid} keeps its snapshot");
+        assert_eq!(
+            load_snapshot(&f.log, *uid, &snaps[0]).checksums(),
+            w.store.checksums()
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_flush_then_wait_durable_completes() {
+    let f = Fixture::new();
+    let limit = Duration::from_secs(20);
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("k", 10, 10));
+    f.log.append(UID, &first).unwrap();
+    let ticket = f.log.request_flush();
+    tokio::time::timeout(limit, f.log.wait_durable(ticket))
+        .await
+        .expect("the flush finishes in time")
+        .expect("the flush succeeds");
+
+    // Concurrent writers each get their own ticket, and every wait completes.
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let log = f.log.clone();
+        let txn = w.commit(&inserts(&format!("t{i}-"), 3, 10));
+        tasks.push(tokio::spawn(async move {
+            log.append(UID, &txn).unwrap();
+            let ticket = log.request_flush();
+            log.wait_durable(ticket).await.map(|()| ticket)
+        }));
+    }
+    let mut tickets = Vec::new();
+    for task in tasks {
+        let ticket = tokio::time::timeout(limit, task)
+            .await
+            .expect("a wait finishes in time")
+            .expect("the task runs")
+            .expect("the flush succeeds");
+        tickets.push(ticket);
+    }
+    tickets.sort_unstable();
+    tickets.dedup();
+    assert_eq!(tickets.len(), 8, "each request gets its own ticket");
+    assert!(tickets[0] > ticket);
+
+    // A ticket already covered is done at once.
+    tokio::time::timeout(limit, f.log.wait_durable(ticket))
+        .await
+        .expect("an old ticket is done")
+        .unwrap();
+    assert_eq!(replay_all(&f.log, UID, 0).2, w.seq.last_serial);
+}
+
+#[test]
+fn reopening_the_directory_sees_the_same_log_and_snapshots() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("k", 50, 100));
+    f.log.append(UID, &first).unwrap();
+    let snapshot = save_snapshot(&f.log, UID, &w);
+    let big = w.commit(&inserts("big", 300, 400));
+    let last = w.commit(&[update(ORDERS, "k0001", b"x"), delete(ORDERS, "k0002")]);
+    f.log.append(UID, &big).unwrap();
+    f.log.append(UID, &last).unwrap();
+    let a_log = replay_all(&f.log, UID, 0);
+    let b_log = read_kind(&f.log, UID, LogKind::B, 0);
+    let t_log = read_kind(&f.log, UID, LogKind::T, 0);
+    f.log.flush_now().unwrap();
+
+    let f = f.reopen();
+    assert_eq!(replay_all(&f.log, UID, 0), a_log);
+    assert_eq!(read_kind(&f.log, UID, LogKind::B, 0), b_log);
+    assert_eq!(read_kind(&f.log, UID, LogKind::T, 0), t_log);
+    assert_eq!(f.log.snapshots(UID).unwrap(), vec![snapshot.clone()]);
+
+    // Recovery as a node does it: the snapshot, then the A log after it.
+    let mut store = load_snapshot(&f.log, UID, &snapshot);
+    let last_serial = f
+        .log
+        .replay(UID, snapshot.serial, |chunk| {
+            for entry in &chunk.entries {
+                txn::replay_entry(&mut store, entry).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(last_serial, w.seq.last_serial);
+    assert_eq!(store.checksums(), w.store.checksums());
+
+    // The reopened store keeps working.
+    let more = w.commit(&[insert(LINES, "after-reopen", b"1")]);
+    f.log.append(UID, &more).unwrap();
+    assert_eq!(replay_all(&f.log, UID, 0).2, w.seq.last_serial);
+}
