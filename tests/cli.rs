@@ -1013,9 +1013,9 @@ fn client_errors_exit_non_zero_with_a_clear_message() {
     assert!(out.failure().contains("404 not-found"), "{out}");
     let out = client(url, &["put", "shop", "orders", "o1", "{not json"]);
     assert!(out.failure().contains("not JSON"), "{out}");
-    // An empty key leaves no path segment: the node answers no-route.
+    // An empty key is refused by the client before any request.
     let out = client(url, &["put", "shop", "orders", "", "1"]);
-    assert!(out.failure().starts_with("doppel: 404 "), "{out}");
+    assert!(out.failure().contains("the key is empty"), "{out}");
 
     // Bad arguments are usage errors.
     let out = client(

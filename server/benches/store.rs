@@ -70,6 +70,30 @@ fn inserts(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("get_random_100B_2_readers", |b| {
+        b.iter(|| {
+            std::thread::scope(|scope| {
+                for reader in 0..2 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for i in (reader..RECORDS).step_by(2) {
+                            let k = key(scrambled((i * 7919) % RECORDS));
+                            black_box(store.get(0, &k).map(|(_, r)| r.data.len()));
+                        }
+                    });
+                }
+            })
+        })
+    });
+    group.bench_function("get_sequential_100B", |b| {
+        let mut sorted: Vec<usize> = (0..RECORDS).map(scrambled).collect();
+        sorted.sort_unstable();
+        b.iter(|| {
+            for i in &sorted {
+                black_box(store.get(0, &key(*i)).map(|(_, r)| r.data.len()));
+            }
+        })
+    });
     group.finish();
 }
 

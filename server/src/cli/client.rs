@@ -224,7 +224,14 @@ fn db_path(target: &Target, db: &str) -> String {
     )
 }
 
-fn record_path(target: &Target, db: &str, file: &str, key: &str) -> String {
+fn record_path(target: &Target, db: &str, file: &str, key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("the key is empty: a record needs a non-empty unique key".into());
+    }
+    Ok(record_path_unchecked(target, db, file, key))
+}
+
+fn record_path_unchecked(target: &Target, db: &str, file: &str, key: &str) -> String {
     format!(
         "{}/files/{}/records/{}",
         db_path(target, db),
@@ -308,7 +315,7 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             let alt: serde_json::Map<String, Value> =
                 alt.into_iter().map(|(k, v)| (k, json!(v))).collect();
             let body = json!({"alt": alt, "data": parse_json(&data)?});
-            let path = record_path(&target, &db, &file, &key);
+            let path = record_path(&target, &db, &file, &key)?;
             (target, "PUT", path, Some(body))
         }
         C::Get {
@@ -317,7 +324,7 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             key,
             target,
         } => {
-            let path = record_path(&target, &db, &file, &key);
+            let path = record_path(&target, &db, &file, &key)?;
             (target, "GET", path, None)
         }
         C::Del {
@@ -326,7 +333,7 @@ fn request_for(command: ClientCommand) -> Result<Request, String> {
             key,
             target,
         } => {
-            let path = record_path(&target, &db, &file, &key);
+            let path = record_path(&target, &db, &file, &key)?;
             (target, "DELETE", path, None)
         }
         C::Scan {

@@ -96,6 +96,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(data = %data.display(), address = %local, "node started");
     println!("doppel listening on http://{local}");
     use std::io::Write;
@@ -113,7 +114,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
     };
     let app = crate::api::router(node.clone());
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
     upkeep.abort();
     tracing::info!("shutting down: flushing the log");
@@ -121,23 +122,18 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
     result.map_err(|e| e.to_string())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on Ctrl-C or SIGTERM. Both handlers are installed when this is called, so
+/// call it before announcing readiness: a signal that arrives early still shuts the
+/// node down gracefully.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }

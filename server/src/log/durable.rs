@@ -69,6 +69,13 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     snapshots: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+/// What the log store shares with its flusher thread. The thread holds only this, so
+/// dropping the [`LogStore`] stops it at once.
+struct Flusher {
+    db: sled::Db,
     state: Mutex<FlushState>,
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
@@ -104,11 +111,14 @@ impl LogStore {
             db: db.clone(),
             log: db.open_tree("log")?,
             snapshots: db.open_tree("snapshots")?,
-            state: Mutex::new(FlushState::default()),
-            wake: Condvar::new(),
-            flushed: watch::channel((0, None)).0,
+            flusher: Arc::new(Flusher {
+                db: db.clone(),
+                state: Mutex::new(FlushState::default()),
+                wake: Condvar::new(),
+                flushed: watch::channel((0, None)).0,
+            }),
         });
-        let flusher = Arc::downgrade(&store);
+        let flusher = store.flusher.clone();
         std::thread::Builder::new()
             .name("doppel-log-flusher".into())
             .spawn(move || flush_loop(flusher))
@@ -135,16 +145,16 @@ impl LogStore {
     /// A ticket for the next flush, to pass to [`Self::wait_durable`]. Take it after
     /// [`Self::append`].
     pub fn request_flush(&self) -> u64 {
-        let mut state = self.state.lock();
+        let mut state = self.flusher.state.lock();
         state.requested += 1;
         let ticket = state.requested;
-        self.wake.notify_one();
+        self.flusher.wake.notify_one();
         ticket
     }
 
     /// Wait until the flush for `ticket` is done.
     pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
-        let mut rx = self.flushed.subscribe();
+        let mut rx = self.flusher.flushed.subscribe();
         let seen = rx
             .wait_for(|(done, err)| *done >= ticket || err.is_some())
             .await
@@ -170,11 +180,25 @@ impl LogStore {
         mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>,
     ) -> Result<u64, LogError> {
         let mut last = after;
-        let start = log_key(uid, LogKind::A, after.saturating_add(1));
+        // Start at the chunk holding `after + 1`, which may begin before it.
+        let wanted = log_key(uid, LogKind::A, after.saturating_add(1));
+        let start = self
+            .log
+            .range(log_key(uid, LogKind::A, 0)..=wanted)
+            .next_back()
+            .transpose()?
+            .map_or(wanted.to_vec(), |(key, _)| key.to_vec());
         let end = log_key(uid, LogKind::A, u64::MAX);
-        for item in self.log.range(start..=end) {
+        for item in self.log.range(start..=end.to_vec()) {
             let (_, value) = item?;
-            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            let mut chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if chunk.last_serial <= last {
+                continue;
+            }
+            if chunk.first_serial <= last {
+                chunk.entries.retain(|e| e.header.serial > last);
+                chunk.first_serial = last + 1;
+            }
             if chunk.first_serial != last + 1 {
                 tracing::error!(
                     uid,
@@ -366,30 +390,41 @@ impl LogStore {
 
     /// Stop the flusher after a last flush.
     pub fn shutdown(&self) -> Result<(), LogError> {
-        self.state.lock().shutdown = true;
-        self.wake.notify_one();
+        self.flusher.stop();
         self.flush_now()
     }
 }
 
-fn flush_loop(store: std::sync::Weak<LogStore>) {
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.flusher.stop();
+    }
+}
+
+impl Flusher {
+    fn stop(&self) {
+        self.state.lock().shutdown = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Flush back to back while flushes are requested; exit when stopped.
+fn flush_loop(flusher: Arc<Flusher>) {
     loop {
-        let Some(store) = store.upgrade() else { return };
         let target = {
-            let mut state = store.state.lock();
-            let done = store.flushed.borrow().0;
+            let mut state = flusher.state.lock();
+            let done = flusher.flushed.borrow().0;
             if state.requested == done {
                 if state.shutdown {
                     return;
                 }
-                // Wake up now and then to notice a dropped store.
-                store.wake.wait_for(&mut state, Duration::from_millis(200));
+                flusher.wake.wait(&mut state);
                 continue;
             }
             state.requested
         };
-        let result = store.db.flush();
-        store.flushed.send_modify(|(done, err)| match result {
+        let result = flusher.db.flush();
+        flusher.flushed.send_modify(|(done, err)| match result {
             Ok(_) => {
                 *done = target;
                 *err = None;
@@ -399,7 +434,8 @@ fn flush_loop(store: std::sync::Weak<LogStore>) {
                 *err = Some(e.to_string().into());
             }
         });
-        if store.flushed.borrow().1.is_some() {
+        if flusher.flushed.borrow().1.is_some() {
+            // Do not spin on a failing disk.
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -392,6 +392,13 @@ fn replay_from_a_later_serial_returns_only_the_entries_after_it() {
         "everything after the boundary"
     );
 
+    // From inside a chunk: only the entries after the serial.
+    let inside = second_chunk_first + 2;
+    let (entries, _, last) = replay_all(&f.log, UID, inside);
+    assert_eq!(last, end);
+    assert_eq!(entries.first().map(|e| e.0), Some(inside + 1));
+    assert_eq!(entries.len() as u64, end - inside);
+
     // From the last serial: nothing to replay, the last serial is kept.
     assert_eq!(replay_all(&f.log, UID, end), (Vec::new(), 0, end));
     // Another database's log is empty.

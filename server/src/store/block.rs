@@ -256,10 +256,6 @@ impl Block {
         u16::from_le_bytes([self.bytes[2], self.bytes[3]]) as usize
     }
 
-    fn set_count(&mut self, count: usize) {
-        self.bytes_mut()[2..4].copy_from_slice(&(count as u16).to_le_bytes());
-    }
-
     fn heap(&self) -> usize {
         u32::from_le_bytes(self.bytes[4..8].try_into().expect("4 bytes")) as usize
     }
@@ -301,11 +297,6 @@ impl Block {
     fn slot(&self, index: usize) -> usize {
         let at = HEADER_BYTES + index * SLOT_BYTES;
         u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]) as usize
-    }
-
-    fn set_slot(&mut self, index: usize, offset: usize) {
-        let at = HEADER_BYTES + index * SLOT_BYTES;
-        self.bytes_mut()[at..at + 2].copy_from_slice(&(offset as u16).to_le_bytes());
     }
 
     /// Byte offset of the record at slot `index` (the "record offset" of SPEC B2).
@@ -364,14 +355,14 @@ impl Block {
         let count = self.count();
         debug_assert!(index <= count);
         let heap = self.heap() - record.len();
-        self.bytes_mut()[heap..heap + record.len()].copy_from_slice(record);
-        self.set_heap(heap);
+        let bytes = self.bytes_mut();
+        bytes[heap..heap + record.len()].copy_from_slice(record);
+        bytes[4..8].copy_from_slice(&(heap as u32).to_le_bytes());
         let slots_at = HEADER_BYTES + index * SLOT_BYTES;
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
-        self.bytes_mut()
-            .copy_within(slots_at..slots_end, slots_at + SLOT_BYTES);
-        self.set_slot(index, heap);
-        self.set_count(count + 1);
+        bytes.copy_within(slots_at..slots_end, slots_at + SLOT_BYTES);
+        bytes[slots_at..slots_at + SLOT_BYTES].copy_from_slice(&(heap as u16).to_le_bytes());
+        bytes[2..4].copy_from_slice(&((count + 1) as u16).to_le_bytes());
         heap as u32
     }
 
@@ -382,22 +373,23 @@ impl Block {
         let offset = self.slot(index);
         let len = decode_record(&self.bytes[offset..]).1;
         let heap = self.heap();
+        let bytes = self.bytes_mut();
         // Close the hole: records below it move up by `len`.
-        self.bytes_mut().copy_within(heap..offset, heap + len);
-        self.bytes_mut()[heap..heap + len].fill(0);
-        self.set_heap(heap + len);
+        bytes.copy_within(heap..offset, heap + len);
+        bytes[heap..heap + len].fill(0);
+        bytes[4..8].copy_from_slice(&((heap + len) as u32).to_le_bytes());
         for slot in 0..count {
-            let at = self.slot(slot);
+            let at_slot = HEADER_BYTES + slot * SLOT_BYTES;
+            let at = u16::from_le_bytes([bytes[at_slot], bytes[at_slot + 1]]) as usize;
             if at < offset {
-                self.set_slot(slot, at + len);
+                bytes[at_slot..at_slot + 2].copy_from_slice(&((at + len) as u16).to_le_bytes());
             }
         }
         let slots_at = HEADER_BYTES + index * SLOT_BYTES;
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
-        self.bytes_mut()
-            .copy_within(slots_at + SLOT_BYTES..slots_end, slots_at);
-        self.bytes_mut()[slots_end - SLOT_BYTES..slots_end].fill(0);
-        self.set_count(count - 1);
+        bytes.copy_within(slots_at + SLOT_BYTES..slots_end, slots_at);
+        bytes[slots_end - SLOT_BYTES..slots_end].fill(0);
+        bytes[2..4].copy_from_slice(&((count - 1) as u16).to_le_bytes());
     }
 
     /// Move the records from slot `from` on into `other` (which must be empty),
