@@ -56,10 +56,7 @@ fn replay_log(c: &mut Criterion, name: &str, key_of: fn(usize) -> usize) {
         let ops: Vec<Op> = (0..BATCH)
             .map(|i| {
                 let mut payload = Vec::new();
-                let key = format!(
-                    "k{:012}",
-                    (batch * BATCH + i).wrapping_mul(2_654_435_761) % (1 << 40)
-                );
+                let key = format!("k{:012}", key_of(batch * BATCH + i));
                 encode_record(&mut payload, key.as_bytes(), &[], &data);
                 Op {
                     kind: doppel_server::log::OpKind::Upsert,
