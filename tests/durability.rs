@@ -3,7 +3,9 @@
 //! serials and the log; a snapshot followed by more writes recovers both;
 //! kill -9 in the middle of a concurrent batch load (durability `group` and
 //! `sync`) loses no acknowledged batch and leaves no batch half-applied; and
-//! a graceful SIGTERM keeps everything, for every durability mode.
+//! a graceful SIGTERM keeps everything, for every durability mode, even when it
+//! arrives right after the node announces itself; and B and T logs expire each
+//! after their own retention period.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -534,4 +536,42 @@ fn sigterm_right_after_the_ready_line_still_shuts_down_cleanly() {
         let status = node.terminate();
         assert!(status.success(), "SIGTERM exits cleanly, got {status}");
     }
+}
+
+#[test]
+fn b_and_t_logs_expire_each_after_their_own_retention() {
+    let node = Node::start();
+    let db = node.create_db(
+        "default",
+        json!({
+            "name": "kept",
+            "files": [{ "name": "orders" }],
+            "retention": { "b_secs": 1, "t_secs": 3600 },
+        }),
+    );
+    db.put("orders", "o1", json!({}), json!("v1")).ok();
+    db.put("orders", "o1", json!({}), json!("v2")).ok();
+    let update = |entries: &[Value]| entries.iter().find(|e| e["serial"] == json!(2)).cloned();
+    let before = update(&db.log_from(1)).expect("the update is logged");
+    assert_eq!(before["b"]["data"], json!("v1"), "{before}");
+    assert_eq!(before["t"]["data"], json!("v2"), "{before}");
+
+    // The node's upkeep drops B entries older than a second; T entries stay.
+    let expired = wait_until(deadline_in(Duration::from_secs(30)), || {
+        update(&db.log_from(1)).is_some_and(|e| e["b"].is_null())
+    });
+    let after = update(&db.log_from(1)).expect("the update is still listed");
+    assert!(expired, "B entry still present after 30 s: {after}");
+    assert_eq!(
+        after["t"]["data"],
+        json!("v2"),
+        "T is kept for an hour: {after}"
+    );
+    assert_eq!(
+        after["a"]["data"],
+        json!("v2"),
+        "A is kept until a snapshot: {after}"
+    );
+    // The records themselves are untouched.
+    assert_eq!(db.data("orders", "o1"), Some(json!("v2")));
 }
