@@ -111,6 +111,10 @@ pub struct Committed {
     pub count: usize,
 }
 
+/// The lock owner a batch checks against: no transaction has number 0, so every
+/// holder blocks a batch.
+const BATCH_TXN: u64 = 0;
+
 /// Most interactive transactions open at once in one database.
 pub const MAX_OPEN_TXNS: usize = 1024;
 /// Most operations one interactive transaction may buffer.
@@ -323,7 +327,7 @@ impl Database {
             };
             let outcome = {
                 let mut state = self.state.write();
-                match self.locks.first_blocker(0, records.iter()) {
+                match self.locks.first_blocker(BATCH_TXN, records.iter()) {
                     Some((_, holder)) => Err(holder),
                     None => {
                         let txn = state.seq.next_txn();

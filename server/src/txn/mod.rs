@@ -305,7 +305,6 @@ mod tests {
             ],
         )
         .unwrap();
-        let before = s.checksums();
         let mut ops: Vec<Op> = (0..50)
             .map(|i| put(OpKind::Insert, &format!("n{i:03}"), &[1; 40]))
             .collect();
@@ -329,6 +328,5 @@ mod tests {
         replay(&setup, &mut replica);
         replay(&refused.log, &mut replica);
         assert_eq!(replica.checksums(), s.checksums());
-        let _ = before;
     }
 }
