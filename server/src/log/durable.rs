@@ -70,6 +70,7 @@ pub struct LogStore {
     log: sled::Tree,
     snapshots: sled::Tree,
     flusher: Arc<Flusher>,
+    flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What the log store shares with its flusher thread. The thread holds only this, so
@@ -117,12 +118,14 @@ impl LogStore {
                 wake: Condvar::new(),
                 flushed: watch::channel((0, None)).0,
             }),
+            flusher_thread: Mutex::new(None),
         });
         let flusher = store.flusher.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("doppel-log-flusher".into())
             .spawn(move || flush_loop(flusher))
             .map_err(|e| LogError::Flush(e.to_string()))?;
+        *store.flusher_thread.lock() = Some(thread);
         Ok(store)
     }
 
@@ -396,8 +399,12 @@ impl LogStore {
 }
 
 impl Drop for LogStore {
+    /// Stops the flusher and waits for it, so the sled directory is free afterwards.
     fn drop(&mut self) {
         self.flusher.stop();
+        if let Some(thread) = self.flusher_thread.lock().take() {
+            let _ = thread.join();
+        }
     }
 }
 
