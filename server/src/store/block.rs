@@ -1,19 +1,25 @@
 //! One fixed-size block: the byte layout of records inside it.
 //!
-//! A block is `block_size` bytes. It starts with a 16-byte header, then an array of
-//! `u16` slot offsets kept in unique-key order, then free space; records are packed at
-//! the end of the block and grow downward. The layout is a pure function of the
-//! sequence of inserts and removals applied to it, so two stores that apply the same
-//! operations hold byte-identical blocks (SPEC A5): freed bytes are always zeroed.
+//! A block is `block_size` bytes. It starts with a 32-byte header, then an array of
+//! slots kept in unique-key order, then free space; records are packed at the end of
+//! the block and grow downward. The layout is a pure function of the sequence of
+//! inserts and removals applied to it, so two stores that apply the same operations
+//! hold byte-identical blocks (SPEC A5): freed bytes are always zeroed.
+//!
+//! Each slot carries, besides the record's offset, the key's *head*: the four key
+//! bytes that follow the prefix every key of the block shares (kept in the header).
+//! A lookup compares heads inside the slot array and reads a record only to settle a
+//! tie, so it touches two or three cache lines instead of one per probe.
 //!
 //! ```text
 //! 0   kind      u8   1 = primary, 2 = overflow
-//! 1   reserved  u8
+//! 1   skip      u8   length of the prefix all keys share (at most 16)
 //! 2   count     u16  number of records
 //! 4   heap      u32  offset of the lowest record byte (records fill [heap, size))
 //! 8   next      u32  next block of the overflow chain, NO_BLOCK if none
 //! 12  reserved  u32
-//! 16  slots     count x u16, record offsets in key order
+//! 16  prefix    [u8; 16]  the shared prefix (bytes past `skip` are zero)
+//! 32  slots     count x (offset u16 LE, head u32 BE), in key order
 //! ```
 //!
 //! A record is `key_len u16 | key | alt_count u8 | (alt_index u8, len u16, bytes)* |
@@ -23,9 +29,24 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 /// Size of the block header in bytes.
-pub const HEADER_BYTES: usize = 16;
-/// Bytes a record costs in the slot array.
-pub const SLOT_BYTES: usize = 2;
+pub const HEADER_BYTES: usize = 32;
+/// Bytes a record costs in the slot array: its offset and its key head.
+pub const SLOT_BYTES: usize = 6;
+/// Where the shared key prefix sits in the header, and its longest length.
+const PREFIX_AT: usize = 16;
+const MAX_SKIP: usize = 16;
+
+/// The four key bytes after `skip`, zero padded, as an integer whose order is the
+/// bytes' order.
+#[inline]
+fn head_of(key: &[u8], skip: usize) -> u32 {
+    let mut head = [0u8; 4];
+    if let Some(rest) = key.get(skip..) {
+        let n = rest.len().min(4);
+        head[..n].copy_from_slice(&rest[..n]);
+    }
+    u32::from_be_bytes(head)
+}
 /// Marks "no block" in chain pointers.
 pub const NO_BLOCK: u32 = u32::MAX;
 /// Smallest and largest configurable block sizes. Slot offsets are `u16`.
@@ -218,6 +239,7 @@ impl Block {
         let ok = (MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&size)
             && matches!(block.bytes[0], KIND_PRIMARY | KIND_OVERFLOW)
             && block.heap() <= size
+            && block.skip() <= MAX_SKIP
             && HEADER_BYTES + block.count() * SLOT_BYTES <= block.heap();
         ok.then_some(block)
     }
@@ -302,6 +324,21 @@ impl Block {
         u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]) as usize
     }
 
+    #[inline]
+    fn head(&self, index: usize) -> u32 {
+        let at = HEADER_BYTES + index * SLOT_BYTES + 2;
+        u32::from_be_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    #[inline]
+    fn skip(&self) -> usize {
+        self.bytes[1] as usize
+    }
+
+    fn prefix(&self) -> &[u8] {
+        &self.bytes[PREFIX_AT..PREFIX_AT + self.skip()]
+    }
+
     /// Byte offset of the record at slot `index` (the "record offset" of SPEC B2).
     pub fn offset(&self, index: usize) -> u32 {
         self.slot(index) as u32
@@ -339,16 +376,65 @@ impl Block {
     /// Binary search for `key`: `Ok(slot)` if present, `Err(slot)` where it would go.
     #[inline]
     pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
-        let (mut low, mut high) = (0usize, self.count());
+        let count = self.count();
+        if count == 0 {
+            return Err(0);
+        }
+        // A key outside the shared prefix sorts before or after every key here.
+        let prefix = self.prefix();
+        let n = prefix.len().min(key.len());
+        match key[..n].cmp(&prefix[..n]) {
+            Ordering::Less => return Err(0),
+            Ordering::Greater => return Err(count),
+            Ordering::Equal if key.len() < prefix.len() => return Err(0),
+            Ordering::Equal => {}
+        }
+        // The first slot whose head is not below the key's; heads never decrease.
+        let head = head_of(key, prefix.len());
+        let (mut low, mut high) = (0usize, count);
         while low < high {
             let mid = (low + high) / 2;
-            match self.key(mid).cmp(key) {
-                Ordering::Less => low = mid + 1,
-                Ordering::Greater => high = mid,
-                Ordering::Equal => return Ok(mid),
+            if self.head(mid) < head {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        // Equal heads: settle by the whole key.
+        while low < count && self.head(low) == head {
+            match self.key(low).cmp(key) {
+                Ordering::Less => low += 1,
+                Ordering::Equal => return Ok(low),
+                Ordering::Greater => return Err(low),
             }
         }
         Err(low)
+    }
+
+    /// Shrink the shared prefix to what it has in common with `key`, recomputing every
+    /// slot's head if it shrank.
+    fn share_prefix_with(&mut self, key: &[u8]) {
+        let count = self.count();
+        if count == 0 {
+            let skip = key.len().min(MAX_SKIP);
+            let bytes = self.bytes_mut();
+            bytes[1] = skip as u8;
+            bytes[PREFIX_AT..PREFIX_AT + skip].copy_from_slice(&key[..skip]);
+            return;
+        }
+        let prefix = self.prefix();
+        let common = prefix.iter().zip(key).take_while(|(a, b)| a == b).count();
+        if common == prefix.len() {
+            return;
+        }
+        let heads: Vec<u32> = (0..count).map(|i| head_of(self.key(i), common)).collect();
+        let bytes = self.bytes_mut();
+        bytes[1] = common as u8;
+        bytes[PREFIX_AT + common..PREFIX_AT + MAX_SKIP].fill(0);
+        for (index, head) in heads.into_iter().enumerate() {
+            let at = HEADER_BYTES + index * SLOT_BYTES + 2;
+            bytes[at..at + 4].copy_from_slice(&head.to_be_bytes());
+        }
     }
 
     /// Insert encoded `record` at slot `index`. The caller checked `fits` and order.
@@ -357,6 +443,9 @@ impl Block {
         assert!(self.fits(record.len()), "insert into a block without room");
         let count = self.count();
         debug_assert!(index <= count);
+        let key = record_key(record);
+        self.share_prefix_with(key);
+        let head = head_of(key, self.skip());
         let heap = self.heap() - record.len();
         let bytes = self.bytes_mut();
         bytes[heap..heap + record.len()].copy_from_slice(record);
@@ -364,7 +453,8 @@ impl Block {
         let slots_at = HEADER_BYTES + index * SLOT_BYTES;
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
         bytes.copy_within(slots_at..slots_end, slots_at + SLOT_BYTES);
-        bytes[slots_at..slots_at + SLOT_BYTES].copy_from_slice(&(heap as u16).to_le_bytes());
+        bytes[slots_at..slots_at + 2].copy_from_slice(&(heap as u16).to_le_bytes());
+        bytes[slots_at + 2..slots_at + SLOT_BYTES].copy_from_slice(&head.to_be_bytes());
         bytes[2..4].copy_from_slice(&((count + 1) as u16).to_le_bytes());
         heap as u32
     }
@@ -393,6 +483,11 @@ impl Block {
         bytes.copy_within(slots_at + SLOT_BYTES..slots_end, slots_at);
         bytes[slots_end - SLOT_BYTES..slots_end].fill(0);
         bytes[2..4].copy_from_slice(&((count - 1) as u16).to_le_bytes());
+        if count == 1 {
+            // An emptied block forgets its prefix, so it equals a fresh one.
+            bytes[1] = 0;
+            bytes[PREFIX_AT..PREFIX_AT + MAX_SKIP].fill(0);
+        }
     }
 
     /// Move the records from slot `from` on into `other` (which must be empty),

@@ -173,7 +173,7 @@ fn refusals_change_nothing() {
             &rec("big", None, &[0; 600])
         )
         .unwrap_err(),
-        StoreError::RecordTooLarge { max: 494, .. }
+        StoreError::RecordTooLarge { max: 474, .. }
     ));
     assert_eq!(
         store
