@@ -174,11 +174,7 @@ impl BlockFile {
             if next == NO_BLOCK {
                 break;
             }
-            let next_first = self
-                .blk(next)
-                .first_key()
-                .expect("overflow blocks are never empty");
-            if key < next_first {
+            if self.blk(next).sorts_before_first(key) {
                 break;
             }
             previous = current;
