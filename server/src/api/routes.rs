@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -17,6 +17,7 @@ use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::node::records::{OpInput, OpName};
 use crate::node::{logview, Database, DatabaseSpec};
+use crate::tenancy::auth::Claims;
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -50,11 +51,13 @@ pub async fn method_not_allowed() -> ApiError {
 
 // ---- tenants ----
 
-pub async fn list_tenants(State(app): App) -> Json<Value> {
+/// The tenants the caller's token covers (all of them for the node administrator).
+pub async fn list_tenants(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
     let tenants: Vec<Value> = app
         .node
         .tenants()
         .into_iter()
+        .filter(|name| claims.covers(name))
         .map(|name| json!({"name": name}))
         .collect();
     Json(Value::Array(tenants))

@@ -70,6 +70,9 @@ pub struct LogStore {
     log: sled::Tree,
     snapshots: sled::Tree,
     flusher: Arc<Flusher>,
+    /// Joined on drop, so the flusher's sled handle (and the directory lock) is released
+    /// by the time the store is gone.
+    flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What the log store shares with its flusher thread. The thread holds only this, so
@@ -117,12 +120,14 @@ impl LogStore {
                 wake: Condvar::new(),
                 flushed: watch::channel((0, None)).0,
             }),
+            flusher_thread: Mutex::new(None),
         });
         let flusher = store.flusher.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("doppel-log-flusher".into())
             .spawn(move || flush_loop(flusher))
             .map_err(|e| LogError::Flush(e.to_string()))?;
+        *store.flusher_thread.lock() = Some(handle);
         Ok(store)
     }
 
@@ -398,6 +403,9 @@ impl LogStore {
 impl Drop for LogStore {
     fn drop(&mut self) {
         self.flusher.stop();
+        if let Some(handle) = self.flusher_thread.lock().take() {
+            let _ = handle.join();
+        }
     }
 }
 

@@ -1,0 +1,116 @@
+//! The guard: one axum middleware, run on every matched route, that authenticates the
+//! caller and applies the route's permission from [`ROUTES`](super::openapi::ROUTES)
+//! through [`roles::check`]. Handlers never check permissions themselves; the claims the
+//! guard accepted are left in the request's extensions for handlers that need to know
+//! who is calling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::openapi::{Route, ROUTES};
+use super::AppState;
+use crate::tenancy::auth::{now_secs, AuthError, Claims, ANY_TENANT};
+use crate::tenancy::roles::{self, Denied, Permission, Role};
+
+fn route_of(method: &str, path: &str) -> Option<&'static Route> {
+    static INDEX: OnceLock<HashMap<(&'static str, &'static str), &'static Route>> = OnceLock::new();
+    let index = INDEX.get_or_init(|| ROUTES.iter().map(|r| ((r.method, r.path), r)).collect());
+    index.get(&(method, path)).copied()
+}
+
+/// The caller when auth is disabled: the node administrator.
+fn anonymous_admin() -> Claims {
+    Claims {
+        sub: "anonymous".into(),
+        tenant: ANY_TENANT.into(),
+        role: Role::Admin,
+        iss: String::new(),
+        aud: String::new(),
+        exp: u64::MAX,
+        nbf: 0,
+        iat: now_secs(),
+    }
+}
+
+fn unauthorized(err: AuthError) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, err.code(), err.detail()).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"doppel\""),
+    );
+    response
+}
+
+/// The bearer token of a request, if it has an `authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let text = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("the authorization header is not text".into()))?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(AuthError::Invalid(
+            "the authorization header must be 'Bearer <token>'".into(),
+        )),
+    }
+}
+
+/// The middleware.
+pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = parts
+        .extensions
+        .get::<MatchedPath>()
+        .and_then(|m| route_of(&parts.method.as_str().to_ascii_lowercase(), m.as_str()))
+    else {
+        // Only matched routes reach a route layer; a route outside the table is a bug.
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "no route matches this path",
+        )
+        .into_response();
+    };
+    if route.permission == Permission::Public {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let claims = match &app.tenancy.keyring {
+        None => anonymous_admin(),
+        Some(keyring) => match bearer(&parts.headers).and_then(|t| keyring.verify(t)) {
+            Ok(claims) => claims,
+            Err(err) => return unauthorized(err),
+        },
+    };
+    let tenant = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .find(|(name, _)| *name == "tenant")
+            .map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
+    if let Err(denied) = roles::check(&claims, route.permission, tenant.as_deref()) {
+        return match denied {
+            Denied::NotFound(detail) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", detail).into_response()
+            }
+            Denied::Forbidden(detail) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail).into_response()
+            }
+        };
+    }
+    parts.extensions.insert(claims);
+    next.run(Request::from_parts(parts, body)).await
+}
