@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::node::{Node, NodeSettings};
 use crate::tenancy::auth::AuthConfig;
+use crate::tenancy::quota::Limits;
 use crate::tenancy::Tenancy;
 
 /// Options of `doppel serve`. Flags override the config file.
@@ -22,7 +23,7 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "DOPPEL_LISTEN")]
     listen: Option<SocketAddr>,
-    /// A TOML config file (keys: data, listen, log_format, [node], [auth]).
+    /// A TOML config file (keys: data, listen, log_format, [node], [auth], [quotas]).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Log format: text or json.
@@ -39,6 +40,7 @@ pub(crate) struct FileConfig {
     log_format: Option<String>,
     node: NodeSettings,
     pub(crate) auth: AuthConfig,
+    quotas: Limits,
 }
 
 const DEFAULT_DATA: &str = "./doppel-data";
@@ -93,7 +95,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .thread_name("doppel")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(data, listen, file.node, file.auth))
+    runtime.block_on(serve(data, listen, file.node, file.auth, file.quotas))
 }
 
 async fn serve(
@@ -101,17 +103,18 @@ async fn serve(
     listen: SocketAddr,
     settings: NodeSettings,
     auth: AuthConfig,
+    quotas: Limits,
 ) -> Result<(), String> {
     let dir = data.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let (tenancy, admin_token) = Tenancy::start(&node, &auth)?;
+    let node = Arc::new(node);
+    let (tenancy, admin_token) = Tenancy::start(&node, &auth, quotas)?;
     if tenancy.keyring.is_none() {
         tracing::warn!("[auth] enabled = false: every caller acts as the node administrator");
     }
-    let node = Arc::new(node);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -4,14 +4,19 @@
 //! * [`auth`]: signing keys, JWT verification and issuing, claims.
 //! * [`roles`]: roles, the permission of each route, and the one permission check that
 //!   the API's guard middleware (`api::guard`) applies to every matched route.
+//! * [`quota`]: per-tenant limits (memory, request rate) and usage.
+//! * [`audit`]: the record of admin and operator actions.
 //!
 //! The node's own key (when `[auth]` configures none) is generated on first start and
 //! kept in the data directory's sled `config` tree under [`GENERATED_KEY`].
 
+pub mod audit;
 pub mod auth;
+pub mod quota;
 pub mod roles;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use auth::{AuthConfig, KeyConfig, Keyring, ANY_TENANT};
 use roles::Role;
@@ -24,31 +29,40 @@ pub const GENERATED_KEY: &str = "auth/generated-key";
 /// How long the admin token printed on first start lasts: ten years.
 pub const FIRST_ADMIN_TOKEN_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
-/// A node's tenancy state: the keyring (absent when auth is disabled).
+/// A node's tenancy state.
 pub struct Tenancy {
+    /// Absent when auth is disabled: every caller is then the node administrator.
     pub keyring: Option<Keyring>,
+    pub quotas: quota::Quotas,
+    pub audit: audit::Audit,
 }
 
 impl Tenancy {
-    /// Tenancy with auth off: every caller acts as the node administrator.
-    pub fn disabled() -> Tenancy {
-        Tenancy { keyring: None }
-    }
-
     /// Prepares tenancy for `node`. When `[auth]` lists no key, the node's generated key
     /// is used, made on this first start; the admin token to print is then returned.
-    pub fn start(node: &Node, config: &AuthConfig) -> Result<(Tenancy, Option<String>), String> {
+    pub fn start(
+        node: &Arc<Node>,
+        config: &AuthConfig,
+        quota_defaults: quota::Limits,
+    ) -> Result<(Tenancy, Option<String>), String> {
+        let (keyring, token) = Self::keyring(node, config)?;
+        let tenancy = Tenancy {
+            keyring,
+            quotas: quota::Quotas::load(node, quota_defaults).map_err(|e| e.to_string())?,
+            audit: audit::Audit::open(node.clone()).map_err(|e| e.to_string())?,
+        };
+        Ok((tenancy, token))
+    }
+
+    fn keyring(
+        node: &Node,
+        config: &AuthConfig,
+    ) -> Result<(Option<Keyring>, Option<String>), String> {
         if !config.enabled {
-            return Ok((Tenancy::disabled(), None));
+            return Ok((None, None));
         }
         if !config.keys.is_empty() {
-            let keyring = Keyring::new(config)?;
-            return Ok((
-                Tenancy {
-                    keyring: Some(keyring),
-                },
-                None,
-            ));
+            return Ok((Some(Keyring::new(config)?), None));
         }
         let stored = node
             .config_value(GENERATED_KEY)
@@ -69,12 +83,7 @@ impl Tenancy {
         } else {
             None
         };
-        Ok((
-            Tenancy {
-                keyring: Some(keyring),
-            },
-            token,
-        ))
+        Ok((Some(keyring), token))
     }
 }
 

@@ -6,8 +6,8 @@
 //!   (a soft limit, checked before the request). Each database's own
 //!   `memory_quota_bytes` stays a hard limit inside the store.
 //! * **Request rate**: a token bucket per tenant (`requests_per_sec`, `burst`); an empty
-//!   bucket answers 429 `rate-limited` with `Retry-After`. Node-administrator calls
-//!   outside any tenant's path are not limited.
+//!   bucket answers 429 `rate-limited` with `Retry-After`. The node administrator
+//!   (tenant `*`) is not limited.
 //! * **Storage (sled bytes)** and **plugin count, size and CPU** are not enforced yet:
 //!   storage needs per-database byte accounting in `log::durable`, and plugins do not
 //!   exist yet (the plugin issue adds their quotas here).
@@ -105,7 +105,11 @@ impl Quotas {
         };
         let rate = f64::from(rate);
         let burst = f64::from(limits.burst.unwrap_or(0).max(1)).max(1.0);
-        let burst = if limits.burst.is_some() { burst } else { rate.max(1.0) };
+        let burst = if limits.burst.is_some() {
+            burst
+        } else {
+            rate.max(1.0)
+        };
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
