@@ -47,6 +47,7 @@ fn doppel_command(args: &[&str]) -> Command {
         .env_remove("DOPPEL_TENANT")
         .env_remove("DOPPEL_DATA")
         .env_remove("DOPPEL_LISTEN")
+        .env("DOPPEL_TOKEN", admin_token())
         .env("RUST_LOG", "info");
     cmd
 }
@@ -373,8 +374,9 @@ fn serve_with_a_config_file_uses_its_data_dir_log_format_and_node_settings() {
         &format!(
             "data = {}\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n\n\
              [node]\nsnapshot_every_entries = 5\nlock_timeout_ms = 250\n\
-             txn_idle_timeout_secs = 1\n",
-            toml_str(&data)
+             txn_idle_timeout_secs = 1\n{}",
+            toml_str(&data),
+            auth_toml()
         ),
     );
     // Run in the temp dir: the default data dir would be ./doppel-data there.
@@ -437,8 +439,9 @@ fn serve_flags_override_the_config_file() {
         tmp.path(),
         "doppel.toml",
         &format!(
-            "data = {}\nlisten = \"127.0.0.1:1\"\n",
-            toml_str(&from_config)
+            "data = {}\nlisten = \"127.0.0.1:1\"\n{}",
+            toml_str(&from_config),
+            auth_toml()
         ),
     );
     let mut served = Served::start(
@@ -522,9 +525,12 @@ fn serve_refuses_a_bad_config_file_and_names_it() {
 fn log_format_json_writes_structured_stderr_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    let config = write_config(tmp.path(), "auth.toml", &auth_toml());
     let args = |format| {
         [
             "serve",
+            "--config",
+            s(&config),
             "--data",
             s(&data),
             "--listen",

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod log;
 pub mod node;
 pub mod store;
+pub mod tenancy;
 pub mod txn;
 
 /// mimalloc: the write path allocates per record (JSON parsing, record encoding, log

@@ -12,6 +12,11 @@
 //! * [`Db`] addresses one database and wraps its routes (records, scans, alt
 //!   lookups, batches, interactive transactions, snapshots, log, checksums);
 //!   [`op`] builds transaction op objects.
+//! * Auth: every node the harness starts is configured with the test keys of
+//!   [`auth_toml`] (an HS256 key and an EdDSA key), and every [`Client`] sends the node
+//!   administrator's token ([`admin_token`]) unless told otherwise
+//!   ([`Client::with_token`], [`Client::without_token`], [`Client::with_authorization`]).
+//!   [`token`] and [`keyring`] mint tokens for any tenant and role.
 //! * [`wait_until`] polls a condition against a deadline: tests never sleep
 //!   to synchronise and never assert timings.
 
@@ -21,9 +26,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use doppel_server::tenancy::auth::{AuthConfig, KeyConfig, Keyring};
+pub use doppel_server::tenancy::roles::Role;
 use parking_lot::Mutex;
 pub use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -40,6 +47,74 @@ pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 const READY_PREFIX: &str = "doppel listening on ";
 const STDERR_TAIL_LINES: usize = 300;
 const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// Auth
+// ---------------------------------------------------------------------------
+
+/// `kid` of the test HS256 key.
+pub const HS_KID: &str = "test-hs";
+/// `kid` of the test EdDSA key.
+pub const ED_KID: &str = "test-ed";
+/// The test HS256 secret (base64 of 32 bytes).
+pub const HS_SECRET: &str = "2NHZLtpOIpiurLauq38zVWVVxFcodPJWgM1DuSXbe5Q=";
+/// The test Ed25519 key pair.
+pub const ED_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIB0f25soElzxs7LxgatwHt//EITWHF//WBb+3SWlTHWu\n-----END PRIVATE KEY-----\n";
+pub const ED_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAEMdOulg6NWBQBJ0fa2GnxtCVGcDWJcfmEeRZlO2bQ0U=\n-----END PUBLIC KEY-----\n";
+
+/// The `[auth]` section of every harness node, as a config value.
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        keys: vec![
+            KeyConfig {
+                kid: HS_KID.into(),
+                alg: "HS256".into(),
+                secret: Some(HS_SECRET.into()),
+                public_key_pem: None,
+                private_key_pem: None,
+            },
+            KeyConfig {
+                kid: ED_KID.into(),
+                alg: "EdDSA".into(),
+                secret: None,
+                public_key_pem: Some(ED_PUBLIC_PEM.into()),
+                private_key_pem: Some(ED_PRIVATE_PEM.into()),
+            },
+        ],
+        ..AuthConfig::default()
+    }
+}
+
+/// The `[auth]` section of every harness node, as TOML to append to a config file.
+pub fn auth_toml() -> String {
+    let mut text = String::from("\n[auth]\nissuer = \"doppel\"\naudience = \"doppel\"\n");
+    text.push_str(&format!(
+        "[[auth.keys]]\nkid = \"{HS_KID}\"\nalg = \"HS256\"\nsecret = \"{HS_SECRET}\"\n"
+    ));
+    text.push_str(&format!(
+        "[[auth.keys]]\nkid = \"{ED_KID}\"\nalg = \"EdDSA\"\npublic_key_pem = \"\"\"\n{ED_PUBLIC_PEM}\"\"\"\nprivate_key_pem = \"\"\"\n{ED_PRIVATE_PEM}\"\"\"\n"
+    ));
+    text
+}
+
+/// The keyring of the test keys (signs with the HS256 key by default).
+pub fn keyring() -> &'static Keyring {
+    static RING: OnceLock<Keyring> = OnceLock::new();
+    RING.get_or_init(|| Keyring::new(&auth_config()).expect("test keys are valid"))
+}
+
+/// A one-hour token for `tenant` ("*" for the node administrator) and `role`.
+pub fn token(tenant: &str, role: Role) -> String {
+    keyring()
+        .issue(&format!("{}-{tenant}", role.name()), tenant, role, 3600)
+        .expect("sign a test token")
+}
+
+/// The node administrator's token (tenant "*", admin) every client sends by default.
+pub fn admin_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| token("*", Role::Admin))
+}
 
 // ---------------------------------------------------------------------------
 // Polling
@@ -102,6 +177,8 @@ pub fn node_binary() -> PathBuf {
 pub struct Node {
     bin: PathBuf,
     data_dir: PathBuf,
+    config: PathBuf,
+    _config_dir: TempDir,
     _tmp: Option<TempDir>,
     child: Option<Child>,
     client: Client,
@@ -126,9 +203,17 @@ impl Node {
     }
 
     fn launch(data_dir: PathBuf, tmp: Option<TempDir>) -> Node {
+        let config_dir = tempfile::Builder::new()
+            .prefix("doppel-e2e-config-")
+            .tempdir()
+            .expect("create temp config dir");
+        let config = config_dir.path().join("doppel.toml");
+        std::fs::write(&config, auth_toml()).expect("write the test config");
         let mut node = Node {
             bin: node_binary(),
             data_dir,
+            config,
+            _config_dir: config_dir,
             _tmp: tmp,
             child: None,
             client: Client::new("http://127.0.0.1:0"),
@@ -151,6 +236,8 @@ impl Node {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--config")
+            .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -485,6 +572,8 @@ impl fmt::Display for Resp {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// The `authorization` header sent with every request, if any.
+    authorization: Option<String>,
 }
 
 impl Client {
@@ -499,6 +588,28 @@ impl Client {
         Client {
             agent,
             base: base.trim_end_matches('/').to_string(),
+            authorization: Some(format!("Bearer {}", admin_token())),
+        }
+    }
+
+    /// This client sending `token` as its bearer token.
+    pub fn with_token(&self, token: &str) -> Client {
+        self.with_authorization(&format!("Bearer {token}"))
+    }
+
+    /// This client sending `value` verbatim as its `authorization` header.
+    pub fn with_authorization(&self, value: &str) -> Client {
+        Client {
+            authorization: Some(value.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// This client sending no `authorization` header.
+    pub fn without_token(&self) -> Client {
+        Client {
+            authorization: None,
+            ..self.clone()
         }
     }
 
@@ -511,7 +622,10 @@ impl Client {
     /// refused or reset, timeout), never for an HTTP error status.
     pub fn try_request(&self, method: &str, path: &str, body: Body<'_>) -> Result<Resp, String> {
         let url = self.url(path);
-        let req = self.agent.request(method, &url);
+        let mut req = self.agent.request(method, &url);
+        if let Some(authorization) = &self.authorization {
+            req = req.set("authorization", authorization);
+        }
         let result = match body {
             Body::Empty => req.call(),
             Body::Json(v) => req
@@ -595,9 +709,14 @@ impl Client {
             TcpStream::connect(&hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
         stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
+        let authorization = self
+            .authorization
+            .as_ref()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: {content_type}\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             {authorization}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         let mut writer_stream = stream.try_clone().expect("clone tcp stream");

@@ -5,6 +5,7 @@
 //! and the OpenAPI document describes it, so the two cannot drift apart.
 
 pub mod error;
+pub mod guard;
 pub mod openapi;
 pub mod routes;
 
@@ -15,6 +16,7 @@ use axum::routing::MethodFilter;
 use axum::Router;
 
 use crate::node::Node;
+use crate::tenancy::Tenancy;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -22,10 +24,12 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// What every handler can reach.
 pub struct AppState {
     pub node: Arc<Node>,
+    pub tenancy: Arc<Tenancy>,
 }
 
-/// The router for a node.
-pub fn router(node: Arc<Node>) -> Router {
+/// The router for a node. Every matched route passes through [`guard::guard`].
+pub fn router(node: Arc<Node>, tenancy: Arc<Tenancy>) -> Router {
+    let state = Arc::new(AppState { node, tenancy });
     let mut router = Router::new();
     for route in openapi::ROUTES {
         let filter = match route.method {
@@ -38,10 +42,14 @@ pub fn router(node: Arc<Node>) -> Router {
         router = router.route(route.path, (route.handler)(filter));
     }
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Arc::new(AppState { node }))
+        .with_state(state)
 }
 
 type Handler = fn(MethodFilter) -> axum::routing::MethodRouter<Arc<AppState>>;

@@ -4,11 +4,14 @@ use serde_json::{json, Map, Value};
 
 use super::routes as r;
 use super::{handler, Handler};
+use crate::tenancy::roles::Permission::{self, *};
 
-/// One route: method, path (axum and OpenAPI share the `{param}` syntax), summary.
+/// One route: method, path (axum and OpenAPI share the `{param}` syntax), the permission
+/// it needs (enforced by `api::guard` alone), summary.
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
+    pub permission: Permission,
     pub summary: &'static str,
     pub handler: Handler,
 }
@@ -21,37 +24,40 @@ macro_rules! db {
 }
 
 macro_rules! routes {
-    ($($method:literal $path:expr => $f:path, $summary:literal;)*) => {
+    ($($method:literal $path:expr => $f:path, $perm:ident, $summary:literal;)*) => {
         /// Every route of the API.
-        pub const ROUTES: &[Route] = &[$(Route { method: $method, path: $path, summary: $summary, handler: handler!($f) }),*];
+        pub const ROUTES: &[Route] = &[$(Route { method: $method, path: $path, permission: $perm, summary: $summary, handler: handler!($f) }),*];
     };
 }
 
 routes! {
-    "get" "/v1/health" => r::health, "Liveness of the node";
-    "get" "/v1/openapi.json" => r::openapi, "This document";
-    "get" "/v1/tenants" => r::list_tenants, "List tenants";
-    "post" "/v1/tenants" => r::create_tenant, "Create a tenant";
-    "get" "/v1/tenants/{tenant}/databases" => r::list_databases, "List a tenant's databases";
-    "post" "/v1/tenants/{tenant}/databases" => r::create_database, "Create a database: files, alternate keys, block size, durability, quota, retention";
-    "get" db!("") => r::get_database, "Show a database";
-    "delete" db!("") => r::delete_database, "Delete a database with its logs and snapshots";
-    "get" db!("/files/{file}/records") => r::scan_records, "Scan records by unique key range (from, to, limit)";
-    "post" db!("/files/{file}/records") => r::insert_record, "Insert a record (409 if the key exists)";
-    "get" db!("/files/{file}/records/{key}") => r::get_record, "Read a record by unique key";
-    "put" db!("/files/{file}/records/{key}") => r::put_record, "Insert or replace a record";
-    "delete" db!("/files/{file}/records/{key}") => r::delete_record, "Delete a record";
-    "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, "Records whose alternate key equals a value";
-    "post" db!("/transactions") => r::transaction, "Apply a batch of operations atomically";
-    "post" db!("/txns") => r::begin, "Begin an interactive transaction";
-    "get" db!("/txns/{txn}") => r::get_txn, "Show an open transaction";
-    "post" db!("/txns/{txn}/ops") => r::add_ops, "Add operations to an open transaction (locks their records)";
-    "post" db!("/txns/{txn}/commit") => r::commit, "Commit an open transaction";
-    "post" db!("/txns/{txn}/cancel") => r::cancel, "Cancel an open transaction";
-    "get" db!("/snapshots") => r::list_snapshots, "List stored snapshots";
-    "post" db!("/snapshots") => r::take_snapshot, "Take a compact snapshot";
-    "get" db!("/log") => r::read_log, "Inspect A/B/T log entries (from, limit)";
-    "get" db!("/checksums") => r::checksums, "Per-block checksums, file by file";
+    "get" "/v1/health" => r::health, Public, "Liveness of the node";
+    "get" "/v1/openapi.json" => r::openapi, Authenticated, "This document";
+    "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants";
+    "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant";
+    "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";
+    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, requests_per_sec, burst; null: the node default)";
+    "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)";
+    "get" "/v1/tenants/{tenant}/databases" => r::list_databases, Read, "List a tenant's databases";
+    "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention";
+    "get" db!("") => r::get_database, Read, "Show a database";
+    "delete" db!("") => r::delete_database, Manage, "Delete a database with its logs and snapshots";
+    "get" db!("/files/{file}/records") => r::scan_records, Read, "Scan records by unique key range (from, to, limit)";
+    "post" db!("/files/{file}/records") => r::insert_record, Write, "Insert a record (409 if the key exists)";
+    "get" db!("/files/{file}/records/{key}") => r::get_record, Read, "Read a record by unique key";
+    "put" db!("/files/{file}/records/{key}") => r::put_record, Write, "Insert or replace a record";
+    "delete" db!("/files/{file}/records/{key}") => r::delete_record, Write, "Delete a record";
+    "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, Read, "Records whose alternate key equals a value";
+    "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically";
+    "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction";
+    "get" db!("/txns/{txn}") => r::get_txn, Read, "Show an open transaction";
+    "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)";
+    "post" db!("/txns/{txn}/commit") => r::commit, Write, "Commit an open transaction";
+    "post" db!("/txns/{txn}/cancel") => r::cancel, Write, "Cancel an open transaction";
+    "get" db!("/snapshots") => r::list_snapshots, Read, "List stored snapshots";
+    "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot";
+    "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
+    "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
 }
 
 /// The OpenAPI document for [`ROUTES`].
@@ -70,8 +76,10 @@ pub fn document() -> Value {
             json!({"description": "Success", "content": {"application/json": {}}}),
         );
         responses.insert("default".into(), json!({"description": "A problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}));
-        let mut op =
-            json!({"summary": route.summary, "parameters": params, "responses": responses});
+        let mut op = json!({"summary": route.summary, "parameters": params, "responses": responses, "x-permission": route.permission.name()});
+        if route.permission != Public {
+            op["security"] = json!([{"bearer": []}]);
+        }
         if matches!(route.method, "post" | "put") {
             op["requestBody"] = json!({"required": false, "content": {"application/json": {}}});
         }
@@ -84,7 +92,7 @@ pub fn document() -> Value {
         "openapi": "3.1.0",
         "info": {"title": "Doppel", "version": env!("CARGO_PKG_VERSION"), "description": "Replication server for in-memory block-store databases. See docs/API.md."},
         "paths": paths,
-        "components": {"schemas": {"Problem": {
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}, "schemas": {"Problem": {
             "type": "object",
             "required": ["type", "title", "status", "detail", "code"],
             "properties": {

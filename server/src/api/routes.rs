@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -17,6 +17,8 @@ use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::node::records::{OpInput, OpName};
 use crate::node::{logview, Database, DatabaseSpec};
+use crate::tenancy::auth::Claims;
+use crate::tenancy::quota::Limits;
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -50,11 +52,13 @@ pub async fn method_not_allowed() -> ApiError {
 
 // ---- tenants ----
 
-pub async fn list_tenants(State(app): App) -> Json<Value> {
+/// The tenants the caller's token covers (all of them for the node administrator).
+pub async fn list_tenants(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
     let tenants: Vec<Value> = app
         .node
         .tenants()
         .into_iter()
+        .filter(|name| claims.covers(name))
         .map(|name| json!({"name": name}))
         .collect();
     Json(Value::Array(tenants))
@@ -69,6 +73,57 @@ pub struct NewTenant {
 pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Result<Response> {
     app.node.create_tenant(&body.name)?;
     Ok((StatusCode::CREATED, Json(json!({"name": body.name}))).into_response())
+}
+
+// ---- usage, quotas, audit ----
+
+pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+    let databases = app.node.databases(&tenant)?;
+    let quotas = &app.tenancy.quotas;
+    let limits = quotas.limits(&tenant);
+    let memory: u64 = databases.iter().map(|db| db.memory_bytes()).sum();
+    Ok(Json(json!({
+        "tenant": tenant,
+        "databases": databases.len(),
+        "memory_bytes": {"used": memory, "limit": limits.memory_bytes},
+        "requests": {
+            "per_sec": limits.requests_per_sec,
+            "burst": limits.burst,
+            "available": quotas.available_requests(&tenant),
+        },
+    })))
+}
+
+pub async fn set_quotas(
+    State(app): App,
+    Path(tenant): Path<String>,
+    Body(limits): Body<Limits>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    app.tenancy.quotas.set(&app.node, &tenant, limits)?;
+    Ok(Json(json!({"tenant": tenant, "quotas": limits})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn audit(
+    State(app): App,
+    Path(tenant): Path<String>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>> {
+    if tenant != crate::tenancy::auth::ANY_TENANT {
+        app.node.databases(&tenant)?;
+    }
+    let entries = app
+        .tenancy
+        .audit
+        .read(&tenant, q.after.unwrap_or(0), limit(q.limit)?)?;
+    Ok(Json(json!({"entries": entries})))
 }
 
 // ---- databases ----

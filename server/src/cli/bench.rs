@@ -54,14 +54,14 @@ fn run_parallel(
     connections: usize,
     jobs: usize,
     work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static,
-    url: &str,
+    target: &Target,
 ) -> Result<(Duration, Vec<Duration>), String> {
     let next = Arc::new(AtomicUsize::new(0));
     let work = Arc::new(work);
     let started = Instant::now();
     let handles: Vec<_> = (0..connections)
         .map(|_| {
-            let (next, work, client) = (next.clone(), work.clone(), Client::new(url));
+            let (next, work, client) = (next.clone(), work.clone(), Client::for_target(target));
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut latencies = Vec::new();
                 loop {
@@ -90,7 +90,7 @@ fn run_parallel(
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
-    let client = Client::new(&args.target.url);
+    let client = Client::for_target(&args.target);
     let tenant = encode_segment(&args.target.tenant);
     let db_path = format!(
         "/v1/tenants/{tenant}/databases/{}",
@@ -125,7 +125,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 .call_raw("POST", &path, Some(&body_for(job)))
                 .map(|_| ())
         },
-        &args.target.url,
+        &args.target,
     )?;
     println!(
         "writes: {records} records in {batches} transactions of {batch} ({} durability, {} connections)",
@@ -148,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 .call("GET", &format!("{read_base}/k{key:012}"), None)
                 .map(|_| ())
         },
-        &args.target.url,
+        &args.target,
     )?;
     println!(
         "reads: {reads} point gets, {:.0} gets/s; p50 {:.3} ms, p99 {:.3} ms",

@@ -22,6 +22,9 @@ pub struct Target {
     /// Tenant to act for.
     #[arg(long, global = true, env = "DOPPEL_TENANT", default_value = "default")]
     pub tenant: String,
+    /// Bearer token (see `doppel token`, or the admin token a node prints on first start).
+    #[arg(long, global = true, env = "DOPPEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,6 +164,8 @@ fn parse_alt(text: &str) -> Result<(String, String), String> {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Bearer <token>`, sent with every request.
+    authorization: Option<String>,
 }
 
 pub fn encode_segment(segment: &str) -> String {
@@ -182,7 +187,18 @@ impl Client {
                 .timeout(Duration::from_secs(60))
                 .build(),
             base: base.trim_end_matches('/').to_string(),
+            authorization: None,
         }
+    }
+
+    /// A client for a target's URL and token.
+    pub fn for_target(target: &Target) -> Client {
+        let mut client = Client::new(&target.url);
+        client.authorization = target
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {}", t.trim()));
+        client
     }
 
     /// Send a request; returns the JSON answer or the problem's message.
@@ -193,7 +209,10 @@ impl Client {
 
     /// [`Self::call`] with a body that is already JSON text.
     pub fn call_raw(&self, method: &str, path: &str, body: Option<&str>) -> Result<Value, String> {
-        let request = self.agent.request(method, &format!("{}{path}", self.base));
+        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.set("authorization", authorization);
+        }
         let result = match body {
             Some(body) => request
                 .set("content-type", "application/json")
@@ -246,7 +265,7 @@ fn parse_json(text: &str) -> Result<Value, String> {
 
 pub fn run(command: ClientCommand) -> Result<(), String> {
     let (target, method, path, body) = request_for(command)?;
-    let answer = Client::new(&target.url).call(method, &path, body.as_ref())?;
+    let answer = Client::for_target(&target).call(method, &path, body.as_ref())?;
     if !answer.is_null() {
         println!(
             "{}",

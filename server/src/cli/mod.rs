@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 enum Command {
     /// Run a node (defaults: data in ./doppel-data, API on 127.0.0.1:7070).
     Serve(serve::ServeArgs),
+    /// Mint a token for a tenant and role with the node's key (offline).
+    Token(token::TokenArgs),
     /// Measure a running node: batched writes and point reads.
     Bench(bench::BenchArgs),
     #[command(flatten)]
@@ -33,6 +36,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Token(args) => token::run(args),
         Command::Client(command) => client::run(command),
     };
     match result {

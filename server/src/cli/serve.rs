@@ -10,6 +10,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::node::{Node, NodeSettings};
+use crate::tenancy::auth::AuthConfig;
+use crate::tenancy::quota::Limits;
+use crate::tenancy::Tenancy;
 
 /// Options of `doppel serve`. Flags override the config file.
 #[derive(Args, Debug)]
@@ -20,7 +23,7 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "DOPPEL_LISTEN")]
     listen: Option<SocketAddr>,
-    /// A TOML config file (keys: data, listen, log_format, [node]).
+    /// A TOML config file (keys: data, listen, log_format, [node], [auth], [quotas]).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Log format: text or json.
@@ -31,11 +34,13 @@ pub struct ServeArgs {
 /// The TOML config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    data: Option<PathBuf>,
+pub(crate) struct FileConfig {
+    pub(crate) data: Option<PathBuf>,
     listen: Option<SocketAddr>,
     log_format: Option<String>,
     node: NodeSettings,
+    pub(crate) auth: AuthConfig,
+    quotas: Limits,
 }
 
 const DEFAULT_DATA: &str = "./doppel-data";
@@ -54,19 +59,27 @@ fn init_logging(format: &str) {
     }
 }
 
-pub fn run(args: ServeArgs) -> Result<(), String> {
-    let file: FileConfig = match &args.config {
+/// Reads the config file, if one is given.
+pub(crate) fn read_config(path: Option<&std::path::Path>) -> Result<FileConfig, String> {
+    match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))?
+            toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))
         }
-        None => FileConfig::default(),
-    };
-    let data = args
-        .data
-        .or(file.data)
-        .unwrap_or_else(|| DEFAULT_DATA.into());
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// The data directory: the flag, else the config file's, else the default.
+pub(crate) fn data_dir(flag: Option<PathBuf>, file: &FileConfig) -> PathBuf {
+    flag.or_else(|| file.data.clone())
+        .unwrap_or_else(|| DEFAULT_DATA.into())
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let file = read_config(args.config.as_deref())?;
+    let data = data_dir(args.data, &file);
     let listen = args
         .listen
         .or(file.listen)
@@ -82,16 +95,26 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .thread_name("doppel")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(data, listen, file.node))
+    runtime.block_on(serve(data, listen, file.node, file.auth, file.quotas))
 }
 
-async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Result<(), String> {
+async fn serve(
+    data: PathBuf,
+    listen: SocketAddr,
+    settings: NodeSettings,
+    auth: AuthConfig,
+    quotas: Limits,
+) -> Result<(), String> {
     let dir = data.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let node = Arc::new(node);
+    let (tenancy, admin_token) = Tenancy::start(&node, &auth, quotas)?;
+    if tenancy.keyring.is_none() {
+        tracing::warn!("[auth] enabled = false: every caller acts as the node administrator");
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -99,6 +122,11 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
     let shutdown = shutdown_signal()?;
     tracing::info!(data = %data.display(), address = %local, "node started");
     println!("doppel listening on http://{local}");
+    // The token goes to stdout only, never to the logs.
+    if let Some(token) = admin_token {
+        println!("doppel admin token: {token}");
+        println!("(printed on this first start only; use it as: curl -H \"authorization: Bearer $TOKEN\" ...)");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -112,7 +140,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, settings: NodeSettings) -> Res
             }
         })
     };
-    let app = crate::api::router(node.clone());
+    let app = crate::api::router(node.clone(), Arc::new(tenancy));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -580,6 +580,11 @@ impl Database {
         (state.seq.last_serial, state.snapshot_serial)
     }
 
+    /// Bytes of blocks in RAM (cheap: no walk over the blocks).
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.read().store.memory_bytes()
+    }
+
     /// Figures for the database info: per-file record counts and memory in use.
     pub fn info(&self) -> DatabaseInfo {
         let state = self.state.read();

@@ -101,27 +101,47 @@ fn db_key(tenant: &str, name: &str) -> String {
     format!("db/{tenant}/{name}")
 }
 
+fn open_sled(data_dir: &Path) -> Result<sled::Db> {
+    sled::Config::new()
+        .path(data_dir.join("sled"))
+        .flush_every_ms(Some(500))
+        // sled writes any page over a quarter segment as a file of its own; with the
+        // default 512 KiB segments, leaves holding a few log chunks became files,
+        // created and unlinked per flush. 2 MiB segments: 40% less kernel time and
+        // 220k -> 320k records/s on the batched path (docs/BENCHMARKS.md).
+        .segment_size(SLED_SEGMENT_BYTES)
+        .open()
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot open the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })
+}
+
+/// Reads one value of the `config` tree of a data directory no node is running on.
+pub fn read_config_offline(data_dir: &Path, key: &str) -> Result<Option<Vec<u8>>> {
+    if !data_dir.join("sled").exists() {
+        return Err(Error::NotFound(format!(
+            "a data directory at {}",
+            data_dir.display()
+        )));
+    }
+    let sled = open_sled(data_dir)?;
+    let config = sled
+        .open_tree("config")
+        .map_err(crate::log::LogError::from)?;
+    let value = config.get(key).map_err(crate::log::LogError::from)?;
+    Ok(value.map(|v| v.to_vec()))
+}
+
 impl Node {
     /// Open (or create) the node in `data_dir` and recover its databases.
     pub fn open(data_dir: &Path, settings: NodeSettings) -> Result<Node> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let sled = sled::Config::new()
-            .path(data_dir.join("sled"))
-            .flush_every_ms(Some(500))
-            // sled writes any page over a quarter segment as a file of its own; with the
-            // default 512 KiB segments, leaves holding a few log chunks became files,
-            // created and unlinked per flush. 2 MiB segments: 40% less kernel time and
-            // 220k -> 320k records/s on the batched path (docs/BENCHMARKS.md).
-            .segment_size(SLED_SEGMENT_BYTES)
-            .open()
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot open the data directory {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
+        let sled = open_sled(data_dir)?;
         let config = sled
             .open_tree("config")
             .map_err(crate::log::LogError::from)?;
@@ -191,6 +211,37 @@ impl Node {
         };
         self.put_config(&format!("tenant/{name}"), &def)?;
         tenants.insert(name.to_string(), Tenant::default());
+        Ok(())
+    }
+
+    /// Another sled tree of the node's data directory (e.g. the audit log).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self
+            .sled
+            .open_tree(name)
+            .map_err(crate::log::LogError::from)?)
+    }
+
+    /// A number unique and increasing across the node's life.
+    pub fn generate_id(&self) -> Result<u64> {
+        Ok(self
+            .sled
+            .generate_id()
+            .map_err(crate::log::LogError::from)?)
+    }
+
+    /// A raw value of the `config` tree (other modules keep their settings there).
+    pub fn config_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let value = self.config.get(key).map_err(crate::log::LogError::from)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    /// Sets a raw value of the `config` tree, durably.
+    pub fn set_config_value(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.config
+            .insert(key, value)
+            .map_err(crate::log::LogError::from)?;
+        self.log.flush_now()?;
         Ok(())
     }
 

@@ -1,0 +1,227 @@
+//! The guard: one axum middleware, run on every matched route, that authenticates the
+//! caller and applies the route's permission from [`ROUTES`](super::openapi::ROUTES)
+//! through [`roles::check`]. Handlers never check permissions themselves; the claims the
+//! guard accepted are left in the request's extensions for handlers that need to know
+//! who is calling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::openapi::{Route, ROUTES};
+use super::AppState;
+use crate::tenancy::audit::{result_of, Entry};
+use crate::tenancy::auth::{now_secs, AuthError, Claims, ANY_TENANT};
+use crate::tenancy::roles::{self, Denied, Permission, Role};
+
+fn route_of(method: &str, path: &str) -> Option<&'static Route> {
+    static INDEX: OnceLock<HashMap<(&'static str, &'static str), &'static Route>> = OnceLock::new();
+    let index = INDEX.get_or_init(|| ROUTES.iter().map(|r| ((r.method, r.path), r)).collect());
+    index.get(&(method, path)).copied()
+}
+
+/// The caller when auth is disabled: the node administrator.
+fn anonymous_admin() -> Claims {
+    Claims {
+        sub: "anonymous".into(),
+        tenant: ANY_TENANT.into(),
+        role: Role::Admin,
+        iss: String::new(),
+        aud: String::new(),
+        exp: u64::MAX,
+        nbf: 0,
+        iat: now_secs(),
+    }
+}
+
+fn unauthorized(err: AuthError) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, err.code(), err.detail()).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"doppel\""),
+    );
+    response
+}
+
+/// The bearer token of a request, if it has an `authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let text = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("the authorization header is not text".into()))?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(AuthError::Invalid(
+            "the authorization header must be 'Bearer <token>'".into(),
+        )),
+    }
+}
+
+/// The middleware.
+pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = parts
+        .extensions
+        .get::<MatchedPath>()
+        .and_then(|m| route_of(&parts.method.as_str().to_ascii_lowercase(), m.as_str()))
+    else {
+        // Only matched routes reach a route layer; a route outside the table is a bug.
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "no route matches this path",
+        )
+        .into_response();
+    };
+    if route.permission == Permission::Public {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let claims = match &app.tenancy.keyring {
+        None => anonymous_admin(),
+        Some(keyring) => match bearer(&parts.headers).and_then(|t| keyring.verify(t)) {
+            Ok(claims) => claims,
+            Err(err) => return drained(body, unauthorized(err)).await,
+        },
+    };
+    let tenant = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .find(|(name, _)| *name == "tenant")
+            .map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
+    let audited = route.permission.audited() && parts.method != axum::http::Method::GET;
+    let audit = |status: StatusCode| {
+        if audited {
+            record(
+                &app,
+                route,
+                &claims,
+                tenant.as_deref(),
+                parts.uri.path(),
+                status,
+            );
+        }
+    };
+    if let Err(denied) = roles::check(&claims, route.permission, tenant.as_deref()) {
+        let response = match denied {
+            Denied::NotFound(detail) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", detail).into_response()
+            }
+            Denied::Forbidden(detail) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail).into_response()
+            }
+        };
+        audit(response.status());
+        return drained(body, response).await;
+    }
+    // Quotas, charged to the tenant of the path (or of the caller).
+    let charged = tenant
+        .as_deref()
+        .or((claims.tenant != ANY_TENANT).then_some(claims.tenant.as_str()));
+    if let Some(charged) = charged {
+        // The node administrator is not throttled by the tenants it looks after.
+        let limited = claims.tenant != ANY_TENANT;
+        let taken = match limited {
+            true => app.tenancy.quotas.take_request(charged),
+            false => Ok(()),
+        };
+        if let Err(wait) = taken {
+            let secs = wait.as_secs() + 1;
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                format!("tenant '{charged}' is over its request rate; retry in {secs} s"),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            audit(response.status());
+            return drained(body, response).await;
+        }
+        if route.permission == Permission::Write {
+            if let Err((used, limit)) = app.tenancy.quotas.check_memory(&app.node, charged) {
+                let response = ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "quota-exceeded",
+                    format!(
+                        "tenant '{charged}' holds {used} bytes of blocks, at its memory quota of {limit}"
+                    ),
+                )
+                .into_response();
+                return drained(body, response).await;
+            }
+        }
+    }
+    let path = parts.uri.path().to_string();
+    parts.extensions.insert(claims.clone());
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if audited {
+        record(
+            &app,
+            route,
+            &claims,
+            tenant.as_deref(),
+            &path,
+            response.status(),
+        );
+    }
+    response
+}
+
+/// Reads (and drops) what the client sent before answering a refusal, so its
+/// keep-alive connection stays usable; a body over 1 MiB is left for the server to
+/// close the connection on.
+async fn drained(body: axum::body::Body, response: Response) -> Response {
+    let _ = axum::body::to_bytes(body, 1 << 20).await;
+    response
+}
+
+/// Records an admin or operator action in the audit log of the tenant it was aimed at
+/// (or, when that is not the caller's, of the caller's own tenant).
+fn record(
+    app: &AppState,
+    route: &Route,
+    claims: &Claims,
+    tenant: Option<&str>,
+    path: &str,
+    status: StatusCode,
+) {
+    let log = match tenant {
+        Some(t) if claims.covers(t) => t,
+        _ => claims.tenant.as_str(),
+    };
+    app.tenancy.audit.record(
+        log,
+        Entry {
+            id: 0,
+            at_ms: now_ms(),
+            who: claims.sub.clone(),
+            caller_tenant: claims.tenant.clone(),
+            role: claims.role.name().into(),
+            action: format!("{} {}", route.method.to_ascii_uppercase(), route.path),
+            path: path.to_string(),
+            status: status.as_u16(),
+            result: result_of(status.as_u16()).into(),
+        },
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,160 @@
+//! Per-tenant quotas and usage.
+//!
+//! * **Memory**: the bytes of blocks held by all of a tenant's databases (the sum of
+//!   their `memory_bytes`). A write route is refused with 507 `quota-exceeded` once the
+//!   tenant is at or over its limit; the write that crosses the limit is still applied
+//!   (a soft limit, checked before the request). Each database's own
+//!   `memory_quota_bytes` stays a hard limit inside the store.
+//! * **Request rate**: a token bucket per tenant (`requests_per_sec`, `burst`); an empty
+//!   bucket answers 429 `rate-limited` with `Retry-After`. The node administrator
+//!   (tenant `*`) is not limited.
+//! * **Storage (sled bytes)** and **plugin count, size and CPU** are not enforced yet:
+//!   storage needs per-database byte accounting in `log::durable`, and plugins do not
+//!   exist yet (the plugin issue adds their quotas here).
+//!
+//! Limits: the `[quotas]` section of the node config gives the defaults; the node
+//! administrator sets a tenant's own with `PUT /v1/tenants/{tenant}/quotas` (kept in the
+//! `config` tree under `quota/{tenant}`). Absent means unlimited.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, Result};
+
+/// A tenant's limits. `None`: unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes of blocks in RAM over all the tenant's databases.
+    pub memory_bytes: Option<u64>,
+    /// Sustained requests per second.
+    pub requests_per_sec: Option<u32>,
+    /// Requests allowed at once above the rate (default: one second's worth).
+    pub burst: Option<u32>,
+}
+
+impl Limits {
+    /// `self` with `defaults` filling what it leaves unset.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
+            burst: self.burst.or(defaults.burst),
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Quotas of a node's tenants.
+pub struct Quotas {
+    defaults: Limits,
+    limits: Mutex<HashMap<String, Limits>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+fn config_key(tenant: &str) -> String {
+    format!("quota/{tenant}")
+}
+
+impl Quotas {
+    /// Loads every tenant's limits from the node's `config` tree.
+    pub fn load(node: &Node, defaults: Limits) -> Result<Quotas> {
+        let mut limits = HashMap::new();
+        for tenant in node.tenants() {
+            if let Some(bytes) = node.config_value(&config_key(&tenant))? {
+                let own: Limits = serde_json::from_slice(&bytes)
+                    .map_err(|e| crate::node::Error::Unavailable(e.to_string()))?;
+                limits.insert(tenant, own);
+            }
+        }
+        Ok(Quotas {
+            defaults,
+            limits: Mutex::new(limits),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The limits in force for `tenant`.
+    pub fn limits(&self, tenant: &str) -> Limits {
+        let own = self.limits.lock().get(tenant).copied().unwrap_or_default();
+        own.or(self.defaults)
+    }
+
+    /// Sets `tenant`'s own limits, durably.
+    pub fn set(&self, node: &Node, tenant: &str, limits: Limits) -> Result<()> {
+        let bytes = serde_json::to_vec(&limits)
+            .map_err(|e| crate::node::Error::Unavailable(e.to_string()))?;
+        node.set_config_value(&config_key(tenant), &bytes)?;
+        self.limits.lock().insert(tenant.to_string(), limits);
+        self.buckets.lock().remove(tenant);
+        Ok(())
+    }
+
+    /// Takes one request from `tenant`'s bucket; `Err(wait)` when it is empty.
+    pub fn take_request(&self, tenant: &str) -> std::result::Result<(), Duration> {
+        let limits = self.limits(tenant);
+        let Some(rate) = limits.requests_per_sec.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let rate = f64::from(rate);
+        let burst = f64::from(limits.burst.unwrap_or(0).max(1)).max(1.0);
+        let burst = if limits.burst.is_some() {
+            burst
+        } else {
+            rate.max(1.0)
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let refill = now.duration_since(bucket.last).as_secs_f64() * rate;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+
+    /// Requests `tenant` could make at once now (None: unlimited).
+    pub fn available_requests(&self, tenant: &str) -> Option<u64> {
+        let limits = self.limits(tenant);
+        let rate = f64::from(limits.requests_per_sec.filter(|r| *r > 0)?);
+        let burst = limits.burst.map_or(rate, f64::from).max(1.0);
+        let buckets = self.buckets.lock();
+        Some(buckets.get(tenant).map_or(burst, |b| {
+            (b.tokens + b.last.elapsed().as_secs_f64() * rate).min(burst)
+        }) as u64)
+    }
+
+    /// Bytes of blocks `tenant`'s databases hold.
+    pub fn memory_used(node: &Node, tenant: &str) -> u64 {
+        node.databases(tenant)
+            .map(|dbs| dbs.iter().map(|db| db.memory_bytes()).sum())
+            .unwrap_or(0)
+    }
+
+    /// `Err((used, limit))` when `tenant` is at or over its memory limit.
+    pub fn check_memory(&self, node: &Node, tenant: &str) -> std::result::Result<(), (u64, u64)> {
+        let Some(limit) = self.limits(tenant).memory_bytes else {
+            return Ok(());
+        };
+        let used = Self::memory_used(node, tenant);
+        if used >= limit {
+            Err((used, limit))
+        } else {
+            Ok(())
+        }
+    }
+}

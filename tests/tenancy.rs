@@ -1,0 +1,158 @@
+//! End-to-end tests of per-tenant quotas, usage and the audit log:
+//!
+//! * a request-rate quota answers 429 `rate-limited` once the bucket is empty, while
+//!   another tenant carries on;
+//! * a memory quota (bytes of blocks over the tenant's databases) answers 507
+//!   `quota-exceeded` to writes once reached, while reads and other tenants carry on;
+//!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits;
+//! * admin and operator actions, allowed or refused, are in the tenant's audit log with
+//!   who, what, when and the result; only the tenant's admin reads it; no token in it.
+
+use doppel_tests::*;
+
+#[test]
+fn request_rate_quota_refuses_with_429_and_other_tenants_carry_on() {
+    let node = Node::start();
+    node.create_tenant("busy");
+    node.create_tenant("calm");
+    node.create_db("busy", shop_spec("shop"));
+    node.create_db("calm", shop_spec("shop"));
+    node.put(
+        "/v1/tenants/busy/quotas",
+        &json!({"requests_per_sec": 1, "burst": 3}),
+    )
+    .ok();
+    // Only the node administrator sets quotas.
+    node.with_token(&token("busy", Role::Admin))
+        .put(
+            "/v1/tenants/busy/quotas",
+            &json!({"requests_per_sec": 1000}),
+        )
+        .expect_problem(403, "forbidden");
+
+    let busy = node.with_token(&token("busy", Role::Reader));
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = busy.db("busy", "shop").info();
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("the rate quota is reached within 50 requests");
+    refused.expect_problem(429, "rate-limited");
+    let calm = node.with_token(&token("calm", Role::Reader));
+    for _ in 0..20 {
+        calm.db("calm", "shop").info().ok();
+    }
+    let usage = node.get("/v1/tenants/busy/usage");
+    assert_eq!(usage.ok()["requests"]["per_sec"], json!(1), "{usage}");
+}
+
+#[test]
+fn memory_quota_refuses_writes_with_507_and_reads_and_other_tenants_carry_on() {
+    let node = Node::start();
+    node.create_tenant("full");
+    node.create_tenant("roomy");
+    let spec = |name: &str| json!({"name": name, "files": [{"name": "f"}], "block_size": 1024});
+    let full = node.create_db("full", spec("a"));
+    let roomy = node.create_db("roomy", spec("a"));
+    node.put("/v1/tenants/full/quotas", &json!({"memory_bytes": 8192}))
+        .ok();
+    let big = "x".repeat(600);
+    let mut refused = None;
+    for i in 0..200 {
+        let r = full.put("f", &format!("k{i:04}"), json!({}), json!(big));
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("the memory quota is reached within 200 writes");
+    refused.expect_problem(507, "quota-exceeded");
+    full.batch(json!([op::upsert("f", "more", json!(1))]))
+        .expect_problem(507, "quota-exceeded");
+    // Reads go on; deleting is a write and is refused too until the quota is raised.
+    assert!(full.data("f", "k0000").is_some());
+    let usage = node.get("/v1/tenants/full/usage");
+    let used = usage.ok()["memory_bytes"]["used"].as_u64().unwrap();
+    assert!(used >= 8192, "{usage}");
+    assert_eq!(usage["memory_bytes"]["limit"], json!(8192));
+    // The other tenant writes as much as before.
+    for i in 0..30 {
+        roomy
+            .put("f", &format!("k{i:04}"), json!({}), json!(big))
+            .ok();
+    }
+    // Raising the quota lets writes through again.
+    node.put("/v1/tenants/full/quotas", &json!({"memory_bytes": null}))
+        .ok();
+    full.put("f", "after", json!({}), json!(1)).ok();
+}
+
+#[test]
+fn admin_and_operator_actions_are_audited_and_only_the_admin_reads_them() {
+    let node = Node::start();
+    node.create_tenant("acme");
+    node.create_tenant("other");
+    let admin_token = token("acme", Role::Admin);
+    let admin = node.with_token(&admin_token);
+    admin.create_db("acme", shop_spec("shop"));
+    let operator = node.with_token(&token("acme", Role::Operator));
+    operator.db("acme", "shop").snapshot().expect(201);
+    let reader = node.with_token(&token("acme", Role::Reader));
+    reader
+        .db("acme", "shop")
+        .snapshot()
+        .expect_problem(403, "forbidden");
+    let writer = node.with_token(&token("acme", Role::Writer));
+    writer
+        .db("acme", "shop")
+        .put("orders", "o1", json!({}), json!(1))
+        .ok();
+
+    let log = admin.get("/v1/tenants/acme/audit");
+    let entries = log.ok()["entries"].as_array().expect("entries").clone();
+    let summary: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["role"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let snapshot = "POST /v1/tenants/{tenant}/databases/{db}/snapshots".to_string();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "admin".into(),
+                "POST /v1/tenants/{tenant}/databases".into(),
+                "ok".into()
+            ),
+            ("operator".into(), snapshot.clone(), "ok".into()),
+            ("reader".into(), snapshot, "refused".into()),
+        ],
+        "{log}"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e["at_ms"].as_u64() > Some(0) && e["who"].is_string() && e["status"].is_u64()));
+    assert!(
+        !log.text.contains(&admin_token),
+        "no token in the audit log"
+    );
+    // Paging.
+    let first = entries[0]["id"].as_u64().unwrap();
+    let page = admin.get(&format!("/v1/tenants/acme/audit?after={first}&limit=1"));
+    assert_eq!(page.ok()["entries"].as_array().unwrap().len(), 1);
+    // Only acme's admin reads acme's audit log.
+    operator
+        .get("/v1/tenants/acme/audit")
+        .expect_problem(403, "forbidden");
+    node.with_token(&token("other", Role::Admin))
+        .get("/v1/tenants/acme/audit")
+        .expect_problem(404, "not-found");
+}
