@@ -4,7 +4,9 @@
 //!   another tenant carries on;
 //! * a memory quota (bytes of blocks over the tenant's databases) answers 507
 //!   `quota-exceeded` to writes once reached, while reads and other tenants carry on;
-//!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits;
+//!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits; deletes pass;
+//! * a storage quota (bytes of log and snapshots in sled) does the same for writes and
+//!   snapshots, and deleting a database frees its share;
 //! * admin and operator actions, allowed or refused, are in the tenant's audit log with
 //!   who, what, when and the result; only the tenant's admin reads it; no token in it.
 
@@ -41,6 +43,15 @@ fn request_rate_quota_refuses_with_429_and_other_tenants_carry_on() {
     }
     let refused = refused.expect("the rate quota is reached within 50 requests");
     refused.expect_problem(429, "rate-limited");
+    let retry: u64 = refused
+        .retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("a 429 says when to retry in whole seconds");
+    assert!(
+        (1..=2).contains(&retry),
+        "one request a second: retry in ~1 s, got {retry}"
+    );
     let calm = node.with_token(&token("calm", Role::Reader));
     for _ in 0..20 {
         calm.db("calm", "shop").info().ok();
@@ -72,12 +83,15 @@ fn memory_quota_refuses_writes_with_507_and_reads_and_other_tenants_carry_on() {
     refused.expect_problem(507, "quota-exceeded");
     full.batch(json!([op::upsert("f", "more", json!(1))]))
         .expect_problem(507, "quota-exceeded");
-    // Reads go on; deleting is a write and is refused too until the quota is raised.
+    // Reads go on, and deletes pass so the tenant can free space.
     assert!(full.data("f", "k0000").is_some());
     let usage = node.get("/v1/tenants/full/usage");
     let used = usage.ok()["memory_bytes"]["used"].as_u64().unwrap();
     assert!(used >= 8192, "{usage}");
     assert_eq!(usage["memory_bytes"]["limit"], json!(8192));
+    full.delete("f", "k0001").ok();
+    assert!(full.data("f", "k0001").is_none());
+
     // The other tenant writes as much as before.
     for i in 0..30 {
         roomy
@@ -88,6 +102,59 @@ fn memory_quota_refuses_writes_with_507_and_reads_and_other_tenants_carry_on() {
     node.put("/v1/tenants/full/quotas", &json!({"memory_bytes": null}))
         .ok();
     full.put("f", "after", json!({}), json!(1)).ok();
+}
+
+#[test]
+fn storage_quota_refuses_writes_and_snapshots_with_507_and_other_tenants_carry_on() {
+    let node = Node::start();
+    node.create_tenant("hoarder");
+    node.create_tenant("tidy");
+    let spec = |name: &str| json!({"name": name, "files": [{"name": "f"}]});
+    let hoarder = node.create_db("hoarder", spec("a"));
+    let tidy = node.create_db("tidy", spec("a"));
+    node.put(
+        "/v1/tenants/hoarder/quotas",
+        &json!({"storage_bytes": 20000}),
+    )
+    .ok();
+    let text = "y".repeat(500);
+    let mut refused = None;
+    for i in 0..200 {
+        let r = hoarder.put("f", &format!("k{i:04}"), json!({}), json!(text));
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("the storage quota is reached within 200 writes");
+    let problem = refused.expect_problem(507, "quota-exceeded");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("storage quota of 20000"),
+        "{problem}"
+    );
+    // A snapshot would store more: refused as well. Reads and deletes go on.
+    node.post_empty("/v1/tenants/hoarder/databases/a/snapshots")
+        .expect_problem(507, "quota-exceeded");
+    assert!(hoarder.data("f", "k0000").is_some());
+    hoarder.delete("f", "k0000").ok();
+    let usage = node.get("/v1/tenants/hoarder/usage");
+    let used = usage.ok()["storage_bytes"]["used"].as_u64().unwrap();
+    assert!(used >= 20000, "{usage}");
+    assert_eq!(usage["storage_bytes"]["limit"], json!(20000));
+    // The other tenant is unaffected.
+    for i in 0..60 {
+        tidy.put("f", &format!("k{i:04}"), json!({}), json!(text))
+            .ok();
+    }
+    // Deleting the database frees its storage: writes pass again in a new one.
+    node.delete("/v1/tenants/hoarder/databases/a").expect(204);
+    let usage = node.get("/v1/tenants/hoarder/usage");
+    assert_eq!(usage.ok()["storage_bytes"]["used"], json!(0), "{usage}");
+    let again = node.create_db("hoarder", spec("b"));
+    again.put("f", "k", json!({}), json!(1)).ok();
 }
 
 #[test]

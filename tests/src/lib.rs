@@ -457,6 +457,8 @@ pub struct Resp {
     pub url: String,
     pub status: u16,
     pub content_type: Option<String>,
+    /// The `Retry-After` header, when the server sent one.
+    pub retry_after: Option<String>,
     pub text: String,
     pub body: Value,
 }
@@ -470,6 +472,7 @@ impl Resp {
             url: url.to_string(),
             status,
             content_type: ct,
+            retry_after: None,
             text,
             body,
         }
@@ -639,12 +642,15 @@ impl Client {
         };
         let status = resp.status();
         let ct = resp.header("content-type").map(str::to_string);
+        let retry_after = resp.header("retry-after").map(str::to_string);
         let mut bytes = Vec::new();
         resp.into_reader()
             .take(MAX_RESPONSE_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("{method} {url}: reading body: {e}"))?;
-        Ok(Resp::new(method, &url, status, ct, bytes))
+        let mut resp = Resp::new(method, &url, status, ct, bytes);
+        resp.retry_after = retry_after;
+        Ok(resp)
     }
 
     /// Sends a request; panics on transport failures only.

@@ -152,16 +152,24 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
             audit(response.status());
             return drained(body, response).await;
         }
-        if route.permission == Permission::Write {
-            if let Err((used, limit)) = app.tenancy.quotas.check_memory(&app.node, charged) {
-                let response = ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "quota-exceeded",
+        let frees_space = parts.method == axum::http::Method::DELETE;
+        if matches!(route.permission, Permission::Write | Permission::Operate) && !frees_space {
+            let quotas = &app.tenancy.quotas;
+            let refusal = match quotas.check_memory(&app.node, charged) {
+                Err((used, limit)) if route.permission == Permission::Write => Some(format!(
+                    "tenant '{charged}' holds {used} bytes of blocks, at its memory quota of {limit}"
+                )),
+                _ => quotas.check_storage(&app.node, charged).err().map(|(used, limit)| {
                     format!(
-                        "tenant '{charged}' holds {used} bytes of blocks, at its memory quota of {limit}"
-                    ),
-                )
-                .into_response();
+                        "tenant '{charged}' stores {used} bytes of log and snapshots, at its storage quota of {limit}"
+                    )
+                }),
+            };
+            if let Some(detail) = refusal {
+                let response =
+                    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "quota-exceeded", detail)
+                        .into_response();
+                audit(response.status());
                 return drained(body, response).await;
             }
         }

@@ -36,7 +36,7 @@ routes! {
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants";
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant";
     "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";
-    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, requests_per_sec, burst; null: the node default)";
+    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)";
     "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)";
     "get" "/v1/tenants/{tenant}/databases" => r::list_databases, Read, "List a tenant's databases";
     "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention";

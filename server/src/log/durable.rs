@@ -70,6 +70,9 @@ pub struct LogStore {
     log: sled::Tree,
     snapshots: sled::Tree,
     flusher: Arc<Flusher>,
+    /// Bytes of log chunks and snapshot parts each database holds, counted from a scan
+    /// the first time they are asked for and kept up to date by every write and prune.
+    stored: Mutex<std::collections::HashMap<u64, u64>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -118,6 +121,7 @@ impl LogStore {
                 wake: Condvar::new(),
                 flushed: watch::channel((0, None)).0,
             }),
+            stored: Mutex::new(std::collections::HashMap::new()),
             flusher_thread: Mutex::new(None),
         });
         let flusher = store.flusher.clone();
@@ -136,13 +140,38 @@ impl LogStore {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        let mut written = 0;
         for kind in [LogKind::A, LogKind::B, LogKind::T] {
             for (first, bytes) in codec::encode(txn, kind) {
+                written += bytes.len() as u64;
                 batch.insert(&log_key(uid, kind, first)[..], bytes);
             }
         }
         self.log.apply_batch(batch)?;
+        self.account(uid, written as i64);
         Ok(())
+    }
+
+    /// Bytes of log and snapshots stored for database `uid` (its share of the sled
+    /// files, before sled's own overhead).
+    pub fn stored_bytes(&self, uid: u64) -> Result<u64, LogError> {
+        if let Some(bytes) = self.stored.lock().get(&uid) {
+            return Ok(*bytes);
+        }
+        let mut total = 0u64;
+        for tree in [&self.log, &self.snapshots] {
+            for item in tree.scan_prefix(uid.to_be_bytes()) {
+                total += item?.1.len() as u64;
+            }
+        }
+        Ok(*self.stored.lock().entry(uid).or_insert(total))
+    }
+
+    /// Add (or with a negative `delta`, remove) bytes to `uid`'s count, if counted yet.
+    fn account(&self, uid: u64, delta: i64) {
+        if let Some(bytes) = self.stored.lock().get_mut(&uid) {
+            *bytes = bytes.saturating_add_signed(delta);
+        }
     }
 
     /// A ticket for the next flush, to pass to [`Self::wait_durable`]. Take it after
@@ -266,6 +295,7 @@ impl LogStore {
                 break;
             }
             self.log.remove(key)?;
+            self.account(uid, -(value.len() as i64));
             removed += 1;
         }
         Ok(removed)
@@ -284,6 +314,7 @@ impl LogStore {
                 break;
             }
             self.log.remove(key)?;
+            self.account(uid, -(value.len() as i64));
             removed += 1;
         }
         Ok(removed)
@@ -329,8 +360,10 @@ impl LogStore {
         meta.parts = parts;
         meta.size_bytes = size;
         let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
+        let meta_bytes = encoded.len() as u64;
         batch.insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded);
         self.snapshots.apply_batch(batch)?;
+        self.account(uid, (size + meta_bytes) as i64);
         self.flush_now()?;
         Ok(meta)
     }
@@ -370,8 +403,11 @@ impl LogStore {
         for part in 0..meta.parts {
             batch.remove(&snapshot_key(uid, meta.serial, part)[..]);
         }
-        batch.remove(&snapshot_key(uid, meta.serial, META_PART)[..]);
+        let key = snapshot_key(uid, meta.serial, META_PART);
+        let meta_bytes = self.snapshots.get(key)?.map_or(0, |v| v.len() as u64);
+        batch.remove(&key[..]);
         self.snapshots.apply_batch(batch)?;
+        self.account(uid, -((meta.size_bytes + meta_bytes) as i64));
         Ok(())
     }
 
@@ -388,6 +424,7 @@ impl LogStore {
             }
             tree.apply_batch(batch)?;
         }
+        self.stored.lock().remove(&uid);
         Ok(())
     }
 

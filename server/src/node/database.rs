@@ -585,6 +585,12 @@ impl Database {
         self.state.read().store.memory_bytes()
     }
 
+    /// Bytes of log and snapshots this database keeps in sled (counted once when the
+    /// database opens, then kept up to date by every write and prune).
+    pub fn stored_bytes(&self) -> Result<u64> {
+        Ok(self.log.stored_bytes(self.def.uid)?)
+    }
+
     /// Figures for the database info: per-file record counts and memory in use.
     pub fn info(&self) -> DatabaseInfo {
         let state = self.state.read();

@@ -175,6 +175,8 @@ impl Node {
             let started = Instant::now();
             let (tenant, name) = (def.tenant.clone(), def.spec.name.clone());
             let (db, replayed) = Database::recover(def, self.log.clone())?;
+            // Count its stored bytes now, before any write can race the count.
+            db.stored_bytes()?;
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 tenant = %tenant,
@@ -322,6 +324,7 @@ impl Node {
         self.put_config(&db_key(tenant, &def.spec.name), &def)?;
         let name = def.spec.name.clone();
         let db = Arc::new(Database::create(def, self.log.clone()));
+        db.stored_bytes()?;
         owner.databases.insert(name, db.clone());
         Ok(db)
     }

@@ -8,9 +8,14 @@
 //! * **Request rate**: a token bucket per tenant (`requests_per_sec`, `burst`); an empty
 //!   bucket answers 429 `rate-limited` with `Retry-After`. The node administrator
 //!   (tenant `*`) is not limited.
-//! * **Storage (sled bytes)** and **plugin count, size and CPU** are not enforced yet:
-//!   storage needs per-database byte accounting in `log::durable`, and plugins do not
-//!   exist yet (the plugin issue adds their quotas here).
+//! * **Storage**: the bytes of log chunks and snapshots the tenant's databases keep in
+//!   sled (`LogStore::stored_bytes`, before sled's own overhead). Like memory, a soft
+//!   limit checked before write and operate requests (snapshots add storage) with 507
+//!   `quota-exceeded`; retention, snapshots pruning the A log, and deleting databases
+//!   bring it down.
+//! * Under both, `DELETE` requests always pass, so a tenant at its quota can free space.
+//! * **Plugin count, size and CPU** are not enforced yet: plugins do not exist yet (the
+//!   plugin issue adds their quotas here).
 //!
 //! Limits: the `[quotas]` section of the node config gives the defaults; the node
 //! administrator sets a tenant's own with `PUT /v1/tenants/{tenant}/quotas` (kept in the
@@ -30,6 +35,8 @@ use crate::node::{Node, Result};
 pub struct Limits {
     /// Bytes of blocks in RAM over all the tenant's databases.
     pub memory_bytes: Option<u64>,
+    /// Bytes of log and snapshots in sled over all the tenant's databases.
+    pub storage_bytes: Option<u64>,
     /// Sustained requests per second.
     pub requests_per_sec: Option<u32>,
     /// Requests allowed at once above the rate (default: one second's worth).
@@ -41,6 +48,7 @@ impl Limits {
     pub fn or(self, defaults: Limits) -> Limits {
         Limits {
             memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            storage_bytes: self.storage_bytes.or(defaults.storage_bytes),
             requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
             burst: self.burst.or(defaults.burst),
         }
@@ -143,6 +151,26 @@ impl Quotas {
         node.databases(tenant)
             .map(|dbs| dbs.iter().map(|db| db.memory_bytes()).sum())
             .unwrap_or(0)
+    }
+
+    /// Bytes of log and snapshots `tenant`'s databases keep in sled.
+    pub fn storage_used(node: &Node, tenant: &str) -> u64 {
+        node.databases(tenant)
+            .map(|dbs| dbs.iter().map(|db| db.stored_bytes().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    }
+
+    /// `Err((used, limit))` when `tenant` is at or over its storage limit.
+    pub fn check_storage(&self, node: &Node, tenant: &str) -> std::result::Result<(), (u64, u64)> {
+        let Some(limit) = self.limits(tenant).storage_bytes else {
+            return Ok(());
+        };
+        let used = Self::storage_used(node, tenant);
+        if used >= limit {
+            Err((used, limit))
+        } else {
+            Ok(())
+        }
     }
 
     /// `Err((used, limit))` when `tenant` is at or over its memory limit.
