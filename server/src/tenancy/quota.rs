@@ -162,27 +162,26 @@ impl Quotas {
 
     /// `Err((used, limit))` when `tenant` is at or over its storage limit.
     pub fn check_storage(&self, node: &Node, tenant: &str) -> std::result::Result<(), (u64, u64)> {
-        let Some(limit) = self.limits(tenant).storage_bytes else {
-            return Ok(());
-        };
-        let used = Self::storage_used(node, tenant);
-        if used >= limit {
-            Err((used, limit))
-        } else {
-            Ok(())
-        }
+        at_limit(self.limits(tenant).storage_bytes, || {
+            Self::storage_used(node, tenant)
+        })
     }
 
     /// `Err((used, limit))` when `tenant` is at or over its memory limit.
     pub fn check_memory(&self, node: &Node, tenant: &str) -> std::result::Result<(), (u64, u64)> {
-        let Some(limit) = self.limits(tenant).memory_bytes else {
-            return Ok(());
-        };
-        let used = Self::memory_used(node, tenant);
-        if used >= limit {
-            Err((used, limit))
-        } else {
-            Ok(())
-        }
+        at_limit(self.limits(tenant).memory_bytes, || {
+            Self::memory_used(node, tenant)
+        })
+    }
+}
+
+/// `Err((used, limit))` when there is a limit and usage has reached it.
+fn at_limit(limit: Option<u64>, used: impl FnOnce() -> u64) -> std::result::Result<(), (u64, u64)> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    match used() {
+        used if used >= limit => Err((used, limit)),
+        _ => Ok(()),
     }
 }
