@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod log;
 pub mod node;
+pub mod plugins;
 pub mod store;
 pub mod tenancy;
 pub mod txn;

@@ -1,0 +1,252 @@
+//! `doppel-sdk`: write Doppel stage plugins as plain Rust functions.
+//!
+//! The SDK owns the guest side of the contract in `sdk/wit/doppel.wit`: the batch loop,
+//! the record layout ([`abi`]), per-record error indexing, typed configuration
+//! ([`PluginConfig`]), bounded log capture ([`log`]), JSON helpers ([`json`]) and a test
+//! harness ([`testing`]) that runs a plugin function on records without any server.
+//!
+//! A plugin is one function and one macro call (the macros are `macro_rules!`, not
+//! attribute macros: no proc-macro crate to build for every plugin):
+//!
+//! ```ignore
+//! fn keep(r: &Record, cfg: &MyConfig) -> bool { r.key.starts_with(&cfg.prefix) }
+//! doppel_sdk::filter!(keep, MyConfig);
+//! ```
+//!
+//! See docs/PLUGINS.md.
+
+extern crate self as doppel_sdk;
+
+pub mod abi;
+pub mod json;
+pub mod run;
+pub mod testing;
+
+pub use abi::{BatchBuilder, BatchRef, Op, OwnedRecord, Record};
+pub use run::{Out, Verdict};
+
+/// Configuration of a plugin: parsed from JSON and validated when the stage loads.
+pub trait PluginConfig: serde::de::DeserializeOwned + 'static {
+    /// A JSON schema of the configuration, exported for the console's form.
+    const SCHEMA: &'static str;
+    /// Checks beyond what parsing checks.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// No configuration.
+#[derive(serde::Deserialize, Default, Debug, Clone)]
+pub struct NoConfig {}
+
+impl PluginConfig for NoConfig {
+    const SCHEMA: &'static str = r#"{"type":"object","properties":{}}"#;
+}
+
+/// Parses and validates a configuration. An empty string or `null` means `{}`.
+pub fn load_config<C: PluginConfig>(json: &str) -> Result<C, String> {
+    let text = json.trim();
+    let text = if text.is_empty() || text == "null" {
+        "{}"
+    } else {
+        text
+    };
+    let cfg: C = serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))?;
+    cfg.validate().map_err(|e| format!("invalid config: {e}"))?;
+    Ok(cfg)
+}
+
+/// Log lines a plugin writes; they come back with each call's result, bounded.
+pub mod log {
+    use std::cell::RefCell;
+
+    /// Most lines kept per call.
+    pub const MAX_LINES: usize = 64;
+    /// Longest line kept, in bytes.
+    pub const MAX_LINE_BYTES: usize = 512;
+
+    thread_local! {
+        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Records one log line (dropped past [`MAX_LINES`], cut at [`MAX_LINE_BYTES`]).
+    pub fn line(msg: impl Into<String>) {
+        let mut msg = msg.into();
+        if msg.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+        }
+        LINES.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() < MAX_LINES {
+                l.push(msg);
+            }
+        });
+    }
+
+    /// Takes the lines written since the last call.
+    pub fn take() -> Vec<String> {
+        LINES.with(|l| std::mem::take(&mut *l.borrow_mut()))
+    }
+}
+
+/// The generated guest bindings, one module per world (wasm only).
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    pub mod filter {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "filter",
+            pub_export_macro: true,
+            export_macro_name: "__export_filter",
+            default_bindings_module: "doppel_sdk::bindings::filter",
+            runtime_path: "doppel_sdk::__rt",
+        });
+    }
+    pub mod transform {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "transform",
+            pub_export_macro: true,
+            export_macro_name: "__export_transform",
+            default_bindings_module: "doppel_sdk::bindings::transform",
+            runtime_path: "doppel_sdk::__rt",
+        });
+    }
+    pub mod rule {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "rule",
+            pub_export_macro: true,
+            export_macro_name: "__export_rule",
+            default_bindings_module: "doppel_sdk::bindings::rule",
+            runtime_path: "doppel_sdk::__rt",
+        });
+    }
+    pub mod resolver {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "resolver",
+            pub_export_macro: true,
+            export_macro_name: "__export_resolver",
+            default_bindings_module: "doppel_sdk::bindings::resolver",
+            runtime_path: "doppel_sdk::__rt",
+        });
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub use wit_bindgen::rt as __rt;
+
+/// Shared body of the role macros: the config cell and the three common exports.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __common_exports {
+    ($cfg:ty) => {
+        fn contract_version() -> u32 {
+            $crate::abi::CONTRACT_VERSION
+        }
+        fn config_schema() -> String {
+            <$cfg as $crate::PluginConfig>::SCHEMA.to_string()
+        }
+        fn configure(config: String) -> Result<(), String> {
+            let c = $crate::load_config::<$cfg>(&config)?;
+            __DOPPEL_CONFIG.with(|s| *s.borrow_mut() = Some(c));
+            Ok(())
+        }
+    };
+}
+
+/// Exports a filter: `fn(&Record, &Config) -> bool` (or `Result<bool, E: Display>`).
+#[macro_export]
+macro_rules! filter {
+    ($f:path, $cfg:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::filter as __b;
+            ::std::thread_local! {
+                static __DOPPEL_CONFIG: ::core::cell::RefCell<Option<$cfg>> =
+                    const { ::core::cell::RefCell::new(None) };
+            }
+            struct __Plugin;
+            impl __b::Guest for __Plugin {
+                $crate::__common_exports!($cfg);
+                fn filter(records: __b::Batch) -> __b::FilterResult {
+                    let batch = $crate::BatchRef {
+                        arena: &records.arena,
+                        offsets: &records.offsets,
+                    };
+                    let out = __DOPPEL_CONFIG.with(|s| match s.borrow().as_ref() {
+                        Some(cfg) => $crate::run::filter(batch, cfg, $f),
+                        None => $crate::run::unconfigured(batch.len()),
+                    });
+                    __b::FilterResult {
+                        keep: out.keep,
+                        errors: out
+                            .errors
+                            .into_iter()
+                            .map(|(index, message)| __b::RecordError { index, message })
+                            .collect(),
+                        log: out.log,
+                    }
+                }
+            }
+            $crate::bindings::filter::__export_filter!(__Plugin with_types_in $crate::bindings::filter);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = $f;
+        };
+    };
+}
+
+/// Exports a transform: `fn(&Record, &Config) -> Result<Out, E: Display>`.
+#[macro_export]
+macro_rules! transform {
+    ($f:path, $cfg:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::transform as __b;
+            ::std::thread_local! {
+                static __DOPPEL_CONFIG: ::core::cell::RefCell<Option<$cfg>> =
+                    const { ::core::cell::RefCell::new(None) };
+            }
+            struct __Plugin;
+            impl __b::Guest for __Plugin {
+                $crate::__common_exports!($cfg);
+                fn transform(records: __b::Batch) -> __b::TransformResult {
+                    let batch = $crate::BatchRef {
+                        arena: &records.arena,
+                        offsets: &records.offsets,
+                    };
+                    let out = __DOPPEL_CONFIG.with(|s| match s.borrow().as_ref() {
+                        Some(cfg) => $crate::run::transform(batch, cfg, $f),
+                        None => $crate::run::unconfigured_transform(batch.len()),
+                    });
+                    __b::TransformResult {
+                        records: __b::Batch {
+                            arena: out.batch.arena,
+                            offsets: out.batch.offsets,
+                        },
+                        errors: out
+                            .errors
+                            .into_iter()
+                            .map(|(index, message)| __b::RecordError { index, message })
+                            .collect(),
+                        log: out.log,
+                    }
+                }
+            }
+            $crate::bindings::transform::__export_transform!(__Plugin with_types_in $crate::bindings::transform);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = $f;
+        };
+    };
+}

@@ -1,0 +1,139 @@
+//! Builds the built-in plugins in `plugins/` from source to wasm components.
+//!
+//! The pattern of wasmtime's `crates/test-programs/artifacts/build.rs`: run cargo for
+//! `wasm32-unknown-unknown` (a target dir of its own under `target/`), wrap each core
+//! module into a component with `wit_component::ComponentEncoder`, write the components
+//! to OUT_DIR and generate `builtin_plugins.rs`, so that the server binary carries them
+//! and a plain `cargo build` or `cargo test` needs nothing else.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().expect("workspace root").to_path_buf();
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed={}", root.join("plugins").display());
+    println!("cargo:rerun-if-changed={}", root.join("sdk").display());
+
+    let plugins = find_plugins(&root.join("plugins"));
+    for (dir, _, _) in &plugins {
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
+    check_target();
+
+    let target_dir = root.join("target").join("wasm-plugins");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        // The outer build's flags and wrappers (clippy, coverage) are not for the guests.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+    for (_, name, _) in &plugins {
+        cmd.args(["-p", name]);
+    }
+    if !plugins.is_empty() {
+        let status = cmd.status().expect("running cargo for the wasm plugins");
+        assert!(
+            status.success(),
+            "building the built-in plugins for {TARGET} failed"
+        );
+    }
+
+    let mut src = String::from(
+        "/// The built-in plugins: (name, role, wasm component bytes).\n\
+         pub const BUILTIN_PLUGINS: &[(&str, &str, &[u8])] = &[\n",
+    );
+    let mut consts = String::new();
+    for (dir, name, role) in &plugins {
+        let module_path = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let module = fs::read(&module_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", module_path.display()));
+        let component = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .and_then(|e| e.validate(true).encode())
+            .unwrap_or_else(|e| panic!("making a component of {name}: {e:#}"));
+        let short = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .expect("plugin dir name");
+        let file = out.join(format!("{short}.wasm"));
+        fs::write(&file, &component).expect("writing component");
+        let ident = short.replace('-', "_").to_uppercase();
+        src.push_str(&format!(
+            "    ({short:?}, {role:?}, include_bytes!({:?})),\n",
+            file.display().to_string()
+        ));
+        consts.push_str(&format!(
+            "/// The `{short}` built-in plugin, a wasm component.\npub const {ident}: &[u8] = include_bytes!({:?});\n",
+            file.display().to_string()
+        ));
+    }
+    src.push_str("];\n");
+    src.push_str(&consts);
+    fs::write(out.join("builtin_plugins.rs"), src).expect("writing builtin_plugins.rs");
+}
+
+/// (dir, package name, role) of every crate in `plugins/`, sorted by name.
+fn find_plugins(dir: &Path) -> Vec<(PathBuf, String, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let toml = entry.path().join("Cargo.toml");
+        let Ok(text) = fs::read_to_string(&toml) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|rest| rest.trim().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_owned())
+        };
+        let name = field("name").unwrap_or_else(|| panic!("{}: no package name", toml.display()));
+        let role = field("role")
+            .unwrap_or_else(|| panic!("{}: no [package.metadata.doppel] role", toml.display()));
+        found.push((entry.path(), name, role));
+    }
+    found.sort();
+    found
+}
+
+fn check_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let Some(sysroot) = sysroot {
+        let lib = Path::new(&sysroot).join("lib/rustlib").join(TARGET);
+        if !lib.exists() {
+            panic!(
+                "the Rust target {TARGET} is not installed; the built-in plugins need it.\n\
+                 Run: rustup target add {TARGET}   (bash .ci/run does this for you)"
+            );
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! WebAssembly stage plugins (SPEC E1–E6): the host side of the contract in
+//! `sdk/wit/doppel.wit`.
+//!
+//! - [`runtime`]: wasmtime engines, limits (epoch deadline, memory, stack, output size,
+//!   fuel for deterministic roles), validation, compilation, pre-instantiated templates,
+//!   stages and chains.
+//! - [`registry`]: tenant-scoped plugins by name and version, content-addressed, with
+//!   compiled artefacts cached by content hash in sled.
+//! - [`builtin`]: the plugins of `plugins/`, built to wasm components by `build.rs`.
+
+pub mod registry;
+pub mod runtime;
+
+pub use registry::{PluginInfo, Registry};
+pub use runtime::{Chain, Limits, PluginError, Role, Runtime, Stage};
+
+/// The built-in plugins, compiled from `plugins/` by the build script.
+pub mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,817 @@
+//! The plugin runtime: wasmtime engines and every limit a plugin runs under.
+//!
+//! - No ambient capabilities: the linker defines nothing, so a component that imports
+//!   anything (WASI or otherwise) is rejected on upload.
+//! - Per call: an epoch deadline (a ticker thread advances the epoch), fuel for the
+//!   deterministic roles (rules and resolvers run on an engine that meters fuel), a memory
+//!   limit through `ResourceLimiter`, a max wasm stack, and a max output size.
+//! - Validation on upload: max size, a component, no imports, the role's exports, the
+//!   contract version. Compilation happens once, on upload or on first load from the
+//!   sled cache; a [`Template`] (`InstancePre`) then instantiates without compiling.
+//! - A [`Stage`] is one configured instance; a [`Chain`] runs stages over one batch,
+//!   forwarding record bytes between them without decoding or re-encoding.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use doppel_sdk::abi::{bit, BatchBuilder, BatchRef};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+mod bind {
+    pub mod filter {
+        wasmtime::component::bindgen!({ path: "../sdk/wit", world: "filter" });
+    }
+    pub mod transform {
+        wasmtime::component::bindgen!({ path: "../sdk/wit", world: "transform" });
+    }
+    pub mod rule {
+        wasmtime::component::bindgen!({ path: "../sdk/wit", world: "rule" });
+    }
+    pub mod resolver {
+        wasmtime::component::bindgen!({ path: "../sdk/wit", world: "resolver" });
+    }
+}
+
+/// What a plugin does in a stage; one WIT world each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Filter,
+    Transform,
+    Rule,
+    Resolver,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Filter, Role::Transform, Role::Rule, Role::Resolver];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Filter => "filter",
+            Role::Transform => "transform",
+            Role::Rule => "rule",
+            Role::Resolver => "resolver",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    /// The exports the role's world requires.
+    pub fn exports(self) -> [&'static str; 4] {
+        let call = match self {
+            Role::Filter => "filter",
+            Role::Transform => "transform",
+            Role::Rule => "depends",
+            Role::Resolver => "resolve",
+        };
+        ["contract-version", "config-schema", "configure", call]
+    }
+
+    /// Rules and resolvers must be deterministic: they run metered by fuel.
+    pub fn deterministic(self) -> bool {
+        matches!(self, Role::Rule | Role::Resolver)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The limits every plugin runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest module accepted on upload.
+    pub max_module_bytes: usize,
+    /// Linear memory (all memories of an instance together).
+    pub max_memory_bytes: usize,
+    /// Wasm stack.
+    pub max_stack_bytes: usize,
+    /// Bytes a call may return (bitmap, output arena, errors and log lines).
+    pub max_output_bytes: usize,
+    /// Wall-clock time of one call, in epoch ticks of [`Limits::tick`].
+    pub deadline_ticks: u64,
+    /// Epoch tick.
+    pub tick: Duration,
+    /// Fuel of one call of a deterministic role.
+    pub fuel: u64,
+    /// Log lines kept per call, and their length.
+    pub max_log_lines: usize,
+    pub max_log_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_module_bytes: 8 << 20,
+            max_memory_bytes: 64 << 20,
+            max_stack_bytes: 512 << 10,
+            max_output_bytes: 16 << 20,
+            deadline_ticks: 100,
+            tick: Duration::from_millis(10),
+            fuel: 2_000_000_000,
+            max_log_lines: 64,
+            max_log_line_bytes: 512,
+        }
+    }
+}
+
+/// Why a plugin was rejected or stopped. Every message names the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// Rejected on upload or load: the module is not acceptable.
+    #[error("plugin '{plugin}' rejected: {reason}")]
+    Invalid { plugin: String, reason: String },
+    /// The configuration failed the plugin's validation.
+    #[error("plugin '{plugin}' rejected its config: {reason}")]
+    Config { plugin: String, reason: String },
+    /// Stopped during a call (time, fuel, memory, stack, output size, trap).
+    #[error("plugin '{plugin}' stopped: {reason}")]
+    Stopped { plugin: String, reason: String },
+    /// The host could not run it (engine failure).
+    #[error("plugin '{plugin}': {reason}")]
+    Host { plugin: String, reason: String },
+}
+
+impl PluginError {
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Invalid { plugin, .. }
+            | PluginError::Config { plugin, .. }
+            | PluginError::Stopped { plugin, .. }
+            | PluginError::Host { plugin, .. } => plugin,
+        }
+    }
+}
+
+/// What a store carries: its resource limits.
+pub struct StoreState {
+    limits: StoreLimits,
+}
+
+/// The engines (one plain, one fuel-metered), the epoch ticker and the limits.
+pub struct Runtime {
+    plain: Engine,
+    metered: Engine,
+    linker_plain: Linker<StoreState>,
+    linker_metered: Linker<StoreState>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine(limits: &Limits, fuel: bool) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(fuel)
+        .max_wasm_stack(limits.max_stack_bytes);
+    Engine::new(&config)
+}
+
+impl Runtime {
+    pub fn new(limits: Limits) -> Result<Arc<Runtime>, PluginError> {
+        let host = |e: wasmtime::Error| PluginError::Host {
+            plugin: "-".into(),
+            reason: format!("{e:#}"),
+        };
+        let plain = engine(&limits, false).map_err(host)?;
+        let metered = engine(&limits, true).map_err(host)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (plain, metered, stop) = (plain.clone(), metered.clone(), stop.clone());
+            let tick = limits.tick;
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        plain.increment_epoch();
+                        metered.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Host {
+                    plugin: "-".into(),
+                    reason: format!("starting the epoch ticker: {e}"),
+                })?;
+        }
+        Ok(Arc::new(Runtime {
+            linker_plain: Linker::new(&plain),
+            linker_metered: Linker::new(&metered),
+            plain,
+            metered,
+            limits,
+            stop,
+        }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn engine(&self, role: Role) -> &Engine {
+        if role.deterministic() {
+            &self.metered
+        } else {
+            &self.plain
+        }
+    }
+
+    /// Validates and compiles a module for a role. The slow step: only on upload or on
+    /// a cache miss, never per batch.
+    pub fn compile(&self, plugin: &str, role: Role, wasm: &[u8]) -> Result<Component, PluginError> {
+        let invalid = |reason: String| PluginError::Invalid {
+            plugin: plugin.to_owned(),
+            reason,
+        };
+        if wasm.len() > self.limits.max_module_bytes {
+            return Err(invalid(format!(
+                "module is {} bytes, more than the {} allowed",
+                wasm.len(),
+                self.limits.max_module_bytes
+            )));
+        }
+        if !wasm.starts_with(b"\0asm") {
+            return Err(invalid("not a WebAssembly binary".into()));
+        }
+        // A core module has version 1; a component has a different version/layer word.
+        if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(invalid(
+                "a core wasm module, not a component: wrap it with wit-component (see docs/PLUGINS.md)"
+                    .into(),
+            ));
+        }
+        let component = Component::new(self.engine(role), wasm)
+            .map_err(|e| invalid(format!("not a valid component: {e:#}")))?;
+        self.check_component(plugin, role, &component)?;
+        Ok(component)
+    }
+
+    /// Loads a compiled artefact this runtime produced earlier (the sled cache).
+    pub fn load_compiled(
+        &self,
+        plugin: &str,
+        role: Role,
+        artefact: &[u8],
+    ) -> Result<Component, PluginError> {
+        // SAFETY: the artefact was produced by `Component::serialize` of this node and
+        // read back from the node's own sled tree; wasmtime checks its engine version and
+        // configuration and refuses a mismatch.
+        let component =
+            unsafe { Component::deserialize(self.engine(role), artefact) }.map_err(|e| {
+                PluginError::Host {
+                    plugin: plugin.to_owned(),
+                    reason: format!("cached artefact unusable: {e:#}"),
+                }
+            })?;
+        self.check_component(plugin, role, &component)?;
+        Ok(component)
+    }
+
+    fn check_component(
+        &self,
+        plugin: &str,
+        role: Role,
+        component: &Component,
+    ) -> Result<(), PluginError> {
+        let invalid = |reason: String| PluginError::Invalid {
+            plugin: plugin.to_owned(),
+            reason,
+        };
+        let engine = self.engine(role);
+        let ty = component.component_type();
+        if let Some((name, _)) = ty.imports(engine).next() {
+            return Err(invalid(format!(
+                "forbidden import '{name}': plugins may import nothing (no WASI, file system, network, clock or randomness)"
+            )));
+        }
+        let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+        for want in role.exports() {
+            if !exports.contains(&want) {
+                return Err(invalid(format!(
+                    "missing export '{want}' required by the {role} world (it exports: {})",
+                    if exports.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        exports.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A pre-instantiated template of a compiled component: imports resolved and
+    /// exports type-checked once, so that instantiating it compiles nothing.
+    pub fn template(
+        self: &Arc<Self>,
+        plugin: &str,
+        role: Role,
+        component: &Component,
+    ) -> Result<Template, PluginError> {
+        let invalid = |reason: String| PluginError::Invalid {
+            plugin: plugin.to_owned(),
+            reason,
+        };
+        let linker = if role.deterministic() {
+            &self.linker_metered
+        } else {
+            &self.linker_plain
+        };
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| invalid(format!("cannot be linked: {e:#}")))?;
+        let mismatch =
+            |e: wasmtime::Error| invalid(format!("exports do not match the {role} world: {e:#}"));
+        let typed = match role {
+            Role::Filter => Typed::Filter(bind::filter::FilterPre::new(pre).map_err(mismatch)?),
+            Role::Transform => {
+                Typed::Transform(bind::transform::TransformPre::new(pre).map_err(mismatch)?)
+            }
+            Role::Rule => Typed::Rule(bind::rule::RulePre::new(pre).map_err(mismatch)?),
+            Role::Resolver => {
+                Typed::Resolver(bind::resolver::ResolverPre::new(pre).map_err(mismatch)?)
+            }
+        };
+        Ok(Template {
+            plugin: plugin.to_owned(),
+            role,
+            runtime: self.clone(),
+            typed: Arc::new(typed),
+        })
+    }
+}
+
+/// The typed pre-instantiated component of each world.
+enum Typed {
+    Filter(bind::filter::FilterPre<StoreState>),
+    Transform(bind::transform::TransformPre<StoreState>),
+    Rule(bind::rule::RulePre<StoreState>),
+    Resolver(bind::resolver::ResolverPre<StoreState>),
+}
+
+/// A live instance of one world.
+enum Instance {
+    Filter(bind::filter::Filter),
+    Transform(bind::transform::Transform),
+    Rule(bind::rule::Rule),
+    Resolver(bind::resolver::Resolver),
+}
+
+/// A compiled, linked and type-checked plugin, ready to instantiate (cheap to clone).
+#[derive(Clone)]
+pub struct Template {
+    plugin: String,
+    role: Role,
+    runtime: Arc<Runtime>,
+    typed: Arc<Typed>,
+}
+
+/// A record's error, by its index in the stage's input batch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RecordError {
+    pub index: u32,
+    pub message: String,
+}
+
+/// What one call returned, checked against the limits.
+#[derive(Debug, Default)]
+pub struct CallOutput {
+    /// Filter: the kept bitmap. Resolver: the remote-wins bitmap.
+    pub bitmap: Vec<u8>,
+    /// Transform: the output batch.
+    pub batch: BatchBuilder,
+    /// Rule: (index, file, key) dependencies.
+    pub depends: Vec<(u32, String, String)>,
+    pub errors: Vec<RecordError>,
+    pub log: Vec<String>,
+}
+
+impl Template {
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    fn err_stopped(&self, reason: String) -> PluginError {
+        PluginError::Stopped {
+            plugin: self.plugin.clone(),
+            reason,
+        }
+    }
+
+    /// Instantiates and configures: the stage is ready for batches. A config the plugin
+    /// refuses is a [`PluginError::Config`].
+    pub fn stage(&self, config: &str) -> Result<Stage, PluginError> {
+        let mut stage = self.unstarted(config);
+        stage.start()?;
+        Ok(stage)
+    }
+
+    /// Instantiates once and checks the contract version, without configuring: what an
+    /// upload checks beyond compilation.
+    pub fn check(&self) -> Result<(), PluginError> {
+        self.unstarted("").instantiate().map(|_| ())
+    }
+
+    fn unstarted(&self, config: &str) -> Stage {
+        let limits = self.runtime.limits;
+        let engine = self.runtime.engine(self.role);
+        let mut store = Store::new(
+            engine,
+            StoreState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.max_memory_bytes)
+                    .memories(4)
+                    .instances(32)
+                    .tables(16)
+                    .table_elements(100_000)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        Stage {
+            template: self.clone(),
+            config: config.to_owned(),
+            store,
+            instance: None,
+        }
+    }
+}
+
+/// One configured instance of a plugin. After a trap the instance is dropped and the
+/// next call starts a fresh one from the template.
+pub struct Stage {
+    template: Template,
+    config: String,
+    store: Store<StoreState>,
+    instance: Option<Instance>,
+}
+
+impl Stage {
+    pub fn plugin(&self) -> &str {
+        &self.template.plugin
+    }
+
+    pub fn role(&self) -> Role {
+        self.template.role
+    }
+
+    fn arm(&mut self) -> Result<(), PluginError> {
+        let limits = self.template.runtime.limits;
+        self.store.set_epoch_deadline(limits.deadline_ticks);
+        self.store.epoch_deadline_trap();
+        if self.template.role.deterministic() {
+            self.store
+                .set_fuel(limits.fuel)
+                .map_err(|e| self.template.err_stopped(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
+    /// Turns a wasmtime error into a stopped-plugin error with a reason a user reads.
+    fn stopped(&mut self, e: wasmtime::Error) -> PluginError {
+        self.instance = None;
+        let limits = self.template.runtime.limits;
+        let reason = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!(
+                "time limit exceeded ({} ms per call)",
+                limits.tick.as_millis() as u64 * limits.deadline_ticks
+            ),
+            Some(Trap::OutOfFuel) => format!("fuel exhausted ({} units per call)", limits.fuel),
+            Some(Trap::StackOverflow) => {
+                format!("stack overflow (max {} bytes)", limits.max_stack_bytes)
+            }
+            Some(Trap::UnreachableCodeReached) => {
+                "trapped: unreachable code (a panic in the plugin)".to_owned()
+            }
+            Some(trap) => format!("trapped: {trap}"),
+            None => {
+                let text = format!("{e:#}");
+                if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+                    format!(
+                        "memory limit exceeded (max {} bytes): {text}",
+                        limits.max_memory_bytes
+                    )
+                } else {
+                    text
+                }
+            }
+        };
+        self.template.err_stopped(reason)
+    }
+
+    /// Instantiates from the template (no compilation), checks the contract version and
+    /// configures.
+    fn start(&mut self) -> Result<(), PluginError> {
+        let inst = self.instantiate()?;
+        self.arm()?;
+        let store = &mut self.store;
+        let config = self.config.as_str();
+        let configured = match &inst {
+            Instance::Filter(i) => i.call_configure(&mut *store, config),
+            Instance::Transform(i) => i.call_configure(&mut *store, config),
+            Instance::Rule(i) => i.call_configure(&mut *store, config),
+            Instance::Resolver(i) => i.call_configure(&mut *store, config),
+        }
+        .map_err(|e| self.stopped(e))?;
+        if let Err(reason) = configured {
+            return Err(PluginError::Config {
+                plugin: self.template.plugin.clone(),
+                reason: truncate(reason, 1024),
+            });
+        }
+        self.instance = Some(inst);
+        Ok(())
+    }
+
+    fn instantiate(&mut self) -> Result<Instance, PluginError> {
+        self.arm()?;
+        let typed = self.template.typed.clone();
+        let inst = match &*typed {
+            Typed::Filter(p) => p.instantiate(&mut self.store).map(Instance::Filter),
+            Typed::Transform(p) => p.instantiate(&mut self.store).map(Instance::Transform),
+            Typed::Rule(p) => p.instantiate(&mut self.store).map(Instance::Rule),
+            Typed::Resolver(p) => p.instantiate(&mut self.store).map(Instance::Resolver),
+        }
+        .map_err(|e| self.stopped(e))?;
+        let store = &mut self.store;
+        let version = match &inst {
+            Instance::Filter(i) => i.call_contract_version(&mut *store),
+            Instance::Transform(i) => i.call_contract_version(&mut *store),
+            Instance::Rule(i) => i.call_contract_version(&mut *store),
+            Instance::Resolver(i) => i.call_contract_version(&mut *store),
+        }
+        .map_err(|e| self.stopped(e))?;
+        if version != doppel_sdk::abi::CONTRACT_VERSION {
+            return Err(PluginError::Invalid {
+                plugin: self.template.plugin.clone(),
+                reason: format!(
+                    "contract version {version}, but this node speaks version {}",
+                    doppel_sdk::abi::CONTRACT_VERSION
+                ),
+            });
+        }
+        Ok(inst)
+    }
+
+    /// The plugin's configuration schema (JSON text).
+    pub fn config_schema(&mut self) -> Result<String, PluginError> {
+        if self.instance.is_none() {
+            self.start()?;
+        }
+        self.arm()?;
+        let store = &mut self.store;
+        let res = match self.instance.as_ref() {
+            Some(Instance::Filter(i)) => i.call_config_schema(&mut *store),
+            Some(Instance::Transform(i)) => i.call_config_schema(&mut *store),
+            Some(Instance::Rule(i)) => i.call_config_schema(&mut *store),
+            Some(Instance::Resolver(i)) => i.call_config_schema(&mut *store),
+            None => return Err(self.template.err_stopped("not started".into())),
+        };
+        let schema = res.map_err(|e| self.stopped(e))?;
+        self.check_output(schema.len())?;
+        Ok(schema)
+    }
+
+    fn check_output(&mut self, bytes: usize) -> Result<(), PluginError> {
+        let max = self.template.runtime.limits.max_output_bytes;
+        if bytes > max {
+            self.instance = None;
+            return Err(self
+                .template
+                .err_stopped(format!("output too large ({bytes} bytes, max {max})")));
+        }
+        Ok(())
+    }
+
+    /// Runs the plugin's role call on a batch (`remote`: the resolver's other side).
+    pub fn call(
+        &mut self,
+        batch: BatchRef<'_>,
+        remote: Option<BatchRef<'_>>,
+    ) -> Result<CallOutput, PluginError> {
+        if self.instance.is_none() {
+            self.start()?;
+        }
+        self.arm()?;
+        let n = batch.len();
+        let store = &mut self.store;
+        let mut out = CallOutput::default();
+        let (errors, log, size) = match self.instance.as_ref() {
+            Some(Instance::Filter(i)) => {
+                let arg = bind::filter::Batch {
+                    arena: batch.arena.to_vec(),
+                    offsets: batch.offsets.to_vec(),
+                };
+                let r = i
+                    .call_filter(&mut *store, &arg)
+                    .map_err(|e| self.stopped(e))?;
+                let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
+                let size = r.keep.len();
+                out.bitmap = r.keep;
+                (errs, r.log, size)
+            }
+            Some(Instance::Transform(i)) => {
+                let arg = bind::transform::Batch {
+                    arena: batch.arena.to_vec(),
+                    offsets: batch.offsets.to_vec(),
+                };
+                let r = i
+                    .call_transform(&mut *store, &arg)
+                    .map_err(|e| self.stopped(e))?;
+                let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
+                let size = r.records.arena.len() + 4 * r.records.offsets.len();
+                out.batch = BatchBuilder {
+                    arena: r.records.arena,
+                    offsets: r.records.offsets,
+                };
+                (errs, r.log, size)
+            }
+            Some(Instance::Rule(i)) => {
+                let arg = bind::rule::Batch {
+                    arena: batch.arena.to_vec(),
+                    offsets: batch.offsets.to_vec(),
+                };
+                let r = i
+                    .call_depends(&mut *store, &arg)
+                    .map_err(|e| self.stopped(e))?;
+                let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
+                let size = r
+                    .depends
+                    .iter()
+                    .map(|d| 4 + d.file.len() + d.key.len())
+                    .sum();
+                out.depends = r
+                    .depends
+                    .into_iter()
+                    .map(|d| (d.index, d.file, d.key))
+                    .collect();
+                (errs, r.log, size)
+            }
+            Some(Instance::Resolver(i)) => {
+                let remote = remote.unwrap_or(BatchRef {
+                    arena: &[],
+                    offsets: &[],
+                });
+                let local = bind::resolver::Batch {
+                    arena: batch.arena.to_vec(),
+                    offsets: batch.offsets.to_vec(),
+                };
+                let other = bind::resolver::Batch {
+                    arena: remote.arena.to_vec(),
+                    offsets: remote.offsets.to_vec(),
+                };
+                let r = i
+                    .call_resolve(&mut *store, &local, &other)
+                    .map_err(|e| self.stopped(e))?;
+                let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
+                let size = r.remote_wins.len();
+                out.bitmap = r.remote_wins;
+                (errs, r.log, size)
+            }
+            None => return Err(self.template.err_stopped("not started".into())),
+        };
+        let size = size
+            + errors.iter().map(|(_, m)| 4 + m.len()).sum::<usize>()
+            + log.iter().map(String::len).sum::<usize>();
+        self.check_output(size)?;
+        let limits = self.template.runtime.limits;
+        for (index, message) in errors {
+            if index as usize >= n {
+                self.instance = None;
+                return Err(self.template.err_stopped(format!(
+                    "reported an error for record {index} of a batch of {n}"
+                )));
+            }
+            out.errors.push(RecordError {
+                index,
+                message: truncate(message, 1024),
+            });
+        }
+        out.log = log
+            .into_iter()
+            .take(limits.max_log_lines)
+            .map(|l| truncate(l, limits.max_log_line_bytes))
+            .collect();
+        if self.template.role == Role::Transform {
+            let b = out.batch.as_batch();
+            if (0..b.len()).any(|i| b.raw(i).is_err()) {
+                self.instance = None;
+                return Err(self
+                    .template
+                    .err_stopped("returned a batch whose offset table is out of range".into()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// One stage's per-record error in a chain.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChainError {
+    /// The plugin that reported it.
+    pub plugin: String,
+    /// The record's index in the chain's input batch, when the stages before kept the
+    /// correspondence (filters do; a transform's output is indexed afresh).
+    pub index: Option<u32>,
+    pub message: String,
+}
+
+/// What a chain produced.
+#[derive(Debug, Default)]
+pub struct ChainOutput {
+    pub batch: BatchBuilder,
+    pub errors: Vec<ChainError>,
+    pub log: Vec<(String, String)>,
+}
+
+/// Filters and transforms in order over one batch. Between stages records travel as
+/// their arena bytes: a filter's bitmap selects byte ranges, a transform's output arena
+/// is the next input; nothing is decoded or re-encoded by the host.
+pub struct Chain {
+    pub stages: Vec<Stage>,
+}
+
+impl Chain {
+    pub fn run(&mut self, input: BatchBuilder) -> Result<ChainOutput, PluginError> {
+        let mut cur = input;
+        // origin[i]: index in the chain's input of the current batch's record i.
+        let mut origin: Option<Vec<u32>> = Some((0..cur.len() as u32).collect());
+        let mut out = ChainOutput::default();
+        for stage in &mut self.stages {
+            let res = stage.call(cur.as_batch(), None)?;
+            for e in res.errors {
+                out.errors.push(ChainError {
+                    plugin: stage.plugin().to_owned(),
+                    index: origin
+                        .as_ref()
+                        .and_then(|o| o.get(e.index as usize).copied()),
+                    message: e.message,
+                });
+            }
+            out.log
+                .extend(res.log.into_iter().map(|l| (stage.plugin().to_owned(), l)));
+            match stage.role() {
+                Role::Filter => {
+                    let b = cur.as_batch();
+                    let mut next = BatchBuilder::new();
+                    next.arena.reserve(b.arena.len());
+                    let mut next_origin = Vec::new();
+                    for i in 0..b.len() {
+                        if bit(&res.bitmap, i) {
+                            if let Ok(raw) = b.raw(i) {
+                                next.push_raw(raw);
+                                if let Some(o) = &origin {
+                                    next_origin.push(o[i]);
+                                }
+                            }
+                        }
+                    }
+                    origin = origin.map(|_| next_origin);
+                    cur = next;
+                }
+                Role::Transform => {
+                    cur = res.batch;
+                    origin = None;
+                }
+                role => {
+                    return Err(PluginError::Invalid {
+                        plugin: stage.plugin().to_owned(),
+                        reason: format!("a {role} cannot be a chain stage"),
+                    })
+                }
+            }
+        }
+        out.batch = cur;
+        Ok(out)
+    }
+}
