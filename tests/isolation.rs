@@ -20,6 +20,8 @@ fn fill(template: &str, tenant: &str, txn: u64) -> String {
             "{alt}" => "customer".into(),
             "{value}" => "ann".into(),
             "{txn}" => txn.to_string(),
+            "{name}" => "p".into(),
+            "{version}" => "1".into(),
             other if other.starts_with('{') => {
                 panic!("route parameter {other} of {template}: teach this test a value")
             }
@@ -52,6 +54,16 @@ fn no_route_lets_tenant_b_touch_or_see_tenant_a() {
     shop.ops(txn, json!([op::upsert("lines", "l1", json!(1))]))
         .ok();
     shop.snapshot().expect(201);
+    // A plugin of A's, so that plugin routes are tried against a real resource.
+    node.request(
+        "PUT",
+        &format!("/v1/tenants/{A}/plugins/p/1?role=filter"),
+        Body::Raw(
+            "application/wasm",
+            doppel_server::plugins::builtin::DROP_READS,
+        ),
+    )
+    .expect(201);
     let before = (shop.info(), shop.contents("orders"), shop.snapshots());
 
     let doc = node.get("/v1/openapi.json");

@@ -36,6 +36,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/tenants/{}/databases/{}/snapshots", &["get", "post"]),
     ("/v1/tenants/{}/databases/{}/log", &["get"]),
     ("/v1/tenants/{}/databases/{}/checksums", &["get"]),
+    ("/v1/tenants/{}/plugins", &["get"]),
+    ("/v1/tenants/{}/plugins/{}/{}", &["get", "put", "delete"]),
+    ("/v1/tenants/{}/plugins/{}/{}/dry-run", &["post"]),
 ];
 
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`.

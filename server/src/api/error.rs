@@ -67,6 +67,10 @@ fn title(code: &str) -> &'static str {
         "forbidden" => "The role does not allow this",
         "rate-limited" => "Too many requests",
         "unavailable" => "Service unavailable",
+        "plugin-rejected" => "The plugin was rejected",
+        "plugin-config-rejected" => "The plugin rejected its configuration",
+        "plugin-stopped" => "The plugin was stopped",
+        "unsupported-media-type" => "Unsupported media type",
         _ => "Internal error",
     }
 }

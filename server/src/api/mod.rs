@@ -7,6 +7,7 @@
 pub mod error;
 pub mod guard;
 pub mod openapi;
+pub mod plugins;
 pub mod routes;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::routing::MethodFilter;
 use axum::Router;
 
 use crate::node::Node;
+use crate::plugins::Registry;
 use crate::tenancy::Tenancy;
 
 /// Largest request body accepted.
@@ -25,11 +27,16 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub struct AppState {
     pub node: Arc<Node>,
     pub tenancy: Arc<Tenancy>,
+    pub plugins: Arc<Registry>,
 }
 
 /// The router for a node. Every matched route passes through [`guard::guard`].
-pub fn router(node: Arc<Node>, tenancy: Arc<Tenancy>) -> Router {
-    let state = Arc::new(AppState { node, tenancy });
+pub fn router(node: Arc<Node>, tenancy: Arc<Tenancy>, plugins: Arc<Registry>) -> Router {
+    let state = Arc::new(AppState {
+        node,
+        tenancy,
+        plugins,
+    });
     let mut router = Router::new();
     for route in openapi::ROUTES {
         let filter = match route.method {

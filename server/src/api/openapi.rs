@@ -2,6 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::plugins as p;
 use super::routes as r;
 use super::{handler, Handler};
 use crate::tenancy::roles::Permission::{self, *};
@@ -58,6 +59,11 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot";
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
+    "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins";
+    "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)";
+    "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)";
+    "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version";
+    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines";
 }
 
 /// The OpenAPI document for [`ROUTES`].
@@ -80,7 +86,9 @@ pub fn document() -> Value {
         if route.permission != Public {
             op["security"] = json!([{"bearer": []}]);
         }
-        if matches!(route.method, "post" | "put") {
+        if route.method == "put" && route.path.contains("/plugins/") {
+            op["requestBody"] = json!({"required": true, "content": {"application/wasm": {}}});
+        } else if matches!(route.method, "post" | "put") {
             op["requestBody"] = json!({"required": false, "content": {"application/json": {}}});
         }
         let entry = paths

@@ -140,7 +140,10 @@ async fn serve(
             }
         })
     };
-    let app = crate::api::router(node.clone(), Arc::new(tenancy));
+    let plugins = crate::plugins::Runtime::new(crate::plugins::Limits::default())
+        .map_err(|e| e.to_string())
+        .and_then(|rt| crate::plugins::Registry::open(&node, rt).map_err(|e| e.to_string()))?;
+    let app = crate::api::router(node.clone(), Arc::new(tenancy), Arc::new(plugins));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -429,6 +429,15 @@ impl Template {
         self.unstarted("").instantiate().map(|_| ())
     }
 
+    /// The plugin's config schema, from an instance that is not configured (configure
+    /// may need values the caller does not have yet).
+    pub fn schema(&self) -> Result<String, PluginError> {
+        let mut stage = self.unstarted("");
+        let inst = stage.instantiate()?;
+        stage.instance = Some(inst);
+        stage.config_schema()
+    }
+
     fn unstarted(&self, config: &str) -> Stage {
         let limits = self.runtime.limits;
         let engine = self.runtime.engine(self.role);

@@ -388,3 +388,45 @@ fn a_wrong_contract_version_is_rejected() {
     let err = t.check().err().unwrap().to_string();
     assert!(err.contains("contract version 2"), "{err}");
 }
+
+// ---- the registry ----
+
+#[test]
+fn the_registry_is_content_addressed_and_reuses_its_compiled_artefact_after_a_restart() {
+    use super::registry::Registry;
+    use crate::node::{Node, NodeSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sha = {
+        let node = Node::open(dir.path(), NodeSettings::default()).unwrap();
+        let reg = Registry::open(&node, runtime()).unwrap();
+        let (a, created) = reg
+            .put("t", "a", "1", Role::Filter, builtin::PREFIX_FILTER)
+            .unwrap();
+        assert!(created);
+        let (b, _) = reg
+            .put("t", "b", "1", Role::Filter, builtin::PREFIX_FILTER)
+            .unwrap();
+        assert_eq!(a.sha256, b.sha256);
+        // Deleting one name keeps the bytes the other still names.
+        reg.delete("t", "a", "1").unwrap();
+        assert!(reg.template("t", "b", "1").is_ok());
+        node.shutdown().unwrap();
+        b.sha256
+    };
+    let node = Node::open(dir.path(), NodeSettings::default()).unwrap();
+    // Without the wasm bytes, only the cached artefact can serve the plugin.
+    node.tree("plugin-blobs")
+        .unwrap()
+        .remove(sha.as_bytes())
+        .unwrap();
+    let reg = Registry::open(&node, runtime()).unwrap();
+    let t = reg.template("t", "b", "1").unwrap();
+    let out = t
+        .stage(r#"{"prefixes": ["x"]}"#)
+        .unwrap()
+        .call(batch(&[rec(Op::Insert, "f", "x1", "")]).as_batch(), None)
+        .unwrap();
+    assert_eq!(out.bitmap, vec![1]);
+    assert_eq!(reg.list("t").unwrap().len(), 1);
+}

@@ -1,0 +1,317 @@
+//! The plugin registry routes (tenant-scoped): upload, list, show, delete, dry-run.
+//! Handlers parse and shape JSON; `crate::plugins` does the work. Plugin code runs on
+//! the blocking pool, never on an async worker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use doppel_sdk::abi::{bit, BatchBuilder, Op, OwnedRecord, Record};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body, Path, Query};
+use super::AppState;
+use crate::plugins::registry::RegistryError;
+use crate::plugins::{PluginError, PluginInfo, Role};
+
+type Result<T> = std::result::Result<T, ApiError>;
+type App = State<Arc<AppState>>;
+
+/// Most records one dry-run takes.
+const MAX_DRY_RUN_RECORDS: usize = 10_000;
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let (status, code) = match &e {
+            RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            RegistryError::Conflict(_) => (StatusCode::CONFLICT, "already-exists"),
+            RegistryError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
+            RegistryError::Plugin(p) => return p.clone().into(),
+            RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(e: PluginError) -> ApiError {
+        let (status, code) = match &e {
+            PluginError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "plugin-rejected"),
+            PluginError::Config { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "plugin-config-rejected")
+            }
+            PluginError::Stopped { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "plugin-stopped"),
+            PluginError::Host { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn info_json(info: &PluginInfo) -> Value {
+    json!({
+        "name": info.name,
+        "version": info.version,
+        "role": info.role,
+        "sha256": info.sha256,
+        "size": info.size,
+        "compile_ms": info.compile_ms,
+    })
+}
+
+/// Runs plugin work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("plugin task failed: {e}"),
+        )
+    })?
+}
+
+pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let list = app.plugins.list(&tenant)?;
+    Ok(Json(Value::Array(list.iter().map(info_json).collect())))
+}
+
+pub async fn show(
+    State(app): App,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let info = app.plugins.get(&tenant, &name, &version)?;
+    let plugins = app.plugins.clone();
+    let schema = blocking(move || {
+        let template = plugins.template(&tenant, &name, &version)?;
+        // The schema comes from an unconfigured instance: configure may need values.
+        Ok(template.schema()?)
+    })
+    .await?;
+    let mut v = info_json(&info);
+    v["config_schema"] = serde_json::from_str(&schema).unwrap_or(Value::String(schema));
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    role: Option<String>,
+}
+
+pub async fn upload(
+    State(app): App,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    app.node.databases(&tenant)?;
+    let role = q.role.as_deref().ok_or_else(|| {
+        ApiError::malformed("give the plugin's role: ?role=filter|transform|rule|resolver")
+    })?;
+    let role = Role::parse(role).ok_or_else(|| {
+        ApiError::malformed(format!(
+            "unknown role '{role}': filter, transform, rule or resolver"
+        ))
+    })?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.starts_with("application/wasm") && !ct.starts_with("application/octet-stream") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!(
+                    "a plugin upload is the raw wasm, Content-Type: application/wasm (got '{ct}')"
+                ),
+            ));
+        }
+    }
+    let wasm = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!(
+                    "the request body is over the limit of {} bytes",
+                    super::MAX_BODY_BYTES
+                ),
+            )
+        } else {
+            ApiError::malformed(r.body_text())
+        }
+    })?;
+    let plugins = app.plugins.clone();
+    let (info, created) =
+        blocking(move || Ok(plugins.put(&tenant, &name, &version, role, &wasm)?)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info_json(&info))).into_response())
+}
+
+pub async fn delete(
+    State(app): App,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let info = app.plugins.delete(&tenant, &name, &version)?;
+    Ok(Json(json!({"deleted": info_json(&info)})))
+}
+
+/// One record of a dry-run body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRecord {
+    op: String,
+    file: String,
+    key: String,
+    #[serde(default)]
+    alt: BTreeMap<String, String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    before: Option<Value>,
+    #[serde(default)]
+    origin: u64,
+    #[serde(default)]
+    serial: u64,
+    #[serde(default)]
+    timestamp: u64,
+    #[serde(default)]
+    txn: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRun {
+    #[serde(default)]
+    config: Option<Value>,
+    records: Vec<DryRecord>,
+    /// The resolver's other side: `remote[i]` conflicts with `records[i]`.
+    #[serde(default)]
+    remote: Vec<DryRecord>,
+}
+
+fn to_batch(records: Vec<DryRecord>) -> Result<BatchBuilder> {
+    let mut b = BatchBuilder::new();
+    for (i, r) in records.into_iter().enumerate() {
+        let op = Op::from_name(&r.op).ok_or_else(|| {
+            ApiError::malformed(format!(
+                "records[{i}].op '{}': insert, update, delete or read",
+                r.op
+            ))
+        })?;
+        let bytes = |v: Option<Value>| v.map(|v| v.to_string().into_bytes());
+        b.push(&OwnedRecord {
+            op,
+            origin: r.origin,
+            serial: r.serial,
+            timestamp: r.timestamp,
+            txn: r.txn,
+            file: r.file,
+            key: r.key,
+            data: bytes(r.data).unwrap_or_default(),
+            before: bytes(r.before),
+            alt: r.alt.into_iter().collect(),
+        });
+    }
+    Ok(b)
+}
+
+fn record_json(r: &Record<'_>) -> Value {
+    let data = |b: &[u8]| {
+        serde_json::from_slice(b)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()))
+    };
+    let mut v = json!({
+        "op": r.op.name(),
+        "file": r.file,
+        "key": r.key,
+        "alt": r.alt().collect::<BTreeMap<_, _>>(),
+        "data": if r.data.is_empty() { Value::Null } else { data(r.data) },
+    });
+    if let Some(b) = r.before {
+        v["before"] = data(b);
+    }
+    v
+}
+
+pub async fn dry_run(
+    State(app): App,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    Body(body): Body<DryRun>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    if body.records.len() > MAX_DRY_RUN_RECORDS {
+        return Err(ApiError::malformed(format!(
+            "a dry run takes at most {MAX_DRY_RUN_RECORDS} records"
+        )));
+    }
+    let config = body.config.map(|c| c.to_string()).unwrap_or_default();
+    let input = to_batch(body.records)?;
+    let remote = to_batch(body.remote)?;
+    let plugins = app.plugins.clone();
+    blocking(move || {
+        let template = plugins.template(&tenant, &name, &version)?;
+        let role = template.role();
+        let mut stage = template.stage(&config)?;
+        let out = stage.call(
+            input.as_batch(),
+            (role == Role::Resolver).then(|| remote.as_batch()),
+        )?;
+        let n = input.len();
+        let mut v = json!({
+            "plugin": format!("{name}@{version}"),
+            "role": role,
+            "errors": out.errors,
+            "log": out.log,
+        });
+        match role {
+            Role::Filter => {
+                let kept: Vec<bool> = (0..n).map(|i| bit(&out.bitmap, i)).collect();
+                let records: Vec<Value> = input
+                    .as_batch()
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(_, k)| **k)
+                    .filter_map(|(r, _)| r.ok().map(|r| record_json(&r)))
+                    .collect();
+                v["kept"] = json!(kept);
+                v["records"] = json!(records);
+            }
+            Role::Transform => {
+                let records: Vec<Value> = out
+                    .batch
+                    .as_batch()
+                    .iter()
+                    .map(|r| match r {
+                        Ok(r) => record_json(&r),
+                        Err(e) => json!({"error": e.to_string()}),
+                    })
+                    .collect();
+                v["records"] = json!(records);
+            }
+            Role::Rule => {
+                v["depends"] = out
+                    .depends
+                    .iter()
+                    .map(|(index, file, key)| json!({"index": index, "file": file, "key": key}))
+                    .collect();
+            }
+            Role::Resolver => {
+                v["remote_wins"] = json!((0..n).map(|i| bit(&out.bitmap, i)).collect::<Vec<_>>());
+            }
+        }
+        Ok(Json(v))
+    })
+    .await
+}

@@ -1,0 +1,158 @@
+//! End-to-end checks of the plugin registry and dry-run over HTTP against a real node:
+//! upload (content-addressed), list, show, dry-run, delete, rejections and roles.
+
+use doppel_server::plugins::builtin;
+use doppel_tests::*;
+use serde_json::json;
+
+const PLUGINS: &str = "/v1/tenants/default/plugins";
+
+fn upload(client: &Client, name: &str, version: &str, role: &str, wasm: &[u8]) -> Resp {
+    client.request(
+        "PUT",
+        &format!("{PLUGINS}/{name}/{version}?role={role}"),
+        Body::Raw("application/wasm", wasm),
+    )
+}
+
+#[test]
+fn a_plugin_is_uploaded_listed_shown_dry_run_and_deleted() {
+    let node = Node::start();
+    let client = node.client();
+
+    let first = upload(
+        &client,
+        "eu-only",
+        "1.0.0",
+        "filter",
+        builtin::PREFIX_FILTER,
+    );
+    let info = first.expect(201).clone();
+    assert_eq!(info["role"], "filter");
+    assert_eq!(info["size"], builtin::PREFIX_FILTER.len());
+    // The same bytes again are the same plugin.
+    let again = upload(
+        &client,
+        "eu-only",
+        "1.0.0",
+        "filter",
+        builtin::PREFIX_FILTER,
+    );
+    assert_eq!(again.expect(200)["sha256"], info["sha256"]);
+    // Other bytes under that version are refused: versions are immutable.
+    upload(&client, "eu-only", "1.0.0", "filter", builtin::DROP_READS)
+        .expect_problem(409, "already-exists");
+
+    let list = client.get(PLUGINS);
+    let list = list.ok().as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "eu-only");
+
+    let shown = client.get(&format!("{PLUGINS}/eu-only/1.0.0"));
+    assert_eq!(
+        shown.ok()["config_schema"]["properties"]["prefixes"]["type"],
+        "array"
+    );
+
+    let run = client.post(
+        &format!("{PLUGINS}/eu-only/1.0.0/dry-run"),
+        &json!({
+            "config": {"files": ["orders"], "prefixes": ["eu-"]},
+            "records": [
+                {"op": "insert", "file": "orders", "key": "eu-1", "alt": {"customer": "ann"}, "data": {"total": 3}},
+                {"op": "insert", "file": "orders", "key": "us-1", "data": {"total": 4}},
+                {"op": "delete", "file": "orders", "key": "eu-2"}
+            ]
+        }),
+    );
+    let run = run.ok();
+    assert_eq!(run["kept"], json!([true, false, true]));
+    assert_eq!(run["records"][0]["alt"]["customer"], "ann");
+    assert_eq!(run["records"][0]["data"]["total"], 3);
+    assert_eq!(run["errors"], json!([]));
+
+    let bad = client.post(
+        &format!("{PLUGINS}/eu-only/1.0.0/dry-run"),
+        &json!({"config": {"files": [""]}, "records": []}),
+    );
+    let problem = bad.expect_problem(422, "plugin-config-rejected");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("eu-only@1.0.0") && detail.contains("file name is empty"),
+        "{detail}"
+    );
+
+    client
+        .delete(&format!("{PLUGINS}/eu-only/1.0.0"))
+        .expect(200);
+    client
+        .get(&format!("{PLUGINS}/eu-only/1.0.0"))
+        .expect_problem(404, "not-found");
+    assert_eq!(client.get(PLUGINS).ok(), &json!([]));
+}
+
+#[test]
+fn a_transform_dry_run_returns_the_rewritten_records() {
+    let node = Node::start();
+    let client = node.client();
+    upload(&client, "mask", "1", "transform", builtin::FIELD_MASK).expect(201);
+    let run = client.post(
+        &format!("{PLUGINS}/mask/1/dry-run"),
+        &json!({
+            "config": {"paths": ["email"]},
+            "records": [
+                {"op": "update", "file": "users", "key": "u1", "data": {"email": "a@b", "n": 1}, "before": {"email": "x@y"}},
+                {"op": "insert", "file": "users", "key": "u2", "data": "plain text"}
+            ]
+        }),
+    );
+    let run = run.ok();
+    assert_eq!(run["records"][0]["data"], json!({"email": "***", "n": 1}));
+    assert_eq!(run["records"][0]["before"], json!({"email": "***"}));
+    // "plain text" is valid JSON (a string): no field to mask, forwarded unchanged.
+    assert_eq!(run["records"][1]["data"], "plain text");
+}
+
+#[test]
+fn hostile_uploads_are_rejected_with_the_plugin_named_and_the_node_keeps_serving() {
+    let node = Node::start();
+    let client = node.client();
+    let not_wasm = upload(&client, "evil", "1", "filter", b"MZ\x90\x00 not wasm");
+    let detail = not_wasm.expect_problem(422, "plugin-rejected")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("evil@1") && detail.contains("not a WebAssembly binary"),
+        "{detail}"
+    );
+
+    let wrong_role = upload(&client, "evil", "2", "transform", builtin::PREFIX_FILTER);
+    let detail = wrong_role.expect_problem(422, "plugin-rejected")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("missing export 'transform'"), "{detail}");
+
+    upload(&client, "evil", "3", "sorcerer", builtin::PREFIX_FILTER)
+        .expect_problem(400, "malformed-request");
+    // Nothing was stored, and the node still serves.
+    assert_eq!(client.get(PLUGINS).ok(), &json!([]));
+    upload(&client, "good", "1", "filter", builtin::DROP_READS).expect(201);
+    client.get("/v1/health").expect(200);
+}
+
+#[test]
+fn readers_list_plugins_but_only_operators_upload_and_run_them() {
+    let node = Node::start();
+    let admin = node.client();
+    upload(&admin, "p", "1", "filter", builtin::DROP_READS).expect(201);
+    let reader = admin.with_token(&token("default", Role::Reader));
+    reader.get(PLUGINS).expect(200);
+    upload(&reader, "p", "2", "filter", builtin::DROP_READS).expect_problem(403, "forbidden");
+    let operator = admin.with_token(&token("default", Role::Operator));
+    upload(&operator, "p", "2", "filter", builtin::DROP_READS).expect(201);
+    // Another tenant's token sees no such tenant.
+    let other = admin.with_token(&token("other", Role::Admin));
+    other.get(PLUGINS).expect_problem(404, "not-found");
+}
