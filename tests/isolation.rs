@@ -22,6 +22,7 @@ fn fill(template: &str, tenant: &str, txn: u64) -> String {
             "{txn}" => txn.to_string(),
             "{name}" => "p".into(),
             "{version}" => "1".into(),
+            "{link}" => "l1".into(),
             other if other.starts_with('{') => {
                 panic!("route parameter {other} of {template}: teach this test a value")
             }

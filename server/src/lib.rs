@@ -1,6 +1,6 @@
 //! Doppel: a replication server for in-memory block-store databases.
 //!
-//! Dependencies point one way: `cli` → `api` → `node` → `txn` → `store` / `log`.
+//! Dependencies point one way: `cli` → `api` → `transport` → `node` → `txn` → `store` / `log`.
 
 pub mod api;
 pub mod cli;
@@ -9,6 +9,7 @@ pub mod node;
 pub mod plugins;
 pub mod store;
 pub mod tenancy;
+pub mod transport;
 pub mod txn;
 
 /// mimalloc: the write path allocates per record (JSON parsing, record encoding, log

@@ -20,6 +20,8 @@
 //! * [`wait_until`] polls a condition against a deadline: tests never sleep
 //!   to synchronise and never assert timings.
 
+pub mod chaos;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -184,6 +186,8 @@ pub struct Node {
     client: Client,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     starts: u32,
+    /// Keep the API address across restarts (peers keep finding the node).
+    sticky: bool,
 }
 
 impl Node {
@@ -200,6 +204,14 @@ impl Node {
     /// Starts a server on an existing data directory that the caller owns.
     pub fn start_in(dir: &Path) -> Node {
         Node::launch(dir.to_path_buf(), None)
+    }
+
+    /// Starts a server that keeps its API address when restarted, as a replication
+    /// peer must (its links name it by URL).
+    pub fn start_sticky() -> Node {
+        let mut node = Node::start();
+        node.sticky = true;
+        node
     }
 
     fn launch(data_dir: PathBuf, tmp: Option<TempDir>) -> Node {
@@ -219,6 +231,7 @@ impl Node {
             client: Client::new("http://127.0.0.1:0"),
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
+            sticky: false,
         };
         node.spawn();
         node
@@ -230,12 +243,16 @@ impl Node {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
         let generation = self.starts;
+        let listen = match (self.sticky, self.client.base.strip_prefix("http://")) {
+            (true, Some(addr)) if !addr.ends_with(":0") => addr.to_string(),
+            _ => "127.0.0.1:0".to_string(),
+        };
         let mut child = Command::new(&self.bin)
             .arg("serve")
             .arg("--data")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&listen)
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -370,8 +387,8 @@ impl Node {
         }
     }
 
-    /// Starts the server again on the same data directory (a new port). A
-    /// process that is still running is first stopped gracefully.
+    /// Starts the server again on the same data directory (a new port, unless the
+    /// node is sticky). A process that is still running is first stopped gracefully.
     pub fn restart(&mut self) {
         if self.child.is_some() {
             let status = self.terminate();
@@ -1172,4 +1189,73 @@ pub fn shop_spec(name: &str) -> Value {
             { "name": "lines" }
         ]
     })
+}
+
+// ---------------------------------------------------------------------------
+// Replication
+// ---------------------------------------------------------------------------
+
+/// Creates a link on `source` from its database `db` to database `target_db` on
+/// `target`; returns the link's id. `extra` is merged into the body (mode, ...).
+pub fn create_link(
+    source: &Client,
+    db: &str,
+    target: &Node,
+    target_db: &str,
+    extra: Value,
+) -> String {
+    let mut body = json!({"database": db, "target": {"url": target.base(), "database": target_db}});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            if k == "target" {
+                for (tk, tv) in v.as_object().expect("target is an object") {
+                    b["target"][tk] = tv.clone();
+                }
+            } else {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let resp = source.post(&format!("/v1/tenants/{DEFAULT_TENANT}/links"), &body);
+    resp.expect(201)["id"]
+        .as_str()
+        .expect("a link id")
+        .to_string()
+}
+
+/// The tenant the replication tests use.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A link as the source shows it.
+pub fn link_status(source: &Client, id: &str) -> Value {
+    source
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}"))
+        .ok()
+        .clone()
+}
+
+/// Waits until database `db` on `replica` has applied everything `source_db` on
+/// `source` holds now and their block checksums are equal. Panics with both states
+/// otherwise.
+pub fn wait_identical(source: &Db, replica: &Db, timeout: Duration) {
+    let deadline = deadline_in(timeout);
+    let mut last = (Value::Null, Value::Null);
+    let same = wait_until(deadline, || {
+        let (a, b) = (source.info(), replica.info());
+        if b.status != 200 || a.status != 200 {
+            return false;
+        }
+        if a["last_serial"] != b["last_serial"] {
+            last = (a["last_serial"].clone(), b["last_serial"].clone());
+            return false;
+        }
+        let (ca, cb) = (source.checksums(), replica.checksums());
+        last = (ca.body.clone(), cb.body.clone());
+        ca.body == cb.body && a["last_serial"] == source.info()["last_serial"]
+    });
+    assert!(
+        same,
+        "replica did not become identical to its source: source {} vs replica {}",
+        last.0, last.1
+    );
 }

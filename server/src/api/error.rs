@@ -71,6 +71,9 @@ fn title(code: &str) -> &'static str {
         "plugin-config-rejected" => "The plugin rejected its configuration",
         "plugin-stopped" => "The plugin was stopped",
         "unsupported-media-type" => "Unsupported media type",
+        "read-only-replica" => "The database is a replica",
+        "replication-timeout" => "The synchronous replicas did not confirm in time",
+        "link-refused" => "The target node refused the link",
         _ => "Internal error",
     }
 }
@@ -112,6 +115,8 @@ impl From<Error> for ApiError {
             Error::Log(_) | Error::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Error::ReadOnlyReplica(_) => (StatusCode::CONFLICT, "read-only-replica"),
+            Error::ReplicationTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "replication-timeout"),
         };
         ApiError {
             status,

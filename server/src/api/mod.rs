@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod guard;
+pub mod links;
 pub mod openapi;
 pub mod plugins;
 pub mod routes;
@@ -19,6 +20,7 @@ use axum::Router;
 use crate::node::Node;
 use crate::plugins::Registry;
 use crate::tenancy::Tenancy;
+use crate::transport::Replication;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -28,14 +30,21 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub tenancy: Arc<Tenancy>,
     pub plugins: Arc<Registry>,
+    pub replication: Arc<Replication>,
 }
 
 /// The router for a node. Every matched route passes through [`guard::guard`].
-pub fn router(node: Arc<Node>, tenancy: Arc<Tenancy>, plugins: Arc<Registry>) -> Router {
+pub fn router(
+    node: Arc<Node>,
+    tenancy: Arc<Tenancy>,
+    plugins: Arc<Registry>,
+    replication: Arc<Replication>,
+) -> Router {
     let state = Arc::new(AppState {
         node,
         tenancy,
         plugins,
+        replication,
     });
     let mut router = Router::new();
     for route in openapi::ROUTES {

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::links as l;
 use super::plugins as p;
 use super::routes as r;
 use super::{handler, Handler};
@@ -34,6 +35,7 @@ macro_rules! routes {
 routes! {
     "get" "/v1/health" => r::health, Public, "Liveness of the node";
     "get" "/v1/openapi.json" => r::openapi, Authenticated, "This document";
+    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address";
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants";
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant";
     "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";
@@ -59,6 +61,17 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot";
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
+    "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
+    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
+    "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";
+    "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error";
+    "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error";
+    "delete" "/v1/tenants/{tenant}/links/{link}" => l::delete, Operate, "Delete a link (the replica keeps its data)";
+    "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link";
+    "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
+    "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node";
+    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)";
+    "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again";
     "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins";
     "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)";
     "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)";

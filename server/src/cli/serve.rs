@@ -23,7 +23,12 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "DOPPEL_LISTEN")]
     listen: Option<SocketAddr>,
-    /// A TOML config file (keys: data, listen, log_format, [node], [auth], [quotas]).
+    /// Address of the replication listener (node-to-node TCP); port 0 picks a free one,
+    /// which the node advertises to its peers.
+    #[arg(long, env = "DOPPEL_REPLICATION_LISTEN")]
+    replication_listen: Option<SocketAddr>,
+    /// A TOML config file (keys: data, listen, replication_listen, log_format, [node],
+    /// [auth], [quotas]).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Log format: text or json.
@@ -37,6 +42,7 @@ pub struct ServeArgs {
 pub(crate) struct FileConfig {
     pub(crate) data: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    replication_listen: Option<SocketAddr>,
     log_format: Option<String>,
     node: NodeSettings,
     pub(crate) auth: AuthConfig,
@@ -84,6 +90,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+    // By default replication listens on the API's address, on a port of its own.
+    let replication_listen = args
+        .replication_listen
+        .or(file.replication_listen)
+        .unwrap_or_else(|| SocketAddr::new(listen.ip(), 0));
     init_logging(
         args.log_format
             .or(file.log_format)
@@ -95,12 +106,20 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .thread_name("doppel")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(data, listen, file.node, file.auth, file.quotas))
+    runtime.block_on(serve(
+        data,
+        listen,
+        replication_listen,
+        file.node,
+        file.auth,
+        file.quotas,
+    ))
 }
 
 async fn serve(
     data: PathBuf,
     listen: SocketAddr,
+    replication_listen: SocketAddr,
     settings: NodeSettings,
     auth: AuthConfig,
     quotas: Limits,
@@ -112,6 +131,7 @@ async fn serve(
         .map_err(|e| e.to_string())?;
     let node = Arc::new(node);
     let (tenancy, admin_token) = Tenancy::start(&node, &auth, quotas)?;
+    let tenancy = Arc::new(tenancy);
     if tenancy.keyring.is_none() {
         tracing::warn!("[auth] enabled = false: every caller acts as the node administrator");
     }
@@ -143,7 +163,10 @@ async fn serve(
     let plugins = crate::plugins::Runtime::new(crate::plugins::Limits::default())
         .map_err(|e| e.to_string())
         .and_then(|rt| crate::plugins::Registry::open(&node, rt).map_err(|e| e.to_string()))?;
-    let app = crate::api::router(node.clone(), Arc::new(tenancy), Arc::new(plugins));
+    let replication =
+        crate::transport::Replication::start(node.clone(), tenancy.clone(), replication_listen)
+            .await?;
+    let app = crate::api::router(node.clone(), tenancy, Arc::new(plugins), replication);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -282,6 +282,47 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
     })
 }
 
+/// The fixed fields at the front of an encoded chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHead {
+    pub kind: LogKind,
+    pub txn: u64,
+    pub outcome: Outcome,
+    pub first_serial: u64,
+    pub last_serial: u64,
+    pub last_timestamp_us: u64,
+}
+
+/// Read a chunk's fixed fields without decoding its entries (replication forwards the
+/// chunk bytes as they are).
+pub fn peek(bytes: &[u8]) -> Result<ChunkHead, CodecError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let last_timestamp_us = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
+    if r.u8()? != VERSION {
+        return Err(CodecError(8));
+    }
+    let kind = match r.u8()? {
+        1 => LogKind::A,
+        2 => LogKind::B,
+        3 => LogKind::T,
+        _ => return Err(CodecError(9)),
+    };
+    let txn = r.u64()?;
+    let outcome = match r.u8()? {
+        0 => Outcome::Committed,
+        1 => Outcome::Cancelled,
+        _ => return Err(CodecError(18)),
+    };
+    Ok(ChunkHead {
+        kind,
+        txn,
+        outcome,
+        first_serial: r.u64()?,
+        last_serial: r.u64()?,
+        last_timestamp_us,
+    })
+}
+
 /// The last timestamp of an encoded chunk, read from its first bytes.
 pub fn last_timestamp_us(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))

@@ -55,6 +55,24 @@ pub struct SnapshotMeta {
     pub layout: SnapshotLayout,
 }
 
+/// One stored chunk, as bytes, with its fixed fields.
+#[derive(Debug, Clone)]
+pub struct RawChunk {
+    pub head: codec::ChunkHead,
+    pub bytes: sled::IVec,
+}
+
+/// One transaction's stored chunks (A first, then B and T), for replication.
+#[derive(Debug, Clone)]
+pub struct RawTxn {
+    pub txn: u64,
+    pub outcome: super::Outcome,
+    pub first_serial: u64,
+    pub last_serial: u64,
+    pub last_timestamp_us: u64,
+    pub chunks: Vec<RawChunk>,
+}
+
 #[derive(Default)]
 struct FlushState {
     requested: u64,
@@ -150,6 +168,88 @@ impl LogStore {
         self.log.apply_batch(batch)?;
         self.account(uid, written as i64);
         Ok(())
+    }
+
+    /// Write chunks exactly as another node encoded them (a mirror replica's copy of its
+    /// source's log), in one atomic batch. Call it under the database's writer lock.
+    pub fn append_raw(&self, uid: u64, chunks: &[RawChunk]) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        let mut written = 0;
+        for chunk in chunks {
+            written += chunk.bytes.len() as u64;
+            batch.insert(
+                &log_key(uid, chunk.head.kind, chunk.head.first_serial)[..],
+                &chunk.bytes[..],
+            );
+        }
+        self.log.apply_batch(batch)?;
+        self.account(uid, written as i64);
+        Ok(())
+    }
+
+    /// Whole transactions of database `uid` whose first serial is above `after`, in
+    /// serial order, as their stored chunks: every A chunk, and the B and T chunks when
+    /// asked for. Stops after `max_bytes` (at least one transaction) or at a gap.
+    pub fn read_txns(
+        &self,
+        uid: u64,
+        after: u64,
+        max_bytes: usize,
+        with_b: bool,
+    ) -> Result<Vec<RawTxn>, LogError> {
+        let mut out: Vec<RawTxn> = Vec::new();
+        let mut bytes = 0;
+        let mut expected = after + 1;
+        let start = log_key(uid, LogKind::A, expected);
+        let end = log_key(uid, LogKind::A, u64::MAX);
+        for item in self.log.range(start..=end) {
+            let (_, value) = item?;
+            let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if head.first_serial != expected {
+                break;
+            }
+            let same_txn = out
+                .last()
+                .is_some_and(|t| t.txn == head.txn && t.last_serial + 1 == head.first_serial);
+            if !same_txn {
+                if bytes >= max_bytes {
+                    break;
+                }
+                out.push(RawTxn {
+                    txn: head.txn,
+                    outcome: head.outcome,
+                    first_serial: head.first_serial,
+                    last_serial: head.last_serial,
+                    last_timestamp_us: head.last_timestamp_us,
+                    chunks: Vec::new(),
+                });
+            }
+            bytes += value.len();
+            let txn = out.last_mut().expect("pushed above");
+            txn.last_serial = head.last_serial;
+            txn.last_timestamp_us = head.last_timestamp_us;
+            txn.chunks.push(RawChunk { head, bytes: value });
+            expected = head.last_serial + 1;
+        }
+        // A transaction's A chunks may continue past what the scan saw only if the
+        // scan stopped at a gap, which cannot split a transaction (one atomic batch).
+        for txn in &mut out {
+            let kinds: &[LogKind] = if with_b {
+                &[LogKind::B, LogKind::T]
+            } else {
+                &[LogKind::T]
+            };
+            for kind in kinds {
+                let range =
+                    log_key(uid, *kind, txn.first_serial)..=log_key(uid, *kind, txn.last_serial);
+                for item in self.log.range(range) {
+                    let (_, value) = item?;
+                    let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+                    txn.chunks.push(RawChunk { head, bytes: value });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes of log and snapshots stored for database `uid` (its share of the sled

@@ -20,9 +20,11 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::quorum::Quorum;
 use super::records::{self, RecordView};
-use crate::log::durable::SnapshotMeta;
-use crate::log::{LogKind, LogStore, TxnLog};
+use crate::log::durable::{RawChunk, SnapshotMeta};
+use crate::log::{codec, LogKind, LogStore, TxnLog};
+use crate::store::snapshot::SnapshotLayout;
 use crate::store::{FileSchema, Schema, Store};
 use crate::txn::locks::{LockManager, RecordId};
 use crate::txn::{self, Op, Sequencer};
@@ -138,6 +140,24 @@ pub struct Database {
     locks: LockManager,
     open: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenTxn>>>>,
     log: Arc<LogStore>,
+    /// Serial of the last update in the log (sent once its chunks are in sled, before
+    /// they are durable): link senders follow it.
+    appended: tokio::sync::watch::Sender<u64>,
+    /// The link this database is the replica of; client writes are then refused.
+    replica_of: RwLock<Option<String>>,
+    /// The gate of this database's synchronous links.
+    pub quorum: Quorum,
+}
+
+/// What a replica did with a replicated transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaApply {
+    /// Applied; the replica is now at this serial.
+    Applied(u64),
+    /// Already applied before (a duplicate); nothing changed.
+    Duplicate,
+    /// A transaction is missing before it: the replica expects this serial next.
+    Gap(u64),
 }
 
 fn now_ms() -> u64 {
@@ -166,6 +186,7 @@ impl Database {
         seq: Sequencer,
         snapshot_serial: u64,
     ) -> Database {
+        let last = seq.last_serial;
         Database {
             def,
             state: RwLock::new(State {
@@ -176,6 +197,9 @@ impl Database {
             locks: LockManager::default(),
             open: Mutex::new(HashMap::new()),
             log,
+            appended: tokio::sync::watch::channel(last).0,
+            replica_of: RwLock::new(None),
+            quorum: Quorum::default(),
         }
     }
 
@@ -317,6 +341,10 @@ impl Database {
                 "a transaction needs at least one operation".into(),
             ));
         }
+        self.check_writable()?;
+        if self.quorum.is_active() {
+            return self.execute_sync(ops, lock_timeout).await;
+        }
         let deadline = Instant::now() + lock_timeout;
         loop {
             // Wait for interactive transactions holding any of these records.
@@ -346,6 +374,65 @@ impl Database {
         }
     }
 
+    /// A batch on a database with synchronous links: its records stay locked until the
+    /// quorum of replicas confirmed it (SPEC C1), so a second writer of one of them
+    /// waits while writers of other records go on.
+    async fn execute_sync(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+        let deadline = Instant::now() + lock_timeout;
+        let txn = self.state.write().seq.next_txn();
+        let mut records: Vec<RecordId> =
+            ops.iter().map(|op| (op.file, op.key().to_vec())).collect();
+        // One order for every batch, so two batches never deadlock on each other.
+        records.sort();
+        records.dedup();
+        for record in &records {
+            if let Err(err) = self.locks.lock(txn, record, deadline).await {
+                self.locks.release_all(txn);
+                return Err(err.into());
+            }
+        }
+        let result = {
+            let mut state = self.state.write();
+            self.write_locked(&mut state, txn, ops)
+        };
+        let result = match result {
+            Ok(committed) => self.await_committed(committed).await,
+            Err(e) => Err(e),
+        };
+        self.locks.release_all(txn);
+        result
+    }
+
+    /// Wait for local durability and, with synchronous links, for the quorum.
+    async fn await_committed(&self, committed: Committed) -> Result<Committed> {
+        let (durable, replicated) = tokio::join!(
+            self.await_durable(),
+            self.quorum.wait(committed.last_serial)
+        );
+        durable?;
+        replicated.map_err(|t| {
+            Error::ReplicationTimeout(format!(
+                "transaction {} is committed on this node, but only {} of the {} synchronous \
+                 replicas needed confirmed it within {} ms; it will reach them when they \
+                 reconnect",
+                committed.txn, t.confirmed, t.needed, t.waited_ms
+            ))
+        })?;
+        Ok(committed)
+    }
+
+    /// Client writes are refused on a replica: its data comes through its link.
+    fn check_writable(&self) -> Result<()> {
+        match &*self.replica_of.read() {
+            Some(link) => Err(Error::ReadOnlyReplica(format!(
+                "database '{}' is a replica (link {link}): it takes writes only through its \
+                 link; write to its source",
+                self.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Apply a transaction and append its log, under the state lock.
     fn write_locked(&self, state: &mut State, txn: u64, ops: &[Op]) -> Result<Committed> {
         let State { store, seq, .. } = state;
@@ -370,11 +457,126 @@ impl Database {
         self.log.append(self.def.uid, log).map_err(|e| {
             tracing::error!(database = %self.name(), error = %e, "log append failed");
             Error::from(e)
-        })
+        })?;
+        if let Some(last) = log.last_serial() {
+            self.appended.send_replace(last);
+        }
+        Ok(())
+    }
+
+    /// Follow the serial of the last update in the log.
+    pub fn subscribe_appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// The link this database is a replica of, if any.
+    pub fn replica_of(&self) -> Option<String> {
+        self.replica_of.read().clone()
+    }
+
+    /// Make this database the replica of `link` (refusing client writes), or writable
+    /// again (`None`: detached or promoted).
+    pub fn set_replica_of(&self, link: Option<String>) {
+        *self.replica_of.write() = link;
+    }
+
+    /// Apply a transaction replicated from a mirror source: its A entries through the
+    /// same store function as every write, and its chunks, unchanged, into this
+    /// database's log in one atomic batch. The log then says how far the replica got,
+    /// so a restart resumes exactly after the last applied transaction.
+    pub fn apply_replicated(&self, chunks: &[RawChunk]) -> Result<ReplicaApply> {
+        let a_chunks = || chunks.iter().filter(|c| c.head.kind == LogKind::A);
+        let (Some(first), Some(last)) = (a_chunks().next(), a_chunks().next_back()) else {
+            return Err(Error::Malformed(
+                "a replicated transaction has no A log".into(),
+            ));
+        };
+        let (first_serial, last_serial, txn) = (
+            first.head.first_serial,
+            last.head.last_serial,
+            first.head.txn,
+        );
+        let mut state = self.state.write();
+        let expected = state.seq.last_serial + 1;
+        if last_serial < expected {
+            return Ok(ReplicaApply::Duplicate);
+        }
+        if first_serial != expected {
+            return Ok(ReplicaApply::Gap(expected));
+        }
+        for chunk in a_chunks() {
+            let decoded = codec::decode(&chunk.bytes).map_err(|e| {
+                Error::Unavailable(format!("replicated chunk of transaction {txn}: {e}"))
+            })?;
+            for entry in &decoded.entries {
+                txn::replay_entry(&mut state.store, entry).map_err(|e| {
+                    Error::Unavailable(format!(
+                        "replicated update {} does not apply: {e}",
+                        entry.header.serial
+                    ))
+                })?;
+            }
+        }
+        state.seq.last_serial = last_serial;
+        state.seq.next_txn = state.seq.next_txn.max(txn + 1);
+        self.log.append_raw(self.def.uid, chunks)?;
+        self.appended.send_replace(last_serial);
+        Ok(ReplicaApply::Applied(last_serial))
+    }
+
+    /// Replace this database's contents with a snapshot streamed from its source
+    /// (bootstrap, SPEC C5): the old log and snapshots go, the new snapshot is stored
+    /// so a restart recovers from it, and the replica continues from `serial`.
+    pub fn install_snapshot(
+        &self,
+        layout: SnapshotLayout,
+        packed: &[u8],
+        serial: u64,
+        next_txn: u64,
+    ) -> Result<()> {
+        if layout.schema.files != self.def.spec.files
+            || layout.block_size as usize != self.def.spec.block_size
+        {
+            return Err(Error::Malformed(format!(
+                "the snapshot's files or block size differ from database '{}'",
+                self.name()
+            )));
+        }
+        let store = Store::from_snapshot(layout, self.def.spec.memory_quota_bytes, packed)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut state = self.state.write();
+        self.log.delete_database(self.def.uid)?;
+        let (layout, blocks) = store.snapshot_parts();
+        let meta = SnapshotMeta {
+            serial,
+            next_txn,
+            created_ms: now_ms(),
+            parts: 0,
+            size_bytes: 0,
+            layout,
+        };
+        self.log.save_snapshot(self.def.uid, meta, &blocks)?;
+        drop(blocks);
+        state.store = store;
+        state.seq = Sequencer::new(serial, next_txn);
+        state.snapshot_serial = serial;
+        self.appended.send_replace(serial);
+        Ok(())
+    }
+
+    /// A frozen copy of the store with its serial and next transaction number (for
+    /// streaming a bootstrap snapshot without holding the writer).
+    pub fn freeze(&self) -> (Store, u64, u64) {
+        let state = self.state.read();
+        (
+            state.store.freeze(),
+            state.seq.last_serial,
+            state.seq.next_txn,
+        )
     }
 
     /// Wait for the durability this database promises.
-    async fn await_durable(&self) -> Result<()> {
+    pub async fn await_durable(&self) -> Result<()> {
         match self.def.spec.durability {
             Durability::None => Ok(()),
             Durability::Group => {
@@ -393,6 +595,7 @@ impl Database {
 
     /// Open an interactive transaction.
     pub fn begin(&self) -> Result<u64> {
+        self.check_writable()?;
         let mut open = self.open.lock();
         if open.len() >= MAX_OPEN_TXNS {
             return Err(Error::Unavailable(format!(
@@ -472,6 +675,15 @@ impl Database {
             let mut state = self.state.write();
             self.write_locked(&mut state, txn, &open.ops)
         };
+        if self.quorum.is_active() {
+            // Synchronous links: the locks are held until the quorum confirmed.
+            let result = match result {
+                Ok(c) if c.count > 0 => self.await_committed(c).await,
+                other => other,
+            };
+            self.locks.release_all(txn);
+            return result;
+        }
         self.locks.release_all(txn);
         let committed = result?;
         if committed.count > 0 {

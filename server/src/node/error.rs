@@ -24,6 +24,12 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("{0}")]
     Unavailable(String),
+    /// A write to a replica, whose data comes only through its link.
+    #[error("{0}")]
+    ReadOnlyReplica(String),
+    /// Committed locally, but the synchronous quorum did not confirm in time.
+    #[error("{0}")]
+    ReplicationTimeout(String),
 }
 
 impl Error {

@@ -10,6 +10,7 @@
 pub mod database;
 pub mod error;
 pub mod logview;
+pub mod quorum;
 pub mod records;
 
 use std::collections::BTreeMap;
@@ -245,6 +246,26 @@ impl Node {
             .map_err(crate::log::LogError::from)?;
         self.log.flush_now()?;
         Ok(())
+    }
+
+    /// Removes a value of the `config` tree, durably.
+    pub fn remove_config_value(&self, key: &str) -> Result<()> {
+        self.config
+            .remove(key)
+            .map_err(crate::log::LogError::from)?;
+        self.log.flush_now()?;
+        Ok(())
+    }
+
+    /// Every (key, value) of the `config` tree under `prefix`.
+    pub fn config_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.config
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item.map_err(crate::log::LogError::from)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
     }
 
     fn put_config<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {

@@ -1,0 +1,143 @@
+//! The replication routes: this node's identity, links (source side), replicas (target
+//! side) and a database's synchronous quorum.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body, Path};
+use super::AppState;
+use crate::transport::links::{LinkSpec, ReplicaRequest};
+
+type Result<T> = std::result::Result<T, ApiError>;
+type App = State<Arc<AppState>>;
+
+pub async fn node(State(app): App) -> Json<Value> {
+    Json(app.replication.node_info())
+}
+
+pub async fn create(
+    State(app): App,
+    Path(tenant): Path<String>,
+    Body(spec): Body<LinkSpec>,
+) -> Result<Response> {
+    app.node.databases(&tenant)?;
+    let link = app.replication.create_link(&tenant, spec)?;
+    Ok((StatusCode::CREATED, Json(link)).into_response())
+}
+
+pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(Value::Array(app.replication.list_links(&tenant))))
+}
+
+pub async fn show(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.show_link(&tenant, &link)?))
+}
+
+pub async fn delete(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    app.node.databases(&tenant)?;
+    app.replication.delete_link(&tenant, &link)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.set_paused(&tenant, &link, true)?))
+}
+
+pub async fn resume(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.set_paused(&tenant, &link, false)?))
+}
+
+pub async fn list_replicas(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(Value::Array(app.replication.list_replicas(&tenant))))
+}
+
+pub async fn register_replica(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+    Body(req): Body<ReplicaRequest>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.register_replica(&tenant, &link, req)?))
+}
+
+pub async fn detach_replica(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    app.node.databases(&tenant)?;
+    app.replication.detach_replica(&tenant, &link)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn quorum_json(app: &AppState, tenant: &str, db: &str) -> Result<Value> {
+    let database = app.node.database(tenant, db)?;
+    let info = database.quorum.info();
+    Ok(json!({
+        "k": info.k,
+        "sync_links": info.sync_links,
+        "effective_k": info.k.min(info.sync_links),
+        "timeout_ms": info.timeout_ms,
+    }))
+}
+
+pub async fn get_quorum(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    Ok(Json(quorum_json(&app, &tenant, &db)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumBody {
+    k: usize,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_timeout() -> u64 {
+    crate::node::quorum::DEFAULT_TIMEOUT_MS
+}
+
+pub async fn set_quorum(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Body(body): Body<QuorumBody>,
+) -> Result<Json<Value>> {
+    if body.k == 0 {
+        return Err(ApiError::malformed("k must be at least 1"));
+    }
+    if body.timeout_ms == 0 || body.timeout_ms > 600_000 {
+        return Err(ApiError::malformed(
+            "timeout_ms must be between 1 and 600000",
+        ));
+    }
+    let database = app.node.database(&tenant, &db)?;
+    database.quorum.configure(body.k, body.timeout_ms);
+    app.replication
+        .save_quorum(&tenant, &db, body.k, body.timeout_ms)?;
+    Ok(Json(quorum_json(&app, &tenant, &db)?))
+}

@@ -1,0 +1,262 @@
+//! Link definitions (source side), replica registrations (target side), and the live
+//! status a link reports.
+//!
+//! A link copies one database of its source node to a database of a target node. Its
+//! definition is kept in the source's sled `config` tree (`link/{id}`), a replica's
+//! registration in the target's (`replica/{id}`). The per-link credential is a secret:
+//! the source keeps it to open connections, the target keeps only its SHA-256, and
+//! neither ever shows it in the API or the logs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::DatabaseSpec;
+
+/// How the source waits for the replica (SPEC C1, C2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Tightly coupled: a commit waits until the quorum of replicas applied it.
+    Sync,
+    /// Loosely coupled: the replica follows; commits do not wait for it.
+    #[default]
+    Async,
+}
+
+/// How the replica applies what arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Apply {
+    /// Block-identical: the source's A log, replayed (SPEC A5).
+    #[default]
+    Mirror,
+    /// By key, after the link's stages; the replica's blocks are its own.
+    Logical,
+}
+
+/// What a link does with a record its stages reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Stop,
+    Quarantine,
+}
+
+/// Where the target is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The target node's API, e.g. `http://10.0.0.2:7070`.
+    pub url: String,
+    /// The target database (created by bootstrap if it does not exist).
+    pub database: String,
+    /// A token for the target's API (operator of the same tenant). Without one the
+    /// source signs its own, which the target accepts when the nodes share a key.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// The replication address to connect to instead of the one the target
+    /// advertises (a proxy, or an address translated on the way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<String>,
+}
+
+/// A stage named from the plugin registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// `name@version`.
+    pub plugin: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// What a client sends to create a link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// The source database, on this node.
+    pub database: String,
+    pub target: TargetSpec,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub apply: Apply,
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Ship B logs (before images) too, so the replica can restore on its own.
+    #[serde(default = "yes")]
+    pub b_log: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A link as the source keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkDef {
+    pub id: String,
+    pub tenant: String,
+    pub spec: LinkSpec,
+    /// The per-link secret (never shown).
+    pub credential: String,
+    /// The token for the target's API given at creation (never shown).
+    #[serde(default)]
+    pub target_token: Option<String>,
+    pub created_ms: u64,
+    pub paused: bool,
+}
+
+/// What the source sends the target's API to register a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaRequest {
+    pub database: String,
+    /// The source database's definition: bootstrap creates the target with it.
+    pub spec: DatabaseSpec,
+    pub credential: String,
+    pub source_node: String,
+    pub apply: Apply,
+}
+
+/// A replica as the target keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaReg {
+    pub link: String,
+    pub tenant: String,
+    pub database: String,
+    /// SHA-256 of the credential, hex.
+    pub credential_sha256: String,
+    pub source_node: String,
+    /// The source stream this replica follows (0: none yet).
+    pub stream: u64,
+    pub apply: Apply,
+    pub created_ms: u64,
+}
+
+/// The state a link is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Connecting,
+    Bootstrapping,
+    Streaming,
+    Paused,
+    /// Disconnected after an error; it retries.
+    Retrying,
+    /// Stopped by its error policy until resumed.
+    Stopped,
+}
+
+/// A link's live figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub state: LinkState,
+    /// Highest serial sent.
+    pub sent_serial: u64,
+    /// Highest serial the replica confirmed.
+    pub acked_serial: u64,
+    /// The source database's last serial.
+    pub source_serial: u64,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+    /// Entries confirmed per second, over the last few seconds.
+    pub throughput: f64,
+    pub bootstraps: u64,
+    pub connections: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
+impl Default for LinkStatus {
+    fn default() -> Self {
+        LinkStatus {
+            state: LinkState::Connecting,
+            sent_serial: 0,
+            acked_serial: 0,
+            source_serial: 0,
+            lag_entries: 0,
+            lag_ms: 0,
+            throughput: 0.0,
+            bootstraps: 0,
+            connections: 0,
+            last_error: None,
+            last_error_ms: None,
+        }
+    }
+}
+
+/// SHA-256 of a credential, hex.
+pub fn credential_hash(credential: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(credential.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compare two strings in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A fresh random secret (32 bytes from the OS, hex).
+pub fn random_secret() -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read random bytes: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_spec_takes_defaults_and_refuses_unknown_fields() {
+        let spec: LinkSpec = serde_json::from_str(
+            r#"{"database": "shop", "target": {"url": "http://x", "database": "shop"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.mode, spec.apply, spec.on_error),
+            (Mode::Async, Apply::Mirror, OnError::Stop)
+        );
+        assert!(spec.b_log);
+        let err = serde_json::from_str::<LinkSpec>(
+            r#"{"database": "shop", "target": {"url": "http://x", "database": "shop"}, "mdoe": "sync"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn the_target_token_is_never_serialised() {
+        let target = TargetSpec {
+            url: "http://x".into(),
+            database: "d".into(),
+            token: Some("secret-token".into()),
+            replication: None,
+        };
+        assert!(!serde_json::to_string(&target)
+            .unwrap()
+            .contains("secret-token"));
+    }
+
+    #[test]
+    fn credentials_compare_by_hash() {
+        let c = random_secret().unwrap();
+        assert_eq!(c.len(), 64);
+        assert!(constant_time_eq(&credential_hash(&c), &credential_hash(&c)));
+        assert!(!constant_time_eq(
+            &credential_hash(&c),
+            &credential_hash("other")
+        ));
+    }
+}

@@ -1,0 +1,487 @@
+//! Replication between nodes (SPEC C1–C5): links, the wire protocol, the sender that
+//! ships a source database's log and the receiver that applies it on a replica.
+//!
+//! - [`links`]: link definitions, replica registrations, live status.
+//! - [`wire`]: frames and messages.
+//! - [`sender`]: one task per link on the source: register with the target's API,
+//!   connect, bootstrap from a snapshot when needed, then stream the log.
+//! - [`receiver`]: the replication listener on the target: handshake, gap and
+//!   duplicate detection, apply, "backup completed".
+//!
+//! The source and target agree on the endpoint themselves: the source registers the
+//! link through the target's REST API (`PUT /v1/tenants/{t}/replicas/{link}`), which
+//! answers with the target's replication address; the source then connects there and
+//! presents the link's credential. Invariants: a replica applies serials in order
+//! exactly once; it stores what it applied in the same sled batch as the applied
+//! serial; a source never waits on a replica except through a synchronous link's
+//! quorum ([`crate::node::quorum`]).
+
+pub mod links;
+pub mod receiver;
+pub mod sender;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::node::{Database, Error, Node, Result};
+use crate::tenancy::Tenancy;
+use links::{LinkDef, LinkSpec, LinkStatus, Mode, ReplicaReg, ReplicaRequest};
+
+const LINK_PREFIX: &str = "link/";
+const REPLICA_PREFIX: &str = "replica/";
+const NODE_ID_KEY: &str = "node/id";
+const QUORUM_PREFIX: &str = "quorum/";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A link on the source, with its running sender.
+pub struct LinkHandle {
+    pub def: Mutex<LinkDef>,
+    pub status: Mutex<LinkStatus>,
+    /// Bumped when the definition changes (pause, resume, delete): the sender re-reads.
+    pub control: tokio::sync::watch::Sender<u64>,
+    pub deleted: std::sync::atomic::AtomicBool,
+    /// Set when the replica asked for a snapshot: the next session bootstraps.
+    pub force_bootstrap: std::sync::atomic::AtomicBool,
+}
+
+impl LinkHandle {
+    fn poke(&self) {
+        self.control.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+/// A node's replication: its links as a source, its replicas as a target.
+pub struct Replication {
+    pub node: Arc<Node>,
+    pub tenancy: Arc<Tenancy>,
+    pub node_id: String,
+    /// Where this node's replication listener is reachable.
+    pub advertised: SocketAddr,
+    links: Mutex<BTreeMap<String, Arc<LinkHandle>>>,
+    replicas: Mutex<BTreeMap<String, ReplicaReg>>,
+    /// The running receiver session of each replica link (a new connection ends the
+    /// previous one).
+    sessions: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
+}
+
+impl Replication {
+    /// Load links and replicas, bind the replication listener on `listen`, and start
+    /// every link's sender.
+    pub async fn start(
+        node: Arc<Node>,
+        tenancy: Arc<Tenancy>,
+        listen: SocketAddr,
+    ) -> std::result::Result<Arc<Replication>, String> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
+        let advertised = listener.local_addr().map_err(|e| e.to_string())?;
+        let node_id = match node.config_value(NODE_ID_KEY).map_err(|e| e.to_string())? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = format!("n{}", &links::random_secret()?[..12]);
+                node.set_config_value(NODE_ID_KEY, id.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                id
+            }
+        };
+        let repl = Arc::new(Replication {
+            node,
+            tenancy,
+            node_id,
+            advertised,
+            links: Mutex::new(BTreeMap::new()),
+            replicas: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(BTreeMap::new()),
+        });
+        for (_, value) in repl
+            .node
+            .config_scan(REPLICA_PREFIX)
+            .map_err(|e| e.to_string())?
+        {
+            let reg: ReplicaReg = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            if let Ok(db) = repl.node.database(&reg.tenant, &reg.database) {
+                db.set_replica_of(Some(reg.link.clone()));
+            }
+            repl.replicas.lock().insert(reg.link.clone(), reg);
+        }
+        for (key, value) in repl
+            .node
+            .config_scan(QUORUM_PREFIX)
+            .map_err(|e| e.to_string())?
+        {
+            let mut parts = key[QUORUM_PREFIX.len()..].splitn(2, '/');
+            let (Some(tenant), Some(db)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let q: (usize, u64) = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            if let Ok(db) = repl.node.database(tenant, db) {
+                db.quorum.configure(q.0, q.1);
+            }
+        }
+        for (_, value) in repl
+            .node
+            .config_scan(LINK_PREFIX)
+            .map_err(|e| e.to_string())?
+        {
+            let def: LinkDef = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            repl.spawn_link(def);
+        }
+        tokio::spawn(receiver::listen(repl.clone(), listener));
+        tracing::info!(address = %advertised, node = %repl.node_id, "replication listening");
+        Ok(repl)
+    }
+
+    /// The identity of a source database's update stream: node and database.
+    pub fn stream_id(&self, db: &Database) -> u64 {
+        let node = xxhash_rust::xxh3::xxh3_64(self.node_id.as_bytes());
+        (node ^ db.def.uid.rotate_left(32)).max(1)
+    }
+
+    fn spawn_link(self: &Arc<Self>, def: LinkDef) -> Arc<LinkHandle> {
+        let id = def.id.clone();
+        if def.spec.mode == Mode::Sync {
+            if let Ok(db) = self.node.database(&def.tenant, &def.spec.database) {
+                db.quorum.register(&id, 0);
+                db.quorum.set_suspended(&id, def.paused);
+            }
+        }
+        let handle = Arc::new(LinkHandle {
+            def: Mutex::new(def),
+            status: Mutex::new(LinkStatus::default()),
+            control: tokio::sync::watch::channel(0).0,
+            deleted: false.into(),
+            force_bootstrap: false.into(),
+        });
+        self.links.lock().insert(id, handle.clone());
+        tokio::spawn(sender::run(self.clone(), handle.clone()));
+        handle
+    }
+
+    fn save_link(&self, def: &LinkDef) -> Result<()> {
+        let bytes = serde_json::to_vec(def).map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.node
+            .set_config_value(&format!("{LINK_PREFIX}{}", def.id), &bytes)
+    }
+
+    /// Create a link on this (source) node and start it.
+    pub fn create_link(self: &Arc<Self>, tenant: &str, mut spec: LinkSpec) -> Result<Value> {
+        let db = self.node.database(tenant, &spec.database)?;
+        if !spec.target.url.starts_with("http://") {
+            return Err(Error::Malformed(
+                "target.url must be the target node's API, as http://host:port".into(),
+            ));
+        }
+        crate::node::check_name("database", &spec.target.database)?;
+        if spec.apply == links::Apply::Mirror && !spec.stages.is_empty() {
+            return Err(Error::Malformed(
+                "a mirror link carries every update unchanged; stages need \"apply\": \"logical\""
+                    .into(),
+            ));
+        }
+        if spec.apply == links::Apply::Logical {
+            return Err(Error::Malformed(
+                "\"apply\": \"logical\" is not available yet on this node; use \"mirror\"".into(),
+            ));
+        }
+        let url = spec.target.url.trim_end_matches('/').to_string();
+        let duplicate = self.links.lock().values().any(|l| {
+            let d = l.def.lock();
+            d.tenant == tenant
+                && d.spec.target.url.trim_end_matches('/') == url
+                && d.spec.target.database == spec.target.database
+        });
+        if duplicate {
+            return Err(Error::AlreadyExists(format!(
+                "a link to database '{}' at {url}",
+                spec.target.database
+            )));
+        }
+        spec.target.url = url;
+        let target_token = spec.target.token.take();
+        let id = format!("{}-{}", self.node_id, self.node.generate_id()?);
+        let def = LinkDef {
+            id: id.clone(),
+            tenant: tenant.to_string(),
+            spec,
+            credential: links::random_secret().map_err(Error::Unavailable)?,
+            target_token,
+            created_ms: now_ms(),
+            paused: false,
+        };
+        self.save_link(&def)?;
+        drop(db);
+        let handle = self.spawn_link(def);
+        Ok(self.view(&handle))
+    }
+
+    fn handle(&self, tenant: &str, id: &str) -> Result<Arc<LinkHandle>> {
+        self.links
+            .lock()
+            .get(id)
+            .filter(|h| h.def.lock().tenant == tenant)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("link '{id}'")))
+    }
+
+    /// A link as the API shows it: definition (without secrets) and live status.
+    pub fn view(&self, handle: &LinkHandle) -> Value {
+        let def = handle.def.lock().clone();
+        let mut status = handle.status.lock().clone();
+        if let Ok(db) = self.node.database(&def.tenant, &def.spec.database) {
+            status.source_serial = db.serials().0;
+            status.lag_entries = status.source_serial.saturating_sub(status.acked_serial);
+            if status.lag_entries == 0 {
+                status.lag_ms = 0;
+            }
+        }
+        json!({
+            "id": def.id,
+            "tenant": def.tenant,
+            "database": def.spec.database,
+            "target": def.spec.target,
+            "mode": def.spec.mode,
+            "apply": def.spec.apply,
+            "stages": def.spec.stages,
+            "on_error": def.spec.on_error,
+            "b_log": def.spec.b_log,
+            "paused": def.paused,
+            "created_ms": def.created_ms,
+            "status": status,
+        })
+    }
+
+    pub fn list_links(&self, tenant: &str) -> Vec<Value> {
+        let handles: Vec<_> = self
+            .links
+            .lock()
+            .values()
+            .filter(|h| h.def.lock().tenant == tenant)
+            .cloned()
+            .collect();
+        handles.iter().map(|h| self.view(h)).collect()
+    }
+
+    pub fn show_link(&self, tenant: &str, id: &str) -> Result<Value> {
+        let handle = self.handle(tenant, id)?;
+        Ok(self.view(&handle))
+    }
+
+    /// Pause (`true`) or resume a link. Resuming also restarts a link its error policy
+    /// stopped.
+    pub fn set_paused(&self, tenant: &str, id: &str, paused: bool) -> Result<Value> {
+        let handle = self.handle(tenant, id)?;
+        let def = {
+            let mut def = handle.def.lock();
+            def.paused = paused;
+            def.clone()
+        };
+        self.save_link(&def)?;
+        if let Ok(db) = self.node.database(tenant, &def.spec.database) {
+            if def.spec.mode == Mode::Sync {
+                db.quorum.set_suspended(id, paused);
+            }
+        }
+        handle.poke();
+        Ok(self.view(&handle))
+    }
+
+    /// Delete a link: its sender stops; the replica keeps its data (and stays a replica
+    /// until detached on the target).
+    pub fn delete_link(&self, tenant: &str, id: &str) -> Result<()> {
+        let handle = self.handle(tenant, id)?;
+        self.node
+            .remove_config_value(&format!("{LINK_PREFIX}{id}"))?;
+        self.links.lock().remove(id);
+        handle
+            .deleted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let def = handle.def.lock().clone();
+        if let Ok(db) = self.node.database(tenant, &def.spec.database) {
+            db.quorum.unregister(id);
+        }
+        handle.poke();
+        Ok(())
+    }
+
+    /// Keep a database's quorum settings across restarts.
+    pub fn save_quorum(
+        &self,
+        tenant: &str,
+        database: &str,
+        k: usize,
+        timeout_ms: u64,
+    ) -> Result<()> {
+        let bytes =
+            serde_json::to_vec(&(k, timeout_ms)).map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.node
+            .set_config_value(&format!("{QUORUM_PREFIX}{tenant}/{database}"), &bytes)
+    }
+
+    /// Quorum of a source database's synchronous links.
+    pub fn sync_links_of(&self, tenant: &str, database: &str) -> usize {
+        self.links
+            .lock()
+            .values()
+            .filter(|h| {
+                let d = h.def.lock();
+                d.tenant == tenant && d.spec.database == database && d.spec.mode == Mode::Sync
+            })
+            .count()
+    }
+
+    // ---- target side ----
+
+    /// Register (or re-register) a replica of link `id` on this (target) node; creates
+    /// the database from the source's definition if it does not exist.
+    pub fn register_replica(&self, tenant: &str, id: &str, req: ReplicaRequest) -> Result<Value> {
+        if id.is_empty() || id.len() > 128 {
+            return Err(Error::Malformed("a link id is 1 to 128 characters".into()));
+        }
+        let mut spec = req.spec.clone();
+        spec.name = req.database.clone();
+        let (db, created) = match self.node.database(tenant, &req.database) {
+            Ok(db) => (db, false),
+            Err(Error::NotFound(_)) => (self.node.create_database(tenant, spec.clone())?, true),
+            Err(e) => return Err(e),
+        };
+        if !created
+            && req.apply == links::Apply::Mirror
+            && (db.def.spec.files != spec.files || db.def.spec.block_size != spec.block_size)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "database '{}' with other files or another block size than the source's; a \
+                 mirror needs the same (delete it, or link to a new database)",
+                req.database
+            )));
+        }
+        if let Some(other) = db.replica_of().filter(|l| l != id) {
+            return Err(Error::AlreadyExists(format!(
+                "database '{}' as the replica of link {other}",
+                req.database
+            )));
+        }
+        let previous = self.replicas.lock().get(id).cloned();
+        let reg = ReplicaReg {
+            link: id.to_string(),
+            tenant: tenant.to_string(),
+            database: req.database.clone(),
+            credential_sha256: links::credential_hash(&req.credential),
+            source_node: req.source_node.clone(),
+            stream: previous.as_ref().map_or(0, |p| p.stream),
+            apply: req.apply,
+            created_ms: previous.as_ref().map_or(now_ms(), |p| p.created_ms),
+        };
+        self.save_replica(&reg)?;
+        db.set_replica_of(Some(id.to_string()));
+        Ok(json!({
+            "link": id,
+            "database": req.database,
+            "created": created,
+            "replication": self.advertised.to_string(),
+            "last_serial": db.serials().0,
+            "node": self.node_id,
+        }))
+    }
+
+    fn save_replica(&self, reg: &ReplicaReg) -> Result<()> {
+        let bytes = serde_json::to_vec(reg).map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.node
+            .set_config_value(&format!("{REPLICA_PREFIX}{}", reg.link), &bytes)?;
+        self.replicas.lock().insert(reg.link.clone(), reg.clone());
+        Ok(())
+    }
+
+    pub(crate) fn replica(&self, id: &str) -> Option<ReplicaReg> {
+        self.replicas.lock().get(id).cloned()
+    }
+
+    /// The replica now follows `stream`.
+    pub(crate) fn adopt_stream(&self, id: &str, stream: u64) -> Result<()> {
+        let Some(mut reg) = self.replica(id) else {
+            return Err(Error::NotFound(format!("replica of link '{id}'")));
+        };
+        if reg.stream != stream {
+            reg.stream = stream;
+            self.save_replica(&reg)?;
+        }
+        Ok(())
+    }
+
+    /// Replicas on this node, of one tenant.
+    pub fn list_replicas(&self, tenant: &str) -> Vec<Value> {
+        self.replicas
+            .lock()
+            .values()
+            .filter(|r| r.tenant == tenant)
+            .map(|r| {
+                json!({
+                    "link": r.link,
+                    "database": r.database,
+                    "source_node": r.source_node,
+                    "apply": r.apply,
+                    "connected": self.sessions.lock().contains_key(&r.link),
+                    "created_ms": r.created_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Detach a replica: the link's connection ends, its registration goes, and the
+    /// database takes client writes again (what a promotion does first).
+    pub fn detach_replica(&self, tenant: &str, id: &str) -> Result<()> {
+        let reg = self
+            .replica(id)
+            .filter(|r| r.tenant == tenant)
+            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        self.node
+            .remove_config_value(&format!("{REPLICA_PREFIX}{id}"))?;
+        self.replicas.lock().remove(id);
+        if let Some(session) = self.sessions.lock().remove(id) {
+            session.abort();
+        }
+        if let Ok(db) = self.node.database(tenant, &reg.database) {
+            db.set_replica_of(None);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_session(&self, id: &str, abort: tokio::task::AbortHandle) {
+        if let Some(old) = self.sessions.lock().insert(id.to_string(), abort) {
+            old.abort();
+        }
+    }
+
+    pub(crate) fn end_session(&self, id: &str, task: tokio::task::Id) {
+        let mut sessions = self.sessions.lock();
+        if sessions.get(id).is_some_and(|a| a.id() == task) {
+            sessions.remove(id);
+        }
+    }
+
+    /// This node as the API shows it.
+    pub fn node_info(&self) -> Value {
+        json!({
+            "id": self.node_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "replication": self.advertised.to_string(),
+            "protocol_version": wire::PROTOCOL_VERSION,
+        })
+    }
+
+    /// Links and replicas by link id, for metrics.
+    pub fn all_links(&self) -> Vec<Arc<LinkHandle>> {
+        self.links.lock().values().cloned().collect()
+    }
+}

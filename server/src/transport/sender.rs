@@ -1,0 +1,462 @@
+//! The source side of a link: one task per link that registers the replica with the
+//! target's API, connects, bootstraps it from a snapshot when its position cannot be
+//! continued from the log, then streams the log.
+//!
+//! What is shipped comes from the source's own log in sled, never from memory the
+//! writer shares: a retransmission or a resumed connection re-reads the same bytes.
+//! An asynchronous link ships only what is durable on the source (so a replica is never
+//! ahead of what the source would recover after a crash); a synchronous link ships as
+//! soon as a transaction is in the log, since its commit waits for the replica anyway.
+//! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
+//! frames are sent as soon as there is something to send: the batching delay is the
+//! time the previous frame took to write.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::links::{LinkDef, LinkState, Mode, ReplicaRequest};
+use super::wire::{self, FrameWriter, Hello, Msg};
+use super::{LinkHandle, Replication};
+use crate::log::LogKind;
+use crate::node::{Database, Durability};
+use crate::tenancy::roles::Role;
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Log bytes gathered into one frame.
+const FRAME_BYTES: usize = 512 * 1024;
+/// Most entries sent and not yet confirmed.
+pub const WINDOW_ENTRIES: u64 = 500_000;
+/// Bytes of packed blocks per snapshot frame.
+const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Run a link until it is deleted.
+pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
+    let mut control = link.control.subscribe();
+    let mut backoff = RETRY_MIN;
+    loop {
+        if link.deleted.load(Ordering::SeqCst) {
+            return;
+        }
+        control.borrow_and_update();
+        if link.def.lock().paused {
+            link.status.lock().state = LinkState::Paused;
+            if control.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let result = session(&repl, &link, &mut control).await;
+        if link.deleted.load(Ordering::SeqCst) {
+            return;
+        }
+        match result {
+            Ok(()) => backoff = RETRY_MIN,
+            Err(error) => {
+                let id = link.def.lock().id.clone();
+                tracing::warn!(link = %id, error = %error, "link disconnected; retrying");
+                {
+                    let mut status = link.status.lock();
+                    status.state = LinkState::Retrying;
+                    status.last_error = Some(error);
+                    status.last_error_ms = Some(now_us() / 1000);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = control.changed() => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// What the target's API answered to the registration.
+struct Registered {
+    replication: String,
+}
+
+/// Register the replica through the target's REST API.
+async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Registered, String> {
+    let token = match &def.target_token {
+        Some(t) => Some(t.clone()),
+        None => match &repl.tenancy.keyring {
+            Some(keyring) => Some(keyring.issue(
+                &format!("node:{}", repl.node_id),
+                &def.tenant,
+                Role::Operator,
+                300,
+            )?),
+            None => None,
+        },
+    };
+    let url = format!(
+        "{}/v1/tenants/{}/replicas/{}",
+        def.spec.target.url, def.tenant, def.id
+    );
+    let body = ReplicaRequest {
+        database: def.spec.target.database.clone(),
+        spec: db.def.spec.clone(),
+        credential: def.credential.clone(),
+        source_node: repl.node_id.clone(),
+        apply: def.spec.apply,
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut req = ureq::put(&url).timeout(Duration::from_secs(10));
+        if let Some(token) = token {
+            req = req.set("authorization", &format!("Bearer {token}"));
+        }
+        match req.send_json(&body) {
+            Ok(resp) => resp
+                .into_json::<serde_json::Value>()
+                .map_err(|e| format!("the target's answer is unreadable: {e}")),
+            Err(ureq::Error::Status(status, resp)) => {
+                let detail = resp
+                    .into_json::<serde_json::Value>()
+                    .ok()
+                    .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Err(format!("the target refused the link ({status}): {detail}"))
+            }
+            Err(e) => Err(format!("the target's API is unreachable: {e}")),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let replication = answer["replication"]
+        .as_str()
+        .ok_or("the target's answer has no replication address")?
+        .to_string();
+    Ok(Registered { replication })
+}
+
+/// What the reading half reports.
+enum Event {
+    Acked(u64),
+    Retransmit(u64),
+    NeedBootstrap(String),
+    Closed(String),
+}
+
+async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
+    loop {
+        let event = match wire::read_frame(&mut rd).await {
+            Ok(payload) => match wire::messages(&payload) {
+                Ok(msgs) => {
+                    let mut events = Vec::new();
+                    for m in msgs {
+                        match m {
+                            Msg::BackupCompleted { serial } => events.push(Event::Acked(serial)),
+                            Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
+                            Msg::NeedBootstrap { reason } => {
+                                events.push(Event::NeedBootstrap(reason))
+                            }
+                            _ => {}
+                        }
+                    }
+                    for e in events {
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => Event::Closed(format!("the replica sent a malformed frame: {e}")),
+            },
+            Err(e) => Event::Closed(format!("the replica's connection ended: {e}")),
+        };
+        let _ = tx.send(event).await;
+        return;
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), String> {
+    wire::write_frame(w, frame)
+        .await
+        .map_err(|e| format!("sending to the replica: {e}"))
+}
+
+/// Stream a frozen copy of the store: the replica continues from the returned serial.
+async fn send_snapshot<W: AsyncWrite + Unpin>(db: &Database, wr: &mut W) -> Result<u64, String> {
+    let (frozen, serial, next_txn) = db.freeze();
+    let (layout, blocks) = frozen.snapshot_parts();
+    let layout_bytes = postcard::to_allocvec(&layout).map_err(|e| e.to_string())?;
+    let size: u64 = blocks.iter().map(|b| b.as_bytes().len() as u64).sum();
+    send(
+        wr,
+        &wire::single(&Msg::SnapshotBegin {
+            serial,
+            next_txn,
+            layout: &layout_bytes,
+            size_bytes: size,
+        }),
+    )
+    .await?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES + 32 * 1024);
+    let mut frame = FrameWriter::new();
+    for (i, block) in blocks.iter().enumerate() {
+        part.extend_from_slice(block.as_bytes());
+        if part.len() >= SNAPSHOT_PART_BYTES || i + 1 == blocks.len() {
+            hasher.update(&part);
+            frame.push(&Msg::SnapshotPart { bytes: &part });
+            send(wr, &frame.finish()).await?;
+            part.clear();
+        }
+    }
+    send(
+        wr,
+        &wire::single(&Msg::SnapshotEnd {
+            checksum: hasher.digest(),
+        }),
+    )
+    .await?;
+    Ok(serial)
+}
+
+/// One connection's life: handshake, optional bootstrap, streaming. Ok when the link's
+/// definition changed (pause, delete); Err with the reason it broke.
+async fn session(
+    repl: &Arc<Replication>,
+    link: &Arc<LinkHandle>,
+    control: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), String> {
+    let def = link.def.lock().clone();
+    link.status.lock().state = LinkState::Connecting;
+    let db = repl
+        .node
+        .database(&def.tenant, &def.spec.database)
+        .map_err(|e| format!("the source database: {e}"))?;
+    let registered = register(repl, &def, &db).await?;
+    let addr = def
+        .spec
+        .target
+        .replication
+        .clone()
+        .unwrap_or(registered.replication);
+    let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    sock.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut rd, mut wr) = sock.into_split();
+    let stream = repl.stream_id(&db);
+    send(
+        &mut wr,
+        &wire::single(&Msg::Hello(Hello {
+            version: wire::PROTOCOL_VERSION,
+            link: def.id.clone(),
+            credential: def.credential.clone(),
+            source_node: repl.node_id.clone(),
+            tenant: def.tenant.clone(),
+            database: def.spec.target.database.clone(),
+            stream,
+        })),
+    )
+    .await?;
+    let payload = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut rd))
+        .await
+        .map_err(|_| "the replica did not answer the handshake".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (their_last, their_stream) = match wire::messages(&payload)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+    {
+        Some(Msg::Welcome {
+            last_serial,
+            stream,
+            ..
+        }) => (last_serial, stream),
+        Some(Msg::Refused { code, reason }) => {
+            return Err(format!("the replica refused the link: {reason} ({code})"))
+        }
+        _ => return Err("the replica answered the handshake with something else".into()),
+    };
+    link.status.lock().connections += 1;
+
+    let uid = db.def.uid;
+    let (last, _) = db.serials();
+    let oldest = db
+        .log_store()
+        .oldest_serial(uid, LogKind::A)
+        .map_err(|e| e.to_string())?;
+    let fresh = their_stream == 0 && their_last == 0;
+    let log_reaches = their_last >= last || oldest.is_some_and(|o| o <= their_last + 1);
+    let bootstrap = link.force_bootstrap.swap(false, Ordering::SeqCst)
+        || (their_stream != stream && !fresh)
+        || their_last > last
+        || !log_reaches;
+    let mut next = their_last + 1;
+    let mut acked = their_last;
+    if bootstrap {
+        link.status.lock().state = LinkState::Bootstrapping;
+        tracing::info!(link = %def.id, replica_serial = their_last, source_serial = last, "bootstrapping the replica from a snapshot");
+        let serial = send_snapshot(&db, &mut wr).await?;
+        next = serial + 1;
+        acked = 0;
+        link.status.lock().bootstraps += 1;
+    }
+    {
+        let mut status = link.status.lock();
+        status.state = LinkState::Streaming;
+        status.acked_serial = acked;
+        status.sent_serial = next - 1;
+    }
+    if def.spec.mode == Mode::Sync {
+        db.quorum.ack(&def.id, acked);
+    }
+
+    let (tx, mut events) = mpsc::channel(256);
+    let reader = tokio::spawn(read_replies(rd, tx));
+    let _reader = AbortOnDrop(reader);
+    let mut appended = db.subscribe_appended();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut rate = (Instant::now(), acked);
+    let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
+    loop {
+        let available = *appended.borrow_and_update();
+        if next <= available && next - 1 < acked + WINDOW_ENTRIES {
+            if !ship_early {
+                db.await_durable()
+                    .await
+                    .map_err(|e| format!("the source log: {e}"))?;
+            }
+            let txns = db
+                .log_store()
+                .read_txns(uid, next - 1, FRAME_BYTES, def.spec.b_log)
+                .map_err(|e| format!("reading the source log: {e}"))?;
+            let Some(first) = txns.first() else {
+                link.force_bootstrap.store(true, Ordering::SeqCst);
+                return Err(format!(
+                    "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
+                ));
+            };
+            if first.first_serial != next {
+                link.force_bootstrap.store(true, Ordering::SeqCst);
+                return Err(format!(
+                    "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
+                ));
+            }
+            let mut frame = FrameWriter::new();
+            for txn in &txns {
+                frame.push(&Msg::TxnStart {
+                    txn: txn.txn,
+                    first_serial: txn.first_serial,
+                });
+                let mut b_chunks = Vec::new();
+                for chunk in &txn.chunks {
+                    if txn.outcome == crate::log::Outcome::Cancelled
+                        && chunk.head.kind == LogKind::B
+                    {
+                        b_chunks.push(&chunk.bytes[..]);
+                    } else {
+                        frame.push(&Msg::Updates {
+                            txn: txn.txn,
+                            chunk: &chunk.bytes,
+                        });
+                    }
+                }
+                if txn.outcome == crate::log::Outcome::Cancelled {
+                    frame.push(&Msg::Cancel {
+                        txn: txn.txn,
+                        last_serial: txn.last_serial,
+                        b_chunks,
+                    });
+                } else {
+                    frame.push(&Msg::TxnCompleted {
+                        txn: txn.txn,
+                        last_serial: txn.last_serial,
+                    });
+                }
+                in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
+                next = txn.last_serial + 1;
+            }
+            frame.push(&Msg::Watermark {
+                serial: next - 1,
+                timestamp_us: txns.last().map_or(0, |t| t.last_timestamp_us),
+            });
+            send(&mut wr, &frame.finish()).await?;
+            link.status.lock().sent_serial = next - 1;
+            continue;
+        }
+        tokio::select! {
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    return Err("the source database was deleted".into());
+                }
+            }
+            event = events.recv() => match event {
+                Some(Event::Acked(serial)) => {
+                    if serial > acked {
+                        acked = serial;
+                        while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
+                            in_flight.pop_front();
+                        }
+                        let mut status = link.status.lock();
+                        status.acked_serial = acked;
+                        status.lag_ms = in_flight.front().map_or(0, |(_, ts)| now_us().saturating_sub(*ts) / 1000);
+                        drop(status);
+                        if def.spec.mode == Mode::Sync {
+                            db.quorum.ack(&def.id, acked);
+                        }
+                    }
+                }
+                Some(Event::Retransmit(from)) => {
+                    if from < next && from > acked.saturating_sub(1) {
+                        tracing::debug!(link = %def.id, from, "retransmitting");
+                        next = from.max(1);
+                        in_flight.retain(|(s, _)| *s < from);
+                    }
+                }
+                Some(Event::NeedBootstrap(reason)) => {
+                    link.force_bootstrap.store(true, Ordering::SeqCst);
+                    return Err(format!("the replica asked for a snapshot: {reason}"));
+                }
+                Some(Event::Closed(reason)) => return Err(reason),
+                None => return Err("the replica's connection ended".into()),
+            },
+            _ = heartbeat.tick() => {
+                let (elapsed, base) = (rate.0.elapsed().as_secs_f64(), rate.1);
+                if elapsed >= 1.0 {
+                    let mut status = link.status.lock();
+                    let now = (acked - base.min(acked)) as f64 / elapsed;
+                    status.throughput = if status.throughput == 0.0 { now } else { 0.5 * status.throughput + 0.5 * now };
+                    status.lag_ms = in_flight.front().map_or(0, |(_, ts)| now_us().saturating_sub(*ts) / 1000);
+                    rate = (Instant::now(), acked);
+                }
+                let mut frame = FrameWriter::new();
+                frame.push(&Msg::Heartbeat);
+                frame.push(&Msg::Watermark { serial: next - 1, timestamp_us: now_us() });
+                send(&mut wr, &frame.finish()).await?;
+            }
+            _ = control.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Aborts the task when dropped (the reading half of a session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

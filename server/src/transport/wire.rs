@@ -1,0 +1,564 @@
+//! The node-to-node wire protocol: length-prefixed frames of compact binary messages.
+//!
+//! ```text
+//! frame   = len u32 LE | message*          (len counts the messages' bytes)
+//! message = tag u8 | fields                (integers LE; bytes/str = len u32 | bytes)
+//! ```
+//!
+//! A frame carries many messages (batching); a frame is never larger than
+//! [`MAX_FRAME_BYTES`], and a peer announcing a larger one is cut off before anything
+//! is allocated. Log chunks travel exactly as the source stored them (`log::codec`), so
+//! every update keeps its transaction number, kind, file id, block number, record
+//! offset, serial number and timestamp, and a mirror replica stores the same bytes.
+//!
+//! The first frame each way is the handshake: [`Msg::Hello`] from the source (protocol
+//! version, link, credential, stream), [`Msg::Welcome`] or [`Msg::Refused`] from the
+//! target. Decoding checks every length and tag: a malformed frame is an error, never a
+//! panic.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version this node speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted or sent.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The source's opening message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub link: String,
+    /// The per-link secret the target was given when the link was registered.
+    pub credential: String,
+    pub source_node: String,
+    pub tenant: String,
+    /// The target database.
+    pub database: String,
+    /// Identity of the source's update stream (its node and database); serials are
+    /// per stream.
+    pub stream: u64,
+}
+
+/// One protocol message. Borrowed fields point into the frame they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg<'a> {
+    Hello(Hello),
+    /// The target accepts; it has applied the stream up to `last_serial`.
+    Welcome {
+        last_serial: u64,
+        stream: u64,
+        /// The replica is detached: it stores but does not apply (SPEC G6).
+        suspended: bool,
+    },
+    /// The target refuses the link; the connection closes after it.
+    Refused {
+        code: String,
+        reason: String,
+    },
+    /// A transaction begins.
+    TxnStart {
+        txn: u64,
+        first_serial: u64,
+    },
+    /// Stored log chunks (A, B or T) of the current transaction.
+    Updates {
+        txn: u64,
+        chunk: &'a [u8],
+    },
+    /// The transaction is complete: apply it.
+    TxnCompleted {
+        txn: u64,
+        last_serial: u64,
+    },
+    /// The transaction was cancelled on the source; its chunks (including the undo
+    /// updates) are followed by its B log, and the replica ends at its before images.
+    Cancel {
+        txn: u64,
+        last_serial: u64,
+        b_chunks: Vec<&'a [u8]>,
+    },
+    /// Everything up to `serial` is applied (and durable as the replica's database
+    /// promises): the "backup completed" answer.
+    BackupCompleted {
+        serial: u64,
+    },
+    /// The receiver saw a gap: send again from `from`.
+    Retransmit {
+        from: u64,
+    },
+    /// Transmission-completion watermark (SPEC D2): the source has sent everything up
+    /// to `serial`, stamped `timestamp_us`.
+    Watermark {
+        serial: u64,
+        timestamp_us: u64,
+    },
+    /// Detach: store what arrives, apply nothing (SPEC G6).
+    Suspend,
+    /// Re-attach: apply what was stored and follow again.
+    Release,
+    Heartbeat,
+    /// A bootstrap snapshot begins: the store as of `serial`.
+    SnapshotBegin {
+        serial: u64,
+        next_txn: u64,
+        /// The postcard-encoded `SnapshotLayout`.
+        layout: &'a [u8],
+        size_bytes: u64,
+    },
+    SnapshotPart {
+        bytes: &'a [u8],
+    },
+    /// The snapshot is complete; `checksum` is the xxh3-64 of every part's bytes in
+    /// order (a lost or reordered part is caught before anything is installed).
+    SnapshotEnd {
+        checksum: u64,
+    },
+    /// The replica cannot continue the stream (it diverged, or its log no longer
+    /// matches): the source must send a snapshot.
+    NeedBootstrap {
+        reason: String,
+    },
+}
+
+/// A malformed frame or message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("malformed frame at byte {0}")]
+    Malformed(usize),
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("connection: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        WireError::Io(e.to_string())
+    }
+}
+
+/// Builds a frame message by message.
+#[derive(Debug, Default)]
+pub struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub fn new() -> FrameWriter {
+        FrameWriter { buf: vec![0; 4] }
+    }
+
+    /// Bytes of messages so far.
+    pub fn len(&self) -> usize {
+        self.buf.len().saturating_sub(4)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    /// Append one message.
+    pub fn push(&mut self, msg: &Msg<'_>) {
+        match msg {
+            Msg::Hello(h) => {
+                self.u8(1);
+                self.u16(h.version);
+                self.str(&h.link);
+                self.str(&h.credential);
+                self.str(&h.source_node);
+                self.str(&h.tenant);
+                self.str(&h.database);
+                self.u64(h.stream);
+            }
+            Msg::Welcome {
+                last_serial,
+                stream,
+                suspended,
+            } => {
+                self.u8(2);
+                self.u64(*last_serial);
+                self.u64(*stream);
+                self.u8(*suspended as u8);
+            }
+            Msg::Refused { code, reason } => {
+                self.u8(3);
+                self.str(code);
+                self.str(reason);
+            }
+            Msg::TxnStart { txn, first_serial } => {
+                self.u8(10);
+                self.u64(*txn);
+                self.u64(*first_serial);
+            }
+            Msg::Updates { txn, chunk } => {
+                self.u8(11);
+                self.u64(*txn);
+                self.bytes(chunk);
+            }
+            Msg::TxnCompleted { txn, last_serial } => {
+                self.u8(12);
+                self.u64(*txn);
+                self.u64(*last_serial);
+            }
+            Msg::Cancel {
+                txn,
+                last_serial,
+                b_chunks,
+            } => {
+                self.u8(13);
+                self.u64(*txn);
+                self.u64(*last_serial);
+                self.buf
+                    .extend_from_slice(&(b_chunks.len() as u32).to_le_bytes());
+                for c in b_chunks {
+                    self.bytes(c);
+                }
+            }
+            Msg::BackupCompleted { serial } => {
+                self.u8(20);
+                self.u64(*serial);
+            }
+            Msg::Retransmit { from } => {
+                self.u8(21);
+                self.u64(*from);
+            }
+            Msg::Watermark {
+                serial,
+                timestamp_us,
+            } => {
+                self.u8(22);
+                self.u64(*serial);
+                self.u64(*timestamp_us);
+            }
+            Msg::Suspend => self.u8(23),
+            Msg::Release => self.u8(24),
+            Msg::Heartbeat => self.u8(25),
+            Msg::SnapshotBegin {
+                serial,
+                next_txn,
+                layout,
+                size_bytes,
+            } => {
+                self.u8(30);
+                self.u64(*serial);
+                self.u64(*next_txn);
+                self.bytes(layout);
+                self.u64(*size_bytes);
+            }
+            Msg::SnapshotPart { bytes } => {
+                self.u8(31);
+                self.bytes(bytes);
+            }
+            Msg::SnapshotEnd { checksum } => {
+                self.u8(32);
+                self.u64(*checksum);
+            }
+            Msg::NeedBootstrap { reason } => {
+                self.u8(33);
+                self.str(reason);
+            }
+        }
+    }
+
+    /// The finished frame, length prefix included; the writer is empty again.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        std::mem::replace(&mut self.buf, vec![0; 4])
+    }
+}
+
+/// Reads the messages of one frame's payload.
+pub struct FrameReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> FrameReader<'a> {
+    pub fn new(payload: &'a [u8]) -> FrameReader<'a> {
+        FrameReader {
+            bytes: payload,
+            pos: 0,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or(WireError::Malformed(self.pos))?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, WireError> {
+        let at = self.pos;
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed(at))
+    }
+
+    /// The next message, or None at the end of the frame.
+    pub fn next_msg(&mut self) -> Result<Option<Msg<'a>>, WireError> {
+        if self.pos == self.bytes.len() {
+            return Ok(None);
+        }
+        let at = self.pos;
+        let msg = match self.u8()? {
+            1 => Msg::Hello(Hello {
+                version: self.u16()?,
+                link: self.string()?,
+                credential: self.string()?,
+                source_node: self.string()?,
+                tenant: self.string()?,
+                database: self.string()?,
+                stream: self.u64()?,
+            }),
+            2 => Msg::Welcome {
+                last_serial: self.u64()?,
+                stream: self.u64()?,
+                suspended: self.u8()? != 0,
+            },
+            3 => Msg::Refused {
+                code: self.string()?,
+                reason: self.string()?,
+            },
+            10 => Msg::TxnStart {
+                txn: self.u64()?,
+                first_serial: self.u64()?,
+            },
+            11 => Msg::Updates {
+                txn: self.u64()?,
+                chunk: self.bytes()?,
+            },
+            12 => Msg::TxnCompleted {
+                txn: self.u64()?,
+                last_serial: self.u64()?,
+            },
+            13 => {
+                let txn = self.u64()?;
+                let last_serial = self.u64()?;
+                let n = self.u32()? as usize;
+                if n > self.bytes.len() {
+                    return Err(WireError::Malformed(at));
+                }
+                let mut b_chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    b_chunks.push(self.bytes()?);
+                }
+                Msg::Cancel {
+                    txn,
+                    last_serial,
+                    b_chunks,
+                }
+            }
+            20 => Msg::BackupCompleted {
+                serial: self.u64()?,
+            },
+            21 => Msg::Retransmit { from: self.u64()? },
+            22 => Msg::Watermark {
+                serial: self.u64()?,
+                timestamp_us: self.u64()?,
+            },
+            23 => Msg::Suspend,
+            24 => Msg::Release,
+            25 => Msg::Heartbeat,
+            30 => Msg::SnapshotBegin {
+                serial: self.u64()?,
+                next_txn: self.u64()?,
+                layout: self.bytes()?,
+                size_bytes: self.u64()?,
+            },
+            31 => Msg::SnapshotPart {
+                bytes: self.bytes()?,
+            },
+            32 => Msg::SnapshotEnd {
+                checksum: self.u64()?,
+            },
+            33 => Msg::NeedBootstrap {
+                reason: self.string()?,
+            },
+            _ => return Err(WireError::Malformed(at)),
+        };
+        Ok(Some(msg))
+    }
+}
+
+/// Read one frame's payload (without its length prefix).
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut payload = vec![0; len];
+    r.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+/// Write a finished frame (from [`FrameWriter::finish`]).
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), WireError> {
+    if frame.len() - 4 > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(frame.len() - 4));
+    }
+    w.write_all(frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A frame holding one message.
+pub fn single(msg: &Msg<'_>) -> Vec<u8> {
+    let mut w = FrameWriter::new();
+    w.push(msg);
+    w.finish()
+}
+
+/// Every message of a payload.
+pub fn messages(payload: &[u8]) -> Result<Vec<Msg<'_>>, WireError> {
+    let mut r = FrameReader::new(payload);
+    let mut out = Vec::new();
+    while let Some(m) = r.next_msg()? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg<'static>> {
+        vec![
+            Msg::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                link: "l-1".into(),
+                credential: "secret".into(),
+                source_node: "n1".into(),
+                tenant: "default".into(),
+                database: "shop".into(),
+                stream: 42,
+            }),
+            Msg::Welcome {
+                last_serial: 7,
+                stream: 42,
+                suspended: true,
+            },
+            Msg::Refused {
+                code: "bad-credential".into(),
+                reason: "no".into(),
+            },
+            Msg::TxnStart {
+                txn: 3,
+                first_serial: 8,
+            },
+            Msg::Updates {
+                txn: 3,
+                chunk: b"chunk",
+            },
+            Msg::TxnCompleted {
+                txn: 3,
+                last_serial: 9,
+            },
+            Msg::Cancel {
+                txn: 4,
+                last_serial: 12,
+                b_chunks: vec![b"b1", b"b2"],
+            },
+            Msg::BackupCompleted { serial: 9 },
+            Msg::Retransmit { from: 10 },
+            Msg::Watermark {
+                serial: 12,
+                timestamp_us: 99,
+            },
+            Msg::Suspend,
+            Msg::Release,
+            Msg::Heartbeat,
+            Msg::SnapshotBegin {
+                serial: 5,
+                next_txn: 2,
+                layout: b"layout",
+                size_bytes: 4096,
+            },
+            Msg::SnapshotPart { bytes: b"blocks" },
+            Msg::SnapshotEnd { checksum: 7 },
+            Msg::NeedBootstrap {
+                reason: "diverged".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_in_one_frame() {
+        let mut w = FrameWriter::new();
+        for m in all() {
+            w.push(&m);
+        }
+        let frame = w.finish();
+        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(messages(&frame[4..]).unwrap(), all());
+    }
+
+    #[test]
+    fn truncated_or_garbled_frames_are_errors_not_panics() {
+        let mut w = FrameWriter::new();
+        for m in all() {
+            w.push(&m);
+        }
+        let frame = w.finish();
+        let payload = &frame[4..];
+        for cut in 0..payload.len() {
+            // Every strict prefix that ends inside a message is malformed.
+            let _ = messages(&payload[..cut]);
+        }
+        let mut garbled = payload.to_vec();
+        for i in 0..garbled.len() {
+            garbled[i] ^= 0xA5;
+            let _ = messages(&garbled);
+            garbled[i] ^= 0xA5;
+        }
+        assert_eq!(messages(&[99]), Err(WireError::Malformed(0)));
+        assert!(messages(&[11, 1, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_allocation() {
+        let mut bytes: &[u8] = &((MAX_FRAME_BYTES as u32 + 1).to_le_bytes());
+        let err = read_frame(&mut bytes).await.unwrap_err();
+        assert_eq!(err, WireError::TooLarge(MAX_FRAME_BYTES + 1));
+    }
+}

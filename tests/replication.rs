@@ -1,0 +1,500 @@
+//! Replication links between real nodes on loopback: async and sync mirrors, bootstrap
+//! under load, resume after a replica restart, re-bootstrap after the source's log was
+//! truncated, cancel propagation, replicas refusing client writes, quorum k of N, and
+//! refused peers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use doppel_server::transport::wire::{self, FrameWriter, Hello, Msg};
+use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
+use doppel_tests::*;
+
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn orders(db: &Db, from: u64, to: u64) {
+    let ops: Vec<Value> = (from..to)
+        .map(|i| {
+            op::upsert_alt(
+                "orders",
+                &format!("o-{i:06}"),
+                json!({"customer": format!("c{}", i % 17)}),
+                json!({"total": i, "note": "x".repeat((i % 50) as usize)}),
+            )
+        })
+        .collect();
+    db.batch(json!(ops)).ok();
+}
+
+#[test]
+fn async_mirror_follows_a_live_write_load_and_ends_block_identical() {
+    let a = Node::start();
+    let b = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    orders(&src, 0, 1_000);
+    src.snapshot().expect(201);
+    orders(&src, 1_000, 2_000);
+    // A second snapshot prunes the log before the first: the replica must start from
+    // a snapshot, streamed while the writers below keep going.
+    src.snapshot().expect(201);
+    let id = create_link(&a, "shop", &b, "copy", json!({"mode": "async"}));
+    // Writers keep going while the replica is bootstrapped and streams.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (src, stop) = (src.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 2_000;
+            while !stop.load(Ordering::SeqCst) && i < 12_000 {
+                orders(&src, i, i + 200);
+                src.delete("orders", &format!("o-{:06}", i - 1_000)).ok();
+                i += 200;
+            }
+            i
+        })
+    };
+    let replica = b.db(DEFAULT_TENANT, "copy");
+    assert!(wait_until(deadline_in(CATCH_UP), || replica.info().status
+        == 200
+        && replica.info()["last_serial"].as_u64() > Some(5_000)));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    wait_identical(&src, &replica, CATCH_UP);
+    assert_eq!(replica.contents("orders"), src.contents("orders"));
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "c3"),
+        src.alt_keys("orders", "customer", "c3")
+    );
+    let link = link_status(&a, &id);
+    assert_eq!(link["status"]["state"], "streaming", "{link}");
+    assert_eq!(link["status"]["lag_entries"], 0, "{link}");
+    assert_eq!(link["status"]["bootstraps"], 1, "{link}");
+    assert_eq!(link["mode"], "async");
+    assert!(link.to_string().find("credential").is_none(), "{link}");
+    // The replica serves reads and refuses client writes with a clear error.
+    let refused = replica.put("orders", "o-x", json!({}), json!(1));
+    let problem = refused.expect_problem(409, "read-only-replica");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("replica"),
+        "{problem}"
+    );
+    let begin = replica.client().post_empty(&replica.path("/txns"));
+    begin.expect_problem(409, "read-only-replica");
+}
+
+#[test]
+fn a_restarted_replica_resumes_from_its_serial_without_a_new_snapshot() {
+    let a = Node::start();
+    let mut b = Node::start_sticky();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    orders(&src, 0, 500);
+    let id = create_link(&a, "shop", &b, "shop", json!({}));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    let before = link_status(&a, &id)["status"]["bootstraps"]
+        .as_u64()
+        .unwrap();
+    b.kill9();
+    orders(&src, 500, 1_500);
+    // The link reports the broken connection and keeps retrying.
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "retrying"));
+    b.restart();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    let link = link_status(&a, &id);
+    assert_eq!(
+        link["status"]["bootstraps"].as_u64().unwrap(),
+        before,
+        "{link}"
+    );
+    assert!(
+        link["status"]["connections"].as_u64().unwrap() >= 2,
+        "{link}"
+    );
+    // After a restart the replica still refuses client writes.
+    replica
+        .put("orders", "o-x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+}
+
+#[test]
+fn a_replica_behind_a_truncated_log_is_bootstrapped_again() {
+    let a = Node::start();
+    let b = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    orders(&src, 0, 300);
+    let id = create_link(&a, "shop", &b, "shop", json!({}));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    a.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/pause"))
+        .ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "paused"));
+    // Two snapshots prune the A log up to the older one: the replica's position is gone.
+    orders(&src, 300, 800);
+    src.snapshot().expect(201);
+    orders(&src, 800, 1_200);
+    src.snapshot().expect(201);
+    orders(&src, 1_200, 1_300);
+    let bootstraps = link_status(&a, &id)["status"]["bootstraps"]
+        .as_u64()
+        .unwrap();
+    a.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/resume"))
+        .ok();
+    wait_identical(&src, &replica, CATCH_UP);
+    let link = link_status(&a, &id);
+    assert_eq!(
+        link["status"]["bootstraps"].as_u64().unwrap(),
+        bootstraps + 1,
+        "{link}"
+    );
+    assert_eq!(replica.contents("orders"), src.contents("orders"));
+}
+
+#[test]
+fn a_cancelled_transaction_rolls_back_on_the_replica_too() {
+    let a = Node::start();
+    let b = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    orders(&src, 0, 10);
+    let _id = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    // Refused at op 3 (duplicate key): ops 0-2 were applied, then undone.
+    let refused = src.batch(json!([
+        op::upsert("orders", "o-000001", json!({"changed": true})),
+        op::delete("orders", "o-000002"),
+        op::insert("lines", "l-1", json!(1)),
+        op::insert("orders", "o-000003", json!("dup")),
+    ]));
+    refused.expect_problem(409, "duplicate-key");
+    wait_identical(&src, &replica, CATCH_UP);
+    assert_eq!(
+        replica.data("orders", "o-000001"),
+        src.data("orders", "o-000001")
+    );
+    assert!(replica.data("orders", "o-000002").is_some());
+    assert!(replica.data("lines", "l-1").is_none());
+    // The replica's log holds the cancelled attempt with its undo.
+    let log = replica.log_from(1);
+    assert!(
+        log.iter()
+            .any(|e| e.to_string().contains("cancel") || e["undo"] == true),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn sync_commits_survive_kill_9_of_the_source() {
+    let mut a = Node::start();
+    let b = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let id = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "streaming"));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (src, acked) = (src.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..100_000u64 {
+                    let key = format!("w{w}-{i:06}");
+                    match src.try_batch(json!([op::upsert("orders", &key, json!({"i": i}))])) {
+                        Ok(r) if r.status == 200 => {
+                            mine.push(key);
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => break,
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    assert!(wait_until(deadline_in(CATCH_UP), || acked
+        .load(Ordering::SeqCst)
+        >= 300));
+    a.kill9();
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acknowledged.len() >= 300);
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    let have: std::collections::BTreeSet<String> = keys_of(&json!(replica.scan_all("orders")))
+        .into_iter()
+        .collect();
+    let missing: Vec<&String> = acknowledged.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged commits missing on the replica, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[test]
+fn k_of_n_quorum_completes_with_one_replica_down_and_times_out_clearly_when_k_cannot_be_met() {
+    let a = Node::start();
+    let b = Node::start();
+    let mut c = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let l1 = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
+    let l2 = create_link(&a, "shop", &c, "shop", json!({"mode": "sync"}));
+    for id in [&l1, &l2] {
+        assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, id)
+            ["status"]["state"]
+            == "streaming"));
+    }
+    let quorum = src.path("/quorum");
+    let q = a.put(&quorum, &json!({"k": 1, "timeout_ms": 2000}));
+    assert_eq!(q.ok()["sync_links"], 2, "{q}");
+    src.put("orders", "both", json!({}), json!(1)).ok();
+    c.kill9();
+    // k = 1: commits complete with one replica down.
+    for i in 0..20 {
+        src.put("orders", &format!("k1-{i}"), json!({}), json!(i))
+            .ok();
+    }
+    // k = 2: the commit waits, then says clearly that it is committed but not confirmed.
+    a.put(&quorum, &json!({"k": 2, "timeout_ms": 300})).ok();
+    let late = src.put("orders", "k2", json!({}), json!(2));
+    let problem = late.expect_problem(504, "replication-timeout");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("1 of the 2"), "{detail}");
+    assert!(detail.contains("committed"), "{detail}");
+    // It is committed on the source and on the live replica.
+    assert!(src.data("orders", "k2").is_some());
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(wait_until(deadline_in(CATCH_UP), || replica
+        .data("orders", "k2")
+        .is_some()));
+    // Quorum settings are checked.
+    a.put(&quorum, &json!({"k": 0}))
+        .expect_problem(400, "malformed-request");
+}
+
+#[test]
+fn unknown_or_badly_authenticated_peers_are_refused() {
+    let a = Node::start();
+    let b = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let id = create_link(&a, "shop", &b, "shop", json!({}));
+    wait_identical(&src, &b.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+    let addr = b.get("/v1/node").ok()["replication"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hello = |link: &str, credential: &str, version: u16| -> Vec<Msg<'static>> {
+        let mut sock = TcpStream::connect(&addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut w = FrameWriter::new();
+        w.push(&Msg::Hello(Hello {
+            version,
+            link: link.into(),
+            credential: credential.into(),
+            source_node: "intruder".into(),
+            tenant: DEFAULT_TENANT.into(),
+            database: "shop".into(),
+            stream: 1,
+        }));
+        sock.write_all(&w.finish()).unwrap();
+        let mut len = [0u8; 4];
+        sock.read_exact(&mut len).unwrap();
+        let mut payload = vec![0; u32::from_le_bytes(len) as usize];
+        sock.read_exact(&mut payload).unwrap();
+        let msgs: Vec<Msg<'static>> =
+            wire::messages(Box::leak(payload.into_boxed_slice())).unwrap();
+        // The connection is closed after a refusal.
+        let mut rest = [0u8; 1];
+        assert_eq!(sock.read(&mut rest).unwrap_or(0), 0);
+        msgs
+    };
+    let refused = |msgs: &[Msg<'_>], code: &str| {
+        assert!(
+            matches!(&msgs[0], Msg::Refused { code: c, .. } if c == code),
+            "{msgs:?}"
+        );
+    };
+    refused(
+        &hello("no-such-link", "x", wire::PROTOCOL_VERSION),
+        "unknown-link",
+    );
+    refused(
+        &hello(&id, "wrong-credential", wire::PROTOCOL_VERSION),
+        "unknown-link",
+    );
+    refused(&hello(&id, "x", 99), "version");
+    // Garbage instead of a handshake is refused too, and the node carries on.
+    let mut sock = TcpStream::connect(&addr).unwrap();
+    sock.write_all(&[5, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+    orders(&src, 0, 50);
+    wait_identical(&src, &b.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+    // The REST registration needs an operator token of the tenant.
+    let reader = b.client().with_token(&token(DEFAULT_TENANT, Role::Reader));
+    reader
+        .put(
+            &format!("/v1/tenants/{DEFAULT_TENANT}/replicas/l-x"),
+            &json!({"database": "x", "spec": shop_spec("x"), "credential": "c", "source_node": "n", "apply": "mirror"}),
+        )
+        .expect_problem(403, "forbidden");
+}
+
+#[test]
+fn link_creation_refuses_bad_requests_precisely() {
+    let a = Node::start();
+    let b = Node::start();
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let links = format!("/v1/tenants/{DEFAULT_TENANT}/links");
+    let target = json!({"url": b.base(), "database": "shop"});
+    a.post(&links, &json!({"database": "nope", "target": target}))
+        .expect_problem(404, "not-found");
+    a.post(
+        &links,
+        &json!({"database": "shop", "target": target, "mode": "eventually"}),
+    )
+    .expect_problem(400, "malformed-request");
+    a.post(
+        &links,
+        &json!({"database": "shop", "target": {"url": "ftp://x", "database": "shop"}}),
+    )
+    .expect_problem(400, "malformed-request");
+    a.post(
+        &links,
+        &json!({"database": "shop", "target": target, "stages": [{"plugin": "prefix-filter@1"}]}),
+    )
+    .expect_problem(400, "malformed-request");
+    let id = create_link(&a, "shop", &b, "shop", json!({}));
+    a.post(&links, &json!({"database": "shop", "target": target}))
+        .expect_problem(409, "already-exists");
+    // A target database that exists with another schema is refused, and the link says so.
+    let c = Node::start();
+    c.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "shop", "files": [{"name": "other"}]}),
+    );
+    let bad = create_link(&a, "shop", &c, "shop", json!({}));
+    assert!(wait_until(deadline_in(CATCH_UP), || {
+        let s = link_status(&a, &bad);
+        s["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("other files"))
+    }));
+    assert_eq!(a.get(&links).ok().as_array().unwrap().len(), 2);
+    a.delete(&format!("{links}/{bad}")).expect(204);
+    a.get(&format!("{links}/{bad}"))
+        .expect_problem(404, "not-found");
+    assert_eq!(link_status(&a, &id)["database"], "shop");
+}
+
+/// The proxy in front of `target`'s replication listener.
+fn proxy_to(target: &Node) -> ChaosProxy {
+    let addr = target.get("/v1/node").ok()["replication"]
+        .as_str()
+        .expect("a replication address")
+        .parse()
+        .expect("an address");
+    ChaosProxy::start(addr).expect("start the chaos proxy")
+}
+
+#[test]
+fn async_mirror_under_drops_duplicates_reordering_and_cuts_heals_to_identical_blocks() {
+    let a = Node::start();
+    let b = Node::start();
+    let proxy = proxy_to(&b);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let id = create_link(
+        &a,
+        "shop",
+        &b,
+        "shop",
+        json!({"target": {"replication": proxy.addr().to_string()}}),
+    );
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    let faults = Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.1,
+        delay: Duration::from_millis(1),
+        jitter: Duration::from_millis(3),
+        ..Faults::default()
+    };
+    proxy.set_faults(Direction::ToUpstream, faults);
+    proxy.set_faults(Direction::ToClient, faults);
+    for round in 0..20u64 {
+        orders(&src, round * 100, round * 100 + 100);
+        src.delete("orders", &format!("o-{:06}", round * 50)).ok();
+        if round % 7 == 6 {
+            proxy.cut();
+        }
+    }
+    let stats = proxy.stats();
+    assert!(
+        stats.to_upstream.dropped + stats.to_upstream.duplicated + stats.to_upstream.reordered > 0,
+        "the proxy injected no fault: {stats:?}"
+    );
+    proxy.heal();
+    wait_identical(&src, &replica, CATCH_UP);
+    assert_eq!(replica.contents("orders"), src.contents("orders"));
+    assert!(
+        link_status(&a, &id)["status"]["connections"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+}
+
+#[test]
+fn a_sync_commit_holds_its_record_until_the_replica_confirms_while_other_records_go_on() {
+    let a = Node::start();
+    let b = Node::start();
+    let proxy = proxy_to(&b);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let id = create_link(
+        &a,
+        "shop",
+        &b,
+        "shop",
+        json!({"mode": "sync", "target": {"replication": proxy.addr().to_string()}}),
+    );
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "streaming"));
+    a.put(&src.path("/quorum"), &json!({"k": 1, "timeout_ms": 60000}))
+        .ok();
+    src.put("orders", "k", json!({}), json!(0)).ok();
+    // The replica's confirmations are held back from here on.
+    proxy.hold(Direction::ToClient);
+    let put = |key: &'static str, v: i64| {
+        let src = src.clone();
+        std::thread::spawn(move || src.put("orders", key, json!({}), json!(v)).status)
+    };
+    let first = put("k", 1);
+    assert!(wait_until(deadline_in(CATCH_UP), || src
+        .data("orders", "k")
+        == Some(json!(1))));
+    let second = put("k", 2);
+    let other = put("other", 3);
+    // The writer of another record is applied though "k" is still locked ...
+    assert!(wait_until(deadline_in(CATCH_UP), || src
+        .data("orders", "other")
+        == Some(json!(3))));
+    // ... while the second writer of "k" waits for the lock: nothing of it is applied.
+    assert_eq!(src.data("orders", "k"), Some(json!(1)));
+    assert!(!first.is_finished() && !second.is_finished());
+    proxy.release(Direction::ToClient);
+    assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(second.join().unwrap(), 200);
+    assert_eq!(other.join().unwrap(), 200);
+    assert_eq!(src.data("orders", "k"), Some(json!(2)));
+    wait_identical(&src, &b.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+}
