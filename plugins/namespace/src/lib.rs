@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn an_unlisted_source_takes_the_default_or_passes_unchanged() {
         let stranger = from(9, Op::Insert, "o-1");
-        let (out, _) = transform(namespace, CFG, &[stranger.clone()]).unwrap();
+        let (out, _) = transform(namespace, CFG, std::slice::from_ref(&stranger)).unwrap();
         assert_eq!(out[0], stranger);
         let with_default =
             r#"{"sources": {"1": {"key_prefix": "t/"}}, "default": {"key_prefix": "other/"}}"#;
