@@ -264,6 +264,24 @@ impl OwnedRecord {
             ..OwnedRecord::default()
         }
     }
+
+    /// The same record, from origin node `origin`.
+    pub fn with_origin(mut self, origin: u64) -> OwnedRecord {
+        self.origin = origin;
+        self
+    }
+
+    /// The same record, stamped `timestamp` (µs since the epoch).
+    pub fn with_timestamp(mut self, timestamp: u64) -> OwnedRecord {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The same record, with a before image (JSON).
+    pub fn with_before(mut self, before: &str) -> OwnedRecord {
+        self.before = Some(before.as_bytes().to_vec());
+        self
+    }
 }
 
 struct Parts<'a> {

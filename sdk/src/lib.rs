@@ -1,12 +1,14 @@
 //! `doppel-sdk`: write Doppel stage plugins as plain Rust functions.
 //!
-//! The SDK owns the guest side of the contract in `sdk/wit/doppel.wit`: the batch loop,
-//! the record layout ([`abi`]), per-record error indexing, typed configuration
-//! ([`PluginConfig`]), bounded log capture ([`log`]), JSON helpers ([`json`]) and a test
-//! harness ([`testing`]) that runs a plugin function on records without any server.
+//! The SDK owns the guest side of the contract in `sdk/wit/doppel.wit`: the batch loops
+//! ([`run`]), the record layout ([`abi`]), per-record error indexing, typed configuration
+//! ([`PluginConfig`]), per-source rules ([`origin`]), bounded log capture ([`log`]), JSON
+//! helpers ([`json`]) and a test harness ([`testing`]) that runs a plugin function on
+//! records without any server.
 //!
-//! A plugin is one function and one macro call (the macros are `macro_rules!`, not
-//! attribute macros: no proc-macro crate to build for every plugin):
+//! A plugin is one function and one macro call, one macro per role: [`filter!`],
+//! [`transform!`], [`rule!`] and [`resolver!`] (they are `macro_rules!`, not attribute
+//! macros: no proc-macro crate to build for every plugin):
 //!
 //! ```ignore
 //! fn keep(r: &Record, cfg: &MyConfig) -> bool { r.key.starts_with(&cfg.prefix) }
@@ -19,11 +21,12 @@ extern crate self as doppel_sdk;
 
 pub mod abi;
 pub mod json;
+pub mod origin;
 pub mod run;
 pub mod testing;
 
 pub use abi::{BatchBuilder, BatchRef, Op, OwnedRecord, Record};
-pub use run::{Out, Verdict};
+pub use run::{Dependency, Out, Verdict, Winner};
 
 /// Configuration of a plugin: parsed from JSON and validated when the stage loads.
 pub trait PluginConfig: serde::de::DeserializeOwned + 'static {
@@ -143,22 +146,63 @@ pub mod bindings {
 #[doc(hidden)]
 pub use wit_bindgen::rt as __rt;
 
-/// Shared body of the role macros: the config cell and the three common exports.
+/// Shared body of the four role macros: the config cell, the three common exports, the
+/// batch and error conversions, and the world's export macro. `$role` is the role's own
+/// export, written against `__b` (the world's bindings), `__batch`, `__errors` and
+/// `__with_config`.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __common_exports {
-    ($cfg:ty) => {
-        fn contract_version() -> u32 {
-            $crate::abi::CONTRACT_VERSION
-        }
-        fn config_schema() -> String {
-            <$cfg as $crate::PluginConfig>::SCHEMA.to_string()
-        }
-        fn configure(config: String) -> Result<(), String> {
-            let c = $crate::load_config::<$cfg>(&config)?;
-            __DOPPEL_CONFIG.with(|s| *s.borrow_mut() = Some(c));
-            Ok(())
-        }
+macro_rules! __plugin {
+    ($world:ident, $export:ident, $f:path, $cfg:ty, { $($role:tt)* }) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::$world as __b;
+            ::std::thread_local! {
+                static __DOPPEL_CONFIG: ::core::cell::RefCell<Option<$cfg>> =
+                    const { ::core::cell::RefCell::new(None) };
+            }
+            /// Runs `run` with the configuration, or `unconfigured` before `configure`.
+            fn __with_config<R>(run: impl FnOnce(&$cfg) -> R, unconfigured: impl FnOnce() -> R) -> R {
+                __DOPPEL_CONFIG.with(|s| match s.borrow().as_ref() {
+                    Some(cfg) => run(cfg),
+                    None => unconfigured(),
+                })
+            }
+            fn __batch(b: &__b::Batch) -> $crate::BatchRef<'_> {
+                $crate::BatchRef {
+                    arena: &b.arena,
+                    offsets: &b.offsets,
+                }
+            }
+            fn __errors(errors: Vec<(u32, String)>) -> Vec<__b::RecordError> {
+                errors
+                    .into_iter()
+                    .map(|(index, message)| __b::RecordError { index, message })
+                    .collect()
+            }
+            struct __Plugin;
+            impl __b::Guest for __Plugin {
+                fn contract_version() -> u32 {
+                    $crate::abi::CONTRACT_VERSION
+                }
+                fn config_schema() -> String {
+                    <$cfg as $crate::PluginConfig>::SCHEMA.to_string()
+                }
+                fn configure(config: String) -> Result<(), String> {
+                    let c = $crate::load_config::<$cfg>(&config)?;
+                    __DOPPEL_CONFIG.with(|s| *s.borrow_mut() = Some(c));
+                    Ok(())
+                }
+                $($role)*
+            }
+            $crate::bindings::$world::$export!(__Plugin with_types_in $crate::bindings::$world);
+        };
+        // Off wasm the macro only checks that the function exists; tests call it through
+        // `doppel_sdk::testing`.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = $f;
+        };
     };
 }
 
@@ -166,42 +210,20 @@ macro_rules! __common_exports {
 #[macro_export]
 macro_rules! filter {
     ($f:path, $cfg:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            use $crate::bindings::filter as __b;
-            ::std::thread_local! {
-                static __DOPPEL_CONFIG: ::core::cell::RefCell<Option<$cfg>> =
-                    const { ::core::cell::RefCell::new(None) };
-            }
-            struct __Plugin;
-            impl __b::Guest for __Plugin {
-                $crate::__common_exports!($cfg);
-                fn filter(records: __b::Batch) -> __b::FilterResult {
-                    let batch = $crate::BatchRef {
-                        arena: &records.arena,
-                        offsets: &records.offsets,
-                    };
-                    let out = __DOPPEL_CONFIG.with(|s| match s.borrow().as_ref() {
-                        Some(cfg) => $crate::run::filter(batch, cfg, $f),
-                        None => $crate::run::unconfigured(batch.len()),
-                    });
-                    __b::FilterResult {
-                        keep: out.keep,
-                        errors: out
-                            .errors
-                            .into_iter()
-                            .map(|(index, message)| __b::RecordError { index, message })
-                            .collect(),
-                        log: out.log,
-                    }
+        $crate::__plugin!(filter, __export_filter, $f, $cfg, {
+            fn filter(records: __b::Batch) -> __b::FilterResult {
+                let batch = __batch(&records);
+                let out = __with_config(
+                    |cfg| $crate::run::filter(batch, cfg, $f),
+                    || $crate::run::unconfigured(batch.len()),
+                );
+                __b::FilterResult {
+                    keep: out.keep,
+                    errors: __errors(out.errors),
+                    log: out.log,
                 }
             }
-            $crate::bindings::filter::__export_filter!(__Plugin with_types_in $crate::bindings::filter);
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        const _: () = {
-            let _ = $f;
-        };
+        });
     };
 }
 
@@ -209,44 +231,74 @@ macro_rules! filter {
 #[macro_export]
 macro_rules! transform {
     ($f:path, $cfg:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            use $crate::bindings::transform as __b;
-            ::std::thread_local! {
-                static __DOPPEL_CONFIG: ::core::cell::RefCell<Option<$cfg>> =
-                    const { ::core::cell::RefCell::new(None) };
-            }
-            struct __Plugin;
-            impl __b::Guest for __Plugin {
-                $crate::__common_exports!($cfg);
-                fn transform(records: __b::Batch) -> __b::TransformResult {
-                    let batch = $crate::BatchRef {
-                        arena: &records.arena,
-                        offsets: &records.offsets,
-                    };
-                    let out = __DOPPEL_CONFIG.with(|s| match s.borrow().as_ref() {
-                        Some(cfg) => $crate::run::transform(batch, cfg, $f),
-                        None => $crate::run::unconfigured_transform(batch.len()),
-                    });
-                    __b::TransformResult {
-                        records: __b::Batch {
-                            arena: out.batch.arena,
-                            offsets: out.batch.offsets,
-                        },
-                        errors: out
-                            .errors
-                            .into_iter()
-                            .map(|(index, message)| __b::RecordError { index, message })
-                            .collect(),
-                        log: out.log,
-                    }
+        $crate::__plugin!(transform, __export_transform, $f, $cfg, {
+            fn transform(records: __b::Batch) -> __b::TransformResult {
+                let batch = __batch(&records);
+                let out = __with_config(
+                    |cfg| $crate::run::transform(batch, cfg, $f),
+                    || $crate::run::unconfigured_transform(batch.len()),
+                );
+                __b::TransformResult {
+                    records: __b::Batch {
+                        arena: out.batch.arena,
+                        offsets: out.batch.offsets,
+                    },
+                    errors: __errors(out.errors),
+                    log: out.log,
                 }
             }
-            $crate::bindings::transform::__export_transform!(__Plugin with_types_in $crate::bindings::transform);
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        const _: () = {
-            let _ = $f;
-        };
+        });
+    };
+}
+
+/// Exports an interrelation rule: `fn(&Record, &Config) -> D` where `D` is
+/// `Vec<Dependency>`, `Option<Dependency>` or a `Result` of either (see [`run::Depends`]).
+#[macro_export]
+macro_rules! rule {
+    ($f:path, $cfg:ty) => {
+        $crate::__plugin!(rule, __export_rule, $f, $cfg, {
+            fn depends(records: __b::Batch) -> __b::RuleResult {
+                let batch = __batch(&records);
+                let out = __with_config(
+                    |cfg| $crate::run::rule(batch, cfg, $f),
+                    || $crate::run::unconfigured_rule(batch.len()),
+                );
+                __b::RuleResult {
+                    depends: out
+                        .depends
+                        .into_iter()
+                        .map(|(index, d)| __b::Dependency {
+                            index,
+                            file: d.file,
+                            key: d.key,
+                        })
+                        .collect(),
+                    errors: __errors(out.errors),
+                    log: out.log,
+                }
+            }
+        });
+    };
+}
+
+/// Exports a conflict resolver: `fn(local: &Record, remote: &Record, &Config) -> Winner`
+/// (or `Result<Winner, E: Display>`). It must be deterministic: every site decides alike.
+#[macro_export]
+macro_rules! resolver {
+    ($f:path, $cfg:ty) => {
+        $crate::__plugin!(resolver, __export_resolver, $f, $cfg, {
+            fn resolve(local: __b::Batch, remote: __b::Batch) -> __b::ResolveResult {
+                let (local, remote) = (__batch(&local), __batch(&remote));
+                let out = __with_config(
+                    |cfg| $crate::run::resolve(local, remote, cfg, $f),
+                    || $crate::run::unconfigured_resolve(local.len().max(remote.len())),
+                );
+                __b::ResolveResult {
+                    remote_wins: out.remote_wins,
+                    errors: __errors(out.errors),
+                    log: out.log,
+                }
+            }
+        });
     };
 }

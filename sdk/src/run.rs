@@ -1,6 +1,7 @@
-//! The batch loops behind the role macros: decode each record in place, call the
-//! author's function, collect the bitmap or output batch, index errors, take log lines.
-//! Plain Rust, so the test harness runs exactly what the wasm guest runs.
+//! The batch loops behind the role macros (filter, transform, rule, resolver): decode
+//! each record in place, call the author's function, collect the bitmap, output batch or
+//! dependency list, index errors, take log lines. Plain Rust, so the test harness runs
+//! exactly what the wasm guest runs.
 
 use std::fmt::Display;
 
@@ -34,6 +35,71 @@ pub enum Out {
     Drop,
 }
 
+/// One record a rule says a record depends on: the record `key` of file `file`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dependency {
+    pub file: String,
+    pub key: String,
+}
+
+impl Dependency {
+    pub fn new(file: impl Into<String>, key: impl Into<String>) -> Dependency {
+        Dependency {
+            file: file.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// What a rule function may return: no dependency, one, or several (or an error).
+pub trait Depends {
+    fn depends(self) -> Result<Vec<Dependency>, String>;
+}
+
+impl Depends for Vec<Dependency> {
+    fn depends(self) -> Result<Vec<Dependency>, String> {
+        Ok(self)
+    }
+}
+
+impl Depends for Option<Dependency> {
+    fn depends(self) -> Result<Vec<Dependency>, String> {
+        Ok(self.into_iter().collect())
+    }
+}
+
+impl<T: Depends, E: Display> Depends for Result<T, E> {
+    fn depends(self) -> Result<Vec<Dependency>, String> {
+        self.map_err(|e| e.to_string()).and_then(Depends::depends)
+    }
+}
+
+/// Which version of a conflicting record wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// The version this site already has.
+    Local,
+    /// The incoming version.
+    Remote,
+}
+
+/// What a resolver function may return.
+pub trait Decision {
+    fn decision(self) -> Result<Winner, String>;
+}
+
+impl Decision for Winner {
+    fn decision(self) -> Result<Winner, String> {
+        Ok(self)
+    }
+}
+
+impl<E: Display> Decision for Result<Winner, E> {
+    fn decision(self) -> Result<Winner, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
 /// A filter call's outcome.
 #[derive(Debug, Default)]
 pub struct FilterOut {
@@ -46,6 +112,22 @@ pub struct FilterOut {
 #[derive(Debug, Default)]
 pub struct TransformOut {
     pub batch: BatchBuilder,
+    pub errors: Vec<(u32, String)>,
+    pub log: Vec<String>,
+}
+
+/// A rule call's outcome: `(record index, file, key)` per dependency, in record order.
+#[derive(Debug, Default)]
+pub struct RuleOut {
+    pub depends: Vec<(u32, Dependency)>,
+    pub errors: Vec<(u32, String)>,
+    pub log: Vec<String>,
+}
+
+/// A resolver call's outcome: bit i set means the remote version of pair i wins.
+#[derive(Debug, Default)]
+pub struct ResolveOut {
+    pub remote_wins: Vec<u8>,
     pub errors: Vec<(u32, String)>,
     pub log: Vec<String>,
 }
@@ -107,13 +189,73 @@ pub fn transform<C, E: Display>(
     out
 }
 
+/// Runs a rule function over a batch.
+pub fn rule<C, D: Depends>(
+    batch: BatchRef<'_>,
+    cfg: &C,
+    f: impl Fn(&Record<'_>, &C) -> D,
+) -> RuleOut {
+    let mut out = RuleOut::default();
+    for i in 0..batch.len() {
+        match batch
+            .get(i)
+            .map_err(|e| e.to_string())
+            .and_then(|r| f(&r, cfg).depends())
+        {
+            Ok(deps) => out.depends.extend(deps.into_iter().map(|d| (i as u32, d))),
+            Err(e) => out.errors.push((i as u32, e)),
+        }
+    }
+    out.log = crate::log::take();
+    out
+}
+
+/// Runs a resolver function over pairs: record i of `local` against record i of
+/// `remote`. A pair with one side missing is that index's error.
+pub fn resolve<C, D: Decision>(
+    local: BatchRef<'_>,
+    remote: BatchRef<'_>,
+    cfg: &C,
+    f: impl Fn(&Record<'_>, &Record<'_>, &C) -> D,
+) -> ResolveOut {
+    let n = local.len().max(remote.len());
+    let mut out = ResolveOut {
+        remote_wins: vec![0; n.div_ceil(8)],
+        ..ResolveOut::default()
+    };
+    for i in 0..n {
+        let res = if i >= local.len() {
+            Err("no local record for this remote record".to_owned())
+        } else if i >= remote.len() {
+            Err("no remote record for this local record".to_owned())
+        } else {
+            local
+                .get(i)
+                .and_then(|l| Ok((l, remote.get(i)?)))
+                .map_err(|e| e.to_string())
+                .and_then(|(l, r)| f(&l, &r, cfg).decision())
+        };
+        match res {
+            Ok(Winner::Remote) => set_bit(&mut out.remote_wins, i),
+            Ok(Winner::Local) => {}
+            Err(e) => out.errors.push((i as u32, e)),
+        }
+    }
+    out.log = crate::log::take();
+    out
+}
+
+fn unconfigured_errors(n: usize) -> Vec<(u32, String)> {
+    (0..n as u32)
+        .map(|i| (i, "plugin is not configured".to_owned()))
+        .collect()
+}
+
 /// Every record fails: the stage was called before `configure`.
 pub fn unconfigured(n: usize) -> FilterOut {
     FilterOut {
         keep: vec![0; n.div_ceil(8)],
-        errors: (0..n as u32)
-            .map(|i| (i, "plugin is not configured".to_owned()))
-            .collect(),
+        errors: unconfigured_errors(n),
         log: Vec::new(),
     }
 }
@@ -121,7 +263,24 @@ pub fn unconfigured(n: usize) -> FilterOut {
 /// Every record fails: the stage was called before `configure`.
 pub fn unconfigured_transform(n: usize) -> TransformOut {
     TransformOut {
-        errors: unconfigured(n).errors,
+        errors: unconfigured_errors(n),
         ..TransformOut::default()
+    }
+}
+
+/// Every record fails: the stage was called before `configure`.
+pub fn unconfigured_rule(n: usize) -> RuleOut {
+    RuleOut {
+        errors: unconfigured_errors(n),
+        ..RuleOut::default()
+    }
+}
+
+/// Every pair fails: the stage was called before `configure`.
+pub fn unconfigured_resolve(n: usize) -> ResolveOut {
+    ResolveOut {
+        remote_wins: vec![0; n.div_ceil(8)],
+        errors: unconfigured_errors(n),
+        log: Vec::new(),
     }
 }

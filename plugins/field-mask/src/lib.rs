@@ -29,14 +29,9 @@ impl PluginConfig for Config {
         if self.paths.is_empty() {
             return Err("paths: give at least one field path".into());
         }
-        if let Some(p) = self
-            .paths
+        self.paths
             .iter()
-            .find(|p| p.is_empty() || p.split('.').any(str::is_empty))
-        {
-            return Err(format!("paths: '{p}' is not a dotted field path"));
-        }
-        Ok(())
+            .try_for_each(|p| json::check_path("paths", p))
     }
 }
 

@@ -123,6 +123,145 @@ fn a_filter_and_a_transform_chain_over_one_batch() {
     assert!(out.errors[0].message.contains("not JSON"));
 }
 
+#[test]
+fn rename_maps_tokyos_table1_to_table2_through_the_host() {
+    let rt = runtime();
+    let t = template(&rt, "rename", Role::Transform, builtin::RENAME);
+    let config = r#"{"nodes": {"tokyo": 1},
+        "sources": {"tokyo": {"table1": {"file": "table2", "fields": {"recode1": "recode2"}}}}}"#;
+    let mut stage = t.stage(config).unwrap();
+    let input = batch(&[
+        rec(Op::Update, "table1", "key1", r#"{"recode1":"x"}"#).with_origin(1),
+        rec(Op::Update, "table1", "key1", r#"{"recode1":"x"}"#).with_origin(2),
+        rec(Op::Update, "table9", "key2", r#"{"recode1":"y"}"#).with_origin(1),
+    ]);
+    let out = stage.call(input.as_batch(), None).unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let got: Vec<_> = out
+        .batch
+        .as_batch()
+        .iter()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.file.to_owned(), r.json().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("table2".to_owned(), serde_json::json!({"recode2": "x"})),
+            ("table1".to_owned(), serde_json::json!({"recode1": "x"})),
+            ("table9".to_owned(), serde_json::json!({"recode1": "y"})),
+        ]
+    );
+    // An unknown source name is refused when the stage loads, naming the plugin.
+    let err = t
+        .stage(r#"{"sources": {"kyoto": {"t": {"file": "u"}}}}"#)
+        .err()
+        .unwrap();
+    assert!(matches!(err, PluginError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("rename") && err.to_string().contains("'kyoto'"));
+}
+
+#[test]
+fn namespace_keeps_two_sources_apart_through_the_host() {
+    let rt = runtime();
+    let t = template(&rt, "ns", Role::Transform, builtin::NAMESPACE);
+    let config = r#"{"nodes": {"tokyo": 1, "osaka": 2},
+        "sources": {"tokyo": {"key_prefix": "tokyo/"}, "osaka": {"key_prefix": "osaka/", "file_prefix": "jp_"}}}"#;
+    let mut chain = Chain {
+        stages: vec![t.stage(config).unwrap()],
+    };
+    let out = chain
+        .run(batch(&[
+            rec(Op::Insert, "orders", "o-1", "{}").with_origin(1),
+            rec(Op::Insert, "orders", "o-1", "{}").with_origin(2),
+            rec(Op::Delete, "orders", "o-1", "").with_origin(7),
+        ]))
+        .unwrap();
+    let got: Vec<_> = out
+        .batch
+        .as_batch()
+        .iter()
+        .map(|r| {
+            let r = r.unwrap();
+            format!("{}:{}", r.file, r.key)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["orders:tokyo/o-1", "jp_orders:osaka/o-1", "orders:o-1"]
+    );
+}
+
+#[test]
+fn parent_rule_names_each_lines_order_through_the_host() {
+    let rt = runtime();
+    let t = template(&rt, "parents", Role::Rule, builtin::PARENT_RULE);
+    let config = r#"{"rules": [
+        {"file": "lines", "parent_file": "orders", "parent_key_field": "order.id"},
+        {"file": "notes", "parent_file": "orders", "key_separator": "/"}]}"#;
+    let mut stage = t.stage(config).unwrap();
+    let input = batch(&[
+        rec(Op::Insert, "orders", "o-1", "{}"),
+        rec(Op::Insert, "lines", "l-1", r#"{"order":{"id":"o-1"}}"#),
+        rec(Op::Insert, "notes", "o-1/n-1", "{}"),
+        rec(Op::Insert, "lines", "l-2", r#"{"order":{"id":[]}}"#),
+    ]);
+    let out = stage.call(input.as_batch(), None).unwrap();
+    assert_eq!(
+        out.depends,
+        [
+            (1, "orders".to_owned(), "o-1".to_owned()),
+            (2, "orders".to_owned(), "o-1".to_owned())
+        ]
+    );
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].index, 3);
+    assert!(out.errors[0].message.contains("is an array"));
+    let err = t.stage(r#"{"rules": []}"#).err().unwrap().to_string();
+    assert!(
+        err.contains("parents") && err.contains("at least one rule"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lww_resolver_picks_the_same_winner_at_both_sites_through_the_host() {
+    let rt = runtime();
+    let t = template(&rt, "lww", Role::Resolver, builtin::LWW_RESOLVER);
+    let v = |ts: u64, origin: u64, data: &str| {
+        rec(Op::Update, "f", "k", data)
+            .with_timestamp(ts)
+            .with_origin(origin)
+    };
+    let a = [v(10, 1, "{}"), v(10, 1, "{}"), v(30, 1, r#"{"version":2}"#)];
+    let b = [v(20, 2, "{}"), v(10, 2, "{}"), v(5, 2, r#"{"version":3}"#)];
+    let mut lww = t.stage("{}").unwrap();
+    let here = lww
+        .call(batch(&a).as_batch(), Some(batch(&b).as_batch()))
+        .unwrap();
+    let there = lww
+        .call(batch(&b).as_batch(), Some(batch(&a).as_batch()))
+        .unwrap();
+    // Remote wins pairs 0 and 1 here (later, then higher node id), and loses them there.
+    assert_eq!(here.bitmap, vec![0b011]);
+    assert_eq!(there.bitmap, vec![0b100]);
+    let mut max = t
+        .stage(r#"{"strategy": "max", "field": "version"}"#)
+        .unwrap();
+    let out = max
+        .call(batch(&a[2..]).as_batch(), Some(batch(&b[2..]).as_batch()))
+        .unwrap();
+    assert_eq!(
+        out.bitmap,
+        vec![1],
+        "version 3 beats version 2 despite being older"
+    );
+    let err = t.stage(r#"{"strategy": "max"}"#).err().unwrap().to_string();
+    assert!(err.contains("needs a field"), "{err}");
+}
+
 // ---- the hostile corpus ----
 
 /// A core module for `world` whose role export runs `body` first. It follows the
