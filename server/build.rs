@@ -43,7 +43,9 @@ fn main() {
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CARGO_TARGET_DIR")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        // Speed over size: opt-level 3 made the guests 17-55% faster than "s" for
+        // components 15-25% larger (docs/BENCHMARKS.md, plugins).
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     for (_, name, _) in &plugins {

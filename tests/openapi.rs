@@ -39,6 +39,17 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/tenants/{}/plugins", &["get"]),
     ("/v1/tenants/{}/plugins/{}/{}", &["get", "put", "delete"]),
     ("/v1/tenants/{}/plugins/{}/{}/dry-run", &["post"]),
+    ("/v1/node", &["get"]),
+    ("/metrics", &["get"]),
+    ("/v1/tenants/{}/links", &["get", "post"]),
+    ("/v1/tenants/{}/links/{}", &["get", "delete"]),
+    ("/v1/tenants/{}/links/{}/pause", &["post"]),
+    ("/v1/tenants/{}/links/{}/resume", &["post"]),
+    ("/v1/tenants/{}/replicas", &["get"]),
+    ("/v1/tenants/{}/replicas/{}", &["put", "delete"]),
+    ("/v1/tenants/{}/replicas/{}/suspend", &["post"]),
+    ("/v1/tenants/{}/replicas/{}/release", &["post"]),
+    ("/v1/tenants/{}/databases/{}/quorum", &["get", "put"]),
 ];
 
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`.

@@ -73,6 +73,22 @@ fn async_mirror_follows_a_live_write_load_and_ends_block_identical() {
     assert_eq!(link["status"]["bootstraps"], 1, "{link}");
     assert_eq!(link["mode"], "async");
     assert!(link.to_string().find("credential").is_none(), "{link}");
+    // Prometheus metrics show the link's lag, to tokens of its tenant only.
+    let metrics = a.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    let line = metrics
+        .text
+        .lines()
+        .find(|l| l.starts_with("doppel_link_lag_entries{") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no lag line for {id}:\n{}", metrics.text));
+    assert!(line.ends_with(" 0"), "{line}");
+    a.create_tenant("other");
+    let other = a
+        .client()
+        .with_token(&token("other", Role::Admin))
+        .get("/metrics");
+    assert_eq!(other.status, 200);
+    assert!(!other.text.contains(&id), "{}", other.text);
     // The replica serves reads and refuses client writes with a clear error.
     let refused = replica.put("orders", "o-x", json!({}), json!(1));
     let problem = refused.expect_problem(409, "read-only-replica");
@@ -430,17 +446,24 @@ fn async_mirror_under_drops_duplicates_reordering_and_cuts_heals_to_identical_bl
     };
     proxy.set_faults(Direction::ToUpstream, faults);
     proxy.set_faults(Direction::ToClient, faults);
-    for round in 0..20u64 {
+    // Write until every kind of fault has hit the stream, cutting the connection now
+    // and then as well.
+    let mut round = 0u64;
+    let faulted = wait_until(deadline_in(CATCH_UP), || {
         orders(&src, round * 100, round * 100 + 100);
         src.delete("orders", &format!("o-{:06}", round * 50)).ok();
-        if round % 7 == 6 {
+        round += 1;
+        if round.is_multiple_of(25) {
             proxy.cut();
         }
-    }
-    let stats = proxy.stats();
+        let s = proxy.stats();
+        let up = &s.to_upstream;
+        up.dropped > 0 && up.duplicated > 0 && up.reordered > 0 && s.accepted >= 2
+    });
     assert!(
-        stats.to_upstream.dropped + stats.to_upstream.duplicated + stats.to_upstream.reordered > 0,
-        "the proxy injected no fault: {stats:?}"
+        faulted,
+        "the proxy did not inject every fault: {:?}",
+        proxy.stats()
     );
     proxy.heal();
     wait_identical(&src, &replica, CATCH_UP);
@@ -497,4 +520,53 @@ fn a_sync_commit_holds_its_record_until_the_replica_confirms_while_other_records
     assert_eq!(other.join().unwrap(), 200);
     assert_eq!(src.data("orders", "k"), Some(json!(2)));
     wait_identical(&src, &b.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+}
+
+#[test]
+fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
+    let a = Node::start();
+    let mut b = Node::start_sticky();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    orders(&src, 0, 100);
+    let id = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&src, &replica, CATCH_UP);
+    let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas/{id}");
+    b.post_empty(&format!("{replicas}/suspend")).ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "suspended"));
+    let frozen = replica.contents("orders");
+    let frozen_sums = replica.checksums().body.clone();
+    // Sync commits do not wait on the detached replica.
+    a.put(&src.path("/quorum"), &json!({"k": 1, "timeout_ms": 1000}))
+        .ok();
+    orders(&src, 100, 400);
+    src.put("orders", "late", json!({}), json!(1)).ok();
+    src.delete("orders", "o-000001").ok();
+    // The replica stored them but shows the frozen state, also across a restart.
+    let listed = b
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+        .ok()
+        .clone();
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || b
+            .get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+            .ok()[0]["spooled"]
+            .as_u64()
+            >= Some(3)),
+        "{listed}"
+    );
+    assert_eq!(replica.contents("orders"), frozen);
+    b.restart();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert_eq!(replica.checksums().body, frozen_sums);
+    assert_eq!(replica.data("orders", "late"), None);
+    b.post_empty(&format!("{replicas}/release")).ok();
+    wait_identical(&src, &replica, CATCH_UP);
+    assert_eq!(replica.data("orders", "late"), Some(json!(1)));
+    assert_eq!(replica.data("orders", "o-000001"), None);
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["state"]
+        == "streaming"));
 }

@@ -10,7 +10,7 @@
 //! [`transform!`], [`rule!`] and [`resolver!`] (they are `macro_rules!`, not attribute
 //! macros: no proc-macro crate to build for every plugin):
 //!
-//! ```ignore
+//! ```text
 //! fn keep(r: &Record, cfg: &MyConfig) -> bool { r.key.starts_with(&cfg.prefix) }
 //! doppel_sdk::filter!(keep, MyConfig);
 //! ```

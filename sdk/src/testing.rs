@@ -3,7 +3,7 @@
 //! [`transform`], [`rule`] and [`resolve`]; each loads the config the way a stage does,
 //! so a config the plugin refuses is the `Err` of the helper.
 //!
-//! ```ignore
+//! ```text
 //! let kept = doppel_sdk::testing::filter(keep, r#"{"prefixes":["a"]}"#, &[rec("t", "a1")])?;
 //! assert_eq!(kept, vec![Ok(true)]);
 //! ```

@@ -141,3 +141,19 @@ pub async fn set_quorum(
         .save_quorum(&tenant, &db, body.k, body.timeout_ms)?;
     Ok(Json(quorum_json(&app, &tenant, &db)?))
 }
+
+pub async fn suspend_replica(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.set_suspended(&tenant, &link, true)?))
+}
+
+pub async fn release_replica(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.set_suspended(&tenant, &link, false)?))
+}

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod guard;
 pub mod links;
+pub mod metrics;
 pub mod openapi;
 pub mod plugins;
 pub mod routes;

@@ -36,6 +36,7 @@ routes! {
     "get" "/v1/health" => r::health, Public, "Liveness of the node";
     "get" "/v1/openapi.json" => r::openapi, Authenticated, "This document";
     "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address";
+    "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers";
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants";
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant";
     "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";
@@ -71,6 +72,8 @@ routes! {
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node";
     "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)";
+    "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)";
+    "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again";
     "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again";
     "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins";
     "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)";

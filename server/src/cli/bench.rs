@@ -15,31 +15,43 @@ use super::client::{encode_segment, Client, Target};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    target: Target,
+    pub(crate) target: Target,
     /// Records to write.
     #[arg(long, default_value_t = 1_000_000)]
-    records: usize,
+    pub(crate) records: usize,
     /// Operations per transaction.
     #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Concurrent client connections.
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Bytes of data per record.
     #[arg(long, default_value_t = 100)]
-    record_bytes: usize,
+    pub(crate) record_bytes: usize,
     /// Durability of the bench database: none, group or sync.
     #[arg(long, default_value = "group")]
-    durability: String,
+    pub(crate) durability: String,
     /// Point reads to run after the writes.
     #[arg(long, default_value_t = 20_000)]
     reads: usize,
     /// Name of the database to (re)create.
     #[arg(long, default_value = "bench")]
-    db: String,
+    pub(crate) db: String,
+    /// Bench replication instead: the API of a second node that becomes the replica.
+    #[arg(long)]
+    replica: Option<String>,
+    /// Token for the replica's API (default: the source's token).
+    #[arg(long, env = "DOPPEL_REPLICA_TOKEN", hide_env_values = true)]
+    replica_token: Option<String>,
+    /// Replication scenario: async, sync, bootstrap, catchup or all.
+    #[arg(long, default_value = "all")]
+    pub(crate) scenario: String,
+    /// Single-record commits of the sync scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) sync_commits: usize,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -50,7 +62,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn run_parallel(
+pub(crate) fn run_parallel(
     connections: usize,
     jobs: usize,
     work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static,
@@ -90,6 +102,9 @@ fn run_parallel(
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    if let Some(replica) = &args.replica {
+        return super::bench_link::run(&args, replica, args.replica_token.clone());
+    }
     let client = Client::for_target(&args.target);
     let tenant = encode_segment(&args.target.tenant);
     let db_path = format!(

@@ -2,6 +2,7 @@
 //! of a running node's REST API, plus `bench` which measures one.
 
 mod bench;
+mod bench_link;
 mod client;
 mod serve;
 mod token;

@@ -149,6 +149,32 @@ pub struct Database {
     pub quorum: Quorum,
 }
 
+/// A bootstrap snapshot installed in memory, still to be stored in sled.
+pub struct SnapshotSave {
+    log: Arc<LogStore>,
+    uid: u64,
+    serial: u64,
+    next_txn: u64,
+    frozen: Store,
+}
+
+impl SnapshotSave {
+    /// Store the snapshot (blocking: it writes every block and flushes).
+    pub fn save(self) -> Result<()> {
+        let (layout, blocks) = self.frozen.snapshot_parts();
+        let meta = SnapshotMeta {
+            serial: self.serial,
+            next_txn: self.next_txn,
+            created_ms: now_ms(),
+            parts: 0,
+            size_bytes: 0,
+            layout,
+        };
+        self.log.save_snapshot(self.uid, meta, &blocks)?;
+        Ok(())
+    }
+}
+
 /// What a replica did with a replicated transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaApply {
@@ -525,15 +551,18 @@ impl Database {
     }
 
     /// Replace this database's contents with a snapshot streamed from its source
-    /// (bootstrap, SPEC C5): the old log and snapshots go, the new snapshot is stored
-    /// so a restart recovers from it, and the replica continues from `serial`.
+    /// (bootstrap, SPEC C5): the old log and snapshots go, and the replica continues
+    /// from `serial` at once. The returned [`SnapshotSave`] stores the snapshot so a
+    /// restart recovers from it; until it has run, a crash recovers an empty database
+    /// (the log after `serial` has no snapshot to start from), which the source then
+    /// bootstraps again, so confirm nothing past `serial` before it ran.
     pub fn install_snapshot(
         &self,
         layout: SnapshotLayout,
         packed: &[u8],
         serial: u64,
         next_txn: u64,
-    ) -> Result<()> {
+    ) -> Result<SnapshotSave> {
         if layout.schema.files != self.def.spec.files
             || layout.block_size as usize != self.def.spec.block_size
         {
@@ -546,22 +575,18 @@ impl Database {
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut state = self.state.write();
         self.log.delete_database(self.def.uid)?;
-        let (layout, blocks) = store.snapshot_parts();
-        let meta = SnapshotMeta {
-            serial,
-            next_txn,
-            created_ms: now_ms(),
-            parts: 0,
-            size_bytes: 0,
-            layout,
-        };
-        self.log.save_snapshot(self.def.uid, meta, &blocks)?;
-        drop(blocks);
+        let frozen = store.freeze();
         state.store = store;
         state.seq = Sequencer::new(serial, next_txn);
         state.snapshot_serial = serial;
         self.appended.send_replace(serial);
-        Ok(())
+        Ok(SnapshotSave {
+            log: self.log.clone(),
+            uid: self.def.uid,
+            serial,
+            next_txn,
+            frozen,
+        })
     }
 
     /// A frozen copy of the store with its serial and next transaction number (for

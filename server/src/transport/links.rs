@@ -132,6 +132,9 @@ pub struct ReplicaReg {
     pub source_node: String,
     /// The source stream this replica follows (0: none yet).
     pub stream: u64,
+    /// Detached: what arrives is spooled, not applied.
+    #[serde(default)]
+    pub suspended: bool,
     pub apply: Apply,
     pub created_ms: u64,
 }
@@ -143,6 +146,8 @@ pub enum LinkState {
     Connecting,
     Bootstrapping,
     Streaming,
+    /// The replica is detached: it stores what it receives and applies nothing.
+    Suspended,
     Paused,
     /// Disconnected after an error; it retries.
     Retrying,

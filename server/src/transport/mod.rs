@@ -19,6 +19,7 @@
 pub mod links;
 pub mod receiver;
 pub mod sender;
+pub mod spool;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,8 @@ pub struct Replication {
     /// The running receiver session of each replica link (a new connection ends the
     /// previous one).
     sessions: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
+    /// What suspended replicas received (SPEC G6).
+    pub spool: spool::Spool,
 }
 
 impl Replication {
@@ -96,6 +99,7 @@ impl Replication {
                 id
             }
         };
+        let spool_tree = node.tree("spool").map_err(|e| e.to_string())?;
         let repl = Arc::new(Replication {
             node,
             tenancy,
@@ -104,6 +108,7 @@ impl Replication {
             links: Mutex::new(BTreeMap::new()),
             replicas: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(BTreeMap::new()),
+            spool: spool::Spool::open(spool_tree),
         });
         for (_, value) in repl
             .node
@@ -380,6 +385,7 @@ impl Replication {
             credential_sha256: links::credential_hash(&req.credential),
             source_node: req.source_node.clone(),
             stream: previous.as_ref().map_or(0, |p| p.stream),
+            suspended: previous.as_ref().is_some_and(|p| p.suspended),
             apply: req.apply,
             created_ms: previous.as_ref().map_or(now_ms(), |p| p.created_ms),
         };
@@ -432,6 +438,8 @@ impl Replication {
                     "source_node": r.source_node,
                     "apply": r.apply,
                     "connected": self.sessions.lock().contains_key(&r.link),
+                    "suspended": r.suspended,
+                    "spooled": self.spool.len(&r.link),
                     "created_ms": r.created_ms,
                 })
             })
@@ -451,10 +459,33 @@ impl Replication {
         if let Some(session) = self.sessions.lock().remove(id) {
             session.abort();
         }
+        self.spool.clear(id).map_err(Error::Unavailable)?;
         if let Ok(db) = self.node.database(tenant, &reg.database) {
             db.set_replica_of(None);
         }
         Ok(())
+    }
+
+    /// Suspend (detach) or release a replica (SPEC G6). Suspended, it stores what
+    /// arrives and applies nothing, so readers see a frozen state; released, it applies
+    /// what it stored and follows again (its session does so at the next frame).
+    pub fn set_suspended(&self, tenant: &str, id: &str, suspended: bool) -> Result<Value> {
+        let mut reg = self
+            .replica(id)
+            .filter(|r| r.tenant == tenant)
+            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        reg.suspended = suspended;
+        self.save_replica(&reg)?;
+        Ok(json!({
+            "link": id,
+            "database": reg.database,
+            "suspended": suspended,
+            "spooled": self.spool.len(id),
+        }))
+    }
+
+    pub(crate) fn is_suspended(&self, id: &str) -> bool {
+        self.replicas.lock().get(id).is_some_and(|r| r.suspended)
     }
 
     pub(crate) fn set_session(&self, id: &str, abort: tokio::task::AbortHandle) {

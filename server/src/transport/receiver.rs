@@ -7,15 +7,19 @@
 //! reordered frame) asks for a retransmission from the first missing serial, and the
 //! watermark the source sends with every frame and heartbeat reveals a gap at the end
 //! of the stream too. After each frame the replica answers "backup completed" with its
-//! last applied serial, once that is as durable as the replica's database promises.
+//! last applied serial, once that is as durable as the replica's database promises; the
+//! confirmations wait for the flush in a writing half of their own, so applying goes on
+//! while the flush runs and one flush confirms many frames.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use super::links::{self, ReplicaReg};
+use super::spool;
 use super::wire::{self, FrameWriter, Msg};
 use super::Replication;
 use crate::log::codec;
@@ -85,6 +89,7 @@ struct Incoming {
     size: u64,
     packed: Vec<u8>,
     hasher: xxhash_rust::xxh3::Xxh3,
+    started: std::time::Instant,
 }
 
 fn chunk(bytes: &[u8]) -> Result<RawChunk, String> {
@@ -152,20 +157,66 @@ async fn serve(
     if let Ok(abort) = me.await {
         repl.set_session(&reg.link, abort);
     }
-    let result = stream(repl, &reg, &hello, &db, rd, &mut wr).await;
+    let result = stream(repl, &reg, &hello, &db, rd, wr).await;
     repl.end_session(&reg.link, tokio::task::id());
     result
 }
 
-async fn stream<W: AsyncWrite + Unpin>(
+/// What the session's writing half sends.
+enum Reply {
+    /// A frame to send now.
+    Frame(Vec<u8>),
+    /// Confirm `serial` once the replica's log is as durable as its database promises.
+    Ack(u64),
+    /// Confirm nothing more until this (a bootstrap snapshot being stored) is done.
+    Wait(tokio::task::JoinHandle<Result<(), String>>),
+}
+
+/// The writing half: sends replies in order, and confirms applied serials after the
+/// group flush that covers them, several at once when they queue up while a flush
+/// runs. The reading half never waits for a flush.
+async fn write_replies(
+    db: Arc<Database>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Reply>,
+) -> Result<(), String> {
+    while let Some(first) = rx.recv().await {
+        let mut ack = None;
+        let mut next = Some(first);
+        while let Some(reply) = next.take().or_else(|| rx.try_recv().ok()) {
+            match reply {
+                Reply::Frame(frame) => send(&mut wr, &frame).await?,
+                Reply::Ack(serial) => ack = ack.max(Some(serial)),
+                Reply::Wait(task) => {
+                    if let Some(serial) = ack.take() {
+                        db.await_durable()
+                            .await
+                            .map_err(|e| format!("the replica's log: {e}"))?;
+                        send(&mut wr, &wire::single(&Msg::BackupCompleted { serial })).await?;
+                    }
+                    task.await.map_err(|e| e.to_string())??;
+                }
+            }
+        }
+        if let Some(serial) = ack {
+            db.await_durable()
+                .await
+                .map_err(|e| format!("the replica's log: {e}"))?;
+            send(&mut wr, &wire::single(&Msg::BackupCompleted { serial })).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn stream(
     repl: &Replication,
     reg: &ReplicaReg,
     hello: &wire::Hello,
     db: &Arc<Database>,
     mut rd: tokio::net::tcp::OwnedReadHalf,
-    wr: &mut W,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let (last, _) = db.serials();
+    let last = db.serials().0.max(repl.spool.last(&reg.link)?.unwrap_or(0));
     let mut stream = reg.stream;
     if stream == 0 && last == 0 {
         repl.adopt_stream(&reg.link, hello.stream)
@@ -173,7 +224,7 @@ async fn stream<W: AsyncWrite + Unpin>(
         stream = hello.stream;
     }
     send(
-        wr,
+        &mut wr,
         &wire::single(&Msg::Welcome {
             last_serial: last,
             stream,
@@ -182,12 +233,37 @@ async fn stream<W: AsyncWrite + Unpin>(
     )
     .await?;
     tracing::info!(link = %reg.link, database = %reg.database, serial = last, "replica connected");
+    let (tx, rx) = mpsc::channel(1024);
+    let writer = tokio::spawn(write_replies(db.clone(), wr, rx));
+    let result = apply_stream(repl, reg, hello, db, &mut rd, &tx).await;
+    drop(tx);
+    // Whatever the reading half queued (a refusal, a request for a snapshot) goes out.
+    let written = writer.await.map_err(|e| e.to_string())?;
+    result.and(written)
+}
 
+async fn reply_now(tx: &mpsc::Sender<Reply>, frame: Vec<u8>) -> Result<(), String> {
+    tx.send(Reply::Frame(frame))
+        .await
+        .map_err(|_| "the connection to the source is closed".to_string())
+}
+
+async fn apply_stream(
+    repl: &Replication,
+    reg: &ReplicaReg,
+    hello: &wire::Hello,
+    db: &Arc<Database>,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    tx: &mpsc::Sender<Reply>,
+) -> Result<(), String> {
     let mut pending: Option<Pending> = None;
     let mut incoming: Option<Incoming> = None;
     let mut requested: Option<u64> = None;
+    // Spooled while suspended and not applied yet: the serial to continue from.
+    let mut spooled = repl.spool.last(&reg.link)?;
+    let mut told_suspended = false;
     loop {
-        let payload = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame(&mut rd))
+        let payload = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame(rd))
             .await
             .map_err(|_| "the source went silent".to_string())?
             .map_err(|e| format!("the source's connection: {e}"))?;
@@ -197,6 +273,30 @@ async fn stream<W: AsyncWrite + Unpin>(
         // A gap seen in the transactions asks once per missing serial; one a watermark
         // shows (nothing arrives after the loss) asks again at every heartbeat.
         let mut gap: Option<(u64, bool)> = None;
+        let suspended = repl.is_suspended(&reg.link);
+        if suspended != told_suspended {
+            reply.push(if suspended {
+                &Msg::Suspend
+            } else {
+                &Msg::Release
+            });
+            told_suspended = suspended;
+        }
+        if !suspended && spooled.is_some() {
+            let applied = repl
+                .spool
+                .drain(&reg.link, |chunks| match db.apply_replicated(chunks) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("replaying a spooled transaction: {e}")),
+                });
+            match applied {
+                Ok(n) => {
+                    tracing::info!(link = %reg.link, transactions = n, "replica released; spooled transactions applied")
+                }
+                Err(reason) => return ask_snapshot(tx, &reason).await,
+            }
+            spooled = None;
+        }
         for msg in msgs {
             match msg {
                 Msg::TxnStart { txn, .. } => {
@@ -221,6 +321,22 @@ async fn stream<W: AsyncWrite + Unpin>(
                     for b in extra {
                         p.chunks.push(chunk(b)?);
                     }
+                    if suspended {
+                        let first = p.chunks.first().map_or(0, |c| c.head.first_serial);
+                        let last = spool::last_serial(&p.chunks).unwrap_or(0);
+                        let have = spooled.unwrap_or(0).max(db.serials().0);
+                        if last <= have {
+                            continue;
+                        }
+                        if first != have + 1 {
+                            gap = Some((have + 1, false));
+                            continue;
+                        }
+                        repl.spool.push(&reg.link, first, &p.chunks)?;
+                        spooled = Some(last);
+                        requested = None;
+                        continue;
+                    }
                     match db.apply_replicated(&p.chunks) {
                         Ok(ReplicaApply::Applied(_)) => requested = None,
                         Ok(ReplicaApply::Duplicate) => {}
@@ -228,20 +344,13 @@ async fn stream<W: AsyncWrite + Unpin>(
                         Err(e) => {
                             let reason = format!("applying transaction {txn}: {e}");
                             tracing::error!(link = %reg.link, error = %reason, "replica diverged; asking for a snapshot");
-                            let _ = send(
-                                wr,
-                                &wire::single(&Msg::NeedBootstrap {
-                                    reason: reason.clone(),
-                                }),
-                            )
-                            .await;
-                            return Err(reason);
+                            return ask_snapshot(tx, &reason).await;
                         }
                     }
                 }
                 Msg::Watermark { serial, .. } => {
                     answer = true;
-                    let have = db.serials().0;
+                    let have = db.serials().0.max(spooled.unwrap_or(0));
                     if serial > have && pending.is_none() && incoming.is_none() {
                         gap = Some((have + 1, true));
                     }
@@ -258,7 +367,12 @@ async fn stream<W: AsyncWrite + Unpin>(
                             "the snapshot holds {size_bytes} bytes of blocks, over database '{}''s memory quota of {}",
                             reg.database, db.def.spec.memory_quota_bytes
                         );
-                        return refuse(wr, "quota", reason).await;
+                        let refusal = wire::single(&Msg::Refused {
+                            code: "quota".into(),
+                            reason: reason.clone(),
+                        });
+                        reply_now(tx, refusal).await?;
+                        return Err(reason);
                     }
                     incoming = Some(Incoming {
                         serial,
@@ -267,6 +381,7 @@ async fn stream<W: AsyncWrite + Unpin>(
                         size: size_bytes,
                         packed: Vec::with_capacity(size_bytes as usize),
                         hasher: xxhash_rust::xxh3::Xxh3::new(),
+                        started: std::time::Instant::now(),
                     });
                 }
                 Msg::SnapshotPart { bytes } => {
@@ -281,12 +396,30 @@ async fn stream<W: AsyncWrite + Unpin>(
                 }
                 Msg::SnapshotEnd { checksum } => {
                     let Some(s) = incoming.take() else {
-                        return ask_snapshot(wr, "a snapshot part was lost").await;
+                        return ask_snapshot(tx, "a snapshot part was lost").await;
                     };
                     if s.hasher.digest() != checksum || s.packed.len() as u64 != s.size {
-                        return ask_snapshot(wr, "the snapshot arrived damaged").await;
+                        return ask_snapshot(tx, "the snapshot arrived damaged").await;
                     }
-                    install(db, s).await?;
+                    let (bytes, transfer) = (s.size, s.started.elapsed());
+                    let installing = std::time::Instant::now();
+                    repl.spool.clear(&reg.link)?;
+                    spooled = None;
+                    let save = install(db, s).await?;
+                    let saving = tokio::task::spawn_blocking(move || {
+                        save.save()
+                            .map_err(|e| format!("storing the bootstrap snapshot: {e}"))
+                    });
+                    tx.send(Reply::Wait(saving))
+                        .await
+                        .map_err(|_| "the connection to the source is closed".to_string())?;
+                    tracing::info!(
+                        link = %reg.link,
+                        bytes,
+                        transfer_secs = transfer.as_secs_f64(),
+                        install_secs = installing.elapsed().as_secs_f64(),
+                        "bootstrap snapshot installed"
+                    );
                     repl.adopt_stream(&reg.link, hello.stream)
                         .map_err(|e| e.to_string())?;
                     requested = None;
@@ -303,24 +436,22 @@ async fn stream<W: AsyncWrite + Unpin>(
                 requested = Some(expected);
             }
         }
-        if answer {
-            db.await_durable()
-                .await
-                .map_err(|e| format!("the replica's log: {e}"))?;
-            reply.push(&Msg::BackupCompleted {
-                serial: db.serials().0,
-            });
-        }
         if !reply.is_empty() {
-            send(wr, &reply.finish()).await?;
+            reply_now(tx, reply.finish()).await?;
+        }
+        if answer {
+            let confirmed = db.serials().0.max(spooled.unwrap_or(0));
+            tx.send(Reply::Ack(confirmed))
+                .await
+                .map_err(|_| "the connection to the source is closed".to_string())?;
         }
     }
 }
 
-async fn ask_snapshot<W: AsyncWrite + Unpin>(wr: &mut W, reason: &str) -> Result<(), String> {
-    let _ = send(
-        wr,
-        &wire::single(&Msg::NeedBootstrap {
+async fn ask_snapshot(tx: &mpsc::Sender<Reply>, reason: &str) -> Result<(), String> {
+    let _ = reply_now(
+        tx,
+        wire::single(&Msg::NeedBootstrap {
             reason: reason.into(),
         }),
     )
@@ -328,7 +459,10 @@ async fn ask_snapshot<W: AsyncWrite + Unpin>(wr: &mut W, reason: &str) -> Result
     Err(reason.into())
 }
 
-async fn install(db: &Arc<Database>, s: Incoming) -> Result<(), String> {
+async fn install(
+    db: &Arc<Database>,
+    s: Incoming,
+) -> Result<crate::node::database::SnapshotSave, String> {
     let layout = postcard::from_bytes(&s.layout).map_err(|e| format!("snapshot layout: {e}"))?;
     let db = db.clone();
     tokio::task::spawn_blocking(move || {

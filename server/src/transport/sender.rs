@@ -149,6 +149,8 @@ async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Re
 /// What the reading half reports.
 enum Event {
     Acked(u64),
+    /// The replica was suspended (true) or released.
+    Suspended(bool),
     Retransmit(u64),
     NeedBootstrap(String),
     Closed(String),
@@ -164,6 +166,8 @@ async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
                         match m {
                             Msg::BackupCompleted { serial } => events.push(Event::Acked(serial)),
                             Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
+                            Msg::Suspend => events.push(Event::Suspended(true)),
+                            Msg::Release => events.push(Event::Suspended(false)),
                             Msg::NeedBootstrap { reason } => {
                                 events.push(Event::NeedBootstrap(reason))
                             }
@@ -331,13 +335,17 @@ async fn session(
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut rate = (Instant::now(), acked);
     let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
+    // Everything up to here is known durable on the source.
+    let mut durable = 0;
     loop {
         let available = *appended.borrow_and_update();
         if next <= available && next - 1 < acked + WINDOW_ENTRIES {
-            if !ship_early {
+            if !ship_early && next > durable {
+                // `available` was read before this flush was asked for: it is covered.
                 db.await_durable()
                     .await
                     .map_err(|e| format!("the source log: {e}"))?;
+                durable = available;
             }
             let txns = db
                 .log_store()
@@ -418,6 +426,14 @@ async fn session(
                             db.quorum.ack(&def.id, acked);
                         }
                     }
+                }
+                Some(Event::Suspended(suspended)) => {
+                    // A detached replica is not waited for (SPEC G6).
+                    if def.spec.mode == Mode::Sync {
+                        db.quorum.set_suspended(&def.id, suspended);
+                    }
+                    link.status.lock().state = if suspended { LinkState::Suspended } else { LinkState::Streaming };
+                    tracing::info!(link = %def.id, suspended, "the replica changed its attachment");
                 }
                 Some(Event::Retransmit(from)) => {
                     if from < next && from > acked.saturating_sub(1) {

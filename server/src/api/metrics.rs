@@ -1,0 +1,143 @@
+//! `GET /metrics`: Prometheus text exposition of the databases and links the caller's
+//! token covers (the node administrator sees every tenant).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use super::AppState;
+use crate::tenancy::auth::Claims;
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    Family { out }
+}
+
+pub async fn metrics(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Claims>,
+) -> Response {
+    let tenants: Vec<String> = app
+        .node
+        .tenants()
+        .into_iter()
+        .filter(|t| claims.covers(t))
+        .collect();
+    let mut out = String::new();
+    let dbs: Vec<_> = tenants
+        .iter()
+        .flat_map(|t| app.node.databases(t).unwrap_or_default())
+        .collect();
+    let db_metrics: [(&str, &str, &str); 2] = [
+        (
+            "doppel_database_last_serial",
+            "gauge",
+            "Serial of the last update applied.",
+        ),
+        (
+            "doppel_database_memory_bytes",
+            "gauge",
+            "Bytes of blocks in RAM.",
+        ),
+    ];
+    for (i, (name, kind, help)) in db_metrics.iter().enumerate() {
+        let mut f = family(&mut out, name, kind, help);
+        for db in &dbs {
+            let value = match i {
+                0 => db.serials().0 as f64,
+                _ => db.memory_bytes() as f64,
+            };
+            f.sample(
+                name,
+                &[("tenant", &db.def.tenant), ("database", db.name())],
+                value,
+            );
+        }
+    }
+    let links: Vec<serde_json::Value> = tenants
+        .iter()
+        .flat_map(|t| app.replication.list_links(t))
+        .collect();
+    let link_metrics: [(&str, &str, &str, &str); 6] = [
+        (
+            "doppel_link_lag_entries",
+            "gauge",
+            "lag_entries",
+            "Entries of the source the replica has not confirmed.",
+        ),
+        (
+            "doppel_link_lag_ms",
+            "gauge",
+            "lag_ms",
+            "Age of the oldest unconfirmed transaction, in milliseconds.",
+        ),
+        (
+            "doppel_link_throughput",
+            "gauge",
+            "throughput",
+            "Entries confirmed per second.",
+        ),
+        (
+            "doppel_link_acked_serial",
+            "gauge",
+            "acked_serial",
+            "Highest serial the replica confirmed.",
+        ),
+        (
+            "doppel_link_connections_total",
+            "counter",
+            "connections",
+            "Connections the link opened.",
+        ),
+        (
+            "doppel_link_bootstraps_total",
+            "counter",
+            "bootstraps",
+            "Snapshots streamed to the replica.",
+        ),
+    ];
+    for (name, kind, field, help) in link_metrics {
+        let mut f = family(&mut out, name, kind, help);
+        for link in &links {
+            let s = &link["status"];
+            f.sample(
+                name,
+                &[
+                    ("tenant", link["tenant"].as_str().unwrap_or_default()),
+                    ("link", link["id"].as_str().unwrap_or_default()),
+                    ("database", link["database"].as_str().unwrap_or_default()),
+                    ("mode", link["mode"].as_str().unwrap_or_default()),
+                    ("state", s["state"].as_str().unwrap_or_default()),
+                ],
+                s[field].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
