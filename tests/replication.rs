@@ -412,28 +412,52 @@ fn link_creation_refuses_bad_requests_precisely() {
 }
 
 /// The proxy in front of `target`'s replication listener.
-fn proxy_to(target: &Node) -> ChaosProxy {
-    let addr = target.get("/v1/node").ok()["replication"]
+/// Two nodes and a link from `shop` on the first to `shop` on the second, through a
+/// chaos proxy in front of the second's replication listener.
+struct Proxied {
+    a: Node,
+    b: Node,
+    proxy: ChaosProxy,
+    src: Db,
+    id: String,
+}
+
+fn proxied_link(mode: &str) -> Proxied {
+    let a = Node::start();
+    let b = Node::start();
+    let addr = b.get("/v1/node").ok()["replication"]
         .as_str()
         .expect("a replication address")
         .parse()
         .expect("an address");
-    ChaosProxy::start(addr).expect("start the chaos proxy")
-}
-
-#[test]
-fn async_mirror_under_drops_duplicates_reordering_and_cuts_heals_to_identical_blocks() {
-    let a = Node::start();
-    let b = Node::start();
-    let proxy = proxy_to(&b);
+    let proxy = ChaosProxy::start(addr).expect("start the chaos proxy");
     let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let via = proxy.addr().to_string();
     let id = create_link(
         &a,
         "shop",
         &b,
         "shop",
-        json!({"target": {"replication": proxy.addr().to_string()}}),
+        json!({"mode": mode, "target": {"replication": via}}),
     );
+    Proxied {
+        a,
+        b,
+        proxy,
+        src,
+        id,
+    }
+}
+
+#[test]
+fn async_mirror_under_drops_duplicates_reordering_and_cuts_heals_to_identical_blocks() {
+    let Proxied {
+        a,
+        b,
+        proxy,
+        src,
+        id,
+    } = proxied_link("async");
     let replica = b.db(DEFAULT_TENANT, "shop");
     wait_identical(&src, &replica, CATCH_UP);
     let faults = Faults {
@@ -478,17 +502,13 @@ fn async_mirror_under_drops_duplicates_reordering_and_cuts_heals_to_identical_bl
 
 #[test]
 fn a_sync_commit_holds_its_record_until_the_replica_confirms_while_other_records_go_on() {
-    let a = Node::start();
-    let b = Node::start();
-    let proxy = proxy_to(&b);
-    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
-    let id = create_link(
-        &a,
-        "shop",
-        &b,
-        "shop",
-        json!({"mode": "sync", "target": {"replication": proxy.addr().to_string()}}),
-    );
+    let Proxied {
+        a,
+        b,
+        proxy,
+        src,
+        id,
+    } = proxied_link("sync");
     assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
         ["status"]["state"]
         == "streaming"));

@@ -184,6 +184,34 @@ impl<'a> Reader<'a> {
             _ => Err(CodecError(self.pos - 1)),
         }
     }
+    /// The fixed fields at the front of a chunk.
+    fn head(&mut self) -> Result<ChunkHead, CodecError> {
+        let last_timestamp_us = u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
+        if self.u8()? != VERSION {
+            return Err(CodecError(8));
+        }
+        let kind = match self.u8()? {
+            1 => LogKind::A,
+            2 => LogKind::B,
+            3 => LogKind::T,
+            _ => return Err(CodecError(9)),
+        };
+        let txn = self.u64()?;
+        let outcome = match self.u8()? {
+            0 => Outcome::Committed,
+            1 => Outcome::Cancelled,
+            _ => return Err(CodecError(18)),
+        };
+        Ok(ChunkHead {
+            kind,
+            txn,
+            outcome,
+            first_serial: self.u64()?,
+            last_serial: self.u64()?,
+            last_timestamp_us,
+        })
+    }
+
     fn header(&mut self, txn: u64) -> Result<Header, CodecError> {
         let serial = self.u64()?;
         let at = self.pos;
@@ -210,24 +238,14 @@ impl<'a> Reader<'a> {
 /// Decode a chunk.
 pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
     let mut r = Reader { bytes, pos: 0 };
-    let last_timestamp_us = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
-    if r.u8()? != VERSION {
-        return Err(CodecError(8));
-    }
-    let kind = match r.u8()? {
-        1 => LogKind::A,
-        2 => LogKind::B,
-        3 => LogKind::T,
-        _ => return Err(CodecError(9)),
-    };
-    let txn = r.u64()?;
-    let outcome = if r.u8()? == 0 {
-        Outcome::Committed
-    } else {
-        Outcome::Cancelled
-    };
-    let first_serial = r.u64()?;
-    let last_serial = r.u64()?;
+    let ChunkHead {
+        kind,
+        txn,
+        outcome,
+        first_serial,
+        last_serial,
+        last_timestamp_us,
+    } = r.head()?;
     let count = r.u32()? as usize;
     let mut entries = Vec::with_capacity(count.min(bytes.len() / 30));
     for _ in 0..count {
@@ -296,31 +314,7 @@ pub struct ChunkHead {
 /// Read a chunk's fixed fields without decoding its entries (replication forwards the
 /// chunk bytes as they are).
 pub fn peek(bytes: &[u8]) -> Result<ChunkHead, CodecError> {
-    let mut r = Reader { bytes, pos: 0 };
-    let last_timestamp_us = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
-    if r.u8()? != VERSION {
-        return Err(CodecError(8));
-    }
-    let kind = match r.u8()? {
-        1 => LogKind::A,
-        2 => LogKind::B,
-        3 => LogKind::T,
-        _ => return Err(CodecError(9)),
-    };
-    let txn = r.u64()?;
-    let outcome = match r.u8()? {
-        0 => Outcome::Committed,
-        1 => Outcome::Cancelled,
-        _ => return Err(CodecError(18)),
-    };
-    Ok(ChunkHead {
-        kind,
-        txn,
-        outcome,
-        first_serial: r.u64()?,
-        last_serial: r.u64()?,
-        last_timestamp_us,
-    })
+    Reader { bytes, pos: 0 }.head()
 }
 
 /// The last timestamp of an encoded chunk, read from its first bytes.
