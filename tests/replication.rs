@@ -590,3 +590,180 @@ fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
         ["status"]["state"]
         == "streaming"));
 }
+
+fn upload_plugin(node: &Node, name: &str, role: &str, wasm: &[u8]) {
+    let r = node.request(
+        "PUT",
+        &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/{name}/1?role={role}"),
+        Body::Raw("application/wasm", wasm),
+    );
+    assert!(r.status == 201 || r.status == 200, "{r}");
+}
+
+#[test]
+fn a_logical_link_ships_exactly_the_filtered_and_transformed_records() {
+    use doppel_server::plugins::builtin;
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "eu", "filter", builtin::PREFIX_FILTER);
+    upload_plugin(&a, "mask", "transform", builtin::FIELD_MASK);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let id = create_link(
+        &a,
+        "shop",
+        &b,
+        "shop",
+        json!({"apply": "logical", "stages": [
+            {"plugin": "eu@1", "config": {"files": ["orders"], "prefixes": ["eu-"]}},
+            {"plugin": "mask@1", "config": {"paths": ["card"]}}
+        ]}),
+    );
+    src.put(
+        "orders",
+        "eu-1",
+        json!({"customer": "ann"}),
+        json!({"card": "4111", "total": 1}),
+    )
+    .ok();
+    src.put(
+        "orders",
+        "eu-2",
+        json!({}),
+        json!({"card": "5500", "total": 2}),
+    )
+    .ok();
+    src.put(
+        "orders",
+        "us-1",
+        json!({}),
+        json!({"card": "3400", "total": 3}),
+    )
+    .ok();
+    src.put("lines", "eu-1/1", json!({}), json!({"sku": "A"}))
+        .ok();
+    src.put(
+        "orders",
+        "eu-1",
+        json!({"customer": "ann"}),
+        json!({"card": "4111", "total": 10}),
+    )
+    .ok();
+    src.delete("orders", "eu-2").ok();
+    let last = src.info()["last_serial"].as_u64().unwrap();
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["acked_serial"]
+        .as_u64()
+        >= Some(last)));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    let orders = replica.contents("orders");
+    assert_eq!(
+        keys_of(&json!(orders)),
+        vec!["eu-1".to_string()],
+        "{orders:?}"
+    );
+    assert_eq!(
+        replica.data("orders", "eu-1"),
+        Some(json!({"card": "***", "total": 10}))
+    );
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "ann"),
+        vec!["eu-1".to_string()]
+    );
+    assert!(replica.contents("lines").is_empty());
+    // The replica's blocks are its own (a logical copy), and it still refuses writes.
+    replica
+        .put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+    let link = link_status(&a, &id);
+    assert_eq!(link["apply"], "logical");
+    assert!(
+        link["status"]["plugin_seconds"].as_f64().unwrap() > 0.0,
+        "{link}"
+    );
+}
+
+#[test]
+fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_policy_says() {
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "trap", "filter", &trapping_filter());
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let stages = json!([{"plugin": "trap@1"}]);
+    let quarantine = create_link(
+        &a,
+        "shop",
+        &b,
+        "q",
+        json!({"apply": "logical", "stages": stages, "on_error": "quarantine"}),
+    );
+    let stop = create_link(
+        &a,
+        "shop",
+        &b,
+        "s",
+        json!({"apply": "logical", "stages": stages, "on_error": "stop"}),
+    );
+    for i in 0..3 {
+        src.put("orders", &format!("o-{i}"), json!({}), json!({"i": i}))
+            .ok();
+    }
+    let last = src.info()["last_serial"].as_u64().unwrap();
+    let dead = format!("/v1/tenants/{DEFAULT_TENANT}/links/{quarantine}/dead-letters");
+    // Quarantine: every record is a dead letter with the plugin and the reason, and the
+    // link keeps streaming up to the source's last serial.
+    assert!(wait_until(deadline_in(CATCH_UP), || a
+        .get(&dead)
+        .ok()
+        .as_array()
+        .unwrap()
+        .len()
+        == 3));
+    let letters = a.get(&dead).ok().clone();
+    assert_eq!(letters[0]["record"]["key"], "o-0", "{letters}");
+    assert!(
+        letters[0]["plugin"].as_str().unwrap().contains("trap"),
+        "{letters}"
+    );
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{letters}"
+    );
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(
+        &a,
+        &quarantine
+    )["status"]["acked_serial"]
+        .as_u64()
+        >= Some(last)));
+    let q = link_status(&a, &quarantine);
+    assert_eq!(q["status"]["state"], "streaming", "{q}");
+    assert_eq!(q["status"]["quarantined"], 3, "{q}");
+    // A dead letter can be dropped.
+    let first = letters[0]["id"].as_u64().unwrap();
+    a.delete(&format!("{dead}/{first}")).expect(204);
+    assert_eq!(a.get(&dead).ok().as_array().unwrap().len(), 2);
+    a.delete(&format!("{dead}/{first}"))
+        .expect_problem(404, "not-found");
+    // Stop: the link stops with the error shown, and nothing reached its replica.
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &stop)
+        ["status"]["state"]
+        == "stopped"));
+    let s = link_status(&a, &stop);
+    let error = s["status"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("trap") && error.contains("stopped by its error policy"),
+        "{s}"
+    );
+    assert!(b.db(DEFAULT_TENANT, "s").contents("orders").is_empty());
+    // The node and the other links carry on.
+    src.put("orders", "after", json!({}), json!(1)).ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || a
+        .get(&dead)
+        .ok()
+        .as_array()
+        .unwrap()
+        .len()
+        == 3));
+}

@@ -1259,3 +1259,50 @@ pub fn wait_identical(source: &Db, replica: &Db, timeout: Duration) {
         last.0, last.1
     );
 }
+
+/// A hostile filter component whose `filter` export traps at once (`unreachable`): every
+/// batch it is given fails. Built here from WAT, following the canonical ABI by hand.
+pub fn trapping_filter() -> Vec<u8> {
+    let wat = r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+  (func (export "contract-version") (result i32) (i32.const 1))
+  (data (i32.const 16) "{}")
+  (func (export "config-schema") (result i32)
+    (i32.store (i32.const 32) (i32.const 16))
+    (i32.store (i32.const 36) (i32.const 2))
+    (i32.const 32))
+  (func (export "configure") (param i32 i32) (result i32)
+    (i32.store8 (i32.const 48) (i32.const 0))
+    (i32.const 48))
+  (func (export "filter") (param i32 i32 i32 i32) (result i32)
+    unreachable)
+)"#;
+    let mut module = wat::parse_str(wat).expect("the hostile module parses");
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/wit"))
+        .expect("the WIT contract parses");
+    let world = resolve
+        .select_world(&[pkg], Some("filter"))
+        .expect("the filter world");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .expect("metadata embeds");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("the module is accepted")
+        .validate(true)
+        .encode()
+        .expect("the component encodes")
+}

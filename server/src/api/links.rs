@@ -142,6 +142,25 @@ pub async fn set_quorum(
     Ok(Json(quorum_json(&app, &tenant, &db)?))
 }
 
+pub async fn dead_letters(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(Value::Array(
+        app.replication.dead_letters(&tenant, &link, 1000)?,
+    )))
+}
+
+pub async fn drop_dead_letter(
+    State(app): App,
+    Path((tenant, link, id)): Path<(String, String, u64)>,
+) -> Result<StatusCode> {
+    app.node.databases(&tenant)?;
+    app.replication.drop_dead_letter(&tenant, &link, id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn suspend_replica(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,

@@ -84,7 +84,19 @@ pub async fn metrics(
         .iter()
         .flat_map(|t| app.replication.list_links(t))
         .collect();
-    let link_metrics: [(&str, &str, &str, &str); 6] = [
+    let link_metrics: [(&str, &str, &str, &str); 8] = [
+        (
+            "doppel_link_quarantined",
+            "gauge",
+            "quarantined",
+            "Records the link's stages rejected, held as dead letters.",
+        ),
+        (
+            "doppel_link_plugin_seconds_total",
+            "counter",
+            "plugin_seconds",
+            "Seconds spent in the link's plugin stages.",
+        ),
         (
             "doppel_link_lag_entries",
             "gauge",

@@ -163,10 +163,15 @@ async fn serve(
     let plugins = crate::plugins::Runtime::new(crate::plugins::Limits::default())
         .map_err(|e| e.to_string())
         .and_then(|rt| crate::plugins::Registry::open(&node, rt).map_err(|e| e.to_string()))?;
-    let replication =
-        crate::transport::Replication::start(node.clone(), tenancy.clone(), replication_listen)
-            .await?;
-    let app = crate::api::router(node.clone(), tenancy, Arc::new(plugins), replication);
+    let plugins = Arc::new(plugins);
+    let replication = crate::transport::Replication::start(
+        node.clone(),
+        tenancy.clone(),
+        plugins.clone(),
+        replication_listen,
+    )
+    .await?;
+    let app = crate::api::router(node.clone(), tenancy, plugins, replication);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

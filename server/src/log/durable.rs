@@ -111,6 +111,15 @@ fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
     key
 }
 
+/// Where a logical replica stands in its source's stream, kept in the `log` tree next to
+/// the database's chunks (kind byte 0 sorts before every log kind).
+fn position_key(uid: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[9..].copy_from_slice(&u64::MAX.to_be_bytes());
+    key
+}
+
 fn log_prefix(uid: u64, kind: LogKind) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[..8].copy_from_slice(&uid.to_be_bytes());
@@ -168,6 +177,38 @@ impl LogStore {
         self.log.apply_batch(batch)?;
         self.account(uid, written as i64);
         Ok(())
+    }
+
+    /// Write a transaction's chunks like [`Self::append`], and in the same atomic batch
+    /// the source serial a logical replica has now applied (SPEC C4: the position is
+    /// durable together with the apply). `txn` may have no updates (all filtered out).
+    pub fn append_with_position(
+        &self,
+        uid: u64,
+        txn: &TxnLog,
+        position: u64,
+    ) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        let mut written = 0;
+        for kind in [LogKind::A, LogKind::B, LogKind::T] {
+            for (first, bytes) in codec::encode(txn, kind) {
+                written += bytes.len() as u64;
+                batch.insert(&log_key(uid, kind, first)[..], bytes);
+            }
+        }
+        batch.insert(&position_key(uid)[..], &position.to_be_bytes()[..]);
+        self.log.apply_batch(batch)?;
+        self.account(uid, written as i64);
+        Ok(())
+    }
+
+    /// The source serial a logical replica has applied (0: none).
+    pub fn position(&self, uid: u64) -> Result<u64, LogError> {
+        Ok(self
+            .log
+            .get(position_key(uid))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// Write chunks exactly as another node encoded them (a mirror replica's copy of its

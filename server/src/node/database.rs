@@ -126,6 +126,8 @@ struct State {
     store: Store,
     seq: Sequencer,
     snapshot_serial: u64,
+    /// A logical replica's position in its source's stream.
+    position: u64,
 }
 
 struct OpenTxn {
@@ -213,12 +215,14 @@ impl Database {
         snapshot_serial: u64,
     ) -> Database {
         let last = seq.last_serial;
+        let position = log.position(def.uid).unwrap_or(0);
         Database {
             def,
             state: RwLock::new(State {
                 store,
                 seq,
                 snapshot_serial,
+                position,
             }),
             locks: LockManager::default(),
             open: Mutex::new(HashMap::new()),
@@ -548,6 +552,50 @@ impl Database {
         self.log.append_raw(self.def.uid, chunks)?;
         self.appended.send_replace(last_serial);
         Ok(ReplicaApply::Applied(last_serial))
+    }
+
+    /// A logical replica's position: the last source serial it applied.
+    pub fn position(&self) -> u64 {
+        self.state.read().position
+    }
+
+    /// Apply a transaction of a logical link (SPEC C4): its operations, already through
+    /// the link's stages, as a transaction of this database (serials of its own), with
+    /// the source's `first..=last` serials recorded as the position in the same sled
+    /// batch. Puts are upserts and deletes of absent records are skipped, so the apply is
+    /// idempotent by key; a transaction with no operations only moves the position.
+    pub fn apply_logical(&self, first: u64, last: u64, ops: &[Op]) -> Result<ReplicaApply> {
+        let mut state = self.state.write();
+        if last <= state.position {
+            return Ok(ReplicaApply::Duplicate);
+        }
+        if first != state.position + 1 {
+            return Ok(ReplicaApply::Gap(state.position + 1));
+        }
+        let ops: Vec<Op> = ops
+            .iter()
+            .filter(|op| {
+                op.kind != crate::log::OpKind::Delete
+                    || state.store.get(op.file, &op.payload).is_some()
+            })
+            .cloned()
+            .collect();
+        let txn = state.seq.next_txn();
+        let State { store, seq, .. } = &mut *state;
+        let log = match txn::apply(store, seq, txn, &ops) {
+            Ok(log) => log,
+            Err(refused) => {
+                self.log
+                    .append_with_position(self.def.uid, &refused.log, state.position)?;
+                return Err(Error::Store(refused.error).at_op(refused.index));
+            }
+        };
+        self.log.append_with_position(self.def.uid, &log, last)?;
+        state.position = last;
+        if let Some(serial) = log.last_serial() {
+            self.appended.send_replace(serial);
+        }
+        Ok(ReplicaApply::Applied(last))
     }
 
     /// Replace this database's contents with a snapshot streamed from its source

@@ -171,6 +171,10 @@ pub struct LinkStatus {
     pub throughput: f64,
     pub bootstraps: u64,
     pub connections: u64,
+    /// Records the stages rejected and the link quarantined.
+    pub quarantined: u64,
+    /// Seconds spent in the link's plugin stages.
+    pub plugin_seconds: f64,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -187,6 +191,8 @@ impl Default for LinkStatus {
             throughput: 0.0,
             bootstraps: 0,
             connections: 0,
+            quarantined: 0,
+            plugin_seconds: 0.0,
             last_error: None,
             last_error_ms: None,
         }

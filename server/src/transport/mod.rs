@@ -17,6 +17,7 @@
 //! quorum ([`crate::node::quorum`]).
 
 pub mod links;
+pub mod logical;
 pub mod receiver;
 pub mod sender;
 pub mod spool;
@@ -54,6 +55,8 @@ pub struct LinkHandle {
     pub deleted: std::sync::atomic::AtomicBool,
     /// Set when the replica asked for a snapshot: the next session bootstraps.
     pub force_bootstrap: std::sync::atomic::AtomicBool,
+    /// Stopped by its error policy until resumed.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 impl LinkHandle {
@@ -76,6 +79,10 @@ pub struct Replication {
     sessions: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
     /// What suspended replicas received (SPEC G6).
     pub spool: spool::Spool,
+    /// The plugin registry the stages of logical links come from.
+    pub plugins: Arc<crate::plugins::Registry>,
+    /// Records that logical links quarantined.
+    pub dead_letters: logical::DeadLetters,
 }
 
 impl Replication {
@@ -84,6 +91,7 @@ impl Replication {
     pub async fn start(
         node: Arc<Node>,
         tenancy: Arc<Tenancy>,
+        plugins: Arc<crate::plugins::Registry>,
         listen: SocketAddr,
     ) -> std::result::Result<Arc<Replication>, String> {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -100,6 +108,7 @@ impl Replication {
             }
         };
         let spool_tree = node.tree("spool").map_err(|e| e.to_string())?;
+        let dead_tree = node.tree("dead-letters").map_err(|e| e.to_string())?;
         let repl = Arc::new(Replication {
             node,
             tenancy,
@@ -109,6 +118,8 @@ impl Replication {
             replicas: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(BTreeMap::new()),
             spool: spool::Spool::open(spool_tree),
+            plugins,
+            dead_letters: logical::DeadLetters::open(dead_tree),
         });
         for (_, value) in repl
             .node
@@ -168,6 +179,7 @@ impl Replication {
             control: tokio::sync::watch::channel(0).0,
             deleted: false.into(),
             force_bootstrap: false.into(),
+            stopped: false.into(),
         });
         self.links.lock().insert(id, handle.clone());
         tokio::spawn(sender::run(self.clone(), handle.clone()));
@@ -196,9 +208,8 @@ impl Replication {
             ));
         }
         if spec.apply == links::Apply::Logical {
-            return Err(Error::Malformed(
-                "\"apply\": \"logical\" is not available yet on this node; use \"mirror\"".into(),
-            ));
+            // Every stage must load with its config now, not at the first batch.
+            logical::chain(&self.plugins, tenant, &spec.stages).map_err(Error::Malformed)?;
         }
         let url = spec.target.url.trim_end_matches('/').to_string();
         let duplicate = self.links.lock().values().any(|l| {
@@ -292,6 +303,11 @@ impl Replication {
             def.paused = paused;
             def.clone()
         };
+        if !paused {
+            handle
+                .stopped
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         self.save_link(&def)?;
         if let Ok(db) = self.node.database(tenant, &def.spec.database) {
             if def.spec.mode == Mode::Sync {
@@ -312,6 +328,7 @@ impl Replication {
         handle
             .deleted
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.dead_letters.clear(id).map_err(Error::Unavailable)?;
         let def = handle.def.lock().clone();
         if let Ok(db) = self.node.database(tenant, &def.spec.database) {
             db.quorum.unregister(id);
@@ -501,10 +518,39 @@ impl Replication {
         }
     }
 
+    /// The number this node's records carry as their origin in plugin batches.
+    pub fn origin(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.node_id.as_bytes()) & 0xFFFF_FFFF
+    }
+
+    /// Dead letters of a link of `tenant`.
+    pub fn dead_letters(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Value>> {
+        self.handle(tenant, id)?;
+        self.dead_letters
+            .list(id, limit)
+            .map_err(Error::Unavailable)
+    }
+
+    /// Drop one dead letter.
+    pub fn drop_dead_letter(&self, tenant: &str, id: &str, seq: u64) -> Result<()> {
+        let handle = self.handle(tenant, id)?;
+        if !self
+            .dead_letters
+            .remove(id, seq)
+            .map_err(Error::Unavailable)?
+        {
+            return Err(Error::NotFound(format!("dead letter {seq} of link '{id}'")));
+        }
+        let mut status = handle.status.lock();
+        status.quarantined = status.quarantined.saturating_sub(1);
+        Ok(())
+    }
+
     /// This node as the API shows it.
     pub fn node_info(&self) -> Value {
         json!({
             "id": self.node_id,
+            "origin": self.origin(),
             "version": env!("CARGO_PKG_VERSION"),
             "replication": self.advertised.to_string(),
             "protocol_version": wire::PROTOCOL_VERSION,

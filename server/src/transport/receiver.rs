@@ -216,7 +216,17 @@ async fn stream(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let last = db.serials().0.max(repl.spool.last(&reg.link)?.unwrap_or(0));
+    let logical = reg.apply == links::Apply::Logical;
+    // How far the replica got: its own serial (mirror) or its position in the source's
+    // stream (logical).
+    let applied = || {
+        if logical {
+            db.position()
+        } else {
+            db.serials().0
+        }
+    };
+    let last = applied().max(repl.spool.last(&reg.link)?.unwrap_or(0));
     let mut stream = reg.stream;
     if stream == 0 && last == 0 {
         repl.adopt_stream(&reg.link, hello.stream)
@@ -256,6 +266,14 @@ async fn apply_stream(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     tx: &mpsc::Sender<Reply>,
 ) -> Result<(), String> {
+    let logical = reg.apply == links::Apply::Logical;
+    let applied = || {
+        if logical {
+            db.position()
+        } else {
+            db.serials().0
+        }
+    };
     let mut pending: Option<Pending> = None;
     let mut incoming: Option<Incoming> = None;
     let mut requested: Option<u64> = None;
@@ -324,7 +342,7 @@ async fn apply_stream(
                     if suspended {
                         let first = p.chunks.first().map_or(0, |c| c.head.first_serial);
                         let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                        let have = spooled.unwrap_or(0).max(db.serials().0);
+                        let have = spooled.unwrap_or(0).max(applied());
                         if last <= have {
                             continue;
                         }
@@ -348,9 +366,52 @@ async fn apply_stream(
                         }
                     }
                 }
+                Msg::Logical {
+                    txn,
+                    first_serial,
+                    last_serial,
+                    ops,
+                } => {
+                    answer = true;
+                    let refuse_apply = |reason: String| async move {
+                        tracing::error!(link = %reg.link, error = %reason, "a logical transaction does not apply");
+                        let refusal = wire::single(&Msg::Refused {
+                            code: "apply".into(),
+                            reason: reason.clone(),
+                        });
+                        let _ = reply_now(tx, refusal).await;
+                        Err::<(), String>(reason)
+                    };
+                    let inputs: Vec<crate::node::records::OpInput> =
+                        match serde_json::from_slice(ops) {
+                            Ok(inputs) => inputs,
+                            Err(e) => {
+                                return refuse_apply(format!(
+                                    "transaction {txn}: malformed operations: {e}"
+                                ))
+                                .await
+                            }
+                        };
+                    let resolved = match db.resolve(&inputs) {
+                        Ok(ops) => ops,
+                        Err(e) => return refuse_apply(format!(
+                            "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
+                        ))
+                        .await,
+                    };
+                    match db.apply_logical(first_serial, last_serial, &resolved) {
+                        Ok(ReplicaApply::Applied(_)) => requested = None,
+                        Ok(ReplicaApply::Duplicate) => {}
+                        Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
+                        Err(e) => return refuse_apply(format!(
+                            "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
+                        ))
+                        .await,
+                    }
+                }
                 Msg::Watermark { serial, .. } => {
                     answer = true;
-                    let have = db.serials().0.max(spooled.unwrap_or(0));
+                    let have = applied().max(spooled.unwrap_or(0));
                     if serial > have && pending.is_none() && incoming.is_none() {
                         gap = Some((have + 1, true));
                     }
@@ -440,7 +501,7 @@ async fn apply_stream(
             reply_now(tx, reply.finish()).await?;
         }
         if answer {
-            let confirmed = db.serials().0.max(spooled.unwrap_or(0));
+            let confirmed = applied().max(spooled.unwrap_or(0));
             tx.send(Reply::Ack(confirmed))
                 .await
                 .map_err(|_| "the connection to the source is closed".to_string())?;

@@ -21,7 +21,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::links::{LinkDef, LinkState, Mode, ReplicaRequest};
+use doppel_sdk::abi::OwnedRecord;
+
+use super::links::{Apply, LinkDef, LinkState, Mode, OnError, ReplicaRequest};
+use super::logical;
 use super::wire::{self, FrameWriter, Hello, Msg};
 use super::{LinkHandle, Replication};
 use crate::log::LogKind;
@@ -55,8 +58,13 @@ pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
             return;
         }
         control.borrow_and_update();
-        if link.def.lock().paused {
-            link.status.lock().state = LinkState::Paused;
+        let stopped = link.stopped.load(Ordering::SeqCst);
+        if link.def.lock().paused || stopped {
+            link.status.lock().state = if stopped {
+                LinkState::Stopped
+            } else {
+                LinkState::Paused
+            };
             if control.changed().await.is_err() {
                 return;
             }
@@ -167,6 +175,9 @@ async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
                             Msg::BackupCompleted { serial } => events.push(Event::Acked(serial)),
                             Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
                             Msg::Suspend => events.push(Event::Suspended(true)),
+                            Msg::Refused { code, reason } => events.push(Event::Closed(format!(
+                                "the replica refused: {reason} ({code})"
+                            ))),
                             Msg::Release => events.push(Event::Suspended(false)),
                             Msg::NeedBootstrap { reason } => {
                                 events.push(Event::NeedBootstrap(reason))
@@ -309,6 +320,24 @@ async fn session(
         || !log_reaches;
     let mut next = their_last + 1;
     let mut acked = their_last;
+    let logical = def.spec.apply == Apply::Logical;
+    if bootstrap && logical {
+        return Err(format!(
+            "the logical replica is at serial {their_last} of this stream, and the source's log \
+             starts at {}; a logical link cannot start from a snapshot yet (recreate the link \
+             before the log is pruned, or use a mirror)",
+            oldest.unwrap_or(last + 1)
+        ));
+    }
+    let mut chain = if logical {
+        Some(logical::chain(
+            &repl.plugins,
+            &def.tenant,
+            &def.spec.stages,
+        )?)
+    } else {
+        None
+    };
     if bootstrap {
         link.status.lock().state = LinkState::Bootstrapping;
         tracing::info!(link = %def.id, replica_serial = their_last, source_serial = last, "bootstrapping the replica from a snapshot");
@@ -364,7 +393,21 @@ async fn session(
                 ));
             }
             let mut frame = FrameWriter::new();
-            for txn in &txns {
+            if let Some(chain) = chain.as_mut() {
+                let schema = db.schema();
+                for txn in &txns {
+                    let ops = stage(repl, link, &def, &schema, chain, txn)?;
+                    frame.push(&Msg::Logical {
+                        txn: txn.txn,
+                        first_serial: txn.first_serial,
+                        last_serial: txn.last_serial,
+                        ops: &ops,
+                    });
+                    in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
+                    next = txn.last_serial + 1;
+                }
+            }
+            for txn in txns.iter().filter(|_| !logical) {
                 frame.push(&Msg::TxnStart {
                     txn: txn.txn,
                     first_serial: txn.first_serial,
@@ -466,6 +509,83 @@ async fn session(
             _ = control.changed() => return Ok(()),
         }
     }
+}
+
+/// Run one transaction of a logical link through its stages; the operations to ship.
+/// Rejected records go to dead letters (`quarantine`) or stop the link (`stop`: the
+/// error is returned and nothing of the transaction ships).
+fn stage(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    schema: &crate::store::Schema,
+    chain: &mut crate::plugins::Chain,
+    txn: &crate::log::durable::RawTxn,
+) -> Result<Vec<u8>, String> {
+    let records = logical::records(schema, repl.origin(), txn)?;
+    let mut input = doppel_sdk::abi::BatchBuilder::new();
+    for r in &records {
+        input.push(r);
+    }
+    if chain.stages.is_empty() || records.is_empty() {
+        return logical::ops_json(&input);
+    }
+    let started = Instant::now();
+    let result = tokio::task::block_in_place(|| chain.run(input));
+    link.status.lock().plugin_seconds += started.elapsed().as_secs_f64();
+    let (output, rejected): (_, Vec<(Option<usize>, String, String)>) = match result {
+        Ok(out) => {
+            let errors = out
+                .errors
+                .into_iter()
+                .map(|e| (e.index.map(|i| i as usize), e.plugin, e.message))
+                .collect();
+            (out.batch, errors)
+        }
+        // The whole batch failed (a trap, a limit): every record of it is rejected.
+        Err(e) => (
+            doppel_sdk::abi::BatchBuilder::new(),
+            vec![(None, e.plugin().to_string(), e.to_string())],
+        ),
+    };
+    if rejected.is_empty() {
+        return logical::ops_json(&output);
+    }
+    if def.spec.on_error == OnError::Stop {
+        let (index, plugin, message) = &rejected[0];
+        let at = index
+            .and_then(|i| records.get(i))
+            .map_or(String::new(), |r| {
+                format!(" record '{}' of file '{}',", r.key, r.file)
+            });
+        link.stopped.store(true, Ordering::SeqCst);
+        return Err(format!(
+            "stopped by its error policy: stage {plugin} rejected{at} source serials {}-{}: {message}",
+            txn.first_serial, txn.last_serial
+        ));
+    }
+    for (index, plugin, message) in &rejected {
+        let hit: Vec<&OwnedRecord> = match index {
+            Some(i) => records.get(*i).into_iter().collect(),
+            // A transform before it renumbered the records: all of them are suspect.
+            None => records.iter().collect(),
+        };
+        for record in hit {
+            let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
+            repl.dead_letters.push(
+                &def.id,
+                seq,
+                serde_json::json!({
+                    "record": logical::record_json(record),
+                    "plugin": plugin,
+                    "error": message,
+                    "at_ms": now_us() / 1000,
+                }),
+            )?;
+            link.status.lock().quarantined += 1;
+        }
+    }
+    logical::ops_json(&output)
 }
 
 /// Aborts the task when dropped (the reading half of a session).

@@ -70,6 +70,14 @@ pub enum Msg<'a> {
         txn: u64,
         last_serial: u64,
     },
+    /// A whole transaction of a logical link: the source serials it covers and its
+    /// operations after the link's stages (JSON, as the transactions API takes them).
+    Logical {
+        txn: u64,
+        first_serial: u64,
+        last_serial: u64,
+        ops: &'a [u8],
+    },
     /// The transaction was cancelled on the source; its chunks (including the undo
     /// updates) are followed by its B log, and the replica ends at its before images.
     Cancel {
@@ -216,6 +224,18 @@ impl FrameWriter {
                 self.u8(12);
                 self.u64(*txn);
                 self.u64(*last_serial);
+            }
+            Msg::Logical {
+                txn,
+                first_serial,
+                last_serial,
+                ops,
+            } => {
+                self.u8(14);
+                self.u64(*txn);
+                self.u64(*first_serial);
+                self.u64(*last_serial);
+                self.bytes(ops);
             }
             Msg::Cancel {
                 txn,
@@ -368,6 +388,12 @@ impl<'a> FrameReader<'a> {
                 txn: self.u64()?,
                 last_serial: self.u64()?,
             },
+            14 => Msg::Logical {
+                txn: self.u64()?,
+                first_serial: self.u64()?,
+                last_serial: self.u64()?,
+                ops: self.bytes()?,
+            },
             13 => {
                 let txn = self.u64()?;
                 let last_serial = self.u64()?;
@@ -497,6 +523,12 @@ mod tests {
                 txn: 4,
                 last_serial: 12,
                 b_chunks: vec![b"b1", b"b2"],
+            },
+            Msg::Logical {
+                txn: 5,
+                first_serial: 13,
+                last_serial: 14,
+                ops: b"[]",
             },
             Msg::BackupCompleted { serial: 9 },
             Msg::Retransmit { from: 10 },
