@@ -7,6 +7,8 @@
 //!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits; deletes pass;
 //! * a storage quota (bytes of log and snapshots in sled) does the same for writes and
 //!   snapshots, and deleting a database frees its share;
+//! * plugin count and size quotas refuse new plugin versions with 507, not re-uploads,
+//!   and not other tenants;
 //! * admin and operator actions, allowed or refused, are in the tenant's audit log with
 //!   who, what, when and the result; only the tenant's admin reads it; no token in it.
 
@@ -222,4 +224,45 @@ fn admin_and_operator_actions_are_audited_and_only_the_admin_reads_them() {
     node.with_token(&token("other", Role::Admin))
         .get("/v1/tenants/acme/audit")
         .expect_problem(404, "not-found");
+}
+
+#[test]
+fn plugin_quotas_refuse_new_versions_with_507_and_other_tenants_carry_on() {
+    use doppel_server::plugins::builtin;
+    let node = Node::start();
+    node.create_tenant("plug");
+    node.create_tenant("other");
+    node.put("/v1/tenants/plug/quotas", &json!({"plugins": 1}))
+        .ok();
+    let upload = |tenant: &str, name: &str, wasm: &[u8]| {
+        node.request(
+            "PUT",
+            &format!("/v1/tenants/{tenant}/plugins/{name}/1?role=filter"),
+            Body::Raw("application/wasm", wasm),
+        )
+    };
+    upload("plug", "a", builtin::PREFIX_FILTER).expect(201);
+    let refused = upload("plug", "b", builtin::DROP_READS);
+    let problem = refused.expect_problem(507, "quota-exceeded");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("quota of 1"),
+        "{problem}"
+    );
+    // The same version again is not a new one; other tenants are not limited.
+    upload("plug", "a", builtin::PREFIX_FILTER).expect(200);
+    upload("other", "b", builtin::DROP_READS).expect(201);
+    let usage = node.get("/v1/tenants/plug/usage").ok().clone();
+    assert_eq!(usage["plugins"]["used"], 1, "{usage}");
+    assert_eq!(usage["plugins"]["limit"], 1, "{usage}");
+    // A size quota counts the bytes already held.
+    let size = builtin::PREFIX_FILTER.len() as u64;
+    node.put(
+        "/v1/tenants/plug/quotas",
+        &json!({"plugins": 10, "plugin_bytes": size + 10}),
+    )
+    .ok();
+    upload("plug", "b", builtin::DROP_READS).expect_problem(507, "quota-exceeded");
+    // Deleting frees the room.
+    node.delete("/v1/tenants/plug/plugins/a/1").ok();
+    upload("plug", "b", builtin::DROP_READS).expect(201);
 }

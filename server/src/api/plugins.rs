@@ -147,6 +147,7 @@ pub async fn upload(
             ApiError::malformed(r.body_text())
         }
     })?;
+    check_plugin_quota(&app, &tenant, &name, &version, wasm.len())?;
     let plugins = app.plugins.clone();
     let (info, created) =
         blocking(move || Ok(plugins.put(&tenant, &name, &version, role, &wasm)?)).await?;
@@ -156,6 +157,48 @@ pub async fn upload(
         StatusCode::OK
     };
     Ok((status, Json(info_json(&info))).into_response())
+}
+
+/// A new plugin version must fit the tenant's plugin count and size quotas (re-uploading
+/// an existing version is not a new one). Answers 507 quota-exceeded otherwise.
+fn check_plugin_quota(
+    app: &AppState,
+    tenant: &str,
+    name: &str,
+    version: &str,
+    size: usize,
+) -> Result<()> {
+    let limits = app.tenancy.quotas.limits(tenant);
+    if limits.plugins.is_none() && limits.plugin_bytes.is_none() {
+        return Ok(());
+    }
+    let existing = app.plugins.list(tenant)?;
+    if existing
+        .iter()
+        .any(|p| p.name == name && p.version == version)
+    {
+        return Ok(());
+    }
+    let count = existing.len() as u64;
+    let bytes: u64 = existing.iter().map(|p| p.size as u64).sum();
+    let refuse = |detail: String| {
+        Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota-exceeded",
+            detail,
+        ))
+    };
+    if let Some(max) = limits.plugins.filter(|max| count + 1 > *max) {
+        return refuse(format!(
+            "tenant '{tenant}' has {count} plugin versions and a quota of {max}; delete one first"
+        ));
+    }
+    if let Some(max) = limits.plugin_bytes.filter(|max| bytes + size as u64 > *max) {
+        return refuse(format!(
+            "tenant '{tenant}' holds {bytes} bytes of plugins; {size} more would pass its quota of {max}"
+        ));
+    }
+    Ok(())
 }
 
 pub async fn delete(

@@ -83,11 +83,14 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<V
     let limits = quotas.limits(&tenant);
     let memory: u64 = databases.iter().map(|db| db.memory_bytes()).sum();
     let stored = crate::tenancy::quota::Quotas::storage_used(&app.node, &tenant);
+    let plugins = app.plugins.list(&tenant)?;
     Ok(Json(json!({
         "tenant": tenant,
         "databases": databases.len(),
         "memory_bytes": {"used": memory, "limit": limits.memory_bytes},
         "storage_bytes": {"used": stored, "limit": limits.storage_bytes},
+        "plugins": {"used": plugins.len(), "limit": limits.plugins},
+        "plugin_bytes": {"used": plugins.iter().map(|p| p.size as u64).sum::<u64>(), "limit": limits.plugin_bytes},
         "requests": {
             "per_sec": limits.requests_per_sec,
             "burst": limits.burst,

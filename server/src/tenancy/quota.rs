@@ -41,6 +41,10 @@ pub struct Limits {
     pub requests_per_sec: Option<u32>,
     /// Requests allowed at once above the rate (default: one second's worth).
     pub burst: Option<u32>,
+    /// Plugin versions in the registry.
+    pub plugins: Option<u64>,
+    /// Bytes of plugin wasm in the registry.
+    pub plugin_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -51,6 +55,8 @@ impl Limits {
             storage_bytes: self.storage_bytes.or(defaults.storage_bytes),
             requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
             burst: self.burst.or(defaults.burst),
+            plugins: self.plugins.or(defaults.plugins),
+            plugin_bytes: self.plugin_bytes.or(defaults.plugin_bytes),
         }
     }
 }

@@ -394,19 +394,23 @@ async fn apply_stream(
                         };
                     let resolved = match db.resolve(&inputs) {
                         Ok(ops) => ops,
-                        Err(e) => return refuse_apply(format!(
+                        Err(e) => {
+                            return refuse_apply(format!(
                             "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
                         ))
-                        .await,
+                            .await
+                        }
                     };
                     match db.apply_logical(first_serial, last_serial, &resolved) {
                         Ok(ReplicaApply::Applied(_)) => requested = None,
                         Ok(ReplicaApply::Duplicate) => {}
                         Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
-                        Err(e) => return refuse_apply(format!(
+                        Err(e) => {
+                            return refuse_apply(format!(
                             "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
                         ))
-                        .await,
+                            .await
+                        }
                     }
                 }
                 Msg::Watermark { serial, .. } => {
