@@ -229,14 +229,14 @@ impl LogStore {
     }
 
     /// Whole transactions of database `uid` whose first serial is above `after`, in
-    /// serial order, as their stored chunks: every A chunk, and the B and T chunks when
-    /// asked for. Stops after `max_bytes` (at least one transaction) or at a gap.
+    /// serial order, as their stored chunks: every A chunk, and the chunks of the `also`
+    /// kinds (B, T). Stops after `max_bytes` (at least one transaction) or at a gap.
     pub fn read_txns(
         &self,
         uid: u64,
         after: u64,
         max_bytes: usize,
-        with_b: bool,
+        also: &[LogKind],
     ) -> Result<Vec<RawTxn>, LogError> {
         let mut out: Vec<RawTxn> = Vec::new();
         let mut bytes = 0;
@@ -275,12 +275,7 @@ impl LogStore {
         // A transaction's A chunks may continue past what the scan saw only if the
         // scan stopped at a gap, which cannot split a transaction (one atomic batch).
         for txn in &mut out {
-            let kinds: &[LogKind] = if with_b {
-                &[LogKind::B, LogKind::T]
-            } else {
-                &[LogKind::T]
-            };
-            for kind in kinds {
+            for kind in also {
                 let range =
                     log_key(uid, *kind, txn.first_serial)..=log_key(uid, *kind, txn.last_serial);
                 for item in self.log.range(range) {

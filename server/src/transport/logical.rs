@@ -6,18 +6,24 @@
 //! The replica applies the operations as transactions of its own (`Database::
 //! apply_logical`), so its blocks are its own; it keeps its position in the source's
 //! stream in the same sled batch. Every source transaction ships, even one whose records
-//! were all filtered out, so positions never skip.
+//! were all filtered out, so positions never skip. Operations travel as the staged
+//! batch's record bytes, so nothing is converted to JSON and back on the way.
+
+use std::collections::BTreeMap;
 
 use serde_json::{json, value::RawValue, Value};
 
-use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
+use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 
 use super::links::StageSpec;
 use crate::log::codec;
 use crate::log::durable::RawTxn;
+use crate::log::OpKind;
 use crate::log::{LogKind, Outcome};
+use crate::node::records;
 use crate::plugins::{Chain, Registry};
-use crate::store::{block, Effect, Schema};
+use crate::store::{block, Effect, Schema, Store};
+use crate::txn::Op;
 
 /// Build the chain of a link's stages, each `name@version` from the tenant's registry.
 pub fn chain(registry: &Registry, tenant: &str, stages: &[StageSpec]) -> Result<Chain, String> {
@@ -118,32 +124,71 @@ pub fn record_json(r: &OwnedRecord) -> Value {
     })
 }
 
-/// The operations a batch of (staged) records asks the replica for, as the JSON the
-/// transactions API takes: puts become upserts, reads are dropped.
-pub fn ops_json(batch: &BatchBuilder) -> Result<Vec<u8>, String> {
-    let mut ops: Vec<Value> = Vec::with_capacity(batch.len());
-    for r in batch.as_batch().iter() {
-        let r = r.map_err(|e| format!("a stage produced an undecodable record: {e:?}"))?;
-        let op = match r.op {
-            RecordOp::Delete => "delete",
-            RecordOp::Read => continue,
-            _ => "upsert",
-        };
-        let mut v = json!({
-            "op": op,
-            "file": r.file,
-            "key": r.key,
-            "alt": r.alt().collect::<std::collections::BTreeMap<_, _>>(),
-        });
-        if op == "upsert" {
-            let text = std::str::from_utf8(r.data).map_err(|_| "record data is not UTF-8")?;
-            let raw = RawValue::from_string(text.to_string())
-                .map_err(|e| format!("record '{}' has data that is not JSON: {e}", r.key))?;
-            v["data"] = serde_json::to_value(raw).map_err(|e| e.to_string())?;
+/// The operations a batch of (staged) records asks the replica for, as the batch's own
+/// record bytes (`len u32 | record`, the layout of `doppel_sdk::abi`): nothing is
+/// re-encoded on the way. Reads are dropped.
+pub fn ops_bytes(batch: &BatchBuilder) -> Result<Vec<u8>, String> {
+    let b = batch.as_batch();
+    let mut out = Vec::with_capacity(b.arena.len() + 4 * b.len());
+    for i in 0..b.len() {
+        let raw = b
+            .raw(i)
+            .map_err(|e| format!("a stage produced an undecodable record: {e:?}"))?;
+        let r = Record::decode(raw)
+            .map_err(|e| format!("a stage produced an undecodable record: {e:?}"))?;
+        if r.op == RecordOp::Read {
+            continue;
         }
-        ops.push(v);
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        out.extend_from_slice(raw);
     }
-    serde_json::to_vec(&ops).map_err(|e| e.to_string())
+    Ok(out)
+}
+
+/// The replica's side of [`ops_bytes`]: each record resolved against this database's
+/// schema into an upsert or a delete. A file the replica lacks, an alternate key it does
+/// not declare or data that is not JSON is an error naming the record.
+pub fn decode_ops(schema: &Schema, mut bytes: &[u8]) -> Result<Vec<Op>, String> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let len = bytes
+            .get(..4)
+            .map(|l| u32::from_le_bytes(l.try_into().expect("4")) as usize)
+            .ok_or("truncated operations")?;
+        let raw = bytes.get(4..4 + len).ok_or("truncated operations")?;
+        bytes = &bytes[4 + len..];
+        let r = Record::decode(raw).map_err(|e| format!("an undecodable record: {e:?}"))?;
+        let table = schema
+            .file_index(r.file)
+            .ok_or_else(|| format!("record '{}': this database has no file '{}'", r.key, r.file))?;
+        let file = schema.main_id(table);
+        Store::check_key(r.key.as_bytes()).map_err(|e| format!("record '{}': {e}", r.key))?;
+        if r.op == RecordOp::Delete {
+            ops.push(Op {
+                kind: OpKind::Delete,
+                file,
+                payload: r.key.as_bytes().to_vec(),
+            });
+            continue;
+        }
+        serde_json::from_slice::<serde::de::IgnoredAny>(r.data)
+            .map_err(|e| format!("record '{}': its data is not JSON: {e}", r.key))?;
+        let alt: BTreeMap<String, String> = r
+            .alt()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let data = std::str::from_utf8(r.data)
+            .map_err(|_| format!("record '{}': data is not UTF-8", r.key))?;
+        let raw_data = RawValue::from_string(data.to_string()).map_err(|e| e.to_string())?;
+        let payload = records::encode(&schema.files[table], r.key, &alt, Some(&raw_data))
+            .map_err(|e| format!("record '{}': {e}", r.key))?;
+        ops.push(Op {
+            kind: OpKind::Upsert,
+            file,
+            payload,
+        });
+    }
+    Ok(ops)
 }
 
 /// Records a link's stages rejected (sled tree `dead-letters`): key

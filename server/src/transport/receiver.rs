@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::links::{self, ReplicaReg};
+use super::logical;
 use super::spool;
 use super::wire::{self, FrameWriter, Msg};
 use super::Replication;
@@ -280,8 +281,9 @@ async fn apply_stream(
     // Spooled while suspended and not applied yet: the serial to continue from.
     let mut spooled = repl.spool.last(&reg.link)?;
     let mut told_suspended = false;
+    let mut payload = Vec::new();
     loop {
-        let payload = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame(rd))
+        tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_into(rd, &mut payload))
             .await
             .map_err(|_| "the source went silent".to_string())?
             .map_err(|e| format!("the source's connection: {e}"))?;
@@ -382,17 +384,7 @@ async fn apply_stream(
                         let _ = reply_now(tx, refusal).await;
                         Err::<(), String>(reason)
                     };
-                    let inputs: Vec<crate::node::records::OpInput> =
-                        match serde_json::from_slice(ops) {
-                            Ok(inputs) => inputs,
-                            Err(e) => {
-                                return refuse_apply(format!(
-                                    "transaction {txn}: malformed operations: {e}"
-                                ))
-                                .await
-                            }
-                        };
-                    let resolved = match db.resolve(&inputs) {
+                    let resolved = match logical::decode_ops(&db.schema(), ops) {
                         Ok(ops) => ops,
                         Err(e) => {
                             return refuse_apply(format!(

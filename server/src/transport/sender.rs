@@ -366,6 +366,13 @@ async fn session(
     let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
     // Everything up to here is known durable on the source.
     let mut durable = 0;
+    let mut frame = FrameWriter::new();
+    // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
+    let also: &[LogKind] = match (logical, def.spec.b_log) {
+        (true, _) => &[],
+        (false, true) => &[LogKind::B, LogKind::T],
+        (false, false) => &[LogKind::T],
+    };
     loop {
         let available = *appended.borrow_and_update();
         if next <= available && next - 1 < acked + WINDOW_ENTRIES {
@@ -378,7 +385,7 @@ async fn session(
             }
             let txns = db
                 .log_store()
-                .read_txns(uid, next - 1, FRAME_BYTES, def.spec.b_log)
+                .read_txns(uid, next - 1, FRAME_BYTES, also)
                 .map_err(|e| format!("reading the source log: {e}"))?;
             let Some(first) = txns.first() else {
                 link.force_bootstrap.store(true, Ordering::SeqCst);
@@ -392,7 +399,7 @@ async fn session(
                     "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
                 ));
             }
-            let mut frame = FrameWriter::new();
+            frame.clear();
             if let Some(chain) = chain.as_mut() {
                 let schema = db.schema();
                 for txn in &txns {
@@ -444,7 +451,7 @@ async fn session(
                 serial: next - 1,
                 timestamp_us: txns.last().map_or(0, |t| t.last_timestamp_us),
             });
-            send(&mut wr, &frame.finish()).await?;
+            send(&mut wr, frame.frame()).await?;
             link.status.lock().sent_serial = next - 1;
             continue;
         }
@@ -528,7 +535,7 @@ fn stage(
         input.push(r);
     }
     if chain.stages.is_empty() || records.is_empty() {
-        return logical::ops_json(&input);
+        return logical::ops_bytes(&input);
     }
     let started = Instant::now();
     let result = tokio::task::block_in_place(|| chain.run(input));
@@ -549,7 +556,7 @@ fn stage(
         ),
     };
     if rejected.is_empty() {
-        return logical::ops_json(&output);
+        return logical::ops_bytes(&output);
     }
     if def.spec.on_error == OnError::Stop {
         let (index, plugin, message) = &rejected[0];
@@ -585,7 +592,7 @@ fn stage(
             link.status.lock().quarantined += 1;
         }
     }
-    logical::ops_json(&output)
+    logical::ops_bytes(&output)
 }
 
 /// Aborts the task when dropped (the reading half of a session).
