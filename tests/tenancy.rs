@@ -8,7 +8,7 @@
 //! * a storage quota (bytes of log and snapshots in sled) does the same for writes and
 //!   snapshots, and deleting a database frees its share;
 //! * plugin count and size quotas refuse new plugin versions with 507, not re-uploads,
-//!   and not other tenants;
+//!   and not other tenants; a plugin CPU-time quota refuses dry-runs with 429;
 //! * admin and operator actions, allowed or refused, are in the tenant's audit log with
 //!   who, what, when and the result; only the tenant's admin reads it; no token in it.
 
@@ -265,4 +265,54 @@ fn plugin_quotas_refuse_new_versions_with_507_and_other_tenants_carry_on() {
     // Deleting frees the room.
     node.delete("/v1/tenants/plug/plugins/a/1").ok();
     upload("plug", "b", builtin::DROP_READS).expect(201);
+}
+
+#[test]
+fn a_plugin_cpu_quota_refuses_dry_runs_with_429_and_other_tenants_carry_on() {
+    use doppel_server::plugins::builtin;
+    let node = Node::start();
+    node.create_tenant("cpu");
+    node.create_tenant("other");
+    for tenant in ["cpu", "other"] {
+        node.request(
+            "PUT",
+            &format!("/v1/tenants/{tenant}/plugins/f/1?role=filter"),
+            Body::Raw("application/wasm", builtin::PREFIX_FILTER),
+        )
+        .expect(201);
+    }
+    node.put(
+        "/v1/tenants/cpu/quotas",
+        &json!({"plugin_cpu_ms_per_sec": 1}),
+    )
+    .ok();
+    let records: Vec<Value> = (0..2000)
+        .map(|i| json!({"op": "insert", "file": "orders", "key": format!("eu-{i}"), "data": {"i": i}}))
+        .collect();
+    let body = json!({"config": {"prefixes": ["eu-"]}, "records": records});
+    let dry = |tenant: &str| node.post(&format!("/v1/tenants/{tenant}/plugins/f/1/dry-run"), &body);
+    // Each dry run spends plugin time; the 1 ms/s budget runs out and stays out.
+    let mut refused = None;
+    assert!(wait_until(
+        deadline_in(std::time::Duration::from_secs(60)),
+        || {
+            let r = dry("cpu");
+            if r.status == 429 {
+                refused = Some(r);
+                return true;
+            }
+            assert_eq!(r.status, 200, "{r}");
+            false
+        }
+    ));
+    let refused = refused.unwrap();
+    let problem = refused.expect_problem(429, "quota-exceeded");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("plugin CPU"),
+        "{problem}"
+    );
+    // Another tenant's plugins run as before.
+    dry("other").ok();
+    let usage = node.get("/v1/tenants/cpu/usage").ok().clone();
+    assert_eq!(usage["plugin_cpu_ms_per_sec"]["limit"], 1, "{usage}");
 }

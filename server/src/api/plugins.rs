@@ -210,6 +210,21 @@ pub async fn delete(
     Ok(Json(json!({"deleted": info_json(&info)})))
 }
 
+/// Runs `f` when dropped (charges a dry-run's plugin time, however it ended).
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn scopeguard<F: FnOnce()>(f: F) -> OnDrop<F> {
+    OnDrop(Some(f))
+}
+
 /// One record of a dry-run body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,8 +314,21 @@ pub async fn dry_run(
             "a dry run takes at most {MAX_DRY_RUN_RECORDS} records"
         )));
     }
+    if let Err(wait) = app.tenancy.quotas.plugin_cpu_available(&tenant) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota-exceeded",
+            format!(
+                "tenant '{tenant}' used its plugin CPU time quota; it refills in {} ms",
+                wait.as_millis().max(1)
+            ),
+        ));
+    }
     let config = body.config.map(|c| c.to_string()).unwrap_or_default();
     let input = to_batch(body.records)?;
+    let (quotas, charged) = (app.tenancy.clone(), tenant.clone());
+    let started = std::time::Instant::now();
+    let _charge = scopeguard(move || quotas.quotas.charge_plugin_cpu(&charged, started.elapsed()));
     let remote = to_batch(body.remote)?;
     let plugins = app.plugins.clone();
     blocking(move || {

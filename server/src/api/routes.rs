@@ -91,6 +91,7 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<V
         "storage_bytes": {"used": stored, "limit": limits.storage_bytes},
         "plugins": {"used": plugins.len(), "limit": limits.plugins},
         "plugin_bytes": {"used": plugins.iter().map(|p| p.size as u64).sum::<u64>(), "limit": limits.plugin_bytes},
+        "plugin_cpu_ms_per_sec": {"limit": limits.plugin_cpu_ms_per_sec},
         "requests": {
             "per_sec": limits.requests_per_sec,
             "burst": limits.burst,

@@ -45,6 +45,9 @@ pub struct Limits {
     pub plugins: Option<u64>,
     /// Bytes of plugin wasm in the registry.
     pub plugin_bytes: Option<u64>,
+    /// Milliseconds of plugin CPU time per second (dry-runs and link stages), with one
+    /// second's worth as the burst.
+    pub plugin_cpu_ms_per_sec: Option<u64>,
 }
 
 impl Limits {
@@ -57,6 +60,9 @@ impl Limits {
             burst: self.burst.or(defaults.burst),
             plugins: self.plugins.or(defaults.plugins),
             plugin_bytes: self.plugin_bytes.or(defaults.plugin_bytes),
+            plugin_cpu_ms_per_sec: self
+                .plugin_cpu_ms_per_sec
+                .or(defaults.plugin_cpu_ms_per_sec),
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct Quotas {
     defaults: Limits,
     limits: Mutex<HashMap<String, Limits>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Plugin CPU budgets: milliseconds left, refilled at the tenant's rate.
+    cpu: Mutex<HashMap<String, Bucket>>,
 }
 
 fn config_key(tenant: &str) -> String {
@@ -92,6 +100,7 @@ impl Quotas {
             defaults,
             limits: Mutex::new(limits),
             buckets: Mutex::new(HashMap::new()),
+            cpu: Mutex::new(HashMap::new()),
         })
     }
 
@@ -108,7 +117,41 @@ impl Quotas {
         node.set_config_value(&config_key(tenant), &bytes)?;
         self.limits.lock().insert(tenant.to_string(), limits);
         self.buckets.lock().remove(tenant);
+        self.cpu.lock().remove(tenant);
         Ok(())
+    }
+
+    /// Whether `tenant` may run plugins now; `Err(wait)` until its CPU budget refills.
+    /// The budget may go below zero by the last call's cost, which later calls repay.
+    pub fn plugin_cpu_available(&self, tenant: &str) -> std::result::Result<(), Duration> {
+        let Some(rate) = self.limits(tenant).plugin_cpu_ms_per_sec.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let rate = rate as f64;
+        let now = Instant::now();
+        let mut cpu = self.cpu.lock();
+        let bucket = cpu.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: rate,
+            last: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens > 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((-bucket.tokens + 1.0) / rate))
+        }
+    }
+
+    /// Charge `spent` plugin CPU time to `tenant`.
+    pub fn charge_plugin_cpu(&self, tenant: &str, spent: Duration) {
+        if self.limits(tenant).plugin_cpu_ms_per_sec.is_none() {
+            return;
+        }
+        if let Some(bucket) = self.cpu.lock().get_mut(tenant) {
+            bucket.tokens -= spent.as_secs_f64() * 1000.0;
+        }
     }
 
     /// Takes one request from `tenant`'s bucket; `Err(wait)` when it is empty.

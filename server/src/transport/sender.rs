@@ -537,9 +537,15 @@ fn stage(
     if chain.stages.is_empty() || records.is_empty() {
         return logical::ops_bytes(&input);
     }
+    // The tenant's plugin CPU budget throttles the link (it waits; nothing is dropped).
+    while let Err(wait) = repl.tenancy.quotas.plugin_cpu_available(&def.tenant) {
+        tokio::task::block_in_place(|| std::thread::sleep(wait.min(Duration::from_millis(100))));
+    }
     let started = Instant::now();
     let result = tokio::task::block_in_place(|| chain.run(input));
-    link.status.lock().plugin_seconds += started.elapsed().as_secs_f64();
+    let spent = started.elapsed();
+    link.status.lock().plugin_seconds += spent.as_secs_f64();
+    repl.tenancy.quotas.charge_plugin_cpu(&def.tenant, spent);
     let (output, rejected): (_, Vec<(Option<usize>, String, String)>) = match result {
         Ok(out) => {
             let errors = out
