@@ -207,6 +207,17 @@ fn each_role_is_refused_exactly_what_it_may_not_do() {
             "write",
         );
         check(operate, db.snapshot(), "snapshot");
+        check(
+            operate,
+            as_role.put(&db.path("/quorum"), &json!({"k": 1})),
+            "set the sync quorum",
+        );
+        check(read, as_role.get("/v1/tenants/acme/links"), "list links");
+        check(
+            read,
+            as_role.get("/v1/tenants/acme/replicas"),
+            "list replicas",
+        );
         let name = format!("db-{}", role.name());
         let path = "/v1/tenants/acme/databases";
         check(
