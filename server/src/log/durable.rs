@@ -166,17 +166,7 @@ impl LogStore {
         if txn.updates.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        let mut written = 0;
-        for kind in [LogKind::A, LogKind::B, LogKind::T] {
-            for (first, bytes) in codec::encode(txn, kind) {
-                written += bytes.len() as u64;
-                batch.insert(&log_key(uid, kind, first)[..], bytes);
-            }
-        }
-        self.log.apply_batch(batch)?;
-        self.account(uid, written as i64);
-        Ok(())
+        self.append_batch(uid, txn, None)
     }
 
     /// Write a transaction's chunks like [`Self::append`], and in the same atomic batch
@@ -188,6 +178,10 @@ impl LogStore {
         txn: &TxnLog,
         position: u64,
     ) -> Result<(), LogError> {
+        self.append_batch(uid, txn, Some(position))
+    }
+
+    fn append_batch(&self, uid: u64, txn: &TxnLog, position: Option<u64>) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
         let mut written = 0;
         for kind in [LogKind::A, LogKind::B, LogKind::T] {
@@ -196,7 +190,9 @@ impl LogStore {
                 batch.insert(&log_key(uid, kind, first)[..], bytes);
             }
         }
-        batch.insert(&position_key(uid)[..], &position.to_be_bytes()[..]);
+        if let Some(position) = position {
+            batch.insert(&position_key(uid)[..], &position.to_be_bytes()[..]);
+        }
         self.log.apply_batch(batch)?;
         self.account(uid, written as i64);
         Ok(())

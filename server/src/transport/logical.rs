@@ -16,6 +16,7 @@ use serde_json::{json, value::RawValue, Value};
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 
 use super::links::StageSpec;
+use super::spool::prefix;
 use crate::log::codec;
 use crate::log::durable::RawTxn;
 use crate::log::OpKind;
@@ -197,12 +198,6 @@ pub struct DeadLetters {
     tree: sled::Tree,
 }
 
-fn prefix(link: &str) -> Vec<u8> {
-    let mut p = vec![link.len().min(255) as u8];
-    p.extend_from_slice(link.as_bytes());
-    p
-}
-
 impl DeadLetters {
     pub fn open(tree: sled::Tree) -> DeadLetters {
         DeadLetters { tree }
@@ -244,11 +239,6 @@ impl DeadLetters {
 
     /// Drop every dead letter of a deleted link.
     pub fn clear(&self, link: &str) -> Result<(), String> {
-        for key in self.tree.scan_prefix(prefix(link)).keys() {
-            self.tree
-                .remove(key.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        super::spool::remove_prefix(&self.tree, &prefix(link))
     }
 }

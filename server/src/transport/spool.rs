@@ -15,7 +15,8 @@ pub struct Spool {
     tree: sled::Tree,
 }
 
-fn prefix(link: &str) -> Vec<u8> {
+/// `len(link) u8 | link`: the key prefix of one link's entries (spool, dead letters).
+pub(crate) fn prefix(link: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(link.len() + 1);
     p.push(link.len().min(255) as u8);
     p.extend_from_slice(link.as_bytes());
@@ -116,11 +117,15 @@ impl Spool {
 
     /// Forget everything spooled for `link`.
     pub fn clear(&self, link: &str) -> Result<(), String> {
-        for key in self.tree.scan_prefix(prefix(link)).keys() {
-            self.tree
-                .remove(key.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        remove_prefix(&self.tree, &prefix(link))
     }
+}
+
+/// Remove every key of `tree` under `prefix`.
+pub(crate) fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), String> {
+    for key in tree.scan_prefix(prefix).keys() {
+        tree.remove(key.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
