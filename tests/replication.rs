@@ -404,6 +404,21 @@ fn link_creation_refuses_bad_requests_precisely() {
             .as_str()
             .is_some_and(|e| e.contains("other files"))
     }));
+    // A target database with data of its own is never overwritten by a bootstrap.
+    let d = Node::start();
+    let own = d.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    own.put("orders", "mine", json!({}), json!(1)).ok();
+    let keep = create_link(&a, "shop", &d, "shop", json!({}));
+    assert!(wait_until(deadline_in(CATCH_UP), || {
+        let s = link_status(&a, &keep);
+        s["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("data of its own"))
+    }));
+    assert_eq!(own.data("orders", "mine"), Some(json!(1)));
+    own.put("orders", "still-writable", json!({}), json!(2))
+        .ok();
+    a.delete(&format!("{links}/{keep}")).expect(204);
     assert_eq!(a.get(&links).ok().as_array().unwrap().len(), 2);
     a.delete(&format!("{links}/{bad}")).expect(204);
     a.get(&format!("{links}/{bad}"))

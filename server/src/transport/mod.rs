@@ -388,6 +388,13 @@ impl Replication {
                 req.database
             )));
         }
+        if !created && db.replica_of().is_none() && db.serials().0 > 0 {
+            return Err(Error::AlreadyExists(format!(
+                "database '{}' with data of its own; a replica starts empty or from its \
+                 source (delete it, or link to a new database)",
+                req.database
+            )));
+        }
         if let Some(other) = db.replica_of().filter(|l| l != id) {
             return Err(Error::AlreadyExists(format!(
                 "database '{}' as the replica of link {other}",
