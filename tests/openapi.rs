@@ -45,6 +45,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/tenants/{}/links/{}", &["get", "delete"]),
     ("/v1/tenants/{}/links/{}/pause", &["post"]),
     ("/v1/tenants/{}/links/{}/dead-letters", &["get"]),
+    ("/v1/tenants/{}/links/{}/stages", &["put"]),
     ("/v1/tenants/{}/links/{}/dead-letters/{}", &["delete"]),
     ("/v1/tenants/{}/links/{}/resume", &["post"]),
     ("/v1/tenants/{}/replicas", &["get"]),

@@ -695,6 +695,36 @@ fn a_logical_link_ships_exactly_the_filtered_and_transformed_records() {
         link["status"]["plugin_seconds"].as_f64().unwrap() > 0.0,
         "{link}"
     );
+    // Swap the transform's config on the live link: later records get the new stages.
+    let stages = format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/stages");
+    a.put(&stages, &json!([{"plugin": "nope@9"}]))
+        .expect_problem(400, "malformed-request");
+    a.put(
+        &stages,
+        &json!([
+            {"plugin": "eu@1", "config": {"files": ["orders"], "prefixes": ["eu-"]}},
+            {"plugin": "mask@1", "config": {"paths": ["total"]}}
+        ]),
+    )
+    .ok();
+    src.put(
+        "orders",
+        "eu-3",
+        json!({}),
+        json!({"card": "6011", "total": 3}),
+    )
+    .ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || replica
+        .data("orders", "eu-3")
+        == Some(json!({"card": "6011", "total": "***"}))));
+    assert_eq!(
+        replica.data("orders", "eu-1"),
+        Some(json!({"card": "***", "total": 10}))
+    );
+    assert_eq!(
+        link_status(&a, &id)["stages"][1]["config"]["paths"],
+        json!(["total"])
+    );
 }
 
 #[test]

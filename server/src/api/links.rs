@@ -142,6 +142,15 @@ pub async fn set_quorum(
     Ok(Json(quorum_json(&app, &tenant, &db)?))
 }
 
+pub async fn set_stages(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+    Body(stages): Body<Vec<crate::transport::links::StageSpec>>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.set_stages(&tenant, &link, stages)?))
+}
+
 pub async fn dead_letters(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,

@@ -318,6 +318,34 @@ impl Replication {
         Ok(self.view(&handle))
     }
 
+    /// Swap a logical link's stages (a new plugin version or config) while it runs: the
+    /// new chain is loaded and checked first, then the sender reconnects and resumes
+    /// from the replica's position, so transactions not yet confirmed pass the new
+    /// stages too.
+    pub fn set_stages(
+        &self,
+        tenant: &str,
+        id: &str,
+        stages: Vec<links::StageSpec>,
+    ) -> Result<Value> {
+        let handle = self.handle(tenant, id)?;
+        if handle.def.lock().spec.apply != links::Apply::Logical {
+            return Err(Error::Malformed(
+                "a mirror link carries every update unchanged; only a logical link has stages"
+                    .into(),
+            ));
+        }
+        logical::chain(&self.plugins, tenant, &stages).map_err(Error::Malformed)?;
+        let def = {
+            let mut def = handle.def.lock();
+            def.spec.stages = stages;
+            def.clone()
+        };
+        self.save_link(&def)?;
+        handle.poke();
+        Ok(self.view(&handle))
+    }
+
     /// Delete a link: its sender stops; the replica keeps its data (and stays a replica
     /// until detached on the target).
     pub fn delete_link(&self, tenant: &str, id: &str) -> Result<()> {
