@@ -115,9 +115,7 @@ fn a_restarted_replica_resumes_from_its_serial_without_a_new_snapshot() {
     b.kill9();
     orders(&src, 500, 1_500);
     // The link reports the broken connection and keeps retrying.
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "retrying"));
+    wait_link_state(&a, &id, "retrying", CATCH_UP);
     b.restart();
     let replica = b.db(DEFAULT_TENANT, "shop");
     wait_identical(&src, &replica, CATCH_UP);
@@ -148,9 +146,7 @@ fn a_replica_behind_a_truncated_log_is_bootstrapped_again() {
     wait_identical(&src, &replica, CATCH_UP);
     a.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/pause"))
         .ok();
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "paused"));
+    wait_link_state(&a, &id, "paused", CATCH_UP);
     // Two snapshots prune the A log up to the older one: the replica's position is gone.
     orders(&src, 300, 800);
     src.snapshot().expect(201);
@@ -211,9 +207,7 @@ fn sync_commits_survive_kill_9_of_the_source() {
     let b = Node::start();
     let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
     let id = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "streaming"));
+    wait_link_state(&a, &id, "streaming", CATCH_UP);
     let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..3)
         .map(|w| {
@@ -265,9 +259,7 @@ fn k_of_n_quorum_completes_with_one_replica_down_and_times_out_clearly_when_k_ca
     let l1 = create_link(&a, "shop", &b, "shop", json!({"mode": "sync"}));
     let l2 = create_link(&a, "shop", &c, "shop", json!({"mode": "sync"}));
     for id in [&l1, &l2] {
-        assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, id)
-            ["status"]["state"]
-            == "streaming"));
+        wait_link_state(&a, id, "streaming", CATCH_UP);
     }
     let quorum = src.path("/quorum");
     let q = a.put(&quorum, &json!({"k": 1, "timeout_ms": 2000}));
@@ -524,9 +516,7 @@ fn a_sync_commit_holds_its_record_until_the_replica_confirms_while_other_records
         src,
         id,
     } = proxied_link("sync");
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "streaming"));
+    wait_link_state(&a, &id, "streaming", CATCH_UP);
     a.put(&src.path("/quorum"), &json!({"k": 1, "timeout_ms": 60000}))
         .ok();
     src.put("orders", "k", json!({}), json!(0)).ok();
@@ -568,9 +558,7 @@ fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
     wait_identical(&src, &replica, CATCH_UP);
     let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas/{id}");
     b.post_empty(&format!("{replicas}/suspend")).ok();
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "suspended"));
+    wait_link_state(&a, &id, "suspended", CATCH_UP);
     let frozen = replica.contents("orders");
     let frozen_sums = replica.checksums().body.clone();
     // Sync commits do not wait on the detached replica.
@@ -601,9 +589,7 @@ fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
     wait_identical(&src, &replica, CATCH_UP);
     assert_eq!(replica.data("orders", "late"), Some(json!(1)));
     assert_eq!(replica.data("orders", "o-000001"), None);
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
-        ["status"]["state"]
-        == "streaming"));
+    wait_link_state(&a, &id, "streaming", CATCH_UP);
 }
 
 fn upload_plugin(node: &Node, name: &str, role: &str, wasm: &[u8]) {
@@ -792,9 +778,7 @@ fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_poli
     a.delete(&format!("{dead}/{first}"))
         .expect_problem(404, "not-found");
     // Stop: the link stops with the error shown, and nothing reached its replica.
-    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &stop)
-        ["status"]["state"]
-        == "stopped"));
+    wait_link_state(&a, &stop, "stopped", CATCH_UP);
     let s = link_status(&a, &stop);
     let error = s["status"]["last_error"].as_str().unwrap();
     assert!(

@@ -1234,6 +1234,18 @@ pub fn link_status(source: &Client, id: &str) -> Value {
         .clone()
 }
 
+/// Waits until link `id` on `source` reports `state`; panics with the link otherwise.
+pub fn wait_link_state(source: &Client, id: &str, state: &str, timeout: Duration) {
+    let reached = wait_until(deadline_in(timeout), || {
+        link_status(source, id)["status"]["state"] == state
+    });
+    assert!(
+        reached,
+        "link never became {state}: {}",
+        link_status(source, id)
+    );
+}
+
 /// Waits until database `db` on `replica` has applied everything `source_db` on
 /// `source` holds now and their block checksums are equal. Panics with both states
 /// otherwise.

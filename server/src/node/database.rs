@@ -564,7 +564,7 @@ impl Database {
     /// the source's `first..=last` serials recorded as the position in the same sled
     /// batch. Puts are upserts and deletes of absent records are skipped, so the apply is
     /// idempotent by key; a transaction with no operations only moves the position.
-    pub fn apply_logical(&self, first: u64, last: u64, ops: &[Op]) -> Result<ReplicaApply> {
+    pub fn apply_logical(&self, first: u64, last: u64, mut ops: Vec<Op>) -> Result<ReplicaApply> {
         let mut state = self.state.write();
         if last <= state.position {
             return Ok(ReplicaApply::Duplicate);
@@ -572,14 +572,9 @@ impl Database {
         if first != state.position + 1 {
             return Ok(ReplicaApply::Gap(state.position + 1));
         }
-        let ops: Vec<Op> = ops
-            .iter()
-            .filter(|op| {
-                op.kind != crate::log::OpKind::Delete
-                    || state.store.get(op.file, &op.payload).is_some()
-            })
-            .cloned()
-            .collect();
+        ops.retain(|op| {
+            op.kind != crate::log::OpKind::Delete || state.store.get(op.file, &op.payload).is_some()
+        });
         let txn = state.seq.next_txn();
         let State { store, seq, .. } = &mut *state;
         let log = match txn::apply(store, seq, txn, &ops) {

@@ -379,18 +379,6 @@ impl Replication {
             .set_config_value(&format!("{QUORUM_PREFIX}{tenant}/{database}"), &bytes)
     }
 
-    /// Quorum of a source database's synchronous links.
-    pub fn sync_links_of(&self, tenant: &str, database: &str) -> usize {
-        self.links
-            .lock()
-            .values()
-            .filter(|h| {
-                let d = h.def.lock();
-                d.tenant == tenant && d.spec.database == database && d.spec.mode == Mode::Sync
-            })
-            .count()
-    }
-
     // ---- target side ----
 
     /// Register (or re-register) a replica of link `id` on this (target) node; creates
@@ -590,10 +578,5 @@ impl Replication {
             "replication": self.advertised.to_string(),
             "protocol_version": wire::PROTOCOL_VERSION,
         })
-    }
-
-    /// Links and replicas by link id, for metrics.
-    pub fn all_links(&self) -> Vec<Arc<LinkHandle>> {
-        self.links.lock().values().cloned().collect()
     }
 }

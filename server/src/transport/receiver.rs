@@ -217,17 +217,7 @@ async fn stream(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let logical = reg.apply == links::Apply::Logical;
-    // How far the replica got: its own serial (mirror) or its position in the source's
-    // stream (logical).
-    let applied = || {
-        if logical {
-            db.position()
-        } else {
-            db.serials().0
-        }
-    };
-    let last = applied().max(repl.spool.last(&reg.link)?.unwrap_or(0));
+    let last = applied(reg, db).max(repl.spool.last(&reg.link)?.unwrap_or(0));
     let mut stream = reg.stream;
     if stream == 0 && last == 0 {
         repl.adopt_stream(&reg.link, hello.stream)
@@ -253,10 +243,24 @@ async fn stream(
     result.and(written)
 }
 
-async fn reply_now(tx: &mpsc::Sender<Reply>, frame: Vec<u8>) -> Result<(), String> {
-    tx.send(Reply::Frame(frame))
+/// How far the replica got: its own serial (mirror) or its position in the source's
+/// stream (logical).
+fn applied(reg: &ReplicaReg, db: &Database) -> u64 {
+    match reg.apply {
+        links::Apply::Logical => db.position(),
+        links::Apply::Mirror => db.serials().0,
+    }
+}
+
+/// Hand a reply to the writing half.
+async fn queue(tx: &mpsc::Sender<Reply>, reply: Reply) -> Result<(), String> {
+    tx.send(reply)
         .await
         .map_err(|_| "the connection to the source is closed".to_string())
+}
+
+async fn reply_now(tx: &mpsc::Sender<Reply>, frame: Vec<u8>) -> Result<(), String> {
+    queue(tx, Reply::Frame(frame)).await
 }
 
 async fn apply_stream(
@@ -267,14 +271,9 @@ async fn apply_stream(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     tx: &mpsc::Sender<Reply>,
 ) -> Result<(), String> {
-    let logical = reg.apply == links::Apply::Logical;
-    let applied = || {
-        if logical {
-            db.position()
-        } else {
-            db.serials().0
-        }
-    };
+    // A database's files are fixed when it is created: resolve logical operations
+    // against one copy of the schema for the whole session.
+    let schema = db.schema();
     let mut pending: Option<Pending> = None;
     let mut incoming: Option<Incoming> = None;
     let mut requested: Option<u64> = None;
@@ -344,7 +343,7 @@ async fn apply_stream(
                     if suspended {
                         let first = p.chunks.first().map_or(0, |c| c.head.first_serial);
                         let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                        let have = spooled.unwrap_or(0).max(applied());
+                        let have = spooled.unwrap_or(0).max(applied(reg, db));
                         if last <= have {
                             continue;
                         }
@@ -375,39 +374,31 @@ async fn apply_stream(
                     ops,
                 } => {
                     answer = true;
-                    let refuse_apply = |reason: String| async move {
-                        tracing::error!(link = %reg.link, error = %reason, "a logical transaction does not apply");
-                        let refusal = wire::single(&Msg::Refused {
-                            code: "apply".into(),
-                            reason: reason.clone(),
-                        });
-                        let _ = reply_now(tx, refusal).await;
-                        Err::<(), String>(reason)
-                    };
-                    let resolved = match logical::decode_ops(&db.schema(), ops) {
-                        Ok(ops) => ops,
-                        Err(e) => {
-                            return refuse_apply(format!(
-                            "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
-                        ))
-                            .await
-                        }
-                    };
-                    match db.apply_logical(first_serial, last_serial, &resolved) {
+                    let at =
+                        format!("transaction {txn} (source serials {first_serial}-{last_serial})");
+                    let applied = logical::decode_ops(&schema, ops).and_then(|ops| {
+                        db.apply_logical(first_serial, last_serial, ops)
+                            .map_err(|e| e.to_string())
+                    });
+                    match applied {
                         Ok(ReplicaApply::Applied(_)) => requested = None,
                         Ok(ReplicaApply::Duplicate) => {}
                         Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
                         Err(e) => {
-                            return refuse_apply(format!(
-                            "transaction {txn} (source serials {first_serial}-{last_serial}): {e}"
-                        ))
-                            .await
+                            let reason = format!("{at}: {e}");
+                            tracing::error!(link = %reg.link, error = %reason, "a logical transaction does not apply");
+                            let refusal = wire::single(&Msg::Refused {
+                                code: "apply".into(),
+                                reason: reason.clone(),
+                            });
+                            let _ = reply_now(tx, refusal).await;
+                            return Err(reason);
                         }
                     }
                 }
                 Msg::Watermark { serial, .. } => {
                     answer = true;
-                    let have = applied().max(spooled.unwrap_or(0));
+                    let have = applied(reg, db).max(spooled.unwrap_or(0));
                     if serial > have && pending.is_none() && incoming.is_none() {
                         gap = Some((have + 1, true));
                     }
@@ -467,9 +458,7 @@ async fn apply_stream(
                         save.save()
                             .map_err(|e| format!("storing the bootstrap snapshot: {e}"))
                     });
-                    tx.send(Reply::Wait(saving))
-                        .await
-                        .map_err(|_| "the connection to the source is closed".to_string())?;
+                    queue(tx, Reply::Wait(saving)).await?;
                     tracing::info!(
                         link = %reg.link,
                         bytes,
@@ -497,10 +486,8 @@ async fn apply_stream(
             reply_now(tx, reply.finish()).await?;
         }
         if answer {
-            let confirmed = applied().max(spooled.unwrap_or(0));
-            tx.send(Reply::Ack(confirmed))
-                .await
-                .map_err(|_| "the connection to the source is closed".to_string())?;
+            let confirmed = applied(reg, db).max(spooled.unwrap_or(0));
+            queue(tx, Reply::Ack(confirmed)).await?;
         }
     }
 }

@@ -230,8 +230,9 @@ async fn send_snapshot<W: AsyncWrite + Unpin>(db: &Database, wr: &mut W) -> Resu
         part.extend_from_slice(block.as_bytes());
         if part.len() >= SNAPSHOT_PART_BYTES || i + 1 == blocks.len() {
             hasher.update(&part);
+            frame.clear();
             frame.push(&Msg::SnapshotPart { bytes: &part });
-            send(wr, &frame.finish()).await?;
+            send(wr, frame.frame()).await?;
             part.clear();
         }
     }
@@ -367,6 +368,8 @@ async fn session(
     // Everything up to here is known durable on the source.
     let mut durable = 0;
     let mut frame = FrameWriter::new();
+    // A database's files are fixed when it is created: one copy serves the session.
+    let schema = db.schema();
     // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
     let also: &[LogKind] = match (logical, def.spec.b_log) {
         (true, _) => &[],
@@ -387,62 +390,25 @@ async fn session(
                 .log_store()
                 .read_txns(uid, next - 1, FRAME_BYTES, also)
                 .map_err(|e| format!("reading the source log: {e}"))?;
-            let Some(first) = txns.first() else {
-                link.force_bootstrap.store(true, Ordering::SeqCst);
-                return Err(format!(
-                    "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
-                ));
-            };
-            if first.first_serial != next {
+            if txns.first().map(|t| t.first_serial) != Some(next) {
                 link.force_bootstrap.store(true, Ordering::SeqCst);
                 return Err(format!(
                     "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
                 ));
             }
             frame.clear();
-            if let Some(chain) = chain.as_mut() {
-                let schema = db.schema();
-                for txn in &txns {
-                    let ops = stage(repl, link, &def, &schema, chain, txn)?;
-                    frame.push(&Msg::Logical {
-                        txn: txn.txn,
-                        first_serial: txn.first_serial,
-                        last_serial: txn.last_serial,
-                        ops: &ops,
-                    });
-                    in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
-                    next = txn.last_serial + 1;
-                }
-            }
-            for txn in txns.iter().filter(|_| !logical) {
-                frame.push(&Msg::TxnStart {
-                    txn: txn.txn,
-                    first_serial: txn.first_serial,
-                });
-                let mut b_chunks = Vec::new();
-                for chunk in &txn.chunks {
-                    if txn.outcome == crate::log::Outcome::Cancelled
-                        && chunk.head.kind == LogKind::B
-                    {
-                        b_chunks.push(&chunk.bytes[..]);
-                    } else {
-                        frame.push(&Msg::Updates {
+            for txn in &txns {
+                match chain.as_mut() {
+                    Some(chain) => {
+                        let ops = stage(repl, link, &def, &schema, chain, txn)?;
+                        frame.push(&Msg::Logical {
                             txn: txn.txn,
-                            chunk: &chunk.bytes,
+                            first_serial: txn.first_serial,
+                            last_serial: txn.last_serial,
+                            ops: &ops,
                         });
                     }
-                }
-                if txn.outcome == crate::log::Outcome::Cancelled {
-                    frame.push(&Msg::Cancel {
-                        txn: txn.txn,
-                        last_serial: txn.last_serial,
-                        b_chunks,
-                    });
-                } else {
-                    frame.push(&Msg::TxnCompleted {
-                        txn: txn.txn,
-                        last_serial: txn.last_serial,
-                    });
+                    None => push_mirror(&mut frame, txn),
                 }
                 in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
                 next = txn.last_serial + 1;
@@ -515,6 +481,39 @@ async fn session(
             }
             _ = control.changed() => return Ok(()),
         }
+    }
+}
+
+/// A mirror transaction: its stored chunks as they are, between start and completion
+/// (or cancel, which carries the B chunks that restore the before images).
+fn push_mirror(frame: &mut FrameWriter, txn: &crate::log::durable::RawTxn) {
+    frame.push(&Msg::TxnStart {
+        txn: txn.txn,
+        first_serial: txn.first_serial,
+    });
+    let cancelled = txn.outcome == crate::log::Outcome::Cancelled;
+    let mut b_chunks = Vec::new();
+    for chunk in &txn.chunks {
+        if cancelled && chunk.head.kind == LogKind::B {
+            b_chunks.push(&chunk.bytes[..]);
+        } else {
+            frame.push(&Msg::Updates {
+                txn: txn.txn,
+                chunk: &chunk.bytes,
+            });
+        }
+    }
+    if cancelled {
+        frame.push(&Msg::Cancel {
+            txn: txn.txn,
+            last_serial: txn.last_serial,
+            b_chunks,
+        });
+    } else {
+        frame.push(&Msg::TxnCompleted {
+            txn: txn.txn,
+            last_serial: txn.last_serial,
+        });
     }
 }
 
