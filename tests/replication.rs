@@ -796,3 +796,255 @@ fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_poli
         .len()
         == 3));
 }
+
+/// Orders and their lines in two databases of one source, each mirrored to a second
+/// node by its own link; the lines link carries the built-in parent rule, and the
+/// orders link goes through a chaos proxy.
+struct Interrelated {
+    a: Node,
+    b: Node,
+    proxy: ChaosProxy,
+    orders: Db,
+    lines: Db,
+    lines_link: String,
+}
+
+fn interrelated(on_error: &str, apply: &str, parent_file: &str) -> Interrelated {
+    use doppel_server::plugins::builtin;
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "parent", "rule", builtin::PARENT_RULE);
+    let orders = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "orders", "files": [{"name": "orders"}]}),
+    );
+    let lines = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "lines", "files": [{"name": "lines"}]}),
+    );
+    let addr = b.get("/v1/node").ok()["replication"]
+        .as_str()
+        .expect("a replication address")
+        .parse()
+        .expect("an address");
+    let proxy = ChaosProxy::start(addr).expect("start the chaos proxy");
+    create_link(
+        &a,
+        "orders",
+        &b,
+        "orders",
+        json!({"target": {"replication": proxy.addr().to_string()}}),
+    );
+    let lines_link = create_link(
+        &a,
+        "lines",
+        &b,
+        "lines",
+        json!({"on_error": on_error, "apply": apply, "stages": [{"plugin": "parent@1", "config": {"rules": [
+            {"file": "lines", "parent_file": parent_file, "parent_key_field": "order"}]}}]}),
+    );
+    Interrelated {
+        a,
+        b,
+        proxy,
+        orders,
+        lines,
+        lines_link,
+    }
+}
+
+/// Every line on `replica_lines` whose order is not on `replica_orders`, reading the
+/// lines first (orders only ever grow in these tests).
+fn orphan_lines(replica_lines: &Db, replica_orders: &Db) -> Vec<String> {
+    let lines = replica_lines.contents("lines");
+    let orders: std::collections::BTreeSet<String> =
+        keys_of(&json!(replica_orders.contents("orders")))
+            .into_iter()
+            .collect();
+    lines
+        .iter()
+        .filter(|l| !orders.contains(l["data"]["order"].as_str().unwrap_or("")))
+        .map(|l| l["key"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn interrelation_never_shows_an_order_line_without_its_order_when_the_orders_stream_lags() {
+    let Interrelated {
+        a,
+        b,
+        proxy,
+        orders,
+        lines,
+        lines_link,
+    } = interrelated("stop", "mirror", "orders");
+    let (r_orders, r_lines) = (
+        b.db(DEFAULT_TENANT, "orders"),
+        b.db(DEFAULT_TENANT, "lines"),
+    );
+    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
+    lines
+        .put("lines", "l-0", json!({}), json!({"order": "o-0"}))
+        .ok();
+    wait_identical(&orders, &r_orders, CATCH_UP);
+    wait_identical(&lines, &r_lines, CATCH_UP);
+
+    // The orders stream stops on its way: a new line waits on the replica, visibly,
+    // for the order it depends on, and is applied once the order arrives.
+    proxy.hold(Direction::ToUpstream);
+    orders.put("orders", "o-1", json!({}), json!({"n": 1})).ok();
+    lines
+        .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
+        .ok();
+    let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas");
+    let waiting = || {
+        b.get(&replicas)
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["link"] == lines_link.as_str())
+            .map(|r| r["waiting_for"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || waiting().is_string()),
+        "the line was never held: {}",
+        b.get(&replicas)
+    );
+    assert!(
+        waiting().as_str().unwrap().contains("'orders'"),
+        "{}",
+        waiting()
+    );
+    assert_eq!(
+        r_lines.data("lines", "l-1"),
+        None,
+        "a line without its order"
+    );
+    assert_eq!(r_orders.data("orders", "o-1"), None);
+    proxy.release(Direction::ToUpstream);
+    assert!(wait_until(deadline_in(CATCH_UP), || r_lines
+        .data("lines", "l-1")
+        .is_some()));
+    assert!(r_orders.data("orders", "o-1").is_some());
+    assert_eq!(waiting(), Value::Null);
+
+    // Under a steady delay on the orders stream, a reader of the replica never sees a
+    // line before its order, while orders and lines are written one after the other.
+    proxy.set_faults(
+        Direction::ToUpstream,
+        Faults {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(30),
+            ..Faults::default()
+        },
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (done, r_orders, r_lines) = (done.clone(), r_orders.clone(), r_lines.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut orphans) = (0u64, Vec::new());
+            while !done.load(Ordering::SeqCst) && reads < 5_000 {
+                orphans.extend(orphan_lines(&r_lines, &r_orders));
+                reads += 1;
+            }
+            (reads, orphans)
+        })
+    };
+    for i in 2..62 {
+        let o = format!("o-{i}");
+        orders.put("orders", &o, json!({}), json!({"n": i})).ok();
+        for j in 0..2 {
+            lines
+                .put(
+                    "lines",
+                    &format!("l-{i}-{j}"),
+                    json!({}),
+                    json!({"order": o}),
+                )
+                .ok();
+        }
+    }
+    wait_identical(&lines, &r_lines, CATCH_UP);
+    done.store(true, Ordering::SeqCst);
+    let (reads, orphans) = reader.join().unwrap();
+    assert!(reads > 0);
+    let orphans: std::collections::BTreeSet<String> = orphans.into_iter().collect();
+    assert!(
+        orphans.is_empty(),
+        "{} lines seen without their orders, among them {:?}",
+        orphans.len(),
+        orphans.iter().take(5).collect::<Vec<_>>()
+    );
+    wait_identical(&orders, &r_orders, CATCH_UP);
+    let link = link_status(&a, &lines_link);
+    assert!(
+        link["status"]["interrelated"].as_u64().unwrap() >= 121,
+        "{link}"
+    );
+}
+
+#[test]
+fn an_interrelation_rule_naming_an_unknown_file_stops_the_link_or_quarantines_as_its_policy_says() {
+    let stop = interrelated("stop", "mirror", "nowhere");
+    stop.lines
+        .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
+        .ok();
+    wait_link_state(&stop.a, &stop.lines_link, "stopped", CATCH_UP);
+    let s = link_status(&stop.a, &stop.lines_link);
+    let error = s["status"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("depends on file 'nowhere'") && error.contains("record 'l-1'"),
+        "{s}"
+    );
+
+    // Under quarantine the line ships without that dependency and the dead letter says
+    // so; the link goes on (a logical link here: rules run before its other stages).
+    let q = interrelated("quarantine", "logical", "nowhere");
+    q.lines
+        .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
+        .ok();
+    let r_lines = q.b.db(DEFAULT_TENANT, "lines");
+    assert!(wait_until(deadline_in(CATCH_UP), || r_lines
+        .data("lines", "l-1")
+        .is_some()));
+    let dead = format!(
+        "/v1/tenants/{DEFAULT_TENANT}/links/{}/dead-letters",
+        q.lines_link
+    );
+    let letters = q.a.get(&dead).ok().clone();
+    assert_eq!(letters.as_array().map(Vec::len), Some(1), "{letters}");
+    assert_eq!(letters[0]["record"]["key"], "l-1");
+    assert!(
+        letters[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("without this record's interrelation"),
+        "{letters}"
+    );
+    // A filter on a mirror is still refused; a rule is what a mirror may carry.
+    upload_plugin(
+        &q.a,
+        "eu",
+        "filter",
+        doppel_server::plugins::builtin::PREFIX_FILTER,
+    );
+    let refused =
+        q.a.post(
+            &format!("/v1/tenants/{DEFAULT_TENANT}/links"),
+            &json!({"database": "orders", "target": {"url": q.b.base(), "database": "o2"},
+                "stages": [{"plugin": "parent@1", "config": {"rules": [
+                    {"file": "lines", "parent_file": "orders", "parent_key_field": "order"}]}},
+                   {"plugin": "eu@1", "config": {"files": ["orders"], "prefixes": ["eu-"]}}]}),
+        )
+        .expect_problem(400, "malformed-request")
+        .clone();
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("filter and transform stages"),
+        "{refused}"
+    );
+}

@@ -270,6 +270,9 @@ impl Database {
                 })?;
             }
             replayed += chunk.entries.len() as u64;
+            if let Some(entry) = chunk.entries.last() {
+                txn::clock::observe(entry.header.timestamp_us);
+            }
             Ok(())
         })?;
         seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
@@ -858,6 +861,15 @@ impl Database {
     pub fn serials(&self) -> (u64, u64) {
         let state = self.state.read();
         (state.seq.last_serial, state.snapshot_serial)
+    }
+
+    /// A point of this database's history for interrelation (SPEC D): `(serial, us)`
+    /// such that every update stamped at or before `us` has a serial at or below
+    /// `serial`, and every later update is stamped after `us`. Read under the writer
+    /// lock, so no commit is half done.
+    pub fn stable_point(&self) -> (u64, u64) {
+        let state = self.state.read();
+        (state.seq.last_serial, txn::clock::last_us())
     }
 
     /// Bytes of blocks in RAM (cheap: no walk over the blocks).

@@ -114,6 +114,9 @@ pub struct LinkDef {
 #[serde(deny_unknown_fields)]
 pub struct ReplicaRequest {
     pub database: String,
+    /// The source database's name (interrelation finds a replica by it).
+    #[serde(default)]
+    pub source_database: String,
     /// The source database's definition: bootstrap creates the target with it.
     pub spec: DatabaseSpec,
     pub credential: String,
@@ -130,6 +133,9 @@ pub struct ReplicaReg {
     /// SHA-256 of the credential, hex.
     pub credential_sha256: String,
     pub source_node: String,
+    /// The source database's name.
+    #[serde(default)]
+    pub source_database: String,
     /// The source stream this replica follows (0: none yet).
     pub stream: u64,
     /// Detached: what arrives is spooled, not applied.
@@ -173,6 +179,8 @@ pub struct LinkStatus {
     pub connections: u64,
     /// Records the stages rejected and the link quarantined.
     pub quarantined: u64,
+    /// Transactions shipped with interrelation information (SPEC D1).
+    pub interrelated: u64,
     /// Seconds spent in the link's plugin stages.
     pub plugin_seconds: f64,
     pub last_error: Option<String>,
@@ -192,6 +200,7 @@ impl Default for LinkStatus {
             bootstraps: 0,
             connections: 0,
             quarantined: 0,
+            interrelated: 0,
             plugin_seconds: 0.0,
             last_error: None,
             last_error_ms: None,

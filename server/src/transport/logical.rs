@@ -1,6 +1,7 @@
 //! Logical links (SPEC C4, E1–E3): a source transaction's updates, decoded into plugin
 //! records, run through the link's stage chain (filters and transforms from the plugin
-//! registry) and shipped as operations by key; and the dead letters of records a stage
+//! registry) and shipped as operations by key; loading a link's stages (interrelation
+//! rules among them, see `transport::interrelation`); and the dead letters of records a stage
 //! rejected under the `quarantine` policy.
 //!
 //! The replica applies the operations as transactions of its own (`Database::
@@ -22,14 +23,32 @@ use crate::log::durable::RawTxn;
 use crate::log::OpKind;
 use crate::log::{LogKind, Outcome};
 use crate::node::records;
-use crate::plugins::{Chain, Registry};
+use crate::plugins::{Chain, Registry, Role};
 use crate::store::{block, Effect, Schema, Store};
 use crate::txn::Op;
 
-/// Build the chain of a link's stages, each `name@version` from the tenant's registry.
-pub fn chain(registry: &Registry, tenant: &str, stages: &[StageSpec]) -> Result<Chain, String> {
-    let mut out = Vec::with_capacity(stages.len());
-    for (i, stage) in stages.iter().enumerate() {
+/// A link's stages, loaded: its interrelation rules (which only read) and the chain of
+/// filters and transforms (which change what ships).
+pub struct Stages {
+    pub rules: Vec<crate::plugins::Stage>,
+    pub chain: Chain,
+}
+
+impl Stages {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.chain.stages.is_empty()
+    }
+}
+
+/// Load a link's stages, each `name@version` from the tenant's registry, with its
+/// config. Rules run on the source's records whatever their place in the list; filters
+/// and transforms run in the order given.
+pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<Stages, String> {
+    let mut out = Stages {
+        rules: Vec::new(),
+        chain: Chain { stages: Vec::new() },
+    };
+    for (i, stage) in specs.iter().enumerate() {
         let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
             format!(
                 "stages[{i}]: name the plugin as name@version, not '{}'",
@@ -44,13 +63,22 @@ pub fn chain(registry: &Registry, tenant: &str, stages: &[StageSpec]) -> Result<
         } else {
             stage.config.to_string()
         };
-        out.push(
-            template
-                .stage(&config)
-                .map_err(|e| format!("stages[{i}] ({}): {e}", stage.plugin))?,
-        );
+        let loaded = template
+            .stage(&config)
+            .map_err(|e| format!("stages[{i}] ({}): {e}", stage.plugin))?;
+        match loaded.role() {
+            Role::Rule => out.rules.push(loaded),
+            Role::Filter | Role::Transform => out.chain.stages.push(loaded),
+            role => {
+                return Err(format!(
+                    "stages[{i}] ({}): a {role} is not a link stage (links take filters, \
+                     transforms and interrelation rules)",
+                    stage.plugin
+                ))
+            }
+        }
     }
-    Ok(Chain { stages: out })
+    Ok(out)
 }
 
 /// The records of one transaction (main files only; reorganisations and undo updates

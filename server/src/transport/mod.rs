@@ -7,6 +7,10 @@
 //!   connect, bootstrap from a snapshot when needed, then stream the log.
 //! - [`receiver`]: the replication listener on the target: handshake, gap and
 //!   duplicate detection, apply, "backup completed".
+//! - [`interrelation`]: dependencies between databases (SPEC D1–D4), attached on the
+//!   source by rule stages and waited for on the target.
+//! - [`logical`]: logical apply, the link's stages, dead letters.
+//! - [`spool`]: what a suspended replica stores.
 //!
 //! The source and target agree on the endpoint themselves: the source registers the
 //! link through the target's REST API (`PUT /v1/tenants/{t}/replicas/{link}`), which
@@ -16,6 +20,7 @@
 //! serial; a source never waits on a replica except through a synchronous link's
 //! quorum ([`crate::node::quorum`]).
 
+pub mod interrelation;
 pub mod links;
 pub mod logical;
 pub mod receiver;
@@ -83,6 +88,8 @@ pub struct Replication {
     pub plugins: Arc<crate::plugins::Registry>,
     /// Records that logical links quarantined.
     pub dead_letters: logical::DeadLetters,
+    /// How far each replica got, for the transactions that wait on it (SPEC D3).
+    pub gates: interrelation::Gates,
 }
 
 impl Replication {
@@ -120,6 +127,7 @@ impl Replication {
             spool: spool::Spool::open(spool_tree),
             plugins,
             dead_letters: logical::DeadLetters::open(dead_tree),
+            gates: interrelation::Gates::default(),
         });
         for (_, value) in repl
             .node
@@ -129,6 +137,7 @@ impl Replication {
             let reg: ReplicaReg = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
             if let Ok(db) = repl.node.database(&reg.tenant, &reg.database) {
                 db.set_replica_of(Some(reg.link.clone()));
+                repl.publish_progress(&reg, &db);
             }
             repl.replicas.lock().insert(reg.link.clone(), reg);
         }
@@ -201,16 +210,8 @@ impl Replication {
             ));
         }
         crate::node::check_name("database", &spec.target.database)?;
-        if spec.apply == links::Apply::Mirror && !spec.stages.is_empty() {
-            return Err(Error::Malformed(
-                "a mirror link carries every update unchanged; stages need \"apply\": \"logical\""
-                    .into(),
-            ));
-        }
-        if spec.apply == links::Apply::Logical {
-            // Every stage must load with its config now, not at the first batch.
-            logical::chain(&self.plugins, tenant, &spec.stages).map_err(Error::Malformed)?;
-        }
+        // Every stage must load with its config now, not at the first batch.
+        self.check_stages(tenant, spec.apply, &spec.stages)?;
         let url = spec.target.url.trim_end_matches('/').to_string();
         let duplicate = self.links.lock().values().any(|l| {
             let d = l.def.lock();
@@ -240,6 +241,24 @@ impl Replication {
         drop(db);
         let handle = self.spawn_link(def);
         Ok(self.view(&handle))
+    }
+
+    /// Load a link's stages to check them; a mirror takes interrelation rules only.
+    fn check_stages(
+        &self,
+        tenant: &str,
+        apply: links::Apply,
+        stages: &[links::StageSpec],
+    ) -> Result<()> {
+        let loaded = logical::stages(&self.plugins, tenant, stages).map_err(Error::Malformed)?;
+        if apply == links::Apply::Mirror && !loaded.chain.stages.is_empty() {
+            return Err(Error::Malformed(
+                "a mirror link carries every update unchanged; filter and transform stages \
+                 need \"apply\": \"logical\" (interrelation rules are fine on a mirror)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn handle(&self, tenant: &str, id: &str) -> Result<Arc<LinkHandle>> {
@@ -329,13 +348,8 @@ impl Replication {
         stages: Vec<links::StageSpec>,
     ) -> Result<Value> {
         let handle = self.handle(tenant, id)?;
-        if handle.def.lock().spec.apply != links::Apply::Logical {
-            return Err(Error::Malformed(
-                "a mirror link carries every update unchanged; only a logical link has stages"
-                    .into(),
-            ));
-        }
-        logical::chain(&self.plugins, tenant, &stages).map_err(Error::Malformed)?;
+        let apply = handle.def.lock().spec.apply;
+        self.check_stages(tenant, apply, &stages)?;
         let def = {
             let mut def = handle.def.lock();
             def.spec.stages = stages;
@@ -424,6 +438,7 @@ impl Replication {
             database: req.database.clone(),
             credential_sha256: links::credential_hash(&req.credential),
             source_node: req.source_node.clone(),
+            source_database: req.source_database.clone(),
             stream: previous.as_ref().map_or(0, |p| p.stream),
             suspended: previous.as_ref().is_some_and(|p| p.suspended),
             apply: req.apply,
@@ -431,6 +446,7 @@ impl Replication {
         };
         self.save_replica(&reg)?;
         db.set_replica_of(Some(id.to_string()));
+        self.publish_progress(&reg, &db);
         Ok(json!({
             "link": id,
             "database": req.database,
@@ -439,6 +455,25 @@ impl Replication {
             "last_serial": db.serials().0,
             "node": self.node_id,
         }))
+    }
+
+    /// The stream a replica follows, as interrelation names it.
+    pub(crate) fn stream_key(reg: &ReplicaReg) -> interrelation::StreamKey {
+        (
+            reg.source_node.clone(),
+            reg.tenant.clone(),
+            reg.source_database.clone(),
+        )
+    }
+
+    /// Tell waiting transactions how far a replica durably got (at start, when it is
+    /// registered): its link need not be connected for its dependents to go on.
+    fn publish_progress(&self, reg: &ReplicaReg, db: &Database) {
+        let applied = match reg.apply {
+            links::Apply::Logical => db.position(),
+            links::Apply::Mirror => db.serials().0,
+        };
+        self.gates.applied(&Self::stream_key(reg), applied, false);
     }
 
     fn save_replica(&self, reg: &ReplicaReg) -> Result<()> {
@@ -480,6 +515,8 @@ impl Replication {
                     "connected": self.sessions.lock().contains_key(&r.link),
                     "suspended": r.suspended,
                     "spooled": self.spool.len(&r.link),
+                    "waiting_for": self.gates.held(&r.link),
+                    "source_database": r.source_database,
                     "created_ms": r.created_ms,
                 })
             })

@@ -281,6 +281,9 @@ async fn apply_stream(
     let mut spooled = repl.spool.last(&reg.link)?;
     let mut told_suspended = false;
     let mut payload = Vec::new();
+    // Interrelation information for the transaction that follows it (SPEC D1).
+    let mut depends: Option<(u64, Vec<wire::Dependency>)> = None;
+    let key = Replication::stream_key(reg);
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_into(rd, &mut payload))
             .await
@@ -318,6 +321,7 @@ async fn apply_stream(
         }
         for msg in msgs {
             match msg {
+                Msg::Depends { txn, deps } => depends = Some((txn, deps)),
                 Msg::TxnStart { txn, .. } => {
                     pending = Some(Pending {
                         txn,
@@ -356,8 +360,13 @@ async fn apply_stream(
                         requested = None;
                         continue;
                     }
+                    let last = spool::last_serial(&p.chunks).unwrap_or(0);
+                    hold(repl, reg, db, tx, &mut depends, txn, last).await?;
                     match db.apply_replicated(&p.chunks) {
-                        Ok(ReplicaApply::Applied(_)) => requested = None,
+                        Ok(ReplicaApply::Applied(_)) => {
+                            requested = None;
+                            repl.gates.applied(&key, last, false);
+                        }
                         Ok(ReplicaApply::Duplicate) => {}
                         Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
                         Err(e) => {
@@ -376,12 +385,16 @@ async fn apply_stream(
                     answer = true;
                     let at =
                         format!("transaction {txn} (source serials {first_serial}-{last_serial})");
+                    hold(repl, reg, db, tx, &mut depends, txn, last_serial).await?;
                     let applied = logical::decode_ops(&schema, ops).and_then(|ops| {
                         db.apply_logical(first_serial, last_serial, ops)
                             .map_err(|e| e.to_string())
                     });
                     match applied {
-                        Ok(ReplicaApply::Applied(_)) => requested = None,
+                        Ok(ReplicaApply::Applied(_)) => {
+                            requested = None;
+                            repl.gates.applied(&key, last_serial, false);
+                        }
                         Ok(ReplicaApply::Duplicate) => {}
                         Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
                         Err(e) => {
@@ -396,8 +409,13 @@ async fn apply_stream(
                         }
                     }
                 }
-                Msg::Watermark { serial, .. } => {
+                Msg::Watermark {
+                    serial,
+                    timestamp_us,
+                } => {
                     answer = true;
+                    repl.gates
+                        .watermark(&key, serial, timestamp_us, applied(reg, db));
                     let have = applied(reg, db).max(spooled.unwrap_or(0));
                     if serial > have && pending.is_none() && incoming.is_none() {
                         gap = Some((have + 1, true));
@@ -449,7 +467,7 @@ async fn apply_stream(
                     if s.hasher.digest() != checksum || s.packed.len() as u64 != s.size {
                         return ask_snapshot(tx, "the snapshot arrived damaged").await;
                     }
-                    let (bytes, transfer) = (s.size, s.started.elapsed());
+                    let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
                     let installing = std::time::Instant::now();
                     repl.spool.clear(&reg.link)?;
                     spooled = None;
@@ -468,6 +486,7 @@ async fn apply_stream(
                     );
                     repl.adopt_stream(&reg.link, hello.stream)
                         .map_err(|e| e.to_string())?;
+                    repl.gates.applied(&key, serial, true);
                     requested = None;
                     answer = true;
                 }
@@ -490,6 +509,33 @@ async fn apply_stream(
             queue(tx, Reply::Ack(confirmed)).await?;
         }
     }
+}
+
+/// Before applying transaction `txn` (ending at source serial `last`): if interrelation
+/// information came for it, wait until the updates it depends on in other databases
+/// are applied on this node (SPEC D3). What was applied before is confirmed first, so
+/// a held transaction never holds up its predecessors' confirmations.
+async fn hold(
+    repl: &Replication,
+    reg: &ReplicaReg,
+    db: &Database,
+    tx: &mpsc::Sender<Reply>,
+    depends: &mut Option<(u64, Vec<wire::Dependency>)>,
+    txn: u64,
+    last: u64,
+) -> Result<(), String> {
+    let Some((_, deps)) = depends.take().filter(|(t, _)| *t == txn) else {
+        return Ok(());
+    };
+    let done = applied(reg, db);
+    if last <= done {
+        return Ok(());
+    }
+    queue(tx, Reply::Ack(done)).await?;
+    repl.gates
+        .hold(&reg.link, &reg.source_node, &reg.tenant, &deps)
+        .await;
+    Ok(())
 }
 
 async fn ask_snapshot(tx: &mpsc::Sender<Reply>, reason: &str) -> Result<(), String> {

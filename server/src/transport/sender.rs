@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use doppel_sdk::abi::OwnedRecord;
 
+use super::interrelation;
 use super::links::{Apply, LinkDef, LinkState, Mode, OnError, ReplicaRequest};
 use super::logical;
 use super::wire::{self, FrameWriter, Hello, Msg};
@@ -120,6 +121,7 @@ async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Re
     );
     let body = ReplicaRequest {
         database: def.spec.target.database.clone(),
+        source_database: def.spec.database.clone(),
         spec: db.def.spec.clone(),
         credential: def.credential.clone(),
         source_node: repl.node_id.clone(),
@@ -330,15 +332,10 @@ async fn session(
             oldest.unwrap_or(last + 1)
         ));
     }
-    let mut chain = if logical {
-        Some(logical::chain(
-            &repl.plugins,
-            &def.tenant,
-            &def.spec.stages,
-        )?)
-    } else {
-        None
-    };
+    // A mirror's stages are interrelation rules only (checked when the link was made).
+    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.stages)?;
+    let mut sources = (!stages.rules.is_empty())
+        .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
     if bootstrap {
         link.status.lock().state = LinkState::Bootstrapping;
         tracing::info!(link = %def.id, replica_serial = their_last, source_serial = last, "bootstrapping the replica from a snapshot");
@@ -368,6 +365,8 @@ async fn session(
     // Everything up to here is known durable on the source.
     let mut durable = 0;
     let mut frame = FrameWriter::new();
+    // The timestamp of the last update shipped: with the serial shipped, the watermark.
+    let mut last_shipped_us = 0;
     // A database's files are fixed when it is created: one copy serves the session.
     let schema = db.schema();
     // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
@@ -398,9 +397,35 @@ async fn session(
             }
             frame.clear();
             for txn in &txns {
-                match chain.as_mut() {
-                    Some(chain) => {
-                        let ops = stage(repl, link, &def, &schema, chain, txn)?;
+                let staged = if logical || sources.is_some() {
+                    let records = logical::records(&schema, repl.origin(), txn)?;
+                    let mut batch = doppel_sdk::abi::BatchBuilder::new();
+                    for r in &records {
+                        batch.push(r);
+                    }
+                    Some((records, batch))
+                } else {
+                    None
+                };
+                if let (Some(sources), Some((records, batch))) = (sources.as_mut(), &staged) {
+                    let deps = interrelate(
+                        repl,
+                        link,
+                        &def,
+                        &mut stages.rules,
+                        sources,
+                        txn,
+                        records,
+                        batch,
+                    )?;
+                    if !deps.is_empty() {
+                        frame.push(&Msg::Depends { txn: txn.txn, deps });
+                        link.status.lock().interrelated += 1;
+                    }
+                }
+                match staged.filter(|_| logical) {
+                    Some((records, batch)) => {
+                        let ops = stage(repl, link, &def, &mut stages.chain, txn, &records, batch)?;
                         frame.push(&Msg::Logical {
                             txn: txn.txn,
                             first_serial: txn.first_serial,
@@ -412,10 +437,11 @@ async fn session(
                 }
                 in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
                 next = txn.last_serial + 1;
+                last_shipped_us = txn.last_timestamp_us;
             }
             frame.push(&Msg::Watermark {
                 serial: next - 1,
-                timestamp_us: txns.last().map_or(0, |t| t.last_timestamp_us),
+                timestamp_us: last_shipped_us,
             });
             send(&mut wr, frame.frame()).await?;
             link.status.lock().sent_serial = next - 1;
@@ -476,7 +502,7 @@ async fn session(
                 }
                 let mut frame = FrameWriter::new();
                 frame.push(&Msg::Heartbeat);
-                frame.push(&Msg::Watermark { serial: next - 1, timestamp_us: now_us() });
+                frame.push(&Msg::Watermark { serial: next - 1, timestamp_us: complete_us(&db, next - 1, last_shipped_us) });
                 send(&mut wr, &frame.finish()).await?;
             }
             _ = control.changed() => return Ok(()),
@@ -517,69 +543,122 @@ fn push_mirror(frame: &mut FrameWriter, txn: &crate::log::durable::RawTxn) {
     }
 }
 
-/// Run one transaction of a logical link through its stages; the operations to ship.
-/// Rejected records go to dead letters (`quarantine`) or stop the link (`stop`: the
-/// error is returned and nothing of the transaction ships).
-fn stage(
+/// The transmission-completion watermark's time (SPEC D2) once everything up to
+/// `shipped` has been sent: every update of the database stamped at or before it has
+/// been sent. When the link has caught up, that is the database's stable point (so an
+/// idle database lets the replica's dependents go on); otherwise the last update sent.
+fn complete_us(db: &Database, shipped: u64, last_shipped_us: u64) -> u64 {
+    let (serial, us) = db.stable_point();
+    if serial <= shipped {
+        us
+    } else {
+        last_shipped_us
+    }
+}
+
+/// Run one transaction through the link's interrelation rules: its dependencies on the
+/// tenant's other databases (SPEC D1). What a rule rejects follows the error policy;
+/// under `quarantine` the transaction still ships, without that record's dependency,
+/// and the dead letter says so.
+#[allow(clippy::too_many_arguments)]
+fn interrelate(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
-    schema: &crate::store::Schema,
-    chain: &mut crate::plugins::Chain,
+    rules: &mut [crate::plugins::Stage],
+    sources: &mut interrelation::Sources,
     txn: &crate::log::durable::RawTxn,
-) -> Result<Vec<u8>, String> {
-    let records = logical::records(schema, repl.origin(), txn)?;
-    let mut input = doppel_sdk::abi::BatchBuilder::new();
-    for r in &records {
-        input.push(r);
-    }
-    if chain.stages.is_empty() || records.is_empty() {
-        return logical::ops_bytes(&input);
-    }
-    // The tenant's plugin CPU budget throttles the link (it waits; nothing is dropped).
+    records: &[OwnedRecord],
+    batch: &doppel_sdk::abi::BatchBuilder,
+) -> Result<Vec<wire::Dependency>, String> {
+    throttle(repl, def);
+    let started = Instant::now();
+    let result = tokio::task::block_in_place(|| {
+        interrelation::depends(rules, sources, &def.spec.database, records, batch)
+    });
+    charge(repl, link, def, started.elapsed());
+    let (deps, errors) = match result {
+        Ok(out) => out,
+        Err(e) => (
+            Vec::new(),
+            vec![interrelation::RuleError {
+                index: None,
+                plugin: e.plugin().to_string(),
+                message: e.to_string(),
+            }],
+        ),
+    };
+    let rejected: Vec<Rejected> = errors
+        .into_iter()
+        .map(|e| Rejected {
+            index: e.index,
+            plugin: e.plugin,
+            message: e.message,
+        })
+        .collect();
+    reject(
+        repl,
+        link,
+        def,
+        txn,
+        records,
+        &rejected,
+        "shipped without this record's interrelation",
+    )?;
+    Ok(deps)
+}
+
+/// The tenant's plugin CPU budget throttles the link: it waits; nothing is dropped.
+fn throttle(repl: &Replication, def: &LinkDef) {
     while let Err(wait) = repl.tenancy.quotas.plugin_cpu_available(&def.tenant) {
         tokio::task::block_in_place(|| std::thread::sleep(wait.min(Duration::from_millis(100))));
     }
-    let started = Instant::now();
-    let result = tokio::task::block_in_place(|| chain.run(input));
-    let spent = started.elapsed();
+}
+
+/// Account a stage's CPU time to the link and to the tenant's plugin budget.
+fn charge(repl: &Replication, link: &LinkHandle, def: &LinkDef, spent: Duration) {
     link.status.lock().plugin_seconds += spent.as_secs_f64();
     repl.tenancy.quotas.charge_plugin_cpu(&def.tenant, spent);
-    let (output, rejected): (_, Vec<(Option<usize>, String, String)>) = match result {
-        Ok(out) => {
-            let errors = out
-                .errors
-                .into_iter()
-                .map(|e| (e.index.map(|i| i as usize), e.plugin, e.message))
-                .collect();
-            (out.batch, errors)
-        }
-        // The whole batch failed (a trap, a limit): every record of it is rejected.
-        Err(e) => (
-            doppel_sdk::abi::BatchBuilder::new(),
-            vec![(None, e.plugin().to_string(), e.to_string())],
-        ),
+}
+
+/// A record a stage rejected (`index` None: every record of the batch is suspect).
+struct Rejected {
+    index: Option<usize>,
+    plugin: String,
+    message: String,
+}
+
+/// Apply the error policy to what stages rejected: `stop` stops the link with the first
+/// error (Err; nothing of the transaction ships); `quarantine` keeps each record in the
+/// dead letters with why, `outcome` saying what became of it.
+fn reject(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    txn: &crate::log::durable::RawTxn,
+    records: &[OwnedRecord],
+    rejected: &[Rejected],
+    outcome: &str,
+) -> Result<(), String> {
+    let Some(first) = rejected.first() else {
+        return Ok(());
     };
-    if rejected.is_empty() {
-        return logical::ops_bytes(&output);
-    }
     if def.spec.on_error == OnError::Stop {
-        let (index, plugin, message) = &rejected[0];
-        let at = index
+        let at = first
+            .index
             .and_then(|i| records.get(i))
             .map_or(String::new(), |r| {
                 format!(" record '{}' of file '{}',", r.key, r.file)
             });
         link.stopped.store(true, Ordering::SeqCst);
         return Err(format!(
-            "stopped by its error policy: stage {plugin} rejected{at} source serials {}-{}: {message}",
-            txn.first_serial, txn.last_serial
+            "stopped by its error policy: stage {} rejected{at} source serials {}-{}: {}",
+            first.plugin, txn.first_serial, txn.last_serial, first.message
         ));
     }
-    for (index, plugin, message) in &rejected {
-        let hit: Vec<&OwnedRecord> = match index {
-            Some(i) => records.get(*i).into_iter().collect(),
-            // A transform before it renumbered the records: all of them are suspect.
+    for r in rejected {
+        let hit: Vec<&OwnedRecord> = match r.index {
+            Some(i) => records.get(i).into_iter().collect(),
             None => records.iter().collect(),
         };
         for record in hit {
@@ -589,14 +668,60 @@ fn stage(
                 seq,
                 serde_json::json!({
                     "record": logical::record_json(record),
-                    "plugin": plugin,
-                    "error": message,
+                    "plugin": r.plugin,
+                    "error": r.message,
+                    "outcome": outcome,
                     "at_ms": now_us() / 1000,
                 }),
             )?;
             link.status.lock().quarantined += 1;
         }
     }
+    Ok(())
+}
+
+/// Run one transaction of a logical link through its filters and transforms; the
+/// operations to ship. What they reject follows the error policy ([`reject`]).
+fn stage(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    chain: &mut crate::plugins::Chain,
+    txn: &crate::log::durable::RawTxn,
+    records: &[OwnedRecord],
+    input: doppel_sdk::abi::BatchBuilder,
+) -> Result<Vec<u8>, String> {
+    if chain.stages.is_empty() || records.is_empty() {
+        return logical::ops_bytes(&input);
+    }
+    throttle(repl, def);
+    let started = Instant::now();
+    let result = tokio::task::block_in_place(|| chain.run(input));
+    charge(repl, link, def, started.elapsed());
+    let (output, rejected) = match result {
+        Ok(out) => {
+            let errors = out
+                .errors
+                .into_iter()
+                .map(|e| Rejected {
+                    index: e.index.map(|i| i as usize),
+                    plugin: e.plugin,
+                    message: e.message,
+                })
+                .collect();
+            (out.batch, errors)
+        }
+        // The whole batch failed (a trap, a limit): every record of it is rejected.
+        Err(e) => (
+            doppel_sdk::abi::BatchBuilder::new(),
+            vec![Rejected {
+                index: None,
+                plugin: e.plugin().to_string(),
+                message: e.to_string(),
+            }],
+        ),
+    };
+    reject(repl, link, def, txn, records, &rejected, "not shipped")?;
     logical::ops_bytes(&output)
 }
 

@@ -39,6 +39,18 @@ pub struct Hello {
     pub stream: u64,
 }
 
+/// What one transaction depends on in another database of the same source node
+/// (SPEC D1): every update of `database` stamped before `before_us`. `serial` is that
+/// database's serial when the dependency was taken, so a replica that has applied it
+/// has everything needed (and more); a transmission-completion watermark can show it
+/// sooner. See `transport::interrelation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub database: String,
+    pub serial: u64,
+    pub before_us: u64,
+}
+
 /// One protocol message. Borrowed fields point into the frame they came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg<'a> {
@@ -78,6 +90,12 @@ pub enum Msg<'a> {
         first_serial: u64,
         last_serial: u64,
         ops: &'a [u8],
+    },
+    /// Interrelation information (SPEC D1) for transaction `txn`, sent just before it:
+    /// the replica applies it only once each dependency holds (SPEC D3).
+    Depends {
+        txn: u64,
+        deps: Vec<Dependency>,
     },
     /// The transaction was cancelled on the source; its chunks (including the undo
     /// updates) are followed by its B log, and the replica ends at its before images.
@@ -237,6 +255,17 @@ impl FrameWriter {
                 self.u64(*first_serial);
                 self.u64(*last_serial);
                 self.bytes(ops);
+            }
+            Msg::Depends { txn, deps } => {
+                self.u8(15);
+                self.u64(*txn);
+                self.buf
+                    .extend_from_slice(&(deps.len() as u32).to_le_bytes());
+                for d in deps {
+                    self.str(&d.database);
+                    self.u64(d.serial);
+                    self.u64(d.before_us);
+                }
             }
             Msg::Cancel {
                 txn,
@@ -409,6 +438,23 @@ impl<'a> FrameReader<'a> {
                 last_serial: self.u64()?,
                 ops: self.bytes()?,
             },
+            15 => {
+                let txn = self.u64()?;
+                let n = self.u32()? as usize;
+                // Each dependency takes at least 20 bytes: a count past that is a lie.
+                if n > (self.bytes.len() - self.pos) / 20 {
+                    return Err(WireError::Malformed(at));
+                }
+                let mut deps = Vec::with_capacity(n);
+                for _ in 0..n {
+                    deps.push(Dependency {
+                        database: self.string()?,
+                        serial: self.u64()?,
+                        before_us: self.u64()?,
+                    });
+                }
+                Msg::Depends { txn, deps }
+            }
             13 => {
                 let txn = self.u64()?;
                 let last_serial = self.u64()?;
@@ -561,6 +607,21 @@ mod tests {
                 first_serial: 13,
                 last_serial: 14,
                 ops: b"[]",
+            },
+            Msg::Depends {
+                txn: 6,
+                deps: vec![
+                    Dependency {
+                        database: "orders".into(),
+                        serial: 41,
+                        before_us: 1_700_000_000_000_000,
+                    },
+                    Dependency {
+                        database: "customers".into(),
+                        serial: 0,
+                        before_us: 1,
+                    },
+                ],
             },
             Msg::BackupCompleted { serial: 9 },
             Msg::Retransmit { from: 10 },

@@ -8,9 +8,8 @@
 //! too: the log then replays to exactly the same blocks (SPEC A3) and says what happened
 //! (SPEC B3). Record locks for interactive transactions live in [`locks`].
 
+pub mod clock;
 pub mod locks;
-
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::log::{Header, OpKind, Outcome, TxnLog, Update};
 use crate::store::{block, Applied, Effect, FileId, Mutation, PutMode, Store, StoreError};
@@ -41,7 +40,6 @@ pub struct Sequencer {
     pub last_serial: u64,
     /// Next transaction number to hand out.
     pub next_txn: u64,
-    last_timestamp_us: u64,
 }
 
 impl Sequencer {
@@ -49,7 +47,6 @@ impl Sequencer {
         Sequencer {
             last_serial,
             next_txn: next_txn.max(1),
-            last_timestamp_us: 0,
         }
     }
 
@@ -57,15 +54,6 @@ impl Sequencer {
         let txn = self.next_txn;
         self.next_txn += 1;
         txn
-    }
-
-    /// A timestamp that never goes backwards.
-    fn now_us(&mut self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_timestamp_us = wall.max(self.last_timestamp_us);
-        self.last_timestamp_us
     }
 
     fn update(
@@ -86,7 +74,7 @@ impl Sequencer {
                 file,
                 block: applied.placement.block,
                 offset: applied.placement.offset,
-                timestamp_us: self.now_us(),
+                timestamp_us: clock::next_us(),
                 undo,
             },
             after,
