@@ -1,6 +1,7 @@
 //! Doppel: a replication server for in-memory block-store databases.
 //!
-//! Dependencies point one way: `cli` → `api` → `transport` → `node` → `txn` → `store` / `log`.
+//! Dependencies point one way: `cli` → `api` → `topology` / `transport` → `node` → `txn` →
+//! `store` / `log`.
 
 pub mod api;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod node;
 pub mod plugins;
 pub mod store;
 pub mod tenancy;
+pub mod topology;
 pub mod transport;
 pub mod txn;
 

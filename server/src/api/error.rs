@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::node::Error;
 use crate::store::StoreError;
@@ -23,6 +23,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub op_index: Option<usize>,
+    /// More members of the problem object (e.g. a topology's `errors`).
+    pub extra: Option<serde_json::Map<String, Value>>,
 }
 
 impl ApiError {
@@ -32,7 +34,16 @@ impl ApiError {
             code,
             detail: detail.into(),
             op_index: None,
+            extra: None,
         }
+    }
+
+    /// Add a member to the problem object.
+    pub fn with(mut self, key: &str, value: Value) -> ApiError {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value);
+        self
     }
 
     pub fn malformed(detail: impl Into<String>) -> ApiError {
@@ -74,6 +85,8 @@ fn title(code: &str) -> &'static str {
         "read-only-replica" => "The database is a replica",
         "replication-timeout" => "The synchronous replicas did not confirm in time",
         "link-refused" => "The target node refused the link",
+        "topology-invalid" => "The topology document is not valid",
+        "topology-apply-failed" => "Applying the topology failed part way",
         _ => "Internal error",
     }
 }
@@ -123,6 +136,7 @@ impl From<Error> for ApiError {
             code,
             detail,
             op_index: None,
+            extra: None,
         }
     }
 }
@@ -138,6 +152,9 @@ impl IntoResponse for ApiError {
         });
         if let Some(index) = self.op_index {
             body["op_index"] = json!(index);
+        }
+        for (k, v) in self.extra.unwrap_or_default() {
+            body[k] = v;
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         response.headers_mut().insert(

@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, Body, Path};
+use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::transport::links::{LinkSpec, ReplicaRequest};
 
@@ -21,12 +21,31 @@ pub async fn node(State(app): App) -> Json<Value> {
     Json(app.replication.node_info())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Check the request and answer what would be created, creating nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// With `dry_run`: the source database does not exist yet because another link
+    /// will create it (a chain); check everything else.
+    #[serde(default)]
+    source_pending: bool,
+}
+
 pub async fn create(
     State(app): App,
     Path(tenant): Path<String>,
+    Query(q): Query<CreateQuery>,
     Body(spec): Body<LinkSpec>,
 ) -> Result<Response> {
     app.node.databases(&tenant)?;
+    if q.dry_run {
+        let spec = app
+            .replication
+            .check_link(&tenant, spec, q.source_pending)?;
+        return Ok(Json(json!({"dry_run": true, "link": spec})).into_response());
+    }
     let link = app.replication.create_link(&tenant, spec)?;
     Ok((StatusCode::CREATED, Json(link)).into_response())
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod plugins;
 pub mod routes;
+pub mod topologies;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ pub struct AppState {
     pub tenancy: Arc<Tenancy>,
     pub plugins: Arc<Registry>,
     pub replication: Arc<Replication>,
+    pub topologies: Arc<crate::topology::Topologies>,
 }
 
 /// The router for a node. Every matched route passes through [`guard::guard`].
@@ -42,6 +44,7 @@ pub fn router(
     replication: Arc<Replication>,
 ) -> Router {
     let state = Arc::new(AppState {
+        topologies: Arc::new(crate::topology::Topologies::new(node.clone())),
         node,
         tenancy,
         plugins,

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use super::links as l;
 use super::plugins as p;
 use super::routes as r;
+use super::topologies as t;
 use super::{handler, Handler};
 use crate::tenancy::roles::Permission::{self, *};
 
@@ -73,6 +74,10 @@ routes! {
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter";
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link";
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
+    "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies";
+    "post" "/v1/tenants/{tenant}/topologies" => t::apply, Operate, "Validate and apply a topology document (nodes, links, modes, stages, policies); ?dry_run=true answers the plan only";
+    "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links";
+    "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created";
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node";
     "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)";

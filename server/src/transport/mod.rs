@@ -201,16 +201,29 @@ impl Replication {
             .set_config_value(&format!("{LINK_PREFIX}{}", def.id), &bytes)
     }
 
-    /// Create a link on this (source) node and start it.
-    pub fn create_link(self: &Arc<Self>, tenant: &str, mut spec: LinkSpec) -> Result<Value> {
-        let db = self.node.database(tenant, &spec.database)?;
+    /// Check a link request as [`Self::create_link`] would, creating nothing: the
+    /// source database, the target, the stages (loaded with their configs), and that
+    /// no link of the tenant already targets that database. Returns the normalised spec.
+    /// `source_pending`: the source database will come from a replica registration, so
+    /// its absence is not an error.
+    pub fn check_link(
+        &self,
+        tenant: &str,
+        mut spec: LinkSpec,
+        source_pending: bool,
+    ) -> Result<LinkSpec> {
+        match self.node.database(tenant, &spec.database) {
+            Err(Error::NotFound(_)) if source_pending => {}
+            other => {
+                other?;
+            }
+        }
         if !spec.target.url.starts_with("http://") {
             return Err(Error::Malformed(
                 "target.url must be the target node's API, as http://host:port".into(),
             ));
         }
         crate::node::check_name("database", &spec.target.database)?;
-        // Every stage must load with its config now, not at the first batch.
         self.check_stages(tenant, spec.apply, &spec.stages)?;
         let url = spec.target.url.trim_end_matches('/').to_string();
         let duplicate = self.links.lock().values().any(|l| {
@@ -226,6 +239,12 @@ impl Replication {
             )));
         }
         spec.target.url = url;
+        Ok(spec)
+    }
+
+    /// Create a link on this (source) node and start it.
+    pub fn create_link(self: &Arc<Self>, tenant: &str, spec: LinkSpec) -> Result<Value> {
+        let mut spec = self.check_link(tenant, spec, false)?;
         let target_token = spec.target.token.take();
         let id = format!("{}-{}", self.node_id, self.node.generate_id()?);
         let def = LinkDef {
@@ -238,7 +257,6 @@ impl Replication {
             paused: false,
         };
         self.save_link(&def)?;
-        drop(db);
         let handle = self.spawn_link(def);
         Ok(self.view(&handle))
     }
@@ -425,13 +443,26 @@ impl Replication {
                 req.database
             )));
         }
+        let mut previous = self.replicas.lock().get(id).cloned();
         if let Some(other) = db.replica_of().filter(|l| l != id) {
-            return Err(Error::AlreadyExists(format!(
-                "database '{}' as the replica of link {other}",
-                req.database
-            )));
+            // A new link from the same source database takes the replica over (a link
+            // replaced with another mode, say): it continues the same stream.
+            let taken = self.replica(&other).filter(|r| {
+                r.tenant == tenant
+                    && r.source_node == req.source_node
+                    && !r.source_database.is_empty()
+                    && r.source_database == req.source_database
+            });
+            let Some(taken) = taken else {
+                return Err(Error::AlreadyExists(format!(
+                    "database '{}' as the replica of link {other}",
+                    req.database
+                )));
+            };
+            tracing::info!(database = %req.database, old = %other, new = %id, "a new link of the same source takes the replica over");
+            self.forget_replica(&other)?;
+            previous = previous.or(Some(taken));
         }
-        let previous = self.replicas.lock().get(id).cloned();
         let reg = ReplicaReg {
             link: id.to_string(),
             tenant: tenant.to_string(),
@@ -530,17 +561,22 @@ impl Replication {
             .replica(id)
             .filter(|r| r.tenant == tenant)
             .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        self.forget_replica(id)?;
+        if let Ok(db) = self.node.database(tenant, &reg.database) {
+            db.set_replica_of(None);
+        }
+        Ok(())
+    }
+
+    /// Drop a replica's registration, session and spool (its database stays as it is).
+    fn forget_replica(&self, id: &str) -> Result<()> {
         self.node
             .remove_config_value(&format!("{REPLICA_PREFIX}{id}"))?;
         self.replicas.lock().remove(id);
         if let Some(session) = self.sessions.lock().remove(id) {
             session.abort();
         }
-        self.spool.clear(id).map_err(Error::Unavailable)?;
-        if let Ok(db) = self.node.database(tenant, &reg.database) {
-            db.set_replica_of(None);
-        }
-        Ok(())
+        self.spool.clear(id).map_err(Error::Unavailable)
     }
 
     /// Suspend (detach) or release a replica (SPEC G6). Suspended, it stores what

@@ -1,0 +1,974 @@
+//! Topology documents (SPEC F6): nodes, databases and the links between them, declared in
+//! one JSON document per tenant and name, validated, planned and applied.
+//!
+//! A document names its nodes by API URL and lists links `from {node, database}` →
+//! `to {node, database}` with the link's mode, apply form, stages, error policy and
+//! B-log choice. Applying it on any node:
+//! 1. validates it locally ([`validate`]): known nodes, no link from a database to
+//!    itself, one link per target database, no cycle (updates would loop: mutual
+//!    replication needs loop prevention, which links do not do yet);
+//! 2. plans against what this topology applied before ([`plan`]): each link is kept,
+//!    created, has its stages swapped, is replaced (mode, apply form, policy or B log
+//!    changed) or deleted; a link someone deleted behind the topology's back is
+//!    created again;
+//! 3. asks each source node to check the links to create (`POST …/links?dry_run=true`:
+//!    the source database exists, the stages load with their configs and fit the apply
+//!    form), so a problem is reported on the part of the document it concerns;
+//! 4. unless it is a dry run, carries the plan out through the nodes' REST APIs with
+//!    the caller's own token, and stores the document with the ids of its links (sled
+//!    `config` tree, `topology/{tenant}/{name}`).
+//!
+//! Only the differences change: a link that is kept is not touched, so its stream goes
+//! on. A failure part way stores what was done, so applying again finishes the job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::node::{self, Node};
+use crate::transport::links::{Apply, LinkSpec, Mode, OnError, StageSpec, TargetSpec};
+
+const PREFIX: &str = "topology/";
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a chained link waits for its source database to be created upstream.
+const CHAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// A topology document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub name: String,
+    /// Node name → where its API is.
+    pub nodes: BTreeMap<String, NodeRef>,
+    #[serde(default)]
+    pub links: Vec<LinkDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRef {
+    /// The node's API, `http://host:port`.
+    pub url: String,
+    /// Where links to this node connect instead of the replication address it
+    /// advertises (a proxy, an address translated on the way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub node: String,
+    pub database: String,
+}
+
+/// One link of a topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDoc {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub apply: Apply,
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "yes")]
+    pub b_log: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl LinkDoc {
+    /// How the plan and the stored state name the link.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{} -> {}/{}",
+            self.from.node, self.from.database, self.to.node, self.to.database
+        )
+    }
+
+    /// The link as its source node's API takes it.
+    fn spec(&self, doc: &Topology) -> LinkSpec {
+        let target = &doc.nodes[&self.to.node];
+        LinkSpec {
+            database: self.from.database.clone(),
+            target: TargetSpec {
+                url: target.url.trim_end_matches('/').to_string(),
+                database: self.to.database.clone(),
+                token: None,
+                replication: target.replication.clone(),
+            },
+            mode: self.mode,
+            apply: self.apply,
+            stages: self.stages.clone(),
+            on_error: self.on_error,
+            b_log: self.b_log,
+        }
+    }
+
+    /// Whether another link of `doc` creates this link's source database (a chain).
+    fn fed(&self, doc: &Topology) -> bool {
+        doc.links.iter().any(|l| l.to == self.from)
+    }
+
+    /// What differs from `old` that only a new link can change (None: nothing).
+    fn replaced_because(&self, old: &LinkDoc) -> Option<String> {
+        let mut what = Vec::new();
+        if self.mode != old.mode {
+            what.push("mode");
+        }
+        if self.apply != old.apply {
+            what.push("apply");
+        }
+        if self.on_error != old.on_error {
+            what.push("on_error");
+        }
+        if self.b_log != old.b_log {
+            what.push("b_log");
+        }
+        (!what.is_empty()).then(|| format!("{} changed", what.join(", ")))
+    }
+}
+
+/// A problem with a document, at the part it concerns (`links[2].to`, `nodes.b`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// The checks that need no other node.
+pub fn validate(doc: &Topology) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Err(e) = node::check_name("topology", &doc.name) {
+        out.push(problem("name", e.to_string()));
+    }
+    if doc.nodes.is_empty() {
+        out.push(problem("nodes", "declare at least one node"));
+    }
+    for (name, n) in &doc.nodes {
+        if name.is_empty() {
+            out.push(problem("nodes", "a node name is empty"));
+        }
+        if !n.url.starts_with("http://") {
+            out.push(problem(
+                format!("nodes.{name}.url"),
+                format!("'{}' is not the node's API as http://host:port", n.url),
+            ));
+        }
+    }
+    let mut targets: BTreeMap<&Endpoint, usize> = BTreeMap::new();
+    for (i, l) in doc.links.iter().enumerate() {
+        for (side, end) in [("from", &l.from), ("to", &l.to)] {
+            if !doc.nodes.contains_key(&end.node) {
+                out.push(problem(
+                    format!("links[{i}].{side}.node"),
+                    format!(
+                        "unknown node '{}'; the document declares {}",
+                        end.node,
+                        names(doc.nodes.keys())
+                    ),
+                ));
+            }
+            if let Err(e) = node::check_name("database", &end.database) {
+                out.push(problem(
+                    format!("links[{i}].{side}.database"),
+                    e.to_string(),
+                ));
+            }
+        }
+        if l.from == l.to {
+            out.push(problem(
+                format!("links[{i}]"),
+                "a link cannot copy a database onto itself",
+            ));
+        }
+        if let Some(first) = targets.insert(&l.to, i) {
+            out.push(problem(
+                format!("links[{i}].to"),
+                format!(
+                    "database '{}' on node '{}' is already the target of links[{first}]; a \
+                     replica follows one source (consolidate with namespaces into other \
+                     databases)",
+                    l.to.database, l.to.node
+                ),
+            ));
+        }
+    }
+    if let Some((i, cycle)) = find_cycle(&doc.links) {
+        out.push(problem(
+            format!("links[{i}]"),
+            format!(
+                "closes the cycle {cycle}: updates would go round it forever (mutual \
+                 replication with loop prevention is not available yet)"
+            ),
+        ));
+    }
+    out
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<String> = it.map(|n| format!("'{n}'")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The first link (by index) that closes a cycle, with the cycle spelled out.
+fn find_cycle(links: &[LinkDoc]) -> Option<(usize, String)> {
+    // Add links one by one; a link closes a cycle when its target already reaches its
+    // source through the links before it.
+    for (i, l) in links.iter().enumerate() {
+        let mut path = vec![&l.to];
+        if let Some(found) = reach(&links[..i], &l.to, &l.from, &mut path, &mut BTreeSet::new()) {
+            let mut names: Vec<String> = std::iter::once(&l.from)
+                .chain(found.iter().copied())
+                .map(|e| format!("{}/{}", e.node, e.database))
+                .collect();
+            names.dedup();
+            return Some((i, names.join(" -> ")));
+        }
+    }
+    None
+}
+
+fn reach<'a>(
+    links: &'a [LinkDoc],
+    at: &'a Endpoint,
+    goal: &Endpoint,
+    path: &mut Vec<&'a Endpoint>,
+    seen: &mut BTreeSet<&'a Endpoint>,
+) -> Option<Vec<&'a Endpoint>> {
+    if at == goal {
+        return Some(path.clone());
+    }
+    if !seen.insert(at) {
+        return None;
+    }
+    for l in links.iter().filter(|l| &l.from == at) {
+        path.push(&l.to);
+        if let Some(found) = reach(links, &l.to, goal, path, seen) {
+            return Some(found);
+        }
+        path.pop();
+    }
+    None
+}
+
+/// A link this topology created, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    /// The source node's name in the document.
+    pub node: String,
+    /// The link's id on its source node.
+    pub id: String,
+    pub link: LinkDoc,
+}
+
+/// What is stored per topology.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    pub doc: Topology,
+    /// Label → the live link.
+    pub links: BTreeMap<String, Applied>,
+    pub applied_ms: u64,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// keep, create, update-stages, replace or delete.
+    pub action: &'static str,
+    pub link: String,
+    /// The source node.
+    pub node: String,
+    /// The live link's id (kept, updated, replaced or deleted links).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The link's index in the document (every action but delete).
+    #[serde(skip)]
+    pub index: Option<usize>,
+}
+
+/// How many links of `doc` lead to link `i`'s source (0 for a head): a chain's links are
+/// created head first, so that each source database exists when its link is made.
+fn depth(doc: &Topology, i: usize) -> usize {
+    let mut at = &doc.links[i].from;
+    let mut n = 0;
+    while let Some(up) = doc.links.iter().find(|l| &l.to == at) {
+        n += 1;
+        at = &up.from;
+        if n > doc.links.len() {
+            break; // a cycle; validation refuses it
+        }
+    }
+    n
+}
+
+/// Compare the document with what was applied; `exists(applied)` says whether a live
+/// link is still there. Deletes come first (they free target databases), then links
+/// in chain order.
+pub fn plan(
+    doc: &Topology,
+    before: Option<&Stored>,
+    mut exists: impl FnMut(&Applied) -> bool,
+) -> Vec<Step> {
+    let empty = BTreeMap::new();
+    let old = before.map_or(&empty, |s| &s.links);
+    let mut steps = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for (i, l) in doc.links.iter().enumerate() {
+        let label = l.label();
+        wanted.insert(label.clone());
+        let step = |action, id: Option<&String>, reason: Option<String>| Step {
+            action,
+            link: label.clone(),
+            node: l.from.node.clone(),
+            id: id.cloned(),
+            reason,
+            index: Some(i),
+        };
+        steps.push(match old.get(&label) {
+            None => step("create", None, None),
+            Some(a) if !exists(a) => step(
+                "create",
+                None,
+                Some(format!("link {} is gone from its source node", a.id)),
+            ),
+            Some(a) => {
+                // A target node that moved is another link.
+                let moved = before.is_some_and(|b| {
+                    b.doc.nodes.get(&l.to.node) != doc.nodes.get(&l.to.node)
+                        || b.doc.nodes.get(&l.from.node) != doc.nodes.get(&l.from.node)
+                });
+                match (moved, l.replaced_because(&a.link)) {
+                    (true, _) => step(
+                        "replace",
+                        Some(&a.id),
+                        Some("a node's address changed".into()),
+                    ),
+                    (false, Some(reason)) => step("replace", Some(&a.id), Some(reason)),
+                    (false, None) if l.stages != a.link.stages => {
+                        step("update-stages", Some(&a.id), None)
+                    }
+                    (false, None) => step("keep", Some(&a.id), None),
+                }
+            }
+        });
+    }
+    let mut deletes = Vec::new();
+    for (label, a) in old {
+        if !wanted.contains(label) {
+            deletes.push(Step {
+                action: "delete",
+                link: label.clone(),
+                node: a.node.clone(),
+                id: Some(a.id.clone()),
+                reason: None,
+                index: None,
+            });
+        }
+    }
+    steps.sort_by_key(|s| s.index.map_or(0, |i| depth(doc, i)));
+    deletes.extend(steps);
+    deletes
+}
+
+/// Why applying a topology failed.
+#[derive(Debug)]
+pub enum TopologyError {
+    /// The document is wrong; nothing was changed.
+    Invalid(Vec<Problem>),
+    /// A step failed; the steps before it were carried out and are stored.
+    Failed {
+        detail: String,
+        done: Vec<Step>,
+    },
+    Node(node::Error),
+}
+
+impl From<node::Error> for TopologyError {
+    fn from(e: node::Error) -> Self {
+        TopologyError::Node(e)
+    }
+}
+
+/// Calls to the nodes' APIs, with the caller's authorization.
+struct Remote {
+    authorization: Option<String>,
+}
+
+impl Remote {
+    /// `(status, body)`; Err when the node could not be reached.
+    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+        let mut req = ureq::request(method, url).timeout(CALL_TIMEOUT);
+        if let Some(a) = &self.authorization {
+            req = req.set("authorization", a);
+        }
+        let result = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(format!("cannot reach {url}: {e}")),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
+/// Wait (bounded) until a chained link's source database exists on its node: the link
+/// into it creates it when its source registers the replica, as it first connects.
+fn wait_for_database(
+    tenant: &str,
+    doc: &Topology,
+    l: &LinkDoc,
+    remote: &Remote,
+) -> Result<(), String> {
+    let url = format!(
+        "{}/v1/tenants/{tenant}/databases/{}",
+        doc.nodes[&l.from.node].url.trim_end_matches('/'),
+        l.from.database
+    );
+    let deadline = std::time::Instant::now() + CHAIN_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match remote.call("GET", &url, None)? {
+            (200, _) => return Ok(()),
+            (404, _) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            (status, body) => {
+                return Err(format!(
+                    "database '{}' on node '{}' did not appear (the link into it is not \
+                     connected?): {}",
+                    l.from.database,
+                    l.from.node,
+                    detail(status, &body)
+                ))
+            }
+        }
+    }
+}
+
+/// The `detail` of a problem+json answer, or the status.
+fn detail(status: u16, body: &Value) -> String {
+    body["detail"]
+        .as_str()
+        .map_or_else(|| format!("HTTP {status}"), str::to_string)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The tenant's topologies, in the node's `config` tree.
+pub struct Topologies {
+    node: Arc<Node>,
+}
+
+impl Topologies {
+    pub fn new(node: Arc<Node>) -> Topologies {
+        Topologies { node }
+    }
+
+    fn key(tenant: &str, name: &str) -> String {
+        format!("{PREFIX}{tenant}/{name}")
+    }
+
+    fn load(&self, tenant: &str, name: &str) -> Result<Option<Stored>, node::Error> {
+        self.node
+            .config_value(&Self::key(tenant, name))?
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| node::Error::Unavailable(e.to_string()))
+            })
+            .transpose()
+    }
+
+    fn save(&self, tenant: &str, stored: &Stored) -> Result<(), node::Error> {
+        let bytes =
+            serde_json::to_vec(stored).map_err(|e| node::Error::Unavailable(e.to_string()))?;
+        self.node
+            .set_config_value(&Self::key(tenant, &stored.doc.name), &bytes)
+    }
+
+    /// The stored topology, or NotFound.
+    pub fn get(&self, tenant: &str, name: &str) -> Result<Stored, node::Error> {
+        self.load(tenant, name)?
+            .ok_or_else(|| node::Error::NotFound(format!("topology '{name}'")))
+    }
+
+    /// The tenant's topologies: name, nodes, links and when they were applied.
+    pub fn list(&self, tenant: &str) -> Result<Vec<Value>, node::Error> {
+        let prefix = format!("{PREFIX}{tenant}/");
+        let mut out = Vec::new();
+        for (_, v) in self.node.config_scan(&prefix)? {
+            let s: Stored =
+                serde_json::from_slice(&v).map_err(|e| node::Error::Unavailable(e.to_string()))?;
+            out.push(json!({
+                "name": s.doc.name,
+                "nodes": s.doc.nodes.len(),
+                "links": s.doc.links.len(),
+                "applied_ms": s.applied_ms,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Validate, plan and (unless `dry_run`) apply a document. Blocking: it calls the
+    /// nodes' APIs.
+    pub fn apply(
+        &self,
+        tenant: &str,
+        doc: Topology,
+        dry_run: bool,
+        authorization: Option<String>,
+    ) -> Result<Value, TopologyError> {
+        let problems = validate(&doc);
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
+        let remote = Remote { authorization };
+        let before = self.load(tenant, &doc.name)?;
+        let link_url = |node: &str, rest: &str| {
+            format!(
+                "{}/v1/tenants/{tenant}/links{rest}",
+                doc.nodes[node].url.trim_end_matches('/')
+            )
+        };
+        // Every node must answer.
+        let mut problems = Vec::new();
+        for (name, n) in &doc.nodes {
+            let url = format!("{}/v1/node", n.url.trim_end_matches('/'));
+            match remote.call("GET", &url, None) {
+                Ok((200, _)) => {}
+                Ok((status, body)) => problems.push(problem(
+                    format!("nodes.{name}"),
+                    format!("{url} answered: {}", detail(status, &body)),
+                )),
+                Err(e) => problems.push(problem(format!("nodes.{name}"), e)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
+        let steps = plan(&doc, before.as_ref(), |a| {
+            let url = before
+                .as_ref()
+                .and_then(|b| b.doc.nodes.get(&a.node))
+                .map(|n| {
+                    format!(
+                        "{}/v1/tenants/{tenant}/links/{}",
+                        n.url.trim_end_matches('/'),
+                        a.id
+                    )
+                });
+            // Unreachable or unknown: assume it is there rather than doubling it.
+            url.is_none_or(|u| !matches!(remote.call("GET", &u, None), Ok((404, _))))
+        });
+        // The source nodes check what is to be created (a stage swap is checked by the
+        // swap itself: same loading path).
+        for step in steps
+            .iter()
+            .filter(|s| matches!(s.action, "create" | "replace"))
+        {
+            let i = step.index.expect("a created link is in the document");
+            let spec = serde_json::to_value(doc.links[i].spec(&doc)).expect("a spec is JSON");
+            let query = if doc.links[i].fed(&doc) {
+                "?dry_run=true&source_pending=true"
+            } else {
+                "?dry_run=true"
+            };
+            match remote.call("POST", &link_url(&step.node, query), Some(&spec)) {
+                Ok((200, _)) => {}
+                // A replacement's old link still targets the database.
+                Ok((409, _)) if step.action == "replace" => {}
+                Ok((status, body)) => problems.push(problem(
+                    format!("links[{i}]"),
+                    format!("node '{}' refuses it: {}", step.node, detail(status, &body)),
+                )),
+                Err(e) => problems.push(problem(format!("links[{i}]"), e)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
+        let plan_json = serde_json::to_value(&steps).expect("steps are JSON");
+        if dry_run {
+            return Ok(json!({"dry_run": true, "name": doc.name, "plan": plan_json}));
+        }
+        let mut stored = Stored {
+            doc: doc.clone(),
+            links: BTreeMap::new(),
+            applied_ms: now_ms(),
+        };
+        let mut done = Vec::new();
+        let old_links = before.map(|b| b.links).unwrap_or_default();
+        for step in &steps {
+            let result = self.carry_out(tenant, &doc, step, &old_links, &remote, &link_url);
+            match result {
+                Ok(Some(applied)) => {
+                    stored.links.insert(step.link.clone(), applied);
+                }
+                Ok(None) => {}
+                Err(detail) => {
+                    // Keep what is live: the old links not reached yet, the new ones made.
+                    for later in steps.iter().skip(done.len()) {
+                        if let Some(a) = old_links.get(&later.link) {
+                            stored.links.entry(later.link.clone()).or_insert(a.clone());
+                        }
+                    }
+                    self.save(tenant, &stored)?;
+                    return Err(TopologyError::Failed {
+                        detail: format!("{} {}: {detail}", step.action, step.link),
+                        done,
+                    });
+                }
+            }
+            done.push(step.clone());
+        }
+        self.save(tenant, &stored)?;
+        Ok(json!({"name": doc.name, "plan": plan_json, "applied_ms": stored.applied_ms}))
+    }
+
+    /// One step; the live link it leaves (None for a delete).
+    fn carry_out(
+        &self,
+        tenant: &str,
+        doc: &Topology,
+        step: &Step,
+        old: &BTreeMap<String, Applied>,
+        remote: &Remote,
+        link_url: &dyn Fn(&str, &str) -> String,
+    ) -> Result<Option<Applied>, String> {
+        let expect = |want: &[u16], r: Result<(u16, Value), String>| -> Result<Value, String> {
+            let (status, body) = r?;
+            if want.contains(&status) {
+                Ok(body)
+            } else {
+                Err(detail(status, &body))
+            }
+        };
+        match step.action {
+            "keep" => Ok(old.get(&step.link).cloned()),
+            "delete" => {
+                let a = &old[&step.link];
+                expect(
+                    &[204, 404],
+                    remote.call("DELETE", &link_url(&a.node, &format!("/{}", a.id)), None),
+                )?;
+                Ok(None)
+            }
+            "update-stages" => {
+                let i = step.index.expect("in the document");
+                let a = &old[&step.link];
+                let stages = serde_json::to_value(&doc.links[i].stages).expect("JSON");
+                expect(
+                    &[200],
+                    remote.call(
+                        "PUT",
+                        &link_url(&a.node, &format!("/{}/stages", a.id)),
+                        Some(&stages),
+                    ),
+                )?;
+                Ok(Some(Applied {
+                    node: a.node.clone(),
+                    id: a.id.clone(),
+                    link: doc.links[i].clone(),
+                }))
+            }
+            _ => {
+                if let Some(a) = old.get(&step.link).filter(|_| step.action == "replace") {
+                    expect(
+                        &[204, 404],
+                        remote.call("DELETE", &link_url(&a.node, &format!("/{}", a.id)), None),
+                    )?;
+                }
+                let i = step.index.expect("in the document");
+                let l = &doc.links[i];
+                if l.fed(doc) {
+                    wait_for_database(tenant, doc, l, remote)?;
+                }
+                let spec = serde_json::to_value(l.spec(doc)).expect("JSON");
+                let body = expect(
+                    &[201],
+                    remote.call("POST", &link_url(&step.node, ""), Some(&spec)),
+                )?;
+                let id = body["id"]
+                    .as_str()
+                    .ok_or("the source node answered without a link id")?
+                    .to_string();
+                Ok(Some(Applied {
+                    node: step.node.clone(),
+                    id,
+                    link: doc.links[i].clone(),
+                }))
+            }
+        }
+    }
+
+    /// The document with the live state of each of its links (asked of its source
+    /// node; `"status": null` and `"error"` when that node does not answer).
+    pub fn show(
+        &self,
+        tenant: &str,
+        name: &str,
+        authorization: Option<String>,
+    ) -> Result<Value, node::Error> {
+        let stored = self.get(tenant, name)?;
+        let remote = Remote { authorization };
+        let mut links = Vec::new();
+        for l in &stored.doc.links {
+            let label = l.label();
+            let mut entry = json!({"link": label, "from": l.from, "to": l.to, "mode": l.mode,
+                                   "apply": l.apply, "stages": l.stages});
+            match stored.links.get(&label) {
+                None => entry["error"] = json!("not applied"),
+                Some(a) => {
+                    entry["id"] = json!(a.id);
+                    let url = format!(
+                        "{}/v1/tenants/{tenant}/links/{}",
+                        stored.doc.nodes[&a.node].url.trim_end_matches('/'),
+                        a.id
+                    );
+                    match remote.call("GET", &url, None) {
+                        Ok((200, body)) => entry["status"] = body["status"].clone(),
+                        Ok((status, body)) => entry["error"] = json!(detail(status, &body)),
+                        Err(e) => entry["error"] = json!(e),
+                    }
+                }
+            }
+            links.push(entry);
+        }
+        Ok(json!({
+            "name": stored.doc.name,
+            "document": stored.doc,
+            "applied_ms": stored.applied_ms,
+            "links": links,
+        }))
+    }
+
+    /// Delete a topology and the links it made.
+    pub fn delete(
+        &self,
+        tenant: &str,
+        name: &str,
+        authorization: Option<String>,
+    ) -> Result<(), TopologyError> {
+        let mut stored = self.get(tenant, name)?;
+        let empty = Topology {
+            name: stored.doc.name.clone(),
+            nodes: stored.doc.nodes.clone(),
+            links: Vec::new(),
+        };
+        let remote = Remote { authorization };
+        let steps = plan(&empty, Some(&stored), |_| true);
+        let link_url = |node: &str, rest: &str| {
+            format!(
+                "{}/v1/tenants/{tenant}/links{rest}",
+                stored.doc.nodes[node].url.trim_end_matches('/')
+            )
+        };
+        let old = stored.links.clone();
+        let mut done = Vec::new();
+        for step in &steps {
+            if let Err(detail) = self.carry_out(tenant, &empty, step, &old, &remote, &link_url) {
+                for d in &done {
+                    let d: &Step = d;
+                    stored.links.remove(&d.link);
+                }
+                self.save(tenant, &stored)?;
+                return Err(TopologyError::Failed {
+                    detail: format!("delete {}: {detail}", step.link),
+                    done,
+                });
+            }
+            done.push(step.clone());
+        }
+        self.node.remove_config_value(&Self::key(tenant, name))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(links: &[(&str, &str, &str, &str)]) -> Topology {
+        let mut nodes = BTreeMap::new();
+        for n in ["a", "b", "c"] {
+            nodes.insert(
+                n.to_string(),
+                NodeRef {
+                    url: format!("http://{n}:7070"),
+                    replication: None,
+                },
+            );
+        }
+        Topology {
+            name: "t".into(),
+            nodes,
+            links: links
+                .iter()
+                .map(|(fnode, fdb, tnode, tdb)| LinkDoc {
+                    from: Endpoint {
+                        node: fnode.to_string(),
+                        database: fdb.to_string(),
+                    },
+                    to: Endpoint {
+                        node: tnode.to_string(),
+                        database: tdb.to_string(),
+                    },
+                    mode: Mode::Async,
+                    apply: Apply::Mirror,
+                    stages: Vec::new(),
+                    on_error: OnError::Stop,
+                    b_log: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn paths(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_chain_and_a_fan_out_are_valid() {
+        let d = doc(&[
+            ("a", "shop", "b", "shop"),
+            ("b", "shop", "c", "shop"),
+            ("a", "shop", "c", "copy"),
+        ]);
+        assert_eq!(validate(&d), vec![]);
+    }
+
+    #[test]
+    fn problems_point_at_the_part_they_concern() {
+        let mut d = doc(&[
+            ("a", "shop", "x", "shop"),
+            ("a", "shop", "b", "shop"),
+            ("c", "shop", "b", "shop"),
+            ("b", "s", "b", "s"),
+        ]);
+        d.nodes.get_mut("c").unwrap().url = "ftp://c".into();
+        let p = validate(&d);
+        assert_eq!(
+            paths(&p),
+            vec![
+                "nodes.c.url",
+                "links[0].to.node",
+                "links[2].to",
+                "links[3]",
+                "links[3]"
+            ],
+            "{p:?}"
+        );
+        assert!(p[1].message.contains("unknown node 'x'"), "{p:?}");
+        assert!(
+            p[2].message.contains("already the target of links[1]"),
+            "{p:?}"
+        );
+        assert!(p[3].message.contains("onto itself"), "{p:?}");
+    }
+
+    #[test]
+    fn a_cycle_is_refused_at_the_link_that_closes_it() {
+        let d = doc(&[
+            ("a", "shop", "b", "shop"),
+            ("b", "shop", "c", "shop"),
+            ("c", "shop", "a", "shop"),
+        ]);
+        let p = validate(&d);
+        assert_eq!(paths(&p), vec!["links[2]"]);
+        assert!(
+            p[0].message
+                .contains("c/shop -> a/shop -> b/shop -> c/shop"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_plan_changes_only_the_differences() {
+        let v1 = doc(&[
+            ("a", "shop", "b", "shop"),
+            ("a", "shop", "c", "shop"),
+            ("a", "orders", "b", "orders"),
+        ]);
+        let mut stored = Stored {
+            doc: v1.clone(),
+            links: BTreeMap::new(),
+            applied_ms: 0,
+        };
+        for (i, l) in v1.links.iter().enumerate() {
+            stored.links.insert(
+                l.label(),
+                Applied {
+                    node: l.from.node.clone(),
+                    id: format!("id{i}"),
+                    link: l.clone(),
+                },
+            );
+        }
+        let mut v2 = doc(&[
+            ("a", "shop", "b", "shop"),
+            ("a", "shop", "c", "shop"),
+            ("a", "orders", "b", "orders"),
+            ("b", "shop", "c", "copy"),
+        ]);
+        v2.links[1].mode = Mode::Sync;
+        v2.links[2].stages = vec![StageSpec {
+            plugin: "parent-rule@1".into(),
+            config: json!({}),
+        }];
+        v2.links.remove(0);
+        let steps = plan(&v2, Some(&stored), |a| a.id != "id2");
+        let got: Vec<(&str, &str)> = steps.iter().map(|s| (s.action, s.link.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("delete", "a/shop -> b/shop"),
+                ("replace", "a/shop -> c/shop"),
+                ("create", "a/orders -> b/orders"),
+                ("create", "b/shop -> c/copy"),
+            ]
+        );
+        assert_eq!(steps[1].reason.as_deref(), Some("mode changed"));
+        assert!(steps[2].reason.as_ref().unwrap().contains("gone"));
+        let steps = plan(&v2, Some(&stored), |_| true);
+        assert_eq!(steps[2].action, "update-stages");
+        assert_eq!(
+            plan(&v1, Some(&stored), |_| true)
+                .iter()
+                .filter(|s| s.action == "keep")
+                .count(),
+            3
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Topology documents applied to real nodes on loopback (SPEC F6, F3): a chain of four
+//! nodes that ends identical to its head, reconciling a changed document (only the
+//! differences change, a dry run changes nothing), the live state of every link, and
+//! documents refused at the part that is wrong.
+
+use std::time::Duration;
+
+use doppel_tests::*;
+
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn topologies() -> String {
+    format!("/v1/tenants/{DEFAULT_TENANT}/topologies")
+}
+
+fn links_of(node: &Node) -> Vec<Value> {
+    node.get(&format!("/v1/tenants/{DEFAULT_TENANT}/links"))
+        .ok()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn nodes_json(nodes: &[(&str, &Node)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, node) in nodes {
+        out.insert(name.to_string(), json!({"url": node.base()}));
+    }
+    Value::Object(out)
+}
+
+fn link(from: (&str, &str), to: (&str, &str)) -> Value {
+    json!({"from": {"node": from.0, "database": from.1}, "to": {"node": to.0, "database": to.1}})
+}
+
+fn actions(answer: &Value) -> Vec<(String, String)> {
+    answer["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_string(),
+                s["link"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_of_four_nodes_ends_identical_to_its_head_and_a_changed_document_changes_only_the_differences(
+) {
+    let (a, b, c, d) = (Node::start(), Node::start(), Node::start(), Node::start());
+    let head = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    for i in 0..200 {
+        head.put(
+            "orders",
+            &format!("o-{i:04}"),
+            json!({"customer": format!("c{}", i % 7)}),
+            json!({"total": i}),
+        )
+        .ok();
+    }
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+    let v1 = json!({"name": "chain", "nodes": nodes, "links": [
+        link(("a", "shop"), ("b", "shop")),
+        link(("b", "shop"), ("c", "shop")),
+        link(("c", "shop"), ("d", "shop")),
+    ]});
+    let applied = a.post(&topologies(), &v1).ok().clone();
+    assert_eq!(
+        actions(&applied),
+        vec![
+            ("create".into(), "a/shop -> b/shop".into()),
+            ("create".into(), "b/shop -> c/shop".into()),
+            ("create".into(), "c/shop -> d/shop".into()),
+        ]
+    );
+    // Writes go on at the head while the chain fills; the tail ends block-identical.
+    for i in 200..400 {
+        head.put(
+            "orders",
+            &format!("o-{i:04}"),
+            json!({}),
+            json!({"total": i}),
+        )
+        .ok();
+    }
+    head.delete("orders", "o-0007").ok();
+    let tail = d.db(DEFAULT_TENANT, "shop");
+    wait_identical(&head, &tail, CATCH_UP);
+    assert_eq!(tail.contents("orders"), head.contents("orders"));
+    assert_eq!(c.db(DEFAULT_TENANT, "shop").record_count("orders"), 399);
+
+    // The document as stored, with every link's live state.
+    let shown = a.get(&format!("{}/chain", topologies())).ok().clone();
+    // Stored normalised: every default spelled out.
+    assert_eq!(shown["document"]["nodes"], v1["nodes"]);
+    assert_eq!(shown["document"]["links"][2]["to"], v1["links"][2]["to"]);
+    assert_eq!(shown["document"]["links"][2]["mode"], "async");
+    for l in shown["links"].as_array().unwrap() {
+        assert_eq!(l["status"]["state"], "streaming", "{shown}");
+    }
+    let listed = a.get(&topologies()).ok().clone();
+    assert_eq!(listed[0]["name"], "chain");
+    assert_eq!(listed[0]["links"], 3);
+
+    // A changed document: b -> c becomes sync (a new link), c -> d goes, a -> d/copy
+    // comes; a -> b stays as it is. The dry run shows that and changes nothing.
+    let kept = links_of(&a)[0].clone();
+    let v2 = json!({"name": "chain", "nodes": nodes, "links": [
+        link(("a", "shop"), ("b", "shop")),
+        {"from": {"node": "b", "database": "shop"}, "to": {"node": "c", "database": "shop"}, "mode": "sync"},
+        link(("a", "shop"), ("d", "copy")),
+    ]});
+    let plan = a
+        .post(&format!("{}?dry_run=true", topologies()), &v2)
+        .ok()
+        .clone();
+    // Deletes first, then head to tail.
+    let want = vec![
+        ("delete".to_string(), "c/shop -> d/shop".to_string()),
+        ("keep".into(), "a/shop -> b/shop".into()),
+        ("create".into(), "a/shop -> d/copy".into()),
+        ("replace".into(), "b/shop -> c/shop".into()),
+    ];
+    assert_eq!(actions(&plan), want);
+    assert_eq!(plan["plan"][3]["reason"], "mode changed");
+    assert_eq!(links_of(&c).len(), 1, "the dry run deleted a link");
+    assert_eq!(links_of(&a).len(), 1, "the dry run created a link");
+    assert_eq!(actions(&a.post(&topologies(), &v2).ok().clone()), want);
+    let a_links = links_of(&a);
+    assert_eq!(a_links.len(), 2);
+    let still = a_links
+        .iter()
+        .find(|l| l["id"] == kept["id"])
+        .expect("kept");
+    assert_eq!(
+        still["status"]["connections"], kept["status"]["connections"],
+        "the kept link was not reconnected"
+    );
+    assert!(links_of(&c).is_empty());
+    let b_links = links_of(&b);
+    assert_eq!(b_links.len(), 1);
+    assert_eq!(b_links[0]["mode"], "sync");
+    head.put("orders", "after", json!({}), json!({"total": 1}))
+        .ok();
+    wait_identical(&head, &d.db(DEFAULT_TENANT, "copy"), CATCH_UP);
+    wait_identical(&head, &c.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+    // The new b -> c link took the replica over and continued its stream.
+    let b_link = &links_of(&b)[0];
+    assert_eq!(b_link["status"]["bootstraps"], 0, "{b_link}");
+
+    // Deleting the topology deletes its links.
+    a.delete(&format!("{}/chain", topologies())).expect(204);
+    assert!(links_of(&a).is_empty() && links_of(&b).is_empty());
+    a.get(&format!("{}/chain", topologies()))
+        .expect_problem(404, "not-found");
+}
+
+#[test]
+fn a_wrong_document_is_refused_at_the_part_it_concerns_and_nothing_changes() {
+    let (a, b) = (Node::start(), Node::start());
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b)]);
+    let refused = |doc: Value| {
+        a.post(&topologies(), &doc)
+            .expect_problem(422, "topology-invalid")
+            .clone()
+    };
+    let errors = |p: &Value| -> Vec<(String, String)> {
+        p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["path"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // A cycle, an unknown node and a duplicate target, all at once.
+    let p = refused(json!({"name": "t", "nodes": nodes, "links": [
+        link(("a", "shop"), ("b", "shop")),
+        link(("b", "shop"), ("a", "shop")),
+        link(("a", "shop"), ("z", "shop")),
+        link(("a", "other"), ("b", "shop")),
+    ]}));
+    let e = errors(&p);
+    assert_eq!(
+        e.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        vec!["links[2].to.node", "links[3].to", "links[1]"],
+        "{p}"
+    );
+    assert!(e[0].1.contains("unknown node 'z'"), "{p}");
+    assert!(e[2].1.contains("cycle"), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("links[2].to.node"),
+        "{p}"
+    );
+    // A stage that does not exist, a filter on a mirror and a missing source database,
+    // each reported by the source node at the link.
+    let p = refused(json!({"name": "t", "nodes": nodes, "links": [
+        {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"},
+         "apply": "logical", "stages": [{"plugin": "nope@1"}]},
+        link(("a", "missing"), ("b", "m")),
+    ]}));
+    let e = errors(&p);
+    assert_eq!(e[0].0, "links[0]");
+    assert!(
+        e[0].1.contains("node 'a' refuses it") && e[0].1.contains("nope"),
+        "{p}"
+    );
+    assert_eq!(e[1].0, "links[1]");
+    assert!(e[1].1.contains("missing"), "{p}");
+    // A node that does not answer.
+    let p = refused(json!({"name": "t",
+        "nodes": {"a": {"url": a.base()}, "gone": {"url": "http://127.0.0.1:9"}},
+        "links": [link(("a", "shop"), ("gone", "shop"))]}));
+    let e = errors(&p);
+    assert_eq!(e[0].0, "nodes.gone", "{p}");
+    // A malformed document is a 400 like any body.
+    a.post(
+        &topologies(),
+        &json!({"name": "t", "nodes": {}, "extra": 1}),
+    )
+    .expect_problem(400, "malformed-request");
+    assert!(links_of(&a).is_empty());
+    assert!(a.get(&topologies()).ok().as_array().unwrap().is_empty());
+    // Only an operator applies a topology.
+    a.client()
+        .with_token(&token(DEFAULT_TENANT, Role::Reader))
+        .post(
+            &topologies(),
+            &json!({"name": "t", "nodes": nodes, "links": []}),
+        )
+        .expect_problem(403, "forbidden");
+}
