@@ -1048,3 +1048,79 @@ fn an_interrelation_rule_naming_an_unknown_file_stops_the_link_or_quarantines_as
         "{refused}"
     );
 }
+
+#[test]
+fn a_dead_letter_edited_and_re_driven_reaches_the_replica_through_the_stages() {
+    use doppel_server::plugins::builtin;
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "nest", "transform", builtin::RENAME);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    // Moves field "a" under "s": a record whose "s" is not an object is a record error.
+    let id = create_link(
+        &a,
+        "shop",
+        &b,
+        "shop",
+        json!({"apply": "logical", "on_error": "quarantine", "stages": [
+            {"plugin": "nest@1", "config": {"default": {"orders": {"fields": {"a": "s.a"}}}}}]}),
+    );
+    src.put(
+        "orders",
+        "bad",
+        json!({"customer": "ann"}),
+        json!({"a": 1, "s": "x"}),
+    )
+    .ok();
+    src.put("orders", "good", json!({}), json!({"a": 2})).ok();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(wait_until(deadline_in(CATCH_UP), || replica
+        .data("orders", "good")
+        .is_some()));
+    let dead = format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/dead-letters");
+    let letters = a.get(&dead).ok().clone();
+    assert_eq!(letters.as_array().map(Vec::len), Some(1), "{letters}");
+    let letter = letters[0].clone();
+    let redrive = format!("{dead}/{}/redrive", letter["id"]);
+    // As it was, the stage rejects it again, and it stays a dead letter.
+    let again = a
+        .post(&redrive, &json!({}))
+        .expect_problem(422, "redrive-rejected")
+        .clone();
+    assert!(
+        again["detail"].as_str().unwrap().contains("nest"),
+        "{again}"
+    );
+    assert_eq!(a.get(&dead).ok().as_array().map(Vec::len), Some(1));
+    // A malformed edit is refused precisely.
+    a.post(
+        &redrive,
+        &json!({"record": {"op": "insert", "key": "bad", "data": {}}}),
+    )
+    .expect_problem(400, "malformed-request");
+    // Edited, it passes the stage and is applied on the replica.
+    let mut edited = letter["record"].clone();
+    edited["data"] = json!({"a": 7});
+    let done = a.post(&redrive, &json!({"record": edited})).ok().clone();
+    assert_eq!(done["outcome"], "applied", "{done}");
+    assert_eq!(replica.data("orders", "bad"), Some(json!({"s": {"a": 7}})));
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "ann"),
+        vec!["bad".to_string()]
+    );
+    assert_eq!(a.get(&dead).ok().as_array().map(Vec::len), Some(0));
+    assert_eq!(link_status(&a, &id)["status"]["quarantined"], 0);
+    a.post(&redrive, &json!({}))
+        .expect_problem(404, "not-found");
+    // The link goes on from where it was.
+    src.put("orders", "after", json!({}), json!({"a": 3})).ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || replica
+        .data("orders", "after")
+        == Some(json!({"s": {"a": 3}}))));
+    // The target's re-drive route wants the link's credential.
+    b.post(
+        &format!("/v1/tenants/{DEFAULT_TENANT}/replicas/{id}/redrive"),
+        &json!({"credential": "guess", "ops": ""}),
+    )
+    .expect_problem(404, "not-found");
+}

@@ -85,6 +85,7 @@ fn title(code: &str) -> &'static str {
         "read-only-replica" => "The database is a replica",
         "replication-timeout" => "The synchronous replicas did not confirm in time",
         "link-refused" => "The target node refused the link",
+        "redrive-rejected" => "The link's stages reject the re-driven record",
         "topology-invalid" => "The topology document is not valid",
         "topology-apply-failed" => "Applying the topology failed part way",
         _ => "Internal error",

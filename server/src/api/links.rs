@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::transport::links::{LinkSpec, ReplicaRequest};
+use crate::transport::redrive::{RedriveError, RedriveRequest};
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -187,6 +188,49 @@ pub async fn drop_dead_letter(
     app.node.databases(&tenant)?;
     app.replication.drop_dead_letter(&tenant, &link, id)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveBody {
+    /// The record as an operator edited it; absent re-drives the stored one.
+    #[serde(default)]
+    record: Option<Value>,
+}
+
+/// Re-drive a dead letter through the link's stages to its replica.
+pub async fn redrive(
+    State(app): App,
+    Path((tenant, link, id)): Path<(String, String, u64)>,
+    Body(body): Body<RedriveBody>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let record = body.record;
+    let result =
+        tokio::task::spawn_blocking(move || app.replication.redrive(&tenant, &link, id, record))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+    match result {
+        Ok(v) => Ok(Json(v)),
+        Err(RedriveError::Node(e)) => Err(e.into()),
+        Err(RedriveError::Rejected(detail)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "redrive-rejected",
+            detail,
+        )),
+    }
+}
+
+/// (target side) Apply re-driven operations on a logical replica.
+pub async fn apply_redrive(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+    Body(req): Body<RedriveRequest>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.apply_redrive(&tenant, &link, req)?))
 }
 
 pub async fn suspend_replica(

@@ -72,6 +72,7 @@ routes! {
     "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs";
     "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first";
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter";
+    "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica";
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link";
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
     "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies";
@@ -80,6 +81,7 @@ routes! {
     "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created";
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node";
     "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)";
+    "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again";
     "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again";

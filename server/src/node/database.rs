@@ -567,7 +567,7 @@ impl Database {
     /// the source's `first..=last` serials recorded as the position in the same sled
     /// batch. Puts are upserts and deletes of absent records are skipped, so the apply is
     /// idempotent by key; a transaction with no operations only moves the position.
-    pub fn apply_logical(&self, first: u64, last: u64, mut ops: Vec<Op>) -> Result<ReplicaApply> {
+    pub fn apply_logical(&self, first: u64, last: u64, ops: Vec<Op>) -> Result<ReplicaApply> {
         let mut state = self.state.write();
         if last <= state.position {
             return Ok(ReplicaApply::Duplicate);
@@ -575,6 +575,27 @@ impl Database {
         if first != state.position + 1 {
             return Ok(ReplicaApply::Gap(state.position + 1));
         }
+        self.apply_logical_locked(&mut state, last, ops)?;
+        Ok(ReplicaApply::Applied(last))
+    }
+
+    /// Apply operations a link re-drove from its dead letters (a logical replica): a
+    /// transaction of this database like [`Self::apply_logical`]'s, which leaves the
+    /// position in the source's stream where it is.
+    pub fn apply_redriven(&self, ops: Vec<Op>) -> Result<()> {
+        let mut state = self.state.write();
+        let position = state.position;
+        self.apply_logical_locked(&mut state, position, ops)
+    }
+
+    /// Apply `ops` as one transaction and store `position` with it. Deletes of absent
+    /// records are skipped (idempotent by key).
+    fn apply_logical_locked(
+        &self,
+        state: &mut State,
+        position: u64,
+        mut ops: Vec<Op>,
+    ) -> Result<()> {
         ops.retain(|op| {
             op.kind != crate::log::OpKind::Delete || state.store.get(op.file, &op.payload).is_some()
         });
@@ -588,12 +609,13 @@ impl Database {
                 return Err(Error::Store(refused.error).at_op(refused.index));
             }
         };
-        self.log.append_with_position(self.def.uid, &log, last)?;
-        state.position = last;
+        self.log
+            .append_with_position(self.def.uid, &log, position)?;
+        state.position = position;
         if let Some(serial) = log.last_serial() {
             self.appended.send_replace(serial);
         }
-        Ok(ReplicaApply::Applied(last))
+        Ok(())
     }
 
     /// Replace this database's contents with a snapshot streamed from its source

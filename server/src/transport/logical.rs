@@ -254,6 +254,17 @@ impl DeadLetters {
             .collect()
     }
 
+    /// One dead letter, if there is one with that id.
+    pub fn get(&self, link: &str, seq: u64) -> Result<Option<Value>, String> {
+        let mut key = prefix(link);
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.tree
+            .get(key)
+            .map_err(|e| e.to_string())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
     pub fn count(&self, link: &str) -> usize {
         self.tree.scan_prefix(prefix(link)).count()
     }

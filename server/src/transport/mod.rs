@@ -11,6 +11,7 @@
 //!   source by rule stages and waited for on the target.
 //! - [`logical`]: logical apply, the link's stages, dead letters.
 //! - [`spool`]: what a suspended replica stores.
+//! - [`redrive`]: re-driving dead letters through the stages to the replica.
 //!
 //! The source and target agree on the endpoint themselves: the source registers the
 //! link through the target's REST API (`PUT /v1/tenants/{t}/replicas/{link}`), which
@@ -24,6 +25,7 @@ pub mod interrelation;
 pub mod links;
 pub mod logical;
 pub mod receiver;
+pub mod redrive;
 pub mod sender;
 pub mod spool;
 pub mod wire;
@@ -279,7 +281,7 @@ impl Replication {
         Ok(())
     }
 
-    fn handle(&self, tenant: &str, id: &str) -> Result<Arc<LinkHandle>> {
+    pub(crate) fn handle(&self, tenant: &str, id: &str) -> Result<Arc<LinkHandle>> {
         self.links
             .lock()
             .get(id)

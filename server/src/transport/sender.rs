@@ -101,8 +101,15 @@ struct Registered {
     replication: String,
 }
 
-/// Register the replica through the target's REST API.
-async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Registered, String> {
+/// Call the target node's REST API for link `def` (blocking): with the token given at
+/// creation, or one this node signs for the tenant. The answer's JSON, or why not.
+pub(crate) fn call_target(
+    repl: &Replication,
+    def: &LinkDef,
+    method: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<serde_json::Value, String> {
     let token = match &def.target_token {
         Some(t) => Some(t.clone()),
         None => match &repl.tenancy.keyring {
@@ -115,10 +122,33 @@ async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Re
             None => None,
         },
     };
-    let url = format!(
-        "{}/v1/tenants/{}/replicas/{}",
-        def.spec.target.url, def.tenant, def.id
-    );
+    let url = format!("{}/v1/tenants/{}{path}", def.spec.target.url, def.tenant);
+    let mut req = ureq::request(method, &url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        req = req.set("authorization", &format!("Bearer {token}"));
+    }
+    match req.send_json(body) {
+        Ok(resp) => resp
+            .into_json::<serde_json::Value>()
+            .map_err(|e| format!("the target's answer is unreadable: {e}")),
+        Err(ureq::Error::Status(status, resp)) => {
+            let detail = resp
+                .into_json::<serde_json::Value>()
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(format!("the target refused it ({status}): {detail}"))
+        }
+        Err(e) => Err(format!("the target's API is unreachable: {e}")),
+    }
+}
+
+/// Register the replica through the target's REST API.
+async fn register(
+    repl: &Arc<Replication>,
+    def: &LinkDef,
+    db: &Database,
+) -> Result<Registered, String> {
     let body = ReplicaRequest {
         database: def.spec.target.database.clone(),
         source_database: def.spec.database.clone(),
@@ -127,25 +157,10 @@ async fn register(repl: &Replication, def: &LinkDef, db: &Database) -> Result<Re
         source_node: repl.node_id.clone(),
         apply: def.spec.apply,
     };
+    let (repl, def) = (repl.clone(), def.clone());
     let answer = tokio::task::spawn_blocking(move || {
-        let mut req = ureq::put(&url).timeout(Duration::from_secs(10));
-        if let Some(token) = token {
-            req = req.set("authorization", &format!("Bearer {token}"));
-        }
-        match req.send_json(&body) {
-            Ok(resp) => resp
-                .into_json::<serde_json::Value>()
-                .map_err(|e| format!("the target's answer is unreadable: {e}")),
-            Err(ureq::Error::Status(status, resp)) => {
-                let detail = resp
-                    .into_json::<serde_json::Value>()
-                    .ok()
-                    .and_then(|v| v["detail"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                Err(format!("the target refused the link ({status}): {detail}"))
-            }
-            Err(e) => Err(format!("the target's API is unreachable: {e}")),
-        }
+        call_target(&repl, &def, "PUT", &format!("/replicas/{}", def.id), &body)
+            .map_err(|e| e.replace("refused it", "refused the link"))
     })
     .await
     .map_err(|e| e.to_string())??;

@@ -1,0 +1,243 @@
+//! Re-driving dead letters: a record a logical link's stages quarantined, as it was or
+//! as an operator edited it, runs through the link's stages again and, if they pass it,
+//! is applied on the replica as a transaction of its own.
+//!
+//! The source stages the record, then hands the staged operations to the target's API
+//! (`POST /v1/tenants/{t}/replicas/{link}/redrive`), authenticated like the replica's
+//! registration and carrying the link's credential, which the target checks as the
+//! handshake does. The replica applies them without moving its position in the source's
+//! stream, so the link goes on where it was. The dead letter goes once the replica has
+//! applied it (or the stages filtered it out). Like re-publishing from a Kafka dead
+//! letter queue, the record is applied as given: if the source changed the record since,
+//! the operator decides which version the replica keeps.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
+
+use super::links::{self, Apply};
+use super::{logical, sender, Replication};
+use crate::node::Error;
+
+/// Why a re-drive did not happen.
+#[derive(Debug)]
+pub enum RedriveError {
+    Node(Error),
+    /// The link's stages reject the record (again).
+    Rejected(String),
+}
+
+impl From<Error> for RedriveError {
+    fn from(e: Error) -> Self {
+        RedriveError::Node(e)
+    }
+}
+
+/// What the source sends the target's API.
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub credential: String,
+    /// The staged operations (`transport::logical::ops_bytes`), base64.
+    pub ops: String,
+}
+
+/// A dead letter's record (as [`logical::record_json`] shows it, possibly edited) back
+/// into a plugin record.
+fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, String> {
+    let text = |k: &str| -> Result<String, String> {
+        v[k].as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("the record needs \"{k}\" as a string"))
+    };
+    let op = RecordOp::from_name(&text("op")?)
+        .filter(|op| *op != RecordOp::Read)
+        .ok_or("\"op\" is insert, update or delete")?;
+    let alt = match &v["alt"] {
+        Value::Null => Vec::new(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.clone(), s.to_string()))
+                    .ok_or_else(|| format!("alternate key '{k}' is not a string"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("\"alt\" is an object of strings".into()),
+    };
+    let data = match (&v["data"], op) {
+        (_, RecordOp::Delete) => Vec::new(),
+        (Value::Null, _) => return Err("the record needs \"data\"".into()),
+        (d, _) => serde_json::to_vec(d).map_err(|e| e.to_string())?,
+    };
+    Ok(OwnedRecord {
+        op,
+        origin,
+        serial: v["serial"].as_u64().unwrap_or(0),
+        timestamp: crate::txn::clock::next_us(),
+        txn: v["txn"].as_u64().unwrap_or(0),
+        file: text("file")?,
+        key: text("key")?,
+        data,
+        before: None,
+        alt,
+    })
+}
+
+impl Replication {
+    /// Re-drive dead letter `seq` of link `id` (blocking: it calls the target's API).
+    /// `record` replaces the stored record (an operator's edit).
+    pub fn redrive(
+        &self,
+        tenant: &str,
+        id: &str,
+        seq: u64,
+        record: Option<Value>,
+    ) -> Result<Value, RedriveError> {
+        let handle = self.handle(tenant, id)?;
+        let def = handle.def.lock().clone();
+        let letter = self
+            .dead_letters
+            .get(id, seq)
+            .map_err(Error::Unavailable)?
+            .ok_or_else(|| Error::NotFound(format!("dead letter {seq} of link '{id}'")))?;
+        if def.spec.apply != Apply::Logical
+            || letter["outcome"] == "shipped without this record's interrelation"
+        {
+            return Err(Error::AlreadyExists(format!(
+                "dead letter {seq} was shipped to the replica already (an interrelation \
+                 rule failed on it); there is nothing to re-drive: drop it"
+            ))
+            .into());
+        }
+        let record = record.unwrap_or_else(|| letter["record"].clone());
+        let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
+        let mut stages =
+            logical::stages(&self.plugins, tenant, &def.spec.stages).map_err(Error::Unavailable)?;
+        let mut input = BatchBuilder::new();
+        input.push(&record);
+        let output = if stages.chain.stages.is_empty() {
+            input
+        } else {
+            let out = stages
+                .chain
+                .run(input)
+                .map_err(|e| RedriveError::Rejected(format!("stage {}: {e}", e.plugin())))?;
+            if let Some(e) = out.errors.first() {
+                return Err(RedriveError::Rejected(format!(
+                    "stage {} rejects it: {}",
+                    e.plugin, e.message
+                )));
+            }
+            out.batch
+        };
+        let ops = logical::ops_bytes(&output).map_err(Error::Unavailable)?;
+        let outcome = if ops.is_empty() {
+            "filtered"
+        } else {
+            let body = RedriveRequest {
+                credential: def.credential.clone(),
+                ops: base64::engine::general_purpose::STANDARD.encode(&ops),
+            };
+            sender::call_target(
+                self,
+                &def,
+                "POST",
+                &format!("/replicas/{id}/redrive"),
+                &body,
+            )
+            .map_err(Error::Unavailable)?;
+            "applied"
+        };
+        self.drop_dead_letter(tenant, id, seq)?;
+        tracing::info!(link = %id, dead_letter = seq, outcome, "dead letter re-driven");
+        Ok(json!({"id": seq, "outcome": outcome, "record": logical::record_json(&record)}))
+    }
+
+    /// The target side: apply re-driven operations on the replica of link `id`.
+    pub fn apply_redrive(
+        &self,
+        tenant: &str,
+        id: &str,
+        req: RedriveRequest,
+    ) -> Result<Value, Error> {
+        let reg = self
+            .replica(id)
+            .filter(|r| {
+                r.tenant == tenant
+                    && links::constant_time_eq(
+                        &r.credential_sha256,
+                        &links::credential_hash(&req.credential),
+                    )
+            })
+            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        if reg.apply != Apply::Logical {
+            return Err(Error::Malformed(
+                "only a logical replica takes re-driven records".into(),
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&req.ops)
+            .map_err(|e| Error::Malformed(format!("ops: not base64: {e}")))?;
+        let db = self.node.database(tenant, &reg.database)?;
+        let ops = logical::decode_ops(&db.schema(), &bytes).map_err(Error::Malformed)?;
+        let n = ops.len();
+        db.apply_redriven(ops)?;
+        Ok(json!({"applied": n, "database": reg.database}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_record_reads_back_as_it_was_shown() {
+        let mut r = OwnedRecord::new(RecordOp::Update, "orders", "o-1", r#"{"a":1}"#);
+        r.alt = vec![("customer".into(), "ann".into())];
+        r.serial = 7;
+        r.txn = 3;
+        let back = record_from_json(&logical::record_json(&r), 9).unwrap();
+        assert_eq!(
+            (
+                back.op,
+                back.file.as_str(),
+                back.key.as_str(),
+                back.serial,
+                back.txn,
+                back.origin
+            ),
+            (RecordOp::Update, "orders", "o-1", 7, 3, 9)
+        );
+        assert_eq!(back.alt, r.alt);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&back.data).unwrap(),
+            json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn an_edited_record_that_is_not_a_record_is_refused_precisely() {
+        let cases = [
+            (json!({"file": "f", "key": "k", "data": 1}), "\"op\""),
+            (
+                json!({"op": "read", "file": "f", "key": "k", "data": 1}),
+                "insert, update or delete",
+            ),
+            (json!({"op": "insert", "key": "k", "data": 1}), "\"file\""),
+            (json!({"op": "insert", "file": "f", "key": "k"}), "\"data\""),
+            (
+                json!({"op": "insert", "file": "f", "key": "k", "data": 1, "alt": {"c": 1}}),
+                "'c'",
+            ),
+        ];
+        for (v, want) in cases {
+            let err = record_from_json(&v, 0).unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
+        }
+        let del = record_from_json(&json!({"op": "delete", "file": "f", "key": "k"}), 0).unwrap();
+        assert!(del.data.is_empty());
+    }
+}
