@@ -241,3 +241,93 @@ fn a_wrong_document_is_refused_at_the_part_it_concerns_and_nothing_changes() {
         )
         .expect_problem(403, "forbidden");
 }
+
+#[test]
+fn failover_keeps_every_acknowledged_sync_write_re_points_the_replicas_and_the_old_primary_rejoins()
+{
+    let mut a = Node::start_sticky();
+    let (b, c) = (Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let doc = json!({"name": "ha", "nodes": nodes, "links": [
+        {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"},
+         "mode": "sync"},
+        link(("a", "shop"), ("c", "shop")),
+    ]});
+    // The topology lives on c, a node that outlives the primary.
+    c.post(&topologies(), &doc).ok();
+    for l in links_of(&a) {
+        wait_link_state(&a, l["id"].as_str().unwrap(), "streaming", CATCH_UP);
+    }
+    // Acknowledged sync commits, then the primary dies at once.
+    let mut acked = Vec::new();
+    for i in 0..150 {
+        let key = format!("o-{i:04}");
+        if primary
+            .put("orders", &key, json!({"customer": "ann"}), json!({"n": i}))
+            .status
+            == 200
+        {
+            acked.push(key);
+        }
+    }
+    assert_eq!(acked.len(), 150);
+    a.kill9();
+
+    // A replica that is not one cannot be promoted; b can.
+    let failover = format!("{}/ha/failover", topologies());
+    c.post(&failover, &json!({"node": "a", "database": "shop"}))
+        .expect_problem(422, "topology-invalid");
+    let out = c
+        .post(&failover, &json!({"node": "b", "database": "shop"}))
+        .ok()
+        .clone();
+    assert_eq!(out["old_primary"], json!({"node": "a", "database": "shop"}));
+    assert!(out["promoted"]["took_us"].as_u64().is_some(), "{out}");
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    for key in &acked {
+        assert!(
+            new_primary.data("orders", key).is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+    // The new primary takes writes at once, and the other replica follows it.
+    new_primary
+        .put("orders", "after", json!({}), json!({"n": -1}))
+        .ok();
+    let other = c.db(DEFAULT_TENANT, "shop");
+    wait_identical(&new_primary, &other, CATCH_UP);
+    other
+        .put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+    let shown = c.get(&format!("{}/ha", topologies())).ok().clone();
+    assert_eq!(
+        shown["stale"].as_array().map(Vec::len),
+        Some(2),
+        "the old primary's links wait to be deleted: {shown}"
+    );
+
+    // The old primary comes back and rejoins as a replica of the new one, resynced.
+    a.restart();
+    let old = a.db(DEFAULT_TENANT, "shop");
+    new_primary
+        .put("orders", "later", json!({}), json!({"n": -2}))
+        .ok();
+    wait_identical(&new_primary, &old, CATCH_UP);
+    old.put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+    // Applying the topology again deletes the old primary's links.
+    let again = c.post(&topologies(), &shown["document"]).ok().clone();
+    let deleted = again["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "delete")
+        .count();
+    assert_eq!(deleted, 2, "{again}");
+    assert!(links_of(&a).is_empty());
+    assert_eq!(
+        c.get(&format!("{}/ha", topologies())).ok()["stale"],
+        json!([])
+    );
+}

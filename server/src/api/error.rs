@@ -85,6 +85,7 @@ fn title(code: &str) -> &'static str {
         "read-only-replica" => "The database is a replica",
         "replication-timeout" => "The synchronous replicas did not confirm in time",
         "link-refused" => "The target node refused the link",
+        "not-caught-up" => "The replica has not applied everything its source sent",
         "redrive-rejected" => "The link's stages reject the re-driven record",
         "topology-invalid" => "The topology document is not valid",
         "topology-apply-failed" => "Applying the topology failed part way",
@@ -131,6 +132,7 @@ impl From<Error> for ApiError {
             }
             Error::ReadOnlyReplica(_) => (StatusCode::CONFLICT, "read-only-replica"),
             Error::ReplicationTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "replication-timeout"),
+            Error::NotCaughtUp(_) => (StatusCode::CONFLICT, "not-caught-up"),
         };
         ApiError {
             status,

@@ -198,6 +198,24 @@ pub struct RedriveBody {
     record: Option<Value>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// Promote even if the source announced updates the replica has not applied.
+    #[serde(default)]
+    force: bool,
+}
+
+/// (target side) Promote a replica database to a primary.
+pub async fn promote(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Body(body): Body<PromoteBody>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(app.replication.promote(&tenant, &db, body.force)?))
+}
+
 /// Re-drive a dead letter through the link's stages to its replica.
 pub async fn redrive(
     State(app): App,

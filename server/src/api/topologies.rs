@@ -108,6 +108,37 @@ pub async fn show(
     Ok(Json(shown))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverBody {
+    /// The replica to promote: a node of the topology and its database.
+    node: String,
+    database: String,
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn failover(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Body(body): Body<FailoverBody>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let auth = authorization(&headers);
+    let to = crate::topology::Endpoint {
+        node: body.node,
+        database: body.database,
+    };
+    let result = blocking(move || {
+        app.topologies
+            .failover(&tenant, &name, to, body.force, auth)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    Ok(Json(result))
+}
+
 pub async fn delete(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,

@@ -30,6 +30,9 @@ pub enum Error {
     /// Committed locally, but the synchronous quorum did not confirm in time.
     #[error("{0}")]
     ReplicationTimeout(String),
+    /// A replica asked to take over has not applied everything its source announced.
+    #[error("{0}")]
+    NotCaughtUp(String),
 }
 
 impl Error {

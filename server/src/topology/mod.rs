@@ -81,6 +81,10 @@ pub struct LinkDoc {
     pub on_error: OnError,
     #[serde(default = "yes")]
     pub b_log: bool,
+    /// The target may hold other data or follow another source: the link takes it over
+    /// and bootstraps it (set by a failover for re-pointed links and the old primary).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
 }
 
 fn yes() -> bool {
@@ -106,6 +110,7 @@ impl LinkDoc {
                 database: self.to.database.clone(),
                 token: None,
                 replication: target.replication.clone(),
+                resync: self.resync,
             },
             mode: self.mode,
             apply: self.apply,
@@ -290,6 +295,10 @@ pub struct Stored {
     /// Label → the live link.
     pub links: BTreeMap<String, Applied>,
     pub applied_ms: u64,
+    /// Links to delete whose node did not answer (an old primary that is down): the
+    /// next apply deletes them.
+    #[serde(default)]
+    pub stale: Vec<Applied>,
 }
 
 /// One step of a plan.
@@ -376,7 +385,19 @@ pub fn plan(
             }
         });
     }
-    let mut deletes = Vec::new();
+    let mut deletes: Vec<Step> = before
+        .map(|b| b.stale.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| Step {
+            action: "delete",
+            link: a.link.label(),
+            node: a.node.clone(),
+            id: Some(a.id.clone()),
+            reason: Some("left behind while its node was down".into()),
+            index: None,
+        })
+        .collect();
     for (label, a) in old {
         if !wanted.contains(label) {
             deletes.push(Step {
@@ -392,6 +413,36 @@ pub fn plan(
     steps.sort_by_key(|s| s.index.map_or(0, |i| depth(doc, i)));
     deletes.extend(steps);
     deletes
+}
+
+/// What a step leaves.
+enum Outcome {
+    Live(Applied),
+    Gone,
+    /// A link to delete whose node did not answer.
+    Stale(Applied),
+}
+
+/// A stale link's description when neither document has it any more.
+fn unknown_link(step: &Step) -> LinkDoc {
+    let (from, to) = step.link.split_once(" -> ").unwrap_or((&step.link, ""));
+    let end = |s: &str| {
+        let (node, database) = s.split_once('/').unwrap_or((s, ""));
+        Endpoint {
+            node: node.to_string(),
+            database: database.to_string(),
+        }
+    };
+    LinkDoc {
+        from: end(from),
+        to: end(to),
+        mode: Mode::default(),
+        apply: Apply::default(),
+        stages: Vec::new(),
+        on_error: OnError::default(),
+        b_log: true,
+        resync: false,
+    }
 }
 
 /// Why applying a topology failed.
@@ -556,28 +607,16 @@ impl Topologies {
         }
         let remote = Remote { authorization };
         let before = self.load(tenant, &doc.name)?;
-        let link_url = |node: &str, rest: &str| {
-            format!(
-                "{}/v1/tenants/{tenant}/links{rest}",
-                doc.nodes[node].url.trim_end_matches('/')
-            )
-        };
-        // Every node must answer.
-        let mut problems = Vec::new();
-        for (name, n) in &doc.nodes {
-            let url = format!("{}/v1/node", n.url.trim_end_matches('/'));
-            match remote.call("GET", &url, None) {
-                Ok((200, _)) => {}
-                Ok((status, body)) => problems.push(problem(
-                    format!("nodes.{name}"),
-                    format!("{url} answered: {}", detail(status, &body)),
-                )),
-                Err(e) => problems.push(problem(format!("nodes.{name}"), e)),
+        // Links to delete may be on nodes the new document no longer names.
+        let mut urls: BTreeMap<String, String> = BTreeMap::new();
+        for nodes in before.iter().map(|b| &b.doc.nodes).chain([&doc.nodes]) {
+            for (name, n) in nodes {
+                urls.insert(name.clone(), n.url.trim_end_matches('/').to_string());
             }
         }
-        if !problems.is_empty() {
-            return Err(TopologyError::Invalid(problems));
-        }
+        let link_url =
+            |node: &str, rest: &str| format!("{}/v1/tenants/{tenant}/links{rest}", urls[node]);
+        let mut problems = Vec::new();
         let steps = plan(&doc, before.as_ref(), |a| {
             let url = before
                 .as_ref()
@@ -592,6 +631,34 @@ impl Topologies {
             // Unreachable or unknown: assume it is there rather than doubling it.
             url.is_none_or(|u| !matches!(remote.call("GET", &u, None), Ok((404, _))))
         });
+        // Every node that has to act must answer, and every new link's target: a node
+        // that is down is most likely a mistake. Not so for an old primary after a
+        // failover: it only loses links (deleted when it is back) and is the target of
+        // a resync link (which waits for it).
+        let mut acting: BTreeSet<&str> = BTreeSet::new();
+        for s in steps
+            .iter()
+            .filter(|s| !matches!(s.action, "keep" | "delete"))
+        {
+            acting.insert(s.node.as_str());
+            if let Some(l) = s.index.map(|i| &doc.links[i]).filter(|l| !l.resync) {
+                acting.insert(l.to.node.as_str());
+            }
+        }
+        for name in acting {
+            let url = format!("{}/v1/node", urls[name]);
+            match remote.call("GET", &url, None) {
+                Ok((200, _)) => {}
+                Ok((status, body)) => problems.push(problem(
+                    format!("nodes.{name}"),
+                    format!("{url} answered: {}", detail(status, &body)),
+                )),
+                Err(e) => problems.push(problem(format!("nodes.{name}"), e)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
         // The source nodes check what is to be created (a stage swap is checked by the
         // swap itself: same loading path).
         for step in steps
@@ -627,16 +694,18 @@ impl Topologies {
             doc: doc.clone(),
             links: BTreeMap::new(),
             applied_ms: now_ms(),
+            stale: Vec::new(),
         };
         let mut done = Vec::new();
         let old_links = before.map(|b| b.links).unwrap_or_default();
         for step in &steps {
             let result = self.carry_out(tenant, &doc, step, &old_links, &remote, &link_url);
             match result {
-                Ok(Some(applied)) => {
+                Ok(Outcome::Live(applied)) => {
                     stored.links.insert(step.link.clone(), applied);
                 }
-                Ok(None) => {}
+                Ok(Outcome::Stale(applied)) => stored.stale.push(applied),
+                Ok(Outcome::Gone) => {}
                 Err(detail) => {
                     // Keep what is live: the old links not reached yet, the new ones made.
                     for later in steps.iter().skip(done.len()) {
@@ -657,7 +726,7 @@ impl Topologies {
         Ok(json!({"name": doc.name, "plan": plan_json, "applied_ms": stored.applied_ms}))
     }
 
-    /// One step; the live link it leaves (None for a delete).
+    /// One step, and the link it leaves.
     fn carry_out(
         &self,
         tenant: &str,
@@ -666,7 +735,7 @@ impl Topologies {
         old: &BTreeMap<String, Applied>,
         remote: &Remote,
         link_url: &dyn Fn(&str, &str) -> String,
-    ) -> Result<Option<Applied>, String> {
+    ) -> Result<Outcome, String> {
         let expect = |want: &[u16], r: Result<(u16, Value), String>| -> Result<Value, String> {
             let (status, body) = r?;
             if want.contains(&status) {
@@ -675,39 +744,53 @@ impl Topologies {
                 Err(detail(status, &body))
             }
         };
+        let live = |id: String, i: usize| {
+            Outcome::Live(Applied {
+                node: step.node.clone(),
+                id,
+                link: doc.links[i].clone(),
+            })
+        };
+        let old_id = || step.id.clone().ok_or("no live link to change");
         match step.action {
-            "keep" => Ok(old.get(&step.link).cloned()),
+            "keep" => Ok(live(old_id()?, step.index.expect("in the document"))),
             "delete" => {
-                let a = &old[&step.link];
-                expect(
-                    &[204, 404],
-                    remote.call("DELETE", &link_url(&a.node, &format!("/{}", a.id)), None),
-                )?;
-                Ok(None)
+                let id = old_id()?;
+                match remote.call("DELETE", &link_url(&step.node, &format!("/{id}")), None) {
+                    Ok((204 | 404, _)) => Ok(Outcome::Gone),
+                    Ok((status, body)) => Err(detail(status, &body)),
+                    // Its node is down: delete it when the node is back.
+                    Err(_) => Ok(Outcome::Stale(Applied {
+                        node: step.node.clone(),
+                        id,
+                        link: old
+                            .get(&step.link)
+                            .map(|a| a.link.clone())
+                            .or_else(|| doc.links.iter().find(|l| l.label() == step.link).cloned())
+                            .unwrap_or_else(|| unknown_link(step)),
+                    })),
+                }
             }
             "update-stages" => {
                 let i = step.index.expect("in the document");
-                let a = &old[&step.link];
+                let id = old_id()?;
                 let stages = serde_json::to_value(&doc.links[i].stages).expect("JSON");
                 expect(
                     &[200],
                     remote.call(
                         "PUT",
-                        &link_url(&a.node, &format!("/{}/stages", a.id)),
+                        &link_url(&step.node, &format!("/{id}/stages")),
                         Some(&stages),
                     ),
                 )?;
-                Ok(Some(Applied {
-                    node: a.node.clone(),
-                    id: a.id.clone(),
-                    link: doc.links[i].clone(),
-                }))
+                Ok(live(id, i))
             }
             _ => {
-                if let Some(a) = old.get(&step.link).filter(|_| step.action == "replace") {
+                if step.action == "replace" {
+                    let id = old_id()?;
                     expect(
                         &[204, 404],
-                        remote.call("DELETE", &link_url(&a.node, &format!("/{}", a.id)), None),
+                        remote.call("DELETE", &link_url(&step.node, &format!("/{id}")), None),
                     )?;
                 }
                 let i = step.index.expect("in the document");
@@ -724,11 +807,7 @@ impl Topologies {
                     .as_str()
                     .ok_or("the source node answered without a link id")?
                     .to_string();
-                Ok(Some(Applied {
-                    node: step.node.clone(),
-                    id,
-                    link: doc.links[i].clone(),
-                }))
+                Ok(live(id, i))
             }
         }
     }
@@ -771,7 +850,98 @@ impl Topologies {
             "document": stored.doc,
             "applied_ms": stored.applied_ms,
             "links": links,
+            "stale": stored.stale.iter().map(|a| json!({"link": a.link.label(), "node": a.node, "id": a.id})).collect::<Vec<_>>(),
         }))
+    }
+
+    /// Fail over to a replica (SPEC G4): promote database `to` (the target of a link of
+    /// this topology), then re-point: the links from the old primary to the other
+    /// replicas come from the promoted one instead, and a new link from it makes the old
+    /// primary a replica again (async), resynced from a snapshot, whenever it is back. Links
+    /// the old primary's node cannot delete while it is down stay as `stale` until the
+    /// next apply. Blocking.
+    pub fn failover(
+        &self,
+        tenant: &str,
+        name: &str,
+        to: Endpoint,
+        force: bool,
+        authorization: Option<String>,
+    ) -> Result<Value, TopologyError> {
+        let stored = self.get(tenant, name)?;
+        let doc = &stored.doc;
+        let Some(old_link) = doc.links.iter().find(|l| l.to == to) else {
+            return Err(TopologyError::Invalid(vec![problem(
+                "database",
+                format!(
+                    "no link of topology '{name}' has {}/{} as its target: only a replica \
+                     can be promoted",
+                    to.node, to.database
+                ),
+            )]));
+        };
+        let old = old_link.from.clone();
+        let remote = Remote {
+            authorization: authorization.clone(),
+        };
+        let Some(node) = doc.nodes.get(&to.node) else {
+            return Err(TopologyError::Invalid(vec![problem(
+                "node",
+                format!("unknown node '{}'", to.node),
+            )]));
+        };
+        let url = format!(
+            "{}/v1/tenants/{tenant}/databases/{}/promote",
+            node.url.trim_end_matches('/'),
+            to.database
+        );
+        let promoted = match remote.call("POST", &url, Some(&json!({"force": force}))) {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                return Err(TopologyError::Failed {
+                    detail: format!(
+                        "promote {}/{}: {}",
+                        to.node,
+                        to.database,
+                        detail(status, &body)
+                    ),
+                    done: Vec::new(),
+                })
+            }
+            Err(e) => {
+                return Err(TopologyError::Failed {
+                    detail: format!("promote {}/{}: {e}", to.node, to.database),
+                    done: Vec::new(),
+                })
+            }
+        };
+        let mut next = doc.clone();
+        let mut links = Vec::new();
+        for l in &doc.links {
+            if l.from == old && l.to == to {
+                // The old primary follows the promoted replica, from a snapshot, through
+                // an async link: a node that is down must not hold the new primary's
+                // commits (make it sync again once it has caught up).
+                links.push(LinkDoc {
+                    from: to.clone(),
+                    to: old.clone(),
+                    mode: Mode::Async,
+                    resync: true,
+                    ..l.clone()
+                });
+            } else if l.from == old {
+                links.push(LinkDoc {
+                    from: to.clone(),
+                    resync: true,
+                    ..l.clone()
+                });
+            } else {
+                links.push(l.clone());
+            }
+        }
+        next.links = links;
+        let applied = self.apply(tenant, next, false, authorization)?;
+        Ok(json!({"promoted": promoted, "old_primary": old, "applied": applied}))
     }
 
     /// Delete a topology and the links it made.
@@ -850,6 +1020,7 @@ mod tests {
                     stages: Vec::new(),
                     on_error: OnError::Stop,
                     b_log: true,
+                    resync: false,
                 })
                 .collect(),
         }
@@ -925,6 +1096,7 @@ mod tests {
             doc: v1.clone(),
             links: BTreeMap::new(),
             applied_ms: 0,
+            stale: Vec::new(),
         };
         for (i, l) in v1.links.iter().enumerate() {
             stored.links.insert(

@@ -58,6 +58,11 @@ pub struct TargetSpec {
     /// advertises (a proxy, or an address translated on the way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<String>,
+    /// The target database may hold data of its own or follow another source: this
+    /// link takes it over and bootstraps it (a failover re-pointing replicas, an old
+    /// primary rejoining). Without it such a target is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
 }
 
 /// A stage named from the plugin registry.
@@ -122,6 +127,9 @@ pub struct ReplicaRequest {
     pub credential: String,
     pub source_node: String,
     pub apply: Apply,
+    /// See [`TargetSpec::resync`].
+    #[serde(default)]
+    pub resync: bool,
 }
 
 /// A replica as the target keeps it.
@@ -263,6 +271,7 @@ mod tests {
             database: "d".into(),
             token: Some("secret-token".into()),
             replication: None,
+            resync: false,
         };
         assert!(!serde_json::to_string(&target)
             .unwrap()

@@ -92,6 +92,9 @@ pub struct Replication {
     pub dead_letters: logical::DeadLetters,
     /// How far each replica got, for the transactions that wait on it (SPEC D3).
     pub gates: interrelation::Gates,
+    /// Per replica link: the last serial its source announced (watermark), to tell
+    /// whether it is caught up before a promotion.
+    announced: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Replication {
@@ -130,6 +133,7 @@ impl Replication {
             plugins,
             dead_letters: logical::DeadLetters::open(dead_tree),
             gates: interrelation::Gates::default(),
+            announced: Mutex::new(BTreeMap::new()),
         });
         for (_, value) in repl
             .node
@@ -438,7 +442,7 @@ impl Replication {
                 req.database
             )));
         }
-        if !created && db.replica_of().is_none() && db.serials().0 > 0 {
+        if !created && !req.resync && db.replica_of().is_none() && db.serials().0 > 0 {
             return Err(Error::AlreadyExists(format!(
                 "database '{}' with data of its own; a replica starts empty or from its \
                  source (delete it, or link to a new database)",
@@ -455,15 +459,24 @@ impl Replication {
                     && !r.source_database.is_empty()
                     && r.source_database == req.source_database
             });
-            let Some(taken) = taken else {
-                return Err(Error::AlreadyExists(format!(
-                    "database '{}' as the replica of link {other}",
-                    req.database
-                )));
-            };
-            tracing::info!(database = %req.database, old = %other, new = %id, "a new link of the same source takes the replica over");
+            match taken {
+                Some(taken) => {
+                    tracing::info!(database = %req.database, old = %other, new = %id, "a new link of the same source takes the replica over");
+                    previous = previous.or(Some(taken));
+                }
+                // Another source: only a resync takes it over, from scratch.
+                None if req.resync => {
+                    tracing::info!(database = %req.database, old = %other, new = %id, "a link of another source takes the replica over; it will be bootstrapped");
+                }
+                None => {
+                    return Err(Error::AlreadyExists(format!(
+                        "database '{}' as the replica of link {other} (a link of another \
+                         source takes it over only with \"resync\": true)",
+                        req.database
+                    )))
+                }
+            }
             self.forget_replica(&other)?;
-            previous = previous.or(Some(taken));
         }
         let reg = ReplicaReg {
             link: id.to_string(),
@@ -570,11 +583,62 @@ impl Replication {
         Ok(())
     }
 
+    /// The source of replica `link` announced it has sent up to `serial`; `restart`
+    /// (a bootstrap snapshot) starts the count afresh.
+    pub(crate) fn announce(&self, link: &str, serial: u64, restart: bool) {
+        let mut a = self.announced.lock();
+        let e = a.entry(link.to_string()).or_insert(0);
+        *e = if restart { serial } else { (*e).max(serial) };
+    }
+
+    /// Promote a replica database to a primary (SPEC G4): it stops following its link
+    /// and takes client writes, with its blocks as they are (a mirror keeps the source's
+    /// layout). Refused when its source had announced updates it has not applied,
+    /// unless `force` (those updates are then lost to it).
+    pub fn promote(&self, tenant: &str, database: &str, force: bool) -> Result<Value> {
+        let started = std::time::Instant::now();
+        let db = self.node.database(tenant, database)?;
+        let Some(link) = db.replica_of() else {
+            return Err(Error::Malformed(format!(
+                "database '{database}' is not a replica; it takes writes already"
+            )));
+        };
+        let reg = self.replica(&link);
+        let applied = match reg.as_ref().map(|r| r.apply) {
+            Some(links::Apply::Logical) => db.position(),
+            _ => db.serials().0,
+        };
+        let announced = self.announced.lock().get(&link).copied().unwrap_or(0);
+        if announced > applied && !force {
+            return Err(Error::NotCaughtUp(format!(
+                "replica '{database}' applied its source's stream up to serial {applied}, but \
+                 the source announced {announced}; promote with \"force\": true to accept \
+                 losing the difference"
+            )));
+        }
+        if reg.is_some() {
+            self.forget_replica(&link)?;
+        }
+        self.announced.lock().remove(&link);
+        db.set_replica_of(None);
+        let took_us = started.elapsed().as_micros() as u64;
+        tracing::info!(database, link = %link, applied, announced, took_us, "replica promoted to primary");
+        Ok(json!({
+            "database": database,
+            "promoted_from_link": link,
+            "serial": db.serials().0,
+            "source_serial_applied": applied,
+            "source_serial_announced": announced,
+            "took_us": took_us,
+        }))
+    }
+
     /// Drop a replica's registration, session and spool (its database stays as it is).
     fn forget_replica(&self, id: &str) -> Result<()> {
         self.node
             .remove_config_value(&format!("{REPLICA_PREFIX}{id}"))?;
         self.replicas.lock().remove(id);
+        self.announced.lock().remove(id);
         if let Some(session) = self.sessions.lock().remove(id) {
             session.abort();
         }

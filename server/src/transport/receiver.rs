@@ -414,6 +414,7 @@ async fn apply_stream(
                     timestamp_us,
                 } => {
                     answer = true;
+                    repl.announce(&reg.link, serial, false);
                     repl.gates
                         .watermark(&key, serial, timestamp_us, applied(reg, db));
                     let have = applied(reg, db).max(spooled.unwrap_or(0));
@@ -487,6 +488,7 @@ async fn apply_stream(
                     repl.adopt_stream(&reg.link, hello.stream)
                         .map_err(|e| e.to_string())?;
                     repl.gates.applied(&key, serial, true);
+                    repl.announce(&reg.link, serial, true);
                     requested = None;
                     answer = true;
                 }

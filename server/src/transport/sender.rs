@@ -156,6 +156,7 @@ async fn register(
         credential: def.credential.clone(),
         source_node: repl.node_id.clone(),
         apply: def.spec.apply,
+        resync: def.spec.target.resync,
     };
     let (repl, def) = (repl.clone(), def.clone());
     let answer = tokio::task::spawn_blocking(move || {
