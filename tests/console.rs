@@ -348,3 +348,78 @@ fn a_reader_sees_no_action_it_may_not_take() {
         .expect_problem(403, "forbidden");
     assert_eq!(link_status(&a.client(), &id)["paused"], false);
 }
+
+/// The live stream, over plain HTTP: snapshots of links and databases as SSE, precise
+/// errors for bad parameters, tenant isolation, and an open stream does not hold up a
+/// graceful shutdown.
+#[test]
+fn the_event_stream_sends_snapshots_and_ends_on_shutdown() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut node = Node::start();
+    seeded_shop(&node);
+    let path = "/v1/tenants/default/events?interval_ms=250&limit=2";
+    let r = node.get(path);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.media_type().as_deref(), Some("text/event-stream"), "{r}");
+    let snapshots: Vec<Value> = r
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("snapshot JSON"))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{}", r.text);
+    assert_eq!(r.text.matches("event: snapshot").count(), 2, "{}", r.text);
+    let first = &snapshots[0];
+    assert_eq!(first["tenant"], "default");
+    assert_eq!(first["databases"][0]["name"], "shop");
+    assert_eq!(first["databases"][0]["files"][0]["records"], 2);
+    assert_eq!(first["links"], json!([]));
+    assert!(snapshots[1]["at_ms"].as_u64() >= first["at_ms"].as_u64());
+
+    node.get("/v1/tenants/default/events?interval_ms=5")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/default/events?limit=0")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/default/events?token=x")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/nope/events?limit=1")
+        .expect_problem(404, "not-found");
+    node.with_token(&token("other", Role::Admin))
+        .get("/v1/tenants/default/events?limit=1")
+        .expect_problem(404, "not-found");
+    node.without_token()
+        .get("/v1/tenants/default/events?limit=1")
+        .expect_problem(401, "missing-token");
+    let reader = node.with_token(&token(DEFAULT_TENANT, Role::Reader));
+    assert_eq!(reader.get("/v1/tenants/default/events?limit=1").status, 200);
+
+    // An open, endless stream: SIGTERM still shuts the node down cleanly.
+    let addr = node.base().trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /v1/tenants/default/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\r\n",
+        admin_token()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut seen = false;
+    while reader.read_line(&mut line).expect("read the stream") > 0 {
+        if line.starts_with("event: snapshot") {
+            seen = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen, "the stream sent a snapshot");
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "graceful exit with a stream open: {status}"
+    );
+}
