@@ -116,7 +116,7 @@ export default function data(root, session) {
       const from = Math.max(1, db.last_serial - LOG_WINDOW + 1);
       const log = await api('GET', `${dbs}/${enc(dbSel.value)}/log?from=${from}&limit=${LOG_WINDOW}`);
       const mine = log.entries.filter((en) => en.file === fileSel.value && [en.a, en.b, en.t].some((img) => img && img.key === key)).reverse();
-      const img = (v) => (v ? html`<pre class="json small">${JSON.stringify(v, null, 1)}</pre>` : html`<span class="muted">–</span>`);
+      const img = (v) => (v ? html`<pre class="json small">${JSON.stringify(v)}</pre>` : html`<span class="muted">–</span>`);
       set(box, html`<h2>Log of <code>${fileSel.value}/${key}</code> <small class="muted">in the newest ${num(LOG_WINDOW)} entries (serials ${num(from)}–${num(db.last_serial)})</small></h2>
         ${mine.length ? html`<div class="scroll"><table class="log"><thead><tr><th class="n">Serial</th><th class="n">Txn</th><th>Kind</th><th>When</th><th>A (after)</th><th>B (before)</th><th>T (operation)</th></tr></thead><tbody>
         ${mine.map((en) => html`<tr><td class="n">${en.serial}</td><td class="n">${en.txn}</td><td>${en.kind}${en.undo ? ' (undo)' : ''}</td><td>${new Date(en.timestamp_us / 1000).toLocaleString()}</td><td>${img(en.a)}</td><td>${img(en.b)}</td><td>${img(en.t)}</td></tr>`)}
