@@ -2,6 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
+use super::console as c;
+use super::events as e;
 use super::links as l;
 use super::plugins as p;
 use super::routes as r;
@@ -34,7 +36,10 @@ macro_rules! routes {
 }
 
 routes! {
+    "get" "/" => c::index, Public, "The browser console (text/html; no data: every figure comes from the API with the user's token)";
+    "get" "/console/{file}" => c::asset, Public, "A file of the browser console (stylesheet, JavaScript modules)";
     "get" "/v1/health" => r::health, Public, "Liveness of the node";
+    "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do";
     "get" "/v1/openapi.json" => r::openapi, Authenticated, "This document";
     "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address";
     "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers";
@@ -43,6 +48,7 @@ routes! {
     "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";
     "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)";
     "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)";
+    "get" "/v1/tenants/{tenant}/events" => e::events, Read, "Live figures (text/event-stream): a 'snapshot' event every interval_ms (default 1000) with the tenant's links, databases and replicas; limit ends it after that many";
     "get" "/v1/tenants/{tenant}/databases" => r::list_databases, Read, "List a tenant's databases";
     "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention";
     "get" db!("") => r::get_database, Read, "Show a database";
@@ -105,9 +111,16 @@ pub fn document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         let mut responses = Map::new();
+        let media = match route.path {
+            "/" => "text/html",
+            "/console/{file}" => "text/javascript",
+            "/metrics" => "text/plain",
+            p if p.ends_with("/events") => "text/event-stream",
+            _ => "application/json",
+        };
         responses.insert(
             "2XX".into(),
-            json!({"description": "Success", "content": {"application/json": {}}}),
+            json!({"description": "Success", "content": {media: {}}}),
         );
         responses.insert("default".into(), json!({"description": "A problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}));
         let mut op = json!({"summary": route.summary, "parameters": params, "responses": responses, "x-permission": route.permission.name()});

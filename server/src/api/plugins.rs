@@ -61,6 +61,7 @@ fn info_json(info: &PluginInfo) -> Value {
         "sha256": info.sha256,
         "size": info.size,
         "compile_ms": info.compile_ms,
+        "exports": info.role.exports(),
     })
 }
 

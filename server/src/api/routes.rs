@@ -52,6 +52,35 @@ pub async fn method_not_allowed() -> ApiError {
 
 // ---- tenants ----
 
+/// The caller as its (verified) token says, for clients such as the console that show
+/// or hide actions by role. The server still checks every route itself.
+pub async fn whoami(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
+    use crate::tenancy::auth::ANY_TENANT;
+    use crate::tenancy::roles::{allows, Permission as P};
+    let tenants: Vec<String> = app
+        .node
+        .tenants()
+        .into_iter()
+        .filter(|name| claims.covers(name))
+        .collect();
+    let node_admin =
+        claims.tenant == ANY_TENANT && claims.role == crate::tenancy::roles::Role::Admin;
+    Json(json!({
+        "sub": claims.sub,
+        "tenant": claims.tenant,
+        "role": claims.role,
+        "exp": claims.exp,
+        "tenants": tenants,
+        "may": {
+            "read": allows(claims.role, P::Read),
+            "write": allows(claims.role, P::Write),
+            "operate": allows(claims.role, P::Operate),
+            "manage": allows(claims.role, P::Manage),
+            "node_admin": node_admin,
+        },
+    }))
+}
+
 /// The tenants the caller's token covers (all of them for the node administrator).
 pub async fn list_tenants(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
     let tenants: Vec<Value> = app

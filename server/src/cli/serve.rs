@@ -172,6 +172,12 @@ async fn serve(
     )
     .await?;
     let app = crate::api::router(node.clone(), tenancy, plugins, replication);
+    // Open event streams end when the signal arrives, so the graceful shutdown does not
+    // wait for them.
+    let shutdown = async move {
+        shutdown.await;
+        crate::api::events::close_streams();
+    };
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

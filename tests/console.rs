@@ -1,0 +1,425 @@
+//! The browser console (issue 7) in a real browser: each test starts real `doppel`
+//! nodes, runs one flow of `tests/browser/*.mjs` (playwright-core driving Debian's
+//! headless Chromium) against them, asserts on what the page showed (the flow's JSON)
+//! and then on the server's state through the API.
+//!
+//! Needs `/usr/bin/chromium` and `tests/browser/node_modules` (`bash .ci/run` installs
+//! both); without them the tests fail and say so. `DOPPEL_SCREENSHOTS=docs/console`
+//! makes the flows save the screenshots the README shows.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use doppel_server::tenancy::auth::{now_secs, Claims};
+use doppel_tests::*;
+
+/// The longest one flow may run.
+const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Runs `tests/browser/{flow}.mjs` with `vars` and returns the JSON line it printed.
+fn run_flow(flow: &str, vars: &[(&str, String)]) -> Value {
+    // One browser at a time: the machine has two cores and the nodes need them too.
+    static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = browser_dir();
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's chromium package (bash .ci/run does)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser (bash .ci/run does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(format!("{flow}.mjs")))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    if let Ok(shots) = std::env::var("DOPPEL_SCREENSHOTS") {
+        let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(shots);
+        cmd.env("DOPPEL_SCREENSHOTS", shots);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node (is Node.js installed?): {e}"));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + FLOW_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let status =
+        status.unwrap_or_else(|| panic!("flow {flow} ran past {FLOW_TIMEOUT:?}\n{out}\n{err}"));
+    assert!(
+        status.success(),
+        "flow {flow} failed ({status}):\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let line = out.lines().last().unwrap_or_default();
+    let result: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("flow {flow} printed no JSON ({e}):\n{out}\n{err}"));
+    assert!(
+        result.get("page_errors").is_none(),
+        "flow {flow}: the page logged errors: {}",
+        result["page_errors"]
+    );
+    result
+}
+
+fn seeded_shop(node: &Node) -> Db {
+    let db = node.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    db.put(
+        "orders",
+        "o-1",
+        json!({"customer": "ann"}),
+        json!({"total": 1}),
+    )
+    .ok();
+    db.put(
+        "orders",
+        "o-2",
+        json!({"customer": "bob"}),
+        json!({"total": 2}),
+    )
+    .ok();
+    db.put(
+        "orders",
+        "o-1",
+        json!({"customer": "ann"}),
+        json!({"total": 3}),
+    )
+    .ok();
+    db
+}
+
+#[test]
+fn login_refuses_bad_and_expired_tokens_then_browses_data() {
+    let node = Node::start();
+    seeded_shop(&node);
+    let now = now_secs();
+    let expired = keyring()
+        .sign(
+            HS_KID,
+            &Claims {
+                sub: "late".into(),
+                tenant: DEFAULT_TENANT.into(),
+                role: Role::Operator,
+                iss: "doppel".into(),
+                aud: "doppel".into(),
+                exp: now - 3600,
+                nbf: now - 7200,
+                iat: now - 7200,
+            },
+        )
+        .expect("sign");
+    let out = run_flow(
+        "login",
+        &[
+            ("DOPPEL_BASE", node.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_EXPIRED_TOKEN", expired.clone()),
+        ],
+    );
+    assert_eq!(out["bad_code"], "invalid-token", "{out}");
+    assert_eq!(out["bad_visible_login"], true, "{out}");
+    assert_eq!(out["expired_code"], "token-expired", "{out}");
+    assert_eq!(out["expired_title"], "The token has expired", "{out}");
+    assert_eq!(out["role"], "operator", "{out}");
+    assert_eq!(out["tenants"], json!(["default"]), "{out}");
+    assert_eq!(out["databases"], "1", "{out}");
+    assert_eq!(out["live"], "live", "{out}");
+    assert_eq!(out["scanned"], json!(["o-1", "o-2"]), "{out}");
+    assert_eq!(out["by_alt"], json!(["o-1"]), "{out}");
+    assert_eq!(out["history_kinds"], json!(["update", "insert"]), "{out}");
+    // The server agrees: the expired token is refused, the good one reads the same keys.
+    node.with_token(&expired)
+        .get("/v1/whoami")
+        .expect_problem(401, "token-expired");
+    let who = node.with_token(&token(DEFAULT_TENANT, Role::Operator));
+    let who = who.get("/v1/whoami");
+    assert_eq!(who.ok()["may"]["operate"], true);
+    assert_eq!(who.ok()["may"]["write"], false);
+}
+
+fn two_nodes_with_link(extra: Value) -> (Node, Node, String) {
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    let id = create_link(&a.client(), "shop", &b, "shop", extra);
+    wait_link_state(&a.client(), &id, "streaming", Duration::from_secs(30));
+    (a, b, id)
+}
+
+#[test]
+fn overview_shows_the_lag_change_live() {
+    let (a, b, id) = two_nodes_with_link(json!({}));
+    let out = run_flow(
+        "overview",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Admin)),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert_eq!(out["lag_before"], "0", "{out}");
+    let paused: u64 = out["lag_paused"]
+        .as_str()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert!(paused >= 25, "{out}");
+    assert_eq!(out["lag_resumed"], "0", "{out}");
+    assert_eq!(
+        out["reloads"], 0,
+        "the figures changed without a reload: {out}"
+    );
+    assert_eq!(
+        out["phone_overflow"], false,
+        "no sideways scrolling at phone width: {out}"
+    );
+    // The server: resumed, caught up, the replica holds the writes made while paused.
+    let status = link_status(&a.client(), &id);
+    assert_eq!(status["paused"], false, "{status}");
+    wait_identical(
+        &a.db(DEFAULT_TENANT, "shop"),
+        &b.db(DEFAULT_TENANT, "shop"),
+        Duration::from_secs(30),
+    );
+    assert!(b
+        .db(DEFAULT_TENANT, "shop")
+        .data("orders", "p-24")
+        .is_some());
+}
+
+#[test]
+fn a_two_node_link_built_in_the_console_streams() {
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    let out = run_flow(
+        "create-link",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_TARGET", b.base().to_string()),
+        ],
+    );
+    let id = out["id"].as_str().expect("the link's id").to_string();
+    assert_eq!(out["state"], "streaming", "{out}");
+    assert_eq!(out["charts"], 3, "{out}");
+    assert_eq!(out["hash"], format!("#/links?id={id}"), "{out}");
+    let link = link_status(&a.client(), &id);
+    assert_eq!(link["status"]["state"], "streaming", "{link}");
+    assert_eq!(link["target"]["url"], b.base(), "{link}");
+    assert_eq!(link["target"]["database"], "shop-copy", "{link}");
+    assert_eq!(link["mode"], "async", "{link}");
+    assert_eq!(link["apply"], "mirror", "{link}");
+    wait_identical(
+        &a.db(DEFAULT_TENANT, "shop"),
+        &b.db(DEFAULT_TENANT, "shop-copy"),
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
+    let (a, b, id) = two_nodes_with_link(json!({"apply": "logical"}));
+    let wasm = tempfile::Builder::new()
+        .suffix(".wasm")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(wasm.path(), doppel_server::plugins::builtin::PREFIX_FILTER).expect("write");
+    let out = run_flow(
+        "plugins",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", id.clone()),
+            ("DOPPEL_WASM", wasm.path().display().to_string()),
+        ],
+    );
+    assert!(
+        out["title"].as_str().unwrap().starts_with("eu-only@1.0.0"),
+        "{out}"
+    );
+    assert!(
+        out["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("filter")),
+        "{out}"
+    );
+    assert_eq!(
+        out["fields"],
+        json!(["files:array-string", "prefixes:array-string"]),
+        "{out}"
+    );
+    assert_eq!(out["config"], r#"{"prefixes":["eu-"]}"#, "{out}");
+    assert_eq!(out["kept"], json!(["kept", "dropped", "kept"]), "{out}");
+    assert!(
+        out["summary"].as_str().unwrap().starts_with("2 of 3 kept"),
+        "{out}"
+    );
+    assert!(
+        out["toast"].as_str().unwrap().contains("eu-only@1.0.0"),
+        "{out}"
+    );
+    // The server: the plugin is registered and the link runs it.
+    let plugin = a.get("/v1/tenants/default/plugins/eu-only/1.0.0");
+    assert_eq!(plugin.ok()["role"], "filter");
+    let link = link_status(&a.client(), &id);
+    assert_eq!(
+        link["stages"],
+        json!([{"plugin": "eu-only@1.0.0", "config": {"prefixes": ["eu-"]}}]),
+        "{link}"
+    );
+    // And it filters: us-9 (written first) never arrives, eu-9 does.
+    let source = a.db(DEFAULT_TENANT, "shop");
+    source
+        .put("orders", "us-9", json!({"customer": "cy"}), json!(9))
+        .ok();
+    source
+        .put("orders", "eu-9", json!({"customer": "di"}), json!(9))
+        .ok();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || replica
+            .data("orders", "eu-9")
+            .is_some()),
+        "eu-9 reached the replica: {}",
+        link_status(&a.client(), &id)
+    );
+    assert!(replica.data("orders", "us-9").is_none());
+}
+
+#[test]
+fn a_reader_sees_no_action_it_may_not_take() {
+    let (a, _b, id) = two_nodes_with_link(json!({}));
+    let reader = token(DEFAULT_TENANT, Role::Reader);
+    let out = run_flow(
+        "reader",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", reader.clone()),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert_eq!(out["role"], "reader", "{out}");
+    assert_eq!(out["link_rows"], 1, "{out}");
+    assert_eq!(out["action_buttons"], json!([]), "{out}");
+    assert_eq!(out["create_form"], 0, "{out}");
+    assert_eq!(out["upload_form"], 0, "{out}");
+    // The server refuses the hidden actions anyway.
+    let r = a.with_token(&reader);
+    r.post_empty(&format!("/v1/tenants/default/links/{id}/pause"))
+        .expect_problem(403, "forbidden");
+    r.delete(&format!("/v1/tenants/default/links/{id}"))
+        .expect_problem(403, "forbidden");
+    assert_eq!(link_status(&a.client(), &id)["paused"], false);
+}
+
+/// The live stream, over plain HTTP: snapshots of links and databases as SSE, precise
+/// errors for bad parameters, tenant isolation, and an open stream does not hold up a
+/// graceful shutdown.
+#[test]
+fn the_event_stream_sends_snapshots_and_ends_on_shutdown() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut node = Node::start();
+    seeded_shop(&node);
+    let path = "/v1/tenants/default/events?interval_ms=250&limit=2";
+    let r = node.get(path);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.media_type().as_deref(), Some("text/event-stream"), "{r}");
+    let snapshots: Vec<Value> = r
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("snapshot JSON"))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{}", r.text);
+    assert_eq!(r.text.matches("event: snapshot").count(), 2, "{}", r.text);
+    let first = &snapshots[0];
+    assert_eq!(first["tenant"], "default");
+    assert_eq!(first["databases"][0]["name"], "shop");
+    assert_eq!(first["databases"][0]["files"][0]["records"], 2);
+    assert_eq!(first["links"], json!([]));
+    assert!(snapshots[1]["at_ms"].as_u64() >= first["at_ms"].as_u64());
+
+    node.get("/v1/tenants/default/events?interval_ms=5")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/default/events?limit=0")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/default/events?token=x")
+        .expect_problem(400, "malformed-request");
+    node.get("/v1/tenants/nope/events?limit=1")
+        .expect_problem(404, "not-found");
+    node.with_token(&token("other", Role::Admin))
+        .get("/v1/tenants/default/events?limit=1")
+        .expect_problem(404, "not-found");
+    node.without_token()
+        .get("/v1/tenants/default/events?limit=1")
+        .expect_problem(401, "missing-token");
+    let reader = node.with_token(&token(DEFAULT_TENANT, Role::Reader));
+    assert_eq!(reader.get("/v1/tenants/default/events?limit=1").status, 200);
+
+    // An open, endless stream: SIGTERM still shuts the node down cleanly.
+    let addr = node.base().trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /v1/tenants/default/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\r\n",
+        admin_token()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut seen = false;
+    while reader.read_line(&mut line).expect("read the stream") > 0 {
+        if line.starts_with("event: snapshot") {
+            seen = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen, "the stream sent a snapshot");
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "graceful exit with a stream open: {status}"
+    );
+}

@@ -1,0 +1,179 @@
+// Links: the tenant's links with live state and figures; create a two-node link; pause,
+// resume and delete; per link, charts of throughput and lag over the last minutes (from
+// the live stream's history), its stages and its dead letters (drop).
+
+import { api, t, enc } from './api.js';
+import * as live from './live.js';
+import { lineChart } from './charts.js';
+import { $, $$, html, set, num, ago, pill, patchRows, problem, showProblem, toast, formData } from './ui.js';
+
+function selected() {
+  return new URLSearchParams(location.hash.split('?')[1] || '').get('id');
+}
+
+export default function links(root, session) {
+  const base = `${t(session.tenant)}/links`;
+  set(root, html`<h1 class="view-title">Links</h1>
+    <section class="card"><h2>Links from this node</h2>
+      <div class="scroll"><table id="links-table"><thead><tr><th>Link</th><th>Source → target</th><th>Mode</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th class="n">Dead letters</th><th>Actions</th></tr></thead>
+      <tbody id="link-rows"></tbody></table></div>
+      <p id="no-links" class="muted" hidden>No links yet.</p>
+      <div id="list-error"></div></section>
+    <section class="card" id="detail" hidden></section>
+    <section class="card" data-needs="operate"><h2>New link</h2>
+      <form id="create-link" class="form-grid">
+        <label>Source database <select name="database" required id="link-db"></select></label>
+        <label>Target node URL <input name="url" type="url" required placeholder="http://127.0.0.1:7071" id="link-url"></label>
+        <label>Target database <input name="target_database" required placeholder="same name" id="link-target-db"></label>
+        <label>Mode <select name="mode" id="link-mode"><option value="async">async (loosely coupled)</option><option value="sync">sync (tightly coupled)</option></select></label>
+        <label>Apply <select name="apply" id="link-apply"><option value="mirror">mirror (block-identical)</option><option value="logical">logical (through stages)</option></select></label>
+        <label>On stage error <select name="on_error"><option value="stop">stop</option><option value="quarantine">quarantine (dead letters)</option></select></label>
+        <label class="wide">Stages (JSON) <textarea name="stages" rows="3" spellcheck="false" id="link-stages">[]</textarea>
+          <small class="muted">[{"plugin": "name@version", "config": {…}}]; filters and transforms need apply "logical".</small></label>
+        <label class="wide">Target token (optional) <input name="token" autocomplete="off" placeholder="an operator token of this tenant on the target; not needed when the nodes share a key"></label>
+        <div class="wide" id="create-error"></div>
+        <div class="wide"><button type="submit" class="primary" id="create-link-button">Create link</button></div>
+      </form></section>`);
+
+  const form = $('#create-link', root);
+  if (form) {
+    api('GET', `${t(session.tenant)}/databases`).then((dbs) => {
+      set($('#link-db', root), dbs.map((db) => html`<option value="${db.name}">${db.name}</option>`));
+      if (!$('#link-target-db', root).value && dbs[0]) $('#link-target-db', root).placeholder = dbs[0].name;
+    }).catch((err) => showProblem($('#create-error', root), err));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const f = formData(form);
+      const errBox = $('#create-error', root);
+      let stages;
+      try {
+        stages = JSON.parse(f.stages || '[]');
+      } catch (err) {
+        showProblem(errBox, { title: 'Stages are not JSON', detail: err.message, code: 'client' });
+        $('#link-stages', root).focus();
+        return;
+      }
+      const body = {
+        database: f.database,
+        target: { url: f.url.trim(), database: (f.target_database || f.database).trim() },
+        mode: f.mode, apply: f.apply, on_error: f.on_error, stages,
+      };
+      if (f.token.trim()) body.target.token = f.token.trim();
+      try {
+        const link = await api('POST', base, body);
+        showProblem(errBox, null);
+        toast(`Link ${link.id} created`);
+        location.hash = `#/links?id=${enc(link.id)}`;
+      } catch (err) {
+        showProblem(errBox, err);
+      }
+    });
+  }
+
+  async function act(id, action) {
+    try {
+      if (action === 'delete') {
+        if (!confirm(`Delete link ${id}? The replica keeps its data and stays read-only until detached.`)) return;
+        await api('DELETE', `${base}/${enc(id)}`);
+        toast(`Link ${id} deleted`);
+        if (selected() === id) location.hash = '#/links';
+      } else {
+        await api('POST', `${base}/${enc(id)}/${action}`);
+        toast(`Link ${id}: ${action}d`);
+      }
+      showProblem($('#list-error', root), null);
+    } catch (err) {
+      showProblem($('#list-error', root), err);
+    }
+  }
+
+  root.addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-act]');
+    if (b) act(b.dataset.link, b.dataset.act);
+  });
+
+  function state(l) {
+    return l.paused && l.status.state !== 'paused' ? 'paused' : l.status.state;
+  }
+
+  const detail = $('#detail', root);
+  let detailId = null;
+
+  async function loadDeadLetters(id) {
+    const box = $('#dead-letters', detail);
+    if (!box) return;
+    try {
+      const list = await api('GET', `${base}/${enc(id)}/dead-letters`);
+      set(box, list.length ? html`<div class="scroll"><table><thead><tr><th>#</th><th>Record</th><th>Plugin</th><th>Error</th><th>Outcome</th><th>When</th><th></th></tr></thead><tbody>
+        ${list.map((d) => html`<tr data-dl="${d.id}"><td>${d.id}</td><td><code>${d.record.op} ${d.record.file}/${d.record.key}</code><pre class="json small">${JSON.stringify(d.record.data)}</pre></td><td>${d.plugin}</td><td class="err">${d.error}</td><td>${d.outcome}</td><td>${ago(d.at_ms)}</td>
+          <td><button class="danger small" data-needs="operate" data-drop="${d.id}">Drop</button></td></tr>`)}
+        </tbody></table></div>` : html`<p class="muted">No dead letters.</p>`);
+    } catch (err) {
+      set(box, problem(err));
+    }
+  }
+
+  detail.addEventListener('click', async (e) => {
+    const drop = e.target.closest('button[data-drop]');
+    if (drop && detailId) {
+      try {
+        await api('DELETE', `${base}/${enc(detailId)}/dead-letters/${enc(drop.dataset.drop)}`);
+        toast(`Dead letter ${drop.dataset.drop} dropped`);
+      } catch (err) {
+        toast(err.message, 'bad');
+      }
+      loadDeadLetters(detailId);
+    }
+    if (e.target.id === 'refresh-dl' && detailId) loadDeadLetters(detailId);
+  });
+
+  function drawDetail(snap) {
+    const id = selected();
+    const link = id && snap.links.find((l) => l.id === id);
+    detail.hidden = !link;
+    if (!link) { detailId = null; return; }
+    if (detailId !== id) {
+      detailId = id;
+      set(detail, html`<h2>Link <code>${link.id}</code></h2>
+        <dl class="facts"><dt>Source</dt><dd>${link.database}</dd><dt>Target</dt><dd><code>${link.target.url}</code> / ${link.target.database}</dd>
+          <dt>Mode</dt><dd>${link.mode} · ${link.apply} · on error ${link.on_error}</dd><dt>Stages</dt><dd id="d-stages"></dd>
+          <dt>State</dt><dd id="d-state"></dd><dt>Serials</dt><dd id="d-serials"></dd><dt>Last error</dt><dd id="d-error"></dd></dl>
+        <div class="charts"><div id="chart-tput"></div><div id="chart-lag"></div><div id="chart-lagms"></div></div>
+        <h3>Dead letters <button class="ghost small" id="refresh-dl">Refresh</button></h3><div id="dead-letters"><p class="muted">Loading…</p></div>`);
+      loadDeadLetters(id);
+    }
+    const s = link.status;
+    set($('#d-stages', detail), link.stages.length ? link.stages.map((st) => html`<code class="stage">${st.plugin}</code> `) : html`<span class="muted">none</span>`);
+    set($('#d-state', detail), html`${pill(state(link))} <span class="muted">connections ${num(s.connections)} · bootstraps ${num(s.bootstraps)} · quarantined ${num(s.quarantined)}</span>`);
+    set($('#d-serials', detail), html`source ${num(s.source_serial)} · sent ${num(s.sent_serial)} · acked ${num(s.acked_serial)}`);
+    set($('#d-error', detail), s.last_error ? html`<span class="err">${s.last_error}</span> <span class="muted">${ago(s.last_error_ms)}</span>` : html`<span class="muted">none</span>`);
+    const points = live.history.get(id) || [];
+    set($('#chart-tput', detail), lineChart(points.map((p) => ({ at: p.at, value: p.throughput })), { label: 'Throughput', unit: 'entries/s' }));
+    set($('#chart-lag', detail), lineChart(points.map((p) => ({ at: p.at, value: p.lag_entries })), { label: 'Lag', unit: 'entries' }));
+    set($('#chart-lagms', detail), lineChart(points.map((p) => ({ at: p.at, value: p.lag_ms })), { label: 'Lag', unit: 'ms' }));
+  }
+
+  function draw(snap) {
+    $('#no-links', root).hidden = snap.links.length > 0;
+    patchRows($('#link-rows', root), snap.links, (l) => l.id,
+      (l) => html`<tr data-link="${l.id}"><td><a href="#/links?id=${enc(l.id)}"><code>${l.id}</code></a></td><td>${l.database} → <code>${l.target.url}</code> / ${l.target.database}</td><td>${l.mode} · ${l.apply}</td>
+        <td data-f="state"></td><td class="n big" data-f="lag_entries"></td><td class="n big" data-f="lag_ms"></td><td class="n big" data-f="throughput"></td><td class="n" data-f="quarantined"></td>
+        <td class="actions"><span data-needs="operate"><button class="small" data-act="pause" data-link="${l.id}">Pause</button><button class="small" data-act="resume" data-link="${l.id}">Resume</button><button class="small danger" data-act="delete" data-link="${l.id}">Delete</button></span></td></tr>`,
+      (l) => ({ state: pill(state(l)), lag_entries: num(l.status.lag_entries), lag_ms: num(l.status.lag_ms), throughput: num(l.status.throughput), quarantined: num(l.status.quarantined) }));
+    for (const tr of $$('#link-rows tr', root)) {
+      const l = snap.links.find((x) => x.id === tr.dataset.link);
+      if (!l) continue;
+      const p = $('button[data-act=pause]', tr);
+      const r = $('button[data-act=resume]', tr);
+      const stopped = l.paused || l.status.state === 'stopped';
+      if (p) p.hidden = stopped;
+      if (r) r.hidden = !stopped;
+    }
+    drawDetail(snap);
+  }
+
+  const off = live.onSnapshot(draw);
+  const onHash = () => { detailId = null; if (live.latest) draw(live.latest); };
+  window.addEventListener('hashchange', onHash);
+  return () => { off(); window.removeEventListener('hashchange', onHash); };
+}

@@ -1,0 +1,254 @@
+// Plugins: the tenant's registry; upload a .wasm (name, version, role); a version's
+// exports, size, SHA-256 and config schema; a config form generated from that schema; a
+// dry-run tester (input and output side by side, errors, the plugin's log lines); and
+// swapping the version onto a live logical link (PUT …/links/{id}/stages).
+
+import { api, t, enc } from './api.js';
+import * as live from './live.js';
+import { $, html, set, bytes, num, problem, showProblem, toast } from './ui.js';
+
+const SAMPLE = [
+  { op: 'insert', file: 'orders', key: 'eu-1', alt: { customer: 'ann' }, data: { total: 3 } },
+  { op: 'insert', file: 'orders', key: 'us-1', alt: { customer: 'bob' }, data: { total: 5 } },
+  { op: 'update', file: 'lines', key: 'eu-1/1', data: { sku: 'A-1', qty: 2 } },
+];
+
+function param(name) {
+  return new URLSearchParams(location.hash.split('?')[1] || '').get(name);
+}
+
+/** Form fields for a JSON schema's properties (object schemas; other shapes get JSON). */
+function schemaForm(schema) {
+  const props = schema && schema.type === 'object' && schema.properties;
+  if (!props || !Object.keys(props).length) {
+    return html`<label class="wide">Config (JSON) <textarea data-cfg-json rows="4" spellcheck="false">{}</textarea></label>`;
+  }
+  const required = new Set(schema.required || []);
+  return Object.entries(props).map(([name, p]) => {
+    const label = html`${name}${required.has(name) ? ' *' : ''}${p.description ? html` <small class="muted">${p.description}</small>` : ''}`;
+    if (Array.isArray(p.enum)) {
+      return html`<label>${label}<select data-cfg="${name}" data-kind="enum">${required.has(name) ? '' : html`<option value="">(unset)</option>`}${p.enum.map((v) => html`<option value="${JSON.stringify(v)}">${String(v)}</option>`)}</select></label>`;
+    }
+    switch (p.type) {
+      case 'boolean':
+        return html`<label class="check"><input type="checkbox" data-cfg="${name}" data-kind="boolean"> ${label}</label>`;
+      case 'integer':
+      case 'number':
+        return html`<label>${label}<input type="number" data-cfg="${name}" data-kind="${p.type}" ${p.minimum !== undefined ? html`min="${p.minimum}"` : ''} ${p.maximum !== undefined ? html`max="${p.maximum}"` : ''}></label>`;
+      case 'string':
+        return html`<label>${label}<input data-cfg="${name}" data-kind="string"></label>`;
+      case 'array':
+        if (p.items && ['string', 'integer', 'number'].includes(p.items.type)) {
+          return html`<label>${label} <small class="muted">one per line</small><textarea rows="3" data-cfg="${name}" data-kind="array-${p.items.type}" spellcheck="false"></textarea></label>`;
+        }
+      // falls through: other arrays as JSON
+      default:
+        return html`<label>${label} <small class="muted">JSON</small><textarea rows="2" data-cfg="${name}" data-kind="json" spellcheck="false"></textarea></label>`;
+    }
+  });
+}
+
+/** The config object the generated form describes. Throws on a field that does not parse. */
+function readConfig(box) {
+  const json = box.querySelector('[data-cfg-json]');
+  if (json) return JSON.parse(json.value || '{}');
+  const cfg = {};
+  for (const el of box.querySelectorAll('[data-cfg]')) {
+    const name = el.dataset.cfg;
+    const kind = el.dataset.kind;
+    if (kind === 'boolean') { if (el.checked) cfg[name] = true; continue; }
+    const v = el.value.trim();
+    if (!v) continue;
+    if (kind === 'enum') cfg[name] = JSON.parse(v);
+    else if (kind === 'integer' || kind === 'number') cfg[name] = Number(v);
+    else if (kind === 'string') cfg[name] = v;
+    else if (kind.startsWith('array-')) {
+      const items = v.split('\n').map((s) => s.trim()).filter(Boolean);
+      cfg[name] = kind === 'array-string' ? items : items.map(Number);
+    } else {
+      try { cfg[name] = JSON.parse(v); } catch (e) { throw new Error(`${name}: ${e.message}`); }
+    }
+  }
+  return cfg;
+}
+
+export default function plugins(root, session) {
+  const base = `${t(session.tenant)}/plugins`;
+  set(root, html`<h1 class="view-title">Plugins</h1>
+    <div class="grid2">
+      <section class="card"><h2>Registry</h2><div id="plugin-list"><p class="muted">Loading…</p></div></section>
+      <section class="card" data-needs="operate"><h2>Upload a plugin</h2>
+        <form id="upload" class="stack">
+          <label>WebAssembly component (.wasm) <input type="file" name="file" accept=".wasm,application/wasm" required id="upload-file"></label>
+          <div class="form-row"><label>Name <input name="name" required pattern="[A-Za-z0-9._\\-]+" id="upload-name" placeholder="eu-only"></label>
+          <label>Version <input name="version" required id="upload-version" placeholder="1.0.0"></label>
+          <label>Role <select name="role" id="upload-role"><option>filter</option><option>transform</option><option>rule</option><option>resolver</option></select></label></div>
+          <div id="upload-error"></div>
+          <button class="primary" id="upload-button">Upload</button></form></section>
+    </div>
+    <section class="card" id="plugin-detail" hidden></section>`);
+
+  async function loadList() {
+    try {
+      const list = await api('GET', base);
+      set($('#plugin-list', root), list.length ? html`<div class="scroll"><table><thead><tr><th>Plugin</th><th>Role</th><th class="n">Size</th><th>SHA-256</th></tr></thead><tbody>
+        ${list.map((p) => html`<tr><td><a href="#/plugins?p=${enc(p.name + '@' + p.version)}">${p.name}@${p.version}</a></td><td>${p.role}</td><td class="n">${bytes(p.size)}</td><td><code>${p.sha256.slice(0, 12)}…</code></td></tr>`)}
+        </tbody></table></div>` : html`<p class="muted">No plugins yet.</p>`);
+    } catch (err) {
+      set($('#plugin-list', root), problem(err));
+    }
+  }
+
+  const upload = $('#upload', root);
+  if (upload) {
+    $('#upload-file', root).addEventListener('change', (e) => {
+      const f = e.target.files[0];
+      if (f && !upload.name.value) upload.name.value = f.name.replace(/\.wasm$/, '').replace(/[^A-Za-z0-9._-]/g, '-');
+    });
+    upload.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const file = upload.file.files[0];
+      try {
+        const bytesOf = await file.arrayBuffer();
+        const info = await api('PUT', `${base}/${enc(upload.name.value)}/${enc(upload.version.value)}?role=${enc(upload.role.value)}`, { raw: bytesOf, type: 'application/wasm' });
+        showProblem($('#upload-error', root), null);
+        toast(`Uploaded ${info.name}@${info.version}`);
+        location.hash = `#/plugins?p=${enc(info.name + '@' + info.version)}`;
+      } catch (err) {
+        showProblem($('#upload-error', root), err);
+      }
+    });
+  }
+
+  async function showDetail(spec) {
+    const box = $('#plugin-detail', root);
+    const at = spec.lastIndexOf('@');
+    const name = spec.slice(0, at);
+    const version = spec.slice(at + 1);
+    box.hidden = false;
+    let p;
+    try {
+      p = await api('GET', `${base}/${enc(name)}/${enc(version)}`);
+    } catch (err) {
+      set(box, problem(err));
+      return;
+    }
+    const schema = p.config_schema;
+    set(box, html`<h2>${p.name}@${p.version} <span class="pill s-primary">${p.role}</span></h2>
+      <dl class="facts"><dt>Size</dt><dd class="big">${bytes(p.size)}</dd><dt>Exports</dt><dd>${(p.exports || []).map((x) => html`<code>${x}</code> `)}</dd>
+        <dt>SHA-256</dt><dd><code class="wrap">${p.sha256}</code></dd><dt>Compile</dt><dd>${num(p.compile_ms)} ms</dd></dl>
+      <details><summary>Config schema</summary><pre class="json" id="schema">${JSON.stringify(schema, null, 2)}</pre></details>
+      <h3>Configuration</h3>
+      <div class="form-grid" id="config-form">${schemaForm(schema)}</div>
+      <p class="muted">Config sent: <code id="config-preview">{}</code></p>
+      <div id="config-error"></div>
+      <section data-needs="operate">
+        <h3>Dry run</h3>
+        <div class="tester">
+          <label>Input batch (JSON array of records)<textarea id="dry-input" rows="12" spellcheck="false">${JSON.stringify(SAMPLE, null, 2)}</textarea></label>
+          <div><span class="label">Output</span><div id="dry-output" class="output"><p class="muted">Run the batch to see what the plugin makes of it.</p></div></div>
+        </div>
+        <button class="primary" id="dry-run">Run dry-run</button>
+        <h3>Use on a live link</h3>
+        <div class="form-row"><label>Logical link <select id="swap-link"></select></label>
+          <button id="swap" class="primary">Swap onto link</button></div>
+        <p class="muted" id="swap-preview"></p>
+        <div id="swap-error"></div>
+      </section>`);
+
+    const form = $('#config-form', box);
+    const preview = () => {
+      try {
+        $('#config-preview', box).textContent = JSON.stringify(readConfig(form));
+        showProblem($('#config-error', box), null);
+        return readConfig(form);
+      } catch (err) {
+        showProblem($('#config-error', box), { title: 'The config does not parse', detail: err.message, code: 'client' });
+        return null;
+      }
+    };
+    form.addEventListener('input', preview);
+    form.addEventListener('change', preview);
+    preview();
+
+    const runBtn = $('#dry-run', box);
+    if (runBtn) {
+      runBtn.addEventListener('click', async () => {
+        const out = $('#dry-output', box);
+        let records;
+        try {
+          records = JSON.parse($('#dry-input', box).value);
+          if (!Array.isArray(records)) throw new Error('the batch must be a JSON array of records');
+        } catch (err) {
+          set(out, problem({ title: 'The batch is not valid', detail: err.message, code: 'client' }));
+          return;
+        }
+        const config = preview();
+        if (config === null) return;
+        try {
+          const r = await api('POST', `${base}/${enc(p.name)}/${enc(p.version)}/dry-run`, { config, records });
+          drawResult(out, p.role, records, r);
+        } catch (err) {
+          set(out, problem(err));
+        }
+      });
+      const linkSel = $('#swap-link', box);
+      const logical = (live.latest?.links || []).filter((l) => l.apply === 'logical');
+      set(linkSel, logical.length ? logical.map((l) => html`<option value="${l.id}">${l.id} (${l.database} → ${l.target.database})</option>`) : html`<option value="">(no logical link)</option>`);
+      const stagesFor = (link, config) => {
+        const stage = { plugin: `${p.name}@${p.version}`, config };
+        const stages = link.stages.map((s) => ({ plugin: s.plugin, config: s.config }));
+        const i = stages.findIndex((s) => s.plugin.split('@')[0] === p.name);
+        if (i >= 0) stages[i] = stage; else stages.push(stage);
+        return stages;
+      };
+      const showSwap = () => {
+        const link = logical.find((l) => l.id === linkSel.value);
+        $('#swap-preview', box).textContent = link ? `Stages after the swap: ${stagesFor(link, preview() || {}).map((s) => s.plugin).join(' → ')}` : '';
+      };
+      linkSel.addEventListener('change', showSwap);
+      form.addEventListener('input', showSwap);
+      showSwap();
+      $('#swap', box).addEventListener('click', async () => {
+        const link = logical.find((l) => l.id === linkSel.value);
+        const config = preview();
+        if (!link || config === null) {
+          showProblem($('#swap-error', box), { title: 'Nothing to swap onto', detail: 'choose a logical link', code: 'client' });
+          return;
+        }
+        try {
+          const updated = await api('PUT', `${t(session.tenant)}/links/${enc(link.id)}/stages`, stagesFor(link, config));
+          showProblem($('#swap-error', box), null);
+          toast(`Link ${link.id} now runs ${updated.stages.map((s) => s.plugin).join(' → ')}`);
+          link.stages = updated.stages;
+          showSwap();
+        } catch (err) {
+          showProblem($('#swap-error', box), err);
+        }
+      });
+    }
+  }
+
+  function drawResult(out, role, input, r) {
+    const errs = new Map((r.errors || []).map((e) => [e.index, e.message]));
+    const rec = (x) => html`<code>${x.op} ${x.file}/${x.key}</code><pre class="json small">${JSON.stringify(x.data)}</pre>`;
+    let rows;
+    if (role === 'filter') {
+      rows = input.map((x, i) => html`<tr class="${r.kept[i] ? 'kept' : 'dropped'}"><td>${rec(x)}</td><td>${r.kept[i] ? html`<span class="pill s-streaming">kept</span>` : html`<span class="pill s-stopped">dropped</span>`}${errs.has(i) ? html`<div class="err">${errs.get(i)}</div>` : ''}</td></tr>`);
+    } else if (role === 'transform') {
+      const n = Math.max(input.length, r.records.length);
+      rows = Array.from({ length: n }, (_, i) => html`<tr><td>${input[i] ? rec(input[i]) : ''}</td><td>${r.records[i] ? (r.records[i].error ? html`<span class="err">${r.records[i].error}</span>` : rec(r.records[i])) : html`<span class="muted">–</span>`}${errs.has(i) ? html`<div class="err">${errs.get(i)}</div>` : ''}</td></tr>`);
+    } else if (role === 'rule') {
+      rows = input.map((x, i) => html`<tr><td>${rec(x)}</td><td>${r.depends.filter((d) => d.index === i).map((d) => html`<code>depends on ${d.file}/${d.key}</code><br>`)}${errs.has(i) ? html`<div class="err">${errs.get(i)}</div>` : ''}</td></tr>`);
+    } else {
+      rows = input.map((x, i) => html`<tr><td>${rec(x)}</td><td>${r.remote_wins[i] ? 'remote wins' : 'local wins'}</td></tr>`);
+    }
+    set(out, html`<table class="side"><thead><tr><th>Input</th><th>Output</th></tr></thead><tbody>${rows}</tbody></table>
+      <p class="muted" id="dry-summary">${role === 'filter' ? `${r.kept.filter(Boolean).length} of ${input.length} kept` : `${input.length} in`} · ${(r.errors || []).length} errors</p>
+      <h4>Plugin log</h4>${(r.log || []).length ? html`<pre class="log-lines" id="dry-log">${r.log.join('\n')}</pre>` : html`<p class="muted" id="dry-log">No log lines.</p>`}`);
+  }
+
+  loadList();
+  const spec = param('p');
+  if (spec) showDetail(spec);
+}
