@@ -331,3 +331,117 @@ fn failover_keeps_every_acknowledged_sync_write_re_points_the_replicas_and_the_o
         json!([])
     );
 }
+
+#[test]
+fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_apart_by_namespaces(
+) {
+    use doppel_server::plugins::builtin;
+    use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
+    let (a, b, c) = (Node::start(), Node::start(), Node::start());
+    for n in [&a, &b] {
+        let r = n.request(
+            "PUT",
+            &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/ns/1?role=transform"),
+            Body::Raw("application/wasm", builtin::NAMESPACE),
+        );
+        assert!(r.status == 201 || r.status == 200, "{r}");
+    }
+    let (sa, sb) = (
+        a.create_db(DEFAULT_TENANT, shop_spec("shop")),
+        b.create_db(DEFAULT_TENANT, shop_spec("shop")),
+    );
+    // Both links reach c through one chaos proxy.
+    let addr = c.get("/v1/node").ok()["replication"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = ChaosProxy::start(addr).expect("chaos proxy");
+    let faults = Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.1,
+        jitter: Duration::from_millis(3),
+        ..Faults::default()
+    };
+    proxy.set_faults(Direction::ToUpstream, faults);
+    let mut nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    nodes["c"]["replication"] = json!(proxy.addr().to_string());
+    let from = |node: &str, prefix: &str| {
+        json!({"from": {"node": node, "database": "shop"}, "to": {"node": "c", "database": "all"},
+               "apply": "logical",
+               "stages": [{"plugin": "ns@1", "config": {"default": {"key_prefix": prefix}}}]})
+    };
+    let doc = json!({"name": "merge", "nodes": nodes, "links": [from("a", "a/"), from("b", "b/")]});
+    c.post(&topologies(), &doc).ok();
+
+    // Both sources write the same keys at the same time.
+    let writer = |db: Db, tag: &'static str| {
+        std::thread::spawn(move || {
+            for i in 0..150 {
+                let key = format!("o-{:03}", i % 60);
+                db.put(
+                    "orders",
+                    &key,
+                    json!({"customer": tag}),
+                    json!({"n": i, "by": tag}),
+                )
+                .ok();
+                if i % 7 == 0 {
+                    let r = db.delete("orders", &format!("o-{:03}", (i + 3) % 60));
+                    assert!(r.status == 200 || r.status == 404, "{r}");
+                }
+            }
+        })
+    };
+    let (wa, wb) = (writer(sa.clone(), "a"), writer(sb.clone(), "b"));
+    wa.join().unwrap();
+    wb.join().unwrap();
+    proxy.heal();
+    // The consolidated database holds each source's records under its prefix.
+    let expected = |src: &Db, prefix: &str| -> Vec<(String, Value)> {
+        src.contents("orders")
+            .into_iter()
+            .map(|r| {
+                (
+                    format!("{prefix}{}", r["key"].as_str().unwrap()),
+                    r["data"].clone(),
+                )
+            })
+            .collect()
+    };
+    let mut want = expected(&sa, "a/");
+    want.extend(expected(&sb, "b/"));
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    let all = c.db(DEFAULT_TENANT, "all");
+    let got = || -> Vec<(String, Value)> {
+        all.contents("orders")
+            .into_iter()
+            .map(|r| (r["key"].as_str().unwrap().to_string(), r["data"].clone()))
+            .collect()
+    };
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || got() == want),
+        "consolidated {:?}\nexpected {:?}",
+        got().len(),
+        want.len()
+    );
+    assert!(proxy.stats().to_upstream.dropped > 0, "{:?}", proxy.stats());
+    assert_eq!(
+        all.alt_keys("orders", "customer", "a").len(),
+        expected(&sa, "a/").len()
+    );
+    all.put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+    // A mirror cannot join a consolidated database.
+    let refused = c
+        .post(
+            &topologies(),
+            &json!({"name": "bad", "nodes": nodes, "links": [
+                from("a", "a/"),
+                link(("b", "shop"), ("c", "all"))]}),
+        )
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    assert_eq!(refused["errors"][0]["path"], "links[1].to", "{refused}");
+}

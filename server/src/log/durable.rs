@@ -11,6 +11,7 @@
 //! the insert. One flusher thread runs flushes back to back while anyone waits, so one
 //! fsync covers every transaction that arrived during the previous one (group commit).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,12 +112,21 @@ fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
     key
 }
 
-/// Where a logical replica stands in its source's stream, kept in the `log` tree next to
-/// the database's chunks (kind byte 0 sorts before every log kind).
-fn position_key(uid: u64) -> [u8; 17] {
+/// Where a logical replica stands in one source's stream (a replica may follow several:
+/// many-to-one), kept in the `log` tree next to the database's chunks: `uid | 0 |
+/// u64::MAX | stream` (kind byte 0 sorts before every log kind).
+fn position_key(uid: u64, stream: u64) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
+    key[17..].copy_from_slice(&stream.to_be_bytes());
+    key
+}
+
+fn positions_prefix(uid: u64) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[9..].copy_from_slice(&u64::MAX.to_be_bytes());
+    key[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
     key
 }
 
@@ -170,18 +180,25 @@ impl LogStore {
     }
 
     /// Write a transaction's chunks like [`Self::append`], and in the same atomic batch
-    /// the source serial a logical replica has now applied (SPEC C4: the position is
-    /// durable together with the apply). `txn` may have no updates (all filtered out).
+    /// the source serial a logical replica has now applied in `stream` (SPEC C4: the
+    /// position is durable together with the apply). `txn` may have no updates (all
+    /// filtered out).
     pub fn append_with_position(
         &self,
         uid: u64,
         txn: &TxnLog,
+        stream: u64,
         position: u64,
     ) -> Result<(), LogError> {
-        self.append_batch(uid, txn, Some(position))
+        self.append_batch(uid, txn, Some((stream, position)))
     }
 
-    fn append_batch(&self, uid: u64, txn: &TxnLog, position: Option<u64>) -> Result<(), LogError> {
+    fn append_batch(
+        &self,
+        uid: u64,
+        txn: &TxnLog,
+        position: Option<(u64, u64)>,
+    ) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
         let mut written = 0;
         for kind in [LogKind::A, LogKind::B, LogKind::T] {
@@ -190,21 +207,29 @@ impl LogStore {
                 batch.insert(&log_key(uid, kind, first)[..], bytes);
             }
         }
-        if let Some(position) = position {
-            batch.insert(&position_key(uid)[..], &position.to_be_bytes()[..]);
+        if let Some((stream, position)) = position {
+            batch.insert(&position_key(uid, stream)[..], &position.to_be_bytes()[..]);
         }
         self.log.apply_batch(batch)?;
         self.account(uid, written as i64);
         Ok(())
     }
 
-    /// The source serial a logical replica has applied (0: none).
-    pub fn position(&self, uid: u64) -> Result<u64, LogError> {
-        Ok(self
-            .log
-            .get(position_key(uid))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+    /// The source serial a logical replica has applied, per source stream.
+    pub fn positions(&self, uid: u64) -> Result<BTreeMap<u64, u64>, LogError> {
+        let mut out = BTreeMap::new();
+        for item in self.log.scan_prefix(positions_prefix(uid)) {
+            let (key, value) = item?;
+            let (Some(stream), Ok(position)) = (
+                key.get(17..25)
+                    .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes"))),
+                <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes),
+            ) else {
+                continue;
+            };
+            out.insert(stream, position);
+        }
+        Ok(out)
     }
 
     /// Write chunks exactly as another node encoded them (a mirror replica's copy of its

@@ -12,7 +12,7 @@
 //! (`POST …/transactions`) takes no locks of its own: it runs entirely under the state
 //! lock, after waiting for any interactive transaction that holds one of its records.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -126,8 +126,8 @@ struct State {
     store: Store,
     seq: Sequencer,
     snapshot_serial: u64,
-    /// A logical replica's position in its source's stream.
-    position: u64,
+    /// A logical replica's position in each source stream it follows.
+    positions: BTreeMap<u64, u64>,
 }
 
 struct OpenTxn {
@@ -215,14 +215,14 @@ impl Database {
         snapshot_serial: u64,
     ) -> Database {
         let last = seq.last_serial;
-        let position = log.position(def.uid).unwrap_or(0);
+        let positions = log.positions(def.uid).unwrap_or_default();
         Database {
             def,
             state: RwLock::new(State {
                 store,
                 seq,
                 snapshot_serial,
-                position,
+                positions,
             }),
             locks: LockManager::default(),
             open: Mutex::new(HashMap::new()),
@@ -557,43 +557,57 @@ impl Database {
         Ok(ReplicaApply::Applied(last_serial))
     }
 
-    /// A logical replica's position: the last source serial it applied.
-    pub fn position(&self) -> u64 {
-        self.state.read().position
+    /// A logical replica's position in source stream `stream`: the last source serial it
+    /// applied from it (0: none).
+    pub fn position(&self, stream: u64) -> u64 {
+        self.state
+            .read()
+            .positions
+            .get(&stream)
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// Apply a transaction of a logical link (SPEC C4): its operations, already through
-    /// the link's stages, as a transaction of this database (serials of its own), with
-    /// the source's `first..=last` serials recorded as the position in the same sled
-    /// batch. Puts are upserts and deletes of absent records are skipped, so the apply is
-    /// idempotent by key; a transaction with no operations only moves the position.
-    pub fn apply_logical(&self, first: u64, last: u64, ops: Vec<Op>) -> Result<ReplicaApply> {
+    /// Apply a transaction of a logical link (SPEC C4) from source stream `stream`: its
+    /// operations, already through the link's stages, as a transaction of this database
+    /// (serials of its own), with the source's `first..=last` serials recorded as the
+    /// stream's position in the same sled batch. Several streams may feed one database
+    /// (many-to-one), each with its own position. Puts are upserts and deletes of absent
+    /// records are skipped, so the apply is idempotent by key; a transaction with no
+    /// operations only moves the position.
+    pub fn apply_logical(
+        &self,
+        stream: u64,
+        first: u64,
+        last: u64,
+        ops: Vec<Op>,
+    ) -> Result<ReplicaApply> {
         let mut state = self.state.write();
-        if last <= state.position {
+        let position = state.positions.get(&stream).copied().unwrap_or(0);
+        if last <= position {
             return Ok(ReplicaApply::Duplicate);
         }
-        if first != state.position + 1 {
-            return Ok(ReplicaApply::Gap(state.position + 1));
+        if first != position + 1 {
+            return Ok(ReplicaApply::Gap(position + 1));
         }
-        self.apply_logical_locked(&mut state, last, ops)?;
+        self.apply_logical_locked(&mut state, Some((stream, last)), ops)?;
         Ok(ReplicaApply::Applied(last))
     }
 
     /// Apply operations a link re-drove from its dead letters (a logical replica): a
-    /// transaction of this database like [`Self::apply_logical`]'s, which leaves the
-    /// position in the source's stream where it is.
+    /// transaction of this database like [`Self::apply_logical`]'s, which moves no
+    /// stream's position.
     pub fn apply_redriven(&self, ops: Vec<Op>) -> Result<()> {
         let mut state = self.state.write();
-        let position = state.position;
-        self.apply_logical_locked(&mut state, position, ops)
+        self.apply_logical_locked(&mut state, None, ops)
     }
 
-    /// Apply `ops` as one transaction and store `position` with it. Deletes of absent
-    /// records are skipped (idempotent by key).
+    /// Apply `ops` as one transaction and store `(stream, position)` with it. Deletes of
+    /// absent records are skipped (idempotent by key).
     fn apply_logical_locked(
         &self,
         state: &mut State,
-        position: u64,
+        position: Option<(u64, u64)>,
         mut ops: Vec<Op>,
     ) -> Result<()> {
         ops.retain(|op| {
@@ -604,14 +618,19 @@ impl Database {
         let log = match txn::apply(store, seq, txn, &ops) {
             Ok(log) => log,
             Err(refused) => {
-                self.log
-                    .append_with_position(self.def.uid, &refused.log, state.position)?;
+                // The refused attempt is logged; the position stays.
+                self.log.append(self.def.uid, &refused.log)?;
                 return Err(Error::Store(refused.error).at_op(refused.index));
             }
         };
-        self.log
-            .append_with_position(self.def.uid, &log, position)?;
-        state.position = position;
+        match position {
+            Some((stream, at)) => {
+                self.log
+                    .append_with_position(self.def.uid, &log, stream, at)?;
+                state.positions.insert(stream, at);
+            }
+            None => self.log.append(self.def.uid, &log)?,
+        }
         if let Some(serial) = log.last_serial() {
             self.appended.send_replace(serial);
         }

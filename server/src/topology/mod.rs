@@ -178,7 +178,15 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
             ));
         }
     }
+    // A target database follows one source, unless every link into it is logical
+    // (many-to-one consolidation, SPEC F2).
     let mut targets: BTreeMap<&Endpoint, usize> = BTreeMap::new();
+    let consolidated = |to: &Endpoint| {
+        doc.links
+            .iter()
+            .filter(|l| &l.to == to)
+            .all(|l| l.apply == Apply::Logical)
+    };
     for (i, l) in doc.links.iter().enumerate() {
         for (side, end) in [("from", &l.from), ("to", &l.to)] {
             if !doc.nodes.contains_key(&end.node) {
@@ -204,13 +212,13 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
                 "a link cannot copy a database onto itself",
             ));
         }
-        if let Some(first) = targets.insert(&l.to, i) {
+        if let Some(first) = targets.insert(&l.to, i).filter(|_| !consolidated(&l.to)) {
             out.push(problem(
                 format!("links[{i}].to"),
                 format!(
                     "database '{}' on node '{}' is already the target of links[{first}]; a \
-                     replica follows one source (consolidate with namespaces into other \
-                     databases)",
+                     mirror follows one source (several sources consolidate into one \
+                     database through logical links, with a namespace transform each)",
                     l.to.database, l.to.node
                 ),
             ));

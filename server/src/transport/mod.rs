@@ -237,6 +237,10 @@ impl Replication {
             d.tenant == tenant
                 && d.spec.target.url.trim_end_matches('/') == url
                 && d.spec.target.database == spec.target.database
+                // Logical links of several databases may consolidate into one.
+                && (d.spec.database == spec.database
+                    || d.spec.apply == links::Apply::Mirror
+                    || spec.apply == links::Apply::Mirror)
         });
         if duplicate {
             return Err(Error::AlreadyExists(format!(
@@ -450,6 +454,8 @@ impl Replication {
             )));
         }
         let mut previous = self.replicas.lock().get(id).cloned();
+        // Many-to-one: logical links of other sources consolidate into one database.
+        let mut consolidating = false;
         if let Some(other) = db.replica_of().filter(|l| l != id) {
             // A new link from the same source database takes the replica over (a link
             // replaced with another mode, say): it continues the same stream.
@@ -462,21 +468,30 @@ impl Replication {
             match taken {
                 Some(taken) => {
                     tracing::info!(database = %req.database, old = %other, new = %id, "a new link of the same source takes the replica over");
+                    self.forget_replica(&other)?;
                     previous = previous.or(Some(taken));
                 }
                 // Another source: only a resync takes it over, from scratch.
                 None if req.resync => {
+                    self.forget_replica(&other)?;
                     tracing::info!(database = %req.database, old = %other, new = %id, "a link of another source takes the replica over; it will be bootstrapped");
+                }
+                None if req.apply == links::Apply::Logical
+                    && self
+                        .replica(&other)
+                        .is_some_and(|r| r.apply == links::Apply::Logical) =>
+                {
+                    consolidating = true;
                 }
                 None => {
                     return Err(Error::AlreadyExists(format!(
                         "database '{}' as the replica of link {other} (a link of another \
-                         source takes it over only with \"resync\": true)",
+                         source takes it over only with \"resync\": true; logical links of \
+                         several sources may share a database)",
                         req.database
                     )))
                 }
             }
-            self.forget_replica(&other)?;
         }
         let reg = ReplicaReg {
             link: id.to_string(),
@@ -491,7 +506,9 @@ impl Replication {
             created_ms: previous.as_ref().map_or(now_ms(), |p| p.created_ms),
         };
         self.save_replica(&reg)?;
-        db.set_replica_of(Some(id.to_string()));
+        if !consolidating {
+            db.set_replica_of(Some(id.to_string()));
+        }
         self.publish_progress(&reg, &db);
         Ok(json!({
             "link": id,
@@ -516,7 +533,7 @@ impl Replication {
     /// registered): its link need not be connected for its dependents to go on.
     fn publish_progress(&self, reg: &ReplicaReg, db: &Database) {
         let applied = match reg.apply {
-            links::Apply::Logical => db.position(),
+            links::Apply::Logical => db.position(reg.stream),
             links::Apply::Mirror => db.serials().0,
         };
         self.gates.applied(&Self::stream_key(reg), applied, false);
@@ -578,7 +595,14 @@ impl Replication {
             .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
         self.forget_replica(id)?;
         if let Ok(db) = self.node.database(tenant, &reg.database) {
-            db.set_replica_of(None);
+            // Another source may still feed it (many-to-one): it stays a replica.
+            let other = self
+                .replicas
+                .lock()
+                .values()
+                .find(|r| r.tenant == tenant && r.database == reg.database)
+                .map(|r| r.link.clone());
+            db.set_replica_of(other);
         }
         Ok(())
     }
@@ -605,7 +629,7 @@ impl Replication {
         };
         let reg = self.replica(&link);
         let applied = match reg.as_ref().map(|r| r.apply) {
-            Some(links::Apply::Logical) => db.position(),
+            Some(links::Apply::Logical) => reg.as_ref().map_or(0, |r| db.position(r.stream)),
             _ => db.serials().0,
         };
         let announced = self.announced.lock().get(&link).copied().unwrap_or(0);

@@ -217,7 +217,7 @@ async fn stream(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let last = applied(reg, db).max(repl.spool.last(&reg.link)?.unwrap_or(0));
+    let last = applied(reg, db, hello.stream).max(repl.spool.last(&reg.link)?.unwrap_or(0));
     let mut stream = reg.stream;
     if stream == 0 && last == 0 {
         repl.adopt_stream(&reg.link, hello.stream)
@@ -245,9 +245,9 @@ async fn stream(
 
 /// How far the replica got: its own serial (mirror) or its position in the source's
 /// stream (logical).
-fn applied(reg: &ReplicaReg, db: &Database) -> u64 {
+fn applied(reg: &ReplicaReg, db: &Database, stream: u64) -> u64 {
     match reg.apply {
-        links::Apply::Logical => db.position(),
+        links::Apply::Logical => db.position(stream),
         links::Apply::Mirror => db.serials().0,
     }
 }
@@ -347,7 +347,7 @@ async fn apply_stream(
                     if suspended {
                         let first = p.chunks.first().map_or(0, |c| c.head.first_serial);
                         let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                        let have = spooled.unwrap_or(0).max(applied(reg, db));
+                        let have = spooled.unwrap_or(0).max(applied(reg, db, hello.stream));
                         if last <= have {
                             continue;
                         }
@@ -361,7 +361,7 @@ async fn apply_stream(
                         continue;
                     }
                     let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                    hold(repl, reg, db, tx, &mut depends, txn, last).await?;
+                    hold(repl, reg, hello, db, tx, &mut depends, txn, last).await?;
                     match db.apply_replicated(&p.chunks) {
                         Ok(ReplicaApply::Applied(_)) => {
                             requested = None;
@@ -385,9 +385,9 @@ async fn apply_stream(
                     answer = true;
                     let at =
                         format!("transaction {txn} (source serials {first_serial}-{last_serial})");
-                    hold(repl, reg, db, tx, &mut depends, txn, last_serial).await?;
+                    hold(repl, reg, hello, db, tx, &mut depends, txn, last_serial).await?;
                     let applied = logical::decode_ops(&schema, ops).and_then(|ops| {
-                        db.apply_logical(first_serial, last_serial, ops)
+                        db.apply_logical(hello.stream, first_serial, last_serial, ops)
                             .map_err(|e| e.to_string())
                     });
                     match applied {
@@ -415,9 +415,13 @@ async fn apply_stream(
                 } => {
                     answer = true;
                     repl.announce(&reg.link, serial, false);
-                    repl.gates
-                        .watermark(&key, serial, timestamp_us, applied(reg, db));
-                    let have = applied(reg, db).max(spooled.unwrap_or(0));
+                    repl.gates.watermark(
+                        &key,
+                        serial,
+                        timestamp_us,
+                        applied(reg, db, hello.stream),
+                    );
+                    let have = applied(reg, db, hello.stream).max(spooled.unwrap_or(0));
                     if serial > have && pending.is_none() && incoming.is_none() {
                         gap = Some((have + 1, true));
                     }
@@ -507,7 +511,7 @@ async fn apply_stream(
             reply_now(tx, reply.finish()).await?;
         }
         if answer {
-            let confirmed = applied(reg, db).max(spooled.unwrap_or(0));
+            let confirmed = applied(reg, db, hello.stream).max(spooled.unwrap_or(0));
             queue(tx, Reply::Ack(confirmed)).await?;
         }
     }
@@ -517,9 +521,11 @@ async fn apply_stream(
 /// information came for it, wait until the updates it depends on in other databases
 /// are applied on this node (SPEC D3). What was applied before is confirmed first, so
 /// a held transaction never holds up its predecessors' confirmations.
+#[allow(clippy::too_many_arguments)]
 async fn hold(
     repl: &Replication,
     reg: &ReplicaReg,
+    hello: &wire::Hello,
     db: &Database,
     tx: &mpsc::Sender<Reply>,
     depends: &mut Option<(u64, Vec<wire::Dependency>)>,
@@ -529,7 +535,7 @@ async fn hold(
     let Some((_, deps)) = depends.take().filter(|(t, _)| *t == txn) else {
         return Ok(());
     };
-    let done = applied(reg, db);
+    let done = applied(reg, db, hello.stream);
     if last <= done {
         return Ok(());
     }
