@@ -14,6 +14,7 @@ use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::transport::links::{LinkSpec, ReplicaRequest};
 use crate::transport::redrive::{RedriveError, RedriveRequest};
+use crate::transport::verify::{RepairRequest, RepairScope};
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -214,6 +215,67 @@ pub async fn promote(
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
     Ok(Json(app.replication.promote(&tenant, &db, body.force)?))
+}
+
+/// Verify a mirror link: its replica's blocks against the source's, at one serial.
+pub async fn verify(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let out = tokio::task::spawn_blocking(move || app.replication.verify(&tenant, &link, None))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(Json(out))
+}
+
+/// Repair the blocks of a mirror link's replica that differ (body: {file?, blocks?}).
+pub async fn repair(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+    Body(scope): Body<RepairScope>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let out =
+        tokio::task::spawn_blocking(move || app.replication.verify(&tenant, &link, Some(scope)))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+    Ok(Json(out))
+}
+
+/// (target side) Repair one block file of a mirror replica from its source's blocks.
+pub async fn apply_repair(
+    State(app): App,
+    Path((tenant, link)): Path<(String, String)>,
+    Body(req): Body<RepairRequest>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    Ok(Json(
+        app.replication.apply_repair(&tenant, &link, req).await?,
+    ))
+}
+
+/// Fault injection: flip a byte of one block (test builds only).
+#[cfg(feature = "fault-injection")]
+pub async fn corrupt_block(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Body(body): Body<Value>,
+) -> Result<StatusCode> {
+    let file = body["file"]
+        .as_str()
+        .ok_or_else(|| ApiError::malformed("give \"file\""))?;
+    let block = body["block"]
+        .as_u64()
+        .ok_or_else(|| ApiError::malformed("give \"block\""))?;
+    app.node
+        .database(&tenant, &db)?
+        .corrupt_block(file, block as u32)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Re-drive a dead letter through the link's stages to its replica.

@@ -29,9 +29,9 @@ macro_rules! db {
 }
 
 macro_rules! routes {
-    ($($method:literal $path:expr => $f:path, $perm:ident, $summary:literal;)*) => {
+    ($($(#[$attr:meta])* $method:literal $path:expr => $f:path, $perm:ident, $summary:literal;)*) => {
         /// Every route of the API.
-        pub const ROUTES: &[Route] = &[$(Route { method: $method, path: $path, permission: $perm, summary: $summary, handler: handler!($f) }),*];
+        pub const ROUTES: &[Route] = &[$($(#[$attr])* Route { method: $method, path: $path, permission: $perm, summary: $summary, handler: handler!($f) }),*];
     };
 }
 
@@ -70,6 +70,8 @@ routes! {
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
     "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force}): it stops following its link and takes writes, keeping its blocks";
+    #[cfg(feature = "fault-injection")]
+    "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";
@@ -80,6 +82,8 @@ routes! {
     "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first";
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter";
     "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica";
+    "post" "/v1/tenants/{tenant}/links/{link}/verify" => l::verify, Operate, "Verify a mirror link: compare the replica's blocks with the source's at one serial, and list the differing blocks";
+    "post" "/v1/tenants/{tenant}/links/{link}/repair" => l::repair, Operate, "Repair the differing blocks of a mirror link's replica (body: {file?, blocks?}; {} repairs all)";
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link";
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
     "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies";
@@ -89,6 +93,7 @@ routes! {
     "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica";
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node";
     "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)";
+    "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)";
     "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again";

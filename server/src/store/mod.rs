@@ -213,6 +213,44 @@ impl Store {
         &self.files
     }
 
+    /// Repair block file `index` from its source's copy (SPEC G3): the source's layout
+    /// (directory and table size), the numbers of the blocks it uses, and the blocks
+    /// that differ here. Blocks not sent are kept as they are here; one that is used by
+    /// the source, missing here and not sent is an error, and so is a result that does
+    /// not fit together. The memory quota does not apply: the source holds as much.
+    pub fn repair_file(
+        &mut self,
+        index: usize,
+        layout: file::FileLayout,
+        used: &[u32],
+        blocks: Vec<(u32, block::Block)>,
+    ) -> Result<usize, String> {
+        let current = self
+            .files
+            .get(index)
+            .ok_or_else(|| format!("no block file {index}"))?;
+        let sent = blocks.len();
+        let mut replacing: std::collections::BTreeMap<u32, block::Block> =
+            blocks.into_iter().collect();
+        let mut parts = Vec::with_capacity(used.len());
+        for &n in used {
+            let block = match replacing.remove(&n) {
+                Some(b) => b,
+                None => current
+                    .block(n)
+                    .cloned()
+                    .ok_or_else(|| format!("block {n} is missing here and was not sent"))?,
+            };
+            parts.push((n, block));
+        }
+        if let Some(n) = replacing.keys().next() {
+            return Err(format!("block {n} was sent but the source does not use it"));
+        }
+        self.files[index] = file::BlockFile::from_parts(layout, parts)
+            .ok_or("the repaired blocks do not fit the source's layout")?;
+        Ok(sent)
+    }
+
     pub fn file_mut(&mut self, id: FileId) -> Option<&mut BlockFile> {
         self.files.get_mut(id as usize)
     }

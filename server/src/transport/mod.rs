@@ -12,6 +12,7 @@
 //! - [`logical`]: logical apply, the link's stages, dead letters.
 //! - [`spool`]: what a suspended replica stores.
 //! - [`redrive`]: re-driving dead letters through the stages to the replica.
+//! - [`verify`]: comparing a mirror with its source block by block, and repairing it.
 //!
 //! The source and target agree on the endpoint themselves: the source registers the
 //! link through the target's REST API (`PUT /v1/tenants/{t}/replicas/{link}`), which
@@ -28,6 +29,7 @@ pub mod receiver;
 pub mod redrive;
 pub mod sender;
 pub mod spool;
+pub mod verify;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -64,6 +66,9 @@ pub struct LinkHandle {
     pub force_bootstrap: std::sync::atomic::AtomicBool,
     /// Stopped by its error policy until resumed.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// Ship nothing past this serial (0: no limit): a verify holds the replica at the
+    /// point its source's checksums were taken.
+    pub hold_at: std::sync::atomic::AtomicU64,
 }
 
 impl LinkHandle {
@@ -195,6 +200,7 @@ impl Replication {
             deleted: false.into(),
             force_bootstrap: false.into(),
             stopped: false.into(),
+            hold_at: 0.into(),
         });
         self.links.lock().insert(id, handle.clone());
         tokio::spawn(sender::run(self.clone(), handle.clone()));

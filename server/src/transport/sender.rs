@@ -127,7 +127,12 @@ pub(crate) fn call_target(
     if let Some(token) = token {
         req = req.set("authorization", &format!("Bearer {token}"));
     }
-    match req.send_json(body) {
+    let sent = if method == "GET" {
+        req.call()
+    } else {
+        req.send_json(body)
+    };
+    match sent {
         Ok(resp) => resp
             .into_json::<serde_json::Value>()
             .map_err(|e| format!("the target's answer is unreadable: {e}")),
@@ -393,7 +398,9 @@ async fn session(
     };
     loop {
         let available = *appended.borrow_and_update();
-        if next <= available && next - 1 < acked + WINDOW_ENTRIES {
+        let hold = link.hold_at.load(Ordering::SeqCst);
+        let held = hold != 0 && next > hold;
+        if next <= available && next - 1 < acked + WINDOW_ENTRIES && !held {
             if !ship_early && next > durable {
                 // `available` was read before this flush was asked for: it is covered.
                 db.await_durable()
@@ -413,6 +420,9 @@ async fn session(
             }
             frame.clear();
             for txn in &txns {
+                if hold != 0 && txn.first_serial > hold {
+                    break;
+                }
                 let staged = if logical || sources.is_some() {
                     let records = logical::records(&schema, repl.origin(), txn)?;
                     let mut batch = doppel_sdk::abi::BatchBuilder::new();
