@@ -10,7 +10,10 @@
 //! - `catchup`: a paused link left 1,000,000 entries behind (`--records`), resumed;
 //!   the time until the replica caught up;
 //! - `logical`: the same catch-up through a logical link whose stages are the built-in
-//!   prefix filter and namespace transform.
+//!   prefix filter and namespace transform;
+//! - `verify`: verify of a mirror (`POST …/links/{id}/verify`) at `--records` and at
+//!   twice that: the time taken and MB of blocks compared;
+//! - `promote`: promote a caught-up replica; the time until it accepts a write.
 //!
 //! Polling the replica's serial every 2 ms bounds the measurement error at that.
 
@@ -320,6 +323,52 @@ pub fn run(
             done.as_secs_f64(),
             args.records as f64 / done.as_secs_f64(),
             status["status"]["plugin_seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if all || args.scenario == "verify" {
+        pair.reset()?;
+        pair.create_db(&args.durability)?;
+        let id = pair.link("async")?;
+        let link = format!("{}/{id}", pair.links_path());
+        for round in 0..2 {
+            pair.write(args, args.records, round * args.records)?;
+            pair.caught_up()?;
+            let info: Value = pair.source.call("GET", &pair.db_path(), None)?;
+            let bytes = info["memory_bytes"].as_u64().unwrap_or(0) as f64;
+            let started = Instant::now();
+            let report = pair.source.call("POST", &format!("{link}/verify"), None)?;
+            let took = started.elapsed();
+            println!(
+                "verify: {} records, {:.1} MB of blocks per side, identical {}: {:.0} ms ({:.0} ms inside the node) = {:.0} MB/s",
+                (round + 1) * args.records,
+                bytes / 1e6,
+                report["identical"],
+                ms(took),
+                report["took_ms"].as_f64().unwrap_or(0.0),
+                bytes / 1e6 / took.as_secs_f64()
+            );
+        }
+    }
+    if all || args.scenario == "promote" {
+        pair.reset()?;
+        pair.create_db(&args.durability)?;
+        pair.link("async")?;
+        pair.write(args, args.records.min(100_000), 0)?;
+        pair.caught_up()?;
+        let started = Instant::now();
+        let promoted =
+            pair.replica
+                .call("POST", &format!("{}/promote", pair.db_path()), Some(&json!({})))?;
+        let answered = started.elapsed();
+        let path = format!("{}/files/bench/records/after-promote", pair.db_path());
+        pair.replica
+            .call("PUT", &path, Some(&json!({"data": "x"})))?;
+        let writable = started.elapsed();
+        println!(
+            "promote: answered in {:.2} ms ({} µs inside the node), first write accepted {:.2} ms after the request",
+            ms(answered),
+            promoted["took_us"],
+            ms(writable)
         );
     }
     pair.reset()?;
