@@ -4,6 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::links as l;
 use super::plugins as p;
+use super::restore as rs;
 use super::routes as r;
 use super::topologies as t;
 use super::{handler, Handler};
@@ -63,6 +64,9 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot";
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
+    "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)";
+    "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress";
+    "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";
