@@ -53,6 +53,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/tenants/{}/replicas/{}/suspend", &["post"]),
     ("/v1/tenants/{}/replicas/{}/release", &["post"]),
     ("/v1/tenants/{}/databases/{}/quorum", &["get", "put"]),
+    ("/v1/tenants/{}/databases/{}/restore", &["post"]),
+    ("/v1/tenants/{}/databases/{}/restores", &["get"]),
+    ("/v1/tenants/{}/databases/{}/restores/{}", &["get"]),
 ];
 
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`.

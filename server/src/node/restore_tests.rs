@@ -304,3 +304,41 @@ async fn timestamps_name_the_last_update_stamped_at_or_before_them() {
     assert_eq!(at(stamps[4] + 1).unwrap(), serials[4]);
     assert!(matches!(at(u64::MAX), Err(Error::PointInFuture(_))));
 }
+
+#[tokio::test]
+async fn writes_are_refused_while_a_restore_runs_and_readers_go_on() {
+    let f = fixture();
+    let (orders, _) = ids(&f.db);
+    write(&f.db, vec![upsert(orders, "a", "1")]).await;
+    let open = f.db.begin().unwrap();
+    f.db.add(open, vec![upsert(orders, "b", "2")], Duration::from_secs(1))
+        .await
+        .unwrap();
+    let (store, seq) = f.db.begin_restore(42).unwrap();
+    assert!(matches!(
+        f.db.begin_restore(43),
+        Err(Error::RestoreInProgress(_))
+    ));
+    let refused =
+        f.db.execute(&[upsert(orders, "c", "3")], Duration::from_secs(1))
+            .await;
+    assert!(
+        matches!(refused, Err(Error::RestoreInProgress(_))),
+        "{refused:?}"
+    );
+    // A transaction opened before the restore cannot commit during it either.
+    assert!(matches!(
+        f.db.commit(open).await,
+        Err(Error::RestoreInProgress(_))
+    ));
+    assert!(f.db.get("orders", "a").is_ok(), "readers go on");
+    assert_eq!(f.db.restoring(), Some(42));
+    // Installing the restored store gives writes back, continuing the serials.
+    f.db.finish_restore(42, seq.last_serial, store, seq.clone())
+        .unwrap();
+    assert_eq!(f.db.restoring(), None);
+    assert_eq!(
+        write(&f.db, vec![upsert(orders, "c", "3")]).await,
+        seq.last_serial + 1
+    );
+}
