@@ -57,6 +57,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/console/{}", &["get"]),
     ("/v1/whoami", &["get"]),
     ("/v1/tenants/{}/events", &["get"]),
+    ("/v1/tenants/{}/databases/{}/restore", &["post"]),
+    ("/v1/tenants/{}/databases/{}/restores", &["get"]),
+    ("/v1/tenants/{}/databases/{}/restores/{}", &["get"]),
 ];
 
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`.

@@ -89,6 +89,9 @@ fn title(code: &str) -> &'static str {
         "redrive-rejected" => "The link's stages reject the re-driven record",
         "topology-invalid" => "The topology document is not valid",
         "topology-apply-failed" => "Applying the topology failed part way",
+        "restore-in-progress" => "A point-in-time restore is in progress",
+        "outside-retention" => "The point is outside the retained log",
+        "point-in-future" => "The point is after the database's last update",
         _ => "Internal error",
     }
 }
@@ -102,6 +105,20 @@ impl From<Error> for ApiError {
                 op_index: Some(index),
                 ..ApiError::from(*err)
             };
+        }
+        if let Error::OutsideRetention {
+            oldest_serial,
+            oldest_timestamp_us,
+            ..
+        } = &err
+        {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "outside-retention",
+                detail,
+            )
+            .with("oldest_serial", json!(oldest_serial))
+            .with("oldest_timestamp_us", json!(oldest_timestamp_us));
         }
         let (status, code) = match &err {
             Error::AtOp { .. } => unreachable!("handled above"),
@@ -133,6 +150,9 @@ impl From<Error> for ApiError {
             Error::ReadOnlyReplica(_) => (StatusCode::CONFLICT, "read-only-replica"),
             Error::ReplicationTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "replication-timeout"),
             Error::NotCaughtUp(_) => (StatusCode::CONFLICT, "not-caught-up"),
+            Error::RestoreInProgress(_) => (StatusCode::CONFLICT, "restore-in-progress"),
+            Error::OutsideRetention { .. } => unreachable!("handled above"),
+            Error::PointInFuture(_) => (StatusCode::UNPROCESSABLE_ENTITY, "point-in-future"),
         };
         ApiError {
             status,

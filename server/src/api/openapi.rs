@@ -6,6 +6,7 @@ use super::console as c;
 use super::events as e;
 use super::links as l;
 use super::plugins as p;
+use super::restore as rs;
 use super::routes as r;
 use super::topologies as t;
 use super::{handler, Handler};
@@ -72,6 +73,9 @@ routes! {
     "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force}): it stops following its link and takes writes, keeping its blocks";
     #[cfg(feature = "fault-injection")]
     "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})";
+    "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)";
+    "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress";
+    "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";

@@ -356,9 +356,11 @@ pub fn run(
         pair.write(args, args.records.min(100_000), 0)?;
         pair.caught_up()?;
         let started = Instant::now();
-        let promoted =
-            pair.replica
-                .call("POST", &format!("{}/promote", pair.db_path()), Some(&json!({})))?;
+        let promoted = pair.replica.call(
+            "POST",
+            &format!("{}/promote", pair.db_path()),
+            Some(&json!({})),
+        )?;
         let answered = started.elapsed();
         let path = format!("{}/files/bench/records/after-promote", pair.db_path());
         pair.replica

@@ -2,6 +2,8 @@
 //!
 //! Trees:
 //! - `log`: key `db uid (8, BE) | kind (1) | first serial (8, BE)` → encoded chunk.
+//!   Kind byte 0 holds a database's markers: a logical replica's position (serial
+//!   `u64::MAX`) and, per log kind, the last serial retention pruned (`u64::MAX - kind`).
 //! - `snapshots`: key `db uid | serial | part (4, BE)` → packed block bytes; part
 //!   `u32::MAX` is the snapshot's metadata, written in the same atomic batch.
 //!
@@ -80,6 +82,9 @@ struct FlushState {
     shutdown: bool,
 }
 
+/// A serial with its timestamp.
+pub type Stamped = (u64, u64);
+
 /// Flush progress: flushes completed (by ticket number) and the last error.
 type Flushed = (u64, Option<Arc<str>>);
 
@@ -127,6 +132,16 @@ fn positions_prefix(uid: u64) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[..8].copy_from_slice(&uid.to_be_bytes());
     key[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
+    key
+}
+
+/// The last serial whose `kind` chunks retention pruned, kept next to the chunks: what
+/// point-in-time restore by before images can still reach (B chunks exist only for
+/// updates that had a before image, so the oldest chunk alone does not say it).
+fn pruned_key(uid: u64, kind: LogKind) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[9..].copy_from_slice(&(u64::MAX - kind as u64).to_be_bytes());
     key
 }
 
@@ -230,6 +245,25 @@ impl LogStore {
             out.insert(stream, position);
         }
         Ok(out)
+    }
+
+    /// Write several transactions' chunks in one atomic batch (a point-in-time restore's
+    /// transactions: all of them or none survive a crash). Call it while no other writer
+    /// can append to database `uid`.
+    pub fn append_txns(&self, uid: u64, txns: &[TxnLog]) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        let mut written = 0;
+        for txn in txns {
+            for kind in [LogKind::A, LogKind::B, LogKind::T] {
+                for (first, bytes) in codec::encode(txn, kind) {
+                    written += bytes.len() as u64;
+                    batch.insert(&log_key(uid, kind, first)[..], bytes);
+                }
+            }
+        }
+        self.log.apply_batch(batch)?;
+        self.account(uid, written as i64);
+        Ok(())
     }
 
     /// Write chunks exactly as another node encoded them (a mirror replica's copy of its
@@ -446,16 +480,82 @@ impl LogStore {
         cutoff_us: u64,
     ) -> Result<usize, LogError> {
         let mut removed = 0;
+        let mut pruned = None;
         for item in self.log.scan_prefix(log_prefix(uid, kind)) {
             let (key, value) = item?;
             if codec::last_timestamp_us(&value).is_none_or(|ts| ts >= cutoff_us) {
                 break;
             }
+            let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            pruned = Some(head.last_serial);
             self.log.remove(key)?;
             self.account(uid, -(value.len() as i64));
             removed += 1;
         }
+        if let Some(serial) = pruned {
+            let through = self.pruned_through(uid, kind)?.max(serial);
+            self.log
+                .insert(pruned_key(uid, kind), &through.to_be_bytes()[..])?;
+        }
         Ok(removed)
+    }
+
+    /// The last serial whose `kind` entries retention may have dropped (0: none): every
+    /// entry of a later serial is still held.
+    pub fn pruned_through(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
+        Ok(self
+            .log
+            .get(pruned_key(uid, kind))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Around `timestamp_us` in the `kind` log of `uid`: the last entry stamped at or
+    /// before it and the first one stamped after it, each as `(serial, timestamp_us)`.
+    /// Timestamps grow with serials, so only the chunk where they cross is decoded.
+    pub fn around_time(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        timestamp_us: u64,
+    ) -> Result<(Option<Stamped>, Option<Stamped>), LogError> {
+        let mut at_or_before = None;
+        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+            let (_, value) = item?;
+            let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            if head.last_timestamp_us <= timestamp_us {
+                at_or_before = Some((head.last_serial, head.last_timestamp_us));
+                continue;
+            }
+            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            for entry in &chunk.entries {
+                let found = (entry.header.serial, entry.header.timestamp_us);
+                if entry.header.timestamp_us > timestamp_us {
+                    return Ok((at_or_before, Some(found)));
+                }
+                at_or_before = Some(found);
+            }
+        }
+        Ok((at_or_before, None))
+    }
+
+    /// The timestamp of the update with `serial`, from its `kind` entry if retained.
+    pub fn timestamp_of(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        serial: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let mut found = None;
+        self.read(uid, kind, serial, |chunk| {
+            found = chunk
+                .entries
+                .iter()
+                .find(|e| e.header.serial == serial)
+                .map(|e| e.header.timestamp_us);
+            false
+        })?;
+        Ok(found)
     }
 
     /// Delete chunks of `kind` whose entries all have serials at or below `serial`.

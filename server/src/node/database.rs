@@ -13,6 +13,7 @@
 //! lock, after waiting for any interactive transaction that holds one of its records.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -149,6 +150,9 @@ pub struct Database {
     replica_of: RwLock<Option<String>>,
     /// The gate of this database's synchronous links.
     pub quorum: Quorum,
+    /// The point-in-time restore in progress (its id; 0: none): writes are refused until
+    /// it ends (`node::restore`).
+    restoring: AtomicU64,
 }
 
 /// A bootstrap snapshot installed in memory, still to be stored in sled.
@@ -230,6 +234,7 @@ impl Database {
             appended: tokio::sync::watch::channel(last).0,
             replica_of: RwLock::new(None),
             quorum: Quorum::default(),
+            restoring: AtomicU64::new(0),
         }
     }
 
@@ -454,8 +459,10 @@ impl Database {
         Ok(committed)
     }
 
-    /// Client writes are refused on a replica: its data comes through its link.
+    /// Client writes are refused on a replica: its data comes through its link; and
+    /// during a point-in-time restore, which would discard them.
     fn check_writable(&self) -> Result<()> {
+        self.check_not_restoring()?;
         match &*self.replica_of.read() {
             Some(link) => Err(Error::ReadOnlyReplica(format!(
                 "database '{}' is a replica (link {link}): it takes writes only through its \
@@ -466,8 +473,22 @@ impl Database {
         }
     }
 
+    fn check_not_restoring(&self) -> Result<()> {
+        match self.restoring.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            id => Err(Error::RestoreInProgress(format!(
+                "database '{}' is being restored to an earlier point (restore {id}): writes \
+                 are refused until the restore ends",
+                self.name()
+            ))),
+        }
+    }
+
     /// Apply a transaction and append its log, under the state lock.
     fn write_locked(&self, state: &mut State, txn: u64, ops: &[Op]) -> Result<Committed> {
+        // Checked under the state lock that `begin_restore` takes to set the flag, so no
+        // write lands after a restore captured the store.
+        self.check_not_restoring()?;
         let State { store, seq, .. } = state;
         match txn::apply(store, seq, txn, ops) {
             Ok(log) => {
@@ -674,6 +695,67 @@ impl Database {
             next_txn,
             frozen,
         })
+    }
+
+    /// Start a point-in-time restore in place (or into this new database): from now on
+    /// every write is refused, so the returned frozen store and sequencer stay the
+    /// database's state until [`Self::finish_restore`] or [`Self::end_restore`].
+    pub(crate) fn begin_restore(&self, id: u64) -> Result<(Store, Sequencer)> {
+        let state = self.state.write();
+        self.check_not_restoring()?;
+        if let Some(link) = &*self.replica_of.read() {
+            return Err(Error::ReadOnlyReplica(format!(
+                "database '{}' is a replica (link {link}): its data comes through its link, \
+                 so it cannot be restored in place; restore its source, or restore into a \
+                 new database",
+                self.name()
+            )));
+        }
+        self.restoring.store(id, Ordering::SeqCst);
+        Ok((state.store.freeze(), state.seq.clone()))
+    }
+
+    /// A consistent copy of the store and sequencer, for reading (dry runs, restores into
+    /// another database): every update up to the sequencer's serial is in the log.
+    pub(crate) fn frozen_state(&self) -> (Store, Sequencer) {
+        let state = self.state.read();
+        (state.store.freeze(), state.seq.clone())
+    }
+
+    /// End restore `id`: install the restored store, whose transactions the log already
+    /// holds durably, with the sequencer after them. Writes are taken again.
+    pub(crate) fn finish_restore(
+        &self,
+        id: u64,
+        expected_last: u64,
+        store: Store,
+        seq: Sequencer,
+    ) -> Result<()> {
+        let mut state = self.state.write();
+        if self.restoring.load(Ordering::SeqCst) != id || state.seq.last_serial != expected_last {
+            return Err(Error::Unavailable(format!(
+                "database '{}' changed during restore {id}",
+                self.name()
+            )));
+        }
+        let last = seq.last_serial;
+        state.store = store;
+        state.seq = seq;
+        self.restoring.store(0, Ordering::SeqCst);
+        self.appended.send_replace(last);
+        Ok(())
+    }
+
+    /// Give up restore `id` without changing anything.
+    pub(crate) fn end_restore(&self, id: u64) {
+        let _ = self
+            .restoring
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The restore in progress, if any.
+    pub fn restoring(&self) -> Option<u64> {
+        Some(self.restoring.load(Ordering::SeqCst)).filter(|id| *id != 0)
     }
 
     /// A frozen copy of the store with its serial and next transaction number (for

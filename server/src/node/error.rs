@@ -33,6 +33,19 @@ pub enum Error {
     /// A replica asked to take over has not applied everything its source announced.
     #[error("{0}")]
     NotCaughtUp(String),
+    /// A write, or a second restore, while a point-in-time restore runs.
+    #[error("{0}")]
+    RestoreInProgress(String),
+    /// A restore point older than what the retained log and snapshots reach.
+    #[error("{detail}")]
+    OutsideRetention {
+        detail: String,
+        oldest_serial: u64,
+        oldest_timestamp_us: Option<u64>,
+    },
+    /// A restore point after the last update or in the future.
+    #[error("{0}")]
+    PointInFuture(String),
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod logview;
 pub mod quorum;
 pub mod records;
+pub mod restore;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,6 +75,8 @@ pub struct Node {
     log: Arc<LogStore>,
     tenants: RwLock<BTreeMap<String, Tenant>>,
     pub settings: NodeSettings,
+    /// Point-in-time restores run since the node started.
+    pub restores: restore::Restores,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +156,7 @@ impl Node {
             log,
             tenants: RwLock::new(BTreeMap::new()),
             settings,
+            restores: restore::Restores::default(),
         };
         node.load()?;
         if !node.tenants.read().contains_key(DEFAULT_TENANT) {

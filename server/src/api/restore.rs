@@ -1,0 +1,141 @@
+//! The point-in-time restore routes (SPEC G2): start a restore (or preview it with
+//! `dry_run`), and follow it as an operation (`GET …/restores/{id}`). The work itself is
+//! in [`crate::node::restore`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body, Path};
+use super::AppState;
+use crate::node::restore::{self, Method, Point, Request};
+
+type Result<T> = std::result::Result<T, ApiError>;
+type App = State<Arc<AppState>>;
+
+/// `POST …/restore`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    serial: Option<u64>,
+    timestamp_us: Option<u64>,
+    into: Option<String>,
+    method: Option<Method>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl RestoreBody {
+    fn request(self) -> Result<(Request, bool)> {
+        let point = match (self.serial, self.timestamp_us) {
+            (Some(serial), None) => Point::Serial(serial),
+            (None, Some(ts)) => Point::TimestampUs(ts),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::malformed(
+                    "give either serial or timestamp_us, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::malformed(
+                    "give the point to restore to: serial or timestamp_us",
+                ))
+            }
+        };
+        Ok((
+            Request {
+                point,
+                into: self.into,
+                method: self.method,
+            },
+            self.dry_run,
+        ))
+    }
+}
+
+fn joined<T>(result: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
+    result.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the restore task failed: {e}"),
+        )
+    })
+}
+
+/// Start a restore: 202 with the operation (and its `Location`), or with `dry_run` 200
+/// with the preview. Refusals (bad point, outside retention, a replica in place, a busy
+/// database) come at once as problems.
+pub async fn start(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+    Body(body): Body<RestoreBody>,
+) -> Result<Response> {
+    let (request, dry_run) = body.request()?;
+    let node = app.node.clone();
+    if dry_run {
+        let preview = joined(
+            tokio::task::spawn_blocking(move || restore::preview(&node, &tenant, &name, &request))
+                .await,
+        )??;
+        return Ok(Json(json!(preview)).into_response());
+    }
+    let location = format!("/v1/tenants/{tenant}/databases/{name}/restores");
+    let prepared = joined(
+        tokio::task::spawn_blocking(move || restore::prepare(&node, &tenant, &name, &request))
+            .await,
+    )??;
+    let op = prepared.operation();
+    let view = op.view();
+    let node = app.node.clone();
+    tokio::spawn(async move {
+        let target = prepared.target();
+        let task = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || restore::run(&node, prepared))
+        };
+        if let Err(e) = task.await {
+            tracing::error!(restore = op.id, error = %e, "restore task died");
+            restore::abandon(&node, &op, &target);
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("{location}/{}", view.id))],
+        Json(json!(view)),
+    )
+        .into_response())
+}
+
+/// `GET …/restores`: this database's restores since the node started, oldest first.
+pub async fn list(
+    State(app): App,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    app.node.database(&tenant, &name)?;
+    let ops: Vec<_> = app
+        .node
+        .restores
+        .list(&tenant, &name)
+        .iter()
+        .map(|op| op.view())
+        .collect();
+    Ok(Json(json!({ "restores": ops })))
+}
+
+/// `GET …/restores/{id}`: one restore's state and progress.
+pub async fn show(
+    State(app): App,
+    Path((tenant, name, id)): Path<(String, String, u64)>,
+) -> Result<Json<Value>> {
+    app.node.database(&tenant, &name)?;
+    Ok(Json(json!(app
+        .node
+        .restores
+        .get(&tenant, &name, id)?
+        .view())))
+}
