@@ -8,8 +8,10 @@ import overview from './overview.js';
 import links from './links.js';
 import data from './data.js';
 import plugins from './plugins.js';
+import topology from './topology.js';
+import ops from './ops.js';
 
-const VIEWS = { overview, links, data, plugins };
+const VIEWS = { overview, topology, links, data, plugins, ops };
 const view = $('#view');
 let cleanup = null;
 
