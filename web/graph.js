@@ -15,6 +15,8 @@ const ROW_H = 24;
 const COL_GAP = 130;
 const ROW_GAP = 28;
 const PAD = 24;
+/** Room left and right for the loops of links that go back. */
+const SIDE = 44;
 
 /** The arrow heads' colours, one per tone (a marker cannot take its path's colour). */
 const TONES = { ok: '#17804a', warn: '#b26b00', bad: '#c0392b', info: '#1f5fd1', draft: '#8a97a8' };
@@ -51,18 +53,32 @@ export function stateText(entry) {
   return `${s.state} · lag ${num(s.lag_entries)} (${num(s.lag_ms)} ms)`;
 }
 
-/** Longest chain of links leading to each node (cycles are cut), for the columns. */
+/**
+ * Each node's column: the longest chain of links leading to it. A link that would close
+ * a cycle (the document is refused then, but it is drawn) does not count, so it is drawn
+ * as a loop back instead of pushing its nodes rightwards.
+ */
 function depths(names, links) {
+  const edges = [];
+  const reaches = (from, to) => {
+    const seen = new Set([from]);
+    const todo = [from];
+    while (todo.length) {
+      const n = todo.pop();
+      if (n === to) return true;
+      for (const [f, t] of edges) if (f === n && !seen.has(t)) { seen.add(t); todo.push(t); }
+    }
+    return false;
+  };
+  for (const l of links) {
+    const [f, t] = [l.from.node, l.to.node];
+    if (f && t && f !== t && !reaches(t, f)) edges.push([f, t]);
+  }
   const depth = new Map(names.map((n) => [n, 0]));
   for (let round = 0; round < names.length; round++) {
     let changed = false;
-    for (const l of links) {
-      if (l.from.node === l.to.node) continue;
-      const want = (depth.get(l.from.node) || 0) + 1;
-      if (want > (depth.get(l.to.node) || 0) && want < names.length) {
-        depth.set(l.to.node, want);
-        changed = true;
-      }
+    for (const [f, t] of edges) {
+      if (depth.get(f) + 1 > depth.get(t)) { depth.set(t, depth.get(f) + 1); changed = true; }
     }
     if (!changed) break;
   }
@@ -99,12 +115,12 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
     let y = PAD;
     for (const n of col || []) {
       const h = HEAD_H + Math.max(1, dbs.get(n).length) * ROW_H + 8;
-      pos.set(n, { x: PAD + c * (BOX_W + COL_GAP), y, h });
+      pos.set(n, { x: SIDE + c * (BOX_W + COL_GAP), y, h });
       y += h + ROW_GAP;
     }
     height = Math.max(height, y - ROW_GAP + PAD);
   });
-  const width = Math.max(PAD * 2 + columns.length * BOX_W + Math.max(0, columns.length - 1) * COL_GAP, 320);
+  const width = Math.max(SIDE * 2 + columns.length * BOX_W + Math.max(0, columns.length - 1) * COL_GAP, 320);
   height = Math.max(height, 120);
   const at = (end) => {
     const p = pos.get(end.node);
@@ -129,16 +145,29 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
     </g>`;
   });
 
+  // Links that go back (or within one column) loop below the boxes, one lane each.
+  const bottom = height - PAD;
+  let lanes = 0;
   const linkMarkup = links.map((l, i) => {
     if (!pos.has(l.from.node) || !pos.has(l.to.node)) return '';
     const a = at(l.from);
     const b = at(l.to);
     const x1 = a.x + BOX_W;
     const x2 = b.x - 6;
-    const bend = Math.max(60, Math.abs(x2 - x1) / 2);
-    const d = `M${x1},${a.y} C${x1 + bend},${a.y} ${x2 - bend},${b.y} ${x2},${b.y}`;
-    const mx = (x1 + 3 * (x1 + bend) + 3 * (x2 - bend) + x2) / 8;
-    const my = (a.y + 3 * a.y + 3 * b.y + b.y) / 8;
+    let d;
+    let mx;
+    let my;
+    if (b.x > a.x) {
+      const bend = Math.max(60, Math.abs(x2 - x1) / 2);
+      d = `M${x1},${a.y} C${x1 + bend},${a.y} ${x2 - bend},${b.y} ${x2},${b.y}`;
+      mx = (x1 + 3 * (x1 + bend) + 3 * (x2 - bend) + x2) / 8;
+      my = (a.y + 3 * a.y + 3 * b.y + b.y) / 8 - 8;
+    } else {
+      const y = bottom + 26 + lanes++ * 26;
+      d = `M${x1},${a.y} C${x1 + 50},${a.y} ${x1 + 50},${y} ${x1},${y} L${b.x},${y} C${b.x - 50},${y} ${b.x - 50},${b.y} ${x2},${b.y}`;
+      mx = (x1 + b.x) / 2;
+      my = y - 6;
+    }
     const entry = live.get(linkLabel(l));
     const problems = marks.links.get(i) || [];
     const t = problems.length ? 'bad' : tone(entry);
@@ -148,14 +177,15 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
         aria-label="link ${linkLabel(l)}: ${problems.length ? problems.map((e) => e.message).join('; ') : stateText(entry)}">
       <title>${linkLabel(l)}\n${stateText(entry)}${problems.map((e) => '\n⚠ ' + e.message)}</title>
       <path class="edge" d="${d}" marker-end="url(#arrow-${t})"/>
-      <text class="l-cap" x="${mx.toFixed(1)}" y="${(my - 8).toFixed(1)}" text-anchor="middle">${caption}</text>
+      <text class="l-cap" x="${mx.toFixed(1)}" y="${my.toFixed(1)}" text-anchor="middle">${caption}</text>
     </g>`;
   });
 
   const markers = Object.entries(TONES).map(([name, colour]) => raw(
     `<marker id="arrow-${name}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${colour}"/></marker>`));
 
-  return html`<svg class="topology-graph" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" role="img"
+  const full = height + (lanes ? lanes * 26 + 16 : 0);
+  return html`<svg class="topology-graph" viewBox="0 0 ${width} ${full}" width="${width}" height="${full}" role="img"
       aria-label="topology: ${names.length} nodes, ${links.length} links">
     <defs>${markers}</defs>
     ${names.length ? '' : html`<text class="tick" x="${PAD}" y="${PAD + 20}">Add nodes and links to draw the topology.</text>`}

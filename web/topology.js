@@ -181,22 +181,19 @@ export default function topology(root, session) {
           <label>From database <input data-k="from.database" value="${l.from.database}" list="db-names" placeholder="shop" autocomplete="off"></label>
           <label>To node <select data-k="to.node">${options(names, l.to.node)}</select></label>
           <label>To database <input data-k="to.database" value="${l.to.database}" list="db-names" placeholder="shop" autocomplete="off"></label>
-          <label>Mode <select data-k="mode">${options(['async', 'sync'], l.mode || 'async', { async: 'async (loosely coupled)', sync: 'sync (tightly coupled)' })}</select></label>
-          <label>Apply <select data-k="apply">${options(['mirror', 'logical'], l.apply || 'mirror', { mirror: 'mirror (block-identical)', logical: 'logical (through stages)' })}</select></label>
-          <label>On stage error <select data-k="on_error">${options(['stop', 'quarantine'], l.on_error || 'stop', { stop: 'stop', quarantine: 'quarantine (dead letters)' })}</select></label>
-          <label class="check"><input type="checkbox" data-k="b_log" ${l.b_log === false ? '' : 'checked'}> ship before images (B log)</label>
+          <label title="async: loosely coupled; sync: commits wait for the quorum">Mode <select data-k="mode">${options(['async', 'sync'], l.mode || 'async')}</select></label>
+          <label title="mirror: block-identical; logical: through stages">Apply <select data-k="apply">${options(['mirror', 'logical'], l.apply || 'mirror')}</select></label>
+          <label title="quarantine keeps rejected records as dead letters">On stage error <select data-k="on_error">${options(['stop', 'quarantine'], l.on_error || 'stop')}</select></label>
+          <label class="check"><input type="checkbox" data-k="b_log" ${l.b_log === false ? '' : 'checked'}> B log</label>
         </div>
-        <div class="stages">
-          ${(l.stages || []).map((s, j) => html`<div class="stage-edit" data-stage="${j}">
+        ${(l.stages || []).length ? html`<div class="stages">${l.stages.map((s, j) => html`<div class="stage-edit" data-stage="${j}">
             <label>Stage ${j + 1} plugin <input data-s="plugin" list="plugin-names" value="${s.plugin}" placeholder="name@version" autocomplete="off"></label>
-            <label class="grow">Config (JSON) <textarea data-s="config" rows="2" spellcheck="false">${JSON.stringify(s.config === undefined ? {} : s.config)}</textarea></label>
+            <label class="grow">Config (JSON) <textarea data-s="config" rows="1" spellcheck="false">${JSON.stringify(s.config === undefined ? {} : s.config)}</textarea></label>
             <button type="button" class="small danger" data-rm-stage="${j}">Remove stage</button>
-            <div class="field-error" data-stage-err></div></div>`)}
-          <button type="button" class="small" data-add-stage>Add stage</button>
-          <small class="muted">Filters and transforms need apply “logical”; interrelation rules fit either.</small>
-        </div>
+            <div class="field-error" data-stage-err></div></div>`)}</div>` : ''}
         <div class="field-error" data-link-err></div>
-        <div class="form-row"><button type="button" class="small danger" data-rm-link>Remove link</button></div>
+        <div class="form-row link-tools"><button type="button" class="small" data-add-stage>Add stage</button><button type="button" class="small danger" data-rm-link>Remove link</button>
+          <small class="muted">Stages: filters and transforms need apply “logical”; interrelation rules fit either.</small></div>
       </fieldset>`) : html`<p class="muted">No links yet.</p>`);
     markParts();
   }

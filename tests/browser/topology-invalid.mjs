@@ -49,7 +49,9 @@ flow(async (keep) => {
     unknown_nodes: await page.$$eval('svg.topology-graph g.t-node.unknown', (gs) => gs.map((g) => g.dataset.node)),
     apply_visible: await page.isVisible('#apply'),
   };
-  await page.locator('fieldset[data-link-index="1"]').scrollIntoViewIfNeeded();
+  // A taller window for the screenshot: the graph and the refused links together.
+  await page.setViewportSize({ width: 1280, height: 1400 });
+  await page.evaluate(() => window.scrollTo(0, document.querySelector('#topo-card').offsetTop - 70));
   await shot(page, 'topology-invalid');
   return out;
 });
