@@ -404,12 +404,7 @@ fn a_two_node_link_built_in_the_topology_view_streams() {
     assert_eq!(shown["document"]["links"][0]["mode"], "async", "{shown}");
     assert_eq!(shown["document"]["links"][0]["apply"], "mirror", "{shown}");
     assert_eq!(shown["links"][0]["status"]["state"], "streaming", "{shown}");
-    wait_identical(
-        &source,
-        &b.db(DEFAULT_TENANT, "shop"),
-        Duration::from_secs(30),
-    );
-    // And the snapshot taken from Operations is stored.
+    // The snapshot taken from Operations is stored.
     let serial: u64 = out["snapshot_serial"].as_str().unwrap().parse().unwrap();
     let snapshots = source.snapshots().ok().clone();
     assert!(
@@ -420,6 +415,42 @@ fn a_two_node_link_built_in_the_topology_view_streams() {
             .any(|s| s["serial"] == serial),
         "{snapshots}"
     );
+    // The fail over from the page: b was promoted at the serial it showed, the plan
+    // re-pointed the link, and a follows b now, identical to it.
+    let promoted = b.db(DEFAULT_TENANT, "shop");
+    let last = promoted.info().ok()["last_serial"].clone();
+    assert_eq!(out["failover_serial"], format!("serial {last}"), "{out}");
+    assert!(
+        out["failover_took"].as_str().unwrap().ends_with(" µs"),
+        "{out}"
+    );
+    assert_eq!(
+        out["failover_plan"],
+        json!([
+            ["delete", "a/shop -> b/shop"],
+            ["create", "b/shop -> a/shop"]
+        ]),
+        "{out}"
+    );
+    assert!(
+        out["after_failover"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("link b/shop -> a/shop"),
+        "{out}"
+    );
+    let shown = a.get(&format!("{}/pair", topologies())).ok().clone();
+    assert_eq!(
+        shown["document"]["links"][0]["from"]["node"], "b",
+        "{shown}"
+    );
+    promoted
+        .put("orders", "after", json!({}), json!({"total": 9}))
+        .ok();
+    wait_identical(&promoted, &source, Duration::from_secs(30));
+    source
+        .put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
 }
 
 #[test]

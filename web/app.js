@@ -76,8 +76,12 @@ function route() {
   for (const a of $$('#nav a')) a.setAttribute('aria-current', a.dataset.view === chosen ? 'page' : 'false');
   if (cleanup) cleanup();
   cleanup = null;
-  set(view, '');
-  cleanup = VIEWS[chosen](view, session) || null;
+  // Each view gets a fresh element: the listeners it adds go with it, rather than piling
+  // up on #view each time the user comes back.
+  const box = document.createElement('div');
+  box.className = 'view-root';
+  view.replaceChildren(box);
+  cleanup = VIEWS[chosen](box, session) || null;
   view.dataset.view = chosen;
 }
 

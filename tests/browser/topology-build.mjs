@@ -59,5 +59,17 @@ flow(async (keep) => {
   await page.click('#ops-dbs tr[data-db="shop"] button[data-snapshot]');
   await page.waitForSelector('#snapshot-serial');
   out.snapshot_serial = (await page.textContent('#snapshot-serial')).trim();
+
+  // Fail over to the replica: the answer (promoted serial, time taken, the new plan),
+  // then the graph shows the old primary following the new one.
+  await page.evaluate(() => { location.hash = '#/topology?name=pair'; });
+  await page.waitForSelector('#topo-links button[data-failover-node="b"]');
+  await page.click('#topo-links button[data-failover-node="b"]');
+  await page.waitForSelector('#failover-done');
+  out.failover_serial = (await page.textContent('#fo-serial')).trim();
+  out.failover_took = (await page.textContent('#fo-took')).trim();
+  out.failover_plan = await page.$$eval('#failover-done tr[data-action]', (trs) => trs.map((tr) => [tr.dataset.action, tr.querySelector('code').textContent]));
+  await page.waitForSelector('#topo-links tr[data-label="b/shop -> a/shop"] [data-f=state] .pill');
+  out.after_failover = await page.$$eval('svg.topology-graph g.t-link', (gs) => gs.map((g) => g.getAttribute('aria-label')));
   return out;
 });
