@@ -59,6 +59,7 @@ flow(async (keep) => {
   await page.click('#ops-dbs tr[data-db="shop"] button[data-snapshot]');
   await page.waitForSelector('#snapshot-serial');
   out.snapshot_serial = (await page.textContent('#snapshot-serial')).trim();
+  await shot(page, 'operations');
 
   // Fail over to the replica: the answer (promoted serial, time taken, the new plan),
   // then the graph shows the old primary following the new one.
