@@ -349,6 +349,346 @@ fn a_reader_sees_no_action_it_may_not_take() {
     assert_eq!(link_status(&a.client(), &id)["paused"], false);
 }
 
+fn topologies() -> String {
+    format!("/v1/tenants/{DEFAULT_TENANT}/topologies")
+}
+
+#[test]
+fn a_two_node_link_built_in_the_topology_view_streams() {
+    let a = Node::start();
+    let b = Node::start();
+    let source = seeded_shop(&a);
+    let out = run_flow(
+        "topology-build",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_TARGET", b.base().to_string()),
+        ],
+    );
+    // The page: the graph drawn from the editor, the plan before Apply, then the link
+    // streaming in the graph and the live table.
+    assert_eq!(out["nodes"], json!(["a", "b"]), "{out}");
+    assert_eq!(out["legend"], "a/shop -> b/shop", "{out}");
+    assert_eq!(out["apply_before_preview"], false, "{out}");
+    assert_eq!(
+        out["plan"],
+        json!([["create", "a/shop -> b/shop"]]),
+        "{out}"
+    );
+    assert_eq!(out["apply_after_preview"], true, "{out}");
+    assert_eq!(
+        out["applied"],
+        json!([["create", "a/shop -> b/shop"]]),
+        "{out}"
+    );
+    assert_eq!(out["title"], "Topology pair", "{out}");
+    assert_eq!(out["hash"], "#/topology?name=pair", "{out}");
+    assert!(
+        out["link_class"].as_str().unwrap().contains("st-streaming"),
+        "{out}"
+    );
+    assert_eq!(out["live_state"], "streaming", "{out}");
+    assert_eq!(
+        out["failover_buttons"],
+        json!(["Fail over to b/shop"]),
+        "{out}"
+    );
+    // The server: the document as entered, its link streaming, the replica identical.
+    let shown = a.get(&format!("{}/pair", topologies())).ok().clone();
+    assert_eq!(
+        shown["document"]["nodes"],
+        json!({"a": {"url": a.base()}, "b": {"url": b.base()}}),
+        "{shown}"
+    );
+    assert_eq!(shown["document"]["links"][0]["mode"], "async", "{shown}");
+    assert_eq!(shown["document"]["links"][0]["apply"], "mirror", "{shown}");
+    assert_eq!(shown["links"][0]["status"]["state"], "streaming", "{shown}");
+    // The snapshot taken from Operations is stored.
+    let serial: u64 = out["snapshot_serial"].as_str().unwrap().parse().unwrap();
+    let snapshots = source.snapshots().ok().clone();
+    assert!(
+        snapshots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["serial"] == serial),
+        "{snapshots}"
+    );
+    // The fail over from the page: b was promoted at the serial it showed, the plan
+    // re-pointed the link, and a follows b now, identical to it.
+    let promoted = b.db(DEFAULT_TENANT, "shop");
+    let last = promoted.info().ok()["last_serial"].clone();
+    assert_eq!(out["failover_serial"], format!("serial {last}"), "{out}");
+    assert!(
+        out["failover_took"].as_str().unwrap().ends_with(" µs"),
+        "{out}"
+    );
+    assert_eq!(
+        out["failover_plan"],
+        json!([
+            ["delete", "a/shop -> b/shop"],
+            ["create", "b/shop -> a/shop"]
+        ]),
+        "{out}"
+    );
+    assert!(
+        out["after_failover"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("link b/shop -> a/shop"),
+        "{out}"
+    );
+    let shown = a.get(&format!("{}/pair", topologies())).ok().clone();
+    assert_eq!(
+        shown["document"]["links"][0]["from"]["node"], "b",
+        "{shown}"
+    );
+    promoted
+        .put("orders", "after", json!({}), json!({"total": 9}))
+        .ok();
+    wait_identical(&promoted, &source, Duration::from_secs(30));
+    source
+        .put("orders", "x", json!({}), json!(1))
+        .expect_problem(409, "read-only-replica");
+}
+
+#[test]
+fn a_refused_topology_shows_each_error_on_the_link_it_concerns() {
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    let out = run_flow(
+        "topology-invalid",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_TARGET", b.base().to_string()),
+        ],
+    );
+    // The server's own answer to the document the page built.
+    let end = |n: &str| json!({"node": n, "database": "shop"});
+    let link = |f: &str, t: &str| {
+        json!({"from": end(f), "to": end(t), "mode": "async", "apply": "mirror",
+               "stages": [], "on_error": "stop", "b_log": true})
+    };
+    let doc = json!({"name": "bad",
+        "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
+        "links": [link("a", "b"), link("b", "a"), link("a", "gone")]});
+    let refused = a
+        .post(&format!("{}?dry_run=true", topologies()), &doc)
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    let errors = refused["errors"].as_array().unwrap();
+    let at = |path: &str| -> String {
+        let e = errors
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {refused}"));
+        format!("⚠ {path} {}", e["message"].as_str().unwrap())
+    };
+    assert_eq!(out["code"], "topology-invalid", "{out}");
+    assert_eq!(
+        out["summary"],
+        json!(["links[2].to.node", "links[1]"]),
+        "{out}"
+    );
+    assert_eq!(out["row0"], json!([]), "{out}");
+    assert_eq!(out["row1"], json!([["links[1]", at("links[1]")]]), "{out}");
+    assert_eq!(
+        out["row2"],
+        json!([["links[2].to.node", at("links[2].to.node")]]),
+        "{out}"
+    );
+    assert!(at("links[1]").contains("cycle"), "{refused}");
+    assert!(
+        at("links[2].to.node").contains("unknown node 'gone'"),
+        "{refused}"
+    );
+    assert_eq!(out["invalid_rows"], json!(["1", "2"]), "{out}");
+    assert_eq!(out["invalid_fields"], json!(["2:to.node"]), "{out}");
+    assert_eq!(out["invalid_arrows"], json!(["1", "2"]), "{out}");
+    assert!(
+        out["arrow_titles"][0].as_str().unwrap().contains("cycle"),
+        "{out}"
+    );
+    assert_eq!(out["unknown_nodes"], json!(["gone"]), "{out}");
+    assert_eq!(out["apply_visible"], false, "{out}");
+    // Nothing changed anywhere.
+    assert_eq!(a.get(&topologies()).ok(), &json!([]));
+    for node in [&a, &b] {
+        assert_eq!(
+            node.get(&format!("/v1/tenants/{DEFAULT_TENANT}/links"))
+                .ok(),
+            &json!([])
+        );
+    }
+}
+
+/// Nodes a and b with topology `q`: a logical link a/shop → b/shop whose `rename` stage
+/// (as `nest@1`) quarantines the record `bad` (`{"a": 1, "s": "x"}`: "s" is not an
+/// object); `good` went through. Answers the link's id.
+fn quarantining_topology() -> (Node, Node, String) {
+    let a = Node::start();
+    let b = Node::start();
+    let r = a.request(
+        "PUT",
+        &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/nest/1?role=transform"),
+        Body::Raw("application/wasm", doppel_server::plugins::builtin::RENAME),
+    );
+    assert!(r.status == 201 || r.status == 200, "{r}");
+    let source = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let doc = json!({"name": "q", "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
+        "links": [{"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"},
+                   "apply": "logical", "on_error": "quarantine",
+                   "stages": [{"plugin": "nest@1", "config": {"default": {"orders": {"fields": {"a": "s.a"}}}}}]}]});
+    a.post(&topologies(), &doc).ok();
+    let id = a.get(&format!("{}/q", topologies())).ok()["links"][0]["id"]
+        .as_str()
+        .expect("the link's id")
+        .to_string();
+    source
+        .put(
+            "orders",
+            "bad",
+            json!({"customer": "ann"}),
+            json!({"a": 1, "s": "x"}),
+        )
+        .ok();
+    source
+        .put("orders", "good", json!({}), json!({"a": 2}))
+        .ok();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || replica
+            .data("orders", "good")
+            .is_some()),
+        "good reached the replica: {}",
+        link_status(&a.client(), &id)
+    );
+    assert_eq!(dead_letters(&a, &id).len(), 1);
+    (a, b, id)
+}
+
+fn dead_letters(node: &Node, link: &str) -> Vec<Value> {
+    node.get(&format!(
+        "/v1/tenants/{DEFAULT_TENANT}/links/{link}/dead-letters"
+    ))
+    .ok()
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+#[test]
+fn a_dead_letter_edited_in_the_console_is_re_driven_to_the_replica() {
+    let (a, b, id) = quarantining_topology();
+    let out = run_flow(
+        "redrive",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert!(
+        out["error"].as_str().unwrap().contains("not an object"),
+        "{out}"
+    );
+    // As stored: refused again, on its row, which stays.
+    assert_eq!(out["rejected_code"], "redrive-rejected", "{out}");
+    assert!(
+        out["rejected_detail"].as_str().unwrap().contains("nest"),
+        "{out}"
+    );
+    assert_eq!(out["rows_after_rejection"], 1, "{out}");
+    // The editor refuses what the server would.
+    assert!(
+        out["broken_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not re-drivable: not JSON"),
+        "{out}"
+    );
+    assert_eq!(out["broken_send_disabled"], true, "{out}");
+    assert!(
+        out["bad_op_message"].as_str().unwrap().contains("\"op\""),
+        "{out}"
+    );
+    assert_eq!(out["edited_send_disabled"], false, "{out}");
+    assert_eq!(out["outcome"], "applied", "{out}");
+    assert!(
+        out["outcome_text"]
+            .as_str()
+            .unwrap()
+            .contains("orders/bad is on the replica"),
+        "{out}"
+    );
+    assert_eq!(out["rows_after"], 0, "{out}");
+    // The server: the replica holds the transformed edit, the dead letter is gone.
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert_eq!(replica.data("orders", "bad"), Some(json!({"s": {"a": 7}})));
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "ann"),
+        vec!["bad".to_string()]
+    );
+    assert!(dead_letters(&a, &id).is_empty());
+    assert_eq!(link_status(&a.client(), &id)["status"]["quarantined"], 0);
+}
+
+#[test]
+fn a_reader_sees_no_topology_apply_fail_over_or_re_drive() {
+    let (a, _b, id) = quarantining_topology();
+    let reader = token(DEFAULT_TENANT, Role::Reader);
+    let out = run_flow(
+        "reader-topology",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", reader.clone()),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert_eq!(out["role"], "reader", "{out}");
+    assert_eq!(out["graph_links"], 1, "{out}");
+    assert_eq!(out["live_rows"], 1, "{out}");
+    for (sel, n) in out["topology_buttons"].as_object().unwrap() {
+        assert_eq!(n, 0, "a reader sees {sel}: {out}");
+    }
+    assert_eq!(out["dead_letters"], 1, "{out}");
+    assert_eq!(out["dead_letter_buttons"], 0, "{out}");
+    assert_eq!(out["ops_buttons"], json!(["Snapshots"]), "{out}");
+    // The server refuses those actions anyway, and nothing changed.
+    let r = a.with_token(&reader);
+    let shown = a.get(&format!("{}/q", topologies())).ok().clone();
+    r.post(&topologies(), &shown["document"])
+        .expect_problem(403, "forbidden");
+    r.post(
+        &format!("{}?dry_run=true", topologies()),
+        &shown["document"],
+    )
+    .expect_problem(403, "forbidden");
+    r.post(
+        &format!("{}/q/failover", topologies()),
+        &json!({"node": "b", "database": "shop"}),
+    )
+    .expect_problem(403, "forbidden");
+    let letter = dead_letters(&a, &id)[0]["id"].clone();
+    r.post(
+        &format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/dead-letters/{letter}/redrive"),
+        &json!({}),
+    )
+    .expect_problem(403, "forbidden");
+    r.post_empty(&format!(
+        "/v1/tenants/{DEFAULT_TENANT}/databases/shop/snapshots"
+    ))
+    .expect_problem(403, "forbidden");
+    assert_eq!(dead_letters(&a, &id).len(), 1);
+    assert_eq!(
+        link_status(&a.client(), &id)["status"]["state"],
+        "streaming"
+    );
+}
+
 /// The live stream, over plain HTTP: snapshots of links and databases as SSE, precise
 /// errors for bad parameters, tenant isolation, and an open stream does not hold up a
 /// graceful shutdown.

@@ -8,8 +8,10 @@ import overview from './overview.js';
 import links from './links.js';
 import data from './data.js';
 import plugins from './plugins.js';
+import topology from './topology.js';
+import ops from './ops.js';
 
-const VIEWS = { overview, links, data, plugins };
+const VIEWS = { overview, topology, links, data, plugins, ops };
 const view = $('#view');
 let cleanup = null;
 
@@ -74,8 +76,12 @@ function route() {
   for (const a of $$('#nav a')) a.setAttribute('aria-current', a.dataset.view === chosen ? 'page' : 'false');
   if (cleanup) cleanup();
   cleanup = null;
-  set(view, '');
-  cleanup = VIEWS[chosen](view, session) || null;
+  // Each view gets a fresh element: the listeners it adds go with it, rather than piling
+  // up on #view each time the user comes back.
+  const box = document.createElement('div');
+  box.className = 'view-root';
+  view.replaceChildren(box);
+  cleanup = VIEWS[chosen](box, session) || null;
   view.dataset.view = chosen;
 }
 

@@ -1,11 +1,13 @@
 // Links: the tenant's links with live state and figures; create a two-node link; pause,
 // resume and delete; per link, charts of throughput and lag over the last minutes (from
-// the live stream's history), its stages and its dead letters (drop).
+// the live stream's history), its stages and its dead letters (deadletters.js: edit,
+// re-drive, drop).
 
 import { api, t, enc } from './api.js';
 import * as live from './live.js';
 import { lineChart } from './charts.js';
-import { $, $$, html, set, num, ago, pill, patchRows, problem, showProblem, toast, formData } from './ui.js';
+import { deadLetters } from './deadletters.js';
+import { $, $$, html, set, num, ago, pill, patchRows, showProblem, toast, formData } from './ui.js';
 
 function selected() {
   return new URLSearchParams(location.hash.split('?')[1] || '').get('id');
@@ -99,32 +101,10 @@ export default function links(root, session) {
   const detail = $('#detail', root);
   let detailId = null;
 
-  async function loadDeadLetters(id) {
-    const box = $('#dead-letters', detail);
-    if (!box) return;
-    try {
-      const list = await api('GET', `${base}/${enc(id)}/dead-letters`);
-      set(box, list.length ? html`<div class="scroll"><table><thead><tr><th>#</th><th>Record</th><th>Plugin</th><th>Error</th><th>Outcome</th><th>When</th><th></th></tr></thead><tbody>
-        ${list.map((d) => html`<tr data-dl="${d.id}"><td>${d.id}</td><td><code>${d.record.op} ${d.record.file}/${d.record.key}</code><pre class="json small">${JSON.stringify(d.record.data)}</pre></td><td>${d.plugin}</td><td class="err">${d.error}</td><td>${d.outcome}</td><td>${ago(d.at_ms)}</td>
-          <td><button class="danger small" data-needs="operate" data-drop="${d.id}">Drop</button></td></tr>`)}
-        </tbody></table></div>` : html`<p class="muted">No dead letters.</p>`);
-    } catch (err) {
-      set(box, problem(err));
-    }
-  }
+  let loadDeadLetters = null;
 
-  detail.addEventListener('click', async (e) => {
-    const drop = e.target.closest('button[data-drop]');
-    if (drop && detailId) {
-      try {
-        await api('DELETE', `${base}/${enc(detailId)}/dead-letters/${enc(drop.dataset.drop)}`);
-        toast(`Dead letter ${drop.dataset.drop} dropped`);
-      } catch (err) {
-        toast(err.message, 'bad');
-      }
-      loadDeadLetters(detailId);
-    }
-    if (e.target.id === 'refresh-dl' && detailId) loadDeadLetters(detailId);
+  detail.addEventListener('click', (e) => {
+    if (e.target.id === 'refresh-dl' && loadDeadLetters) loadDeadLetters();
   });
 
   function drawDetail(snap) {
@@ -140,7 +120,8 @@ export default function links(root, session) {
           <dt>State</dt><dd id="d-state"></dd><dt>Serials</dt><dd id="d-serials"></dd><dt>Last error</dt><dd id="d-error"></dd></dl>
         <div class="charts"><div id="chart-tput"></div><div id="chart-lag"></div><div id="chart-lagms"></div></div>
         <h3>Dead letters <button class="ghost small" id="refresh-dl">Refresh</button></h3><div id="dead-letters"><p class="muted">Loading…</p></div>`);
-      loadDeadLetters(id);
+      loadDeadLetters = deadLetters($('#dead-letters', detail), `${base}/${enc(id)}`);
+      loadDeadLetters();
     }
     const s = link.status;
     set($('#d-stages', detail), link.stages.length ? link.stages.map((st) => html`<code class="stage">${st.plugin}</code> `) : html`<span class="muted">none</span>`);

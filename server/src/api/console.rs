@@ -34,6 +34,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("links.js", "text/javascript"),
     asset!("data.js", "text/javascript"),
     asset!("plugins.js", "text/javascript"),
+    asset!("graph.js", "text/javascript"),
+    asset!("topology.js", "text/javascript"),
+    asset!("deadletters.js", "text/javascript"),
+    asset!("ops.js", "text/javascript"),
 ];
 
 const INDEX: &str = include_str!("../../../web/index.html");
