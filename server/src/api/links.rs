@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, Body, Path, Query};
+use super::error::{blocking, ApiError, Body, Path, Query};
 use super::AppState;
 use crate::transport::links::{LinkSpec, ReplicaRequest};
 use crate::transport::redrive::{RedriveError, RedriveRequest};
@@ -223,11 +223,7 @@ pub async fn verify(
     Path((tenant, link)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
-    let out = tokio::task::spawn_blocking(move || app.replication.verify(&tenant, &link, None))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let out = blocking(move || Ok(app.replication.verify(&tenant, &link, None)?)).await?;
     Ok(Json(out))
 }
 
@@ -238,12 +234,7 @@ pub async fn repair(
     Body(scope): Body<RepairScope>,
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
-    let out =
-        tokio::task::spawn_blocking(move || app.replication.verify(&tenant, &link, Some(scope)))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
+    let out = blocking(move || Ok(app.replication.verify(&tenant, &link, Some(scope))?)).await?;
     Ok(Json(out))
 }
 
@@ -286,21 +277,18 @@ pub async fn redrive(
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
     let record = body.record;
-    let result =
-        tokio::task::spawn_blocking(move || app.replication.redrive(&tenant, &link, id, record))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-    match result {
-        Ok(v) => Ok(Json(v)),
-        Err(RedriveError::Node(e)) => Err(e.into()),
-        Err(RedriveError::Rejected(detail)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "redrive-rejected",
-            detail,
-        )),
-    }
+    let out = blocking(move || {
+        app.replication
+            .redrive(&tenant, &link, id, record)
+            .map_err(|e| match e {
+                RedriveError::Node(e) => e.into(),
+                RedriveError::Rejected(detail) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "redrive-rejected", detail)
+                }
+            })
+    })
+    .await?;
+    Ok(Json(out))
 }
 
 /// (target side) Apply re-driven operations on a logical replica.

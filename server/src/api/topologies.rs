@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, Body, Path, Query};
+use super::error::{blocking, ApiError, Body, Path, Query};
 use super::AppState;
 use crate::topology::{Topology, TopologyError};
 
@@ -50,15 +50,6 @@ fn authorization(headers: &HeaderMap) -> Option<String> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// Run blocking topology work (it waits on other nodes) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
 #[derive(Deserialize)]

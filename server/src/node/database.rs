@@ -781,13 +781,7 @@ impl Database {
     ) -> Result<usize> {
         let replaced = {
             let mut state = self.state.write();
-            let index = state
-                .store
-                .schema()
-                .block_file_names()
-                .iter()
-                .position(|n| n == file)
-                .ok_or_else(|| Error::NotFound(format!("block file '{file}'")))?;
+            let index = block_file_index(&state.store, file)?;
             state
                 .store
                 .repair_file(index, layout, used, blocks)
@@ -801,13 +795,7 @@ impl Database {
     #[cfg(feature = "fault-injection")]
     pub fn corrupt_block(&self, file: &str, number: u32) -> Result<()> {
         let mut state = self.state.write();
-        let index = state
-            .store
-            .schema()
-            .block_file_names()
-            .iter()
-            .position(|n| n == file)
-            .ok_or_else(|| Error::NotFound(format!("block file '{file}'")))?;
+        let index = block_file_index(&state.store, file)?;
         let block = state
             .store
             .file_mut(index as crate::store::FileId)
@@ -1127,4 +1115,14 @@ pub struct FileInfo {
     pub name: String,
     pub alt_keys: Vec<String>,
     pub records: u64,
+}
+
+/// The index of block file `file` (`table` or `table#alt`) in a store.
+fn block_file_index(store: &Store, file: &str) -> Result<usize> {
+    store
+        .schema()
+        .block_file_names()
+        .iter()
+        .position(|n| n == file)
+        .ok_or_else(|| Error::NotFound(format!("block file '{file}'")))
 }

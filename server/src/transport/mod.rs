@@ -553,6 +553,25 @@ impl Replication {
         Ok(())
     }
 
+    /// The replica of link `id` of `tenant`, if `credential` is the link's (checked in
+    /// constant time); otherwise NotFound, saying nothing more.
+    pub(crate) fn authenticated_replica(
+        &self,
+        tenant: &str,
+        id: &str,
+        credential: &str,
+    ) -> Result<ReplicaReg> {
+        self.replica(id)
+            .filter(|r| {
+                r.tenant == tenant
+                    && links::constant_time_eq(
+                        &r.credential_sha256,
+                        &links::credential_hash(credential),
+                    )
+            })
+            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))
+    }
+
     pub(crate) fn replica(&self, id: &str) -> Option<ReplicaReg> {
         self.replicas.lock().get(id).cloned()
     }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
 
-use super::links::{self, Apply};
+use super::links::Apply;
 use super::{logical, sender, Replication};
 use crate::node::Error;
 
@@ -163,16 +163,7 @@ impl Replication {
         id: &str,
         req: RedriveRequest,
     ) -> Result<Value, Error> {
-        let reg = self
-            .replica(id)
-            .filter(|r| {
-                r.tenant == tenant
-                    && links::constant_time_eq(
-                        &r.credential_sha256,
-                        &links::credential_hash(&req.credential),
-                    )
-            })
-            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        let reg = self.authenticated_replica(tenant, id, &req.credential)?;
         if reg.apply != Apply::Logical {
             return Err(Error::Malformed(
                 "only a logical replica takes re-driven records".into(),

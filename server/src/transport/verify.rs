@@ -262,16 +262,7 @@ impl Replication {
         id: &str,
         req: RepairRequest,
     ) -> Result<Value, Error> {
-        let reg = self
-            .replica(id)
-            .filter(|r| {
-                r.tenant == tenant
-                    && links::constant_time_eq(
-                        &r.credential_sha256,
-                        &links::credential_hash(&req.credential),
-                    )
-            })
-            .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
+        let reg = self.authenticated_replica(tenant, id, &req.credential)?;
         if reg.apply != Apply::Mirror {
             return Err(Error::Malformed("only a mirror replica is repaired".into()));
         }
