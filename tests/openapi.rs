@@ -58,6 +58,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/whoami", &["get"]),
     ("/v1/tenants/{}/events", &["get"]),
     ("/v1/tenants/{}/databases/{}/restore", &["post"]),
+    ("/v1/tenants/{}/databases/{}/replay", &["post"]),
     ("/v1/tenants/{}/databases/{}/restores", &["get"]),
     ("/v1/tenants/{}/databases/{}/restores/{}", &["get"]),
 ];

@@ -529,3 +529,108 @@ fn a_mirror_replica_follows_an_in_place_restore_and_cannot_be_restored_in_place(
     wait_identical(&src, &replica, FINISH);
     assert_eq!(contents(&replica), at_point.expected());
 }
+
+#[test]
+fn replay_with_corrected_logic_rolls_back_a_faulty_change_and_replays_it_through_a_fixed_transform()
+{
+    use doppel_server::plugins::builtin;
+    let node = Node::start();
+    let db = node.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    for i in 1..=5 {
+        db.put(
+            "orders",
+            &format!("o-{i}"),
+            json!({"customer": "ann"}),
+            json!({"amount": i}),
+        )
+        .ok();
+    }
+    let point = last_serial(&db);
+    // The faulty change: a client wrote "amout" for "amount" (and one record carries a
+    // scalar "s" that a first, wrong fix trips over).
+    for i in 6..=8 {
+        let data = if i == 7 {
+            json!({"amout": i, "s": "x"})
+        } else {
+            json!({"amout": i})
+        };
+        db.put(
+            "orders",
+            &format!("o-{i}"),
+            json!({"customer": "bob"}),
+            data,
+        )
+        .ok();
+    }
+    db.put(
+        "orders",
+        "o-1",
+        json!({"customer": "ann"}),
+        json!({"amout": 100}),
+    )
+    .ok();
+    db.delete("orders", "o-2").ok();
+    let before = contents(&db);
+    for name in ["wrong", "fix"] {
+        let r = node.request(
+            "PUT",
+            &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/{name}/1?role=transform"),
+            Body::Raw("application/wasm", builtin::RENAME),
+        );
+        assert!(r.status == 201 || r.status == 200, "{r}");
+    }
+    let replay = db.path("/replay");
+    let body = |plugin: &str, config: Value, dry_run: bool| json!({"from_serial": point, "transform": {"plugin": plugin, "config": config}, "dry_run": dry_run});
+    let fix = json!({"default": {"orders": {"fields": {"amout": "amount"}}}});
+    // A dry run says what would be replayed and changes nothing.
+    let preview = node
+        .post(&replay, &body("fix@1", fix.clone(), true))
+        .ok()
+        .clone();
+    assert_eq!(preview["transactions"], 5, "{preview}");
+    assert_eq!(preview["operations"], 5);
+    assert_eq!(contents(&db), before);
+    // A transform that rejects a record refuses the replay before anything changes.
+    let wrong = json!({"default": {"orders": {"fields": {"amout": "s.amout"}}}});
+    let refused = node
+        .post(&replay, &body("wrong@1", wrong, false))
+        .expect_problem(422, "replay-rejected")
+        .clone();
+    assert!(
+        refused["detail"].as_str().unwrap().contains("record 'o-7'"),
+        "{refused}"
+    );
+    assert_eq!(contents(&db), before);
+    // The corrected transform: back to the point, then forward through the fix.
+    let done = node.post(&replay, &body("fix@1", fix, false)).ok().clone();
+    assert_eq!(done["transactions"], 5, "{done}");
+    let orders: BTreeMap<String, Value> = db
+        .contents("orders")
+        .into_iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r["data"].clone()))
+        .collect();
+    let want: BTreeMap<String, Value> = [
+        ("o-1", json!({"amount": 100})),
+        ("o-3", json!({"amount": 3})),
+        ("o-4", json!({"amount": 4})),
+        ("o-5", json!({"amount": 5})),
+        ("o-6", json!({"amount": 6})),
+        ("o-7", json!({"amount": 7, "s": "x"})),
+        ("o-8", json!({"amount": 8})),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(orders, want);
+    assert_eq!(db.alt_keys("orders", "customer", "bob").len(), 3);
+    // Writes go on after it; bad requests are refused precisely.
+    db.put("orders", "o-9", json!({}), json!({"amount": 9}))
+        .ok();
+    node.post(&replay, &json!({"from_serial": 10_000_000}))
+        .expect_problem(400, "malformed-request");
+    node.post(
+        &replay,
+        &json!({"from_serial": 1, "transform": {"plugin": "nope@1"}}),
+    )
+    .expect_problem(400, "malformed-request");
+}

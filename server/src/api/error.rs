@@ -86,6 +86,7 @@ fn title(code: &str) -> &'static str {
         "replication-timeout" => "The synchronous replicas did not confirm in time",
         "link-refused" => "The target node refused the link",
         "not-caught-up" => "The replica has not applied everything its source sent",
+        "replay-rejected" => "The corrected transform rejects a replayed record",
         "redrive-rejected" => "The link's stages reject the re-driven record",
         "topology-invalid" => "The topology document is not valid",
         "topology-apply-failed" => "Applying the topology failed part way",

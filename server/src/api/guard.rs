@@ -176,6 +176,13 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
     }
     let path = parts.uri.path().to_string();
     parts.extensions.insert(claims.clone());
+    let body = match buffered(body).await {
+        Ok(body) => body,
+        Err(refusal) => {
+            audit(refusal.status());
+            return refusal;
+        }
+    };
     let response = next.run(Request::from_parts(parts, body)).await;
     if audited {
         record(
@@ -188,6 +195,29 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         );
     }
     response
+}
+
+/// The whole request body, read before the handler runs. A handler that takes no body
+/// would otherwise leave it unread, and hyper then closes the connection once it has
+/// answered, often while the client already reuses it for its next request (which
+/// then fails: an "unexpected EOF" for a request the server never saw). Handlers that
+/// take a body read it from this buffer without another copy.
+async fn buffered(body: axum::body::Body) -> Result<axum::body::Body, Response> {
+    match axum::body::to_bytes(body, super::MAX_BODY_BYTES).await {
+        Ok(bytes) => Ok(axum::body::Body::from(bytes)),
+        Err(e) if e.to_string().contains("length limit") => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "the request body is over the limit of {} bytes",
+                super::MAX_BODY_BYTES
+            ),
+        )
+        .into_response()),
+        Err(e) => Err(
+            ApiError::malformed(format!("the request body could not be read: {e}")).into_response(),
+        ),
+    }
 }
 
 /// Reads (and drops) what the client sent before answering a refusal, so its

@@ -1,6 +1,7 @@
 //! The point-in-time restore routes (SPEC G2): start a restore (or preview it with
-//! `dry_run`), and follow it as an operation (`GET …/restores/{id}`). The work itself is
-//! in [`crate::node::restore`].
+//! `dry_run`), and follow it as an operation (`GET …/restores/{id}`); and the replay
+//! with corrected logic (SPEC G7). The work itself is in [`crate::node::restore`] and
+//! [`crate::replay`].
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, Body, Path};
+use super::error::{blocking, ApiError, Body, Path};
 use super::AppState;
 use crate::node::restore::{self, Method, Point, Request};
 
@@ -138,4 +139,24 @@ pub async fn show(
         .restores
         .get(&tenant, &name, id)?
         .view())))
+}
+
+/// `POST …/replay`: restore to `from_serial`, then replay the T log through a corrected
+/// transform.
+pub async fn replay(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Body(req): Body<crate::replay::ReplayRequest>,
+) -> Result<Json<Value>> {
+    app.node.databases(&tenant)?;
+    let out = blocking(move || {
+        crate::replay::replay(&app.node, &app.plugins, &tenant, &db, req).map_err(|e| match e {
+            crate::replay::ReplayError::Node(e) => e.into(),
+            crate::replay::ReplayError::Rejected(detail) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay-rejected", detail)
+            }
+        })
+    })
+    .await?;
+    Ok(Json(out))
 }
