@@ -25,9 +25,9 @@ function report(r, { actions = false, id = 'verify-report' } = {}) {
       ${actions ? html` <button type="button" class="primary small" data-repair-all="1">Repair all</button>` : ''}</p>
     <div class="scroll"><table class="differing"><thead><tr><th>Block file</th><th class="n">Blocks</th><th>Differing blocks</th>${actions ? html`<th></th>` : ''}</tr></thead><tbody>
       ${bad.map((f) => html`<tr data-file="${f.file}"><td><code>${f.file}</code></td><td class="n">${num(f.blocks)}</td>
-        <td class="blocks">${f.differing.map((b) => actions
+        <td><div class="blocks">${f.differing.map((b) => actions
           ? html`<button type="button" class="small block-button" data-repair-file="${f.file}" data-repair-block="${b}" title="Repair block ${b} of ${f.file}" aria-label="Repair block ${b} of ${f.file}">${b}</button>`
-          : html`<code class="block" data-block="${b}">${b}</code>`)}</td>
+          : html`<code class="block" data-block="${b}">${b}</code>`)}</div></td>
         ${actions ? html`<td><button type="button" class="small" data-repair-file="${f.file}">Repair file</button></td>` : ''}</tr>`)}</tbody></table></div>
     ${actions ? html`<p class="muted">A block number repairs that block only.</p>` : ''}</div>`;
 }
@@ -69,9 +69,11 @@ export function verifyPanel(box, linkPath) {
     buttons(true);
     try {
       const r = await api('POST', `${linkPath}/repair`, body);
-      set(repairOut, html`<div class="result card" id="repair-result"><h4>Repaired ${what}: <span class="big" id="repaired-blocks">${num(r.repaired_blocks)}</span> block${r.repaired_blocks === 1 ? '' : 's'}</h4>
-        <div class="before-after"><div><h4>Before</h4>${report(r.before, { id: 'repair-before' })}</div><div><h4>After</h4>${report(r.after, { id: 'repair-after' })}</div></div></div>`);
-      set(out, report(r.after, { actions: true }));
+      // The after report is compared at the same serial as the before one.
+      const after = { ...r.after, serial: r.after.serial ?? r.serial };
+      set(repairOut, html`<div class="result card" id="repair-result"><h4>Repaired ${what}: <span class="big" id="repaired-blocks">${num(r.repaired_blocks)}</span> block${r.repaired_blocks === 1 ? '' : 's'}${r.took_ms !== undefined ? html` <span class="muted">in ${num(r.took_ms)} ms</span>` : ''}</h4>
+        <div class="before-after"><div><h4>Before</h4>${report(r.before, { id: 'repair-before' })}</div><div><h4>After</h4>${report(after, { id: 'repair-after' })}</div></div></div>`);
+      set(out, report(after, { actions: true }));
       toast(r.after.identical ? 'Repaired: the replica is identical' : `Repaired ${num(r.repaired_blocks)}; ${num(differingCount(r.after))} still differ`);
     } catch (err) {
       set(repairOut, problem(err));

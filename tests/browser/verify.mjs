@@ -10,7 +10,7 @@ flow(async (keep) => {
   keep(s);
   const { page } = s;
   const differing = (sel) => page.$$eval(`${sel} tr[data-file]`, (rs) => rs.map((r) => [r.dataset.file,
-    [...r.querySelectorAll('td.blocks [data-repair-block], td.blocks [data-block]')].map((b) => Number(b.dataset.repairBlock ?? b.dataset.block))]));
+    [...r.querySelectorAll('.blocks [data-repair-block], .blocks [data-block]')].map((b) => Number(b.dataset.repairBlock ?? b.dataset.block))]));
   await login(page, base, env('DOPPEL_TOKEN'));
   await page.waitForSelector('#view[data-view=overview]');
   await page.evaluate((id) => { location.hash = `#/links?id=${encodeURIComponent(id)}`; }, link);
