@@ -340,12 +340,20 @@ fn a_reader_sees_no_action_it_may_not_take() {
     assert_eq!(out["action_buttons"], json!([]), "{out}");
     assert_eq!(out["create_form"], 0, "{out}");
     assert_eq!(out["upload_form"], 0, "{out}");
+    assert_eq!(out["verify"], 0, "no verify or repair for a reader: {out}");
     // The server refuses the hidden actions anyway.
     let r = a.with_token(&reader);
     r.post_empty(&format!("/v1/tenants/default/links/{id}/pause"))
         .expect_problem(403, "forbidden");
     r.delete(&format!("/v1/tenants/default/links/{id}"))
         .expect_problem(403, "forbidden");
+    r.post_empty(&format!("/v1/tenants/default/links/{id}/verify"))
+        .expect_problem(403, "forbidden");
+    r.post(
+        &format!("/v1/tenants/default/links/{id}/repair"),
+        &json!({}),
+    )
+    .expect_problem(403, "forbidden");
     assert_eq!(link_status(&a.client(), &id)["paused"], false);
 }
 
@@ -657,6 +665,7 @@ fn a_reader_sees_no_topology_apply_fail_over_or_re_drive() {
     assert_eq!(out["dead_letters"], 1, "{out}");
     assert_eq!(out["dead_letter_buttons"], 0, "{out}");
     assert_eq!(out["ops_buttons"], json!(["Snapshots"]), "{out}");
+    assert_eq!(out["restore"], 0, "no restore for a reader: {out}");
     // The server refuses those actions anyway, and nothing changed.
     let r = a.with_token(&reader);
     let shown = a.get(&format!("{}/q", topologies())).ok().clone();
@@ -682,10 +691,304 @@ fn a_reader_sees_no_topology_apply_fail_over_or_re_drive() {
         "/v1/tenants/{DEFAULT_TENANT}/databases/shop/snapshots"
     ))
     .expect_problem(403, "forbidden");
+    r.post(
+        &format!("/v1/tenants/{DEFAULT_TENANT}/databases/shop/restore"),
+        &json!({"serial": 0, "dry_run": true}),
+    )
+    .expect_problem(403, "forbidden");
     assert_eq!(dead_letters(&a, &id).len(), 1);
     assert_eq!(
         link_status(&a.client(), &id)["status"]["state"],
         "streaming"
+    );
+}
+
+fn shop_contents(db: &Db) -> Value {
+    json!({"orders": db.contents("orders"), "lines": db.contents("lines")})
+}
+
+fn last_serial(db: &Db) -> u64 {
+    db.info().ok()["last_serial"].as_u64().expect("last_serial")
+}
+
+/// The figure a page showed, as a number ("1,234" → 1234).
+fn shown(v: &Value) -> u64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a shown figure: {v}"))
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("not a number: {v}: {e}"))
+}
+
+#[test]
+fn a_point_in_time_restore_from_operations_brings_back_the_earlier_contents() {
+    let node = Node::start();
+    let db = seeded_shop(&node);
+    // Before the retained log: two snapshots keep the A log from the older one on.
+    let early = last_serial(&db);
+    let orders: Vec<Value> = (10..40)
+        .map(|i| {
+            op::upsert_alt(
+                "orders",
+                &format!("o-{i}"),
+                json!({"customer": format!("c{}", i % 3)}),
+                json!({"total": i}),
+            )
+        })
+        .chain((0..6).map(|i| op::upsert("lines", &format!("l-{i}"), json!({"n": i}))))
+        .collect();
+    db.batch(json!(orders)).ok();
+    let point = db.snapshot().expect(201)["serial"].as_u64().unwrap();
+    assert_eq!(point, last_serial(&db));
+    let at_point = shop_contents(&db);
+    // Afterwards: 10 orders and a line updated, 5 orders deleted, 3 inserted.
+    let mut later: Vec<Value> = (10..20)
+        .map(|i| {
+            op::upsert_alt(
+                "orders",
+                &format!("o-{i}"),
+                json!({"customer": "zed"}),
+                json!("v2"),
+            )
+        })
+        .collect();
+    later.extend((20..25).map(|i| op::delete("orders", &format!("o-{i}"))));
+    later.extend((1..4).map(|i| op::upsert("orders", &format!("n-{i}"), json!(i))));
+    later.push(op::upsert("lines", "l-0", json!("changed")));
+    db.batch(json!(later)).ok();
+    db.snapshot().expect(201);
+    db.put("orders", "o-30", json!({"customer": "amy"}), json!("last"))
+        .ok();
+    let before = last_serial(&db);
+    assert_ne!(shop_contents(&db), at_point);
+    // What the server previews for that point (a dry run changes nothing).
+    let restore = db.path("/restore");
+    let preview = db
+        .client()
+        .post(&restore, &json!({"serial": point, "dry_run": true}))
+        .ok()
+        .clone();
+    assert_eq!(
+        preview["records"],
+        json!({"inserted": 5, "updated": 12, "deleted": 3}),
+        "{preview}"
+    );
+
+    let out = run_flow(
+        "restore",
+        &[
+            ("DOPPEL_BASE", node.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_EARLY", early.to_string()),
+        ],
+    );
+    // The recent updates, newest first; picking the newest (by serial, then by its
+    // time) previews a restore that changes nothing.
+    assert_eq!(out["focused"], "restore-serial", "{out}");
+    let recent: Vec<u64> = out["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(recent[0], before, "{out}");
+    assert!(recent.windows(2).all(|w| w[0] > w[1]), "{out}");
+    assert_eq!(out["picked_serial"], before.to_string(), "{out}");
+    assert!(!out["picked_time"].as_str().unwrap().is_empty(), "{out}");
+    let nothing = json!({"inserted": "0", "updated": "0", "deleted": "0"});
+    assert_eq!(
+        out["newest_preview"]["serial"],
+        format!("serial {before}"),
+        "{out}"
+    );
+    assert_eq!(out["newest_preview"]["updates"], "0", "{out}");
+    assert_eq!(out["newest_preview"]["records"], nothing, "{out}");
+    assert_eq!(out["preview_gone_on_change"], true, "{out}");
+    assert_eq!(out["time_visible"], true, "{out}");
+    assert_eq!(
+        out["time_preview_serial"],
+        format!("serial {before}"),
+        "{out}"
+    );
+    // Outside retention: the oldest reachable point is named and offered.
+    assert_eq!(out["outside_code"], "outside-retention", "{out}");
+    assert_eq!(out["oldest"], format!("serial {point}"), "{out}");
+    assert_eq!(out["use_oldest"], format!("Use serial {point}"), "{out}");
+    assert_eq!(out["serial_after_use"], point.to_string(), "{out}");
+    assert_eq!(out["outside_gone"], true, "{out}");
+    db.client()
+        .post(&restore, &json!({"serial": early, "dry_run": true}))
+        .expect_problem(422, "outside-retention");
+    // The preview showed the server's own numbers and method.
+    assert_eq!(out["preview"]["serial"], format!("serial {point}"), "{out}");
+    assert_eq!(out["preview"]["method"], preview["method"], "{out}");
+    assert_eq!(
+        shown(&out["preview"]["updates"]),
+        preview["updates"],
+        "{out}"
+    );
+    assert_eq!(
+        out["preview"]["records"],
+        json!({"inserted": "5", "updated": "12", "deleted": "3"}),
+        "{out}"
+    );
+    assert_eq!(out["restore_disabled_before_confirm"], true, "{out}");
+    assert_eq!(out["restore_disabled_after_confirm"], false, "{out}");
+    // The operation, followed to its end.
+    assert_eq!(out["state"], "succeeded", "{out}");
+    assert_eq!(out["phase"], "finished", "{out}");
+    assert_eq!(out["done"], out["total"], "{out}");
+    assert_eq!(
+        out["changed"],
+        json!({"inserted": "5", "updated": "12", "deleted": "3"}),
+        "{out}"
+    );
+    assert_eq!(out["history"], json!(["succeeded"]), "{out}");
+    // The server: exactly the contents at the point, the restore logged after `before`.
+    assert_eq!(shop_contents(&db), at_point);
+    let after = last_serial(&db);
+    assert!(after > before, "the restore is logged: {after} > {before}");
+    assert_eq!(
+        out["written"],
+        format!("serials {}–{after}", before + 1),
+        "{out}"
+    );
+    let ops = db.client().get(&db.path("/restores")).ok()["restores"].clone();
+    assert_eq!(ops.as_array().unwrap().len(), 1, "{ops}");
+    assert_eq!(ops[0]["state"], "succeeded", "{ops}");
+    assert_eq!(ops[0]["point"]["serial"], point, "{ops}");
+    assert_eq!(ops[0]["into"], Value::Null, "{ops}");
+    // Writable again.
+    db.put("orders", "after", json!({"customer": "ann"}), json!(1))
+        .ok();
+}
+
+#[test]
+fn verify_in_the_console_finds_corrupted_blocks_and_repair_makes_the_replica_identical() {
+    let a = Node::start();
+    let b = Node::start();
+    let source = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let orders: Vec<Value> = (0..400)
+        .map(|i| {
+            op::upsert_alt(
+                "orders",
+                &format!("o-{i:04}"),
+                json!({"customer": format!("c{}", i % 11)}),
+                json!({"total": i, "note": "x".repeat(60)}),
+            )
+        })
+        .collect();
+    source.batch(json!(orders)).ok();
+    source
+        .put("lines", "l-1", json!({}), json!({"order": 1}))
+        .ok();
+    let id = create_link(&a.client(), "shop", &b, "shop", json!({}));
+    wait_link_state(&a.client(), &id, "streaming", Duration::from_secs(30));
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    wait_identical(&source, &replica, Duration::from_secs(30));
+    let link = format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}");
+    let clean = a.post_empty(&format!("{link}/verify")).ok().clone();
+    assert_eq!(clean["identical"], true, "{clean}");
+    // Two blocks of orders corrupted on the replica (the test build's fault route).
+    for block in [0, 2] {
+        b.post(
+            &format!("/v1/tenants/{DEFAULT_TENANT}/databases/shop/faults/corrupt-block"),
+            &json!({"file": "orders", "block": block}),
+        )
+        .expect(204);
+    }
+    assert_ne!(replica.contents("orders"), source.contents("orders"));
+
+    let out = run_flow(
+        "verify",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert_eq!(out["identical"], "false", "{out}");
+    assert_eq!(out["count"], "2", "{out}");
+    assert_eq!(out["found"], json!([["orders", [0, 2]]]), "{out}");
+    assert_eq!(out["repair_all_button"], 1, "{out}");
+    // One block: before both, after only block 0, which the page then shows.
+    assert_eq!(out["repaired_one"], json!(["orders", 2]), "{out}");
+    assert_eq!(out["one"]["repaired"], "1", "{out}");
+    assert_eq!(out["one"]["before"], json!([["orders", [0, 2]]]), "{out}");
+    assert_eq!(out["one"]["after"], json!([["orders", [0]]]), "{out}");
+    assert_eq!(out["one"]["shown"], json!([["orders", [0]]]), "{out}");
+    // The file: the last one, and the replica identical.
+    assert_eq!(out["file"]["repaired"], "1", "{out}");
+    assert_eq!(out["file"]["before"], json!([["orders", [0]]]), "{out}");
+    assert_eq!(out["file"]["after_identical"], "true", "{out}");
+    assert_eq!(out["again"], "true", "{out}");
+    assert_eq!(out["repair_result_cleared"], true, "{out}");
+    // The server: verify finds them identical, the replica holds the source's contents.
+    let verified = a.post_empty(&format!("{link}/verify")).ok().clone();
+    assert_eq!(verified["identical"], true, "{verified}");
+    assert_eq!(replica.contents("orders"), source.contents("orders"));
+    assert_eq!(replica.contents("lines"), source.contents("lines"));
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "c3"),
+        source.alt_keys("orders", "customer", "c3")
+    );
+}
+
+#[test]
+fn a_replica_is_suspended_released_and_promoted_from_operations() {
+    let (a, b, id) = two_nodes_with_link(json!({}));
+    let out = run_flow(
+        "replica-ops",
+        &[
+            ("DOPPEL_BASE", b.base().to_string()),
+            ("DOPPEL_SOURCE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_WRITE_TOKEN", token(DEFAULT_TENANT, Role::Admin)),
+            ("DOPPEL_LINK", id.clone()),
+        ],
+    );
+    assert_eq!(out["release_visible_before"], false, "{out}");
+    // Suspended: the page and the server say so, and a write to the source was stored,
+    // not applied.
+    assert_eq!(out["suspended_text"], "Replica shop suspended", "{out}");
+    assert_eq!(out["server_suspended"], true, "{out}");
+    assert_eq!(out["release_visible"], true, "{out}");
+    assert_eq!(out["suspend_visible"], false, "{out}");
+    assert!(shown(&out["spooled"]) >= 1, "{out}");
+    assert_eq!(out["frozen_status"], 404, "{out}");
+    // Released: it applied what it stored.
+    assert_eq!(out["released_text"], "Replica shop released", "{out}");
+    assert_eq!(out["server_suspended_after"], false, "{out}");
+    assert_eq!(out["applied_status"], 200, "{out}");
+    // Promoted: a primary now.
+    assert!(
+        out["promoted"]
+            .as_str()
+            .unwrap()
+            .starts_with("shop is a primary"),
+        "{out}"
+    );
+    assert_eq!(out["role_after"], "primary", "{out}");
+    assert_eq!(out["promote_buttons_after"], 0, "{out}");
+    // The server: no replica left on b, and b's shop takes writes, holding the source's
+    // records including the one written while it was suspended.
+    let replicas = b
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+        .ok()
+        .clone();
+    assert_eq!(replicas, json!([]), "{replicas}");
+    let promoted = b.db(DEFAULT_TENANT, "shop");
+    assert_eq!(
+        promoted.data("orders", "while-suspended"),
+        Some(json!({"total": 5}))
+    );
+    promoted
+        .put("orders", "on-b", json!({"customer": "bo"}), json!(1))
+        .ok();
+    assert_eq!(promoted.data("orders", "on-b"), Some(json!(1)));
+    assert_eq!(
+        promoted.contents("orders").len(),
+        a.db(DEFAULT_TENANT, "shop").contents("orders").len() + 1
     );
 }
 

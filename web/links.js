@@ -1,12 +1,13 @@
 // Links: the tenant's links with live state and figures; create a two-node link; pause,
 // resume and delete; per link, charts of throughput and lag over the last minutes (from
-// the live stream's history), its stages and its dead letters (deadletters.js: edit,
-// re-drive, drop).
+// the live stream's history), its stages, verify and repair of a mirror (verify.js) and
+// its dead letters (deadletters.js: edit, re-drive, drop).
 
 import { api, t, enc } from './api.js';
 import * as live from './live.js';
 import { lineChart } from './charts.js';
 import { deadLetters } from './deadletters.js';
+import { verifyPanel } from './verify.js';
 import { $, $$, html, set, num, ago, pill, patchRows, showProblem, toast, formData } from './ui.js';
 
 function selected() {
@@ -119,8 +120,11 @@ export default function links(root, session) {
           <dt>Mode</dt><dd>${link.mode} · ${link.apply} · on error ${link.on_error}</dd><dt>Stages</dt><dd id="d-stages"></dd>
           <dt>State</dt><dd id="d-state"></dd><dt>Serials</dt><dd id="d-serials"></dd><dt>Last error</dt><dd id="d-error"></dd></dl>
         <div class="charts"><div id="chart-tput"></div><div id="chart-lag"></div><div id="chart-lagms"></div></div>
+        ${link.apply === 'mirror' ? html`<section id="verify" data-needs="operate"><h3>Verify and repair</h3><div id="verify-panel"></div></section>` : ''}
         <h3>Dead letters <button class="ghost small" id="refresh-dl">Refresh</button></h3><div id="dead-letters"><p class="muted">Loading…</p></div>`);
       loadDeadLetters = deadLetters($('#dead-letters', detail), `${base}/${enc(id)}`);
+      const verify = $('#verify-panel', detail);
+      if (verify) verifyPanel(verify, `${base}/${enc(id)}`);
       loadDeadLetters();
     }
     const s = link.status;

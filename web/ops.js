@@ -1,11 +1,12 @@
 // Operations on this node's databases and replicas, for roles that may operate: take a
 // snapshot (and list the stored ones), promote a replica to a primary (refused while it
 // has not applied what its source announced, unless forced), suspend / release /
-// detach a replica. Destructive ones ask first; every answer is shown as a result.
-// Point-in-time restore has its own API on another branch; its place is marked below.
+// detach a replica; point-in-time restore (restore.js). Destructive ones ask first;
+// every answer is shown as a result.
 
 import { api, t, enc } from './api.js';
 import * as live from './live.js';
+import { restorePanel } from './restore.js';
 import { $, html, set, num, bytes, ago, pill, patchRows, problem, toast } from './ui.js';
 
 export default function ops(root, session) {
@@ -21,8 +22,9 @@ export default function ops(root, session) {
       <tbody id="ops-replicas"></tbody></table></div>
       <p class="muted" id="no-replicas" hidden>No database on this node is a replica.</p></section>
     <section class="card" id="snapshots" hidden></section>
-    <!-- Point-in-time restore (choose a time or serial, preview, confirm) goes here once
-         its API is merged; it is being built on its own branch. -->`);
+    <section class="card" id="restore-card" data-needs="operate"></section>`);
+  const restoreCard = $('#restore-card', root);
+  const restore = restoreCard ? restorePanel(restoreCard, session, dbs) : null;
 
   const result = $('#ops-result', root);
   const say = (markup) => { set(result, html`<div class="result card" role="status">${markup}</div>`); result.scrollIntoView({ block: 'nearest' }); };
@@ -86,6 +88,7 @@ export default function ops(root, session) {
     if (!b) return;
     if (b.dataset.snapshot) snapshot(b.dataset.snapshot);
     if (b.dataset.snapshots) listSnapshots(b.dataset.snapshots);
+    if (b.dataset.restore && restore) restore.choose(b.dataset.restore);
     if (b.dataset.promote) promote(b.dataset.promote, b.dataset.link);
     if (b.dataset.forcePromote) promote(b.dataset.forcePromote, b.dataset.link, true);
     if (b.dataset.replica) replica(b.dataset.replica, b.dataset.link, b.dataset.db);
@@ -98,7 +101,7 @@ export default function ops(root, session) {
         const r = replicaOf.get(db.name);
         return html`<tr data-db="${db.name}"><td>${db.name}</td><td class="n big" data-f="records"></td><td class="n" data-f="serial"></td><td class="n" data-f="snapshot"></td>
           <td>${r ? html`<span class="pill s-replica">replica</span> <span class="muted">of ${r.source_database}</span>` : html`<span class="pill s-primary">primary</span>`}</td>
-          <td class="actions"><button class="small" data-needs="operate" data-snapshot="${db.name}">Take snapshot</button><button class="small ghost" data-snapshots="${db.name}">Snapshots</button>${r ? html`<button class="small danger" data-needs="operate" data-promote="${db.name}" data-link="${r.link}">Promote…</button>` : ''}</td></tr>`;
+          <td class="actions"><button class="small" data-needs="operate" data-snapshot="${db.name}">Take snapshot</button><button class="small ghost" data-snapshots="${db.name}">Snapshots</button><button class="small" data-needs="operate" data-restore="${db.name}">Restore…</button>${r ? html`<button class="small danger" data-needs="operate" data-promote="${db.name}" data-link="${r.link}">Promote…</button>` : ''}</td></tr>`;
       },
       (db) => ({ records: num(db.files.reduce((s, f) => s + f.records, 0)), serial: num(db.last_serial), snapshot: num(db.snapshot_serial) }));
     $('#no-replicas', root).hidden = snap.replicas.length > 0;
@@ -116,5 +119,6 @@ export default function ops(root, session) {
     }
   }
 
-  return live.onSnapshot(draw);
+  const off = live.onSnapshot(draw);
+  return () => { off(); if (restore) restore.stop(); };
 }

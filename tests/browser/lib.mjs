@@ -52,16 +52,36 @@ export async function shot(page, name) {
   await page.screenshot({ path: join(dir, name + '.png'), fullPage: false });
 }
 
-/** The API, from the flow itself (to change server state while the page watches). */
-export async function call(base, token, method, path, body) {
+/** The API, from the flow itself: the status and the JSON answer, whatever the status. */
+export async function request(base, token, method, path, body) {
   const r = await fetch(base + path, {
     method,
     headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-  return text ? JSON.parse(text) : null;
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { json = text; }
+  return { status: r.status, json, text };
+}
+
+/** The API, from the flow itself (to change server state while the page watches). */
+export async function call(base, token, method, path, body) {
+  const r = await request(base, token, method, path, body);
+  if (r.status < 200 || r.status > 299) throw new Error(`${method} ${path}: ${r.status} ${r.text}`);
+  return r.json;
+}
+
+/** Polls `cond` (async, truthy when met) until it holds or WAIT_MS pass; answers its value. */
+export async function until(what, cond, { timeout = WAIT_MS, every = 100 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await cond();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
 }
 
 /** Runs a flow: prints its result as one JSON line; any failure exits 1. */

@@ -1,6 +1,6 @@
 // A reader sees the topology graph and its live links, the dead letters and the
 // databases, but none of the buttons its role may not use: no Preview / Apply or editor,
-// no Fail over, no re-drive, edit or drop, no snapshot or promote.
+// no Fail over, no re-drive, edit or drop, no snapshot, promote or restore.
 import { env, launch, login, flow } from './lib.mjs';
 
 flow(async (keep) => {
@@ -34,5 +34,6 @@ flow(async (keep) => {
   await go('#/ops');
   await page.waitForSelector('#ops-dbs tr[data-db="shop"]');
   out.ops_buttons = await page.$$eval('#ops-dbs button, #ops-replicas button', (bs) => bs.map((b) => b.textContent));
+  out.restore = await count('#restore-card, #restore-form, #restore-go, button[data-restore]');
   return out;
 });

@@ -1,4 +1,5 @@
-// A reader sees the links and plugins but no button for what its role may not do.
+// A reader sees the links and plugins but no button for what its role may not do (no
+// verify or repair of its mirror link either).
 import { env, launch, login, flow } from './lib.mjs';
 
 flow(async (keep) => {
@@ -18,6 +19,7 @@ flow(async (keep) => {
   out.action_buttons = await page.$$eval('#link-rows button', (bs) => bs.map((b) => b.textContent));
   out.create_form = await page.$$eval('#create-link', (fs) => fs.length);
   out.dead_letters_text = await page.textContent('#dead-letters');
+  out.verify = await page.$$eval('#verify, #verify-run, [data-repair-file], [data-repair-all]', (e) => e.length);
   await page.click('nav a[data-view=plugins]');
   await page.waitForSelector('#plugin-list table, #plugin-list p');
   out.upload_form = await page.$$eval('#upload', (fs) => fs.length);

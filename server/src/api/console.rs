@@ -38,6 +38,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("topology.js", "text/javascript"),
     asset!("deadletters.js", "text/javascript"),
     asset!("ops.js", "text/javascript"),
+    asset!("restore.js", "text/javascript"),
+    asset!("verify.js", "text/javascript"),
 ];
 
 const INDEX: &str = include_str!("../../../web/index.html");
