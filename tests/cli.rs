@@ -1117,3 +1117,79 @@ fn bench_loads_a_node_and_reports() {
     assert!(db.data("bench", "k000000000299").is_some());
     assert_eq!(db.data("bench", "k000000000300"), None);
 }
+
+/// `serve --demo`: three nodes and a topology between them, one token for all; the two
+/// extra nodes end with the command, even when it is killed.
+#[test]
+fn serve_demo_starts_three_nodes_with_a_live_topology_and_they_end_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut child = doppel_command(&[
+        "serve",
+        "--demo",
+        "--data",
+        s(&data),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn doppel serve --demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().push(line);
+            }
+        });
+    }
+    let find = |prefix: &str| {
+        lines
+            .lock()
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+    };
+    let ready = wait_until(deadline_in(Duration::from_secs(60)), || {
+        find("doppel demo token: ").is_some()
+    });
+    if !ready {
+        let _ = child.kill();
+        panic!("no demo token printed: {:?}", lines.lock());
+    }
+    let token = find("doppel demo token: ").unwrap();
+    let a = find("doppel listening on ").unwrap();
+    let nodes = find("doppel demo: node a ").unwrap();
+    let others: Vec<String> = nodes
+        .split(", ")
+        .skip(1)
+        .map(|n| n.rsplit(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(others.len(), 2, "{nodes}");
+    let client = Client::new(&a).with_token(&token);
+    let shown = client
+        .get("/v1/tenants/default/topologies/demo")
+        .ok()
+        .clone();
+    assert_eq!(shown["links"].as_array().map(Vec::len), Some(2), "{shown}");
+    let source = client.db("default", "shop");
+    for url in &others {
+        let replica = Client::new(url).with_token(&token).db("default", "shop");
+        wait_identical(&source, &replica, Duration::from_secs(60));
+        assert_eq!(replica.record_count("orders"), 200);
+    }
+    // Killed outright, it still takes its two nodes with it.
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    for url in &others {
+        let gone = wait_until(deadline_in(Duration::from_secs(30)), || {
+            Client::new(url)
+                .try_request("GET", "/v1/health", Body::Empty)
+                .is_err()
+        });
+        assert!(gone, "demo node {url} outlived its parent");
+    }
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_link;
 mod client;
+mod demo;
 mod serve;
 mod token;
 

@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Also start two more nodes and a small topology between the three, to try the
+    /// console on (see `cli::demo`).
+    #[arg(long)]
+    demo: bool,
+    /// Shut down when standard input closes (a demo node, so it ends with its parent
+    /// even if that is killed).
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
 }
 
 /// The TOML config file.
@@ -84,8 +92,15 @@ pub(crate) fn data_dir(flag: Option<PathBuf>, file: &FileConfig) -> PathBuf {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let file = read_config(args.config.as_deref())?;
+    let mut file = read_config(args.config.as_deref())?;
     let data = data_dir(args.data, &file);
+    let children = if args.demo {
+        let (config, auth) = super::demo::auth(&data)?;
+        file.auth = auth;
+        Some(super::demo::start_children(&data, &config)?)
+    } else {
+        None
+    };
     let listen = args
         .listen
         .or(file.listen)
@@ -106,14 +121,29 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .thread_name("doppel")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(
+    let demo = children.as_ref().map(|c| c.urls());
+    let result = runtime.block_on(serve(
         data,
         listen,
         replication_listen,
         file.node,
         file.auth,
         file.quotas,
-    ))
+        Extras {
+            demo,
+            exit_with_stdin: args.exit_with_stdin,
+        },
+    ));
+    drop(children);
+    result
+}
+
+/// What `serve` does besides being a node.
+struct Extras {
+    /// The demo's other nodes (`--demo`): seed them once this node listens.
+    demo: Option<Vec<(String, String)>>,
+    /// Shut down when standard input closes.
+    exit_with_stdin: bool,
 }
 
 async fn serve(
@@ -123,7 +153,12 @@ async fn serve(
     settings: NodeSettings,
     auth: AuthConfig,
     quotas: Limits,
+    extras: Extras,
 ) -> Result<(), String> {
+    let Extras {
+        demo,
+        exit_with_stdin,
+    } = extras;
     let dir = data.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
         .await
@@ -139,7 +174,7 @@ async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let shutdown = shutdown_signal()?;
+    let shutdown = shutdown_signal(exit_with_stdin)?;
     tracing::info!(data = %data.display(), address = %local, "node started");
     println!("doppel listening on http://{local}");
     // The token goes to stdout only, never to the logs.
@@ -171,6 +206,20 @@ async fn serve(
         replication_listen,
     )
     .await?;
+    if let (Some(others), Some(keyring)) = (demo, tenancy.keyring.as_ref()) {
+        let url = format!("http://{local}");
+        let token = keyring.issue(
+            "demo",
+            "*",
+            crate::tenancy::roles::Role::Admin,
+            30 * 24 * 3600,
+        )?;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = super::demo::seed(&token, &url, &others) {
+                tracing::error!(error = %e, "the demo setup failed");
+            }
+        });
+    }
     let app = crate::api::router(node.clone(), tenancy, plugins, replication);
     // Open event streams end when the signal arrives, so the graceful shutdown does not
     // wait for them.
@@ -187,18 +236,30 @@ async fn serve(
     result.map_err(|e| e.to_string())
 }
 
-/// Resolves on Ctrl-C or SIGTERM. Both handlers are installed when this is called, so
-/// call it before announcing readiness: a signal that arrives early still shuts the
-/// node down gracefully.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+/// Resolves on Ctrl-C or SIGTERM (or, with `stdin`, when standard input closes). Both
+/// handlers are installed when this is called, so call it before announcing readiness:
+/// a signal that arrives early still shuts the node down gracefully.
+fn shutdown_signal(stdin: bool) -> Result<impl std::future::Future<Output = ()>, String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    let closed = async move {
+        if !stdin {
+            return std::future::pending::<()>().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            while std::io::stdin().read(&mut buf).is_ok_and(|n| n > 0) {}
+        })
+        .await;
+    };
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
+            _ = closed => tracing::info!("standard input closed"),
         }
     })
 }

@@ -61,11 +61,16 @@ pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
         control.borrow_and_update();
         let stopped = link.stopped.load(Ordering::SeqCst);
         if link.def.lock().paused || stopped {
-            link.status.lock().state = if stopped {
-                LinkState::Stopped
-            } else {
-                LinkState::Paused
-            };
+            {
+                let mut status = link.status.lock();
+                status.state = if stopped {
+                    LinkState::Stopped
+                } else {
+                    LinkState::Paused
+                };
+                // Nothing flows while it stands still.
+                status.throughput = 0.0;
+            }
             if control.changed().await.is_err() {
                 return;
             }
