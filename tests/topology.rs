@@ -61,7 +61,25 @@ fn a_chain_of_four_nodes_ends_identical_to_its_head_and_a_changed_document_chang
         )
         .ok();
     }
-    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+    // The middle hop goes through a chaos proxy that drops, duplicates and reorders.
+    let c_addr = c.get("/v1/node").ok()["replication"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = doppel_tests::chaos::ChaosProxy::start(c_addr).expect("chaos proxy");
+    proxy.set_faults(
+        doppel_tests::chaos::Direction::ToUpstream,
+        doppel_tests::chaos::Faults {
+            drop: 0.05,
+            duplicate: 0.05,
+            reorder: 0.1,
+            jitter: Duration::from_millis(2),
+            ..Default::default()
+        },
+    );
+    let mut nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+    nodes["c"]["replication"] = json!(proxy.addr().to_string());
     let v1 = json!({"name": "chain", "nodes": nodes, "links": [
         link(("a", "shop"), ("b", "shop")),
         link(("b", "shop"), ("c", "shop")),
@@ -76,21 +94,52 @@ fn a_chain_of_four_nodes_ends_identical_to_its_head_and_a_changed_document_chang
             ("create".into(), "c/shop -> d/shop".into()),
         ]
     );
-    // Writes go on at the head while the chain fills; the tail ends block-identical.
-    for i in 200..400 {
-        head.put(
-            "orders",
-            &format!("o-{i:04}"),
-            json!({}),
-            json!({"total": i}),
-        )
-        .ok();
+    // Two writers go on at the head while the chain fills, through the faults; once they
+    // heal the tail ends block-identical.
+    let writers: Vec<_> = [200, 300]
+        .into_iter()
+        .map(|from| {
+            let head = head.clone();
+            std::thread::spawn(move || {
+                for i in from..from + 100 {
+                    head.put(
+                        "orders",
+                        &format!("o-{i:04}"),
+                        json!({}),
+                        json!({"total": i}),
+                    )
+                    .ok();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
     }
     head.delete("orders", "o-0007").ok();
     let tail = d.db(DEFAULT_TENANT, "shop");
+    // Write on until the faults have hit the stream.
+    let mut extra = 0;
+    let faulted = wait_until(deadline_in(CATCH_UP), || {
+        extra += 1;
+        head.put(
+            "orders",
+            &format!("x-{extra:05}"),
+            json!({}),
+            json!({"n": extra}),
+        )
+        .ok();
+        let up = proxy.stats().to_upstream;
+        up.dropped > 0 && up.reordered > 0
+    });
+    assert!(faulted, "no fault hit the chain: {:?}", proxy.stats());
+    proxy.heal();
     wait_identical(&head, &tail, CATCH_UP);
     assert_eq!(tail.contents("orders"), head.contents("orders"));
-    assert_eq!(c.db(DEFAULT_TENANT, "shop").record_count("orders"), 399);
+    assert_eq!(
+        c.db(DEFAULT_TENANT, "shop").record_count("orders"),
+        head.record_count("orders")
+    );
 
     // The document as stored, with every link's live state.
     let shown = a.get(&format!("{}/chain", topologies())).ok().clone();
