@@ -1124,3 +1124,90 @@ fn a_dead_letter_edited_and_re_driven_reaches_the_replica_through_the_stages() {
     )
     .expect_problem(404, "not-found");
 }
+
+#[test]
+fn a_logical_link_on_a_source_whose_log_was_pruned_starts_from_its_records_through_the_stages() {
+    use doppel_server::plugins::builtin;
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "eu", "filter", builtin::PREFIX_FILTER);
+    upload_plugin(&a, "ns", "transform", builtin::NAMESPACE);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    // 2,500 orders; two snapshots prune the A log, so it no longer starts at serial 1.
+    for (from, to) in [(0, 1_000), (1_000, 2_000)] {
+        let ops: Vec<Value> = (from..to)
+            .map(|i| {
+                let key = if i % 2 == 0 {
+                    format!("eu-{i:05}")
+                } else {
+                    format!("us-{i:05}")
+                };
+                op::upsert_alt(
+                    "orders",
+                    &key,
+                    json!({"customer": format!("c{}", i % 9)}),
+                    json!({"n": i}),
+                )
+            })
+            .collect();
+        src.batch(json!(ops)).ok();
+        src.snapshot().expect(201);
+    }
+    let id = create_link(
+        &a,
+        "shop",
+        &b,
+        "shop",
+        json!({"apply": "logical", "stages": [
+            {"plugin": "eu@1", "config": {"files": ["orders"], "prefixes": ["eu-"]}},
+            {"plugin": "ns@1", "config": {"default": {"key_prefix": "a/"}}}]}),
+    );
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    let expected = |src: &Db| -> Vec<(String, Value)> {
+        src.contents("orders")
+            .into_iter()
+            .filter(|r| r["key"].as_str().unwrap().starts_with("eu-"))
+            .map(|r| {
+                (
+                    format!("a/{}", r["key"].as_str().unwrap()),
+                    r["data"].clone(),
+                )
+            })
+            .collect()
+    };
+    let got = |replica: &Db| -> Vec<(String, Value)> {
+        if replica.info().status != 200 {
+            return Vec::new(); // not registered yet
+        }
+        replica
+            .contents("orders")
+            .into_iter()
+            .map(|r| (r["key"].as_str().unwrap().to_string(), r["data"].clone()))
+            .collect()
+    };
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || got(&replica) == expected(&src)),
+        "{} records on the replica, {} expected; link {}",
+        got(&replica).len(),
+        expected(&src).len(),
+        link_status(&a, &id)
+    );
+    assert_eq!(got(&replica).len(), 1_000);
+    assert_eq!(link_status(&a, &id)["status"]["bootstraps"], 1);
+    assert_eq!(
+        replica.alt_keys("orders", "customer", "c0").len(),
+        expected(&src)
+            .iter()
+            .filter(|(k, _)| {
+                let n: u64 = k[5..].parse().unwrap();
+                n.is_multiple_of(9)
+            })
+            .count()
+    );
+    // Then it streams from the snapshot's serial on.
+    src.put("orders", "eu-later", json!({}), json!({"n": -1}))
+        .ok();
+    src.delete("orders", "eu-00000").ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || got(&replica) == expected(&src)));
+    assert_eq!(link_status(&a, &id)["status"]["bootstraps"], 1);
+}

@@ -615,6 +615,13 @@ impl Database {
         Ok(ReplicaApply::Applied(last))
     }
 
+    /// End a logical bootstrap from stream `stream`: the replica now stands at `serial`
+    /// of it (the records came through [`Self::apply_redriven`]).
+    pub fn set_position(&self, stream: u64, serial: u64) -> Result<()> {
+        let mut state = self.state.write();
+        self.apply_logical_locked(&mut state, Some((stream, serial)), Vec::new())
+    }
+
     /// Apply operations a link re-drove from its dead letters (a logical replica): a
     /// transaction of this database like [`Self::apply_logical`]'s, which moves no
     /// stream's position.

@@ -409,6 +409,30 @@ async fn apply_stream(
                         }
                     }
                 }
+                Msg::LogicalSnapshot { serial, last, ops } => {
+                    let applied = logical::decode_ops(&schema, ops)
+                        .and_then(|ops| db.apply_redriven(ops).map_err(|e| e.to_string()));
+                    if let Err(e) = applied {
+                        let reason = format!("the logical bootstrap at serial {serial}: {e}");
+                        let refusal = wire::single(&Msg::Refused {
+                            code: "apply".into(),
+                            reason: reason.clone(),
+                        });
+                        let _ = reply_now(tx, refusal).await;
+                        return Err(reason);
+                    }
+                    if last {
+                        db.set_position(hello.stream, serial)
+                            .map_err(|e| format!("the logical bootstrap: {e}"))?;
+                        repl.adopt_stream(&reg.link, hello.stream)
+                            .map_err(|e| e.to_string())?;
+                        repl.gates.applied(&key, serial, true);
+                        repl.announce(&reg.link, serial, true);
+                        tracing::info!(link = %reg.link, serial, "logical bootstrap applied");
+                        requested = None;
+                        answer = true;
+                    }
+                }
                 Msg::Watermark {
                     serial,
                     timestamp_us,

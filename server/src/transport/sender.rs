@@ -350,14 +350,6 @@ async fn session(
     let mut next = their_last + 1;
     let mut acked = their_last;
     let logical = def.spec.apply == Apply::Logical;
-    if bootstrap && logical {
-        return Err(format!(
-            "the logical replica is at serial {their_last} of this stream, and the source's log \
-             starts at {}; a logical link cannot start from a snapshot yet (recreate the link \
-             before the log is pruned, or use a mirror)",
-            oldest.unwrap_or(last + 1)
-        ));
-    }
     // A mirror's stages are interrelation rules only (checked when the link was made).
     let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.stages)?;
     let mut sources = (!stages.rules.is_empty())
@@ -365,7 +357,11 @@ async fn session(
     if bootstrap {
         link.status.lock().state = LinkState::Bootstrapping;
         tracing::info!(link = %def.id, replica_serial = their_last, source_serial = last, "bootstrapping the replica from a snapshot");
-        let serial = send_snapshot(&db, &mut wr).await?;
+        let serial = if logical {
+            send_logical_snapshot(repl, link, &def, &db, &mut stages.chain, &mut wr).await?
+        } else {
+            send_snapshot(&db, &mut wr).await?
+        };
         next = serial + 1;
         acked = 0;
         link.status.lock().bootstraps += 1;
@@ -572,6 +568,105 @@ fn push_mirror(frame: &mut FrameWriter, txn: &crate::log::durable::RawTxn) {
             last_serial: txn.last_serial,
         });
     }
+}
+
+/// Records per message of a logical bootstrap.
+const SNAPSHOT_RECORDS: usize = 2_000;
+
+/// Bootstrap a logical replica: every record of a frozen copy of the source, through
+/// the link's filters and transforms, as upserts (SPEC C5 for logical links). The
+/// replica upserts them and then stands at the copy's serial. It is not wiped first
+/// (it may hold other sources' records, many-to-one): a record the source deleted while
+/// the replica could not follow stays there. Returns the serial.
+async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    db: &Database,
+    chain: &mut crate::plugins::Chain,
+    wr: &mut W,
+) -> Result<u64, String> {
+    let (store, serial, _) = db.freeze();
+    let schema = store.schema().clone();
+    let marker = crate::log::durable::RawTxn {
+        txn: 0,
+        outcome: crate::log::Outcome::Committed,
+        first_serial: serial,
+        last_serial: serial,
+        last_timestamp_us: 0,
+        chunks: Vec::new(),
+    };
+    let mut frame = FrameWriter::new();
+    let mut batch: Vec<OwnedRecord> = Vec::with_capacity(SNAPSHOT_RECORDS);
+    let mut sent = 0usize;
+    for (table, file) in schema.files.iter().enumerate() {
+        let mut records = Vec::new();
+        store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
+            records.push(OwnedRecord {
+                op: doppel_sdk::abi::Op::Insert,
+                origin: repl.origin(),
+                serial,
+                file: file.name.clone(),
+                key: String::from_utf8_lossy(r.key).into_owned(),
+                data: r.data.to_vec(),
+                alt: r
+                    .alts()
+                    .filter_map(|(i, v)| {
+                        let name = file.alt_keys.get(i as usize)?;
+                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .collect(),
+                ..OwnedRecord::default()
+            });
+            true
+        });
+        for r in records {
+            batch.push(r);
+            if batch.len() == SNAPSHOT_RECORDS {
+                sent += batch.len();
+                ship_snapshot_part(
+                    repl, link, def, chain, &marker, &mut batch, serial, false, &mut frame, wr,
+                )
+                .await?;
+            }
+        }
+    }
+    sent += batch.len();
+    ship_snapshot_part(
+        repl, link, def, chain, &marker, &mut batch, serial, true, &mut frame, wr,
+    )
+    .await?;
+    tracing::info!(link = %def.id, serial, records = sent, "logical bootstrap sent");
+    Ok(serial)
+}
+
+/// One message of a logical bootstrap: `batch` through the stages (emptied).
+#[allow(clippy::too_many_arguments)]
+async fn ship_snapshot_part<W: AsyncWrite + Unpin>(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    chain: &mut crate::plugins::Chain,
+    marker: &crate::log::durable::RawTxn,
+    batch: &mut Vec<OwnedRecord>,
+    serial: u64,
+    last: bool,
+    frame: &mut FrameWriter,
+    wr: &mut W,
+) -> Result<(), String> {
+    let mut input = doppel_sdk::abi::BatchBuilder::new();
+    for r in batch.iter() {
+        input.push(r);
+    }
+    let ops = stage(repl, link, def, chain, marker, batch, input)?;
+    batch.clear();
+    frame.clear();
+    frame.push(&Msg::LogicalSnapshot {
+        serial,
+        last,
+        ops: &ops,
+    });
+    send(wr, frame.frame()).await
 }
 
 /// The transmission-completion watermark's time (SPEC D2) once everything up to

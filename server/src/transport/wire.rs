@@ -91,6 +91,15 @@ pub enum Msg<'a> {
         last_serial: u64,
         ops: &'a [u8],
     },
+    /// A logical link's bootstrap (its source's log no longer reaches the replica's
+    /// position): the source's records as of `serial`, through the link's stages, as
+    /// operations like [`Msg::Logical`]'s; `last` ends it, and the replica then
+    /// continues from `serial`.
+    LogicalSnapshot {
+        serial: u64,
+        last: bool,
+        ops: &'a [u8],
+    },
     /// Interrelation information (SPEC D1) for transaction `txn`, sent just before it:
     /// the replica applies it only once each dependency holds (SPEC D3).
     Depends {
@@ -254,6 +263,12 @@ impl FrameWriter {
                 self.u64(*txn);
                 self.u64(*first_serial);
                 self.u64(*last_serial);
+                self.bytes(ops);
+            }
+            Msg::LogicalSnapshot { serial, last, ops } => {
+                self.u8(16);
+                self.u64(*serial);
+                self.u8(*last as u8);
                 self.bytes(ops);
             }
             Msg::Depends { txn, deps } => {
@@ -436,6 +451,11 @@ impl<'a> FrameReader<'a> {
                 txn: self.u64()?,
                 first_serial: self.u64()?,
                 last_serial: self.u64()?,
+                ops: self.bytes()?,
+            },
+            16 => Msg::LogicalSnapshot {
+                serial: self.u64()?,
+                last: self.u8()? != 0,
                 ops: self.bytes()?,
             },
             15 => {
@@ -622,6 +642,11 @@ mod tests {
                         before_us: 1,
                     },
                 ],
+            },
+            Msg::LogicalSnapshot {
+                serial: 77,
+                last: true,
+                ops: b"ops",
             },
             Msg::BackupCompleted { serial: 9 },
             Msg::Retransmit { from: 10 },
