@@ -286,6 +286,14 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
         "{out}"
     );
     assert_eq!(out["config"], r#"{"prefixes":["eu-"]}"#, "{out}");
+    let sampled: Vec<String> = a
+        .db(DEFAULT_TENANT, "shop")
+        .contents("orders")
+        .iter()
+        .take(10)
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(out["sampled"], json!(sampled), "{out}");
     assert_eq!(out["kept"], json!(["kept", "dropped", "kept"]), "{out}");
     assert!(
         out["summary"].as_str().unwrap().starts_with("2 of 3 kept"),

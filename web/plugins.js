@@ -1,6 +1,7 @@
 // Plugins: the tenant's registry; upload a .wasm (name, version, role); a version's
 // exports, size, SHA-256 and config schema; a config form generated from that schema; a
-// dry-run tester (input and output side by side, errors, the plugin's log lines); and
+// dry-run tester on a pasted batch or one sampled from a database (input and output side
+// by side, errors, the plugin's log lines); and
 // swapping the version onto a live logical link (PUT …/links/{id}/stages).
 
 import { api, t, enc } from './api.js';
@@ -145,7 +146,11 @@ export default function plugins(root, session) {
       <section data-needs="operate">
         <h3>Dry run</h3>
         <div class="tester">
-          <label>Input batch (JSON array of records)<textarea id="dry-input" rows="12" spellcheck="false">${JSON.stringify(SAMPLE, null, 2)}</textarea></label>
+          <div><label>Input batch (JSON array of records)<textarea id="dry-input" rows="12" spellcheck="false">${JSON.stringify(SAMPLE, null, 2)}</textarea></label>
+            <div class="form-row"><label>Sample from <select id="sample-db"></select></label>
+              <label>file <input id="sample-file" value="orders" size="10"></label>
+              <button id="sample" type="button">Sample 10 records</button></div>
+            <div id="sample-error"></div></div>
           <div><span class="label">Output</span><div id="dry-output" class="output"><p class="muted">Run the batch to see what the plugin makes of it.</p></div></div>
         </div>
         <button class="primary" id="dry-run">Run dry-run</button>
@@ -190,6 +195,22 @@ export default function plugins(root, session) {
           drawResult(out, p.role, records, r);
         } catch (err) {
           set(out, problem(err));
+        }
+      });
+      // A sampled batch: the first records of a database's file, as the tester takes them.
+      const dbs = (live.latest?.databases || []).map((d) => d.name);
+      set($('#sample-db', box), dbs.length ? dbs.map((n) => html`<option value="${n}">${n}</option>`) : html`<option value="">(no database)</option>`);
+      $('#sample', box).addEventListener('click', async () => {
+        const db = $('#sample-db', box).value;
+        const file = $('#sample-file', box).value.trim();
+        showProblem($('#sample-error', box), null);
+        if (!db || !file) return;
+        try {
+          const r = await api('GET', `${t(session.tenant)}/databases/${enc(db)}/files/${enc(file)}/records?limit=10`);
+          const batch = (r.records || []).map((rec) => ({ op: 'insert', file, key: rec.key, alt: rec.alt || {}, data: rec.data }));
+          $('#dry-input', box).value = JSON.stringify(batch, null, 2);
+        } catch (err) {
+          showProblem($('#sample-error', box), err);
         }
       });
       const linkSel = $('#swap-link', box);

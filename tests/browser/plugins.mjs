@@ -25,6 +25,13 @@ flow(async (keep) => {
   };
   await page.fill('#config-form [data-cfg=prefixes]', 'eu-');
   out.config = await page.textContent('#config-preview');
+  // A batch sampled from the shop database, then the pasted one back.
+  const pasted = await page.inputValue('#dry-input');
+  await page.selectOption('#sample-db', 'shop');
+  await page.click('#sample');
+  await page.waitForFunction(() => document.querySelector('#dry-input').value.includes('"o-1"'));
+  out.sampled = JSON.parse(await page.inputValue('#dry-input')).map((r) => r.key);
+  await page.fill('#dry-input', pasted);
   await page.click('#dry-run');
   await page.waitForSelector('#dry-output table.side');
   out.kept = await page.$$eval('#dry-output tbody tr', (rs) => rs.map((r) => r.className));
