@@ -744,13 +744,45 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Each record's serial, if the batch's serials tell its records apart.
+fn serials_of(batch: &BatchBuilder) -> Option<Vec<u64>> {
+    let b = batch.as_batch();
+    let serials: Vec<u64> = (0..b.len())
+        .map(|i| b.get(i).map(|r| r.serial))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let mut sorted = serials.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    (sorted.len() == serials.len()).then_some(serials)
+}
+
+/// After a transform, which input record each output record came from: the one with its
+/// serial, among those still in the batch (`origin`). None when that cannot be told
+/// (serials repeated or changed, a record split in two).
+fn follow(input: &Option<Vec<u64>>, origin: &[u32], out: &BatchBuilder) -> Option<Vec<u32>> {
+    let input = input.as_ref()?;
+    let by_serial: std::collections::HashMap<u64, u32> =
+        origin.iter().map(|&i| (input[i as usize], i)).collect();
+    let b = out.as_batch();
+    let mut seen = std::collections::HashSet::new();
+    (0..b.len())
+        .map(|j| {
+            let serial = b.get(j).ok()?.serial;
+            let i = *by_serial.get(&serial)?;
+            seen.insert(i).then_some(i)
+        })
+        .collect()
+}
+
 /// One stage's per-record error in a chain.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChainError {
     /// The plugin that reported it.
     pub plugin: String,
     /// The record's index in the chain's input batch, when the stages before kept the
-    /// correspondence (filters do; a transform's output is indexed afresh).
+    /// correspondence (filters do; after a transform, records are followed by their
+    /// serial, when serials tell them apart).
     pub index: Option<u32>,
     pub message: String,
 }
@@ -775,6 +807,8 @@ impl Chain {
         let mut cur = input;
         // origin[i]: index in the chain's input of the current batch's record i.
         let mut origin: Option<Vec<u32>> = Some((0..cur.len() as u32).collect());
+        // A record's serial names it across transforms (they keep the header fields).
+        let serials = serials_of(&cur);
         let mut out = ChainOutput::default();
         for stage in &mut self.stages {
             let res = stage.call(cur.as_batch(), None)?;
@@ -810,7 +844,7 @@ impl Chain {
                 }
                 Role::Transform => {
                     cur = res.batch;
-                    origin = None;
+                    origin = origin.and_then(|o| follow(&serials, &o, &cur));
                 }
                 role => {
                     return Err(PluginError::Invalid {

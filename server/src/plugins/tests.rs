@@ -569,3 +569,48 @@ fn the_registry_is_content_addressed_and_reuses_its_compiled_artefact_after_a_re
     assert_eq!(out.bitmap, vec![1]);
     assert_eq!(reg.list("t").unwrap().len(), 1);
 }
+
+#[test]
+fn an_error_after_a_transform_still_names_the_chains_input_record_by_its_serial() {
+    let rt = runtime();
+    let drop_reads = template(&rt, "drop-reads", Role::Filter, builtin::DROP_READS);
+    let ns = template(&rt, "ns", Role::Transform, builtin::NAMESPACE);
+    let mask = template(&rt, "mask", Role::Transform, builtin::FIELD_MASK);
+    let mut chain = Chain {
+        stages: vec![
+            drop_reads.stage("{}").unwrap(),
+            ns.stage(r#"{"default": {"key_prefix": "x/"}}"#).unwrap(),
+            mask.stage(r#"{"paths": ["email"]}"#).unwrap(),
+        ],
+    };
+    let records: Vec<OwnedRecord> = [
+        (Op::Read, "u1", r#"{"email":"a@b"}"#),
+        (Op::Insert, "u2", r#"{"email":"c@d"}"#),
+        (Op::Insert, "u3", "not json"),
+        (Op::Insert, "u4", r#"{"email":"e@f"}"#),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (op, key, data))| {
+        let mut r = rec(op, "users", key, data);
+        r.serial = 10 + i as u64;
+        r
+    })
+    .collect();
+    let out = chain.run(batch(&records)).unwrap();
+    assert_eq!(keys(&out.batch), ["x/u2", "x/u4"]);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].plugin, "mask");
+    assert_eq!(out.errors[0].index, Some(2), "{:?}", out.errors);
+    // Records that serials cannot tell apart lose the correspondence, as before.
+    let same: Vec<OwnedRecord> = records
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.serial = 0;
+            r
+        })
+        .collect();
+    let out = chain.run(batch(&same)).unwrap();
+    assert_eq!(out.errors[0].index, None);
+}
