@@ -674,7 +674,7 @@ impl Database {
     pub fn install_snapshot(
         &self,
         layout: SnapshotLayout,
-        packed: &[u8],
+        blocks: Vec<crate::store::block::Block>,
         serial: u64,
         next_txn: u64,
     ) -> Result<SnapshotSave> {
@@ -686,7 +686,7 @@ impl Database {
                 self.name()
             )));
         }
-        let store = Store::from_snapshot(layout, self.def.spec.memory_quota_bytes, packed)
+        let store = Store::from_snapshot_blocks(layout, self.def.spec.memory_quota_bytes, blocks)
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut state = self.state.write();
         self.log.delete_database(self.def.uid)?;

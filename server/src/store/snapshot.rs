@@ -87,18 +87,41 @@ impl Store {
                 layout.block_count()
             )));
         }
-        let mut chunks = packed.chunks_exact(block_size.max(1));
+        let blocks = packed
+            .chunks_exact(block_size.max(1))
+            .enumerate()
+            .map(|(i, bytes)| {
+                Block::from_bytes(bytes)
+                    .ok_or_else(|| SnapshotError(format!("packed block {i} has a bad header")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Store::from_snapshot_blocks(layout, quota_bytes, blocks)
+    }
+
+    /// Like [`Store::from_snapshot`], from the blocks already cut out of the packed
+    /// bytes, in their packed order (a bootstrap cuts them as the parts arrive).
+    pub fn from_snapshot_blocks(
+        layout: SnapshotLayout,
+        quota_bytes: u64,
+        blocks: Vec<Block>,
+    ) -> Result<Store, SnapshotError> {
+        let block_size = layout.block_size as usize;
+        if blocks.len() != layout.block_count() || blocks.iter().any(|b| b.size() != block_size) {
+            return Err(SnapshotError(format!(
+                "{} blocks for a layout of {} blocks of {block_size} bytes",
+                blocks.len(),
+                layout.block_count()
+            )));
+        }
+        let mut blocks = blocks.into_iter();
         let mut files = Vec::new();
         for (index, file) in layout.files.into_iter().enumerate() {
-            let mut blocks = Vec::with_capacity(file.dense.len());
-            for number in &file.dense {
-                let bytes = chunks.next().expect("length checked above");
-                let block = Block::from_bytes(bytes).ok_or_else(|| {
-                    SnapshotError(format!("block {number} of file {index} has a bad header"))
-                })?;
-                blocks.push((*number, block));
-            }
-            let file = BlockFile::from_parts(file.layout, blocks).ok_or_else(|| {
+            let parts: Vec<_> = file
+                .dense
+                .iter()
+                .map(|number| (*number, blocks.next().expect("count checked above")))
+                .collect();
+            let file = BlockFile::from_parts(file.layout, parts).ok_or_else(|| {
                 SnapshotError(format!("file {index} does not fit its location table"))
             })?;
             files.push(file);

@@ -82,15 +82,54 @@ struct Pending {
     chunks: Vec<RawChunk>,
 }
 
-/// A snapshot being received.
+/// A snapshot being received. Blocks are cut out of the parts as they arrive, so the
+/// install only assembles them (no second copy of the whole store).
 struct Incoming {
     serial: u64,
     next_txn: u64,
-    layout: Vec<u8>,
+    layout: crate::store::snapshot::SnapshotLayout,
     size: u64,
-    packed: Vec<u8>,
+    received: u64,
+    blocks: Vec<crate::store::block::Block>,
+    /// The start of a block split across two parts.
+    carry: Vec<u8>,
+    /// A block with a bad header arrived: the snapshot is damaged.
+    bad: bool,
     hasher: xxhash_rust::xxh3::Xxh3,
     started: std::time::Instant,
+}
+
+impl Incoming {
+    fn take_part(&mut self, mut bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.received += bytes.len() as u64;
+        let size = self.layout.block_size as usize;
+        if size == 0 {
+            self.bad = true;
+            return;
+        }
+        if !self.carry.is_empty() {
+            let need = (size - self.carry.len()).min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..need]);
+            bytes = &bytes[need..];
+            if self.carry.len() == size {
+                let whole = std::mem::take(&mut self.carry);
+                self.push_block(&whole);
+            }
+        }
+        let mut chunks = bytes.chunks_exact(size);
+        for block in &mut chunks {
+            self.push_block(block);
+        }
+        self.carry.extend_from_slice(chunks.remainder());
+    }
+
+    fn push_block(&mut self, bytes: &[u8]) {
+        match crate::store::block::Block::from_bytes(bytes) {
+            Some(b) => self.blocks.push(b),
+            None => self.bad = true,
+        }
+    }
 }
 
 fn chunk(bytes: &[u8]) -> Result<RawChunk, String> {
@@ -469,23 +508,37 @@ async fn apply_stream(
                         reply_now(tx, refusal).await?;
                         return Err(reason);
                     }
+                    let layout: crate::store::snapshot::SnapshotLayout =
+                        match postcard::from_bytes(layout) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                return ask_snapshot(
+                                    tx,
+                                    &format!("an unreadable snapshot layout: {e}"),
+                                )
+                                .await
+                            }
+                        };
+                    let count = (size_bytes / u64::from(layout.block_size.max(1))) as usize;
                     incoming = Some(Incoming {
                         serial,
                         next_txn,
-                        layout: layout.to_vec(),
+                        layout,
                         size: size_bytes,
-                        packed: Vec::with_capacity(size_bytes as usize),
+                        received: 0,
+                        blocks: Vec::with_capacity(count),
+                        carry: Vec::new(),
+                        bad: false,
                         hasher: xxhash_rust::xxh3::Xxh3::new(),
                         started: std::time::Instant::now(),
                     });
                 }
                 Msg::SnapshotPart { bytes } => {
                     if let Some(s) = incoming.as_mut() {
-                        if s.packed.len() + bytes.len() > s.size as usize {
+                        if s.received + bytes.len() as u64 > s.size {
                             incoming = None;
                         } else {
-                            s.hasher.update(bytes);
-                            s.packed.extend_from_slice(bytes);
+                            s.take_part(bytes);
                         }
                     }
                 }
@@ -493,7 +546,11 @@ async fn apply_stream(
                     let Some(s) = incoming.take() else {
                         return ask_snapshot(tx, "a snapshot part was lost").await;
                     };
-                    if s.hasher.digest() != checksum || s.packed.len() as u64 != s.size {
+                    if s.hasher.digest() != checksum
+                        || s.received != s.size
+                        || s.bad
+                        || !s.carry.is_empty()
+                    {
                         return ask_snapshot(tx, "the snapshot arrived damaged").await;
                     }
                     let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
@@ -585,12 +642,62 @@ async fn install(
     db: &Arc<Database>,
     s: Incoming,
 ) -> Result<crate::node::database::SnapshotSave, String> {
-    let layout = postcard::from_bytes(&s.layout).map_err(|e| format!("snapshot layout: {e}"))?;
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
-        db.install_snapshot(layout, &s.packed, s.serial, s.next_txn)
+        db.install_snapshot(s.layout, s.blocks, s.serial, s.next_txn)
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("installing the snapshot: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::block::{Block, BlockKind};
+    use crate::store::snapshot::SnapshotLayout;
+    use crate::store::Schema;
+
+    fn incoming(size: u64) -> Incoming {
+        Incoming {
+            serial: 1,
+            next_txn: 1,
+            layout: SnapshotLayout {
+                schema: Schema { files: Vec::new() },
+                block_size: 512,
+                files: Vec::new(),
+            },
+            size,
+            received: 0,
+            blocks: Vec::new(),
+            carry: Vec::new(),
+            bad: false,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn blocks_are_cut_out_of_parts_whatever_their_boundaries() {
+        let blocks: Vec<Block> = (0..3)
+            .map(|_| Block::new(512, BlockKind::Primary))
+            .collect();
+        let packed: Vec<u8> = blocks.iter().flat_map(|b| b.as_bytes().to_vec()).collect();
+        let mut s = incoming(packed.len() as u64);
+        for part in [&packed[..100], &packed[100..800], &packed[800..]] {
+            s.take_part(part);
+        }
+        assert_eq!(s.blocks.len(), 3);
+        assert!(s
+            .blocks
+            .iter()
+            .zip(&blocks)
+            .all(|(a, b)| a.as_bytes() == b.as_bytes()));
+        assert!(s.carry.is_empty() && !s.bad);
+        assert_eq!(s.hasher.digest(), xxhash_rust::xxh3::xxh3_64(&packed));
+        // A block with a bad header marks the snapshot damaged.
+        let mut s = incoming(512);
+        s.take_part(&[0xFF; 512]);
+        assert!(s.bad);
+    }
 }
