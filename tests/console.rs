@@ -547,12 +547,12 @@ fn a_refused_topology_shows_each_error_on_the_link_it_concerns() {
 fn quarantining_topology() -> (Node, Node, String) {
     let a = Node::start();
     let b = Node::start();
-    let r = a.request(
-        "PUT",
-        &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/nest/1?role=transform"),
-        Body::Raw("application/wasm", doppel_server::plugins::builtin::RENAME),
+    upload_plugin(
+        &a,
+        "nest",
+        "transform",
+        doppel_server::plugins::builtin::RENAME,
     );
-    assert!(r.status == 201 || r.status == 200, "{r}");
     let source = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
     let doc = json!({"name": "q", "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
         "links": [{"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"},

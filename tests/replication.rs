@@ -592,15 +592,6 @@ fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
     wait_link_state(&a, &id, "streaming", CATCH_UP);
 }
 
-fn upload_plugin(node: &Node, name: &str, role: &str, wasm: &[u8]) {
-    let r = node.request(
-        "PUT",
-        &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/{name}/1?role={role}"),
-        Body::Raw("application/wasm", wasm),
-    );
-    assert!(r.status == 201 || r.status == 200, "{r}");
-}
-
 #[test]
 fn a_logical_link_ships_exactly_the_filtered_and_transformed_records() {
     use doppel_server::plugins::builtin;
@@ -1133,7 +1124,7 @@ fn a_logical_link_on_a_source_whose_log_was_pruned_starts_from_its_records_throu
     upload_plugin(&a, "eu", "filter", builtin::PREFIX_FILTER);
     upload_plugin(&a, "ns", "transform", builtin::NAMESPACE);
     let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
-    // 2,500 orders; two snapshots prune the A log, so it no longer starts at serial 1.
+    // 2,000 orders; two snapshots prune the A log, so it no longer starts at serial 1.
     for (from, to) in [(0, 1_000), (1_000, 2_000)] {
         let ops: Vec<Value> = (from..to)
             .map(|i| {

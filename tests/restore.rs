@@ -572,12 +572,7 @@ fn replay_with_corrected_logic_rolls_back_a_faulty_change_and_replays_it_through
     db.delete("orders", "o-2").ok();
     let before = contents(&db);
     for name in ["wrong", "fix"] {
-        let r = node.request(
-            "PUT",
-            &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/{name}/1?role=transform"),
-            Body::Raw("application/wasm", builtin::RENAME),
-        );
-        assert!(r.status == 201 || r.status == 200, "{r}");
+        upload_plugin(&node, name, "transform", builtin::RENAME);
     }
     let replay = db.path("/replay");
     let body = |plugin: &str, config: Value, dry_run: bool| json!({"from_serial": point, "transform": {"plugin": plugin, "config": config}, "dry_run": dry_run});

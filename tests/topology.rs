@@ -388,12 +388,7 @@ fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_
     use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
     let (a, b, c) = (Node::start(), Node::start(), Node::start());
     for n in [&a, &b] {
-        let r = n.request(
-            "PUT",
-            &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/ns/1?role=transform"),
-            Body::Raw("application/wasm", builtin::NAMESPACE),
-        );
-        assert!(r.status == 201 || r.status == 200, "{r}");
+        upload_plugin(n, "ns", "transform", builtin::NAMESPACE);
     }
     let (sa, sb) = (
         a.create_db(DEFAULT_TENANT, shop_spec("shop")),

@@ -1226,6 +1226,16 @@ pub fn create_link(
 /// The tenant the replication tests use.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Uploads `wasm` as plugin `name@1` of `role` to the default tenant of `node`.
+pub fn upload_plugin(node: &Client, name: &str, role: &str, wasm: &[u8]) {
+    let r = node.request(
+        "PUT",
+        &format!("/v1/tenants/{DEFAULT_TENANT}/plugins/{name}/1?role={role}"),
+        Body::Raw("application/wasm", wasm),
+    );
+    assert!(r.status == 201 || r.status == 200, "{r}");
+}
+
 /// A link as the source shows it.
 pub fn link_status(source: &Client, id: &str) -> Value {
     source

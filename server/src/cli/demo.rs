@@ -95,21 +95,14 @@ pub fn start_children(data: &Path, config: &Path) -> Result<Children, String> {
     Ok(children)
 }
 
+/// One call to a demo node's API; a refusal is an error naming it.
 fn call(token: &str, method: &str, url: &str, body: Option<Value>) -> Result<Value, String> {
-    let req = ureq::request(method, url)
-        .timeout(Duration::from_secs(10))
-        .set("authorization", &format!("Bearer {token}"));
-    let resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
+    let remote = crate::topology::Remote {
+        authorization: Some(format!("Bearer {token}")),
     };
-    match resp {
-        Ok(r) => Ok(r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => Err(format!(
-            "{method} {url}: {code} {}",
-            r.into_string().unwrap_or_default()
-        )),
-        Err(e) => Err(format!("{method} {url}: {e}")),
+    match remote.call(method, url, body.as_ref())? {
+        (200..=299, answer) => Ok(answer),
+        (status, answer) => Err(format!("{method} {url}: {status} {answer}")),
     }
 }
 

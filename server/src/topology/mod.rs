@@ -473,13 +473,18 @@ impl From<node::Error> for TopologyError {
 }
 
 /// Calls to the nodes' APIs, with the caller's authorization.
-struct Remote {
-    authorization: Option<String>,
+pub(crate) struct Remote {
+    pub(crate) authorization: Option<String>,
 }
 
 impl Remote {
     /// `(status, body)`; Err when the node could not be reached.
-    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
         let mut req = ureq::request(method, url).timeout(CALL_TIMEOUT);
         if let Some(a) = &self.authorization {
             req = req.set("authorization", a);

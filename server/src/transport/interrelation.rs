@@ -180,9 +180,14 @@ pub struct Gates {
 }
 
 impl Gates {
+    /// The stream's progress channel (made on first use; the key is cloned only then,
+    /// since every applied transaction comes here).
     fn sender(&self, key: &StreamKey) -> watch::Sender<Progress> {
-        self.streams
-            .lock()
+        let mut streams = self.streams.lock();
+        if let Some(s) = streams.get(key) {
+            return s.clone();
+        }
+        streams
             .entry(key.clone())
             .or_insert_with(|| watch::channel(Progress::default()).0)
             .clone()

@@ -636,8 +636,13 @@ impl Replication {
     /// (a bootstrap snapshot) starts the count afresh.
     pub(crate) fn announce(&self, link: &str, serial: u64, restart: bool) {
         let mut a = self.announced.lock();
-        let e = a.entry(link.to_string()).or_insert(0);
-        *e = if restart { serial } else { (*e).max(serial) };
+        // Every watermark comes here: allocate the key only for a new link.
+        match a.get_mut(link) {
+            Some(e) => *e = if restart { serial } else { (*e).max(serial) },
+            None => {
+                a.insert(link.to_string(), serial);
+            }
+        }
     }
 
     /// Promote a replica database to a primary (SPEC G4): it stops following its link
