@@ -489,3 +489,247 @@ fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_
         .clone();
     assert_eq!(refused["errors"][0]["path"], "links[1].to", "{refused}");
 }
+
+fn mutual_spec(name: &str) -> Value {
+    let mut spec = shop_spec(name);
+    spec["mutual"] = json!(true);
+    spec
+}
+
+/// Both ways between `a` and `b`, mutual, for database `db`.
+fn mutual_pair(db: &str, conflicts: Value) -> Vec<Value> {
+    ["a", "b"]
+        .iter()
+        .map(|from| {
+            let to = if *from == "a" { "b" } else { "a" };
+            json!({"from": {"node": from, "database": db}, "to": {"node": to, "database": db},
+                   "apply": "logical", "conflicts": conflicts})
+        })
+        .collect()
+}
+
+fn conflicts_of(db: &Db) -> Value {
+    db.client().get(&db.path("/conflicts")).ok().clone()
+}
+
+fn last_serial(db: &Db) -> u64 {
+    db.info().ok()["last_serial"].as_u64().unwrap()
+}
+
+/// Every link of `node` has sent and had confirmed all its source holds.
+fn caught_up(node: &Node) -> bool {
+    links_of(node).iter().all(|l| {
+        let s = &l["status"];
+        s["state"] == "streaming" && s["acked_serial"] == s["source_serial"]
+    })
+}
+
+#[test]
+fn mutual_sites_writing_the_same_keys_through_faults_converge_and_no_update_returns_to_its_origin()
+{
+    use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
+    let (a, b) = (Node::start(), Node::start());
+    let (da, db) = (
+        a.create_db(DEFAULT_TENANT, mutual_spec("shop")),
+        b.create_db(DEFAULT_TENANT, mutual_spec("shop")),
+    );
+    // a -> b goes through a faulty proxy.
+    let addr = b.get("/v1/node").ok()["replication"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = ChaosProxy::start(addr).expect("chaos proxy");
+    let faults = Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.1,
+        jitter: Duration::from_millis(3),
+        ..Faults::default()
+    };
+    proxy.set_faults(Direction::ToUpstream, faults);
+    let mut nodes = nodes_json(&[("a", &a), ("b", &b)]);
+    nodes["b"]["replication"] = json!(proxy.addr().to_string());
+    let doc = json!({"name": "mutual", "nodes": nodes,
+                     "links": mutual_pair("shop", json!({"strategy": "lww"}))});
+    a.post(&topologies(), &doc).ok();
+
+    // Both sites write the same keys at the same time; each remembers what it wrote
+    // last to each key (None: deleted).
+    let writer = |db: Db, tag: &'static str| {
+        std::thread::spawn(move || {
+            let mut last = std::collections::BTreeMap::new();
+            for i in 0..200 {
+                let key = format!("o-{:03}", i % 40);
+                let data = json!({"n": i, "by": tag});
+                db.put("orders", &key, json!({"customer": tag}), data.clone())
+                    .ok();
+                last.insert(key, Some(data));
+                if i % 9 == 0 {
+                    let gone = format!("o-{:03}", (i + 5) % 40);
+                    let r = db.delete("orders", &gone);
+                    assert!(r.status == 200 || r.status == 404, "{r}");
+                    last.insert(gone, None);
+                }
+            }
+            last
+        })
+    };
+    let (wa, wb) = (writer(da.clone(), "a"), writer(db.clone(), "b"));
+    let (last_a, last_b) = (wa.join().unwrap(), wb.join().unwrap());
+    proxy.heal();
+    let same = || caught_up(&a) && caught_up(&b) && da.contents("orders") == db.contents("orders");
+    assert!(
+        wait_until(deadline_in(CATCH_UP), same),
+        "the sites did not converge: a has {}, b has {} records; links a {:?} b {:?}",
+        da.contents("orders").len(),
+        db.contents("orders").len(),
+        links_of(&a),
+        links_of(&b)
+    );
+    assert!(proxy.stats().to_upstream.dropped > 0, "{:?}", proxy.stats());
+    // The versions are identical too, and each record is the last write of one site.
+    assert_eq!(da.contents("__versions"), db.contents("__versions"));
+    let finals: std::collections::BTreeMap<String, Value> = da
+        .contents("orders")
+        .into_iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r["data"].clone()))
+        .collect();
+    for key in last_a.keys().chain(last_b.keys()) {
+        let got = finals.get(key).cloned();
+        assert!(
+            got == last_a.get(key).cloned().flatten() || got == last_b.get(key).cloned().flatten(),
+            "{key}: {got:?} is neither site's last write ({:?}, {:?})",
+            last_a.get(key),
+            last_b.get(key)
+        );
+    }
+    // Concurrent writes of one key were detected, counted and logged with both sides.
+    let (ca, cb) = (conflicts_of(&da), conflicts_of(&db));
+    let count = ca["count"].as_u64().unwrap() + cb["count"].as_u64().unwrap();
+    assert!(count > 0, "no conflict detected: {ca} {cb}");
+    let entry = [&ca, &cb]
+        .iter()
+        .find_map(|c| c["conflicts"].as_array().unwrap().first().cloned())
+        .unwrap();
+    assert_eq!(entry["strategy"], "lww", "{entry}");
+    assert!(
+        ["local", "remote"].contains(&entry["decision"].as_str().unwrap()),
+        "{entry}"
+    );
+    let (l, r) = (&entry["local"], &entry["remote"]);
+    let later_is_remote = (r["timestamp_us"].as_u64(), r["origin"].as_u64())
+        > (l["timestamp_us"].as_u64(), l["origin"].as_u64());
+    assert_eq!(entry["decision"] == "remote", later_is_remote, "{entry}");
+
+    // No update returns to its origin: one more write on a changes a by its own two
+    // updates (record and version) only, after b applied it and both links are idle.
+    let before = last_serial(&da);
+    da.put("orders", "echo", json!({}), json!({"once": true}))
+        .ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || {
+        db.data("orders", "echo").is_some() && caught_up(&a) && caught_up(&b)
+    }));
+    assert_eq!(last_serial(&da), before + 2);
+    for node in [&a, &b] {
+        let replicas = node
+            .get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+            .ok()
+            .clone();
+        let counts = &replicas[0]["mutual"];
+        assert!(counts["writes"].as_u64().unwrap() > 0, "{replicas}");
+        assert_eq!(
+            counts["returned"], 0,
+            "an update came back to its origin: {replicas}"
+        );
+    }
+    // A mutual database takes no ordinary logical link in, and a cycle of ordinary
+    // links is still refused.
+    let mut plain = mutual_pair("shop", json!({"strategy": "lww"}));
+    plain[1].as_object_mut().unwrap().remove("conflicts");
+    let refused = a
+        .post(
+            &topologies(),
+            &json!({"name": "bad", "nodes": nodes, "links": plain}),
+        )
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    let text = refused["errors"].to_string();
+    assert!(text.contains("must be mutual too"), "{refused}");
+    assert!(text.contains("needs its way back"), "{refused}");
+}
+
+#[test]
+fn site_priority_and_a_resolver_plugin_decide_a_conflict_alike_on_both_sites() {
+    use doppel_server::plugins::builtin;
+    let (a, b) = (Node::start(), Node::start());
+    for n in [&a, &b] {
+        upload_plugin(n, "lww", "resolver", builtin::LWW_RESOLVER);
+    }
+    let a_id = a.get("/v1/node").ok()["id"].as_str().unwrap().to_string();
+    let mut links = mutual_pair("p", json!({"strategy": "priority", "priority": [a_id]}));
+    links.extend(mutual_pair(
+        "r",
+        json!({"strategy": "resolver",
+               "resolver": {"plugin": "lww@1", "config": {"strategy": "max", "field": "v"}}}),
+    ));
+    let sites: Vec<(Db, Db)> = ["p", "r"]
+        .iter()
+        .map(|name| {
+            (
+                a.create_db(DEFAULT_TENANT, mutual_spec(name)),
+                b.create_db(DEFAULT_TENANT, mutual_spec(name)),
+            )
+        })
+        .collect();
+    let doc =
+        json!({"name": "rules", "nodes": nodes_json(&[("a", &a), ("b", &b)]), "links": links});
+    a.post(&topologies(), &doc).ok();
+    // Both sites write one key while the links are paused: a first, b later, so the
+    // last writer would be b.
+    let pause = |node: &Node, verb: &str| {
+        for l in links_of(node) {
+            let id = l["id"].as_str().unwrap();
+            node.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/{verb}"))
+                .ok();
+        }
+    };
+    pause(&a, "pause");
+    pause(&b, "pause");
+    for (da, db) in &sites {
+        da.put("orders", "k", json!({}), json!({"by": "a", "v": 9}))
+            .ok();
+        db.put("orders", "k", json!({}), json!({"by": "b", "v": 3}))
+            .ok();
+    }
+    pause(&a, "resume");
+    pause(&b, "resume");
+    for (da, db) in &sites {
+        assert!(
+            wait_until(deadline_in(CATCH_UP), || {
+                caught_up(&a)
+                    && caught_up(&b)
+                    && conflicts_of(da)["count"] == 1
+                    && conflicts_of(db)["count"] == 1
+            }),
+            "{} {}",
+            conflicts_of(da),
+            conflicts_of(db)
+        );
+        // Priority to a, and the larger "v": a's write wins on both sites.
+        for site in [da, db] {
+            assert_eq!(site.data("orders", "k"), Some(json!({"by": "a", "v": 9})));
+        }
+        let on_b = &conflicts_of(db)["conflicts"][0];
+        assert_eq!(on_b["decision"], "remote", "{on_b}");
+        assert_eq!(on_b["local"]["data"], json!({"by": "b", "v": 3}), "{on_b}");
+        assert_eq!(on_b["remote"]["data"], json!({"by": "a", "v": 9}), "{on_b}");
+        let on_a = &conflicts_of(da)["conflicts"][0];
+        assert_eq!(on_a["decision"], "local", "{on_a}");
+        assert_eq!(
+            on_a["remote"]["node"],
+            b.get("/v1/node").ok()["id"],
+            "{on_a}"
+        );
+    }
+}

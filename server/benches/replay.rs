@@ -24,6 +24,7 @@ fn spec() -> DatabaseSpec {
         durability: Durability::Group,
         memory_quota_bytes: u64::MAX,
         retention: Retention::default(),
+        mutual: false,
     }
 }
 

@@ -35,6 +35,7 @@ fn spec() -> DatabaseSpec {
         durability: Durability::None,
         memory_quota_bytes: u64::MAX,
         retention: Retention::default(),
+        mutual: false,
     }
 }
 

@@ -172,6 +172,34 @@ pub async fn set_stages(
     Ok(Json(app.replication.set_stages(&tenant, &link, stages)?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictsQuery {
+    #[serde(default = "default_conflicts")]
+    limit: usize,
+}
+
+fn default_conflicts() -> usize {
+    100
+}
+
+pub async fn conflicts(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Query(q): Query<ConflictsQuery>,
+) -> Result<Json<Value>> {
+    let db = app.node.database(&tenant, &db)?;
+    let log = &app.replication.conflicts;
+    let list = log
+        .list(db.def.uid, q.limit.min(1000))
+        .map_err(|e| ApiError::from(crate::node::Error::Unavailable(e)))?;
+    Ok(Json(json!({
+        "database": db.name(),
+        "count": log.count(db.def.uid),
+        "conflicts": list,
+    })))
+}
+
 pub async fn dead_letters(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,

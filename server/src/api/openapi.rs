@@ -77,6 +77,7 @@ routes! {
     "post" db!("/replay") => rs::replay, Operate, "Replay with corrected logic: restore to from_serial, then replay the T log up to to_serial through a corrected transform (body {from_serial, to_serial?, transform?: {plugin, config}, dry_run?})";
     "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress";
     "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error";
+    "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";

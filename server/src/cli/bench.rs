@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// Token for the replica's API (default: the source's token).
     #[arg(long, env = "DOPPEL_REPLICA_TOKEN", hide_env_values = true)]
     replica_token: Option<String>,
-    /// Replication scenario: async, sync, bootstrap, catchup, logical, verify, promote or
-    /// all.
+    /// Replication scenario: async, sync, bootstrap, catchup, logical, verify, promote,
+    /// mutual or all.
     #[arg(long, default_value = "all")]
     pub(crate) scenario: String,
     /// Single-record commits of the sync scenario.

@@ -14,6 +14,10 @@
 //! - `verify`: verify of a mirror (`POST …/links/{id}/verify`) at `--records` and at
 //!   twice that: the time taken and MB of blocks compared;
 //! - `promote`: promote a caught-up replica; the time until it accepts a write.
+//! - `mutual`: both nodes take batched writes to the same keys at once (50/50, half of
+//!   `--records` each) through a pair of mutual links (last writer wins); records/s
+//!   from the first write until both sites are identical and idle, and the conflict
+//!   rate (conflicts met per record written).
 //!
 //! Polling the replica's serial every 2 ms bounds the measurement error at that.
 
@@ -34,6 +38,7 @@ struct Pair {
     source_target: Target,
     replica_url: String,
     replica_token: Option<String>,
+    replica_target: Target,
     tenant: String,
     db: String,
 }
@@ -53,17 +58,18 @@ impl Pair {
 
     /// Remove the bench database and any link from it, on both nodes.
     fn reset(&self) -> Result<(), String> {
-        let links = self.source.call("GET", &self.links_path(), None)?;
-        for link in links.as_array().into_iter().flatten() {
-            if link["database"] == self.db.as_str() {
-                let id = link["id"].as_str().unwrap_or_default();
-                self.source
-                    .call("DELETE", &format!("{}/{id}", self.links_path()), None)?;
-                let _ = self.replica.call(
-                    "DELETE",
-                    &format!("/v1/tenants/{}/replicas/{id}", self.tenant),
-                    None,
-                );
+        for (node, other) in [(&self.source, &self.replica), (&self.replica, &self.source)] {
+            let links = node.call("GET", &self.links_path(), None)?;
+            for link in links.as_array().into_iter().flatten() {
+                if link["database"] == self.db.as_str() {
+                    let id = link["id"].as_str().unwrap_or_default();
+                    node.call("DELETE", &format!("{}/{id}", self.links_path()), None)?;
+                    let _ = other.call(
+                        "DELETE",
+                        &format!("/v1/tenants/{}/replicas/{id}", self.tenant),
+                        None,
+                    );
+                }
             }
         }
         let _ = self.source.call("DELETE", &self.db_path(), None);
@@ -162,6 +168,17 @@ impl Pair {
     }
 
     fn write(&self, args: &BenchArgs, records: usize, offset: usize) -> Result<Duration, String> {
+        self.write_to(&self.source_target, args, records, offset)
+    }
+
+    /// `records` batched upserts of keys `offset..` through `target`.
+    fn write_to(
+        &self,
+        target: &Target,
+        args: &BenchArgs,
+        records: usize,
+        offset: usize,
+    ) -> Result<Duration, String> {
         let payload = "x".repeat(args.record_bytes.saturating_sub(2));
         let batch = args.batch;
         let path = format!("{}/transactions", self.db_path());
@@ -185,9 +202,48 @@ impl Pair {
                     .call_raw("POST", &path, Some(&body_for(job)))
                     .map(|_| ())
             },
-            &self.source_target,
+            target,
         )?;
         Ok(elapsed)
+    }
+
+    /// Both nodes hold the mutual database with the same contents and every link
+    /// between them is idle.
+    fn converged(&self) -> Result<bool, String> {
+        for node in [&self.source, &self.replica] {
+            let links = node.call("GET", &self.links_path(), None)?;
+            for l in links.as_array().into_iter().flatten() {
+                let s = &l["status"];
+                if l["database"] == self.db.as_str() && s["acked_serial"] != s["source_serial"] {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(self.contents(&self.source)? == self.contents(&self.replica)?)
+    }
+
+    /// Every (key, data) of the bench file, page by page.
+    fn contents(&self, node: &Client) -> Result<Vec<(Value, Value)>, String> {
+        let mut out = Vec::new();
+        let mut from = String::new();
+        loop {
+            let page = node.call(
+                "GET",
+                &format!(
+                    "{}/files/bench/records?limit=10000&from={}",
+                    self.db_path(),
+                    encode_segment(&from)
+                ),
+                None,
+            )?;
+            for r in page["records"].as_array().into_iter().flatten() {
+                out.push((r["key"].clone(), r["data"].clone()));
+            }
+            match page["next"].as_str() {
+                Some(next) => from = next.to_string(),
+                None => return Ok(out),
+            }
+        }
     }
 }
 
@@ -211,6 +267,7 @@ pub fn run(
         },
         replica_url: replica_url.trim_end_matches('/').to_string(),
         replica_token,
+        replica_target,
         tenant: encode_segment(&args.target.tenant),
         db: args.db.clone(),
     };
@@ -373,6 +430,63 @@ pub fn run(
             ms(writable)
         );
     }
+    if all || args.scenario == "mutual" {
+        mutual(&pair, args)?;
+    }
     pair.reset()?;
+    Ok(())
+}
+
+/// Two sites writing the same keys at once through a pair of mutual links.
+fn mutual(pair: &Pair, args: &BenchArgs) -> Result<(), String> {
+    pair.reset()?;
+    let spec = json!({"name": pair.db, "files": [{"name": "bench"}], "durability": args.durability,
+                      "memory_quota_bytes": 16u64 << 30, "mutual": true});
+    let dbs = format!("/v1/tenants/{}/databases", pair.tenant);
+    pair.source.call("POST", &dbs, Some(&spec))?;
+    pair.replica.call("POST", &dbs, Some(&spec))?;
+    let conflicts = json!({"apply": "logical", "conflicts": {"strategy": "lww"}});
+    pair.link_with(conflicts.clone())?;
+    let mut back = json!({"database": pair.db,
+                          "target": {"url": pair.source_target.url.trim_end_matches('/'), "database": pair.db}});
+    if let Some(token) = &pair.source_target.token {
+        back["target"]["token"] = json!(token.trim());
+    }
+    back["apply"] = conflicts["apply"].clone();
+    back["conflicts"] = conflicts["conflicts"].clone();
+    pair.replica.call("POST", &pair.links_path(), Some(&back))?;
+    let half = args.records / 2;
+    let started = Instant::now();
+    let (wa, wb) = std::thread::scope(|s| {
+        let a = s.spawn(|| pair.write_to(&pair.source_target, args, half, 0));
+        let b = s.spawn(|| pair.write_to(&pair.replica_target, args, half, 0));
+        (a.join(), b.join())
+    });
+    let (wa, wb) = (
+        wa.map_err(|_| "a writer panicked")??,
+        wb.map_err(|_| "a writer panicked")??,
+    );
+    pair.wait(Duration::from_secs(600), || pair.converged())?;
+    let took = started.elapsed();
+    let count = |c: &Client| -> Result<u64, String> {
+        Ok(c.call(
+            "GET",
+            &format!("{}/conflicts?limit=1", pair.db_path()),
+            None,
+        )?["count"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let conflicts = count(&pair.source)? + count(&pair.replica)?;
+    println!(
+        "mutual: 2 sites x {half} records ({} per transaction, same keys, {} durability): writes {:.0} + {:.0} records/s; identical on both sites after {:.2} s = {:.0} records/s; {conflicts} conflicts = {:.1}% of the records written",
+        args.batch,
+        args.durability,
+        half as f64 / wa.as_secs_f64(),
+        half as f64 / wb.as_secs_f64(),
+        took.as_secs_f64(),
+        (2 * half) as f64 / took.as_secs_f64(),
+        100.0 * conflicts as f64 / (2 * half) as f64
+    );
     Ok(())
 }

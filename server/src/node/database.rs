@@ -85,9 +85,20 @@ pub struct DatabaseSpec {
     pub memory_quota_bytes: u64,
     #[serde(default)]
     pub retention: Retention,
+    /// Keep a version per record (`node::versions`), so the database can take part in
+    /// mutual replication (SPEC F4): every site accepts writes and concurrent ones are
+    /// resolved alike everywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutual: bool,
 }
 
 impl DatabaseSpec {
+    /// The store's schema: the declared files, and the versions file of a mutual
+    /// database.
+    pub fn schema(&self) -> Schema {
+        super::versions::schema(&self.files, self.mutual)
+    }
+
     fn default_block_size() -> usize {
         4096
     }
@@ -181,6 +192,52 @@ impl SnapshotSave {
     }
 }
 
+/// One write a mutual link brings, resolved against this database's schema.
+#[derive(Debug, Clone)]
+pub struct MutualWrite {
+    /// The upsert or delete.
+    pub op: Op,
+    pub table: usize,
+    pub key: Vec<u8>,
+    /// The written data (empty for a delete).
+    pub data: Vec<u8>,
+    pub stamp: super::versions::Stamp,
+    /// The record's data before the write where it was made, when known (a
+    /// resolver's base).
+    pub base_data: Option<Vec<u8>>,
+}
+
+/// Two concurrent versions of one record, to be decided.
+pub struct Conflict<'a> {
+    pub file: &'a str,
+    pub key: &'a [u8],
+    pub local: super::versions::Stamp,
+    /// The local data; None when the local version is a delete.
+    pub local_data: Option<&'a [u8]>,
+    pub remote: &'a MutualWrite,
+}
+
+/// What a conflict's decision keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Local,
+    Remote,
+    /// A merge of both (data), stored with the later of the two versions.
+    Merged(Vec<u8>),
+}
+
+/// A conflict met and how it was decided, for the conflict log.
+#[derive(Debug, Clone)]
+pub struct ConflictSeen {
+    pub file: String,
+    pub key: Vec<u8>,
+    pub local: super::versions::Stamp,
+    pub local_data: Option<Vec<u8>>,
+    pub remote: super::versions::Stamp,
+    pub remote_data: Option<Vec<u8>>,
+    pub decision: Decision,
+}
+
 /// What a replica did with a replicated transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaApply {
@@ -202,9 +259,7 @@ impl Database {
     /// A new, empty database.
     pub fn create(def: DatabaseDef, log: Arc<LogStore>) -> Database {
         let store = Store::new(
-            Schema {
-                files: def.spec.files.clone(),
-            },
+            def.spec.schema(),
             def.spec.block_size,
             def.spec.memory_quota_bytes,
         );
@@ -254,16 +309,15 @@ impl Database {
                     meta.serial,
                 )
             }
-            None => {
-                let schema = Schema {
-                    files: def.spec.files.clone(),
-                };
-                (
-                    Store::new(schema, def.spec.block_size, def.spec.memory_quota_bytes),
-                    Sequencer::new(0, 1),
-                    0,
-                )
-            }
+            None => (
+                Store::new(
+                    def.spec.schema(),
+                    def.spec.block_size,
+                    def.spec.memory_quota_bytes,
+                ),
+                Sequencer::new(0, 1),
+                0,
+            ),
         };
         let mut replayed = 0u64;
         let mut max_txn = 0;
@@ -490,7 +544,15 @@ impl Database {
         // write lands after a restore captured the store.
         self.check_not_restoring()?;
         let State { store, seq, .. } = state;
-        match txn::apply(store, seq, txn, ops) {
+        // A mutual database writes each record's new version with it: one more
+        // operation after each of the client's.
+        let stamped = if self.def.spec.mutual {
+            Some(super::versions::stamp(store, ops)?)
+        } else {
+            None
+        };
+        let per_op = if stamped.is_some() { 2 } else { 1 };
+        match txn::apply(store, seq, txn, stamped.as_deref().unwrap_or(ops)) {
             Ok(log) => {
                 self.append(&log)?;
                 Ok(Committed {
@@ -502,7 +564,7 @@ impl Database {
             }
             Err(refused) => {
                 self.append(&refused.log)?;
-                Err(Error::Store(refused.error).at_op(refused.index))
+                Err(Error::Store(refused.error).at_op(refused.index / per_op))
             }
         }
     }
@@ -613,6 +675,142 @@ impl Database {
         }
         self.apply_logical_locked(&mut state, Some((stream, last)), ops)?;
         Ok(ReplicaApply::Applied(last))
+    }
+
+    /// Apply writes of a mutual link (SPEC F4) from stream `stream` (`position`: the
+    /// source serials `first..=last` it covers; None for a bootstrap's records), under
+    /// the writer lock: each write is compared with the version this database holds of
+    /// its record.
+    /// * The same version: already here (a retransmission, a bootstrap) — skipped.
+    /// * The write was made on the version held here: it follows it — applied.
+    /// * Otherwise the two are concurrent: `decide` picks local, remote or a merge,
+    ///   and the conflict is returned for the conflict log.
+    ///
+    /// Every remote version raises this node's clock past it, so a later local write of
+    /// the record is stamped after it (the hybrid logical clock).
+    pub fn apply_mutual(
+        &self,
+        stream: u64,
+        position: Option<(u64, u64)>,
+        writes: Vec<MutualWrite>,
+        decide: &mut dyn FnMut(&Conflict<'_>) -> Decision,
+    ) -> Result<(ReplicaApply, Vec<ConflictSeen>)> {
+        use super::versions::{self as v, Stamp, Version};
+        let mut state = self.state.write();
+        if let Some((first, last)) = position {
+            let at = state.positions.get(&stream).copied().unwrap_or(0);
+            if last <= at {
+                return Ok((ReplicaApply::Duplicate, Vec::new()));
+            }
+            if first != at + 1 {
+                return Ok((ReplicaApply::Gap(at + 1), Vec::new()));
+            }
+        }
+        let schema = state.store.schema().clone();
+        let versions = v::versions_id(&schema).ok_or_else(|| {
+            Error::Malformed(format!(
+                "database '{}' keeps no record versions: a mutual link needs a database \
+                 created with \"mutual\": true",
+                self.name()
+            ))
+        })?;
+        let mut ops = Vec::with_capacity(writes.len() * 2);
+        let mut conflicts = Vec::new();
+        // Versions given by earlier writes of this transaction.
+        type Held = (Stamp, Option<Vec<u8>>);
+        let mut within: HashMap<(usize, Vec<u8>), Held> = HashMap::new();
+        for w in &writes {
+            txn::clock::observe(w.stamp.t);
+            let name = &schema.files[w.table].name;
+            let (local, local_record) = match within.get(&(w.table, w.key.clone())) {
+                Some((s, r)) => (*s, r.clone()),
+                None => {
+                    let stamp =
+                        v::current(&state.store, versions, name, &w.key).unwrap_or_default();
+                    let record = state
+                        .store
+                        .get(schema.main_id(w.table), &w.key)
+                        .map(|(_, r)| crate::store::encode_owned(&r));
+                    (stamp, record)
+                }
+            };
+            if local.version() == w.stamp.version() {
+                continue;
+            }
+            let decision = if local.version() == w.stamp.base()
+                || local.version() == Version::default()
+            {
+                Decision::Remote
+            } else {
+                let local_data = local_record
+                    .as_deref()
+                    .and_then(crate::store::block::decode)
+                    .map(|r| r.data.to_vec());
+                let conflict = Conflict {
+                    file: name,
+                    key: &w.key,
+                    local,
+                    local_data: local_data.as_deref(),
+                    remote: w,
+                };
+                let decision = decide(&conflict);
+                conflicts.push(ConflictSeen {
+                    file: name.clone(),
+                    key: w.key.clone(),
+                    local,
+                    local_data,
+                    remote: w.stamp,
+                    remote_data: (w.op.kind != crate::log::OpKind::Delete).then(|| w.data.clone()),
+                    decision: decision.clone(),
+                });
+                decision
+            };
+            let (op, stamp) = match decision {
+                Decision::Local => continue,
+                Decision::Remote => (w.op.clone(), w.stamp),
+                Decision::Merged(data) => {
+                    // The merge carries the later version, so both sites store it alike;
+                    // its alternate keys are that version's.
+                    let remote_record = (w.op.kind != crate::log::OpKind::Delete)
+                        .then_some(w.op.payload.as_slice());
+                    let (later, other) = if w.stamp.version() > local.version() {
+                        (remote_record, local_record.as_deref())
+                    } else {
+                        (local_record.as_deref(), remote_record)
+                    };
+                    let record = later.or(other).and_then(crate::store::block::decode);
+                    let alts: Vec<(u8, Vec<u8>)> = record
+                        .map(|r| r.alts().map(|(i, v)| (i, v.to_vec())).collect())
+                        .unwrap_or_default();
+                    let alts: Vec<(u8, &[u8])> =
+                        alts.iter().map(|(i, v)| (*i, v.as_slice())).collect();
+                    let mut payload = Vec::new();
+                    crate::store::encode_record(&mut payload, &w.key, &alts, &data);
+                    let winner = w.stamp.version().max(local.version());
+                    let op = Op {
+                        kind: crate::log::OpKind::Upsert,
+                        file: schema.main_id(w.table),
+                        payload,
+                    };
+                    let stamp = Stamp {
+                        t: winner.t,
+                        o: winner.o,
+                        bt: w.stamp.bt,
+                        bo: w.stamp.bo,
+                        del: false,
+                    };
+                    (op, stamp)
+                }
+            };
+            let record = (op.kind != crate::log::OpKind::Delete).then(|| op.payload.clone());
+            ops.push(op);
+            ops.push(v::stamp_op(versions, name, &w.key, &stamp)?);
+            within.insert((w.table, w.key.clone()), (stamp, record));
+        }
+        let at = position.map(|(_, last)| (stream, last));
+        self.apply_logical_locked(&mut state, at, ops)?;
+        let applied = position.map_or(0, |(_, last)| last);
+        Ok((ReplicaApply::Applied(applied), conflicts))
     }
 
     /// End a logical bootstrap from stream `stream`: the replica now stands at `serial`

@@ -13,6 +13,7 @@ pub mod logview;
 pub mod quorum;
 pub mod records;
 pub mod restore;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -296,6 +297,13 @@ impl Node {
         let mut names = std::collections::BTreeSet::new();
         for file in &spec.files {
             check_name("file", &file.name)?;
+            if file.name.starts_with(versions::RESERVED_PREFIX) {
+                return Err(Error::Malformed(format!(
+                    "file '{}': names starting with '{}' are Doppel's own",
+                    file.name,
+                    versions::RESERVED_PREFIX
+                )));
+            }
             if !names.insert(&file.name) {
                 return Err(Error::Malformed(format!(
                     "file '{}' is declared twice",

@@ -62,7 +62,7 @@ use super::database::{Database, DatabaseSpec};
 use super::error::{Error, Result};
 use super::Node;
 use crate::log::{LogKind, OpKind, TxnLog};
-use crate::store::{block, encode_owned, Effect, FileId, RecordRef, Schema, Store};
+use crate::store::{block, encode_owned, Effect, FileId, RecordRef, Store};
 use crate::txn::{self, Op, Sequencer};
 
 /// Most operations in one of a restore's transactions.
@@ -416,13 +416,7 @@ fn rebuild(
             Store::from_snapshot(meta.layout, spec.memory_quota_bytes, &packed)
                 .map_err(|e| Error::Unavailable(e.to_string()))?
         }
-        None => Store::new(
-            Schema {
-                files: spec.files.clone(),
-            },
-            spec.block_size,
-            spec.memory_quota_bytes,
-        ),
+        None => Store::new(spec.schema(), spec.block_size, spec.memory_quota_bytes),
     };
     let mut last = from;
     let mut failure = None;

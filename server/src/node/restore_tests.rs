@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
             durability: Durability::None,
             memory_quota_bytes: 1 << 30,
             retention: Retention::default(),
+            mutual: false,
         },
         created_ms: 0,
     };

@@ -5,8 +5,11 @@
 //! `to {node, database}` with the link's mode, apply form, stages, error policy and
 //! B-log choice. Applying it on any node:
 //! 1. validates it locally ([`validate`]): known nodes, no link from a database to
-//!    itself, one link per target database, no cycle (updates would loop: mutual
-//!    replication needs loop prevention, which links do not do yet);
+//!    itself, one link per target database, no cycle of ordinary links (updates would
+//!    loop). Mutual links (with `conflicts`, SPEC F4) may form cycles: a mutual link
+//!    ships only the writes made on its own node, so they come in full meshes (every
+//!    pair of sites linked both ways), and a mutual database takes no other logical
+//!    link in;
 //! 2. plans against what this topology applied before ([`plan`]): each link is kept,
 //!    created, has its stages swapped, is replaced (mode, apply form, policy or B log
 //!    changed) or deleted; a link someone deleted behind the topology's back is
@@ -29,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::node::{self, Node};
-use crate::transport::links::{Apply, LinkSpec, Mode, OnError, StageSpec, TargetSpec};
+use crate::transport::links::{
+    Apply, ConflictSpec, LinkSpec, Mode, OnError, StageSpec, TargetSpec,
+};
 
 const PREFIX: &str = "topology/";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +90,9 @@ pub struct LinkDoc {
     /// and bootstraps it (set by a failover for re-pointed links and the old primary).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
+    /// A mutual link: how its target resolves concurrent writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictSpec>,
 }
 
 fn yes() -> bool {
@@ -117,6 +125,7 @@ impl LinkDoc {
             stages: self.stages.clone(),
             on_error: self.on_error,
             b_log: self.b_log,
+            conflicts: self.conflicts.clone(),
         }
     }
 
@@ -139,6 +148,9 @@ impl LinkDoc {
         }
         if self.b_log != old.b_log {
             what.push("b_log");
+        }
+        if self.conflicts != old.conflicts {
+            what.push("conflicts");
         }
         (!what.is_empty()).then(|| format!("{} changed", what.join(", ")))
     }
@@ -224,14 +236,91 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
             ));
         }
     }
-    if let Some((i, cycle)) = find_cycle(&doc.links) {
+    out.extend(check_mutual(doc));
+    let ordinary: Vec<LinkDoc> = doc
+        .links
+        .iter()
+        .filter(|l| l.conflicts.is_none())
+        .cloned()
+        .collect();
+    if let Some((i, cycle)) = find_cycle(&ordinary) {
+        let i = doc
+            .links
+            .iter()
+            .position(|l| *l == ordinary[i])
+            .unwrap_or(i);
         out.push(problem(
             format!("links[{i}]"),
             format!(
-                "closes the cycle {cycle}: updates would go round it forever (mutual \
-                 replication with loop prevention is not available yet)"
+                "closes the cycle {cycle}: updates would go round it forever (links \
+                 that write both ways are mutual links: give each \"conflicts\")"
             ),
         ));
+    }
+    out
+}
+
+/// Mutual links (SPEC F4) ship only the writes of their own node, so every pair of a
+/// mutual group must be linked both ways; and a database written through mutual
+/// links takes no ordinary logical link in (its writes would carry no version).
+fn check_mutual(doc: &Topology) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mutual = |from: &Endpoint, to: &Endpoint| {
+        doc.links
+            .iter()
+            .any(|l| l.conflicts.is_some() && &l.from == from && &l.to == to)
+    };
+    for (i, l) in doc.links.iter().enumerate() {
+        if l.conflicts.is_none() {
+            let into_mutual = doc
+                .links
+                .iter()
+                .any(|m| m.conflicts.is_some() && (m.to == l.to || m.from == l.to));
+            if into_mutual && l.apply == Apply::Logical {
+                out.push(problem(
+                    format!("links[{i}]"),
+                    format!(
+                        "database '{}' on node '{}' is written through mutual links; a \
+                         logical link into it must be mutual too (give it \"conflicts\")",
+                        l.to.database, l.to.node
+                    ),
+                ));
+            }
+            continue;
+        }
+        if l.apply != Apply::Logical {
+            out.push(problem(
+                format!("links[{i}].apply"),
+                "a mutual link applies by key: give \"apply\": \"logical\"",
+            ));
+        }
+        if !mutual(&l.to, &l.from) {
+            out.push(problem(
+                format!("links[{i}]"),
+                format!(
+                    "a mutual link needs its way back: add a mutual link {}/{} -> {}/{}",
+                    l.to.node, l.to.database, l.from.node, l.from.database
+                ),
+            ));
+        }
+        // Full mesh: whoever this link's target sends to, this link's source must
+        // send to as well, since the target forwards nothing it did not write.
+        for m in doc
+            .links
+            .iter()
+            .filter(|m| m.conflicts.is_some() && m.from == l.to)
+        {
+            if m.to != l.from && !mutual(&l.from, &m.to) {
+                out.push(problem(
+                    format!("links[{i}]"),
+                    format!(
+                        "mutual sites form a full mesh (each ships only its own writes): \
+                         add a mutual link {}/{} -> {}/{}",
+                        l.from.node, l.from.database, m.to.node, m.to.database
+                    ),
+                ));
+            }
+        }
     }
     out
 }
@@ -450,6 +539,7 @@ fn unknown_link(step: &Step) -> LinkDoc {
         on_error: OnError::default(),
         b_log: true,
         resync: false,
+        conflicts: None,
     }
 }
 
@@ -1034,6 +1124,7 @@ mod tests {
                     on_error: OnError::Stop,
                     b_log: true,
                     resync: false,
+                    conflicts: None,
                 })
                 .collect(),
         }
@@ -1095,6 +1186,47 @@ mod tests {
             p[0].message
                 .contains("c/shop -> a/shop -> b/shop -> c/shop"),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn mutual_links_may_cycle_but_need_their_way_back_and_a_full_mesh() {
+        let mut doc = doc(&[
+            ("a", "d", "b", "d"),
+            ("b", "d", "a", "d"),
+            ("b", "d", "c", "d"),
+            ("c", "d", "b", "d"),
+        ]);
+        for l in &mut doc.links {
+            l.apply = Apply::Logical;
+            l.conflicts = Some(ConflictSpec {
+                strategy: Default::default(),
+                priority: Vec::new(),
+                resolver: None,
+            });
+        }
+        let problems = validate(&doc);
+        assert!(
+            problems.iter().all(|p| !p.message.contains("cycle")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "links[0]" && p.message.contains("a/d -> c/d")),
+            "{problems:?}"
+        );
+        doc.links[3].conflicts = None;
+        let problems = validate(&doc);
+        assert!(
+            problems.iter().any(|p| p.message.contains("its way back")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "links[3]" && p.message.contains("must be mutual too")),
+            "{problems:?}"
         );
     }
 

@@ -75,6 +75,36 @@ pub struct StageSpec {
     pub config: serde_json::Value,
 }
 
+/// How a mutual link decides between concurrent writes of one record (SPEC F4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Last writer wins, by hybrid-logical-clock timestamp, then node id.
+    #[default]
+    Lww,
+    /// The write of the node listed first in `priority` wins; last writer wins between
+    /// nodes of equal rank.
+    Priority,
+    /// A resolver plugin decides (winner or merge).
+    Resolver,
+}
+
+/// What makes a link mutual: its databases both take writes, and the target resolves
+/// concurrent writes with this. Both links of a pair should carry the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictSpec {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Node ids, highest priority first (`priority`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority: Vec<String>,
+    /// `name@version` of a resolver plugin, with its config (`resolver`); the target
+    /// node loads it from its own registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<StageSpec>,
+}
+
 /// What a client sends to create a link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +123,9 @@ pub struct LinkSpec {
     /// Ship B logs (before images) too, so the replica can restore on its own.
     #[serde(default = "yes")]
     pub b_log: bool,
+    /// A mutual link (SPEC F4): how the target resolves concurrent writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictSpec>,
 }
 
 fn yes() -> bool {
@@ -130,6 +163,9 @@ pub struct ReplicaRequest {
     /// See [`TargetSpec::resync`].
     #[serde(default)]
     pub resync: bool,
+    /// A mutual link: the target stays writable and resolves conflicts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictSpec>,
 }
 
 /// A replica as the target keeps it.
@@ -151,6 +187,9 @@ pub struct ReplicaReg {
     pub suspended: bool,
     pub apply: Apply,
     pub created_ms: u64,
+    /// A mutual link's conflict handling (the database stays writable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictSpec>,
 }
 
 /// The state a link is in.

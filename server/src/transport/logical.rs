@@ -22,7 +22,7 @@ use crate::log::codec;
 use crate::log::durable::RawTxn;
 use crate::log::OpKind;
 use crate::log::{LogKind, Outcome};
-use crate::node::records;
+use crate::node::{records, versions};
 use crate::plugins::{Chain, Registry, Role};
 use crate::store::{block, Effect, Schema, Store};
 use crate::txn::Op;
@@ -99,6 +99,10 @@ pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRe
                 continue;
             };
             let file = &schema.files[table];
+            // A mutual database's versions travel beside its records (`transport::mutual`).
+            if file.name == versions::VERSIONS_FILE {
+                continue;
+            }
             let mut record = OwnedRecord {
                 origin,
                 serial: h.serial,
@@ -177,8 +181,20 @@ pub fn ops_bytes(batch: &BatchBuilder) -> Result<Vec<u8>, String> {
 /// The replica's side of [`ops_bytes`]: each record resolved against this database's
 /// schema into an upsert or a delete. A file the replica lacks, an alternate key it does
 /// not declare or data that is not JSON is an error naming the record.
-pub fn decode_ops(schema: &Schema, mut bytes: &[u8]) -> Result<Vec<Op>, String> {
+pub fn decode_ops(schema: &Schema, bytes: &[u8]) -> Result<Vec<Op>, String> {
     let mut ops = Vec::new();
+    for_each_record(bytes, |r| {
+        ops.push(decode_op(schema, &r)?.1);
+        Ok(())
+    })?;
+    Ok(ops)
+}
+
+/// Each record of [`ops_bytes`]'s output, in order.
+pub fn for_each_record(
+    mut bytes: &[u8],
+    mut f: impl FnMut(Record<'_>) -> Result<(), String>,
+) -> Result<(), String> {
     while !bytes.is_empty() {
         let len = bytes
             .get(..4)
@@ -186,38 +202,44 @@ pub fn decode_ops(schema: &Schema, mut bytes: &[u8]) -> Result<Vec<Op>, String> 
             .ok_or("truncated operations")?;
         let raw = bytes.get(4..4 + len).ok_or("truncated operations")?;
         bytes = &bytes[4 + len..];
-        let r = Record::decode(raw).map_err(|e| format!("an undecodable record: {e:?}"))?;
-        let table = schema
-            .file_index(r.file)
-            .ok_or_else(|| format!("record '{}': this database has no file '{}'", r.key, r.file))?;
-        let file = schema.main_id(table);
-        Store::check_key(r.key.as_bytes()).map_err(|e| format!("record '{}': {e}", r.key))?;
-        if r.op == RecordOp::Delete {
-            ops.push(Op {
-                kind: OpKind::Delete,
-                file,
-                payload: r.key.as_bytes().to_vec(),
-            });
-            continue;
-        }
-        serde_json::from_slice::<serde::de::IgnoredAny>(r.data)
-            .map_err(|e| format!("record '{}': its data is not JSON: {e}", r.key))?;
-        let alt: BTreeMap<String, String> = r
-            .alt()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let data = std::str::from_utf8(r.data)
-            .map_err(|_| format!("record '{}': data is not UTF-8", r.key))?;
-        let raw_data = RawValue::from_string(data.to_string()).map_err(|e| e.to_string())?;
-        let payload = records::encode(&schema.files[table], r.key, &alt, Some(&raw_data))
-            .map_err(|e| format!("record '{}': {e}", r.key))?;
-        ops.push(Op {
-            kind: OpKind::Upsert,
-            file,
-            payload,
-        });
+        f(Record::decode(raw).map_err(|e| format!("an undecodable record: {e:?}"))?)?;
     }
-    Ok(ops)
+    Ok(())
+}
+
+/// One shipped record as an operation of this database, with its table.
+pub fn decode_op(schema: &Schema, r: &Record<'_>) -> Result<(usize, Op), String> {
+    let table = schema
+        .file_index(r.file)
+        .filter(|t| schema.files[*t].name != versions::VERSIONS_FILE)
+        .ok_or_else(|| format!("record '{}': this database has no file '{}'", r.key, r.file))?;
+    let file = schema.main_id(table);
+    Store::check_key(r.key.as_bytes()).map_err(|e| format!("record '{}': {e}", r.key))?;
+    if r.op == RecordOp::Delete {
+        let op = Op {
+            kind: OpKind::Delete,
+            file,
+            payload: r.key.as_bytes().to_vec(),
+        };
+        return Ok((table, op));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(r.data)
+        .map_err(|e| format!("record '{}': its data is not JSON: {e}", r.key))?;
+    let alt: BTreeMap<String, String> = r
+        .alt()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let data = std::str::from_utf8(r.data)
+        .map_err(|_| format!("record '{}': data is not UTF-8", r.key))?;
+    let raw_data = RawValue::from_string(data.to_string()).map_err(|e| e.to_string())?;
+    let payload = records::encode(&schema.files[table], r.key, &alt, Some(&raw_data))
+        .map_err(|e| format!("record '{}': {e}", r.key))?;
+    let op = Op {
+        kind: OpKind::Upsert,
+        file,
+        payload,
+    };
+    Ok((table, op))
 }
 
 /// Records a link's stages rejected (sled tree `dead-letters`): key

@@ -25,6 +25,7 @@
 pub mod interrelation;
 pub mod links;
 pub mod logical;
+pub mod mutual;
 pub mod receiver;
 pub mod redrive;
 pub mod sender;
@@ -100,6 +101,10 @@ pub struct Replication {
     /// Per replica link: the last serial its source announced (watermark), to tell
     /// whether it is caught up before a promotion.
     announced: Mutex<BTreeMap<String, u64>>,
+    /// Conflicts mutual links met (SPEC F4).
+    pub conflicts: mutual::ConflictLog,
+    /// Per mutual replica link, what it brought since the node started.
+    pub mutual_counts: Mutex<BTreeMap<String, mutual::Counts>>,
 }
 
 impl Replication {
@@ -124,7 +129,10 @@ impl Replication {
                 id
             }
         };
+        // Local writes of mutual databases carry this node's id in their versions.
+        crate::node::versions::set_local_origin(crate::node::versions::origin_of(&node_id));
         let spool_tree = node.tree("spool").map_err(|e| e.to_string())?;
+        let conflicts_tree = node.tree("conflicts").map_err(|e| e.to_string())?;
         let dead_tree = node.tree("dead-letters").map_err(|e| e.to_string())?;
         let repl = Arc::new(Replication {
             node,
@@ -139,6 +147,8 @@ impl Replication {
             dead_letters: logical::DeadLetters::open(dead_tree),
             gates: interrelation::Gates::default(),
             announced: Mutex::new(BTreeMap::new()),
+            conflicts: mutual::ConflictLog::open(conflicts_tree),
+            mutual_counts: Mutex::new(BTreeMap::new()),
         });
         for (_, value) in repl
             .node
@@ -147,7 +157,10 @@ impl Replication {
         {
             let reg: ReplicaReg = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
             if let Ok(db) = repl.node.database(&reg.tenant, &reg.database) {
-                db.set_replica_of(Some(reg.link.clone()));
+                // A mutual database takes its own writes too.
+                if reg.conflicts.is_none() {
+                    db.set_replica_of(Some(reg.link.clone()));
+                }
                 repl.publish_progress(&reg, &db);
             }
             repl.replicas.lock().insert(reg.link.clone(), reg);
@@ -237,6 +250,10 @@ impl Replication {
         }
         crate::node::check_name("database", &spec.target.database)?;
         self.check_stages(tenant, spec.apply, &spec.stages)?;
+        if let Some(conflicts) = &spec.conflicts {
+            let db = self.node.database(tenant, &spec.database).ok();
+            mutual::check_link(self, tenant, &spec, db.as_deref(), conflicts)?;
+        }
         let url = spec.target.url.trim_end_matches('/').to_string();
         let duplicate = self.links.lock().values().any(|l| {
             let d = l.def.lock();
@@ -325,6 +342,7 @@ impl Replication {
             "stages": def.spec.stages,
             "on_error": def.spec.on_error,
             "b_log": def.spec.b_log,
+            "conflicts": def.spec.conflicts,
             "paused": def.paused,
             "created_ms": def.created_ms,
             "status": status,
@@ -452,7 +470,11 @@ impl Replication {
                 req.database
             )));
         }
-        if !created && !req.resync && db.replica_of().is_none() && db.serials().0 > 0 {
+        if let Some(problem) = mutual::check_target(&db, &req) {
+            return Err(problem);
+        }
+        let mutual = req.conflicts.is_some();
+        if !created && !mutual && !req.resync && db.replica_of().is_none() && db.serials().0 > 0 {
             return Err(Error::AlreadyExists(format!(
                 "database '{}' with data of its own; a replica starts empty or from its \
                  source (delete it, or link to a new database)",
@@ -510,9 +532,10 @@ impl Replication {
             suspended: previous.as_ref().is_some_and(|p| p.suspended),
             apply: req.apply,
             created_ms: previous.as_ref().map_or(now_ms(), |p| p.created_ms),
+            conflicts: req.conflicts.clone(),
         };
         self.save_replica(&reg)?;
-        if !consolidating {
+        if !consolidating && !mutual {
             db.set_replica_of(Some(id.to_string()));
         }
         self.publish_progress(&reg, &db);
@@ -605,6 +628,10 @@ impl Replication {
                     "spooled": self.spool.len(&r.link),
                     "waiting_for": self.gates.held(&r.link),
                     "source_database": r.source_database,
+                    "conflicts": r.conflicts,
+                    "mutual": r.conflicts.as_ref().map(|_| {
+                        self.mutual_counts.lock().get(&r.link).copied().unwrap_or_default()
+                    }),
                     "created_ms": r.created_ms,
                 })
             })
@@ -625,7 +652,7 @@ impl Replication {
                 .replicas
                 .lock()
                 .values()
-                .find(|r| r.tenant == tenant && r.database == reg.database)
+                .find(|r| r.tenant == tenant && r.database == reg.database && r.conflicts.is_none())
                 .map(|r| r.link.clone());
             db.set_replica_of(other);
         }
@@ -736,7 +763,7 @@ impl Replication {
 
     /// The number this node's records carry as their origin in plugin batches.
     pub fn origin(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(self.node_id.as_bytes()) & 0xFFFF_FFFF
+        crate::node::versions::origin_of(&self.node_id)
     }
 
     /// Dead letters of a link of `tenant`.

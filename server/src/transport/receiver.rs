@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::links::{self, ReplicaReg};
 use super::logical;
+use super::mutual;
 use super::spool;
 use super::wire::{self, FrameWriter, Msg};
 use super::Replication;
@@ -291,6 +292,67 @@ fn applied(reg: &ReplicaReg, db: &Database, stream: u64) -> u64 {
     }
 }
 
+/// The versions sent for transaction `txn` (none if they were for another).
+fn take_versions(
+    versions: &mut Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)>,
+    txn: u64,
+) -> Vec<(u64, crate::node::versions::Stamp)> {
+    versions
+        .take()
+        .filter(|(t, _)| *t == txn)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
+/// Apply a mutual link's transaction (or bootstrap part, `position` None): each write
+/// against the version held here, conflicts decided by the link's resolver and kept in
+/// the conflict log.
+#[allow(clippy::too_many_arguments)]
+fn apply_mutual(
+    repl: &Replication,
+    reg: &ReplicaReg,
+    hello: &wire::Hello,
+    db: &Database,
+    schema: &crate::store::Schema,
+    resolver: &mut mutual::Resolver,
+    position: Option<(u64, u64)>,
+    ops: &[u8],
+    stamps: &[(u64, crate::node::versions::Stamp)],
+) -> Result<ReplicaApply, String> {
+    let writes = mutual::incoming(schema, ops, stamps)?;
+    let here = crate::node::versions::local_origin();
+    let returned = writes.iter().filter(|w| w.stamp.o == here).count() as u64;
+    let received = writes.len() as u64;
+    let mut notes = Vec::new();
+    let (applied, seen) = tokio::task::block_in_place(|| {
+        db.apply_mutual(hello.stream, position, writes, &mut |c| {
+            let (decision, note) = resolver.decide(c);
+            notes.push(note);
+            decision
+        })
+    })
+    .map_err(|e| e.to_string())?;
+    let here = repl.node_id.clone();
+    let source = reg.source_node.clone();
+    let names = move |o: u64| {
+        [&here, &source]
+            .into_iter()
+            .find(|n| crate::node::versions::origin_of(n) == o)
+            .cloned()
+    };
+    {
+        let mut counts = repl.mutual_counts.lock();
+        let c = counts.entry(reg.link.clone()).or_default();
+        c.writes += received;
+        c.conflicts += seen.len() as u64;
+        c.returned += returned;
+    }
+    let seen: Vec<_> = seen.into_iter().zip(notes).collect();
+    repl.conflicts
+        .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)?;
+    Ok(applied)
+}
+
 /// Hand a reply to the writing half.
 async fn queue(tx: &mpsc::Sender<Reply>, reply: Reply) -> Result<(), String> {
     tx.send(reply)
@@ -322,6 +384,15 @@ async fn apply_stream(
     let mut payload = Vec::new();
     // Interrelation information for the transaction that follows it (SPEC D1).
     let mut depends: Option<(u64, Vec<wire::Dependency>)> = None;
+    // A mutual link's record versions for the transaction that follows them (SPEC F4).
+    let mut versions: Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)> = None;
+    let mut resolver = match &reg.conflicts {
+        Some(spec) => Some(
+            mutual::Resolver::load(&repl.plugins, &reg.tenant, spec)
+                .map_err(|e| format!("link {}: {e}", reg.link))?,
+        ),
+        None => None,
+    };
     let key = Replication::stream_key(reg);
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_into(rd, &mut payload))
@@ -361,6 +432,7 @@ async fn apply_stream(
         for msg in msgs {
             match msg {
                 Msg::Depends { txn, deps } => depends = Some((txn, deps)),
+                Msg::Versions { txn, stamps } => versions = Some((txn, stamps)),
                 Msg::TxnStart { txn, .. } => {
                     pending = Some(Pending {
                         txn,
@@ -425,10 +497,26 @@ async fn apply_stream(
                     let at =
                         format!("transaction {txn} (source serials {first_serial}-{last_serial})");
                     hold(repl, reg, hello, db, tx, &mut depends, txn, last_serial).await?;
-                    let applied = logical::decode_ops(&schema, ops).and_then(|ops| {
-                        db.apply_logical(hello.stream, first_serial, last_serial, ops)
-                            .map_err(|e| e.to_string())
-                    });
+                    let applied = match resolver.as_mut() {
+                        Some(resolver) => {
+                            let stamps = take_versions(&mut versions, txn);
+                            apply_mutual(
+                                repl,
+                                reg,
+                                hello,
+                                db,
+                                &schema,
+                                resolver,
+                                Some((first_serial, last_serial)),
+                                ops,
+                                &stamps,
+                            )
+                        }
+                        None => logical::decode_ops(&schema, ops).and_then(|ops| {
+                            db.apply_logical(hello.stream, first_serial, last_serial, ops)
+                                .map_err(|e| e.to_string())
+                        }),
+                    };
                     match applied {
                         Ok(ReplicaApply::Applied(_)) => {
                             requested = None;
@@ -449,8 +537,17 @@ async fn apply_stream(
                     }
                 }
                 Msg::LogicalSnapshot { serial, last, ops } => {
-                    let applied = logical::decode_ops(&schema, ops)
-                        .and_then(|ops| db.apply_redriven(ops).map_err(|e| e.to_string()));
+                    let applied = match resolver.as_mut() {
+                        Some(resolver) => {
+                            let stamps = take_versions(&mut versions, 0);
+                            apply_mutual(
+                                repl, reg, hello, db, &schema, resolver, None, ops, &stamps,
+                            )
+                            .map(|_| ())
+                        }
+                        None => logical::decode_ops(&schema, ops)
+                            .and_then(|ops| db.apply_redriven(ops).map_err(|e| e.to_string())),
+                    };
                     if let Err(e) = applied {
                         let reason = format!("the logical bootstrap at serial {serial}: {e}");
                         let refusal = wire::single(&Msg::Refused {

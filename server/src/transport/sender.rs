@@ -11,7 +11,7 @@
 //! frames are sent as soon as there is something to send: the batching delay is the
 //! time the previous frame took to write.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +26,11 @@ use doppel_sdk::abi::OwnedRecord;
 use super::interrelation;
 use super::links::{Apply, LinkDef, LinkState, Mode, OnError, ReplicaRequest};
 use super::logical;
+use super::mutual;
 use super::wire::{self, FrameWriter, Hello, Msg};
 use super::{LinkHandle, Replication};
 use crate::log::LogKind;
+use crate::node::versions::{self, Stamp};
 use crate::node::{Database, Durability};
 use crate::tenancy::roles::Role;
 
@@ -167,6 +169,7 @@ async fn register(
         source_node: repl.node_id.clone(),
         apply: def.spec.apply,
         resync: def.spec.target.resync,
+        conflicts: def.spec.conflicts.clone(),
     };
     let (repl, def) = (repl.clone(), def.clone());
     let answer = tokio::task::spawn_blocking(move || {
@@ -392,7 +395,10 @@ async fn session(
     // A database's files are fixed when it is created: one copy serves the session.
     let schema = db.schema();
     // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
+    let mutual = def.spec.conflicts.is_some();
     let also: &[LogKind] = match (logical, def.spec.b_log) {
+        // A mutual link sends each record's before image, a resolver's base.
+        (true, _) if mutual => &[LogKind::B],
         (true, _) => &[],
         (false, true) => &[LogKind::B, LogKind::T],
         (false, false) => &[LogKind::T],
@@ -424,8 +430,14 @@ async fn session(
                 if hold != 0 && txn.first_serial > hold {
                     break;
                 }
+                let mut stamps = None;
                 let staged = if logical || sources.is_some() {
-                    let records = logical::records(&schema, repl.origin(), txn)?;
+                    let mut records = logical::records(&schema, repl.origin(), txn)?;
+                    if mutual {
+                        let (local, by_serial) = mutual::outgoing(&schema, txn, records)?;
+                        records = local;
+                        stamps = Some(by_serial);
+                    }
                     let mut batch = doppel_sdk::abi::BatchBuilder::new();
                     for r in &records {
                         batch.push(r);
@@ -453,6 +465,9 @@ async fn session(
                 match staged.filter(|_| logical) {
                     Some((records, batch)) => {
                         let ops = stage(repl, link, &def, &mut stages.chain, txn, &records, batch)?;
+                        if let Some(stamps) = &stamps {
+                            frame.push(&mutual::versions_msg(txn.txn, &ops, stamps)?);
+                        }
                         frame.push(&Msg::Logical {
                             txn: txn.txn,
                             first_serial: txn.first_serial,
@@ -588,6 +603,10 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
 ) -> Result<u64, String> {
     let (store, serial, _) = db.freeze();
     let schema = store.schema().clone();
+    // A mutual link ships every record with its version, and the deletes as
+    // tombstones, so the replica keeps whichever side is later.
+    let versions_id = versions::versions_id(&schema).filter(|_| def.spec.conflicts.is_some());
+    let mut stamps: HashMap<u64, Stamp> = HashMap::new();
     let marker = crate::log::durable::RawTxn {
         txn: 0,
         outcome: crate::log::Outcome::Committed,
@@ -600,6 +619,9 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
     let mut batch: Vec<OwnedRecord> = Vec::with_capacity(SNAPSHOT_RECORDS);
     let mut sent = 0usize;
     for (table, file) in schema.files.iter().enumerate() {
+        if file.name == versions::VERSIONS_FILE {
+            continue;
+        }
         let mut records = Vec::new();
         store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
             records.push(OwnedRecord {
@@ -620,12 +642,41 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
             });
             true
         });
-        for r in records {
+        if let Some(vid) = versions_id {
+            let from = versions::entry_key(&file.name, b"");
+            store.files()[vid as usize].scan(&from, None, |v| {
+                let Some((name, key)) = versions::split_entry_key(v.key) else {
+                    return false;
+                };
+                if name != file.name {
+                    return false;
+                }
+                if Stamp::decode(v.data).is_some_and(|s| s.del) {
+                    records.push(OwnedRecord {
+                        op: doppel_sdk::abi::Op::Delete,
+                        file: file.name.clone(),
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        ..OwnedRecord::default()
+                    });
+                }
+                true
+            });
+        }
+        for mut r in records {
+            if let Some(vid) = versions_id {
+                // Numbered within the bootstrap, so each record finds its version.
+                r.serial = stamps.len() as u64 + 1;
+                let stamp = versions::current(&store, vid, &r.file, r.key.as_bytes())
+                    .ok_or_else(|| format!("record '{}' has no version", r.key))?;
+                (r.timestamp, r.origin) = (stamp.t, stamp.o);
+                stamps.insert(r.serial, stamp);
+            }
             batch.push(r);
             if batch.len() == SNAPSHOT_RECORDS {
                 sent += batch.len();
                 ship_snapshot_part(
-                    repl, link, def, chain, &marker, &mut batch, serial, false, &mut frame, wr,
+                    repl, link, def, chain, &marker, &mut batch, serial, false, &stamps,
+                    &mut frame, wr,
                 )
                 .await?;
             }
@@ -633,7 +684,7 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
     }
     sent += batch.len();
     ship_snapshot_part(
-        repl, link, def, chain, &marker, &mut batch, serial, true, &mut frame, wr,
+        repl, link, def, chain, &marker, &mut batch, serial, true, &stamps, &mut frame, wr,
     )
     .await?;
     tracing::info!(link = %def.id, serial, records = sent, "logical bootstrap sent");
@@ -651,6 +702,7 @@ async fn ship_snapshot_part<W: AsyncWrite + Unpin>(
     batch: &mut Vec<OwnedRecord>,
     serial: u64,
     last: bool,
+    stamps: &HashMap<u64, Stamp>,
     frame: &mut FrameWriter,
     wr: &mut W,
 ) -> Result<(), String> {
@@ -661,6 +713,9 @@ async fn ship_snapshot_part<W: AsyncWrite + Unpin>(
     let ops = stage(repl, link, def, chain, marker, batch, input)?;
     batch.clear();
     frame.clear();
+    if def.spec.conflicts.is_some() {
+        frame.push(&mutual::versions_msg(0, &ops, stamps)?);
+    }
     frame.push(&Msg::LogicalSnapshot {
         serial,
         last,

@@ -18,6 +18,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::node::versions::Stamp;
+
 /// The protocol version this node speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted or sent.
@@ -105,6 +107,13 @@ pub enum Msg<'a> {
     Depends {
         txn: u64,
         deps: Vec<Dependency>,
+    },
+    /// The record versions of a mutual link's transaction `txn` (SPEC F4), sent just
+    /// before it (or before a bootstrap part, `txn` 0): each shipped record's version
+    /// and the version it replaced, by the record's serial.
+    Versions {
+        txn: u64,
+        stamps: Vec<(u64, Stamp)>,
     },
     /// The transaction was cancelled on the source; its chunks (including the undo
     /// updates) are followed by its B log, and the replica ends at its before images.
@@ -280,6 +289,18 @@ impl FrameWriter {
                     self.str(&d.database);
                     self.u64(d.serial);
                     self.u64(d.before_us);
+                }
+            }
+            Msg::Versions { txn, stamps } => {
+                self.u8(17);
+                self.u64(*txn);
+                self.buf
+                    .extend_from_slice(&(stamps.len() as u32).to_le_bytes());
+                for (serial, s) in stamps {
+                    for v in [*serial, s.t, s.o, s.bt, s.bo] {
+                        self.u64(v);
+                    }
+                    self.u8(s.del as u8);
                 }
             }
             Msg::Cancel {
@@ -475,6 +496,27 @@ impl<'a> FrameReader<'a> {
                 }
                 Msg::Depends { txn, deps }
             }
+            17 => {
+                let txn = self.u64()?;
+                let n = self.u32()? as usize;
+                // Each stamp takes 41 bytes: a count past that is a lie.
+                if n > (self.bytes.len() - self.pos) / 41 {
+                    return Err(WireError::Malformed(at));
+                }
+                let mut stamps = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let serial = self.u64()?;
+                    let stamp = Stamp {
+                        t: self.u64()?,
+                        o: self.u64()?,
+                        bt: self.u64()?,
+                        bo: self.u64()?,
+                        del: self.u8()? != 0,
+                    };
+                    stamps.push((serial, stamp));
+                }
+                Msg::Versions { txn, stamps }
+            }
             13 => {
                 let txn = self.u64()?;
                 let last_serial = self.u64()?;
@@ -647,6 +689,22 @@ mod tests {
                 serial: 77,
                 last: true,
                 ops: b"ops",
+            },
+            Msg::Versions {
+                txn: 3,
+                stamps: vec![
+                    (
+                        8,
+                        Stamp {
+                            t: 1_700_000_000_000_001,
+                            o: 0xdead_beef,
+                            bt: 1_700_000_000_000_000,
+                            bo: 7,
+                            del: true,
+                        },
+                    ),
+                    (9, Stamp::default()),
+                ],
             },
             Msg::BackupCompleted { serial: 9 },
             Msg::Retransmit { from: 10 },

@@ -1,0 +1,499 @@
+//! Mutual links (SPEC F4): two or more sites each take writes to the same database,
+//! each site linked to every other both ways, every link carrying `conflicts`.
+//!
+//! * **Loop prevention.** A mutual link ships only the writes made on its own node (the
+//!   record's version names its origin, `node::versions`); what a site applied from
+//!   another site is not sent on. So an update never returns to its origin, and the
+//!   sites form a full mesh (the topology validation asks for it). Every source
+//!   transaction still ships, possibly empty, so stream positions never skip.
+//! * **Detection.** Each shipped record travels with its version and the version it
+//!   replaced ([`wire::Msg::Versions`]). The target applies a write that follows the
+//!   version it holds; one made on another version is concurrent with it: a conflict.
+//! * **Resolution**, the same at every site, per the link's [`ConflictSpec`]:
+//!   last writer wins by (hybrid logical clock, node id), site priority, or a resolver
+//!   plugin (winner or merge). A resolver that fails on a pair falls back to last
+//!   writer wins, and the conflict log says so.
+//! * **The conflict log** (sled tree `conflicts`): the count per database and the last
+//!   [`KEEP`] conflicts with both versions and the decision.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use doppel_sdk::abi::{BatchBuilder, OwnedRecord, Record};
+
+use super::links::{ConflictSpec, ReplicaRequest, Strategy};
+use super::logical;
+use super::{wire, Replication};
+use crate::log::durable::RawTxn;
+use crate::log::{codec, LogKind};
+use crate::node::database::{Conflict, ConflictSeen, Decision, MutualWrite};
+use crate::node::versions::{self, Stamp};
+use crate::node::{Database, Error};
+type Result<T, E = Error> = std::result::Result<T, E>;
+use crate::plugins::{Registry, Role, Stage};
+use crate::store::{block, Schema};
+
+/// Conflicts kept per database.
+pub const KEEP: u64 = 1000;
+
+/// What a mutual replica link brought since the node started.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Counts {
+    /// Writes received.
+    pub writes: u64,
+    /// Of those, concurrent with the version held here.
+    pub conflicts: u64,
+    /// Of those, written on this very node: an update come back to its origin (loop
+    /// prevention keeps this at 0).
+    pub returned: u64,
+}
+
+/// Refuse a mutual link that cannot work, on its source.
+pub fn check_link(
+    repl: &Replication,
+    tenant: &str,
+    spec: &super::links::LinkSpec,
+    db: Option<&Database>,
+    conflicts: &ConflictSpec,
+) -> Result<()> {
+    if spec.apply != super::links::Apply::Logical {
+        return Err(Error::Malformed(
+            "a mutual link (with \"conflicts\") applies by key: give \"apply\": \"logical\"".into(),
+        ));
+    }
+    let stages = logical::stages(&repl.plugins, tenant, &spec.stages).map_err(Error::Malformed)?;
+    if stages
+        .chain
+        .stages
+        .iter()
+        .any(|s| s.role() == Role::Transform)
+    {
+        return Err(Error::Malformed(
+            "a mutual link keeps the sites identical, so it takes filters but no transforms".into(),
+        ));
+    }
+    if let Some(db) = db.filter(|db| !db.def.spec.mutual) {
+        return Err(Error::Malformed(format!(
+            "database '{}' keeps no record versions: a mutual link needs databases created \
+             with \"mutual\": true on every site",
+            db.name()
+        )));
+    }
+    Resolver::load(&repl.plugins, tenant, conflicts).map_err(Error::Malformed)?;
+    Ok(())
+}
+
+/// Refuse a registration that would mix mutual and other writers, on the target.
+pub fn check_target(db: &Database, req: &ReplicaRequest) -> Option<Error> {
+    let mutual = req.conflicts.is_some();
+    if mutual && !db.def.spec.mutual {
+        return Some(Error::Malformed(format!(
+            "database '{}' keeps no record versions: a mutual link needs databases created \
+             with \"mutual\": true on every site",
+            req.database
+        )));
+    }
+    if !mutual && db.def.spec.mutual && req.apply == super::links::Apply::Logical {
+        return Some(Error::Malformed(format!(
+            "database '{}' is mutual: a logical link into it must be mutual too (give \
+             \"conflicts\")",
+            req.database
+        )));
+    }
+    None
+}
+
+/// How a target decides conflicts.
+pub struct Resolver {
+    spec: ConflictSpec,
+    /// Origins, highest priority first.
+    priority: Vec<u64>,
+    plugin: Option<Stage>,
+}
+
+impl Resolver {
+    pub fn load(registry: &Registry, tenant: &str, spec: &ConflictSpec) -> Result<Self, String> {
+        let plugin = match (spec.strategy, &spec.resolver) {
+            (Strategy::Resolver, Some(stage)) => {
+                let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
+                    format!(
+                        "conflicts.resolver: name the plugin as name@version, not '{}'",
+                        stage.plugin
+                    )
+                })?;
+                let template = registry
+                    .template(tenant, name, version)
+                    .map_err(|e| format!("conflicts.resolver ({}): {e}", stage.plugin))?;
+                if template.role() != Role::Resolver {
+                    return Err(format!(
+                        "conflicts.resolver ({}): a {} is not a resolver",
+                        stage.plugin,
+                        template.role()
+                    ));
+                }
+                let config = if stage.config.is_null() {
+                    String::new()
+                } else {
+                    stage.config.to_string()
+                };
+                Some(
+                    template
+                        .stage(&config)
+                        .map_err(|e| format!("conflicts.resolver ({}): {e}", stage.plugin))?,
+                )
+            }
+            (Strategy::Resolver, None) => {
+                return Err(
+                    "conflicts: the resolver strategy needs \"resolver\": {\"plugin\": \"name@version\"}"
+                        .into(),
+                )
+            }
+            (_, Some(_)) => {
+                return Err("conflicts.resolver is used by the resolver strategy only".into())
+            }
+            (Strategy::Priority, None) if spec.priority.is_empty() => {
+                return Err(
+                    "conflicts: the priority strategy needs \"priority\": [node ids, highest first]"
+                        .into(),
+                )
+            }
+            _ => None,
+        };
+        Ok(Resolver {
+            priority: spec
+                .priority
+                .iter()
+                .map(|n| versions::origin_of(n))
+                .collect(),
+            spec: spec.clone(),
+            plugin,
+        })
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.spec.strategy
+    }
+
+    /// Decide a conflict, with a note when the plan could not be followed.
+    pub fn decide(&mut self, c: &Conflict<'_>) -> (Decision, Option<String>) {
+        let lww = if c.remote.stamp.version() > c.local.version() {
+            Decision::Remote
+        } else {
+            Decision::Local
+        };
+        match self.spec.strategy {
+            Strategy::Lww => (lww, None),
+            Strategy::Priority => {
+                let rank = |o: u64| {
+                    self.priority
+                        .iter()
+                        .position(|p| *p == o)
+                        .unwrap_or(self.priority.len())
+                };
+                let (local, remote) = (rank(c.local.o), rank(c.remote.stamp.o));
+                let decision = match remote.cmp(&local) {
+                    std::cmp::Ordering::Less => Decision::Remote,
+                    std::cmp::Ordering::Greater => Decision::Local,
+                    std::cmp::Ordering::Equal => lww,
+                };
+                (decision, None)
+            }
+            Strategy::Resolver => match self.resolve(c) {
+                Ok(d) => (d, None),
+                Err(e) => (
+                    lww,
+                    Some(format!("the resolver failed ({e}); last writer wins")),
+                ),
+            },
+        }
+    }
+
+    fn resolve(&mut self, c: &Conflict<'_>) -> Result<Decision, String> {
+        let stage = self.plugin.as_mut().ok_or("no resolver loaded")?;
+        let side = |stamp: &Stamp, data: Option<&[u8]>| {
+            let mut r = OwnedRecord::new(
+                if data.is_some() {
+                    doppel_sdk::abi::Op::Update
+                } else {
+                    doppel_sdk::abi::Op::Delete
+                },
+                c.file,
+                &String::from_utf8_lossy(c.key),
+                "",
+            );
+            r.data = data.map(<[u8]>::to_vec).unwrap_or_default();
+            r.timestamp = stamp.t;
+            r.origin = stamp.o;
+            r
+        };
+        let remote_data =
+            (c.remote.op.kind != crate::log::OpKind::Delete).then_some(&c.remote.data[..]);
+        let mut local = BatchBuilder::new();
+        local.push(&side(&c.local, c.local_data));
+        let mut remote = BatchBuilder::new();
+        remote.push(&side(&c.remote.stamp, remote_data));
+        let out = stage
+            .call(local.as_batch(), Some(remote.as_batch()))
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = out.errors.first() {
+            return Err(e.message.clone());
+        }
+        Ok(if out.bitmap.first().is_some_and(|b| b & 1 == 1) {
+            Decision::Remote
+        } else {
+            Decision::Local
+        })
+    }
+}
+
+/// The records a mutual link ships out of one source transaction: those written on
+/// this node, each with its version as timestamp and origin and its before image, and
+/// their stamps by serial. What this node applied from other sites stays here.
+pub fn outgoing(
+    schema: &Schema,
+    txn: &RawTxn,
+    records: Vec<OwnedRecord>,
+) -> Result<(Vec<OwnedRecord>, HashMap<u64, Stamp>), String> {
+    let mut stamps: HashMap<u64, Stamp> = HashMap::new();
+    let mut befores: HashMap<u64, Vec<u8>> = HashMap::new();
+    let Some(versions_id) = versions::versions_id(schema) else {
+        return Err("the source database keeps no record versions".into());
+    };
+    for chunk in &txn.chunks {
+        let decoded = codec::decode(&chunk.bytes).map_err(|e| e.to_string())?;
+        match chunk.head.kind {
+            LogKind::A => {
+                // Each write is followed by its version's: pair them by record.
+                let mut pending: HashMap<(u32, Vec<u8>), u64> = HashMap::new();
+                for e in &decoded.entries {
+                    let h = e.header;
+                    if h.undo || h.effect == crate::store::Effect::Reorg {
+                        continue;
+                    }
+                    let key = match (e.image.and_then(block::decode), e.key) {
+                        (Some(r), _) => r.key.to_vec(),
+                        (None, Some(k)) => k.to_vec(),
+                        (None, None) => continue,
+                    };
+                    if h.file == versions_id {
+                        let (Some(r), Some((file, k))) = (
+                            e.image.and_then(block::decode),
+                            versions::split_entry_key(&key),
+                        ) else {
+                            continue;
+                        };
+                        let Some(table) = schema.file_index(file) else {
+                            continue;
+                        };
+                        if let (Some(serial), Some(stamp)) = (
+                            pending.remove(&(schema.main_id(table), k.to_vec())),
+                            Stamp::decode(r.data),
+                        ) {
+                            stamps.insert(serial, stamp);
+                        }
+                    } else if schema.table_of(h.file).is_some() {
+                        pending.insert((h.file, key), h.serial);
+                    }
+                }
+            }
+            LogKind::B => {
+                for e in &decoded.entries {
+                    if let Some(r) = e.image.and_then(block::decode) {
+                        befores.insert(e.header.serial, r.data.to_vec());
+                    }
+                }
+            }
+            LogKind::T => {}
+        }
+    }
+    let local = versions::local_origin();
+    let mut out = Vec::with_capacity(records.len());
+    for mut r in records {
+        let stamp = stamps
+            .get(&r.serial)
+            .ok_or_else(|| format!("record '{}' of serial {} has no version", r.key, r.serial))?;
+        if stamp.o != local {
+            continue;
+        }
+        r.timestamp = stamp.t;
+        r.origin = stamp.o;
+        r.before = befores.remove(&r.serial);
+        out.push(r);
+    }
+    stamps.retain(|_, s| s.o == local);
+    Ok((out, stamps))
+}
+
+/// The stamps of the records a batch of shipped operations holds, in wire form.
+pub fn stamps_for(ops: &[u8], stamps: &HashMap<u64, Stamp>) -> Result<Vec<(u64, Stamp)>, String> {
+    let mut out = Vec::new();
+    logical::for_each_record(ops, |r| {
+        let stamp = stamps
+            .get(&r.serial)
+            .ok_or_else(|| format!("record '{}': a stage changed its serial", r.key))?;
+        out.push((r.serial, *stamp));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The writes a mutual transaction brings, resolved against this database's schema.
+pub fn incoming(
+    schema: &Schema,
+    ops: &[u8],
+    stamps: &[(u64, Stamp)],
+) -> Result<Vec<MutualWrite>, String> {
+    let by_serial: HashMap<u64, Stamp> = stamps.iter().copied().collect();
+    let mut out = Vec::new();
+    logical::for_each_record(ops, |r: Record<'_>| {
+        let (table, op) = logical::decode_op(schema, &r)?;
+        let stamp = *by_serial
+            .get(&r.serial)
+            .ok_or_else(|| format!("record '{}' came without its version", r.key))?;
+        out.push(MutualWrite {
+            op,
+            table,
+            key: r.key.as_bytes().to_vec(),
+            data: r.data.to_vec(),
+            stamp,
+            base_data: r.before.map(<[u8]>::to_vec),
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Conflicts per database (sled tree `conflicts`): key `uid u64 BE | seq u64 BE`, value
+/// JSON; the count under `uid | u64::MAX`.
+pub struct ConflictLog {
+    tree: sled::Tree,
+}
+
+fn key(uid: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&uid.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn data_json(data: Option<&[u8]>) -> Value {
+    match data {
+        None => Value::Null,
+        Some(d) => serde_json::from_slice(d)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(d).into_owned())),
+    }
+}
+
+impl ConflictLog {
+    pub fn open(tree: sled::Tree) -> ConflictLog {
+        ConflictLog { tree }
+    }
+
+    /// How many conflicts database `uid` has met.
+    pub fn count(&self, uid: u64) -> u64 {
+        self.tree
+            .get(key(uid, u64::MAX))
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+    }
+
+    /// Keep the conflicts one transaction met; `names` turns an origin into a node id
+    /// where known.
+    pub fn record(
+        &self,
+        uid: u64,
+        link: &str,
+        strategy: Strategy,
+        seen: &[(ConflictSeen, Option<String>)],
+        names: &dyn Fn(u64) -> Option<String>,
+    ) -> Result<(), String> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut seq = self.count(uid);
+        let side = |stamp: &Stamp, data: Option<&[u8]>| {
+            json!({
+                "timestamp_us": stamp.t,
+                "origin": stamp.o,
+                "node": names(stamp.o),
+                "deleted": data.is_none(),
+                "data": data_json(data),
+            })
+        };
+        let mut batch = sled::Batch::default();
+        for (c, note) in seen {
+            seq += 1;
+            let (decision, merged) = match &c.decision {
+                Decision::Local => ("local", Value::Null),
+                Decision::Remote => ("remote", Value::Null),
+                Decision::Merged(d) => ("merged", data_json(Some(d))),
+            };
+            let mut entry = json!({
+                "id": seq,
+                "at_ms": at_ms,
+                "link": link,
+                "file": c.file,
+                "key": String::from_utf8_lossy(&c.key),
+                "strategy": strategy,
+                "decision": decision,
+                "local": side(&c.local, c.local_data.as_deref()),
+                "remote": side(&c.remote, c.remote_data.as_deref()),
+            });
+            if decision == "merged" {
+                entry["merged"] = merged;
+            }
+            if let Some(note) = note {
+                entry["note"] = json!(note);
+            }
+            batch.insert(
+                &key(uid, seq)[..],
+                serde_json::to_vec(&entry).map_err(|e| e.to_string())?,
+            );
+            if seq > KEEP {
+                batch.remove(&key(uid, seq - KEEP)[..]);
+            }
+        }
+        batch.insert(&key(uid, u64::MAX)[..], &seq.to_be_bytes()[..]);
+        self.tree.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    /// The newest `limit` conflicts of database `uid`, newest first.
+    pub fn list(&self, uid: u64, limit: usize) -> Result<Vec<Value>, String> {
+        self.tree
+            .range(key(uid, 0)..key(uid, u64::MAX))
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item.map_err(|e| e.to_string())?;
+                serde_json::from_slice(&v).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Forget a deleted database's conflicts.
+    pub fn clear(&self, uid: u64) -> Result<(), String> {
+        for item in self.tree.range(key(uid, 0)..=key(uid, u64::MAX)) {
+            let (k, _) = item.map_err(|e| e.to_string())?;
+            self.tree.remove(k).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The Versions message a mutual link sends before `ops`.
+pub fn versions_msg(
+    txn: u64,
+    ops: &[u8],
+    stamps: &HashMap<u64, Stamp>,
+) -> Result<wire::Msg<'static>, String> {
+    Ok(wire::Msg::Versions {
+        txn,
+        stamps: stamps_for(ops, stamps)?,
+    })
+}
