@@ -622,15 +622,20 @@ fn mutual_sites_writing_the_same_keys_through_faults_converge_and_no_update_retu
         > (l["timestamp_us"].as_u64(), l["origin"].as_u64());
     assert_eq!(entry["decision"] == "remote", later_is_remote, "{entry}");
 
-    // No update returns to its origin: one more write on a changes a by its own two
-    // updates (record and version) only, after b applied it and both links are idle.
-    let before = last_serial(&da);
-    da.put("orders", "echo", json!({}), json!({"once": true}))
-        .ok();
+    // No update returns to its origin: one more transaction on a (large enough to
+    // span several log chunks) is the last change of a, after b applied it and both
+    // links are idle.
+    let ops: Vec<Value> = (0..600)
+        .map(|i| {
+            json!({"op": "upsert", "file": "orders", "key": format!("echo-{i:03}"),
+                        "data": {"pad": "x".repeat(100)}})
+        })
+        .collect();
+    let committed = da.batch(json!(ops)).ok()["last_serial"].clone();
     assert!(wait_until(deadline_in(CATCH_UP), || {
-        db.data("orders", "echo").is_some() && caught_up(&a) && caught_up(&b)
+        db.data("orders", "echo-599").is_some() && caught_up(&a) && caught_up(&b)
     }));
-    assert_eq!(last_serial(&da), before + 2);
+    assert_eq!(json!(last_serial(&da)), committed);
     for node in [&a, &b] {
         let replicas = node
             .get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))

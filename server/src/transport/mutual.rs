@@ -260,12 +260,13 @@ pub fn outgoing(
     let Some(versions_id) = versions::versions_id(schema) else {
         return Err("the source database keeps no record versions".into());
     };
+    // Each write is followed by its version's (maybe in the next chunk of a large
+    // transaction): pair them by record.
+    let mut pending: HashMap<(u32, Vec<u8>), u64> = HashMap::new();
     for chunk in &txn.chunks {
         let decoded = codec::decode(&chunk.bytes).map_err(|e| e.to_string())?;
         match chunk.head.kind {
             LogKind::A => {
-                // Each write is followed by its version's: pair them by record.
-                let mut pending: HashMap<(u32, Vec<u8>), u64> = HashMap::new();
                 for e in &decoded.entries {
                     let h = e.header;
                     if h.undo || h.effect == crate::store::Effect::Reorg {
