@@ -15,9 +15,10 @@
 //!   twice that: the time taken and MB of blocks compared;
 //! - `promote`: promote a caught-up replica; the time until it accepts a write.
 //! - `mutual`: both nodes take batched writes to the same keys at once (50/50, half of
-//!   `--records` each) through a pair of mutual links (last writer wins); records/s
-//!   from the first write until both sites are identical and idle, and the conflict
-//!   rate (conflicts met per record written).
+//!   `--records` each, one site from the first key up, the other from the last key
+//!   down) through a pair of mutual links (last writer wins); records/s from the first
+//!   write until both sites are identical and idle, and the conflict rate (conflicts
+//!   met per record written: the keys both sites wrote before seeing each other's).
 //!
 //! Polling the replica's serial every 2 ms bounds the measurement error at that.
 
@@ -168,21 +169,25 @@ impl Pair {
     }
 
     fn write(&self, args: &BenchArgs, records: usize, offset: usize) -> Result<Duration, String> {
-        self.write_to(&self.source_target, args, records, offset)
+        self.write_to(&self.source_target, args, records, offset, false)
     }
 
-    /// `records` batched upserts of keys `offset..` through `target`.
+    /// `records` batched upserts of keys `offset..` through `target` (`reverse`: the
+    /// last batch first).
     fn write_to(
         &self,
         target: &Target,
         args: &BenchArgs,
         records: usize,
         offset: usize,
+        reverse: bool,
     ) -> Result<Duration, String> {
+        let jobs = records.div_ceil(args.batch);
         let payload = "x".repeat(args.record_bytes.saturating_sub(2));
         let batch = args.batch;
         let path = format!("{}/transactions", self.db_path());
         let body_for = move |job: usize| -> String {
+            let job = if reverse { jobs - 1 - job } else { job };
             let start = offset + job * batch;
             let end = (start + batch).min(offset + records);
             let ops: Vec<String> = (start..end)
@@ -196,7 +201,7 @@ impl Pair {
         };
         let (elapsed, _) = run_parallel(
             args.connections,
-            records.div_ceil(batch),
+            jobs,
             move |client, job| {
                 client
                     .call_raw("POST", &path, Some(&body_for(job)))
@@ -458,8 +463,9 @@ fn mutual(pair: &Pair, args: &BenchArgs) -> Result<(), String> {
     let half = args.records / 2;
     let started = Instant::now();
     let (wa, wb) = std::thread::scope(|s| {
-        let a = s.spawn(|| pair.write_to(&pair.source_target, args, half, 0));
-        let b = s.spawn(|| pair.write_to(&pair.replica_target, args, half, 0));
+        // The same keys, one site from each end: they meet in the middle.
+        let a = s.spawn(|| pair.write_to(&pair.source_target, args, half, 0, false));
+        let b = s.spawn(|| pair.write_to(&pair.replica_target, args, half, 0, true));
         (a.join(), b.join())
     });
     let (wa, wb) = (
