@@ -14,8 +14,12 @@
 //!   `quota-exceeded`; retention, snapshots pruning the A log, and deleting databases
 //!   bring it down.
 //! * Under both, `DELETE` requests always pass, so a tenant at its quota can free space.
-//! * **Plugin count, size and CPU** are not enforced yet: plugins do not exist yet (the
-//!   plugin issue adds their quotas here).
+//! * **Plugins**: the number of plugin versions in the registry and their wasm bytes,
+//!   checked when a new version is uploaded (507 `quota-exceeded`; the check is in
+//!   `api::plugins`).
+//! * **Plugin CPU time**: a budget of milliseconds per second, refilled at that rate (one
+//!   second's worth at most). A dry-run past it answers 429; a link's stages wait for
+//!   it ([`Quotas::plugin_cpu_available`], [`Quotas::charge_plugin_cpu`]).
 //!
 //! Limits: the `[quotas]` section of the node config gives the defaults; the node
 //! administrator sets a tenant's own with `PUT /v1/tenants/{tenant}/quotas` (kept in the
