@@ -667,7 +667,7 @@ fn mutual_sites_writing_the_same_keys_through_faults_converge_and_no_update_retu
 #[test]
 fn site_priority_and_a_resolver_plugin_decide_a_conflict_alike_on_both_sites() {
     use doppel_server::plugins::builtin;
-    let (a, b) = (Node::start(), Node::start());
+    let (a, mut b) = (Node::start(), Node::start_sticky());
     for n in [&a, &b] {
         upload_plugin(n, "lww", "resolver", builtin::LWW_RESOLVER);
     }
@@ -737,4 +737,27 @@ fn site_priority_and_a_resolver_plugin_decide_a_conflict_alike_on_both_sites() {
             "{on_a}"
         );
     }
+    // A site killed and restarted keeps its record versions and its conflict log, and
+    // the pair goes on: b's next write follows the version it holds, so it is no
+    // conflict, and it wins on a.
+    b.kill9();
+    b.restart();
+    let (pa, pb) = &sites[0];
+    pa.put("orders", "after", json!({}), json!({"by": "a"}))
+        .ok();
+    pb.put("orders", "k", json!({}), json!({"by": "b", "v": 4}))
+        .ok();
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || {
+            pb.data("orders", "after").is_some()
+                && pa.data("orders", "k") == Some(json!({"by": "b", "v": 4}))
+                && caught_up(&a)
+                && caught_up(&b)
+        }),
+        "{:?} {:?}",
+        links_of(&a),
+        links_of(&b)
+    );
+    assert_eq!(conflicts_of(pa)["count"], 1);
+    assert_eq!(conflicts_of(pb)["count"], 1);
 }
