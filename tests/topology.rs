@@ -761,3 +761,28 @@ fn site_priority_and_a_resolver_plugin_decide_a_conflict_alike_on_both_sites() {
     assert_eq!(conflicts_of(pa)["count"], 1);
     assert_eq!(conflicts_of(pb)["count"], 1);
 }
+
+#[test]
+fn a_sync_mutual_pair_has_every_acknowledged_write_on_the_other_site_at_once() {
+    let (a, b) = (Node::start(), Node::start());
+    let (da, db) = (
+        a.create_db(DEFAULT_TENANT, mutual_spec("shop")),
+        b.create_db(DEFAULT_TENANT, mutual_spec("shop")),
+    );
+    let mut links = mutual_pair("shop", json!({"strategy": "lww"}));
+    for l in &mut links {
+        l["mode"] = json!("sync");
+    }
+    let doc = json!({"name": "sync", "nodes": nodes_json(&[("a", &a), ("b", &b)]), "links": links});
+    a.post(&topologies(), &doc).ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || caught_up(&a) && caught_up(&b)));
+    for i in 0..20 {
+        let (here, there) = if i % 2 == 0 { (&da, &db) } else { (&db, &da) };
+        let data = json!({"n": i});
+        here.put("orders", "k", json!({}), data.clone()).ok();
+        // Acknowledged means applied on the other site: no waiting.
+        assert_eq!(there.data("orders", "k"), Some(data), "write {i}");
+    }
+    assert_eq!(conflicts_of(&da)["count"], 0);
+    assert_eq!(conflicts_of(&db)["count"], 0);
+}
