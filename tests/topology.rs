@@ -33,6 +33,27 @@ fn link(from: (&str, &str), to: (&str, &str)) -> Value {
     json!({"from": {"node": from.0, "database": from.1}, "to": {"node": to.0, "database": to.1}})
 }
 
+/// A chaos proxy in front of `node`'s replication listener that drops, duplicates,
+/// reorders and delays what links send it.
+fn faulty_proxy_to(node: &Node) -> doppel_tests::chaos::ChaosProxy {
+    use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
+    let addr = node.get("/v1/node").ok()["replication"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = ChaosProxy::start(addr).expect("chaos proxy");
+    let faults = Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.1,
+        jitter: Duration::from_millis(3),
+        ..Faults::default()
+    };
+    proxy.set_faults(Direction::ToUpstream, faults);
+    proxy
+}
+
 fn actions(answer: &Value) -> Vec<(String, String)> {
     answer["plan"]
         .as_array()
@@ -385,7 +406,6 @@ fn failover_keeps_every_acknowledged_sync_write_re_points_the_replicas_and_the_o
 fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_apart_by_namespaces(
 ) {
     use doppel_server::plugins::builtin;
-    use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
     let (a, b, c) = (Node::start(), Node::start(), Node::start());
     for n in [&a, &b] {
         upload_plugin(n, "ns", "transform", builtin::NAMESPACE);
@@ -395,20 +415,7 @@ fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_
         b.create_db(DEFAULT_TENANT, shop_spec("shop")),
     );
     // Both links reach c through one chaos proxy.
-    let addr = c.get("/v1/node").ok()["replication"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = ChaosProxy::start(addr).expect("chaos proxy");
-    let faults = Faults {
-        drop: 0.05,
-        duplicate: 0.05,
-        reorder: 0.1,
-        jitter: Duration::from_millis(3),
-        ..Faults::default()
-    };
-    proxy.set_faults(Direction::ToUpstream, faults);
+    let proxy = faulty_proxy_to(&c);
     let mut nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
     nodes["c"]["replication"] = json!(proxy.addr().to_string());
     let from = |node: &str, prefix: &str| {
@@ -527,27 +534,13 @@ fn caught_up(node: &Node) -> bool {
 #[test]
 fn mutual_sites_writing_the_same_keys_through_faults_converge_and_no_update_returns_to_its_origin()
 {
-    use doppel_tests::chaos::{ChaosProxy, Direction, Faults};
     let (a, b) = (Node::start(), Node::start());
     let (da, db) = (
         a.create_db(DEFAULT_TENANT, mutual_spec("shop")),
         b.create_db(DEFAULT_TENANT, mutual_spec("shop")),
     );
     // a -> b goes through a faulty proxy.
-    let addr = b.get("/v1/node").ok()["replication"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = ChaosProxy::start(addr).expect("chaos proxy");
-    let faults = Faults {
-        drop: 0.05,
-        duplicate: 0.05,
-        reorder: 0.1,
-        jitter: Duration::from_millis(3),
-        ..Faults::default()
-    };
-    proxy.set_faults(Direction::ToUpstream, faults);
+    let proxy = faulty_proxy_to(&b);
     let mut nodes = nodes_json(&[("a", &a), ("b", &b)]);
     nodes["b"]["replication"] = json!(proxy.addr().to_string());
     let doc = json!({"name": "mutual", "nodes": nodes,

@@ -49,23 +49,7 @@ pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<
         chain: Chain { stages: Vec::new() },
     };
     for (i, stage) in specs.iter().enumerate() {
-        let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
-            format!(
-                "stages[{i}]: name the plugin as name@version, not '{}'",
-                stage.plugin
-            )
-        })?;
-        let template = registry
-            .template(tenant, name, version)
-            .map_err(|e| format!("stages[{i}] ({}): {e}", stage.plugin))?;
-        let config = if stage.config.is_null() {
-            String::new()
-        } else {
-            stage.config.to_string()
-        };
-        let loaded = template
-            .stage(&config)
-            .map_err(|e| format!("stages[{i}] ({}): {e}", stage.plugin))?;
+        let loaded = load_stage(registry, tenant, stage, &format!("stages[{i}]"))?;
         match loaded.role() {
             Role::Rule => out.rules.push(loaded),
             Role::Filter | Role::Transform => out.chain.stages.push(loaded),
@@ -79,6 +63,33 @@ pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<
         }
     }
     Ok(out)
+}
+
+/// Load one plugin named `name@version` from the tenant's registry and configure it;
+/// errors name the part of the request (`at`) and the plugin.
+pub fn load_stage(
+    registry: &Registry,
+    tenant: &str,
+    stage: &StageSpec,
+    at: &str,
+) -> Result<crate::plugins::Stage, String> {
+    let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
+        format!(
+            "{at}: name the plugin as name@version, not '{}'",
+            stage.plugin
+        )
+    })?;
+    let template = registry
+        .template(tenant, name, version)
+        .map_err(|e| format!("{at} ({}): {e}", stage.plugin))?;
+    let config = if stage.config.is_null() {
+        String::new()
+    } else {
+        stage.config.to_string()
+    };
+    template
+        .stage(&config)
+        .map_err(|e| format!("{at} ({}): {e}", stage.plugin))
 }
 
 /// The records of one transaction (main files only; reorganisations and undo updates

@@ -116,32 +116,15 @@ impl Resolver {
     pub fn load(registry: &Registry, tenant: &str, spec: &ConflictSpec) -> Result<Self, String> {
         let plugin = match (spec.strategy, &spec.resolver) {
             (Strategy::Resolver, Some(stage)) => {
-                let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
-                    format!(
-                        "conflicts.resolver: name the plugin as name@version, not '{}'",
-                        stage.plugin
-                    )
-                })?;
-                let template = registry
-                    .template(tenant, name, version)
-                    .map_err(|e| format!("conflicts.resolver ({}): {e}", stage.plugin))?;
-                if template.role() != Role::Resolver {
+                let loaded = logical::load_stage(registry, tenant, stage, "conflicts.resolver")?;
+                if loaded.role() != Role::Resolver {
                     return Err(format!(
                         "conflicts.resolver ({}): a {} is not a resolver",
                         stage.plugin,
-                        template.role()
+                        loaded.role()
                     ));
                 }
-                let config = if stage.config.is_null() {
-                    String::new()
-                } else {
-                    stage.config.to_string()
-                };
-                Some(
-                    template
-                        .stage(&config)
-                        .map_err(|e| format!("conflicts.resolver ({}): {e}", stage.plugin))?,
-                )
+                Some(loaded)
             }
             (Strategy::Resolver, None) => {
                 return Err(
