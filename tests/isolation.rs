@@ -24,6 +24,7 @@ fn fill(template: &str, tenant: &str, txn: u64) -> String {
             "{version}" => "1".into(),
             "{link}" => "l1".into(),
             "{id}" => "1".into(),
+            "{holder}" => "1.1".into(),
             other if other.starts_with('{') => {
                 panic!("route parameter {other} of {template}: teach this test a value")
             }

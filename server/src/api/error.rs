@@ -143,8 +143,12 @@ impl From<Error> for ApiError {
                     (StatusCode::BAD_REQUEST, "malformed-request")
                 }
             },
-            Error::Lock(LockError::Timeout { .. }) => (StatusCode::CONFLICT, "lock-timeout"),
-            Error::Lock(LockError::Deadlock { .. }) => (StatusCode::CONFLICT, "deadlock"),
+            Error::Lock(LockError::Timeout { .. } | LockError::SiteTimeout(_)) => {
+                (StatusCode::CONFLICT, "lock-timeout")
+            }
+            Error::Lock(LockError::Deadlock { .. } | LockError::SiteDeadlock(_)) => {
+                (StatusCode::CONFLICT, "deadlock")
+            }
             Error::Log(_) | Error::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

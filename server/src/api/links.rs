@@ -174,6 +174,50 @@ pub async fn set_stages(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    holder: (u64, u64),
+    keys: Vec<String>,
+    #[serde(default = "default_lock_ms")]
+    timeout_ms: u64,
+}
+
+fn default_lock_ms() -> u64 {
+    5_000
+}
+
+pub async fn take_locks(
+    State(app): App,
+    Path((tenant, db)): Path<(String, String)>,
+    Body(req): Body<LockRequest>,
+) -> Result<Json<Value>> {
+    let db = app.node.database(&tenant, &db)?;
+    let keys: Vec<Vec<u8>> = req.keys.into_iter().map(String::into_bytes).collect();
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.min(60_000));
+    app.replication
+        .exclusive
+        .acquire(db.def.uid, &keys, req.holder, timeout)
+        .await
+        .map_err(|e| ApiError::from(crate::node::Error::Lock(e)))?;
+    Ok(Json(
+        json!({"held": keys.len(), "lease_ms": crate::transport::parallel::LEASE.as_millis() as u64}),
+    ))
+}
+
+pub async fn release_locks(
+    State(app): App,
+    Path((tenant, db, holder)): Path<(String, String, String)>,
+) -> Result<StatusCode> {
+    app.node.database(&tenant, &db)?;
+    let gid = holder
+        .split_once('.')
+        .and_then(|(t, o)| Some((t.parse().ok()?, o.parse().ok()?)))
+        .ok_or_else(|| ApiError::malformed("holder is time.origin, as two numbers"))?;
+    app.replication.exclusive.release(gid);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConflictsQuery {
     #[serde(default = "default_conflicts")]
     limit: usize,

@@ -78,6 +78,8 @@ routes! {
     "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress";
     "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error";
     "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision";
+    "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout";
+    "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";

@@ -1203,6 +1203,7 @@ mod tests {
                 strategy: Default::default(),
                 priority: Vec::new(),
                 resolver: None,
+                exclusive: false,
             });
         }
         let problems = validate(&doc);

@@ -103,6 +103,10 @@ pub struct ConflictSpec {
     /// node loads it from its own registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolver: Option<StageSpec>,
+    /// Parallel (SPEC F5): a write takes its records' locks on every site first, so the
+    /// sites never write a record concurrently (`transport::parallel`). Needs `sync`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
 }
 
 /// What a client sends to create a link.

@@ -26,6 +26,7 @@ pub mod interrelation;
 pub mod links;
 pub mod logical;
 pub mod mutual;
+pub mod parallel;
 pub mod receiver;
 pub mod redrive;
 pub mod sender;
@@ -105,6 +106,8 @@ pub struct Replication {
     pub conflicts: mutual::ConflictLog,
     /// Per mutual replica link, what it brought since the node started.
     pub mutual_counts: Mutex<BTreeMap<String, mutual::Counts>>,
+    /// Record locks of parallel databases (SPEC F5).
+    pub exclusive: parallel::Exclusive,
 }
 
 impl Replication {
@@ -149,6 +152,7 @@ impl Replication {
             announced: Mutex::new(BTreeMap::new()),
             conflicts: mutual::ConflictLog::open(conflicts_tree),
             mutual_counts: Mutex::new(BTreeMap::new()),
+            exclusive: parallel::Exclusive::default(),
         });
         for (_, value) in repl
             .node

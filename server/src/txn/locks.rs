@@ -25,6 +25,11 @@ pub enum LockError {
     Timeout { holder: u64, waited_ms: u64 },
     #[error("deadlock: transaction {victim} waits for {holder}, which waits for it; {victim} is cancelled")]
     Deadlock { victim: u64, holder: u64 },
+    /// Across the sites of a parallel database (`transport::parallel`).
+    #[error("deadlock across sites: {0}")]
+    SiteDeadlock(String),
+    #[error("timed out waiting for a record another site holds: {0}")]
+    SiteTimeout(String),
 }
 
 #[derive(Default)]
