@@ -14,8 +14,17 @@
 
 use std::fmt;
 
-/// Contract version, returned by every plugin's `contract-version`.
-pub const CONTRACT_VERSION: u32 = 1;
+/// Contract version, returned by every plugin's `contract-version`. Version 2 changed
+/// the resolver world only (the base version, decisions and merges); the host accepts
+/// filters, transforms and rules of version 1 too.
+pub const CONTRACT_VERSION: u32 = 2;
+
+/// The record a resolver is given as `base[i]` when there is no base version (the
+/// record did not exist, or the base is not known): op `delete`, empty data, timestamp 0,
+/// origin 0 (serial and txn 0 too), with the conflicting record's file and key.
+pub fn no_base(file: &str, key: &str) -> OwnedRecord {
+    OwnedRecord::new(Op::Delete, file, key, "")
+}
 
 /// What happened to a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,6 +192,12 @@ impl<'a> Record<'a> {
         Ok(rec)
     }
 
+    /// Whether this is the "no base" record of [`no_base`] (a delete with empty data,
+    /// timestamp 0 and origin 0).
+    pub fn is_no_base(&self) -> bool {
+        self.op == Op::Delete && self.data.is_empty() && self.timestamp == 0 && self.origin == 0
+    }
+
     /// The alternate keys, as (name, value) pairs.
     pub fn alt(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let mut r = Reader {
@@ -222,16 +237,22 @@ impl<'a> Record<'a> {
 
     /// Appends this record, unchanged, to a batch being built.
     pub fn encode_into(&self, out: &mut BatchBuilder) {
+        self.encode_with(self.op, self.data, self.before, out);
+    }
+
+    /// Appends this record with another op, data and before image (the header fields
+    /// and alternate keys unchanged): how a resolver's merge is encoded.
+    pub fn encode_with(&self, op: Op, data: &[u8], before: Option<&[u8]>, out: &mut BatchBuilder) {
         out.push_parts(&Parts {
-            op: self.op,
+            op,
             origin: self.origin,
             serial: self.serial,
             timestamp: self.timestamp,
             txn: self.txn,
             file: self.file,
             key: self.key,
-            data: self.data,
-            before: self.before,
+            data,
+            before,
             alt_count: self.alt_count,
             alt_bytes: self.alt_bytes,
         });
