@@ -79,6 +79,12 @@ impl Op {
     }
 }
 
+/// The serial of a record from its bytes, reading only its fixed header (no decoding):
+/// how the host follows records through a chain. `None` when the header is truncated.
+pub fn peek_serial(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(raw.get(12..20)?.try_into().ok()?))
+}
+
 /// A record borrowed from a batch arena.
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
@@ -238,6 +244,27 @@ impl<'a> Record<'a> {
     /// Appends this record, unchanged, to a batch being built.
     pub fn encode_into(&self, out: &mut BatchBuilder) {
         self.encode_with(self.op, self.data, self.before, out);
+    }
+
+    /// Appends this record with the fields of `edit` replaced (the others, and the
+    /// alternate keys, copied as they are).
+    pub fn encode_edited(&self, edit: &crate::run::Edit, out: &mut BatchBuilder) {
+        out.push_parts(&Parts {
+            op: self.op,
+            origin: self.origin,
+            serial: self.serial,
+            timestamp: self.timestamp,
+            txn: self.txn,
+            file: edit.file.as_deref().unwrap_or(self.file),
+            key: edit.key.as_deref().unwrap_or(self.key),
+            data: edit.data.as_deref().unwrap_or(self.data),
+            before: match &edit.before {
+                Some(b) => b.as_deref(),
+                None => self.before,
+            },
+            alt_count: self.alt_count,
+            alt_bytes: self.alt_bytes,
+        });
     }
 
     /// Appends this record with another op, data and before image (the header fields
@@ -474,6 +501,34 @@ mod tests {
         let mut copy = BatchBuilder::new();
         copy.push_raw(batch.raw(1).unwrap());
         assert_eq!(copy.as_batch().get(0).unwrap().file, "lines");
+    }
+
+    #[test]
+    fn an_edit_replaces_only_its_fields_and_the_serial_is_read_from_the_header() {
+        let mut r = OwnedRecord::new(Op::Update, "orders", "o-1", r#"{"a":1}"#).with_before("{}");
+        r.alt = vec![("customer".into(), "ann".into())];
+        r.serial = 42;
+        let mut b = BatchBuilder::new();
+        b.push(&r);
+        let rec = b.as_batch().get(0).unwrap();
+        assert_eq!(peek_serial(b.as_batch().raw(0).unwrap()), Some(42));
+        let mut out = BatchBuilder::new();
+        let edit = crate::run::Edit {
+            key: Some("x/o-1".into()),
+            before: Some(None),
+            ..Default::default()
+        };
+        rec.encode_edited(&edit, &mut out);
+        let got = out.as_batch().get(0).unwrap().to_owned();
+        assert_eq!(
+            got,
+            OwnedRecord {
+                key: "x/o-1".into(),
+                before: None,
+                ..r
+            }
+        );
+        assert_eq!(peek_serial(&[0; 19]), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod run;
 pub mod testing;
 
 pub use abi::{BatchBuilder, BatchRef, Op, OwnedRecord, Record};
-pub use run::{Dependency, Out, Resolution, Resolves, Verdict};
+pub use run::{Dependency, Edit, Out, Resolution, Resolves, Verdict};
 
 /// Configuration of a plugin: parsed from JSON and validated when the stage loads.
 pub trait PluginConfig: serde::de::DeserializeOwned + 'static {

@@ -31,8 +31,22 @@ pub enum Out {
     Keep,
     /// Forward this record instead.
     Replace(OwnedRecord),
+    /// Forward the record with some fields replaced: encoded straight from the input's
+    /// bytes, so nothing else is copied into owned values (cheaper than `Replace`).
+    Edit(Edit),
     /// Forward nothing.
     Drop,
+}
+
+/// The fields an [`Out::Edit`] replaces; `None` keeps the input's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    /// The after image (JSON bytes).
+    pub data: Option<Vec<u8>>,
+    /// The before image: `Some(None)` removes it.
+    pub before: Option<Option<Vec<u8>>>,
 }
 
 /// One record a rule says a record depends on: the record `key` of file `file`.
@@ -195,12 +209,17 @@ pub fn transform<C, E: Display>(
                 continue;
             }
         };
-        let res = Record::decode(raw)
-            .map_err(|e| e.to_string())
-            .and_then(|r| f(&r, cfg).map_err(|e| e.to_string()));
-        match res {
+        let rec = match Record::decode(raw) {
+            Ok(rec) => rec,
+            Err(e) => {
+                out.errors.push((i as u32, e.to_string()));
+                continue;
+            }
+        };
+        match f(&rec, cfg).map_err(|e| e.to_string()) {
             Ok(Out::Keep) => out.batch.push_raw(raw),
             Ok(Out::Replace(r)) => out.batch.push(&r),
+            Ok(Out::Edit(e)) => rec.encode_edited(&e, &mut out.batch),
             Ok(Out::Drop) => {}
             Err(e) => out.errors.push((i as u32, e)),
         }

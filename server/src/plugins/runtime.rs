@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doppel_sdk::abi::{bit, BatchBuilder, BatchRef};
-use wasmtime::component::{Component, Linker};
+use doppel_sdk::abi::{bit, peek_serial, BatchBuilder, BatchRef};
+use wasmtime::component::{Component, Func, Linker, TypedFunc};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 mod bind {
@@ -38,6 +38,28 @@ mod bind {
         wasmtime::component::bindgen!({ path: "../sdk/wit", world: "resolver" });
     }
 }
+
+/// A batch as the role calls' argument, lowered straight from the caller's arena and
+/// offset table (the generated bindings would take owned copies first). It has the WIT
+/// `batch` record's shape, which [`Stage::instantiate`] checks once per instance.
+#[derive(Clone, Copy, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct BorrowedBatch<'a> {
+    arena: &'a [u8],
+    offsets: &'a [u32],
+}
+
+impl<'a> From<BatchRef<'a>> for BorrowedBatch<'a> {
+    fn from(b: BatchRef<'a>) -> Self {
+        BorrowedBatch {
+            arena: b.arena,
+            offsets: b.offsets,
+        }
+    }
+}
+
+/// The role export of an instance, checked against [`BorrowedBatch`] arguments.
+type RoleFunc<P, R> = TypedFunc<P, (R,)>;
 
 /// What a plugin does in a stage; one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -508,6 +530,7 @@ impl Template {
             config: config.to_owned(),
             store,
             instance: None,
+            func: None,
         }
     }
 }
@@ -519,6 +542,8 @@ pub struct Stage {
     config: String,
     store: Store<StoreState>,
     instance: Option<Instance>,
+    /// The role export of `instance`, called with borrowed batches.
+    func: Option<Func>,
 }
 
 impl Stage {
@@ -601,13 +626,52 @@ impl Stage {
     fn instantiate(&mut self) -> Result<Instance, PluginError> {
         self.arm()?;
         let typed = self.template.typed.clone();
-        let inst = match &*typed {
-            Typed::Filter(p) => p.instantiate(&mut self.store).map(Instance::Filter),
-            Typed::Transform(p) => p.instantiate(&mut self.store).map(Instance::Transform),
-            Typed::Rule(p) => p.instantiate(&mut self.store).map(Instance::Rule),
-            Typed::Resolver(p) => p.instantiate(&mut self.store).map(Instance::Resolver),
-        }
-        .map_err(|e| self.stopped(e))?;
+        let store = &mut self.store;
+        let made = match &*typed {
+            Typed::Filter(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<(BorrowedBatch<'_>,), (bind::filter::FilterResult,)>(
+                    &mut *store,
+                    "filter",
+                )?;
+                Ok((
+                    Instance::Filter(bind::filter::Filter::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Transform(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw
+                    .get_typed_func::<(BorrowedBatch<'_>,), (bind::transform::TransformResult,)>(
+                        &mut *store,
+                        "transform",
+                    )?;
+                Ok((
+                    Instance::Transform(bind::transform::Transform::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Rule(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<(BorrowedBatch<'_>,), (bind::rule::RuleResult,)>(
+                    &mut *store,
+                    "depends",
+                )?;
+                Ok((
+                    Instance::Rule(bind::rule::Rule::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Resolver(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<
+                    (BorrowedBatch<'_>, BorrowedBatch<'_>, BorrowedBatch<'_>),
+                    (bind::resolver::ResolveResult,),
+                >(&mut *store, "resolve")?;
+                Ok((
+                    Instance::Resolver(bind::resolver::Resolver::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+        };
+        let (inst, func) = made.map_err(|e| self.stopped(e))?;
+        self.func = Some(func);
         let store = &mut self.store;
         let version = match &inst {
             Instance::Filter(i) => i.call_contract_version(&mut *store),
@@ -690,29 +754,22 @@ impl Stage {
         }
         self.arm()?;
         let n = batch.len();
-        let store = &mut self.store;
         let mut out = CallOutput::default();
         let (errors, log, size) = match self.instance.as_ref() {
-            Some(Instance::Filter(i)) => {
-                let arg = bind::filter::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_filter(&mut *store, &arg)
+            Some(Instance::Filter(_)) => {
+                let f: RoleFunc<_, bind::filter::FilterResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r.keep.len();
                 out.bitmap = r.keep;
                 (errs, r.log, size)
             }
-            Some(Instance::Transform(i)) => {
-                let arg = bind::transform::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_transform(&mut *store, &arg)
+            Some(Instance::Transform(_)) => {
+                let f: RoleFunc<_, bind::transform::TransformResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r.records.arena.len() + 4 * r.records.offsets.len();
@@ -722,13 +779,10 @@ impl Stage {
                 };
                 (errs, r.log, size)
             }
-            Some(Instance::Rule(i)) => {
-                let arg = bind::rule::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_depends(&mut *store, &arg)
+            Some(Instance::Rule(_)) => {
+                let f: RoleFunc<_, bind::rule::RuleResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r
@@ -759,6 +813,22 @@ impl Stage {
             }
         }
         Ok(out)
+    }
+
+    /// The instance's role export, typed for borrowed arguments.
+    fn role_func<P, R>(&self) -> Result<RoleFunc<P, R>, PluginError>
+    where
+        P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+        R: wasmtime::component::Lift,
+    {
+        match self.func {
+            // SAFETY: `instantiate` took this function from the instance with
+            // `get_typed_func` for exactly these parameter and result types (the role's
+            // world fixes both; only the borrows' lifetimes differ), and the instance
+            // lives in this stage's store as long as `func` does.
+            Some(func) if self.instance.is_some() => Ok(unsafe { TypedFunc::new_unchecked(func) }),
+            _ => Err(self.template.err_stopped("not started".into())),
+        }
     }
 
     /// A caller's mistake (the wrong entry point, batches that do not pair up): the
@@ -834,17 +904,17 @@ impl Stage {
             self.start()?;
         }
         self.arm()?;
-        let arg = |b: BatchRef<'_>| bind::resolver::Batch {
-            arena: b.arena.to_vec(),
-            offsets: b.offsets.to_vec(),
-        };
-        let (local, remote, base) = (arg(local), arg(remote), arg(base));
-        let r = match self.instance.as_ref() {
-            Some(Instance::Resolver(i)) => i
-                .call_resolve(&mut self.store, &local, &remote, &base)
-                .map_err(|e| self.stopped(e))?,
-            _ => return Err(self.template.err_stopped("not started".into())),
-        };
+        let f: RoleFunc<_, bind::resolver::ResolveResult> = self.role_func()?;
+        let (r,) = f
+            .call(
+                &mut self.store,
+                (
+                    BorrowedBatch::from(local),
+                    BorrowedBatch::from(remote),
+                    BorrowedBatch::from(base),
+                ),
+            )
+            .map_err(|e| self.stopped(e))?;
         let errors: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
         let size = r.decisions.len()
             + r.merged.arena.len()
@@ -925,13 +995,16 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Each record's serial, if the batch's serials tell its records apart.
+/// Each record's serial, if the batch's serials tell its records apart. Reads only the
+/// records' headers; serials in increasing order (a log's order) need no sorting.
 fn serials_of(batch: &BatchBuilder) -> Option<Vec<u64>> {
     let b = batch.as_batch();
     let serials: Vec<u64> = (0..b.len())
-        .map(|i| b.get(i).map(|r| r.serial))
-        .collect::<Result<_, _>>()
-        .ok()?;
+        .map(|i| b.raw(i).ok().and_then(peek_serial))
+        .collect::<Option<_>>()?;
+    if serials.windows(2).all(|w| w[0] < w[1]) {
+        return Some(serials);
+    }
     let mut sorted = serials.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -940,17 +1013,36 @@ fn serials_of(batch: &BatchBuilder) -> Option<Vec<u64>> {
 
 /// After a transform, which input record each output record came from: the one with its
 /// serial, among those still in the batch (`origin`). None when that cannot be told
-/// (serials repeated or changed, a record split in two).
+/// (serials repeated or changed, a record split in two). A transform that keeps the
+/// order (the usual case) is followed in one pass, without hashing.
 fn follow(input: &Option<Vec<u64>>, origin: &[u32], out: &BatchBuilder) -> Option<Vec<u32>> {
     let input = input.as_ref()?;
+    let b = out.as_batch();
+    let serials: Vec<u64> = (0..b.len())
+        .map(|j| b.raw(j).ok().and_then(peek_serial))
+        .collect::<Option<_>>()?;
+    let mut in_order = Vec::with_capacity(serials.len());
+    let mut p = 0;
+    for s in &serials {
+        while p < origin.len() && input[origin[p] as usize] != *s {
+            p += 1;
+        }
+        if p == origin.len() {
+            break;
+        }
+        in_order.push(origin[p]);
+        p += 1;
+    }
+    if in_order.len() == serials.len() {
+        return Some(in_order);
+    }
     let by_serial: std::collections::HashMap<u64, u32> =
         origin.iter().map(|&i| (input[i as usize], i)).collect();
-    let b = out.as_batch();
     let mut seen = std::collections::HashSet::new();
-    (0..b.len())
-        .map(|j| {
-            let serial = b.get(j).ok()?.serial;
-            let i = *by_serial.get(&serial)?;
+    serials
+        .iter()
+        .map(|s| {
+            let i = *by_serial.get(s)?;
             seen.insert(i).then_some(i)
         })
         .collect()
