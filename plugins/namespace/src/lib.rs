@@ -92,7 +92,15 @@ pub fn namespace(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
     let Some(space) = cfg.space(r.origin) else {
         return Ok(Out::Keep);
     };
-    let prefixed = |prefix: &str, s: &str| (!prefix.is_empty()).then(|| format!("{prefix}{s}"));
+    // Concatenated by hand: `format!` goes through the formatting machinery per record.
+    let prefixed = |prefix: &str, s: &str| {
+        (!prefix.is_empty()).then(|| {
+            let mut out = String::with_capacity(prefix.len() + s.len());
+            out.push_str(prefix);
+            out.push_str(s);
+            out
+        })
+    };
     Ok(Out::Edit(Edit {
         key: prefixed(&space.key_prefix, r.key),
         file: prefixed(&space.file_prefix, r.file),
