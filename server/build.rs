@@ -47,6 +47,9 @@ fn main() {
         // components 15-25% larger (docs/BENCHMARKS.md, plugins).
         .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        // One codegen unit: the guests are small, and whole-crate inlining means fewer
+        // calls, so fewer epoch checks (one per function entry) on the hot path.
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     for (_, name, _) in &plugins {
         cmd.args(["-p", name]);

@@ -259,6 +259,15 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
         .tempfile()
         .expect("temp file");
     std::fs::write(wasm.path(), doppel_server::plugins::builtin::PREFIX_FILTER).expect("write");
+    let resolver = tempfile::Builder::new()
+        .suffix(".wasm")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(
+        resolver.path(),
+        doppel_server::plugins::builtin::LWW_RESOLVER,
+    )
+    .expect("write");
     let out = run_flow(
         "plugins",
         &[
@@ -266,6 +275,10 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
             ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
             ("DOPPEL_LINK", id.clone()),
             ("DOPPEL_WASM", wasm.path().display().to_string()),
+            (
+                "DOPPEL_RESOLVER_WASM",
+                resolver.path().display().to_string(),
+            ),
         ],
     );
     assert!(
@@ -303,6 +316,26 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
         out["toast"].as_str().unwrap().contains("eu-only@1.0.0"),
         "{out}"
     );
+    // The resolver tester's sample, merged: u1's fields come from the side that changed
+    // each (against its base); u2 has no base and both changed tier, so the later
+    // writer (local, at 30) keeps its version.
+    assert_eq!(
+        out["resolved"],
+        json!([
+            ["decision-merged", r#"{"city":"Bergen","name":"Anna"}"#],
+            ["decision-local", r#"{"tier":1}"#]
+        ]),
+        "{out}"
+    );
+    assert!(
+        out["resolved_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 conflicts, 1 merged · 0 errors"),
+        "{out}"
+    );
+    // A resolver is no chain stage: the tester offers no swap onto a link.
+    assert_eq!(out["resolver_swap"], false, "{out}");
     // The server: the plugin is registered and the link runs it.
     let plugin = a.get("/v1/tenants/default/plugins/eu-only/1.0.0");
     assert_eq!(plugin.ok()["role"], "filter");

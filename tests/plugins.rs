@@ -114,6 +114,120 @@ fn a_transform_dry_run_returns_the_rewritten_records() {
 }
 
 #[test]
+fn a_resolver_dry_run_answers_each_records_decision_and_merged_data() {
+    let node = Node::start();
+    let client = node.client();
+    upload(&client, "lww", "1", "resolver", builtin::LWW_RESOLVER).expect(201);
+    let url = format!("{PLUGINS}/lww/1/dry-run");
+    let v = |ts: u64, origin: u64, data: serde_json::Value| json!({"op": "update", "file": "users", "key": "u1", "timestamp": ts, "origin": origin, "data": data});
+    let run = client.post(
+        &url,
+        &json!({
+            "config": {"strategy": "merge"},
+            "records": [
+                v(10, 1, json!({"name": "Anna", "city": "Oslo"})),
+                v(10, 1, json!({"a": 1})),
+                v(30, 1, json!({"n": 1})),
+                v(10, 1, json!("not an object"))
+            ],
+            "remote": [
+                v(20, 2, json!({"name": "Ann", "city": "Bergen"})),
+                v(20, 2, json!({"b": 2})),
+                {"op": "delete", "file": "users", "key": "u1", "timestamp": 20, "origin": 2},
+                v(20, 2, json!({"n": 2}))
+            ],
+            "base": [v(5, 3, json!({"name": "Ann", "city": "Oslo"})), null, null, null]
+        }),
+    );
+    let run = run.ok();
+    assert_eq!(run["role"], "resolver");
+    assert_eq!(
+        run["decisions"],
+        json!([
+            {"decision": "merged", "op": "update", "data": {"name": "Anna", "city": "Bergen"}},
+            {"decision": "merged", "op": "update", "data": {"a": 1, "b": 2}},
+            {"decision": "local", "op": "update", "data": {"n": 1}},
+            {"decision": "remote", "op": "update", "data": {"n": 2}}
+        ])
+    );
+    assert_eq!(run["errors"], json!([]));
+
+    // Without a base, lww: the later timestamp wins; an unorderable max field is that
+    // record's error, and the record keeps its local version.
+    let run = client.post(
+        &url,
+        &json!({
+            "config": {"strategy": "max", "field": "v"},
+            "records": [v(10, 1, json!({"v": 1})), v(10, 1, json!({"v": 1}))],
+            "remote": [v(5, 2, json!({"v": 2})), v(5, 2, json!({"v": "2"}))]
+        }),
+    );
+    let run = run.ok();
+    assert_eq!(run["decisions"][0]["decision"], "remote");
+    assert_eq!(run["decisions"][1]["decision"], "local");
+    assert_eq!(run["errors"][0]["index"], 1);
+    assert!(
+        run["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be ordered"),
+        "{run}"
+    );
+
+    // Sides that do not pair up, or a resolver without its remote side, are refused.
+    let one = [v(1, 1, json!({}))];
+    let problem = client
+        .post(&url, &json!({"records": one, "remote": []}))
+        .expect_problem(400, "malformed-request")
+        .clone();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 records and 0 remote"),
+        "{problem}"
+    );
+    let problem = client
+        .post(
+            &url,
+            &json!({"records": one, "remote": one, "base": [null, null]}),
+        )
+        .expect_problem(400, "malformed-request")
+        .clone();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 records and 2 base"),
+        "{problem}"
+    );
+    let problem = client
+        .post(&url, &json!({"records": one}))
+        .expect_problem(400, "malformed-request")
+        .clone();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is a resolver: give remote"),
+        "{problem}"
+    );
+    // And a filter takes no remote side.
+    upload(&client, "reads", "1", "filter", builtin::DROP_READS).expect(201);
+    let problem = client
+        .post(
+            &format!("{PLUGINS}/reads/1/dry-run"),
+            &json!({"records": one, "remote": one}),
+        )
+        .expect_problem(400, "malformed-request")
+        .clone();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("is a filter"),
+        "{problem}"
+    );
+}
+
+#[test]
 fn hostile_uploads_are_rejected_with_the_plugin_named_and_the_node_keeps_serving() {
     let node = Node::start();
     let client = node.client();

@@ -14,6 +14,19 @@ const SAMPLE = [
   { op: 'update', file: 'lines', key: 'eu-1/1', data: { sku: 'A-1', qty: 2 } },
 ];
 
+// A resolver's sample: records[i] (local), remote[i] and base[i] are one record's versions.
+const RESOLVER_SAMPLE = {
+  local: [
+    { op: 'update', file: 'users', key: 'u1', timestamp: 10, origin: 1, data: { name: 'Anna', city: 'Oslo' } },
+    { op: 'update', file: 'users', key: 'u2', timestamp: 30, origin: 1, data: { tier: 1 } },
+  ],
+  remote: [
+    { op: 'update', file: 'users', key: 'u1', timestamp: 20, origin: 2, data: { name: 'Ann', city: 'Bergen' } },
+    { op: 'update', file: 'users', key: 'u2', timestamp: 20, origin: 2, data: { tier: 2 } },
+  ],
+  base: [{ op: 'update', file: 'users', key: 'u1', timestamp: 5, origin: 3, data: { name: 'Ann', city: 'Oslo' } }, null],
+};
+
 function param(name) {
   return new URLSearchParams(location.hash.split('?')[1] || '').get(name);
 }
@@ -135,6 +148,7 @@ export default function plugins(root, session) {
       return;
     }
     const schema = p.config_schema;
+    const resolver = p.role === 'resolver';
     set(box, html`<h2>${p.name}@${p.version} <span class="pill s-primary">${p.role}</span></h2>
       <dl class="facts"><dt>Size</dt><dd class="big">${bytes(p.size)}</dd><dt>Exports</dt><dd>${(p.exports || []).map((x) => html`<code>${x}</code> `)}</dd>
         <dt>SHA-256</dt><dd><code class="wrap">${p.sha256}</code></dd><dt>Compile</dt><dd>${num(p.compile_ms)} ms</dd></dl>
@@ -146,7 +160,10 @@ export default function plugins(root, session) {
       <section data-needs="operate">
         <h3>Dry run</h3>
         <div class="tester">
-          <div><label>Input batch (JSON array of records)<textarea id="dry-input" rows="12" spellcheck="false">${JSON.stringify(SAMPLE, null, 2)}</textarea></label>
+          <div>${resolver ? html`<label>Local versions (JSON array of records)<textarea id="dry-input" rows="8" spellcheck="false">${JSON.stringify(RESOLVER_SAMPLE.local, null, 2)}</textarea></label>
+            <label>Remote versions (remote[i] conflicts with local[i])<textarea id="dry-remote" rows="8" spellcheck="false">${JSON.stringify(RESOLVER_SAMPLE.remote, null, 2)}</textarea></label>
+            <label>Base versions (base[i] is what both overwrote; null for none; leave empty for no base at all)<textarea id="dry-base" rows="6" spellcheck="false">${JSON.stringify(RESOLVER_SAMPLE.base, null, 2)}</textarea></label>`
+            : html`<label>Input batch (JSON array of records)<textarea id="dry-input" rows="12" spellcheck="false">${JSON.stringify(SAMPLE, null, 2)}</textarea></label>`}
             <div class="form-row"><label>Sample from <select id="sample-db"></select></label>
               <label>file <input id="sample-file" value="orders" size="10"></label>
               <button id="sample" type="button">Sample 10 records</button></div>
@@ -154,11 +171,11 @@ export default function plugins(root, session) {
           <div><span class="label">Output</span><div id="dry-output" class="output"><p class="muted">Run the batch to see what the plugin makes of it.</p></div></div>
         </div>
         <button class="primary" id="dry-run">Run dry-run</button>
-        <h3>Use on a live link</h3>
+        ${resolver ? html`<p class="muted">A resolver decides conflicts of mutual topologies; it is not a stage of a link's chain.</p>` : html`<h3>Use on a live link</h3>
         <div class="form-row"><label>Logical link <select id="swap-link"></select></label>
           <button id="swap" class="primary">Swap onto link</button></div>
         <p class="muted" id="swap-preview"></p>
-        <div id="swap-error"></div>
+        <div id="swap-error"></div>`}
       </section>`);
 
     const form = $('#config-form', box);
@@ -180,19 +197,28 @@ export default function plugins(root, session) {
     if (runBtn) {
       runBtn.addEventListener('click', async () => {
         const out = $('#dry-output', box);
-        let records;
+        const body = {};
         try {
-          records = JSON.parse($('#dry-input', box).value);
-          if (!Array.isArray(records)) throw new Error('the batch must be a JSON array of records');
+          const list = (id, what) => {
+            const v = JSON.parse($(id, box).value);
+            if (!Array.isArray(v)) throw new Error(`${what} must be a JSON array of records`);
+            return v;
+          };
+          body.records = list('#dry-input', resolver ? 'the local versions' : 'the batch');
+          if (resolver) {
+            body.remote = list('#dry-remote', 'the remote versions');
+            if ($('#dry-base', box).value.trim()) body.base = list('#dry-base', 'the base versions');
+          }
         } catch (err) {
           set(out, problem({ title: 'The batch is not valid', detail: err.message, code: 'client' }));
           return;
         }
         const config = preview();
         if (config === null) return;
+        body.config = config;
         try {
-          const r = await api('POST', `${base}/${enc(p.name)}/${enc(p.version)}/dry-run`, { config, records });
-          drawResult(out, p.role, records, r);
+          const r = await api('POST', `${base}/${enc(p.name)}/${enc(p.version)}/dry-run`, body);
+          drawResult(out, p.role, body.records, r, body.remote);
         } catch (err) {
           set(out, problem(err));
         }
@@ -214,6 +240,7 @@ export default function plugins(root, session) {
         }
       });
       const linkSel = $('#swap-link', box);
+      if (!linkSel) return;
       const logical = (live.latest?.links || []).filter((l) => l.apply === 'logical');
       set(linkSel, logical.length ? logical.map((l) => html`<option value="${l.id}">${l.id} (${l.database} → ${l.target.database})</option>`) : html`<option value="">(no logical link)</option>`);
       const stagesFor = (link, config) => {
@@ -250,7 +277,7 @@ export default function plugins(root, session) {
     }
   }
 
-  function drawResult(out, role, input, r) {
+  function drawResult(out, role, input, r, remote) {
     const errs = new Map((r.errors || []).map((e) => [e.index, e.message]));
     const rec = (x) => html`<code>${x.op} ${x.file}/${x.key}</code><pre class="json small">${JSON.stringify(x.data)}</pre>`;
     let rows;
@@ -262,10 +289,18 @@ export default function plugins(root, session) {
     } else if (role === 'rule') {
       rows = input.map((x, i) => html`<tr><td>${rec(x)}</td><td>${r.depends.filter((d) => d.index === i).map((d) => html`<code>depends on ${d.file}/${d.key}</code><br>`)}${errs.has(i) ? html`<div class="err">${errs.get(i)}</div>` : ''}</td></tr>`);
     } else {
-      rows = input.map((x, i) => html`<tr><td>${rec(x)}</td><td>${r.remote_wins[i] ? 'remote wins' : 'local wins'}</td></tr>`);
+      // A resolver: local and remote side by side, then what the site ends with.
+      const pill = { local: 's-streaming', remote: 's-primary', merged: 's-replica' };
+      rows = input.map((x, i) => {
+        const d = r.decisions[i] || {};
+        return html`<tr class="decision-${d.decision}"><td>${rec(x)}<div class="muted">remote:</div>${remote[i] ? rec(remote[i]) : ''}</td><td><span class="pill ${pill[d.decision] || ''}">${d.decision}</span><pre class="json small">${JSON.stringify(d.data)}</pre>${errs.has(i) ? html`<div class="err">${errs.get(i)}</div>` : ''}</td></tr>`;
+      });
     }
+    const summary = role === 'filter' ? `${r.kept.filter(Boolean).length} of ${input.length} kept`
+      : role === 'resolver' ? `${input.length} conflicts, ${r.decisions.filter((d) => d.decision === 'merged').length} merged`
+        : `${input.length} in`;
     set(out, html`<table class="side"><thead><tr><th>Input</th><th>Output</th></tr></thead><tbody>${rows}</tbody></table>
-      <p class="muted" id="dry-summary">${role === 'filter' ? `${r.kept.filter(Boolean).length} of ${input.length} kept` : `${input.length} in`} · ${(r.errors || []).length} errors</p>
+      <p class="muted" id="dry-summary">${summary} · ${(r.errors || []).length} errors</p>
       <h4>Plugin log</h4>${(r.log || []).length ? html`<pre class="log-lines" id="dry-log">${r.log.join('\n')}</pre>` : html`<p class="muted" id="dry-log">No log lines.</p>`}`);
   }
 

@@ -14,8 +14,17 @@
 
 use std::fmt;
 
-/// Contract version, returned by every plugin's `contract-version`.
-pub const CONTRACT_VERSION: u32 = 1;
+/// Contract version, returned by every plugin's `contract-version`. Version 2 changed
+/// the resolver world only (the base version, decisions and merges); the host accepts
+/// filters, transforms and rules of version 1 too.
+pub const CONTRACT_VERSION: u32 = 2;
+
+/// The record a resolver is given as `base[i]` when there is no base version (the
+/// record did not exist, or the base is not known): op `delete`, empty data, timestamp 0,
+/// origin 0 (serial and txn 0 too), with the conflicting record's file and key.
+pub fn no_base(file: &str, key: &str) -> OwnedRecord {
+    OwnedRecord::new(Op::Delete, file, key, "")
+}
 
 /// What happened to a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,6 +77,12 @@ impl Op {
     pub fn is_write(self) -> bool {
         !matches!(self, Op::Read)
     }
+}
+
+/// The serial of a record from its bytes, reading only its fixed header (no decoding):
+/// how the host follows records through a chain. `None` when the header is truncated.
+pub fn peek_serial(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(raw.get(12..20)?.try_into().ok()?))
 }
 
 /// A record borrowed from a batch arena.
@@ -183,6 +198,12 @@ impl<'a> Record<'a> {
         Ok(rec)
     }
 
+    /// Whether this is the "no base" record of [`no_base`] (a delete with empty data,
+    /// timestamp 0 and origin 0).
+    pub fn is_no_base(&self) -> bool {
+        self.op == Op::Delete && self.data.is_empty() && self.timestamp == 0 && self.origin == 0
+    }
+
     /// The alternate keys, as (name, value) pairs.
     pub fn alt(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let mut r = Reader {
@@ -222,16 +243,43 @@ impl<'a> Record<'a> {
 
     /// Appends this record, unchanged, to a batch being built.
     pub fn encode_into(&self, out: &mut BatchBuilder) {
+        self.encode_with(self.op, self.data, self.before, out);
+    }
+
+    /// Appends this record with the fields of `edit` replaced (the others, and the
+    /// alternate keys, copied as they are).
+    pub fn encode_edited(&self, edit: &crate::run::Edit, out: &mut BatchBuilder) {
         out.push_parts(&Parts {
             op: self.op,
             origin: self.origin,
             serial: self.serial,
             timestamp: self.timestamp,
             txn: self.txn,
+            file: edit.file.as_deref().unwrap_or(self.file),
+            key: edit.key.as_deref().unwrap_or(self.key),
+            data: edit.data.as_deref().unwrap_or(self.data),
+            before: match &edit.before {
+                Some(b) => b.as_deref(),
+                None => self.before,
+            },
+            alt_count: self.alt_count,
+            alt_bytes: self.alt_bytes,
+        });
+    }
+
+    /// Appends this record with another op, data and before image (the header fields
+    /// and alternate keys unchanged): how a resolver's merge is encoded.
+    pub fn encode_with(&self, op: Op, data: &[u8], before: Option<&[u8]>, out: &mut BatchBuilder) {
+        out.push_parts(&Parts {
+            op,
+            origin: self.origin,
+            serial: self.serial,
+            timestamp: self.timestamp,
+            txn: self.txn,
             file: self.file,
             key: self.key,
-            data: self.data,
-            before: self.before,
+            data,
+            before,
             alt_count: self.alt_count,
             alt_bytes: self.alt_bytes,
         });
@@ -453,6 +501,34 @@ mod tests {
         let mut copy = BatchBuilder::new();
         copy.push_raw(batch.raw(1).unwrap());
         assert_eq!(copy.as_batch().get(0).unwrap().file, "lines");
+    }
+
+    #[test]
+    fn an_edit_replaces_only_its_fields_and_the_serial_is_read_from_the_header() {
+        let mut r = OwnedRecord::new(Op::Update, "orders", "o-1", r#"{"a":1}"#).with_before("{}");
+        r.alt = vec![("customer".into(), "ann".into())];
+        r.serial = 42;
+        let mut b = BatchBuilder::new();
+        b.push(&r);
+        let rec = b.as_batch().get(0).unwrap();
+        assert_eq!(peek_serial(b.as_batch().raw(0).unwrap()), Some(42));
+        let mut out = BatchBuilder::new();
+        let edit = crate::run::Edit {
+            key: Some("x/o-1".into()),
+            before: Some(None),
+            ..Default::default()
+        };
+        rec.encode_edited(&edit, &mut out);
+        let got = out.as_batch().get(0).unwrap().to_owned();
+        assert_eq!(
+            got,
+            OwnedRecord {
+                key: "x/o-1".into(),
+                before: None,
+                ..r
+            }
+        );
+        assert_eq!(peek_serial(&[0; 19]), None);
     }
 
     #[test]

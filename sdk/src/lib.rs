@@ -26,7 +26,7 @@ pub mod run;
 pub mod testing;
 
 pub use abi::{BatchBuilder, BatchRef, Op, OwnedRecord, Record};
-pub use run::{Dependency, Out, Verdict, Winner};
+pub use run::{Dependency, Edit, Out, Resolution, Resolves, Verdict};
 
 /// Configuration of a plugin: parsed from JSON and validated when the stage loads.
 pub trait PluginConfig: serde::de::DeserializeOwned + 'static {
@@ -281,20 +281,34 @@ macro_rules! rule {
     };
 }
 
-/// Exports a conflict resolver: `fn(local: &Record, remote: &Record, &Config) -> Winner`
-/// (or `Result<Winner, E: Display>`). It must be deterministic: every site decides alike.
+/// Exports a conflict resolver:
+/// `fn(local: &Record, remote: &Record, base: Option<&Record>, &Config) -> Resolution`
+/// (or `Result<Resolution, E: Display>`); `base` is `None` when the host has no base
+/// version. It must be deterministic: every site decides alike.
 #[macro_export]
 macro_rules! resolver {
     ($f:path, $cfg:ty) => {
         $crate::__plugin!(resolver, __export_resolver, $f, $cfg, {
-            fn resolve(local: __b::Batch, remote: __b::Batch) -> __b::ResolveResult {
-                let (local, remote) = (__batch(&local), __batch(&remote));
+            fn resolve(
+                local: __b::Batch,
+                remote: __b::Batch,
+                base: __b::Batch,
+            ) -> __b::ResolveResult {
+                let (local, remote, base) = (__batch(&local), __batch(&remote), __batch(&base));
                 let out = __with_config(
-                    |cfg| $crate::run::resolve(local, remote, cfg, $f),
-                    || $crate::run::unconfigured_resolve(local.len().max(remote.len())),
+                    |cfg| $crate::run::resolve(local, remote, base, cfg, $f),
+                    || {
+                        $crate::run::unconfigured_resolve(
+                            local.len().max(remote.len()).max(base.len()),
+                        )
+                    },
                 );
                 __b::ResolveResult {
-                    remote_wins: out.remote_wins,
+                    decisions: out.decisions,
+                    merged: __b::Batch {
+                        arena: out.merged.arena,
+                        offsets: out.merged.offsets,
+                    },
                     errors: __errors(out.errors),
                     log: out.log,
                 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Display;
 
-use crate::abi::{set_bit, BatchBuilder, BatchRef, OwnedRecord, Record};
+use crate::abi::{set_bit, BatchBuilder, BatchRef, Op, OwnedRecord, Record};
 
 /// What a filter function may return.
 pub trait Verdict {
@@ -31,8 +31,22 @@ pub enum Out {
     Keep,
     /// Forward this record instead.
     Replace(OwnedRecord),
+    /// Forward the record with some fields replaced: encoded straight from the input's
+    /// bytes, so nothing else is copied into owned values (cheaper than `Replace`).
+    Edit(Edit),
     /// Forward nothing.
     Drop,
+}
+
+/// The fields an [`Out::Edit`] replaces; `None` keeps the input's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    /// The after image (JSON bytes).
+    pub data: Option<Vec<u8>>,
+    /// The before image: `Some(None)` removes it.
+    pub before: Option<Option<Vec<u8>>>,
 }
 
 /// One record a rule says a record depends on: the record `key` of file `file`.
@@ -74,28 +88,46 @@ impl<T: Depends, E: Display> Depends for Result<T, E> {
     }
 }
 
-/// Which version of a conflicting record wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Winner {
-    /// The version this site already has.
+/// What a resolver decides for one conflicting record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Keep the version this site already has.
     Local,
-    /// The incoming version.
+    /// Take the incoming version.
     Remote,
+    /// Neither as it is: this merged data (JSON bytes) replaces both.
+    Merge(Vec<u8>),
 }
 
-/// What a resolver function may return.
-pub trait Decision {
-    fn decision(self) -> Result<Winner, String>;
+impl Resolution {
+    /// A merge whose data is this JSON value.
+    pub fn merge(value: &serde_json::Value) -> Resolution {
+        Resolution::Merge(value.to_string().into_bytes())
+    }
+
+    /// The decision code of the contract: 0 local, 1 remote, 2 merged.
+    pub fn code(&self) -> u8 {
+        match self {
+            Resolution::Local => 0,
+            Resolution::Remote => 1,
+            Resolution::Merge(_) => 2,
+        }
+    }
 }
 
-impl Decision for Winner {
-    fn decision(self) -> Result<Winner, String> {
+/// What a resolver function may return: a [`Resolution`], or a `Result` of one.
+pub trait Resolves {
+    fn resolution(self) -> Result<Resolution, String>;
+}
+
+impl Resolves for Resolution {
+    fn resolution(self) -> Result<Resolution, String> {
         Ok(self)
     }
 }
 
-impl<E: Display> Decision for Result<Winner, E> {
-    fn decision(self) -> Result<Winner, String> {
+impl<E: Display> Resolves for Result<Resolution, E> {
+    fn resolution(self) -> Result<Resolution, String> {
         self.map_err(|e| e.to_string())
     }
 }
@@ -124,10 +156,12 @@ pub struct RuleOut {
     pub log: Vec<String>,
 }
 
-/// A resolver call's outcome: bit i set means the remote version of pair i wins.
+/// A resolver call's outcome: one decision per record (0 local, 1 remote, 2 merged),
+/// one merged record per decision 2, in record order.
 #[derive(Debug, Default)]
 pub struct ResolveOut {
-    pub remote_wins: Vec<u8>,
+    pub decisions: Vec<u8>,
+    pub merged: BatchBuilder,
     pub errors: Vec<(u32, String)>,
     pub log: Vec<String>,
 }
@@ -175,12 +209,17 @@ pub fn transform<C, E: Display>(
                 continue;
             }
         };
-        let res = Record::decode(raw)
-            .map_err(|e| e.to_string())
-            .and_then(|r| f(&r, cfg).map_err(|e| e.to_string()));
-        match res {
+        let rec = match Record::decode(raw) {
+            Ok(rec) => rec,
+            Err(e) => {
+                out.errors.push((i as u32, e.to_string()));
+                continue;
+            }
+        };
+        match f(&rec, cfg).map_err(|e| e.to_string()) {
             Ok(Out::Keep) => out.batch.push_raw(raw),
             Ok(Out::Replace(r)) => out.batch.push(&r),
+            Ok(Out::Edit(e)) => rec.encode_edited(&e, &mut out.batch),
             Ok(Out::Drop) => {}
             Err(e) => out.errors.push((i as u32, e)),
         }
@@ -210,35 +249,54 @@ pub fn rule<C, D: Depends>(
     out
 }
 
-/// Runs a resolver function over pairs: record i of `local` against record i of
-/// `remote`. A pair with one side missing is that index's error.
-pub fn resolve<C, D: Decision>(
+/// Record i of one side of a conflict, or why it is missing.
+fn side<'a>(b: BatchRef<'a>, i: usize, name: &str) -> Result<Record<'a>, String> {
+    if i >= b.len() {
+        return Err(format!("no {name} record at index {i}"));
+    }
+    b.get(i).map_err(|e| format!("{name}: {e}"))
+}
+
+/// Runs a resolver function over conflicts: record i of `local`, `remote` and `base`
+/// is one record; the function gets `None` for a base that is the "no base" record
+/// ([`crate::abi::no_base`]). A record missing from one of the batches, or a merge whose
+/// data is not JSON, is that index's error; a record with an error keeps its local
+/// version.
+pub fn resolve<C, D: Resolves>(
     local: BatchRef<'_>,
     remote: BatchRef<'_>,
+    base: BatchRef<'_>,
     cfg: &C,
-    f: impl Fn(&Record<'_>, &Record<'_>, &C) -> D,
+    f: impl Fn(&Record<'_>, &Record<'_>, Option<&Record<'_>>, &C) -> D,
 ) -> ResolveOut {
-    let n = local.len().max(remote.len());
+    let n = local.len().max(remote.len()).max(base.len());
     let mut out = ResolveOut {
-        remote_wins: vec![0; n.div_ceil(8)],
+        decisions: Vec::with_capacity(n),
         ..ResolveOut::default()
     };
     for i in 0..n {
-        let res = if i >= local.len() {
-            Err("no local record for this remote record".to_owned())
-        } else if i >= remote.len() {
-            Err("no remote record for this local record".to_owned())
-        } else {
-            local
-                .get(i)
-                .and_then(|l| Ok((l, remote.get(i)?)))
-                .map_err(|e| e.to_string())
-                .and_then(|(l, r)| f(&l, &r, cfg).decision())
-        };
+        let res = side(local, i, "local").and_then(|l| {
+            let r = side(remote, i, "remote")?;
+            let b = side(base, i, "base")?;
+            let b = (!b.is_no_base()).then_some(&b);
+            let res = f(&l, &r, b, cfg).resolution()?;
+            if let Resolution::Merge(data) = &res {
+                serde_json::from_slice::<serde::de::IgnoredAny>(data)
+                    .map_err(|e| format!("merged data is not JSON: {e}"))?;
+            }
+            Ok((l, res))
+        });
         match res {
-            Ok(Winner::Remote) => set_bit(&mut out.remote_wins, i),
-            Ok(Winner::Local) => {}
-            Err(e) => out.errors.push((i as u32, e)),
+            Ok((l, res)) => {
+                out.decisions.push(res.code());
+                if let Resolution::Merge(data) = res {
+                    l.encode_with(Op::Update, &data, None, &mut out.merged);
+                }
+            }
+            Err(e) => {
+                out.decisions.push(0);
+                out.errors.push((i as u32, e));
+            }
         }
     }
     out.log = crate::log::take();
@@ -276,11 +334,12 @@ pub fn unconfigured_rule(n: usize) -> RuleOut {
     }
 }
 
-/// Every pair fails: the stage was called before `configure`.
+/// Every record fails (and keeps its local version): the stage was called before
+/// `configure`.
 pub fn unconfigured_resolve(n: usize) -> ResolveOut {
     ResolveOut {
-        remote_wins: vec![0; n.div_ceil(8)],
+        decisions: vec![0; n],
         errors: unconfigured_errors(n),
-        log: Vec::new(),
+        ..ResolveOut::default()
     }
 }

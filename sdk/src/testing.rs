@@ -10,8 +10,8 @@
 
 use std::fmt::Display;
 
-use crate::abi::{bit, BatchBuilder, Op, OwnedRecord, Record};
-use crate::run::{Decision, Dependency, Depends, Out, Verdict, Winner};
+use crate::abi::{bit, no_base, BatchBuilder, Op, OwnedRecord, Record};
+use crate::run::{Dependency, Depends, Out, Resolution, Resolves, Verdict};
 use crate::PluginConfig;
 
 /// A record with the given file and key, an insert with empty data.
@@ -86,25 +86,47 @@ pub fn rule<C: PluginConfig, D: Depends>(
     Ok(res)
 }
 
-/// The winner of each conflicting `(local, remote)` pair, or the pair's error.
-pub fn resolve<C: PluginConfig, D: Decision>(
-    f: impl Fn(&Record<'_>, &Record<'_>, &C) -> D,
+/// One conflict for [`resolve`]: `(local, remote, base)`, base `None` when there is no
+/// base version (the host then sends [`no_base`]).
+pub type Conflict = (OwnedRecord, OwnedRecord, Option<OwnedRecord>);
+
+/// The resolution of each conflicting `(local, remote, base)` record, or its error. A
+/// merge carries the merged data exactly as the host receives it.
+pub fn resolve<C: PluginConfig, D: Resolves>(
+    f: impl Fn(&Record<'_>, &Record<'_>, Option<&Record<'_>>, &C) -> D,
     config: &str,
-    pairs: &[(OwnedRecord, OwnedRecord)],
-) -> Result<Vec<Result<Winner, String>>, String> {
+    conflicts: &[Conflict],
+) -> Result<Vec<Result<Resolution, String>>, String> {
     let cfg = crate::load_config::<C>(config)?;
-    let local = batch(&pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>());
-    let remote = batch(&pairs.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
-    let out = crate::run::resolve(local.as_batch(), remote.as_batch(), &cfg, f);
-    let mut res: Vec<Result<Winner, String>> = (0..pairs.len())
-        .map(|i| {
-            Ok(if bit(&out.remote_wins, i) {
-                Winner::Remote
-            } else {
-                Winner::Local
-            })
-        })
-        .collect();
+    let local = batch(&conflicts.iter().map(|c| c.0.clone()).collect::<Vec<_>>());
+    let remote = batch(&conflicts.iter().map(|c| c.1.clone()).collect::<Vec<_>>());
+    let base = batch(
+        &conflicts
+            .iter()
+            .map(|c| c.2.clone().unwrap_or_else(|| no_base(&c.0.file, &c.0.key)))
+            .collect::<Vec<_>>(),
+    );
+    let out = crate::run::resolve(
+        local.as_batch(),
+        remote.as_batch(),
+        base.as_batch(),
+        &cfg,
+        f,
+    );
+    let merged = out.merged.as_batch();
+    let mut next_merge = 0;
+    let mut res = Vec::with_capacity(conflicts.len());
+    for d in &out.decisions {
+        res.push(Ok(match d {
+            0 => Resolution::Local,
+            1 => Resolution::Remote,
+            _ => {
+                let r = merged.get(next_merge).map_err(|e| e.to_string())?;
+                next_merge += 1;
+                Resolution::Merge(r.data.to_vec())
+            }
+        }));
+    }
     for (i, e) in out.errors {
         res[i as usize] = Err(e);
     }
@@ -141,37 +163,90 @@ mod tests {
         );
     }
 
-    fn newer(l: &Record<'_>, r: &Record<'_>, _: &crate::NoConfig) -> Winner {
-        if r.timestamp > l.timestamp {
-            Winner::Remote
-        } else {
-            Winner::Local
+    fn newer(
+        l: &Record<'_>,
+        r: &Record<'_>,
+        base: Option<&Record<'_>>,
+        _: &crate::NoConfig,
+    ) -> Result<Resolution, String> {
+        if l.data == b"merge" {
+            let base = base.map(|b| b.timestamp).unwrap_or(0);
+            return Ok(Resolution::merge(&serde_json::json!({ "base": base })));
         }
+        if l.data == b"bad" {
+            return Ok(Resolution::Merge(b"{not json".to_vec()));
+        }
+        Ok(if r.timestamp > l.timestamp {
+            Resolution::Remote
+        } else {
+            Resolution::Local
+        })
     }
 
     #[test]
-    fn the_resolver_harness_pairs_local_and_remote_by_index() {
+    fn the_resolver_harness_lines_up_local_remote_and_base_by_index() {
         let old = rec("f", "k").with_timestamp(1);
         let new = rec("f", "k").with_timestamp(2);
-        let got = resolve(newer, "{}", &[(old.clone(), new.clone()), (new, old)]).unwrap();
-        assert_eq!(got, vec![Ok(Winner::Remote), Ok(Winner::Local)]);
+        let mut merge = rec("f", "k");
+        merge.data = b"merge".to_vec();
+        let got = resolve(
+            newer,
+            "{}",
+            &[
+                (old.clone(), new.clone(), None),
+                (new.clone(), old.clone(), None),
+                (merge.clone(), new.clone(), Some(old.clone())),
+                (merge, new, None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Ok(Resolution::Remote),
+                Ok(Resolution::Local),
+                Ok(Resolution::Merge(br#"{"base":1}"#.to_vec())),
+                Ok(Resolution::Merge(br#"{"base":0}"#.to_vec())),
+            ]
+        );
     }
 
     #[test]
-    fn a_resolver_given_unpaired_batches_reports_the_unpaired_index() {
-        let mut local = BatchBuilder::new();
-        local.push(&rec("f", "a"));
-        local.push(&rec("f", "b"));
-        let mut remote = BatchBuilder::new();
-        remote.push(&rec("f", "a"));
-        let out = crate::run::resolve(
-            local.as_batch(),
-            remote.as_batch(),
+    fn a_merge_that_is_not_json_is_the_records_error_and_keeps_local() {
+        let mut bad = rec("f", "k");
+        bad.data = b"bad".to_vec();
+        let l = crate::run::resolve(
+            batch(&[bad]).as_batch(),
+            batch(&[rec("f", "k")]).as_batch(),
+            batch(&[no_base("f", "k")]).as_batch(),
             &crate::NoConfig {},
             newer,
         );
+        assert_eq!(l.decisions, vec![0]);
+        assert!(l.merged.is_empty());
+        assert!(
+            l.errors[0].1.contains("merged data is not JSON"),
+            "{:?}",
+            l.errors
+        );
+    }
+
+    #[test]
+    fn a_resolver_given_batches_of_different_lengths_reports_the_missing_index() {
+        let out = crate::run::resolve(
+            batch(&[rec("f", "a"), rec("f", "b")]).as_batch(),
+            batch(&[rec("f", "a"), rec("f", "b")]).as_batch(),
+            batch(&[no_base("f", "a")]).as_batch(),
+            &crate::NoConfig {},
+            newer,
+        );
+        assert_eq!(out.decisions, vec![0, 0]);
         assert_eq!(out.errors.len(), 1);
         assert_eq!(out.errors[0].0, 1);
-        assert!(out.errors[0].1.contains("no remote record"));
+        assert!(
+            out.errors[0].1.contains("no base record"),
+            "{:?}",
+            out.errors
+        );
     }
 }

@@ -1,5 +1,6 @@
 // Plugins: upload a .wasm, see its exports and schema, fill the generated config form,
-// dry-run a batch (input and output side by side), and swap it onto a logical link.
+// dry-run a batch (input and output side by side), and swap it onto a logical link; then a
+// resolver: local, remote and base versions in, each record's decision and merge out.
 import { env, launch, login, shot, flow } from './lib.mjs';
 
 flow(async (keep) => {
@@ -43,5 +44,20 @@ flow(async (keep) => {
   await page.click('#swap');
   await page.waitForFunction(() => [...document.querySelectorAll('.toast')].some((t) => t.textContent.includes('now runs')));
   out.toast = await page.$$eval('.toast', (ts) => ts.map((t) => t.textContent).join(' | '));
+
+  await page.setInputFiles('#upload-file', env('DOPPEL_RESOLVER_WASM'));
+  await page.fill('#upload-name', 'lww');
+  await page.fill('#upload-version', '1');
+  await page.selectOption('#upload-role', 'resolver');
+  await page.click('#upload-button');
+  await page.waitForFunction(() => (document.querySelector('#plugin-detail h2')?.textContent || '').startsWith('lww@1'));
+  await page.waitForSelector('#dry-remote');
+  await page.selectOption('#config-form [data-cfg=strategy]', '"merge"');
+  await page.click('#dry-run');
+  await page.waitForSelector('#dry-output tbody tr.decision-merged');
+  out.resolved = await page.$$eval('#dry-output tbody tr', (rs) => rs.map((r) => [r.className, r.querySelector('td:nth-child(2) pre').textContent]));
+  out.resolved_summary = await page.textContent('#dry-summary');
+  out.resolver_swap = (await page.$('#swap-link')) !== null;
+  await shot(page, 'plugins-resolver');
   return out;
 });

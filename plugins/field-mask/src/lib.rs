@@ -2,7 +2,7 @@
 //! and the before image. Records without any listed field are forwarded untouched.
 
 use doppel_sdk::json;
-use doppel_sdk::{Out, PluginConfig, Record};
+use doppel_sdk::{Edit, Out, PluginConfig, Record};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -60,14 +60,11 @@ pub fn redact(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
     if data.is_none() && before.is_none() {
         return Ok(Out::Keep);
     }
-    let mut out = r.to_owned();
-    if let Some(d) = data {
-        out.data = d;
-    }
-    if let Some(b) = before {
-        out.before = Some(b);
-    }
-    Ok(Out::Replace(out))
+    Ok(Out::Edit(Edit {
+        data,
+        before: before.map(Some),
+        ..Edit::default()
+    }))
 }
 
 doppel_sdk::transform!(redact, Config);

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use doppel_sdk::{origin, Out, PluginConfig, Record};
+use doppel_sdk::{origin, Edit, Out, PluginConfig, Record};
 use serde::Deserialize;
 
 /// The namespace of one source.
@@ -92,10 +92,20 @@ pub fn namespace(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
     let Some(space) = cfg.space(r.origin) else {
         return Ok(Out::Keep);
     };
-    let mut out = r.to_owned();
-    out.key = format!("{}{}", space.key_prefix, r.key);
-    out.file = format!("{}{}", space.file_prefix, r.file);
-    Ok(Out::Replace(out))
+    // Concatenated by hand: `format!` goes through the formatting machinery per record.
+    let prefixed = |prefix: &str, s: &str| {
+        (!prefix.is_empty()).then(|| {
+            let mut out = String::with_capacity(prefix.len() + s.len());
+            out.push_str(prefix);
+            out.push_str(s);
+            out
+        })
+    };
+    Ok(Out::Edit(Edit {
+        key: prefixed(&space.key_prefix, r.key),
+        file: prefixed(&space.file_prefix, r.file),
+        ..Edit::default()
+    }))
 }
 
 doppel_sdk::transform!(namespace, Config);

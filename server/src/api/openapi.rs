@@ -110,7 +110,7 @@ routes! {
     "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)";
     "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)";
     "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version";
-    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines";
+    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)";
 }
 
 /// The OpenAPI document for [`ROUTES`].

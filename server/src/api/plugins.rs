@@ -11,13 +11,14 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use doppel_sdk::abi::{bit, BatchBuilder, Op, OwnedRecord, Record};
+use doppel_sdk::abi::{bit, no_base, BatchBuilder, Op, OwnedRecord, Record};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::plugins::registry::RegistryError;
+use crate::plugins::runtime::Resolution;
 use crate::plugins::{PluginError, PluginInfo, Role};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -255,33 +256,42 @@ pub struct DryRun {
     #[serde(default)]
     config: Option<Value>,
     records: Vec<DryRecord>,
-    /// The resolver's other side: `remote[i]` conflicts with `records[i]`.
+    /// A resolver's incoming versions: `remote[i]` conflicts with `records[i]` (local).
     #[serde(default)]
-    remote: Vec<DryRecord>,
+    remote: Option<Vec<DryRecord>>,
+    /// A resolver's base versions, `base[i]` the one both overwrote (`null`: none).
+    /// Absent: no base for any record.
+    #[serde(default)]
+    base: Option<Vec<Option<DryRecord>>>,
 }
 
-fn to_batch(records: Vec<DryRecord>) -> Result<BatchBuilder> {
+/// One dry-run record; `what` names it in errors (`records[2]`).
+fn to_record(r: DryRecord, what: &str) -> Result<OwnedRecord> {
+    let op = Op::from_name(&r.op).ok_or_else(|| {
+        ApiError::malformed(format!(
+            "{what}.op '{}': insert, update, delete or read",
+            r.op
+        ))
+    })?;
+    let bytes = |v: Option<Value>| v.map(|v| v.to_string().into_bytes());
+    Ok(OwnedRecord {
+        op,
+        origin: r.origin,
+        serial: r.serial,
+        timestamp: r.timestamp,
+        txn: r.txn,
+        file: r.file,
+        key: r.key,
+        data: bytes(r.data).unwrap_or_default(),
+        before: bytes(r.before),
+        alt: r.alt.into_iter().collect(),
+    })
+}
+
+fn to_batch(records: Vec<DryRecord>, field: &str) -> Result<BatchBuilder> {
     let mut b = BatchBuilder::new();
     for (i, r) in records.into_iter().enumerate() {
-        let op = Op::from_name(&r.op).ok_or_else(|| {
-            ApiError::malformed(format!(
-                "records[{i}].op '{}': insert, update, delete or read",
-                r.op
-            ))
-        })?;
-        let bytes = |v: Option<Value>| v.map(|v| v.to_string().into_bytes());
-        b.push(&OwnedRecord {
-            op,
-            origin: r.origin,
-            serial: r.serial,
-            timestamp: r.timestamp,
-            txn: r.txn,
-            file: r.file,
-            key: r.key,
-            data: bytes(r.data).unwrap_or_default(),
-            before: bytes(r.before),
-            alt: r.alt.into_iter().collect(),
-        });
+        b.push(&to_record(r, &format!("{field}[{i}]"))?);
     }
     Ok(b)
 }
@@ -326,21 +336,58 @@ pub async fn dry_run(
         ));
     }
     let config = body.config.map(|c| c.to_string()).unwrap_or_default();
-    let input = to_batch(body.records)?;
+    let n = body.records.len();
+    // A resolver's other two sides: the remote versions, and the bases (or "no base").
+    let sides = match (body.remote, body.base) {
+        (None, None) => None,
+        (Some(remote), base) => {
+            if remote.len() != n {
+                return Err(ApiError::malformed(format!(
+                    "a resolver's dry run pairs records[i] (the local version) with remote[i]: got {n} records and {} remote",
+                    remote.len()
+                )));
+            }
+            let base = match base {
+                None => (0..n).map(|_| None).collect(),
+                Some(base) if base.len() == n => base,
+                Some(base) => {
+                    return Err(ApiError::malformed(format!(
+                        "base[i] is the base version of records[i]: got {n} records and {} base (null for a record without one, or leave base out)",
+                        base.len()
+                    )))
+                }
+            };
+            let mut bases = BatchBuilder::new();
+            for (i, (b, local)) in base.into_iter().zip(&body.records).enumerate() {
+                match b {
+                    Some(b) => bases.push(&to_record(b, &format!("base[{i}]"))?),
+                    None => bases.push(&no_base(&local.file, &local.key)),
+                }
+            }
+            Some((to_batch(remote, "remote")?, bases))
+        }
+        (None, Some(_)) => return Err(ApiError::malformed(
+            "base goes with remote: a resolver's dry run takes records (local), remote and base",
+        )),
+    };
+    let input = to_batch(body.records, "records")?;
     let (quotas, charged) = (app.tenancy.clone(), tenant.clone());
     let started = std::time::Instant::now();
     let _charge = scopeguard(move || quotas.quotas.charge_plugin_cpu(&charged, started.elapsed()));
-    let remote = to_batch(body.remote)?;
     let plugins = app.plugins.clone();
     blocking(move || {
         let template = plugins.template(&tenant, &name, &version)?;
         let role = template.role();
         let mut stage = template.stage(&config)?;
-        let out = stage.call(
-            input.as_batch(),
-            (role == Role::Resolver).then(|| remote.as_batch()),
-        )?;
-        let n = input.len();
+        if role == Role::Resolver {
+            return resolve_dry_run(&mut stage, &format!("{name}@{version}"), input, sides);
+        }
+        if sides.is_some() {
+            return Err(ApiError::malformed(format!(
+                "remote and base are a resolver's; '{name}@{version}' is a {role}"
+            )));
+        }
+        let out = stage.call(input.as_batch(), None)?;
         let mut v = json!({
             "plugin": format!("{name}@{version}"),
             "role": role,
@@ -379,11 +426,62 @@ pub async fn dry_run(
                     .map(|(index, file, key)| json!({"index": index, "file": file, "key": key}))
                     .collect();
             }
-            Role::Resolver => {
-                v["remote_wins"] = json!((0..n).map(|i| bit(&out.bitmap, i)).collect::<Vec<_>>());
-            }
+            Role::Resolver => unreachable!("resolvers run through resolve_dry_run"),
         }
         Ok(Json(v))
     })
     .await
+}
+
+/// A resolver's dry run: per record the decision and the version the site ends with.
+fn resolve_dry_run(
+    stage: &mut crate::plugins::Stage,
+    plugin: &str,
+    local: BatchBuilder,
+    sides: Option<(BatchBuilder, BatchBuilder)>,
+) -> Result<Json<Value>> {
+    let (remote, base) = sides.ok_or_else(|| {
+        ApiError::malformed(format!(
+            "'{plugin}' is a resolver: give remote (remote[i] conflicts with records[i]) and optionally base"
+        ))
+    })?;
+    let out = stage.resolve(local.as_batch(), remote.as_batch(), base.as_batch())?;
+    let version = |b: &BatchBuilder, i: usize| {
+        b.as_batch()
+            .get(i)
+            .map(|r| {
+                let j = record_json(&r);
+                json!({"op": j["op"], "data": j["data"]})
+            })
+            .unwrap_or(Value::Null)
+    };
+    let decisions: Vec<Value> = out
+        .decisions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Resolution::Local => {
+                let mut v = version(&local, i);
+                v["decision"] = json!("local");
+                v
+            }
+            Resolution::Remote => {
+                let mut v = version(&remote, i);
+                v["decision"] = json!("remote");
+                v
+            }
+            Resolution::Merged(data) => json!({
+                "decision": "merged",
+                "op": "update",
+                "data": serde_json::from_slice::<Value>(data).unwrap_or(Value::Null),
+            }),
+        })
+        .collect();
+    Ok(Json(json!({
+        "plugin": plugin,
+        "role": Role::Resolver,
+        "decisions": decisions,
+        "errors": out.errors,
+        "log": out.log,
+    })))
 }

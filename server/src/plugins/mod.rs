@@ -3,7 +3,8 @@
 //!
 //! - [`runtime`]: wasmtime engines, limits (epoch deadline, memory, stack, output size,
 //!   fuel for deterministic roles), validation, compilation, pre-instantiated templates,
-//!   stages and chains.
+//!   stages (filter, transform and rule calls; resolver calls with the base version,
+//!   answering `Resolution`s) and chains.
 //! - [`registry`]: tenant-scoped plugins by name and version, content-addressed, with
 //!   compiled artefacts cached by content hash in sled.
 //! - [`builtin`]: the plugins of `plugins/`, built to wasm components by `build.rs`.
@@ -12,7 +13,7 @@ pub mod registry;
 pub mod runtime;
 
 pub use registry::{PluginInfo, Registry};
-pub use runtime::{Chain, Limits, PluginError, Role, Runtime, Stage};
+pub use runtime::{Chain, Limits, PluginError, Resolution, Resolved, Role, Runtime, Stage};
 
 /// The built-in plugins, compiled from `plugins/` by the build script.
 pub mod builtin {

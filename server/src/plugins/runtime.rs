@@ -8,16 +8,20 @@
 //! - Validation on upload: max size, a component, no imports, the role's exports, the
 //!   contract version. Compilation happens once, on upload or on first load from the
 //!   sled cache; a [`Template`] (`InstancePre`) then instantiates without compiling.
-//! - A [`Stage`] is one configured instance; a [`Chain`] runs stages over one batch,
-//!   forwarding record bytes between them without decoding or re-encoding.
+//! - A [`Stage`] is one configured instance: [`Stage::call`] runs a filter, transform or
+//!   rule over one batch, [`Stage::resolve`] a resolver over (local, remote, base)
+//!   conflicts into [`Resolution`]s. A [`Chain`] runs stages over one batch, forwarding
+//!   record bytes between them without decoding or re-encoding.
+//! - Contract versions: each role accepts the versions whose world it still speaks
+//!   ([`Role::contract_versions`]); version 2 changed only the resolver world.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doppel_sdk::abi::{bit, BatchBuilder, BatchRef};
-use wasmtime::component::{Component, Linker};
+use doppel_sdk::abi::{bit, peek_serial, BatchBuilder, BatchRef};
+use wasmtime::component::{Component, Func, Linker, TypedFunc};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 mod bind {
@@ -34,6 +38,28 @@ mod bind {
         wasmtime::component::bindgen!({ path: "../sdk/wit", world: "resolver" });
     }
 }
+
+/// A batch as the role calls' argument, lowered straight from the caller's arena and
+/// offset table (the generated bindings would take owned copies first). It has the WIT
+/// `batch` record's shape, which [`Stage::instantiate`] checks once per instance.
+#[derive(Clone, Copy, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct BorrowedBatch<'a> {
+    arena: &'a [u8],
+    offsets: &'a [u32],
+}
+
+impl<'a> From<BatchRef<'a>> for BorrowedBatch<'a> {
+    fn from(b: BatchRef<'a>) -> Self {
+        BorrowedBatch {
+            arena: b.arena,
+            offsets: b.offsets,
+        }
+    }
+}
+
+/// The role export of an instance, checked against [`BorrowedBatch`] arguments.
+type RoleFunc<P, R> = TypedFunc<P, (R,)>;
 
 /// What a plugin does in a stage; one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -70,6 +96,16 @@ impl Role {
             Role::Resolver => "resolve",
         };
         ["contract-version", "config-schema", "configure", call]
+    }
+
+    /// The contract versions whose world of this role the host speaks. Version 2 changed
+    /// the resolver world only (base version, decisions, merges), so filters,
+    /// transforms and rules of version 1 still load; resolvers of version 1 do not.
+    pub fn contract_versions(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Role::Resolver => 2..=doppel_sdk::abi::CONTRACT_VERSION,
+            _ => 1..=doppel_sdk::abi::CONTRACT_VERSION,
+        }
     }
 
     /// Rules and resolvers must be deterministic: they run metered by fuel.
@@ -149,6 +185,11 @@ impl PluginError {
         }
     }
 }
+
+/// Why a resolver of contract version 1 is refused.
+const OLD_RESOLVER: &str = "a resolver of contract version 1 (resolve(local, remote) answering a remote-wins bitmap): \
+this node runs resolvers of contract version 2, whose resolve(local, remote, base) gets the base version and answers \
+decisions (local, remote or merged) and merged records; rebuild the plugin with the current doppel-sdk (docs/PLUGINS.md)";
 
 /// What a store carries: its resource limits.
 pub struct StoreState {
@@ -297,6 +338,14 @@ impl Runtime {
                 "forbidden import '{name}': plugins may import nothing (no WASI, file system, network, clock or randomness)"
             )));
         }
+        if role == Role::Resolver {
+            let resolve = ty.get_export(engine, "resolve").map(|e| e.ty);
+            if let Some(wasmtime::component::types::ComponentItem::ComponentFunc(f)) = resolve {
+                if f.params().len() == 2 {
+                    return Err(invalid(OLD_RESOLVER.to_owned()));
+                }
+            }
+        }
         let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
         for want in role.exports() {
             if !exports.contains(&want) {
@@ -386,10 +435,31 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// What a resolver decided for one conflicting record (SPEC E4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Keep the local version.
+    Local,
+    /// Take the remote (incoming) version.
+    Remote,
+    /// Replace both with a merge: the merged record's data (JSON bytes).
+    Merged(Vec<u8>),
+}
+
+/// What [`Stage::resolve`] returned, checked against the contract and the limits: one
+/// decision per record (a record with an error is [`Resolution::Local`] and has its
+/// entry in `errors`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub decisions: Vec<Resolution>,
+    pub errors: Vec<RecordError>,
+    pub log: Vec<String>,
+}
+
 /// What one call returned, checked against the limits.
 #[derive(Debug, Default)]
 pub struct CallOutput {
-    /// Filter: the kept bitmap. Resolver: the remote-wins bitmap.
+    /// Filter: the kept bitmap.
     pub bitmap: Vec<u8>,
     /// Transform: the output batch.
     pub batch: BatchBuilder,
@@ -460,6 +530,7 @@ impl Template {
             config: config.to_owned(),
             store,
             instance: None,
+            func: None,
         }
     }
 }
@@ -471,6 +542,8 @@ pub struct Stage {
     config: String,
     store: Store<StoreState>,
     instance: Option<Instance>,
+    /// The role export of `instance`, called with borrowed batches.
+    func: Option<Func>,
 }
 
 impl Stage {
@@ -553,13 +626,52 @@ impl Stage {
     fn instantiate(&mut self) -> Result<Instance, PluginError> {
         self.arm()?;
         let typed = self.template.typed.clone();
-        let inst = match &*typed {
-            Typed::Filter(p) => p.instantiate(&mut self.store).map(Instance::Filter),
-            Typed::Transform(p) => p.instantiate(&mut self.store).map(Instance::Transform),
-            Typed::Rule(p) => p.instantiate(&mut self.store).map(Instance::Rule),
-            Typed::Resolver(p) => p.instantiate(&mut self.store).map(Instance::Resolver),
-        }
-        .map_err(|e| self.stopped(e))?;
+        let store = &mut self.store;
+        let made = match &*typed {
+            Typed::Filter(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<(BorrowedBatch<'_>,), (bind::filter::FilterResult,)>(
+                    &mut *store,
+                    "filter",
+                )?;
+                Ok((
+                    Instance::Filter(bind::filter::Filter::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Transform(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw
+                    .get_typed_func::<(BorrowedBatch<'_>,), (bind::transform::TransformResult,)>(
+                        &mut *store,
+                        "transform",
+                    )?;
+                Ok((
+                    Instance::Transform(bind::transform::Transform::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Rule(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<(BorrowedBatch<'_>,), (bind::rule::RuleResult,)>(
+                    &mut *store,
+                    "depends",
+                )?;
+                Ok((
+                    Instance::Rule(bind::rule::Rule::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+            Typed::Resolver(p) => p.instance_pre().instantiate(&mut *store).and_then(|raw| {
+                let f = raw.get_typed_func::<
+                    (BorrowedBatch<'_>, BorrowedBatch<'_>, BorrowedBatch<'_>),
+                    (bind::resolver::ResolveResult,),
+                >(&mut *store, "resolve")?;
+                Ok((
+                    Instance::Resolver(bind::resolver::Resolver::new(&mut *store, &raw)?),
+                    *f.func(),
+                ))
+            }),
+        };
+        let (inst, func) = made.map_err(|e| self.stopped(e))?;
+        self.func = Some(func);
         let store = &mut self.store;
         let version = match &inst {
             Instance::Filter(i) => i.call_contract_version(&mut *store),
@@ -568,13 +680,21 @@ impl Stage {
             Instance::Resolver(i) => i.call_contract_version(&mut *store),
         }
         .map_err(|e| self.stopped(e))?;
-        if version != doppel_sdk::abi::CONTRACT_VERSION {
+        let role = self.template.role;
+        let accepted = role.contract_versions();
+        if !accepted.contains(&version) {
+            let reason = if role == Role::Resolver && version == 1 {
+                OLD_RESOLVER.to_owned()
+            } else {
+                format!(
+                    "contract version {version}, but this node runs {role}s of contract version {} to {}",
+                    accepted.start(),
+                    accepted.end()
+                )
+            };
             return Err(PluginError::Invalid {
                 plugin: self.template.plugin.clone(),
-                reason: format!(
-                    "contract version {version}, but this node speaks version {}",
-                    doppel_sdk::abi::CONTRACT_VERSION
-                ),
+                reason,
             });
         }
         Ok(inst)
@@ -610,40 +730,46 @@ impl Stage {
         Ok(())
     }
 
-    /// Runs the plugin's role call on a batch (`remote`: the resolver's other side).
+    /// Runs a filter, transform or rule over a batch. A resolver is refused: it takes
+    /// three batches, through [`Stage::resolve`]. `remote` must be `None` (it remains so
+    /// that callers need not change; giving one is refused too).
     pub fn call(
         &mut self,
         batch: BatchRef<'_>,
         remote: Option<BatchRef<'_>>,
     ) -> Result<CallOutput, PluginError> {
+        let role = self.template.role;
+        if role == Role::Resolver {
+            return Err(self.misuse(
+                "a resolver is called with Stage::resolve(local, remote, base), not Stage::call",
+            ));
+        }
+        if remote.is_some() {
+            return Err(self.misuse(&format!(
+                "a {role} takes one batch; only a resolver takes a remote one (Stage::resolve)"
+            )));
+        }
         if self.instance.is_none() {
             self.start()?;
         }
         self.arm()?;
         let n = batch.len();
-        let store = &mut self.store;
         let mut out = CallOutput::default();
         let (errors, log, size) = match self.instance.as_ref() {
-            Some(Instance::Filter(i)) => {
-                let arg = bind::filter::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_filter(&mut *store, &arg)
+            Some(Instance::Filter(_)) => {
+                let f: RoleFunc<_, bind::filter::FilterResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r.keep.len();
                 out.bitmap = r.keep;
                 (errs, r.log, size)
             }
-            Some(Instance::Transform(i)) => {
-                let arg = bind::transform::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_transform(&mut *store, &arg)
+            Some(Instance::Transform(_)) => {
+                let f: RoleFunc<_, bind::transform::TransformResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r.records.arena.len() + 4 * r.records.offsets.len();
@@ -653,13 +779,10 @@ impl Stage {
                 };
                 (errs, r.log, size)
             }
-            Some(Instance::Rule(i)) => {
-                let arg = bind::rule::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let r = i
-                    .call_depends(&mut *store, &arg)
+            Some(Instance::Rule(_)) => {
+                let f: RoleFunc<_, bind::rule::RuleResult> = self.role_func()?;
+                let (r,) = f
+                    .call(&mut self.store, (BorrowedBatch::from(batch),))
                     .map_err(|e| self.stopped(e))?;
                 let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
                 let size = r
@@ -674,51 +797,12 @@ impl Stage {
                     .collect();
                 (errs, r.log, size)
             }
-            Some(Instance::Resolver(i)) => {
-                let remote = remote.unwrap_or(BatchRef {
-                    arena: &[],
-                    offsets: &[],
-                });
-                let local = bind::resolver::Batch {
-                    arena: batch.arena.to_vec(),
-                    offsets: batch.offsets.to_vec(),
-                };
-                let other = bind::resolver::Batch {
-                    arena: remote.arena.to_vec(),
-                    offsets: remote.offsets.to_vec(),
-                };
-                let r = i
-                    .call_resolve(&mut *store, &local, &other)
-                    .map_err(|e| self.stopped(e))?;
-                let errs: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
-                let size = r.remote_wins.len();
-                out.bitmap = r.remote_wins;
-                (errs, r.log, size)
+            Some(Instance::Resolver(_)) | None => {
+                return Err(self.template.err_stopped("not started".into()))
             }
-            None => return Err(self.template.err_stopped("not started".into())),
         };
-        let size = size
-            + errors.iter().map(|(_, m)| 4 + m.len()).sum::<usize>()
-            + log.iter().map(String::len).sum::<usize>();
-        self.check_output(size)?;
-        let limits = self.template.runtime.limits;
-        for (index, message) in errors {
-            if index as usize >= n {
-                self.instance = None;
-                return Err(self.template.err_stopped(format!(
-                    "reported an error for record {index} of a batch of {n}"
-                )));
-            }
-            out.errors.push(RecordError {
-                index,
-                message: truncate(message, 1024),
-            });
-        }
-        out.log = log
-            .into_iter()
-            .take(limits.max_log_lines)
-            .map(|l| truncate(l, limits.max_log_line_bytes))
-            .collect();
+        self.check_output(size + errors_size(&errors, &log))?;
+        (out.errors, out.log) = self.errors_and_log(n, errors, log)?;
         if self.template.role == Role::Transform {
             let b = out.batch.as_batch();
             if (0..b.len()).any(|i| b.raw(i).is_err()) {
@@ -730,6 +814,173 @@ impl Stage {
         }
         Ok(out)
     }
+
+    /// The instance's role export, typed for borrowed arguments.
+    fn role_func<P, R>(&self) -> Result<RoleFunc<P, R>, PluginError>
+    where
+        P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+        R: wasmtime::component::Lift,
+    {
+        match self.func {
+            // SAFETY: `instantiate` took this function from the instance with
+            // `get_typed_func` for exactly these parameter and result types (the role's
+            // world fixes both; only the borrows' lifetimes differ), and the instance
+            // lives in this stage's store as long as `func` does.
+            Some(func) if self.instance.is_some() => Ok(unsafe { TypedFunc::new_unchecked(func) }),
+            _ => Err(self.template.err_stopped("not started".into())),
+        }
+    }
+
+    /// A caller's mistake (the wrong entry point, batches that do not pair up): the
+    /// plugin did not run.
+    fn misuse(&self, reason: &str) -> PluginError {
+        PluginError::Host {
+            plugin: self.template.plugin.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// A contract violation in a call's answer: the plugin is stopped (the next call
+    /// starts from a fresh instance).
+    fn violation(&mut self, reason: String) -> PluginError {
+        self.instance = None;
+        self.template.err_stopped(reason)
+    }
+
+    /// Checks the per-record errors' indexes against the batch of `n` and bounds them
+    /// and the log lines.
+    fn errors_and_log(
+        &mut self,
+        n: usize,
+        errors: Vec<(u32, String)>,
+        log: Vec<String>,
+    ) -> Result<(Vec<RecordError>, Vec<String>), PluginError> {
+        let limits = self.template.runtime.limits;
+        let mut out = Vec::with_capacity(errors.len());
+        for (index, message) in errors {
+            if index as usize >= n {
+                return Err(self.violation(format!(
+                    "reported an error for record {index} of a batch of {n}"
+                )));
+            }
+            out.push(RecordError {
+                index,
+                message: truncate(message, 1024),
+            });
+        }
+        let log = log
+            .into_iter()
+            .take(limits.max_log_lines)
+            .map(|l| truncate(l, limits.max_log_line_bytes))
+            .collect();
+        Ok((out, log))
+    }
+
+    /// Runs a resolver over conflicts (SPEC E4): record i of `local` (this site's
+    /// version), `remote` (the incoming one) and `base` (the version both overwrote, or
+    /// [`doppel_sdk::abi::no_base`] when there is none) is one record. Answers one
+    /// [`Resolution`] per record. Batches of different lengths are refused before the
+    /// plugin runs; an answer that breaks the contract (decision count or value, merged
+    /// count, merged data that is not JSON, error index, output size) stops the plugin.
+    pub fn resolve(
+        &mut self,
+        local: BatchRef<'_>,
+        remote: BatchRef<'_>,
+        base: BatchRef<'_>,
+    ) -> Result<Resolved, PluginError> {
+        let role = self.template.role;
+        if role != Role::Resolver {
+            return Err(self.misuse(&format!("a {role} is not a resolver: use Stage::call")));
+        }
+        let n = local.len();
+        if remote.len() != n || base.len() != n {
+            return Err(self.misuse(&format!(
+                "resolve takes batches of one length, record i of each being one record: got {n} local, {} remote and {} base records",
+                remote.len(),
+                base.len()
+            )));
+        }
+        if self.instance.is_none() {
+            self.start()?;
+        }
+        self.arm()?;
+        let f: RoleFunc<_, bind::resolver::ResolveResult> = self.role_func()?;
+        let (r,) = f
+            .call(
+                &mut self.store,
+                (
+                    BorrowedBatch::from(local),
+                    BorrowedBatch::from(remote),
+                    BorrowedBatch::from(base),
+                ),
+            )
+            .map_err(|e| self.stopped(e))?;
+        let errors: Vec<_> = r.errors.into_iter().map(|e| (e.index, e.message)).collect();
+        let size = r.decisions.len()
+            + r.merged.arena.len()
+            + 4 * r.merged.offsets.len()
+            + errors_size(&errors, &r.log);
+        self.check_output(size)?;
+        if r.decisions.len() != n {
+            return Err(self.violation(format!(
+                "returned {} decisions for a batch of {n} records",
+                r.decisions.len()
+            )));
+        }
+        if let Some((i, d)) = r.decisions.iter().enumerate().find(|(_, d)| **d > 2) {
+            return Err(self.violation(format!(
+                "returned decision {d} for record {i}: 0 (keep local), 1 (take remote) or 2 (merged)"
+            )));
+        }
+        let merges = r.decisions.iter().filter(|d| **d == 2).count();
+        if r.merged.offsets.len() != merges {
+            return Err(self.violation(format!(
+                "returned {} merged records for {merges} decisions to merge",
+                r.merged.offsets.len()
+            )));
+        }
+        let merged = BatchRef {
+            arena: &r.merged.arena,
+            offsets: &r.merged.offsets,
+        };
+        let mut data = Vec::with_capacity(merges);
+        let records = r.decisions.iter().enumerate().filter(|(_, d)| **d == 2);
+        for (j, (i, _)) in records.enumerate() {
+            let rec = match merged.get(j) {
+                Ok(rec) => rec,
+                Err(e) => return Err(self.violation(format!("merged record for record {i}: {e}"))),
+            };
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(rec.data) {
+                return Err(self.violation(format!("merged data for record {i} is not JSON: {e}")));
+            }
+            data.push(rec.data.to_vec());
+        }
+        let (errors, log) = self.errors_and_log(n, errors, r.log)?;
+        let mut data = data.into_iter();
+        let mut decisions: Vec<Resolution> = r
+            .decisions
+            .iter()
+            .map(|d| match d {
+                0 => Resolution::Local,
+                1 => Resolution::Remote,
+                _ => Resolution::Merged(data.next().unwrap_or_default()),
+            })
+            .collect();
+        for e in &errors {
+            decisions[e.index as usize] = Resolution::Local;
+        }
+        Ok(Resolved {
+            decisions,
+            errors,
+            log,
+        })
+    }
+}
+
+/// Bytes the errors and log lines of a call take, for the output limit.
+fn errors_size(errors: &[(u32, String)], log: &[String]) -> usize {
+    errors.iter().map(|(_, m)| 4 + m.len()).sum::<usize>()
+        + log.iter().map(String::len).sum::<usize>()
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -744,13 +995,16 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Each record's serial, if the batch's serials tell its records apart.
+/// Each record's serial, if the batch's serials tell its records apart. Reads only the
+/// records' headers; serials in increasing order (a log's order) need no sorting.
 fn serials_of(batch: &BatchBuilder) -> Option<Vec<u64>> {
     let b = batch.as_batch();
     let serials: Vec<u64> = (0..b.len())
-        .map(|i| b.get(i).map(|r| r.serial))
-        .collect::<Result<_, _>>()
-        .ok()?;
+        .map(|i| b.raw(i).ok().and_then(peek_serial))
+        .collect::<Option<_>>()?;
+    if serials.windows(2).all(|w| w[0] < w[1]) {
+        return Some(serials);
+    }
     let mut sorted = serials.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -759,17 +1013,36 @@ fn serials_of(batch: &BatchBuilder) -> Option<Vec<u64>> {
 
 /// After a transform, which input record each output record came from: the one with its
 /// serial, among those still in the batch (`origin`). None when that cannot be told
-/// (serials repeated or changed, a record split in two).
+/// (serials repeated or changed, a record split in two). A transform that keeps the
+/// order (the usual case) is followed in one pass, without hashing.
 fn follow(input: &Option<Vec<u64>>, origin: &[u32], out: &BatchBuilder) -> Option<Vec<u32>> {
     let input = input.as_ref()?;
+    let b = out.as_batch();
+    let serials: Vec<u64> = (0..b.len())
+        .map(|j| b.raw(j).ok().and_then(peek_serial))
+        .collect::<Option<_>>()?;
+    let mut in_order = Vec::with_capacity(serials.len());
+    let mut p = 0;
+    for s in &serials {
+        while p < origin.len() && input[origin[p] as usize] != *s {
+            p += 1;
+        }
+        if p == origin.len() {
+            break;
+        }
+        in_order.push(origin[p]);
+        p += 1;
+    }
+    if in_order.len() == serials.len() {
+        return Some(in_order);
+    }
     let by_serial: std::collections::HashMap<u64, u32> =
         origin.iter().map(|&i| (input[i as usize], i)).collect();
-    let b = out.as_batch();
     let mut seen = std::collections::HashSet::new();
-    (0..b.len())
-        .map(|j| {
-            let serial = b.get(j).ok()?.serial;
-            let i = *by_serial.get(&serial)?;
+    serials
+        .iter()
+        .map(|s| {
+            let i = *by_serial.get(s)?;
             seen.insert(i).then_some(i)
         })
         .collect()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use doppel_sdk::abi::{BatchBuilder, Op, OwnedRecord};
 
 use super::builtin;
-use super::runtime::{Chain, Limits, PluginError, Role, Runtime, Template};
+use super::runtime::{Chain, Limits, PluginError, Resolution, Role, Runtime, Template};
 
 fn limits() -> Limits {
     Limits {
@@ -226,6 +226,14 @@ fn parent_rule_names_each_lines_order_through_the_host() {
     );
 }
 
+fn no_bases(records: &[OwnedRecord]) -> BatchBuilder {
+    let mut b = BatchBuilder::new();
+    for r in records {
+        b.push(&doppel_sdk::abi::no_base(&r.file, &r.key));
+    }
+    b
+}
+
 #[test]
 fn lww_resolver_picks_the_same_winner_at_both_sites_through_the_host() {
     let rt = runtime();
@@ -237,29 +245,145 @@ fn lww_resolver_picks_the_same_winner_at_both_sites_through_the_host() {
     };
     let a = [v(10, 1, "{}"), v(10, 1, "{}"), v(30, 1, r#"{"version":2}"#)];
     let b = [v(20, 2, "{}"), v(10, 2, "{}"), v(5, 2, r#"{"version":3}"#)];
+    let none = no_bases(&a);
     let mut lww = t.stage("{}").unwrap();
     let here = lww
-        .call(batch(&a).as_batch(), Some(batch(&b).as_batch()))
+        .resolve(batch(&a).as_batch(), batch(&b).as_batch(), none.as_batch())
         .unwrap();
     let there = lww
-        .call(batch(&b).as_batch(), Some(batch(&a).as_batch()))
+        .resolve(batch(&b).as_batch(), batch(&a).as_batch(), none.as_batch())
         .unwrap();
-    // Remote wins pairs 0 and 1 here (later, then higher node id), and loses them there.
-    assert_eq!(here.bitmap, vec![0b011]);
-    assert_eq!(there.bitmap, vec![0b100]);
+    // Remote wins records 0 and 1 here (later, then higher node id), and loses them there.
+    use Resolution::{Local, Remote};
+    assert_eq!(here.decisions, [Remote, Remote, Local]);
+    assert_eq!(there.decisions, [Local, Local, Remote]);
+    assert!(here.errors.is_empty() && there.errors.is_empty());
     let mut max = t
         .stage(r#"{"strategy": "max", "field": "version"}"#)
         .unwrap();
     let out = max
-        .call(batch(&a[2..]).as_batch(), Some(batch(&b[2..]).as_batch()))
+        .resolve(
+            batch(&a[2..]).as_batch(),
+            batch(&b[2..]).as_batch(),
+            no_bases(&a[2..]).as_batch(),
+        )
         .unwrap();
     assert_eq!(
-        out.bitmap,
-        vec![1],
+        out.decisions,
+        [Remote],
         "version 3 beats version 2 despite being older"
     );
     let err = t.stage(r#"{"strategy": "max"}"#).err().unwrap().to_string();
     assert!(err.contains("needs a field"), "{err}");
+}
+
+#[test]
+fn lww_resolver_merges_fields_against_the_base_through_the_host() {
+    let rt = runtime();
+    let t = template(&rt, "lww", Role::Resolver, builtin::LWW_RESOLVER);
+    let v = |ts: u64, origin: u64, data: &str| {
+        rec(Op::Update, "users", "u1", data)
+            .with_timestamp(ts)
+            .with_origin(origin)
+    };
+    let base = [
+        v(5, 3, r#"{"name":"Ann","city":"Oslo"}"#),
+        v(5, 3, r#"{"name":"Bo"}"#),
+        v(5, 3, r#"{"n":1}"#),
+    ];
+    let local = [
+        v(10, 1, r#"{"name":"Anna","city":"Oslo"}"#),
+        v(10, 1, r#"{"name":"Bob"}"#),
+        v(10, 1, "[not json"),
+    ];
+    let remote = [
+        v(20, 2, r#"{"name":"Ann","city":"Bergen"}"#),
+        v(20, 2, r#"{"name":"Bo","age":3}"#),
+        v(20, 2, r#"{"n":2}"#),
+    ];
+    let mut stage = t.stage(r#"{"strategy": "merge"}"#).unwrap();
+    let here = stage
+        .resolve(
+            batch(&local).as_batch(),
+            batch(&remote).as_batch(),
+            batch(&base).as_batch(),
+        )
+        .unwrap();
+    let there = stage
+        .resolve(
+            batch(&remote).as_batch(),
+            batch(&local).as_batch(),
+            batch(&base).as_batch(),
+        )
+        .unwrap();
+    let json = |r: &Resolution| match r {
+        Resolution::Merged(d) => serde_json::from_slice::<serde_json::Value>(d).unwrap(),
+        other => panic!("expected a merge, got {other:?}"),
+    };
+    assert_eq!(
+        json(&here.decisions[0]),
+        serde_json::json!({"name":"Anna","city":"Bergen"})
+    );
+    assert_eq!(
+        json(&here.decisions[1]),
+        serde_json::json!({"name":"Bob","age":3})
+    );
+    assert_eq!(
+        here.decisions[..2],
+        there.decisions[..2],
+        "both sites merge alike"
+    );
+    // A record the plugin cannot decide keeps its local version and names the reason.
+    assert_eq!(here.decisions[2], Resolution::Local);
+    assert_eq!(here.errors.len(), 1);
+    assert_eq!(here.errors[0].index, 2);
+    assert!(
+        here.errors[0].message.contains("not JSON"),
+        "{:?}",
+        here.errors
+    );
+}
+
+#[test]
+fn a_resolver_is_called_through_resolve_and_its_batches_must_pair_up() {
+    let rt = runtime();
+    let lww = template(&rt, "lww@1", Role::Resolver, builtin::LWW_RESOLVER);
+    let mut stage = lww.stage("{}").unwrap();
+    let two = batch(&[
+        rec(Op::Insert, "f", "a", "{}"),
+        rec(Op::Insert, "f", "b", "{}"),
+    ]);
+    let one = batch(&[rec(Op::Insert, "f", "a", "{}")]);
+    let err = stage
+        .resolve(two.as_batch(), two.as_batch(), one.as_batch())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("lww@1") && err.contains("2 local, 2 remote and 1 base"),
+        "{err}"
+    );
+    let err = stage.call(two.as_batch(), None).err().unwrap().to_string();
+    assert!(err.contains("Stage::resolve"), "{err}");
+    // The stage still works after both refusals.
+    let out = stage
+        .resolve(
+            one.as_batch(),
+            one.as_batch(),
+            no_bases(&[rec(Op::Insert, "f", "a", "")]).as_batch(),
+        )
+        .unwrap();
+    assert_eq!(out.decisions, [Resolution::Local]);
+    // And a filter is not a resolver.
+    let filter = template(&rt, "drop-reads", Role::Filter, builtin::DROP_READS);
+    let err = filter
+        .stage("{}")
+        .unwrap()
+        .resolve(one.as_batch(), one.as_batch(), one.as_batch())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a resolver"), "{err}");
 }
 
 // ---- the hostile corpus ----
@@ -267,6 +391,20 @@ fn lww_resolver_picks_the_same_winner_at_both_sites_through_the_host() {
 /// A core module for `world` whose role export runs `body` first. It follows the
 /// canonical ABI by hand: a bump allocator, results returned through memory.
 fn hostile(world: &str, export: &str, params: usize, body: &str, extra: &str) -> Vec<u8> {
+    // Filters, transforms and rules of contract version 1 still load; resolvers need 2.
+    let version = if world == "resolver" { 2 } else { 1 };
+    hostile_at(version, world, export, params, body, extra)
+}
+
+/// [`hostile`], answering `version` from `contract-version`.
+fn hostile_at(
+    version: u32,
+    world: &str,
+    export: &str,
+    params: usize,
+    body: &str,
+    extra: &str,
+) -> Vec<u8> {
     let params = "(param i32)".repeat(params);
     let wat = format!(
         r#"(module
@@ -280,7 +418,7 @@ fn hostile(world: &str, export: &str, params: usize, body: &str, extra: &str) ->
       (br_if $ok (i32.le_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
       (drop (memory.grow (i32.add (i32.shr_u (global.get $heap) (i32.const 16)) (i32.const 1)))))
     (local.get $p))
-  (func (export "contract-version") (result i32) (i32.const 1))
+  (func (export "contract-version") (result i32) (i32.const {version}))
   (data (i32.const 16) "{{}}")
   (func (export "config-schema") (result i32)
     (i32.store (i32.const 32) (i32.const 16))
@@ -430,6 +568,243 @@ fn hostile_error_index_out_of_range_is_refused() {
     assert_stopped(&err, "record 99 of a batch of 1");
 }
 
+/// A hostile resolver (three batches: 12 flat parameters). Its answer is laid out at 64:
+/// decisions (ptr, len) at 64, merged arena at 72, merged offsets at 80, errors at 88,
+/// log at 96.
+fn hostile_resolver(body: &str, extra: &str) -> Vec<u8> {
+    hostile("resolver", "resolve", 12, body, extra)
+}
+
+/// Runs a hostile resolver on one conflict: the error it stops with.
+fn run_hostile_resolver(wasm: &[u8]) -> PluginError {
+    let rt = runtime();
+    let t = template(&rt, "hostile@1", Role::Resolver, wasm);
+    let mut stage = t.stage("{}").unwrap();
+    let one = [rec(Op::Update, "f", "k", "{}")];
+    let (local, base) = (batch(&one), no_bases(&one));
+    let err = stage
+        .resolve(local.as_batch(), local.as_batch(), base.as_batch())
+        .err()
+        .unwrap();
+    assert_eq!(err.plugin(), "hostile@1");
+    // The same runtime still runs a well-behaved resolver.
+    let good = template(&rt, "lww", Role::Resolver, builtin::LWW_RESOLVER);
+    let out = good
+        .stage("{}")
+        .unwrap()
+        .resolve(local.as_batch(), local.as_batch(), base.as_batch())
+        .unwrap();
+    assert_eq!(out.decisions, [Resolution::Local]);
+    err
+}
+
+/// A record in the arena layout (op update, file "f", key "k") with this data, as a WAT
+/// data string.
+fn wat_record(data: &str) -> String {
+    let mut b = BatchBuilder::new();
+    b.push(&rec(Op::Update, "f", "k", data));
+    let bytes: String = b.arena.iter().map(|x| format!("\\{x:02x}")).collect();
+    format!("(data (i32.const 300) \"{bytes}\")")
+}
+
+const ONE_MERGE: &str = "(i32.store8 (i32.const 200) (i32.const 2))
+     (i32.store (i32.const 64) (i32.const 200)) (i32.store (i32.const 68) (i32.const 1))";
+
+#[test]
+fn a_well_behaved_hand_written_resolver_passes() {
+    // The harness itself is sound: one merge with JSON data is accepted.
+    let extra = wat_record(r#"{"merged":true}"#);
+    let wasm = hostile_resolver(
+        &format!(
+            "{ONE_MERGE}
+             (i32.store (i32.const 72) (i32.const 300)) (i32.store (i32.const 76) (i32.const {}))
+             (i32.store (i32.const 80) (i32.const 400)) (i32.store (i32.const 84) (i32.const 1))",
+            wat_len(r#"{"merged":true}"#)
+        ),
+        &extra,
+    );
+    let rt = runtime();
+    let t = template(&rt, "merger", Role::Resolver, &wasm);
+    let one = [rec(Op::Update, "f", "k", "{}")];
+    let out = t
+        .stage("{}")
+        .unwrap()
+        .resolve(
+            batch(&one).as_batch(),
+            batch(&one).as_batch(),
+            no_bases(&one).as_batch(),
+        )
+        .unwrap();
+    assert_eq!(
+        out.decisions,
+        [Resolution::Merged(br#"{"merged":true}"#.to_vec())]
+    );
+}
+
+/// The arena length of [`wat_record`]'s record.
+fn wat_len(data: &str) -> usize {
+    let mut b = BatchBuilder::new();
+    b.push(&rec(Op::Update, "f", "k", data));
+    b.arena.len()
+}
+
+#[test]
+fn hostile_resolver_with_the_wrong_decision_count_is_stopped() {
+    // No decisions at all for a batch of one.
+    let err = run_hostile_resolver(&hostile_resolver("", ""));
+    assert_stopped(&err, "returned 0 decisions for a batch of 1 records");
+}
+
+#[test]
+fn hostile_resolver_with_an_unknown_decision_is_stopped() {
+    let err = run_hostile_resolver(&hostile_resolver(
+        "(i32.store8 (i32.const 200) (i32.const 7))
+         (i32.store (i32.const 64) (i32.const 200)) (i32.store (i32.const 68) (i32.const 1))",
+        "",
+    ));
+    assert_stopped(&err, "decision 7 for record 0");
+}
+
+#[test]
+fn hostile_resolver_merging_without_a_merged_record_is_stopped() {
+    let err = run_hostile_resolver(&hostile_resolver(ONE_MERGE, ""));
+    assert_stopped(&err, "0 merged records for 1 decisions to merge");
+}
+
+#[test]
+fn hostile_resolver_whose_merged_data_is_not_json_is_stopped() {
+    let wasm = hostile_resolver(
+        &format!(
+            "{ONE_MERGE}
+             (i32.store (i32.const 72) (i32.const 300)) (i32.store (i32.const 76) (i32.const {}))
+             (i32.store (i32.const 80) (i32.const 400)) (i32.store (i32.const 84) (i32.const 1))",
+            wat_len("{not json")
+        ),
+        &wat_record("{not json"),
+    );
+    let err = run_hostile_resolver(&wasm);
+    assert_stopped(&err, "merged data for record 0 is not JSON");
+}
+
+#[test]
+fn hostile_resolver_whose_merged_offsets_are_out_of_range_is_stopped() {
+    // The offset table points past the (empty) merged arena.
+    let err = run_hostile_resolver(&hostile_resolver(
+        &format!(
+            "{ONE_MERGE}
+             (i32.store (i32.const 400) (i32.const 1000))
+             (i32.store (i32.const 80) (i32.const 400)) (i32.store (i32.const 84) (i32.const 1))"
+        ),
+        "",
+    ));
+    assert_stopped(&err, "merged record for record 0: malformed record");
+}
+
+#[test]
+fn hostile_resolver_error_index_out_of_range_is_refused() {
+    let err = run_hostile_resolver(&hostile_resolver(
+        "(i32.store (i32.const 64) (i32.const 200)) (i32.store (i32.const 68) (i32.const 1))
+         (i32.store (i32.const 208) (i32.const 5))
+         (i32.store (i32.const 88) (i32.const 208)) (i32.store (i32.const 92) (i32.const 1))",
+        "",
+    ));
+    assert_stopped(&err, "record 5 of a batch of 1");
+}
+
+#[test]
+fn hostile_resolver_oversized_output_is_refused() {
+    // 4 MB of decisions; the limit is 1 MiB.
+    let err = run_hostile_resolver(&hostile_resolver(
+        "(drop (memory.grow (i32.const 64)))
+         (i32.store (i32.const 68) (i32.const 4000000))",
+        "",
+    ));
+    assert_stopped(&err, "output too large");
+}
+
+#[test]
+fn hostile_resolver_infinite_loop_runs_out_of_fuel() {
+    let rt = Runtime::new(Limits {
+        deadline_ticks: 100_000,
+        ..limits()
+    })
+    .unwrap();
+    let t = template(
+        &rt,
+        "loop@1",
+        Role::Resolver,
+        &hostile_resolver("(loop $l (br $l))", ""),
+    );
+    let one = [rec(Op::Update, "f", "k", "{}")];
+    let err = t
+        .stage("{}")
+        .unwrap()
+        .resolve(
+            batch(&one).as_batch(),
+            batch(&one).as_batch(),
+            no_bases(&one).as_batch(),
+        )
+        .err()
+        .unwrap();
+    assert_stopped(&err, "fuel exhausted");
+}
+
+#[test]
+fn a_resolver_of_contract_version_1_is_rejected_on_upload_with_the_reason() {
+    // The version 1 resolver world: resolve(local, remote) -> a remote-wins bitmap.
+    let wit = r#"package doppel:plugin@1.0.0;
+world resolver {
+  record batch { arena: list<u8>, offsets: list<u32> }
+  record record-error { index: u32, message: string }
+  record resolve-result { remote-wins: list<u8>, errors: list<record-error>, log: list<string> }
+  export contract-version: func() -> u32;
+  export config-schema: func() -> string;
+  export configure: func(config: string) -> result<_, string>;
+  export resolve: func(local: batch, remote: batch) -> resolve-result;
+}"#;
+    let mut module = wat::parse_str(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+  (func (export "contract-version") (result i32) (i32.const 1))
+  (func (export "config-schema") (result i32) (i32.const 32))
+  (func (export "configure") (param i32 i32) (result i32) (i32.const 48))
+  (func (export "resolve") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32) (i32.const 64)))"#,
+    )
+    .unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve.push_str("old.wit", wit).unwrap();
+    let world = resolve.select_world(&[pkg], Some("resolver")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .unwrap();
+    let wasm = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .encode()
+        .unwrap();
+    let text = rejected(Role::Resolver, &wasm);
+    assert!(
+        text.contains("a resolver of contract version 1") && text.contains("rebuild the plugin"),
+        "{text}"
+    );
+    // A resolver of the new shape that still answers contract version 1 is refused too.
+    let rt = runtime();
+    let t = template(
+        &rt,
+        "v1@1",
+        Role::Resolver,
+        &hostile_at(1, "resolver", "resolve", 12, "", ""),
+    );
+    let err = t.check().err().unwrap().to_string();
+    assert!(err.contains("a resolver of contract version 1"), "{err}");
+}
+
 fn rejected(role: Role, wasm: &[u8]) -> String {
     let err = runtime().compile("bad@1", role, wasm).err().unwrap();
     assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
@@ -493,12 +868,12 @@ fn an_oversized_module_is_rejected_on_upload() {
 
 #[test]
 fn a_wrong_contract_version_is_rejected() {
-    // A module whose contract-version answers 2.
+    // A module whose contract-version answers 3 (this node speaks 1 and 2 for filters).
     let mut module = wat::parse_str(
         r#"(module
   (memory (export "memory") 1)
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
-  (func (export "contract-version") (result i32) (i32.const 2))
+  (func (export "contract-version") (result i32) (i32.const 3))
   (func (export "config-schema") (result i32) (i32.const 32))
   (func (export "configure") (param i32 i32) (result i32) (i32.const 48))
   (func (export "filter") (param i32 i32 i32 i32) (result i32) (i32.const 64)))"#,
@@ -523,9 +898,12 @@ fn a_wrong_contract_version_is_rejected() {
         .encode()
         .unwrap();
     let rt = runtime();
-    let t = template(&rt, "v2@1", Role::Filter, &wasm);
+    let t = template(&rt, "v3@1", Role::Filter, &wasm);
     let err = t.check().err().unwrap().to_string();
-    assert!(err.contains("contract version 2"), "{err}");
+    assert!(
+        err.contains("contract version 3") && err.contains("filters of contract version 1 to 2"),
+        "{err}"
+    );
 }
 
 // ---- the registry ----
