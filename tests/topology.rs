@@ -863,3 +863,77 @@ fn parallel_sites_write_a_record_one_at_a_time_across_sites_and_a_cross_site_dea
     a.post(&da.path("/txns"), &json!({}))
         .expect_problem(400, "malformed-request");
 }
+
+#[test]
+fn a_resolver_plugin_merges_concurrent_changes_of_different_fields_alike_on_both_sites() {
+    use doppel_server::plugins::builtin;
+    let (a, b) = (Node::start(), Node::start());
+    for n in [&a, &b] {
+        upload_plugin(n, "lww", "resolver", builtin::LWW_RESOLVER);
+    }
+    let (da, db) = (
+        a.create_db(DEFAULT_TENANT, mutual_spec("m")),
+        b.create_db(DEFAULT_TENANT, mutual_spec("m")),
+    );
+    let links = mutual_pair(
+        "m",
+        json!({"strategy": "resolver",
+               "resolver": {"plugin": "lww@1", "config": {"strategy": "merge"}}}),
+    );
+    let doc =
+        json!({"name": "merge", "nodes": nodes_json(&[("a", &a), ("b", &b)]), "links": links});
+    a.post(&topologies(), &doc).ok();
+    let base = json!({"name": "ann", "city": "Oslo", "tier": 1});
+    da.put("orders", "c1", json!({}), base.clone()).ok();
+    assert!(wait_until(deadline_in(CATCH_UP), || db
+        .data("orders", "c1")
+        == Some(base.clone())));
+    let pause = |node: &Node, verb: &str| {
+        for l in links_of(node) {
+            let id = l["id"].as_str().unwrap();
+            node.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/{verb}"))
+                .ok();
+        }
+    };
+    pause(&a, "pause");
+    pause(&b, "pause");
+    // Concurrently: a moves the customer, b raises the tier.
+    da.put(
+        "orders",
+        "c1",
+        json!({}),
+        json!({"name": "ann", "city": "Bergen", "tier": 1}),
+    )
+    .ok();
+    db.put(
+        "orders",
+        "c1",
+        json!({}),
+        json!({"name": "ann", "city": "Oslo", "tier": 2}),
+    )
+    .ok();
+    pause(&a, "resume");
+    pause(&b, "resume");
+    let merged = json!({"name": "ann", "city": "Bergen", "tier": 2});
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || {
+            caught_up(&a)
+                && caught_up(&b)
+                && da.data("orders", "c1") == Some(merged.clone())
+                && db.data("orders", "c1") == Some(merged.clone())
+        }),
+        "{:?} {:?} {} {}",
+        da.data("orders", "c1"),
+        db.data("orders", "c1"),
+        conflicts_of(&da),
+        conflicts_of(&db)
+    );
+    for site in [&da, &db] {
+        let c = conflicts_of(site);
+        assert_eq!(c["count"], 1, "{c}");
+        assert_eq!(c["conflicts"][0]["decision"], "merged", "{c}");
+        assert_eq!(c["conflicts"][0]["merged"], merged, "{c}");
+    }
+    // The two sites store the same version of the merge.
+    assert_eq!(da.contents("__versions"), db.contents("__versions"));
+}

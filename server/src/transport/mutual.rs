@@ -31,7 +31,7 @@ use crate::node::database::{Conflict, ConflictSeen, Decision, MutualWrite};
 use crate::node::versions::{self, Stamp};
 use crate::node::{Database, Error};
 type Result<T, E = Error> = std::result::Result<T, E>;
-use crate::plugins::{Registry, Role, Stage};
+use crate::plugins::{Registry, Resolution, Role, Stage};
 use crate::store::{block, Schema};
 
 /// Conflicts kept per database.
@@ -212,20 +212,37 @@ impl Resolver {
         };
         let remote_data =
             (c.remote.op.kind != crate::log::OpKind::Delete).then_some(&c.remote.data[..]);
-        let mut local = BatchBuilder::new();
-        local.push(&side(&c.local, c.local_data));
-        let mut remote = BatchBuilder::new();
-        remote.push(&side(&c.remote.stamp, remote_data));
+        // The base: the record as the remote write found it where it was made (its
+        // before image); none known is a delete at time 0 by origin 0, per the contract.
+        let base_stamp = Stamp {
+            t: c.remote.stamp.bt,
+            o: c.remote.stamp.bo,
+            ..Stamp::default()
+        };
+        let base_record = match &c.remote.base_data {
+            Some(data) => side(&base_stamp, Some(data)),
+            None => doppel_sdk::abi::no_base(c.file, &String::from_utf8_lossy(c.key)),
+        };
+        let batch = |r: &OwnedRecord| {
+            let mut b = BatchBuilder::new();
+            b.push(r);
+            b
+        };
+        let (local, remote, base) = (
+            batch(&side(&c.local, c.local_data)),
+            batch(&side(&c.remote.stamp, remote_data)),
+            batch(&base_record),
+        );
         let out = stage
-            .call(local.as_batch(), Some(remote.as_batch()))
+            .resolve(local.as_batch(), remote.as_batch(), base.as_batch())
             .map_err(|e| e.to_string())?;
         if let Some(e) = out.errors.first() {
             return Err(e.message.clone());
         }
-        Ok(if out.bitmap.first().is_some_and(|b| b & 1 == 1) {
-            Decision::Remote
-        } else {
-            Decision::Local
+        Ok(match out.decisions.into_iter().next() {
+            Some(Resolution::Remote) => Decision::Remote,
+            Some(Resolution::Merged(data)) => Decision::Merged(data),
+            _ => Decision::Local,
         })
     }
 }
