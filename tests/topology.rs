@@ -519,6 +519,15 @@ fn conflicts_of(db: &Db) -> Value {
     db.client().get(&db.path("/conflicts")).ok().clone()
 }
 
+/// `verb` (pause, resume) every link whose source is `node`.
+fn every_link(node: &Node, verb: &str) {
+    for l in links_of(node) {
+        let id = l["id"].as_str().unwrap();
+        node.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/{verb}"))
+            .ok();
+    }
+}
+
 fn last_serial(db: &Db) -> u64 {
     db.info().ok()["last_serial"].as_u64().unwrap()
 }
@@ -685,23 +694,16 @@ fn site_priority_and_a_resolver_plugin_decide_a_conflict_alike_on_both_sites() {
     a.post(&topologies(), &doc).ok();
     // Both sites write one key while the links are paused: a first, b later, so the
     // last writer would be b.
-    let pause = |node: &Node, verb: &str| {
-        for l in links_of(node) {
-            let id = l["id"].as_str().unwrap();
-            node.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/{verb}"))
-                .ok();
-        }
-    };
-    pause(&a, "pause");
-    pause(&b, "pause");
+    every_link(&a, "pause");
+    every_link(&b, "pause");
     for (da, db) in &sites {
         da.put("orders", "k", json!({}), json!({"by": "a", "v": 9}))
             .ok();
         db.put("orders", "k", json!({}), json!({"by": "b", "v": 3}))
             .ok();
     }
-    pause(&a, "resume");
-    pause(&b, "resume");
+    every_link(&a, "resume");
+    every_link(&b, "resume");
     for (da, db) in &sites {
         assert!(
             wait_until(deadline_in(CATCH_UP), || {
@@ -888,15 +890,8 @@ fn a_resolver_plugin_merges_concurrent_changes_of_different_fields_alike_on_both
     assert!(wait_until(deadline_in(CATCH_UP), || db
         .data("orders", "c1")
         == Some(base.clone())));
-    let pause = |node: &Node, verb: &str| {
-        for l in links_of(node) {
-            let id = l["id"].as_str().unwrap();
-            node.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/{verb}"))
-                .ok();
-        }
-    };
-    pause(&a, "pause");
-    pause(&b, "pause");
+    every_link(&a, "pause");
+    every_link(&b, "pause");
     // Concurrently: a moves the customer, b raises the tier.
     da.put(
         "orders",
@@ -912,8 +907,8 @@ fn a_resolver_plugin_merges_concurrent_changes_of_different_fields_alike_on_both
         json!({"name": "ann", "city": "Oslo", "tier": 2}),
     )
     .ok();
-    pause(&a, "resume");
-    pause(&b, "resume");
+    every_link(&a, "resume");
+    every_link(&b, "resume");
     let merged = json!({"name": "ann", "city": "Bergen", "tier": 2});
     assert!(
         wait_until(deadline_in(CATCH_UP), || {
