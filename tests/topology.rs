@@ -794,7 +794,11 @@ fn parallel_sites_write_a_record_one_at_a_time_across_sites_and_a_cross_site_dea
     for l in &mut links {
         l["mode"] = json!("sync");
     }
-    let doc = json!({"name": "par", "nodes": nodes_json(&[("a", &a), ("b", &b)]), "links": links});
+    // a -> b goes through a faulty proxy.
+    let proxy = faulty_proxy_to(&b);
+    let mut nodes = nodes_json(&[("a", &a), ("b", &b)]);
+    nodes["b"]["replication"] = json!(proxy.addr().to_string());
+    let doc = json!({"name": "par", "nodes": nodes, "links": links});
     a.post(&topologies(), &doc).ok();
     assert!(wait_until(deadline_in(CATCH_UP), || caught_up(&a) && caught_up(&b)));
 
@@ -833,6 +837,11 @@ fn parallel_sites_write_a_record_one_at_a_time_across_sites_and_a_cross_site_dea
     // so there was nothing to resolve, and each acknowledged write is everywhere.
     assert!(wait_until(deadline_in(CATCH_UP), || caught_up(&a) && caught_up(&b)));
     assert_eq!(da.contents("orders"), db.contents("orders"));
+    let faults = proxy.stats().to_upstream;
+    assert!(
+        faults.dropped + faults.duplicated + faults.reordered > 0,
+        "{faults:?}"
+    );
     assert_eq!(conflicts_of(&da)["count"], 0, "site a resolved conflicts");
     assert_eq!(conflicts_of(&db)["count"], 0, "site b resolved conflicts");
 
