@@ -404,6 +404,12 @@ async fn session(
         (false, false) => &[LogKind::T],
     };
     loop {
+        // The definition changed (stages swapped, paused, deleted): nothing more ships
+        // under the old one; the next session reads the new one. Checked before each
+        // frame, so a record committed after the change never goes through old stages.
+        if control.has_changed().unwrap_or(true) {
+            return Ok(());
+        }
         let available = *appended.borrow_and_update();
         let hold = link.hold_at.load(Ordering::SeqCst);
         let held = hold != 0 && next > hold;
