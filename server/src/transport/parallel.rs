@@ -170,11 +170,12 @@ impl Replication {
         self.links
             .lock()
             .values()
-            .map(|h| h.def.lock().clone())
-            .filter(|d| {
-                d.tenant == tenant
+            .filter_map(|h| {
+                let d = h.def.lock();
+                let exclusive = d.tenant == tenant
                     && d.spec.database == db
-                    && d.spec.conflicts.as_ref().is_some_and(|c| c.exclusive)
+                    && d.spec.conflicts.as_ref().is_some_and(|c| c.exclusive);
+                exclusive.then(|| d.clone())
             })
             .collect()
     }
@@ -188,6 +189,11 @@ impl Replication {
         ops: &[Op],
         timeout: Duration,
     ) -> Result<Option<Guard>> {
+        // Only a mutual database can have exclusive links (checked when they are made):
+        // every other write passes without looking at the links.
+        if !db.def.spec.mutual {
+            return Ok(None);
+        }
         let peers = self.exclusive_links(tenant, db.name());
         if peers.is_empty() {
             return Ok(None);
