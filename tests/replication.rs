@@ -977,6 +977,75 @@ fn interrelation_never_shows_an_order_line_without_its_order_when_the_orders_str
 }
 
 #[test]
+fn a_released_replica_applies_its_spooled_lines_only_once_their_orders_arrived() {
+    let Interrelated {
+        a: _a,
+        b,
+        proxy,
+        orders,
+        lines,
+        lines_link,
+    } = interrelated("stop", "mirror", "orders");
+    let (r_orders, r_lines) = (
+        b.db(DEFAULT_TENANT, "orders"),
+        b.db(DEFAULT_TENANT, "lines"),
+    );
+    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
+    lines
+        .put("lines", "l-0", json!({}), json!({"order": "o-0"}))
+        .ok();
+    wait_identical(&lines, &r_lines, CATCH_UP);
+    wait_identical(&orders, &r_orders, CATCH_UP);
+
+    // The lines replica is detached and spools a line whose order is held on its way.
+    let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas");
+    b.post_empty(&format!("{replicas}/{lines_link}/suspend"))
+        .ok();
+    proxy.hold(Direction::ToUpstream);
+    orders.put("orders", "o-1", json!({}), json!({"n": 1})).ok();
+    lines
+        .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
+        .ok();
+    let replica = || {
+        b.get(&replicas)
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["link"] == lines_link.as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || replica()["spooled"].as_u64()
+            >= Some(1)),
+        "the line was not spooled: {}",
+        replica()
+    );
+
+    // Released, the spooled line still waits for its order.
+    b.post_empty(&format!("{replicas}/{lines_link}/release"))
+        .ok();
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || replica()["waiting_for"]
+            .is_string()),
+        "the released line was not held for its order: {}",
+        replica()
+    );
+    assert_eq!(
+        r_lines.data("lines", "l-1"),
+        None,
+        "a line without its order"
+    );
+    assert_eq!(r_orders.data("orders", "o-1"), None);
+    proxy.release(Direction::ToUpstream);
+    wait_identical(&orders, &r_orders, CATCH_UP);
+    wait_identical(&lines, &r_lines, CATCH_UP);
+    assert_eq!(replica()["waiting_for"], Value::Null);
+    assert_eq!(replica()["spooled"].as_u64(), Some(0), "{}", replica());
+}
+
+#[test]
 fn an_interrelation_rule_naming_an_unknown_file_stops_the_link_or_quarantines_as_its_policy_says() {
     let stop = interrelated("stop", "mirror", "nowhere");
     stop.lines

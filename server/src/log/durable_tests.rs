@@ -784,3 +784,94 @@ fn reopening_the_directory_sees_the_same_log_and_snapshots() {
     f.log.append(UID, &more).unwrap();
     assert_eq!(replay_all(&f.log, UID, 0).2, w.seq.last_serial);
 }
+
+#[test]
+fn a_transaction_cut_before_its_a_chunk_leaves_nothing_once_the_tail_is_dropped() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let first = w.commit(&inserts("k", 3, 10));
+    f.log.append(UID, &first).unwrap();
+    let b_before = read_kind(&f.log, UID, LogKind::B, 0);
+    let t_before = read_kind(&f.log, UID, LogKind::T, 0);
+    // A crash after the B and T chunks of an update reached sled, before its A chunk
+    // (the order `append` writes a small transaction in).
+    let torn = w.commit(&[update(ORDERS, "k0001", b"new"), delete(ORDERS, "k0002")]);
+    for kind in [LogKind::B, LogKind::T] {
+        for (first, bytes) in codec::encode(&torn, kind) {
+            f.log.log.insert(log_key(UID, kind, first), bytes).unwrap();
+        }
+    }
+    f.log.flush_now().unwrap();
+    let f = f.reopen();
+    assert_eq!(replay_all(&f.log, UID, 0).2, first.updates.len() as u64);
+    let recovered = first.updates.len() as u64;
+    assert_eq!(
+        f.log.drop_torn_tail(UID, recovered).unwrap(),
+        2,
+        "a B and a T chunk"
+    );
+    assert_eq!(
+        f.log.drop_torn_tail(UID, recovered).unwrap(),
+        0,
+        "nothing more"
+    );
+    assert_eq!(read_kind(&f.log, UID, LogKind::B, 0), b_before);
+    assert_eq!(read_kind(&f.log, UID, LogKind::T, 0), t_before);
+
+    // The recovered node reuses the torn serials: nothing of the torn transaction is
+    // attributed to the new one (an insert has no before image).
+    let mut again = Writer::new();
+    again.commit(&inserts("k", 3, 10));
+    let next = again.commit(&[insert(LINES, "fresh", b"1")]);
+    f.log.append(UID, &next).unwrap();
+    let b_after = read_kind(&f.log, UID, LogKind::B, 0);
+    assert_eq!(b_after, b_before, "no before image for the new insert");
+    assert_eq!(replay_all(&f.log, UID, 0).2, again.seq.last_serial);
+}
+
+#[test]
+fn b_and_t_chunks_below_the_recovered_serial_stay_when_the_a_log_was_pruned() {
+    // After a snapshot the A log may be pruned while B and T chunks are kept longer:
+    // they are history, not a torn transaction.
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    f.log.append(UID, &w.commit(&inserts("k", 2, 10))).unwrap();
+    f.log
+        .append(UID, &w.commit(&[update(ORDERS, "k0001", b"x")]))
+        .unwrap();
+    let b_log = read_kind(&f.log, UID, LogKind::B, 0);
+    assert!(!b_log.is_empty());
+    f.log
+        .prune_through(UID, LogKind::A, w.seq.last_serial)
+        .unwrap();
+    assert_eq!(replay_all(&f.log, UID, 0).1, 0, "no A chunk left");
+    assert_eq!(f.log.drop_torn_tail(UID, w.seq.last_serial).unwrap(), 0);
+    assert_eq!(read_kind(&f.log, UID, LogKind::B, 0), b_log);
+}
+
+#[test]
+fn a_small_transaction_is_stored_whole_and_a_large_one_too() {
+    // Small transactions take the insert path (A last), large ones the atomic batch:
+    // both read back exactly, with their B and T chunks.
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let small = w.commit(&[insert(ORDERS, "s", b"1")]);
+    let large = w.commit(&inserts("big", 300, 400));
+    assert!(
+        codec::encode(&large, LogKind::A).len() > 1,
+        "several A chunks"
+    );
+    let change = w.commit(&[update(ORDERS, "s", b"2")]);
+    for t in [&small, &large, &change] {
+        f.log.append(UID, t).unwrap();
+    }
+    assert_eq!(
+        replay_all(&f.log, UID, 0).0,
+        expected(&[&small, &large, &change])
+    );
+    assert_eq!(f.log.drop_torn_tail(UID, 0).unwrap(), 0);
+    assert_eq!(
+        serials(&read_kind(&f.log, UID, LogKind::B, 0)),
+        vec![w.seq.last_serial]
+    );
+}

@@ -334,6 +334,7 @@ impl Database {
             }
             Ok(())
         })?;
+        log.drop_torn_tail(def.uid, last)?;
         seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
         Ok((
             Self::with_state(def, log, store, seq, snapshot_serial),

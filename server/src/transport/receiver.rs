@@ -415,18 +415,23 @@ async fn apply_stream(
             told_suspended = suspended;
         }
         if !suspended && spooled.is_some() {
-            let applied = repl
-                .spool
-                .drain(&reg.link, |chunks| match db.apply_replicated(chunks) {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(format!("replaying a spooled transaction: {e}")),
-                });
-            match applied {
-                Ok(n) => {
-                    tracing::info!(link = %reg.link, transactions = n, "replica released; spooled transactions applied")
+            let mut n = 0;
+            while let Some(entry) = repl.spool.first(&reg.link)? {
+                let last = spool::last_serial(&entry.chunks).unwrap_or(0);
+                let txn = entry.chunks.first().map_or(0, |c| c.head.txn);
+                // Released, a spooled transaction still waits for what it depends on
+                // in other databases (SPEC D3), like one that arrives now.
+                let mut deps = Some((txn, entry.deps.clone()));
+                hold(repl, reg, hello, db, tx, &mut deps, txn, last).await?;
+                if let Err(e) = db.apply_replicated(&entry.chunks) {
+                    let reason = format!("replaying a spooled transaction: {e}");
+                    return ask_snapshot(tx, &reason).await;
                 }
-                Err(reason) => return ask_snapshot(tx, &reason).await,
+                repl.gates.applied(&key, last, false);
+                repl.spool.remove(&entry)?;
+                n += 1;
             }
+            tracing::info!(link = %reg.link, transactions = n, "replica released; spooled transactions applied");
             spooled = None;
         }
         for msg in msgs {
@@ -466,7 +471,12 @@ async fn apply_stream(
                             gap = Some((have + 1, false));
                             continue;
                         }
-                        repl.spool.push(&reg.link, first, &p.chunks)?;
+                        let deps = depends
+                            .take()
+                            .filter(|(t, _)| *t == txn)
+                            .map(|(_, d)| d)
+                            .unwrap_or_default();
+                        repl.spool.push(&reg.link, first, &p.chunks, &deps)?;
                         spooled = Some(last);
                         requested = None;
                         continue;

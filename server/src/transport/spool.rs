@@ -3,12 +3,24 @@
 //! in that order, when it is released. A read-only job on the replica meanwhile sees a
 //! frozen state, and nothing that arrived is lost if the node restarts.
 //!
+//! A transaction keeps the interrelation dependencies it came with (SPEC D3), so on
+//! release it still waits for the updates of other databases it depends on.
+//!
 //! Key: `len(link) u8 | link | first serial u64 BE`; value: the transaction's chunks,
-//! `count u32 | (len u32 | bytes)*`.
+//! `count u32 | (len u32 | bytes)*`, then its dependencies (absent: none),
+//! `count u32 | (len u16 | database | serial u64 | before_us u64)*`.
 
+use super::wire::Dependency;
 use crate::log::codec;
 use crate::log::durable::RawChunk;
 use crate::log::LogKind;
+
+/// One spooled transaction.
+pub struct Spooled {
+    key: sled::IVec,
+    pub chunks: Vec<RawChunk>,
+    pub deps: Vec<Dependency>,
+}
 
 /// The spool tree of a node.
 pub struct Spool {
@@ -23,39 +35,79 @@ pub(crate) fn prefix(link: &str) -> Vec<u8> {
     p
 }
 
-fn encode(chunks: &[RawChunk]) -> Vec<u8> {
+fn encode(chunks: &[RawChunk], deps: &[Dependency]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + chunks.iter().map(|c| c.bytes.len() + 4).sum::<usize>());
     out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
     for c in chunks {
         out.extend_from_slice(&(c.bytes.len() as u32).to_le_bytes());
         out.extend_from_slice(&c.bytes);
     }
+    if !deps.is_empty() {
+        out.extend_from_slice(&(deps.len() as u32).to_le_bytes());
+        for d in deps {
+            let name = &d.database.as_bytes()[..d.database.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&d.serial.to_le_bytes());
+            out.extend_from_slice(&d.before_us.to_le_bytes());
+        }
+    }
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Vec<RawChunk>, String> {
-    let bad = || "a spooled transaction is damaged".to_string();
-    let count = u32::from_le_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().expect("4")) as usize;
-    let mut pos = 4;
-    let mut out = Vec::with_capacity(count.min(1024));
+/// Reads a spooled value front to back, checking every length.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let out = self
+            .bytes
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| "a spooled transaction is damaged".to_string())?;
+        self.pos += n;
+        Ok(out)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), String> {
+    let mut r = Reader { bytes, pos: 0 };
+    let count = r.u32()? as usize;
+    let mut chunks = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        let len = u32::from_le_bytes(
-            bytes
-                .get(pos..pos + 4)
-                .ok_or_else(bad)?
-                .try_into()
-                .expect("4"),
-        ) as usize;
-        pos += 4;
-        let chunk = bytes.get(pos..pos + len).ok_or_else(bad)?;
-        pos += len;
+        let len = r.u32()? as usize;
+        let chunk = r.take(len)?;
         let head = codec::peek(chunk).map_err(|e| e.to_string())?;
-        out.push(RawChunk {
+        chunks.push(RawChunk {
             head,
             bytes: chunk.into(),
         });
     }
-    Ok(out)
+    let mut deps = Vec::new();
+    if r.pos < bytes.len() {
+        let count = r.u32()? as usize;
+        for _ in 0..count {
+            let len = r.u16()? as usize;
+            let database = String::from_utf8_lossy(r.take(len)?).into_owned();
+            deps.push(Dependency {
+                database,
+                serial: r.u64()?,
+                before_us: r.u64()?,
+            });
+        }
+    }
+    Ok((chunks, deps))
 }
 
 /// The last serial of a transaction's A chunks.
@@ -77,7 +129,7 @@ impl Spool {
         match self.tree.scan_prefix(prefix(link)).next_back() {
             Some(item) => {
                 let (_, value) = item.map_err(|e| e.to_string())?;
-                Ok(last_serial(&decode(&value)?))
+                Ok(last_serial(&decode(&value)?.0))
             }
             None => Ok(None),
         }
@@ -88,31 +140,37 @@ impl Spool {
         self.tree.scan_prefix(prefix(link)).count()
     }
 
-    /// Store one transaction.
-    pub fn push(&self, link: &str, first_serial: u64, chunks: &[RawChunk]) -> Result<(), String> {
+    /// Store one transaction with the dependencies it came with.
+    pub fn push(
+        &self,
+        link: &str,
+        first_serial: u64,
+        chunks: &[RawChunk],
+        deps: &[Dependency],
+    ) -> Result<(), String> {
         let mut key = prefix(link);
         key.extend_from_slice(&first_serial.to_be_bytes());
         self.tree
-            .insert(key, encode(chunks))
+            .insert(key, encode(chunks, deps))
             .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    /// Hand every spooled transaction of `link` to `apply`, oldest first, removing each
-    /// once applied. Returns how many were applied.
-    pub fn drain(
-        &self,
-        link: &str,
-        mut apply: impl FnMut(&[RawChunk]) -> Result<(), String>,
-    ) -> Result<usize, String> {
-        let mut applied = 0;
-        for item in self.tree.scan_prefix(prefix(link)) {
-            let (key, value) = item.map_err(|e| e.to_string())?;
-            apply(&decode(&value)?)?;
-            self.tree.remove(key).map_err(|e| e.to_string())?;
-            applied += 1;
-        }
-        Ok(applied)
+    /// The oldest transaction spooled for `link`. Remove it with [`Self::remove`] once
+    /// it is applied.
+    pub fn first(&self, link: &str) -> Result<Option<Spooled>, String> {
+        let Some(item) = self.tree.scan_prefix(prefix(link)).next() else {
+            return Ok(None);
+        };
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        let (chunks, deps) = decode(&value)?;
+        Ok(Some(Spooled { key, chunks, deps }))
+    }
+
+    /// Forget one applied transaction.
+    pub fn remove(&self, spooled: &Spooled) -> Result<(), String> {
+        self.tree.remove(&spooled.key).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Forget everything spooled for `link`.
@@ -128,4 +186,78 @@ pub(crate) fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), Stri
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{Header, Outcome, TxnLog, Update};
+    use crate::store::Effect;
+
+    fn chunks(txn: u64, serial: u64) -> Vec<RawChunk> {
+        let log = TxnLog {
+            txn,
+            outcome: Outcome::Committed,
+            updates: vec![Update {
+                header: Header {
+                    txn,
+                    serial,
+                    effect: Effect::Insert,
+                    file: 0,
+                    block: 0,
+                    offset: 0,
+                    timestamp_us: 7,
+                    undo: false,
+                },
+                after: Some(b"after".to_vec()),
+                before: None,
+                op: None,
+            }],
+        };
+        codec::encode(&log, LogKind::A)
+            .into_iter()
+            .map(|(_, bytes)| RawChunk {
+                head: codec::peek(&bytes).unwrap(),
+                bytes: bytes.into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spooled_transaction_keeps_its_dependencies_and_comes_back_oldest_first() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let spool = Spool::open(db.open_tree("spool").unwrap());
+        let deps = vec![Dependency {
+            database: "orders".into(),
+            serial: 41,
+            before_us: 1_000,
+        }];
+        spool.push("l", 5, &chunks(2, 5), &[]).unwrap();
+        spool.push("l", 6, &chunks(3, 6), &deps).unwrap();
+        spool.push("other", 1, &chunks(9, 1), &[]).unwrap();
+        assert_eq!(spool.last("l").unwrap(), Some(6));
+        let first = spool.first("l").unwrap().unwrap();
+        assert_eq!((first.chunks[0].head.txn, first.deps.len()), (2, 0));
+        spool.remove(&first).unwrap();
+        let second = spool.first("l").unwrap().unwrap();
+        assert_eq!(second.chunks[0].head.txn, 3);
+        assert_eq!(second.deps, deps);
+        spool.remove(&second).unwrap();
+        assert!(spool.first("l").unwrap().is_none());
+        assert_eq!(spool.len("other"), 1);
+    }
+
+    #[test]
+    fn a_damaged_dependency_list_is_an_error_not_a_panic() {
+        let mut bytes = encode(
+            &chunks(2, 5),
+            &[Dependency {
+                database: "orders".into(),
+                serial: 1,
+                before_us: 2,
+            }],
+        );
+        bytes.truncate(bytes.len() - 3);
+        assert!(decode(&bytes).is_err());
+    }
 }
