@@ -318,15 +318,17 @@ pub fn run(
         let local = commits("l")?;
         pair.link("sync")?;
         let latencies = commits("s")?;
+        let floor = loopback_round_trips(n)?;
         let us = |sorted: &[Duration], p: f64| ms(percentile(sorted, p)) * 1000.0;
         println!(
-            "sync: {n} single-record commits, one connection ({} durability): p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs (the same commits before the link: p50 {:.1} µs, p99 {:.1} µs)",
+            "sync: {n} single-record commits, one connection ({} durability): p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs (the same commits before the link: p50 {:.1} µs, p99 {:.1} µs; one loopback TCP round trip: p50 {:.1} µs)",
             args.durability,
             us(&latencies, 0.5),
             us(&latencies, 0.99),
             us(&latencies, 0.999),
             us(&local, 0.5),
             us(&local, 0.99),
+            us(&floor, 0.5),
         );
     }
     if all || args.scenario == "bootstrap" {
@@ -453,6 +455,39 @@ pub fn run(
 }
 
 /// Two sites writing the same keys at once through a pair of mutual links.
+/// `n` round trips of 64 bytes over loopback TCP to an echo thread, sorted: the
+/// machine's floor for a commit that needs two of them (client to source, source to
+/// replica), measured in the same run as the commits.
+fn loopback_round_trips(n: usize) -> Result<Vec<Duration>, String> {
+    use std::io::{Read, Write};
+    let err = |e: std::io::Error| format!("loopback round trips: {e}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr).map_err(err)?;
+    s.set_nodelay(true).map_err(err)?;
+    let mut buf = [7u8; 64];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&buf).map_err(err)?;
+        s.read_exact(&mut buf).map_err(err)?;
+        out.push(t.elapsed());
+    }
+    drop(s);
+    let _ = echo.join();
+    out.sort();
+    Ok(out)
+}
+
 fn mutual(pair: &Pair, args: &BenchArgs) -> Result<(), String> {
     pair.reset()?;
     let spec = json!({"name": pair.db, "files": [{"name": "bench"}], "durability": args.durability,
