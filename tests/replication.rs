@@ -844,6 +844,22 @@ fn interrelated(on_error: &str, apply: &str, parent_file: &str) -> Interrelated 
     }
 }
 
+/// Writes order `o-0` and its line `l-0` and waits until both are on `b`. Returns the
+/// replicas of orders and lines.
+fn first_order_replicated(b: &Node, orders: &Db, lines: &Db) -> (Db, Db) {
+    let (r_orders, r_lines) = (
+        b.db(DEFAULT_TENANT, "orders"),
+        b.db(DEFAULT_TENANT, "lines"),
+    );
+    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
+    lines
+        .put("lines", "l-0", json!({}), json!({"order": "o-0"}))
+        .ok();
+    wait_identical(orders, &r_orders, CATCH_UP);
+    wait_identical(lines, &r_lines, CATCH_UP);
+    (r_orders, r_lines)
+}
+
 /// Every line on `replica_lines` whose order is not on `replica_orders`, reading the
 /// lines first (orders only ever grow in these tests).
 fn orphan_lines(replica_lines: &Db, replica_orders: &Db) -> Vec<String> {
@@ -869,16 +885,7 @@ fn interrelation_never_shows_an_order_line_without_its_order_when_the_orders_str
         lines,
         lines_link,
     } = interrelated("stop", "mirror", "orders");
-    let (r_orders, r_lines) = (
-        b.db(DEFAULT_TENANT, "orders"),
-        b.db(DEFAULT_TENANT, "lines"),
-    );
-    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
-    lines
-        .put("lines", "l-0", json!({}), json!({"order": "o-0"}))
-        .ok();
-    wait_identical(&orders, &r_orders, CATCH_UP);
-    wait_identical(&lines, &r_lines, CATCH_UP);
+    let (r_orders, r_lines) = first_order_replicated(&b, &orders, &lines);
 
     // The orders stream stops on its way: a new line waits on the replica, visibly,
     // for the order it depends on, and is applied once the order arrives.
@@ -986,16 +993,7 @@ fn a_released_replica_applies_its_spooled_lines_only_once_their_orders_arrived()
         lines,
         lines_link,
     } = interrelated("stop", "mirror", "orders");
-    let (r_orders, r_lines) = (
-        b.db(DEFAULT_TENANT, "orders"),
-        b.db(DEFAULT_TENANT, "lines"),
-    );
-    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
-    lines
-        .put("lines", "l-0", json!({}), json!({"order": "o-0"}))
-        .ok();
-    wait_identical(&lines, &r_lines, CATCH_UP);
-    wait_identical(&orders, &r_orders, CATCH_UP);
+    let (r_orders, r_lines) = first_order_replicated(&b, &orders, &lines);
 
     // The lines replica is detached and spools a line whose order is held on its way.
     let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas");
