@@ -18,9 +18,12 @@
 //! without its predecessors), so the A chunk is the commit point. A crash between leaves
 //! B or T chunks above the last A serial; [`LogStore::drop_torn_tail`] removes them when
 //! the database is recovered. Bigger transactions, and a logical replica's apply with
-//! its position, still use one batch. Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that started after
-//! the insert. One flusher thread runs flushes back to back while anyone waits, so one
-//! fsync covers every transaction that arrived during the previous one (group commit).
+//! its position, still use one batch.
+//!
+//! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
+//! started after the insert. One flusher thread runs flushes back to back while anyone
+//! waits, so one fsync covers every transaction that arrived during the previous one
+//! (group commit).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -344,7 +347,8 @@ impl LogStore {
     }
 
     /// Write chunks exactly as another node encoded them (a mirror replica's copy of its
-    /// source's log), in one atomic batch. Call it under the database's writer lock.
+    /// source's log), all of them or none (see the module doc). Call it under the
+    /// database's writer lock.
     pub fn append_raw(&self, uid: u64, chunks: &[RawChunk]) -> Result<(), LogError> {
         let chunks = chunks
             .iter()
