@@ -844,6 +844,18 @@ fn interrelated(on_error: &str, apply: &str, parent_file: &str) -> Interrelated 
     }
 }
 
+/// The entry of `link` in `node`'s list of replicas (null if it has none).
+fn replica_entry(node: &Node, link: &str) -> Value {
+    node.get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["link"] == link)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Writes order `o-0` and its line `l-0` and waits until both are on `b`. Returns the
 /// replicas of orders and lines.
 fn first_order_replicated(b: &Node, orders: &Db, lines: &Db) -> (Db, Db) {
@@ -895,16 +907,7 @@ fn interrelation_never_shows_an_order_line_without_its_order_when_the_orders_str
         .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
         .ok();
     let replicas = format!("/v1/tenants/{DEFAULT_TENANT}/replicas");
-    let waiting = || {
-        b.get(&replicas)
-            .ok()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["link"] == lines_link.as_str())
-            .map(|r| r["waiting_for"].clone())
-            .unwrap_or(Value::Null)
-    };
+    let waiting = || replica_entry(&b, &lines_link)["waiting_for"].clone();
     assert!(
         wait_until(deadline_in(CATCH_UP), || waiting().is_string()),
         "the line was never held: {}",
@@ -1004,16 +1007,7 @@ fn a_released_replica_applies_its_spooled_lines_only_once_their_orders_arrived()
     lines
         .put("lines", "l-1", json!({}), json!({"order": "o-1"}))
         .ok();
-    let replica = || {
-        b.get(&replicas)
-            .ok()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["link"] == lines_link.as_str())
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let replica = || replica_entry(&b, &lines_link);
     assert!(
         wait_until(deadline_in(CATCH_UP), || replica()["spooled"].as_u64()
             >= Some(1)),

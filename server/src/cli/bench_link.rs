@@ -454,7 +454,6 @@ pub fn run(
     Ok(())
 }
 
-/// Two sites writing the same keys at once through a pair of mutual links.
 /// `n` round trips of 64 bytes over loopback TCP to an echo thread, sorted: the
 /// machine's floor for a commit that needs two of them (client to source, source to
 /// replica), measured in the same run as the commits.
@@ -488,6 +487,7 @@ fn loopback_round_trips(n: usize) -> Result<Vec<Duration>, String> {
     Ok(out)
 }
 
+/// Two sites writing the same keys at once through a pair of mutual links.
 fn mutual(pair: &Pair, args: &BenchArgs) -> Result<(), String> {
     pair.reset()?;
     let spec = json!({"name": pair.db, "files": [{"name": "bench"}], "durability": args.durability,

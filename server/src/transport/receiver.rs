@@ -416,12 +416,12 @@ async fn apply_stream(
         }
         if !suspended && spooled.is_some() {
             let mut n = 0;
-            while let Some(entry) = repl.spool.first(&reg.link)? {
+            while let Some(mut entry) = repl.spool.first(&reg.link)? {
                 let last = spool::last_serial(&entry.chunks).unwrap_or(0);
                 let txn = entry.chunks.first().map_or(0, |c| c.head.txn);
                 // Released, a spooled transaction still waits for what it depends on
                 // in other databases (SPEC D3), like one that arrives now.
-                let mut deps = Some((txn, entry.deps.clone()));
+                let mut deps = Some((txn, std::mem::take(&mut entry.deps)));
                 hold(repl, reg, hello, db, tx, &mut deps, txn, last).await?;
                 if let Err(e) = db.apply_replicated(&entry.chunks) {
                     let reason = format!("replaying a spooled transaction: {e}");

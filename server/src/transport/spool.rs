@@ -7,10 +7,10 @@
 //! release it still waits for the updates of other databases it depends on.
 //!
 //! Key: `len(link) u8 | link | first serial u64 BE`; value: the transaction's chunks,
-//! `count u32 | (len u32 | bytes)*`, then its dependencies (absent: none),
-//! `count u32 | (len u16 | database | serial u64 | before_us u64)*`.
+//! `count u32 | (len u32 | bytes)*`, then, if it has dependencies, the replication
+//! protocol's `Depends` message that brought them ([`wire`]).
 
-use super::wire::Dependency;
+use super::wire::{self, Dependency, FrameWriter, Msg};
 use crate::log::codec;
 use crate::log::durable::RawChunk;
 use crate::log::LogKind;
@@ -43,14 +43,13 @@ fn encode(chunks: &[RawChunk], deps: &[Dependency]) -> Vec<u8> {
         out.extend_from_slice(&c.bytes);
     }
     if !deps.is_empty() {
-        out.extend_from_slice(&(deps.len() as u32).to_le_bytes());
-        for d in deps {
-            let name = &d.database.as_bytes()[..d.database.len().min(u16::MAX as usize)];
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name);
-            out.extend_from_slice(&d.serial.to_le_bytes());
-            out.extend_from_slice(&d.before_us.to_le_bytes());
-        }
+        let mut w = FrameWriter::new();
+        w.push(&Msg::Depends {
+            txn: chunks.first().map_or(0, |c| c.head.txn),
+            deps: deps.to_vec(),
+        });
+        // The message without the frame's length prefix.
+        out.extend_from_slice(&w.frame()[4..]);
     }
     out
 }
@@ -70,14 +69,8 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(out)
     }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
 }
 
@@ -94,20 +87,14 @@ fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), String> {
             bytes: chunk.into(),
         });
     }
-    let mut deps = Vec::new();
-    if r.pos < bytes.len() {
-        let count = r.u32()? as usize;
-        for _ in 0..count {
-            let len = r.u16()? as usize;
-            let database = String::from_utf8_lossy(r.take(len)?).into_owned();
-            deps.push(Dependency {
-                database,
-                serial: r.u64()?,
-                before_us: r.u64()?,
-            });
-        }
+    let rest = &bytes[r.pos..];
+    if rest.is_empty() {
+        return Ok((chunks, Vec::new()));
     }
-    Ok((chunks, deps))
+    match wire::messages(rest).map(|m| m.into_iter().next()) {
+        Ok(Some(Msg::Depends { deps, .. })) => Ok((chunks, deps)),
+        _ => Err("a spooled transaction's dependencies are damaged".into()),
+    }
 }
 
 /// The last serial of a transaction's A chunks.
