@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::error::{ApiError, Path, Query};
 use super::AppState;
+use crate::txn::clock::wall_ms;
 
 /// Shortest and longest interval between snapshots.
 const MIN_INTERVAL_MS: u64 = 250;
@@ -60,7 +61,7 @@ pub fn snapshot(app: &AppState, tenant: &str) -> Result<Value, ApiError> {
         .map(|db| db.info())
         .collect();
     Ok(json!({
-        "at_ms": now_ms(),
+        "at_ms": wall_ms(),
         "tenant": tenant,
         "links": app.replication.list_links(tenant),
         "databases": databases,
@@ -118,10 +119,4 @@ pub async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -18,6 +18,7 @@ use super::AppState;
 use crate::tenancy::audit::{result_of, Entry};
 use crate::tenancy::auth::{now_secs, AuthError, Claims, ANY_TENANT};
 use crate::tenancy::roles::{self, Denied, Permission, Role};
+use crate::txn::clock::wall_ms;
 
 fn route_of(method: &str, path: &str) -> Option<&'static Route> {
     static INDEX: OnceLock<HashMap<(&'static str, &'static str), &'static Route>> = OnceLock::new();
@@ -246,7 +247,7 @@ fn record(
         log,
         Entry {
             id: 0,
-            at_ms: now_ms(),
+            at_ms: wall_ms(),
             who: claims.sub.clone(),
             caller_tenant: claims.tenant.clone(),
             role: claims.role.name().into(),
@@ -256,10 +257,4 @@ fn record(
             result: result_of(status.as_u16()).into(),
         },
     );
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ use crate::log::durable::{RawChunk, SnapshotMeta};
 use crate::log::{codec, LogKind, LogStore, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 use crate::store::{FileSchema, Schema, Store};
+use crate::txn::clock::wall_ms;
 use crate::txn::locks::{LockManager, RecordId};
 use crate::txn::{self, Op, Sequencer};
 
@@ -182,7 +183,7 @@ impl SnapshotSave {
         let meta = SnapshotMeta {
             serial: self.serial,
             next_txn: self.next_txn,
-            created_ms: now_ms(),
+            created_ms: wall_ms(),
             parts: 0,
             size_bytes: 0,
             layout,
@@ -247,12 +248,6 @@ pub enum ReplicaApply {
     Duplicate,
     /// A transaction is missing before it: the replica expects this serial next.
     Gap(u64),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Database {
@@ -1171,7 +1166,7 @@ impl Database {
             let meta = SnapshotMeta {
                 serial,
                 next_txn,
-                created_ms: now_ms(),
+                created_ms: wall_ms(),
                 parts: 0,
                 size_bytes: 0,
                 layout,
@@ -1209,7 +1204,7 @@ impl Database {
 
     /// Drop B and T log chunks past their retention.
     pub fn enforce_retention(&self) -> Result<usize> {
-        let now_us = now_ms() * 1000;
+        let now_us = wall_ms() * 1000;
         let retention = self.def.spec.retention;
         let b = self.log.prune_older_than(
             self.def.uid,

@@ -18,7 +18,7 @@ pub mod versions;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ pub use error::{Error, Result};
 use crate::log::LogStore;
 use crate::store::block::{MAX_BLOCK_BYTES, MIN_BLOCK_BYTES};
 use crate::store::MAX_ALT_KEYS;
+use crate::txn::clock::wall_ms;
 
 /// sled segment size. Fixed when a data directory is created.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
@@ -78,12 +79,6 @@ pub struct Node {
     pub settings: NodeSettings,
     /// Point-in-time restores run since the node started.
     pub restores: restore::Restores,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Check a tenant, database or file name: 1–64 of `A-Z a-z 0-9 _ -`.
@@ -215,7 +210,7 @@ impl Node {
         }
         let def = TenantDef {
             name: name.to_string(),
-            created_ms: now_ms(),
+            created_ms: wall_ms(),
         };
         self.put_config(&format!("tenant/{name}"), &def)?;
         tenants.insert(name.to_string(), Tenant::default());
@@ -352,7 +347,7 @@ impl Node {
             uid,
             tenant: tenant.to_string(),
             spec,
-            created_ms: now_ms(),
+            created_ms: wall_ms(),
         };
         self.put_config(&db_key(tenant, &def.spec.name), &def)?;
         let name = def.spec.name.clone();

@@ -53,7 +53,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -203,12 +202,6 @@ impl Reach {
     }
 }
 
-fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// The timestamp of update `serial`, from whichever log still holds it; for a serial
 /// only a snapshot remembers, a time at or after it (the snapshot's creation).
 fn timestamp_of(db: &Database, serial: u64) -> Result<Option<u64>> {
@@ -265,7 +258,7 @@ fn resolve(db: &Database, reach: &Reach, point: Point) -> Result<u64> {
         }
         Point::Serial(serial) => serial,
         Point::TimestampUs(ts) => {
-            let now = wall_us().max(txn::clock::last_us());
+            let now = txn::clock::wall_us().max(txn::clock::last_us());
             if ts > now {
                 return Err(Error::PointInFuture(format!(
                     "timestamp_us {ts} is in the future (now: {now})"
@@ -828,7 +821,7 @@ pub fn prepare(node: &Node, tenant: &str, database: &str, request: &Request) -> 
         tenant: tenant.to_string(),
         database: database.to_string(),
         plan,
-        started_ms: wall_us() / 1000,
+        started_ms: txn::clock::wall_us() / 1000,
         progress: Progress::default(),
         outcome: Mutex::new(Outcome::default()),
     });
@@ -855,7 +848,7 @@ pub fn run(node: &Node, prepared: Prepared) {
     } = prepared;
     let result = execute(&op, &source, &target, &current, work);
     let mut outcome = op.outcome.lock();
-    outcome.finished_ms = Some(wall_us() / 1000);
+    outcome.finished_ms = Some(txn::clock::wall_us() / 1000);
     match result {
         Ok(done) => {
             *op.progress.phase.lock() = "finished";
@@ -886,7 +879,7 @@ pub fn abandon(node: &Node, op: &Operation, target: &Database) {
     let mut outcome = op.outcome.lock();
     outcome.state = State::Failed;
     outcome.error = Some("the restore stopped on an internal error".into());
-    outcome.finished_ms = Some(wall_us() / 1000);
+    outcome.finished_ms = Some(txn::clock::wall_us() / 1000);
 }
 
 type Done = (Changes, Option<(u64, u64)>);
@@ -1014,7 +1007,7 @@ impl Default for Restores {
     fn default() -> Self {
         Restores {
             // Ids grow across restarts too, so an old id never names a new restore.
-            next: AtomicU64::new(wall_us()),
+            next: AtomicU64::new(txn::clock::wall_us()),
             ops: Mutex::new(VecDeque::new()),
         }
     }

@@ -9,7 +9,6 @@
 //! `role` are required.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -197,9 +196,7 @@ struct RawHeader {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::txn::clock::wall_ms() / 1000
 }
 
 impl Keyring {

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -35,6 +35,7 @@ use crate::node::{self, Node};
 use crate::transport::links::{
     Apply, ConflictSpec, LinkSpec, Mode, OnError, StageSpec, TargetSpec,
 };
+use crate::txn::clock::wall_ms;
 
 const PREFIX: &str = "topology/";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -636,12 +637,6 @@ fn detail(status: u16, body: &Value) -> String {
         .map_or_else(|| format!("HTTP {status}"), str::to_string)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The tenant's topologies, in the node's `config` tree.
 pub struct Topologies {
     node: Arc<Node>,
@@ -796,7 +791,7 @@ impl Topologies {
         let mut stored = Stored {
             doc: doc.clone(),
             links: BTreeMap::new(),
-            applied_ms: now_ms(),
+            applied_ms: wall_ms(),
             stale: Vec::new(),
         };
         let mut done = Vec::new();

@@ -37,25 +37,19 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::node::{Database, Error, Node, Result};
 use crate::tenancy::Tenancy;
+use crate::txn::clock::wall_ms;
 use links::{LinkDef, LinkSpec, LinkStatus, Mode, ReplicaReg, ReplicaRequest};
 
 const LINK_PREFIX: &str = "link/";
 const REPLICA_PREFIX: &str = "replica/";
 const NODE_ID_KEY: &str = "node/id";
 const QUORUM_PREFIX: &str = "quorum/";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A link on the source, with its running sender.
 pub struct LinkHandle {
@@ -290,7 +284,7 @@ impl Replication {
             spec,
             credential: links::random_secret().map_err(Error::Unavailable)?,
             target_token,
-            created_ms: now_ms(),
+            created_ms: wall_ms(),
             paused: false,
         };
         self.save_link(&def)?;
@@ -535,7 +529,7 @@ impl Replication {
             stream: previous.as_ref().map_or(0, |p| p.stream),
             suspended: previous.as_ref().is_some_and(|p| p.suspended),
             apply: req.apply,
-            created_ms: previous.as_ref().map_or(now_ms(), |p| p.created_ms),
+            created_ms: previous.as_ref().map_or(wall_ms(), |p| p.created_ms),
             conflicts: req.conflicts.clone(),
         };
         self.save_replica(&reg)?;

@@ -414,9 +414,7 @@ impl ConflictLog {
         if seen.is_empty() {
             return Ok(());
         }
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::txn::clock::wall_ms();
         let mut seq = self.count(uid);
         let side = |stamp: &Stamp, data: Option<&[u8]>| {
             json!({

@@ -33,6 +33,7 @@ use crate::log::LogKind;
 use crate::node::versions::{self, Stamp};
 use crate::node::{Database, Durability};
 use crate::tenancy::roles::Role;
+use crate::txn::clock::wall_us;
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -45,12 +46,6 @@ const FRAME_BYTES: usize = 512 * 1024;
 pub const WINDOW_ENTRIES: u64 = 500_000;
 /// Bytes of packed blocks per snapshot frame.
 const SNAPSHOT_PART_BYTES: usize = 1 << 20;
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// Run a link until it is deleted.
 pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
@@ -91,7 +86,7 @@ pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
                     let mut status = link.status.lock();
                     status.state = LinkState::Retrying;
                     status.last_error = Some(error);
-                    status.last_error_ms = Some(now_us() / 1000);
+                    status.last_error_ms = Some(wall_us() / 1000);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -510,7 +505,7 @@ async fn session(
                         }
                         let mut status = link.status.lock();
                         status.acked_serial = acked;
-                        status.lag_ms = in_flight.front().map_or(0, |(_, ts)| now_us().saturating_sub(*ts) / 1000);
+                        status.lag_ms = in_flight.front().map_or(0, |(_, ts)| wall_us().saturating_sub(*ts) / 1000);
                         drop(status);
                         if def.spec.mode == Mode::Sync {
                             db.quorum.ack(&def.id, acked);
@@ -545,7 +540,7 @@ async fn session(
                     let mut status = link.status.lock();
                     let now = (acked - base.min(acked)) as f64 / elapsed;
                     status.throughput = if status.throughput == 0.0 { now } else { 0.5 * status.throughput + 0.5 * now };
-                    status.lag_ms = in_flight.front().map_or(0, |(_, ts)| now_us().saturating_sub(*ts) / 1000);
+                    status.lag_ms = in_flight.front().map_or(0, |(_, ts)| wall_us().saturating_sub(*ts) / 1000);
                     rate = (Instant::now(), acked);
                 }
                 let mut frame = FrameWriter::new();
@@ -858,7 +853,7 @@ fn reject(
                     "plugin": r.plugin,
                     "error": r.message,
                     "outcome": outcome,
-                    "at_ms": now_us() / 1000,
+                    "at_ms": wall_us() / 1000,
                 }),
             )?;
             link.status.lock().quarantined += 1;

@@ -12,10 +12,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 static LAST_US: AtomicU64 = AtomicU64::new(0);
 
-fn wall_us() -> u64 {
+/// The wall clock in microseconds since the Unix epoch (0 before it). For display and
+/// deadlines that outlive the process (leases, retention); never an order of updates:
+/// that is [`next_us`].
+pub fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// [`wall_us`] in milliseconds.
+pub fn wall_ms() -> u64 {
+    wall_us() / 1000
 }
 
 /// A timestamp above every one handed out before (the wall clock when it is ahead).
