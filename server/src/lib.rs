@@ -8,6 +8,7 @@ pub mod cli;
 pub mod log;
 pub mod node;
 pub mod plugins;
+pub mod remote;
 pub mod replay;
 pub mod store;
 pub mod tenancy;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use super::client::{encode_segment, Client, Target};
+use super::client::{connect, encode_segment, Client, Target};
+use crate::remote::RemoteError;
 
 /// Options of `doppel bench`.
 #[derive(Args, Debug)]
@@ -66,7 +67,7 @@ fn ms(d: Duration) -> f64 {
 pub(crate) fn run_parallel(
     connections: usize,
     jobs: usize,
-    work: impl Fn(&Client, usize) -> Result<(), String> + Sync + Send + 'static,
+    work: impl Fn(&Client, usize) -> Result<(), RemoteError> + Sync + Send + 'static,
     target: &Target,
 ) -> Result<(Duration, Vec<Duration>), String> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -74,7 +75,7 @@ pub(crate) fn run_parallel(
     let started = Instant::now();
     let handles: Vec<_> = (0..connections)
         .map(|_| {
-            let (next, work, client) = (next.clone(), work.clone(), Client::for_target(target));
+            let (next, work, client) = (next.clone(), work.clone(), connect(target));
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut latencies = Vec::new();
                 loop {
@@ -106,7 +107,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if let Some(replica) = &args.replica {
         return super::bench_link::run(&args, replica, args.replica_token.clone());
     }
-    let client = Client::for_target(&args.target);
+    let client = connect(&args.target);
     let tenant = encode_segment(&args.target.tenant);
     let db_path = format!(
         "/v1/tenants/{tenant}/databases/{}",

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::bench::{percentile, run_parallel, BenchArgs};
-use super::client::{encode_segment, Client, Target};
+use super::client::{connect, encode_segment, Client, Target};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -135,17 +135,13 @@ impl Pair {
 
     /// Upload a plugin to the source (an existing identical version is fine).
     fn upload(&self, name: &str, role: &str, wasm: &[u8]) -> Result<(), String> {
-        let url = format!(
-            "{}/v1/tenants/{}/plugins/{name}/1?role={role}",
-            self.source_target.url.trim_end_matches('/'),
-            self.tenant
+        let path = format!(
+            "/v1/tenants/{}/plugins/{name}/1?role={role}",
+            encode_segment(&self.tenant)
         );
-        let mut req = ureq::put(&url).set("content-type", "application/wasm");
-        if let Some(token) = &self.source_target.token {
-            req = req.set("authorization", &format!("Bearer {}", token.trim()));
-        }
-        req.send_bytes(wasm)
-            .map(|_| ())
+        self.source
+            .call_bytes("PUT", &path, "application/wasm", wasm)
+            .map(drop)
             .map_err(|e| format!("uploading {name}: {e}"))
     }
 
@@ -263,8 +259,8 @@ pub fn run(
         token: replica_token.clone().or_else(|| args.target.token.clone()),
     };
     let pair = Pair {
-        source: Client::for_target(&args.target),
-        replica: Client::for_target(&replica_target),
+        source: connect(&args.target),
+        replica: connect(&replica_target),
         source_target: Target {
             url: args.target.url.clone(),
             tenant: args.target.tenant.clone(),

@@ -3,7 +3,6 @@
 //! message.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -160,12 +159,15 @@ fn parse_alt(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected name=value, got '{text}'"))
 }
 
-/// A small blocking HTTP client for the API.
-pub struct Client {
-    agent: ureq::Agent,
-    base: String,
-    /// `Bearer <token>`, sent with every request.
-    authorization: Option<String>,
+pub use crate::remote::Client;
+
+/// A client for a target's URL and token.
+pub fn connect(target: &Target) -> Client {
+    let client = Client::new(&target.url);
+    match &target.token {
+        Some(token) => client.with_token(token),
+        None => client,
+    }
 }
 
 pub fn encode_segment(segment: &str) -> String {
@@ -178,61 +180,6 @@ pub fn encode_segment(segment: &str) -> String {
         }
     }
     out
-}
-
-impl Client {
-    pub fn new(base: &str) -> Client {
-        Client {
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .build(),
-            base: base.trim_end_matches('/').to_string(),
-            authorization: None,
-        }
-    }
-
-    /// A client for a target's URL and token.
-    pub fn for_target(target: &Target) -> Client {
-        let mut client = Client::new(&target.url);
-        client.authorization = target
-            .token
-            .as_ref()
-            .map(|t| format!("Bearer {}", t.trim()));
-        client
-    }
-
-    /// Send a request; returns the JSON answer or the problem's message.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-        let text = body.map(Value::to_string);
-        self.call_raw(method, path, text.as_deref())
-    }
-
-    /// [`Self::call`] with a body that is already JSON text.
-    pub fn call_raw(&self, method: &str, path: &str, body: Option<&str>) -> Result<Value, String> {
-        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
-        if let Some(authorization) = &self.authorization {
-            request = request.set("authorization", authorization);
-        }
-        let result = match body {
-            Some(body) => request
-                .set("content-type", "application/json")
-                .send_string(body),
-            None => request.call(),
-        };
-        match result {
-            Ok(response) if response.status() == 204 => Ok(Value::Null),
-            Ok(response) => response.into_json().map_err(|e| format!("bad answer: {e}")),
-            Err(ureq::Error::Status(status, response)) => {
-                let problem: Value = response.into_json().unwrap_or(Value::Null);
-                Err(format!(
-                    "{status} {}: {}",
-                    problem["code"].as_str().unwrap_or("error"),
-                    problem["detail"].as_str().unwrap_or("no detail")
-                ))
-            }
-            Err(e) => Err(format!("cannot reach {}: {e}", self.base)),
-        }
-    }
 }
 
 fn db_path(target: &Target, db: &str) -> String {
@@ -265,7 +212,7 @@ fn parse_json(text: &str) -> Result<Value, String> {
 
 pub fn run(command: ClientCommand) -> Result<(), String> {
     let (target, method, path, body) = request_for(command)?;
-    let answer = Client::for_target(&target).call(method, &path, body.as_ref())?;
+    let answer = connect(&target).call(method, &path, body.as_ref())?;
     if !answer.is_null() {
         println!(
             "{}",

@@ -97,13 +97,10 @@ pub fn start_children(data: &Path, config: &Path) -> Result<Children, String> {
 
 /// One call to a demo node's API; a refusal is an error naming it.
 fn call(token: &str, method: &str, url: &str, body: Option<Value>) -> Result<Value, String> {
-    let remote = crate::topology::Remote {
-        authorization: Some(format!("Bearer {token}")),
-    };
-    match remote.call(method, url, body.as_ref())? {
-        (200..=299, answer) => Ok(answer),
-        (status, answer) => Err(format!("{method} {url}: {status} {answer}")),
-    }
+    crate::remote::Client::new(url)
+        .with_token(token)
+        .call(method, url, body.as_ref())
+        .map_err(|e| format!("{method} {url}: {e}"))
 }
 
 /// Seed node `a` (at `url`) with an admin `token` and apply the demo topology; prints

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::node::{self, Node};
+use crate::remote::{Client, RemoteError};
 use crate::transport::links::{
     Apply, ConflictSpec, LinkSpec, Mode, OnError, StageSpec, TargetSpec,
 };
@@ -563,36 +564,12 @@ impl From<node::Error> for TopologyError {
     }
 }
 
-/// Calls to the nodes' APIs, with the caller's authorization.
-pub(crate) struct Remote {
-    pub(crate) authorization: Option<String>,
-}
-
-impl Remote {
-    /// `(status, body)`; Err when the node could not be reached.
-    pub(crate) fn call(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), String> {
-        let mut req = ureq::request(method, url).timeout(CALL_TIMEOUT);
-        if let Some(a) = &self.authorization {
-            req = req.set("authorization", a);
-        }
-        let result = match body {
-            Some(b) => req.send_json(b.clone()),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(format!("cannot reach {url}: {e}")),
-        };
-        let status = resp.status();
-        let text = resp.into_string().unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
+/// A client for calls to the nodes' APIs (absolute URLs), with the caller's
+/// authorization: a topology is carried out with the rights of whoever applies it.
+fn caller(authorization: Option<String>) -> Client {
+    Client::new("")
+        .with_timeout(CALL_TIMEOUT)
+        .with_authorization(authorization)
 }
 
 /// Wait (bounded) until a chained link's source database exists on its node: the link
@@ -601,7 +578,7 @@ fn wait_for_database(
     tenant: &str,
     doc: &Topology,
     l: &LinkDoc,
-    remote: &Remote,
+    remote: &Client,
 ) -> Result<(), String> {
     let url = format!(
         "{}/v1/tenants/{tenant}/databases/{}",
@@ -611,30 +588,24 @@ fn wait_for_database(
     let deadline = std::time::Instant::now() + CHAIN_WAIT;
     let mut pause = Duration::from_millis(10);
     loop {
-        match remote.call("GET", &url, None)? {
-            (200, _) => return Ok(()),
-            (404, _) if std::time::Instant::now() < deadline => {
+        match remote.call("GET", &url, None) {
+            Ok(_) => return Ok(()),
+            Err(RemoteError::NotFound { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
-            (status, body) => {
+            Err(e) if e.is_unreachable() => return Err(e.to_string()),
+            Err(e) => {
                 return Err(format!(
                     "database '{}' on node '{}' did not appear (the link into it is not \
                      connected?): {}",
                     l.from.database,
                     l.from.node,
-                    detail(status, &body)
+                    e.detail()
                 ))
             }
         }
     }
-}
-
-/// The `detail` of a problem+json answer, or the status.
-fn detail(status: u16, body: &Value) -> String {
-    body["detail"]
-        .as_str()
-        .map_or_else(|| format!("HTTP {status}"), str::to_string)
 }
 
 /// The tenant's topologies, in the node's `config` tree.
@@ -703,7 +674,7 @@ impl Topologies {
         if !problems.is_empty() {
             return Err(TopologyError::Invalid(problems));
         }
-        let remote = Remote { authorization };
+        let remote = caller(authorization);
         let before = self.load(tenant, &doc.name)?;
         // Links to delete may be on nodes the new document no longer names.
         let mut urls: BTreeMap<String, String> = BTreeMap::new();
@@ -727,7 +698,12 @@ impl Topologies {
                     )
                 });
             // Unreachable or unknown: assume it is there rather than doubling it.
-            url.is_none_or(|u| !matches!(remote.call("GET", &u, None), Ok((404, _))))
+            url.is_none_or(|u| {
+                !matches!(
+                    remote.call("GET", &u, None),
+                    Err(RemoteError::NotFound { .. })
+                )
+            })
         });
         // Every node that has to act must answer, and every new link's target: a node
         // that is down is most likely a mistake. Not so for an old primary after a
@@ -746,12 +722,14 @@ impl Topologies {
         for name in acting {
             let url = format!("{}/v1/node", urls[name]);
             match remote.call("GET", &url, None) {
-                Ok((200, _)) => {}
-                Ok((status, body)) => problems.push(problem(
+                Ok(_) => {}
+                Err(e) if e.is_unreachable() => {
+                    problems.push(problem(format!("nodes.{name}"), e.to_string()))
+                }
+                Err(e) => problems.push(problem(
                     format!("nodes.{name}"),
-                    format!("{url} answered: {}", detail(status, &body)),
+                    format!("{url} answered: {}", e.detail()),
                 )),
-                Err(e) => problems.push(problem(format!("nodes.{name}"), e)),
             }
         }
         if !problems.is_empty() {
@@ -771,14 +749,16 @@ impl Topologies {
                 "?dry_run=true"
             };
             match remote.call("POST", &link_url(&step.node, query), Some(&spec)) {
-                Ok((200, _)) => {}
+                Ok(_) => {}
                 // A replacement's old link still targets the database.
-                Ok((409, _)) if step.action == "replace" => {}
-                Ok((status, body)) => problems.push(problem(
+                Err(RemoteError::Conflict { .. }) if step.action == "replace" => {}
+                Err(e) if e.is_unreachable() => {
+                    problems.push(problem(format!("links[{i}]"), e.to_string()))
+                }
+                Err(e) => problems.push(problem(
                     format!("links[{i}]"),
-                    format!("node '{}' refuses it: {}", step.node, detail(status, &body)),
+                    format!("node '{}' refuses it: {}", step.node, e.detail()),
                 )),
-                Err(e) => problems.push(problem(format!("links[{i}]"), e)),
             }
         }
         if !problems.is_empty() {
@@ -831,17 +811,10 @@ impl Topologies {
         doc: &Topology,
         step: &Step,
         old: &BTreeMap<String, Applied>,
-        remote: &Remote,
+        remote: &Client,
         link_url: &dyn Fn(&str, &str) -> String,
     ) -> Result<Outcome, String> {
-        let expect = |want: &[u16], r: Result<(u16, Value), String>| -> Result<Value, String> {
-            let (status, body) = r?;
-            if want.contains(&status) {
-                Ok(body)
-            } else {
-                Err(detail(status, &body))
-            }
-        };
+        let said = |e: RemoteError| e.detail();
         let live = |id: String, i: usize| {
             Outcome::Live(Applied {
                 node: step.node.clone(),
@@ -855,10 +828,9 @@ impl Topologies {
             "delete" => {
                 let id = old_id()?;
                 match remote.call("DELETE", &link_url(&step.node, &format!("/{id}")), None) {
-                    Ok((204 | 404, _)) => Ok(Outcome::Gone),
-                    Ok((status, body)) => Err(detail(status, &body)),
+                    Ok(_) | Err(RemoteError::NotFound { .. }) => Ok(Outcome::Gone),
                     // Its node is down: delete it when the node is back.
-                    Err(_) => Ok(Outcome::Stale(Applied {
+                    Err(e) if e.is_unreachable() => Ok(Outcome::Stale(Applied {
                         node: step.node.clone(),
                         id,
                         link: old
@@ -867,29 +839,29 @@ impl Topologies {
                             .or_else(|| doc.links.iter().find(|l| l.label() == step.link).cloned())
                             .unwrap_or_else(|| unknown_link(step)),
                     })),
+                    Err(e) => Err(said(e)),
                 }
             }
             "update-stages" => {
                 let i = step.index.expect("in the document");
                 let id = old_id()?;
                 let stages = serde_json::to_value(&doc.links[i].stages).expect("JSON");
-                expect(
-                    &[200],
-                    remote.call(
+                remote
+                    .call(
                         "PUT",
                         &link_url(&step.node, &format!("/{id}/stages")),
                         Some(&stages),
-                    ),
-                )?;
+                    )
+                    .map_err(said)?;
                 Ok(live(id, i))
             }
             _ => {
                 if step.action == "replace" {
                     let id = old_id()?;
-                    expect(
-                        &[204, 404],
-                        remote.call("DELETE", &link_url(&step.node, &format!("/{id}")), None),
-                    )?;
+                    match remote.call("DELETE", &link_url(&step.node, &format!("/{id}")), None) {
+                        Ok(_) | Err(RemoteError::NotFound { .. }) => {}
+                        Err(e) => return Err(said(e)),
+                    }
                 }
                 let i = step.index.expect("in the document");
                 let l = &doc.links[i];
@@ -897,10 +869,9 @@ impl Topologies {
                     wait_for_database(tenant, doc, l, remote)?;
                 }
                 let spec = serde_json::to_value(l.spec(doc)).expect("JSON");
-                let body = expect(
-                    &[201],
-                    remote.call("POST", &link_url(&step.node, ""), Some(&spec)),
-                )?;
+                let body = remote
+                    .call("POST", &link_url(&step.node, ""), Some(&spec))
+                    .map_err(said)?;
                 let id = body["id"]
                     .as_str()
                     .ok_or("the source node answered without a link id")?
@@ -919,7 +890,7 @@ impl Topologies {
         authorization: Option<String>,
     ) -> Result<Value, node::Error> {
         let stored = self.get(tenant, name)?;
-        let remote = Remote { authorization };
+        let remote = caller(authorization);
         let mut links = Vec::new();
         for l in &stored.doc.links {
             let label = l.label();
@@ -935,9 +906,8 @@ impl Topologies {
                         a.id
                     );
                     match remote.call("GET", &url, None) {
-                        Ok((200, body)) => entry["status"] = body["status"].clone(),
-                        Ok((status, body)) => entry["error"] = json!(detail(status, &body)),
-                        Err(e) => entry["error"] = json!(e),
+                        Ok(body) => entry["status"] = body["status"].clone(),
+                        Err(e) => entry["error"] = json!(e.detail()),
                     }
                 }
             }
@@ -979,9 +949,7 @@ impl Topologies {
             )]));
         };
         let old = old_link.from.clone();
-        let remote = Remote {
-            authorization: authorization.clone(),
-        };
+        let remote = caller(authorization.clone());
         let Some(node) = doc.nodes.get(&to.node) else {
             return Err(TopologyError::Invalid(vec![problem(
                 "node",
@@ -994,21 +962,10 @@ impl Topologies {
             to.database
         );
         let promoted = match remote.call("POST", &url, Some(&json!({"force": force}))) {
-            Ok((200, body)) => body,
-            Ok((status, body)) => {
-                return Err(TopologyError::Failed {
-                    detail: format!(
-                        "promote {}/{}: {}",
-                        to.node,
-                        to.database,
-                        detail(status, &body)
-                    ),
-                    done: Vec::new(),
-                })
-            }
+            Ok(body) => body,
             Err(e) => {
                 return Err(TopologyError::Failed {
-                    detail: format!("promote {}/{}: {e}", to.node, to.database),
+                    detail: format!("promote {}/{}: {}", to.node, to.database, e.detail()),
                     done: Vec::new(),
                 })
             }
@@ -1055,7 +1012,7 @@ impl Topologies {
             nodes: stored.doc.nodes.clone(),
             links: Vec::new(),
         };
-        let remote = Remote { authorization };
+        let remote = caller(authorization);
         let steps = plan(&empty, Some(&stored), |_| true);
         let link_url = |node: &str, rest: &str| {
             format!(

@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::node::{Database, Error, Node, Result};
+use crate::remote::{self, RemoteError};
 use crate::tenancy::Tenancy;
 use crate::txn::clock::wall_ms;
 use links::{LinkDef, LinkSpec, LinkStatus, Mode, ReplicaReg, ReplicaRequest};
@@ -50,6 +51,8 @@ const LINK_PREFIX: &str = "link/";
 const REPLICA_PREFIX: &str = "replica/";
 const NODE_ID_KEY: &str = "node/id";
 const QUORUM_PREFIX: &str = "quorum/";
+/// The deadline of one call to a link's target node.
+const TARGET_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A link on the source, with its running sender.
 pub struct LinkHandle {
@@ -102,6 +105,14 @@ pub struct Replication {
     pub mutual_counts: Mutex<BTreeMap<String, mutual::Counts>>,
     /// Record locks of parallel databases (SPEC F5).
     pub exclusive: parallel::Exclusive,
+}
+
+/// A call to another node that fails leaves the operation unavailable (503), with what
+/// that node said.
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Error {
+        Error::Unavailable(e.to_string())
+    }
 }
 
 impl Replication {
@@ -188,6 +199,34 @@ impl Replication {
         tokio::spawn(receiver::listen(repl.clone(), listener));
         tracing::info!(address = %advertised, node = %repl.node_id, "replication listening");
         Ok(repl)
+    }
+
+    /// A client for the target node of link `def`, at `…/v1/tenants/{tenant}`: with the
+    /// token given when the link was created, or else one this node signs for the
+    /// tenant (operator, five minutes) when it has a keyring.
+    pub(crate) fn target_client(
+        &self,
+        def: &LinkDef,
+    ) -> std::result::Result<remote::Client, RemoteError> {
+        let base = format!(
+            "{}/v1/tenants/{}",
+            def.spec.target.url.trim_end_matches('/'),
+            def.tenant
+        );
+        let client = remote::Client::new(&base).with_timeout(TARGET_CALL_TIMEOUT);
+        let token = match (&def.target_token, &self.tenancy.keyring) {
+            (Some(t), _) => t.clone(),
+            (None, Some(keyring)) => keyring
+                .issue(
+                    &format!("node:{}", self.node_id),
+                    &def.tenant,
+                    crate::tenancy::roles::Role::Operator,
+                    300,
+                )
+                .map_err(RemoteError::Token)?,
+            (None, None) => return Ok(client),
+        };
+        Ok(client.with_token(&token))
     }
 
     /// The identity of a source database's update stream: node and database.

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::links::LinkDef;
-use super::{sender, Replication};
+use super::Replication;
 use crate::node::versions;
 use crate::node::{Database, Error, Result};
+use crate::remote::RemoteError;
 use crate::txn::locks::LockError;
 use crate::txn::{clock, Op};
 
@@ -156,7 +157,10 @@ async fn release_on(repl: &Arc<Replication>, gid: Gid, peers: Vec<LinkDef>) {
                 "/databases/{}/locks/{}.{}",
                 def.spec.target.database, gid.0, gid.1
             );
-            if let Err(e) = sender::call_target(&repl, def, "DELETE", &path, &()) {
+            let released = repl
+                .target_client(def)
+                .and_then(|c| c.call("DELETE", &path, None));
+            if let Err(e) = released {
                 tracing::warn!(link = %def.id, error = %e, "releasing a parallel lock failed; its lease ends it");
             }
         }
@@ -213,7 +217,10 @@ impl Replication {
         let refused = tokio::task::spawn_blocking(move || {
             for (i, def) in asked.iter().enumerate() {
                 let path = format!("/databases/{}/locks", def.spec.target.database);
-                if let Err(e) = sender::call_target(&repl, def, "POST", &path, &body) {
+                let locked = repl
+                    .target_client(def)
+                    .and_then(|c| c.send("POST", &path, &body));
+                if let Err(e) = locked {
                     return Some((i, e));
                 }
             }
@@ -225,18 +232,17 @@ impl Replication {
             self.exclusive.release(gid);
             release_on(self, gid, peers[..i].to_vec()).await;
             let site = &peers[i].spec.target.url;
-            return Err(if reason.contains("deadlock") {
-                Error::Lock(LockError::SiteDeadlock(format!(
-                    "on the site at {site}: {reason}"
-                )))
-            } else if reason.contains("timed out") {
-                Error::Lock(LockError::SiteTimeout(format!(
-                    "on the site at {site}: {reason}"
-                )))
-            } else {
-                Error::Unavailable(format!(
+            let on_site = || format!("on the site at {site}: {}", reason.detail());
+            return Err(match &reason {
+                RemoteError::Conflict { code, .. } if code == "deadlock" => {
+                    Error::Lock(LockError::SiteDeadlock(on_site()))
+                }
+                RemoteError::Conflict { code, .. } if code == "lock-timeout" => {
+                    Error::Lock(LockError::SiteTimeout(on_site()))
+                }
+                _ => Error::Unavailable(format!(
                     "the records could not be locked on the site at {site}: {reason}"
-                ))
+                )),
             });
         }
         Ok(Some(Guard {

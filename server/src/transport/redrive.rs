@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
 
 use super::links::Apply;
-use super::{logical, sender, Replication};
+use super::{logical, Replication};
 use crate::node::Error;
 
 /// Why a re-drive did not happen.
@@ -141,14 +141,9 @@ impl Replication {
                 credential: def.credential.clone(),
                 ops: base64::engine::general_purpose::STANDARD.encode(&ops),
             };
-            sender::call_target(
-                self,
-                &def,
-                "POST",
-                &format!("/replicas/{id}/redrive"),
-                &body,
-            )
-            .map_err(Error::Unavailable)?;
+            self.target_client(&def)
+                .and_then(|c| c.send("POST", &format!("/replicas/{id}/redrive"), &body))
+                .map_err(Error::from)?;
             "applied"
         };
         self.drop_dead_letter(tenant, id, seq)?;

@@ -32,7 +32,6 @@ use super::{LinkHandle, Replication};
 use crate::log::LogKind;
 use crate::node::versions::{self, Stamp};
 use crate::node::{Database, Durability};
-use crate::tenancy::roles::Role;
 use crate::txn::clock::wall_us;
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -103,53 +102,6 @@ struct Registered {
     replication: String,
 }
 
-/// Call the target node's REST API for link `def` (blocking): with the token given at
-/// creation, or one this node signs for the tenant. The answer's JSON, or why not.
-pub(crate) fn call_target(
-    repl: &Replication,
-    def: &LinkDef,
-    method: &str,
-    path: &str,
-    body: &impl serde::Serialize,
-) -> Result<serde_json::Value, String> {
-    let token = match &def.target_token {
-        Some(t) => Some(t.clone()),
-        None => match &repl.tenancy.keyring {
-            Some(keyring) => Some(keyring.issue(
-                &format!("node:{}", repl.node_id),
-                &def.tenant,
-                Role::Operator,
-                300,
-            )?),
-            None => None,
-        },
-    };
-    let url = format!("{}/v1/tenants/{}{path}", def.spec.target.url, def.tenant);
-    let mut req = ureq::request(method, &url).timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        req = req.set("authorization", &format!("Bearer {token}"));
-    }
-    let sent = if method == "GET" {
-        req.call()
-    } else {
-        req.send_json(body)
-    };
-    match sent {
-        Ok(resp) => resp
-            .into_json::<serde_json::Value>()
-            .map_err(|e| format!("the target's answer is unreadable: {e}")),
-        Err(ureq::Error::Status(status, resp)) => {
-            let detail = resp
-                .into_json::<serde_json::Value>()
-                .ok()
-                .and_then(|v| v["detail"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            Err(format!("the target refused it ({status}): {detail}"))
-        }
-        Err(e) => Err(format!("the target's API is unreachable: {e}")),
-    }
-}
-
 /// Register the replica through the target's REST API.
 async fn register(
     repl: &Arc<Replication>,
@@ -168,8 +120,12 @@ async fn register(
     };
     let (repl, def) = (repl.clone(), def.clone());
     let answer = tokio::task::spawn_blocking(move || {
-        call_target(&repl, &def, "PUT", &format!("/replicas/{}", def.id), &body)
-            .map_err(|e| e.replace("refused it", "refused the link"))
+        repl.target_client(&def)
+            .and_then(|c| c.send("PUT", &format!("/replicas/{}", def.id), &body))
+            .map_err(|e| match e.status() {
+                Some(_) => format!("the target refused the link: {e}"),
+                None => format!("the target's API did not answer: {e}"),
+            })
     })
     .await
     .map_err(|e| e.to_string())??;

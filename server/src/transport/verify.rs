@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::links::{self, Apply};
-use super::{sender, LinkHandle, Replication};
+use super::{LinkHandle, Replication};
 use crate::node::Error;
 use crate::store::block::Block;
 use crate::store::file::FileLayout;
@@ -72,14 +72,8 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 /// The target's checksums from its API (`GET …/databases/{db}/checksums`).
 fn target_sums(repl: &Replication, def: &links::LinkDef) -> Result<Sums, Error> {
-    let answer = sender::call_target(
-        repl,
-        def,
-        "GET",
-        &format!("/databases/{}/checksums", def.spec.target.database),
-        &(),
-    )
-    .map_err(Error::Unavailable)?;
+    let path = format!("/databases/{}/checksums", def.spec.target.database);
+    let answer = repl.target_client(def)?.call("GET", &path, None)?;
     let mut out = Sums::new();
     for f in answer["files"].as_array().into_iter().flatten() {
         let name = f["name"].as_str().unwrap_or_default().to_string();
@@ -240,8 +234,8 @@ impl Replication {
                     .filter_map(|n| file.block(*n).map(|b| (*n, b64().encode(b.as_bytes()))))
                     .collect(),
             };
-            sender::call_target(self, &def, "POST", &format!("/replicas/{id}/repair"), &req)
-                .map_err(Error::Unavailable)?;
+            self.target_client(&def)?
+                .send("POST", &format!("/replicas/{id}/repair"), &req)?;
             repaired += chosen.len();
         }
         let after = differing(&source, &target_sums(self, &def)?);
