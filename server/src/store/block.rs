@@ -465,9 +465,21 @@ impl Block {
         let count = self.count();
         debug_assert!(index <= count);
         let key = record_key(record);
+        // Slots are in strictly increasing key order: search, FROM/TO and the block
+        // directory all rely on it, and a record out of place would be lost to reads.
+        debug_assert!(
+            index == 0 || self.key(index - 1) < key,
+            "insert out of order"
+        );
+        debug_assert!(
+            index == count || key < self.key(index),
+            "insert out of order"
+        );
         self.share_prefix_with(key);
         let head = head_of(key, self.skip());
         let heap = self.heap() - record.len();
+        // The record heap grows down, the slot array up: they must never meet.
+        debug_assert!(heap >= HEADER_BYTES + (count + 1) * SLOT_BYTES);
         let bytes = self.bytes_mut();
         bytes[heap..heap + record.len()].copy_from_slice(record);
         bytes[4..8].copy_from_slice(&(heap as u32).to_le_bytes());

@@ -213,7 +213,21 @@ pub fn replay_entry(store: &mut Store, entry: &crate::log::EntryRef<'_>) -> Resu
             block: entry.header.block,
         },
     };
-    store.apply_unchecked(mutation).map(|_| ())
+    let applied = store.apply_unchecked(mutation)?;
+    // SPEC A5: replay is deterministic, so a record lands exactly where the log says it
+    // landed when it was written. A different place means the blocks have diverged
+    // from the ones the log describes (a mirror would no longer be block-identical).
+    debug_assert!(
+        !matches!(entry.header.effect, Effect::Insert | Effect::Update)
+            || (applied.placement.block, applied.placement.offset)
+                == (entry.header.block, entry.header.offset),
+        "replay of serial {} placed the record at {:?}, the log says block {} offset {}",
+        entry.header.serial,
+        applied.placement,
+        entry.header.block,
+        entry.header.offset
+    );
+    Ok(())
 }
 
 #[cfg(test)]
