@@ -34,8 +34,17 @@ pub(super) struct OpenTxn {
 }
 
 impl Database {
-    /// Open an interactive transaction.
+    /// Open an interactive transaction. Refused on a database the write gate guards (a
+    /// parallel one, SPEC F5): the transaction would hold the gate across requests.
     pub fn begin(&self) -> Result<u64> {
+        if self.guarding_gate().is_some() {
+            return Err(Error::Malformed(format!(
+                "database '{}' is parallel: it takes batch and single-record writes, whose \
+                 records are locked on every site for the length of one request (an \
+                 interactive transaction would hold other sites' locks across requests)",
+                self.name()
+            )));
+        }
         self.check_writable()?;
         let mut open = self.open.lock();
         if open.len() >= MAX_OPEN_TXNS {

@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::gate::WriteGate;
 use super::quorum::Quorum;
 use super::records::{self, RecordView};
 use crate::log::durable::SnapshotMeta;
@@ -172,6 +173,8 @@ pub struct Database {
     /// The point-in-time restore in progress (its id; 0: none): writes are refused until
     /// it ends (`node::restore`).
     restoring: AtomicU64,
+    /// The rule client writes pass before they commit ([`super::gate`]).
+    gate: RwLock<Option<Arc<dyn WriteGate>>>,
 }
 
 impl Database {
@@ -209,6 +212,7 @@ impl Database {
             replica_of: RwLock::new(None),
             quorum: Quorum::default(),
             restoring: AtomicU64::new(0),
+            gate: RwLock::new(None),
         }
     }
 
@@ -346,7 +350,8 @@ impl Database {
             .collect()
     }
 
-    /// Run `ops` as one atomic transaction (the batched fast path).
+    /// Run `ops` as one atomic transaction (the batched fast path), through the write
+    /// gate when one guards this database ([`super::gate`]).
     pub async fn execute(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
         if ops.is_empty() {
             return Err(Error::Malformed(
@@ -354,6 +359,30 @@ impl Database {
             ));
         }
         self.check_writable()?;
+        let Some(gate) = self.guarding_gate() else {
+            return self.execute_batch(ops, lock_timeout).await;
+        };
+        let guard = gate.lock(self, ops, lock_timeout).await?;
+        let result = self.execute_batch(ops, lock_timeout).await;
+        if let Some(guard) = guard {
+            guard.release().await;
+        }
+        result
+    }
+
+    /// The write gate, if one is installed and guards this database.
+    fn guarding_gate(&self) -> Option<Arc<dyn WriteGate>> {
+        self.gate.read().clone().filter(|g| g.guards(self))
+    }
+
+    /// Install (or remove) the rule client writes pass before they commit. The node
+    /// installs its gate on every database ([`super::Node::set_write_gate`]).
+    pub fn set_write_gate(&self, gate: Option<Arc<dyn WriteGate>>) {
+        *self.gate.write() = gate;
+    }
+
+    /// A batch past the checks and the gate: wait for the records, write, await.
+    async fn execute_batch(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
         if self.quorum.is_active() {
             return self.execute_sync(ops, lock_timeout).await;
         }
