@@ -11,7 +11,10 @@
 //! 3. restores the database in place to `from_serial` (point-in-time restore,
 //!    [`crate::node::restore`]: logged, so replicas follow);
 //! 4. applies the transformed operations as new transactions, one per original one, in
-//!    their order, through the normal write path (puts as upserts).
+//!    their order, through the normal write path (puts as upserts,
+//!    [`Database::execute`](crate::node::Database::execute)), so they pass the node's
+//!    write gate like a client's write: on a parallel database, their records are
+//!    locked on every site ([`crate::node::gate`]).
 //!
 //! Writes that arrive while it runs are refused during the restore and land after it
 //! otherwise; run it while clients are held off, as one would run a repair script.
@@ -294,5 +297,67 @@ pub enum ReplayError {
 impl From<Error> for ReplayError {
     fn from(e: Error) -> Self {
         ReplayError::Node(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::node::gate::testing::{spec, CountingGate};
+    use crate::node::{NodeSettings, DEFAULT_TENANT};
+    use crate::plugins::runtime::{Limits, Runtime};
+    use crate::store::encode_record;
+
+    /// Replay writes through [`Database::execute`], so the write gate sees every replayed
+    /// transaction, and its refusal stops the replay: a replay that wrote around the gate
+    /// would skip a parallel database's cross-site locks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replayed_transactions_pass_the_write_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(Node::open(dir.path(), NodeSettings::default()).unwrap());
+        let registry =
+            Arc::new(Registry::open(&node, Runtime::new(Limits::default()).unwrap()).unwrap());
+        let gate = CountingGate::new("par");
+        node.set_write_gate(gate.clone());
+        let db = node.create_database(DEFAULT_TENANT, spec("par")).unwrap();
+        let mut serials = Vec::new();
+        for key in ["a", "b", "c"] {
+            let mut payload = Vec::new();
+            encode_record(&mut payload, key.as_bytes(), &[], b"{}");
+            let op = Op {
+                kind: OpKind::Upsert,
+                file: 0,
+                payload,
+            };
+            let done = db.execute(&[op], Duration::from_secs(1)).await.unwrap();
+            serials.push(done.last_serial);
+        }
+        assert_eq!(gate.locked(), 3);
+        let run = |refuse: bool| {
+            gate.refuse.store(refuse, Ordering::SeqCst);
+            let (node, registry) = (node.clone(), registry.clone());
+            let req = ReplayRequest {
+                from_serial: serials[0],
+                to_serial: None,
+                transform: None,
+                dry_run: false,
+            };
+            tokio::task::spawn_blocking(move || {
+                replay(&node, &registry, DEFAULT_TENANT, "par", req)
+            })
+        };
+        // The two transactions after the first are replayed, each through the gate.
+        run(false).await.unwrap().unwrap();
+        assert_eq!((gate.locked(), gate.released()), (5, 5));
+        // A gate that refuses stops the replay at its first transaction.
+        let err = run(true).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, ReplayError::Node(e) if e.to_string().contains("refused by the test gate")),
+            "{err:?}"
+        );
+        assert_eq!((gate.locked(), gate.released()), (5, 5));
     }
 }

@@ -234,28 +234,9 @@ async fn run_one(
     op: OpInput,
 ) -> Result<crate::node::database::Committed> {
     let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
-    execute(app, db, &ops, lock_timeout(app, None))
+    db.execute(&ops, lock_timeout(app, None))
         .await
         .map_err(strip_index)
-}
-
-/// Run a batch; on a parallel database (SPEC F5) with its records locked on every site
-/// until the write is applied everywhere.
-async fn execute(
-    app: &AppState,
-    db: &Database,
-    ops: &[crate::txn::Op],
-    timeout: Duration,
-) -> std::result::Result<crate::node::database::Committed, crate::node::Error> {
-    let guard = app
-        .replication
-        .exclusive_write(&db.def.tenant, db, ops, timeout)
-        .await?;
-    let result = db.execute(ops, timeout).await;
-    if let Some(guard) = guard {
-        guard.release().await;
-    }
-    result
 }
 
 /// Single-record calls report errors without an operation index.
@@ -401,7 +382,9 @@ pub async fn transaction(
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
     let ops = db.resolve(&body.ops)?;
-    let done = execute(&app, &db, &ops, lock_timeout(&app, q.lock_timeout_ms)).await?;
+    let done = db
+        .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
+        .await?;
     Ok(Json(json!(done)))
 }
 
@@ -409,13 +392,6 @@ pub async fn begin(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Response> {
-    if !app.replication.exclusive_links(&tenant, &name).is_empty() {
-        return Err(ApiError::malformed(format!(
-            "database '{name}' is parallel: it takes batch and single-record writes, whose \
-             records are locked on every site for the length of one request (an \
-             interactive transaction would hold other sites' locks across requests)"
-        )));
-    }
     let txn = db(&app, &tenant, &name)?.begin()?;
     Ok((StatusCode::CREATED, Json(json!({"txn": txn}))).into_response())
 }

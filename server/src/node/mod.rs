@@ -9,6 +9,7 @@
 
 pub mod database;
 pub mod error;
+pub mod gate;
 pub mod logview;
 pub mod quorum;
 pub mod records;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use database::{Database, DatabaseDef, DatabaseSpec, Durability};
 pub use error::{Error, Result};
+pub use gate::WriteGate;
 
 use crate::log::LogStore;
 use crate::store::block::{MAX_BLOCK_BYTES, MIN_BLOCK_BYTES};
@@ -79,6 +81,8 @@ pub struct Node {
     pub settings: NodeSettings,
     /// Point-in-time restores run since the node started.
     pub restores: restore::Restores,
+    /// The rule every client write passes ([`gate`]), handed to each database.
+    write_gate: RwLock<Option<Arc<dyn WriteGate>>>,
 }
 
 /// Check a tenant, database or file name: 1–64 of `A-Z a-z 0-9 _ -`.
@@ -153,6 +157,7 @@ impl Node {
             tenants: RwLock::new(BTreeMap::new()),
             settings,
             restores: restore::Restores::default(),
+            write_gate: RwLock::new(None),
         };
         node.load()?;
         if !node.tenants.read().contains_key(DEFAULT_TENANT) {
@@ -352,6 +357,7 @@ impl Node {
         self.put_config(&db_key(tenant, &def.spec.name), &def)?;
         let name = def.spec.name.clone();
         let db = Arc::new(Database::create(def, self.log.clone()));
+        db.set_write_gate(self.write_gate.read().clone());
         db.stored_bytes()?;
         owner.databases.insert(name, db.clone());
         Ok(db)
@@ -395,6 +401,18 @@ impl Node {
         self.log.delete_database(db.def.uid)?;
         self.log.flush_now()?;
         Ok(())
+    }
+
+    /// Install the rule every client write of every database passes before it commits
+    /// ([`gate`]): on the databases the node has, and on every one it creates later.
+    pub fn set_write_gate(&self, gate: Arc<dyn WriteGate>) {
+        // Under the tenants lock, so a database being created gets the gate either from
+        // the node or from this loop.
+        let tenants = self.tenants.read();
+        *self.write_gate.write() = Some(gate.clone());
+        for db in tenants.values().flat_map(|t| t.databases.values()) {
+            db.set_write_gate(Some(gate.clone()));
+        }
     }
 
     fn all_databases(&self) -> Vec<Arc<Database>> {

@@ -159,6 +159,10 @@ impl Replication {
             mutual_counts: Mutex::new(BTreeMap::new()),
             exclusive: parallel::Exclusive::default(),
         });
+        // Before any link is loaded or any request served: every write of a parallel
+        // database takes its records' locks on every site, whoever writes it.
+        repl.node
+            .set_write_gate(Arc::new(parallel::ParallelGate::new(&repl)));
         for (_, value) in repl
             .node
             .config_scan(REPLICA_PREFIX)

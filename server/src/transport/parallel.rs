@@ -18,15 +18,24 @@
 //!
 //! Locks taken for another site are leases ([`LEASE`]): a site that dies holding them
 //! does not block the others for longer than that.
+//!
+//! **Every writer takes the locks**: they are taken by [`ParallelGate`], the node's write
+//! gate ([`crate::node::gate`]), which [`Replication::start`] installs on the node, so
+//! [`Database::execute`] takes them whoever calls it (the REST routes, a replay) and
+//! [`Database::begin`] refuses interactive transactions. Nothing else may call
+//! `exclusive_write`: a second lock of the same records under another transaction id
+//! would be refused as a deadlock with itself.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
 use super::links::LinkDef;
 use super::Replication;
+use crate::node::gate::{GateGuard, WriteGate};
 use crate::node::versions;
 use crate::node::{Database, Error, Result};
 use crate::remote::RemoteError;
@@ -148,6 +157,56 @@ impl Guard {
     }
 }
 
+impl GateGuard for Guard {
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(Guard::release(*self))
+    }
+}
+
+/// The node's write gate (see the module): a write of a parallel database takes its
+/// records' locks here and on every other site before it commits. Whether a database is
+/// parallel is read from the link definitions at each write, so a link created, deleted
+/// or loaded at start-up counts from its next write on.
+///
+/// It holds the replication weakly: the node holds the gate, and the replication holds
+/// the node.
+pub struct ParallelGate(Weak<Replication>);
+
+impl ParallelGate {
+    pub fn new(repl: &Arc<Replication>) -> ParallelGate {
+        ParallelGate(Arc::downgrade(repl))
+    }
+}
+
+impl WriteGate for ParallelGate {
+    fn guards(&self, db: &Database) -> bool {
+        // Only a mutual database can have exclusive links (checked when they are made):
+        // every other write passes without looking at the links.
+        db.def.spec.mutual
+            && self
+                .0
+                .upgrade()
+                .is_some_and(|repl| repl.is_parallel(&db.def.tenant, db.name()))
+    }
+
+    fn lock<'a>(
+        &'a self,
+        db: &'a Database,
+        ops: &'a [Op],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn GateGuard>>>> {
+        Box::pin(async move {
+            let Some(repl) = self.0.upgrade() else {
+                return Ok(None);
+            };
+            let guard = repl
+                .exclusive_write(&db.def.tenant, db, ops, timeout)
+                .await?;
+            Ok(guard.map(|g| Box::new(g) as Box<dyn GateGuard>))
+        })
+    }
+}
+
 async fn release_on(repl: &Arc<Replication>, gid: Gid, peers: Vec<LinkDef>) {
     let repl = repl.clone();
     // Best effort: a lock not released here ends with its lease.
@@ -168,25 +227,38 @@ async fn release_on(repl: &Arc<Replication>, gid: Gid, peers: Vec<LinkDef>) {
     .await;
 }
 
+/// Whether link `d` is an exclusive (parallel) link out of database `db` of `tenant`.
+fn is_exclusive(d: &LinkDef, tenant: &str, db: &str) -> bool {
+    d.tenant == tenant
+        && d.spec.database == db
+        && d.spec.conflicts.as_ref().is_some_and(|c| c.exclusive)
+}
+
 impl Replication {
+    /// Whether database `db` of `tenant` is parallel: it has exclusive links.
+    pub fn is_parallel(&self, tenant: &str, db: &str) -> bool {
+        self.links
+            .lock()
+            .values()
+            .any(|h| is_exclusive(&h.def.lock(), tenant, db))
+    }
+
     /// The exclusive (parallel) links out of database `db` of `tenant`.
-    pub fn exclusive_links(&self, tenant: &str, db: &str) -> Vec<LinkDef> {
+    fn exclusive_links(&self, tenant: &str, db: &str) -> Vec<LinkDef> {
         self.links
             .lock()
             .values()
             .filter_map(|h| {
                 let d = h.def.lock();
-                let exclusive = d.tenant == tenant
-                    && d.spec.database == db
-                    && d.spec.conflicts.as_ref().is_some_and(|c| c.exclusive);
-                exclusive.then(|| d.clone())
+                is_exclusive(&d, tenant, db).then(|| d.clone())
             })
             .collect()
     }
 
     /// Before a local write of a parallel database: take its records' locks here and
-    /// on every other site. None for a database that is not parallel.
-    pub async fn exclusive_write(
+    /// on every other site. None for a database that is not parallel. Only
+    /// [`ParallelGate`] calls it (see the module).
+    async fn exclusive_write(
         self: &Arc<Self>,
         tenant: &str,
         db: &Database,

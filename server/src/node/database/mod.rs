@@ -1,0 +1,743 @@
+//! One live database: its store, its writer, its log, and how it is read and written.
+//!
+//! The database is its own single writer: a write takes the state lock, applies a whole
+//! transaction through [`txn::apply`], appends its log chunks to sled in serial order,
+//! and lets go. Durability is awaited after the lock is released, so one flush covers
+//! many transactions (group commit). Readers take the state lock shared and never see a
+//! transaction half-applied.
+//!
+//! A batch transaction ([`Database::execute`], `POST …/transactions` and every
+//! single-record call) takes no locks of its own: it runs entirely under the state lock,
+//! after waiting for any interactive transaction that holds one of its records. With
+//! synchronous links it locks its records until the quorum confirmed it.
+//!
+//! Every write checks, under the state lock, that the database takes client writes: not
+//! a replica (its data comes only through its link) and not being restored.
+//!
+//! The rest of a database lives in child modules, each extending [`Database`]:
+//! - `interactive`: interactive transactions, which hold record locks across requests;
+//! - `replica`: what links write into a replica (mirror, logical, mutual) and its
+//!   positions in its sources' streams;
+//! - `restore`: the hooks a point-in-time restore freezes and replaces the store with;
+//! - `repair`: blocks repaired in place from a source's copy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+use super::gate::WriteGate;
+use super::quorum::Quorum;
+use super::records::{self, RecordView};
+use crate::log::durable::SnapshotMeta;
+use crate::log::{LogKind, LogStore, TxnLog};
+use crate::store::{FileSchema, Schema, Store};
+use crate::txn::clock::wall_ms;
+use crate::txn::locks::{LockManager, RecordId};
+use crate::txn::{self, Op, Sequencer};
+
+mod interactive;
+mod repair;
+mod replica;
+mod restore;
+
+use interactive::OpenTxn;
+pub use interactive::{MAX_OPEN_TXNS, MAX_TXN_OPS};
+pub use replica::{Conflict, ConflictSeen, Decision, MutualWrite, ReplicaApply, SnapshotSave};
+
+/// When a write is acknowledged (SPEC B5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged from RAM; the log is written in the background and a crash may lose
+    /// the last writes (like PostgreSQL's `synchronous_commit = off`).
+    None,
+    /// Acknowledged after the group flush that covers it.
+    #[default]
+    Group,
+    /// Acknowledged after a flush of its own.
+    Sync,
+}
+
+/// Retention of B and T logs, each on its own (SPEC B4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    #[serde(default = "Retention::default_b_secs")]
+    pub b_secs: u64,
+    #[serde(default = "Retention::default_t_secs")]
+    pub t_secs: u64,
+}
+
+impl Retention {
+    fn default_b_secs() -> u64 {
+        24 * 3600
+    }
+    fn default_t_secs() -> u64 {
+        7 * 24 * 3600
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            b_secs: Self::default_b_secs(),
+            t_secs: Self::default_t_secs(),
+        }
+    }
+}
+
+/// What a client declares when creating a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    pub name: String,
+    pub files: Vec<FileSchema>,
+    #[serde(default = "DatabaseSpec::default_block_size")]
+    pub block_size: usize,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default = "DatabaseSpec::default_quota")]
+    pub memory_quota_bytes: u64,
+    #[serde(default)]
+    pub retention: Retention,
+    /// Keep a version per record (`node::versions`), so the database can take part in
+    /// mutual replication (SPEC F4): every site accepts writes and concurrent ones are
+    /// resolved alike everywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutual: bool,
+}
+
+impl DatabaseSpec {
+    /// The store's schema: the declared files, and the versions file of a mutual
+    /// database.
+    pub fn schema(&self) -> Schema {
+        super::versions::schema(&self.files, self.mutual)
+    }
+
+    fn default_block_size() -> usize {
+        4096
+    }
+    fn default_quota() -> u64 {
+        1 << 30
+    }
+}
+
+/// A database's persisted definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseDef {
+    pub uid: u64,
+    pub tenant: String,
+    pub spec: DatabaseSpec,
+    pub created_ms: u64,
+}
+
+/// Summary of a committed transaction.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Committed {
+    pub txn: u64,
+    pub first_serial: u64,
+    pub last_serial: u64,
+    pub count: usize,
+}
+
+/// The lock owner a batch checks against: no transaction has number 0, so every
+/// holder blocks a batch.
+const BATCH_TXN: u64 = 0;
+
+struct State {
+    store: Store,
+    seq: Sequencer,
+    snapshot_serial: u64,
+    /// A logical replica's position in each source stream it follows.
+    positions: BTreeMap<u64, u64>,
+}
+
+/// A live database.
+pub struct Database {
+    pub def: DatabaseDef,
+    state: RwLock<State>,
+    locks: LockManager,
+    open: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenTxn>>>>,
+    log: Arc<LogStore>,
+    /// Serial of the last update in the log (sent once its chunks are in sled, before
+    /// they are durable): link senders follow it.
+    appended: tokio::sync::watch::Sender<u64>,
+    /// The link this database is the replica of; client writes are then refused.
+    replica_of: RwLock<Option<String>>,
+    /// The gate of this database's synchronous links.
+    pub quorum: Quorum,
+    /// The point-in-time restore in progress (its id; 0: none): writes are refused until
+    /// it ends (`node::restore`).
+    restoring: AtomicU64,
+    /// The rule client writes pass before they commit ([`super::gate`]).
+    gate: RwLock<Option<Arc<dyn WriteGate>>>,
+}
+
+impl Database {
+    /// A new, empty database.
+    pub fn create(def: DatabaseDef, log: Arc<LogStore>) -> Database {
+        let store = Store::new(
+            def.spec.schema(),
+            def.spec.block_size,
+            def.spec.memory_quota_bytes,
+        );
+        Self::with_state(def, log, store, Sequencer::new(0, 1), 0)
+    }
+
+    fn with_state(
+        def: DatabaseDef,
+        log: Arc<LogStore>,
+        store: Store,
+        seq: Sequencer,
+        snapshot_serial: u64,
+    ) -> Database {
+        let last = seq.last_serial;
+        let positions = log.positions(def.uid).unwrap_or_default();
+        Database {
+            def,
+            state: RwLock::new(State {
+                store,
+                seq,
+                snapshot_serial,
+                positions,
+            }),
+            locks: LockManager::default(),
+            open: Mutex::new(HashMap::new()),
+            log,
+            appended: tokio::sync::watch::channel(last).0,
+            replica_of: RwLock::new(None),
+            quorum: Quorum::default(),
+            restoring: AtomicU64::new(0),
+            gate: RwLock::new(None),
+        }
+    }
+
+    /// Rebuild a database from its latest snapshot plus the log after it (SPEC B5).
+    /// Returns it with the number of log entries replayed.
+    pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
+        let snapshot = log.snapshots(def.uid)?.pop();
+        let (mut store, mut seq, snapshot_serial) = match &snapshot {
+            Some(meta) => {
+                let packed = log.snapshot_blocks(def.uid, meta)?;
+                let store =
+                    Store::from_snapshot(meta.layout.clone(), def.spec.memory_quota_bytes, &packed)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                (
+                    store,
+                    Sequencer::new(meta.serial, meta.next_txn),
+                    meta.serial,
+                )
+            }
+            None => (
+                Store::new(
+                    def.spec.schema(),
+                    def.spec.block_size,
+                    def.spec.memory_quota_bytes,
+                ),
+                Sequencer::new(0, 1),
+                0,
+            ),
+        };
+        let mut replayed = 0u64;
+        let mut max_txn = 0;
+        let last = log.replay(def.uid, seq.last_serial, |chunk| {
+            max_txn = max_txn.max(chunk.txn);
+            for entry in &chunk.entries {
+                txn::replay_entry(&mut store, entry).map_err(|e| {
+                    crate::log::LogError::Damaged(format!("serial {}: {e}", entry.header.serial))
+                })?;
+            }
+            replayed += chunk.entries.len() as u64;
+            if let Some(entry) = chunk.entries.last() {
+                txn::clock::observe(entry.header.timestamp_us);
+            }
+            Ok(())
+        })?;
+        log.drop_torn_tail(def.uid, last)?;
+        seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
+        Ok((
+            Self::with_state(def, log, store, seq, snapshot_serial),
+            replayed,
+        ))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.def.spec.name
+    }
+
+    fn schema_file(&self, store: &Store, name: &str) -> Result<(usize, FileSchema)> {
+        let index = store
+            .schema()
+            .file_index(name)
+            .ok_or_else(|| Error::NotFound(format!("file '{name}'")))?;
+        Ok((index, store.schema().files[index].clone()))
+    }
+
+    /// Read a record by unique key.
+    pub fn get(&self, file: &str, key: &str) -> Result<RecordView> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let id = state.store.schema().main_id(index);
+        let (placement, record) = state
+            .store
+            .get(id, key.as_bytes())
+            .ok_or_else(|| Error::NotFound(format!("record '{key}'")))?;
+        Ok(records::placed_view(&schema, placement, &record))
+    }
+
+    /// Records with `from <= key <= to`, in order, at most `limit`; and the next key.
+    pub fn scan(
+        &self,
+        file: &str,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RecordView>, Option<String>)> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let id = state.store.schema().main_id(index);
+        let mut out = Vec::new();
+        let mut next = None;
+        state.store.files()[id as usize].scan_placed(
+            from.as_bytes(),
+            to.map(str::as_bytes),
+            |placement, record| {
+                if out.len() == limit {
+                    next = Some(String::from_utf8_lossy(record.key).into_owned());
+                    return false;
+                }
+                out.push(records::placed_view(&schema, placement, &record));
+                true
+            },
+        );
+        Ok((out, next))
+    }
+
+    /// Records whose alternate key `alt` equals `value`.
+    pub fn lookup_alt(
+        &self,
+        file: &str,
+        alt: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<RecordView>> {
+        let state = self.state.read();
+        let (index, schema) = self.schema_file(&state.store, file)?;
+        let alt_index = schema
+            .alt_keys
+            .iter()
+            .position(|a| a == alt)
+            .ok_or_else(|| Error::NotFound(format!("alternate key '{alt}' of file '{file}'")))?;
+        Ok(state
+            .store
+            .lookup_alt(index, alt_index, value.as_bytes(), limit)
+            .iter()
+            .map(|(placement, r)| records::placed_view(&schema, *placement, r))
+            .collect())
+    }
+
+    /// Resolve client operations against this database's schema.
+    pub fn resolve(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
+        let state = self.state.read();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| records::resolve(state.store.schema(), input).map_err(|e| e.at_op(i)))
+            .collect()
+    }
+
+    /// Run `ops` as one atomic transaction (the batched fast path), through the write
+    /// gate when one guards this database ([`super::gate`]).
+    pub async fn execute(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+        if ops.is_empty() {
+            return Err(Error::Malformed(
+                "a transaction needs at least one operation".into(),
+            ));
+        }
+        self.check_writable()?;
+        let Some(gate) = self.guarding_gate() else {
+            return self.execute_batch(ops, lock_timeout).await;
+        };
+        let guard = gate.lock(self, ops, lock_timeout).await?;
+        let result = self.execute_batch(ops, lock_timeout).await;
+        if let Some(guard) = guard {
+            guard.release().await;
+        }
+        result
+    }
+
+    /// The write gate, if one is installed and guards this database.
+    fn guarding_gate(&self) -> Option<Arc<dyn WriteGate>> {
+        self.gate.read().clone().filter(|g| g.guards(self))
+    }
+
+    /// Install (or remove) the rule client writes pass before they commit. The node
+    /// installs its gate on every database ([`super::Node::set_write_gate`]).
+    pub fn set_write_gate(&self, gate: Option<Arc<dyn WriteGate>>) {
+        *self.gate.write() = gate;
+    }
+
+    /// A batch past the checks and the gate: wait for the records, write, await.
+    async fn execute_batch(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+        if self.quorum.is_active() {
+            return self.execute_sync(ops, lock_timeout).await;
+        }
+        let deadline = Instant::now() + lock_timeout;
+        loop {
+            // Wait for interactive transactions holding any of these records.
+            let records: Vec<RecordId> = if self.locks.is_idle() {
+                Vec::new()
+            } else {
+                ops.iter().map(|op| (op.file, op.key().to_vec())).collect()
+            };
+            let outcome = {
+                let mut state = self.state.write();
+                match self.locks.first_blocker(BATCH_TXN, records.iter()) {
+                    Some((_, holder)) => Err(holder),
+                    None => {
+                        let txn = state.seq.next_txn();
+                        Ok(self.write_locked(&mut state, txn, ops))
+                    }
+                }
+            };
+            match outcome {
+                Ok(result) => {
+                    let committed = result?;
+                    self.await_durable().await?;
+                    return Ok(committed);
+                }
+                Err(holder) => self.locks.wait_release(holder, deadline).await?,
+            }
+        }
+    }
+
+    /// A batch on a database with synchronous links: its records stay locked until the
+    /// quorum of replicas confirmed it (SPEC C1), so a second writer of one of them
+    /// waits while writers of other records go on.
+    async fn execute_sync(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+        let deadline = Instant::now() + lock_timeout;
+        let txn = self.state.write().seq.next_txn();
+        let mut records: Vec<RecordId> =
+            ops.iter().map(|op| (op.file, op.key().to_vec())).collect();
+        // One order for every batch, so two batches never deadlock on each other.
+        records.sort();
+        records.dedup();
+        for record in &records {
+            if let Err(err) = self.locks.lock(txn, record, deadline).await {
+                self.locks.release_all(txn);
+                return Err(err.into());
+            }
+        }
+        let result = {
+            let mut state = self.state.write();
+            self.write_locked(&mut state, txn, ops)
+        };
+        let result = match result {
+            Ok(committed) => self.await_committed(committed).await,
+            Err(e) => Err(e),
+        };
+        self.locks.release_all(txn);
+        result
+    }
+
+    /// Wait for local durability and, with synchronous links, for the quorum.
+    async fn await_committed(&self, committed: Committed) -> Result<Committed> {
+        let (durable, replicated) = tokio::join!(
+            self.await_durable(),
+            self.quorum.wait(committed.last_serial)
+        );
+        durable?;
+        replicated.map_err(|t| {
+            Error::ReplicationTimeout(format!(
+                "transaction {} is committed on this node, but only {} of the {} synchronous \
+                 replicas needed confirmed it within {} ms; it will reach them when they \
+                 reconnect",
+                committed.txn, t.confirmed, t.needed, t.waited_ms
+            ))
+        })?;
+        Ok(committed)
+    }
+
+    /// Client writes are refused on a replica: its data comes through its link; and
+    /// during a point-in-time restore, which would discard them.
+    fn check_writable(&self) -> Result<()> {
+        self.check_not_restoring()?;
+        match &*self.replica_of.read() {
+            Some(link) => Err(Error::ReadOnlyReplica(format!(
+                "database '{}' is a replica (link {link}): it takes writes only through its \
+                 link; write to its source",
+                self.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_not_restoring(&self) -> Result<()> {
+        match self.restoring.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            id => Err(Error::RestoreInProgress(format!(
+                "database '{}' is being restored to an earlier point (restore {id}): writes \
+                 are refused until the restore ends",
+                self.name()
+            ))),
+        }
+    }
+
+    /// Apply a transaction and append its log, under the state lock.
+    fn write_locked(&self, state: &mut State, txn: u64, ops: &[Op]) -> Result<Committed> {
+        // Checked under the state lock that `begin_restore` takes to set the flag, so no
+        // write lands after a restore captured the store.
+        self.check_not_restoring()?;
+        let State { store, seq, .. } = state;
+        // A mutual database writes each record's new version with it: one more
+        // operation after each of the client's.
+        let stamped = if self.def.spec.mutual {
+            Some(super::versions::stamp(store, ops)?)
+        } else {
+            None
+        };
+        let per_op = if stamped.is_some() { 2 } else { 1 };
+        match txn::apply(store, seq, txn, stamped.as_deref().unwrap_or(ops)) {
+            Ok(log) => {
+                self.append(&log)?;
+                Ok(Committed {
+                    txn,
+                    first_serial: log.first_serial().unwrap_or(seq.last_serial),
+                    last_serial: log.last_serial().unwrap_or(seq.last_serial),
+                    count: ops.len(),
+                })
+            }
+            Err(refused) => {
+                self.append(&refused.log)?;
+                Err(Error::Store(refused.error).at_op(refused.index / per_op))
+            }
+        }
+    }
+
+    fn append(&self, log: &TxnLog) -> Result<()> {
+        self.log.append(self.def.uid, log).map_err(|e| {
+            tracing::error!(database = %self.name(), error = %e, "log append failed");
+            Error::from(e)
+        })?;
+        if let Some(last) = log.last_serial() {
+            self.appended.send_replace(last);
+        }
+        Ok(())
+    }
+
+    /// Follow the serial of the last update in the log.
+    pub fn subscribe_appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// The link this database is a replica of, if any.
+    pub fn replica_of(&self) -> Option<String> {
+        self.replica_of.read().clone()
+    }
+
+    /// Make this database the replica of `link` (refusing client writes), or writable
+    /// again (`None`: detached or promoted).
+    pub fn set_replica_of(&self, link: Option<String>) {
+        *self.replica_of.write() = link;
+    }
+
+    /// A frozen copy of the store with its serial and next transaction number (for
+    /// streaming a bootstrap snapshot without holding the writer).
+    pub fn freeze(&self) -> (Store, u64, u64) {
+        let state = self.state.read();
+        (
+            state.store.freeze(),
+            state.seq.last_serial,
+            state.seq.next_txn,
+        )
+    }
+
+    /// Wait for the durability this database promises.
+    pub async fn await_durable(&self) -> Result<()> {
+        match self.def.spec.durability {
+            Durability::None => Ok(()),
+            Durability::Group => {
+                let ticket = self.log.request_flush();
+                Ok(self.log.wait_durable(ticket).await?)
+            }
+            Durability::Sync => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.flush_now())
+                    .await
+                    .map_err(|e| Error::Unavailable(e.to_string()))??;
+                Ok(())
+            }
+        }
+    }
+
+    /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<SnapshotMeta> {
+        let (frozen, serial, next_txn) = {
+            let state = self.state.read();
+            (
+                state.store.freeze(),
+                state.seq.last_serial,
+                state.seq.next_txn,
+            )
+        };
+        let db = self.clone();
+        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
+            let (layout, blocks) = frozen.snapshot_parts();
+            let meta = SnapshotMeta {
+                serial,
+                next_txn,
+                created_ms: wall_ms(),
+                parts: 0,
+                size_bytes: 0,
+                layout,
+            };
+            let meta = db.log.save_snapshot(db.def.uid, meta, &blocks)?;
+            db.compact_after_snapshot()?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))??;
+        let mut state = self.state.write();
+        state.snapshot_serial = state.snapshot_serial.max(meta.serial);
+        Ok(meta)
+    }
+
+    /// Keep the two newest snapshots and the A log from the older of them on.
+    fn compact_after_snapshot(&self) -> Result<()> {
+        let snapshots = self.log.snapshots(self.def.uid)?;
+        if snapshots.len() > 2 {
+            for old in &snapshots[..snapshots.len() - 2] {
+                self.log.delete_snapshot(self.def.uid, old)?;
+            }
+        }
+        if let Some(keep_from) = snapshots.iter().rev().nth(1) {
+            self.log
+                .prune_through(self.def.uid, LogKind::A, keep_from.serial)?;
+        }
+        Ok(())
+    }
+
+    /// Stored snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotMeta>> {
+        Ok(self.log.snapshots(self.def.uid)?)
+    }
+
+    /// Drop B and T log chunks past their retention.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let now_us = wall_ms() * 1000;
+        let retention = self.def.spec.retention;
+        let b = self.log.prune_older_than(
+            self.def.uid,
+            LogKind::B,
+            now_us.saturating_sub(retention.b_secs * 1_000_000),
+        )?;
+        let t = self.log.prune_older_than(
+            self.def.uid,
+            LogKind::T,
+            now_us.saturating_sub(retention.t_secs * 1_000_000),
+        )?;
+        Ok(b + t)
+    }
+
+    /// Serial of the last applied update and of the last snapshot.
+    pub fn serials(&self) -> (u64, u64) {
+        let state = self.state.read();
+        (state.seq.last_serial, state.snapshot_serial)
+    }
+
+    /// A point of this database's history for interrelation (SPEC D): `(serial, us)`
+    /// such that every update stamped at or before `us` has a serial at or below
+    /// `serial`, and every later update is stamped after `us`. Read under the writer
+    /// lock, so no commit is half done.
+    pub fn stable_point(&self) -> (u64, u64) {
+        let state = self.state.read();
+        (state.seq.last_serial, txn::clock::last_us())
+    }
+
+    /// Bytes of blocks in RAM (cheap: no walk over the blocks).
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.read().store.memory_bytes()
+    }
+
+    /// Bytes of log and snapshots this database keeps in sled (counted once when the
+    /// database opens, then kept up to date by every write and prune).
+    pub fn stored_bytes(&self) -> Result<u64> {
+        Ok(self.log.stored_bytes(self.def.uid)?)
+    }
+
+    /// Figures for the database info: per-file record counts and memory in use.
+    pub fn info(&self) -> DatabaseInfo {
+        let state = self.state.read();
+        let schema = state.store.schema();
+        let files = schema
+            .files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let id = schema.main_id(index);
+                let records = state.store.files()[id as usize]
+                    .blocks()
+                    .map(|(_, b)| b.count() as u64)
+                    .sum();
+                FileInfo {
+                    name: file.name.clone(),
+                    alt_keys: file.alt_keys.clone(),
+                    records,
+                }
+            })
+            .collect();
+        DatabaseInfo {
+            name: self.def.spec.name.clone(),
+            files,
+            block_size: self.def.spec.block_size,
+            durability: self.def.spec.durability,
+            memory_quota_bytes: self.def.spec.memory_quota_bytes,
+            memory_bytes: state.store.memory_bytes(),
+            retention: self.def.spec.retention,
+            last_serial: state.seq.last_serial,
+            snapshot_serial: state.snapshot_serial,
+            created_ms: self.def.created_ms,
+        }
+    }
+
+    /// Per-block checksums, file by file.
+    pub fn checksums(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        self.state.read().store.checksums()
+    }
+
+    /// The schema (for log views).
+    pub fn schema(&self) -> Schema {
+        self.state.read().store.schema().clone()
+    }
+
+    pub fn log_store(&self) -> &LogStore {
+        &self.log
+    }
+}
+
+/// A database as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub files: Vec<FileInfo>,
+    pub block_size: usize,
+    pub durability: Durability,
+    pub memory_quota_bytes: u64,
+    pub memory_bytes: u64,
+    pub retention: Retention,
+    pub last_serial: u64,
+    pub snapshot_serial: u64,
+    pub created_ms: u64,
+}
+
+/// A file as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub alt_keys: Vec<String>,
+    pub records: u64,
+}
