@@ -10,6 +10,14 @@
 //! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
 //! frames are sent as soon as there is something to send: the batching delay is the
 //! time the previous frame took to write.
+//!
+//! A session's steps: `connect` (register with the target's API, handshake),
+//! `must_bootstrap` and `bootstrap` (a snapshot when the log cannot continue the
+//! replica), then `stream`, whose loop does the waiting and the socket writes. What to
+//! send is decided by plain state: the `Window` (whether a frame may start, what a
+//! confirmation or a retransmission request does to it) and the `Shipper` (the
+//! durability wait, the log read, the frame with each transaction's stages,
+//! interrelation and versions, and what each reply of the replica changes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
