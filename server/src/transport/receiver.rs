@@ -10,6 +10,17 @@
 //! last applied serial, once that is as durable as the replica's database promises; the
 //! confirmations wait for the flush in a writing half of their own, so applying goes on
 //! while the flush runs and one flush confirms many frames.
+//!
+//! A session's steps: `serve` checks the handshake, `stream` welcomes the source and
+//! starts the writing half (`write_replies`), and `apply_stream` reads frame after
+//! frame and hands each to the session's `Applier` in one turn:
+//! `Applier::begin_frame` (suspension notices, the spool replayed on release),
+//! `Applier::on_msg` for each message (a mirror transaction applied or spooled when it
+//! completes, `Applier::completed`; a logical one applied, `Applier::logical`; a
+//! watermark checked for a gap at the end of the stream; a snapshot received and
+//! installed), then
+//! `Applier::end_frame` (the retransmission request, the confirmation). The socket is
+//! read in the loop; the methods decide what a message does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +29,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::interrelation;
 use super::links::{self, ReplicaReg};
 use super::logical;
 use super::mutual;
@@ -55,12 +67,15 @@ pub async fn listen(repl: Arc<Replication>, listener: TcpListener) {
     }
 }
 
+/// Write one frame to the source.
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), String> {
     wire::write_frame(w, frame)
         .await
         .map_err(|e| format!("answering the source: {e}"))
 }
 
+/// Refuse the handshake: tell the source why (if it still listens), then end the
+/// session with the reason.
 async fn refuse<W: AsyncWrite + Unpin>(
     w: &mut W,
     code: &str,
@@ -101,6 +116,8 @@ struct Incoming {
 }
 
 impl Incoming {
+    /// Take one part: hashed, counted, and cut into whole blocks; a block split across
+    /// parts waits in `carry` for its end.
     fn take_part(&mut self, mut bytes: &[u8]) {
         self.hasher.update(bytes);
         self.received += bytes.len() as u64;
@@ -125,6 +142,7 @@ impl Incoming {
         self.carry.extend_from_slice(chunks.remainder());
     }
 
+    /// One whole block, or the mark that the snapshot is damaged.
     fn push_block(&mut self, bytes: &[u8]) {
         match crate::store::block::Block::from_bytes(bytes) {
             Some(b) => self.blocks.push(b),
@@ -133,6 +151,7 @@ impl Incoming {
     }
 }
 
+/// A replicated log chunk as the log stores it (its head read from its bytes).
 fn chunk(bytes: &[u8]) -> Result<RawChunk, String> {
     let head = codec::peek(bytes).map_err(|e| format!("a replicated chunk: {e}"))?;
     Ok(RawChunk {
@@ -141,6 +160,9 @@ fn chunk(bytes: &[u8]) -> Result<RawChunk, String> {
     })
 }
 
+/// One connection: check the handshake (refusing what does not match a registered
+/// link), take the link's session slot (`me` aborts this task when a newer connection
+/// of the link takes it), then [`stream`].
 async fn serve(
     repl: &Arc<Replication>,
     sock: TcpStream,
@@ -249,6 +271,9 @@ async fn write_replies(
     Ok(())
 }
 
+/// Welcome the source with where the replica stands (a fresh replica adopts the
+/// source's stream), then apply its stream with the writing half ([`write_replies`])
+/// running beside it until either ends.
 async fn stream(
     repl: &Replication,
     reg: &ReplicaReg,
@@ -292,16 +317,10 @@ fn applied(reg: &ReplicaReg, db: &Database, stream: u64) -> u64 {
     }
 }
 
-/// The versions sent for transaction `txn` (none if they were for another).
-fn take_versions(
-    versions: &mut Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)>,
-    txn: u64,
-) -> Vec<(u64, crate::node::versions::Stamp)> {
-    versions
-        .take()
-        .filter(|(t, _)| *t == txn)
-        .map(|(_, s)| s)
-        .unwrap_or_default()
+/// What came for transaction `txn` just before it (versions, dependencies), taken out
+/// of `slot`: None if it was for another transaction (that one's is dropped too).
+fn for_txn<T>(slot: &mut Option<(u64, T)>, txn: u64) -> Option<T> {
+    slot.take().filter(|(t, _)| *t == txn).map(|(_, v)| v)
 }
 
 /// Apply a mutual link's transaction (or bootstrap part, `position` None): each write
@@ -360,10 +379,16 @@ async fn queue(tx: &mpsc::Sender<Reply>, reply: Reply) -> Result<(), String> {
         .map_err(|_| "the connection to the source is closed".to_string())
 }
 
+/// Hand a frame to the writing half, to be sent in order with the confirmations.
 async fn reply_now(tx: &mpsc::Sender<Reply>, frame: Vec<u8>) -> Result<(), String> {
     queue(tx, Reply::Frame(frame)).await
 }
 
+/// Apply the stream, frame by frame, until the connection ends or something does not
+/// apply (Err). Each frame is one turn: [`Applier::begin_frame`] (attachment, the
+/// spool's replay on release), [`Applier::on_msg`] for each message, then
+/// [`Applier::end_frame`] (a retransmission request, the confirmation). The socket read
+/// is here; what a message does is the [`Applier`]'s.
 async fn apply_stream(
     repl: &Replication,
     reg: &ReplicaReg,
@@ -372,368 +397,574 @@ async fn apply_stream(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     tx: &mpsc::Sender<Reply>,
 ) -> Result<(), String> {
-    // A database's files are fixed when it is created: resolve logical operations
-    // against one copy of the schema for the whole session.
-    let schema = db.schema();
-    let mut pending: Option<Pending> = None;
-    let mut incoming: Option<Incoming> = None;
-    let mut requested: Option<u64> = None;
-    // Spooled while suspended and not applied yet: the serial to continue from.
-    let mut spooled = repl.spool.last(&reg.link)?;
-    let mut told_suspended = false;
+    let mut s = Applier::new(repl, reg, hello, db, tx)?;
     let mut payload = Vec::new();
-    // Interrelation information for the transaction that follows it (SPEC D1).
-    let mut depends: Option<(u64, Vec<wire::Dependency>)> = None;
-    // A mutual link's record versions for the transaction that follows them (SPEC F4).
-    let mut versions: Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)> = None;
-    let mut resolver = match &reg.conflicts {
-        Some(spec) => Some(
-            mutual::Resolver::load(&repl.plugins, &reg.tenant, spec)
-                .map_err(|e| format!("link {}: {e}", reg.link))?,
-        ),
-        None => None,
-    };
-    let key = Replication::stream_key(reg);
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_into(rd, &mut payload))
             .await
             .map_err(|_| "the source went silent".to_string())?
             .map_err(|e| format!("the source's connection: {e}"))?;
         let msgs = wire::messages(&payload).map_err(|e| format!("from the source: {e}"))?;
-        let mut reply = FrameWriter::new();
-        let mut answer = false;
-        // A gap seen in the transactions asks once per missing serial; one a watermark
-        // shows (nothing arrives after the loss) asks again at every heartbeat.
-        let mut gap: Option<(u64, bool)> = None;
-        let suspended = repl.is_suspended(&reg.link);
-        if suspended != told_suspended {
-            reply.push(if suspended {
+        let mut turn = s.begin_frame().await?;
+        for msg in msgs {
+            s.on_msg(msg, &mut turn).await?;
+        }
+        s.end_frame(turn).await?;
+    }
+}
+
+/// What one frame brings about.
+struct Turn {
+    /// The replica's messages besides the confirmation (attachment, retransmission).
+    reply: FrameWriter,
+    /// The frame carried something to confirm (a transaction, a watermark, a heartbeat).
+    answer: bool,
+    /// The first missing serial, and whether a watermark showed it. A gap seen in the
+    /// transactions asks once per missing serial; one a watermark shows (nothing
+    /// arrives after the loss) asks again at every heartbeat.
+    gap: Option<(u64, bool)>,
+    /// The replica is suspended: mirror transactions go to the spool.
+    suspended: bool,
+}
+
+/// One session's state on the target between frames: the transaction and snapshot
+/// being received, what was spooled, the interrelation and version information waiting
+/// for its transaction, and the last retransmission asked for. Every early return of
+/// its methods is an Err that ends the session (after a refusal or a request for a
+/// snapshot queued to the source).
+///
+/// Invariants: transactions apply in serial order, each from the replica's position
+/// plus one (the database checks it and answers Duplicate or Gap otherwise; the spool
+/// takes only the next serial); a confirmation is the replica's applied (or spooled)
+/// serial at the time it is queued, never a serial from a message.
+struct Applier<'a> {
+    repl: &'a Replication,
+    reg: &'a ReplicaReg,
+    hello: &'a wire::Hello,
+    db: &'a Arc<Database>,
+    tx: &'a mpsc::Sender<Reply>,
+    /// A database's files are fixed when it is created: resolve logical operations
+    /// against one copy of the schema for the whole session.
+    schema: crate::store::Schema,
+    /// The stream's key for the interrelation gates.
+    key: interrelation::StreamKey,
+    pending: Option<Pending>,
+    incoming: Option<Incoming>,
+    /// The serial a retransmission was last asked from (until something applies).
+    requested: Option<u64>,
+    /// Spooled while suspended and not applied yet: the serial to continue from.
+    spooled: Option<u64>,
+    told_suspended: bool,
+    /// Interrelation information for the transaction that follows it (SPEC D1).
+    depends: Option<(u64, Vec<wire::Dependency>)>,
+    /// A mutual link's record versions for the transaction that follows them (SPEC F4).
+    versions: Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)>,
+    resolver: Option<mutual::Resolver>,
+}
+
+impl<'a> Applier<'a> {
+    fn new(
+        repl: &'a Replication,
+        reg: &'a ReplicaReg,
+        hello: &'a wire::Hello,
+        db: &'a Arc<Database>,
+        tx: &'a mpsc::Sender<Reply>,
+    ) -> Result<Applier<'a>, String> {
+        let schema = db.schema();
+        let spooled = repl.spool.last(&reg.link)?;
+        let resolver = match &reg.conflicts {
+            Some(spec) => Some(
+                mutual::Resolver::load(&repl.plugins, &reg.tenant, spec)
+                    .map_err(|e| format!("link {}: {e}", reg.link))?,
+            ),
+            None => None,
+        };
+        Ok(Applier {
+            repl,
+            reg,
+            hello,
+            db,
+            tx,
+            schema,
+            key: Replication::stream_key(reg),
+            pending: None,
+            incoming: None,
+            requested: None,
+            spooled,
+            told_suspended: false,
+            depends: None,
+            versions: None,
+            resolver,
+        })
+    }
+
+    /// How far the replica got in this stream ([`applied`]).
+    fn applied(&self) -> u64 {
+        applied(self.reg, self.db, self.hello.stream)
+    }
+
+    /// What the replica holds: applied, or spooled beyond that.
+    fn held(&self) -> u64 {
+        self.applied().max(self.spooled.unwrap_or(0))
+    }
+
+    /// The start of a frame's turn: tell the source when the replica was suspended or
+    /// released since the last frame, and on release apply the spool first.
+    async fn begin_frame(&mut self) -> Result<Turn, String> {
+        let mut turn = Turn {
+            reply: FrameWriter::new(),
+            answer: false,
+            gap: None,
+            suspended: self.repl.is_suspended(&self.reg.link),
+        };
+        if turn.suspended != self.told_suspended {
+            turn.reply.push(if turn.suspended {
                 &Msg::Suspend
             } else {
                 &Msg::Release
             });
-            told_suspended = suspended;
+            self.told_suspended = turn.suspended;
         }
-        if !suspended && spooled.is_some() {
-            let mut n = 0;
-            while let Some(mut entry) = repl.spool.first(&reg.link)? {
-                let last = spool::last_serial(&entry.chunks).unwrap_or(0);
-                let txn = entry.chunks.first().map_or(0, |c| c.head.txn);
-                // Released, a spooled transaction still waits for what it depends on
-                // in other databases (SPEC D3), like one that arrives now.
-                let mut deps = Some((txn, std::mem::take(&mut entry.deps)));
-                hold(repl, reg, hello, db, tx, &mut deps, txn, last).await?;
-                if let Err(e) = db.apply_replicated(&entry.chunks) {
+        if !turn.suspended && self.spooled.is_some() {
+            self.replay_spool().await?;
+        }
+        Ok(turn)
+    }
+
+    /// Released: apply what was spooled while suspended, in order, then stream on.
+    async fn replay_spool(&mut self) -> Result<(), String> {
+        let mut n = 0;
+        while let Some(mut entry) = self.repl.spool.first(&self.reg.link)? {
+            let last = spool::last_serial(&entry.chunks).unwrap_or(0);
+            // Released, a spooled transaction still waits for what it depends on
+            // in other databases (SPEC D3), like one that arrives now.
+            self.hold(Some(std::mem::take(&mut entry.deps)), last)
+                .await?;
+            match self.db.apply_replicated(&entry.chunks) {
+                Err(e) => {
                     let reason = format!("replaying a spooled transaction: {e}");
-                    return ask_snapshot(tx, &reason).await;
+                    return ask_snapshot(self.tx, &reason).await;
                 }
-                repl.gates.applied(&key, last, false);
-                repl.spool.remove(&entry)?;
-                n += 1;
+                Ok(applied) => debug_assert!(
+                    !matches!(applied, ReplicaApply::Gap(_)),
+                    "the spool holds the serials after the applied one, in order"
+                ),
             }
-            tracing::info!(link = %reg.link, transactions = n, "replica released; spooled transactions applied");
-            spooled = None;
+            self.repl.gates.applied(&self.key, last, false);
+            self.repl.spool.remove(&entry)?;
+            n += 1;
         }
-        for msg in msgs {
-            match msg {
-                Msg::Depends { txn, deps } => depends = Some((txn, deps)),
-                Msg::Versions { txn, stamps } => versions = Some((txn, stamps)),
-                Msg::TxnStart { txn, .. } => {
-                    pending = Some(Pending {
-                        txn,
-                        chunks: Vec::new(),
-                    })
-                }
-                Msg::Updates { txn, chunk: bytes } => match pending.as_mut() {
-                    Some(p) if p.txn == txn => p.chunks.push(chunk(bytes)?),
-                    _ => pending = None,
-                },
-                Msg::TxnCompleted { txn, .. } | Msg::Cancel { txn, .. } => {
-                    let extra = match &msg {
-                        Msg::Cancel { b_chunks, .. } => b_chunks.clone(),
-                        _ => Vec::new(),
-                    };
-                    answer = true;
-                    let Some(mut p) = pending.take().filter(|p| p.txn == txn) else {
-                        continue;
-                    };
-                    for b in extra {
-                        p.chunks.push(chunk(b)?);
-                    }
-                    if suspended {
-                        let first = p.chunks.first().map_or(0, |c| c.head.first_serial);
-                        let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                        let have = spooled.unwrap_or(0).max(applied(reg, db, hello.stream));
-                        if last <= have {
-                            continue;
-                        }
-                        if first != have + 1 {
-                            gap = Some((have + 1, false));
-                            continue;
-                        }
-                        let deps = depends
-                            .take()
-                            .filter(|(t, _)| *t == txn)
-                            .map(|(_, d)| d)
-                            .unwrap_or_default();
-                        repl.spool.push(&reg.link, first, &p.chunks, &deps)?;
-                        spooled = Some(last);
-                        requested = None;
-                        continue;
-                    }
-                    let last = spool::last_serial(&p.chunks).unwrap_or(0);
-                    hold(repl, reg, hello, db, tx, &mut depends, txn, last).await?;
-                    match db.apply_replicated(&p.chunks) {
-                        Ok(ReplicaApply::Applied(_)) => {
-                            requested = None;
-                            repl.gates.applied(&key, last, false);
-                        }
-                        Ok(ReplicaApply::Duplicate) => {}
-                        Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
-                        Err(e) => {
-                            let reason = format!("applying transaction {txn}: {e}");
-                            tracing::error!(link = %reg.link, error = %reason, "replica diverged; asking for a snapshot");
-                            return ask_snapshot(tx, &reason).await;
-                        }
-                    }
-                }
-                Msg::Logical {
+        tracing::info!(link = %self.reg.link, transactions = n, "replica released; spooled transactions applied");
+        self.spooled = None;
+        Ok(())
+    }
+
+    /// One message of the frame.
+    async fn on_msg(&mut self, msg: Msg<'_>, turn: &mut Turn) -> Result<(), String> {
+        match msg {
+            Msg::Depends { txn, deps } => self.depends = Some((txn, deps)),
+            Msg::Versions { txn, stamps } => self.versions = Some((txn, stamps)),
+            Msg::TxnStart { txn, .. } => {
+                self.pending = Some(Pending {
                     txn,
-                    first_serial,
-                    last_serial,
+                    chunks: Vec::new(),
+                })
+            }
+            Msg::Updates { txn, chunk: bytes } => match self.pending.as_mut() {
+                Some(p) if p.txn == txn => p.chunks.push(chunk(bytes)?),
+                _ => self.pending = None,
+            },
+            Msg::TxnCompleted { txn, .. } => self.completed(txn, &[], turn).await?,
+            Msg::Cancel { txn, b_chunks, .. } => self.completed(txn, &b_chunks, turn).await?,
+            Msg::Logical {
+                txn,
+                first_serial,
+                last_serial,
+                ops,
+            } => {
+                self.logical(txn, first_serial, last_serial, ops, turn)
+                    .await?
+            }
+            Msg::LogicalSnapshot { serial, last, ops } => {
+                self.logical_snapshot(serial, last, ops, turn).await?
+            }
+            Msg::Watermark {
+                serial,
+                timestamp_us,
+            } => self.watermark(serial, timestamp_us, turn),
+            Msg::Heartbeat => turn.answer = true,
+            Msg::SnapshotBegin {
+                serial,
+                next_txn,
+                layout,
+                size_bytes,
+            } => {
+                self.snapshot_begin(serial, next_txn, layout, size_bytes)
+                    .await?
+            }
+            Msg::SnapshotPart { bytes } => self.snapshot_part(bytes),
+            Msg::SnapshotEnd { checksum } => self.snapshot_end(checksum, turn).await?,
+            other => {
+                tracing::debug!(link = %self.reg.link, message = ?other, "unexpected message ignored");
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a frame's turn: ask for a retransmission if a gap showed, send the
+    /// replies, and confirm what the replica holds if the frame asked for an answer
+    /// (the writing half waits for the flush that covers it).
+    async fn end_frame(&mut self, mut turn: Turn) -> Result<(), String> {
+        if let Some(from) = self.retransmit_from(turn.gap) {
+            turn.reply.push(&Msg::Retransmit { from });
+        }
+        if !turn.reply.is_empty() {
+            reply_now(self.tx, turn.reply.finish()).await?;
+        }
+        if turn.answer {
+            queue(self.tx, Reply::Ack(self.held())).await?;
+        }
+        Ok(())
+    }
+
+    /// The serial to ask a retransmission from, if any: a gap seen in the transactions
+    /// is asked for once (until something applies); one a watermark shows, every time.
+    fn retransmit_from(&mut self, gap: Option<(u64, bool)>) -> Option<u64> {
+        let (expected, from_watermark) = gap?;
+        if self.requested == Some(expected) && !from_watermark {
+            return None;
+        }
+        self.requested = Some(expected);
+        Some(expected)
+    }
+
+    /// The end (completion or cancel, with the B chunks that restore the before images)
+    /// of mirror transaction `txn`: applied, or spooled while the replica is suspended.
+    /// One whose start or a chunk went missing is dropped: the gap shows on the next.
+    async fn completed(
+        &mut self,
+        txn: u64,
+        b_chunks: &[&[u8]],
+        turn: &mut Turn,
+    ) -> Result<(), String> {
+        turn.answer = true;
+        let Some(mut p) = self.pending.take().filter(|p| p.txn == txn) else {
+            return Ok(());
+        };
+        for b in b_chunks {
+            p.chunks.push(chunk(b)?);
+        }
+        if turn.suspended {
+            self.spool_txn(txn, &p.chunks, turn)
+        } else {
+            self.apply_txn(txn, &p.chunks, turn).await
+        }
+    }
+
+    /// Keep a mirror transaction in the spool while the replica is suspended, if it is
+    /// the next one after what the replica holds (a duplicate is skipped, a gap asked
+    /// for).
+    fn spool_txn(&mut self, txn: u64, chunks: &[RawChunk], turn: &mut Turn) -> Result<(), String> {
+        let first = chunks.first().map_or(0, |c| c.head.first_serial);
+        let last = spool::last_serial(chunks).unwrap_or(0);
+        let have = self.spooled.unwrap_or(0).max(self.applied());
+        if last <= have {
+            return Ok(());
+        }
+        if first != have + 1 {
+            turn.gap = Some((have + 1, false));
+            return Ok(());
+        }
+        debug_assert!(last >= first, "a transaction ends at or after its start");
+        let deps = for_txn(&mut self.depends, txn).unwrap_or_default();
+        self.repl.spool.push(&self.reg.link, first, chunks, &deps)?;
+        self.spooled = Some(last);
+        self.requested = None;
+        Ok(())
+    }
+
+    /// Apply a mirror transaction once what it depends on is here ([`Self::hold`]); a
+    /// duplicate is skipped, a gap asked for; one that does not apply means the replica
+    /// diverged: it asks for a snapshot (Err).
+    async fn apply_txn(
+        &mut self,
+        txn: u64,
+        chunks: &[RawChunk],
+        turn: &mut Turn,
+    ) -> Result<(), String> {
+        let last = spool::last_serial(chunks).unwrap_or(0);
+        let deps = for_txn(&mut self.depends, txn);
+        self.hold(deps, last).await?;
+        match self.db.apply_replicated(chunks) {
+            Ok(ReplicaApply::Applied(at)) => {
+                debug_assert_eq!(at, last, "the replica stands at the transaction's end");
+                self.requested = None;
+                self.repl.gates.applied(&self.key, last, false);
+            }
+            Ok(ReplicaApply::Duplicate) => {}
+            Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
+            Err(e) => {
+                let reason = format!("applying transaction {txn}: {e}");
+                tracing::error!(link = %self.reg.link, error = %reason, "replica diverged; asking for a snapshot");
+                return ask_snapshot(self.tx, &reason).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a logical transaction (source serials `first..=last`) once what it depends
+    /// on is here: through the resolver on a mutual link, as plain operations otherwise.
+    /// One that does not apply is refused (Err).
+    async fn logical(
+        &mut self,
+        txn: u64,
+        first: u64,
+        last: u64,
+        ops: &[u8],
+        turn: &mut Turn,
+    ) -> Result<(), String> {
+        turn.answer = true;
+        let deps = for_txn(&mut self.depends, txn);
+        self.hold(deps, last).await?;
+        let applied = match self.resolver.as_mut() {
+            Some(resolver) => {
+                let stamps = for_txn(&mut self.versions, txn).unwrap_or_default();
+                apply_mutual(
+                    self.repl,
+                    self.reg,
+                    self.hello,
+                    self.db,
+                    &self.schema,
+                    resolver,
+                    Some((first, last)),
                     ops,
-                } => {
-                    answer = true;
-                    let at =
-                        format!("transaction {txn} (source serials {first_serial}-{last_serial})");
-                    hold(repl, reg, hello, db, tx, &mut depends, txn, last_serial).await?;
-                    let applied = match resolver.as_mut() {
-                        Some(resolver) => {
-                            let stamps = take_versions(&mut versions, txn);
-                            apply_mutual(
-                                repl,
-                                reg,
-                                hello,
-                                db,
-                                &schema,
-                                resolver,
-                                Some((first_serial, last_serial)),
-                                ops,
-                                &stamps,
-                            )
-                        }
-                        None => logical::decode_ops(&schema, ops).and_then(|ops| {
-                            db.apply_logical(hello.stream, first_serial, last_serial, ops)
-                                .map_err(|e| e.to_string())
-                        }),
-                    };
-                    match applied {
-                        Ok(ReplicaApply::Applied(_)) => {
-                            requested = None;
-                            repl.gates.applied(&key, last_serial, false);
-                        }
-                        Ok(ReplicaApply::Duplicate) => {}
-                        Ok(ReplicaApply::Gap(expected)) => gap = Some((expected, false)),
-                        Err(e) => {
-                            let reason = format!("{at}: {e}");
-                            tracing::error!(link = %reg.link, error = %reason, "a logical transaction does not apply");
-                            let refusal = wire::single(&Msg::Refused {
-                                code: "apply".into(),
-                                reason: reason.clone(),
-                            });
-                            let _ = reply_now(tx, refusal).await;
-                            return Err(reason);
-                        }
-                    }
-                }
-                Msg::LogicalSnapshot { serial, last, ops } => {
-                    let applied = match resolver.as_mut() {
-                        Some(resolver) => {
-                            let stamps = take_versions(&mut versions, 0);
-                            apply_mutual(
-                                repl, reg, hello, db, &schema, resolver, None, ops, &stamps,
-                            )
-                            .map(|_| ())
-                        }
-                        None => logical::decode_ops(&schema, ops)
-                            .and_then(|ops| db.apply_redriven(ops).map_err(|e| e.to_string())),
-                    };
-                    if let Err(e) = applied {
-                        let reason = format!("the logical bootstrap at serial {serial}: {e}");
-                        let refusal = wire::single(&Msg::Refused {
-                            code: "apply".into(),
-                            reason: reason.clone(),
-                        });
-                        let _ = reply_now(tx, refusal).await;
-                        return Err(reason);
-                    }
-                    if last {
-                        db.set_position(hello.stream, serial)
-                            .map_err(|e| format!("the logical bootstrap: {e}"))?;
-                        repl.adopt_stream(&reg.link, hello.stream)
-                            .map_err(|e| e.to_string())?;
-                        repl.gates.applied(&key, serial, true);
-                        repl.announce(&reg.link, serial, true);
-                        tracing::info!(link = %reg.link, serial, "logical bootstrap applied");
-                        requested = None;
-                        answer = true;
-                    }
-                }
-                Msg::Watermark {
-                    serial,
-                    timestamp_us,
-                } => {
-                    answer = true;
-                    repl.announce(&reg.link, serial, false);
-                    repl.gates.watermark(
-                        &key,
-                        serial,
-                        timestamp_us,
-                        applied(reg, db, hello.stream),
-                    );
-                    let have = applied(reg, db, hello.stream).max(spooled.unwrap_or(0));
-                    if serial > have && pending.is_none() && incoming.is_none() {
-                        gap = Some((have + 1, true));
-                    }
-                }
-                Msg::Heartbeat => answer = true,
-                Msg::SnapshotBegin {
-                    serial,
-                    next_txn,
-                    layout,
-                    size_bytes,
-                } => {
-                    if size_bytes > db.def.spec.memory_quota_bytes {
-                        let reason = format!(
-                            "the snapshot holds {size_bytes} bytes of blocks, over database '{}''s memory quota of {}",
-                            reg.database, db.def.spec.memory_quota_bytes
-                        );
-                        let refusal = wire::single(&Msg::Refused {
-                            code: "quota".into(),
-                            reason: reason.clone(),
-                        });
-                        reply_now(tx, refusal).await?;
-                        return Err(reason);
-                    }
-                    let layout: crate::store::snapshot::SnapshotLayout =
-                        match postcard::from_bytes(layout) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                return ask_snapshot(
-                                    tx,
-                                    &format!("an unreadable snapshot layout: {e}"),
-                                )
-                                .await
-                            }
-                        };
-                    let count = (size_bytes / u64::from(layout.block_size.max(1))) as usize;
-                    incoming = Some(Incoming {
-                        serial,
-                        next_txn,
-                        layout,
-                        size: size_bytes,
-                        received: 0,
-                        blocks: Vec::with_capacity(count),
-                        carry: Vec::new(),
-                        bad: false,
-                        hasher: xxhash_rust::xxh3::Xxh3::new(),
-                        started: std::time::Instant::now(),
-                    });
-                }
-                Msg::SnapshotPart { bytes } => {
-                    if let Some(s) = incoming.as_mut() {
-                        if s.received + bytes.len() as u64 > s.size {
-                            incoming = None;
-                        } else {
-                            s.take_part(bytes);
-                        }
-                    }
-                }
-                Msg::SnapshotEnd { checksum } => {
-                    let Some(s) = incoming.take() else {
-                        return ask_snapshot(tx, "a snapshot part was lost").await;
-                    };
-                    if s.hasher.digest() != checksum
-                        || s.received != s.size
-                        || s.bad
-                        || !s.carry.is_empty()
-                    {
-                        return ask_snapshot(tx, "the snapshot arrived damaged").await;
-                    }
-                    let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
-                    let installing = std::time::Instant::now();
-                    repl.spool.clear(&reg.link)?;
-                    spooled = None;
-                    let save = install(db, s).await?;
-                    let saving = tokio::task::spawn_blocking(move || {
-                        save.save()
-                            .map_err(|e| format!("storing the bootstrap snapshot: {e}"))
-                    });
-                    queue(tx, Reply::Wait(saving)).await?;
-                    tracing::info!(
-                        link = %reg.link,
-                        bytes,
-                        transfer_secs = transfer.as_secs_f64(),
-                        install_secs = installing.elapsed().as_secs_f64(),
-                        "bootstrap snapshot installed"
-                    );
-                    repl.adopt_stream(&reg.link, hello.stream)
-                        .map_err(|e| e.to_string())?;
-                    repl.gates.applied(&key, serial, true);
-                    repl.announce(&reg.link, serial, true);
-                    requested = None;
-                    answer = true;
-                }
-                other => {
-                    tracing::debug!(link = %reg.link, message = ?other, "unexpected message ignored");
-                }
+                    &stamps,
+                )
+            }
+            None => logical::decode_ops(&self.schema, ops).and_then(|ops| {
+                self.db
+                    .apply_logical(self.hello.stream, first, last, ops)
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        match applied {
+            Ok(ReplicaApply::Applied(at)) => {
+                debug_assert_eq!(at, last, "the replica stands at the transaction's end");
+                self.requested = None;
+                self.repl.gates.applied(&self.key, last, false);
+            }
+            Ok(ReplicaApply::Duplicate) => {}
+            Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
+            Err(e) => {
+                let reason = format!("transaction {txn} (source serials {first}-{last}): {e}");
+                tracing::error!(link = %self.reg.link, error = %reason, "a logical transaction does not apply");
+                return refuse_stream(self.tx, reason).await;
             }
         }
-        if let Some((expected, from_watermark)) = gap {
-            if requested != Some(expected) || from_watermark {
-                reply.push(&Msg::Retransmit { from: expected });
-                requested = Some(expected);
+        Ok(())
+    }
+
+    /// A part of a logical bootstrap (records as upserts, or through the resolver on a
+    /// mutual link); the last one sets the replica's position in the stream to
+    /// `serial` and is confirmed.
+    async fn logical_snapshot(
+        &mut self,
+        serial: u64,
+        last: bool,
+        ops: &[u8],
+        turn: &mut Turn,
+    ) -> Result<(), String> {
+        let applied = match self.resolver.as_mut() {
+            Some(resolver) => {
+                let stamps = for_txn(&mut self.versions, 0).unwrap_or_default();
+                apply_mutual(
+                    self.repl,
+                    self.reg,
+                    self.hello,
+                    self.db,
+                    &self.schema,
+                    resolver,
+                    None,
+                    ops,
+                    &stamps,
+                )
+                .map(|_| ())
+            }
+            None => logical::decode_ops(&self.schema, ops)
+                .and_then(|ops| self.db.apply_redriven(ops).map_err(|e| e.to_string())),
+        };
+        if let Err(e) = applied {
+            let reason = format!("the logical bootstrap at serial {serial}: {e}");
+            return refuse_stream(self.tx, reason).await;
+        }
+        if last {
+            self.db
+                .set_position(self.hello.stream, serial)
+                .map_err(|e| format!("the logical bootstrap: {e}"))?;
+            self.bootstrapped(serial)?;
+            tracing::info!(link = %self.reg.link, serial, "logical bootstrap applied");
+            turn.answer = true;
+        }
+        Ok(())
+    }
+
+    /// The source's watermark: announced to the gates, and a gap at the end of the
+    /// stream (nothing being received, the replica short of it) is asked for.
+    fn watermark(&mut self, serial: u64, timestamp_us: u64, turn: &mut Turn) {
+        turn.answer = true;
+        self.repl.announce(&self.reg.link, serial, false);
+        self.repl
+            .gates
+            .watermark(&self.key, serial, timestamp_us, self.applied());
+        let have = self.held();
+        if serial > have && self.pending.is_none() && self.incoming.is_none() {
+            turn.gap = Some((have + 1, true));
+        }
+    }
+
+    /// A snapshot begins: refused over the database's memory quota; an unreadable
+    /// layout asks for another snapshot.
+    async fn snapshot_begin(
+        &mut self,
+        serial: u64,
+        next_txn: u64,
+        layout: &[u8],
+        size_bytes: u64,
+    ) -> Result<(), String> {
+        if size_bytes > self.db.def.spec.memory_quota_bytes {
+            let reason = format!(
+                "the snapshot holds {size_bytes} bytes of blocks, over database '{}''s memory quota of {}",
+                self.reg.database, self.db.def.spec.memory_quota_bytes
+            );
+            let refusal = wire::single(&Msg::Refused {
+                code: "quota".into(),
+                reason: reason.clone(),
+            });
+            reply_now(self.tx, refusal).await?;
+            return Err(reason);
+        }
+        let layout: crate::store::snapshot::SnapshotLayout = match postcard::from_bytes(layout) {
+            Ok(l) => l,
+            Err(e) => {
+                return ask_snapshot(self.tx, &format!("an unreadable snapshot layout: {e}")).await
+            }
+        };
+        let count = (size_bytes / u64::from(layout.block_size.max(1))) as usize;
+        self.incoming = Some(Incoming {
+            serial,
+            next_txn,
+            layout,
+            size: size_bytes,
+            received: 0,
+            blocks: Vec::with_capacity(count),
+            carry: Vec::new(),
+            bad: false,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            started: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// A snapshot part: cut into blocks; more bytes than announced drop the snapshot
+    /// (its end then asks for another).
+    fn snapshot_part(&mut self, bytes: &[u8]) {
+        if let Some(s) = self.incoming.as_mut() {
+            if s.received + bytes.len() as u64 > s.size {
+                self.incoming = None;
+            } else {
+                s.take_part(bytes);
             }
         }
-        if !reply.is_empty() {
-            reply_now(tx, reply.finish()).await?;
+    }
+
+    /// The snapshot is complete: checked, installed in place of the store (the spool
+    /// dropped), and stored in the background; nothing more is confirmed until it is
+    /// stored. A lost or damaged one asks for another (Err).
+    async fn snapshot_end(&mut self, checksum: u64, turn: &mut Turn) -> Result<(), String> {
+        let Some(s) = self.incoming.take() else {
+            return ask_snapshot(self.tx, "a snapshot part was lost").await;
+        };
+        if s.hasher.digest() != checksum || s.received != s.size || s.bad || !s.carry.is_empty() {
+            return ask_snapshot(self.tx, "the snapshot arrived damaged").await;
         }
-        if answer {
-            let confirmed = applied(reg, db, hello.stream).max(spooled.unwrap_or(0));
-            queue(tx, Reply::Ack(confirmed)).await?;
+        let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
+        let installing = std::time::Instant::now();
+        self.repl.spool.clear(&self.reg.link)?;
+        self.spooled = None;
+        let save = install(self.db, s).await?;
+        let saving = tokio::task::spawn_blocking(move || {
+            save.save()
+                .map_err(|e| format!("storing the bootstrap snapshot: {e}"))
+        });
+        queue(self.tx, Reply::Wait(saving)).await?;
+        tracing::info!(
+            link = %self.reg.link,
+            bytes,
+            transfer_secs = transfer.as_secs_f64(),
+            install_secs = installing.elapsed().as_secs_f64(),
+            "bootstrap snapshot installed"
+        );
+        self.bootstrapped(serial)?;
+        turn.answer = true;
+        Ok(())
+    }
+
+    /// A bootstrap brought the replica to `serial` of this source's stream: the link
+    /// adopts the stream, the gates and the link's followers learn the new position.
+    fn bootstrapped(&mut self, serial: u64) -> Result<(), String> {
+        self.repl
+            .adopt_stream(&self.reg.link, self.hello.stream)
+            .map_err(|e| e.to_string())?;
+        self.repl.gates.applied(&self.key, serial, true);
+        self.repl.announce(&self.reg.link, serial, true);
+        self.requested = None;
+        Ok(())
+    }
+
+    /// Before applying a transaction ending at source serial `last`: if interrelation
+    /// information (`deps`) came for it, wait until the updates it depends on in other
+    /// databases are applied on this node (SPEC D3). What was applied before is
+    /// confirmed first, so a held transaction never holds up its predecessors'
+    /// confirmations (and that confirmation never covers it).
+    async fn hold(&self, deps: Option<Vec<wire::Dependency>>, last: u64) -> Result<(), String> {
+        let Some(deps) = deps else {
+            return Ok(());
+        };
+        let done = self.applied();
+        if last <= done {
+            return Ok(());
         }
+        debug_assert!(
+            done < last,
+            "a confirmation never covers a held transaction"
+        );
+        queue(self.tx, Reply::Ack(done)).await?;
+        self.repl
+            .gates
+            .hold(
+                &self.reg.link,
+                &self.reg.source_node,
+                &self.reg.tenant,
+                &deps,
+            )
+            .await;
+        Ok(())
     }
 }
 
-/// Before applying transaction `txn` (ending at source serial `last`): if interrelation
-/// information came for it, wait until the updates it depends on in other databases
-/// are applied on this node (SPEC D3). What was applied before is confirmed first, so
-/// a held transaction never holds up its predecessors' confirmations.
-#[allow(clippy::too_many_arguments)]
-async fn hold(
-    repl: &Replication,
-    reg: &ReplicaReg,
-    hello: &wire::Hello,
-    db: &Database,
-    tx: &mpsc::Sender<Reply>,
-    depends: &mut Option<(u64, Vec<wire::Dependency>)>,
-    txn: u64,
-    last: u64,
-) -> Result<(), String> {
-    let Some((_, deps)) = depends.take().filter(|(t, _)| *t == txn) else {
-        return Ok(());
-    };
-    let done = applied(reg, db, hello.stream);
-    if last <= done {
-        return Ok(());
-    }
-    queue(tx, Reply::Ack(done)).await?;
-    repl.gates
-        .hold(&reg.link, &reg.source_node, &reg.tenant, &deps)
-        .await;
-    Ok(())
+/// Refuse what the source sent (through the writing half, which sends it before
+/// closing) and end the session with the reason.
+async fn refuse_stream(tx: &mpsc::Sender<Reply>, reason: String) -> Result<(), String> {
+    let refusal = wire::single(&Msg::Refused {
+        code: "apply".into(),
+        reason: reason.clone(),
+    });
+    let _ = reply_now(tx, refusal).await;
+    Err(reason)
 }
 
+/// Ask the source for a snapshot (the replica cannot go on from where it is) and end
+/// the session with the reason.
 async fn ask_snapshot(tx: &mpsc::Sender<Reply>, reason: &str) -> Result<(), String> {
     let _ = reply_now(
         tx,
@@ -745,6 +976,8 @@ async fn ask_snapshot(tx: &mpsc::Sender<Reply>, reason: &str) -> Result<(), Stri
     Err(reason.into())
 }
 
+/// Install a received snapshot in place of the store (off the async threads); what
+/// stores it is returned, to run in the background.
 async fn install(
     db: &Arc<Database>,
     s: Incoming,

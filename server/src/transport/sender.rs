@@ -10,6 +10,14 @@
 //! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
 //! frames are sent as soon as there is something to send: the batching delay is the
 //! time the previous frame took to write.
+//!
+//! A session's steps: `connect` (register with the target's API, handshake),
+//! `must_bootstrap` and `bootstrap` (a snapshot when the log cannot continue the
+//! replica), then `stream`, whose loop does the waiting and the socket writes. What to
+//! send is decided by plain state: the `Window` (whether a frame may start, what a
+//! confirmation or a retransmission request does to it) and the `Shipper` (the
+//! durability wait, the log read, the frame with each transaction's stages,
+//! interrelation and versions, and what each reply of the replica changes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -17,9 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use doppel_sdk::abi::OwnedRecord;
 
@@ -146,6 +154,8 @@ enum Event {
     Closed(String),
 }
 
+/// The reading half: turns the replica's messages into [`Event`]s for the session, and
+/// ends with [`Event::Closed`] when the connection does (or a frame is malformed).
 async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
     loop {
         let event = match wire::read_frame(&mut rd).await {
@@ -183,6 +193,7 @@ async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
     }
 }
 
+/// Write one frame to the replica.
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), String> {
     wire::write_frame(w, frame)
         .await
@@ -228,12 +239,14 @@ async fn send_snapshot<W: AsyncWrite + Unpin>(db: &Database, wr: &mut W) -> Resu
     Ok(serial)
 }
 
-/// One connection's life: handshake, optional bootstrap, streaming. Ok when the link's
-/// definition changed (pause, delete); Err with the reason it broke.
+/// One connection's life, step by step: [`connect`] (register, handshake), a snapshot
+/// through [`bootstrap`] when [`must_bootstrap`] says the replica's position cannot be
+/// continued from the log, then [`stream`]. Ok when the link's definition changed
+/// (pause, delete); Err with the reason it broke.
 async fn session(
     repl: &Arc<Replication>,
     link: &Arc<LinkHandle>,
-    control: &mut tokio::sync::watch::Receiver<u64>,
+    control: &mut watch::Receiver<u64>,
 ) -> Result<(), String> {
     let def = link.def.lock().clone();
     link.status.lock().state = LinkState::Connecting;
@@ -241,7 +254,54 @@ async fn session(
         .node
         .database(&def.tenant, &def.spec.database)
         .map_err(|e| format!("the source database: {e}"))?;
-    let registered = register(repl, &def, &db).await?;
+    let (rd, mut wr, peer) = connect(repl, &def, &db).await?;
+    link.status.lock().connections += 1;
+
+    let (last, _) = db.serials();
+    let oldest = db
+        .log_store()
+        .oldest_serial(db.def.uid, LogKind::A)
+        .map_err(|e| e.to_string())?;
+    // Asked for (by the replica, a lost log tail) or needed: either way, once.
+    let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
+    let snapshot = forced || must_bootstrap(&peer, last, oldest);
+    // A mirror's stages are interrelation rules only (checked when the link was made).
+    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.stages)?;
+    let sources = (!stages.rules.is_empty())
+        .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
+    let window = if snapshot {
+        tracing::info!(link = %def.id, replica_serial = peer.last, source_serial = last, "bootstrapping the replica from a snapshot");
+        let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut wr).await?;
+        // Nothing is confirmed until the replica confirms the snapshot's serial.
+        Window::new(serial + 1, 0)
+    } else {
+        Window::new(peer.last + 1, peer.last)
+    };
+    let shipper = Shipper::new(repl, link, def, db, stages, sources, window);
+    shipper.started();
+    stream(shipper, rd, wr, control).await
+}
+
+/// What the replica answered to the handshake.
+struct Peer {
+    /// The last serial it holds of ours: the replica's own serial (mirror) or its
+    /// position in our stream (logical).
+    last: u64,
+    /// The stream it follows (0: none yet).
+    stream: u64,
+    /// Our stream, as the Hello presented it.
+    ours: u64,
+}
+
+/// Register the replica with the target's API, connect to its replication address and
+/// shake hands (protocol version, link, credential): the socket's halves and where the
+/// replica stands.
+async fn connect(
+    repl: &Arc<Replication>,
+    def: &LinkDef,
+    db: &Database,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, Peer), String> {
+    let registered = register(repl, def, db).await?;
     let addr = def
         .spec
         .target
@@ -254,7 +314,7 @@ async fn session(
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     sock.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = sock.into_split();
-    let stream = repl.stream_id(&db);
+    let ours = repl.stream_id(db);
     send(
         &mut wr,
         &wire::single(&Msg::Hello(Hello {
@@ -264,7 +324,7 @@ async fn session(
             source_node: repl.node_id.clone(),
             tenant: def.tenant.clone(),
             database: def.spec.target.database.clone(),
-            stream,
+            stream: ours,
         })),
     )
     .await?;
@@ -272,7 +332,7 @@ async fn session(
         .await
         .map_err(|_| "the replica did not answer the handshake".to_string())?
         .map_err(|e| format!("handshake: {e}"))?;
-    let (their_last, their_stream) = match wire::messages(&payload)
+    match wire::messages(&payload)
         .map_err(|e| e.to_string())?
         .into_iter()
         .next()
@@ -281,79 +341,67 @@ async fn session(
             last_serial,
             stream,
             ..
-        }) => (last_serial, stream),
+        }) => Ok((
+            rd,
+            wr,
+            Peer {
+                last: last_serial,
+                stream,
+                ours,
+            },
+        )),
         Some(Msg::Refused { code, reason }) => {
-            return Err(format!("the replica refused the link: {reason} ({code})"))
+            Err(format!("the replica refused the link: {reason} ({code})"))
         }
-        _ => return Err("the replica answered the handshake with something else".into()),
+        _ => Err("the replica answered the handshake with something else".into()),
+    }
+}
+
+/// Whether the replica cannot be continued from the log and needs a snapshot: it
+/// follows another stream (and is not fresh), it is ahead of the source (the source
+/// lost its tail), or the log no longer reaches back to the replica's next serial.
+fn must_bootstrap(peer: &Peer, last: u64, oldest: Option<u64>) -> bool {
+    let fresh = peer.stream == 0 && peer.last == 0;
+    let log_reaches = peer.last >= last || oldest.is_some_and(|o| o <= peer.last + 1);
+    (peer.stream != peer.ours && !fresh) || peer.last > last || !log_reaches
+}
+
+/// Send the replica a snapshot (a frozen copy of the store, or of its records through
+/// the stages for a logical link): the serial it will stand at.
+async fn bootstrap<W: AsyncWrite + Unpin>(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    db: &Database,
+    chain: &mut crate::plugins::Chain,
+    wr: &mut W,
+) -> Result<u64, String> {
+    link.status.lock().state = LinkState::Bootstrapping;
+    let serial = if def.spec.apply == Apply::Logical {
+        send_logical_snapshot(repl, link, def, db, chain, wr).await?
+    } else {
+        send_snapshot(db, wr).await?
     };
-    link.status.lock().connections += 1;
+    link.status.lock().bootstraps += 1;
+    Ok(serial)
+}
 
-    let uid = db.def.uid;
-    let (last, _) = db.serials();
-    let oldest = db
-        .log_store()
-        .oldest_serial(uid, LogKind::A)
-        .map_err(|e| e.to_string())?;
-    let fresh = their_stream == 0 && their_last == 0;
-    let log_reaches = their_last >= last || oldest.is_some_and(|o| o <= their_last + 1);
-    let bootstrap = link.force_bootstrap.swap(false, Ordering::SeqCst)
-        || (their_stream != stream && !fresh)
-        || their_last > last
-        || !log_reaches;
-    let mut next = their_last + 1;
-    let mut acked = their_last;
-    let logical = def.spec.apply == Apply::Logical;
-    // A mirror's stages are interrelation rules only (checked when the link was made).
-    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.stages)?;
-    let mut sources = (!stages.rules.is_empty())
-        .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
-    if bootstrap {
-        link.status.lock().state = LinkState::Bootstrapping;
-        tracing::info!(link = %def.id, replica_serial = their_last, source_serial = last, "bootstrapping the replica from a snapshot");
-        let serial = if logical {
-            send_logical_snapshot(repl, link, &def, &db, &mut stages.chain, &mut wr).await?
-        } else {
-            send_snapshot(&db, &mut wr).await?
-        };
-        next = serial + 1;
-        acked = 0;
-        link.status.lock().bootstraps += 1;
-    }
-    {
-        let mut status = link.status.lock();
-        status.state = LinkState::Streaming;
-        status.acked_serial = acked;
-        status.sent_serial = next - 1;
-    }
-    if def.spec.mode == Mode::Sync {
-        db.quorum.ack(&def.id, acked);
-    }
-
+/// Stream the log until the definition changes (Ok) or the connection breaks (Err):
+/// ship a frame whenever the log holds more and the window has room; otherwise wait for
+/// whichever comes first of more log, a reply, the heartbeat and a change of the
+/// definition. The waiting and the socket are here; what to send and what a reply
+/// changes are the [`Shipper`]'s.
+async fn stream(
+    mut s: Shipper<'_>,
+    rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    control: &mut watch::Receiver<u64>,
+) -> Result<(), String> {
     let (tx, mut events) = mpsc::channel(256);
     let reader = tokio::spawn(read_replies(rd, tx));
     let _reader = AbortOnDrop(reader);
-    let mut appended = db.subscribe_appended();
+    let mut appended = s.db.subscribe_appended();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut rate = (Instant::now(), acked);
-    let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
-    // Everything up to here is known durable on the source.
-    let mut durable = 0;
-    let mut frame = FrameWriter::new();
-    // The timestamp of the last update shipped: with the serial shipped, the watermark.
-    let mut last_shipped_us = 0;
-    // A database's files are fixed when it is created: one copy serves the session.
-    let schema = db.schema();
-    // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
-    let mutual = def.spec.conflicts.is_some();
-    let also: &[LogKind] = match (logical, def.spec.b_log) {
-        // A mutual link sends each record's before image, a resolver's base.
-        (true, _) if mutual => &[LogKind::B],
-        (true, _) => &[],
-        (false, true) => &[LogKind::B, LogKind::T],
-        (false, false) => &[LogKind::T],
-    };
     loop {
         // The definition changed (stages swapped, paused, deleted): nothing more ships
         // under the old one; the next session reads the new one. Checked before each
@@ -362,88 +410,13 @@ async fn session(
             return Ok(());
         }
         let available = *appended.borrow_and_update();
-        let hold = link.hold_at.load(Ordering::SeqCst);
-        let held = hold != 0 && next > hold;
-        if next <= available && next - 1 < acked + WINDOW_ENTRIES && !held {
-            if !ship_early && next > durable {
-                // `available` was read before this flush was asked for: it is covered.
-                db.await_durable()
-                    .await
-                    .map_err(|e| format!("the source log: {e}"))?;
-                durable = available;
-            }
-            let txns = db
-                .log_store()
-                .read_txns(uid, next - 1, FRAME_BYTES, also)
-                .map_err(|e| format!("reading the source log: {e}"))?;
-            if txns.first().map(|t| t.first_serial) != Some(next) {
-                link.force_bootstrap.store(true, Ordering::SeqCst);
-                return Err(format!(
-                    "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
-                ));
-            }
-            frame.clear();
-            for txn in &txns {
-                if hold != 0 && txn.first_serial > hold {
-                    break;
-                }
-                let mut stamps = None;
-                let staged = if logical || sources.is_some() {
-                    let mut records = logical::records(&schema, repl.origin(), txn)?;
-                    if mutual {
-                        let (local, by_serial) = mutual::outgoing(&schema, txn, records)?;
-                        records = local;
-                        stamps = Some(by_serial);
-                    }
-                    let mut batch = doppel_sdk::abi::BatchBuilder::new();
-                    for r in &records {
-                        batch.push(r);
-                    }
-                    Some((records, batch))
-                } else {
-                    None
-                };
-                if let (Some(sources), Some((records, batch))) = (sources.as_mut(), &staged) {
-                    let deps = interrelate(
-                        repl,
-                        link,
-                        &def,
-                        &mut stages.rules,
-                        sources,
-                        txn,
-                        records,
-                        batch,
-                    )?;
-                    if !deps.is_empty() {
-                        frame.push(&Msg::Depends { txn: txn.txn, deps });
-                        link.status.lock().interrelated += 1;
-                    }
-                }
-                match staged.filter(|_| logical) {
-                    Some((records, batch)) => {
-                        let ops = stage(repl, link, &def, &mut stages.chain, txn, &records, batch)?;
-                        if let Some(stamps) = &stamps {
-                            frame.push(&mutual::versions_msg(txn.txn, &ops, stamps)?);
-                        }
-                        frame.push(&Msg::Logical {
-                            txn: txn.txn,
-                            first_serial: txn.first_serial,
-                            last_serial: txn.last_serial,
-                            ops: &ops,
-                        });
-                    }
-                    None => push_mirror(&mut frame, txn),
-                }
-                in_flight.push_back((txn.last_serial, txn.last_timestamp_us));
-                next = txn.last_serial + 1;
-                last_shipped_us = txn.last_timestamp_us;
-            }
-            frame.push(&Msg::Watermark {
-                serial: next - 1,
-                timestamp_us: last_shipped_us,
-            });
-            send(&mut wr, frame.frame()).await?;
-            link.status.lock().sent_serial = next - 1;
+        let hold = s.link.hold_at.load(Ordering::SeqCst);
+        if s.window.may_send(available, hold) {
+            s.await_durable(available).await?;
+            let txns = s.read_log()?;
+            let frame = s.frame(&txns, hold)?;
+            send(&mut wr, frame).await?;
+            s.link.status.lock().sent_serial = s.window.sent();
             continue;
         }
         tokio::select! {
@@ -452,60 +425,405 @@ async fn session(
                     return Err("the source database was deleted".into());
                 }
             }
-            event = events.recv() => match event {
-                Some(Event::Acked(serial)) => {
-                    if serial > acked {
-                        acked = serial;
-                        while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
-                            in_flight.pop_front();
-                        }
-                        let mut status = link.status.lock();
-                        status.acked_serial = acked;
-                        status.lag_ms = in_flight.front().map_or(0, |(_, ts)| wall_us().saturating_sub(*ts) / 1000);
-                        drop(status);
-                        if def.spec.mode == Mode::Sync {
-                            db.quorum.ack(&def.id, acked);
-                        }
-                    }
-                }
-                Some(Event::Suspended(suspended)) => {
-                    // A detached replica is not waited for (SPEC G6).
-                    if def.spec.mode == Mode::Sync {
-                        db.quorum.set_suspended(&def.id, suspended);
-                    }
-                    link.status.lock().state = if suspended { LinkState::Suspended } else { LinkState::Streaming };
-                    tracing::info!(link = %def.id, suspended, "the replica changed its attachment");
-                }
-                Some(Event::Retransmit(from)) => {
-                    if from < next && from > acked.saturating_sub(1) {
-                        tracing::debug!(link = %def.id, from, "retransmitting");
-                        next = from.max(1);
-                        in_flight.retain(|(s, _)| *s < from);
-                    }
-                }
-                Some(Event::NeedBootstrap(reason)) => {
-                    link.force_bootstrap.store(true, Ordering::SeqCst);
-                    return Err(format!("the replica asked for a snapshot: {reason}"));
-                }
-                Some(Event::Closed(reason)) => return Err(reason),
-                None => return Err("the replica's connection ended".into()),
-            },
-            _ = heartbeat.tick() => {
-                let (elapsed, base) = (rate.0.elapsed().as_secs_f64(), rate.1);
-                if elapsed >= 1.0 {
-                    let mut status = link.status.lock();
-                    let now = (acked - base.min(acked)) as f64 / elapsed;
-                    status.throughput = if status.throughput == 0.0 { now } else { 0.5 * status.throughput + 0.5 * now };
-                    status.lag_ms = in_flight.front().map_or(0, |(_, ts)| wall_us().saturating_sub(*ts) / 1000);
-                    rate = (Instant::now(), acked);
-                }
-                let mut frame = FrameWriter::new();
-                frame.push(&Msg::Heartbeat);
-                frame.push(&Msg::Watermark { serial: next - 1, timestamp_us: complete_us(&db, next - 1, last_shipped_us) });
-                send(&mut wr, &frame.finish()).await?;
-            }
+            event = events.recv() => s.on_event(event)?,
+            _ = heartbeat.tick() => send(&mut wr, &s.heartbeat()).await?,
             _ = control.changed() => return Ok(()),
         }
+    }
+}
+
+/// A session's window over the stream: the next serial to send, the last one the
+/// replica confirmed, and the transactions sent in between. Plain data: it decides
+/// whether a frame may start and what a confirmation or a retransmission request does
+/// to it; the socket is the caller's.
+///
+/// Invariants: `acked` never moves backward; the in-flight transactions' serials
+/// increase and are all below `next`; a frame starts only with fewer than
+/// [`WINDOW_ENTRIES`] serials sent past `acked` (the frame itself may carry up to
+/// [`FRAME_BYTES`] of log, or one larger transaction, past that).
+struct Window {
+    /// The next serial to send (at least 1).
+    next: u64,
+    /// The last serial the replica confirmed (0 after a bootstrap, until it confirms
+    /// the snapshot).
+    acked: u64,
+    /// (last serial, timestamp in µs) of each transaction sent and not yet confirmed.
+    in_flight: VecDeque<(u64, u64)>,
+}
+
+impl Window {
+    fn new(next: u64, acked: u64) -> Window {
+        debug_assert!(next >= 1, "serials start at 1");
+        Window {
+            next,
+            acked,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// The last serial sent.
+    fn sent(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Room for another frame: fewer than [`WINDOW_ENTRIES`] serials unconfirmed
+    /// (backpressure).
+    fn has_room(&self) -> bool {
+        self.next - 1 < self.acked + WINDOW_ENTRIES
+    }
+
+    /// Whether a frame may start: the log holds serial `next` (`available` is the last
+    /// appended), the window has room, and a verify's hold (`hold`, 0: none) is not
+    /// reached.
+    fn may_send(&self, available: u64, hold: u64) -> bool {
+        let held = hold != 0 && self.next > hold;
+        self.next <= available && self.has_room() && !held
+    }
+
+    /// Transaction `first..=last`, stamped `timestamp_us` at its end, went into a
+    /// frame. The log is read in order without gaps, so it starts at `next`.
+    fn sent_txn(&mut self, first: u64, last: u64, timestamp_us: u64) {
+        debug_assert_eq!(first, self.next, "transactions are sent in serial order");
+        debug_assert!(last >= first, "a transaction ends at or after its start");
+        debug_assert!(
+            self.in_flight.back().is_none_or(|(s, _)| *s < last),
+            "in-flight serials increase"
+        );
+        self.in_flight.push_back((last, timestamp_us));
+        self.next = last + 1;
+    }
+
+    /// The replica confirmed `serial`: true if that moved the window (a confirmation
+    /// reordered or duplicated on the way is older than one already seen).
+    fn ack(&mut self, serial: u64) -> bool {
+        if serial <= self.acked {
+            return false;
+        }
+        self.acked = serial;
+        while self.in_flight.front().is_some_and(|(s, _)| *s <= serial) {
+            self.in_flight.pop_front();
+        }
+        true
+    }
+
+    /// The replica asked for everything from `from` again: true if the request is
+    /// current (sent and not confirmed), which rewinds the window to it.
+    fn rewind(&mut self, from: u64) -> bool {
+        if !(from < self.next && from > self.acked.saturating_sub(1)) {
+            return false;
+        }
+        self.next = from.max(1);
+        self.in_flight.retain(|(s, _)| *s < from);
+        true
+    }
+
+    /// How long the oldest unconfirmed transaction has been waiting, in ms.
+    fn lag_ms(&self) -> u64 {
+        self.in_flight
+            .front()
+            .map_or(0, |(_, ts)| wall_us().saturating_sub(*ts) / 1000)
+    }
+}
+
+/// A transaction's records, ready for the stages and the interrelation rules.
+struct Staged {
+    records: Vec<OwnedRecord>,
+    batch: doppel_sdk::abi::BatchBuilder,
+    /// A mutual link's record versions, by record serial.
+    stamps: Option<HashMap<u64, Stamp>>,
+}
+
+/// One streaming session's state on the source: what the link ships and how (mirror or
+/// logical, stages, interrelation rules, the extra logs), the [`Window`], and the frame
+/// being built, reused frame after frame. Its methods decide what to send and build it,
+/// and account what the replica answers; [`stream`] does the waiting and the writing.
+struct Shipper<'a> {
+    repl: &'a Arc<Replication>,
+    link: &'a Arc<LinkHandle>,
+    def: LinkDef,
+    db: Arc<Database>,
+    /// A database's files are fixed when it is created: one copy serves the session.
+    schema: crate::store::Schema,
+    stages: logical::Stages,
+    /// The tenant's other databases, when the link has interrelation rules.
+    sources: Option<interrelation::Sources>,
+    logical: bool,
+    mutual: bool,
+    /// The logs shipped besides A.
+    also: &'static [LogKind],
+    /// Ship what is in the log without waiting for it to be durable.
+    ship_early: bool,
+    /// Everything up to here is known durable on the source.
+    durable: u64,
+    window: Window,
+    frame: FrameWriter,
+    /// The timestamp of the last update shipped: with the serial shipped, the watermark.
+    last_shipped_us: u64,
+    /// When the throughput was last measured, and the confirmed serial then.
+    rate: (Instant, u64),
+}
+
+impl<'a> Shipper<'a> {
+    fn new(
+        repl: &'a Arc<Replication>,
+        link: &'a Arc<LinkHandle>,
+        def: LinkDef,
+        db: Arc<Database>,
+        stages: logical::Stages,
+        sources: Option<interrelation::Sources>,
+        window: Window,
+    ) -> Shipper<'a> {
+        let logical = def.spec.apply == Apply::Logical;
+        // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
+        let mutual = def.spec.conflicts.is_some();
+        let also: &'static [LogKind] = match (logical, def.spec.b_log) {
+            // A mutual link sends each record's before image, a resolver's base.
+            (true, _) if mutual => &[LogKind::B],
+            (true, _) => &[],
+            (false, true) => &[LogKind::B, LogKind::T],
+            (false, false) => &[LogKind::T],
+        };
+        let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
+        Shipper {
+            repl,
+            link,
+            schema: db.schema(),
+            rate: (Instant::now(), window.acked),
+            def,
+            db,
+            stages,
+            sources,
+            logical,
+            mutual,
+            also,
+            ship_early,
+            durable: 0,
+            window,
+            frame: FrameWriter::new(),
+            last_shipped_us: 0,
+        }
+    }
+
+    /// The link is streaming: its status and, for a synchronous link, the quorum learn
+    /// where the replica stands.
+    fn started(&self) {
+        {
+            let mut status = self.link.status.lock();
+            status.state = LinkState::Streaming;
+            status.acked_serial = self.window.acked;
+            status.sent_serial = self.window.sent();
+        }
+        if self.def.spec.mode == Mode::Sync {
+            self.db.quorum.ack(&self.def.id, self.window.acked);
+        }
+    }
+
+    /// An asynchronous link ships only what is durable on the source: wait for the
+    /// flush that covers `available` unless that is known already.
+    async fn await_durable(&mut self, available: u64) -> Result<(), String> {
+        if !self.ship_early && self.window.next > self.durable {
+            // `available` was read before this flush was asked for: it is covered.
+            self.db
+                .await_durable()
+                .await
+                .map_err(|e| format!("the source log: {e}"))?;
+            self.durable = available;
+        }
+        Ok(())
+    }
+
+    /// The next transactions from the log, up to [`FRAME_BYTES`], starting at the
+    /// window's next serial. If the log no longer holds it, the replica must be
+    /// bootstrapped again (Err; the next session does it).
+    fn read_log(&self) -> Result<Vec<crate::log::durable::RawTxn>, String> {
+        let next = self.window.next;
+        let txns = self
+            .db
+            .log_store()
+            .read_txns(self.db.def.uid, next - 1, FRAME_BYTES, self.also)
+            .map_err(|e| format!("reading the source log: {e}"))?;
+        if txns.first().map(|t| t.first_serial) != Some(next) {
+            self.link.force_bootstrap.store(true, Ordering::SeqCst);
+            return Err(format!(
+                "the source log no longer holds serial {next}; the replica will be re-bootstrapped"
+            ));
+        }
+        Ok(txns)
+    }
+
+    /// Build the frame of `txns` (up to a verify's hold, `hold`, 0: none), ending with
+    /// the watermark; the window counts them as sent.
+    fn frame(&mut self, txns: &[crate::log::durable::RawTxn], hold: u64) -> Result<&[u8], String> {
+        debug_assert!(
+            self.window.has_room(),
+            "a frame starts only with room in the window"
+        );
+        self.frame.clear();
+        for txn in txns {
+            if hold != 0 && txn.first_serial > hold {
+                break;
+            }
+            self.push_txn(txn)?;
+            self.window
+                .sent_txn(txn.first_serial, txn.last_serial, txn.last_timestamp_us);
+            self.last_shipped_us = txn.last_timestamp_us;
+        }
+        self.frame.push(&Msg::Watermark {
+            serial: self.window.sent(),
+            timestamp_us: self.last_shipped_us,
+        });
+        Ok(self.frame.frame())
+    }
+
+    /// Put one transaction into the frame: as stored (mirror) or as the operations the
+    /// stages make of it (logical); first its dependencies when the link has
+    /// interrelation rules, and on a mutual link its records' versions.
+    fn push_txn(&mut self, txn: &crate::log::durable::RawTxn) -> Result<(), String> {
+        let staged = self.staged(txn)?;
+        if let (Some(sources), Some(staged)) = (self.sources.as_mut(), &staged) {
+            let deps = interrelate(
+                self.repl,
+                self.link,
+                &self.def,
+                &mut self.stages.rules,
+                sources,
+                txn,
+                &staged.records,
+                &staged.batch,
+            )?;
+            if !deps.is_empty() {
+                self.frame.push(&Msg::Depends { txn: txn.txn, deps });
+                self.link.status.lock().interrelated += 1;
+            }
+        }
+        match staged.filter(|_| self.logical) {
+            Some(staged) => {
+                let ops = stage(
+                    self.repl,
+                    self.link,
+                    &self.def,
+                    &mut self.stages.chain,
+                    txn,
+                    &staged.records,
+                    staged.batch,
+                )?;
+                if let Some(stamps) = &staged.stamps {
+                    self.frame
+                        .push(&mutual::versions_msg(txn.txn, &ops, stamps)?);
+                }
+                self.frame.push(&Msg::Logical {
+                    txn: txn.txn,
+                    first_serial: txn.first_serial,
+                    last_serial: txn.last_serial,
+                    ops: &ops,
+                });
+            }
+            None => push_mirror(&mut self.frame, txn),
+        }
+        Ok(())
+    }
+
+    /// A transaction's records, when the stages or the interrelation rules need them
+    /// (None for a mirror without rules: it ships the stored chunks).
+    fn staged(&self, txn: &crate::log::durable::RawTxn) -> Result<Option<Staged>, String> {
+        if !self.logical && self.sources.is_none() {
+            return Ok(None);
+        }
+        let mut records = logical::records(&self.schema, self.repl.origin(), txn)?;
+        let mut stamps = None;
+        if self.mutual {
+            let (local, by_serial) = mutual::outgoing(&self.schema, txn, records)?;
+            records = local;
+            stamps = Some(by_serial);
+        }
+        let mut batch = doppel_sdk::abi::BatchBuilder::new();
+        for r in &records {
+            batch.push(r);
+        }
+        Ok(Some(Staged {
+            records,
+            batch,
+            stamps,
+        }))
+    }
+
+    /// What the replica said: a confirmation moves the window, a retransmission request
+    /// rewinds it; a request for a snapshot, a refusal or the end of the connection end
+    /// the session (Err). No waiting here: a confirmation reaches the quorum at once.
+    fn on_event(&mut self, event: Option<Event>) -> Result<(), String> {
+        match event {
+            Some(Event::Acked(serial)) => self.acked(serial),
+            Some(Event::Suspended(suspended)) => self.suspended(suspended),
+            Some(Event::Retransmit(from)) => {
+                if self.window.rewind(from) {
+                    tracing::debug!(link = %self.def.id, from, "retransmitting");
+                }
+            }
+            Some(Event::NeedBootstrap(reason)) => {
+                self.link.force_bootstrap.store(true, Ordering::SeqCst);
+                return Err(format!("the replica asked for a snapshot: {reason}"));
+            }
+            Some(Event::Closed(reason)) => return Err(reason),
+            None => return Err("the replica's connection ended".into()),
+        }
+        Ok(())
+    }
+
+    /// The replica confirmed `serial`: the window, the status and, for a synchronous
+    /// link, the quorum (which releases the commits waiting for it) move on.
+    fn acked(&mut self, serial: u64) {
+        let before = self.window.acked;
+        if !self.window.ack(serial) {
+            return;
+        }
+        debug_assert!(self.window.acked > before, "acked never moves backward");
+        let mut status = self.link.status.lock();
+        status.acked_serial = self.window.acked;
+        status.lag_ms = self.window.lag_ms();
+        drop(status);
+        if self.def.spec.mode == Mode::Sync {
+            self.db.quorum.ack(&self.def.id, self.window.acked);
+        }
+    }
+
+    /// The replica was suspended (true) or released: a detached replica is not waited
+    /// for (SPEC G6).
+    fn suspended(&self, suspended: bool) {
+        if self.def.spec.mode == Mode::Sync {
+            self.db.quorum.set_suspended(&self.def.id, suspended);
+        }
+        self.link.status.lock().state = if suspended {
+            LinkState::Suspended
+        } else {
+            LinkState::Streaming
+        };
+        tracing::info!(link = %self.def.id, suspended, "the replica changed its attachment");
+    }
+
+    /// The heartbeat's frame, with the watermark (so a loss at the end of the stream
+    /// shows); at most once a second it also measures throughput and lag.
+    fn heartbeat(&mut self) -> Vec<u8> {
+        let (elapsed, base) = (self.rate.0.elapsed().as_secs_f64(), self.rate.1);
+        if elapsed >= 1.0 {
+            let acked = self.window.acked;
+            let mut status = self.link.status.lock();
+            let now = (acked - base.min(acked)) as f64 / elapsed;
+            status.throughput = if status.throughput == 0.0 {
+                now
+            } else {
+                0.5 * status.throughput + 0.5 * now
+            };
+            status.lag_ms = self.window.lag_ms();
+            self.rate = (Instant::now(), acked);
+        }
+        let mut frame = FrameWriter::new();
+        frame.push(&Msg::Heartbeat);
+        let sent = self.window.sent();
+        frame.push(&Msg::Watermark {
+            serial: sent,
+            timestamp_us: complete_us(&self.db, sent, self.last_shipped_us),
+        });
+        frame.finish()
     }
 }
 
