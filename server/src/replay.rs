@@ -185,10 +185,11 @@ pub fn replay(
     }
     let original = client_operations(&db, req.from_serial, to)?;
     let mut stages = match &req.transform {
-        Some(spec) => Some(
-            logical::stages(registry, tenant, std::slice::from_ref(spec))
-                .map_err(Error::Malformed)?,
-        ),
+        Some(spec) => Some(logical::stages(
+            registry,
+            tenant,
+            std::slice::from_ref(spec),
+        )?),
         None => None,
     };
     if stages.as_ref().is_some_and(|s| !s.rules.is_empty()) {
@@ -226,7 +227,7 @@ pub fn replay(
             }
             None => batch,
         };
-        let bytes = logical::ops_bytes(&out).map_err(Error::Unavailable)?;
+        let bytes = logical::ops_bytes(&out)?;
         let ops = logical::decode_ops(&schema, &bytes)
             .map_err(|e| ReplayError::Rejected(format!("transaction {txn}: {e}")))?;
         operations += ops.len();

@@ -236,7 +236,7 @@ pub async fn conflicts(
     let log = &app.replication.conflicts;
     let list = log
         .list(db.def.uid, q.limit.min(1000))
-        .map_err(|e| ApiError::from(crate::node::Error::Unavailable(e)))?;
+        .map_err(|e| ApiError::from(crate::node::Error::Log(e)))?;
     Ok(Json(json!({
         "database": db.name(),
         "count": log.count(db.def.uid),

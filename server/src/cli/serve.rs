@@ -205,7 +205,8 @@ async fn serve(
         plugins.clone(),
         replication_listen,
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     if let (Some(others), Some(keyring)) = (demo, tenancy.keyring.as_ref()) {
         let url = format!("http://{local}");
         let token = keyring.issue(

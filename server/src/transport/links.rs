@@ -276,12 +276,10 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 /// A fresh random secret (32 bytes from the OS, hex).
-pub fn random_secret() -> Result<String, String> {
+pub fn random_secret() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read random bytes: {e}"))?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -19,13 +19,28 @@ use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 use super::links::StageSpec;
 use super::spool::prefix;
 use crate::log::codec;
-use crate::log::durable::RawTxn;
+use crate::log::durable::{LogError, RawTxn};
 use crate::log::OpKind;
 use crate::log::{LogKind, Outcome};
-use crate::node::{records, versions};
+use crate::node::{records, versions, Error, Result};
 use crate::plugins::{Chain, Registry, Role};
 use crate::store::{block, Effect, Schema, Store};
 use crate::txn::Op;
+
+/// Shipped operations this database cannot take (the message names the record).
+fn bad(detail: impl Into<String>) -> Error {
+    Error::Malformed(detail.into())
+}
+
+/// A log chunk that does not decode.
+fn damaged(detail: impl std::fmt::Display) -> Error {
+    Error::Log(LogError::Damaged(detail.to_string()))
+}
+
+/// A stored JSON value (a dead letter).
+fn stored_json(bytes: &[u8]) -> std::result::Result<Value, LogError> {
+    serde_json::from_slice(bytes).map_err(|e| LogError::Damaged(format!("a dead letter: {e}")))
+}
 
 /// A link's stages, loaded: its interrelation rules (which only read) and the chain of
 /// filters and transforms (which change what ships).
@@ -43,7 +58,7 @@ impl Stages {
 /// Load a link's stages, each `name@version` from the tenant's registry, with its
 /// config. Rules run on the source's records whatever their place in the list; filters
 /// and transforms run in the order given.
-pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<Stages, String> {
+pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<Stages> {
     let mut out = Stages {
         rules: Vec::new(),
         chain: Chain { stages: Vec::new() },
@@ -54,11 +69,11 @@ pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<
             Role::Rule => out.rules.push(loaded),
             Role::Filter | Role::Transform => out.chain.stages.push(loaded),
             role => {
-                return Err(format!(
+                return Err(Error::Malformed(format!(
                     "stages[{i}] ({}): a {role} is not a link stage (links take filters, \
                      transforms and interrelation rules)",
                     stage.plugin
-                ))
+                )))
             }
         }
     }
@@ -72,16 +87,16 @@ pub fn load_stage(
     tenant: &str,
     stage: &StageSpec,
     at: &str,
-) -> Result<crate::plugins::Stage, String> {
+) -> Result<crate::plugins::Stage> {
     let (name, version) = stage.plugin.split_once('@').ok_or_else(|| {
-        format!(
+        Error::Malformed(format!(
             "{at}: name the plugin as name@version, not '{}'",
             stage.plugin
-        )
+        ))
     })?;
     let template = registry
         .template(tenant, name, version)
-        .map_err(|e| format!("{at} ({}): {e}", stage.plugin))?;
+        .map_err(|e| Error::Malformed(format!("{at} ({}): {e}", stage.plugin)))?;
     let config = if stage.config.is_null() {
         String::new()
     } else {
@@ -89,18 +104,18 @@ pub fn load_stage(
     };
     template
         .stage(&config)
-        .map_err(|e| format!("{at} ({}): {e}", stage.plugin))
+        .map_err(|e| Error::Malformed(format!("{at} ({}): {e}", stage.plugin)))
 }
 
 /// The records of one transaction (main files only; reorganisations and undo updates
 /// carry nothing a key-based replica needs, and a cancelled transaction none at all).
-pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRecord>, String> {
+pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRecord>> {
     let mut out = Vec::new();
     if txn.outcome == Outcome::Cancelled {
         return Ok(out);
     }
     for chunk in txn.chunks.iter().filter(|c| c.head.kind == LogKind::A) {
-        let decoded = codec::decode(&chunk.bytes).map_err(|e| e.to_string())?;
+        let decoded = codec::decode(&chunk.bytes).map_err(damaged)?;
         for entry in &decoded.entries {
             let h = entry.header;
             if h.undo || h.effect == Effect::Reorg {
@@ -134,8 +149,11 @@ pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRe
                     } else {
                         RecordOp::Update
                     };
-                    let image = entry.image.ok_or("a put without its after image")?;
-                    let r = block::decode(image).ok_or("an undecodable after image")?;
+                    let image = entry
+                        .image
+                        .ok_or_else(|| damaged("a put without its after image"))?;
+                    let r = block::decode(image)
+                        .ok_or_else(|| damaged("an undecodable after image"))?;
                     record.key = String::from_utf8_lossy(r.key).into_owned();
                     record.data = r.data.to_vec();
                     record.alt = r
@@ -171,15 +189,15 @@ pub fn record_json(r: &OwnedRecord) -> Value {
 /// The operations a batch of (staged) records asks the replica for, as the batch's own
 /// record bytes (`len u32 | record`, the layout of `doppel_sdk::abi`): nothing is
 /// re-encoded on the way. Reads are dropped.
-pub fn ops_bytes(batch: &BatchBuilder) -> Result<Vec<u8>, String> {
+pub fn ops_bytes(batch: &BatchBuilder) -> Result<Vec<u8>> {
     let b = batch.as_batch();
     let mut out = Vec::with_capacity(b.arena.len() + 4 * b.len());
     for i in 0..b.len() {
         let raw = b
             .raw(i)
-            .map_err(|e| format!("a stage produced an undecodable record: {e:?}"))?;
+            .map_err(|e| bad(format!("a stage produced an undecodable record: {e:?}")))?;
         let r = Record::decode(raw)
-            .map_err(|e| format!("a stage produced an undecodable record: {e:?}"))?;
+            .map_err(|e| bad(format!("a stage produced an undecodable record: {e:?}")))?;
         if r.op == RecordOp::Read {
             continue;
         }
@@ -192,7 +210,7 @@ pub fn ops_bytes(batch: &BatchBuilder) -> Result<Vec<u8>, String> {
 /// The replica's side of [`ops_bytes`]: each record resolved against this database's
 /// schema into an upsert or a delete. A file the replica lacks, an alternate key it does
 /// not declare or data that is not JSON is an error naming the record.
-pub fn decode_ops(schema: &Schema, bytes: &[u8]) -> Result<Vec<Op>, String> {
+pub fn decode_ops(schema: &Schema, bytes: &[u8]) -> Result<Vec<Op>> {
     let mut ops = Vec::new();
     for_each_record(bytes, |r| {
         ops.push(decode_op(schema, &r)?.1);
@@ -204,28 +222,35 @@ pub fn decode_ops(schema: &Schema, bytes: &[u8]) -> Result<Vec<Op>, String> {
 /// Each record of [`ops_bytes`]'s output, in order.
 pub fn for_each_record(
     mut bytes: &[u8],
-    mut f: impl FnMut(Record<'_>) -> Result<(), String>,
-) -> Result<(), String> {
+    mut f: impl FnMut(Record<'_>) -> Result<()>,
+) -> Result<()> {
     while !bytes.is_empty() {
         let len = bytes
             .get(..4)
             .map(|l| u32::from_le_bytes(l.try_into().expect("4")) as usize)
-            .ok_or("truncated operations")?;
-        let raw = bytes.get(4..4 + len).ok_or("truncated operations")?;
+            .ok_or_else(|| bad("truncated operations"))?;
+        let raw = bytes
+            .get(4..4 + len)
+            .ok_or_else(|| bad("truncated operations"))?;
         bytes = &bytes[4 + len..];
-        f(Record::decode(raw).map_err(|e| format!("an undecodable record: {e:?}"))?)?;
+        f(Record::decode(raw).map_err(|e| bad(format!("an undecodable record: {e:?}")))?)?;
     }
     Ok(())
 }
 
 /// One shipped record as an operation of this database, with its table.
-pub fn decode_op(schema: &Schema, r: &Record<'_>) -> Result<(usize, Op), String> {
+pub fn decode_op(schema: &Schema, r: &Record<'_>) -> Result<(usize, Op)> {
     let table = schema
         .file_index(r.file)
         .filter(|t| schema.files[*t].name != versions::VERSIONS_FILE)
-        .ok_or_else(|| format!("record '{}': this database has no file '{}'", r.key, r.file))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "record '{}': this database has no file '{}'",
+                r.key, r.file
+            ))
+        })?;
     let file = schema.main_id(table);
-    Store::check_key(r.key.as_bytes()).map_err(|e| format!("record '{}': {e}", r.key))?;
+    Store::check_key(r.key.as_bytes()).map_err(|e| bad(format!("record '{}': {e}", r.key)))?;
     if r.op == RecordOp::Delete {
         let op = Op {
             kind: OpKind::Delete,
@@ -235,16 +260,17 @@ pub fn decode_op(schema: &Schema, r: &Record<'_>) -> Result<(usize, Op), String>
         return Ok((table, op));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(r.data)
-        .map_err(|e| format!("record '{}': its data is not JSON: {e}", r.key))?;
+        .map_err(|e| bad(format!("record '{}': its data is not JSON: {e}", r.key)))?;
     let alt: BTreeMap<String, String> = r
         .alt()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let data = std::str::from_utf8(r.data)
-        .map_err(|_| format!("record '{}': data is not UTF-8", r.key))?;
-    let raw_data = RawValue::from_string(data.to_string()).map_err(|e| e.to_string())?;
+        .map_err(|_| bad(format!("record '{}': data is not UTF-8", r.key)))?;
+    let raw_data = RawValue::from_string(data.to_string())
+        .map_err(|e| bad(format!("record '{}': {e}", r.key)))?;
     let payload = records::encode(&schema.files[table], r.key, &alt, Some(&raw_data))
-        .map_err(|e| format!("record '{}': {e}", r.key))?;
+        .map_err(|e| bad(format!("record '{}': {e}", r.key)))?;
     let op = Op {
         kind: OpKind::Upsert,
         file,
@@ -265,37 +291,34 @@ impl DeadLetters {
     }
 
     /// Keep a rejected record with why and where.
-    pub fn push(&self, link: &str, seq: u64, mut entry: Value) -> Result<(), String> {
+    pub fn push(
+        &self,
+        link: &str,
+        seq: u64,
+        mut entry: Value,
+    ) -> std::result::Result<(), LogError> {
         entry["id"] = json!(seq);
         let mut key = prefix(link);
         key.extend_from_slice(&seq.to_be_bytes());
-        self.tree
-            .insert(key, serde_json::to_vec(&entry).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&entry).expect("a JSON value serialises");
+        self.tree.insert(key, bytes)?;
         Ok(())
     }
 
     /// The oldest `limit` dead letters of `link`.
-    pub fn list(&self, link: &str, limit: usize) -> Result<Vec<Value>, String> {
+    pub fn list(&self, link: &str, limit: usize) -> std::result::Result<Vec<Value>, LogError> {
         self.tree
             .scan_prefix(prefix(link))
             .take(limit)
-            .map(|item| {
-                let (_, v) = item.map_err(|e| e.to_string())?;
-                serde_json::from_slice(&v).map_err(|e| e.to_string())
-            })
+            .map(|item| stored_json(&item?.1))
             .collect()
     }
 
     /// One dead letter, if there is one with that id.
-    pub fn get(&self, link: &str, seq: u64) -> Result<Option<Value>, String> {
+    pub fn get(&self, link: &str, seq: u64) -> std::result::Result<Option<Value>, LogError> {
         let mut key = prefix(link);
         key.extend_from_slice(&seq.to_be_bytes());
-        self.tree
-            .get(key)
-            .map_err(|e| e.to_string())?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| e.to_string()))
-            .transpose()
+        self.tree.get(key)?.map(|v| stored_json(&v)).transpose()
     }
 
     pub fn count(&self, link: &str) -> usize {
@@ -303,14 +326,14 @@ impl DeadLetters {
     }
 
     /// Drop one dead letter; false if there was none with that id.
-    pub fn remove(&self, link: &str, seq: u64) -> Result<bool, String> {
+    pub fn remove(&self, link: &str, seq: u64) -> std::result::Result<bool, LogError> {
         let mut key = prefix(link);
         key.extend_from_slice(&seq.to_be_bytes());
-        Ok(self.tree.remove(key).map_err(|e| e.to_string())?.is_some())
+        Ok(self.tree.remove(key)?.is_some())
     }
 
     /// Drop every dead letter of a deleted link.
-    pub fn clear(&self, link: &str) -> Result<(), String> {
+    pub fn clear(&self, link: &str) -> std::result::Result<(), LogError> {
         super::spool::remove_prefix(&self.tree, &prefix(link))
     }
 }

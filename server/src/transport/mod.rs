@@ -115,6 +115,13 @@ impl From<RemoteError> for Error {
     }
 }
 
+/// A stored link, replica registration or quorum that does not decode.
+fn stored(e: serde_json::Error) -> Error {
+    Error::Log(crate::log::durable::LogError::Damaged(format!(
+        "a stored replication setting: {e}"
+    )))
+}
+
 impl Replication {
     /// Load links and replicas, bind the replication listener on `listen`, and start
     /// every link's sender.
@@ -123,25 +130,29 @@ impl Replication {
         tenancy: Arc<Tenancy>,
         plugins: Arc<crate::plugins::Registry>,
         listen: SocketAddr,
-    ) -> std::result::Result<Arc<Replication>, String> {
+    ) -> Result<Arc<Replication>> {
+        let unavailable = |e: std::io::Error| {
+            Error::Unavailable(format!("cannot listen for replication on {listen}: {e}"))
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
-        let advertised = listener.local_addr().map_err(|e| e.to_string())?;
-        let node_id = match node.config_value(NODE_ID_KEY).map_err(|e| e.to_string())? {
+            .map_err(unavailable)?;
+        let advertised = listener.local_addr().map_err(unavailable)?;
+        let node_id = match node.config_value(NODE_ID_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
-                let id = format!("n{}", &links::random_secret()?[..12]);
-                node.set_config_value(NODE_ID_KEY, id.as_bytes())
-                    .map_err(|e| e.to_string())?;
+                let secret =
+                    links::random_secret().map_err(|e| Error::Unavailable(e.to_string()))?;
+                let id = format!("n{}", &secret[..12]);
+                node.set_config_value(NODE_ID_KEY, id.as_bytes())?;
                 id
             }
         };
         // Local writes of mutual databases carry this node's id in their versions.
         crate::node::versions::set_local_origin(crate::node::versions::origin_of(&node_id));
-        let spool_tree = node.tree("spool").map_err(|e| e.to_string())?;
-        let conflicts_tree = node.tree("conflicts").map_err(|e| e.to_string())?;
-        let dead_tree = node.tree("dead-letters").map_err(|e| e.to_string())?;
+        let spool_tree = node.tree("spool")?;
+        let conflicts_tree = node.tree("conflicts")?;
+        let dead_tree = node.tree("dead-letters")?;
         let repl = Arc::new(Replication {
             node,
             tenancy,
@@ -163,12 +174,8 @@ impl Replication {
         // database takes its records' locks on every site, whoever writes it.
         repl.node
             .set_write_gate(Arc::new(parallel::ParallelGate::new(&repl)));
-        for (_, value) in repl
-            .node
-            .config_scan(REPLICA_PREFIX)
-            .map_err(|e| e.to_string())?
-        {
-            let reg: ReplicaReg = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+        for (_, value) in repl.node.config_scan(REPLICA_PREFIX)? {
+            let reg: ReplicaReg = serde_json::from_slice(&value).map_err(stored)?;
             if let Ok(db) = repl.node.database(&reg.tenant, &reg.database) {
                 // A mutual database takes its own writes too.
                 if reg.conflicts.is_none() {
@@ -178,26 +185,18 @@ impl Replication {
             }
             repl.replicas.lock().insert(reg.link.clone(), reg);
         }
-        for (key, value) in repl
-            .node
-            .config_scan(QUORUM_PREFIX)
-            .map_err(|e| e.to_string())?
-        {
+        for (key, value) in repl.node.config_scan(QUORUM_PREFIX)? {
             let mut parts = key[QUORUM_PREFIX.len()..].splitn(2, '/');
             let (Some(tenant), Some(db)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let q: (usize, u64) = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+            let q: (usize, u64) = serde_json::from_slice(&value).map_err(stored)?;
             if let Ok(db) = repl.node.database(tenant, db) {
                 db.quorum.configure(q.0, q.1);
             }
         }
-        for (_, value) in repl
-            .node
-            .config_scan(LINK_PREFIX)
-            .map_err(|e| e.to_string())?
-        {
-            let def: LinkDef = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+        for (_, value) in repl.node.config_scan(LINK_PREFIX)? {
+            let def: LinkDef = serde_json::from_slice(&value).map_err(stored)?;
             repl.spawn_link(def);
         }
         tokio::spawn(receiver::listen(repl.clone(), listener));
@@ -325,7 +324,7 @@ impl Replication {
             id: id.clone(),
             tenant: tenant.to_string(),
             spec,
-            credential: links::random_secret().map_err(Error::Unavailable)?,
+            credential: links::random_secret().map_err(|e| Error::Unavailable(e.to_string()))?,
             target_token,
             created_ms: wall_ms(),
             paused: false,
@@ -342,7 +341,7 @@ impl Replication {
         apply: links::Apply,
         stages: &[links::StageSpec],
     ) -> Result<()> {
-        let loaded = logical::stages(&self.plugins, tenant, stages).map_err(Error::Malformed)?;
+        let loaded = logical::stages(&self.plugins, tenant, stages)?;
         if apply == links::Apply::Mirror && !loaded.chain.stages.is_empty() {
             return Err(Error::Malformed(
                 "a mirror link carries every update unchanged; filter and transform stages \
@@ -463,7 +462,7 @@ impl Replication {
         handle
             .deleted
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.dead_letters.clear(id).map_err(Error::Unavailable)?;
+        self.dead_letters.clear(id)?;
         let def = handle.def.lock().clone();
         if let Ok(db) = self.node.database(tenant, &def.spec.database) {
             db.quorum.unregister(id);
@@ -764,7 +763,7 @@ impl Replication {
         if let Some(session) = self.sessions.lock().remove(id) {
             session.abort();
         }
-        self.spool.clear(id).map_err(Error::Unavailable)
+        Ok(self.spool.clear(id)?)
     }
 
     /// Suspend (detach) or release a replica (SPEC G6). Suspended, it stores what
@@ -810,19 +809,13 @@ impl Replication {
     /// Dead letters of a link of `tenant`.
     pub fn dead_letters(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Value>> {
         self.handle(tenant, id)?;
-        self.dead_letters
-            .list(id, limit)
-            .map_err(Error::Unavailable)
+        Ok(self.dead_letters.list(id, limit)?)
     }
 
     /// Drop one dead letter.
     pub fn drop_dead_letter(&self, tenant: &str, id: &str, seq: u64) -> Result<()> {
         let handle = self.handle(tenant, id)?;
-        if !self
-            .dead_letters
-            .remove(id, seq)
-            .map_err(Error::Unavailable)?
-        {
+        if !self.dead_letters.remove(id, seq)? {
             return Err(Error::NotFound(format!("dead letter {seq} of link '{id}'")));
         }
         let mut status = handle.status.lock();

@@ -25,7 +25,7 @@ use doppel_sdk::abi::{BatchBuilder, OwnedRecord, Record};
 use super::links::{ConflictSpec, ReplicaRequest, Strategy};
 use super::logical;
 use super::{wire, Replication};
-use crate::log::durable::RawTxn;
+use crate::log::durable::{LogError, RawTxn};
 use crate::log::{codec, LogKind};
 use crate::node::database::{Conflict, ConflictSeen, Decision, MutualWrite};
 use crate::node::versions::{self, Stamp};
@@ -62,7 +62,7 @@ pub fn check_link(
             "a mutual link (with \"conflicts\") applies by key: give \"apply\": \"logical\"".into(),
         ));
     }
-    let stages = logical::stages(&repl.plugins, tenant, &spec.stages).map_err(Error::Malformed)?;
+    let stages = logical::stages(&repl.plugins, tenant, &spec.stages)?;
     if stages
         .chain
         .stages
@@ -80,7 +80,7 @@ pub fn check_link(
             db.name()
         )));
     }
-    Resolver::load(&repl.plugins, tenant, conflicts).map_err(Error::Malformed)?;
+    Resolver::load(&repl.plugins, tenant, conflicts)?;
     Ok(())
 }
 
@@ -113,33 +113,35 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn load(registry: &Registry, tenant: &str, spec: &ConflictSpec) -> Result<Self, String> {
+    pub fn load(registry: &Registry, tenant: &str, spec: &ConflictSpec) -> Result<Self> {
         let plugin = match (spec.strategy, &spec.resolver) {
             (Strategy::Resolver, Some(stage)) => {
                 let loaded = logical::load_stage(registry, tenant, stage, "conflicts.resolver")?;
                 if loaded.role() != Role::Resolver {
-                    return Err(format!(
+                    return Err(Error::Malformed(format!(
                         "conflicts.resolver ({}): a {} is not a resolver",
                         stage.plugin,
                         loaded.role()
-                    ));
+                    )));
                 }
                 Some(loaded)
             }
             (Strategy::Resolver, None) => {
-                return Err(
+                return Err(Error::Malformed(
                     "conflicts: the resolver strategy needs \"resolver\": {\"plugin\": \"name@version\"}"
                         .into(),
-                )
+                ))
             }
             (_, Some(_)) => {
-                return Err("conflicts.resolver is used by the resolver strategy only".into())
+                return Err(Error::Malformed(
+                    "conflicts.resolver is used by the resolver strategy only".into(),
+                ))
             }
             (Strategy::Priority, None) if spec.priority.is_empty() => {
-                return Err(
+                return Err(Error::Malformed(
                     "conflicts: the priority strategy needs \"priority\": [node ids, highest first]"
                         .into(),
-                )
+                ))
             }
             _ => None,
         };
@@ -254,17 +256,20 @@ pub fn outgoing(
     schema: &Schema,
     txn: &RawTxn,
     records: Vec<OwnedRecord>,
-) -> Result<(Vec<OwnedRecord>, HashMap<u64, Stamp>), String> {
+) -> Result<(Vec<OwnedRecord>, HashMap<u64, Stamp>)> {
     let mut stamps: HashMap<u64, Stamp> = HashMap::new();
     let mut befores: HashMap<u64, Vec<u8>> = HashMap::new();
     let Some(versions_id) = versions::versions_id(schema) else {
-        return Err("the source database keeps no record versions".into());
+        return Err(Error::Malformed(
+            "the source database keeps no record versions".into(),
+        ));
     };
     // Each write is followed by its version's (maybe in the next chunk of a large
     // transaction): pair them by record.
     let mut pending: HashMap<(u32, Vec<u8>), u64> = HashMap::new();
     for chunk in &txn.chunks {
-        let decoded = codec::decode(&chunk.bytes).map_err(|e| e.to_string())?;
+        let decoded = codec::decode(&chunk.bytes)
+            .map_err(|e| Error::Log(LogError::Damaged(e.to_string())))?;
         match chunk.head.kind {
             LogKind::A => {
                 for e in &decoded.entries {
@@ -311,9 +316,12 @@ pub fn outgoing(
     let local = versions::local_origin();
     let mut out = Vec::with_capacity(records.len());
     for mut r in records {
-        let stamp = stamps
-            .get(&r.serial)
-            .ok_or_else(|| format!("record '{}' of serial {} has no version", r.key, r.serial))?;
+        let stamp = stamps.get(&r.serial).ok_or_else(|| {
+            Error::Malformed(format!(
+                "record '{}' of serial {} has no version",
+                r.key, r.serial
+            ))
+        })?;
         if stamp.o != local {
             continue;
         }
@@ -327,12 +335,12 @@ pub fn outgoing(
 }
 
 /// The stamps of the records a batch of shipped operations holds, in wire form.
-pub fn stamps_for(ops: &[u8], stamps: &HashMap<u64, Stamp>) -> Result<Vec<(u64, Stamp)>, String> {
+pub fn stamps_for(ops: &[u8], stamps: &HashMap<u64, Stamp>) -> Result<Vec<(u64, Stamp)>> {
     let mut out = Vec::new();
     logical::for_each_record(ops, |r| {
-        let stamp = stamps
-            .get(&r.serial)
-            .ok_or_else(|| format!("record '{}': a stage changed its serial", r.key))?;
+        let stamp = stamps.get(&r.serial).ok_or_else(|| {
+            Error::Malformed(format!("record '{}': a stage changed its serial", r.key))
+        })?;
         out.push((r.serial, *stamp));
         Ok(())
     })?;
@@ -340,18 +348,14 @@ pub fn stamps_for(ops: &[u8], stamps: &HashMap<u64, Stamp>) -> Result<Vec<(u64, 
 }
 
 /// The writes a mutual transaction brings, resolved against this database's schema.
-pub fn incoming(
-    schema: &Schema,
-    ops: &[u8],
-    stamps: &[(u64, Stamp)],
-) -> Result<Vec<MutualWrite>, String> {
+pub fn incoming(schema: &Schema, ops: &[u8], stamps: &[(u64, Stamp)]) -> Result<Vec<MutualWrite>> {
     let by_serial: HashMap<u64, Stamp> = stamps.iter().copied().collect();
     let mut out = Vec::new();
     logical::for_each_record(ops, |r: Record<'_>| {
         let (table, op) = logical::decode_op(schema, &r)?;
-        let stamp = *by_serial
-            .get(&r.serial)
-            .ok_or_else(|| format!("record '{}' came without its version", r.key))?;
+        let stamp = *by_serial.get(&r.serial).ok_or_else(|| {
+            Error::Malformed(format!("record '{}' came without its version", r.key))
+        })?;
         out.push(MutualWrite {
             op,
             table,
@@ -410,7 +414,7 @@ impl ConflictLog {
         strategy: Strategy,
         seen: &[(ConflictSeen, Option<String>)],
         names: &dyn Fn(u64) -> Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         if seen.is_empty() {
             return Ok(());
         }
@@ -452,34 +456,33 @@ impl ConflictLog {
             }
             batch.insert(
                 &key(uid, seq)[..],
-                serde_json::to_vec(&entry).map_err(|e| e.to_string())?,
+                serde_json::to_vec(&entry).expect("a JSON value serialises"),
             );
             if seq > KEEP {
                 batch.remove(&key(uid, seq - KEEP)[..]);
             }
         }
         batch.insert(&key(uid, u64::MAX)[..], &seq.to_be_bytes()[..]);
-        self.tree.apply_batch(batch).map_err(|e| e.to_string())
+        Ok(self.tree.apply_batch(batch)?)
     }
 
     /// The newest `limit` conflicts of database `uid`, newest first.
-    pub fn list(&self, uid: u64, limit: usize) -> Result<Vec<Value>, String> {
+    pub fn list(&self, uid: u64, limit: usize) -> Result<Vec<Value>, LogError> {
         self.tree
             .range(key(uid, 0)..key(uid, u64::MAX))
             .rev()
             .take(limit)
             .map(|item| {
-                let (_, v) = item.map_err(|e| e.to_string())?;
-                serde_json::from_slice(&v).map_err(|e| e.to_string())
+                serde_json::from_slice(&item?.1)
+                    .map_err(|e| LogError::Damaged(format!("a conflict log entry: {e}")))
             })
             .collect()
     }
 
     /// Forget a deleted database's conflicts.
-    pub fn clear(&self, uid: u64) -> Result<(), String> {
+    pub fn clear(&self, uid: u64) -> Result<(), LogError> {
         for item in self.tree.range(key(uid, 0)..=key(uid, u64::MAX)) {
-            let (k, _) = item.map_err(|e| e.to_string())?;
-            self.tree.remove(k).map_err(|e| e.to_string())?;
+            self.tree.remove(item?.0)?;
         }
         Ok(())
     }
@@ -490,7 +493,7 @@ pub fn versions_msg(
     txn: u64,
     ops: &[u8],
     stamps: &HashMap<u64, Stamp>,
-) -> Result<wire::Msg<'static>, String> {
+) -> Result<wire::Msg<'static>> {
     Ok(wire::Msg::Versions {
         txn,
         stamps: stamps_for(ops, stamps)?,

@@ -282,7 +282,12 @@ async fn stream(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
-    let last = applied(reg, db, hello.stream).max(repl.spool.last(&reg.link)?.unwrap_or(0));
+    let last = applied(reg, db, hello.stream).max(
+        repl.spool
+            .last(&reg.link)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0),
+    );
     let mut stream = reg.stream;
     if stream == 0 && last == 0 {
         repl.adopt_stream(&reg.link, hello.stream)
@@ -338,7 +343,7 @@ fn apply_mutual(
     ops: &[u8],
     stamps: &[(u64, crate::node::versions::Stamp)],
 ) -> Result<ReplicaApply, String> {
-    let writes = mutual::incoming(schema, ops, stamps)?;
+    let writes = mutual::incoming(schema, ops, stamps).map_err(|e| e.to_string())?;
     let here = crate::node::versions::local_origin();
     let returned = writes.iter().filter(|w| w.stamp.o == here).count() as u64;
     let received = writes.len() as u64;
@@ -368,7 +373,8 @@ fn apply_mutual(
     }
     let seen: Vec<_> = seen.into_iter().zip(notes).collect();
     repl.conflicts
-        .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)?;
+        .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)
+        .map_err(|e| e.to_string())?;
     Ok(applied)
 }
 
@@ -471,7 +477,7 @@ impl<'a> Applier<'a> {
         tx: &'a mpsc::Sender<Reply>,
     ) -> Result<Applier<'a>, String> {
         let schema = db.schema();
-        let spooled = repl.spool.last(&reg.link)?;
+        let spooled = repl.spool.last(&reg.link).map_err(|e| e.to_string())?;
         let resolver = match &reg.conflicts {
             Some(spec) => Some(
                 mutual::Resolver::load(&repl.plugins, &reg.tenant, spec)
@@ -534,7 +540,12 @@ impl<'a> Applier<'a> {
     /// Released: apply what was spooled while suspended, in order, then stream on.
     async fn replay_spool(&mut self) -> Result<(), String> {
         let mut n = 0;
-        while let Some(mut entry) = self.repl.spool.first(&self.reg.link)? {
+        while let Some(mut entry) = self
+            .repl
+            .spool
+            .first(&self.reg.link)
+            .map_err(|e| e.to_string())?
+        {
             let last = spool::last_serial(&entry.chunks).unwrap_or(0);
             // Released, a spooled transaction still waits for what it depends on
             // in other databases (SPEC D3), like one that arrives now.
@@ -551,7 +562,7 @@ impl<'a> Applier<'a> {
                 ),
             }
             self.repl.gates.applied(&self.key, last, false);
-            self.repl.spool.remove(&entry)?;
+            self.repl.spool.remove(&entry).map_err(|e| e.to_string())?;
             n += 1;
         }
         tracing::info!(link = %self.reg.link, transactions = n, "replica released; spooled transactions applied");
@@ -677,7 +688,10 @@ impl<'a> Applier<'a> {
         }
         debug_assert!(last >= first, "a transaction ends at or after its start");
         let deps = for_txn(&mut self.depends, txn).unwrap_or_default();
-        self.repl.spool.push(&self.reg.link, first, chunks, &deps)?;
+        self.repl
+            .spool
+            .push(&self.reg.link, first, chunks, &deps)
+            .map_err(|e| e.to_string())?;
         self.spooled = Some(last);
         self.requested = None;
         Ok(())
@@ -741,11 +755,9 @@ impl<'a> Applier<'a> {
                     &stamps,
                 )
             }
-            None => logical::decode_ops(&self.schema, ops).and_then(|ops| {
-                self.db
-                    .apply_logical(self.hello.stream, first, last, ops)
-                    .map_err(|e| e.to_string())
-            }),
+            None => logical::decode_ops(&self.schema, ops)
+                .and_then(|ops| self.db.apply_logical(self.hello.stream, first, last, ops))
+                .map_err(|e| e.to_string()),
         };
         match applied {
             Ok(ReplicaApply::Applied(at)) => {
@@ -791,7 +803,8 @@ impl<'a> Applier<'a> {
                 .map(|_| ())
             }
             None => logical::decode_ops(&self.schema, ops)
-                .and_then(|ops| self.db.apply_redriven(ops).map_err(|e| e.to_string())),
+                .and_then(|ops| self.db.apply_redriven(ops))
+                .map_err(|e| e.to_string()),
         };
         if let Err(e) = applied {
             let reason = format!("the logical bootstrap at serial {serial}: {e}");
@@ -889,7 +902,10 @@ impl<'a> Applier<'a> {
         }
         let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
         let installing = std::time::Instant::now();
-        self.repl.spool.clear(&self.reg.link)?;
+        self.repl
+            .spool
+            .clear(&self.reg.link)
+            .map_err(|e| e.to_string())?;
         self.spooled = None;
         let save = install(self.db, s).await?;
         let saving = tokio::task::spawn_blocking(move || {

@@ -101,7 +101,7 @@ impl Replication {
         let letter = self
             .dead_letters
             .get(id, seq)
-            .map_err(Error::Unavailable)?
+            .map_err(Error::Log)?
             .ok_or_else(|| Error::NotFound(format!("dead letter {seq} of link '{id}'")))?;
         if def.spec.apply != Apply::Logical
             || letter["outcome"] == "shipped without this record's interrelation"
@@ -114,8 +114,9 @@ impl Replication {
         }
         let record = record.unwrap_or_else(|| letter["record"].clone());
         let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
-        let mut stages =
-            logical::stages(&self.plugins, tenant, &def.spec.stages).map_err(Error::Unavailable)?;
+        let mut stages = logical::stages(&self.plugins, tenant, &def.spec.stages)
+            // They loaded when the link was made: what fails now is the registry.
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut input = BatchBuilder::new();
         input.push(&record);
         let output = if stages.chain.stages.is_empty() {
@@ -133,7 +134,7 @@ impl Replication {
             }
             out.batch
         };
-        let ops = logical::ops_bytes(&output).map_err(Error::Unavailable)?;
+        let ops = logical::ops_bytes(&output)?;
         let outcome = if ops.is_empty() {
             "filtered"
         } else {
@@ -168,7 +169,7 @@ impl Replication {
             .decode(&req.ops)
             .map_err(|e| Error::Malformed(format!("ops: not base64: {e}")))?;
         let db = self.node.database(tenant, &reg.database)?;
-        let ops = logical::decode_ops(&db.schema(), &bytes).map_err(Error::Malformed)?;
+        let ops = logical::decode_ops(&db.schema(), &bytes)?;
         let n = ops.len();
         db.apply_redriven(ops)?;
         Ok(json!({"applied": n, "database": reg.database}))

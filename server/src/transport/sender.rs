@@ -266,7 +266,8 @@ async fn session(
     let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
     let snapshot = forced || must_bootstrap(&peer, last, oldest);
     // A mirror's stages are interrelation rules only (checked when the link was made).
-    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.stages)?;
+    let mut stages =
+        logical::stages(&repl.plugins, &def.tenant, &def.spec.stages).map_err(|e| e.to_string())?;
     let sources = (!stages.rules.is_empty())
         .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
     let window = if snapshot {
@@ -708,8 +709,9 @@ impl<'a> Shipper<'a> {
                     staged.batch,
                 )?;
                 if let Some(stamps) = &staged.stamps {
-                    self.frame
-                        .push(&mutual::versions_msg(txn.txn, &ops, stamps)?);
+                    self.frame.push(
+                        &mutual::versions_msg(txn.txn, &ops, stamps).map_err(|e| e.to_string())?,
+                    );
                 }
                 self.frame.push(&Msg::Logical {
                     txn: txn.txn,
@@ -729,10 +731,12 @@ impl<'a> Shipper<'a> {
         if !self.logical && self.sources.is_none() {
             return Ok(None);
         }
-        let mut records = logical::records(&self.schema, self.repl.origin(), txn)?;
+        let mut records =
+            logical::records(&self.schema, self.repl.origin(), txn).map_err(|e| e.to_string())?;
         let mut stamps = None;
         if self.mutual {
-            let (local, by_serial) = mutual::outgoing(&self.schema, txn, records)?;
+            let (local, by_serial) =
+                mutual::outgoing(&self.schema, txn, records).map_err(|e| e.to_string())?;
             records = local;
             stamps = Some(by_serial);
         }
@@ -989,7 +993,7 @@ async fn ship_snapshot_part<W: AsyncWrite + Unpin>(
     batch.clear();
     frame.clear();
     if def.spec.conflicts.is_some() {
-        frame.push(&mutual::versions_msg(0, &ops, stamps)?);
+        frame.push(&mutual::versions_msg(0, &ops, stamps).map_err(|e| e.to_string())?);
     }
     frame.push(&Msg::LogicalSnapshot {
         serial,
@@ -1119,17 +1123,19 @@ fn reject(
         };
         for record in hit {
             let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
-            repl.dead_letters.push(
-                &def.id,
-                seq,
-                serde_json::json!({
-                    "record": logical::record_json(record),
-                    "plugin": r.plugin,
-                    "error": r.message,
-                    "outcome": outcome,
-                    "at_ms": wall_us() / 1000,
-                }),
-            )?;
+            repl.dead_letters
+                .push(
+                    &def.id,
+                    seq,
+                    serde_json::json!({
+                        "record": logical::record_json(record),
+                        "plugin": r.plugin,
+                        "error": r.message,
+                        "outcome": outcome,
+                        "at_ms": wall_us() / 1000,
+                    }),
+                )
+                .map_err(|e| e.to_string())?;
             link.status.lock().quarantined += 1;
         }
     }
@@ -1148,7 +1154,7 @@ fn stage(
     input: doppel_sdk::abi::BatchBuilder,
 ) -> Result<Vec<u8>, String> {
     if chain.stages.is_empty() || records.is_empty() {
-        return logical::ops_bytes(&input);
+        return logical::ops_bytes(&input).map_err(|e| e.to_string());
     }
     throttle(repl, def);
     let started = Instant::now();
@@ -1178,7 +1184,7 @@ fn stage(
         ),
     };
     reject(repl, link, def, txn, records, &rejected, "not shipped")?;
-    logical::ops_bytes(&output)
+    logical::ops_bytes(&output).map_err(|e| e.to_string())
 }
 
 /// Aborts the task when dropped (the reading half of a session).

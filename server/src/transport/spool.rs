@@ -12,7 +12,7 @@
 
 use super::wire::{self, Dependency, FrameWriter, Msg};
 use crate::log::codec;
-use crate::log::durable::RawChunk;
+use crate::log::durable::{LogError, RawChunk};
 use crate::log::LogKind;
 
 /// One spooled transaction.
@@ -61,27 +61,27 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], LogError> {
         let out = self
             .bytes
             .get(self.pos..self.pos + n)
-            .ok_or_else(|| "a spooled transaction is damaged".to_string())?;
+            .ok_or_else(|| LogError::Damaged("a spooled transaction".into()))?;
         self.pos += n;
         Ok(out)
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, LogError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), String> {
+fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), LogError> {
     let mut r = Reader { bytes, pos: 0 };
     let count = r.u32()? as usize;
     let mut chunks = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let len = r.u32()? as usize;
         let chunk = r.take(len)?;
-        let head = codec::peek(chunk).map_err(|e| e.to_string())?;
+        let head = codec::peek(chunk).map_err(|e| LogError::Damaged(e.to_string()))?;
         chunks.push(RawChunk {
             head,
             bytes: chunk.into(),
@@ -93,7 +93,9 @@ fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), String> {
     }
     match wire::messages(rest).map(|m| m.into_iter().next()) {
         Ok(Some(Msg::Depends { deps, .. })) => Ok((chunks, deps)),
-        _ => Err("a spooled transaction's dependencies are damaged".into()),
+        _ => Err(LogError::Damaged(
+            "a spooled transaction's dependencies".into(),
+        )),
     }
 }
 
@@ -112,10 +114,10 @@ impl Spool {
     }
 
     /// The last serial spooled for `link`.
-    pub fn last(&self, link: &str) -> Result<Option<u64>, String> {
+    pub fn last(&self, link: &str) -> Result<Option<u64>, LogError> {
         match self.tree.scan_prefix(prefix(link)).next_back() {
             Some(item) => {
-                let (_, value) = item.map_err(|e| e.to_string())?;
+                let (_, value) = item?;
                 Ok(last_serial(&decode(&value)?.0))
             }
             None => Ok(None),
@@ -134,43 +136,40 @@ impl Spool {
         first_serial: u64,
         chunks: &[RawChunk],
         deps: &[Dependency],
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         let mut key = prefix(link);
         key.extend_from_slice(&first_serial.to_be_bytes());
-        self.tree
-            .insert(key, encode(chunks, deps))
-            .map_err(|e| e.to_string())?;
+        self.tree.insert(key, encode(chunks, deps))?;
         Ok(())
     }
 
     /// The oldest transaction spooled for `link`. Remove it with [`Self::remove`] once
     /// it is applied.
-    pub fn first(&self, link: &str) -> Result<Option<Spooled>, String> {
+    pub fn first(&self, link: &str) -> Result<Option<Spooled>, LogError> {
         let Some(item) = self.tree.scan_prefix(prefix(link)).next() else {
             return Ok(None);
         };
-        let (key, value) = item.map_err(|e| e.to_string())?;
+        let (key, value) = item?;
         let (chunks, deps) = decode(&value)?;
         Ok(Some(Spooled { key, chunks, deps }))
     }
 
     /// Forget one applied transaction.
-    pub fn remove(&self, spooled: &Spooled) -> Result<(), String> {
-        self.tree.remove(&spooled.key).map_err(|e| e.to_string())?;
+    pub fn remove(&self, spooled: &Spooled) -> Result<(), LogError> {
+        self.tree.remove(&spooled.key)?;
         Ok(())
     }
 
     /// Forget everything spooled for `link`.
-    pub fn clear(&self, link: &str) -> Result<(), String> {
+    pub fn clear(&self, link: &str) -> Result<(), LogError> {
         remove_prefix(&self.tree, &prefix(link))
     }
 }
 
 /// Remove every key of `tree` under `prefix`.
-pub(crate) fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), String> {
+pub(crate) fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), LogError> {
     for key in tree.scan_prefix(prefix).keys() {
-        tree.remove(key.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        tree.remove(key?)?;
     }
     Ok(())
 }
