@@ -33,9 +33,7 @@ use serde_json::{json, Value};
 
 use crate::node::{self, Node};
 use crate::remote::{Client, RemoteError};
-use crate::transport::links::{
-    Apply, ConflictSpec, LinkSpec, Mode, OnError, StageSpec, TargetSpec,
-};
+use crate::transport::links::{Apply, LinkOptions, LinkSpec, Mode, TargetSpec};
 use crate::txn::clock::wall_ms;
 
 const PREFIX: &str = "topology/";
@@ -72,33 +70,19 @@ pub struct Endpoint {
     pub database: String,
 }
 
-/// One link of a topology.
+/// One link of a topology: its two ends, and how it replicates
+/// ([`LinkOptions`], flat in the JSON, as in a link request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkDoc {
     pub from: Endpoint,
     pub to: Endpoint,
-    #[serde(default)]
-    pub mode: Mode,
-    #[serde(default)]
-    pub apply: Apply,
-    #[serde(default)]
-    pub stages: Vec<StageSpec>,
-    #[serde(default)]
-    pub on_error: OnError,
-    #[serde(default = "yes")]
-    pub b_log: bool,
     /// The target may hold other data or follow another source: the link takes it over
     /// and bootstraps it (set by a failover for re-pointed links and the old primary).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
-    /// A mutual link: how its target resolves concurrent writes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conflicts: Option<ConflictSpec>,
-}
-
-fn yes() -> bool {
-    true
+    #[serde(flatten)]
+    pub options: LinkOptions,
 }
 
 impl LinkDoc {
@@ -122,12 +106,7 @@ impl LinkDoc {
                 replication: target.replication.clone(),
                 resync: self.resync,
             },
-            mode: self.mode,
-            apply: self.apply,
-            stages: self.stages.clone(),
-            on_error: self.on_error,
-            b_log: self.b_log,
-            conflicts: self.conflicts.clone(),
+            options: self.options.clone(),
         }
     }
 
@@ -139,19 +118,19 @@ impl LinkDoc {
     /// What differs from `old` that only a new link can change (None: nothing).
     fn replaced_because(&self, old: &LinkDoc) -> Option<String> {
         let mut what = Vec::new();
-        if self.mode != old.mode {
+        if self.options.mode != old.options.mode {
             what.push("mode");
         }
-        if self.apply != old.apply {
+        if self.options.apply != old.options.apply {
             what.push("apply");
         }
-        if self.on_error != old.on_error {
+        if self.options.on_error != old.options.on_error {
             what.push("on_error");
         }
-        if self.b_log != old.b_log {
+        if self.options.b_log != old.options.b_log {
             what.push("b_log");
         }
-        if self.conflicts != old.conflicts {
+        if self.options.conflicts != old.options.conflicts {
             what.push("conflicts");
         }
         (!what.is_empty()).then(|| format!("{} changed", what.join(", ")))
@@ -199,7 +178,7 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
         doc.links
             .iter()
             .filter(|l| &l.to == to)
-            .all(|l| l.apply == Apply::Logical)
+            .all(|l| l.options.apply == Apply::Logical)
     };
     for (i, l) in doc.links.iter().enumerate() {
         for (side, end) in [("from", &l.from), ("to", &l.to)] {
@@ -242,7 +221,7 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
     let ordinary: Vec<LinkDoc> = doc
         .links
         .iter()
-        .filter(|l| l.conflicts.is_none())
+        .filter(|l| l.options.conflicts.is_none())
         .cloned()
         .collect();
     if let Some((i, cycle)) = find_cycle(&ordinary) {
@@ -270,15 +249,15 @@ fn check_mutual(doc: &Topology) -> Vec<Problem> {
     let mutual = |from: &Endpoint, to: &Endpoint| {
         doc.links
             .iter()
-            .any(|l| l.conflicts.is_some() && &l.from == from && &l.to == to)
+            .any(|l| l.options.conflicts.is_some() && &l.from == from && &l.to == to)
     };
     for (i, l) in doc.links.iter().enumerate() {
-        if l.conflicts.is_none() {
+        if l.options.conflicts.is_none() {
             let into_mutual = doc
                 .links
                 .iter()
-                .any(|m| m.conflicts.is_some() && (m.to == l.to || m.from == l.to));
-            if into_mutual && l.apply == Apply::Logical {
+                .any(|m| m.options.conflicts.is_some() && (m.to == l.to || m.from == l.to));
+            if into_mutual && l.options.apply == Apply::Logical {
                 out.push(problem(
                     format!("links[{i}]"),
                     format!(
@@ -290,7 +269,7 @@ fn check_mutual(doc: &Topology) -> Vec<Problem> {
             }
             continue;
         }
-        if l.apply != Apply::Logical {
+        if l.options.apply != Apply::Logical {
             out.push(problem(
                 format!("links[{i}].apply"),
                 "a mutual link applies by key: give \"apply\": \"logical\"",
@@ -310,7 +289,7 @@ fn check_mutual(doc: &Topology) -> Vec<Problem> {
         for m in doc
             .links
             .iter()
-            .filter(|m| m.conflicts.is_some() && m.from == l.to)
+            .filter(|m| m.options.conflicts.is_some() && m.from == l.to)
         {
             if m.to != l.from && !mutual(&l.from, &m.to) {
                 out.push(problem(
@@ -476,7 +455,7 @@ pub fn plan(
                         Some("a node's address changed".into()),
                     ),
                     (false, Some(reason)) => step("replace", Some(&a.id), Some(reason)),
-                    (false, None) if l.stages != a.link.stages => {
+                    (false, None) if l.options.stages != a.link.options.stages => {
                         step("update-stages", Some(&a.id), None)
                     }
                     (false, None) => step("keep", Some(&a.id), None),
@@ -535,13 +514,8 @@ fn unknown_link(step: &Step) -> LinkDoc {
     LinkDoc {
         from: end(from),
         to: end(to),
-        mode: Mode::default(),
-        apply: Apply::default(),
-        stages: Vec::new(),
-        on_error: OnError::default(),
-        b_log: true,
         resync: false,
-        conflicts: None,
+        options: LinkOptions::default(),
     }
 }
 
@@ -845,7 +819,7 @@ impl Topologies {
             "update-stages" => {
                 let i = step.index.expect("in the document");
                 let id = old_id()?;
-                let stages = serde_json::to_value(&doc.links[i].stages).expect("JSON");
+                let stages = serde_json::to_value(&doc.links[i].options.stages).expect("JSON");
                 remote
                     .call(
                         "PUT",
@@ -894,8 +868,8 @@ impl Topologies {
         let mut links = Vec::new();
         for l in &stored.doc.links {
             let label = l.label();
-            let mut entry = json!({"link": label, "from": l.from, "to": l.to, "mode": l.mode,
-                                   "apply": l.apply, "stages": l.stages});
+            let mut entry = json!({"link": label, "from": l.from, "to": l.to, "mode": l.options.mode,
+                                   "apply": l.options.apply, "stages": l.options.stages});
             match stored.links.get(&label) {
                 None => entry["error"] = json!("not applied"),
                 Some(a) => {
@@ -980,9 +954,11 @@ impl Topologies {
                 links.push(LinkDoc {
                     from: to.clone(),
                     to: old.clone(),
-                    mode: Mode::Async,
                     resync: true,
-                    ..l.clone()
+                    options: LinkOptions {
+                        mode: Mode::Async,
+                        ..l.options.clone()
+                    },
                 });
             } else if l.from == old {
                 links.push(LinkDoc {
@@ -1044,6 +1020,7 @@ impl Topologies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::links::{ConflictSpec, OnError, StageSpec};
 
     fn doc(links: &[(&str, &str, &str, &str)]) -> Topology {
         let mut nodes = BTreeMap::new();
@@ -1070,16 +1047,42 @@ mod tests {
                         node: tnode.to_string(),
                         database: tdb.to_string(),
                     },
-                    mode: Mode::Async,
-                    apply: Apply::Mirror,
-                    stages: Vec::new(),
-                    on_error: OnError::Stop,
-                    b_log: true,
                     resync: false,
-                    conflicts: None,
+                    options: LinkOptions {
+                        mode: Mode::Async,
+                        apply: Apply::Mirror,
+                        on_error: OnError::Stop,
+                        ..LinkOptions::default()
+                    },
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_documents_link_reads_its_options_flat_and_refuses_unknown_fields() {
+        let nodes = json!({"a": {"url": "http://a:1"}, "b": {"url": "http://b:1"}});
+        let link = json!({"from": {"node": "a", "database": "d"},
+                          "to": {"node": "b", "database": "d"},
+                          "mode": "sync", "b_log": false});
+        let doc: Topology =
+            serde_json::from_value(json!({"name": "t", "nodes": nodes, "links": [link]})).unwrap();
+        let options = &doc.links[0].options;
+        assert_eq!((options.mode, options.b_log), (Mode::Sync, false));
+        // The request to the source node carries the same options, flat as well.
+        let spec = serde_json::to_value(doc.links[0].spec(&doc)).unwrap();
+        assert_eq!(
+            (spec["mode"].clone(), spec["b_log"].clone()),
+            (json!("sync"), json!(false))
+        );
+        assert_eq!(spec["target"]["url"], "http://b:1");
+        let mut typo = link.clone();
+        typo["on_eror"] = json!("stop");
+        let err = serde_json::from_value::<Topology>(
+            json!({"name": "t", "nodes": nodes, "links": [typo]}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `on_eror`"), "{err}");
     }
 
     fn paths(problems: &[Problem]) -> Vec<&str> {
@@ -1150,8 +1153,8 @@ mod tests {
             ("c", "d", "b", "d"),
         ]);
         for l in &mut doc.links {
-            l.apply = Apply::Logical;
-            l.conflicts = Some(ConflictSpec {
+            l.options.apply = Apply::Logical;
+            l.options.conflicts = Some(ConflictSpec {
                 strategy: Default::default(),
                 priority: Vec::new(),
                 resolver: None,
@@ -1169,7 +1172,7 @@ mod tests {
                 .any(|p| p.path == "links[0]" && p.message.contains("a/d -> c/d")),
             "{problems:?}"
         );
-        doc.links[3].conflicts = None;
+        doc.links[3].options.conflicts = None;
         let problems = validate(&doc);
         assert!(
             problems.iter().any(|p| p.message.contains("its way back")),
@@ -1212,8 +1215,8 @@ mod tests {
             ("a", "orders", "b", "orders"),
             ("b", "shop", "c", "copy"),
         ]);
-        v2.links[1].mode = Mode::Sync;
-        v2.links[2].stages = vec![StageSpec {
+        v2.links[1].options.mode = Mode::Sync;
+        v2.links[2].options.stages = vec![StageSpec {
             plugin: "parent-rule@1".into(),
             config: json!({}),
         }];

@@ -109,13 +109,25 @@ pub struct ConflictSpec {
     pub exclusive: bool,
 }
 
-/// What a client sends to create a link.
+/// What a client sends to create a link: which database goes where, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     /// The source database, on this node.
     pub database: String,
     pub target: TargetSpec,
+    /// Flat in the JSON, beside `database` and `target`.
+    #[serde(flatten)]
+    pub options: LinkOptions,
+}
+
+/// How a link replicates, wherever it is declared: in a link request ([`LinkSpec`]) and
+/// in a topology document's link (`topology::LinkDoc`), both flat in their JSON. The one
+/// definition of these fields; an unknown field is refused here (serde passes this
+/// struct every field its container does not know).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOptions {
     #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
@@ -130,6 +142,20 @@ pub struct LinkSpec {
     /// A mutual link (SPEC F4): how the target resolves concurrent writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<ConflictSpec>,
+}
+
+impl Default for LinkOptions {
+    /// What a request that names none of them gets.
+    fn default() -> Self {
+        LinkOptions {
+            mode: Mode::default(),
+            apply: Apply::default(),
+            stages: Vec::new(),
+            on_error: OnError::default(),
+            b_log: true,
+            conflicts: None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -294,10 +320,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (spec.mode, spec.apply, spec.on_error),
+            (spec.options.mode, spec.options.apply, spec.options.on_error),
             (Mode::Async, Apply::Mirror, OnError::Stop)
         );
-        assert!(spec.b_log);
+        assert!(spec.options.b_log);
         let err = serde_json::from_str::<LinkSpec>(
             r#"{"database": "shop", "target": {"url": "http://x", "database": "shop"}, "mdoe": "sync"}"#,
         )

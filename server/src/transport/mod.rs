@@ -240,7 +240,7 @@ impl Replication {
 
     fn spawn_link(self: &Arc<Self>, def: LinkDef) -> Arc<LinkHandle> {
         let id = def.id.clone();
-        if def.spec.mode == Mode::Sync {
+        if def.spec.options.mode == Mode::Sync {
             if let Ok(db) = self.node.database(&def.tenant, &def.spec.database) {
                 db.quorum.register(&id, 0);
                 db.quorum.set_suspended(&id, def.paused);
@@ -289,8 +289,8 @@ impl Replication {
             ));
         }
         crate::node::check_name("database", &spec.target.database)?;
-        self.check_stages(tenant, spec.apply, &spec.stages)?;
-        if let Some(conflicts) = &spec.conflicts {
+        self.check_stages(tenant, spec.options.apply, &spec.options.stages)?;
+        if let Some(conflicts) = &spec.options.conflicts {
             let db = self.node.database(tenant, &spec.database).ok();
             mutual::check_link(self, tenant, &spec, db.as_deref(), conflicts)?;
         }
@@ -302,8 +302,8 @@ impl Replication {
                 && d.spec.target.database == spec.target.database
                 // Logical links of several databases may consolidate into one.
                 && (d.spec.database == spec.database
-                    || d.spec.apply == links::Apply::Mirror
-                    || spec.apply == links::Apply::Mirror)
+                    || d.spec.options.apply == links::Apply::Mirror
+                    || spec.options.apply == links::Apply::Mirror)
         });
         if duplicate {
             return Err(Error::AlreadyExists(format!(
@@ -377,12 +377,12 @@ impl Replication {
             "tenant": def.tenant,
             "database": def.spec.database,
             "target": def.spec.target,
-            "mode": def.spec.mode,
-            "apply": def.spec.apply,
-            "stages": def.spec.stages,
-            "on_error": def.spec.on_error,
-            "b_log": def.spec.b_log,
-            "conflicts": def.spec.conflicts,
+            "mode": def.spec.options.mode,
+            "apply": def.spec.options.apply,
+            "stages": def.spec.options.stages,
+            "on_error": def.spec.options.on_error,
+            "b_log": def.spec.options.b_log,
+            "conflicts": def.spec.options.conflicts,
             "paused": def.paused,
             "created_ms": def.created_ms,
             "status": status,
@@ -421,7 +421,7 @@ impl Replication {
         }
         self.save_link(&def)?;
         if let Ok(db) = self.node.database(tenant, &def.spec.database) {
-            if def.spec.mode == Mode::Sync {
+            if def.spec.options.mode == Mode::Sync {
                 db.quorum.set_suspended(id, paused);
             }
         }
@@ -440,11 +440,11 @@ impl Replication {
         stages: Vec<links::StageSpec>,
     ) -> Result<Value> {
         let handle = self.handle(tenant, id)?;
-        let apply = handle.def.lock().spec.apply;
+        let apply = handle.def.lock().spec.options.apply;
         self.check_stages(tenant, apply, &stages)?;
         let def = {
             let mut def = handle.def.lock();
-            def.spec.stages = stages;
+            def.spec.options.stages = stages;
             def.clone()
         };
         self.save_link(&def)?;

@@ -57,12 +57,12 @@ pub fn check_link(
     db: Option<&Database>,
     conflicts: &ConflictSpec,
 ) -> Result<()> {
-    if spec.apply != super::links::Apply::Logical {
+    if spec.options.apply != super::links::Apply::Logical {
         return Err(Error::Malformed(
             "a mutual link (with \"conflicts\") applies by key: give \"apply\": \"logical\"".into(),
         ));
     }
-    let stages = logical::stages(&repl.plugins, tenant, &spec.stages)?;
+    let stages = logical::stages(&repl.plugins, tenant, &spec.options.stages)?;
     if stages
         .chain
         .stages

@@ -231,7 +231,11 @@ async fn release_on(repl: &Arc<Replication>, gid: Gid, peers: Vec<LinkDef>) {
 fn is_exclusive(d: &LinkDef, tenant: &str, db: &str) -> bool {
     d.tenant == tenant
         && d.spec.database == db
-        && d.spec.conflicts.as_ref().is_some_and(|c| c.exclusive)
+        && d.spec
+            .options
+            .conflicts
+            .as_ref()
+            .is_some_and(|c| c.exclusive)
 }
 
 impl Replication {

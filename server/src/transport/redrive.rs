@@ -103,7 +103,7 @@ impl Replication {
             .get(id, seq)
             .map_err(Error::Log)?
             .ok_or_else(|| Error::NotFound(format!("dead letter {seq} of link '{id}'")))?;
-        if def.spec.apply != Apply::Logical
+        if def.spec.options.apply != Apply::Logical
             || letter["outcome"] == "shipped without this record's interrelation"
         {
             return Err(Error::AlreadyExists(format!(
@@ -114,7 +114,7 @@ impl Replication {
         }
         let record = record.unwrap_or_else(|| letter["record"].clone());
         let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
-        let mut stages = logical::stages(&self.plugins, tenant, &def.spec.stages)
+        let mut stages = logical::stages(&self.plugins, tenant, &def.spec.options.stages)
             // They loaded when the link was made: what fails now is the registry.
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut input = BatchBuilder::new();

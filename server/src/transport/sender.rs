@@ -122,9 +122,9 @@ async fn register(
         spec: db.def.spec.clone(),
         credential: def.credential.clone(),
         source_node: repl.node_id.clone(),
-        apply: def.spec.apply,
+        apply: def.spec.options.apply,
         resync: def.spec.target.resync,
-        conflicts: def.spec.conflicts.clone(),
+        conflicts: def.spec.options.conflicts.clone(),
     };
     let (repl, def) = (repl.clone(), def.clone());
     let answer = tokio::task::spawn_blocking(move || {
@@ -266,8 +266,8 @@ async fn session(
     let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
     let snapshot = forced || must_bootstrap(&peer, last, oldest);
     // A mirror's stages are interrelation rules only (checked when the link was made).
-    let mut stages =
-        logical::stages(&repl.plugins, &def.tenant, &def.spec.stages).map_err(|e| e.to_string())?;
+    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.options.stages)
+        .map_err(|e| e.to_string())?;
     let sources = (!stages.rules.is_empty())
         .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
     let window = if snapshot {
@@ -378,7 +378,7 @@ async fn bootstrap<W: AsyncWrite + Unpin>(
     wr: &mut W,
 ) -> Result<u64, String> {
     link.status.lock().state = LinkState::Bootstrapping;
-    let serial = if def.spec.apply == Apply::Logical {
+    let serial = if def.spec.options.apply == Apply::Logical {
         send_logical_snapshot(repl, link, def, db, chain, wr).await?
     } else {
         send_snapshot(db, wr).await?
@@ -574,17 +574,18 @@ impl<'a> Shipper<'a> {
         sources: Option<interrelation::Sources>,
         window: Window,
     ) -> Shipper<'a> {
-        let logical = def.spec.apply == Apply::Logical;
+        let logical = def.spec.options.apply == Apply::Logical;
         // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
-        let mutual = def.spec.conflicts.is_some();
-        let also: &'static [LogKind] = match (logical, def.spec.b_log) {
+        let mutual = def.spec.options.conflicts.is_some();
+        let also: &'static [LogKind] = match (logical, def.spec.options.b_log) {
             // A mutual link sends each record's before image, a resolver's base.
             (true, _) if mutual => &[LogKind::B],
             (true, _) => &[],
             (false, true) => &[LogKind::B, LogKind::T],
             (false, false) => &[LogKind::T],
         };
-        let ship_early = def.spec.mode == Mode::Sync || db.def.spec.durability == Durability::None;
+        let ship_early =
+            def.spec.options.mode == Mode::Sync || db.def.spec.durability == Durability::None;
         Shipper {
             repl,
             link,
@@ -614,7 +615,7 @@ impl<'a> Shipper<'a> {
             status.acked_serial = self.window.acked;
             status.sent_serial = self.window.sent();
         }
-        if self.def.spec.mode == Mode::Sync {
+        if self.def.spec.options.mode == Mode::Sync {
             self.db.quorum.ack(&self.def.id, self.window.acked);
         }
     }
@@ -785,7 +786,7 @@ impl<'a> Shipper<'a> {
         status.acked_serial = self.window.acked;
         status.lag_ms = self.window.lag_ms();
         drop(status);
-        if self.def.spec.mode == Mode::Sync {
+        if self.def.spec.options.mode == Mode::Sync {
             self.db.quorum.ack(&self.def.id, self.window.acked);
         }
     }
@@ -793,7 +794,7 @@ impl<'a> Shipper<'a> {
     /// The replica was suspended (true) or released: a detached replica is not waited
     /// for (SPEC G6).
     fn suspended(&self, suspended: bool) {
-        if self.def.spec.mode == Mode::Sync {
+        if self.def.spec.options.mode == Mode::Sync {
             self.db.quorum.set_suspended(&self.def.id, suspended);
         }
         self.link.status.lock().state = if suspended {
@@ -884,7 +885,8 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
     let schema = store.schema().clone();
     // A mutual link ships every record with its version, and the deletes as
     // tombstones, so the replica keeps whichever side is later.
-    let versions_id = versions::versions_id(&schema).filter(|_| def.spec.conflicts.is_some());
+    let versions_id =
+        versions::versions_id(&schema).filter(|_| def.spec.options.conflicts.is_some());
     let mut stamps: HashMap<u64, Stamp> = HashMap::new();
     let marker = crate::log::durable::RawTxn {
         txn: 0,
@@ -992,7 +994,7 @@ async fn ship_snapshot_part<W: AsyncWrite + Unpin>(
     let ops = stage(repl, link, def, chain, marker, batch, input)?;
     batch.clear();
     frame.clear();
-    if def.spec.conflicts.is_some() {
+    if def.spec.options.conflicts.is_some() {
         frame.push(&mutual::versions_msg(0, &ops, stamps).map_err(|e| e.to_string())?);
     }
     frame.push(&Msg::LogicalSnapshot {
@@ -1103,7 +1105,7 @@ fn reject(
     let Some(first) = rejected.first() else {
         return Ok(());
     };
-    if def.spec.on_error == OnError::Stop {
+    if def.spec.options.on_error == OnError::Stop {
         let at = first
             .index
             .and_then(|i| records.get(i))

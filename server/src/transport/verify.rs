@@ -148,7 +148,7 @@ impl Replication {
         let started = Instant::now();
         let handle = self.handle(tenant, id)?;
         let def = handle.def.lock().clone();
-        if def.spec.apply != Apply::Mirror {
+        if def.spec.options.apply != Apply::Mirror {
             return Err(Error::Malformed(
                 "verify compares blocks, and a logical replica's blocks are its own; only a \
                  mirror link can be verified"
