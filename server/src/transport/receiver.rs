@@ -283,7 +283,8 @@ async fn stream(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), String> {
     let last = applied(reg, db, hello.stream).max(
-        repl.spool
+        repl.target
+            .spool
             .last(&reg.link)
             .map_err(|e| e.to_string())?
             .unwrap_or(0),
@@ -365,7 +366,7 @@ fn apply_mutual(
             .cloned()
     };
     {
-        let mut counts = repl.mutual_counts.lock();
+        let mut counts = repl.target.mutual_counts.lock();
         let c = counts.entry(reg.link.clone()).or_default();
         c.writes += received;
         c.conflicts += seen.len() as u64;
@@ -477,7 +478,11 @@ impl<'a> Applier<'a> {
         tx: &'a mpsc::Sender<Reply>,
     ) -> Result<Applier<'a>, String> {
         let schema = db.schema();
-        let spooled = repl.spool.last(&reg.link).map_err(|e| e.to_string())?;
+        let spooled = repl
+            .target
+            .spool
+            .last(&reg.link)
+            .map_err(|e| e.to_string())?;
         let resolver = match &reg.conflicts {
             Some(spec) => Some(
                 mutual::Resolver::load(&repl.plugins, &reg.tenant, spec)
@@ -542,6 +547,7 @@ impl<'a> Applier<'a> {
         let mut n = 0;
         while let Some(mut entry) = self
             .repl
+            .target
             .spool
             .first(&self.reg.link)
             .map_err(|e| e.to_string())?
@@ -561,8 +567,12 @@ impl<'a> Applier<'a> {
                     "the spool holds the serials after the applied one, in order"
                 ),
             }
-            self.repl.gates.applied(&self.key, last, false);
-            self.repl.spool.remove(&entry).map_err(|e| e.to_string())?;
+            self.repl.target.gates.applied(&self.key, last, false);
+            self.repl
+                .target
+                .spool
+                .remove(&entry)
+                .map_err(|e| e.to_string())?;
             n += 1;
         }
         tracing::info!(link = %self.reg.link, transactions = n, "replica released; spooled transactions applied");
@@ -689,6 +699,7 @@ impl<'a> Applier<'a> {
         debug_assert!(last >= first, "a transaction ends at or after its start");
         let deps = for_txn(&mut self.depends, txn).unwrap_or_default();
         self.repl
+            .target
             .spool
             .push(&self.reg.link, first, chunks, &deps)
             .map_err(|e| e.to_string())?;
@@ -713,7 +724,7 @@ impl<'a> Applier<'a> {
             Ok(ReplicaApply::Applied(at)) => {
                 debug_assert_eq!(at, last, "the replica stands at the transaction's end");
                 self.requested = None;
-                self.repl.gates.applied(&self.key, last, false);
+                self.repl.target.gates.applied(&self.key, last, false);
             }
             Ok(ReplicaApply::Duplicate) => {}
             Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
@@ -763,7 +774,7 @@ impl<'a> Applier<'a> {
             Ok(ReplicaApply::Applied(at)) => {
                 debug_assert_eq!(at, last, "the replica stands at the transaction's end");
                 self.requested = None;
-                self.repl.gates.applied(&self.key, last, false);
+                self.repl.target.gates.applied(&self.key, last, false);
             }
             Ok(ReplicaApply::Duplicate) => {}
             Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
@@ -827,6 +838,7 @@ impl<'a> Applier<'a> {
         turn.answer = true;
         self.repl.announce(&self.reg.link, serial, false);
         self.repl
+            .target
             .gates
             .watermark(&self.key, serial, timestamp_us, self.applied());
         let have = self.held();
@@ -903,6 +915,7 @@ impl<'a> Applier<'a> {
         let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
         let installing = std::time::Instant::now();
         self.repl
+            .target
             .spool
             .clear(&self.reg.link)
             .map_err(|e| e.to_string())?;
@@ -931,7 +944,7 @@ impl<'a> Applier<'a> {
         self.repl
             .adopt_stream(&self.reg.link, self.hello.stream)
             .map_err(|e| e.to_string())?;
-        self.repl.gates.applied(&self.key, serial, true);
+        self.repl.target.gates.applied(&self.key, serial, true);
         self.repl.announce(&self.reg.link, serial, true);
         self.requested = None;
         Ok(())
@@ -956,6 +969,7 @@ impl<'a> Applier<'a> {
         );
         queue(self.tx, Reply::Ack(done)).await?;
         self.repl
+            .target
             .gates
             .hold(
                 &self.reg.link,
