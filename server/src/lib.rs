@@ -1,7 +1,14 @@
 //! Doppel: a replication server for in-memory block-store databases.
 //!
-//! Dependencies point one way: `cli` → `api` → `topology` / `transport` → `node` → `txn` →
-//! `store` / `log`.
+//! Dependencies point one way (a module uses only those to its right):
+//!
+//! ```text
+//! cli → api → topology, replay → transport → plugins, tenancy → node → txn → log → store
+//! ```
+//!
+//! `remote` (the HTTP client for other nodes' APIs) stands apart: it uses none of them,
+//! and `cli`, `topology` and `transport` use it. `docs/ARCHITECTURE.md` draws the same map
+//! with what each module owns.
 
 pub mod api;
 pub mod cli;

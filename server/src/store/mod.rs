@@ -4,8 +4,10 @@
 //! [`Schema`], the main file keyed by unique key, and one alternate-key table per
 //! alternate key, itself a block file whose keys are `len(value) | value | unique key`.
 //!
-//! Every change enters through [`Store::apply`], whether it comes from a client
-//! transaction, a log replay at restart, or (later) a replica's apply. The function is
+//! Every change enters through [`Store::apply`] (or its quota-free twin
+//! `apply_unchecked`), whether it comes from a client transaction, an undo, a log
+//! replay at restart, a mirror replica applying its source's A log, a logical or mutual
+//! replica's operations, a restore or a repair. The function is
 //! deterministic: the same sequence of [`Mutation`]s gives byte-identical blocks. A put
 //! never reorganises a chain by itself; it reports a chain that has grown too long, and
 //! the writer applies (and logs) a [`Mutation::Reorg`] for it.
