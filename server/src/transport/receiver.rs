@@ -721,13 +721,7 @@ impl<'a> Applier<'a> {
         let deps = for_txn(&mut self.depends, txn);
         self.hold(deps, last).await?;
         match self.db.apply_replicated(chunks) {
-            Ok(ReplicaApply::Applied(at)) => {
-                debug_assert_eq!(at, last, "the replica stands at the transaction's end");
-                self.requested = None;
-                self.repl.target.gates.applied(&self.key, last, false);
-            }
-            Ok(ReplicaApply::Duplicate) => {}
-            Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
+            Ok(outcome) => self.took(outcome, last, turn),
             Err(e) => {
                 let reason = format!("applying transaction {txn}: {e}");
                 tracing::error!(link = %self.reg.link, error = %reason, "replica diverged; asking for a snapshot");
@@ -735,6 +729,21 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(())
+    }
+
+    /// What applying a transaction that ends at source serial `last` leaves: the gates
+    /// learn how far the replica got, a duplicate changes nothing, a gap asks for a
+    /// retransmission.
+    fn took(&mut self, outcome: ReplicaApply, last: u64, turn: &mut Turn) {
+        match outcome {
+            ReplicaApply::Applied(at) => {
+                debug_assert_eq!(at, last, "the replica stands at the transaction's end");
+                self.requested = None;
+                self.repl.target.gates.applied(&self.key, last, false);
+            }
+            ReplicaApply::Duplicate => {}
+            ReplicaApply::Gap(expected) => turn.gap = Some((expected, false)),
+        }
     }
 
     /// Apply a logical transaction (source serials `first..=last`) once what it depends
@@ -771,13 +780,7 @@ impl<'a> Applier<'a> {
                 .map_err(|e| e.to_string()),
         };
         match applied {
-            Ok(ReplicaApply::Applied(at)) => {
-                debug_assert_eq!(at, last, "the replica stands at the transaction's end");
-                self.requested = None;
-                self.repl.target.gates.applied(&self.key, last, false);
-            }
-            Ok(ReplicaApply::Duplicate) => {}
-            Ok(ReplicaApply::Gap(expected)) => turn.gap = Some((expected, false)),
+            Ok(outcome) => self.took(outcome, last, turn),
             Err(e) => {
                 let reason = format!("transaction {txn} (source serials {first}-{last}): {e}");
                 tracing::error!(link = %self.reg.link, error = %reason, "a logical transaction does not apply");
