@@ -5,7 +5,7 @@
 //!   Kind byte 0 holds a database's markers: a logical replica's position (serial
 //!   `u64::MAX`) and, per log kind, the last serial retention pruned (`u64::MAX - kind`).
 //! - `snapshots`: key `db uid | serial | part (4, BE)` → packed block bytes; part
-//!   `u32::MAX` is the snapshot's metadata, written in the same atomic batch.
+//!   `u32::MAX` is the snapshot's metadata, written after every part (see below).
 //!
 //! A transaction's chunks are inserted while its database's writer lock is held, so
 //! sled receives them in serial order and a crash keeps a prefix of the log.
@@ -19,6 +19,17 @@
 //! B or T chunks above the last A serial; [`LogStore::drop_torn_tail`] removes them when
 //! the database is recovered. Bigger transactions, and a logical replica's apply with
 //! its position, still use one batch.
+//!
+//! A snapshot is never one sled batch either: `Tree::apply_batch` holds sled's
+//! process-wide write lock for the whole batch, so a batch of a few hundred megabytes of
+//! parts stopped every other database's log appends for seconds (SPEC G1: a snapshot
+//! pauses writers only to freeze the location tables). Its parts are plain inserts, the
+//! metadata last: it is the commit point, for the same reason as the A chunk above. Every
+//! [`SNAPSHOT_PACE_BYTES`] the writer flushes, so what sled has not yet written stays
+//! small and another database's group flush never waits for a whole snapshot. A crash
+//! in between leaves parts without metadata, which no listing shows and
+//! [`LogStore::drop_unfinished_snapshots`] removes when the database is recovered.
+//! Deleting a snapshot removes its metadata first, for the same reason.
 //!
 //! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
 //! started after the insert. One flusher thread runs flushes back to back while anyone
@@ -37,6 +48,9 @@ use super::codec::{self, ChunkRef};
 use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
+/// Bytes of snapshot parts a snapshot writes between two flushes of its own: the most
+/// that another database's group flush can find queued ahead of it.
+const SNAPSHOT_PACE_BYTES: u64 = 8 << 20;
 /// Bytes of packed blocks per snapshot part.
 /// Small enough that sled keeps parts inline rather than as blob files.
 const SNAPSHOT_PART_BYTES: usize = 48 * 1024;
@@ -110,7 +124,14 @@ pub struct LogStore {
     /// the first time they are asked for and kept up to date by every write and prune.
     stored: Mutex<std::collections::HashMap<u64, u64>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Called after each snapshot part is stored (tests stop a snapshot half-written).
+    #[cfg(test)]
+    after_snapshot_part: Mutex<Option<PartHook>>,
 }
+
+/// See [`LogStore::after_snapshot_part`].
+#[cfg(test)]
+type PartHook = Box<dyn FnMut(u32) + Send>;
 
 /// What the log store shares with its flusher thread. The thread holds only this, so
 /// dropping the [`LogStore`] stops it at once.
@@ -187,6 +208,8 @@ impl LogStore {
             }),
             stored: Mutex::new(std::collections::HashMap::new()),
             flusher_thread: Mutex::new(None),
+            #[cfg(test)]
+            after_snapshot_part: Mutex::new(None),
         });
         let flusher = store.flusher.clone();
         let thread = std::thread::Builder::new()
@@ -664,42 +687,81 @@ impl LogStore {
             .map(|(key, _)| u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"))))
     }
 
-    /// Store a snapshot: its block bytes in parts and its metadata, atomically, then flush.
+    /// Store a snapshot: its block bytes in parts, then its metadata (the commit point),
+    /// then flush. Other databases keep appending and flushing meanwhile (see the module
+    /// doc). Call it off the async runtime: it writes the whole snapshot.
     pub fn save_snapshot(
         &self,
         uid: u64,
         mut meta: SnapshotMeta,
         blocks: &[&crate::store::Block],
     ) -> Result<SnapshotMeta, LogError> {
-        let mut batch = sled::Batch::default();
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
         let mut parts = 0u32;
         let mut size = 0u64;
+        let mut unflushed = 0u64;
+        let mut store = |part: Vec<u8>, parts: &mut u32| -> Result<(), LogError> {
+            let len = part.len() as u64;
+            self.snapshots
+                .insert(&snapshot_key(uid, meta.serial, *parts)[..], part)?;
+            self.account(uid, len as i64);
+            #[cfg(test)]
+            if let Some(hook) = self.after_snapshot_part.lock().as_mut() {
+                hook(*parts);
+            }
+            *parts += 1;
+            size += len;
+            unflushed += len;
+            if unflushed >= SNAPSHOT_PACE_BYTES {
+                self.flush_now()?;
+                unflushed = 0;
+            }
+            Ok(())
+        };
         for block in blocks {
             part.extend_from_slice(block.as_bytes());
             if part.len() >= SNAPSHOT_PART_BYTES {
-                size += part.len() as u64;
-                batch.insert(
-                    &snapshot_key(uid, meta.serial, parts)[..],
-                    std::mem::take(&mut part),
-                );
-                parts += 1;
+                store(std::mem::take(&mut part), &mut parts)?;
             }
         }
         if !part.is_empty() {
-            size += part.len() as u64;
-            batch.insert(&snapshot_key(uid, meta.serial, parts)[..], part);
-            parts += 1;
+            store(part, &mut parts)?;
         }
         meta.parts = parts;
         meta.size_bytes = size;
         let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
         let meta_bytes = encoded.len() as u64;
-        batch.insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded);
-        self.snapshots.apply_batch(batch)?;
-        self.account(uid, (size + meta_bytes) as i64);
+        self.snapshots
+            .insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded)?;
+        self.account(uid, meta_bytes as i64);
         self.flush_now()?;
         Ok(meta)
+    }
+
+    /// Remove the parts of snapshots of `uid` that have no metadata: a save or a delete
+    /// a crash interrupted (see the module doc). Call it before the database is used.
+    /// Returns the parts removed.
+    pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
+        let finished: std::collections::HashSet<u64> =
+            self.snapshots(uid)?.iter().map(|m| m.serial).collect();
+        let mut removed = 0;
+        for item in self.snapshots.scan_prefix(uid.to_be_bytes()) {
+            let (key, value) = item?;
+            let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
+            if !finished.contains(&serial) {
+                self.snapshots.remove(&key)?;
+                self.account(uid, -(value.len() as i64));
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                uid,
+                removed,
+                "removed the parts of a snapshot a crash interrupted"
+            );
+        }
+        Ok(removed)
     }
 
     /// Metadata of every stored snapshot of `uid`, oldest first.
@@ -731,17 +793,24 @@ impl LogStore {
         Ok(packed)
     }
 
-    /// Delete a stored snapshot.
+    /// Delete a stored snapshot: its metadata first, so a crash part way leaves only
+    /// parts that [`Self::drop_unfinished_snapshots`] removes (no batch: see the module
+    /// doc).
     pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
-        let mut batch = sled::Batch::default();
-        for part in 0..meta.parts {
-            batch.remove(&snapshot_key(uid, meta.serial, part)[..]);
+        if let Some(v) = self
+            .snapshots
+            .remove(snapshot_key(uid, meta.serial, META_PART))?
+        {
+            self.account(uid, -(v.len() as i64));
         }
-        let key = snapshot_key(uid, meta.serial, META_PART);
-        let meta_bytes = self.snapshots.get(key)?.map_or(0, |v| v.len() as u64);
-        batch.remove(&key[..]);
-        self.snapshots.apply_batch(batch)?;
-        self.account(uid, -((meta.size_bytes + meta_bytes) as i64));
+        for part in 0..meta.parts {
+            if let Some(v) = self
+                .snapshots
+                .remove(snapshot_key(uid, meta.serial, part))?
+            {
+                self.account(uid, -(v.len() as i64));
+            }
+        }
         Ok(())
     }
 

@@ -875,3 +875,84 @@ fn a_small_transaction_is_stored_whole_and_a_large_one_too() {
         vec![w.seq.last_serial]
     );
 }
+
+/// A commit of another database, and its group flush, while a snapshot of `UID` stands
+/// half-written (SPEC G1): the snapshot holds no lock that other writers wait for.
+#[test]
+fn another_databases_commit_completes_while_a_snapshot_is_written() {
+    let f = Fixture::new();
+    let mut big = Writer::new();
+    big.commit(&inserts("k", 3000, 200));
+    let (reached, at_part) = std::sync::mpsc::channel();
+    let (release, go_on) = std::sync::mpsc::channel::<()>();
+    *f.log.after_snapshot_part.lock() = Some(Box::new(move |part| {
+        if part == 1 {
+            reached.send(()).ok();
+            go_on.recv_timeout(Duration::from_secs(30)).ok();
+        }
+    }));
+    let log = &f.log;
+    std::thread::scope(|s| {
+        let saving = s.spawn(|| save_snapshot(log, UID, &big));
+        at_part
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the snapshot writes its parts");
+        let (done, committed) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let mut other = Writer::new();
+            let t = other.commit(&inserts("q", 1, 10));
+            log.append(OTHER_UID, &t).expect("append");
+            let ticket = log.request_flush();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(log.wait_durable(ticket)).expect("durable");
+            done.send(()).ok();
+        });
+        let finished = committed.recv_timeout(Duration::from_secs(10));
+        // Until its metadata is written the snapshot does not exist for readers.
+        let listed = log.snapshots(UID).unwrap();
+        release.send(()).ok();
+        finished.expect("another database's commit completes while a snapshot is written");
+        assert!(listed.is_empty(), "{listed:?}");
+        let meta = saving.join().expect("the snapshot is saved");
+        assert_eq!(log.snapshots(UID).unwrap(), vec![meta.clone()]);
+        assert_eq!(
+            load_snapshot(log, UID, &meta).checksums(),
+            big.store.checksums()
+        );
+    });
+    assert_eq!(replay_all(&f.log, OTHER_UID, 0).1, 1);
+}
+
+/// Parts without metadata (a save a crash interrupted) are removed; a finished
+/// snapshot and other databases' snapshots stay whole.
+#[test]
+fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    w.commit(&inserts("k", 600, 200));
+    let kept = save_snapshot(&f.log, UID, &w);
+    let other = save_snapshot(&f.log, OTHER_UID, &w);
+    for part in 0..3 {
+        f.log
+            .snapshots
+            .insert(
+                &snapshot_key(UID, kept.serial + 5, part)[..],
+                vec![7u8; 100],
+            )
+            .unwrap();
+    }
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 3);
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 0);
+    assert_eq!(f.log.drop_unfinished_snapshots(OTHER_UID).unwrap(), 0);
+    assert_eq!(f.log.snapshots(UID).unwrap(), vec![kept.clone()]);
+    assert_eq!(
+        load_snapshot(&f.log, UID, &kept).checksums(),
+        w.store.checksums()
+    );
+    assert_eq!(
+        load_snapshot(&f.log, OTHER_UID, &other).checksums(),
+        w.store.checksums()
+    );
+}

@@ -219,6 +219,8 @@ impl Database {
     /// Rebuild a database from its latest snapshot plus the log after it (SPEC B5).
     /// Returns it with the number of log entries replayed.
     pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
+        // A snapshot a crash interrupted has parts and no metadata: space only.
+        log.drop_unfinished_snapshots(def.uid)?;
         let snapshot = log.snapshots(def.uid)?.pop();
         let (mut store, mut seq, snapshot_serial) = match &snapshot {
             Some(meta) => {
