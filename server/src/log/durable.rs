@@ -48,9 +48,11 @@ use super::codec::{self, ChunkRef};
 use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
-/// Bytes of snapshot parts a snapshot writes between two flushes of its own: the most
-/// that another database's group flush can find queued ahead of it.
-const SNAPSHOT_PACE_BYTES: u64 = 8 << 20;
+/// Bytes of snapshot parts a snapshot writes between two flushes of its own (one sled
+/// segment): the most that another database's write or group flush can find queued
+/// ahead of it. Measured on a 230 MB snapshot: the other writers' worst put 31–101 ms
+/// at 8 MiB, 9–17 ms at 2 MiB, 9–15 ms at 1 MiB (docs/BENCHMARKS.md).
+const SNAPSHOT_PACE_BYTES: u64 = 2 << 20;
 /// Bytes of packed blocks per snapshot part.
 /// Small enough that sled keeps parts inline rather than as blob files.
 const SNAPSHOT_PART_BYTES: usize = 48 * 1024;

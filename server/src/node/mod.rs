@@ -36,6 +36,10 @@ use crate::txn::clock::wall_ms;
 /// sled segment size. Fixed when a data directory is created.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
 
+/// sled's page cache unless configured (its own default is 1 GiB, which a node filled
+/// with log pages it hardly reads again: RSS 880 MB for 153 MB of blocks).
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 << 20;
+
 /// The tenant every node has.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -49,6 +53,9 @@ pub struct NodeSettings {
     pub lock_timeout_ms: u64,
     /// Cancel interactive transactions idle this long.
     pub txn_idle_timeout_secs: u64,
+    /// Bytes of sled's page cache (log chunks and snapshot parts read back: senders of
+    /// links, restores). Reads of data never use it: they come from the RAM store.
+    pub sled_cache_bytes: u64,
 }
 
 impl Default for NodeSettings {
@@ -57,6 +64,7 @@ impl Default for NodeSettings {
             snapshot_every_entries: 1_000_000,
             lock_timeout_ms: 5_000,
             txn_idle_timeout_secs: 300,
+            sled_cache_bytes: DEFAULT_SLED_CACHE_BYTES,
         }
     }
 }
@@ -105,9 +113,10 @@ fn db_key(tenant: &str, name: &str) -> String {
     format!("db/{tenant}/{name}")
 }
 
-fn open_sled(data_dir: &Path) -> Result<sled::Db> {
+fn open_sled(data_dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
     sled::Config::new()
         .path(data_dir.join("sled"))
+        .cache_capacity(cache_bytes)
         .flush_every_ms(Some(500))
         // sled writes any page over a quarter segment as a file of its own; with the
         // default 512 KiB segments, leaves holding a few log chunks became files,
@@ -131,7 +140,7 @@ pub fn read_config_offline(data_dir: &Path, key: &str) -> Result<Option<Vec<u8>>
             data_dir.display()
         )));
     }
-    let sled = open_sled(data_dir)?;
+    let sled = open_sled(data_dir, DEFAULT_SLED_CACHE_BYTES)?;
     let config = sled
         .open_tree("config")
         .map_err(crate::log::LogError::from)?;
@@ -145,7 +154,7 @@ impl Node {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let sled = open_sled(data_dir)?;
+        let sled = open_sled(data_dir, settings.sled_cache_bytes)?;
         let config = sled
             .open_tree("config")
             .map_err(crate::log::LogError::from)?;
