@@ -2,6 +2,9 @@
 //!
 //! * a request-rate quota answers 429 `rate-limited` once the bucket is empty, while
 //!   another tenant carries on;
+//! * an operation-rate quota counts each operation of a batch, not the request: a batch
+//!   that empties the bucket passes, the next write is refused with 429 and
+//!   `Retry-After` and nothing of it is written, while another tenant carries on;
 //! * a memory quota (bytes of blocks over the tenant's databases) answers 507
 //!   `quota-exceeded` to writes once reached, while reads and other tenants carry on;
 //!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits; deletes pass;
@@ -60,6 +63,54 @@ fn request_rate_quota_refuses_with_429_and_other_tenants_carry_on() {
     }
     let usage = node.get("/v1/tenants/busy/usage");
     assert_eq!(usage.ok()["requests"]["per_sec"], json!(1), "{usage}");
+}
+
+#[test]
+fn an_operation_quota_counts_every_operation_of_a_batch_and_other_tenants_carry_on() {
+    let node = Node::start();
+    node.create_tenant("bulk");
+    node.create_tenant("calm");
+    node.create_db("bulk", shop_spec("shop"));
+    node.create_db("calm", shop_spec("shop"));
+    node.put(
+        "/v1/tenants/bulk/quotas",
+        &json!({"operations_per_sec": 10, "operations_burst": 100}),
+    )
+    .ok();
+    let ops = |prefix: &str, n: usize| -> Value {
+        (0..n)
+            .map(|i| op::upsert("orders", &format!("{prefix}-{i}"), json!(i)))
+            .collect()
+    };
+    let bulk = node.with_token(&token("bulk", Role::Writer));
+    let shop = bulk.db("bulk", "shop");
+    // One request of 100 operations takes the whole burst (a request rate would count 1).
+    shop.batch(ops("a", 100)).ok();
+    // So the next write, a batch of 5 or a single record, is refused and writes nothing.
+    let refused = shop.batch(ops("b", 5));
+    refused.expect_problem(429, "rate-limited");
+    let retry: u64 = refused
+        .retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("a 429 says when to retry in whole seconds");
+    assert!(
+        (1..=2).contains(&retry),
+        "5 operations at 10 a second: retry in ~1 s, got {retry}"
+    );
+    shop.put("orders", "single", json!({}), json!(1))
+        .expect_problem(429, "rate-limited");
+    assert_eq!(shop.data("orders", "b-0"), None);
+    assert_eq!(shop.data("orders", "single"), None);
+    assert_eq!(shop.record_count("orders"), 100);
+    // Another tenant writes as much as it likes.
+    let calm = node.with_token(&token("calm", Role::Writer));
+    calm.db("calm", "shop").batch(ops("c", 500)).ok();
+    calm.db("calm", "shop").batch(ops("d", 500)).ok();
+    let usage = node.get("/v1/tenants/bulk/usage");
+    let operations = &usage.ok()["operations"];
+    assert_eq!(operations["per_sec"], json!(10), "{usage}");
+    assert!(operations["available"].as_i64().unwrap() < 100, "{usage}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub op_index: Option<usize>,
     /// More members of the problem object (e.g. a topology's `errors`).
     pub extra: Option<serde_json::Map<String, Value>>,
+    /// Seconds for the `Retry-After` header (a rate quota's refusal).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -35,7 +37,15 @@ impl ApiError {
             detail: detail.into(),
             op_index: None,
             extra: None,
+            retry_after_secs: None,
         }
+    }
+
+    /// 429 `rate-limited`, with `Retry-After` in whole seconds (rounded up, at least 1).
+    pub fn rate_limited(detail: impl Into<String>, wait: std::time::Duration) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail);
+        e.retry_after_secs = Some(wait.as_secs() + 1);
+        e
     }
 
     /// Add a member to the problem object.
@@ -165,6 +175,7 @@ impl From<Error> for ApiError {
             detail,
             op_index: None,
             extra: None,
+            retry_after_secs: None,
         }
     }
 }
@@ -189,6 +200,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -141,15 +141,11 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         };
         if let Err(wait) = taken {
             let secs = wait.as_secs() + 1;
-            let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
+            let response = ApiError::rate_limited(
                 format!("tenant '{charged}' is over its request rate; retry in {secs} s"),
+                wait,
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             audit(response.status());
             return drained(body, response).await;
         }

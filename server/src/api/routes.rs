@@ -126,6 +126,11 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<V
             "burst": limits.burst,
             "available": quotas.available_requests(&tenant),
         },
+        "operations": {
+            "per_sec": limits.operations_per_sec,
+            "burst": limits.operations_burst,
+            "available": quotas.available_operations(&tenant),
+        },
     })))
 }
 
@@ -228,11 +233,34 @@ fn lock_timeout(app: &AppState, ms: Option<u64>) -> Duration {
     Duration::from_millis(ms.unwrap_or(app.node.settings.lock_timeout_ms).min(600_000))
 }
 
+/// Charge `n` written operations to `tenant`'s operation quota (a batch counts each of
+/// its operations); the node administrator is not limited. Refused: nothing is written.
+fn charge(app: &AppState, claims: &Claims, tenant: &str, n: usize) -> Result<()> {
+    if claims.tenant == crate::tenancy::auth::ANY_TENANT {
+        return Ok(());
+    }
+    app.tenancy
+        .quotas
+        .take_operations(tenant, n)
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                format!(
+                    "tenant '{tenant}' is over its operation rate ({n} operations asked); \
+                     retry in {} s",
+                    wait.as_secs() + 1
+                ),
+                wait,
+            )
+        })
+}
+
 async fn run_one(
     app: &AppState,
+    claims: &Claims,
     db: &Database,
     op: OpInput,
 ) -> Result<crate::node::database::Committed> {
+    charge(app, claims, &db.def.tenant, 1)?;
     let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
     db.execute(&ops, lock_timeout(app, None))
         .await
@@ -249,6 +277,7 @@ fn strip_index(err: crate::node::Error) -> ApiError {
 
 pub async fn put_record(
     State(app): App,
+    Extension(claims): Extension<Claims>,
     Path((tenant, name, file, key)): RecordPath,
     Body(body): Body<RecordBody>,
 ) -> Result<Json<Value>> {
@@ -261,7 +290,7 @@ pub async fn put_record(
         alt: body.alt,
         data: body.data,
     };
-    let done = run_one(&app, &db, op).await?;
+    let done = run_one(&app, &claims, &db, op).await?;
     Ok(Json(
         json!({"txn": done.txn, "serial": done.first_serial, "created": !existed}),
     ))
@@ -269,6 +298,7 @@ pub async fn put_record(
 
 pub async fn insert_record(
     State(app): App,
+    Extension(claims): Extension<Claims>,
     Path((tenant, name, file)): Path<(String, String, String)>,
     Body(body): Body<NewRecord>,
 ) -> Result<Response> {
@@ -280,7 +310,7 @@ pub async fn insert_record(
         alt: body.alt,
         data: body.data,
     };
-    let done = run_one(&app, &db, op).await?;
+    let done = run_one(&app, &claims, &db, op).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"txn": done.txn, "serial": done.first_serial})),
@@ -297,6 +327,7 @@ pub async fn get_record(
 
 pub async fn delete_record(
     State(app): App,
+    Extension(claims): Extension<Claims>,
     Path((tenant, name, file, key)): RecordPath,
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
@@ -307,7 +338,7 @@ pub async fn delete_record(
         alt: BTreeMap::new(),
         data: None,
     };
-    let done = run_one(&app, &db, op).await?;
+    let done = run_one(&app, &claims, &db, op).await?;
     Ok(Json(json!({"txn": done.txn, "serial": done.first_serial})))
 }
 
@@ -376,11 +407,13 @@ pub struct LockQuery {
 
 pub async fn transaction(
     State(app): App,
+    Extension(claims): Extension<Claims>,
     Path((tenant, name)): Path<(String, String)>,
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
+    charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;
     let done = db
         .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
@@ -400,11 +433,13 @@ type TxnPath = Path<(String, String, u64)>;
 
 pub async fn add_ops(
     State(app): App,
+    Extension(claims): Extension<Claims>,
     Path((tenant, name, txn)): TxnPath,
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
+    charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;
     let pending = db
         .add(txn, ops, lock_timeout(&app, q.lock_timeout_ms))

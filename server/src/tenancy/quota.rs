@@ -8,6 +8,12 @@
 //! * **Request rate**: a token bucket per tenant (`requests_per_sec`, `burst`); an empty
 //!   bucket answers 429 `rate-limited` with `Retry-After`. The node administrator
 //!   (tenant `*`) is not limited.
+//! * **Operation rate**: a request rate does not bound work (a batch of 1,000 operations
+//!   is one request), so writes are also charged per operation (`operations_per_sec`,
+//!   `operations_burst`, default one second's worth): a batch of n takes n tokens. A
+//!   batch larger than the burst passes when the bucket is full and leaves it in debt,
+//!   which later writes wait out; so a tenant's sustained rate is its quota whatever its
+//!   batch size. Refused: 429 `rate-limited` with `Retry-After`, nothing written.
 //! * **Storage**: the bytes of log chunks and snapshots the tenant's databases keep in
 //!   sled (`LogStore::stored_bytes`, before sled's own overhead). Like memory, a soft
 //!   limit checked before write and operate requests (snapshots add storage) with 507
@@ -45,6 +51,10 @@ pub struct Limits {
     pub requests_per_sec: Option<u32>,
     /// Requests allowed at once above the rate (default: one second's worth).
     pub burst: Option<u32>,
+    /// Sustained written operations per second (a batch of n counts n).
+    pub operations_per_sec: Option<u32>,
+    /// Operations allowed at once above the rate (default: one second's worth).
+    pub operations_burst: Option<u32>,
     /// Plugin versions in the registry.
     pub plugins: Option<u64>,
     /// Bytes of plugin wasm in the registry.
@@ -62,6 +72,8 @@ impl Limits {
             storage_bytes: self.storage_bytes.or(defaults.storage_bytes),
             requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
             burst: self.burst.or(defaults.burst),
+            operations_per_sec: self.operations_per_sec.or(defaults.operations_per_sec),
+            operations_burst: self.operations_burst.or(defaults.operations_burst),
             plugins: self.plugins.or(defaults.plugins),
             plugin_bytes: self.plugin_bytes.or(defaults.plugin_bytes),
             plugin_cpu_ms_per_sec: self
@@ -81,6 +93,8 @@ pub struct Quotas {
     defaults: Limits,
     limits: Mutex<HashMap<String, Limits>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Written operations, per tenant.
+    operations: Mutex<HashMap<String, Bucket>>,
     /// Plugin CPU budgets: milliseconds left, refilled at the tenant's rate.
     cpu: Mutex<HashMap<String, Bucket>>,
 }
@@ -104,6 +118,7 @@ impl Quotas {
             defaults,
             limits: Mutex::new(limits),
             buckets: Mutex::new(HashMap::new()),
+            operations: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         })
     }
@@ -121,6 +136,7 @@ impl Quotas {
         node.set_config_value(&config_key(tenant), &bytes)?;
         self.limits.lock().insert(tenant.to_string(), limits);
         self.buckets.lock().remove(tenant);
+        self.operations.lock().remove(tenant);
         self.cpu.lock().remove(tenant);
         Ok(())
     }
@@ -188,6 +204,46 @@ impl Quotas {
         }
     }
 
+    /// Takes `n` written operations from `tenant`'s bucket; `Err(wait)` until it holds
+    /// them (or, for a batch larger than the burst, until it is full: the batch then
+    /// leaves it in debt).
+    pub fn take_operations(&self, tenant: &str, n: usize) -> std::result::Result<(), Duration> {
+        let limits = self.limits(tenant);
+        let Some(rate) = limits.operations_per_sec.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let rate = f64::from(rate);
+        let burst = limits.operations_burst.map_or(rate, f64::from).max(1.0);
+        let n = n as f64;
+        let now = Instant::now();
+        let mut buckets = self.operations.lock();
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
+        bucket.last = now;
+        let needed = n.min(burst);
+        if bucket.tokens >= needed {
+            bucket.tokens -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((needed - bucket.tokens) / rate))
+        }
+    }
+
+    /// Operations `tenant` could write at once now (None: unlimited; negative: in debt).
+    pub fn available_operations(&self, tenant: &str) -> Option<i64> {
+        let limits = self.limits(tenant);
+        let rate = f64::from(limits.operations_per_sec.filter(|r| *r > 0)?);
+        let burst = limits.operations_burst.map_or(rate, f64::from).max(1.0);
+        let buckets = self.operations.lock();
+        Some(buckets.get(tenant).map_or(burst, |b| {
+            (b.tokens + b.last.elapsed().as_secs_f64() * rate).min(burst)
+        }) as i64)
+    }
+
     /// Requests `tenant` could make at once now (None: unlimited).
     pub fn available_requests(&self, tenant: &str) -> Option<u64> {
         let limits = self.limits(tenant);
@@ -236,5 +292,53 @@ fn at_limit(limit: Option<u64>, used: impl FnOnce() -> u64) -> std::result::Resu
     match used() {
         used if used >= limit => Err((used, limit)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quotas(limits: Limits) -> Quotas {
+        let q = Quotas {
+            defaults: Limits::default(),
+            limits: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            operations: Mutex::new(HashMap::new()),
+            cpu: Mutex::new(HashMap::new()),
+        };
+        q.limits.lock().insert("t".into(), limits);
+        q
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_burst_passes_a_full_bucket_and_leaves_a_debt() {
+        let q = quotas(Limits {
+            operations_per_sec: Some(10),
+            operations_burst: Some(100),
+            ..Limits::default()
+        });
+        q.take_operations("t", 250)
+            .expect("a full bucket lets a big batch pass");
+        // 150 operations in debt at 10 a second: the next one waits about 15 s.
+        let wait = q.take_operations("t", 1).unwrap_err();
+        assert!(wait > Duration::from_secs(14), "{wait:?}");
+        assert!(q.available_operations("t").unwrap() < -140);
+        // Without an operation quota, nothing is counted.
+        q.take_operations("other", 1_000_000).unwrap();
+        assert_eq!(q.available_operations("other"), None);
+    }
+
+    #[test]
+    fn operations_within_the_burst_pass_until_it_is_spent() {
+        let q = quotas(Limits {
+            operations_per_sec: Some(1),
+            operations_burst: Some(10),
+            ..Limits::default()
+        });
+        q.take_operations("t", 6).unwrap();
+        q.take_operations("t", 4).unwrap();
+        let wait = q.take_operations("t", 3).unwrap_err();
+        assert!(wait > Duration::from_secs(2), "{wait:?}");
     }
 }
