@@ -780,9 +780,44 @@ impl LogStore {
         Ok(out)
     }
 
-    /// The packed block bytes of a snapshot.
-    pub fn snapshot_blocks(&self, uid: u64, meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
-        let mut packed = Vec::with_capacity(meta.size_bytes as usize);
+    /// A snapshot's blocks, cut out of each part as it is read (a part holds whole
+    /// blocks), so recovery never holds the packed snapshot and its blocks at once.
+    pub fn snapshot_block_list(
+        &self,
+        uid: u64,
+        meta: &SnapshotMeta,
+    ) -> Result<Vec<crate::store::Block>, LogError> {
+        let size = (meta.layout.block_size as usize).max(1);
+        let mut blocks = Vec::with_capacity(meta.layout.block_count());
+        self.for_each_snapshot_part(uid, meta, |part| {
+            if part.len() % size != 0 {
+                return Err(LogError::Damaged(format!(
+                    "snapshot {}: a part of {} bytes for blocks of {size}",
+                    meta.serial,
+                    part.len()
+                )));
+            }
+            for bytes in part.chunks_exact(size) {
+                blocks.push(crate::store::Block::from_bytes(bytes).ok_or_else(|| {
+                    LogError::Damaged(format!(
+                        "snapshot {}: block {} has a bad header",
+                        meta.serial,
+                        blocks.len()
+                    ))
+                })?);
+            }
+            Ok(())
+        })?;
+        Ok(blocks)
+    }
+
+    /// Each part of a snapshot, in order.
+    fn for_each_snapshot_part(
+        &self,
+        uid: u64,
+        meta: &SnapshotMeta,
+        mut visit: impl FnMut(&[u8]) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
         for part in 0..meta.parts {
             let bytes = self
                 .snapshots
@@ -790,9 +825,9 @@ impl LogStore {
                 .ok_or_else(|| {
                     LogError::Damaged(format!("snapshot {} misses part {part}", meta.serial))
                 })?;
-            packed.extend_from_slice(&bytes);
+            visit(&bytes)?;
         }
-        Ok(packed)
+        Ok(())
     }
 
     /// Delete a stored snapshot: its metadata first, so a crash part way leaves only

@@ -287,8 +287,8 @@ fn save_snapshot(log: &LogStore, uid: u64, writer: &Writer) -> SnapshotMeta {
 }
 
 fn load_snapshot(log: &LogStore, uid: u64, meta: &SnapshotMeta) -> Store {
-    let packed = log.snapshot_blocks(uid, meta).expect("snapshot blocks");
-    Store::from_snapshot(meta.layout.clone(), QUOTA, &packed).expect("snapshot decodes")
+    let blocks = log.snapshot_block_list(uid, meta).expect("snapshot blocks");
+    Store::from_snapshot_blocks(meta.layout.clone(), QUOTA, blocks).expect("snapshot decodes")
 }
 
 #[test]
@@ -649,7 +649,7 @@ fn snapshots_save_list_load_and_delete() {
     f.log.delete_snapshot(UID, &first).unwrap();
     assert_eq!(f.log.snapshots(UID).unwrap(), vec![second.clone()]);
     assert!(matches!(
-        f.log.snapshot_blocks(UID, &first),
+        f.log.snapshot_block_list(UID, &first),
         Err(LogError::Damaged(_))
     ));
     assert_eq!(

@@ -405,8 +405,8 @@ fn rebuild(
                 .into_iter()
                 .find(|s| s.serial == serial)
                 .ok_or_else(|| Error::Unavailable(format!("snapshot {serial} was removed")))?;
-            let packed = log.snapshot_blocks(uid, &meta)?;
-            Store::from_snapshot(meta.layout, spec.memory_quota_bytes, &packed)
+            let blocks = log.snapshot_block_list(uid, &meta)?;
+            Store::from_snapshot_blocks(meta.layout, spec.memory_quota_bytes, blocks)
                 .map_err(|e| Error::Unavailable(e.to_string()))?
         }
         None => Store::new(spec.schema(), spec.block_size, spec.memory_quota_bytes),

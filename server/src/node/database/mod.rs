@@ -224,10 +224,13 @@ impl Database {
         let snapshot = log.snapshots(def.uid)?.pop();
         let (mut store, mut seq, snapshot_serial) = match &snapshot {
             Some(meta) => {
-                let packed = log.snapshot_blocks(def.uid, meta)?;
-                let store =
-                    Store::from_snapshot(meta.layout.clone(), def.spec.memory_quota_bytes, &packed)
-                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                let blocks = log.snapshot_block_list(def.uid, meta)?;
+                let store = Store::from_snapshot_blocks(
+                    meta.layout.clone(),
+                    def.spec.memory_quota_bytes,
+                    blocks,
+                )
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
                 (
                     store,
                     Sequencer::new(meta.serial, meta.next_txn),
