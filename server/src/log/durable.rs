@@ -125,6 +125,9 @@ pub struct LogStore {
     /// Bytes of log chunks and snapshot parts each database holds, counted from a scan
     /// the first time they are asked for and kept up to date by every write and prune.
     stored: Mutex<std::collections::HashMap<u64, u64>>,
+    /// The same per database and log kind (retention's size bound), keyed by the kind's
+    /// byte; counted from a scan the first time a kind's size is asked for.
+    kind_stored: Mutex<std::collections::HashMap<(u64, u8), u64>>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Called after each snapshot part is stored (tests stop a snapshot half-written).
     #[cfg(test)]
@@ -209,6 +212,7 @@ impl LogStore {
                 flushed: watch::channel((0, None)).0,
             }),
             stored: Mutex::new(std::collections::HashMap::new()),
+            kind_stored: Mutex::new(std::collections::HashMap::new()),
             flusher_thread: Mutex::new(None),
             #[cfg(test)]
             after_snapshot_part: Mutex::new(None),
@@ -258,18 +262,20 @@ impl LogStore {
             }
         }
         let position = position.map(|(stream, serial)| (position_key(uid, stream), serial));
-        self.insert_txn(uid, chunks, position)
+        self.insert_txn(chunks, position)
     }
 
     /// Store one transaction's chunks (keys from [`log_key`]) and, for a logical replica,
     /// its position, so that a crash keeps all of them or none (see the module doc).
     fn insert_txn(
         &self,
-        uid: u64,
         chunks: Vec<([u8; 17], sled::IVec)>,
         position: Option<([u8; 25], u64)>,
     ) -> Result<(), LogError> {
-        let written: u64 = chunks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        // Counted first: a failed write means sled failed, and the node with it.
+        for (key, bytes) in &chunks {
+            self.account_chunk(key, bytes.len() as i64);
+        }
         let is_a = |key: &[u8; 17]| key[8] == LogKind::A as u8;
         if position.is_none() && chunks.iter().filter(|(key, _)| is_a(key)).count() == 1 {
             // The A chunk last: it is the commit point.
@@ -287,7 +293,6 @@ impl LogStore {
             }
             self.log.apply_batch(batch)?;
         }
-        self.account(uid, written as i64);
         Ok(())
     }
 
@@ -319,7 +324,7 @@ impl LogStore {
                 .collect::<Result<_, _>>()?;
             for key in torn {
                 if let Some(bytes) = self.log.remove(&key)? {
-                    self.account(uid, -(bytes.len() as i64));
+                    self.account_chunk(&key, -(bytes.len() as i64));
                 }
                 removed += 1;
             }
@@ -357,17 +362,20 @@ impl LogStore {
     /// can append to database `uid`.
     pub fn append_txns(&self, uid: u64, txns: &[TxnLog]) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
-        let mut written = 0;
+        let mut written = Vec::new();
         for txn in txns {
             for kind in [LogKind::A, LogKind::B, LogKind::T] {
                 for (first, bytes) in codec::encode(txn, kind) {
-                    written += bytes.len() as u64;
-                    batch.insert(&log_key(uid, kind, first)[..], bytes);
+                    let key = log_key(uid, kind, first);
+                    written.push((key, bytes.len() as i64));
+                    batch.insert(&key[..], bytes);
                 }
             }
         }
         self.log.apply_batch(batch)?;
-        self.account(uid, written as i64);
+        for (key, len) in written {
+            self.account_chunk(&key, len);
+        }
         Ok(())
     }
 
@@ -382,7 +390,7 @@ impl LogStore {
                 (key, c.bytes.clone())
             })
             .collect();
-        self.insert_txn(uid, chunks, None)
+        self.insert_txn(chunks, None)
     }
 
     /// Whole transactions of database `uid` whose first serial is above `after`, in
@@ -465,6 +473,31 @@ impl LogStore {
         if let Some(bytes) = self.stored.lock().get_mut(&uid) {
             *bytes = bytes.saturating_add_signed(delta);
         }
+    }
+
+    /// [`Self::account`] for the log chunk at `key`, and its kind's count too.
+    fn account_chunk(&self, key: &[u8], delta: i64) {
+        let uid = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+        self.account(uid, delta);
+        if let Some(bytes) = self.kind_stored.lock().get_mut(&(uid, key[8])) {
+            *bytes = bytes.saturating_add_signed(delta);
+        }
+    }
+
+    /// Bytes of the `kind` chunks of database `uid`.
+    pub fn kind_bytes(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
+        if let Some(bytes) = self.kind_stored.lock().get(&(uid, kind as u8)) {
+            return Ok(*bytes);
+        }
+        let mut total = 0u64;
+        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+            total += item?.1.len() as u64;
+        }
+        Ok(*self
+            .kind_stored
+            .lock()
+            .entry((uid, kind as u8))
+            .or_insert(total))
     }
 
     /// A ticket for the next flush, to pass to [`Self::wait_durable`]. Take it after
@@ -581,17 +614,46 @@ impl LogStore {
         kind: LogKind,
         cutoff_us: u64,
     ) -> Result<usize, LogError> {
+        self.prune_oldest(uid, kind, |chunk| {
+            codec::last_timestamp_us(chunk).is_some_and(|ts| ts < cutoff_us)
+        })
+    }
+
+    /// Remove the oldest `kind` chunks of `uid` until at most `max_bytes` of them remain:
+    /// retention's size bound, beside its time bound. Returns the chunks removed.
+    pub fn prune_to_bytes(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        max_bytes: u64,
+    ) -> Result<usize, LogError> {
+        let mut over = self.kind_bytes(uid, kind)?.saturating_sub(max_bytes);
+        self.prune_oldest(uid, kind, |chunk| {
+            let go = over > 0;
+            over = over.saturating_sub(chunk.len() as u64);
+            go
+        })
+    }
+
+    /// Remove `kind` chunks of `uid` oldest first while `remove` says so of the next
+    /// one, and remember the last serial removed ([`Self::pruned_through`]).
+    fn prune_oldest(
+        &self,
+        uid: u64,
+        kind: LogKind,
+        mut remove: impl FnMut(&[u8]) -> bool,
+    ) -> Result<usize, LogError> {
         let mut removed = 0;
         let mut pruned = None;
         for item in self.log.scan_prefix(log_prefix(uid, kind)) {
             let (key, value) = item?;
-            if codec::last_timestamp_us(&value).is_none_or(|ts| ts >= cutoff_us) {
+            if !remove(&value) {
                 break;
             }
             let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             pruned = Some(head.last_serial);
-            self.log.remove(key)?;
-            self.account(uid, -(value.len() as i64));
+            self.log.remove(&key)?;
+            self.account_chunk(&key, -(value.len() as i64));
             removed += 1;
         }
         if let Some(serial) = pruned {
@@ -672,8 +734,8 @@ impl LogStore {
             if chunk.last_serial > serial {
                 break;
             }
-            self.log.remove(key)?;
-            self.account(uid, -(value.len() as i64));
+            self.log.remove(&key)?;
+            self.account_chunk(&key, -(value.len() as i64));
             removed += 1;
         }
         Ok(removed)
@@ -865,6 +927,7 @@ impl LogStore {
             tree.apply_batch(batch)?;
         }
         self.stored.lock().remove(&uid);
+        self.kind_stored.lock().retain(|(u, _), _| *u != uid);
         Ok(())
     }
 

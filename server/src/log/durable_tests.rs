@@ -956,3 +956,72 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
         w.store.checksums()
     );
 }
+
+/// Retention's size bound: the oldest chunks of one kind go until what is left fits;
+/// the count stays true through appends and prunes; the A log, the other kind and
+/// other databases are untouched; what was pruned is remembered.
+#[test]
+fn prune_to_bytes_keeps_the_newest_chunks_that_fit_the_bound() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    f.log.append(UID, &w.commit(&inserts("k", 4, 10))).unwrap();
+    // Counted from a scan once, then kept up to date by every append.
+    let empty_b = f.log.kind_bytes(UID, LogKind::B).unwrap();
+    assert_eq!(empty_b, 0);
+    for round in 1..=20u8 {
+        let ops = [update(ORDERS, "k0000", &[round; 100])];
+        f.log.append(UID, &w.commit(&ops)).unwrap();
+    }
+    let mut other = Writer::new();
+    f.log
+        .append(OTHER_UID, &other.commit(&inserts("x", 2, 5)))
+        .unwrap();
+    f.log
+        .append(OTHER_UID, &other.commit(&[update(ORDERS, "x0000", b"y")]))
+        .unwrap();
+    let scanned = |kind| -> u64 {
+        f.log
+            .log
+            .scan_prefix(log_prefix(UID, kind))
+            .map(|item| item.unwrap().1.len() as u64)
+            .sum()
+    };
+    assert_eq!(
+        f.log.kind_bytes(UID, LogKind::B).unwrap(),
+        scanned(LogKind::B)
+    );
+    // The bytes of the newest five B chunks: the bound that keeps exactly them.
+    let sizes: Vec<u64> = f
+        .log
+        .log
+        .scan_prefix(log_prefix(UID, LogKind::B))
+        .map(|item| item.unwrap().1.len() as u64)
+        .collect();
+    assert_eq!(sizes.len(), 20);
+    let bound: u64 = sizes[15..].iter().sum();
+    let t_before = read_kind(&f.log, UID, LogKind::T, 0);
+    let a_before = replay_all(&f.log, UID, 0);
+
+    // Room for five chunks: the newest five stay.
+    let removed = f.log.prune_to_bytes(UID, LogKind::B, bound).unwrap();
+    assert_eq!(removed, 15);
+    assert_eq!(
+        serials(&read_kind(&f.log, UID, LogKind::B, 0)),
+        (20..=24).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        f.log.kind_bytes(UID, LogKind::B).unwrap(),
+        scanned(LogKind::B)
+    );
+    assert_eq!(f.log.kind_bytes(UID, LogKind::B).unwrap(), bound);
+    assert_eq!(f.log.pruned_through(UID, LogKind::B).unwrap(), 19);
+    // Within the bound: nothing more goes.
+    assert_eq!(f.log.prune_to_bytes(UID, LogKind::B, bound).unwrap(), 0);
+
+    assert_eq!(read_kind(&f.log, UID, LogKind::T, 0), t_before);
+    assert_eq!(replay_all(&f.log, UID, 0), a_before);
+    assert_eq!(
+        serials(&read_kind(&f.log, OTHER_UID, LogKind::B, 0)),
+        vec![3]
+    );
+}

@@ -63,16 +63,36 @@ pub enum Durability {
     Sync,
 }
 
-/// Retention of B and T logs, each on its own (SPEC B4).
+/// Retention of B and T logs, each on its own (SPEC B4): a chunk goes once it is older
+/// than its kind's period, or once the kind holds more bytes than its bound, oldest
+/// first (like Kafka's `retention.ms` and `retention.bytes`). Without a size bound the
+/// logs of a database that keeps updating the same records grow without end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     #[serde(default = "Retention::default_b_secs")]
     pub b_secs: u64,
     #[serde(default = "Retention::default_t_secs")]
     pub t_secs: u64,
+    /// Most bytes of B log kept (default: [`Retention::default_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b_bytes: Option<u64>,
+    /// Most bytes of T log kept (default: [`Retention::default_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_bytes: Option<u64>,
 }
 
+/// The floor of the default size bound of a B or T log.
+pub const MIN_DEFAULT_LOG_BYTES: u64 = 64 << 20;
+
 impl Retention {
+    /// The size bound of a B or T log when none is set: the database's blocks in RAM,
+    /// at least [`MIN_DEFAULT_LOG_BYTES`]. So each of the two logs holds at most about
+    /// as much as the live data (plus the time bound's reach, whichever is shorter), and
+    /// point-in-time restore by B log reaches back over roughly one rewrite of the data.
+    pub fn default_bytes(memory_bytes: u64) -> u64 {
+        memory_bytes.max(MIN_DEFAULT_LOG_BYTES)
+    }
+
     fn default_b_secs() -> u64 {
         24 * 3600
     }
@@ -86,6 +106,8 @@ impl Default for Retention {
         Retention {
             b_secs: Self::default_b_secs(),
             t_secs: Self::default_t_secs(),
+            b_bytes: None,
+            t_bytes: None,
         }
     }
 }
@@ -635,17 +657,19 @@ impl Database {
     pub fn enforce_retention(&self) -> Result<usize> {
         let now_us = wall_ms() * 1000;
         let retention = self.def.spec.retention;
-        let b = self.log.prune_older_than(
-            self.def.uid,
-            LogKind::B,
-            now_us.saturating_sub(retention.b_secs * 1_000_000),
-        )?;
-        let t = self.log.prune_older_than(
-            self.def.uid,
-            LogKind::T,
-            now_us.saturating_sub(retention.t_secs * 1_000_000),
-        )?;
-        Ok(b + t)
+        let default_bytes = Retention::default_bytes(self.memory_bytes());
+        let mut removed = 0;
+        for (kind, secs, bytes) in [
+            (LogKind::B, retention.b_secs, retention.b_bytes),
+            (LogKind::T, retention.t_secs, retention.t_bytes),
+        ] {
+            let cutoff = now_us.saturating_sub(secs.saturating_mul(1_000_000));
+            removed += self.log.prune_older_than(self.def.uid, kind, cutoff)?;
+            removed +=
+                self.log
+                    .prune_to_bytes(self.def.uid, kind, bytes.unwrap_or(default_bytes))?;
+        }
+        Ok(removed)
     }
 
     /// Serial of the last applied update and of the last snapshot.
