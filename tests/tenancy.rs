@@ -13,7 +13,9 @@
 //! * plugin count and size quotas refuse new plugin versions with 507, not re-uploads,
 //!   and not other tenants; a plugin CPU-time quota refuses dry-runs with 429;
 //! * admin and operator actions, allowed or refused, are in the tenant's audit log with
-//!   who, what, when and the result; only the tenant's admin reads it; no token in it.
+//!   who, what, when and the result; only the tenant's admin reads it; no token in it;
+//! * the node's memory and disk (`GET /v1/node`, `/metrics`) are the node
+//!   administrator's to see, not a tenant's: they add up every tenant's data.
 
 use doppel_tests::*;
 
@@ -366,4 +368,52 @@ fn a_plugin_cpu_quota_refuses_dry_runs_with_429_and_other_tenants_carry_on() {
     dry("other").ok();
     let usage = node.get("/v1/tenants/cpu/usage").ok().clone();
     assert_eq!(usage["plugin_cpu_ms_per_sec"]["limit"], 1, "{usage}");
+}
+
+#[test]
+fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not() {
+    let node = Node::start();
+    let db = node.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let ops: Vec<Value> = (0..500)
+        .map(|i| {
+            op::upsert(
+                "orders",
+                &format!("o-{i:04}"),
+                json!({"note": "x".repeat(100)}),
+            )
+        })
+        .collect();
+    db.batch(json!(ops)).ok();
+    let info = node.get("/v1/node").ok().clone();
+    let field = |name: &str| {
+        info[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name}: {info}"))
+    };
+    let (rss, blocks) = (field("rss_bytes"), field("blocks_bytes"));
+    assert!(rss > blocks && blocks > 500 * 100, "{info}");
+    assert!(field("data_dir_bytes") > 0, "{info}");
+    let metrics = node.get("/metrics");
+    for name in [
+        "doppel_node_rss_bytes",
+        "doppel_node_data_dir_bytes",
+        "doppel_node_blocks_bytes",
+    ] {
+        let value: f64 = metrics
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{}", metrics.text))
+            .parse()
+            .unwrap();
+        assert!(value > 0.0, "{name} {value}");
+    }
+    // A tenant's admin sees the node's identity, not what its neighbours hold.
+    let tenant = node.with_token(&token(DEFAULT_TENANT, Role::Admin));
+    let info = tenant.get("/v1/node").ok().clone();
+    assert!(info["id"].is_string(), "{info}");
+    for name in ["rss_bytes", "data_dir_bytes", "blocks_bytes"] {
+        assert!(info.get(name).is_none(), "{info}");
+    }
+    assert!(!tenant.get("/metrics").text.contains("doppel_node_"));
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{blocking, ApiError, Body, Path, Query};
 use super::AppState;
+use crate::tenancy::auth::Claims;
+use crate::tenancy::roles::{check, Permission};
 use crate::transport::links::{LinkSpec, ReplicaRequest};
 use crate::transport::redrive::{RedriveError, RedriveRequest};
 use crate::transport::verify::{RepairRequest, RepairScope};
@@ -19,8 +21,19 @@ use crate::transport::verify::{RepairRequest, RepairScope};
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
 
-pub async fn node(State(app): App) -> Json<Value> {
-    Json(app.replication.node_info())
+/// This node: id, version, replication address; for the node administrator also its
+/// footprint (memory and disk are every tenant's together, so a tenant's token does not
+/// see them: they would tell it how much its neighbours hold).
+pub async fn node(State(app): App, Extension(claims): Extension<Claims>) -> Result<Json<Value>> {
+    let mut info = app.replication.node_info();
+    if check(&claims, Permission::NodeAdmin, None).is_ok() {
+        let node = app.node.clone();
+        let f = blocking(move || Ok(node.footprint())).await?;
+        info["rss_bytes"] = json!(f.rss_bytes);
+        info["data_dir_bytes"] = json!(f.data_dir_bytes);
+        info["blocks_bytes"] = json!(f.blocks_bytes);
+    }
+    Ok(Json(info))
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition of the databases and links the caller's
-//! token covers (the node administrator sees every tenant).
+//! token covers (the node administrator sees every tenant, and the node's own memory
+//! and disk).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::AppState;
+use crate::node::footprint::Footprint;
 use crate::tenancy::auth::Claims;
+use crate::tenancy::roles::{check, Permission};
 
 /// One metric family being written.
 struct Family<'a> {
@@ -23,7 +26,11 @@ impl Family<'_> {
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
             .collect();
-        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        }
     }
 }
 
@@ -151,5 +158,39 @@ pub async fn metrics(
             );
         }
     }
+    if check(&claims, Permission::NodeAdmin, None).is_ok() {
+        let node = app.node.clone();
+        if let Ok(f) = tokio::task::spawn_blocking(move || node.footprint()).await {
+            node_metrics(&mut out, f);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The node's footprint, for the node administrator only: memory and disk are every
+/// tenant's together. No RSS sample where the platform has none.
+fn node_metrics(out: &mut String, f: Footprint) {
+    let gauges = [
+        (
+            "doppel_node_rss_bytes",
+            "Resident memory of the node process.",
+            f.rss_bytes,
+        ),
+        (
+            "doppel_node_data_dir_bytes",
+            "Bytes of the files under the node's data directory.",
+            Some(f.data_dir_bytes),
+        ),
+        (
+            "doppel_node_blocks_bytes",
+            "Bytes of blocks in RAM over every database.",
+            Some(f.blocks_bytes),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = family(out, name, "gauge", help);
+        if let Some(v) = value {
+            family.sample(name, &[], v as f64);
+        }
+    }
 }

@@ -42,8 +42,8 @@ routes! {
     "get" "/v1/health" => r::health, Public, "Liveness of the node";
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do";
     "get" "/v1/openapi.json" => r::openapi, Authenticated, "This document";
-    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address";
-    "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers";
+    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk";
+    "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers (and the node's memory and disk for the node administrator)";
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants";
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant";
     "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas";

@@ -44,13 +44,18 @@ pub struct BenchArgs {
     /// Token for the replica's API (default: the source's token).
     #[arg(long, env = "DOPPEL_REPLICA_TOKEN", hide_env_values = true)]
     replica_token: Option<String>,
-    /// Replication scenario: async, sync, bootstrap, catchup, logical, verify, promote,
-    /// mutual or all.
+    /// Scenario. Without --replica: all (batched writes and point reads), neighbours (a
+    /// quiet tenant's puts next to a loud one) or footprint (RSS and disk of a node this
+    /// starts). With --replica: async, sync, bootstrap, catchup, logical, verify,
+    /// promote, mutual or all.
     #[arg(long, default_value = "all")]
     pub(crate) scenario: String,
     /// Single-record commits of the sync scenario.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) sync_commits: usize,
+    /// Minutes of sustained updates of the footprint scenario.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) minutes: u64,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -60,7 +65,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -103,26 +108,61 @@ pub(crate) fn run_parallel(
     Ok((elapsed, latencies))
 }
 
+/// Which bench: with `--replica` the replication scenarios ([`super::bench_link`]);
+/// without, the batched write/read bench or one of the shared-node scenarios
+/// ([`super::bench_tenants`]).
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if let Some(replica) = &args.replica {
         return super::bench_link::run(&args, replica, args.replica_token.clone());
     }
-    let client = connect(&args.target);
-    let tenant = encode_segment(&args.target.tenant);
-    let db_path = format!(
-        "/v1/tenants/{tenant}/databases/{}",
-        encode_segment(&args.db)
-    );
-    let _ = client.call("DELETE", &db_path, None);
+    match args.scenario.as_str() {
+        "all" => writes_and_reads(&args),
+        "neighbours" => super::bench_tenants::neighbours(&args),
+        "footprint" => super::bench_tenants::footprint(&args),
+        other => Err(format!(
+            "unknown scenario '{other}' (without --replica: all, neighbours or footprint)"
+        )),
+    }
+}
+
+/// The path of database `db` of `tenant`.
+pub(crate) fn db_path(tenant: &str, db: &str) -> String {
+    format!(
+        "/v1/tenants/{}/databases/{}",
+        encode_segment(tenant),
+        encode_segment(db)
+    )
+}
+
+/// Delete database `db` of `tenant` if it exists and create it empty with one file,
+/// `bench`, at `durability`.
+pub(crate) fn recreate(
+    client: &Client,
+    tenant: &str,
+    db: &str,
+    durability: &str,
+) -> Result<(), String> {
+    let _ = client.call("DELETE", &db_path(tenant, db), None);
     client.call(
         "POST",
-        &format!("/v1/tenants/{tenant}/databases"),
-        Some(&json!({"name": args.db, "files": [{"name": "bench"}], "durability": args.durability, "memory_quota_bytes": 16u64 << 30})),
+        &format!("/v1/tenants/{}/databases", encode_segment(tenant)),
+        Some(&json!({"name": db, "files": [{"name": "bench"}], "durability": durability, "memory_quota_bytes": 16u64 << 30})),
     )?;
-    let payload = "x".repeat(args.record_bytes.saturating_sub(2));
-    let batches = args.records.div_ceil(args.batch);
-    let (records, batch) = (args.records, args.batch);
-    let txn_path = format!("{db_path}/transactions");
+    Ok(())
+}
+
+/// One pass of batched upserts of keys `k000000000000`.. (`records` of them, `batch` per
+/// transaction, data `record_bytes` long made of `fill`) into file `bench` of `db_path`
+/// over `connections` connections: the time it took and each transaction's latency.
+pub(crate) fn upsert_pass(
+    target: &Target,
+    db_path: &str,
+    args: &BenchArgs,
+    batch: usize,
+    fill: char,
+) -> Result<(Duration, Vec<Duration>), String> {
+    let payload: String = fill.to_string().repeat(args.record_bytes.saturating_sub(2));
+    let records = args.records;
     let body_for = move |job: usize| -> String {
         let start = job * batch;
         let end = (start + batch).min(records);
@@ -133,17 +173,27 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             .collect();
         format!(r#"{{"ops":[{}]}}"#, ops.join(","))
     };
-    let path = txn_path.clone();
-    let (elapsed, latencies) = run_parallel(
+    let path = format!("{db_path}/transactions");
+    run_parallel(
         args.connections,
-        batches,
+        records.div_ceil(batch),
         move |client, job| {
             client
                 .call_raw("POST", &path, Some(&body_for(job)))
                 .map(|_| ())
         },
-        &args.target,
-    )?;
+        target,
+    )
+}
+
+/// The default bench: batched writes, then point reads, then the blocks' memory.
+fn writes_and_reads(args: &BenchArgs) -> Result<(), String> {
+    let client = connect(&args.target);
+    let db_path = db_path(&args.target.tenant, &args.db);
+    recreate(&client, &args.target.tenant, &args.db, &args.durability)?;
+    let (records, batch) = (args.records, args.batch);
+    let batches = records.div_ceil(batch);
+    let (elapsed, latencies) = upsert_pass(&args.target, &db_path, args, batch, 'x')?;
     println!(
         "writes: {records} records in {batches} transactions of {batch} ({} durability, {} connections)",
         args.durability, args.connections

@@ -6,6 +6,7 @@
 //! only) and applies the topology `demo`: `a/shop → b/shop` (sync) and
 //! `a/shop → c/shop` (async). The children stop when the command stops.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,41 +59,56 @@ pub fn auth(data: &Path) -> Result<(PathBuf, AuthConfig), String> {
 
 /// Start nodes `b` and `c`: the same binary, the demo's key, free loopback ports.
 pub fn start_children(data: &Path, config: &Path) -> Result<Children, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Children { nodes: Vec::new() };
     for name in ["b", "c"] {
-        let mut child = Command::new(&exe)
-            .arg("serve")
-            .arg("--data")
-            .arg(data.join(format!("demo-{name}")))
-            .args(["--listen", "127.0.0.1:0", "--exit-with-stdin", "--config"])
-            .arg(config)
-            // Its stdin is ours: when this process ends, however it ends, it closes.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start demo node {name}: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("doppel listening on ") {
-                        break url.trim().to_string();
-                    }
-                }
-                _ => {
-                    let _ = child.kill();
-                    return Err(format!("demo node {name} stopped before it listened"));
-                }
-            }
-        };
+        let data = data.join(format!("demo-{name}"));
+        let (child, url, lines) = start_node(&data, &["--config".as_ref(), config.as_ref()])
+            .map_err(|e| format!("demo node {name}: {e}"))?;
         // Keep reading its stdout so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         children.nodes.push((name.to_string(), child, url));
     }
     Ok(children)
+}
+
+/// What a child node still has to say on its standard output.
+pub type NodeOutput = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Start `doppel serve` (this very binary) on `data`, on a free loopback port, with
+/// `extra` arguments: the child, its API URL and the rest of its standard output,
+/// which the caller must keep reading (or drop). It ends when its standard input
+/// closes, so it ends with this process however that ends; stopping it that way is a
+/// graceful shutdown.
+pub fn start_node(data: &Path, extra: &[&OsStr]) -> Result<(Child, String, NodeOutput), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(&exe)
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--exit-with-stdin"])
+        .args(extra)
+        // Its stdin is ours: when this process ends, however it ends, it closes.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("doppel listening on ") {
+                    return Ok((child, url.trim().to_string(), lines));
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("stopped before it listened".into());
+            }
+        }
+    }
 }
 
 /// One call to a demo node's API; a refusal is an error naming it.

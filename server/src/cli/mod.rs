@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_link;
+mod bench_tenants;
 mod client;
 mod demo;
 mod serve;
@@ -26,7 +27,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Mint a token for a tenant and role with the node's key (offline).
     Token(token::TokenArgs),
-    /// Measure a running node: batched writes and point reads.
+    /// Measure a node: batched writes and point reads, replication, neighbours, footprint.
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client::ClientCommand),

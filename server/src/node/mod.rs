@@ -9,6 +9,7 @@
 
 pub mod database;
 pub mod error;
+pub mod footprint;
 pub mod gate;
 pub mod logview;
 pub mod quorum;
@@ -17,7 +18,7 @@ pub mod restore;
 pub mod versions;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,8 @@ pub struct Node {
     pub restores: restore::Restores,
     /// The rule every client write passes ([`gate`]), handed to each database.
     write_gate: RwLock<Option<Arc<dyn WriteGate>>>,
+    /// Where the node keeps its files, for its disk footprint ([`footprint`]).
+    data_dir: PathBuf,
 }
 
 /// Check a tenant, database or file name: 1–64 of `A-Z a-z 0-9 _ -`.
@@ -167,6 +170,7 @@ impl Node {
             settings,
             restores: restore::Restores::default(),
             write_gate: RwLock::new(None),
+            data_dir: data_dir.to_path_buf(),
         };
         node.load()?;
         if !node.tenants.read().contains_key(DEFAULT_TENANT) {

@@ -1,0 +1,379 @@
+//! `doppel bench --scenario neighbours|footprint`: what sharing a node costs (issue 24,
+//! "Measure"). This module owns both scenarios.
+//!
+//! - `neighbours`, against a running node: a quiet tenant puts one 100 B record every
+//!   2 ms over one keep-alive connection, as a small application would, while a loud
+//!   one does what loud tenants do. One line per phase with the quiet writer's n, p50,
+//!   p99 and max: (a) alone; (b) next to a flood (the batched write loop of `--records`
+//!   into database `flood`); (c) during a snapshot of `flood`, with a writer into
+//!   `flood` itself next to it; (d) the quiet database at durability `group` next to
+//!   a flood. A quota phase waits for per-operation quotas (issue 24 point 3).
+//! - `footprint`: starts a node of its own on a scratch directory, loads `--records`,
+//!   and prints RSS and data directory bytes (from `GET /v1/node`) against the raw
+//!   key+data bytes: after the load, after a restart, and after each of `--minutes` of
+//!   sustained updates of the same keys.
+//!
+//! Latencies are taken with `Instant` around each call on the client, so they include
+//! the client's own CPU, which shares the machine with the node.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::bench::{db_path, ms, percentile, recreate, upsert_pass, BenchArgs};
+use super::client::{connect, Client, Target};
+
+/// How long the quiet writer runs alone.
+const ALONE: Duration = Duration::from_secs(5);
+
+/// The quiet writer's pause between puts.
+const PAUSE: Duration = Duration::from_millis(2);
+
+/// Transactions of the footprint's sustained updates: small, as an application's are.
+const SUSTAINED_BATCH: usize = 200;
+
+/// How long the footprint's node may take to stop before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// One put: when it started and how long it took.
+type Put = (Instant, Duration);
+
+/// A writer putting one 100 B record every 2 ms (keys `q0`..`q999`) over one
+/// keep-alive connection until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Vec<Put>, String>>,
+}
+
+impl Writer {
+    /// Start putting into `records` (a file's `…/records` path); a client of its own
+    /// keeps its connection to itself.
+    fn start(client: Client, records: String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let body = json!({"data": "x".repeat(100)}).to_string();
+            let mut puts = Vec::new();
+            let mut i = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                client.call_raw("PUT", &format!("{records}/q{}", i % 1000), Some(&body))?;
+                puts.push((t, t.elapsed()));
+                i += 1;
+                std::thread::sleep(PAUSE);
+            }
+            Ok(puts)
+        });
+        Writer { stop, handle }
+    }
+
+    /// Stop after the put under way; every put's latency.
+    fn stop(self) -> Result<Vec<Put>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| "a writer thread panicked".to_string())?
+    }
+}
+
+/// The latencies of the puts that overlapped `from..to`.
+fn overlapping(puts: &[Put], from: Instant, to: Instant) -> Vec<Duration> {
+    puts.iter()
+        .filter(|(start, took)| *start + *took >= from && *start <= to)
+        .map(|(_, took)| *took)
+        .collect()
+}
+
+/// `n`, p50, p99 and max of `latencies`.
+fn stats(mut latencies: Vec<Duration>) -> String {
+    latencies.sort();
+    let max = latencies.last().copied().unwrap_or_default();
+    format!(
+        "n={:<6} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.1} ms",
+        latencies.len(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(max)
+    )
+}
+
+/// The bench's two tenants and their databases on one node.
+struct Neighbours<'a> {
+    args: &'a BenchArgs,
+    client: Client,
+    /// The flood's tenant: `--tenant`.
+    loud: String,
+    /// The quiet writer's tenant: `quiet`, or `loud` when the token cannot make one.
+    quiet: String,
+}
+
+impl Neighbours<'_> {
+    /// The `…/records` path of file `bench` of `db` of `tenant`.
+    fn records(&self, tenant: &str, db: &str) -> String {
+        format!("{}/files/bench/records", db_path(tenant, db))
+    }
+
+    fn quiet_writer(&self) -> Writer {
+        Writer::start(
+            connect(&self.args.target),
+            self.records(&self.quiet, "quiet"),
+        )
+    }
+
+    /// (a): the quiet writer with nobody else writing.
+    fn alone(&self) -> Result<(), String> {
+        let writer = self.quiet_writer();
+        std::thread::sleep(ALONE);
+        let puts = writer.stop()?;
+        let all = puts.iter().map(|(_, took)| *took).collect();
+        println!("  {:<28} {}", "(a) alone:", stats(all));
+        Ok(())
+    }
+
+    /// (b) and (d): the quiet writer while a flood upserts `--records` into `flood`.
+    fn next_to_flood(&self, label: &str, pass: usize) -> Result<(), String> {
+        let writer = self.quiet_writer();
+        let fill = (b'a' + (pass % 26) as u8) as char;
+        let from = Instant::now();
+        let flood = db_path(&self.loud, "flood");
+        let (took, _) = upsert_pass(&self.args.target, &flood, self.args, self.args.batch, fill)?;
+        let to = Instant::now();
+        let puts = writer.stop()?;
+        println!(
+            "  {label:<28} {}  (flood: {:.0} records/s, {} connections, {:.1} s)",
+            stats(overlapping(&puts, from, to)),
+            self.args.records as f64 / took.as_secs_f64(),
+            self.args.connections,
+            took.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// (c): the quiet writer, and one into `flood` itself, while `flood` (holding what
+    /// the flood wrote) takes a snapshot; only the puts that overlap it count.
+    fn during_snapshot(&self) -> Result<(), String> {
+        let own = Writer::start(
+            connect(&self.args.target),
+            self.records(&self.loud, "flood"),
+        );
+        let quiet = self.quiet_writer();
+        std::thread::sleep(Duration::from_secs(1));
+        let snapshots = format!("{}/snapshots", db_path(&self.loud, "flood"));
+        let long = connect(&self.args.target).with_timeout(Duration::from_secs(3600));
+        let from = Instant::now();
+        let meta = long.call("POST", &snapshots, None)?;
+        let to = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        let (quiet, own) = (quiet.stop()?, own.stop()?);
+        println!(
+            "  (c) during a snapshot of flood ({:.1} MB, {:.0} ms):",
+            meta["size_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+            ms(to - from)
+        );
+        for (who, puts) in [("quiet:", quiet), ("flood's own writer:", own)] {
+            println!("    {who:<26} {}", stats(overlapping(&puts, from, to)));
+        }
+        Ok(())
+    }
+}
+
+/// The quiet writer's tenant: `quiet`, created if the token may (the node
+/// administrator's); else the loud tenant itself, and the line says so.
+fn quiet_tenant(client: &Client, loud: &str) -> (String, String) {
+    match client.call("POST", "/v1/tenants", Some(&json!({"name": "quiet"}))) {
+        Ok(_) => ("quiet".into(), String::new()),
+        Err(e) if e.status() == Some(409) => ("quiet".into(), String::new()),
+        Err(e) => (
+            loud.to_string(),
+            format!(" (one tenant for both: creating tenant 'quiet' needs the node administrator's token: {e})"),
+        ),
+    }
+}
+
+/// `--scenario neighbours`: the quiet writer's latencies in each phase.
+pub fn neighbours(args: &BenchArgs) -> Result<(), String> {
+    let client = connect(&args.target);
+    let loud = args.target.tenant.clone();
+    let (quiet, note) = quiet_tenant(&client, &loud);
+    let n = Neighbours {
+        args,
+        client,
+        loud,
+        quiet,
+    };
+    recreate(&n.client, &n.quiet, "quiet", "none")?;
+    recreate(&n.client, &n.loud, "flood", &args.durability)?;
+    println!(
+        "neighbours: quiet writer: {}/quiet (durability none), one connection, a 100 B put every 2 ms; flood: {}/flood ({} durability), {} records in transactions of {}{note}",
+        n.quiet, n.loud, args.durability, args.records, args.batch
+    );
+    n.alone()?;
+    n.next_to_flood("(b) next to a flood:", 0)?;
+    println!("  quota phase: needs per-operation quotas (issue 24 point 3)");
+    n.during_snapshot()?;
+    recreate(&n.client, &n.quiet, "quiet", "group")?;
+    n.next_to_flood("(d) quiet at group, flood:", 1)
+}
+
+/// The footprint scenario's own node: a child process on a scratch data directory.
+/// Dropping it stops the node and removes the directory, whatever went wrong.
+struct OwnNode {
+    dir: PathBuf,
+    child: Option<Child>,
+    target: Target,
+}
+
+impl OwnNode {
+    /// A new node on a new directory; its first start prints the admin token.
+    fn start() -> Result<OwnNode, String> {
+        let dir = std::env::temp_dir().join(format!("doppel-footprint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut node = OwnNode {
+            dir,
+            child: None,
+            target: Target {
+                url: String::new(),
+                tenant: "default".into(),
+                token: None,
+            },
+        };
+        let mut output = node.spawn()?;
+        let line = output.next().and_then(|l| l.ok()).unwrap_or_default();
+        let token = line
+            .strip_prefix("doppel admin token: ")
+            .ok_or("the new node printed no admin token")?;
+        node.target.token = Some(token.trim().to_string());
+        std::thread::spawn(move || for _ in output {});
+        Ok(node)
+    }
+
+    /// Start the process on the directory; the rest of its output.
+    fn spawn(&mut self) -> Result<super::demo::NodeOutput, String> {
+        let (child, url, output) = super::demo::start_node(&self.dir, &[])
+            .map_err(|e| format!("the footprint's node: {e}"))?;
+        self.child = Some(child);
+        self.target.url = url;
+        Ok(output)
+    }
+
+    /// Stop gracefully (its standard input closes) and start again on the same
+    /// directory: how long until it listened again (recovery included).
+    fn restart(&mut self) -> Result<Duration, String> {
+        self.stop()?;
+        let started = Instant::now();
+        let output = self.spawn()?;
+        std::thread::spawn(move || for _ in output {});
+        Ok(started.elapsed())
+    }
+
+    /// Stop gracefully: the node flushes its log before it exits. One that has not
+    /// exited after [`STOP_GRACE`] (a node hung in sled, say) is killed, and that is
+    /// the error.
+    fn stop(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        drop(child.stdin.take());
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!(
+            "the footprint's node did not stop within {STOP_GRACE:?}: killed"
+        ))
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One line of the node's footprint (`GET /v1/node`) against `raw` key+data bytes.
+fn report(label: &str, client: &Client, raw: u64) -> Result<(), String> {
+    let node = client.call("GET", "/v1/node", None)?;
+    let field = |name: &str| node[name].as_u64();
+    let show = |name: &str, what: &str| match field(name) {
+        Some(v) => format!(
+            "{what} {:.1} MB ({:.2}x)",
+            v as f64 / 1e6,
+            v as f64 / raw as f64
+        ),
+        None => format!("{what} unknown"),
+    };
+    println!(
+        "  {label:<36} {}, {}, {}",
+        show("rss_bytes", "RSS"),
+        show("data_dir_bytes", "data dir"),
+        show("blocks_bytes", "blocks")
+    );
+    Ok(())
+}
+
+/// `--minutes` of upserts over the loaded keys in transactions of 200 (whole passes
+/// over the keys, so a minute may run over by part of one); the footprint after each.
+fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
+    let client = connect(&node.target);
+    let path = db_path("default", &args.db);
+    let mut pass = 1;
+    for minute in 1..=args.minutes {
+        let started = Instant::now();
+        let mut updates = 0;
+        while started.elapsed() < Duration::from_secs(60) {
+            let fill = (b'a' + (pass % 26) as u8) as char;
+            upsert_pass(&node.target, &path, args, SUSTAINED_BATCH, fill)?;
+            updates += args.records;
+            pass += 1;
+        }
+        let rate = updates as f64 / started.elapsed().as_secs_f64();
+        report(
+            &format!("minute {minute} ({rate:.0} updates/s):"),
+            &client,
+            raw,
+        )?;
+    }
+    Ok(())
+}
+
+/// `--scenario footprint`: RSS and disk per raw byte of a node this starts itself.
+pub fn footprint(args: &BenchArgs) -> Result<(), String> {
+    let mut node = OwnNode::start()?;
+    let client = connect(&node.target);
+    recreate(&client, "default", &args.db, &args.durability)?;
+    let raw = args.records as u64 * (13 + args.record_bytes as u64);
+    let path = db_path("default", &args.db);
+    let (took, _) = upsert_pass(&node.target, &path, args, args.batch, 'x')?;
+    println!(
+        "footprint: a node of its own ({}), {} records of {} B = {:.1} MB raw key+data ({} durability), loaded at {:.0} records/s",
+        node.dir.display(),
+        args.records,
+        args.record_bytes,
+        raw as f64 / 1e6,
+        args.durability,
+        args.records as f64 / took.as_secs_f64()
+    );
+    // sled flushes every 500 ms: let the files settle before counting them.
+    std::thread::sleep(Duration::from_secs(2));
+    report("after load:", &client, raw)?;
+    let recovery = node.restart()?;
+    let client = connect(&node.target);
+    report(
+        &format!("after restart ({:.1} s to listen):", recovery.as_secs_f64()),
+        &client,
+        raw,
+    )?;
+    sustained(args, &node, raw)?;
+    node.stop()
+}
