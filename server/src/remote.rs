@@ -264,9 +264,24 @@ fn answer(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<Valu
         }
         Err(ureq::Error::Transport(e)) => Err(RemoteError::Unreachable {
             url: url.to_string(),
-            reason: e.to_string(),
+            reason: transport_reason(&e),
         }),
     }
+}
+
+/// What went wrong on the way, without the URL ureq's own message repeats.
+fn transport_reason(e: &ureq::Transport) -> String {
+    use std::error::Error as _;
+    let mut reason = e.kind().to_string();
+    if let Some(message) = e.message() {
+        reason.push_str(": ");
+        reason.push_str(message);
+    }
+    if let Some(source) = e.source() {
+        reason.push_str(": ");
+        reason.push_str(&source.to_string());
+    }
+    reason
 }
 
 #[cfg(test)]
