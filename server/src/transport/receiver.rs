@@ -760,21 +760,8 @@ impl<'a> Applier<'a> {
         turn.answer = true;
         let deps = for_txn(&mut self.depends, txn);
         self.hold(deps, last).await?;
-        let applied = match self.resolver.as_mut() {
-            Some(resolver) => {
-                let stamps = for_txn(&mut self.versions, txn).unwrap_or_default();
-                apply_mutual(
-                    self.repl,
-                    self.reg,
-                    self.hello,
-                    self.db,
-                    &self.schema,
-                    resolver,
-                    Some((first, last)),
-                    ops,
-                    &stamps,
-                )
-            }
+        let applied = match self.through_resolver(txn, Some((first, last)), ops) {
+            Some(applied) => applied,
             None => logical::decode_ops(&self.schema, ops)
                 .and_then(|ops| self.db.apply_logical(self.hello.stream, first, last, ops))
                 .map_err(|e| e.to_string()),
@@ -790,6 +777,30 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Apply `ops` through a mutual link's resolver, with the versions that came for
+    /// transaction `versions_of` (0: a bootstrap's); `range` is the source serials of a
+    /// transaction, None for a bootstrap part. None when the link is not mutual.
+    fn through_resolver(
+        &mut self,
+        versions_of: u64,
+        range: Option<(u64, u64)>,
+        ops: &[u8],
+    ) -> Option<Result<ReplicaApply, String>> {
+        let resolver = self.resolver.as_mut()?;
+        let stamps = for_txn(&mut self.versions, versions_of).unwrap_or_default();
+        Some(apply_mutual(
+            self.repl,
+            self.reg,
+            self.hello,
+            self.db,
+            &self.schema,
+            resolver,
+            range,
+            ops,
+            &stamps,
+        ))
+    }
+
     /// A part of a logical bootstrap (records as upserts, or through the resolver on a
     /// mutual link); the last one sets the replica's position in the stream to
     /// `serial` and is confirmed.
@@ -800,22 +811,8 @@ impl<'a> Applier<'a> {
         ops: &[u8],
         turn: &mut Turn,
     ) -> Result<(), String> {
-        let applied = match self.resolver.as_mut() {
-            Some(resolver) => {
-                let stamps = for_txn(&mut self.versions, 0).unwrap_or_default();
-                apply_mutual(
-                    self.repl,
-                    self.reg,
-                    self.hello,
-                    self.db,
-                    &self.schema,
-                    resolver,
-                    None,
-                    ops,
-                    &stamps,
-                )
-                .map(|_| ())
-            }
+        let applied = match self.through_resolver(0, None, ops) {
+            Some(applied) => applied.map(|_| ()),
             None => logical::decode_ops(&self.schema, ops)
                 .and_then(|ops| self.db.apply_redriven(ops))
                 .map_err(|e| e.to_string()),
