@@ -5,6 +5,10 @@
 //! * an operation-rate quota counts each operation of a batch, not the request: a batch
 //!   that empties the bucket passes, the next write is refused with 429 and
 //!   `Retry-After` and nothing of it is written, while another tenant carries on;
+//! * with `concurrent_writes`, a tenant's writes take turns: one waiting for a record
+//!   lock holds the turn, the tenant's next write waits (usage counts it) while another
+//!   tenant writes at once, and the interactive transaction holding the lock still
+//!   commits (it takes no turn), which lets both writes through;
 //! * a memory quota (bytes of blocks over the tenant's databases) answers 507
 //!   `quota-exceeded` to writes once reached, while reads and other tenants carry on;
 //!   `GET /v1/tenants/{tenant}/usage` shows usage against the limits; deletes pass;
@@ -113,6 +117,64 @@ fn an_operation_quota_counts_every_operation_of_a_batch_and_other_tenants_carry_
     let operations = &usage.ok()["operations"];
     assert_eq!(operations["per_sec"], json!(10), "{usage}");
     assert!(operations["available"].as_i64().unwrap() < 100, "{usage}");
+}
+
+#[test]
+fn a_tenants_writes_take_turns_and_another_tenant_does_not_wait_for_them() {
+    let node = Node::start();
+    node.create_tenant("loud");
+    node.create_tenant("calm");
+    node.create_db("loud", shop_spec("shop"));
+    node.create_db("calm", shop_spec("shop"));
+    node.put("/v1/tenants/loud/quotas", &json!({"concurrent_writes": 1}))
+        .ok();
+    let loud = node
+        .with_token(&token("loud", Role::Writer))
+        .db("loud", "shop");
+    let waiting = || {
+        node.get("/v1/tenants/loud/usage").ok()["concurrent_writes"]["waiting"]
+            .as_u64()
+            .unwrap()
+    };
+    // An interactive transaction holds o-1; a batch writing o-1 waits for that lock,
+    // holding the tenant's only turn.
+    let txn = loud.begin();
+    loud.ops(txn, json!([op::upsert("orders", "o-1", json!(1))]))
+        .ok();
+    let locked = {
+        let db = loud.clone();
+        std::thread::spawn(move || db.batch(json!([op::upsert("orders", "o-1", json!(2))])))
+    };
+    // Another write of the tenant then waits for a turn. (Until the batch above holds
+    // the turn, a write may still pass before it: send another until one waits.)
+    let mut passed = Vec::new();
+    let queued = loop {
+        let db = loud.clone();
+        let key = format!("o-2-{}", passed.len());
+        let write =
+            std::thread::spawn(move || db.batch(json!([op::upsert("orders", &key, json!(3))])));
+        let deadline = deadline_in(std::time::Duration::from_secs(10));
+        assert!(wait_until(deadline, || waiting() == 1 || write.is_finished()));
+        if waiting() == 1 {
+            break write;
+        }
+        passed.push(write.join().unwrap());
+        assert!(passed.len() < 20, "no write of loud ever waited for a turn");
+    };
+    // Another tenant does not wait for loud's turns.
+    let calm = node
+        .with_token(&token("calm", Role::Writer))
+        .db("calm", "shop");
+    calm.batch(json!([op::upsert("orders", "c-1", json!(1))]))
+        .ok();
+    assert_eq!(waiting(), 1, "loud's write still waits");
+    assert!(!queued.is_finished());
+    // The lock holder commits (interactive calls take no turn), and both writes run.
+    loud.commit(txn).ok();
+    locked.join().unwrap().ok();
+    queued.join().unwrap().ok();
+    assert_eq!(waiting(), 0);
+    assert_eq!(loud.data("orders", "o-1"), Some(json!(2)));
 }
 
 #[test]

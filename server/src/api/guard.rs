@@ -180,6 +180,12 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
             return refusal;
         }
     };
+    // A tenant's writes take turns (`concurrent_writes`), so one tenant's flood cannot
+    // hold every worker while a neighbour's put waits.
+    let _turn = match tenant.as_deref() {
+        Some(t) if takes_turn(route) => app.tenancy.quotas.write_turn(t).await,
+        _ => None,
+    };
     let response = next.run(Request::from_parts(parts, body)).await;
     if audited {
         record(
@@ -192,6 +198,16 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         );
     }
     response
+}
+
+/// Whether `route` is a write that takes a turn: batches and single-record writes, which
+/// never wait for one another. Not interactive transactions (an `…/ops` call waiting
+/// for a record lock would hold a turn the lock holder needs to commit) nor the
+/// cross-site lock routes of parallel databases (a site's batch holds its turn while it
+/// asks the other sites).
+fn takes_turn(route: &Route) -> bool {
+    route.permission == Permission::Write
+        && (route.path.ends_with("/transactions") || route.path.contains("/records"))
 }
 
 /// The whole request body, read before the handler runs. A handler that takes no body

@@ -131,6 +131,10 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<V
             "burst": limits.operations_burst,
             "available": quotas.available_operations(&tenant),
         },
+        "concurrent_writes": {
+            "limit": limits.concurrent_writes,
+            "waiting": quotas.writes_waiting(&tenant),
+        },
     })))
 }
 

@@ -14,6 +14,11 @@
 //!   batch larger than the burst passes when the bucket is full and leaves it in debt,
 //!   which later writes wait out; so a tenant's sustained rate is its quota whatever its
 //!   batch size. Refused: 429 `rate-limited` with `Retry-After`, nothing written.
+//! * **Concurrent writes**: at most `concurrent_writes` write requests of a tenant run
+//!   at once; the others wait their turn (they are not refused). On a node with few
+//!   cores a tenant flooding it from many connections otherwise holds every worker, and
+//!   a neighbour's single put waits behind its batches. Applies to every caller,
+//!   the node administrator too: it shares load, it is not a charge.
 //! * **Storage**: the bytes of log chunks and snapshots the tenant's databases keep in
 //!   sled (`LogStore::stored_bytes`, before sled's own overhead). Like memory, a soft
 //!   limit checked before write and operate requests (snapshots add storage) with 507
@@ -32,6 +37,8 @@
 //! `config` tree under `quota/{tenant}`). Absent means unlimited.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -51,6 +58,8 @@ pub struct Limits {
     pub requests_per_sec: Option<u32>,
     /// Requests allowed at once above the rate (default: one second's worth).
     pub burst: Option<u32>,
+    /// Write requests of the tenant that run at once (others wait for a turn).
+    pub concurrent_writes: Option<u32>,
     /// Sustained written operations per second (a batch of n counts n).
     pub operations_per_sec: Option<u32>,
     /// Operations allowed at once above the rate (default: one second's worth).
@@ -73,6 +82,7 @@ impl Limits {
             requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
             burst: self.burst.or(defaults.burst),
             operations_per_sec: self.operations_per_sec.or(defaults.operations_per_sec),
+            concurrent_writes: self.concurrent_writes.or(defaults.concurrent_writes),
             operations_burst: self.operations_burst.or(defaults.operations_burst),
             plugins: self.plugins.or(defaults.plugins),
             plugin_bytes: self.plugin_bytes.or(defaults.plugin_bytes),
@@ -81,6 +91,12 @@ impl Limits {
                 .or(defaults.plugin_cpu_ms_per_sec),
         }
     }
+}
+
+/// A tenant's turns for write requests, and how many wait for one.
+struct Turns {
+    turns: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 struct Bucket {
@@ -95,6 +111,8 @@ pub struct Quotas {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Written operations, per tenant.
     operations: Mutex<HashMap<String, Bucket>>,
+    /// Turns for write requests, per tenant with a `concurrent_writes` limit.
+    writers: Mutex<HashMap<String, Arc<Turns>>>,
     /// Plugin CPU budgets: milliseconds left, refilled at the tenant's rate.
     cpu: Mutex<HashMap<String, Bucket>>,
 }
@@ -119,6 +137,7 @@ impl Quotas {
             limits: Mutex::new(limits),
             buckets: Mutex::new(HashMap::new()),
             operations: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         })
     }
@@ -137,6 +156,7 @@ impl Quotas {
         self.limits.lock().insert(tenant.to_string(), limits);
         self.buckets.lock().remove(tenant);
         self.operations.lock().remove(tenant);
+        self.writers.lock().remove(tenant);
         self.cpu.lock().remove(tenant);
         Ok(())
     }
@@ -233,6 +253,35 @@ impl Quotas {
         }
     }
 
+    /// Wait for a turn to run a write request of `tenant`; the turn ends when the
+    /// returned permit drops. None: the tenant's writes are not limited.
+    pub async fn write_turn(&self, tenant: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let limit = self.limits(tenant).concurrent_writes.filter(|n| *n > 0)?;
+        let turns = self
+            .writers
+            .lock()
+            .entry(tenant.to_string())
+            .or_insert_with(|| {
+                Arc::new(Turns {
+                    turns: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+                    waiting: Default::default(),
+                })
+            })
+            .clone();
+        turns.waiting.fetch_add(1, Ordering::Relaxed);
+        let turn = turns.turns.clone().acquire_owned().await.ok();
+        turns.waiting.fetch_sub(1, Ordering::Relaxed);
+        turn
+    }
+
+    /// Write requests of `tenant` waiting for a turn now.
+    pub fn writes_waiting(&self, tenant: &str) -> usize {
+        self.writers
+            .lock()
+            .get(tenant)
+            .map_or(0, |t| t.waiting.load(Ordering::Relaxed))
+    }
+
     /// Operations `tenant` could write at once now (None: unlimited; negative: in debt).
     pub fn available_operations(&self, tenant: &str) -> Option<i64> {
         let limits = self.limits(tenant);
@@ -305,6 +354,7 @@ mod tests {
             limits: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             operations: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         };
         q.limits.lock().insert("t".into(), limits);
