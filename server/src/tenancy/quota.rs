@@ -104,6 +104,75 @@ struct Bucket {
     last: Instant,
 }
 
+impl Bucket {
+    /// `tenant`'s bucket in `buckets` (full when new), refilled at `rate` tokens a
+    /// second up to `cap` for the time since it was last looked at.
+    fn refilled<'a>(
+        buckets: &'a mut HashMap<String, Bucket>,
+        tenant: &str,
+        rate: f64,
+        cap: f64,
+    ) -> &'a mut Bucket {
+        let now = Instant::now();
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: cap,
+            last: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(cap);
+        bucket.last = now;
+        bucket
+    }
+}
+
+/// A token bucket's settings: `rate` a second, at most `burst` at once (default: one
+/// second's worth). The request and operation quotas are both one.
+#[derive(Clone, Copy)]
+struct TokenRate {
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenRate {
+    /// None when there is no rate (unlimited).
+    fn of(per_sec: Option<u32>, burst: Option<u32>) -> Option<TokenRate> {
+        let rate = f64::from(per_sec.filter(|r| *r > 0)?);
+        Some(TokenRate {
+            rate,
+            burst: burst.map_or(rate, f64::from).max(1.0),
+        })
+    }
+
+    /// Take `n` tokens from `tenant`'s bucket; `Err(wait)` until it holds them, or
+    /// until it is full when `n` is more than the burst (it is then left in debt).
+    fn take(
+        self,
+        buckets: &Mutex<HashMap<String, Bucket>>,
+        tenant: &str,
+        n: usize,
+    ) -> std::result::Result<(), Duration> {
+        let mut buckets = buckets.lock();
+        let bucket = Bucket::refilled(&mut buckets, tenant, self.rate, self.burst);
+        let n = n as f64;
+        let needed = n.min(self.burst);
+        if bucket.tokens >= needed {
+            bucket.tokens -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (needed - bucket.tokens) / self.rate,
+            ))
+        }
+    }
+
+    /// Tokens `tenant`'s bucket would hold now (negative: in debt).
+    fn available(self, buckets: &Mutex<HashMap<String, Bucket>>, tenant: &str) -> f64 {
+        buckets.lock().get(tenant).map_or(self.burst, |b| {
+            (b.tokens + b.last.elapsed().as_secs_f64() * self.rate).min(self.burst)
+        })
+    }
+}
+
 /// Quotas of a node's tenants.
 pub struct Quotas {
     defaults: Limits,
@@ -168,15 +237,8 @@ impl Quotas {
             return Ok(());
         };
         let rate = rate as f64;
-        let now = Instant::now();
         let mut cpu = self.cpu.lock();
-        let bucket = cpu.entry(tenant.to_string()).or_insert(Bucket {
-            tokens: rate,
-            last: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(rate);
-        bucket.last = now;
+        let bucket = Bucket::refilled(&mut cpu, tenant, rate, rate);
         if bucket.tokens > 0.0 {
             Ok(())
         } else {
@@ -197,30 +259,9 @@ impl Quotas {
     /// Takes one request from `tenant`'s bucket; `Err(wait)` when it is empty.
     pub fn take_request(&self, tenant: &str) -> std::result::Result<(), Duration> {
         let limits = self.limits(tenant);
-        let Some(rate) = limits.requests_per_sec.filter(|r| *r > 0) else {
-            return Ok(());
-        };
-        let rate = f64::from(rate);
-        let burst = f64::from(limits.burst.unwrap_or(0).max(1)).max(1.0);
-        let burst = if limits.burst.is_some() {
-            burst
-        } else {
-            rate.max(1.0)
-        };
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let refill = now.duration_since(bucket.last).as_secs_f64() * rate;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        match TokenRate::of(limits.requests_per_sec, limits.burst) {
+            Some(r) => r.take(&self.buckets, tenant, 1),
+            None => Ok(()),
         }
     }
 
@@ -229,27 +270,9 @@ impl Quotas {
     /// leaves it in debt).
     pub fn take_operations(&self, tenant: &str, n: usize) -> std::result::Result<(), Duration> {
         let limits = self.limits(tenant);
-        let Some(rate) = limits.operations_per_sec.filter(|r| *r > 0) else {
-            return Ok(());
-        };
-        let rate = f64::from(rate);
-        let burst = limits.operations_burst.map_or(rate, f64::from).max(1.0);
-        let n = n as f64;
-        let now = Instant::now();
-        let mut buckets = self.operations.lock();
-        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
-        bucket.last = now;
-        let needed = n.min(burst);
-        if bucket.tokens >= needed {
-            bucket.tokens -= n;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((needed - bucket.tokens) / rate))
+        match TokenRate::of(limits.operations_per_sec, limits.operations_burst) {
+            Some(r) => r.take(&self.operations, tenant, n),
+            None => Ok(()),
         }
     }
 
@@ -285,23 +308,15 @@ impl Quotas {
     /// Operations `tenant` could write at once now (None: unlimited; negative: in debt).
     pub fn available_operations(&self, tenant: &str) -> Option<i64> {
         let limits = self.limits(tenant);
-        let rate = f64::from(limits.operations_per_sec.filter(|r| *r > 0)?);
-        let burst = limits.operations_burst.map_or(rate, f64::from).max(1.0);
-        let buckets = self.operations.lock();
-        Some(buckets.get(tenant).map_or(burst, |b| {
-            (b.tokens + b.last.elapsed().as_secs_f64() * rate).min(burst)
-        }) as i64)
+        TokenRate::of(limits.operations_per_sec, limits.operations_burst)
+            .map(|r| r.available(&self.operations, tenant) as i64)
     }
 
     /// Requests `tenant` could make at once now (None: unlimited).
     pub fn available_requests(&self, tenant: &str) -> Option<u64> {
         let limits = self.limits(tenant);
-        let rate = f64::from(limits.requests_per_sec.filter(|r| *r > 0)?);
-        let burst = limits.burst.map_or(rate, f64::from).max(1.0);
-        let buckets = self.buckets.lock();
-        Some(buckets.get(tenant).map_or(burst, |b| {
-            (b.tokens + b.last.elapsed().as_secs_f64() * rate).min(burst)
-        }) as u64)
+        TokenRate::of(limits.requests_per_sec, limits.burst)
+            .map(|r| r.available(&self.buckets, tenant) as u64)
     }
 
     /// Bytes of blocks `tenant`'s databases hold.
