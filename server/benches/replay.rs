@@ -38,8 +38,7 @@ fn replay(c: &mut Criterion) {
 /// Write a log of 1,000,000 upserts whose keys come from `key_of`, then time recovery.
 fn replay_log(c: &mut Criterion, name: &str, key_of: fn(usize) -> usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sled = sled::Config::new().path(dir.path()).open().expect("sled");
-    let log = LogStore::open(&sled).expect("log");
+    let log = LogStore::open(dir.path(), 16 << 20).expect("log");
     let def = DatabaseDef {
         uid: 1,
         tenant: "default".into(),
@@ -70,7 +69,7 @@ fn replay_log(c: &mut Criterion, name: &str, key_of: fn(usize) -> usize) {
         let entry = txn::apply(&mut store, &mut seq, txn, &ops).expect("apply");
         log.append(def.uid, &entry).expect("append");
     }
-    log.flush_now().expect("flush");
+    log.flush_now(def.uid).expect("flush");
     let expected = store.checksums();
     // Recovery starts from an empty process in real life: free the writer's blocks.
     drop(store);

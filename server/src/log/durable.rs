@@ -1,6 +1,17 @@
 //! The durable log and snapshots in sled, with group commit (SPEC B4, B5, G1).
 //!
-//! Trees:
+//! Every database keeps its log and snapshots in a sled instance of its own, a
+//! [`Shard`] in `<data dir>/logs/<uid>.<generation>`, with its own flusher. One instance
+//! for the node made every database's `group` flush write out whatever any other
+//! database had appended (a flood at durability `none` put its megabytes ahead of a
+//! quiet tenant's commit), and sled's write lock serialised them all. Apart, a
+//! database's flush waits only for its own writes, a deleted database's space comes back
+//! at once (its directory goes), and a replica rebuilt from a snapshot starts a new
+//! generation instead of leaving its old log's pages for sled to reuse some day. A node
+//! that kept everything in its one instance (before this layout) has it moved at start
+//! ([`LogStore::adopt_shared_trees`]).
+//!
+//! Trees of a shard:
 //! - `log`: key `db uid (8, BE) | kind (1) | first serial (8, BE)` → encoded chunk.
 //!   Kind byte 0 holds a database's markers: a logical replica's position (serial
 //!   `u64::MAX`) and, per log kind, the last serial retention pruned (`u64::MAX - kind`).
@@ -36,11 +47,12 @@
 //! waits, so one fsync covers every transaction that arrived during the previous one
 //! (group commit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -116,22 +128,44 @@ pub type Stamped = (u64, u64);
 /// Flush progress: flushes completed (by ticket number) and the last error.
 type Flushed = (u64, Option<Arc<str>>);
 
-/// The durable log of every database of a node.
+/// The durable log of every database of a node: one [`Shard`] per database, opened the
+/// first time the database is used.
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    snapshots: sled::Tree,
-    flusher: Arc<Flusher>,
-    /// Bytes of log chunks and snapshot parts each database holds, counted from a scan
-    /// the first time they are asked for and kept up to date by every write and prune.
-    stored: Mutex<std::collections::HashMap<u64, u64>>,
-    /// The same per database and log kind (retention's size bound), keyed by the kind's
-    /// byte; counted from a scan the first time a kind's size is asked for.
-    kind_stored: Mutex<std::collections::HashMap<(u64, u8), u64>>,
-    flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `<data dir>/logs`.
+    dir: PathBuf,
+    /// sled's page cache for each shard.
+    cache_bytes: u64,
+    shards: RwLock<HashMap<u64, Arc<Shard>>>,
+    /// Databases deleted since the store opened (uids are never reused): a late call
+    /// for one is refused rather than creating its directory again.
+    deleted: Mutex<std::collections::HashSet<u64>>,
     /// Called after each snapshot part is stored (tests stop a snapshot half-written).
     #[cfg(test)]
     after_snapshot_part: Mutex<Option<PartHook>>,
+}
+
+/// One database's sled instance: its log and snapshot trees and its group-commit
+/// flusher. Dropped when its database is deleted or starts a new generation; the last
+/// holder's drop stops the flusher, closes sled, and then (if doomed) removes the
+/// directory, so no sled thread writes into a directory that is going or reused.
+struct Shard {
+    trees: Option<Trees>,
+    path: PathBuf,
+    flusher: Arc<Flusher>,
+    flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Bytes of log chunks and snapshot parts, counted from a scan the first time they
+    /// are asked for and kept up to date by every write and prune.
+    stored: Mutex<Option<u64>>,
+    /// The same per log kind (retention's size bound), keyed by the kind's byte.
+    kind_stored: Mutex<HashMap<u8, u64>>,
+    /// Remove the directory when the last holder lets go (the database was deleted).
+    doomed: std::sync::atomic::AtomicBool,
+}
+
+struct Trees {
+    db: sled::Db,
+    log: sled::Tree,
+    snapshots: sled::Tree,
 }
 
 /// See [`LogStore::after_snapshot_part`].
@@ -198,32 +232,175 @@ fn snapshot_key(uid: u64, serial: u64, part: u32) -> [u8; 20] {
     key
 }
 
+/// sled as Doppel configures it, for a shard and for the node's own instance.
+pub fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(Some(500))
+        // sled writes any page over a quarter segment as a file of its own; with the
+        // default 512 KiB segments, leaves holding a few log chunks became files,
+        // created and unlinked per flush. 2 MiB segments: 40% less kernel time and
+        // 220k -> 320k records/s on the batched path (docs/BENCHMARKS.md).
+        .segment_size(SLED_SEGMENT_BYTES)
+}
+
+/// sled's segment size (see [`sled_config`]). Fixed when a sled directory is created.
+const SLED_SEGMENT_BYTES: usize = 2 << 20;
+
+/// A shard's directory name: `<uid>.<generation>`, both in decimal.
+fn shard_dir_name(uid: u64, generation: u64) -> String {
+    format!("{uid}.{generation}")
+}
+
+fn parse_shard_dir_name(name: &str) -> Option<(u64, u64)> {
+    let (uid, generation) = name.split_once('.')?;
+    Some((uid.parse().ok()?, generation.parse().ok()?))
+}
+
 impl LogStore {
-    /// Open the log trees in `db` and start the flusher thread.
-    pub fn open(db: &sled::Db) -> Result<Arc<LogStore>, LogError> {
+    /// Open the log store in `dir` (`<data dir>/logs`). Of each database's shard
+    /// directories the newest generation is the live one; older ones are what a crash
+    /// left of a reset ([`Self::reset_database`]) and are removed.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<LogStore>, LogError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::Sled(format!("cannot create {}: {e}", dir.display())))?;
         let store = Arc::new(LogStore {
-            db: db.clone(),
-            log: db.open_tree("log")?,
-            snapshots: db.open_tree("snapshots")?,
-            flusher: Arc::new(Flusher {
-                db: db.clone(),
-                state: Mutex::new(FlushState::default()),
-                wake: Condvar::new(),
-                flushed: watch::channel((0, None)).0,
-            }),
-            stored: Mutex::new(std::collections::HashMap::new()),
-            kind_stored: Mutex::new(std::collections::HashMap::new()),
-            flusher_thread: Mutex::new(None),
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            shards: RwLock::new(HashMap::new()),
+            deleted: Mutex::new(std::collections::HashSet::new()),
             #[cfg(test)]
             after_snapshot_part: Mutex::new(None),
         });
-        let flusher = store.flusher.clone();
-        let thread = std::thread::Builder::new()
-            .name("doppel-log-flusher".into())
-            .spawn(move || flush_loop(flusher))
-            .map_err(|e| LogError::Flush(e.to_string()))?;
-        *store.flusher_thread.lock() = Some(thread);
+        let mut newest: HashMap<u64, u64> = HashMap::new();
+        for (uid, generation) in store.shard_dirs()? {
+            let keep = newest.entry(uid).or_insert(generation);
+            let stale = if generation > *keep {
+                std::mem::replace(keep, generation)
+            } else if generation < *keep {
+                generation
+            } else {
+                continue;
+            };
+            store.remove_dir(uid, stale)?;
+        }
         Ok(store)
+    }
+
+    /// Every shard directory as `(uid, generation)`.
+    fn shard_dirs(&self) -> Result<Vec<(u64, u64)>, LogError> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| LogError::Sled(format!("cannot list {}: {e}", self.dir.display())))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| LogError::Sled(e.to_string()))?;
+            if let Some(found) = entry.file_name().to_str().and_then(parse_shard_dir_name) {
+                out.push(found);
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_dir(&self, uid: u64, generation: u64) -> Result<(), LogError> {
+        let path = self.dir.join(shard_dir_name(uid, generation));
+        tracing::info!(path = %path.display(), "removing a database log directory no longer used");
+        std::fs::remove_dir_all(&path)
+            .map_err(|e| LogError::Sled(format!("cannot remove {}: {e}", path.display())))
+    }
+
+    /// Remove the shards of databases not in `live` (deleted while the node was down, or
+    /// by a crash between a delete and its removal). Call it before any database is used.
+    pub fn remove_other_databases(
+        &self,
+        live: &std::collections::HashSet<u64>,
+    ) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for (uid, generation) in self.shard_dirs()? {
+            if !live.contains(&uid) {
+                self.remove_dir(uid, generation)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Database `uid`'s shard, opened (or created) on first use.
+    fn shard(&self, uid: u64) -> Result<Arc<Shard>, LogError> {
+        if let Some(shard) = self.shards.read().get(&uid) {
+            return Ok(shard.clone());
+        }
+        let mut shards = self.shards.write();
+        if let Some(shard) = shards.get(&uid) {
+            return Ok(shard.clone());
+        }
+        if self.deleted.lock().contains(&uid) {
+            return Err(LogError::Sled(format!("database {uid} was deleted")));
+        }
+        let generation = self
+            .shard_dirs()?
+            .into_iter()
+            .filter(|(u, _)| *u == uid)
+            .map(|(_, g)| g)
+            .max()
+            .unwrap_or(0);
+        let shard = Arc::new(Shard::open(
+            &self.dir.join(shard_dir_name(uid, generation)),
+            self.cache_bytes,
+        )?);
+        shards.insert(uid, shard.clone());
+        Ok(shard)
+    }
+
+    /// Move every database's log and snapshots out of the node's own sled instance,
+    /// where a node kept them before each database had a shard, into the shards; then
+    /// drop those trees. Returns the entries moved. Idempotent: a crash part way leaves
+    /// entries that the next start moves again (inserts of the same bytes).
+    pub fn adopt_shared_trees(&self, node: &sled::Db) -> Result<u64, LogError> {
+        let mut moved = 0u64;
+        for name in ["log", "snapshots"] {
+            if !node
+                .tree_names()
+                .iter()
+                .any(|t| t.as_ref() == name.as_bytes())
+            {
+                continue;
+            }
+            let tree = node.open_tree(name)?;
+            let mut touched = std::collections::HashSet::new();
+            for item in tree.iter() {
+                let (key, value) = item?;
+                let Some(uid) = key
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                else {
+                    continue;
+                };
+                let shard = self.shard(uid)?;
+                let trees = shard.trees();
+                let target = if name == "log" {
+                    &trees.log
+                } else {
+                    &trees.snapshots
+                };
+                target.insert(key, value)?;
+                touched.insert(uid);
+                moved += 1;
+            }
+            for uid in touched {
+                self.flush_now(uid)?;
+            }
+            drop(tree);
+            node.drop_tree(name)?;
+            node.flush()?;
+        }
+        if moved > 0 {
+            tracing::info!(
+                entries = moved,
+                "moved the node's log into one sled instance per database"
+            );
+        }
+        Ok(moved)
     }
 
     /// Write a transaction's A, B and T chunks in one atomic batch. Call it under the
@@ -262,26 +439,27 @@ impl LogStore {
             }
         }
         let position = position.map(|(stream, serial)| (position_key(uid, stream), serial));
-        self.insert_txn(chunks, position)
+        Self::insert_txn(&*self.shard(uid)?, chunks, position)
     }
 
     /// Store one transaction's chunks (keys from [`log_key`]) and, for a logical replica,
     /// its position, so that a crash keeps all of them or none (see the module doc).
     fn insert_txn(
-        &self,
+        shard: &Shard,
         chunks: Vec<([u8; 17], sled::IVec)>,
         position: Option<([u8; 25], u64)>,
     ) -> Result<(), LogError> {
+        let t = shard.trees();
         // Counted first: a failed write means sled failed, and the node with it.
         for (key, bytes) in &chunks {
-            self.account_chunk(key, bytes.len() as i64);
+            shard.account_chunk(key, bytes.len() as i64);
         }
         let is_a = |key: &[u8; 17]| key[8] == LogKind::A as u8;
         if position.is_none() && chunks.iter().filter(|(key, _)| is_a(key)).count() == 1 {
             // The A chunk last: it is the commit point.
             let (a, others): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|(k, _)| is_a(k));
             for (key, bytes) in others.into_iter().chain(a) {
-                self.log.insert(key, bytes)?;
+                t.log.insert(key, bytes)?;
             }
         } else {
             let mut batch = sled::Batch::default();
@@ -291,7 +469,7 @@ impl LogStore {
             if let Some((key, serial)) = position {
                 batch.insert(&key[..], &serial.to_be_bytes()[..]);
             }
-            self.log.apply_batch(batch)?;
+            t.log.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -301,11 +479,9 @@ impl LogStore {
     /// recovery reached: its snapshot's when the A log after it is empty). See the module
     /// doc. Call it before the database takes writes. Returns the chunks removed.
     pub fn drop_torn_tail(&self, uid: u64, recovered: u64) -> Result<usize, LogError> {
-        let last_a = match self
-            .log
-            .scan_prefix(log_prefix(uid, LogKind::A))
-            .next_back()
-        {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
+        let last_a = match t.log.scan_prefix(log_prefix(uid, LogKind::A)).next_back() {
             Some(item) => {
                 codec::peek(&item?.1)
                     .map_err(|e| LogError::Damaged(e.to_string()))?
@@ -317,14 +493,14 @@ impl LogStore {
         let mut removed = 0;
         for kind in [LogKind::B, LogKind::T] {
             let from = log_key(uid, kind, last_a.saturating_add(1));
-            let torn: Vec<sled::IVec> = self
+            let torn: Vec<sled::IVec> = t
                 .log
                 .range(from..=log_key(uid, kind, u64::MAX))
                 .keys()
                 .collect::<Result<_, _>>()?;
             for key in torn {
-                if let Some(bytes) = self.log.remove(&key)? {
-                    self.account_chunk(&key, -(bytes.len() as i64));
+                if let Some(bytes) = t.log.remove(&key)? {
+                    shard.account_chunk(&key, -(bytes.len() as i64));
                 }
                 removed += 1;
             }
@@ -342,8 +518,10 @@ impl LogStore {
 
     /// The source serial a logical replica has applied, per source stream.
     pub fn positions(&self, uid: u64) -> Result<BTreeMap<u64, u64>, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut out = BTreeMap::new();
-        for item in self.log.scan_prefix(positions_prefix(uid)) {
+        for item in t.log.scan_prefix(positions_prefix(uid)) {
             let (key, value) = item?;
             let (Some(stream), Ok(position)) = (
                 key.get(17..25)
@@ -361,6 +539,8 @@ impl LogStore {
     /// transactions: all of them or none survive a crash). Call it while no other writer
     /// can append to database `uid`.
     pub fn append_txns(&self, uid: u64, txns: &[TxnLog]) -> Result<(), LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut batch = sled::Batch::default();
         let mut written = Vec::new();
         for txn in txns {
@@ -372,9 +552,9 @@ impl LogStore {
                 }
             }
         }
-        self.log.apply_batch(batch)?;
+        t.log.apply_batch(batch)?;
         for (key, len) in written {
-            self.account_chunk(&key, len);
+            shard.account_chunk(&key, len);
         }
         Ok(())
     }
@@ -390,7 +570,7 @@ impl LogStore {
                 (key, c.bytes.clone())
             })
             .collect();
-        self.insert_txn(chunks, None)
+        Self::insert_txn(&*self.shard(uid)?, chunks, None)
     }
 
     /// Whole transactions of database `uid` whose first serial is above `after`, in
@@ -403,12 +583,14 @@ impl LogStore {
         max_bytes: usize,
         also: &[LogKind],
     ) -> Result<Vec<RawTxn>, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut out: Vec<RawTxn> = Vec::new();
         let mut bytes = 0;
         let mut expected = after + 1;
         let start = log_key(uid, LogKind::A, expected);
         let end = log_key(uid, LogKind::A, u64::MAX);
-        for item in self.log.range(start..=end) {
+        for item in t.log.range(start..=end) {
             let (_, value) = item?;
             let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if head.first_serial != expected {
@@ -443,7 +625,7 @@ impl LogStore {
             for kind in also {
                 let range =
                     log_key(uid, *kind, txn.first_serial)..=log_key(uid, *kind, txn.last_serial);
-                for item in self.log.range(range) {
+                for item in t.log.range(range) {
                     let (_, value) = item?;
                     let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
                     txn.chunks.push(RawChunk { head, bytes: value });
@@ -456,76 +638,75 @@ impl LogStore {
     /// Bytes of log and snapshots stored for database `uid` (its share of the sled
     /// files, before sled's own overhead).
     pub fn stored_bytes(&self, uid: u64) -> Result<u64, LogError> {
-        if let Some(bytes) = self.stored.lock().get(&uid) {
-            return Ok(*bytes);
+        let shard = self.shard(uid)?;
+        if let Some(bytes) = *shard.stored.lock() {
+            return Ok(bytes);
         }
+        let t = shard.trees();
         let mut total = 0u64;
-        for tree in [&self.log, &self.snapshots] {
+        for tree in [&t.log, &t.snapshots] {
             for item in tree.scan_prefix(uid.to_be_bytes()) {
                 total += item?.1.len() as u64;
             }
         }
-        Ok(*self.stored.lock().entry(uid).or_insert(total))
-    }
-
-    /// Add (or with a negative `delta`, remove) bytes to `uid`'s count, if counted yet.
-    fn account(&self, uid: u64, delta: i64) {
-        if let Some(bytes) = self.stored.lock().get_mut(&uid) {
-            *bytes = bytes.saturating_add_signed(delta);
-        }
-    }
-
-    /// [`Self::account`] for the log chunk at `key`, and its kind's count too.
-    fn account_chunk(&self, key: &[u8], delta: i64) {
-        let uid = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
-        self.account(uid, delta);
-        if let Some(bytes) = self.kind_stored.lock().get_mut(&(uid, key[8])) {
-            *bytes = bytes.saturating_add_signed(delta);
-        }
+        let counted = *shard.stored.lock().get_or_insert(total);
+        Ok(counted)
     }
 
     /// Bytes of the `kind` chunks of database `uid`.
     pub fn kind_bytes(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
-        if let Some(bytes) = self.kind_stored.lock().get(&(uid, kind as u8)) {
+        let shard = self.shard(uid)?;
+        if let Some(bytes) = shard.kind_stored.lock().get(&(kind as u8)) {
             return Ok(*bytes);
         }
         let mut total = 0u64;
-        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+        for item in shard.trees().log.scan_prefix(log_prefix(uid, kind)) {
             total += item?.1.len() as u64;
         }
-        Ok(*self
-            .kind_stored
-            .lock()
-            .entry((uid, kind as u8))
-            .or_insert(total))
+        let counted = *shard.kind_stored.lock().entry(kind as u8).or_insert(total);
+        Ok(counted)
     }
 
-    /// A ticket for the next flush, to pass to [`Self::wait_durable`]. Take it after
-    /// [`Self::append`].
-    pub fn request_flush(&self) -> u64 {
-        let mut state = self.flusher.state.lock();
+    /// Bytes database `uid`'s shard takes on disk: its sled files, overhead included
+    /// (what `du` shows of its directory).
+    pub fn disk_bytes(&self, uid: u64) -> Result<u64, LogError> {
+        Ok(crate::node::footprint::dir_bytes(&self.shard(uid)?.path))
+    }
+
+    /// A ticket for the next flush of database `uid`'s log, to pass to
+    /// [`Self::wait_durable`]. Take it after [`Self::append`].
+    pub fn request_flush(&self, uid: u64) -> Result<FlushTicket, LogError> {
+        let shard = self.shard(uid)?;
+        let mut state = shard.flusher.state.lock();
+        if state.shutdown {
+            // Its flusher is gone (the database was deleted or the node stops).
+            return Err(LogError::Flush("the database's log is closed".into()));
+        }
         state.requested += 1;
-        let ticket = state.requested;
-        self.flusher.wake.notify_one();
-        ticket
+        let number = state.requested;
+        shard.flusher.wake.notify_one();
+        Ok(FlushTicket {
+            flusher: shard.flusher.clone(),
+            number,
+        })
     }
 
     /// Wait until the flush for `ticket` is done.
-    pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
-        let mut rx = self.flusher.flushed.subscribe();
+    pub async fn wait_durable(&self, ticket: &FlushTicket) -> Result<(), LogError> {
+        let mut rx = ticket.flusher.flushed.subscribe();
         let seen = rx
-            .wait_for(|(done, err)| *done >= ticket || err.is_some())
+            .wait_for(|(done, err)| *done >= ticket.number || err.is_some())
             .await
             .map_err(|_| LogError::Flush("the flusher stopped".into()))?;
         match &seen.1 {
-            Some(err) if seen.0 < ticket => Err(LogError::Flush(err.to_string())),
+            Some(err) if seen.0 < ticket.number => Err(LogError::Flush(err.to_string())),
             _ => Ok(()),
         }
     }
 
-    /// Flush now, on this thread (durability `sync`, shutdown).
-    pub fn flush_now(&self) -> Result<(), LogError> {
-        self.db.flush()?;
+    /// Flush database `uid`'s log now, on this thread (durability `sync`, snapshots).
+    pub fn flush_now(&self, uid: u64) -> Result<(), LogError> {
+        self.shard(uid)?.trees().db.flush()?;
         Ok(())
     }
 
@@ -537,17 +718,19 @@ impl LogStore {
         after: u64,
         mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>,
     ) -> Result<u64, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut last = after;
         // Start at the chunk holding `after + 1`, which may begin before it.
         let wanted = log_key(uid, LogKind::A, after.saturating_add(1));
-        let start = self
+        let start = t
             .log
             .range(log_key(uid, LogKind::A, 0)..=wanted)
             .next_back()
             .transpose()?
             .map_or(wanted.to_vec(), |(key, _)| key.to_vec());
         let end = log_key(uid, LogKind::A, u64::MAX);
-        for item in self.log.range(start..=end.to_vec()) {
+        for item in t.log.range(start..=end.to_vec()) {
             let (_, value) = item?;
             let mut chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if chunk.last_serial <= last {
@@ -581,16 +764,18 @@ impl LogStore {
         from: u64,
         mut visit: impl FnMut(&ChunkRef<'_>) -> bool,
     ) -> Result<(), LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let prefix = log_prefix(uid, kind);
         // The chunk holding `from` starts at or before it.
-        let start = self
+        let start = t
             .log
             .range(log_key(uid, kind, 0)..=log_key(uid, kind, from))
             .next_back()
             .transpose()?
             .map(|(key, _)| key.to_vec())
             .unwrap_or_else(|| log_key(uid, kind, from).to_vec());
-        for item in self.log.range(start..) {
+        for item in t.log.range(start..) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -643,22 +828,24 @@ impl LogStore {
         kind: LogKind,
         mut remove: impl FnMut(&[u8]) -> bool,
     ) -> Result<usize, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut removed = 0;
         let mut pruned = None;
-        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+        for item in t.log.scan_prefix(log_prefix(uid, kind)) {
             let (key, value) = item?;
             if !remove(&value) {
                 break;
             }
             let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             pruned = Some(head.last_serial);
-            self.log.remove(&key)?;
-            self.account_chunk(&key, -(value.len() as i64));
+            t.log.remove(&key)?;
+            shard.account_chunk(&key, -(value.len() as i64));
             removed += 1;
         }
         if let Some(serial) = pruned {
             let through = self.pruned_through(uid, kind)?.max(serial);
-            self.log
+            t.log
                 .insert(pruned_key(uid, kind), &through.to_be_bytes()[..])?;
         }
         Ok(removed)
@@ -667,8 +854,9 @@ impl LogStore {
     /// The last serial whose `kind` entries retention may have dropped (0: none): every
     /// entry of a later serial is still held.
     pub fn pruned_through(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
-        Ok(self
-            .log
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
+        Ok(t.log
             .get(pruned_key(uid, kind))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
@@ -683,8 +871,10 @@ impl LogStore {
         kind: LogKind,
         timestamp_us: u64,
     ) -> Result<(Option<Stamped>, Option<Stamped>), LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut at_or_before = None;
-        for item in self.log.scan_prefix(log_prefix(uid, kind)) {
+        for item in t.log.scan_prefix(log_prefix(uid, kind)) {
             let (_, value) = item?;
             let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if head.last_timestamp_us <= timestamp_us {
@@ -724,8 +914,10 @@ impl LogStore {
 
     /// Delete chunks of `kind` whose entries all have serials at or below `serial`.
     pub fn prune_through(&self, uid: u64, kind: LogKind, serial: u64) -> Result<usize, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut removed = 0;
-        for item in self
+        for item in t
             .log
             .range(log_key(uid, kind, 0)..=log_key(uid, kind, serial))
         {
@@ -734,8 +926,8 @@ impl LogStore {
             if chunk.last_serial > serial {
                 break;
             }
-            self.log.remove(&key)?;
-            self.account_chunk(&key, -(value.len() as i64));
+            t.log.remove(&key)?;
+            shard.account_chunk(&key, -(value.len() as i64));
             removed += 1;
         }
         Ok(removed)
@@ -743,8 +935,9 @@ impl LogStore {
 
     /// Oldest serial still held in the log of `kind`, if any.
     pub fn oldest_serial(&self, uid: u64, kind: LogKind) -> Result<Option<u64>, LogError> {
-        Ok(self
-            .log
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
+        Ok(t.log
             .scan_prefix(log_prefix(uid, kind))
             .next()
             .transpose()?
@@ -760,15 +953,17 @@ impl LogStore {
         mut meta: SnapshotMeta,
         blocks: &[&crate::store::Block],
     ) -> Result<SnapshotMeta, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
         let mut parts = 0u32;
         let mut size = 0u64;
         let mut unflushed = 0u64;
         let mut store = |part: Vec<u8>, parts: &mut u32| -> Result<(), LogError> {
             let len = part.len() as u64;
-            self.snapshots
+            t.snapshots
                 .insert(&snapshot_key(uid, meta.serial, *parts)[..], part)?;
-            self.account(uid, len as i64);
+            shard.account(len as i64);
             #[cfg(test)]
             if let Some(hook) = self.after_snapshot_part.lock().as_mut() {
                 hook(*parts);
@@ -777,7 +972,7 @@ impl LogStore {
             size += len;
             unflushed += len;
             if unflushed >= SNAPSHOT_PACE_BYTES {
-                self.flush_now()?;
+                self.flush_now(uid)?;
                 unflushed = 0;
             }
             Ok(())
@@ -795,10 +990,10 @@ impl LogStore {
         meta.size_bytes = size;
         let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
         let meta_bytes = encoded.len() as u64;
-        self.snapshots
+        t.snapshots
             .insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded)?;
-        self.account(uid, meta_bytes as i64);
-        self.flush_now()?;
+        shard.account(meta_bytes as i64);
+        self.flush_now(uid)?;
         Ok(meta)
     }
 
@@ -806,15 +1001,17 @@ impl LogStore {
     /// a crash interrupted (see the module doc). Call it before the database is used.
     /// Returns the parts removed.
     pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let finished: std::collections::HashSet<u64> =
             self.snapshots(uid)?.iter().map(|m| m.serial).collect();
         let mut removed = 0;
-        for item in self.snapshots.scan_prefix(uid.to_be_bytes()) {
+        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
             let (key, value) = item?;
             let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
             if !finished.contains(&serial) {
-                self.snapshots.remove(&key)?;
-                self.account(uid, -(value.len() as i64));
+                t.snapshots.remove(&key)?;
+                shard.account(-(value.len() as i64));
                 removed += 1;
             }
         }
@@ -830,8 +1027,10 @@ impl LogStore {
 
     /// Metadata of every stored snapshot of `uid`, oldest first.
     pub fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotMeta>, LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         let mut out = Vec::new();
-        for item in self.snapshots.scan_prefix(uid.to_be_bytes()) {
+        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
             let (key, value) = item?;
             if key[16..20] == META_PART.to_be_bytes() {
                 out.push(
@@ -880,8 +1079,10 @@ impl LogStore {
         meta: &SnapshotMeta,
         mut visit: impl FnMut(&[u8]) -> Result<(), LogError>,
     ) -> Result<(), LogError> {
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
         for part in 0..meta.parts {
-            let bytes = self
+            let bytes = t
                 .snapshots
                 .get(snapshot_key(uid, meta.serial, part))?
                 .ok_or_else(|| {
@@ -896,54 +1097,147 @@ impl LogStore {
     /// parts that [`Self::drop_unfinished_snapshots`] removes (no batch: see the module
     /// doc).
     pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
-        if let Some(v) = self
+        let shard = self.shard(uid)?;
+        let t = shard.trees();
+        let shard = self.shard(uid)?;
+        if let Some(v) = t
             .snapshots
             .remove(snapshot_key(uid, meta.serial, META_PART))?
         {
-            self.account(uid, -(v.len() as i64));
+            shard.account(-(v.len() as i64));
         }
         for part in 0..meta.parts {
-            if let Some(v) = self
-                .snapshots
-                .remove(snapshot_key(uid, meta.serial, part))?
-            {
-                self.account(uid, -(v.len() as i64));
+            if let Some(v) = t.snapshots.remove(snapshot_key(uid, meta.serial, part))? {
+                shard.account(-(v.len() as i64));
             }
         }
         Ok(())
     }
 
-    /// Delete every log chunk and snapshot of a database.
+    /// Delete every log chunk and snapshot of a database: its shard leaves the store,
+    /// and its directory goes once the last call still using it returns.
     pub fn delete_database(&self, uid: u64) -> Result<(), LogError> {
-        for tree in [&self.log, &self.snapshots] {
-            let keys: Vec<_> = tree
-                .scan_prefix(uid.to_be_bytes())
-                .keys()
-                .collect::<Result<_, _>>()?;
-            let mut batch = sled::Batch::default();
-            for key in keys {
-                batch.remove(key);
-            }
-            tree.apply_batch(batch)?;
-        }
-        self.stored.lock().remove(&uid);
-        self.kind_stored.lock().retain(|(u, _), _| *u != uid);
+        let shard = self.shard(uid)?;
+        self.deleted.lock().insert(uid);
+        self.shards.write().remove(&uid);
+        shard
+            .doomed
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Stop the flusher after a last flush.
+    /// Start database `uid` over with an empty log in a new generation of its shard (a
+    /// replica about to install a snapshot): the old generation's directory goes as in
+    /// [`Self::delete_database`]. A crash in between leaves both; [`Self::open`] keeps
+    /// the new one.
+    pub fn reset_database(&self, uid: u64) -> Result<(), LogError> {
+        let old = self.shard(uid)?;
+        let generation = old
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_shard_dir_name)
+            .map_or(0, |(_, g)| g);
+        let fresh = Arc::new(Shard::open(
+            &self.dir.join(shard_dir_name(uid, generation + 1)),
+            self.cache_bytes,
+        )?);
+        self.shards.write().insert(uid, fresh);
+        old.doomed.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Flush every shard and stop their flushers; the shards close as their last
+    /// holders let go.
     pub fn shutdown(&self) -> Result<(), LogError> {
-        self.flusher.stop();
-        self.flush_now()
+        let shards: Vec<Arc<Shard>> = self.shards.write().drain().map(|(_, s)| s).collect();
+        let mut first_error = None;
+        for shard in shards {
+            shard.flusher.stop();
+            if let Err(e) = shard.trees().db.flush() {
+                first_error.get_or_insert(LogError::from(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-impl Drop for LogStore {
-    /// Stops the flusher and waits for it, so the sled directory is free afterwards.
+/// A flush of one database's log that [`LogStore::wait_durable`] waits for.
+pub struct FlushTicket {
+    flusher: Arc<Flusher>,
+    number: u64,
+}
+
+impl Shard {
+    /// Open (or create) the sled instance at `path` and start its flusher.
+    fn open(path: &Path, cache_bytes: u64) -> Result<Shard, LogError> {
+        let db = sled_config(path, cache_bytes).open().map_err(|e| {
+            LogError::Sled(format!("cannot open the log at {}: {e}", path.display()))
+        })?;
+        let flusher = Arc::new(Flusher {
+            db: db.clone(),
+            state: Mutex::new(FlushState::default()),
+            wake: Condvar::new(),
+            flushed: watch::channel((0, None)).0,
+        });
+        let thread = {
+            let flusher = flusher.clone();
+            std::thread::Builder::new()
+                .name("doppel-log-flusher".into())
+                .spawn(move || flush_loop(flusher))
+                .map_err(|e| LogError::Flush(e.to_string()))?
+        };
+        Ok(Shard {
+            trees: Some(Trees {
+                log: db.open_tree("log")?,
+                snapshots: db.open_tree("snapshots")?,
+                db,
+            }),
+            path: path.to_path_buf(),
+            flusher,
+            flusher_thread: Mutex::new(Some(thread)),
+            stored: Mutex::new(None),
+            kind_stored: Mutex::new(HashMap::new()),
+            doomed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn trees(&self) -> &Trees {
+        self.trees
+            .as_ref()
+            .expect("a shard's trees live until it drops")
+    }
+
+    /// Add (or with a negative `delta`, remove) bytes to the count, if counted yet.
+    fn account(&self, delta: i64) {
+        if let Some(bytes) = self.stored.lock().as_mut() {
+            *bytes = bytes.saturating_add_signed(delta);
+        }
+    }
+
+    /// [`Self::account`] for the log chunk at `key`, and its kind's count too.
+    fn account_chunk(&self, key: &[u8], delta: i64) {
+        self.account(delta);
+        if let Some(bytes) = self.kind_stored.lock().get_mut(&key[8]) {
+            *bytes = bytes.saturating_add_signed(delta);
+        }
+    }
+}
+
+impl Drop for Shard {
+    /// Stops the flusher and waits for it, closes sled, then removes the directory of a
+    /// deleted database or an old generation.
     fn drop(&mut self) {
         self.flusher.stop();
         if let Some(thread) = self.flusher_thread.lock().take() {
             let _ = thread.join();
+        }
+        // The flusher's handle on sled went with its thread; this is the last one.
+        drop(self.trees.take());
+        if self.doomed.load(std::sync::atomic::Ordering::Acquire) {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not remove a deleted database's log directory");
+            }
         }
     }
 }

@@ -27,33 +27,39 @@ const LINES: FileId = 2;
 const BLOCK_SIZE: usize = 4096;
 const QUOTA: u64 = 1 << 30;
 
-/// A sled database in a temporary directory and the log store on it.
+/// A log store in a temporary directory.
 struct Fixture {
     dir: tempfile::TempDir,
-    sled: sled::Db,
     log: Arc<LogStore>,
 }
 
-fn open_at(path: &std::path::Path) -> (sled::Db, Arc<LogStore>) {
-    let sled = sled::Config::new().path(path).open().expect("open sled");
-    let log = LogStore::open(&sled).expect("open log store");
-    (sled, log)
+/// Database `uid`'s `log` tree, to write or read what the API does not (a torn tail).
+fn log_tree(log: &LogStore, uid: u64) -> sled::Tree {
+    log.shard(uid).unwrap().trees().log.clone()
+}
+
+/// Database `uid`'s `snapshots` tree.
+fn snapshot_tree(log: &LogStore, uid: u64) -> sled::Tree {
+    log.shard(uid).unwrap().trees().snapshots.clone()
+}
+
+fn open_at(path: &std::path::Path) -> Arc<LogStore> {
+    LogStore::open(path, 8 << 20).expect("open log store")
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (sled, log) = open_at(&dir.path().join("sled"));
-        Fixture { dir, sled, log }
+        let log = open_at(&dir.path().join("logs"));
+        Fixture { dir, log }
     }
 
     /// Closes everything and opens the same directory again.
     fn reopen(self) -> Fixture {
-        let Fixture { dir, sled, log } = self;
+        let Fixture { dir, log } = self;
         log.shutdown().expect("shutdown flushes");
         let weak = Arc::downgrade(&log);
         drop(log);
-        drop(sled);
         // The flusher thread may hold the store (and its sled handle) for a moment
         // after the last user lets go; sled's directory lock is free once it is gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -64,8 +70,8 @@ impl Fixture {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (sled, log) = open_at(&dir.path().join("sled"));
-        Fixture { dir, sled, log }
+        let log = open_at(&dir.path().join("logs"));
+        Fixture { dir, log }
     }
 }
 
@@ -675,13 +681,18 @@ fn delete_database_removes_only_that_databases_log_and_snapshots() {
         writers.push(w);
     }
 
+    let dir = f.dir.path().join("logs").join(shard_dir_name(UID, 0));
+    assert!(dir.is_dir(), "each database has a directory of its own");
     f.log.delete_database(UID).unwrap();
-    assert_eq!(replay_all(&f.log, UID, 0), (Vec::new(), 0, 0));
-    for kind in [LogKind::A, LogKind::B, LogKind::T] {
-        assert_eq!(f.log.oldest_serial(UID, kind).unwrap(), None);
-        assert!(read_kind(&f.log, UID, kind, 0).is_empty());
-    }
-    assert!(f.log.snapshots(UID).unwrap().is_empty());
+    // Its space comes back at once: the whole directory goes.
+    assert!(!dir.exists(), "a deleted database's directory is removed");
+    // A late call for it is refused, and does not bring the directory back.
+    let late = f
+        .log
+        .snapshots(UID)
+        .expect_err("a deleted database has no log");
+    assert!(late.to_string().contains("deleted"), "{late}");
+    assert!(!dir.exists());
 
     for (uid, w) in uids.iter().zip(&writers).skip(1) {
         let (_, _, last) = replay_all(&f.log, *uid, 0);
@@ -704,8 +715,8 @@ async fn request_flush_then_wait_durable_completes() {
     let mut w = Writer::new();
     let first = w.commit(&inserts("k", 10, 10));
     f.log.append(UID, &first).unwrap();
-    let ticket = f.log.request_flush();
-    tokio::time::timeout(limit, f.log.wait_durable(ticket))
+    let ticket = f.log.request_flush(UID).unwrap();
+    tokio::time::timeout(limit, f.log.wait_durable(&ticket))
         .await
         .expect("the flush finishes in time")
         .expect("the flush succeeds");
@@ -717,8 +728,8 @@ async fn request_flush_then_wait_durable_completes() {
         let txn = w.commit(&inserts(&format!("t{i}-"), 3, 10));
         tasks.push(tokio::spawn(async move {
             log.append(UID, &txn).unwrap();
-            let ticket = log.request_flush();
-            log.wait_durable(ticket).await.map(|()| ticket)
+            let ticket = log.request_flush(UID).unwrap();
+            log.wait_durable(&ticket).await.map(|()| ticket.number)
         }));
     }
     let mut tickets = Vec::new();
@@ -733,10 +744,10 @@ async fn request_flush_then_wait_durable_completes() {
     tickets.sort_unstable();
     tickets.dedup();
     assert_eq!(tickets.len(), 8, "each request gets its own ticket");
-    assert!(tickets[0] > ticket);
+    assert!(tickets[0] > ticket.number);
 
     // A ticket already covered is done at once.
-    tokio::time::timeout(limit, f.log.wait_durable(ticket))
+    tokio::time::timeout(limit, f.log.wait_durable(&ticket))
         .await
         .expect("an old ticket is done")
         .unwrap();
@@ -757,7 +768,7 @@ fn reopening_the_directory_sees_the_same_log_and_snapshots() {
     let a_log = replay_all(&f.log, UID, 0);
     let b_log = read_kind(&f.log, UID, LogKind::B, 0);
     let t_log = read_kind(&f.log, UID, LogKind::T, 0);
-    f.log.flush_now().unwrap();
+    f.log.flush_now(UID).unwrap();
 
     let f = f.reopen();
     assert_eq!(replay_all(&f.log, UID, 0), a_log);
@@ -798,10 +809,12 @@ fn a_transaction_cut_before_its_a_chunk_leaves_nothing_once_the_tail_is_dropped(
     let torn = w.commit(&[update(ORDERS, "k0001", b"new"), delete(ORDERS, "k0002")]);
     for kind in [LogKind::B, LogKind::T] {
         for (first, bytes) in codec::encode(&torn, kind) {
-            f.log.log.insert(log_key(UID, kind, first), bytes).unwrap();
+            log_tree(&f.log, UID)
+                .insert(log_key(UID, kind, first), bytes)
+                .unwrap();
         }
     }
-    f.log.flush_now().unwrap();
+    f.log.flush_now(UID).unwrap();
     let f = f.reopen();
     assert_eq!(replay_all(&f.log, UID, 0).2, first.updates.len() as u64);
     let recovered = first.updates.len() as u64;
@@ -902,11 +915,13 @@ fn another_databases_commit_completes_while_a_snapshot_is_written() {
             let mut other = Writer::new();
             let t = other.commit(&inserts("q", 1, 10));
             log.append(OTHER_UID, &t).expect("append");
-            let ticket = log.request_flush();
+            let ticket = log.request_flush(OTHER_UID).expect("ticket");
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .expect("runtime");
-            runtime.block_on(log.wait_durable(ticket)).expect("durable");
+            runtime
+                .block_on(log.wait_durable(&ticket))
+                .expect("durable");
             done.send(()).ok();
         });
         let finished = committed.recv_timeout(Duration::from_secs(10));
@@ -935,8 +950,7 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
     let kept = save_snapshot(&f.log, UID, &w);
     let other = save_snapshot(&f.log, OTHER_UID, &w);
     for part in 0..3 {
-        f.log
-            .snapshots
+        snapshot_tree(&f.log, UID)
             .insert(
                 &snapshot_key(UID, kept.serial + 5, part)[..],
                 vec![7u8; 100],
@@ -980,8 +994,7 @@ fn prune_to_bytes_keeps_the_newest_chunks_that_fit_the_bound() {
         .append(OTHER_UID, &other.commit(&[update(ORDERS, "x0000", b"y")]))
         .unwrap();
     let scanned = |kind| -> u64 {
-        f.log
-            .log
+        log_tree(&f.log, UID)
             .scan_prefix(log_prefix(UID, kind))
             .map(|item| item.unwrap().1.len() as u64)
             .sum()
@@ -991,9 +1004,7 @@ fn prune_to_bytes_keeps_the_newest_chunks_that_fit_the_bound() {
         scanned(LogKind::B)
     );
     // The bytes of the newest five B chunks: the bound that keeps exactly them.
-    let sizes: Vec<u64> = f
-        .log
-        .log
+    let sizes: Vec<u64> = log_tree(&f.log, UID)
         .scan_prefix(log_prefix(UID, LogKind::B))
         .map(|item| item.unwrap().1.len() as u64)
         .collect();
@@ -1024,4 +1035,101 @@ fn prune_to_bytes_keeps_the_newest_chunks_that_fit_the_bound() {
         serials(&read_kind(&f.log, OTHER_UID, LogKind::B, 0)),
         vec![3]
     );
+}
+
+#[test]
+fn a_reset_starts_a_new_generation_and_removes_the_old_one() {
+    let f = Fixture::new();
+    let logs = f.dir.path().join("logs");
+    let mut w = Writer::new();
+    f.log
+        .append(UID, &w.commit(&inserts("k", 50, 100)))
+        .unwrap();
+    save_snapshot(&f.log, UID, &w);
+    f.log.reset_database(UID).unwrap();
+    // A replica about to install a snapshot: its old log and snapshots are gone, from
+    // the API and from the disk.
+    assert!(!logs.join(shard_dir_name(UID, 0)).exists());
+    assert!(logs.join(shard_dir_name(UID, 1)).is_dir());
+    assert_eq!(replay_all(&f.log, UID, 0), (Vec::new(), 0, 0));
+    assert!(f.log.snapshots(UID).unwrap().is_empty());
+    assert_eq!(f.log.stored_bytes(UID).unwrap(), 0);
+
+    let mut fresh = Writer::new();
+    let txn = fresh.commit(&inserts("n", 3, 10));
+    f.log.append(UID, &txn).unwrap();
+    f.log.flush_now(UID).unwrap();
+    let f = f.reopen();
+    assert_eq!(replay_all(&f.log, UID, 0).2, fresh.seq.last_serial);
+}
+
+#[test]
+fn opening_keeps_each_databases_newest_generation_and_drops_the_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    {
+        let log = open_at(&logs);
+        let mut w = Writer::new();
+        log.append(UID, &w.commit(&inserts("k", 5, 10))).unwrap();
+        log.append(OTHER_UID, &w.commit(&inserts("o", 5, 10)))
+            .unwrap();
+        log.shutdown().unwrap();
+    }
+    // What a crash in the middle of a reset leaves: an older generation beside the new.
+    std::fs::create_dir_all(logs.join(shard_dir_name(UID, 3))).unwrap();
+    let log = open_at(&logs);
+    assert!(!logs.join(shard_dir_name(UID, 0)).exists());
+    assert!(logs.join(shard_dir_name(UID, 3)).is_dir());
+    assert_eq!(
+        replay_all(&log, UID, 0).2,
+        0,
+        "the newest generation is the live one"
+    );
+    // A database the node no longer defines (deleted before a crash) loses its files.
+    let live = [UID].into_iter().collect();
+    assert_eq!(log.remove_other_databases(&live).unwrap(), 1);
+    assert!(!logs.join(shard_dir_name(OTHER_UID, 0)).exists());
+}
+
+#[test]
+fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = sled::Config::new()
+        .path(dir.path().join("sled"))
+        .open()
+        .unwrap();
+    // The layout before shards: every database's chunks and snapshot parts in the
+    // node's own `log` and `snapshots` trees, under the same keys.
+    let mut w = Writer::new();
+    let txn = w.commit(&inserts("k", 20, 50));
+    let old_log = node.open_tree("log").unwrap();
+    for kind in [LogKind::A, LogKind::B, LogKind::T] {
+        for (first, bytes) in codec::encode(&txn, kind) {
+            old_log.insert(log_key(UID, kind, first), bytes).unwrap();
+        }
+    }
+    let scratch = Fixture::new();
+    let meta = save_snapshot(&scratch.log, UID, &w);
+    let old_snapshots = node.open_tree("snapshots").unwrap();
+    for item in snapshot_tree(&scratch.log, UID).iter() {
+        let (key, value) = item.unwrap();
+        old_snapshots.insert(key, value).unwrap();
+    }
+    drop((old_log, old_snapshots));
+
+    let log = open_at(&dir.path().join("logs"));
+    let moved = log.adopt_shared_trees(&node).unwrap();
+    assert!(moved > 0);
+    assert_eq!(replay_all(&log, UID, 0).2, w.seq.last_serial);
+    assert_eq!(log.snapshots(UID).unwrap(), vec![meta.clone()]);
+    assert_eq!(
+        load_snapshot(&log, UID, &meta).checksums(),
+        w.store.checksums()
+    );
+    assert!(
+        !node.tree_names().iter().any(|t| t.as_ref() == b"log"),
+        "the old trees are dropped"
+    );
+    // A second start finds nothing left to move.
+    assert_eq!(log.adopt_shared_trees(&node).unwrap(), 0);
 }

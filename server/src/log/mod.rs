@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Effect, FileId, PutMode};
 
-pub use durable::{LogError, LogStore};
+pub use durable::{sled_config, FlushTicket, LogError, LogStore};
 
 /// The three kinds of log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

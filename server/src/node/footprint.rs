@@ -52,7 +52,7 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// Sum of the file sizes under `dir`. sled creates and removes files while this walks,
 /// so whatever vanishes in between counts as nothing rather than failing the count.
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -900,7 +900,7 @@ fn execute(
     op.progress.start("writing-log", logs.len() as u64);
     let log = target.log_store();
     log.append_txns(target.def.uid, &logs)?;
-    log.flush_now()?;
+    log.flush_now(target.def.uid)?;
     op.progress.step(logs.len() as u64);
     target.finish_restore(op.id, expected_last, store, seq)?;
     let serials = logs

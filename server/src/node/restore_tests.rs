@@ -15,8 +15,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let sled = sled::Config::new().path(dir.path()).open().unwrap();
-    let log = LogStore::open(&sled).unwrap();
+    let log = LogStore::open(dir.path(), 8 << 20).unwrap();
     let def = DatabaseDef {
         uid: 7,
         tenant: "default".into(),

@@ -588,12 +588,12 @@ impl Database {
         match self.def.spec.durability {
             Durability::None => Ok(()),
             Durability::Group => {
-                let ticket = self.log.request_flush();
-                Ok(self.log.wait_durable(ticket).await?)
+                let ticket = self.log.request_flush(self.def.uid)?;
+                Ok(self.log.wait_durable(&ticket).await?)
             }
             Durability::Sync => {
-                let log = self.log.clone();
-                tokio::task::spawn_blocking(move || log.flush_now())
+                let (log, uid) = (self.log.clone(), self.def.uid);
+                tokio::task::spawn_blocking(move || log.flush_now(uid))
                     .await
                     .map_err(|e| Error::Unavailable(e.to_string()))??;
                 Ok(())

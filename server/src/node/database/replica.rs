@@ -429,7 +429,7 @@ impl Database {
         let store = Store::from_snapshot_blocks(layout, self.def.spec.memory_quota_bytes, blocks)
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut state = self.state.write();
-        self.log.delete_database(self.def.uid)?;
+        self.log.reset_database(self.def.uid)?;
         let frozen = store.freeze();
         state.store = store;
         state.seq = Sequencer::new(serial, next_txn);
