@@ -18,6 +18,11 @@
 //!   and not other tenants; a plugin CPU-time quota refuses dry-runs with 429;
 //! * admin and operator actions, allowed or refused, are in the tenant's audit log with
 //!   who, what, when and the result; only the tenant's admin reads it; no token in it;
+//! * usage shows what each tenant's databases did and hold: operations written (total
+//!   and last second), CPU time, log backlog and disk, per tenant and in `/metrics`;
+//!   a neighbour's writes are not counted to it;
+//! * each database's log is a directory of its own: deleting the database removes it,
+//!   so its disk comes back at once;
 //! * the node's memory and disk (`GET /v1/node`, `/metrics`) are the node
 //!   administrator's to see, not a tenant's: they add up every tenant's data.
 
@@ -478,4 +483,85 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
         assert!(info.get(name).is_none(), "{info}");
     }
     assert!(!tenant.get("/metrics").text.contains("doppel_node_"));
+}
+
+#[test]
+fn usage_shows_each_tenants_operations_cpu_backlog_and_disk() {
+    let node = Node::start();
+    node.create_tenant("busy");
+    node.create_tenant("calm");
+    node.create_db("busy", shop_spec("shop"));
+    node.create_db("calm", shop_spec("shop"));
+    let shop = node.with_token(&token("busy", Role::Writer));
+    let shop = shop.db("busy", "shop");
+    for b in 0..3 {
+        let ops: Value = (0..200)
+            .map(|i| op::upsert("orders", &format!("k{b}-{i}"), json!({"n": i})))
+            .collect();
+        shop.batch(ops).ok();
+    }
+    shop.put("orders", "one", json!({}), json!(1)).ok();
+    let usage = node.get("/v1/tenants/busy/usage");
+    let u = usage.ok();
+    assert_eq!(u["operations"]["total"], json!(601), "{usage}");
+    assert!(u["cpu_ms"]["total"].as_f64().unwrap() > 0.0, "{usage}");
+    assert!(u["disk_bytes"].as_u64().unwrap() > 0, "{usage}");
+    assert!(u["log_backlog_bytes"].as_u64().is_some(), "{usage}");
+    assert!(u["operations"]["last_second"].as_u64().is_some(), "{usage}");
+    // The neighbour wrote nothing, and is charged nothing.
+    let calm = node.get("/v1/tenants/calm/usage");
+    assert_eq!(calm.ok()["operations"]["total"], json!(0), "{calm}");
+    assert_eq!(calm.ok()["cpu_ms"]["total"], json!(0.0), "{calm}");
+    let metrics = node.get("/metrics").text;
+    assert!(
+        metrics.contains("doppel_database_operations_total{tenant=\"busy\",database=\"shop\"} 601"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("doppel_database_disk_bytes{tenant=\"busy\""));
+}
+
+#[test]
+fn deleting_a_database_removes_its_log_directory() {
+    let node = Node::start();
+    node.create_db("default", shop_spec("big"));
+    node.create_db("default", shop_spec("kept"));
+    let big = node.db("default", "big");
+    for b in 0..5 {
+        let ops: Value = (0..500)
+            .map(|i| op::upsert("orders", &format!("k{b}-{i}"), json!("x".repeat(200))))
+            .collect();
+        big.batch(ops).ok();
+    }
+    node.db("default", "kept")
+        .put("orders", "k", json!({}), json!(1))
+        .ok();
+    let logs = node.data_dir().join("logs");
+    let dirs = || -> usize { std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0) };
+    assert_eq!(dirs(), 2, "a directory per database");
+    let before = dir_size(&logs);
+    node.delete("/v1/tenants/default/databases/big").expect(204);
+    assert_eq!(dirs(), 1, "the deleted database's directory is gone");
+    let after = dir_size(&logs);
+    assert!(
+        after + 400_000 < before,
+        "its disk came back: {before} -> {after} bytes"
+    );
+    assert_eq!(
+        node.db("default", "kept").data("orders", "k"),
+        Some(json!(1))
+    );
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -61,7 +61,7 @@ pub async fn metrics(
         .iter()
         .flat_map(|t| app.node.databases(t).unwrap_or_default())
         .collect();
-    let db_metrics: [(&str, &str, &str); 2] = [
+    let db_metrics: [(&str, &str, &str); 6] = [
         (
             "doppel_database_last_serial",
             "gauge",
@@ -72,13 +72,37 @@ pub async fn metrics(
             "gauge",
             "Bytes of blocks in RAM.",
         ),
+        (
+            "doppel_database_disk_bytes",
+            "gauge",
+            "Bytes of the database's log and snapshot files, sled's overhead included.",
+        ),
+        (
+            "doppel_database_log_backlog_bytes",
+            "gauge",
+            "Bytes logged and not yet flushed to disk.",
+        ),
+        (
+            "doppel_database_operations_total",
+            "counter",
+            "Client operations written.",
+        ),
+        (
+            "doppel_database_cpu_seconds_total",
+            "counter",
+            "CPU time of the database's writes and replica applies.",
+        ),
     ];
     for (i, (name, kind, help)) in db_metrics.iter().enumerate() {
         let mut f = family(&mut out, name, kind, help);
         for db in &dbs {
             let value = match i {
                 0 => db.serials().0 as f64,
-                _ => db.memory_bytes() as f64,
+                1 => db.memory_bytes() as f64,
+                2 => db.disk_bytes() as f64,
+                3 => db.log_backlog() as f64,
+                4 => db.usage.operations.total() as f64,
+                _ => db.usage.cpu_ns.total() as f64 / 1e9,
             };
             f.sample(
                 name,

@@ -106,6 +106,10 @@ pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Resu
 
 // ---- usage, quotas, audit ----
 
+fn ns_to_ms(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1_000.0
+}
+
 pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
     let databases = app.node.databases(&tenant)?;
     let quotas = &app.tenancy.quotas;
@@ -130,7 +134,15 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<V
             "per_sec": limits.operations_per_sec,
             "burst": limits.operations_burst,
             "available": quotas.available_operations(&tenant),
+            "last_second": databases.iter().map(|db| db.usage.operations.last_second()).sum::<u64>(),
+            "total": databases.iter().map(|db| db.usage.operations.total()).sum::<u64>(),
         },
+        "cpu_ms": {
+            "last_second": ns_to_ms(databases.iter().map(|db| db.usage.cpu_ns.last_second()).sum()),
+            "total": ns_to_ms(databases.iter().map(|db| db.usage.cpu_ns.total()).sum()),
+        },
+        "log_backlog_bytes": databases.iter().map(|db| db.log_backlog()).sum::<u64>(),
+        "disk_bytes": databases.iter().map(|db| db.disk_bytes()).sum::<u64>(),
         "concurrent_writes": {
             "limit": limits.concurrent_writes,
             "waiting": quotas.writes_waiting(&tenant),

@@ -49,6 +49,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,9 @@ pub struct LogStore {
     dir: PathBuf,
     /// sled's page cache for each shard.
     cache_bytes: u64,
+    /// The most bytes a database may have written and not flushed before its writers
+    /// wait for a flush ([`Self::over_backlog`]).
+    backlog_bytes: u64,
     shards: RwLock<HashMap<u64, Arc<Shard>>>,
     /// Databases deleted since the store opened (uids are never reused): a late call
     /// for one is refused rather than creating its directory again.
@@ -163,7 +167,6 @@ struct Shard {
 }
 
 struct Trees {
-    db: sled::Db,
     log: sled::Tree,
     snapshots: sled::Tree,
 }
@@ -175,10 +178,15 @@ type PartHook = Box<dyn FnMut(u32) + Send>;
 /// What the log store shares with its flusher thread. The thread holds only this, so
 /// dropping the [`LogStore`] stops it at once.
 struct Flusher {
-    db: sled::Db,
+    /// Taken when the shard drops, so sled is closed before its directory may go.
+    db: Mutex<Option<sled::Db>>,
     state: Mutex<FlushState>,
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
+    /// Bytes written into the shard since it opened (chunks, snapshot parts).
+    appended: AtomicU64,
+    /// Of those, the bytes a completed flush made durable: the rest is the backlog.
+    durable: AtomicU64,
 }
 
 fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
@@ -245,6 +253,11 @@ pub fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
         .segment_size(SLED_SEGMENT_BYTES)
 }
 
+/// How often a shard's flusher makes a backlog nobody waits for durable (durability
+/// `none`). sled's own periodic flush is off in shards: this one also knows what it
+/// made durable, which is what [`LogStore::over_backlog`] needs.
+const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
+
 /// sled's segment size (see [`sled_config`]). Fixed when a sled directory is created.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
 
@@ -262,12 +275,17 @@ impl LogStore {
     /// Open the log store in `dir` (`<data dir>/logs`). Of each database's shard
     /// directories the newest generation is the live one; older ones are what a crash
     /// left of a reset ([`Self::reset_database`]) and are removed.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<LogStore>, LogError> {
+    pub fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        backlog_bytes: u64,
+    ) -> Result<Arc<LogStore>, LogError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::Sled(format!("cannot create {}: {e}", dir.display())))?;
         let store = Arc::new(LogStore {
             dir: dir.to_path_buf(),
             cache_bytes,
+            backlog_bytes,
             shards: RwLock::new(HashMap::new()),
             deleted: Mutex::new(std::collections::HashSet::new()),
             #[cfg(test)]
@@ -686,14 +704,14 @@ impl LogStore {
         let number = state.requested;
         shard.flusher.wake.notify_one();
         Ok(FlushTicket {
-            flusher: shard.flusher.clone(),
+            flushed: shard.flusher.flushed.subscribe(),
             number,
         })
     }
 
     /// Wait until the flush for `ticket` is done.
     pub async fn wait_durable(&self, ticket: &FlushTicket) -> Result<(), LogError> {
-        let mut rx = ticket.flusher.flushed.subscribe();
+        let mut rx = ticket.flushed.clone();
         let seen = rx
             .wait_for(|(done, err)| *done >= ticket.number || err.is_some())
             .await
@@ -706,8 +724,23 @@ impl LogStore {
 
     /// Flush database `uid`'s log now, on this thread (durability `sync`, snapshots).
     pub fn flush_now(&self, uid: u64) -> Result<(), LogError> {
-        self.shard(uid)?.trees().db.flush()?;
-        Ok(())
+        self.shard(uid)?.flusher.flush()
+    }
+
+    /// Bytes written to database `uid`'s log that no flush has made durable yet.
+    pub fn backlog(&self, uid: u64) -> Result<u64, LogError> {
+        Ok(self.shard(uid)?.flusher.backlog())
+    }
+
+    /// When database `uid`'s backlog is over the bound, a flush to wait for before the
+    /// next write is acknowledged: a database written faster than its disk takes it
+    /// (durability `none`) is held to the disk's pace, rather than piling up dirty
+    /// pages that every other database's flush then waits behind.
+    pub fn over_backlog(&self, uid: u64) -> Result<Option<FlushTicket>, LogError> {
+        if self.shard(uid)?.flusher.backlog() <= self.backlog_bytes {
+            return Ok(None);
+        }
+        self.request_flush(uid).map(Some)
     }
 
     /// Visit the A entries of database `uid` with serial above `after`, in order, as
@@ -1154,8 +1187,8 @@ impl LogStore {
         let mut first_error = None;
         for shard in shards {
             shard.flusher.stop();
-            if let Err(e) = shard.trees().db.flush() {
-                first_error.get_or_insert(LogError::from(e));
+            if let Err(e) = shard.flusher.flush() {
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -1164,21 +1197,26 @@ impl LogStore {
 
 /// A flush of one database's log that [`LogStore::wait_durable`] waits for.
 pub struct FlushTicket {
-    flusher: Arc<Flusher>,
+    flushed: watch::Receiver<Flushed>,
     number: u64,
 }
 
 impl Shard {
     /// Open (or create) the sled instance at `path` and start its flusher.
     fn open(path: &Path, cache_bytes: u64) -> Result<Shard, LogError> {
-        let db = sled_config(path, cache_bytes).open().map_err(|e| {
-            LogError::Sled(format!("cannot open the log at {}: {e}", path.display()))
-        })?;
+        let db = sled_config(path, cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                LogError::Sled(format!("cannot open the log at {}: {e}", path.display()))
+            })?;
         let flusher = Arc::new(Flusher {
-            db: db.clone(),
+            db: Mutex::new(Some(db.clone())),
             state: Mutex::new(FlushState::default()),
             wake: Condvar::new(),
             flushed: watch::channel((0, None)).0,
+            appended: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
         });
         let thread = {
             let flusher = flusher.clone();
@@ -1191,7 +1229,6 @@ impl Shard {
             trees: Some(Trees {
                 log: db.open_tree("log")?,
                 snapshots: db.open_tree("snapshots")?,
-                db,
             }),
             path: path.to_path_buf(),
             flusher,
@@ -1210,6 +1247,11 @@ impl Shard {
 
     /// Add (or with a negative `delta`, remove) bytes to the count, if counted yet.
     fn account(&self, delta: i64) {
+        if delta > 0 {
+            self.flusher
+                .appended
+                .fetch_add(delta as u64, Ordering::Relaxed);
+        }
         if let Some(bytes) = self.stored.lock().as_mut() {
             *bytes = bytes.saturating_add_signed(delta);
         }
@@ -1232,8 +1274,10 @@ impl Drop for Shard {
         if let Some(thread) = self.flusher_thread.lock().take() {
             let _ = thread.join();
         }
-        // The flusher's handle on sled went with its thread; this is the last one.
+        // Nothing else holds sled now: the thread is gone, and flushes run under a
+        // holder of the shard.
         drop(self.trees.take());
+        drop(self.flusher.db.lock().take());
         if self.doomed.load(std::sync::atomic::Ordering::Acquire) {
             if let Err(e) = std::fs::remove_dir_all(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not remove a deleted database's log directory");
@@ -1243,31 +1287,52 @@ impl Drop for Shard {
 }
 
 impl Flusher {
+    fn backlog(&self) -> u64 {
+        let appended = self.appended.load(Ordering::Acquire);
+        appended.saturating_sub(self.durable.load(Ordering::Acquire))
+    }
+
+    /// Flush on this thread; what was appended before it is durable after it.
+    fn flush(&self) -> Result<(), LogError> {
+        let upto = self.appended.load(Ordering::Acquire);
+        let db = self.db.lock().clone();
+        db.ok_or_else(|| LogError::Flush("the database's log is closed".into()))?
+            .flush()?;
+        self.durable.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
     fn stop(&self) {
         self.state.lock().shutdown = true;
         self.wake.notify_one();
     }
 }
 
-/// Flush back to back while flushes are requested; exit when stopped.
+/// Flush back to back while flushes are requested, and every [`BACKGROUND_FLUSH`] while
+/// a backlog is left (durability `none` writes nobody waits for); exit when stopped.
 fn flush_loop(flusher: Arc<Flusher>) {
     loop {
         let target = {
             let mut state = flusher.state.lock();
-            let done = flusher.flushed.borrow().0;
-            if state.requested == done {
+            loop {
+                let done = flusher.flushed.borrow().0;
+                if state.requested != done {
+                    break state.requested;
+                }
                 if state.shutdown {
                     return;
                 }
-                flusher.wake.wait(&mut state);
-                continue;
+                let idle = flusher.wake.wait_for(&mut state, BACKGROUND_FLUSH);
+                if idle.timed_out() && flusher.backlog() > 0 {
+                    // No ticket waits; `done` stays where it is.
+                    break flusher.flushed.borrow().0.max(state.requested);
+                }
             }
-            state.requested
         };
-        let result = flusher.db.flush();
+        let result = flusher.flush();
         flusher.flushed.send_modify(|(done, err)| match result {
-            Ok(_) => {
-                *done = target;
+            Ok(()) => {
+                *done = (*done).max(target);
                 *err = None;
             }
             Err(e) => {

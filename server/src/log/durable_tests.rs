@@ -44,7 +44,7 @@ fn snapshot_tree(log: &LogStore, uid: u64) -> sled::Tree {
 }
 
 fn open_at(path: &std::path::Path) -> Arc<LogStore> {
-    LogStore::open(path, 8 << 20).expect("open log store")
+    LogStore::open(path, 8 << 20, 32 << 20).expect("open log store")
 }
 
 impl Fixture {
@@ -1132,4 +1132,41 @@ fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
     );
     // A second start finds nothing left to move.
     assert_eq!(log.adopt_shared_trees(&node).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_backlog_over_the_bound_is_flushed_before_the_next_write_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogStore::open(&dir.path().join("logs"), 8 << 20, 64 << 10).unwrap();
+    let mut w = Writer::new();
+    log.append(UID, &w.commit(&inserts("k", 10, 100))).unwrap();
+    assert!(log.backlog(UID).unwrap() > 0);
+    assert!(
+        log.over_backlog(UID).unwrap().is_none(),
+        "under the bound nothing waits"
+    );
+    for i in 0..20 {
+        log.append(UID, &w.commit(&inserts(&format!("b{i}-"), 20, 400)))
+            .unwrap();
+    }
+    let backlog = log.backlog(UID).unwrap();
+    assert!(backlog > 64 << 10, "{backlog}");
+    let ticket = log
+        .over_backlog(UID)
+        .unwrap()
+        .expect("over the bound: a flush to wait for");
+    tokio::time::timeout(Duration::from_secs(20), log.wait_durable(&ticket))
+        .await
+        .expect("the flush finishes in time")
+        .unwrap();
+    assert_eq!(log.backlog(UID).unwrap(), 0);
+    assert!(log.over_backlog(UID).unwrap().is_none());
+
+    // Writes nobody waits for (durability `none`) become durable in the background.
+    log.append(UID, &w.commit(&inserts("n", 5, 100))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.backlog(UID).unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "no background flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

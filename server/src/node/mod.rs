@@ -15,6 +15,7 @@ pub mod logview;
 pub mod quorum;
 pub mod records;
 pub mod restore;
+pub mod usage;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,10 @@ use crate::txn::clock::wall_ms;
 /// blocks). Each database's log has an instance, and the node one more for its config.
 pub const DEFAULT_SLED_CACHE_BYTES: u64 = 16 << 20;
 
+/// The most bytes a database writes ahead of its flushes unless configured (see
+/// `log_backlog_bytes`).
+pub const DEFAULT_LOG_BACKLOG_BYTES: u64 = 32 << 20;
+
 /// The tenant every node has.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -56,6 +61,11 @@ pub struct NodeSettings {
     /// the node's config one (log chunks and snapshot parts read back: senders of
     /// links, restores). Reads of data never use it: they come from the RAM store.
     pub sled_cache_bytes: u64,
+    /// Bytes a database may have logged and not yet flushed; past them its writes wait
+    /// for a flush before they are acknowledged, whatever their durability. A database
+    /// at durability `none` written faster than the disk takes it is held to the disk's
+    /// pace instead of piling up gigabytes that other databases' flushes wait behind.
+    pub log_backlog_bytes: u64,
 }
 
 impl Default for NodeSettings {
@@ -65,6 +75,7 @@ impl Default for NodeSettings {
             lock_timeout_ms: 5_000,
             txn_idle_timeout_secs: 300,
             sled_cache_bytes: DEFAULT_SLED_CACHE_BYTES,
+            log_backlog_bytes: DEFAULT_LOG_BACKLOG_BYTES,
         }
     }
 }
@@ -152,7 +163,11 @@ impl Node {
         let config = sled
             .open_tree("config")
             .map_err(crate::log::LogError::from)?;
-        let log = LogStore::open(&data_dir.join("logs"), settings.sled_cache_bytes)?;
+        let log = LogStore::open(
+            &data_dir.join("logs"),
+            settings.sled_cache_bytes,
+            settings.log_backlog_bytes,
+        )?;
         log.adopt_shared_trees(&sled)?;
         let node = Node {
             sled,

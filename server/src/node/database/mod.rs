@@ -197,6 +197,8 @@ pub struct Database {
     restoring: AtomicU64,
     /// The rule client writes pass before they commit ([`super::gate`]).
     gate: RwLock<Option<Arc<dyn WriteGate>>>,
+    /// CPU time and operations, for the tenant's usage ([`super::usage`]).
+    pub usage: super::usage::Usage,
 }
 
 impl Database {
@@ -235,6 +237,7 @@ impl Database {
             quorum: Quorum::default(),
             restoring: AtomicU64::new(0),
             gate: RwLock::new(None),
+            usage: super::usage::Usage::default(),
         }
     }
 
@@ -519,6 +522,8 @@ impl Database {
         // Checked under the state lock that `begin_restore` takes to set the flag, so no
         // write lands after a restore captured the store.
         self.check_not_restoring()?;
+        let _cpu = self.usage.charge_cpu();
+        self.usage.operations.add(ops.len() as u64);
         let State { store, seq, .. } = state;
         // A mutual database writes each record's new version with it: one more
         // operation after each of the client's.
@@ -583,10 +588,25 @@ impl Database {
         )
     }
 
+    /// Bytes logged and not yet flushed (0 if the log cannot say).
+    pub fn log_backlog(&self) -> u64 {
+        self.log.backlog(self.def.uid).unwrap_or(0)
+    }
+
+    /// Bytes its log and snapshots take on disk, sled's overhead included.
+    pub fn disk_bytes(&self) -> u64 {
+        self.log.disk_bytes(self.def.uid).unwrap_or(0)
+    }
+
     /// Wait for the durability this database promises.
     pub async fn await_durable(&self) -> Result<()> {
         match self.def.spec.durability {
-            Durability::None => Ok(()),
+            Durability::None => {
+                if let Some(ticket) = self.log.over_backlog(self.def.uid)? {
+                    self.log.wait_durable(&ticket).await?;
+                }
+                Ok(())
+            }
             Durability::Group => {
                 let ticket = self.log.request_flush(self.def.uid)?;
                 Ok(self.log.wait_durable(&ticket).await?)

@@ -137,6 +137,7 @@ impl Database {
             last.head.last_serial,
             first.head.txn,
         );
+        let _cpu = self.usage.charge_cpu();
         let mut state = self.state.write();
         let expected = state.seq.last_serial + 1;
         if last_serial < expected {
@@ -200,6 +201,7 @@ impl Database {
         last: u64,
         ops: Vec<Op>,
     ) -> Result<ReplicaApply> {
+        let _cpu = self.usage.charge_cpu();
         let mut state = self.state.write();
         let position = state.positions.get(&stream).copied().unwrap_or(0);
         if last <= position {
@@ -231,6 +233,7 @@ impl Database {
         decide: &mut dyn FnMut(&Conflict<'_>) -> Decision,
     ) -> Result<(ReplicaApply, Vec<ConflictSeen>)> {
         use versions::{self as v, Stamp, Version};
+        let _cpu = self.usage.charge_cpu();
         let mut state = self.state.write();
         if let Some((first, last)) = position {
             let at = state.positions.get(&stream).copied().unwrap_or(0);
@@ -359,6 +362,7 @@ impl Database {
     /// transaction of this database like [`Self::apply_logical`]'s, which moves no
     /// stream's position.
     pub fn apply_redriven(&self, ops: Vec<Op>) -> Result<()> {
+        let _cpu = self.usage.charge_cpu();
         let mut state = self.state.write();
         self.apply_logical_locked(&mut state, None, ops)
     }
