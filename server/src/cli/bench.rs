@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// Minutes of sustained updates of the footprint scenario.
     #[arg(long, default_value_t = 1)]
     pub(crate) minutes: u64,
+    /// A writer token of the loud tenant (`--tenant`) for the neighbours scenario's
+    /// quota phase: quotas never limit the node administrator's token.
+    #[arg(long, env = "DOPPEL_LOUD_TOKEN", hide_env_values = true)]
+    pub(crate) loud_token: Option<String>,
+    /// The loud tenant's `operations_per_sec` in the quota phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) loud_quota: u64,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

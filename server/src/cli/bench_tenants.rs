@@ -7,9 +7,9 @@
 //!   p99 and max: (a) alone; (b) next to a flood (the batched write loop of `--records`
 //!   into database `flood`); (c) during a snapshot of `flood`, with a writer into
 //!   `flood` itself next to it; (d) the quiet database at durability `group` next to
-//!   a flood. No quota phase yet: operation quotas (`operations_per_sec`) exist, but
-//!   they never limit the node administrator's token this scenario runs with, and the
-//!   bench has no token of the loud tenant's own.
+//!   a flood; and, given `--loud-token` (a writer token of the loud tenant: quotas never
+//!   limit the administrator's), (e) next to the same flood held to `--loud-quota`
+//!   operations a second, its writers retrying a 429 after a short pause.
 //! - `footprint`: starts a node of its own on a scratch directory, loads `--records`,
 //!   and prints RSS and data directory bytes (from `GET /v1/node`) against the raw
 //!   key+data bytes: after the load, after a restart, and after each of `--minutes` of
@@ -156,6 +156,63 @@ impl Neighbours<'_> {
         Ok(())
     }
 
+    /// (e): the quiet writer while the loud tenant, at an operation quota, floods with a
+    /// token of its own; its writers retry a refused batch after 20 ms.
+    fn next_to_quota_flood(&self, token: &str) -> Result<(), String> {
+        let quotas = format!("/v1/tenants/{}/quotas", self.loud);
+        let limit = self.args.loud_quota;
+        self.client
+            .call("PUT", &quotas, Some(&json!({"operations_per_sec": limit})))
+            .map_err(|e| e.to_string())?;
+        let loud = Target {
+            token: Some(token.to_string()),
+            ..self.args.target.clone()
+        };
+        let (records, batch) = (self.args.records, self.args.batch);
+        let path = format!("{}/transactions", db_path(&self.loud, "flood"));
+        let payload = "e".repeat(self.args.record_bytes.saturating_sub(2));
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = refused.clone();
+        let writer = self.quiet_writer();
+        let from = Instant::now();
+        let result = super::bench::run_parallel(
+            self.args.connections,
+            records.div_ceil(batch),
+            move |client, job| {
+                let ops: Vec<String> = (job * batch..((job + 1) * batch).min(records))
+                    .map(|i| {
+                        format!(r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":"{payload}"}}"#)
+                    })
+                    .collect();
+                let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
+                loop {
+                    match client.call_raw("POST", &path, Some(&body)) {
+                        Err(e) if e.status() == Some(429) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        other => return other.map(|_| ()),
+                    }
+                }
+            },
+            &loud,
+        );
+        let to = Instant::now();
+        let puts = writer.stop()?;
+        self.client
+            .call("PUT", &quotas, Some(&json!({})))
+            .map_err(|e| e.to_string())?;
+        let (took, _) = result?;
+        println!(
+            "  {:<28} {}  (flood at {limit} operations/s: {:.0} records/s, {} batches refused and retried)",
+            "(e) next to a flood at quota:",
+            stats(overlapping(&puts, from, to)),
+            records as f64 / took.as_secs_f64(),
+            refused.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+
     /// (c): the quiet writer, and one into `flood` itself, while `flood` (holding what
     /// the flood wrote) takes a snapshot; only the puts that overlap it count.
     fn during_snapshot(&self) -> Result<(), String> {
@@ -221,7 +278,17 @@ pub fn neighbours(args: &BenchArgs) -> Result<(), String> {
     );
     n.during_snapshot()?;
     recreate(&n.client, &n.quiet, "quiet", "group")?;
-    n.next_to_flood("(d) quiet at group, flood:", 1)
+    n.next_to_flood("(d) quiet at group, flood:", 1)?;
+    recreate(&n.client, &n.quiet, "quiet", "none")?;
+    match &args.loud_token {
+        Some(token) => n.next_to_quota_flood(token),
+        None => {
+            println!(
+                "  (e) quota phase: not run (give --loud-token, a writer token of the loud tenant)"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The footprint scenario's own node: a child process on a scratch data directory.

@@ -469,8 +469,7 @@ impl Node {
             if let Err(e) = db.enforce_retention() {
                 tracing::warn!(database = %db.name(), error = %e, "retention failed");
             }
-            let (last, snapshot) = db.serials();
-            if last - snapshot >= self.settings.snapshot_every_entries {
+            if db.wants_snapshot(self.settings.snapshot_every_entries) {
                 match db.snapshot().await {
                     Ok(meta) => {
                         tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken")
