@@ -385,6 +385,14 @@ fn points_outside_retention_are_refused_naming_the_oldest_reachable_one() {
     let problem = r.expect_problem(422, "outside-retention");
     assert_eq!(problem["oldest_serial"], first, "{r}");
     assert!(problem["oldest_timestamp_us"].is_u64(), "{r}");
+    // The database says how far back it reaches before anyone asks for a restore.
+    let info = db.info();
+    let reach = &info.ok()["restore_reach"];
+    assert_eq!(reach["oldest_serial"], first, "{info}");
+    assert_eq!(
+        reach["oldest_timestamp_us"], problem["oldest_timestamp_us"],
+        "{info}"
+    );
     let detail = problem["detail"].as_str().unwrap();
     assert!(
         detail.contains(&format!("serial {early}")) && detail.contains(&format!("serial {first}")),

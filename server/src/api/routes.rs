@@ -211,7 +211,14 @@ pub async fn get_database(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
-    Ok(Json(json!(db(&app, &tenant, &name)?.info())))
+    let db = db(&app, &tenant, &name)?;
+    let mut info = json!(db.info());
+    let oldest = crate::node::restore::oldest_point(&db)?;
+    info["restore_reach"] = json!({
+        "oldest_serial": oldest.serial,
+        "oldest_timestamp_us": oldest.timestamp_us,
+    });
+    Ok(Json(info))
 }
 
 pub async fn delete_database(

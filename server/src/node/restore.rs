@@ -221,6 +221,13 @@ fn timestamp_of(db: &Database, serial: u64) -> Result<Option<u64>> {
         .map(|s| (s.created_ms + 1) * 1000))
 }
 
+/// The oldest point a point-in-time restore of `db` reaches now, by either method
+/// (`GET …/databases/{db}` shows it as `restore_reach`).
+pub fn oldest_point(db: &Database) -> Result<PointView> {
+    let reach = Reach::of(db, db.serials().0)?;
+    point_view(db, reach.oldest())
+}
+
 fn point_view(db: &Database, serial: u64) -> Result<PointView> {
     Ok(PointView {
         serial,
