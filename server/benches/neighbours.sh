@@ -4,7 +4,8 @@
 # Starts BINARY on a scratch directory with a fixed key, mints the node administrator's
 # and the loud tenant's tokens, runs `doppel bench --scenario neighbours` (flood at
 # durability none, with the quota phase), and stops the node. LOUD_CONCURRENT_WRITES
-# (default: unset) sets the loud tenant's concurrent_writes before the run.
+# (default: unset) sets the loud tenant's concurrent_writes before the run; NODE_TOML
+# adds lines to the node's [node] section (e.g. NODE_TOML='log_backlog_bytes = 4194304').
 set -euo pipefail
 bin=$(realpath "$1")
 records=${2:-1500000}
@@ -14,6 +15,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 cat > "$dir/c.toml" <<TOML
 [node]
 snapshot_every_entries = 100000000
+${NODE_TOML:-}
 [auth]
 keys = [{ kid = "k1", alg = "HS256", secret = "bmVpZ2hib3Vycy1iZW5jaC1rZXktb2YtdGhpcnR5LXR3by1ieXRlcw==" }]
 TOML
@@ -30,5 +32,8 @@ if [ -n "$turns" ]; then
   curl -sf -X PUT "$url/v1/tenants/loud/quotas" -H "authorization: Bearer $admin" \
     -H 'content-type: application/json' -d "{\"concurrent_writes\": $turns}" >/dev/null
 fi
+quota=()
+# Builds before the quota phase have no --loud-token.
+if "$bin" bench --help | grep -q -- --loud-token; then quota=(--loud-token "$loud"); fi
 "$bin" bench --scenario neighbours --url "$url" --token "$admin" --tenant loud \
-  --loud-token "$loud" --records "$records" --durability none
+  "${quota[@]}" --records "$records" --durability none
