@@ -103,6 +103,7 @@ fn title(code: &str) -> &'static str {
         "restore-in-progress" => "A point-in-time restore is in progress",
         "outside-retention" => "The point is outside the retained log",
         "point-in-future" => "The point is after the database's last update",
+        "log-backlog" => "The database's log is too far ahead of the disk",
         _ => "Internal error",
     }
 }
@@ -131,8 +132,17 @@ impl From<Error> for ApiError {
             .with("oldest_serial", json!(oldest_serial))
             .with("oldest_timestamp_us", json!(oldest_timestamp_us));
         }
+        if let Error::LogBacklog {
+            retry_after_secs, ..
+        } = &err
+        {
+            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log-backlog", detail);
+            e.retry_after_secs = Some(*retry_after_secs);
+            return e;
+        }
         let (status, code) = match &err {
             Error::AtOp { .. } => unreachable!("handled above"),
+            Error::LogBacklog { .. } => unreachable!("handled above"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists"),
             Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),

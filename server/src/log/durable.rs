@@ -187,6 +187,9 @@ struct Flusher {
     appended: AtomicU64,
     /// Of those, the bytes a completed flush made durable: the rest is the backlog.
     durable: AtomicU64,
+    /// Tests hold the flusher back, as a disk that cannot keep up would.
+    #[cfg(test)]
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
@@ -733,9 +736,7 @@ impl LogStore {
     }
 
     /// When database `uid`'s backlog is over the bound, a flush to wait for before the
-    /// next write is acknowledged: a database written faster than its disk takes it
-    /// (durability `none`) is held to the disk's pace, rather than piling up dirty
-    /// pages that every other database's flush then waits behind.
+    /// next write is admitted (`Database::admit_past_backlog`).
     pub fn over_backlog(&self, uid: u64) -> Result<Option<FlushTicket>, LogError> {
         if self.shard(uid)?.flusher.backlog() <= self.backlog_bytes {
             return Ok(None);
@@ -1180,6 +1181,16 @@ impl LogStore {
         Ok(())
     }
 
+    /// Hold database `uid`'s background flusher back (or let it go), as a disk that
+    /// cannot keep up would.
+    #[cfg(test)]
+    pub fn stall_flushes(&self, uid: u64, stalled: bool) {
+        let shard = self.shard(uid).expect("shard");
+        shard.flusher.stalled.store(stalled, Ordering::Release);
+        let _state = shard.flusher.state.lock();
+        shard.flusher.wake.notify_all();
+    }
+
     /// Flush every shard and stop their flushers; the shards close as their last
     /// holders let go.
     pub fn shutdown(&self) -> Result<(), LogError> {
@@ -1217,6 +1228,8 @@ impl Shard {
             flushed: watch::channel((0, None)).0,
             appended: AtomicU64::new(0),
             durable: AtomicU64::new(0),
+            #[cfg(test)]
+            stalled: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = {
             let flusher = flusher.clone();
@@ -1329,6 +1342,13 @@ fn flush_loop(flusher: Arc<Flusher>) {
                 }
             }
         };
+        #[cfg(test)]
+        {
+            let mut state = flusher.state.lock();
+            while flusher.stalled.load(Ordering::Acquire) && !state.shutdown {
+                flusher.wake.wait(&mut state);
+            }
+        }
         let result = flusher.flush();
         flusher.flushed.send_modify(|(done, err)| match result {
             Ok(()) => {

@@ -46,6 +46,13 @@ pub enum Error {
     /// A restore point after the last update or in the future.
     #[error("{0}")]
     PointInFuture(String),
+    /// The database's log is further ahead of the disk than the node allows, and a
+    /// flush did not bring it back in time: nothing was written; retry later.
+    #[error("{detail}")]
+    LogBacklog {
+        detail: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl Error {

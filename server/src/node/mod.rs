@@ -61,8 +61,9 @@ pub struct NodeSettings {
     /// the node's config one (log chunks and snapshot parts read back: senders of
     /// links, restores). Reads of data never use it: they come from the RAM store.
     pub sled_cache_bytes: u64,
-    /// Bytes a database may have logged and not yet flushed; past them its writes wait
-    /// for a flush before they are acknowledged, whatever their durability. A database
+    /// Bytes a database may have logged and not yet flushed; past them a client write
+    /// waits for a flush before it is admitted (refused with 503 `log-backlog` and
+    /// `Retry-After` if none catches up within 2 s), whatever its durability. A database
     /// at durability `none` written faster than the disk takes it is held to the disk's
     /// pace instead of piling up gigabytes that other databases' flushes wait behind.
     pub log_backlog_bytes: u64,

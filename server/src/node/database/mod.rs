@@ -177,6 +177,10 @@ pub struct Committed {
 /// holder blocks a batch.
 const BATCH_TXN: u64 = 0;
 
+/// How long a client write waits for a flush to bring the log's backlog under the
+/// bound before it is refused ([`Database::admit_past_backlog`]).
+const BACKLOG_WAIT: Duration = Duration::from_secs(2);
+
 /// Operations from which a batch is written off the async worker (`block_in_place`):
 /// about 0.3 ms of CPU and up.
 const BIG_BATCH: usize = 100;
@@ -400,6 +404,7 @@ impl Database {
             ));
         }
         self.check_writable()?;
+        self.admit_past_backlog().await?;
         let Some(gate) = self.guarding_gate() else {
             return self.execute_batch(ops, lock_timeout).await;
         };
@@ -409,6 +414,30 @@ impl Database {
             guard.release().await;
         }
         result
+    }
+
+    /// Hold a client write while the database's log is more than the node's
+    /// `log_backlog_bytes` ahead of the disk, until a flush catches up; refuse it, with
+    /// nothing written, if that takes longer than [`BACKLOG_WAIT`]. A tenant writing
+    /// faster than its disk takes it (durability `none`) is held to the disk's pace,
+    /// and does not pile up gigabytes that every other database's flush waits behind.
+    async fn admit_past_backlog(&self) -> Result<()> {
+        let Some(ticket) = self.log.over_backlog(self.def.uid)? else {
+            return Ok(());
+        };
+        match tokio::time::timeout(BACKLOG_WAIT, self.log.wait_durable(&ticket)).await {
+            Ok(flushed) => Ok(flushed?),
+            Err(_) => Err(Error::LogBacklog {
+                detail: format!(
+                    "database '{}' has {} bytes logged and not yet on disk, over the node's \
+                     bound, and a flush did not catch up within {} ms; nothing was written",
+                    self.name(),
+                    self.log_backlog(),
+                    BACKLOG_WAIT.as_millis()
+                ),
+                retry_after_secs: 1,
+            }),
+        }
     }
 
     /// The write gate, if one is installed and guards this database.
@@ -622,12 +651,7 @@ impl Database {
     /// Wait for the durability this database promises.
     pub async fn await_durable(&self) -> Result<()> {
         match self.def.spec.durability {
-            Durability::None => {
-                if let Some(ticket) = self.log.over_backlog(self.def.uid)? {
-                    self.log.wait_durable(&ticket).await?;
-                }
-                Ok(())
-            }
+            Durability::None => Ok(()),
             Durability::Group => {
                 let ticket = self.log.request_flush(self.def.uid)?;
                 Ok(self.log.wait_durable(&ticket).await?)
@@ -828,6 +852,80 @@ pub struct FileInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::OpKind;
+    use crate::store::{encode_record, FileSchema};
+
+    fn upserts(prefix: &str, n: usize) -> Vec<Op> {
+        (0..n)
+            .map(|i| {
+                let mut payload = Vec::new();
+                let key = format!("{prefix}{i:04}");
+                encode_record(&mut payload, key.as_bytes(), &[], &[b'x'; 200]);
+                Op {
+                    kind: OpKind::Upsert,
+                    file: 0,
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_log_backlog_waits_for_the_disk_and_is_refused_if_it_stalls() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bound of 4 KiB: one batch of 50 records of 200 B passes it.
+        let log = LogStore::open(dir.path(), 8 << 20, 4 << 10).unwrap();
+        let def = DatabaseDef {
+            uid: 9,
+            tenant: "default".into(),
+            spec: DatabaseSpec {
+                name: "flood".into(),
+                files: vec![FileSchema {
+                    name: "bench".into(),
+                    alt_keys: vec![],
+                }],
+                block_size: 4096,
+                durability: Durability::None,
+                memory_quota_bytes: 1 << 30,
+                retention: Retention::default(),
+                mutual: false,
+            },
+            created_ms: 0,
+        };
+        let db = Database::create(def, log.clone());
+        let wait = Duration::from_secs(1);
+        // The disk stops keeping up: what is written stays in the backlog.
+        log.stall_flushes(9, true);
+        db.execute(&upserts("a", 50), wait)
+            .await
+            .expect("under the bound");
+        assert!(db.log_backlog() > 4 << 10);
+        let refused = db
+            .execute(&upserts("b", 5), wait)
+            .await
+            .expect_err("over the bound, with a disk that does not catch up");
+        let Error::LogBacklog {
+            retry_after_secs, ..
+        } = &refused
+        else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(*retry_after_secs, 1);
+        assert!(
+            refused.to_string().contains("nothing was written"),
+            "{refused}"
+        );
+        assert!(
+            db.get("bench", "b0000").is_err(),
+            "a refused write wrote nothing"
+        );
+        // The disk catches up: the same write is held for the flush, then admitted.
+        log.stall_flushes(9, false);
+        db.execute(&upserts("b", 5), wait)
+            .await
+            .expect("admitted after the flush");
+        assert!(db.get("bench", "b0000").is_ok());
+    }
 
     #[test]
     fn a_snapshot_is_due_after_enough_entries_or_an_a_log_twice_the_data() {
