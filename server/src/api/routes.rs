@@ -188,13 +188,24 @@ fn db(app: &AppState, tenant: &str, name: &str) -> Result<Arc<Database>> {
     Ok(app.node.database(tenant, name)?)
 }
 
+/// A database's info as every route shows it, with the oldest point a restore reaches.
+fn info(db: &Database) -> Result<Value> {
+    let mut info = json!(db.info());
+    let oldest = crate::node::restore::oldest_point(db)?;
+    info["restore_reach"] = json!({
+        "oldest_serial": oldest.serial,
+        "oldest_timestamp_us": oldest.timestamp_us,
+    });
+    Ok(info)
+}
+
 pub async fn create_database(
     State(app): App,
     Path(tenant): Path<String>,
     Body(spec): Body<DatabaseSpec>,
 ) -> Result<Response> {
     let db = app.node.create_database(&tenant, spec)?;
-    Ok((StatusCode::CREATED, Json(db.info())).into_response())
+    Ok((StatusCode::CREATED, Json(info(&db)?)).into_response())
 }
 
 pub async fn list_databases(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
@@ -202,9 +213,9 @@ pub async fn list_databases(State(app): App, Path(tenant): Path<String>) -> Resu
         .node
         .databases(&tenant)?
         .iter()
-        .map(|db| db.info())
-        .collect();
-    Ok(Json(json!(infos)))
+        .map(|db| info(db))
+        .collect::<Result<_>>()?;
+    Ok(Json(Value::Array(infos)))
 }
 
 pub async fn get_database(
@@ -212,13 +223,7 @@ pub async fn get_database(
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     let db = db(&app, &tenant, &name)?;
-    let mut info = json!(db.info());
-    let oldest = crate::node::restore::oldest_point(&db)?;
-    info["restore_reach"] = json!({
-        "oldest_serial": oldest.serial,
-        "oldest_timestamp_us": oldest.timestamp_us,
-    });
-    Ok(Json(info))
+    Ok(Json(info(&db)?))
 }
 
 pub async fn delete_database(
