@@ -365,6 +365,69 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
 }
 
 #[test]
+fn a_built_in_filter_is_found_dry_run_and_put_on_a_live_link_without_an_upload() {
+    let (a, b, id) = two_nodes_with_link(json!({"apply": "logical"}));
+    let version = env!("CARGO_PKG_VERSION");
+    let out = run_flow(
+        "builtin-plugins",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", id.clone()),
+            ("DOPPEL_VERSION", version.to_string()),
+        ],
+    );
+    let mut expected: Vec<String> = doppel_server::plugins::builtin::BUILTIN_PLUGINS
+        .iter()
+        .map(|(name, ..)| format!("{name}@{version}"))
+        .collect();
+    expected.sort();
+    assert_eq!(out["builtin"], json!(expected), "{out}");
+    assert!(
+        out["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("prefix-filter@{version}")),
+        "{out}"
+    );
+    assert!(
+        out["note"].as_str().unwrap().contains("without an upload"),
+        "{out}"
+    );
+    assert_eq!(out["kept"], json!(["kept", "dropped", "kept"]), "{out}");
+    assert!(
+        out["summary"].as_str().unwrap().starts_with("2 of 3 kept"),
+        "{out}"
+    );
+    // The server: nothing was uploaded, and the link runs the built-in.
+    let link = link_status(&a.client(), &id);
+    assert_eq!(
+        link["stages"],
+        json!([{"plugin": format!("prefix-filter@{version}"), "config": {"prefixes": ["eu-"]}}]),
+        "{link}"
+    );
+    let usage = a.get("/v1/tenants/default/usage");
+    assert_eq!(usage.ok()["plugins"]["used"], 0, "{}", usage.ok());
+    // And it filters: us-9 (written first) never arrives, eu-9 does.
+    let source = a.db(DEFAULT_TENANT, "shop");
+    source
+        .put("orders", "us-9", json!({"customer": "cy"}), json!(9))
+        .ok();
+    source
+        .put("orders", "eu-9", json!({"customer": "di"}), json!(9))
+        .ok();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || replica
+            .data("orders", "eu-9")
+            .is_some()),
+        "eu-9 reached the replica: {}",
+        link_status(&a.client(), &id)
+    );
+    assert!(replica.data("orders", "us-9").is_none());
+}
+
+#[test]
 fn a_reader_sees_no_action_it_may_not_take() {
     let (a, _b, id) = two_nodes_with_link(json!({}));
     let reader = token(DEFAULT_TENANT, Role::Reader);
