@@ -198,7 +198,15 @@ fn overview_shows_the_lag_change_live() {
         .parse()
         .unwrap();
     assert!(paused >= 25, "{out}");
+    // The lag in time told the truth while paused: it passed a second and kept growing,
+    // and the API and the metrics say as much.
+    let ms = |k: &str| out[k].as_u64().unwrap_or_else(|| panic!("{k}: {out}"));
+    assert!(ms("lag_ms_paused") >= 1000, "{out}");
+    assert!(ms("lag_ms_later") > ms("lag_ms_paused"), "{out}");
+    assert!(ms("api_lag_ms") >= ms("lag_ms_paused"), "{out}");
+    assert!(ms("metrics_lag_ms") >= ms("lag_ms_paused"), "{out}");
     assert_eq!(out["lag_resumed"], "0", "{out}");
+    assert_eq!(out["lag_ms_resumed"], 0, "{out}");
     assert_eq!(
         out["reloads"], 0,
         "the figures changed without a reload: {out}"
