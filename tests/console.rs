@@ -574,6 +574,146 @@ fn a_two_node_link_built_in_the_topology_view_streams() {
 }
 
 #[test]
+fn the_live_tables_follow_an_apply_that_replaces_a_link_without_a_reload() {
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    let admin = a.client();
+    admin
+        .post(
+            &topologies(),
+            &json!({"name": "pair", "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
+                    "links": [{"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}}]}),
+        )
+        .expect(200);
+    let out = run_flow(
+        "topology-replace",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_TARGET", b.base().to_string()),
+        ],
+    );
+    let id = |k: &str| {
+        out[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {out}"))
+            .to_string()
+    };
+    assert_eq!(out["first_mode"], "async · mirror", "{out}");
+    assert_eq!(out["plan"], json!(["replace"]), "{out}");
+    // The topology's table shows the new link, once, in its new mode.
+    assert_ne!(id("second_id"), id("first_id"), "{out}");
+    assert_eq!(out["second_id_cell"], id("second_id"), "{out}");
+    assert_eq!(out["second_mode"], "sync · mirror", "{out}");
+    assert_eq!(out["topology_rows"], 1, "{out}");
+    // The Links page followed the API's Apply: only the newest link, async again.
+    assert_eq!(out["links_before"], json!([id("second_id")]), "{out}");
+    assert_eq!(out["api_plan"], json!(["replace"]), "{out}");
+    let last = out["links_after"][0].as_str().unwrap().to_string();
+    assert_ne!(last, id("second_id"), "{out}");
+    assert_eq!(out["links_after_mode"], "async · mirror", "{out}");
+    assert_eq!(out["reloads"], 0, "{out}");
+    // The server agrees: one link, the last one, async and streaming.
+    let links = admin.get("/v1/tenants/default/links");
+    let links = links.ok().as_array().unwrap().clone();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(links[0]["id"], last.as_str());
+    assert_eq!(links[0]["mode"], "async");
+}
+
+#[test]
+fn names_replace_ids_and_the_console_fits_a_phone() {
+    let a = Node::start();
+    let b = Node::start();
+    let c = Node::start();
+    seeded_shop(&a);
+    let admin = a.client();
+    admin
+        .post(
+            &topologies(),
+            &json!({"name": "pair",
+                    "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}, "c": {"url": c.base()}},
+                    "links": [
+                        {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}},
+                        {"from": {"node": "a", "database": "shop"}, "to": {"node": "c", "database": "shop"}}]}),
+        )
+        .expect(200);
+    let shown = admin.get(&format!("{}/pair", topologies()));
+    let link = shown.ok()["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["link"] == "a/shop -> b/shop")
+        .and_then(|l| l["id"].as_str())
+        .expect("the link's id")
+        .to_string();
+    let out = run_flow(
+        "names-phone",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", link.clone()),
+        ],
+    );
+    // Names, as the topology gives them.
+    assert_eq!(out["self"], "a", "{out}");
+    assert_eq!(out["peers"], json!(["b", "c"]), "{out}");
+    assert_eq!(out["label"], "a/shop → b/shop", "{out}");
+    assert_eq!(out["managed"], "topology pair", "{out}");
+    let warning = out["delete_warning"].as_str().unwrap();
+    assert!(
+        warning.contains("a/shop → b/shop") && warning.contains("belongs to topology pair"),
+        "{out}"
+    );
+    assert!(
+        out["detail_managed"].as_str().unwrap().contains("pair"),
+        "{out}"
+    );
+    // The usage card: a write rate, and the memory and disk the tenant uses (non-zero:
+    // the shop database holds records).
+    let usage = &out["usage"];
+    assert!(
+        usage["ops"].as_str().unwrap().parse::<f64>().is_ok(),
+        "{out}"
+    );
+    for k in ["memory", "disk"] {
+        let v = usage[k].as_str().unwrap();
+        assert!(v.ends_with('B') && !v.starts_with("0 "), "{k}: {out}");
+    }
+    assert!(
+        out["detail_title"]
+            .as_str()
+            .unwrap()
+            .contains("a/shop → b/shop"),
+        "{out}"
+    );
+    // At 390 px: a folded header, state and lag in view, the graph's three nodes inside
+    // the screen, the topologies' Delete reachable, nothing scrolling sideways.
+    let phone = &out["phone"];
+    assert!(phone["header_px"].as_u64().unwrap() <= 844 / 8, "{out}");
+    assert_eq!(phone["nav_visible"], false, "{out}");
+    assert_eq!(
+        phone["state_lag_in_view"],
+        json!([true, true, true]),
+        "{out}"
+    );
+    assert_eq!(phone["overflow"], false, "{out}");
+    assert_eq!(phone["menu_opens"], true, "{out}");
+    assert_eq!(phone["delete_in_view"], true, "{out}");
+    assert_eq!(phone["graph_nodes"], json!(["a", "b", "c"]), "{out}");
+    assert_eq!(
+        phone["graph_nodes_in_view"],
+        json!([true, true, true]),
+        "{out}"
+    );
+    assert_eq!(phone["live_state_in_view"], json!([true, true]), "{out}");
+    assert_eq!(phone["topology_overflow"], false, "{out}");
+    // The warning was heeded: the link is still there.
+    link_status(&admin, &link);
+}
+
+#[test]
 fn a_refused_topology_shows_each_error_on_the_link_it_concerns() {
     let a = Node::start();
     let b = Node::start();
