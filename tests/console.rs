@@ -160,6 +160,17 @@ fn login_refuses_bad_and_expired_tokens_then_browses_data() {
     assert_eq!(out["scanned"], json!(["o-1", "o-2"]), "{out}");
     assert_eq!(out["by_alt"], json!(["o-1"]), "{out}");
     assert_eq!(out["history_kinds"], json!(["update", "insert"]), "{out}");
+    for when in out["history_when"].as_array().unwrap() {
+        let when = when.as_str().unwrap();
+        // 2026-12-06 04:46:01.999
+        let shape: String = when
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999-99-99 99:99:99.999", "{out}");
+    }
+    assert_eq!(out["missing_note"], "key o-404", "{out}");
+    assert_eq!(out["missing_code"], "not-found", "{out}");
     // The server agrees: the expired token is refused, the good one reads the same keys.
     node.with_token(&expired)
         .get("/v1/whoami")
