@@ -16,7 +16,6 @@ export default function overview(root, session) {
       <div class="stat"><span>Total lag (entries)</span><strong id="st-lag">–</strong></div>
       <div class="stat"><span>Throughput (entries/s)</span><strong id="st-tput">–</strong></div>
     </section>
-    <section class="card" id="usage-card"><h2>Usage <small class="muted">tenant ${session.tenant}, against its quotas</small></h2><div id="usage"><p class="muted">Loading…</p></div></section>
     <div class="grid2">
       <section class="card"><h2>Nodes</h2><div id="nodes"><p class="muted">Loading…</p></div></section>
       <section class="card"><h2>Recent errors</h2><div id="errors"><p class="muted">Waiting for figures…</p></div></section>
@@ -28,6 +27,7 @@ export default function overview(root, session) {
       <div class="scroll"><table class="cards"><thead><tr><th>Link</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Mode</th></tr></thead>
       <tbody id="links"></tbody></table></div>
       <p id="no-links" class="muted" hidden>No links start on this node. Create one under <a href="#/links">Links</a>.</p></section>
+    <section class="card" id="usage-card"><h2>Usage <small class="muted">tenant ${session.tenant}, against its quotas</small></h2><div id="usage"><p class="muted">Loading…</p></div></section>
     <section class="card" id="replicas-card" hidden><h2>Replicas on this node</h2>
       <div class="scroll"><table><thead><tr><th>Link</th><th>Database</th><th>Source</th><th>Apply</th><th>Connected</th><th>Suspended</th></tr></thead>
       <tbody id="replicas"></tbody></table></div></section>`);

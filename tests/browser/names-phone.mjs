@@ -32,6 +32,7 @@ flow(async (keep) => {
     memory: (await page.textContent('#usage-memory')).trim(),
     disk: (await page.textContent('#usage-disk')).trim(),
   };
+  await page.evaluate(() => document.querySelector('#nodes').scrollIntoView());
   await shot(page, 'overview-names');
 
   // Deleting a managed link from the Links page warns whose it is (dismissed: kept).
