@@ -444,6 +444,15 @@ fn a_built_in_filter_is_found_dry_run_and_put_on_a_live_link_without_an_upload()
         link_status(&a.client(), &id)
     );
     assert!(replica.data("orders", "us-9").is_none());
+    // What the filter dropped is not lag: the link catches up, in entries and in time.
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || {
+            let s = link_status(&a.client(), &id);
+            s["status"]["lag_entries"] == 0 && s["status"]["lag_ms"] == 0
+        }),
+        "the link caught up: {}",
+        link_status(&a.client(), &id)
+    );
 }
 
 #[test]
