@@ -1220,6 +1220,11 @@ fn a_replica_is_suspended_released_and_promoted_from_operations() {
         ],
     );
     assert_eq!(out["release_visible_before"], false, "{out}");
+    let label = out["label"].as_str().unwrap();
+    assert!(
+        label.ends_with("/shop → this node/shop") && label.contains('…'),
+        "{out}"
+    );
     // Suspended: the page and the server say so, and a write to the source was stored,
     // not applied.
     assert_eq!(out["suspended_text"], "Replica shop suspended", "{out}");

@@ -95,3 +95,12 @@ export function linkCell(l) {
   return html`<a href="#/links?id=${enc(l.id)}" class="link-name">${linkLabel(l)}</a>
     <div class="sub"><code>${l.id}</code>${o ? html` · <span class="managed" title="applying topology ${o.topology} puts this link back as it declares">topology <a href="#/topology?name=${enc(o.topology)}">${o.topology}</a></span>` : ''}</div>`;
 }
+
+/** A replica on this node as a person reads it: the topology's `a/shop → b/shop` when a
+ * topology stored here manages its link, else `n1234abcd…/shop → this node/shop`. */
+export function replicaCell(r) {
+  const o = owner(r.link);
+  const label = o ? o.label.replace(' -> ', ' → ') : `${shortId(r.source_node)}/${r.source_database} → ${selfName() || 'this node'}/${r.database}`;
+  return html`<span class="link-name" title="source node ${r.source_node}">${label}</span>
+    <div class="sub"><code>${r.link}</code>${o ? html` · topology ${o.topology}` : ''}</div>`;
+}

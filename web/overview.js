@@ -111,8 +111,8 @@ export default function overview(root, session) {
       (l) => ({ state: pill(l.paused && l.status.state !== 'paused' ? 'paused' : l.status.state), lag_entries: num(l.status.lag_entries), lag_ms: num(l.status.lag_ms), throughput: num(l.status.throughput) }));
 
     $('#replicas-card', root).hidden = snap.replicas.length === 0;
-    patchRows($('#replicas', root), snap.replicas, (r) => r.link,
-      (r) => html`<tr><td><code>${r.link}</code></td><td>${r.database}</td><td><code>${r.source_node}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="suspended"></td></tr>`,
+    patchRows($('#replicas', root), snap.replicas, (r) => `${r.link}|${names.owner(r.link)?.label || ''}|${names.selfName() || ''}`,
+      (r) => html`<tr><td>${names.replicaCell(r)}</td><td>${r.database}</td><td><code title="${r.source_node}">${names.shortId(r.source_node)}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="suspended"></td></tr>`,
       (r) => ({ connected: r.connected ? 'yes' : 'no', suspended: r.suspended ? 'yes' : 'no' }));
 
     const errors = snap.links.filter((l) => l.status.last_error).sort((a, b) => (b.status.last_error_ms || 0) - (a.status.last_error_ms || 0));
