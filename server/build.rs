@@ -5,6 +5,11 @@
 //! module into a component with `wit_component::ComponentEncoder`, write the components
 //! to OUT_DIR and generate `builtin_plugins.rs`, so that the server binary carries them
 //! and a plain `cargo build` or `cargo test` needs nothing else.
+//!
+//! The core modules cargo leaves in `target/wasm-guest-build/` are not plugins (the
+//! registry refuses a core module); the components, the files a user could upload, are
+//! also copied to `target/plugins/{name}.wasm`. Every node carries them anyway, available
+//! to every tenant as `{name}@{server version}` without an upload.
 
 use std::env;
 use std::fs;
@@ -21,7 +26,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
 
     let plugins = find_plugins(&root.join("plugins"));
-    for (dir, _, _) in &plugins {
+    for (dir, _, _, _) in &plugins {
         println!("cargo:rerun-if-changed={}", dir.join("src").display());
         println!(
             "cargo:rerun-if-changed={}",
@@ -30,7 +35,8 @@ fn main() {
     }
     check_target();
 
-    let target_dir = root.join("target").join("wasm-plugins");
+    let target_dir = root.join("target").join("wasm-guest-build");
+    let user_dir = root.join("target").join("plugins");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -51,7 +57,7 @@ fn main() {
         // calls, so fewer epoch checks (one per function entry) on the hot path.
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
-    for (_, name, _) in &plugins {
+    for (_, name, _, _) in &plugins {
         cmd.args(["-p", name]);
     }
     if !plugins.is_empty() {
@@ -63,11 +69,11 @@ fn main() {
     }
 
     let mut src = String::from(
-        "/// The built-in plugins: (name, role, wasm component bytes).\n\
-         pub const BUILTIN_PLUGINS: &[(&str, &str, &[u8])] = &[\n",
+        "/// The built-in plugins: (name, role, description, wasm component bytes).\n\
+         pub const BUILTIN_PLUGINS: &[(&str, &str, &str, &[u8])] = &[\n",
     );
     let mut consts = String::new();
-    for (dir, name, role) in &plugins {
+    for (dir, name, role, description) in &plugins {
         let module_path = target_dir
             .join(TARGET)
             .join("release")
@@ -84,9 +90,13 @@ fn main() {
             .expect("plugin dir name");
         let file = out.join(format!("{short}.wasm"));
         fs::write(&file, &component).expect("writing component");
+        // Best effort: a copy where a user looks for a plugin file to upload.
+        if fs::create_dir_all(&user_dir).is_ok() {
+            let _ = fs::write(user_dir.join(format!("{short}.wasm")), &component);
+        }
         let ident = short.replace('-', "_").to_uppercase();
         src.push_str(&format!(
-            "    ({short:?}, {role:?}, include_bytes!({:?})),\n",
+            "    ({short:?}, {role:?}, {description:?}, include_bytes!({:?})),\n",
             file.display().to_string()
         ));
         consts.push_str(&format!(
@@ -99,8 +109,8 @@ fn main() {
     fs::write(out.join("builtin_plugins.rs"), src).expect("writing builtin_plugins.rs");
 }
 
-/// (dir, package name, role) of every crate in `plugins/`, sorted by name.
-fn find_plugins(dir: &Path) -> Vec<(PathBuf, String, String)> {
+/// (dir, package name, role, description) of every crate in `plugins/`, sorted by name.
+fn find_plugins(dir: &Path) -> Vec<(PathBuf, String, String, String)> {
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return found;
@@ -119,7 +129,8 @@ fn find_plugins(dir: &Path) -> Vec<(PathBuf, String, String)> {
         let name = field("name").unwrap_or_else(|| panic!("{}: no package name", toml.display()));
         let role = field("role")
             .unwrap_or_else(|| panic!("{}: no [package.metadata.doppel] role", toml.display()));
-        found.push((entry.path(), name, role));
+        let description = field("description").unwrap_or_default();
+        found.push((entry.path(), name, role, description));
     }
     found.sort();
     found

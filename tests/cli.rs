@@ -1134,10 +1134,16 @@ fn serve_demo_starts_three_nodes_with_a_live_topology_and_they_end_with_it() {
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
+    .stderr(Stdio::piped())
     .spawn()
     .expect("spawn doppel serve --demo");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     {
         let lines = lines.clone();
@@ -1170,6 +1176,12 @@ fn serve_demo_starts_three_nodes_with_a_live_topology_and_they_end_with_it() {
         .collect();
     assert_eq!(others.len(), 2, "{nodes}");
     let client = Client::new(&a).with_token(&token);
+    // Each node answers the name the topology gives it.
+    assert_eq!(client.get("/v1/node").ok()["name"], "a");
+    for (url, name) in others.iter().zip(["b", "c"]) {
+        let node = Client::new(url).with_token(&token).get("/v1/node");
+        assert_eq!(node.ok()["name"], name, "{url}");
+    }
     let shown = client
         .get("/v1/tenants/default/topologies/demo")
         .ok()
@@ -1192,4 +1204,8 @@ fn serve_demo_starts_three_nodes_with_a_live_topology_and_they_end_with_it() {
         });
         assert!(gone, "demo node {url} outlived its parent");
     }
+    // Its log, written to a pipe (or a file), is plain text: no terminal colour codes.
+    let log = log.join().expect("the log reader");
+    assert!(log.contains("node started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the log: {log:?}");
 }

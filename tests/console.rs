@@ -160,6 +160,17 @@ fn login_refuses_bad_and_expired_tokens_then_browses_data() {
     assert_eq!(out["scanned"], json!(["o-1", "o-2"]), "{out}");
     assert_eq!(out["by_alt"], json!(["o-1"]), "{out}");
     assert_eq!(out["history_kinds"], json!(["update", "insert"]), "{out}");
+    for when in out["history_when"].as_array().unwrap() {
+        let when = when.as_str().unwrap();
+        // 2026-12-06 04:46:01.999
+        let shape: String = when
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999-99-99 99:99:99.999", "{out}");
+    }
+    assert_eq!(out["missing_note"], "key o-404", "{out}");
+    assert_eq!(out["missing_code"], "not-found", "{out}");
     // The server agrees: the expired token is refused, the good one reads the same keys.
     node.with_token(&expired)
         .get("/v1/whoami")
@@ -198,7 +209,15 @@ fn overview_shows_the_lag_change_live() {
         .parse()
         .unwrap();
     assert!(paused >= 25, "{out}");
+    // The lag in time told the truth while paused: it passed a second and kept growing,
+    // and the API and the metrics say as much.
+    let ms = |k: &str| out[k].as_u64().unwrap_or_else(|| panic!("{k}: {out}"));
+    assert!(ms("lag_ms_paused") >= 1000, "{out}");
+    assert!(ms("lag_ms_later") > ms("lag_ms_paused"), "{out}");
+    assert!(ms("api_lag_ms") >= ms("lag_ms_paused"), "{out}");
+    assert!(ms("metrics_lag_ms") >= ms("lag_ms_paused"), "{out}");
     assert_eq!(out["lag_resumed"], "0", "{out}");
+    assert_eq!(out["lag_ms_resumed"], 0, "{out}");
     assert_eq!(
         out["reloads"], 0,
         "the figures changed without a reload: {out}"
@@ -365,6 +384,78 @@ fn a_plugin_is_uploaded_dry_run_and_swapped_onto_a_logical_link() {
 }
 
 #[test]
+fn a_built_in_filter_is_found_dry_run_and_put_on_a_live_link_without_an_upload() {
+    let (a, b, id) = two_nodes_with_link(json!({"apply": "logical"}));
+    let version = env!("CARGO_PKG_VERSION");
+    let out = run_flow(
+        "builtin-plugins",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", id.clone()),
+            ("DOPPEL_VERSION", version.to_string()),
+        ],
+    );
+    let mut expected: Vec<String> = doppel_server::plugins::builtin::BUILTIN_PLUGINS
+        .iter()
+        .map(|(name, ..)| format!("{name}@{version}"))
+        .collect();
+    expected.sort();
+    assert_eq!(out["builtin"], json!(expected), "{out}");
+    assert!(
+        out["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("prefix-filter@{version}")),
+        "{out}"
+    );
+    assert!(
+        out["note"].as_str().unwrap().contains("without an upload"),
+        "{out}"
+    );
+    assert_eq!(out["kept"], json!(["kept", "dropped", "kept"]), "{out}");
+    assert!(
+        out["summary"].as_str().unwrap().starts_with("2 of 3 kept"),
+        "{out}"
+    );
+    // The server: nothing was uploaded, and the link runs the built-in.
+    let link = link_status(&a.client(), &id);
+    assert_eq!(
+        link["stages"],
+        json!([{"plugin": format!("prefix-filter@{version}"), "config": {"prefixes": ["eu-"]}}]),
+        "{link}"
+    );
+    let usage = a.get("/v1/tenants/default/usage");
+    assert_eq!(usage.ok()["plugins"]["used"], 0, "{}", usage.ok());
+    // And it filters: us-9 (written first) never arrives, eu-9 does.
+    let source = a.db(DEFAULT_TENANT, "shop");
+    source
+        .put("orders", "us-9", json!({"customer": "cy"}), json!(9))
+        .ok();
+    source
+        .put("orders", "eu-9", json!({"customer": "di"}), json!(9))
+        .ok();
+    let replica = b.db(DEFAULT_TENANT, "shop");
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || replica
+            .data("orders", "eu-9")
+            .is_some()),
+        "eu-9 reached the replica: {}",
+        link_status(&a.client(), &id)
+    );
+    assert!(replica.data("orders", "us-9").is_none());
+    // What the filter dropped is not lag: the link catches up, in entries and in time.
+    assert!(
+        wait_until(deadline_in(Duration::from_secs(30)), || {
+            let s = link_status(&a.client(), &id);
+            s["status"]["lag_entries"] == 0 && s["status"]["lag_ms"] == 0
+        }),
+        "the link caught up: {}",
+        link_status(&a.client(), &id)
+    );
+}
+
+#[test]
 fn a_reader_sees_no_action_it_may_not_take() {
     let (a, _b, id) = two_nodes_with_link(json!({}));
     let reader = token(DEFAULT_TENANT, Role::Reader);
@@ -500,6 +591,146 @@ fn a_two_node_link_built_in_the_topology_view_streams() {
     source
         .put("orders", "x", json!({}), json!(1))
         .expect_problem(409, "read-only-replica");
+}
+
+#[test]
+fn the_live_tables_follow_an_apply_that_replaces_a_link_without_a_reload() {
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    let admin = a.client();
+    admin
+        .post(
+            &topologies(),
+            &json!({"name": "pair", "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
+                    "links": [{"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}}]}),
+        )
+        .expect(200);
+    let out = run_flow(
+        "topology-replace",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_TARGET", b.base().to_string()),
+        ],
+    );
+    let id = |k: &str| {
+        out[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {out}"))
+            .to_string()
+    };
+    assert_eq!(out["first_mode"], "async · mirror", "{out}");
+    assert_eq!(out["plan"], json!(["replace"]), "{out}");
+    // The topology's table shows the new link, once, in its new mode.
+    assert_ne!(id("second_id"), id("first_id"), "{out}");
+    assert_eq!(out["second_id_cell"], id("second_id"), "{out}");
+    assert_eq!(out["second_mode"], "sync · mirror", "{out}");
+    assert_eq!(out["topology_rows"], 1, "{out}");
+    // The Links page followed the API's Apply: only the newest link, async again.
+    assert_eq!(out["links_before"], json!([id("second_id")]), "{out}");
+    assert_eq!(out["api_plan"], json!(["replace"]), "{out}");
+    let last = out["links_after"][0].as_str().unwrap().to_string();
+    assert_ne!(last, id("second_id"), "{out}");
+    assert_eq!(out["links_after_mode"], "async · mirror", "{out}");
+    assert_eq!(out["reloads"], 0, "{out}");
+    // The server agrees: one link, the last one, async and streaming.
+    let links = admin.get("/v1/tenants/default/links");
+    let links = links.ok().as_array().unwrap().clone();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(links[0]["id"], last.as_str());
+    assert_eq!(links[0]["mode"], "async");
+}
+
+#[test]
+fn names_replace_ids_and_the_console_fits_a_phone() {
+    let a = Node::start();
+    let b = Node::start();
+    let c = Node::start();
+    seeded_shop(&a);
+    let admin = a.client();
+    admin
+        .post(
+            &topologies(),
+            &json!({"name": "pair",
+                    "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}, "c": {"url": c.base()}},
+                    "links": [
+                        {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}},
+                        {"from": {"node": "a", "database": "shop"}, "to": {"node": "c", "database": "shop"}}]}),
+        )
+        .expect(200);
+    let shown = admin.get(&format!("{}/pair", topologies()));
+    let link = shown.ok()["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["link"] == "a/shop -> b/shop")
+        .and_then(|l| l["id"].as_str())
+        .expect("the link's id")
+        .to_string();
+    let out = run_flow(
+        "names-phone",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_LINK", link.clone()),
+        ],
+    );
+    // Names, as the topology gives them.
+    assert_eq!(out["self"], "a", "{out}");
+    assert_eq!(out["peers"], json!(["b", "c"]), "{out}");
+    assert_eq!(out["label"], "a/shop → b/shop", "{out}");
+    assert_eq!(out["managed"], "topology pair", "{out}");
+    let warning = out["delete_warning"].as_str().unwrap();
+    assert!(
+        warning.contains("a/shop → b/shop") && warning.contains("belongs to topology pair"),
+        "{out}"
+    );
+    assert!(
+        out["detail_managed"].as_str().unwrap().contains("pair"),
+        "{out}"
+    );
+    // The usage card: a write rate, and the memory and disk the tenant uses (non-zero:
+    // the shop database holds records).
+    let usage = &out["usage"];
+    assert!(
+        usage["ops"].as_str().unwrap().parse::<f64>().is_ok(),
+        "{out}"
+    );
+    for k in ["memory", "disk"] {
+        let v = usage[k].as_str().unwrap();
+        assert!(v.ends_with('B') && !v.starts_with("0 "), "{k}: {out}");
+    }
+    assert!(
+        out["detail_title"]
+            .as_str()
+            .unwrap()
+            .contains("a/shop → b/shop"),
+        "{out}"
+    );
+    // At 390 px: a folded header, state and lag in view, the graph's three nodes inside
+    // the screen, the topologies' Delete reachable, nothing scrolling sideways.
+    let phone = &out["phone"];
+    assert!(phone["header_px"].as_u64().unwrap() <= 844 / 8, "{out}");
+    assert_eq!(phone["nav_visible"], false, "{out}");
+    assert_eq!(
+        phone["state_lag_in_view"],
+        json!([true, true, true]),
+        "{out}"
+    );
+    assert_eq!(phone["overflow"], false, "{out}");
+    assert_eq!(phone["menu_opens"], true, "{out}");
+    assert_eq!(phone["delete_in_view"], true, "{out}");
+    assert_eq!(phone["graph_nodes"], json!(["a", "b", "c"]), "{out}");
+    assert_eq!(
+        phone["graph_nodes_in_view"],
+        json!([true, true, true]),
+        "{out}"
+    );
+    assert_eq!(phone["live_state_in_view"], json!([true, true]), "{out}");
+    assert_eq!(phone["topology_overflow"], false, "{out}");
+    // The warning was heeded: the link is still there.
+    link_status(&admin, &link);
 }
 
 #[test]
@@ -989,6 +1220,11 @@ fn a_replica_is_suspended_released_and_promoted_from_operations() {
         ],
     );
     assert_eq!(out["release_visible_before"], false, "{out}");
+    let label = out["label"].as_str().unwrap();
+    assert!(
+        label.ends_with("/shop → this node/shop") && label.contains('…'),
+        "{out}"
+    );
     // Suspended: the page and the server say so, and a write to the source was stored,
     // not applied.
     assert_eq!(out["suspended_text"], "Replica shop suspended", "{out}");

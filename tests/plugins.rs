@@ -15,6 +15,16 @@ fn upload(client: &Client, name: &str, version: &str, role: &str, wasm: &[u8]) -
     )
 }
 
+/// The tenant's own plugins in `GET …/plugins` (the list starts with the built-ins).
+fn uploads(client: &Client) -> Vec<Value> {
+    let list = client.get(PLUGINS);
+    let list = list.ok().as_array().expect("a list");
+    list.iter()
+        .filter(|p| p["builtin"] == false)
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn a_plugin_is_uploaded_listed_shown_dry_run_and_deleted() {
     let node = Node::start();
@@ -43,8 +53,7 @@ fn a_plugin_is_uploaded_listed_shown_dry_run_and_deleted() {
     upload(&client, "eu-only", "1.0.0", "filter", builtin::DROP_READS)
         .expect_problem(409, "already-exists");
 
-    let list = client.get(PLUGINS);
-    let list = list.ok().as_array().unwrap();
+    let list = uploads(&client);
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "eu-only");
 
@@ -88,7 +97,7 @@ fn a_plugin_is_uploaded_listed_shown_dry_run_and_deleted() {
     client
         .get(&format!("{PLUGINS}/eu-only/1.0.0"))
         .expect_problem(404, "not-found");
-    assert_eq!(client.get(PLUGINS).ok(), &json!([]));
+    assert_eq!(uploads(&client), Vec::<Value>::new());
 }
 
 #[test]
@@ -251,7 +260,7 @@ fn hostile_uploads_are_rejected_with_the_plugin_named_and_the_node_keeps_serving
     upload(&client, "evil", "3", "sorcerer", builtin::PREFIX_FILTER)
         .expect_problem(400, "malformed-request");
     // Nothing was stored, and the node still serves.
-    assert_eq!(client.get(PLUGINS).ok(), &json!([]));
+    assert_eq!(uploads(&client), Vec::<Value>::new());
     upload(&client, "good", "1", "filter", builtin::DROP_READS).expect(201);
     client.get("/v1/health").expect(200);
 }
@@ -269,4 +278,60 @@ fn readers_list_plugins_but_only_operators_upload_and_run_them() {
     // Another tenant's token sees no such tenant.
     let other = admin.with_token(&token("other", Role::Admin));
     other.get(PLUGINS).expect_problem(404, "not-found");
+}
+
+#[test]
+fn the_built_in_plugins_are_in_every_tenants_registry_ready_to_run_and_reserved() {
+    let node = Node::start();
+    let client = node.client();
+    let version = env!("CARGO_PKG_VERSION");
+    client.create_tenant("acme");
+    // Every built-in, in every tenant, without an upload, at the server's version.
+    for tenant in ["default", "acme"] {
+        let list = client.get(&format!("/v1/tenants/{tenant}/plugins"));
+        let list = list.ok().as_array().unwrap().clone();
+        for (name, role, _, wasm) in builtin::BUILTIN_PLUGINS {
+            let p = list
+                .iter()
+                .find(|p| p["name"] == *name)
+                .unwrap_or_else(|| panic!("{name} missing in {tenant}'s list: {list:?}"));
+            assert_eq!(p["builtin"], true, "{p}");
+            assert_eq!(p["version"], version, "{p}");
+            assert_eq!(p["role"], *role, "{p}");
+            assert_eq!(p["size"], wasm.len(), "{p}");
+            assert!(
+                p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{p}"
+            );
+        }
+    }
+    // Shown with its schema, and dry-run as is.
+    let at = format!("{PLUGINS}/prefix-filter/{version}");
+    let shown = client.get(&at);
+    assert!(shown.ok()["config_schema"]["properties"]["prefixes"].is_object());
+    let run = client.post(
+        &format!("{at}/dry-run"),
+        &json!({"config": {"prefixes": ["eu-"]}, "records": [
+            {"op": "insert", "file": "orders", "key": "eu-1", "data": {"total": 1}},
+            {"op": "insert", "file": "orders", "key": "us-1", "data": {"total": 2}}]}),
+    );
+    assert_eq!(run.ok()["kept"], json!([true, false]), "{}", run.ok());
+    // Another version of a built-in names the one there is.
+    let missing = client.get(&format!("{PLUGINS}/prefix-filter/9.9.9"));
+    let detail = missing.expect_problem(404, "not-found")["detail"].clone();
+    assert!(detail.as_str().unwrap().contains(version), "{detail}");
+    // Reserved: no upload under its name (any version), no delete.
+    let refused = upload(&client, "prefix-filter", "9", "filter", builtin::DROP_READS);
+    let detail = refused.expect_problem(409, "builtin-plugin")["detail"].clone();
+    assert!(detail.as_str().unwrap().contains("built-in"), "{detail}");
+    client.delete(&at).expect_problem(409, "builtin-plugin");
+    client.get(&at).expect(200);
+    // The built-ins count against no quota.
+    let usage = client.get("/v1/tenants/default/usage");
+    assert_eq!(usage.ok()["plugins"]["used"], 0, "{}", usage.ok());
+    // The component files the build leaves where a user looks are valid uploads.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins/prefix-filter.wasm");
+    let wasm = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    upload(&client, "my-filter", "1", "filter", &wasm).expect(201);
 }

@@ -19,10 +19,12 @@ function loginView(reason) {
   live.stop();
   $('#nav').hidden = true;
   $('#session').hidden = true;
+  $('#menu').hidden = true;
   set(view, html`<section class="login card">
     <h1>Sign in to Doppel</h1>
     <p class="muted">Paste a token (a JWT). On its first start the node prints an admin token
-      after its listening line (<code>doppel admin token: eyJ…</code>);
+      after its listening line (<code>doppel admin token: eyJ…</code>); <code>serve --demo</code>
+      prints one for all three demo nodes (<code>doppel demo token: eyJ…</code>);
       <code>doppel token --tenant T --role R</code> mints others.</p>
     <form id="login-form">
       <label for="token-input">Token</label>
@@ -64,6 +66,7 @@ async function begin() {
   set($('#who'), html`<span class="role r-${who.role}">${who.role}</span> <span class="muted">${who.sub} · ${scope}</span>`);
   $('#nav').hidden = false;
   $('#session').hidden = false;
+  $('#menu').hidden = false;
   live.start(session.tenant);
   if (!location.hash || location.hash === '#/') location.hash = '#/overview';
   route();
@@ -86,6 +89,14 @@ function route() {
 }
 
 window.addEventListener('hashchange', route);
+// At phone width the header folds: the views and the session open from "Menu", and close
+// again once a view is chosen.
+function fold(open) {
+  $('header.top').classList.toggle('open', open);
+  $('#menu').setAttribute('aria-expanded', String(open));
+}
+$('#menu').addEventListener('click', () => fold(!$('header.top').classList.contains('open')));
+window.addEventListener('hashchange', () => fold(false));
 window.addEventListener('doppel:unauthorized', (e) => {
   setToken(null);
   session.who = null;

@@ -2,7 +2,7 @@
 // scans with paging, and a record's recent A/B/T log entries.
 
 import { api, t, enc } from './api.js';
-import { $, html, set, num, problem } from './ui.js';
+import { $, html, set, num, problem, when } from './ui.js';
 
 /** How many of the newest log entries are searched for a record's history. */
 const LOG_WINDOW = 1000;
@@ -68,14 +68,22 @@ export default function data(root, session) {
       ${next !== null ? html`<button id="more" class="ghost">Next page (from ${next})</button>` : ''}` : html`<p class="muted">No records.</p>`);
   }
 
-  async function run(fn) {
-    try { await fn(); } catch (err) { set($('#results', root), problem(err)); }
+  // `what` names the query: on a refusal (a missing key) the heading names it too, not the
+  // previous query's.
+  async function run(fn, what) {
+    try {
+      await fn();
+    } catch (err) {
+      if (what) set($('#result-note', root), what);
+      set($('#results', root), problem(err));
+    }
   }
 
   $('#by-key', root).addEventListener('submit', (e) => {
     e.preventDefault();
     next = null;
-    run(async () => showRecords([await api('GET', `${fpath()}/records/${enc(e.target.key.value)}`)], `key ${e.target.key.value}`));
+    const key = e.target.key.value;
+    run(async () => showRecords([await api('GET', `${fpath()}/records/${enc(key)}`)], `key ${key}`), `key ${key}`);
   });
   $('#by-alt', root).addEventListener('submit', (e) => {
     e.preventDefault();
@@ -85,7 +93,7 @@ export default function data(root, session) {
       if (!name) throw { title: 'No alternate key', detail: `file '${fileSel.value}' has no alternate keys`, code: 'client' };
       const r = await api('GET', `${fpath()}/alt/${enc(name)}/${enc(e.target.value.value)}`);
       showRecords(r.records, `${name} = ${e.target.value.value}`);
-    });
+    }, `${name} = ${e.target.value.value}`);
   });
   async function scan(from) {
     const q = new URLSearchParams();
@@ -105,23 +113,36 @@ export default function data(root, session) {
     if (e.target.id === 'more' && next !== null) run(() => scan(next));
     const h = e.target.closest('button[data-history]');
     if (h) history(h.dataset.history);
+    const older = e.target.closest('button[data-older]');
+    if (older) history(older.dataset.key, Number(older.dataset.older), true);
   });
 
-  async function history(key) {
+  // A record's log, a window of LOG_WINDOW entries at a time, newest first; "Older
+  // entries" reads the window before the oldest one shown, back to serial 1.
+  let shownLog = [];
+  let logNewest = 0;
+  async function history(key, upto, more = false) {
     const box = $('#history', root);
     box.hidden = false;
-    set(box, html`<h2>Log of <code>${fileSel.value}/${key}</code></h2><p class="muted">Loading…</p>`);
+    if (!more) set(box, html`<h2>Log of <code>${fileSel.value}/${key}</code></h2><p class="muted">Loading…</p>`);
     try {
-      const db = await api('GET', `${dbs}/${enc(dbSel.value)}`);
-      const from = Math.max(1, db.last_serial - LOG_WINDOW + 1);
+      if (!more) {
+        upto = (await api('GET', `${dbs}/${enc(dbSel.value)}`)).last_serial;
+        shownLog = [];
+        logNewest = upto;
+      }
+      const from = Math.max(1, upto - LOG_WINDOW + 1);
       const log = await api('GET', `${dbs}/${enc(dbSel.value)}/log?from=${from}&limit=${LOG_WINDOW}`);
-      const mine = log.entries.filter((en) => en.file === fileSel.value && [en.a, en.b, en.t].some((img) => img && img.key === key)).reverse();
+      const mine = log.entries.filter((en) => en.serial <= upto && en.file === fileSel.value && [en.a, en.b, en.t].some((img) => img && img.key === key)).reverse();
+      shownLog.push(...mine);
       const img = (v) => (v ? html`<pre class="json small">${JSON.stringify(v)}</pre>` : html`<span class="muted">–</span>`);
-      set(box, html`<h2>Log of <code>${fileSel.value}/${key}</code> <small class="muted">in the newest ${num(LOG_WINDOW)} entries (serials ${num(from)}–${num(db.last_serial)})</small></h2>
-        ${mine.length ? html`<div class="scroll"><table class="log"><thead><tr><th class="n">Serial</th><th class="n">Txn</th><th>Kind</th><th>When</th><th>A (after)</th><th>B (before)</th><th>T (operation)</th></tr></thead><tbody>
-        ${mine.map((en) => html`<tr><td class="n">${en.serial}</td><td class="n">${en.txn}</td><td>${en.kind}${en.undo ? ' (undo)' : ''}</td><td>${new Date(en.timestamp_us / 1000).toLocaleString()}</td><td>${img(en.a)}</td><td>${img(en.b)}</td><td>${img(en.t)}</td></tr>`)}
-        </tbody></table></div>` : html`<p class="muted">No entries for this record in that window.</p>`}`);
-      box.scrollIntoView({ block: 'nearest' });
+      const range = `serials ${num(from)}–${num(logNewest)}`;
+      set(box, html`<h2>Log of <code>${fileSel.value}/${key}</code> <small class="muted" id="log-window">${range}${from > 1 ? '' : ' (back to the oldest retained)'}</small></h2>
+        ${shownLog.length ? html`<div class="scroll"><table class="log"><thead><tr><th class="n">Serial</th><th class="n">Txn</th><th>Kind</th><th>When</th><th>A (after)</th><th>B (before)</th><th>T (operation)</th></tr></thead><tbody>
+        ${shownLog.map((en) => html`<tr data-serial="${en.serial}"><td class="n">${en.serial}</td><td class="n">${en.txn}</td><td>${en.kind}${en.undo ? ' (undo)' : ''}</td><td>${when(en.timestamp_us / 1000)}</td><td>${img(en.a)}</td><td>${img(en.b)}</td><td>${img(en.t)}</td></tr>`)}
+        </tbody></table></div>` : html`<p class="muted">No entries for this record in ${range}.</p>`}
+        ${from > 1 ? html`<button class="ghost" id="older-log" data-older="${from - 1}" data-key="${key}">Older entries (serials ${num(Math.max(1, from - LOG_WINDOW))}–${num(from - 1)})</button>` : ''}`);
+      if (!more) box.scrollIntoView({ block: 'nearest' });
     } catch (err) {
       set(box, problem(err));
     }

@@ -8,6 +8,7 @@ import * as live from './live.js';
 import { lineChart } from './charts.js';
 import { deadLetters } from './deadletters.js';
 import { verifyPanel } from './verify.js';
+import * as names from './names.js';
 import { $, $$, html, set, num, ago, pill, patchRows, showProblem, toast, formData } from './ui.js';
 
 function selected() {
@@ -18,7 +19,7 @@ export default function links(root, session) {
   const base = `${t(session.tenant)}/links`;
   set(root, html`<h1 class="view-title">Links</h1>
     <section class="card"><h2>Links from this node</h2>
-      <div class="scroll"><table id="links-table"><thead><tr><th>Link</th><th>Source → target</th><th>Mode</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th class="n">Dead letters</th><th>Actions</th></tr></thead>
+      <div class="scroll"><table id="links-table" class="cards"><thead><tr><th>Link</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Mode</th><th class="n">Dead letters</th><th>Actions</th></tr></thead>
       <tbody id="link-rows"></tbody></table></div>
       <p id="no-links" class="muted" hidden>No links yet.</p>
       <div id="list-error"></div></section>
@@ -76,7 +77,11 @@ export default function links(root, session) {
   async function act(id, action) {
     try {
       if (action === 'delete') {
-        if (!confirm(`Delete link ${id}? The replica keeps its data and stays read-only until detached.`)) return;
+        const l = (live.latest?.links || []).find((x) => x.id === id);
+        const what = l ? `${names.linkLabel(l)} (${id})` : id;
+        const o = names.owner(id);
+        const managed = o ? `\n\nIt belongs to topology ${o.topology}: the next Apply of ${o.topology} creates it again. To remove it for good, remove it from the topology instead.` : '';
+        if (!confirm(`Delete link ${what}? The replica keeps its data and stays read-only until detached.${managed}`)) return;
         await api('DELETE', `${base}/${enc(id)}`);
         toast(`Link ${id} deleted`);
         if (selected() === id) location.hash = '#/links';
@@ -115,8 +120,10 @@ export default function links(root, session) {
     if (!link) { detailId = null; return; }
     if (detailId !== id) {
       detailId = id;
-      set(detail, html`<h2>Link <code>${link.id}</code></h2>
-        <dl class="facts"><dt>Source</dt><dd>${link.database}</dd><dt>Target</dt><dd><code>${link.target.url}</code> / ${link.target.database}</dd>
+      const o = names.owner(link.id);
+      set(detail, html`<h2>Link ${names.linkLabel(link)} <code class="muted">${link.id}</code></h2>
+        ${o ? html`<p class="notice" id="managed-by">Managed by topology <a href="#/topology?name=${enc(o.topology)}">${o.topology}</a> (<code>${o.label}</code>): change it there; deleting it here lasts only until that topology is applied again.</p>` : ''}
+        <dl class="facts"><dt>Source</dt><dd>${names.selfName() || 'this node'} / ${link.database}</dd><dt>Target</dt><dd>${names.nodeName(link.target.url)} <code>${link.target.url}</code> / ${link.target.database}</dd>
           <dt>Mode</dt><dd>${link.mode} · ${link.apply} · on error ${link.on_error}</dd><dt>Stages</dt><dd id="d-stages"></dd>
           <dt>State</dt><dd id="d-state"></dd><dt>Serials</dt><dd id="d-serials"></dd><dt>Last error</dt><dd id="d-error"></dd></dl>
         <div class="charts"><div id="chart-tput"></div><div id="chart-lag"></div><div id="chart-lagms"></div></div>
@@ -140,9 +147,10 @@ export default function links(root, session) {
 
   function draw(snap) {
     $('#no-links', root).hidden = snap.links.length > 0;
-    patchRows($('#link-rows', root), snap.links, (l) => l.id,
-      (l) => html`<tr data-link="${l.id}"><td><a href="#/links?id=${enc(l.id)}"><code>${l.id}</code></a></td><td>${l.database} → <code>${l.target.url}</code> / ${l.target.database}</td><td>${l.mode} · ${l.apply}</td>
-        <td data-f="state"></td><td class="n big" data-f="lag_entries"></td><td class="n big" data-f="lag_ms"></td><td class="n big" data-f="throughput"></td><td class="n" data-f="quarantined"></td>
+    names.explain(session, snap.links);
+    patchRows($('#link-rows', root), snap.links, (l) => `${l.id}|${names.linkLabel(l)}|${names.owner(l.id)?.topology || ''}`,
+      (l) => html`<tr data-link="${l.id}"><td data-col="link">${names.linkCell(l)}</td>
+        <td data-f="state" data-label="State"></td><td class="n big" data-f="lag_entries" data-label="Lag entries"></td><td class="n big" data-f="lag_ms" data-label="Lag ms"></td><td class="n big" data-f="throughput" data-label="Throughput /s"></td><td data-col="mode" data-label="Mode">${l.mode} · ${l.apply}</td><td class="n" data-f="quarantined" data-label="Dead letters"></td>
         <td class="actions"><span data-needs="operate"><button class="small" data-act="pause" data-link="${l.id}">Pause</button><button class="small" data-act="resume" data-link="${l.id}">Resume</button><button class="small danger" data-act="delete" data-link="${l.id}">Delete</button></span></td></tr>`,
       (l) => ({ state: pill(state(l)), lag_entries: num(l.status.lag_entries), lag_ms: num(l.status.lag_ms), throughput: num(l.status.throughput), quarantined: num(l.status.quarantined) }));
     for (const tr of $$('#link-rows tr', root)) {
@@ -158,7 +166,9 @@ export default function links(root, session) {
   }
 
   const off = live.onSnapshot(draw);
+  names.load(session);
+  const offNames = names.onNames(() => { detailId = null; if (live.latest) draw(live.latest); });
   const onHash = () => { detailId = null; if (live.latest) draw(live.latest); };
   window.addEventListener('hashchange', onHash);
-  return () => { off(); window.removeEventListener('hashchange', onHash); };
+  return () => { off(); offNames(); window.removeEventListener('hashchange', onHash); };
 }

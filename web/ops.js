@@ -7,6 +7,7 @@
 import { api, t, enc } from './api.js';
 import * as live from './live.js';
 import { restorePanel } from './restore.js';
+import * as names from './names.js';
 import { $, html, set, num, bytes, ago, pill, patchRows, problem, toast } from './ui.js';
 
 export default function ops(root, session) {
@@ -105,8 +106,8 @@ export default function ops(root, session) {
       },
       (db) => ({ records: num(db.files.reduce((s, f) => s + f.records, 0)), serial: num(db.last_serial), snapshot: num(db.snapshot_serial) }));
     $('#no-replicas', root).hidden = snap.replicas.length > 0;
-    patchRows($('#ops-replicas', root), snap.replicas, (r) => r.link,
-      (r) => html`<tr data-replica="${r.link}"><td><code>${r.link}</code></td><td>${r.database}</td><td><code>${r.source_node}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="state"></td><td class="n" data-f="spooled"></td>
+    patchRows($('#ops-replicas', root), snap.replicas, (r) => `${r.link}|${names.owner(r.link)?.label || ''}|${names.selfName() || ''}`,
+      (r) => html`<tr data-replica="${r.link}"><td>${names.replicaCell(r)}</td><td>${r.database}</td><td><code title="${r.source_node}">${names.shortId(r.source_node)}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="state"></td><td class="n" data-f="spooled"></td>
         <td class="actions"><span data-needs="operate"><button class="small" data-replica="suspend" data-link="${r.link}" data-db="${r.database}">Suspend</button><button class="small" data-replica="release" data-link="${r.link}" data-db="${r.database}">Release</button><button class="small danger" data-replica="detach" data-link="${r.link}" data-db="${r.database}">Detach…</button><button class="small danger" data-promote="${r.database}" data-link="${r.link}">Promote…</button></span></td></tr>`,
       (r) => ({ connected: r.connected ? 'yes' : 'no', state: r.suspended ? pill('suspended') : pill('following'), spooled: num(r.spooled) }));
     for (const tr of root.querySelectorAll('#ops-replicas tr')) {
@@ -120,5 +121,7 @@ export default function ops(root, session) {
   }
 
   const off = live.onSnapshot(draw);
-  return () => { off(); if (restore) restore.stop(); };
+  names.load(session);
+  const offNames = names.onNames(() => { if (live.latest) draw(live.latest); });
+  return () => { off(); offNames(); if (restore) restore.stop(); };
 }

@@ -4,6 +4,7 @@
 
 import { api } from './api.js';
 import * as live from './live.js';
+import * as names from './names.js';
 import { $, html, set, num, bytes, ago, pill, patchRows, problem } from './ui.js';
 
 export default function overview(root, session) {
@@ -23,12 +24,42 @@ export default function overview(root, session) {
       <div class="scroll"><table><thead><tr><th>Database</th><th class="n">Records</th><th>Memory used / quota</th><th class="n">Last serial</th><th>Role</th></tr></thead>
       <tbody id="dbs"></tbody></table></div></section>
     <section class="card"><h2>Links</h2>
-      <div class="scroll"><table><thead><tr><th>Link</th><th>Source → target</th><th>Mode</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th></tr></thead>
+      <div class="scroll"><table class="cards"><thead><tr><th>Link</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Mode</th></tr></thead>
       <tbody id="links"></tbody></table></div>
       <p id="no-links" class="muted" hidden>No links start on this node. Create one under <a href="#/links">Links</a>.</p></section>
+    <section class="card" id="usage-card"><h2>Usage <small class="muted">tenant ${session.tenant}, against its quotas</small></h2><div id="usage"><p class="muted">Loading…</p></div></section>
     <section class="card" id="replicas-card" hidden><h2>Replicas on this node</h2>
       <div class="scroll"><table><thead><tr><th>Link</th><th>Database</th><th>Source</th><th>Apply</th><th>Connected</th><th>Suspended</th></tr></thead>
       <tbody id="replicas"></tbody></table></div></section>`);
+
+  // The tenant's usage (GET …/usage, every few seconds) beside the write rate the live
+  // stream shows (updates per second: the databases' serials advancing).
+  let usage = null;
+  let rate = null;
+  let prev = null;
+  const limit = (v, fmt) => (v === null || v === undefined ? html`<span class="muted">no quota</span>` : html`of ${fmt(v)}`);
+  function drawUsage() {
+    const box = $('#usage', root);
+    if (!usage) return;
+    const u = usage;
+    set(box, html`<dl class="usage">
+      <div><dt>Writes</dt><dd><strong class="big" id="usage-ops">${rate === null ? '–' : num(rate)}</strong> updates/s <span class="muted">${u.operations.per_sec ? html`quota ${num(u.operations.per_sec)} operations/s` : 'no operation quota'}</span></dd></div>
+      <div><dt>Memory</dt><dd><strong class="big" id="usage-memory">${bytes(u.memory_bytes.used)}</strong> ${limit(u.memory_bytes.limit, bytes)}</dd></div>
+      <div><dt>Disk</dt><dd><strong class="big" id="usage-disk">${bytes(u.storage_bytes.used)}</strong> ${limit(u.storage_bytes.limit, bytes)}</dd></div>
+      <div><dt>Plugins</dt><dd><strong class="big">${num(u.plugins.used)}</strong> uploaded ${limit(u.plugins.limit, num)}</dd></div>
+      <div><dt>Requests</dt><dd>${u.requests.per_sec ? html`<strong class="big">${num(u.requests.available)}</strong> available of ${num(u.requests.per_sec)}/s` : html`<span class="muted">no request quota</span>`}</dd></div>
+      <div><dt>Writers waiting</dt><dd><strong class="big">${num(u.concurrent_writes.waiting)}</strong> ${limit(u.concurrent_writes.limit, num)}</dd></div></dl>`);
+  }
+  async function loadUsage() {
+    try {
+      usage = await api('GET', `/v1/tenants/${encodeURIComponent(session.tenant)}/usage`);
+      drawUsage();
+    } catch (err) {
+      set($('#usage', root), problem(err));
+    }
+  }
+  loadUsage();
+  const usageTimer = setInterval(loadUsage, 5000);
 
   let node = null;
   api('GET', '/v1/node').then((n) => { node = n; draw(live.latest); }).catch((err) => set($('#nodes', root), problem(err)));
@@ -37,6 +68,10 @@ export default function overview(root, session) {
     if (!snap) return;
     const records = (db) => db.files.reduce((s, f) => s + f.records, 0);
     const replicaDbs = new Set(snap.replicas.map((r) => r.database));
+    const serials = snap.databases.reduce((sum, db) => sum + (db.last_serial || 0), 0);
+    if (prev && snap.at_ms > prev.at) rate = Math.max(0, ((serials - prev.serials) * 1000) / (snap.at_ms - prev.at));
+    if (!prev || snap.at_ms > prev.at) prev = { at: snap.at_ms, serials };
+    drawUsage();
     $('#st-dbs', root).textContent = num(snap.databases.length);
     $('#st-records', root).textContent = num(snap.databases.reduce((s, db) => s + records(db), 0));
     $('#st-links', root).textContent = `${snap.links.filter((l) => l.status.state === 'streaming').length} / ${snap.links.length}`;
@@ -45,11 +80,16 @@ export default function overview(root, session) {
 
     if (node) {
       const peers = new Map();
-      for (const l of snap.links) peers.set(l.target.url, { url: l.target.url, as: 'target of ' + l.id });
-      for (const r of snap.replicas) peers.set('node ' + r.source_node, { url: 'node ' + r.source_node, as: 'source of ' + r.link });
-      set($('#nodes', root), html`<dl class="node"><dt>This node</dt><dd><code>${node.id}</code> · v${node.version}</dd>
+      for (const l of snap.links) {
+        const p = peers.get(l.target.url) || { name: names.nodeName(l.target.url), named: names.named(l.target.url), url: l.target.url, as: [] };
+        p.as.push(`target of ${names.linkLabel(l)}`);
+        peers.set(l.target.url, p);
+      }
+      for (const r of snap.replicas) peers.set('node ' + r.source_node, { name: names.shortId(r.source_node), named: false, url: r.source_node, as: [`source of ${r.source_database} → ${r.database}`] });
+      const me = names.selfName();
+      set($('#nodes', root), html`<dl class="node"><dt>This node</dt><dd id="self-name">${me ? html`<strong class="node-name">${me}</strong> ` : ''}<code title="${node.id}">${node.id}</code> · v${node.version}</dd>
         <dt>Replication</dt><dd><code>${node.replication}</code> (protocol ${node.protocol_version})</dd>
-        <dt>Peers</dt><dd>${peers.size ? html`<ul class="plain">${[...peers.values()].map((p) => html`<li><code>${p.url}</code> <span class="muted">${p.as}</span></li>`)}</ul>` : html`<span class="muted">none</span>`}</dd></dl>`);
+        <dt>Peers</dt><dd>${peers.size ? html`<ul class="plain" id="peers">${[...peers.values()].map((p) => html`<li>${p.named ? html`<strong class="node-name">${p.name}</strong> ` : ''}<code title="${p.url}">${p.named ? p.url : p.name}</code> <span class="muted">${p.as.join(', ')}</span></li>`)}</ul>` : html`<span class="muted">none</span>`}</dd></dl>`);
     }
 
     patchRows($('#dbs', root), snap.databases, (db) => db.name,
@@ -65,20 +105,25 @@ export default function overview(root, session) {
       });
 
     $('#no-links', root).hidden = snap.links.length > 0;
-    patchRows($('#links', root), snap.links, (l) => l.id,
-      (l) => html`<tr data-link="${l.id}"><td><a href="#/links?id=${encodeURIComponent(l.id)}"><code>${l.id}</code></a></td><td>${l.database} → <code>${l.target.url}</code> / ${l.target.database}</td><td>${l.mode} · ${l.apply}</td><td data-f="state"></td><td class="n big" data-f="lag_entries"></td><td class="n big" data-f="lag_ms"></td><td class="n big" data-f="throughput"></td></tr>`,
+    names.explain(session, snap.links);
+    patchRows($('#links', root), snap.links, (l) => `${l.id}|${names.linkLabel(l)}|${names.owner(l.id)?.topology || ''}`,
+      (l) => html`<tr data-link="${l.id}"><td data-col="link">${names.linkCell(l)}</td><td data-f="state" data-label="State"></td><td class="n big" data-f="lag_entries" data-label="Lag entries"></td><td class="n big" data-f="lag_ms" data-label="Lag ms"></td><td class="n big" data-f="throughput" data-label="Throughput /s"></td><td data-col="mode" data-label="Mode">${l.mode} · ${l.apply}</td></tr>`,
       (l) => ({ state: pill(l.paused && l.status.state !== 'paused' ? 'paused' : l.status.state), lag_entries: num(l.status.lag_entries), lag_ms: num(l.status.lag_ms), throughput: num(l.status.throughput) }));
 
     $('#replicas-card', root).hidden = snap.replicas.length === 0;
-    patchRows($('#replicas', root), snap.replicas, (r) => r.link,
-      (r) => html`<tr><td><code>${r.link}</code></td><td>${r.database}</td><td><code>${r.source_node}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="suspended"></td></tr>`,
+    patchRows($('#replicas', root), snap.replicas, (r) => `${r.link}|${names.owner(r.link)?.label || ''}|${names.selfName() || ''}`,
+      (r) => html`<tr><td>${names.replicaCell(r)}</td><td>${r.database}</td><td><code title="${r.source_node}">${names.shortId(r.source_node)}</code> / ${r.source_database}</td><td>${r.apply}</td><td data-f="connected"></td><td data-f="suspended"></td></tr>`,
       (r) => ({ connected: r.connected ? 'yes' : 'no', suspended: r.suspended ? 'yes' : 'no' }));
 
     const errors = snap.links.filter((l) => l.status.last_error).sort((a, b) => (b.status.last_error_ms || 0) - (a.status.last_error_ms || 0));
     set($('#errors', root), errors.length
-      ? html`<ul class="errors">${errors.map((l) => html`<li><code>${l.id}</code> <span class="muted">${ago(l.status.last_error_ms)}</span><br>${l.status.last_error}</li>`)}</ul>`
+      ? html`<ul class="errors">${errors.map((l) => html`<li><strong>${names.linkLabel(l)}</strong> <code class="muted">${l.id}</code> <span class="muted">${ago(l.status.last_error_ms)}</span><br>${l.status.last_error}</li>`)}</ul>`
       : html`<p class="muted ok-text">No link reports an error.</p>`);
   }
 
-  return live.onSnapshot(draw);
+  names.load(session);
+  const offNames = names.onNames(() => draw(live.latest));
+  const off = live.onSnapshot(draw);
+  return () => { off(); offNames(); clearInterval(usageTimer); };
 }
+

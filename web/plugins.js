@@ -1,4 +1,5 @@
-// Plugins: the tenant's registry; upload a .wasm (name, version, role); a version's
+// Plugins: the tenant's registry (the server's built-in plugins, marked "built-in", then
+// the tenant's uploads); upload a .wasm (name, version, role); a version's
 // exports, size, SHA-256 and config schema; a config form generated from that schema; a
 // dry-run tester on a pasted batch or one sampled from a database (input and output side
 // by side, errors, the plugin's log lines); and
@@ -105,9 +106,10 @@ export default function plugins(root, session) {
   async function loadList() {
     try {
       const list = await api('GET', base);
-      set($('#plugin-list', root), list.length ? html`<div class="scroll"><table><thead><tr><th>Plugin</th><th>Role</th><th class="n">Size</th><th>SHA-256</th></tr></thead><tbody>
-        ${list.map((p) => html`<tr><td><a href="#/plugins?p=${enc(p.name + '@' + p.version)}">${p.name}@${p.version}</a></td><td>${p.role}</td><td class="n">${bytes(p.size)}</td><td><code>${p.sha256.slice(0, 12)}…</code></td></tr>`)}
-        </tbody></table></div>` : html`<p class="muted">No plugins yet.</p>`);
+      const own = list.filter((p) => !p.builtin).length;
+      set($('#plugin-list', root), html`<div class="scroll"><table><thead><tr><th>Plugin</th><th>Role</th><th>What it does</th><th class="n">Size</th></tr></thead><tbody>
+        ${list.map((p) => html`<tr data-plugin="${p.name}@${p.version}" class="${p.builtin ? 'builtin' : ''}"><td><a href="#/plugins?p=${enc(p.name + '@' + p.version)}">${p.name}@${p.version}</a>${p.builtin ? html` <span class="pill s-builtin" title="comes with the server: every tenant has it, nothing to upload">built-in</span>` : ''}</td><td>${p.role}</td><td class="muted">${p.description || ''}</td><td class="n">${bytes(p.size)}</td></tr>`)}
+        </tbody></table></div>${own ? '' : html`<p class="muted" id="no-uploads">No plugins of your own yet: the built-in ones above are ready to use as stages; open one to dry-run it.</p>`}`);
     } catch (err) {
       set($('#plugin-list', root), problem(err));
     }
@@ -149,9 +151,10 @@ export default function plugins(root, session) {
     }
     const schema = p.config_schema;
     const resolver = p.role === 'resolver';
-    set(box, html`<h2>${p.name}@${p.version} <span class="pill s-primary">${p.role}</span></h2>
+    set(box, html`<h2>${p.name}@${p.version} <span class="pill s-primary">${p.role}</span>${p.builtin ? html` <span class="pill s-builtin">built-in</span>` : ''}</h2>
+      ${p.builtin ? html`<p class="muted" id="builtin-note">${p.description ? html`${p.description}. ` : ''}Comes with the server (version ${p.version}): every tenant has it without an upload; it cannot be deleted, and its name is reserved.</p>` : ''}
       <dl class="facts"><dt>Size</dt><dd class="big">${bytes(p.size)}</dd><dt>Exports</dt><dd>${(p.exports || []).map((x) => html`<code>${x}</code> `)}</dd>
-        <dt>SHA-256</dt><dd><code class="wrap">${p.sha256}</code></dd><dt>Compile</dt><dd>${num(p.compile_ms)} ms</dd></dl>
+        <dt>SHA-256</dt><dd><code class="wrap">${p.sha256}</code></dd><dt>Compile</dt><dd>${p.builtin && !p.compile_ms ? html`<span class="muted">on first use</span>` : html`${num(p.compile_ms)} ms`}</dd></dl>
       <details><summary>Config schema</summary><pre class="json" id="schema">${JSON.stringify(schema, null, 2)}</pre></details>
       <h3>Configuration</h3>
       <div class="form-grid" id="config-form">${schemaForm(schema)}</div>

@@ -6,7 +6,7 @@
 // until it ends. A point outside retention names the oldest reachable one, to use.
 
 import { api, t, enc } from './api.js';
-import { $, html, set, num, pill, problem, toast, formData } from './ui.js';
+import { $, html, set, num, pill, problem, toast, formData, when as whenMs } from './ui.js';
 
 /** How many of the newest log entries are offered to pick from. */
 const RECENT = 15;
@@ -14,11 +14,10 @@ const RECENT = 15;
 const FAST_MS = 200;
 const SLOW_MS = 1000;
 
-/** A timestamp in microseconds as the local date and time (to the second), for people. */
+/** A timestamp in microseconds as the local date and time, written as on every page. */
 export function when(us) {
   if (us === null || us === undefined) return '–';
-  const d = new Date(Math.floor(us / 1000));
-  return `${d.toLocaleString('en-GB', { hour12: false })}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+  return whenMs(us / 1000);
 }
 
 /** A microsecond timestamp as a datetime-local value (milliseconds, rounded up so the

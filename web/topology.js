@@ -67,7 +67,7 @@ export default function topology(root, session) {
       ${legend()}
       <div id="topo-live" hidden>
         <h3>Links, live</h3>
-        <div class="scroll"><table><thead><tr><th>Link</th><th>Id</th><th>Mode</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Actions</th></tr></thead>
+        <div class="scroll"><table class="cards"><thead><tr><th>Link</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Mode</th><th>Id</th><th>Actions</th></tr></thead>
           <tbody id="topo-links"></tbody></table></div>
         <div id="topo-stale"></div>
         <div class="form-row" data-needs="operate"><label class="check"><input type="checkbox" id="failover-force"> Force a fail over to a replica that has not applied everything its source announced (the difference is lost)</label></div>
@@ -111,8 +111,8 @@ export default function topology(root, session) {
   async function loadList() {
     try {
       const list = await api('GET', base);
-      set($('#topo-list', root), list.length ? html`<div class="scroll"><table><thead><tr><th>Name</th><th class="n">Nodes</th><th class="n">Links</th><th>Applied</th><th>Actions</th></tr></thead><tbody>
-        ${list.map((x) => html`<tr data-topology="${x.name}"><td><a href="#/topology?name=${enc(x.name)}">${x.name}</a></td><td class="n">${num(x.nodes)}</td><td class="n">${num(x.links)}</td><td>${ago(x.applied_ms)}</td>
+      set($('#topo-list', root), list.length ? html`<div class="scroll"><table class="cards"><thead><tr><th>Name</th><th class="n">Nodes</th><th class="n">Links</th><th>Applied</th><th>Actions</th></tr></thead><tbody>
+        ${list.map((x) => html`<tr data-topology="${x.name}"><td data-col="link"><a href="#/topology?name=${enc(x.name)}" class="link-name">${x.name}</a></td><td class="n" data-label="Nodes">${num(x.nodes)}</td><td class="n" data-label="Links">${num(x.links)}</td><td data-col="wide" data-label="Applied">${ago(x.applied_ms)}</td>
           <td class="actions"><a class="button small" href="#/topology?name=${enc(x.name)}">Open</a><button class="small danger" data-needs="operate" data-delete="${x.name}">Delete</button></td></tr>`)}
         </tbody></table></div>` : html`<p class="muted">No topologies yet.${session.may.operate ? ' Start one with “New topology”.' : ''}</p>`);
     } catch (err) {
@@ -140,9 +140,12 @@ export default function topology(root, session) {
     const box = $('#topo-live', root);
     box.hidden = !shown;
     if (!shown) return;
-    patchRows($('#topo-links', root), shown.links, (l) => l.link,
-      (l) => html`<tr data-label="${l.link}"><td><code>${l.link}</code></td><td>${l.id ? html`<code>${l.id}</code>` : html`<span class="muted">–</span>`}</td><td>${l.mode} · ${l.apply}</td>
-        <td data-f="state"></td><td class="n big" data-f="lag_entries"></td><td class="n big" data-f="lag_ms"></td><td class="n big" data-f="throughput"></td>
+    // Keyed by link id (and what the row shows of the definition): an Apply that
+    // replaces a link (a new id), creates or deletes one redraws its row.
+    patchRows($('#topo-links', root), shown.links, (l) => [l.link, l.id || '', l.mode, l.apply].join('\u0001'),
+      (l) => html`<tr data-label="${l.link}" data-id="${l.id || ''}"><td data-col="link"><strong class="link-name">${l.link.replace(' -> ', ' → ')}</strong></td>
+        <td data-f="state" data-label="State"></td><td class="n big" data-f="lag_entries" data-label="Lag entries"></td><td class="n big" data-f="lag_ms" data-label="Lag ms"></td><td class="n big" data-f="throughput" data-label="Throughput /s"></td>
+        <td data-col="mode" data-label="Mode">${l.mode} · ${l.apply}</td><td data-col="id" data-label="Id">${l.id ? html`<code>${l.id}</code>` : html`<span class="muted">–</span>`}</td>
         <td class="actions"><button class="small" data-needs="operate" data-failover-node="${l.to.node}" data-failover-db="${l.to.database}" title="Promote ${l.to.node}/${l.to.database} and re-point the links of ${l.from.node}/${l.from.database}">Fail over to ${l.to.node}/${l.to.database}</button></td></tr>`,
       (l) => {
         const e = entries.get(l.link) || l;

@@ -59,12 +59,21 @@ export function bytes(n) {
   return `${v.toLocaleString('en-US', { maximumFractionDigits: i ? 1 : 0 })} ${units[i]}`;
 }
 
+/** A time (ms since the epoch) as the console writes every date: local, `2026-12-06
+ * 04:46:01.999` (year first, 24 hours, milliseconds), the same on every page. */
+export function when(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return '–';
+  const d = new Date(Math.floor(ms));
+  const p = (n, w = 2) => String(n).padStart(w, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
 export function ago(ms) {
   if (!ms) return '';
   const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
-  return new Date(ms).toLocaleString();
+  return when(ms);
 }
 
 /** A problem+json error as a block. */

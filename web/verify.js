@@ -11,17 +11,26 @@ function differingCount(report) {
   return report.files.reduce((s, f) => s + f.differing.length, 0);
 }
 
+/** "3 block files (2 files, 1 alternate-key table)": a file's alternate keys are block
+ * files of their own (named `file#alt`), so the count says what it is made of. */
+function fileCount(files) {
+  const alt = files.filter((f) => f.file.includes('#')).length;
+  const main = files.length - alt;
+  const what = `${num(files.length)} block file${files.length === 1 ? '' : 's'}`;
+  return alt ? `${what} (${num(main)} file${main === 1 ? '' : 's'}, ${num(alt)} alternate-key table${alt === 1 ? '' : 's'})` : what;
+}
+
 /** One verify report: identical, or a table of the files with differing blocks. */
 function report(r, { actions = false, id = 'verify-report' } = {}) {
   const bad = r.files.filter((f) => f.differing.length);
   const total = r.files.reduce((s, f) => s + f.blocks, 0);
   if (r.identical) {
     return html`<div class="verdict ok-verdict" id="${id}" data-identical="true"><strong class="big ok-text">Identical</strong>
-      <span class="muted">at serial ${num(r.serial)}: ${num(total)} blocks in ${num(r.files.length)} block files${r.took_ms !== undefined ? ` · ${num(r.took_ms)} ms` : ''}</span></div>`;
+      <span class="muted">at serial ${num(r.serial)}: ${num(total)} blocks in ${fileCount(r.files)}${r.took_ms !== undefined ? ` · ${num(r.took_ms)} ms` : ''}</span></div>`;
   }
   return html`<div class="verdict bad-verdict" id="${id}" data-identical="false">
     <p><strong class="big err" data-differing="${r.differing_blocks}">${num(r.differing_blocks)} differing block${r.differing_blocks === 1 ? '' : 's'}</strong>
-      <span class="muted">at serial ${num(r.serial)}, in ${num(bad.length)} of ${num(r.files.length)} block files${r.took_ms !== undefined ? ` · ${num(r.took_ms)} ms` : ''}</span>
+      <span class="muted">at serial ${num(r.serial)}, in ${num(bad.length)} of ${fileCount(r.files)}${r.took_ms !== undefined ? ` · ${num(r.took_ms)} ms` : ''}</span>
       ${actions ? html` <button type="button" class="primary small" data-repair-all="1">Repair all</button>` : ''}</p>
     <div class="scroll"><table class="differing"><thead><tr><th>Block file</th><th class="n">Blocks</th><th>Differing blocks</th>${actions ? html`<th></th>` : ''}</tr></thead><tbody>
       ${bad.map((f) => html`<tr data-file="${f.file}"><td><code>${f.file}</code></td><td class="n">${num(f.blocks)}</td>

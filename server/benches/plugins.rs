@@ -59,7 +59,7 @@ fn compile(rt: &std::sync::Arc<Runtime>, name: &str, role: Role, wasm: &[u8]) ->
 
 /// Compile time on upload (validation + cranelift) of every built-in: best of 3.
 fn compile_times(rt: &std::sync::Arc<Runtime>) {
-    for (name, role, wasm) in builtin::BUILTIN_PLUGINS {
+    for (name, role, _, wasm) in builtin::BUILTIN_PLUGINS {
         let role = Role::parse(role).expect("role");
         let best = (0..3)
             .map(|_| {

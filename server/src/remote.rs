@@ -269,19 +269,29 @@ fn answer(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<Valu
     }
 }
 
-/// What went wrong on the way, without the URL ureq's own message repeats.
+/// What went wrong on the way, in words a person reads (not ureq's kind names), without
+/// the URL ureq's own message repeats: what it means, then the innermost cause
+/// ("Connection refused (os error 111)").
 fn transport_reason(e: &ureq::Transport) -> String {
     use std::error::Error as _;
-    let mut reason = e.kind().to_string();
-    if let Some(message) = e.message() {
-        reason.push_str(": ");
-        reason.push_str(message);
+    let mut cause = e.message().map(str::to_owned);
+    if let Some(mut source) = e.source() {
+        while let Some(inner) = source.source() {
+            source = inner;
+        }
+        cause = Some(source.to_string());
     }
-    if let Some(source) = e.source() {
-        reason.push_str(": ");
-        reason.push_str(&source.to_string());
+    let what = match e.kind() {
+        ureq::ErrorKind::Dns => "its host name does not resolve",
+        ureq::ErrorKind::ConnectionFailed => "nothing accepts connections there",
+        ureq::ErrorKind::Io => "the connection failed or timed out",
+        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => "the URL is not valid",
+        _ => "the call did not get through",
+    };
+    match cause {
+        Some(cause) => format!("{what} ({cause})"),
+        None => what.to_string(),
     }
-    reason
 }
 
 #[cfg(test)]
@@ -368,6 +378,14 @@ mod tests {
             err.to_string().contains(&format!("{base}/v1/health")),
             "{err}"
         );
+        // The URL once, and words, not ureq's kind names.
+        assert_eq!(err.to_string().matches(&base).count(), 1, "{err}");
+        assert!(
+            err.to_string()
+                .contains("nothing accepts connections there"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("Connection Failed"), "{err}");
         assert_eq!(err.status(), None);
     }
 

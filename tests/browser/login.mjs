@@ -46,6 +46,15 @@ flow(async (keep) => {
   await page.click('#results button[data-history]');
   await page.waitForSelector('#history table.log');
   out.history_kinds = await page.$$eval('#history tbody tr td:nth-child(3)', (cs) => cs.map((c) => c.textContent));
+  // Every date the same way: year first, 24 hours, milliseconds.
+  out.history_when = await page.$$eval('#history tbody tr td:nth-child(4)', (cs) => cs.map((c) => c.textContent));
   await shot(page, 'data');
+  // A key that is not there: the refusal, under a heading that names that key (not the
+  // previous query).
+  await page.fill('#key-input', 'o-404');
+  await page.click('#by-key button');
+  await page.waitForSelector('#results .problem');
+  out.missing_note = (await page.textContent('#result-note')).trim();
+  out.missing_code = (await page.textContent('#results .problem code')).trim();
   return out;
 });

@@ -1,6 +1,8 @@
 // The overview updates live: the flow pauses the link and writes to the source through
-// the API, and the page's lag figure rises without a reload; after resume it falls to 0.
-import { env, launch, login, shot, flow, call } from './lib.mjs';
+// the API, and the page's lag figures rise without a reload: entries, and the lag in time
+// (the age of the oldest entry the replica has not applied), which keeps growing while the
+// link stays paused, the same in the API and the metrics; after resume both fall to 0.
+import { env, launch, login, shot, flow, call, request } from './lib.mjs';
 
 flow(async (keep) => {
   const base = env('DOPPEL_BASE');
@@ -27,6 +29,23 @@ flow(async (keep) => {
   }, link);
   out.lag_paused = await lag();
   out.total_lag = await page.textContent('#st-lag');
+  // The lag in time grows while nothing is applied: past 1,000 ms, then further.
+  const lagMs = async () => Number((await page.textContent(`#links tr[data-link="${link}"] [data-f=lag_ms]`)).replace(/,/g, ''));
+  await page.waitForFunction((id) => {
+    const cell = document.querySelector(`#links tr[data-link="${id}"] [data-f=lag_ms]`);
+    return cell && Number(cell.textContent.replace(/,/g, '')) >= 1000;
+  }, link);
+  out.lag_ms_paused = await lagMs();
+  await page.waitForFunction(([id, before]) => {
+    const cell = document.querySelector(`#links tr[data-link="${id}"] [data-f=lag_ms]`);
+    return cell && Number(cell.textContent.replace(/,/g, '')) > before;
+  }, [link, out.lag_ms_paused]);
+  out.lag_ms_later = await lagMs();
+  const api = await call(base, token, 'GET', `/v1/tenants/default/links/${link}`);
+  out.api_lag_ms = api.status.lag_ms;
+  const metrics = await request(base, token, 'GET', '/metrics');
+  const line = metrics.text.split('\n').find((l) => l.startsWith('doppel_link_lag_ms{') && l.includes(link));
+  out.metrics_lag_ms = line ? Number(line.split(' ').pop()) : null;
   await shot(page, 'overview');
 
   await call(base, token, 'POST', `/v1/tenants/default/links/${link}/resume`);
@@ -35,6 +54,8 @@ flow(async (keep) => {
     return row && row.querySelector('[data-f=lag_entries]').textContent === '0' && row.querySelector('.s-streaming');
   }, link);
   out.lag_resumed = await lag();
+  await page.waitForFunction((id) => document.querySelector(`#links tr[data-link="${id}"] [data-f=lag_ms]`).textContent === '0', link);
+  out.lag_ms_resumed = await lagMs();
   out.reloads = navigations - loaded;
 
   // The same page at phone width.

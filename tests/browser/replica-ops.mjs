@@ -20,7 +20,11 @@ flow(async (keep) => {
   await page.waitForSelector('#view[data-view=overview]');
   await page.click('nav a[data-view=ops]');
   await page.waitForSelector(`${row} [data-f=state] .s-following`);
-  const out = { release_visible_before: await page.isVisible(`${row} button[data-replica=release]`) };
+  const out = {
+    release_visible_before: await page.isVisible(`${row} button[data-replica=release]`),
+    // Read as source/db → this node/db, the source's id shortened (its full id in a title).
+    label: (await page.textContent(`${row} .link-name`)).trim(),
+  };
 
   await page.click(`${row} button[data-replica=suspend]`);
   await page.waitForSelector('#ops-result [data-done=suspend]');

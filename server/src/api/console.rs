@@ -40,6 +40,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("ops.js", "text/javascript"),
     asset!("restore.js", "text/javascript"),
     asset!("verify.js", "text/javascript"),
+    asset!("names.js", "text/javascript"),
 ];
 
 const INDEX: &str = include_str!("../../../web/index.html");

@@ -24,8 +24,17 @@ type App = State<Arc<AppState>>;
 /// This node: id, version, replication address; for the node administrator also its
 /// footprint (memory and disk are every tenant's together, so a tenant's token does not
 /// see them: they would tell it how much its neighbours hold).
-pub async fn node(State(app): App, Extension(claims): Extension<Claims>) -> Result<Json<Value>> {
+/// The node's name for people (`doppel serve --name`, or `name` in the config file).
+#[derive(Clone)]
+pub struct NodeName(pub Option<String>);
+
+pub async fn node(
+    State(app): App,
+    Extension(claims): Extension<Claims>,
+    name: Option<Extension<NodeName>>,
+) -> Result<Json<Value>> {
     let mut info = app.replication.node_info();
+    info["name"] = json!(name.and_then(|Extension(NodeName(n))| n));
     if check(&claims, Permission::NodeAdmin, None).is_ok() {
         let node = app.node.clone();
         let f = blocking(move || Ok(node.footprint())).await?;

@@ -138,7 +138,7 @@ pub async fn metrics(
             "doppel_link_lag_ms",
             "gauge",
             "lag_ms",
-            "Age of the oldest unconfirmed transaction, in milliseconds.",
+            "Age of the oldest entry the replica has not confirmed (now minus its commit time), in milliseconds.",
         ),
         (
             "doppel_link_throughput",

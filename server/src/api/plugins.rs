@@ -33,6 +33,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             RegistryError::Conflict(_) => (StatusCode::CONFLICT, "already-exists"),
             RegistryError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
+            RegistryError::Builtin(_) => (StatusCode::CONFLICT, "builtin-plugin"),
             RegistryError::Plugin(p) => return p.clone().into(),
             RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -63,6 +64,8 @@ fn info_json(info: &PluginInfo) -> Value {
         "size": info.size,
         "compile_ms": info.compile_ms,
         "exports": info.role.exports(),
+        "builtin": info.builtin,
+        "description": info.description,
     })
 }
 
@@ -79,8 +82,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
-    let list = app.plugins.list(&tenant)?;
-    Ok(Json(Value::Array(list.iter().map(info_json).collect())))
+    // The built-ins first (every tenant has them), then the tenant's uploads.
+    let list = app
+        .plugins
+        .builtins()
+        .into_iter()
+        .chain(app.plugins.list(&tenant)?);
+    Ok(Json(Value::Array(list.map(|p| info_json(&p)).collect())))
 }
 
 pub async fn show(
@@ -88,12 +96,12 @@ pub async fn show(
     Path((tenant, name, version)): Path<(String, String, String)>,
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
-    let info = app.plugins.get(&tenant, &name, &version)?;
     let plugins = app.plugins.clone();
-    let schema = blocking(move || {
+    // The template first: a built-in's first load sets its compile time.
+    let (info, schema) = blocking(move || {
         let template = plugins.template(&tenant, &name, &version)?;
         // The schema comes from an unconfigured instance: configure may need values.
-        Ok(template.schema()?)
+        Ok((plugins.get(&tenant, &name, &version)?, template.schema()?))
     })
     .await?;
     let mut v = info_json(&info);

@@ -4,7 +4,8 @@
 //! share one signing key (`<data>/demo.toml`), so one admin token works on all three.
 //! Once all answer, it creates a `shop` database on `a` with some orders (first run
 //! only) and applies the topology `demo`: `a/shop → b/shop` (sync) and
-//! `a/shop → c/shop` (async). The children stop when the command stops.
+//! `a/shop → c/shop` (async). Each node is started with its name (`--name a`, `b`, `c`),
+//! which the console shows beside its id. The children stop when the command stops.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -62,8 +63,14 @@ pub fn start_children(data: &Path, config: &Path) -> Result<Children, String> {
     let mut children = Children { nodes: Vec::new() };
     for name in ["b", "c"] {
         let data = data.join(format!("demo-{name}"));
-        let (child, url, lines) = start_node(&data, &["--config".as_ref(), config.as_ref()])
-            .map_err(|e| format!("demo node {name}: {e}"))?;
+        let args: [&OsStr; 4] = [
+            "--config".as_ref(),
+            config.as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+        ];
+        let (child, url, lines) =
+            start_node(&data, &args).map_err(|e| format!("demo node {name}: {e}"))?;
         // Keep reading its stdout so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         children.nodes.push((name.to_string(), child, url));

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// The node's name for people (`GET /v1/node` answers it; the console shows it
+    /// beside the node id), e.g. the name topologies give it.
+    #[arg(long, env = "DOPPEL_NAME")]
+    name: Option<String>,
     /// Also start two more nodes and a small topology between the three, to try the
     /// console on (see `cli::demo`).
     #[arg(long)]
@@ -52,6 +56,8 @@ pub(crate) struct FileConfig {
     listen: Option<SocketAddr>,
     replication_listen: Option<SocketAddr>,
     log_format: Option<String>,
+    /// The node's name for people (`--name` wins).
+    name: Option<String>,
     node: NodeSettings,
     pub(crate) auth: AuthConfig,
     quotas: Limits,
@@ -63,8 +69,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: a log written to a file or a pipe stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -132,6 +141,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         Extras {
             demo,
             exit_with_stdin: args.exit_with_stdin,
+            name: args
+                .name
+                .or(file.name)
+                .or_else(|| args.demo.then(|| "a".to_string())),
         },
     ));
     drop(children);
@@ -144,6 +157,8 @@ struct Extras {
     demo: Option<Vec<(String, String)>>,
     /// Shut down when standard input closes.
     exit_with_stdin: bool,
+    /// The node's name for people.
+    name: Option<String>,
 }
 
 async fn serve(
@@ -158,6 +173,7 @@ async fn serve(
     let Extras {
         demo,
         exit_with_stdin,
+        name,
     } = extras;
     let dir = data.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
@@ -221,7 +237,8 @@ async fn serve(
             }
         });
     }
-    let app = crate::api::router(node.clone(), tenancy, plugins, replication);
+    let app = crate::api::router(node.clone(), tenancy, plugins, replication)
+        .layer(axum::Extension(crate::api::links::NodeName(name)));
     // Open event streams end when the signal arrives, so the graceful shutdown does not
     // wait for them.
     let shutdown = async move {

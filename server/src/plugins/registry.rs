@@ -9,6 +9,12 @@
 //!
 //! In memory, templates (`InstancePre`) are cached by (hash, role). Compilation happens
 //! on upload, or once after a restart on a cache miss; never per batch.
+//!
+//! The built-in plugins (`super::builtin`) are in every tenant's registry without an
+//! upload, as `name@{server version}`: listed, shown, loaded as stages like an upload,
+//! compiled on first use (the artefact cached like an upload's). Their names are
+//! reserved: a tenant cannot upload a plugin of that name, nor delete one, so a stage
+//! `prefix-filter@0.1.0` runs the same code on every node and tenant of a topology.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +36,24 @@ pub struct PluginInfo {
     /// SHA-256 of the wasm bytes, hex.
     pub sha256: String,
     pub size: usize,
-    /// Time the upload's compilation took.
+    /// Time the upload's compilation took (a built-in's: its first compilation; 0
+    /// before it).
     pub compile_ms: u64,
+    /// Carried by the server, in every tenant's registry (not stored, not deletable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub builtin: bool,
+    /// What it does (built-ins: from their crate's description).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// The version every built-in plugin has: the server's own.
+pub const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One built-in plugin: what the registry answers for it, and its bytes.
+struct Builtin {
+    info: PluginInfo,
+    wasm: &'static [u8],
 }
 
 /// Why a registry call failed.
@@ -43,6 +65,9 @@ pub enum RegistryError {
     Conflict(String),
     #[error("{0}")]
     Malformed(String),
+    /// An upload or delete under a built-in plugin's name.
+    #[error("{0}")]
+    Builtin(String),
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("plugin storage: {0}")]
@@ -64,6 +89,9 @@ pub struct Registry {
     blobs: sled::Tree,
     artefacts: sled::Tree,
     templates: Mutex<HashMap<(String, Role), Template>>,
+    builtins: Vec<Builtin>,
+    /// How long each built-in's first load took in this process (compile or artefact).
+    builtin_compile_ms: Mutex<HashMap<String, u64>>,
 }
 
 fn key(tenant: &str, name: &str, version: &str) -> String {
@@ -98,7 +126,35 @@ impl Registry {
             blobs: tree("plugin-blobs")?,
             artefacts: tree("plugin-artefacts")?,
             templates: Mutex::new(HashMap::new()),
+            builtins: super::builtin::BUILTIN_PLUGINS
+                .iter()
+                .filter_map(|(name, role, description, wasm)| {
+                    Some(Builtin {
+                        info: PluginInfo {
+                            name: (*name).to_owned(),
+                            version: BUILTIN_VERSION.to_owned(),
+                            role: Role::parse(role)?,
+                            sha256: hex(&Sha256::digest(wasm)),
+                            size: wasm.len(),
+                            compile_ms: 0,
+                            builtin: true,
+                            description: (*description).to_owned(),
+                        },
+                        wasm,
+                    })
+                })
+                .collect(),
+            builtin_compile_ms: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn builtin(&self, name: &str) -> Option<&Builtin> {
+        self.builtins.iter().find(|b| b.info.name == name)
+    }
+
+    /// The built-in plugins, by name.
+    pub fn builtins(&self) -> Vec<PluginInfo> {
+        self.builtins.iter().map(|b| b.info.clone()).collect()
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -119,6 +175,13 @@ impl Registry {
         crate::node::check_name("plugin", name)
             .map_err(|e| RegistryError::Malformed(e.to_string()))?;
         check_version(version)?;
+        if self.builtin(name).is_some() {
+            return Err(RegistryError::Builtin(format!(
+                "'{name}' is a built-in plugin ({name}@{BUILTIN_VERSION}, in every tenant's registry); \
+                 its name is reserved so that a stage naming it means the same code on every node: \
+                 upload yours under another name"
+            )));
+        }
         let sha256 = hex(&Sha256::digest(wasm));
         let k = key(tenant, name, version);
         if let Some(old) = self.info_at(&k)? {
@@ -149,6 +212,8 @@ impl Registry {
             sha256: sha256.clone(),
             size: wasm.len(),
             compile_ms,
+            builtin: false,
+            description: String::new(),
         };
         let json = serde_json::to_vec(&info).map_err(|e| RegistryError::Storage(e.to_string()))?;
         // Insert only if still absent: two racing uploads of one version cannot both win.
@@ -173,14 +238,27 @@ impl Registry {
         }
     }
 
-    /// One plugin version.
+    /// One plugin version: a built-in, or one of the tenant's.
     pub fn get(&self, tenant: &str, name: &str, version: &str) -> Result<PluginInfo> {
-        self.info_at(&key(tenant, name, version))?.ok_or_else(|| {
-            RegistryError::NotFound(format!("plugin '{name}' version '{version}' not found"))
+        if let Some(b) = self.builtin(name).filter(|b| b.info.version == version) {
+            let mut info = b.info.clone();
+            if let Some(ms) = self.builtin_compile_ms.lock().get(name) {
+                info.compile_ms = *ms;
+            }
+            return Ok(info);
+        }
+        self.info_at(&key(tenant, name, version))?.ok_or_else(|| match self.builtin(name) {
+            Some(b) => RegistryError::NotFound(format!(
+                "plugin '{name}' version '{version}' not found: the built-in '{name}' is version {}",
+                b.info.version
+            )),
+            None => {
+                RegistryError::NotFound(format!("plugin '{name}' version '{version}' not found"))
+            }
         })
     }
 
-    /// A tenant's plugins, by name then version.
+    /// A tenant's own (uploaded) plugins, by name then version; `builtins` has the others.
     pub fn list(&self, tenant: &str) -> Result<Vec<PluginInfo>> {
         let mut out = Vec::new();
         for item in self.plugins.scan_prefix(format!("{tenant}/").as_bytes()) {
@@ -195,12 +273,18 @@ impl Registry {
     /// Deletes a plugin version; its bytes and artefact go when nothing else names them.
     pub fn delete(&self, tenant: &str, name: &str, version: &str) -> Result<PluginInfo> {
         let info = self.get(tenant, name, version)?;
+        if info.builtin {
+            return Err(RegistryError::Builtin(format!(
+                "'{name}@{version}' is a built-in plugin: it comes with the server and cannot be deleted"
+            )));
+        }
         self.plugins.remove(key(tenant, name, version).as_bytes())?;
         let still_used = self.plugins.iter().values().any(|v| {
             v.ok()
                 .and_then(|v| serde_json::from_slice::<PluginInfo>(&v).ok())
                 .is_some_and(|i| i.sha256 == info.sha256)
         });
+        let still_used = still_used || self.builtins.iter().any(|b| b.info.sha256 == info.sha256);
         if !still_used {
             self.blobs.remove(info.sha256.as_bytes())?;
             let mut templates = self.templates.lock();
@@ -222,6 +306,7 @@ impl Registry {
         if let Some(t) = self.templates.lock().get(&cache_key) {
             return Ok(t.clone());
         }
+        let started = Instant::now();
         let plugin = format!("{name}@{version}");
         let artefact_key = format!("{}/{}", info.sha256, info.role);
         let component = match self.artefacts.get(artefact_key.as_bytes())? {
@@ -231,10 +316,19 @@ impl Registry {
         let component = match component {
             Some(c) => c,
             None => {
-                let wasm = self.blobs.get(info.sha256.as_bytes())?.ok_or_else(|| {
-                    RegistryError::Storage(format!("the bytes of plugin '{plugin}' are missing"))
-                })?;
-                let c = self.runtime.compile(&plugin, info.role, &wasm)?;
+                let stored;
+                let wasm: &[u8] = match self.builtin(name).filter(|_| info.builtin) {
+                    Some(b) => b.wasm,
+                    None => {
+                        stored = self.blobs.get(info.sha256.as_bytes())?.ok_or_else(|| {
+                            RegistryError::Storage(format!(
+                                "the bytes of plugin '{plugin}' are missing"
+                            ))
+                        })?;
+                        &stored
+                    }
+                };
+                let c = self.runtime.compile(&plugin, info.role, wasm)?;
                 if let Ok(a) = c.serialize() {
                     self.artefacts.insert(artefact_key.as_bytes(), a)?;
                 }
@@ -242,6 +336,13 @@ impl Registry {
             }
         };
         let template = self.runtime.template(&plugin, info.role, &component)?;
+        if info.builtin {
+            // Checked like an upload (the contract version), once per process.
+            template.check()?;
+            self.builtin_compile_ms
+                .lock()
+                .insert(name.to_owned(), started.elapsed().as_millis() as u64);
+        }
         self.templates.lock().insert(cache_key, template.clone());
         Ok(template)
     }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::links::{self, LinkDef, LinkSpec, LinkStatus, Mode};
 use super::{logical, mutual, sender, Replication, LINK_PREFIX, QUORUM_PREFIX};
 use crate::node::{Error, Result};
-use crate::txn::clock::wall_ms;
+use crate::txn::clock::{wall_ms, wall_us};
 
 /// A link on the source, with its running sender.
 pub struct LinkHandle {
@@ -171,9 +171,16 @@ impl Replication {
         if let Ok(db) = self.node.database(&def.tenant, &def.spec.database) {
             status.source_serial = db.serials().0;
             status.lag_entries = status.source_serial.saturating_sub(status.acked_serial);
-            if status.lag_entries == 0 {
-                status.lag_ms = 0;
-            }
+            status.lag_ms = if status.lag_entries == 0 {
+                0
+            } else {
+                // The age of the oldest entry the replica has not confirmed, from its commit
+                // time in the log: it grows while the link is paused, stalled or retrying,
+                // when the sender (which measures only what is in flight) sees nothing.
+                oldest_unconfirmed_us(&db, status.acked_serial + 1).map_or(status.lag_ms, |ts| {
+                    status.lag_ms.max(wall_us().saturating_sub(ts) / 1000)
+                })
+            };
         }
         json!({
             "id": def.id,
@@ -304,4 +311,13 @@ impl Replication {
         status.quarantined = status.quarantined.saturating_sub(1);
         Ok(())
     }
+}
+
+/// The commit time of update `serial` of a link's source, from its A log (every link
+/// ships from it), if the log still holds it.
+fn oldest_unconfirmed_us(db: &crate::node::database::Database, serial: u64) -> Option<u64> {
+    db.log_store()
+        .timestamp_of(db.def.uid, crate::log::LogKind::A, serial)
+        .ok()
+        .flatten()
 }
