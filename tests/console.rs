@@ -701,6 +701,9 @@ fn names_replace_ids_and_the_console_fits_a_phone() {
         let v = usage[k].as_str().unwrap();
         assert!(v.ends_with('B') && !v.starts_with("0 "), "{k}: {out}");
     }
+    // CPU as a share of a core, and the log's backlog in bytes (0 B once flushed).
+    assert!(usage["cpu"].as_str().unwrap().ends_with('%'), "{out}");
+    assert!(usage["backlog"].as_str().unwrap().ends_with('B'), "{out}");
     assert!(
         out["detail_title"]
             .as_str()

@@ -43,9 +43,11 @@ export default function overview(root, session) {
     if (!usage) return;
     const u = usage;
     set(box, html`<dl class="usage">
-      <div><dt>Writes</dt><dd><strong class="big" id="usage-ops">${rate === null ? '–' : num(rate)}</strong> updates/s <span class="muted">${u.operations.per_sec ? html`quota ${num(u.operations.per_sec)} operations/s` : 'no operation quota'}</span></dd></div>
+      <div><dt>Writes</dt><dd><strong class="big" id="usage-ops">${rate === null ? '–' : num(rate)}</strong> updates/s <span class="muted">${u.operations.per_sec ? html`quota ${num(u.operations.per_sec)} operations/s` : 'no operation quota'}; ${num(u.operations.last_second)} client operations in the last second</span></dd></div>
       <div><dt>Memory</dt><dd><strong class="big" id="usage-memory">${bytes(u.memory_bytes.used)}</strong> ${limit(u.memory_bytes.limit, bytes)}</dd></div>
-      <div><dt>Disk</dt><dd><strong class="big" id="usage-disk">${bytes(u.storage_bytes.used)}</strong> ${limit(u.storage_bytes.limit, bytes)}</dd></div>
+      <div><dt>CPU</dt><dd><strong class="big" id="usage-cpu">${(u.cpu_ms.last_second / 10).toFixed(1)}%</strong> of a core <span class="muted">writes and replica applies, last second</span></dd></div>
+      <div><dt>Disk</dt><dd><strong class="big" id="usage-disk">${bytes(u.disk_bytes)}</strong> on disk <span class="muted">${bytes(u.storage_bytes.used)} of log and snapshots ${limit(u.storage_bytes.limit, bytes)}</span></dd></div>
+      <div><dt>Log backlog</dt><dd><strong class="big" id="usage-backlog">${bytes(u.log_backlog_bytes)}</strong> <span class="muted">logged, not yet on disk</span></dd></div>
       <div><dt>Plugins</dt><dd><strong class="big">${num(u.plugins.used)}</strong> uploaded ${limit(u.plugins.limit, num)}</dd></div>
       <div><dt>Requests</dt><dd>${u.requests.per_sec ? html`<strong class="big">${num(u.requests.available)}</strong> available of ${num(u.requests.per_sec)}/s` : html`<span class="muted">no request quota</span>`}</dd></div>
       <div><dt>Writers waiting</dt><dd><strong class="big">${num(u.concurrent_writes.waiting)}</strong> ${limit(u.concurrent_writes.limit, num)}</dd></div></dl>`);
@@ -59,7 +61,7 @@ export default function overview(root, session) {
     }
   }
   loadUsage();
-  const usageTimer = setInterval(loadUsage, 5000);
+  const usageTimer = setInterval(loadUsage, 2000);
 
   let node = null;
   api('GET', '/v1/node').then((n) => { node = n; draw(live.latest); }).catch((err) => set($('#nodes', root), problem(err)));

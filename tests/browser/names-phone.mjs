@@ -31,6 +31,8 @@ flow(async (keep) => {
     ops: (await page.textContent('#usage-ops')).trim(),
     memory: (await page.textContent('#usage-memory')).trim(),
     disk: (await page.textContent('#usage-disk')).trim(),
+    cpu: (await page.textContent('#usage-cpu')).trim(),
+    backlog: (await page.textContent('#usage-backlog')).trim(),
   };
   await page.evaluate(() => document.querySelector('#nodes').scrollIntoView());
   await shot(page, 'overview-names');
