@@ -460,11 +460,21 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
     let (rss, blocks) = (field("rss_bytes"), field("blocks_bytes"));
     assert!(rss > blocks && blocks > 500 * 100, "{info}");
     assert!(field("data_dir_bytes") > 0, "{info}");
+    // The parts of the memory the node can name: indexes beside the blocks, and the
+    // most sled's caches may hold (the node's instance and the database's log).
+    assert!(
+        field("index_bytes") > 0 && field("index_bytes") < blocks,
+        "{info}"
+    );
+    assert_eq!(field("sled_cache_limit_bytes"), 2 * (16 << 20), "{info}");
+    assert!(info["log_backlog_bytes"].is_u64(), "{info}");
     let metrics = node.get("/metrics");
     for name in [
         "doppel_node_rss_bytes",
         "doppel_node_data_dir_bytes",
         "doppel_node_blocks_bytes",
+        "doppel_node_index_bytes",
+        "doppel_node_sled_cache_limit_bytes",
     ] {
         let value: f64 = metrics
             .text
@@ -479,7 +489,7 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
     let tenant = node.with_token(&token(DEFAULT_TENANT, Role::Admin));
     let info = tenant.get("/v1/node").ok().clone();
     assert!(info["id"].is_string(), "{info}");
-    for name in ["rss_bytes", "data_dir_bytes", "blocks_bytes"] {
+    for name in ["rss_bytes", "data_dir_bytes", "blocks_bytes", "index_bytes"] {
         assert!(info.get(name).is_none(), "{info}");
     }
     assert!(!tenant.get("/metrics").text.contains("doppel_node_"));

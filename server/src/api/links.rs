@@ -41,6 +41,9 @@ pub async fn node(
         info["rss_bytes"] = json!(f.rss_bytes);
         info["data_dir_bytes"] = json!(f.data_dir_bytes);
         info["blocks_bytes"] = json!(f.blocks_bytes);
+        info["index_bytes"] = json!(f.index_bytes);
+        info["sled_cache_limit_bytes"] = json!(f.sled_cache_limit_bytes);
+        info["log_backlog_bytes"] = json!(f.log_backlog_bytes);
     }
     Ok(Json(info))
 }

@@ -210,6 +210,21 @@ fn node_metrics(out: &mut String, f: Footprint) {
             "Bytes of blocks in RAM over every database.",
             Some(f.blocks_bytes),
         ),
+        (
+            "doppel_node_index_bytes",
+            "Bytes of the databases' location tables and directories in RAM (estimated).",
+            Some(f.index_bytes),
+        ),
+        (
+            "doppel_node_sled_cache_limit_bytes",
+            "The most sled's page caches may hold (one per database's log, one for the node).",
+            Some(f.sled_cache_limit_bytes),
+        ),
+        (
+            "doppel_node_log_backlog_bytes",
+            "Bytes logged and not yet flushed to disk, over every database.",
+            Some(f.log_backlog_bytes),
+        ),
     ];
     for (name, help, value) in gauges {
         let mut family = family(out, name, "gauge", help);

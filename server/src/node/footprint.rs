@@ -1,7 +1,9 @@
 //! What the node costs the machine (issue 24: a node many tenants share): its resident
-//! memory, the bytes under its data directory and the bytes of its databases' blocks,
-//! for `GET /v1/node` and `/metrics`. The three side by side show how much of the RSS
-//! is data and how much is overhead (sled's cache, allocator slack, indexes).
+//! memory, the bytes under its data directory, and the parts of the memory it can name
+//! (its databases' blocks and indexes, the most sled's caches may hold, the logs'
+//! unflushed bytes), for `GET /v1/node` and `/metrics`. Side by side they show how much
+//! of the RSS is data and how much is overhead the node cannot name (allocator slack,
+//! sled's own structures).
 
 use std::path::Path;
 
@@ -16,23 +18,27 @@ pub struct Footprint {
     pub data_dir_bytes: u64,
     /// Bytes of blocks in RAM over every tenant's databases.
     pub blocks_bytes: u64,
+    /// Bytes of their location tables and directories (estimated from their sizes).
+    pub index_bytes: u64,
+    /// The most sled's page caches may hold: one per database's log and the node's.
+    pub sled_cache_limit_bytes: u64,
+    /// Bytes logged and not yet flushed, over every database.
+    pub log_backlog_bytes: u64,
 }
 
 impl Node {
     /// Measure the footprint. Walks the data directory, so blocking and not free:
     /// meant for an operator's or a scraper's occasional look.
     pub fn footprint(&self) -> Footprint {
-        let blocks_bytes = self
-            .tenants
-            .read()
-            .values()
-            .flat_map(|t| t.databases.values())
-            .map(|db| db.memory_bytes())
-            .sum();
+        let databases = self.all_databases();
         Footprint {
             rss_bytes: rss_bytes(),
             data_dir_bytes: dir_bytes(&self.data_dir),
-            blocks_bytes,
+            blocks_bytes: databases.iter().map(|db| db.memory_bytes()).sum(),
+            index_bytes: databases.iter().map(|db| db.index_bytes()).sum(),
+            sled_cache_limit_bytes: (databases.len() as u64 + 1)
+                .saturating_mul(self.settings.sled_cache_bytes),
+            log_backlog_bytes: databases.iter().map(|db| db.log_backlog()).sum(),
         }
     }
 }

@@ -450,7 +450,7 @@ impl Node {
         }
     }
 
-    fn all_databases(&self) -> Vec<Arc<Database>> {
+    pub(crate) fn all_databases(&self) -> Vec<Arc<Database>> {
         self.tenants
             .read()
             .values()

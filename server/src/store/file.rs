@@ -106,6 +106,23 @@ impl BlockFile {
     }
 
     /// Number of blocks allocated (in use).
+    /// Bytes of RAM the file's indexes take besides its blocks, estimated from their
+    /// sizes: the location table's slots, and the directory's bounds with their node
+    /// overhead (a key over 16 bytes is on the heap too).
+    pub fn index_bytes(&self) -> u64 {
+        let slot = std::mem::size_of::<Option<Block>>();
+        let bound = std::mem::size_of::<Bound_>() + std::mem::size_of::<u32>() + 16;
+        let spilled: usize = self
+            .directory
+            .keys()
+            .map(|b| if b.key.spilled() { b.key.len() } else { 0 })
+            .sum();
+        (self.table.capacity() * slot
+            + self.directory.len() * bound
+            + spilled
+            + self.free.len() * 8) as u64
+    }
+
     pub fn allocated_blocks(&self) -> usize {
         self.table.len() - self.free.len()
     }

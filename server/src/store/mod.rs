@@ -210,6 +210,12 @@ impl Store {
             * self.block_size as u64
     }
 
+    /// Bytes of RAM the files' indexes take besides the blocks
+    /// ([`BlockFile::index_bytes`]).
+    pub fn index_bytes(&self) -> u64 {
+        self.files.iter().map(BlockFile::index_bytes).sum()
+    }
+
     /// The block files, indexed by [`FileId`].
     pub fn files(&self) -> &[BlockFile] {
         &self.files

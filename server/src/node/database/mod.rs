@@ -770,6 +770,12 @@ impl Database {
         self.state.read().store.memory_bytes()
     }
 
+    /// Bytes of RAM its location tables and directories take besides the blocks (walks
+    /// the directories: for an occasional look).
+    pub fn index_bytes(&self) -> u64 {
+        self.state.read().store.index_bytes()
+    }
+
     /// Bytes of log and snapshots this database keeps in sled (counted once when the
     /// database opens, then kept up to date by every write and prune).
     pub fn stored_bytes(&self) -> Result<u64> {
