@@ -10,6 +10,7 @@
 //! and `cli`, `topology` and `transport` use it. `docs/ARCHITECTURE.md` draws the same map
 //! with what each module owns.
 
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod log;
@@ -23,7 +24,6 @@ pub mod topology;
 pub mod transport;
 pub mod txn;
 
-/// mimalloc: the write path allocates per record (JSON parsing, record encoding, log
-/// chunks) from several threads, where glibc malloc spent a quarter of the CPU.
+/// mimalloc for small blocks, the system allocator for large ones ([`alloc`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::SplitAlloc = alloc::SplitAlloc;
