@@ -1,6 +1,6 @@
 //! What one database uses while it works, counted as it goes: the CPU time its writes
 //! and replica applies take on the thread that runs them, and the client operations it
-//! writes. Totals only grow (a scraper takes rates from them); [`Meter`] also gives the
+//! writes; and running a big write at a lower CPU priority ([`at_low_priority`]). Totals only grow (a scraper takes rates from them); [`Meter`] also gives the
 //! rate of the last whole second, for a person reading `GET …/usage` or the console.
 //! A tenant's figures are the sums over its databases (`api::routes::usage`, metrics).
 
@@ -24,6 +24,34 @@ pub fn thread_cpu_ns() -> u64 {
     (now.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(now.tv_nsec as u64)
+}
+
+/// Run `work` at a lower CPU priority on this thread (nice +10), then restore it: the
+/// kernel then serves a neighbour's small request first. Only where the process may
+/// raise a thread's priority back (checked once); elsewhere `work` runs as it is.
+pub fn at_low_priority<T>(work: impl FnOnce() -> T) -> T {
+    static CAN_RESTORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let can = *CAN_RESTORE.get_or_init(|| {
+        std::thread::spawn(|| set_nice(10) && set_nice(0))
+            .join()
+            .unwrap_or(false)
+    });
+    let lowered = can && set_nice(10);
+    let out = work();
+    if lowered {
+        set_nice(0);
+    }
+    out
+}
+
+/// Set this thread's nice value; whether it took.
+fn set_nice(nice: i32) -> bool {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only
+    // changes this thread's scheduling priority.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0
+    }
 }
 
 /// A database's usage counters.
@@ -123,6 +151,25 @@ mod tests {
         m.add_at(1, 110);
         assert_eq!(m.last_second_at(110), 0, "the gap is not carried");
         assert_eq!(m.total(), 16);
+    }
+
+    fn nice() -> i32 {
+        // SAFETY: reads this thread's priority.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn low_priority_work_runs_at_nice_10_and_the_thread_gets_its_priority_back() {
+        std::thread::spawn(|| {
+            let before = nice();
+            let inside = at_low_priority(nice);
+            assert_eq!(nice(), before, "the thread's priority is restored");
+            // Where the process may raise a priority again (root, or RLIMIT_NICE), the
+            // work ran lowered; elsewhere it ran as it was.
+            assert!(inside == 10 || inside == before, "{inside}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

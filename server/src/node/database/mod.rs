@@ -478,9 +478,10 @@ impl Database {
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
             let outcome = if ops.len() >= BIG_BATCH && multi_thread {
                 // Milliseconds of CPU: off the async worker, which another thread takes
-                // over meanwhile, so a neighbour's small request is served at once
-                // instead of waiting for this batch to end (issue 24, fair shares).
-                tokio::task::block_in_place(write)
+                // over meanwhile, and at a lower priority, so the kernel serves a
+                // neighbour's small request first instead of after this batch (issue
+                // 24, fair shares).
+                tokio::task::block_in_place(|| super::usage::at_low_priority(write))
             } else {
                 write()
             };
