@@ -102,21 +102,24 @@ def round_(binary, records, keys, config, token):
                     "data": {"n": i, "pad": "x" * 100}}
                    for i in range(start, min(records, start + 5000))]
             ok(call(token, "POST", api(a, "/databases/shop/transactions"), {"ops": ops}))
+        def caught_up():
+            links = ok(call(token, "GET", api(a, "/links")))
+            return len(links) == 2 and all(
+                l["status"]["state"] == "streaming"
+                and l["status"]["acked_serial"] == l["status"]["source_serial"] for l in links)
+
         doc = {"name": "ha",
                "nodes": {n: {"url": x.url} for n, x in zip("abc", nodes)},
                "links": [{"from": {"node": "a", "database": "shop"},
                           "to": {"node": t, "database": "shop"}, "mode": "sync"}
                          for t in "bc"]}
         ok(call(token, "POST", api(c, "/topologies"), doc))
+        # The replicas are bootstrapped first (the links come after the load).
+        wait(lambda: caught_up(), "both links to bootstrap")
         for i in range(keys * 20):
             ok(call(token, "PUT", api(a, f"/databases/shop/files/orders/records/k-{i % keys}"),
                     {"data": {"n": i}}))
 
-        def caught_up():
-            links = ok(call(token, "GET", api(a, "/links")))
-            return len(links) == 2 and all(
-                l["status"]["state"] == "streaming"
-                and l["status"]["acked_serial"] == l["status"]["source_serial"] for l in links)
         wait(caught_up, "both links to catch up")
         a.kill9()
 
@@ -136,9 +139,16 @@ def round_(binary, records, keys, config, token):
         first_ms = (time.monotonic() - started) * 1000
         t.join()
         failover = ok(answer["r"])
-        links = ok(call(token, "GET", api(b, "/links")))
-        to_c = next(l for l in links if l["target"]["url"] == c.url)
-        s = to_c["status"]
+        def to_c():
+            links = ok(call(token, "GET", api(b, "/links")))
+            return next((l for l in links if l["target"]["url"] == c.url), None)
+
+        def c_caught_up():
+            link = to_c()
+            return link is not None and link["status"]["state"] == "streaming" \
+                and link["status"]["acked_serial"] == link["status"]["source_serial"]
+        wait(c_caught_up, "b -> c to catch up")
+        s = to_c()["status"]
         return {"first_write_ms": round(first_ms, 1),
                 "failover_call_ms": failover.get("failover", {}).get("took_ms"),
                 "tries": tries,

@@ -308,6 +308,10 @@ pub struct PromoteBody {
     /// failover passes its topology's).
     #[serde(default)]
     quorum: Option<QuorumBody>,
+    /// The synchronous links it will have (a failover passes its topology's): commits
+    /// wait for them even before they exist. `quorum.sync_links` says the same.
+    #[serde(default)]
+    sync_links: usize,
 }
 
 /// (target side) Promote a replica database to a primary.
@@ -320,9 +324,14 @@ pub async fn promote(
     if let Some(q) = &body.quorum {
         q.check()?;
     }
-    let quorum = body.quorum.map(|q| (q.k, q.timeout_ms, q.sync_links));
+    let sync_links = body
+        .quorum
+        .as_ref()
+        .map_or(body.sync_links, |q| q.sync_links.max(body.sync_links));
+    let quorum = body.quorum.map(|q| (q.k, q.timeout_ms));
     Ok(Json(
-        app.replication.promote(&tenant, &db, body.force, quorum)?,
+        app.replication
+            .promote(&tenant, &db, body.force, quorum, sync_links)?,
     ))
 }
 

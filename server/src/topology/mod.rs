@@ -1159,7 +1159,10 @@ impl Topologies {
             node.url.trim_end_matches('/'),
             to.database
         );
-        let body = json!({"force": force, "quorum": quorum});
+        // Without a quorum of its own, the promoted database still waits for its sync
+        // links (k of them as it has it, its own timeout) before it acknowledges a write.
+        let body = json!({"force": force, "quorum": quorum,
+                          "sync_links": next.sync_links_from(&to)});
         let promoted = match remote.call("POST", &url, Some(&body)) {
             Ok(body) => body,
             Err(e) => {

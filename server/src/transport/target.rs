@@ -293,15 +293,16 @@ impl Replication {
     /// Promote a replica database to a primary (SPEC G4): it stops following its link
     /// and takes client writes, with its blocks as they are (a mirror keeps the source's
     /// layout). Refused when its source had announced updates it has not applied,
-    /// unless `force` (those updates are then lost to it). `quorum` (k, timeout in ms,
-    /// the synchronous links it will have) is in force before the first write is taken:
-    /// commits wait for those links even before they exist.
+    /// unless `force` (those updates are then lost to it). `quorum` (k, timeout in ms)
+    /// and `sync_links` (the synchronous links it will have) are in force before the
+    /// first write is taken: commits wait for those links even before they exist.
     pub fn promote(
         &self,
         tenant: &str,
         database: &str,
         force: bool,
-        quorum: Option<(usize, u64, usize)>,
+        quorum: Option<(usize, u64)>,
+        sync_links: usize,
     ) -> Result<Value> {
         let started = std::time::Instant::now();
         let db = self.node.database(tenant, database)?;
@@ -335,11 +336,11 @@ impl Replication {
         self.target.announced.lock().remove(&link);
         // From its next serial on, its log is a history of its own.
         let epoch = self.open_epoch(&db)?;
-        if let Some((k, timeout_ms, sync_links)) = quorum {
+        if let Some((k, timeout_ms)) = quorum {
             db.quorum.configure(k, timeout_ms);
-            db.quorum.expect_links(sync_links);
             self.save_quorum(tenant, database, k, timeout_ms)?;
         }
+        db.quorum.expect_links(sync_links);
         db.set_replica_of(None);
         // Its own links (a chain) start again, telling their replicas the new history.
         self.restart_links_of(tenant, database);
