@@ -616,6 +616,16 @@ fn the_quorum_travels_with_the_topology_and_no_write_is_acknowledged_before_it_i
         shown["failover"]["promoted"],
         json!({"node": "b", "database": "shop"})
     );
+    assert_eq!(quorum_of(&b)["expected_links"], 2);
+    // A document that takes b's sync links away takes their wait away too.
+    let mut doc = shown["document"].clone();
+    doc["quorum"] = json!([]);
+    for l in doc["links"].as_array_mut().unwrap() {
+        l["mode"] = json!("async");
+    }
+    c.post(&topologies(), &doc).ok();
+    assert_eq!(quorum_of(&b)["expected_links"], 0);
+    new_primary.put("orders", "alone", json!({}), json!(1)).ok();
 }
 
 #[test]

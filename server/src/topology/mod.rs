@@ -815,6 +815,12 @@ impl Topologies {
         }
         let remote = caller(authorization);
         let before = self.load(tenant, &doc.name)?;
+        // The primaries the stored document gave sync links to: their floor of expected
+        // links follows what this document gives them.
+        let old_primaries = before
+            .as_ref()
+            .map(|b| sync_sources(&b.doc))
+            .unwrap_or_default();
         // Links to delete may be on nodes the new document no longer names.
         let mut urls: BTreeMap<String, String> = BTreeMap::new();
         for nodes in before.iter().map(|b| &b.doc.nodes).chain([&doc.nodes]) {
@@ -958,6 +964,12 @@ impl Topologies {
                     detail: format!("quorum of {}/{}: {}", q.node, q.database, e.detail()),
                     done,
                 });
+            }
+        }
+        let covered: BTreeSet<Endpoint> = doc.quorum.iter().map(|q| q.endpoint()).collect();
+        for e in old_primaries.union(&sync_sources(&doc)) {
+            if !covered.contains(e) {
+                follow_sync_links(&remote, &urls, tenant, e, doc.sync_links_from(e));
             }
         }
         Ok(json!({"name": doc.name, "plan": plan_json, "applied_ms": stored.applied_ms}))
@@ -1228,8 +1240,48 @@ impl Topologies {
             }
             done.push(step.clone());
         }
+        let urls: BTreeMap<String, String> = stored
+            .doc
+            .nodes
+            .iter()
+            .map(|(n, r)| (n.clone(), r.url.trim_end_matches('/').to_string()))
+            .collect();
+        for e in sync_sources(&stored.doc) {
+            follow_sync_links(&remote, &urls, tenant, &e, 0);
+        }
         self.node.remove_config_value(&Self::key(tenant, name))?;
         Ok(())
+    }
+}
+
+/// The databases of `doc` that are the source of a synchronous link.
+fn sync_sources(doc: &Topology) -> BTreeSet<Endpoint> {
+    doc.links
+        .iter()
+        .filter(|l| l.options.mode == Mode::Sync)
+        .map(|l| l.from.clone())
+        .collect()
+}
+
+/// Keep primary `e`'s `k` and timeout and set the sync links it waits for to `n` (a
+/// database the topology no longer gives sync links must not wait for them). A node
+/// that does not answer (an old primary that is down) is left as it is.
+fn follow_sync_links(
+    remote: &Client,
+    urls: &BTreeMap<String, String>,
+    tenant: &str,
+    e: &Endpoint,
+    n: usize,
+) {
+    let Some(base) = urls.get(&e.node) else {
+        return;
+    };
+    let url = format!("{base}/v1/tenants/{tenant}/databases/{}/quorum", e.database);
+    if let Ok(q) = remote.call("GET", &url, None) {
+        if q["expected_links"].as_u64() != Some(n as u64) {
+            let body = json!({"k": q["k"], "timeout_ms": q["timeout_ms"], "sync_links": n});
+            let _ = remote.call("PUT", &url, Some(&body));
+        }
     }
 }
 
