@@ -579,6 +579,10 @@ fn a_two_node_link_built_in_the_topology_view_streams() {
             .starts_with("link b/shop -> a/shop"),
         "{out}"
     );
+    // The page shows the failover record: the promotion's serial, and the old primary
+    // as a follower (its log a prefix of b's: nothing to discard).
+    assert_eq!(out["record_serial"], last.to_string(), "{out}");
+    assert_eq!(out["record_discarded"], "0", "{out}");
     let shown = a.get(&format!("{}/pair", topologies())).ok().clone();
     assert_eq!(
         shown["document"]["links"][0]["from"]["node"], "b",

@@ -313,6 +313,7 @@ fn unknown_or_badly_authenticated_peers_are_refused() {
             tenant: DEFAULT_TENANT.into(),
             database: "shop".into(),
             stream: 1,
+            history: Vec::new(),
         }));
         sock.write_all(&w.finish()).unwrap();
         let mut len = [0u8; 4];

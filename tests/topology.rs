@@ -402,6 +402,313 @@ fn failover_keeps_every_acknowledged_sync_write_re_points_the_replicas_and_the_o
     );
 }
 
+/// The link on `source` whose target is `target`'s node (its id and live status).
+fn link_to(source: &Node, target: &Node) -> Value {
+    links_of(source)
+        .into_iter()
+        .find(|l| l["target"]["url"] == target.base())
+        .unwrap_or_else(|| panic!("no link to {}: {:?}", target.base(), links_of(source)))
+}
+
+/// Waits until the link from `source` to `target` is streaming and its replica has
+/// confirmed everything the source holds; returns its status.
+fn wait_caught_up(source: &Node, target: &Node) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(deadline_in(CATCH_UP), || {
+        last = link_to(source, target);
+        let s = &last["status"];
+        s["state"] == "streaming" && s["acked_serial"] == s["source_serial"]
+    });
+    assert!(ok, "the link never caught up: {last}");
+    last["status"].clone()
+}
+
+#[test]
+fn a_failover_continues_the_current_replica_and_the_returning_old_primary_by_serial_without_a_snapshot(
+) {
+    let mut a = Node::start_sticky();
+    let (b, c) = (Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let sync = |to: &str| {
+        json!({"from": {"node": "a", "database": "shop"}, "to": {"node": to, "database": "shop"},
+               "mode": "sync"})
+    };
+    let doc = json!({"name": "ha", "nodes": nodes, "links": [sync("b"), sync("c")]});
+    c.post(&topologies(), &doc).ok();
+    for i in 0..300 {
+        primary
+            .put(
+                "orders",
+                &format!("o-{i:04}"),
+                json!({"customer": "ann"}),
+                json!({"n": i}),
+            )
+            .ok();
+    }
+    // Both replicas hold the whole log: c is current, not ahead of b.
+    wait_caught_up(&a, &b);
+    let before = wait_caught_up(&a, &c);
+    let c_serial = before["acked_serial"].as_u64().unwrap();
+    assert!(c_serial >= 300, "{before}");
+    a.kill9();
+
+    let out = c
+        .post(
+            &format!("{}/ha/failover", topologies()),
+            &json!({"node": "b", "database": "shop"}),
+        )
+        .ok()
+        .clone();
+    assert!(out["promoted"]["epoch"].as_u64().is_some(), "{out}");
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    new_primary
+        .put("orders", "after", json!({}), json!({"n": -1}))
+        .ok();
+    // c keeps its store: the new primary's link continues it from its own serial.
+    let status = wait_caught_up(&b, &c);
+    assert_eq!(
+        status["bootstraps"], 0,
+        "c was rebuilt from a snapshot: {status}"
+    );
+    assert_eq!(status["resumed_by_serial"], 1, "{status}");
+    assert_eq!(status["started_at"], c_serial, "{status}");
+    assert_eq!(status["discarded_entries"], 0, "{status}");
+    let other = c.db(DEFAULT_TENANT, "shop");
+    wait_identical(&new_primary, &other, CATCH_UP);
+    assert_eq!(other.data("orders", "after"), Some(json!({"n": -1})));
+
+    // The old primary comes back: its log is a prefix of the new primary's as well.
+    a.restart();
+    new_primary
+        .put("orders", "later", json!({}), json!({"n": -2}))
+        .ok();
+    let status = wait_caught_up(&b, &a);
+    assert_eq!(
+        status["bootstraps"], 0,
+        "a was rebuilt from a snapshot: {status}"
+    );
+    assert_eq!(status["resumed_by_serial"], 1, "{status}");
+    assert_eq!(status["started_at"], c_serial, "{status}");
+    wait_identical(&new_primary, &a.db(DEFAULT_TENANT, "shop"), CATCH_UP);
+}
+
+#[test]
+fn the_quorum_travels_with_the_topology_and_no_write_is_acknowledged_before_it_is_in_place() {
+    let mut a = Node::start_sticky();
+    let (b, c, d) = (Node::start(), Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+    let sync = |to: &str| {
+        json!({"from": {"node": "a", "database": "shop"}, "to": {"node": to, "database": "shop"},
+               "mode": "sync"})
+    };
+    let quorum = |node: &str, k: u64| json!([{"node": node, "database": "shop", "k": k, "timeout_ms": 7000}]);
+    let doc = json!({"name": "ha", "nodes": nodes, "links": [sync("b"), sync("c"), sync("d")]});
+    // A quorum is checked against the document: more than the primary's sync links, a
+    // node it does not declare.
+    let mut wrong = doc.clone();
+    wrong["quorum"] = quorum("a", 4);
+    let refused = c
+        .post(&topologies(), &wrong)
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    assert_eq!(refused["errors"][0]["path"], "quorum[0].k", "{refused}");
+    wrong["quorum"] = json!([{"node": "z", "database": "shop", "k": 1}]);
+    let refused = c
+        .post(&topologies(), &wrong)
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    assert_eq!(refused["errors"][0]["path"], "quorum[0].node", "{refused}");
+
+    let mut doc = doc;
+    doc["quorum"] = quorum("a", 2);
+    c.post(&topologies(), &doc).ok();
+    let quorum_of = |node: &Node| {
+        node.get(&format!(
+            "/v1/tenants/{DEFAULT_TENANT}/databases/shop/quorum"
+        ))
+        .ok()
+        .clone()
+    };
+    let q = quorum_of(&a);
+    assert_eq!(
+        (q["k"].as_u64(), q["timeout_ms"].as_u64()),
+        (Some(2), Some(7000)),
+        "{q}"
+    );
+    for i in 0..50 {
+        primary
+            .put("orders", &format!("o-{i:04}"), json!({}), json!({"n": i}))
+            .ok();
+    }
+    for to in [&b, &c, &d] {
+        wait_caught_up(&a, to);
+    }
+    a.kill9();
+
+    // Writers aim at b throughout: refused while it is a replica, then each write it
+    // acknowledges must already be on both remaining sync replicas (k = 2 of 2).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (b, c, d) = (
+                b.db(DEFAULT_TENANT, "shop"),
+                c.db(DEFAULT_TENANT, "shop"),
+                d.db(DEFAULT_TENANT, "shop"),
+            );
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut acked, mut missing) = (0, Vec::new());
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let key = format!("w{w}-{i:05}");
+                    i += 1;
+                    if b.put("orders", &key, json!({}), json!({"n": i})).status != 200 {
+                        continue;
+                    }
+                    acked += 1;
+                    for replica in [&c, &d] {
+                        if replica.data("orders", &key) != Some(json!({"n": i})) {
+                            missing.push(key.clone());
+                        }
+                    }
+                }
+                (acked, missing)
+            })
+        })
+        .collect();
+    let out = c
+        .post(
+            &format!("{}/ha/failover", topologies()),
+            &json!({"node": "b", "database": "shop"}),
+        )
+        .ok()
+        .clone();
+    // The promoted database took the quorum before its first write.
+    assert_eq!(out["promoted"]["quorum"]["k"], 2, "{out}");
+    assert_eq!(out["promoted"]["quorum"]["timeout_ms"], 7000, "{out}");
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    let enough = wait_until(deadline_in(CATCH_UP), || {
+        new_primary.record_count("orders") >= 50 + 300
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut acked, mut missing) = (0, Vec::new());
+    for w in writers {
+        let (n, m) = w.join().unwrap();
+        acked += n;
+        missing.extend(m);
+    }
+    assert!(enough && acked >= 300, "only {acked} writes acknowledged");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not on the sync replicas: {missing:?}"
+    );
+    let q = quorum_of(&b);
+    assert_eq!(
+        (q["k"].as_u64(), q["timeout_ms"].as_u64()),
+        (Some(2), Some(7000)),
+        "{q}"
+    );
+    let shown = c.get(&format!("{}/ha", topologies())).ok().clone();
+    assert_eq!(shown["document"]["quorum"], quorum("b", 2), "{shown}");
+    assert_eq!(
+        shown["failover"]["promoted"],
+        json!({"node": "b", "database": "shop"})
+    );
+    assert_eq!(quorum_of(&b)["expected_links"], 2);
+    // A document that takes b's sync links away takes their wait away too.
+    let mut doc = shown["document"].clone();
+    doc["quorum"] = json!([]);
+    for l in doc["links"].as_array_mut().unwrap() {
+        l["mode"] = json!("async");
+    }
+    c.post(&topologies(), &doc).ok();
+    assert_eq!(quorum_of(&b)["expected_links"], 0);
+    new_primary.put("orders", "alone", json!({}), json!(1)).ok();
+}
+
+#[test]
+fn a_follower_and_the_old_primary_drop_only_the_tail_the_new_primary_never_had() {
+    let mut a = Node::start_sticky();
+    let (b, c) = (Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    // Both async: c may get what b does not.
+    let doc = json!({"name": "ha", "nodes": nodes, "links": [
+        link(("a", "shop"), ("b", "shop")),
+        link(("a", "shop"), ("c", "shop")),
+    ]});
+    c.post(&topologies(), &doc).ok();
+    for i in 0..200 {
+        primary
+            .put("orders", &format!("o-{i:04}"), json!({}), json!({"n": i}))
+            .ok();
+    }
+    wait_caught_up(&a, &b);
+    let shared = wait_caught_up(&a, &c)["acked_serial"].as_u64().unwrap();
+    // b stops following; a and c go on: 30 transactions only they hold.
+    let to_b = link_to(&a, &b)["id"].as_str().unwrap().to_string();
+    a.post_empty(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{to_b}/pause"));
+    wait_link_state(&a, &to_b, "paused", CATCH_UP);
+    for i in 0..30 {
+        primary
+            .put(
+                "orders",
+                &format!("lost-{i:02}"),
+                json!({}),
+                json!({"n": i}),
+            )
+            .ok();
+    }
+    let tail = wait_caught_up(&a, &c)["acked_serial"].as_u64().unwrap() - shared;
+    assert!(tail >= 30, "{tail}");
+    a.kill9();
+
+    c.post(
+        &format!("{}/ha/failover", topologies()),
+        &json!({"node": "b", "database": "shop", "force": true}),
+    )
+    .ok();
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    new_primary
+        .put("orders", "after", json!({}), json!({"n": -1}))
+        .ok();
+    // c drops exactly the tail b never had, keeps the rest, and follows b.
+    let status = wait_caught_up(&b, &c);
+    assert_eq!(status["discarded_entries"], tail, "{status}");
+    assert_eq!(status["bootstraps"], 0, "{status}");
+    assert_eq!(status["started_at"], shared, "{status}");
+    let other = c.db(DEFAULT_TENANT, "shop");
+    wait_identical(&new_primary, &other, CATCH_UP);
+    assert_eq!(other.data("orders", "lost-00"), None);
+    assert_eq!(other.data("orders", "o-0199"), Some(json!({"n": 199})));
+
+    // The old primary returns with the same unreplicated tail: it drops it too.
+    a.restart();
+    let status = wait_caught_up(&b, &a);
+    assert_eq!(status["discarded_entries"], tail, "{status}");
+    assert_eq!(status["bootstraps"], 0, "{status}");
+    let old = a.db(DEFAULT_TENANT, "shop");
+    wait_identical(&new_primary, &old, CATCH_UP);
+    assert_eq!(old.data("orders", "lost-29"), None);
+    // The failover record says so, per follower.
+    let shown = c.get(&format!("{}/ha", topologies())).ok().clone();
+    let record = &shown["failover"];
+    assert_eq!(record["serial"], shared, "{shown}");
+    assert!(record["epoch"].as_u64().is_some(), "{shown}");
+    for to in ["a", "c"] {
+        let f = record["followers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["to"]["node"] == to)
+            .unwrap_or_else(|| panic!("no follower {to}: {shown}"));
+        assert_eq!(f["discarded_entries"], tail, "{shown}");
+        assert_eq!(f["bootstraps"], 0, "{shown}");
+    }
+}
+
 #[test]
 fn many_to_one_consolidates_two_sources_under_concurrent_writes_and_faults_kept_apart_by_namespaces(
 ) {

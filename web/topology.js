@@ -70,6 +70,7 @@ export default function topology(root, session) {
         <div class="scroll"><table class="cards"><thead><tr><th>Link</th><th>State</th><th class="n">Lag entries</th><th class="n">Lag ms</th><th class="n">Throughput /s</th><th>Mode</th><th>Id</th><th>Actions</th></tr></thead>
           <tbody id="topo-links"></tbody></table></div>
         <div id="topo-stale"></div>
+        <div id="topo-failover"></div>
         <div class="form-row" data-needs="operate"><label class="check"><input type="checkbox" id="failover-force"> Force a fail over to a replica that has not applied everything its source announced (the difference is lost)</label></div>
         <div id="failover-result" aria-live="polite"></div>
       </div>
@@ -160,6 +161,14 @@ export default function topology(root, session) {
     set($('#topo-stale', root), shown.stale && shown.stale.length
       ? html`<div class="notice" id="stale-links"><strong>Stale links</strong> — left on nodes that did not answer (an old primary that is down); the next Apply deletes them:
         <ul class="plain">${shown.stale.map((s) => html`<li><code>${s.link}</code> on node ${s.node} (link <code>${s.id}</code>)</li>`)}</ul></div>`
+      : '');
+    // The last failover: where the promoted log begins and what each follower did.
+    const f = shown.failover;
+    set($('#topo-failover', root), f
+      ? html`<div class="notice" id="failover-record"><strong>Last failover</strong> — <code>${f.old_primary.node}/${f.old_primary.database}</code> → <code>${f.promoted.node}/${f.promoted.database}</code> at serial <span id="fr-serial">${num(f.serial)}</span>, epoch <code>${String(f.epoch)}</code>, took ${num(f.took_ms)} ms
+        <div class="scroll"><table><thead><tr><th>follower</th><th>state</th><th>continued from serial</th><th>entries discarded</th><th>snapshots</th><th>bytes sent</th></tr></thead>
+        <tbody>${(f.followers || []).map((x) => html`<tr data-follower="${x.to.node}"><td><code>${x.to.node}/${x.to.database}</code></td><td>${x.state ? pill(x.state) : html`<span class="err">${x.error || 'no status'}</span>`}</td>
+          <td>${x.started_at == null ? '–' : num(x.started_at)}</td><td class="fr-discarded">${x.discarded_entries == null ? '–' : num(x.discarded_entries)}</td><td>${x.bootstraps == null ? '–' : num(x.bootstraps)}</td><td>${x.bytes_sent == null ? '–' : num(x.bytes_sent)}</td></tr>`)}</tbody></table></div></div>`
       : '');
   }
 
@@ -532,7 +541,7 @@ export default function topology(root, session) {
   async function failover(node, database) {
     const name = shown.name;
     const force = $('#failover-force', root)?.checked || false;
-    if (!confirm(`Fail over topology ${name} to ${node}/${database}?\n\nIt is promoted to a primary and takes writes; the old primary's other links come from it; the old primary rejoins as an async replica, resynced.${force ? '\n\nForced: updates it has not applied are lost.' : ''}`)) return;
+    if (!confirm(`Fail over topology ${name} to ${node}/${database}?\n\nIt is promoted to a primary and takes writes; the old primary's other links come from it; the old primary rejoins as an async replica; followers keep what they hold of the new primary's history.${force ? '\n\nForced: updates it has not applied are lost.' : ''}`)) return;
     const box = $('#failover-result', root);
     set(box, html`<p class="muted">Failing over to ${node}/${database}…</p>`);
     try {
@@ -541,7 +550,8 @@ export default function topology(root, session) {
       set(box, html`<div class="result" role="status" id="failover-done"><h4>Failed over to <code>${node}/${database}</code></h4>
         <dl class="facts"><dt>Promoted</dt><dd><span class="big" id="fo-serial">serial ${num(p.serial)}</span> <span class="muted">(${p.database}, was following link <code>${p.promoted_from_link}</code>; applied ${num(p.source_serial_applied)} of ${num(p.source_serial_announced)} announced)</span></dd>
           <dt>Took</dt><dd class="big" id="fo-took">${num(p.took_us)} µs</dd>
-          <dt>Old primary</dt><dd>${out.old_primary ? html`<code>${out.old_primary.node}/${out.old_primary.database}</code> rejoins as an async replica of the new primary, resynced from a snapshot` : ''}</dd></dl>
+          <dt>Old primary</dt><dd>${out.old_primary ? html`<code>${out.old_primary.node}/${out.old_primary.database}</code> rejoins as an async replica of the new primary, continued by serial (dropping entries the new primary never had) or from a snapshot when its log does not allow` : ''}</dd>
+          <dt>Epoch</dt><dd><code>${String(p.epoch)}</code>; quorum ${p.quorum ? html`k = ${num(p.quorum.k)}, ${num(p.quorum.timeout_ms)} ms` : 'unchanged'}</dd></dl>
         <h4>New plan</h4>${planTable(out.applied && out.applied.plan)}</div>`);
       toast(`Failed over to ${node}/${database}`);
       await open(name, { keep: true });

@@ -72,5 +72,9 @@ flow(async (keep) => {
   out.failover_plan = await page.$$eval('#failover-done tr[data-action]', (trs) => trs.map((tr) => [tr.dataset.action, tr.querySelector('code').textContent]));
   await page.waitForSelector('#topo-links tr[data-label="b/shop -> a/shop"] [data-f=state] .pill');
   out.after_failover = await page.$$eval('svg.topology-graph g.t-link', (gs) => gs.map((g) => g.getAttribute('aria-label')));
+  // The failover record: where the promoted log begins, and what the old primary did.
+  await page.waitForSelector('#failover-record tr[data-follower="a"]');
+  out.record_serial = (await page.textContent('#fr-serial')).trim();
+  out.record_discarded = (await page.textContent('#failover-record tr[data-follower="a"] .fr-discarded')).trim();
   return out;
 });

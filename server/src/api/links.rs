@@ -144,8 +144,9 @@ fn quorum_json(app: &AppState, tenant: &str, db: &str) -> Result<Value> {
     Ok(json!({
         "k": info.k,
         "sync_links": info.sync_links,
-        "effective_k": info.k.min(info.sync_links),
+        "effective_k": info.k.min(info.sync_links.max(info.expected_links)),
         "timeout_ms": info.timeout_ms,
+        "expected_links": info.expected_links,
     }))
 }
 
@@ -162,6 +163,25 @@ pub struct QuorumBody {
     k: usize,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    /// The synchronous links the database's topology gives it: commits wait for those
+    /// not in place yet (a topology sets it; absent: 0, only the links registered).
+    #[serde(default)]
+    sync_links: usize,
+}
+
+impl QuorumBody {
+    /// The problem with the settings, if any.
+    fn check(&self) -> Result<()> {
+        if self.k == 0 {
+            return Err(ApiError::malformed("k must be at least 1"));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return Err(ApiError::malformed(
+                "timeout_ms must be between 1 and 600000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -173,16 +193,10 @@ pub async fn set_quorum(
     Path((tenant, db)): Path<(String, String)>,
     Body(body): Body<QuorumBody>,
 ) -> Result<Json<Value>> {
-    if body.k == 0 {
-        return Err(ApiError::malformed("k must be at least 1"));
-    }
-    if body.timeout_ms == 0 || body.timeout_ms > 600_000 {
-        return Err(ApiError::malformed(
-            "timeout_ms must be between 1 and 600000",
-        ));
-    }
+    body.check()?;
     let database = app.node.database(&tenant, &db)?;
     database.quorum.configure(body.k, body.timeout_ms);
+    database.quorum.expect_links(body.sync_links);
     app.replication
         .save_quorum(&tenant, &db, body.k, body.timeout_ms)?;
     Ok(Json(quorum_json(&app, &tenant, &db)?))
@@ -302,6 +316,14 @@ pub struct PromoteBody {
     /// Promote even if the source announced updates the replica has not applied.
     #[serde(default)]
     force: bool,
+    /// The quorum the promoted database applies before it takes its first write (a
+    /// failover passes its topology's).
+    #[serde(default)]
+    quorum: Option<QuorumBody>,
+    /// The synchronous links it will have (a failover passes its topology's): commits
+    /// wait for them even before they exist. `quorum.sync_links` says the same.
+    #[serde(default)]
+    sync_links: usize,
 }
 
 /// (target side) Promote a replica database to a primary.
@@ -311,7 +333,18 @@ pub async fn promote(
     Body(body): Body<PromoteBody>,
 ) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
-    Ok(Json(app.replication.promote(&tenant, &db, body.force)?))
+    if let Some(q) = &body.quorum {
+        q.check()?;
+    }
+    let sync_links = body
+        .quorum
+        .as_ref()
+        .map_or(body.sync_links, |q| q.sync_links.max(body.sync_links));
+    let quorum = body.quorum.map(|q| (q.k, q.timeout_ms));
+    Ok(Json(
+        app.replication
+            .promote(&tenant, &db, body.force, quorum, sync_links)?,
+    ))
 }
 
 /// Verify a mirror link: its replica's blocks against the source's, at one serial.

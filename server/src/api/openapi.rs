@@ -70,7 +70,7 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot";
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)";
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file";
-    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force}): it stops following its link and takes writes, keeping its blocks";
+    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks";
     #[cfg(feature = "fault-injection")]
     "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})";
     "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)";
@@ -81,7 +81,7 @@ routes! {
     "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout";
     "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)";
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait";
-    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms)";
+    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)";
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node";
     "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error";
     "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error";

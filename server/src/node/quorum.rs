@@ -6,6 +6,12 @@
 //! transactions go on meanwhile. `k` is capped at the number of registered links that
 //! are not suspended: a detached replica is never waited for (SPEC G6), a replica that
 //! is merely down is, until the commit's deadline.
+//!
+//! A topology also says how many synchronous links the database has (`expected`): until
+//! that many are registered, the missing ones count as links that have confirmed
+//! nothing, so a freshly promoted primary holds its commits (within the timeout) until
+//! the links the topology gives it are in place and caught up, instead of
+//! acknowledging them with no replica behind.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,6 +33,8 @@ struct State {
     links: HashMap<String, LinkAck>,
     k: usize,
     timeout_ms: u64,
+    /// Synchronous links the database's topology gives it (0: whatever is registered).
+    expected: usize,
 }
 
 /// Why a commit's quorum wait ended without enough confirmations.
@@ -43,6 +51,8 @@ pub struct QuorumInfo {
     pub k: usize,
     pub sync_links: usize,
     pub timeout_ms: u64,
+    /// Synchronous links the topology gives the database (0: not set).
+    pub expected_links: usize,
 }
 
 /// One database's synchronous-link gate.
@@ -60,6 +70,7 @@ impl Default for Quorum {
                 links: HashMap::new(),
                 k: 1,
                 timeout_ms: DEFAULT_TIMEOUT_MS,
+                expected: 0,
             }),
             changed: watch::channel(0).0,
         }
@@ -73,7 +84,8 @@ impl Quorum {
 
     /// Whether any synchronous link is registered (commits then hold their locks).
     pub fn is_active(&self) -> bool {
-        !self.state.lock().links.is_empty()
+        let state = self.state.lock();
+        !state.links.is_empty() || state.expected > 0
     }
 
     /// Register a synchronous link whose replica has confirmed up to `acked`.
@@ -122,12 +134,20 @@ impl Quorum {
         self.bump();
     }
 
+    /// The number of synchronous links the database's topology gives it: commits wait
+    /// for the missing ones as for links that confirmed nothing (0: no such floor).
+    pub fn expect_links(&self, n: usize) {
+        self.state.lock().expected = n;
+        self.bump();
+    }
+
     pub fn info(&self) -> QuorumInfo {
         let state = self.state.lock();
         QuorumInfo {
             k: state.k,
             sync_links: state.links.len(),
             timeout_ms: state.timeout_ms,
+            expected_links: state.expected,
         }
     }
 
@@ -140,7 +160,9 @@ impl Quorum {
         let state = self.state.lock();
         let live: Vec<&LinkAck> = state.links.values().filter(|l| !l.suspended).collect();
         let confirmed = live.iter().filter(|l| l.acked >= serial).count();
-        (confirmed, state.k.min(live.len()))
+        let suspended = state.links.len() - live.len();
+        let links = live.len().max(state.expected.saturating_sub(suspended));
+        (confirmed, state.k.min(links))
     }
 
     /// Wait until `k` links confirmed `serial`, or the configured timeout passes.
@@ -203,6 +225,28 @@ mod tests {
         q.ack("a", 3);
         let err = q.wait(3).await.unwrap_err();
         assert_eq!((err.confirmed, err.needed), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn expected_links_not_yet_registered_hold_the_commit_until_they_confirm() {
+        let q = std::sync::Arc::new(Quorum::default());
+        q.configure(1, 5_000);
+        q.expect_links(1);
+        assert!(q.is_active());
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.wait(9).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        q.register("late", 0);
+        q.ack("late", 9);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        // Never registered: the commit times out rather than go unreplicated.
+        let q = Quorum::default();
+        q.configure(1, 20);
+        q.expect_links(1);
+        assert_eq!(q.wait(1).await.unwrap_err().needed, 1);
     }
 
     #[tokio::test]

@@ -455,6 +455,19 @@ fn rebuild(
     Ok(store)
 }
 
+/// The store as it stood at serial `point`, rebuilt like `replay` does (the newest
+/// snapshot at or before it, then the A log up to it), so block-identical to what the
+/// log wrote: what a mirror replica keeps when it drops a diverged tail
+/// (`transport::receiver`). None when the snapshots and the A log no longer reach it.
+pub(crate) fn store_at(db: &Database, point: u64) -> Result<Option<Store>> {
+    let reach = Reach::of(db, db.serials().0)?;
+    let Some(base) = reach.replay_base(point) else {
+        return Ok(None);
+    };
+    let snapshot = (base > 0).then_some(base);
+    rebuild(db, snapshot, base, point, &Progress::default()).map(Some)
+}
+
 /// `undo`: each record changed in `(point, last]` with its content at `point`.
 fn undo(db: &Database, point: u64, last: u64, progress: &Progress) -> Result<ChangedRecords> {
     let log = db.log_store();

@@ -23,6 +23,11 @@
 //!
 //! Only the differences change: a link that is kept is not touched, so its stream goes
 //! on. A failure part way stores what was done, so applying again finishes the job.
+//!
+//! A document's `quorum` list gives each primary its synchronous quorum (`k`,
+//! `timeout_ms`), set on its node after the links with the number of synchronous links
+//! it has. A failover ([`Topologies::failover`]) moves it to the promoted database,
+//! which takes it before its first write, and stores a [`FailoverRecord`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -50,6 +55,46 @@ pub struct Topology {
     pub nodes: BTreeMap<String, NodeRef>,
     #[serde(default)]
     pub links: Vec<LinkDoc>,
+    /// The synchronous quorum of each replicated database, applied to its primary (the
+    /// source of its synchronous links), and after a failover to the promoted one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quorum: Vec<QuorumDoc>,
+}
+
+/// The quorum of one replicated database: a commit on its primary waits until `k` of
+/// its synchronous links confirmed it, at most `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumDoc {
+    /// The primary: a node of the document and its database.
+    pub node: String,
+    pub database: String,
+    pub k: usize,
+    #[serde(default = "default_quorum_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_quorum_timeout() -> u64 {
+    node::quorum::DEFAULT_TIMEOUT_MS
+}
+
+impl QuorumDoc {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            node: self.node.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
+impl Topology {
+    /// The synchronous links from `from`.
+    fn sync_links_from(&self, from: &Endpoint) -> usize {
+        self.links
+            .iter()
+            .filter(|l| &l.from == from && l.options.mode == Mode::Sync)
+            .count()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,8 +122,9 @@ pub struct Endpoint {
 pub struct LinkDoc {
     pub from: Endpoint,
     pub to: Endpoint,
-    /// The target may hold other data or follow another source: the link takes it over
-    /// and bootstraps it (set by a failover for re-pointed links and the old primary).
+    /// The target may hold other data or follow another source: the link takes it over,
+    /// by serial where the logs' histories allow, else from a snapshot (set by a
+    /// failover for re-pointed links and the old primary).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
     #[serde(flatten)]
@@ -218,6 +264,7 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
         }
     }
     out.extend(check_mutual(doc));
+    out.extend(check_quorum(doc));
     let ordinary: Vec<LinkDoc> = doc
         .links
         .iter()
@@ -237,6 +284,54 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
                  that write both ways are mutual links: give each \"conflicts\")"
             ),
         ));
+    }
+    out
+}
+
+/// Each quorum names a primary of the document once, with at least `k` synchronous
+/// links, and a wait of 1 ms to 10 minutes.
+fn check_quorum(doc: &Topology) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, q) in doc.quorum.iter().enumerate() {
+        if !doc.nodes.contains_key(&q.node) {
+            out.push(problem(
+                format!("quorum[{i}].node"),
+                format!(
+                    "unknown node '{}'; the document declares {}",
+                    q.node,
+                    names(doc.nodes.keys())
+                ),
+            ));
+        }
+        if !seen.insert(q.endpoint()) {
+            out.push(problem(
+                format!("quorum[{i}]"),
+                format!(
+                    "database '{}' on node '{}' has a quorum already",
+                    q.database, q.node
+                ),
+            ));
+        }
+        let sync = doc.sync_links_from(&q.endpoint());
+        if q.k == 0 {
+            out.push(problem(format!("quorum[{i}].k"), "k must be at least 1"));
+        } else if q.k > sync {
+            out.push(problem(
+                format!("quorum[{i}].k"),
+                format!(
+                    "k = {} but database '{}' on node '{}' is the source of {sync} \
+                     synchronous link(s)",
+                    q.k, q.database, q.node
+                ),
+            ));
+        }
+        if q.timeout_ms == 0 || q.timeout_ms > 600_000 {
+            out.push(problem(
+                format!("quorum[{i}].timeout_ms"),
+                "timeout_ms must be between 1 and 600000",
+            ));
+        }
     }
     out
 }
@@ -366,6 +461,58 @@ pub struct Applied {
     pub link: LinkDoc,
 }
 
+/// The document after a failover from `old` to `to`: the old primary's links come from
+/// the promoted database, the link between them turns round (async: a node that is
+/// down must not hold the new primary's commits; make it sync again once it has caught
+/// up), and the old primary's quorum moves to the promoted one, `k` capped at its
+/// synchronous links (dropped when it has none).
+fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> Topology {
+    let mut next = doc.clone();
+    next.links = doc
+        .links
+        .iter()
+        .map(|l| {
+            if &l.from == old && &l.to == to {
+                LinkDoc {
+                    from: to.clone(),
+                    to: old.clone(),
+                    resync: true,
+                    options: LinkOptions {
+                        mode: Mode::Async,
+                        ..l.options.clone()
+                    },
+                }
+            } else if &l.from == old {
+                LinkDoc {
+                    from: to.clone(),
+                    resync: true,
+                    ..l.clone()
+                }
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let sync = next.sync_links_from(to);
+    next.quorum = doc
+        .quorum
+        .iter()
+        .filter(|q| q.endpoint() != *to)
+        .filter_map(|q| {
+            if q.endpoint() != *old {
+                return Some(q.clone());
+            }
+            (sync > 0).then(|| QuorumDoc {
+                node: to.node.clone(),
+                database: to.database.clone(),
+                k: q.k.min(sync),
+                timeout_ms: q.timeout_ms,
+            })
+        })
+        .collect();
+    next
+}
+
 /// What is stored per topology.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stored {
@@ -377,6 +524,24 @@ pub struct Stored {
     /// next apply deletes them.
     #[serde(default)]
     pub stale: Vec<Applied>,
+    /// The last failover of this topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverRecord>,
+}
+
+/// What a failover did: who was promoted, at which serial, the epoch its log opened
+/// (`transport::history`). `GET` of the topology adds each follower's live figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub promoted: Endpoint,
+    pub old_primary: Endpoint,
+    /// The promoted database's last serial when it was promoted: its followers keep
+    /// what they hold up to it and discard what they hold beyond.
+    pub serial: u64,
+    pub epoch: u64,
+    pub at_ms: u64,
+    /// The failover call's duration (promotion and re-pointing).
+    pub took_ms: u64,
 }
 
 /// One step of a plan.
@@ -650,6 +815,12 @@ impl Topologies {
         }
         let remote = caller(authorization);
         let before = self.load(tenant, &doc.name)?;
+        // The primaries the stored document gave sync links to: their floor of expected
+        // links follows what this document gives them.
+        let old_primaries = before
+            .as_ref()
+            .map(|b| sync_sources(&b.doc))
+            .unwrap_or_default();
         // Links to delete may be on nodes the new document no longer names.
         let mut urls: BTreeMap<String, String> = BTreeMap::new();
         for nodes in before.iter().map(|b| &b.doc.nodes).chain([&doc.nodes]) {
@@ -692,6 +863,10 @@ impl Topologies {
             if let Some(l) = s.index.map(|i| &doc.links[i]).filter(|l| !l.resync) {
                 acting.insert(l.to.node.as_str());
             }
+        }
+        // A primary whose quorum is set.
+        for q in &doc.quorum {
+            acting.insert(q.node.as_str());
         }
         for name in acting {
             let url = format!("{}/v1/node", urls[name]);
@@ -747,6 +922,7 @@ impl Topologies {
             links: BTreeMap::new(),
             applied_ms: wall_ms(),
             stale: Vec::new(),
+            failover: before.as_ref().and_then(|b| b.failover.clone()),
         };
         let mut done = Vec::new();
         let old_links = before.map(|b| b.links).unwrap_or_default();
@@ -775,6 +951,27 @@ impl Topologies {
             done.push(step.clone());
         }
         self.save(tenant, &stored)?;
+        // Each primary's quorum, with the synchronous links it has now been given.
+        for q in &doc.quorum {
+            let url = format!(
+                "{}/v1/tenants/{tenant}/databases/{}/quorum",
+                urls[&q.node], q.database
+            );
+            let body = json!({"k": q.k, "timeout_ms": q.timeout_ms,
+                              "sync_links": doc.sync_links_from(&q.endpoint())});
+            if let Err(e) = remote.call("PUT", &url, Some(&body)) {
+                return Err(TopologyError::Failed {
+                    detail: format!("quorum of {}/{}: {}", q.node, q.database, e.detail()),
+                    done,
+                });
+            }
+        }
+        let covered: BTreeSet<Endpoint> = doc.quorum.iter().map(|q| q.endpoint()).collect();
+        for e in old_primaries.union(&sync_sources(&doc)) {
+            if !covered.contains(e) {
+                follow_sync_links(&remote, &urls, tenant, e, doc.sync_links_from(e));
+            }
+        }
         Ok(json!({"name": doc.name, "plan": plan_json, "applied_ms": stored.applied_ms}))
     }
 
@@ -887,10 +1084,34 @@ impl Topologies {
             }
             links.push(entry);
         }
+        // The last failover, with what each follower of the promoted database did: how
+        // it was continued (by serial from `started_at`, or by snapshot), the entries of
+        // a diverged tail it discarded, the bytes sent to it.
+        let failover = stored.failover.as_ref().map(|f| {
+            let followers: Vec<Value> = stored
+                .doc
+                .links
+                .iter()
+                .zip(&links)
+                .filter(|(l, _)| l.from == f.promoted)
+                .map(|(l, entry)| {
+                    let st = &entry["status"];
+                    json!({"to": l.to, "link": entry["link"], "state": st["state"],
+                           "bootstraps": st["bootstraps"], "started_at": st["started_at"],
+                           "resumed_by_serial": st["resumed_by_serial"],
+                           "discarded_entries": st["discarded_entries"],
+                           "bytes_sent": st["bytes_sent"], "error": entry.get("error")})
+                })
+                .collect();
+            json!({"promoted": f.promoted, "old_primary": f.old_primary, "serial": f.serial,
+                   "epoch": f.epoch, "at_ms": f.at_ms, "took_ms": f.took_ms,
+                   "followers": followers})
+        });
         Ok(json!({
             "name": stored.doc.name,
             "document": stored.doc,
             "applied_ms": stored.applied_ms,
+            "failover": failover,
             "links": links,
             "stale": stored.stale.iter().map(|a| json!({"link": a.link.label(), "node": a.node, "id": a.id})).collect::<Vec<_>>(),
         }))
@@ -899,9 +1120,14 @@ impl Topologies {
     /// Fail over to a replica (SPEC G4): promote database `to` (the target of a link of
     /// this topology), then re-point: the links from the old primary to the other
     /// replicas come from the promoted one instead, and a new link from it makes the old
-    /// primary a replica again (async), resynced from a snapshot, whenever it is back. Links
-    /// the old primary's node cannot delete while it is down stay as `stale` until the
-    /// next apply. Blocking.
+    /// primary a replica again (async) whenever it is back. The old primary's quorum
+    /// moves to the promoted one (`k` capped at its synchronous links) and is in force
+    /// before it takes a write, counting the links still to be made: a commit waits
+    /// (within the quorum's timeout) until they are in place and confirmed it. Each
+    /// re-pointed replica continues by serial where its log is a prefix of the promoted
+    /// one's (`transport::history`). Links the old primary's node cannot delete while
+    /// it is down stay as `stale` until the next apply. The failover record is stored
+    /// with the topology. Blocking.
     pub fn failover(
         &self,
         tenant: &str,
@@ -910,6 +1136,7 @@ impl Topologies {
         force: bool,
         authorization: Option<String>,
     ) -> Result<Value, TopologyError> {
+        let started = std::time::Instant::now();
         let stored = self.get(tenant, name)?;
         let doc = &stored.doc;
         let Some(old_link) = doc.links.iter().find(|l| l.to == to) else {
@@ -930,12 +1157,25 @@ impl Topologies {
                 format!("unknown node '{}'", to.node),
             )]));
         };
+        let next = after_failover(doc, &old, &to);
+        let problems = validate(&next);
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
+        let quorum = next.quorum.iter().find(|q| q.endpoint() == to).map(|q| {
+            json!({"k": q.k, "timeout_ms": q.timeout_ms,
+                   "sync_links": next.sync_links_from(&to)})
+        });
         let url = format!(
             "{}/v1/tenants/{tenant}/databases/{}/promote",
             node.url.trim_end_matches('/'),
             to.database
         );
-        let promoted = match remote.call("POST", &url, Some(&json!({"force": force}))) {
+        // Without a quorum of its own, the promoted database still waits for its sync
+        // links (k of them as it has it, its own timeout) before it acknowledges a write.
+        let body = json!({"force": force, "quorum": quorum,
+                          "sync_links": next.sync_links_from(&to)});
+        let promoted = match remote.call("POST", &url, Some(&body)) {
             Ok(body) => body,
             Err(e) => {
                 return Err(TopologyError::Failed {
@@ -944,35 +1184,22 @@ impl Topologies {
                 })
             }
         };
-        let mut next = doc.clone();
-        let mut links = Vec::new();
-        for l in &doc.links {
-            if l.from == old && l.to == to {
-                // The old primary follows the promoted replica, from a snapshot, through
-                // an async link: a node that is down must not hold the new primary's
-                // commits (make it sync again once it has caught up).
-                links.push(LinkDoc {
-                    from: to.clone(),
-                    to: old.clone(),
-                    resync: true,
-                    options: LinkOptions {
-                        mode: Mode::Async,
-                        ..l.options.clone()
-                    },
-                });
-            } else if l.from == old {
-                links.push(LinkDoc {
-                    from: to.clone(),
-                    resync: true,
-                    ..l.clone()
-                });
-            } else {
-                links.push(l.clone());
-            }
-        }
-        next.links = links;
         let applied = self.apply(tenant, next, false, authorization)?;
-        Ok(json!({"promoted": promoted, "old_primary": old, "applied": applied}))
+        let record = FailoverRecord {
+            promoted: to.clone(),
+            old_primary: old.clone(),
+            serial: promoted["serial"].as_u64().unwrap_or(0),
+            epoch: promoted["epoch"].as_u64().unwrap_or(0),
+            at_ms: wall_ms(),
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        let mut now = self.get(tenant, name)?;
+        now.failover = Some(record.clone());
+        self.save(tenant, &now)?;
+        Ok(
+            json!({"promoted": promoted, "old_primary": old, "applied": applied,
+                  "failover": record}),
+        )
     }
 
     /// Delete a topology and the links it made.
@@ -987,6 +1214,7 @@ impl Topologies {
             name: stored.doc.name.clone(),
             nodes: stored.doc.nodes.clone(),
             links: Vec::new(),
+            quorum: Vec::new(),
         };
         let remote = caller(authorization);
         let steps = plan(&empty, Some(&stored), |_| true);
@@ -1012,8 +1240,48 @@ impl Topologies {
             }
             done.push(step.clone());
         }
+        let urls: BTreeMap<String, String> = stored
+            .doc
+            .nodes
+            .iter()
+            .map(|(n, r)| (n.clone(), r.url.trim_end_matches('/').to_string()))
+            .collect();
+        for e in sync_sources(&stored.doc) {
+            follow_sync_links(&remote, &urls, tenant, &e, 0);
+        }
         self.node.remove_config_value(&Self::key(tenant, name))?;
         Ok(())
+    }
+}
+
+/// The databases of `doc` that are the source of a synchronous link.
+fn sync_sources(doc: &Topology) -> BTreeSet<Endpoint> {
+    doc.links
+        .iter()
+        .filter(|l| l.options.mode == Mode::Sync)
+        .map(|l| l.from.clone())
+        .collect()
+}
+
+/// Keep primary `e`'s `k` and timeout and set the sync links it waits for to `n` (a
+/// database the topology no longer gives sync links must not wait for them). A node
+/// that does not answer (an old primary that is down) is left as it is.
+fn follow_sync_links(
+    remote: &Client,
+    urls: &BTreeMap<String, String>,
+    tenant: &str,
+    e: &Endpoint,
+    n: usize,
+) {
+    let Some(base) = urls.get(&e.node) else {
+        return;
+    };
+    let url = format!("{base}/v1/tenants/{tenant}/databases/{}/quorum", e.database);
+    if let Ok(q) = remote.call("GET", &url, None) {
+        if q["expected_links"].as_u64() != Some(n as u64) {
+            let body = json!({"k": q["k"], "timeout_ms": q["timeout_ms"], "sync_links": n});
+            let _ = remote.call("PUT", &url, Some(&body));
+        }
     }
 }
 
@@ -1056,6 +1324,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            quorum: Vec::new(),
         }
     }
 
@@ -1198,6 +1467,7 @@ mod tests {
             links: BTreeMap::new(),
             applied_ms: 0,
             stale: Vec::new(),
+            failover: None,
         };
         for (i, l) in v1.links.iter().enumerate() {
             stored.links.insert(

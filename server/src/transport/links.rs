@@ -59,8 +59,9 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<String>,
     /// The target database may hold data of its own or follow another source: this
-    /// link takes it over and bootstraps it (a failover re-pointing replicas, an old
-    /// primary rejoining). Without it such a target is refused.
+    /// link takes it over (a failover re-pointing replicas, an old primary rejoining):
+    /// by serial where its log's history allows (`transport::history`), else from a
+    /// snapshot. Without it such a target is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
 }
@@ -254,6 +255,17 @@ pub struct LinkStatus {
     pub throughput: f64,
     pub bootstraps: u64,
     pub connections: u64,
+    /// Sessions that continued a replica which followed another source (a failover's
+    /// re-pointed follower, a returning old primary) by serial, without a snapshot,
+    /// because its log was a prefix of this one (`transport::history`).
+    pub resumed_by_serial: u64,
+    /// The serial the last session continued the replica from (None: a snapshot).
+    pub started_at: Option<u64>,
+    /// Entries the replica held beyond the source's history and discarded (a diverged
+    /// tail), over the link's life.
+    pub discarded_entries: u64,
+    /// Bytes written to the replica since the node started (frames, snapshots).
+    pub bytes_sent: u64,
     /// Records the stages rejected and the link quarantined.
     pub quarantined: u64,
     /// Transactions shipped with interrelation information (SPEC D1).
@@ -276,6 +288,10 @@ impl Default for LinkStatus {
             throughput: 0.0,
             bootstraps: 0,
             connections: 0,
+            resumed_by_serial: 0,
+            started_at: None,
+            discarded_entries: 0,
+            bytes_sent: 0,
             quarantined: 0,
             interrelated: 0,
             plugin_seconds: 0.0,

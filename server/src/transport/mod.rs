@@ -16,6 +16,8 @@
 //! - [`wire`]: frames and messages.
 //! - [`sender`]: one task per link on the source: register with the target's API,
 //!   connect, bootstrap from a snapshot when needed, then stream the log.
+//! - [`history`]: the history of a database's log (an epoch per promotion), compared
+//!   at the handshake so a re-pointed replica continues by serial.
 //! - [`receiver`]: the replication listener on the target: handshake, gap and
 //!   duplicate detection, apply, "backup completed".
 //! - [`interrelation`]: dependencies between databases (SPEC D1–D4), attached on the
@@ -40,6 +42,7 @@
 //! serial; a source never waits on a replica except through a synchronous link's
 //! quorum ([`crate::node::quorum`]).
 
+pub mod history;
 pub mod interrelation;
 pub mod links;
 pub mod logical;

@@ -295,12 +295,18 @@ async fn stream(
             .map_err(|e| e.to_string())?;
         stream = hello.stream;
     }
+    // A logical replica's positions are per stream: its log's history says nothing.
+    let history = match reg.apply {
+        links::Apply::Mirror => repl.history(db).map_err(|e| e.to_string())?,
+        links::Apply::Logical => Vec::new(),
+    };
     send(
         &mut wr,
         &wire::single(&Msg::Welcome {
             last_serial: last,
             stream,
             suspended: false,
+            history,
         }),
     )
     .await?;
@@ -625,6 +631,7 @@ impl<'a> Applier<'a> {
             }
             Msg::SnapshotPart { bytes } => self.snapshot_part(bytes),
             Msg::SnapshotEnd { checksum } => self.snapshot_end(checksum, turn).await?,
+            Msg::Follow { serial } => self.follow(serial, turn).await?,
             other => {
                 tracing::debug!(link = %self.reg.link, message = ?other, "unexpected message ignored");
             }
@@ -938,12 +945,87 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// The source continues the stream after `serial`, which both logs hold (their
+    /// histories say so, `transport::history`): a replica holding more discards it
+    /// first, and from now on follows the source's stream and history.
+    async fn follow(&mut self, serial: u64, turn: &mut Turn) -> Result<(), String> {
+        let held = self.held();
+        if held > serial {
+            if self.spooled.is_some() || self.reg.apply != links::Apply::Mirror {
+                let reason = format!(
+                    "the replica holds serials {}..={held} that the source's history does not",
+                    serial + 1
+                );
+                return ask_snapshot(self.tx, &reason).await;
+            }
+            self.discard_tail(serial, held).await?;
+        }
+        if held == serial && self.reg.stream != self.hello.stream {
+            tracing::info!(link = %self.reg.link, serial, "the replica's log is a prefix of its new source's: it follows on by serial");
+        }
+        self.repl
+            .adopt_stream(&self.reg.link, self.hello.stream)
+            .map_err(|e| e.to_string())?;
+        self.repl
+            .save_history(self.db, &self.hello.history)
+            .map_err(|e| e.to_string())?;
+        turn.answer = true;
+        Ok(())
+    }
+
+    /// Drop the replica's diverged tail, serials `serial + 1..=held`: its store goes back
+    /// to what it was at `serial`, rebuilt from its own snapshot and A log
+    /// ([`crate::node::restore::store_at`]), and becomes its snapshot there; nothing
+    /// crosses the network. A snapshot is asked for when its log no longer reaches back.
+    async fn discard_tail(&mut self, serial: u64, held: u64) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let db = self.db.clone();
+        let rolled = tokio::task::spawn_blocking(move || {
+            let Some(store) =
+                crate::node::restore::store_at(&db, serial).map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            let (layout, blocks) = store.snapshot_parts();
+            let blocks = blocks.into_iter().cloned().collect();
+            let next_txn = db.freeze().2;
+            db.install_snapshot(layout, blocks, serial, next_txn)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e: String| format!("discarding the replica's diverged tail: {e}"))?;
+        let Some(save) = rolled else {
+            let reason = format!(
+                "the replica's log no longer reaches serial {serial}, where its source's \
+                 history and its own part"
+            );
+            return ask_snapshot(self.tx, &reason).await;
+        };
+        let saving = tokio::task::spawn_blocking(move || {
+            save.save()
+                .map_err(|e| format!("storing the replica at serial {serial}: {e}"))
+        });
+        queue(self.tx, Reply::Wait(saving)).await?;
+        tracing::info!(link = %self.reg.link, serial, discarded = held - serial, took_ms = started.elapsed().as_millis() as u64, "the replica's diverged tail was discarded; it follows on by serial");
+        self.repl.target.gates.applied(&self.key, serial, true);
+        self.repl.announce(&self.reg.link, serial, true);
+        Ok(())
+    }
+
     /// A bootstrap brought the replica to `serial` of this source's stream: the link
-    /// adopts the stream, the gates and the link's followers learn the new position.
+    /// adopts the stream and the source's history, the gates and the link's followers
+    /// learn the new position.
     fn bootstrapped(&mut self, serial: u64) -> Result<(), String> {
         self.repl
             .adopt_stream(&self.reg.link, self.hello.stream)
             .map_err(|e| e.to_string())?;
+        if self.reg.apply == links::Apply::Mirror {
+            self.repl
+                .save_history(self.db, &self.hello.history)
+                .map_err(|e| e.to_string())?;
+        }
         self.repl.target.gates.applied(&self.key, serial, true);
         self.repl.announce(&self.reg.link, serial, true);
         self.requested = None;

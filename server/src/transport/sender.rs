@@ -12,8 +12,8 @@
 //! time the previous frame took to write.
 //!
 //! A session's steps: `connect` (register with the target's API, handshake),
-//! `must_bootstrap` and `bootstrap` (a snapshot when the log cannot continue the
-//! replica), then `stream`, whose loop does the waiting and the socket writes. What to
+//! `continue_from` (where the log continues the replica: the last serial both logs'
+//! histories share, `transport::history`) or else `bootstrap` (a snapshot), then `stream`, whose loop does the waiting and the socket writes. What to
 //! send is decided by plain state: the `Window` (whether a frame may start, what a
 //! confirmation or a retransmission request does to it) and the `Shipper` (the
 //! durability wait, the log read, the frame with each transaction's stages,
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use doppel_sdk::abi::OwnedRecord;
 
+use super::history;
 use super::interrelation;
 use super::links::{Apply, LinkDef, LinkState, Mode, OnError, ReplicaRequest};
 use super::logical;
@@ -200,8 +201,12 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), Stri
         .map_err(|e| format!("sending to the replica: {e}"))
 }
 
-/// Stream a frozen copy of the store: the replica continues from the returned serial.
-async fn send_snapshot<W: AsyncWrite + Unpin>(db: &Database, wr: &mut W) -> Result<u64, String> {
+/// Stream a frozen copy of the store: the serial the replica continues from, and the
+/// bytes sent.
+async fn send_snapshot<W: AsyncWrite + Unpin>(
+    db: &Database,
+    wr: &mut W,
+) -> Result<(u64, u64), String> {
     let (frozen, serial, next_txn) = db.freeze();
     let (layout, blocks) = frozen.snapshot_parts();
     let layout_bytes = postcard::to_allocvec(&layout).map_err(|e| e.to_string())?;
@@ -236,12 +241,12 @@ async fn send_snapshot<W: AsyncWrite + Unpin>(db: &Database, wr: &mut W) -> Resu
         }),
     )
     .await?;
-    Ok(serial)
+    Ok((serial, size + layout_bytes.len() as u64))
 }
 
 /// One connection's life, step by step: [`connect`] (register, handshake), a snapshot
-/// through [`bootstrap`] when [`must_bootstrap`] says the replica's position cannot be
-/// continued from the log, then [`stream`]. Ok when the link's definition changed
+/// through [`bootstrap`] when [`continue_from`] says the replica's position cannot be
+/// continued from the log (else a `Follow` telling it where it continues), then [`stream`]. Ok when the link's definition changed
 /// (pause, delete); Err with the reason it broke.
 async fn session(
     repl: &Arc<Replication>,
@@ -264,19 +269,42 @@ async fn session(
         .map_err(|e| e.to_string())?;
     // Asked for (by the replica, a lost log tail) or needed: either way, once.
     let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
-    let snapshot = forced || must_bootstrap(&peer, last, oldest);
+    let mirror = def.spec.options.apply == Apply::Mirror;
+    let start = if forced {
+        None
+    } else {
+        continue_from(&peer, last, oldest, mirror)
+    };
     // A mirror's stages are interrelation rules only (checked when the link was made).
     let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.options.stages)
         .map_err(|e| e.to_string())?;
     let sources = (!stages.rules.is_empty())
         .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
-    let window = if snapshot {
-        tracing::info!(link = %def.id, replica_serial = peer.last, source_serial = last, "bootstrapping the replica from a snapshot");
-        let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut wr).await?;
-        // Nothing is confirmed until the replica confirms the snapshot's serial.
-        Window::new(serial + 1, 0)
-    } else {
-        Window::new(peer.last + 1, peer.last)
+    let window = match start {
+        None => {
+            tracing::info!(link = %def.id, replica_serial = peer.last, source_serial = last, "bootstrapping the replica from a snapshot");
+            let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut wr).await?;
+            link.status.lock().started_at = None;
+            // Nothing is confirmed until the replica confirms the snapshot's serial.
+            Window::new(serial + 1, 0)
+        }
+        Some(from) => {
+            if mirror {
+                // The replica drops what it holds beyond `from` and takes our history.
+                let frame = wire::single(&Msg::Follow { serial: from });
+                send(&mut wr, &frame).await?;
+                let discarded = peer.last.saturating_sub(from);
+                let mut status = link.status.lock();
+                status.bytes_sent += frame.len() as u64;
+                status.discarded_entries += discarded;
+                if peer.stream != peer.ours && peer.last > 0 {
+                    status.resumed_by_serial += 1;
+                    tracing::info!(link = %def.id, replica_serial = peer.last, from, discarded, source_serial = last, "the replica follows another source's history: continued by serial, no snapshot");
+                }
+            }
+            link.status.lock().started_at = Some(from);
+            Window::new(from + 1, from)
+        }
     };
     let shipper = Shipper::new(repl, link, def, db, stages, sources, window);
     shipper.started();
@@ -292,6 +320,10 @@ struct Peer {
     stream: u64,
     /// Our stream, as the Hello presented it.
     ours: u64,
+    /// The history of the replica's log (empty: unknown).
+    theirs: Vec<history::Epoch>,
+    /// Ours, as the Hello presented it.
+    history: Vec<history::Epoch>,
 }
 
 /// Register the replica with the target's API, connect to its replication address and
@@ -316,6 +348,9 @@ async fn connect(
     sock.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = sock.into_split();
     let ours = repl.stream_id(db);
+    let history = repl
+        .history(db)
+        .map_err(|e| format!("the log's history: {e}"))?;
     send(
         &mut wr,
         &wire::single(&Msg::Hello(Hello {
@@ -326,6 +361,7 @@ async fn connect(
             tenant: def.tenant.clone(),
             database: def.spec.target.database.clone(),
             stream: ours,
+            history: history.clone(),
         })),
     )
     .await?;
@@ -341,6 +377,7 @@ async fn connect(
         Some(Msg::Welcome {
             last_serial,
             stream,
+            history: theirs,
             ..
         }) => Ok((
             rd,
@@ -349,6 +386,8 @@ async fn connect(
                 last: last_serial,
                 stream,
                 ours,
+                theirs,
+                history,
             },
         )),
         Some(Msg::Refused { code, reason }) => {
@@ -358,13 +397,26 @@ async fn connect(
     }
 }
 
-/// Whether the replica cannot be continued from the log and needs a snapshot: it
-/// follows another stream (and is not fresh), it is ahead of the source (the source
-/// lost its tail), or the log no longer reaches back to the replica's next serial.
-fn must_bootstrap(peer: &Peer, last: u64, oldest: Option<u64>) -> bool {
+/// Where the replica's position can be continued from the log (None: it needs a
+/// snapshot). A mirror compares the two logs' histories ([`history::common`]): the
+/// replica continues after the last serial both hold, discarding a diverged tail beyond
+/// it, as long as it keeps some of its log and ours reaches back there. Without a known
+/// history (and for logical links, whose positions are per stream), only a replica of
+/// our own stream (or a fresh one) that is not ahead of us continues.
+fn continue_from(peer: &Peer, last: u64, oldest: Option<u64>, mirror: bool) -> Option<u64> {
     let fresh = peer.stream == 0 && peer.last == 0;
-    let log_reaches = peer.last >= last || oldest.is_some_and(|o| o <= peer.last + 1);
-    (peer.stream != peer.ours && !fresh) || peer.last > last || !log_reaches
+    let ours_or_fresh = peer.stream == peer.ours || fresh;
+    let by_history = mirror
+        .then(|| history::common(&peer.theirs, peer.last, &peer.history, last))
+        .flatten();
+    let shared = match by_history {
+        // Nothing in common but an empty log: the replica is another database.
+        Some(0) if peer.last > 0 => None,
+        Some(shared) => Some(shared),
+        None => (ours_or_fresh && peer.last <= last).then_some(peer.last),
+    }?;
+    let log_reaches = shared >= last || oldest.is_some_and(|o| o <= shared + 1);
+    log_reaches.then_some(shared)
 }
 
 /// Send the replica a snapshot (a frozen copy of the store, or of its records through
@@ -381,7 +433,9 @@ async fn bootstrap<W: AsyncWrite + Unpin>(
     let serial = if def.spec.options.apply == Apply::Logical {
         send_logical_snapshot(repl, link, def, db, chain, wr).await?
     } else {
-        send_snapshot(db, wr).await?
+        let (serial, bytes) = send_snapshot(db, wr).await?;
+        link.status.lock().bytes_sent += bytes;
+        serial
     };
     link.status.lock().bootstraps += 1;
     Ok(serial)
@@ -416,8 +470,11 @@ async fn stream(
             s.await_durable(available).await?;
             let txns = s.read_log()?;
             let frame = s.frame(&txns, hold)?;
+            let bytes = frame.len() as u64;
             send(&mut wr, frame).await?;
-            s.link.status.lock().sent_serial = s.window.sent();
+            let mut status = s.link.status.lock();
+            status.sent_serial = s.window.sent();
+            status.bytes_sent += bytes;
             continue;
         }
         tokio::select! {

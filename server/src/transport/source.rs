@@ -281,6 +281,17 @@ impl Replication {
         Ok(())
     }
 
+    /// End the sessions of `database`'s links: each connects again with what changed
+    /// (its log's history after a promotion).
+    pub(crate) fn restart_links_of(&self, tenant: &str, database: &str) {
+        for handle in self.links.lock().values() {
+            let def = handle.def.lock();
+            if def.tenant == tenant && def.spec.database == database {
+                handle.poke();
+            }
+        }
+    }
+
     /// Keep a database's quorum settings across restarts.
     pub fn save_quorum(
         &self,

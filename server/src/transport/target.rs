@@ -138,9 +138,16 @@ impl Replication {
             created_ms: previous.as_ref().map_or(wall_ms(), |p| p.created_ms),
             conflicts: req.conflicts.clone(),
         };
-        self.save_replica(&reg)?;
         if !consolidating && !mutual {
+            if req.apply == links::Apply::Mirror {
+                // A primary taken over (an old primary rejoining) keeps the history of
+                // its own log, compared at the handshake.
+                self.history(&db)?;
+            }
+            self.save_replica(&reg)?;
             db.set_replica_of(Some(id.to_string()));
+        } else {
+            self.save_replica(&reg)?;
         }
         self.publish_progress(&reg, &db);
         Ok(json!({
@@ -286,8 +293,17 @@ impl Replication {
     /// Promote a replica database to a primary (SPEC G4): it stops following its link
     /// and takes client writes, with its blocks as they are (a mirror keeps the source's
     /// layout). Refused when its source had announced updates it has not applied,
-    /// unless `force` (those updates are then lost to it).
-    pub fn promote(&self, tenant: &str, database: &str, force: bool) -> Result<Value> {
+    /// unless `force` (those updates are then lost to it). `quorum` (k, timeout in ms)
+    /// and `sync_links` (the synchronous links it will have) are in force before the
+    /// first write is taken: commits wait for those links even before they exist.
+    pub fn promote(
+        &self,
+        tenant: &str,
+        database: &str,
+        force: bool,
+        quorum: Option<(usize, u64)>,
+        sync_links: usize,
+    ) -> Result<Value> {
         let started = std::time::Instant::now();
         let db = self.node.database(tenant, database)?;
         let Some(link) = db.replica_of() else {
@@ -318,7 +334,16 @@ impl Replication {
             self.forget_replica(&link)?;
         }
         self.target.announced.lock().remove(&link);
+        // From its next serial on, its log is a history of its own.
+        let epoch = self.open_epoch(&db)?;
+        if let Some((k, timeout_ms)) = quorum {
+            db.quorum.configure(k, timeout_ms);
+            self.save_quorum(tenant, database, k, timeout_ms)?;
+        }
+        db.quorum.expect_links(sync_links);
         db.set_replica_of(None);
+        // Its own links (a chain) start again, telling their replicas the new history.
+        self.restart_links_of(tenant, database);
         let took_us = started.elapsed().as_micros() as u64;
         tracing::info!(database, link = %link, applied, announced, took_us, "replica promoted to primary");
         Ok(json!({
@@ -327,6 +352,8 @@ impl Replication {
             "serial": db.serials().0,
             "source_serial_applied": applied,
             "source_serial_announced": announced,
+            "epoch": epoch,
+            "quorum": db.quorum.info(),
             "took_us": took_us,
         }))
     }

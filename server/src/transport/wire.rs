@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::node::versions::Stamp;
 
 /// The protocol version this node speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted or sent.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -39,6 +39,9 @@ pub struct Hello {
     /// Identity of the source's update stream (its node and database); serials are
     /// per stream.
     pub stream: u64,
+    /// The history of the source's log: `(epoch, first serial)` in serial order
+    /// (`transport::history`).
+    pub history: Vec<(u64, u64)>,
 }
 
 /// What one transaction depends on in another database of the same source node
@@ -63,6 +66,15 @@ pub enum Msg<'a> {
         stream: u64,
         /// The replica is detached: it stores but does not apply (SPEC G6).
         suspended: bool,
+        /// The history of the replica's log (empty: unknown), compared with the
+        /// source's to find the last serial both hold (`transport::history`).
+        history: Vec<(u64, u64)>,
+    },
+    /// The source's decision after the handshake, when no snapshot is needed: the
+    /// replica's log matches the source's up to `serial`; it discards what it holds
+    /// beyond (a diverged tail) and the stream continues after `serial`.
+    Follow {
+        serial: u64,
     },
     /// The target refuses the link; the connection closes after it.
     Refused {
@@ -219,6 +231,15 @@ impl FrameWriter {
         self.bytes(s.as_bytes());
     }
 
+    fn epochs(&mut self, history: &[(u64, u64)]) {
+        self.buf
+            .extend_from_slice(&(history.len() as u32).to_le_bytes());
+        for (epoch, first) in history {
+            self.u64(*epoch);
+            self.u64(*first);
+        }
+    }
+
     /// Append one message.
     pub fn push(&mut self, msg: &Msg<'_>) {
         match msg {
@@ -231,16 +252,23 @@ impl FrameWriter {
                 self.str(&h.tenant);
                 self.str(&h.database);
                 self.u64(h.stream);
+                self.epochs(&h.history);
             }
             Msg::Welcome {
                 last_serial,
                 stream,
                 suspended,
+                history,
             } => {
                 self.u8(2);
                 self.u64(*last_serial);
                 self.u64(*stream);
                 self.u8(*suspended as u8);
+                self.epochs(history);
+            }
+            Msg::Follow { serial } => {
+                self.u8(4);
+                self.u64(*serial);
             }
             Msg::Refused { code, reason } => {
                 self.u8(3);
@@ -431,6 +459,17 @@ impl<'a> FrameReader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed(at))
     }
 
+    /// A log's history: `count u32 | (epoch u64, first serial u64)*`.
+    fn epochs(&mut self) -> Result<Vec<(u64, u64)>, WireError> {
+        let at = self.pos;
+        let n = self.u32()? as usize;
+        // Each epoch takes 16 bytes: a count past that is a lie.
+        if n > (self.bytes.len() - self.pos) / 16 {
+            return Err(WireError::Malformed(at));
+        }
+        (0..n).map(|_| Ok((self.u64()?, self.u64()?))).collect()
+    }
+
     /// The next message, or None at the end of the frame.
     pub fn next_msg(&mut self) -> Result<Option<Msg<'a>>, WireError> {
         if self.pos == self.bytes.len() {
@@ -446,11 +485,16 @@ impl<'a> FrameReader<'a> {
                 tenant: self.string()?,
                 database: self.string()?,
                 stream: self.u64()?,
+                history: self.epochs()?,
             }),
             2 => Msg::Welcome {
                 last_serial: self.u64()?,
                 stream: self.u64()?,
                 suspended: self.u8()? != 0,
+                history: self.epochs()?,
+            },
+            4 => Msg::Follow {
+                serial: self.u64()?,
             },
             3 => Msg::Refused {
                 code: self.string()?,
@@ -637,12 +681,15 @@ mod tests {
                 tenant: "default".into(),
                 database: "shop".into(),
                 stream: 42,
+                history: vec![(42, 1), (77, 1_000)],
             }),
             Msg::Welcome {
                 last_serial: 7,
                 stream: 42,
                 suspended: true,
+                history: vec![(42, 1)],
             },
+            Msg::Follow { serial: 7 },
             Msg::Refused {
                 code: "bad-credential".into(),
                 reason: "no".into(),
