@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod fuzzing;
 pub mod log;
 pub mod node;
 pub mod plugins;
