@@ -13,6 +13,7 @@
 pub mod alloc;
 pub mod api;
 pub mod cli;
+pub mod fuzzing;
 pub mod log;
 pub mod node;
 pub mod plugins;

@@ -96,7 +96,7 @@ pub async fn list_tenants(State(app): App, Extension(claims): Extension<Claims>)
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
-    name: String,
+    pub(crate) name: String,
 }
 
 pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Result<Response> {
@@ -240,19 +240,19 @@ pub async fn delete_database(
 #[serde(deny_unknown_fields)]
 pub struct RecordBody {
     #[serde(default)]
-    alt: BTreeMap<String, String>,
+    pub(crate) alt: BTreeMap<String, String>,
     #[serde(default)]
-    data: Option<Box<RawValue>>,
+    pub(crate) data: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRecord {
-    key: String,
+    pub(crate) key: String,
     #[serde(default)]
-    alt: BTreeMap<String, String>,
+    pub(crate) alt: BTreeMap<String, String>,
     #[serde(default)]
-    data: Option<Box<RawValue>>,
+    pub(crate) data: Option<Box<RawValue>>,
 }
 
 type RecordPath = Path<(String, String, String, String)>;
@@ -424,7 +424,7 @@ pub async fn lookup_alt(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsBody {
-    ops: Vec<OpInput>,
+    pub(crate) ops: Vec<OpInput>,
 }
 
 #[derive(Deserialize)]

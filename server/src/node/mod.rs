@@ -315,7 +315,7 @@ impl Node {
         Ok(())
     }
 
-    fn check_spec(spec: &DatabaseSpec) -> Result<()> {
+    pub(crate) fn check_spec(spec: &DatabaseSpec) -> Result<()> {
         check_name("database", &spec.name)?;
         if spec.files.is_empty() {
             return Err(Error::Malformed(

@@ -207,6 +207,24 @@ pub fn decode(bytes: &[u8]) -> Option<RecordRef<'_>> {
     })
 }
 
+/// The length of the record at the start of `bytes`, checking every length against
+/// the end of `bytes` (None: it does not fit).
+fn record_extent(bytes: &[u8]) -> Option<usize> {
+    let u16_at = |pos: usize| {
+        let b = bytes.get(pos..pos.checked_add(2)?)?;
+        Some(u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let mut pos = 2 + u16_at(0)?;
+    let alt_count = *bytes.get(pos)?;
+    pos += 1;
+    for _ in 0..alt_count {
+        pos += 3 + u16_at(pos + 1)?;
+    }
+    let data_len = bytes.get(pos..pos + 4)?;
+    let end = pos + 4 + u32::from_le_bytes(data_len.try_into().ok()?) as usize;
+    (end <= bytes.len()).then_some(end)
+}
+
 /// The key of the record at `bytes` without decoding the rest.
 #[inline]
 fn record_key(bytes: &[u8]) -> &[u8] {
@@ -240,8 +258,37 @@ impl Block {
             && matches!(block.bytes[0], KIND_PRIMARY | KIND_OVERFLOW)
             && block.heap() <= size
             && block.skip() <= MAX_SKIP
-            && HEADER_BYTES + block.count() * SLOT_BYTES <= block.heap();
+            && HEADER_BYTES + block.count() * SLOT_BYTES <= block.heap()
+            && block.records_are_sound();
         ok.then_some(block)
+    }
+
+    /// Whether every slot points at a whole record inside the heap, the keys carry the
+    /// block's prefix and their slot's head, and they are in strictly increasing
+    /// order: what reads take for granted (they index the bytes unchecked), checked
+    /// once for a block that comes from outside (a snapshot, a repair).
+    fn records_are_sound(&self) -> bool {
+        let (heap, size, skip) = (self.heap(), self.size(), self.skip());
+        let prefix = &self.bytes[PREFIX_AT..PREFIX_AT + skip];
+        let mut previous: Option<&[u8]> = None;
+        for index in 0..self.count() {
+            let start = self.slot(index);
+            if start < heap || start >= size {
+                return false;
+            }
+            let Some(len) = record_extent(&self.bytes[start..]) else {
+                return false;
+            };
+            let key = record_key(&self.bytes[start..start + len]);
+            if !key.starts_with(prefix)
+                || head_of(key, skip) != self.head(index)
+                || previous.is_some_and(|p| p >= key)
+            {
+                return false;
+            }
+            previous = Some(key);
+        }
+        true
     }
 
     pub fn as_bytes(&self) -> &[u8] {

@@ -683,11 +683,21 @@ impl BlockFile {
             .into_iter()
             .map(|(k, v)| (Bound_::from_slice(&k), v))
             .collect();
-        if directory
-            .values()
-            .any(|n| table.get(*n as usize).is_none_or(Option::is_none))
-        {
-            return None;
+        // Every chain starts at a primary block of the directory and runs through
+        // overflow blocks that exist, each block in one chain once: reads and writes
+        // follow chains unchecked (a dangling or looping one would panic or spin).
+        let mut seen = vec![false; table.len()];
+        for &primary in directory.values() {
+            let mut number = primary;
+            let mut kind = BlockKind::Primary;
+            while number != NO_BLOCK {
+                let block = table.get(number as usize)?.as_ref()?;
+                if block.kind() != kind || std::mem::replace(&mut seen[number as usize], true) {
+                    return None;
+                }
+                kind = BlockKind::Overflow;
+                number = block.next();
+            }
         }
         Some(BlockFile {
             block_size: layout.block_size as usize,

@@ -113,6 +113,21 @@ impl Store {
                 layout.block_count()
             )));
         }
+        // A file's location table is as long as the most blocks it ever held at once,
+        // which the memory quota bounds (twice over: undo may pass it for a moment).
+        // A longer one is damage or a lie, and would be allocated before anything
+        // else is checked.
+        let most = (quota_bytes / block_size.max(1) as u64).saturating_mul(2) + 64;
+        if let Some(file) = layout
+            .files
+            .iter()
+            .find(|f| u64::from(f.layout.table_len) > most.max(f.dense.len() as u64))
+        {
+            return Err(SnapshotError(format!(
+                "a location table of {} blocks, more than a memory quota of {quota_bytes} bytes holds",
+                file.layout.table_len
+            )));
+        }
         let mut blocks = blocks.into_iter();
         let mut files = Vec::new();
         for (index, file) in layout.files.into_iter().enumerate() {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use super::block::NO_BLOCK;
 use super::*;
 
 fn schema() -> Schema {
@@ -291,6 +292,45 @@ fn damaged_snapshot_is_refused() {
         &vec![0xEEu8; 512 * layout.block_count()]
     )
     .is_err());
+}
+
+/// What the `snapshot` fuzz target showed a snapshot decoder must refuse, since reads
+/// trust what it built: a slot pointing outside its block (a read would index past
+/// the bytes), a chain that loops (a scan would never end) and a location table far
+/// longer than the memory quota allows (allocated before anything else is checked).
+#[test]
+fn a_snapshot_that_reads_would_trip_on_is_refused() {
+    let mut store = Store::new(schema(), 512, 1 << 20);
+    for i in 0..300 {
+        let key = format!("k{:04}", (i * 7) % 300);
+        put(
+            &mut store,
+            ORDERS,
+            PutMode::Upsert,
+            &rec(&key, None, &[7; 40]),
+        )
+        .unwrap();
+    }
+    let (layout, blocks) = store.snapshot_parts();
+    let packed: Vec<u8> = blocks.iter().flat_map(|b| b.as_bytes().to_vec()).collect();
+    assert!(Store::from_snapshot(layout.clone(), 1 << 20, &packed).is_ok());
+
+    let mut slot_out = packed.clone();
+    slot_out[32..34].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    assert!(Store::from_snapshot(layout.clone(), 1 << 20, &slot_out).is_err());
+
+    let dense = &layout.files[0].dense;
+    let chained = (0..dense.len())
+        .find(|i| packed[i * 512 + 8..i * 512 + 12] != NO_BLOCK.to_le_bytes())
+        .expect("a block with an overflow chain");
+    let mut looped = packed.clone();
+    looped[chained * 512 + 8..chained * 512 + 12].copy_from_slice(&dense[chained].to_le_bytes());
+    assert!(Store::from_snapshot(layout.clone(), 1 << 20, &looped).is_err());
+
+    let mut huge = layout.clone();
+    huge.files[0].layout.table_len = u32::MAX;
+    let err = Store::from_snapshot(huge, 1 << 20, &packed).unwrap_err();
+    assert!(err.to_string().contains("location table"), "{err}");
 }
 
 proptest! {

@@ -201,14 +201,21 @@ impl Quotas {
                 limits.insert(tenant, own);
             }
         }
-        Ok(Quotas {
+        let quotas = Quotas::new(defaults);
+        *quotas.limits.lock() = limits;
+        Ok(quotas)
+    }
+
+    /// Quotas with `defaults` for every tenant and nothing of their own yet.
+    pub fn new(defaults: Limits) -> Quotas {
+        Quotas {
             defaults,
-            limits: Mutex::new(limits),
+            limits: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             operations: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The limits in force for `tenant`.

@@ -35,7 +35,7 @@ pub(crate) fn prefix(link: &str) -> Vec<u8> {
     p
 }
 
-fn encode(chunks: &[RawChunk], deps: &[Dependency]) -> Vec<u8> {
+pub(crate) fn encode(chunks: &[RawChunk], deps: &[Dependency]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + chunks.iter().map(|c| c.bytes.len() + 4).sum::<usize>());
     out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
     for c in chunks {
@@ -74,7 +74,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), LogError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Vec<RawChunk>, Vec<Dependency>), LogError> {
     let mut r = Reader { bytes, pos: 0 };
     let count = r.u32()? as usize;
     let mut chunks = Vec::with_capacity(count.min(1024));

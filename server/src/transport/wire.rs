@@ -565,7 +565,9 @@ impl<'a> FrameReader<'a> {
                 let txn = self.u64()?;
                 let last_serial = self.u64()?;
                 let n = self.u32()? as usize;
-                if n > self.bytes.len() {
+                // Each chunk takes at least its 4-byte length: a count past that is a
+                // lie (and would reserve 16 bytes a chunk up front).
+                if n > (self.bytes.len() - self.pos) / 4 {
                     return Err(WireError::Malformed(at));
                 }
                 let mut b_chunks = Vec::with_capacity(n);

@@ -197,23 +197,7 @@ fn undo(store: &mut Store, seq: &mut Sequencer, txn: u64, updates: &mut Vec<Upda
 /// Apply the A entries of a logged transaction during replay (restart, and later
 /// replicas). Uses the same store function as every other write.
 pub fn replay_entry(store: &mut Store, entry: &crate::log::EntryRef<'_>) -> Result<(), StoreError> {
-    let file = entry.header.file;
-    let mutation = match entry.header.effect {
-        Effect::Insert | Effect::Update => Mutation::Put {
-            file,
-            mode: PutMode::Upsert,
-            record: entry.image.ok_or(StoreError::Malformed)?,
-        },
-        Effect::Delete => Mutation::Delete {
-            file,
-            key: entry.key.ok_or(StoreError::Malformed)?,
-        },
-        Effect::Reorg => Mutation::Reorg {
-            file,
-            block: entry.header.block,
-        },
-    };
-    let applied = store.apply_unchecked(mutation)?;
+    let applied = store.apply_unchecked(replay_mutation(entry)?)?;
     // SPEC A5: replay is deterministic, so a record lands exactly where the log says it
     // landed when it was written. A different place means the blocks have diverged
     // from the ones the log describes (a mirror would no longer be block-identical).
@@ -228,6 +212,26 @@ pub fn replay_entry(store: &mut Store, entry: &crate::log::EntryRef<'_>) -> Resu
         entry.header.offset
     );
     Ok(())
+}
+
+/// The store mutation an A entry stands for (what [`replay_entry`] applies).
+pub fn replay_mutation<'a>(entry: &crate::log::EntryRef<'a>) -> Result<Mutation<'a>, StoreError> {
+    let file = entry.header.file;
+    Ok(match entry.header.effect {
+        Effect::Insert | Effect::Update => Mutation::Put {
+            file,
+            mode: PutMode::Upsert,
+            record: entry.image.ok_or(StoreError::Malformed)?,
+        },
+        Effect::Delete => Mutation::Delete {
+            file,
+            key: entry.key.ok_or(StoreError::Malformed)?,
+        },
+        Effect::Reorg => Mutation::Reorg {
+            file,
+            block: entry.header.block,
+        },
+    })
 }
 
 #[cfg(test)]
