@@ -150,13 +150,16 @@ pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         tenant: "default".into(),
         database: "shop".into(),
         stream: 42,
+        history: vec![(1, 1), (2, 120)],
     })]);
     let replies = frame(&[
         Msg::Welcome {
             last_serial: 7,
             stream: 42,
             suspended: false,
+            history: vec![(1, 1)],
         },
+        Msg::Follow { serial: 7 },
         Msg::Refused {
             code: "bad-credential".into(),
             reason: "no".into(),
@@ -318,9 +321,9 @@ pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     out.insert("jwt", vec![raw, signed]);
 
     // plugins: the smallest built-in component with its role, and a core module
-    let (_, role, wasm) = crate::plugins::builtin::BUILTIN_PLUGINS
+    let (_, role, _, wasm) = crate::plugins::builtin::BUILTIN_PLUGINS
         .iter()
-        .min_by_key(|(_, _, wasm)| wasm.len())
+        .min_by_key(|(_, _, _, wasm)| wasm.len())
         .expect("a built-in plugin");
     let role = ["filter", "transform", "rule", "resolver"]
         .iter()
