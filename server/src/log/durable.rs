@@ -697,19 +697,7 @@ impl LogStore {
     /// A ticket for the next flush of database `uid`'s log, to pass to
     /// [`Self::wait_durable`]. Take it after [`Self::append`].
     pub fn request_flush(&self, uid: u64) -> Result<FlushTicket, LogError> {
-        let shard = self.shard(uid)?;
-        let mut state = shard.flusher.state.lock();
-        if state.shutdown {
-            // Its flusher is gone (the database was deleted or the node stops).
-            return Err(LogError::Flush("the database's log is closed".into()));
-        }
-        state.requested += 1;
-        let number = state.requested;
-        shard.flusher.wake.notify_one();
-        Ok(FlushTicket {
-            flushed: shard.flusher.flushed.subscribe(),
-            number,
-        })
+        self.shard(uid)?.flusher.ticket()
     }
 
     /// Wait until the flush for `ticket` is done.
@@ -738,10 +726,11 @@ impl LogStore {
     /// When database `uid`'s backlog is over the bound, a flush to wait for before the
     /// next write is admitted (`Database::admit_past_backlog`).
     pub fn over_backlog(&self, uid: u64) -> Result<Option<FlushTicket>, LogError> {
-        if self.shard(uid)?.flusher.backlog() <= self.backlog_bytes {
+        let flusher = &self.shard(uid)?.flusher;
+        if flusher.backlog() <= self.backlog_bytes {
             return Ok(None);
         }
-        self.request_flush(uid).map(Some)
+        flusher.ticket().map(Some)
     }
 
     /// Visit the A entries of database `uid` with serial above `after`, in order, as
@@ -1300,6 +1289,22 @@ impl Drop for Shard {
 }
 
 impl Flusher {
+    /// Ask for a flush; the ticket to wait for it with.
+    fn ticket(&self) -> Result<FlushTicket, LogError> {
+        let mut state = self.state.lock();
+        if state.shutdown {
+            // Its flusher is gone (the database was deleted or the node stops).
+            return Err(LogError::Flush("the database's log is closed".into()));
+        }
+        state.requested += 1;
+        let number = state.requested;
+        self.wake.notify_one();
+        Ok(FlushTicket {
+            flushed: self.flushed.subscribe(),
+            number,
+        })
+    }
+
     fn backlog(&self) -> u64 {
         let appended = self.appended.load(Ordering::Acquire);
         appended.saturating_sub(self.durable.load(Ordering::Acquire))

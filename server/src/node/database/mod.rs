@@ -474,9 +474,11 @@ impl Database {
                     }
                 }
             };
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let outcome = if ops.len() >= BIG_BATCH && multi_thread {
+            let off_worker = ops.len() >= BIG_BATCH
+                && tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+            let outcome = if off_worker {
                 // Milliseconds of CPU: off the async worker, which another thread takes
                 // over meanwhile, and at a lower priority, so the kernel serves a
                 // neighbour's small request first instead of after this batch (issue
