@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec::{self, ChunkRef};
+use super::tail::Tail;
 use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
@@ -164,6 +165,8 @@ struct Shard {
     kind_stored: Mutex<HashMap<u8, u64>>,
     /// Remove the directory when the last holder lets go (the database was deleted).
     doomed: std::sync::atomic::AtomicBool,
+    /// The newest transactions, for the links' senders.
+    tail: Mutex<Tail>,
 }
 
 struct Trees {
@@ -475,6 +478,20 @@ impl LogStore {
         for (key, bytes) in &chunks {
             shard.account_chunk(key, bytes.len() as i64);
         }
+        let wanted = shard.tail.lock().wanted();
+        let kept = wanted.then(|| {
+            chunks
+                .iter()
+                .filter(|(key, _)| key[8] != 0)
+                .map(|(_, bytes)| {
+                    let head = codec::peek(bytes).map_err(|e| LogError::Damaged(e.to_string()))?;
+                    Ok(RawChunk {
+                        head,
+                        bytes: bytes.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, LogError>>()
+        });
         let is_a = |key: &[u8; 17]| key[8] == LogKind::A as u8;
         if position.is_none() && chunks.iter().filter(|(key, _)| is_a(key)).count() == 1 {
             // The A chunk last: it is the commit point.
@@ -491,6 +508,9 @@ impl LogStore {
                 batch.insert(&key[..], &serial.to_be_bytes()[..]);
             }
             t.log.apply_batch(batch)?;
+        }
+        if let Some(kept) = kept {
+            shard.tail.lock().push(&kept?);
         }
         Ok(())
     }
@@ -577,6 +597,7 @@ impl LogStore {
         for (key, len) in written {
             shard.account_chunk(&key, len);
         }
+        shard.tail.lock().clear();
         Ok(())
     }
 
@@ -605,6 +626,13 @@ impl LogStore {
         also: &[LogKind],
     ) -> Result<Vec<RawTxn>, LogError> {
         let shard = self.shard(uid)?;
+        {
+            let mut tail = shard.tail.lock();
+            if let Some(txns) = tail.read(after, max_bytes, also) {
+                return Ok(txns);
+            }
+            tail.want();
+        }
         let t = shard.trees();
         let mut out: Vec<RawTxn> = Vec::new();
         let mut bytes = 0;
@@ -1238,6 +1266,7 @@ impl Shard {
             stored: Mutex::new(None),
             kind_stored: Mutex::new(HashMap::new()),
             doomed: std::sync::atomic::AtomicBool::new(false),
+            tail: Mutex::new(Tail::default()),
         })
     }
 

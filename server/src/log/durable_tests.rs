@@ -1170,3 +1170,99 @@ async fn a_backlog_over_the_bound_is_flushed_before_the_next_write_is_acknowledg
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One transaction as a sender reads it: txn, first and last serial, chunk bytes.
+type ReadTxn = (u64, u64, u64, Vec<Vec<u8>>);
+
+/// What a sender reads: the transactions after every serial, with each set of extra
+/// kinds, at a few frame sizes.
+fn every_read(log: &LogStore, uid: u64, last: u64) -> Vec<Vec<ReadTxn>> {
+    let mut out = Vec::new();
+    for after in 0..=last {
+        for also in [&[][..], &[LogKind::B][..], &[LogKind::B, LogKind::T][..]] {
+            for max in [1, 4 << 10, 1 << 20] {
+                let txns = log.read_txns(uid, after, max, also).unwrap();
+                out.push(
+                    txns.iter()
+                        .map(|t| {
+                            let chunks = t.chunks.iter().map(|c| c.bytes.to_vec()).collect();
+                            (t.txn, t.first_serial, t.last_serial, chunks)
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_in_memory_tail_answers_a_sender_exactly_as_sled_does() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    // Something reads the log before the writes: the tail keeps them from then on.
+    assert!(f.log.read_txns(UID, 0, 1 << 20, &[]).unwrap().is_empty());
+    let logs = [
+        w.commit(&inserts("o", 20, 30)),
+        w.commit(&[update(ORDERS, "o0003", b"changed"), delete(ORDERS, "o0004")]),
+        w.commit(&inserts("big", 300, 400)),
+        w.refuse(&[insert(ORDERS, "new", b"n"), insert(ORDERS, "o0007", b"dup")]),
+        w.commit(&[delete(ORDERS, "o0005")]),
+    ];
+    for log in &logs {
+        f.log.append(UID, log).unwrap();
+    }
+    let last = w.seq.last_serial;
+    let from_tail = every_read(&f.log, UID, last);
+    let answered_by_tail = {
+        let shard = f.log.shard(UID).unwrap();
+        let tail = shard.tail.lock();
+        tail.read(0, 1 << 20, &[]).map(|t| t.len())
+    };
+    assert_eq!(
+        answered_by_tail,
+        Some(logs.len()),
+        "the tail holds every transaction"
+    );
+    // A reopened store has an empty tail: every answer comes from sled.
+    let f = f.reopen();
+    assert_eq!(every_read(&f.log, UID, last), from_tail);
+}
+
+#[test]
+fn the_tail_keeps_only_the_newest_transactions_and_sled_serves_the_rest() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    f.log.read_txns(UID, 0, 1, &[]).unwrap();
+    // About 40 KiB of A chunk per transaction: 200 of them are twice the bound.
+    for i in 0..200 {
+        f.log
+            .append(UID, &w.commit(&inserts(&format!("t{i}-"), 10, 4000)))
+            .unwrap();
+    }
+    let shard = f.log.shard(UID).unwrap();
+    let oldest = {
+        let tail = shard.tail.lock();
+        assert!(
+            tail.read(0, 1, &[]).is_none(),
+            "the first writes left the tail"
+        );
+        (1..=w.seq.last_serial)
+            .find(|s| tail.read(*s - 1, 1, &[]).is_some())
+            .expect("the newest writes are in the tail")
+    };
+    assert!(oldest > 1);
+    // Before the tail, sled answers, continuing into what the tail holds.
+    let txns = f.log.read_txns(UID, 0, 64 << 20, &[]).unwrap();
+    assert_eq!(txns.len(), 200);
+    assert_eq!(txns.last().unwrap().last_serial, w.seq.last_serial);
+    // A restore's batch is written around the tail: the tail is emptied.
+    f.log
+        .append_txns(UID, &[w.commit(&inserts("r", 2, 10))])
+        .unwrap();
+    assert!(shard
+        .tail
+        .lock()
+        .read(w.seq.last_serial - 1, 1, &[])
+        .is_none());
+}

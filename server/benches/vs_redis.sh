@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Doppel and Redis side by side, each with one replica on loopback, in one run (issue 19).
+#
+#   cargo build --release --bin doppel && cargo bench --bench sync_clients --no-run
+#   server/benches/vs_redis.sh target/release/doppel [ROUNDS]
+#
+# Starts a Redis primary and replica (no persistence) and two release Doppel nodes, then
+# measures, interleaving Doppel and Redis in every round so that the machine's swings
+# fall on both:
+#   1. replicated writes/s: `redis-benchmark -t set -d 100 -c 50 -P 128` (its own figure,
+#      and the time until the replica's offset caught up) against `doppel bench
+#      --scenario async` (records/s applied on the replica, durability none);
+#   2. sync commit latency, one connection, and commits/s with 64 connections: the
+#      `sync_clients` bench speaks HTTP to Doppel (PUT on a database with a sync link)
+#      and RESP to Redis (SET + WAIT 1 0 in one send), the same client for both;
+#      once with both Doppel databases at durability `none`, once at `group`.
+# Prints every figure with the CPU seconds of each process beside it, and a ratio line
+# per comparison. Everything listens on 127.0.0.1 and is stopped at exit.
+# Needs redis-server and redis-tools (Debian), python3 for nothing.
+set -euo pipefail
+BIN=$(realpath "${1:?usage: vs_redis.sh DOPPEL_BINARY [ROUNDS]}")
+ROUNDS=${2:-3}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CLIENT=$(ls -t "$ROOT"/target/release/deps/sync_clients-* 2>/dev/null | grep -v '\.d$' | head -1)
+[[ -x $CLIENT ]] || { echo "build the client first: cargo bench --bench sync_clients --no-run" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "apt-get install -y redis-server redis-tools" >&2; exit 2; }
+RP=6392 RR=6393 DA=7191 DB=7192
+for p in $RP $RR $DA $DB; do
+  if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p in use" >&2; exit 2; fi
+done
+W=$(mktemp -d /tmp/vs_redis.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# ---- Redis: primary + replica, no persistence
+redis_conf() {
+  printf 'bind 127.0.0.1\nport %s\ndir %s\nsave ""\nappendonly no\nclient-output-buffer-limit replica 0 0 0\nrepl-backlog-size 512mb\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 0\n' "$1" "$W"
+}
+redis_conf $RP > "$W/rp.conf"
+{ redis_conf $RR; echo "replicaof 127.0.0.1 $RP"; } > "$W/rr.conf"
+redis-server "$W/rp.conf" > "$W/rp.log" 2>&1 & PIDS+=($!); REDIS_P=$!
+redis-server "$W/rr.conf" > "$W/rr.log" 2>&1 & PIDS+=($!); REDIS_R=$!
+wait_for() {  # $1: what, then a command that succeeds when ready (20 s at most)
+  local what=$1; shift
+  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "$what did not come up" >&2; exit 1
+}
+wait_for "redis replica" bash -c "redis-cli -p $RR info replication | grep -q master_link_status:up"
+
+# ---- Doppel: two release nodes with a shared key
+cat > "$W/node.toml" <<'TOML'
+[auth]
+keys = [{ kid = "k1", alg = "HS256", secret = "2NHZLtpOIpiurLauq38zVWVVxFcodPJWgM1DuSXbe5Q=" }]
+TOML
+"$BIN" serve --data "$W/a" --listen 127.0.0.1:$DA --config "$W/node.toml" > "$W/a.log" 2>&1 & PIDS+=($!); DOPPEL_A=$!
+"$BIN" serve --data "$W/b" --listen 127.0.0.1:$DB --config "$W/node.toml" > "$W/b.log" 2>&1 & PIDS+=($!); DOPPEL_B=$!
+wait_for "doppel A" curl -sf http://127.0.0.1:$DA/v1/health
+wait_for "doppel B" curl -sf http://127.0.0.1:$DB/v1/health
+TOKEN=$("$BIN" token --tenant default --role admin --config "$W/node.toml")
+api() {  # METHOD PATH [BODY]
+  curl -sf -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    "http://127.0.0.1:$DA$2" ${3:+-d "$3"}
+}
+cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+PIDLIST="doppel_a=$DOPPEL_A,doppel_b=$DOPPEL_B,redis_p=$REDIS_P,redis_r=$REDIS_R"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $("$BIN" --version); $(redis-server --version | cut -d' ' -f3)"
+
+# ---- 1. replicated writes/s
+redis_offsets_equal() {
+  local p r
+  p=$(redis-cli -p $RP info replication | tr -d '\r' | sed -n 's/^master_repl_offset://p')
+  r=$(redis-cli -p $RR info replication | tr -d '\r' | sed -n 's/^slave_repl_offset://p')
+  [[ -n $p && $p == "$r" ]]
+}
+for round in $(seq 1 "$ROUNDS"); do
+  "$BIN" bench --url http://127.0.0.1:$DA --token "$TOKEN" --replica http://127.0.0.1:$DB \
+    --scenario async --records 1000000 --durability none 2>&1 | sed "s/^/throughput round $round doppel: /"
+  t0=$(date +%s.%N)
+  rps=$(redis-benchmark -h 127.0.0.1 -p $RP -t set -d 100 -r 1000000 -n 1000000 -c 50 -P 128 -q 2>/dev/null \
+    | tr '\r' '\n' | sed -n 's/^SET: \([0-9.]*\) requests per second.*/\1/p' | tail -1)
+  wait_for "redis replica catch-up" redis_offsets_equal
+  t1=$(date +%s.%N)
+  echo "throughput round $round redis: redis-benchmark -P 128: $rps SET/s; 1000000 SETs applied on the replica in $(echo "$t1 - $t0" | bc) s = $(echo "1000000 / ($t1 - $t0)" | bc) records/s"
+done
+
+# ---- 2. sync commits, durability none, then group
+for durability in none group; do
+  db="sync_$durability"
+  api POST /v1/tenants/default/databases \
+    "{\"name\":\"$db\",\"files\":[{\"name\":\"bench\"}],\"durability\":\"$durability\"}" > /dev/null
+  api POST /v1/tenants/default/links \
+    "{\"database\":\"$db\",\"mode\":\"sync\",\"target\":{\"url\":\"http://127.0.0.1:$DB\",\"database\":\"$db\"}}" > "$W/link.json"
+  id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$W/link.json")
+  wait_for "sync link" bash -c "curl -sf -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$DA/v1/tenants/default/links/$id | grep -q '\"state\":\"streaming\"'"
+  echo "# sync commits, Doppel databases at durability $durability (Redis: no persistence)"
+  mode=all; [[ $durability == group ]] && mode=latency
+  "$CLIENT" --doppel 127.0.0.1:$DA --token "$TOKEN" --redis 127.0.0.1:$RP \
+    --path "/v1/tenants/default/databases/$db/files/bench/records" --pids "$PIDLIST" \
+    --rounds "$ROUNDS" --clients 64 --mode $mode | sed "s/^/$durability /"
+done
