@@ -304,6 +304,14 @@ fn to_batch(records: Vec<DryRecord>, field: &str) -> Result<BatchBuilder> {
     Ok(b)
 }
 
+/// A batch of the records of a dry-run body's `records` (JSON): what `doppel plugin
+/// test --bench` measures with.
+pub fn records_batch(records: Value) -> Result<BatchBuilder> {
+    let records: Vec<DryRecord> = serde_json::from_value(records)
+        .map_err(|e| ApiError::malformed(format!("records: {e}")))?;
+    to_batch(records, "records")
+}
+
 fn record_json(r: &Record<'_>) -> Value {
     let data = |b: &[u8]| {
         serde_json::from_slice(b)

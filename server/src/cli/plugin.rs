@@ -55,6 +55,13 @@ pub enum PluginCommand {
         /// The config (JSON), instead of the records file's.
         #[arg(long)]
         config: Option<String>,
+        /// The role, for a --wasm outside a project (name and version are then "plugin@0").
+        #[arg(long)]
+        role: Option<String>,
+        /// Also measure: instantiation, per-call latency at batch 1 and records/s at
+        /// batch 256 (the records file's records, repeated).
+        #[arg(long)]
+        bench: bool,
     },
     /// Upload the built component to a node (as NAME@VERSION of the project).
     Upload {
@@ -109,23 +116,25 @@ pub fn run(command: PluginCommand) -> Result<(), String> {
             dir,
             sdk,
         } => {
-            if lang == Lang::Js {
-                return Err(
-                    "--lang js: JavaScript plugins are not available in this version (see docs/PLUGINS.md)"
-                        .into(),
-                );
-            }
             plugin_new::check_name(&name)?;
             let sdk = plugin_new::find_sdk(sdk.as_deref())?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let files = plugin_new::generate(&dir, &name, role, &sdk)?;
+            let files = match lang {
+                Lang::Rust => plugin_new::generate(&dir, &name, role, &sdk)?,
+                Lang::Js => plugin_new::generate_js(&dir, &name, role, &sdk)?,
+            };
+            let next = match lang {
+                Lang::Rust => "cargo test && doppel plugin build && doppel plugin test",
+                Lang::Js => "npm install && npm test && doppel plugin build && doppel plugin test",
+            };
             print_json(&serde_json::json!({
                 "created": dir.display().to_string(),
                 "name": name,
                 "role": role.name(),
                 "sdk": sdk.display().to_string(),
                 "files": files,
-                "next": format!("cd {} && cargo test && doppel plugin build && doppel plugin test", dir.display()),
+                "lang": match lang { Lang::Rust => "rust", Lang::Js => "js" },
+                "next": format!("cd {} && {next}", dir.display()),
             }));
             Ok(())
         }
@@ -140,26 +149,46 @@ pub fn run(command: PluginCommand) -> Result<(), String> {
             wasm,
             records,
             config,
+            role,
+            bench,
         } => {
             let project = Project::read(&path).ok();
             let wasm = component_path(&path, project.as_ref(), wasm)?;
             let bytes = read(&wasm)?;
-            let (name, version, role) = match &project {
-                Some(p) => (p.name.clone(), p.version.clone(), p.role()?),
-                None => return Err(format!(
+            let given =
+                match role.as_deref() {
+                    Some(r) => Some(Role::parse(r).ok_or_else(|| {
+                        format!("--role {r}: filter, transform, rule or resolver")
+                    })?),
+                    None => None,
+                };
+            let (name, version, role) = match (&project, given) {
+                (Some(p), Some(role)) => (p.name.clone(), p.version.clone(), role),
+                (Some(p), None) => (p.name.clone(), p.version.clone(), p.role()?),
+                (None, Some(role)) => ("plugin".to_owned(), "0".to_owned(), role),
+                (None, None) => return Err(format!(
                     "{}: not a plugin project (no Cargo.toml with [package.metadata.doppel] role); give --path",
                     path.display()
                 )),
             };
             let records = records.unwrap_or_else(|| path.join("records.json"));
             let body = dry_run_body(&records, config.as_deref())?;
+            let bench_input = bench.then(|| (body["config"].clone(), body["records"].clone()));
             let body = serde_json::from_value(body)
                 .map_err(|e| format!("{}: not a dry-run body: {e}", records.display()))?;
             let runtime = Runtime::new(Limits::default()).map_err(|e| e.to_string())?;
             let label = format!("{name}@{version}");
+            let started = std::time::Instant::now();
             let template = instantiate(&runtime, &label, role, &bytes)?;
-            let out =
+            let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+            let mut out =
                 crate::api::plugins::run_dry(&template, &label, body).map_err(|e| e.detail)?;
+            if let Some((config, records)) = bench_input {
+                let mut figures = measure(&template, &config, records)?;
+                figures["compile_ms"] = serde_json::json!(round(compile_ms));
+                figures["component_bytes"] = serde_json::json!(bytes.len());
+                out["bench"] = figures;
+            }
             print_json(&out);
             Ok(())
         }
@@ -197,19 +226,23 @@ pub fn run(command: PluginCommand) -> Result<(), String> {
             let bytes = read(&wasm)?;
             let bar = progress::bytes(bytes.len() as u64, format!("uploading {name}@{version}"));
             let reader = bar.wrap_read(std::io::Cursor::new(bytes.clone()));
-            let answer = connect(&target).call_reader(
-                "PUT",
-                &format!(
-                    "{}/{}/{}?role={}",
-                    plugins_path(&target),
-                    encode_segment(&name),
-                    encode_segment(&version),
-                    encode_segment(&role)
-                ),
-                "application/wasm",
-                bytes.len() as u64,
-                reader,
-            );
+            // The node compiles the component before it answers: a JavaScript one
+            // (about 11 MiB) can take a minute on a busy machine.
+            let answer = connect(&target)
+                .with_timeout(std::time::Duration::from_secs(600))
+                .call_reader(
+                    "PUT",
+                    &format!(
+                        "{}/{}/{}?role={}",
+                        plugins_path(&target),
+                        encode_segment(&name),
+                        encode_segment(&version),
+                        encode_segment(&role)
+                    ),
+                    "application/wasm",
+                    bytes.len() as u64,
+                    reader,
+                );
             bar.finish_and_clear();
             print_json(&answer?);
             Ok(())
@@ -337,16 +370,22 @@ fn instantiate(
     Ok(template)
 }
 
-/// A plugin project: a Cargo.toml with `[package.metadata.doppel] role`.
+/// A plugin project: a crate whose Cargo.toml has `[package.metadata.doppel] role`, or a
+/// JavaScript project whose package.json has `"doppel": {"role", "source", "sdk"}`.
 pub struct Project {
     dir: PathBuf,
     name: String,
     version: String,
     role: Option<String>,
+    /// A JavaScript project: its source module and the Doppel SDK folder.
+    js: Option<(PathBuf, PathBuf)>,
 }
 
 impl Project {
     pub fn read(dir: &Path) -> Result<Project, String> {
+        if !dir.join("Cargo.toml").exists() && dir.join("package.json").exists() {
+            return Project::read_js(dir);
+        }
         let manifest = dir.join("Cargo.toml");
         let text = std::fs::read_to_string(&manifest).map_err(|e| {
             format!(
@@ -372,6 +411,30 @@ impl Project {
                 .and_then(|d| d.get("role"))
                 .and_then(|r| r.as_str())
                 .map(str::to_owned),
+            js: None,
+        })
+    }
+
+    fn read_js(dir: &Path) -> Result<Project, String> {
+        let manifest = dir.join("package.json");
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| format!("{}: {e}", manifest.display()))?;
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", manifest.display()))?;
+        let field = |v: &Value, what: &str| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{}: no {what}", manifest.display()))
+        };
+        let doppel = &doc["doppel"];
+        let source = dir.join(field(&doppel["source"], "doppel.source")?);
+        let sdk = PathBuf::from(field(&doppel["sdk"], "doppel.sdk (the sdk/ folder)")?);
+        Ok(Project {
+            dir: dir.to_path_buf(),
+            name: field(&doc["name"], "name")?,
+            version: field(&doc["version"], "version")?,
+            role: doppel["role"].as_str().map(str::to_owned),
+            js: Some((source, sdk)),
         })
     }
 
@@ -396,14 +459,26 @@ impl Project {
 /// cargo for wasm32, the component wrapping, and the upload's checks, in-process.
 fn build(project: &Project) -> Result<Value, String> {
     let role = project.role()?;
-    check_wasm_target()?;
-    let module = cargo_build(project)?;
-    let spinner = progress::spinner(format!("making a component of {}", module.display()));
-    let core = read(&module)?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&core)
-        .and_then(|e| e.validate(true).encode())
-        .map_err(|e| format!("making a component of {}: {e:#}", module.display()))?;
+    let (component, spinner) = match &project.js {
+        Some((source, sdk)) => {
+            let spinner = progress::spinner(format!(
+                "componentize-js {} (a minute on a slow machine)",
+                source.display()
+            ));
+            (js_build(project, role, source, sdk)?, spinner)
+        }
+        None => {
+            check_wasm_target()?;
+            let module = cargo_build(project)?;
+            let spinner = progress::spinner(format!("making a component of {}", module.display()));
+            let core = read(&module)?;
+            let component = wit_component::ComponentEncoder::default()
+                .module(&core)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| format!("making a component of {}: {e:#}", module.display()))?;
+            (component, spinner)
+        }
+    };
     spinner.set_message("checking it as an upload is checked");
     let runtime = Runtime::new(Limits::default()).map_err(|e| e.to_string())?;
     let label = format!("{}@{}", project.name, project.version);
@@ -519,4 +594,110 @@ fn cargo_build(project: &Project) -> Result<PathBuf, String> {
             project.name
         )
     })
+}
+
+/// A JavaScript project's component: `node SDK/js/build.mjs` (componentize-js, every WASI
+/// feature off), written to `dist/.componentize.wasm` and read back.
+fn js_build(project: &Project, role: Role, source: &Path, sdk: &Path) -> Result<Vec<u8>, String> {
+    if !matches!(role, Role::Filter | Role::Transform) {
+        return Err(format!(
+            "a JavaScript plugin is a filter or a transform; this project's role is {role}"
+        ));
+    }
+    let script = sdk.join("js").join("build.mjs");
+    if !script.is_file() {
+        return Err(format!(
+            "{}: not found; doppel.sdk in package.json names the sdk/ folder of a Doppel checkout",
+            script.display()
+        ));
+    }
+    if !sdk
+        .join("js/node_modules/@bytecodealliance/componentize-js")
+        .is_dir()
+    {
+        return Err(format!(
+            "componentize-js is not installed: run `npm install` in {}",
+            sdk.join("js").display()
+        ));
+    }
+    let out = project.dir.join("dist").join(".componentize.wasm");
+    let run = std::process::Command::new("node")
+        .arg(&script)
+        .args(["--role", role.name()])
+        .arg(source)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("running node (is Node.js installed?): {e}"))?;
+    if !run.status.success() {
+        return Err(format!(
+            "componentize-js failed:\n{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    let component = read(&out)?;
+    let _ = std::fs::remove_file(&out);
+    Ok(component)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// What `plugin test --bench` measures, in the server's runtime: instantiation (with
+/// `configure`), the latency of a call of one record, and records per second at batch
+/// 256. Medians of repeated runs, after a warm-up call.
+fn measure(
+    template: &crate::plugins::runtime::Template,
+    config: &Value,
+    records: Value,
+) -> Result<Value, String> {
+    use std::time::Instant;
+    if template.role() == Role::Resolver {
+        return Err("--bench measures filters, transforms and rules".into());
+    }
+    let config = if config.is_null() {
+        String::new()
+    } else {
+        config.to_string()
+    };
+    let list = records.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return Err("--bench needs at least one record".into());
+    }
+    let batch = |n: usize| {
+        let cycled: Vec<Value> = list.iter().cycle().take(n).cloned().collect();
+        crate::api::plugins::records_batch(Value::Array(cycled)).map_err(|e| e.detail)
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bar = progress::spinner("measuring");
+    let mut inst = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        template.stage(&config).map_err(|e| e.to_string())?;
+        inst.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut stage = template.stage(&config).map_err(|e| e.to_string())?;
+    let mut time_calls = |b: &doppel_sdk::abi::BatchBuilder, n: usize| {
+        stage.call(b.as_batch(), None).map_err(|e| e.to_string())?;
+        let mut took = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            stage.call(b.as_batch(), None).map_err(|e| e.to_string())?;
+            took.push(t.elapsed().as_secs_f64());
+        }
+        Ok::<_, String>(took)
+    };
+    let single = time_calls(&batch(1)?, 500)?;
+    let many = time_calls(&batch(256)?, 50)?;
+    bar.finish_and_clear();
+    Ok(serde_json::json!({
+        "instantiate_us": round(median(inst)),
+        "call_batch_1_us": round(median(single) * 1e6),
+        "records_per_s_batch_256": (256.0 / median(many)).round(),
+    }))
 }
