@@ -132,6 +132,17 @@ fn new_build_test_upload_and_run_on_a_live_link() {
     // Tested locally on the sample records, under the server's runtime.
     let local = ok_json(&project, &["plugin", "test"]);
     assert_eq!(local["kept"], json!([true, false, true]), "{local}");
+    let measured = ok_json(&project, &["plugin", "test", "--bench"]);
+    for figure in [
+        "instantiate_us",
+        "call_batch_1_us",
+        "records_per_s_batch_256",
+    ] {
+        assert!(
+            measured["bench"][figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {measured}"
+        );
+    }
     let refused = fails(
         &project,
         &["plugin", "test", "--config", r#"{"prefixes":[]}"#],

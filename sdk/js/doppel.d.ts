@@ -19,7 +19,7 @@ export type Op = "insert" | "update" | "delete" | "read";
 
 /** One record of a batch (the layout of doppel_sdk::abi). */
 export declare class Record {
-  constructor(bytes: Uint8Array);
+  constructor(arena: Uint8Array, start?: number, end?: number, view?: DataView);
   readonly raw: Uint8Array;
   op: Op;
   origin: bigint;

@@ -35,57 +35,122 @@ function takeLog() {
   return out;
 }
 
-/** One record of a batch, decoded from the arena (the layout of doppel_sdk::abi). */
+/** One record of a batch, read from the arena (the layout of doppel_sdk::abi). Only the
+ * offsets are read up front; each field is decoded when first read (in the interpreter
+ * SpiderMonkey runs in inside wasm, decoding every field of every record cost ~50 µs a
+ * record, see docs/BENCHMARKS.md). */
 export class Record {
-  constructor(bytes) {
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    let at = 0;
-    const take = (n) => {
-      if (at + n > bytes.length) throw new Error("malformed record: truncated");
-      const part = bytes.subarray(at, at + n);
-      at += n;
-      return part;
-    };
-    const u64 = () => {
-      const v = view.getBigUint64(at, true);
-      at += 8;
-      return v;
-    };
-    const chunk = () => {
-      const n = view.getUint32(at, true);
-      at += 4;
-      return take(n);
-    };
-    this.raw = bytes;
-    this.op = OPS[bytes[0]];
-    if (this.op === undefined) throw new Error("malformed record: unknown op");
-    const hasBefore = (bytes[1] & 1) !== 0;
-    const altCount = view.getUint16(2, true);
-    at = 4;
-    this.origin = u64();
-    this.serial = u64();
-    this.timestamp = u64();
-    this.txn = u64();
-    this.file = utf8.decode(chunk());
-    this.key = utf8.decode(chunk());
-    this.data = chunk();
-    this.before = hasBefore ? chunk() : null;
-    this.alt = {};
-    for (let i = 0; i < altCount; i++) {
-      const name = utf8.decode(chunk());
-      this.alt[name] = utf8.decode(chunk());
+  /** The record at `arena[start..end]`; `view` is a DataView of the whole arena (one per
+   * batch: cheaper than one per record). */
+  constructor(arena, start = 0, end = arena.length, view = undefined) {
+    view ??= new DataView(arena.buffer, arena.byteOffset, arena.byteLength);
+    this._arena = arena;
+    this._view = view;
+    this._start = start;
+    this._end = end;
+    if (end - start < 40 || arena[start] > 3) throw new Error("malformed record: header");
+    let at = start + 36;
+    const fileLen = view.getUint32(at, true);
+    this._file = at + 4;
+    at = this._file + fileLen;
+    const keyLen = view.getUint32(at, true);
+    this._key = at + 4;
+    at = this._key + keyLen;
+    const dataLen = view.getUint32(at, true);
+    this._data = at + 4;
+    at = this._data + dataLen;
+    this._dataEnd = at;
+    if ((arena[start + 1] & 1) !== 0) {
+      const beforeLen = view.getUint32(at, true);
+      this._before = at + 4;
+      at = this._before + beforeLen;
+    } else {
+      this._before = -1;
     }
+    this._beforeEnd = at;
+    if (at > end) throw new Error("malformed record: truncated");
+    this._fileLen = fileLen;
+    this._keyLen = keyLen;
+    this._fileText = undefined;
+    this._keyText = undefined;
+  }
+
+  /** The record's bytes. */
+  get raw() {
+    return this._arena.subarray(this._start, this._end);
+  }
+  get op() {
+    return OPS[this._arena[this._start]];
+  }
+  get origin() {
+    return this._view.getBigUint64(this._start + 4, true);
+  }
+  get serial() {
+    return this._view.getBigUint64(this._start + 12, true);
+  }
+  get timestamp() {
+    return this._view.getBigUint64(this._start + 20, true);
+  }
+  get txn() {
+    return this._view.getBigUint64(this._start + 28, true);
+  }
+  get file() {
+    if (this._fileText === undefined) this._fileText = text(this._arena, this._file, this._fileLen);
+    return this._fileText;
+  }
+  get key() {
+    if (this._keyText === undefined) this._keyText = text(this._arena, this._key, this._keyLen);
+    return this._keyText;
+  }
+  /** The after image, JSON bytes; empty for a delete. */
+  get data() {
+    return this._arena.subarray(this._data, this._dataEnd);
+  }
+  /** The before image, JSON bytes, or null. */
+  get before() {
+    return this._before < 0 ? null : this._arena.subarray(this._before, this._beforeEnd);
+  }
+  get alt() {
+    const out = {};
+    const view = this._view;
+    const count = view.getUint16(this._start + 2, true);
+    let at = this._beforeEnd;
+    for (let i = 0; i < count; i++) {
+      const n = view.getUint32(at, true);
+      const name = utf8.decode(this._arena.subarray(at + 4, at + 4 + n));
+      at += 4 + n;
+      const m = view.getUint32(at, true);
+      out[name] = utf8.decode(this._arena.subarray(at + 4, at + 4 + m));
+      at += 4 + m;
+    }
+    return out;
   }
 
   /** The after image parsed as JSON (null when empty: a delete). */
   json() {
-    return this.data.length === 0 ? null : JSON.parse(utf8.decode(this.data));
+    const d = this.data;
+    return d.length === 0 ? null : JSON.parse(utf8.decode(d));
   }
 
   /** The before image parsed as JSON (null when absent or empty). */
   beforeJson() {
-    return this.before && this.before.length ? JSON.parse(utf8.decode(this.before)) : null;
+    const b = this.before;
+    return b && b.length ? JSON.parse(utf8.decode(b)) : null;
   }
+}
+
+/** Short ASCII text without a TextDecoder call (cheaper in the interpreter). */
+function text(bytes, at, len) {
+  if (len <= 64) {
+    let s = "";
+    for (let i = at; i < at + len; i++) {
+      const c = bytes[i];
+      if (c >= 0x80) return utf8.decode(bytes.subarray(at, at + len));
+      s += String.fromCharCode(c);
+    }
+    return s;
+  }
+  return utf8.decode(bytes.subarray(at, at + len));
 }
 
 /** The records of a batch ({arena, offsets}). */
@@ -215,14 +280,17 @@ export function filter(keep, config) {
     configSchema: () => cfg.schema,
     configure: (text) => cfg.configure(text),
     filter(batch) {
-      const parts = records(batch);
-      const bits = new Uint8Array((parts.length + 7) >> 3);
+      const { arena, offsets } = batch;
+      const n = offsets.length;
+      const view = new DataView(arena.buffer, arena.byteOffset, arena.byteLength);
+      const bits = new Uint8Array((n + 7) >> 3);
       const errors = [];
       const c = cfg.get();
-      for (let i = 0; i < parts.length; i++) {
+      for (let i = 0; i < n; i++) {
         try {
           if (c === null) throw new Error("not configured");
-          if (keep(new Record(parts[i]), c)) bits[i >> 3] |= 1 << (i & 7);
+          const end = i + 1 < n ? offsets[i + 1] : arena.length;
+          if (keep(new Record(arena, offsets[i], end, view), c)) bits[i >> 3] |= 1 << (i & 7);
         } catch (e) {
           errors.push({ index: i, message: message(e) });
         }
@@ -251,16 +319,19 @@ export function transform(fn, config) {
     configSchema: () => cfg.schema,
     configure: (text) => cfg.configure(text),
     transform(batch) {
-      const parts = records(batch);
+      const { arena, offsets } = batch;
+      const n = offsets.length;
+      const view = new DataView(arena.buffer, arena.byteOffset, arena.byteLength);
       const out = new BatchBuilder();
       const errors = [];
       const c = cfg.get();
-      for (let i = 0; i < parts.length; i++) {
+      for (let i = 0; i < n; i++) {
         try {
           if (c === null) throw new Error("not configured");
-          const record = new Record(parts[i]);
+          const end = i + 1 < n ? offsets[i + 1] : arena.length;
+          const record = new Record(arena, offsets[i], end, view);
           const answer = fn(record, c);
-          if (answer === Keep || answer === undefined) out.pushRaw(parts[i]);
+          if (answer === Keep || answer === undefined) out.pushRaw(record.raw);
           else if (answer === Drop) continue;
           else if (answer && answer.edit) out.push(record, answer.edit);
           else throw new Error("a transform answers Keep, Drop or Edit({...})");
