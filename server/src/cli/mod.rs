@@ -11,6 +11,7 @@ mod link;
 mod plugin;
 mod plugin_new;
 mod progress;
+mod restore;
 mod serve;
 mod token;
 
@@ -37,6 +38,8 @@ enum Command {
     /// Write, build, test and upload plugins: new, build, test, upload, list, dry-run, delete.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Restore a database to a serial or a time (in place or --into a new one), following it.
+    Restore(restore::RestoreArgs),
     /// Links from this node's databases: create, stages, show, list.
     #[command(subcommand)]
     Link(link::LinkCommand),
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Plugin(command) => plugin::run(command),
         Command::Link(command) => link::run(command),
+        Command::Restore(args) => restore::run(args),
         Command::Client(command) => client::run(command),
     };
     match result {
