@@ -398,8 +398,8 @@ doppel plugin upload --url http://127.0.0.1:7070 --token "$TOKEN"
 logical link as a stage, on the source node only:
 
 ```sh
-doppel link create SOURCE_DB --to http://REPLICA:7070 --apply logical \
-  --stage '{{NAME}}@0.1.0={{CONFIG}}' --on-error quarantine
+doppel link create SOURCE_DB --to http://REPLICA:7070 --target-token "$REPLICA_TOKEN" \
+  --stage '{{NAME}}@0.1.0={{CONFIG}}' --on-error quarantine --wait
 ```
 "#;
 
