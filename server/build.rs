@@ -23,7 +23,10 @@ fn main() {
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
-    println!("cargo:rerun-if-changed={}", root.join("sdk").display());
+    // Not all of sdk/: sdk/js (and its node_modules) is not the Rust SDK.
+    for part in ["sdk/src", "sdk/wit", "sdk/Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(part).display());
+    }
 
     let plugins = find_plugins(&root.join("plugins"));
     for (dir, _, _, _) in &plugins {

@@ -13,6 +13,7 @@
 //!   state over HTTP; keys and alternate-key values with spaces, slashes, `%`, `?`, `#`
 //!   and non-ASCII characters; and the errors a user meets (404 not-found, refused
 //!   transactions, an unreachable node, bad arguments);
+//! * `restore` follows the restore operation to its end (and `--dry-run` plans only);
 //! * `bench` with a small load.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -589,6 +590,9 @@ fn help_lists_the_subcommands() {
         "snapshot",
         "log",
         "checksums",
+        "plugin",
+        "link",
+        "restore",
     ] {
         assert!(
             help.lines()
@@ -1208,4 +1212,37 @@ fn serve_demo_starts_three_nodes_with_a_live_topology_and_they_end_with_it() {
     let log = log.join().expect("the log reader");
     assert!(log.contains("node started"), "{log}");
     assert!(!log.contains('\u{1b}'), "colour codes in the log: {log:?}");
+}
+
+/// `doppel restore` follows the restore operation to its end and prints it; the
+/// database is then as it was at the serial; `--dry-run` answers the plan only.
+#[test]
+fn restore_subcommand_follows_the_operation() {
+    let node = Node::start();
+    let url = node.base();
+    let shop = create_shop(url);
+    let first = client_json(url, &["put", "shop", "orders", "o1", r#"{"n":1}"#]);
+    let point = first["serial"].as_u64().expect("a put answers its serial");
+    client_json(url, &["put", "shop", "orders", "o2", r#"{"n":2}"#]);
+    client_json(url, &["put", "shop", "orders", "o1", r#"{"n":11}"#]);
+
+    let point_text = point.to_string();
+    let plan = client_json(
+        url,
+        &["restore", "shop", "--serial", &point_text, "--dry-run"],
+    );
+    assert_eq!(plan["dry_run"], json!(true), "{plan}");
+    assert_eq!(shop.data("orders", "o2"), Some(json!({"n": 2})));
+
+    let done = client_json(url, &["restore", "shop", "--serial", &point_text]);
+    assert_eq!(done["state"], json!("succeeded"), "{done}");
+    assert_eq!(done["phase"], json!("finished"), "{done}");
+    assert_eq!(shop.data("orders", "o1"), Some(json!({"n": 1})));
+    assert_eq!(shop.data("orders", "o2"), None);
+
+    let refused = client(url, &["restore", "shop"]);
+    assert!(
+        refused.failure().contains("--serial"),
+        "a restore without a point names what is missing: {refused}"
+    );
 }

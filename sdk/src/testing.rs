@@ -14,7 +14,7 @@ use crate::abi::{bit, no_base, BatchBuilder, Op, OwnedRecord, Record};
 use crate::run::{Dependency, Depends, Out, Resolution, Resolves, Verdict};
 use crate::PluginConfig;
 
-/// A record with the given file and key, an insert with empty data.
+/// An insert of the given file and key whose data is the empty JSON object `{}`.
 pub fn rec(file: &str, key: &str) -> OwnedRecord {
     OwnedRecord::new(Op::Insert, file, key, "{}")
 }

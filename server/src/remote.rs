@@ -227,6 +227,25 @@ impl Client {
         answer(&url, result)
     }
 
+    /// Call with a body of `len` bytes of `content_type` read from `body` as it is sent
+    /// (an upload that reports its progress through the reader).
+    pub fn call_reader(
+        &self,
+        method: &str,
+        target: &str,
+        content_type: &str,
+        len: u64,
+        body: impl std::io::Read,
+    ) -> Result<Value, RemoteError> {
+        let url = self.url(target);
+        let result = self
+            .request(method, &url)
+            .set("content-type", content_type)
+            .set("content-length", &len.to_string())
+            .send(body);
+        answer(&url, result)
+    }
+
     fn request(&self, method: &str, url: &str) -> ureq::Request {
         let request = self.agent.request(method, url);
         match &self.authorization {

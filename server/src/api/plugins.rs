@@ -304,6 +304,14 @@ fn to_batch(records: Vec<DryRecord>, field: &str) -> Result<BatchBuilder> {
     Ok(b)
 }
 
+/// A batch of the records of a dry-run body's `records` (JSON): what `doppel plugin
+/// test --bench` measures with.
+pub fn records_batch(records: Value) -> Result<BatchBuilder> {
+    let records: Vec<DryRecord> = serde_json::from_value(records)
+        .map_err(|e| ApiError::malformed(format!("records: {e}")))?;
+    to_batch(records, "records")
+}
+
 fn record_json(r: &Record<'_>) -> Value {
     let data = |b: &[u8]| {
         serde_json::from_slice(b)
@@ -343,6 +351,24 @@ pub async fn dry_run(
             ),
         ));
     }
+    let (quotas, charged) = (app.tenancy.clone(), tenant.clone());
+    let started = std::time::Instant::now();
+    let _charge = scopeguard(move || quotas.quotas.charge_plugin_cpu(&charged, started.elapsed()));
+    let plugins = app.plugins.clone();
+    blocking(move || {
+        let template = plugins.template(&tenant, &name, &version)?;
+        run_dry(&template, &format!("{name}@{version}"), body).map(Json)
+    })
+    .await
+}
+
+/// Runs a dry-run body through a plugin's template: what `POST …/dry-run` answers, and
+/// what `doppel plugin test` prints for a local component (the same runtime and limits).
+pub fn run_dry(
+    template: &crate::plugins::runtime::Template,
+    label: &str,
+    body: DryRun,
+) -> Result<Value> {
     let config = body.config.map(|c| c.to_string()).unwrap_or_default();
     let n = body.records.len();
     // A resolver's other two sides: the remote versions, and the bases (or "no base").
@@ -379,66 +405,58 @@ pub async fn dry_run(
         )),
     };
     let input = to_batch(body.records, "records")?;
-    let (quotas, charged) = (app.tenancy.clone(), tenant.clone());
-    let started = std::time::Instant::now();
-    let _charge = scopeguard(move || quotas.quotas.charge_plugin_cpu(&charged, started.elapsed()));
-    let plugins = app.plugins.clone();
-    blocking(move || {
-        let template = plugins.template(&tenant, &name, &version)?;
-        let role = template.role();
-        let mut stage = template.stage(&config)?;
-        if role == Role::Resolver {
-            return resolve_dry_run(&mut stage, &format!("{name}@{version}"), input, sides);
+    let role = template.role();
+    let mut stage = template.stage(&config)?;
+    if role == Role::Resolver {
+        return resolve_dry_run(&mut stage, label, input, sides).map(|Json(v)| v);
+    }
+    if sides.is_some() {
+        return Err(ApiError::malformed(format!(
+            "remote and base are a resolver's; '{label}' is a {role}"
+        )));
+    }
+    let out = stage.call(input.as_batch(), None)?;
+    let mut v = json!({
+        "plugin": label,
+        "role": role,
+        "errors": out.errors,
+        "log": out.log,
+    });
+    match role {
+        Role::Filter => {
+            let kept: Vec<bool> = (0..n).map(|i| bit(&out.bitmap, i)).collect();
+            let records: Vec<Value> = input
+                .as_batch()
+                .iter()
+                .zip(&kept)
+                .filter(|(_, k)| **k)
+                .filter_map(|(r, _)| r.ok().map(|r| record_json(&r)))
+                .collect();
+            v["kept"] = json!(kept);
+            v["records"] = json!(records);
         }
-        if sides.is_some() {
-            return Err(ApiError::malformed(format!(
-                "remote and base are a resolver's; '{name}@{version}' is a {role}"
-            )));
+        Role::Transform => {
+            let records: Vec<Value> = out
+                .batch
+                .as_batch()
+                .iter()
+                .map(|r| match r {
+                    Ok(r) => record_json(&r),
+                    Err(e) => json!({"error": e.to_string()}),
+                })
+                .collect();
+            v["records"] = json!(records);
         }
-        let out = stage.call(input.as_batch(), None)?;
-        let mut v = json!({
-            "plugin": format!("{name}@{version}"),
-            "role": role,
-            "errors": out.errors,
-            "log": out.log,
-        });
-        match role {
-            Role::Filter => {
-                let kept: Vec<bool> = (0..n).map(|i| bit(&out.bitmap, i)).collect();
-                let records: Vec<Value> = input
-                    .as_batch()
-                    .iter()
-                    .zip(&kept)
-                    .filter(|(_, k)| **k)
-                    .filter_map(|(r, _)| r.ok().map(|r| record_json(&r)))
-                    .collect();
-                v["kept"] = json!(kept);
-                v["records"] = json!(records);
-            }
-            Role::Transform => {
-                let records: Vec<Value> = out
-                    .batch
-                    .as_batch()
-                    .iter()
-                    .map(|r| match r {
-                        Ok(r) => record_json(&r),
-                        Err(e) => json!({"error": e.to_string()}),
-                    })
-                    .collect();
-                v["records"] = json!(records);
-            }
-            Role::Rule => {
-                v["depends"] = out
-                    .depends
-                    .iter()
-                    .map(|(index, file, key)| json!({"index": index, "file": file, "key": key}))
-                    .collect();
-            }
-            Role::Resolver => unreachable!("resolvers run through resolve_dry_run"),
+        Role::Rule => {
+            v["depends"] = out
+                .depends
+                .iter()
+                .map(|(index, file, key)| json!({"index": index, "file": file, "key": key}))
+                .collect();
         }
-        Ok(Json(v))
-    })
-    .await
+        Role::Resolver => unreachable!("resolvers run through resolve_dry_run"),
+    }
+    Ok(v)
 }
 
 /// A resolver's dry run: per record the decision and the version the site ends with.

@@ -211,8 +211,18 @@ fn parse_json(text: &str) -> Result<Value, String> {
 }
 
 pub fn run(command: ClientCommand) -> Result<(), String> {
+    let spinner = match &command {
+        ClientCommand::Snapshot { db, .. } => Some(super::progress::spinner(format!(
+            "taking a snapshot of {db}"
+        ))),
+        _ => None,
+    };
     let (target, method, path, body) = request_for(command)?;
-    let answer = connect(&target).call(method, &path, body.as_ref())?;
+    let answer = connect(&target).call(method, &path, body.as_ref());
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    let answer = answer?;
     if !answer.is_null() {
         println!(
             "{}",

@@ -145,7 +145,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_module_bytes: 8 << 20,
+            // A JavaScript component (componentize-js: the SpiderMonkey engine, ~11.1 MiB
+            // with a small plugin) fits; Rust plugins are 0.1-0.5 MiB.
+            max_module_bytes: 12 << 20,
             max_memory_bytes: 64 << 20,
             max_stack_bytes: 512 << 10,
             max_output_bytes: 16 << 20,
@@ -581,7 +583,7 @@ impl Stage {
                 format!("stack overflow (max {} bytes)", limits.max_stack_bytes)
             }
             Some(Trap::UnreachableCodeReached) => {
-                "trapped: unreachable code (a panic in the plugin)".to_owned()
+                "trapped: unreachable code (a panic in the plugin, or a JavaScript exception thrown out of an export)".to_owned()
             }
             Some(trap) => format!("trapped: {trap}"),
             None => {
