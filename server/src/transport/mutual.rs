@@ -405,8 +405,8 @@ impl ConflictLog {
             .unwrap_or(0)
     }
 
-    /// Keep the conflicts one transaction met; `names` turns an origin into a node id
-    /// where known.
+    /// Keep the conflicts one transaction met, durably (a blocking flush when there
+    /// were any); `names` turns an origin into a node id where known.
     pub fn record(
         &self,
         uid: u64,
@@ -463,7 +463,12 @@ impl ConflictLog {
             }
         }
         batch.insert(&key(uid, u64::MAX)[..], &seq.to_be_bytes()[..]);
-        Ok(self.tree.apply_batch(batch)?)
+        self.tree.apply_batch(batch)?;
+        // The tree is in the node's own sled instance, not the database's log shard,
+        // whose flush makes the apply durable: flush it before the apply is confirmed,
+        // or a kill -9 after the confirmation could lose the record.
+        self.tree.flush()?;
+        Ok(())
     }
 
     /// The newest `limit` conflicts of database `uid`, newest first.

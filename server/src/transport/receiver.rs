@@ -379,9 +379,11 @@ fn apply_mutual(
         c.returned += returned;
     }
     let seen: Vec<_> = seen.into_iter().zip(notes).collect();
-    repl.conflicts
-        .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)
-        .map_err(|e| e.to_string())?;
+    tokio::task::block_in_place(|| {
+        repl.conflicts
+            .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)
+    })
+    .map_err(|e| e.to_string())?;
     Ok(applied)
 }
 
