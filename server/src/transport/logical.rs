@@ -290,7 +290,8 @@ impl DeadLetters {
         DeadLetters { tree }
     }
 
-    /// Keep a rejected record with why and where.
+    /// Keep a rejected record with why and where, on disk before this returns (rare:
+    /// one flush per rejected record).
     pub fn push(
         &self,
         link: &str,
@@ -302,6 +303,17 @@ impl DeadLetters {
         key.extend_from_slice(&seq.to_be_bytes());
         let bytes = serde_json::to_vec(&entry).expect("a JSON value serialises");
         self.tree.insert(key, bytes)?;
+        // The link moves past the record once the rest of its transaction is applied:
+        // the dead letter must be on disk by then, and the tree is in the node's sled
+        // instance, which the database's log flush does not cover.
+        let flush = || self.tree.flush().map(|_| ());
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(flush)?;
+        } else {
+            flush()?;
+        }
         Ok(())
     }
 
