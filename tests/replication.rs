@@ -707,7 +707,7 @@ fn a_logical_link_ships_exactly_the_filtered_and_transformed_records() {
 
 #[test]
 fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_policy_says() {
-    let a = Node::start();
+    let mut a = Node::start();
     let b = Node::start();
     upload_plugin(&a, "trap", "filter", &trapping_filter());
     let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
@@ -787,6 +787,13 @@ fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_poli
         .unwrap()
         .len()
         == 3));
+    // A dead letter is on disk once it is shown: a kill -9 at once loses none of them
+    // (the link has moved past their records, so nothing would bring them back).
+    a.kill9();
+    a.restart();
+    let after = a.get(&dead).ok().clone();
+    assert_eq!(after.as_array().unwrap().len(), 3, "{after}");
+    assert_eq!(after[2]["record"]["key"], "after", "{after}");
 }
 
 /// Orders and their lines in two databases of one source, each mirrored to a second
