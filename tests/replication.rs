@@ -582,7 +582,22 @@ fn a_suspended_replica_keeps_a_frozen_state_then_catches_up_on_release() {
         "{listed}"
     );
     assert_eq!(replica.contents("orders"), frozen);
+    // What the replica confirmed is on disk: once the source has every serial
+    // confirmed, a kill -9 keeps every spooled transaction.
+    let last = src.info()["last_serial"].as_u64().unwrap();
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(&a, &id)
+        ["status"]["acked_serial"]
+        .as_u64()
+        >= Some(last)));
+    let spooled = |b: &Node| {
+        b.get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+            .ok()[0]["spooled"]
+            .as_u64()
+    };
+    let before = spooled(&b);
+    b.kill9();
     b.restart();
+    assert_eq!(spooled(&b), before);
     let replica = b.db(DEFAULT_TENANT, "shop");
     assert_eq!(replica.checksums().body, frozen_sums);
     assert_eq!(replica.data("orders", "late"), None);

@@ -469,6 +469,8 @@ struct Applier<'a> {
     requested: Option<u64>,
     /// Spooled while suspended and not applied yet: the serial to continue from.
     spooled: Option<u64>,
+    /// Spooled since the last confirmation: flush the spool before the next one.
+    spool_unflushed: bool,
     told_suspended: bool,
     /// Interrelation information for the transaction that follows it (SPEC D1).
     depends: Option<(u64, Vec<wire::Dependency>)>,
@@ -510,6 +512,7 @@ impl<'a> Applier<'a> {
             incoming: None,
             requested: None,
             spooled,
+            spool_unflushed: false,
             told_suspended: false,
             depends: None,
             versions: None,
@@ -652,6 +655,13 @@ impl<'a> Applier<'a> {
             reply_now(self.tx, turn.reply.finish()).await?;
         }
         if turn.answer {
+            if self.spool_unflushed {
+                // A confirmation covers what was spooled: it must be on disk, and the
+                // spool is in the node's sled, which the database's flush does not cover.
+                let spool = &self.repl.target.spool;
+                tokio::task::block_in_place(|| spool.flush()).map_err(|e| e.to_string())?;
+                self.spool_unflushed = false;
+            }
             queue(self.tx, Reply::Ack(self.held())).await?;
         }
         Ok(())
@@ -713,6 +723,7 @@ impl<'a> Applier<'a> {
             .push(&self.reg.link, first, chunks, &deps)
             .map_err(|e| e.to_string())?;
         self.spooled = Some(last);
+        self.spool_unflushed = true;
         self.requested = None;
         Ok(())
     }

@@ -160,6 +160,12 @@ impl Spool {
         Ok(())
     }
 
+    /// Put everything spooled so far on disk.
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
     /// Forget everything spooled for `link`.
     pub fn clear(&self, link: &str) -> Result<(), LogError> {
         remove_prefix(&self.tree, &prefix(link))
