@@ -802,8 +802,15 @@ fn a_hostile_stage_quarantines_records_and_the_link_goes_on_or_stops_as_its_poli
         .unwrap()
         .len()
         == 3));
-    // A dead letter is on disk once it is shown: a kill -9 at once loses none of them
-    // (the link has moved past their records, so nothing would bring them back).
+    // A dead letter is on disk before the link moves past its record: once it has,
+    // a kill -9 loses none of them (nothing would bring them back).
+    let last = src.info()["last_serial"].as_u64().unwrap();
+    assert!(wait_until(deadline_in(CATCH_UP), || link_status(
+        &a,
+        &quarantine
+    )["status"]["acked_serial"]
+        .as_u64()
+        >= Some(last)));
     a.kill9();
     a.restart();
     let after = a.get(&dead).ok().clone();
