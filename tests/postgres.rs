@@ -431,3 +431,147 @@ fn exactly_once_across_a_kill_9_of_the_applying_source_node_and_a_postgres_resta
     let link = link_status(&a, &id);
     assert!(link["status"]["connections"].as_u64() >= Some(2), "{link}");
 }
+
+#[test]
+fn a_bootstrap_meets_the_stream_without_gap_or_duplicate_and_interrelated_lines_wait_for_their_orders(
+) {
+    use doppel_server::plugins::builtin;
+    let pg = Postgres::start();
+    let a = Node::start();
+
+    // The seam: 300 records whose log the snapshots pruned, writers running while the
+    // link starts from a copy of the source and then streams.
+    pg.create_database("seam");
+    pg.query("seam", NEVER_TWICE);
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    for t in 0..3 {
+        let ops: Vec<Value> = (0..100)
+            .map(|k| op::upsert("orders", &format!("w{t}-{k}"), json!({"n": 1})))
+            .collect();
+        src.batch(json!(ops)).ok();
+        src.snapshot().expect(201);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = writers(&src, 3, 100, &stop);
+    let stages =
+        mapping(json!({"orders": {"table": "orders", "key": "id", "columns": {"n": "bigint"}}}));
+    let id = a
+        .post(&links(), &pg_link(&pg, "shop", "seam", stages))
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let streaming = wait_until(deadline_in(CATCH_UP), || {
+        let s = link_status(&a, &id)["status"].clone();
+        s["bootstraps"] == 1 && s["state"] == "streaming" && s["acked_serial"].as_u64() > Some(0)
+    });
+    assert!(streaming, "{}", link_status(&a, &id));
+    // Writes go on past the seam, then stop.
+    let seam = link_status(&a, &id)["status"]["acked_serial"]
+        .as_u64()
+        .unwrap();
+    let past = wait_until(deadline_in(CATCH_UP), || {
+        src.info()["last_serial"].as_u64() > Some(seam + 300)
+    });
+    assert!(past);
+    stop.store(true, Ordering::SeqCst);
+    for w in running {
+        w.join().unwrap();
+    }
+    caught_up(&a, &src, &id);
+    let target: BTreeMap<String, u64> = pg
+        .query("seam", "SELECT id, n FROM orders")
+        .lines()
+        .map(|l| {
+            let (id, n) = l.split_once('|').unwrap();
+            (id.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(source_counts(&src), target);
+    assert_eq!(pg.query("seam", "SELECT count(*) FROM twice"), "0");
+    assert_eq!(link_status(&a, &id)["status"]["bootstraps"], 1);
+    // Done with it: its file `orders` would make the rule below ambiguous.
+    a.delete(&format!("{}/{id}", links())).expect(204);
+    a.delete(&format!("/v1/tenants/{DEFAULT_TENANT}/databases/shop"))
+        .expect(204);
+
+    // Interrelated databases (SPEC D): a line is applied after its order, even when
+    // the orders' link is behind. The foreign key would refuse a line that came first.
+    pg.create_database("sales");
+    pg.query(
+        "sales",
+        "CREATE TABLE orders (id text PRIMARY KEY, total double precision);
+         CREATE TABLE lines (id text PRIMARY KEY, order_id text NOT NULL REFERENCES orders (id));",
+    );
+    let orders = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "orders", "files": [{"name": "orders"}]}),
+    );
+    let lines = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "lines", "files": [{"name": "lines"}]}),
+    );
+    let orders_link = a
+        .post(
+            &links(),
+            &pg_link(
+                &pg,
+                "orders",
+                "sales",
+                mapping(json!({"orders": {"table": "orders", "key": "id", "columns": {"total": "double"}}})),
+            ),
+        )
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stages =
+        mapping(json!({"lines": {"table": "lines", "key": "id", "columns": {"order_id": "text"}}}));
+    stages.as_array_mut().unwrap().insert(
+        0,
+        json!({"plugin": format!("parent-rule@{BUILTIN_VERSION}"), "config": {"rules": [
+            {"file": "lines", "parent_file": "orders", "parent_key_field": "order_id"}]}}),
+    );
+    let lines_link = a
+        .post(&links(), &pg_link(&pg, "lines", "sales", stages))
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(builtin::BUILTIN_PLUGINS
+        .iter()
+        .any(|p| p.0 == "parent-rule"));
+    orders
+        .put("orders", "o-0", json!({}), json!({"total": 1}))
+        .ok();
+    caught_up(&a, &orders, &orders_link);
+    // The orders' link stands still; an order and its line are written.
+    a.post_empty(&format!("{}/{orders_link}/pause", links()))
+        .ok();
+    orders
+        .put("orders", "o-1", json!({}), json!({"total": 2}))
+        .ok();
+    lines
+        .put("lines", "l-1", json!({}), json!({"order_id": "o-1"}))
+        .ok();
+    // The lines' link has read the line and knows what it depends on: it holds it.
+    let held = wait_until(deadline_in(CATCH_UP), || {
+        link_status(&a, &lines_link)["status"]["interrelated"].as_u64() >= Some(1)
+    });
+    assert!(held, "{}", link_status(&a, &lines_link));
+    assert_eq!(pg.query("sales", "SELECT count(*) FROM lines"), "0");
+    a.post_empty(&format!("{}/{orders_link}/resume", links()))
+        .ok();
+    caught_up(&a, &orders, &orders_link);
+    caught_up(&a, &lines, &lines_link);
+    assert_eq!(
+        pg.query("sales", "SELECT id, order_id FROM lines"),
+        "l-1|o-1"
+    );
+    assert_eq!(link_status(&a, &lines_link)["status"]["quarantined"], 0);
+    let letters = a
+        .get(&format!("{}/{lines_link}/dead-letters", links()))
+        .ok()
+        .clone();
+    assert_eq!(letters, json!([]));
+}
