@@ -497,22 +497,31 @@ impl Tables {
     /// Apply rows as few statements: the last operation of each key, upserts and deletes
     /// per table and shape. Err on the first refusal (the caller rolls back).
     async fn apply_set(&mut self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), Fault> {
-        let mut last: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            last.insert(r.identity(), i);
+        let ids: Vec<String> = rows.iter().map(Row::identity).collect();
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        for (i, id) in ids.iter().enumerate() {
+            last.insert(id.as_str(), i);
         }
-        // Statements and the rows of each, in the order each first appears.
+        // Statements and the rows of each, in the order each first appears; consecutive
+        // rows mostly share one, which is checked without building its key.
         let mut groups: Vec<(Statement, Vec<usize>)> = Vec::new();
         let mut index: HashMap<Statement, usize> = HashMap::new();
+        let mut current: Option<usize> = None;
         for (i, r) in rows.iter().enumerate() {
-            if last.get(&r.identity()) != Some(&i) {
+            if last.get(ids[i].as_str()) != Some(&i) {
                 continue;
             }
-            let g = (r.delete, r.table.clone(), r.shape(), r.key.clone());
-            let at = *index.entry(g.clone()).or_insert_with(|| {
-                groups.push((g, Vec::new()));
-                groups.len() - 1
-            });
+            let at = match current.filter(|&g| same_statement(&groups[g].0, r)) {
+                Some(g) => g,
+                None => {
+                    let g = (r.delete, r.table.clone(), r.shape(), r.key.clone());
+                    *index.entry(g.clone()).or_insert_with(|| {
+                        groups.push((g, Vec::new()));
+                        groups.len() - 1
+                    })
+                }
+            };
+            current = Some(at);
             groups[at].1.push(i);
         }
         for ((delete, table, shape, key), members) in &groups {
@@ -584,6 +593,18 @@ impl Tables {
             .map_err(broken)?;
         Ok(refused)
     }
+}
+
+/// Whether row `r` is written by statement `s`.
+fn same_statement(s: &Statement, r: &Row) -> bool {
+    s.0 == r.delete
+        && s.1 == r.table
+        && s.3 == r.key
+        && s.2.len() == r.columns.len()
+        && s.2
+            .iter()
+            .zip(&r.columns)
+            .all(|((n, t), (rn, rt, _))| n == rn && t == rt)
 }
 
 fn upsert_sql(table: &str, shape: &[(String, PgType)], key: &[String]) -> String {
@@ -894,109 +915,167 @@ pub(super) async fn session(
     let mut appended = db.subscribe_appended();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut rate = (Instant::now(), from);
-    loop {
-        if control.has_changed().unwrap_or(true) {
-            return Ok(());
-        }
-        let available = *appended.borrow_and_update();
-        if next <= available {
-            if !ship_early && next > durable {
-                db.await_durable()
-                    .await
-                    .map_err(|e| format!("the source log: {e}"))?;
-                durable = available;
+    // The PostgreSQL side of the pipeline: while one group commits on its own task, the
+    // next is read and staged here. `pg` is home when no commit is in flight.
+    let mut pg = Some(pg);
+    let mut inflight: Option<InFlight> = None;
+    let result: Result<(), String> = async {
+        loop {
+            if control.has_changed().unwrap_or(true) {
+                return Ok(());
             }
-            let txns = db
-                .log_store()
-                .read_txns(db.def.uid, next - 1, GROUP_BYTES, &[])
-                .map_err(|e| format!("reading the source log: {e}"))?;
-            if txns.first().map(|t| t.first_serial) != Some(next) {
-                link.force_bootstrap.store(true, Ordering::SeqCst);
-                return Err(format!(
-                    "the source log no longer holds serial {next}; the link will bootstrap again"
-                ));
-            }
-            let txns: Vec<RawTxn> = txns
-                .into_iter()
-                .take_while(|t| ship_early || t.last_serial <= durable)
-                .collect();
-            let Some(end) = txns.last().map(|t| t.last_serial) else {
-                continue;
-            };
-            let mut staged = Staged::default();
-            let mut waits: HashMap<String, u64> = HashMap::new();
-            for txn in &txns {
-                let records =
-                    logical::records(&schema, repl.origin(), txn).map_err(|e| e.to_string())?;
-                if let Some(sources) = sources.as_mut().filter(|_| !records.is_empty()) {
-                    let mut batch = BatchBuilder::new();
-                    for r in &records {
-                        batch.push(r);
+            let available = *appended.borrow_and_update();
+            if next <= available {
+                if !ship_early && next > durable {
+                    db.await_durable()
+                        .await
+                        .map_err(|e| format!("the source log: {e}"))?;
+                    durable = available;
+                }
+                let txns = db
+                    .log_store()
+                    .read_txns(db.def.uid, next - 1, GROUP_BYTES, &[])
+                    .map_err(|e| format!("reading the source log: {e}"))?;
+                if txns.first().map(|t| t.first_serial) != Some(next) {
+                    link.force_bootstrap.store(true, Ordering::SeqCst);
+                    return Err(format!(
+                        "the source log no longer holds serial {next}; the link will bootstrap again"
+                    ));
+                }
+                let txns: Vec<RawTxn> = txns
+                    .into_iter()
+                    .take_while(|t| ship_early || t.last_serial <= durable)
+                    .collect();
+                let Some(end) = txns.last().map(|t| t.last_serial) else {
+                    continue;
+                };
+                let mut staged = Staged::default();
+                let mut waits: HashMap<String, u64> = HashMap::new();
+                for txn in &txns {
+                    let records = logical::records(&schema, repl.origin(), txn)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(sources) = sources.as_mut().filter(|_| !records.is_empty()) {
+                        let mut batch = BatchBuilder::new();
+                        for r in &records {
+                            batch.push(r);
+                        }
+                        let deps = sender::interrelate(
+                            repl,
+                            link,
+                            &def,
+                            &mut stages.rules,
+                            sources,
+                            txn,
+                            &records,
+                            &batch,
+                        )?;
+                        if !deps.is_empty() {
+                            link.status.lock().interrelated += 1;
+                        }
+                        for d in deps {
+                            let w = waits.entry(d.database).or_default();
+                            *w = (*w).max(d.serial);
+                        }
                     }
-                    let deps = sender::interrelate(
+                    debug_assert!(
+                        txn.outcome != Outcome::Cancelled || records.is_empty(),
+                        "a cancelled transaction carries no records"
+                    );
+                    stage_rows(
                         repl,
                         link,
                         &def,
-                        &mut stages.rules,
-                        sources,
+                        &mut stages.chain,
                         txn,
-                        &records,
-                        &batch,
+                        records,
+                        &mut staged,
                     )?;
-                    if !deps.is_empty() {
-                        link.status.lock().interrelated += 1;
-                    }
-                    for d in deps {
-                        let w = waits.entry(d.database).or_default();
-                        *w = (*w).max(d.serial);
+                }
+                landed(link, &mut inflight, &mut pg).await?;
+                if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
+                {
+                    return Ok(());
+                }
+                let target = pg.take().expect("no commit in flight");
+                inflight = Some(spawn_commit(repl, link, &def, target, staged, (next, end)));
+                next = end + 1;
+                continue;
+            }
+            if inflight.is_some() {
+                landed(link, &mut inflight, &mut pg).await?;
+                continue;
+            }
+            let target = pg.as_mut().expect("no commit in flight");
+            tokio::select! {
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        return Err("the source database was deleted".into());
                     }
                 }
-                debug_assert!(
-                    txn.outcome != Outcome::Cancelled || records.is_empty(),
-                    "a cancelled transaction carries no records"
-                );
-                stage_rows(
-                    repl,
-                    link,
-                    &def,
-                    &mut stages.chain,
-                    txn,
-                    records,
-                    &mut staged,
-                )?;
-            }
-            if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await {
-                return Ok(());
-            }
-            commit(repl, link, &def, &mut pg, &staged, (next, end)).await?;
-            next = end + 1;
-            let mut status = link.status.lock();
-            status.acked_serial = end;
-            status.sent_serial = end;
-            continue;
-        }
-        tokio::select! {
-            changed = appended.changed() => {
-                if changed.is_err() {
-                    return Err("the source database was deleted".into());
+                _ = control.changed() => return Ok(()),
+                why = &mut target.closed => {
+                    return Err(why.unwrap_or_else(|_| "the PostgreSQL connection ended".into()));
                 }
-            }
-            _ = control.changed() => return Ok(()),
-            why = &mut pg.closed => {
-                return Err(why.unwrap_or_else(|_| "the PostgreSQL connection ended".into()));
-            }
-            _ = tick.tick() => {
-                let acked = next - 1;
-                let elapsed = rate.0.elapsed().as_secs_f64();
-                if elapsed >= 1.0 {
-                    let mut status = link.status.lock();
-                    status.throughput = (acked - rate.1.min(acked)) as f64 / elapsed;
-                    status.lag_ms = 0;
-                    rate = (Instant::now(), acked);
+                _ = tick.tick() => {
+                    let acked = link.status.lock().acked_serial;
+                    let elapsed = rate.0.elapsed().as_secs_f64();
+                    if elapsed >= 1.0 {
+                        let mut status = link.status.lock();
+                        status.throughput = (acked - rate.1.min(acked)) as f64 / elapsed;
+                        status.lag_ms = 0;
+                        rate = (Instant::now(), acked);
+                    }
                 }
             }
         }
     }
+    .await;
+    // Never leave a commit running behind this session: the next one starts from the
+    // position that commit writes.
+    let landed = landed(link, &mut inflight, &mut pg).await;
+    result.and(landed)
+}
+
+/// A group's commit on its own task: it gives the connection back with the last serial
+/// it applied, or why it failed.
+type InFlight = tokio::task::JoinHandle<(Target, Result<u64, String>)>;
+
+fn spawn_commit(
+    repl: &Arc<Replication>,
+    link: &Arc<LinkHandle>,
+    def: &LinkDef,
+    mut pg: Target,
+    staged: Staged,
+    serials: (u64, u64),
+) -> InFlight {
+    let (repl, link, def) = (repl.clone(), link.clone(), def.clone());
+    tokio::spawn(async move {
+        let result = commit(&repl, &link, &def, &mut pg, &staged, serials)
+            .await
+            .map(|()| serials.1);
+        (pg, result)
+    })
+}
+
+/// Wait for the commit in flight, if any: the connection comes home and the status
+/// shows the new position.
+async fn landed(
+    link: &LinkHandle,
+    inflight: &mut Option<InFlight>,
+    pg: &mut Option<Target>,
+) -> Result<(), String> {
+    let Some(handle) = inflight.take() else {
+        return Ok(());
+    };
+    let (target, result) = handle
+        .await
+        .map_err(|e| format!("applying into PostgreSQL: {e}"))?;
+    *pg = Some(target);
+    let end = result?;
+    let mut status = link.status.lock();
+    status.acked_serial = end;
+    status.sent_serial = end;
+    Ok(())
 }
 
 /// Hold until, for each database named, its PostgreSQL link into the same target has
