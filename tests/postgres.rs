@@ -258,6 +258,37 @@ fn a_postgres_target_upserts_deletes_skips_cancelled_and_quarantines_what_it_can
         "{retyped}"
     );
 
+    // Under `on_error: stop` a row PostgreSQL refuses stops the link with its text.
+    pg.create_database("halt");
+    pg.query(
+        "halt",
+        "CREATE TABLE orders (id text PRIMARY KEY, customer text, \
+         CONSTRAINT no_ann CHECK (customer <> 'ann'))",
+    );
+    let mut halting = pg_link(
+        &pg,
+        "shop",
+        "halt",
+        mapping(
+            json!({"orders": {"table": "orders", "key": "id", "columns": {"customer": "text"}}}),
+        ),
+    );
+    halting["on_error"] = json!("stop");
+    let halt = a.post(&links(), &halting).expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stopped = wait_until(deadline_in(CATCH_UP), || {
+        let s = link_status(&a, &halt)["status"].clone();
+        s["state"] == "stopped"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("record 'o-1'") && e.contains("no_ann"))
+    });
+    assert!(stopped, "{}", link_status(&a, &halt));
+    // Nothing of that group of transactions landed.
+    assert_eq!(pg.query("halt", "SELECT count(*) FROM orders"), "0");
+
     // A wrong password: the link says so, and retries.
     let mut wrong = pg_link(&pg, "shop", "shop", mapping(orders));
     wrong["target"]["postgres"] = json!(format!(
