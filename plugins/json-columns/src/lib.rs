@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use doppel_sdk::{json, Op, Out, OwnedRecord, PluginConfig, Record};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// The column types of the row contract.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +164,14 @@ pub fn map_row(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
         return Ok(Out::Drop);
     };
     let (key_ty, key) = key_value(m, r.key)?;
-    let mut columns = vec![json!([m.key, key_ty.name(), key])];
+    // Written straight out, not built as a JSON value first: this runs for every record.
+    let mut doc = Vec::with_capacity(r.data.len() + 96);
+    doc.extend_from_slice(br#"{"row":1,"table":"#);
+    put(&mut doc, &m.table);
+    doc.extend_from_slice(br#","key":["#);
+    put(&mut doc, &m.key);
+    doc.extend_from_slice(br#"],"columns":["#);
+    column(&mut doc, &m.key, key_ty, &key);
     if r.op != Op::Delete {
         let mut fields: Map<String, Value> = match json::parse(r.data)? {
             Value::Object(fields) => fields,
@@ -184,19 +191,37 @@ pub fn map_row(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
                     kind(&v)
                 ));
             }
-            columns.push(json!([name, ty.name(), v]));
+            doc.push(b',');
+            column(&mut doc, name, *ty, &v);
         }
         if let Some(rest) = &m.rest {
-            columns.push(json!([rest, "jsonb", Value::Object(fields)]));
+            doc.push(b',');
+            column(&mut doc, rest, ColumnType::Jsonb, &Value::Object(fields));
         }
     }
-    let doc = json!({"row": 1, "table": m.table, "key": [m.key], "columns": columns});
+    doc.extend_from_slice(b"]}");
     Ok(Out::Replace(OwnedRecord {
         file: m.table.clone(),
-        data: json::to_bytes(&doc),
+        data: doc,
         before: None,
         ..r.to_owned()
     }))
+}
+
+/// A JSON value into the document.
+fn put<T: serde::Serialize + ?Sized>(doc: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(&mut *doc, v).expect("writing JSON into memory cannot fail");
+}
+
+/// `[name, type, value]`.
+fn column(doc: &mut Vec<u8>, name: &str, ty: ColumnType, v: &Value) {
+    doc.push(b'[');
+    put(doc, name);
+    doc.extend_from_slice(b",\"");
+    doc.extend_from_slice(ty.name().as_bytes());
+    doc.extend_from_slice(b"\",");
+    put(doc, v);
+    doc.push(b']');
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -217,6 +242,7 @@ doppel_sdk::transform!(map_row, Config);
 mod tests {
     use super::*;
     use doppel_sdk::testing::transform;
+    use serde_json::json;
 
     const CFG: &str = r#"{"files": {"orders": {"table": "orders", "key": "id",
         "columns": {"total": "double", "customer": "text"}, "rest": "extra"}}}"#;

@@ -41,6 +41,7 @@
 //! ([`super::links::LinkDef::postgres_url`]); errors are `tokio-postgres`'s, which never
 //! carry it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -199,6 +200,18 @@ impl PgType {
     }
 }
 
+/// A row document as it arrives (the row contract).
+#[derive(serde::Deserialize)]
+struct RowDoc<'a> {
+    row: u32,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    columns: Vec<(Cow<'a, str>, Cow<'a, str>, Value)>,
+}
+
 /// One row operation: what the row-mapping stage made of one source record.
 #[derive(Debug, Clone)]
 struct Row {
@@ -220,33 +233,24 @@ impl Row {
                 r.key, r.file
             )
         };
-        let doc: Value = serde_json::from_slice(r.data).map_err(|e| not_row(&e.to_string()))?;
-        if doc["row"] != json!(1) {
-            return Err(not_row("no \"row\": 1"));
+        let doc: RowDoc<'_> =
+            serde_json::from_slice(r.data).map_err(|e| not_row(&e.to_string()))?;
+        if doc.row != 1 {
+            return Err(not_row("not \"row\": 1"));
         }
-        let table = doc["table"].as_str().ok_or_else(|| not_row("no table"))?;
-        check_ident("table", table)?;
-        let key: Vec<String> = doc["key"]
-            .as_array()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| not_row("no key columns"))?
-            .iter()
-            .map(|k| k.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| not_row("a key column is not a string"))?;
-        let mut columns = Vec::new();
-        for c in doc["columns"]
-            .as_array()
-            .ok_or_else(|| not_row("no columns"))?
-        {
-            let (Some(name), Some(ty), Some(v)) = (c[0].as_str(), c[1].as_str(), c.get(2)) else {
-                return Err(not_row("a column is not [name, type, value]"));
-            };
-            check_ident("column", name)?;
-            let ty =
-                PgType::parse(ty).ok_or_else(|| format!("column '{name}': unknown type '{ty}'"))?;
-            columns.push((name.to_string(), ty, v.clone()));
+        check_ident("table", &doc.table)?;
+        if doc.key.is_empty() {
+            return Err(not_row("no key columns"));
         }
+        let key: Vec<String> = doc.key.into_iter().map(Cow::into_owned).collect();
+        let mut columns = Vec::with_capacity(doc.columns.len());
+        for (name, ty, v) in doc.columns {
+            check_ident("column", &name)?;
+            let ty = PgType::parse(&ty)
+                .ok_or_else(|| format!("column '{name}': unknown type '{ty}'"))?;
+            columns.push((name.into_owned(), ty, v));
+        }
+        let table = doc.table.into_owned();
         for k in &key {
             if !columns.iter().any(|(n, _, v)| n == k && !v.is_null()) {
                 return Err(not_row(&format!("key column '{k}' has no value")));
@@ -258,7 +262,7 @@ impl Row {
         }
         Ok(Row {
             delete,
-            table: table.to_string(),
+            table,
             key,
             columns,
             serial: r.serial,
@@ -762,13 +766,35 @@ impl Target {
     }
 }
 
-/// Staged rows of one or more source transactions, with the source records their dead
-/// letters name.
+/// Staged rows of one or more source transactions, and where to find the source record
+/// a refused row's dead letter names: the transactions, decoded again only then (so
+/// the hot path keeps no copy of every record), or a bootstrap's records.
 #[derive(Default)]
 struct Staged {
     rows: Vec<Row>,
-    /// Source records by serial.
+    txns: Vec<RawTxn>,
+    schema: Option<crate::store::Schema>,
+    origin: u64,
+    /// A bootstrap's records by (bootstrap) serial, kept when `keep_records`.
     sources: HashMap<u64, OwnedRecord>,
+    keep_records: bool,
+}
+
+impl Staged {
+    /// The source record of serial `serial`.
+    fn source(&self, serial: u64) -> Option<OwnedRecord> {
+        if let Some(r) = self.sources.get(&serial) {
+            return Some(r.clone());
+        }
+        let txn = self
+            .txns
+            .iter()
+            .find(|t| t.first_serial <= serial && serial <= t.last_serial)?;
+        logical::records(self.schema.as_ref()?, self.origin, txn)
+            .ok()?
+            .into_iter()
+            .find(|r| r.serial == serial)
+    }
 }
 
 /// Run `records` through the link's stages and read the output as rows; what the stages
@@ -807,8 +833,10 @@ fn stage_rows(
         }
     }
     sender::reject(repl, link, def, txn, &records, &rejected, "not applied")?;
-    into.sources
-        .extend(records.into_iter().map(|r| (r.serial, r)));
+    if into.keep_records {
+        into.sources
+            .extend(records.into_iter().map(|r| (r.serial, r)));
+    }
     Ok(())
 }
 
@@ -826,7 +854,7 @@ async fn commit(
     let refused = pg.tables.apply(&tx, &staged.rows).await?;
     for (i, why) in &refused {
         let row = &staged.rows[*i];
-        let record = staged.sources.get(&row.serial);
+        let record = staged.source(row.serial);
         if def.spec.options.on_error == OnError::Stop {
             link.stopped.store(true, Ordering::SeqCst);
             let what = record.map_or(String::new(), |r| {
@@ -838,7 +866,7 @@ async fn commit(
             ));
         }
         let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
-        let shown = record.map_or_else(
+        let shown = record.as_ref().map_or_else(
             || json!({"file": row.table, "serial": row.serial}),
             logical::record_json,
         );
@@ -991,6 +1019,9 @@ pub(super) async fn session(
                         &mut staged,
                     )?;
                 }
+                staged.txns = txns;
+                staged.schema = Some(schema.clone());
+                staged.origin = repl.origin();
                 landed(link, &mut inflight, &mut pg).await?;
                 if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
                 {
@@ -1165,10 +1196,13 @@ async fn bootstrap(
     while !all.is_empty() {
         let rest = all.split_off(all.len().min(SNAPSHOT_RECORDS));
         let part = std::mem::replace(&mut all, rest);
-        let mut staged = Staged::default();
+        let mut staged = Staged {
+            keep_records: true,
+            ..Staged::default()
+        };
         stage_rows(repl, link, def, chain, &marker, part, &mut staged)?;
         for (i, why) in pg.tables.apply(&tx, &staged.rows).await? {
-            quarantined.push((staged.sources.get(&staged.rows[i].serial).cloned(), why));
+            quarantined.push((staged.source(staged.rows[i].serial), why));
         }
     }
     for (record, why) in quarantined {
