@@ -1023,6 +1023,7 @@ pub(super) async fn session(
                 staged.schema = Some(schema.clone());
                 staged.origin = repl.origin();
                 landed(link, &mut inflight, &mut pg).await?;
+                measure(link, &mut rate);
                 if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
                 {
                     return Ok(());
@@ -1034,6 +1035,7 @@ pub(super) async fn session(
             }
             if inflight.is_some() {
                 landed(link, &mut inflight, &mut pg).await?;
+                measure(link, &mut rate);
                 continue;
             }
             let target = pg.as_mut().expect("no commit in flight");
@@ -1048,14 +1050,9 @@ pub(super) async fn session(
                     return Err(why.unwrap_or_else(|_| "the PostgreSQL connection ended".into()));
                 }
                 _ = tick.tick() => {
-                    let acked = link.status.lock().acked_serial;
-                    let elapsed = rate.0.elapsed().as_secs_f64();
-                    if elapsed >= 1.0 {
-                        let mut status = link.status.lock();
-                        status.throughput = (acked - rate.1.min(acked)) as f64 / elapsed;
-                        status.lag_ms = 0;
-                        rate = (Instant::now(), acked);
-                    }
+                    // Caught up: nothing waits.
+                    link.status.lock().lag_ms = 0;
+                    measure(link, &mut rate);
                 }
             }
         }
@@ -1065,6 +1062,19 @@ pub(super) async fn session(
     // position that commit writes.
     let landed = landed(link, &mut inflight, &mut pg).await;
     result.and(landed)
+}
+
+/// At most once a second, the rows' rate: source entries applied per second since the
+/// last measure (`rate`: when, and the position then).
+fn measure(link: &LinkHandle, rate: &mut (Instant, u64)) {
+    let elapsed = rate.0.elapsed().as_secs_f64();
+    if elapsed < 1.0 {
+        return;
+    }
+    let mut status = link.status.lock();
+    let acked = status.acked_serial;
+    status.throughput = (acked - rate.1.min(acked)) as f64 / elapsed;
+    *rate = (Instant::now(), acked);
 }
 
 /// A group's commit on its own task: it gives the connection back with the last serial
