@@ -123,7 +123,7 @@ export default function links(root, session) {
       const o = names.owner(link.id);
       set(detail, html`<h2>Link ${names.linkLabel(link)} <code class="muted">${link.id}</code></h2>
         ${o ? html`<p class="notice" id="managed-by">Managed by topology <a href="#/topology?name=${enc(o.topology)}">${o.topology}</a> (<code>${o.label}</code>): change it there; deleting it here lasts only until that topology is applied again.</p>` : ''}
-        <dl class="facts"><dt>Source</dt><dd>${names.selfName() || 'this node'} / ${link.database}</dd><dt>Target</dt><dd>${names.nodeName(link.target.url)} <code>${link.target.url}</code> / ${link.target.database}</dd>
+        <dl class="facts"><dt>Source</dt><dd>${names.selfName() || 'this node'} / ${link.database}</dd><dt>Target</dt><dd>${link.target.postgres ? html`PostgreSQL <code>${link.target.postgres}</code> / ${link.target.schema || 'public'}` : html`${names.nodeName(link.target.url)} <code>${link.target.url}</code> / ${link.target.database}`}</dd>
           <dt>Mode</dt><dd>${link.mode} · ${link.apply} · on error ${link.on_error}</dd><dt>Stages</dt><dd id="d-stages"></dd>
           <dt>State</dt><dd id="d-state"></dd><dt>Serials</dt><dd id="d-serials"></dd><dt>Last error</dt><dd id="d-error"></dd></dl>
         <div class="charts"><div id="chart-tput"></div><div id="chart-lag"></div><div id="chart-lagms"></div></div>

@@ -73,8 +73,16 @@ export function named(url) {
   return byUrl.has(norm(url));
 }
 
+/** A PostgreSQL target as a person reads it (the API masks its password): `PostgreSQL 10.0.0.5:5432/shop.public`. */
+export function pgTarget(t) {
+  let where = String(t.postgres || '');
+  try { const u = new URL(where); where = `${u.host}${u.pathname}`; } catch { /* key-value form: shown as given */ }
+  return `PostgreSQL ${where}.${t.schema || 'public'}`;
+}
+
 /** A link from this node as a person reads it: `a/shop → c/shop`. */
 export function linkLabel(l) {
+  if (l.target.postgres) return `${selfName() || 'this node'}/${l.database} → ${pgTarget(l.target)}`;
   return `${selfName() || 'this node'}/${l.database} → ${nodeName(l.target.url)}/${l.target.database}`;
 }
 

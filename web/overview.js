@@ -83,6 +83,12 @@ export default function overview(root, session) {
     if (node) {
       const peers = new Map();
       for (const l of snap.links) {
+        if (l.target.postgres) {
+          const p = peers.get(l.target.postgres) || { name: names.pgTarget(l.target), named: false, url: l.target.postgres, as: [] };
+          p.as.push(`target of ${names.linkLabel(l)}`);
+          peers.set(l.target.postgres, p);
+          continue;
+        }
         const p = peers.get(l.target.url) || { name: names.nodeName(l.target.url), named: names.named(l.target.url), url: l.target.url, as: [] };
         p.as.push(`target of ${names.linkLabel(l)}`);
         peers.set(l.target.url, p);

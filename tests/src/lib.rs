@@ -17,10 +17,13 @@
 //!   administrator's token ([`admin_token`]) unless told otherwise
 //!   ([`Client::with_token`], [`Client::without_token`], [`Client::with_authorization`]).
 //!   [`token`] and [`keyring`] mint tokens for any tenant and role.
+//! * [`postgres::Postgres`] runs a real PostgreSQL server (initdb, pg_ctl) for the
+//!   tests of PostgreSQL targets.
 //! * [`wait_until`] polls a condition against a deadline: tests never sleep
 //!   to synchronise and never assert timings.
 
 pub mod chaos;
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::fmt;

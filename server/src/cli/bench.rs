@@ -45,8 +45,9 @@ pub struct BenchArgs {
     #[arg(long, env = "DOPPEL_REPLICA_TOKEN", hide_env_values = true)]
     replica_token: Option<String>,
     /// Scenario. Without --replica: all (batched writes and point reads), neighbours (a
-    /// quiet tenant's puts next to a loud one) or footprint (RSS and disk of a node this
-    /// starts). With --replica: async, sync, bootstrap, catchup, logical, verify,
+    /// quiet tenant's puts next to a loud one), footprint (RSS and disk of a node this
+    /// starts) or postgres (a link into PostgreSQL through json-columns, against
+    /// `--postgres`). With --replica: async, sync, bootstrap, catchup, logical, verify,
     /// promote, mutual or all.
     #[arg(long, default_value = "all")]
     pub(crate) scenario: String,
@@ -60,6 +61,10 @@ pub struct BenchArgs {
     /// quota phase: quotas never limit the node administrator's token.
     #[arg(long, env = "DOPPEL_LOUD_TOKEN", hide_env_values = true)]
     pub(crate) loud_token: Option<String>,
+    /// The postgres scenario's PostgreSQL database, as a connection string the node
+    /// can use (and `psql`, for the COPY floor).
+    #[arg(long, env = "DOPPEL_BENCH_POSTGRES", hide_env_values = true)]
+    pub(crate) postgres: Option<String>,
     /// The loud tenant's `operations_per_sec` in the quota phase.
     #[arg(long, default_value_t = 100_000)]
     pub(crate) loud_quota: u64,
@@ -126,8 +131,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         "all" => writes_and_reads(&args),
         "neighbours" => super::bench_tenants::neighbours(&args),
         "footprint" => super::bench_tenants::footprint(&args),
+        "postgres" => super::bench_postgres::run(&args),
         other => Err(format!(
-            "unknown scenario '{other}' (without --replica: all, neighbours or footprint)"
+            "unknown scenario '{other}' (without --replica: all, neighbours, footprint or postgres)"
         )),
     }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_link;
+mod bench_postgres;
 mod bench_tenants;
 mod client;
 mod demo;

@@ -151,6 +151,8 @@ impl LinkDoc {
                 token: None,
                 replication: target.replication.clone(),
                 resync: self.resync,
+                postgres: None,
+                schema: None,
             },
             options: self.options.clone(),
         }

@@ -42,14 +42,25 @@ pub enum OnError {
     Quarantine,
 }
 
-/// Where the target is.
+/// Where the target is: another Doppel node (`url`, `database`), or a PostgreSQL
+/// database (`postgres`, `schema`; `transport::postgres`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// The target node's API, e.g. `http://10.0.0.2:7070`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// The target database (created by bootstrap if it does not exist).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub database: String,
+    /// A PostgreSQL target's connection string. In a request it carries the password;
+    /// the link keeps it apart ([`LinkDef::postgres_url`]) and stores and shows this
+    /// field masked ([`mask_password`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// A PostgreSQL target's schema (`public` when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// A token for the target's API (operator of the same tenant). Without one the
     /// source signs its own, which the target accepts when the nodes share a key.
     #[serde(default, skip_serializing)]
@@ -143,6 +154,10 @@ pub struct LinkOptions {
     /// A mutual link (SPEC F4): how the target resolves concurrent writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<ConflictSpec>,
+    /// A PostgreSQL target: create the tables the row mapping names when they are
+    /// missing (columns it names are always added; none is dropped or retyped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_tables: bool,
 }
 
 impl Default for LinkOptions {
@@ -155,6 +170,7 @@ impl Default for LinkOptions {
             on_error: OnError::default(),
             b_log: true,
             conflicts: None,
+            create_tables: false,
         }
     }
 }
@@ -174,6 +190,10 @@ pub struct LinkDef {
     /// The token for the target's API given at creation (never shown).
     #[serde(default)]
     pub target_token: Option<String>,
+    /// A PostgreSQL target's connection string with its password (never shown; the
+    /// spec keeps it masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
     pub created_ms: u64,
     pub paused: bool,
 }
@@ -301,6 +321,41 @@ impl Default for LinkStatus {
     }
 }
 
+/// A PostgreSQL connection string with its password replaced by `***`: the URL form
+/// (`postgresql://user:secret@host/db`, `?password=secret`) and the key-value form
+/// (`host=h password=secret`).
+pub fn mask_password(conn: &str) -> String {
+    let mut out = conn.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    // `password=...` as a query parameter or a key-value pair, wherever it is.
+    let mut from = 0;
+    while let Some(i) = out[from..].find("password=") {
+        let start = from + i + "password=".len();
+        let boundary = from + i == 0 || matches!(out.as_bytes()[from + i - 1], b'?' | b'&' | b' ');
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |j| start + j);
+        if boundary && end > start {
+            out.replace_range(start..end, "***");
+            from = start + 3;
+        } else {
+            from = start;
+        }
+    }
+    out
+}
+
 /// SHA-256 of a credential, hex.
 pub fn credential_hash(credential: &str) -> String {
     use sha2::Digest;
@@ -355,10 +410,38 @@ mod tests {
             token: Some("secret-token".into()),
             replication: None,
             resync: false,
+            postgres: None,
+            schema: None,
         };
         assert!(!serde_json::to_string(&target)
             .unwrap()
             .contains("secret-token"));
+    }
+
+    #[test]
+    fn a_postgres_password_is_masked_in_every_form() {
+        let cases = [
+            (
+                "postgresql://doppel:s3cret@127.0.0.1:5432/shop",
+                "postgresql://doppel:***@127.0.0.1:5432/shop",
+            ),
+            (
+                "postgres://u:p@ss@h/db?sslmode=disable",
+                "postgres://u:***@h/db?sslmode=disable",
+            ),
+            ("postgresql://u@h/db", "postgresql://u@h/db"),
+            (
+                "postgresql://h/db?user=u&password=s3cret&x=1",
+                "postgresql://h/db?user=u&password=***&x=1",
+            ),
+            (
+                "host=h user=u password=s3cret dbname=d",
+                "host=h user=u password=*** dbname=d",
+            ),
+        ];
+        for (conn, want) in cases {
+            assert_eq!(mask_password(conn), want, "{conn}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //!   conflict log (SPEC F4).
 //! - [`parallel`]: parallel databases: a write's records locked on every site first,
 //!   through the node's write gate (SPEC F5).
+//! - [`postgres`]: links whose target is a PostgreSQL database: rows through a
+//!   row-mapping stage, applied with the position in the same PostgreSQL transaction.
 //! - [`spool`]: what a suspended replica stores.
 //! - [`redrive`]: re-driving dead letters through the stages to the replica.
 //! - [`verify`]: comparing a mirror with its source block by block, and repairing it.
@@ -48,6 +50,7 @@ pub mod links;
 pub mod logical;
 pub mod mutual;
 pub mod parallel;
+pub mod postgres;
 pub mod receiver;
 pub mod redrive;
 pub mod sender;

@@ -1,6 +1,7 @@
 //! Re-driving dead letters: a record a logical link's stages quarantined, as it was or
 //! as an operator edited it, runs through the link's stages again and, if they pass it,
-//! is applied on the replica as a transaction of its own.
+//! is applied on the replica as a transaction of its own (on a PostgreSQL target, by
+//! this node straight into PostgreSQL: `transport::postgres::redrive`).
 //!
 //! The source stages the record, then hands the staged operations to the target's API
 //! (`POST /v1/tenants/{t}/replicas/{link}/redrive`), authenticated like the replica's
@@ -137,6 +138,10 @@ impl Replication {
         let ops = logical::ops_bytes(&output)?;
         let outcome = if ops.is_empty() {
             "filtered"
+        } else if def.postgres_url.is_some() {
+            // The applier is this node: straight into PostgreSQL.
+            tokio::runtime::Handle::current().block_on(super::postgres::redrive(&def, &ops))?;
+            "applied"
         } else {
             let body = RedriveRequest {
                 credential: def.credential.clone(),

@@ -81,7 +81,12 @@ pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
             }
             continue;
         }
-        let result = session(&repl, &link, &mut control).await;
+        let to_postgres = link.def.lock().postgres_url.is_some();
+        let result = if to_postgres {
+            super::postgres::session(&repl, &link, &mut control).await
+        } else {
+            session(&repl, &link, &mut control).await
+        };
         if link.deleted.load(Ordering::SeqCst) {
             return;
         }
@@ -1080,7 +1085,7 @@ fn complete_us(db: &Database, shipped: u64, last_shipped_us: u64) -> u64 {
 /// under `quarantine` the transaction still ships, without that record's dependency,
 /// and the dead letter says so.
 #[allow(clippy::too_many_arguments)]
-fn interrelate(
+pub(super) fn interrelate(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
@@ -1141,16 +1146,16 @@ fn charge(repl: &Replication, link: &LinkHandle, def: &LinkDef, spent: Duration)
 }
 
 /// A record a stage rejected (`index` None: every record of the batch is suspect).
-struct Rejected {
-    index: Option<usize>,
-    plugin: String,
-    message: String,
+pub(super) struct Rejected {
+    pub index: Option<usize>,
+    pub plugin: String,
+    pub message: String,
 }
 
 /// Apply the error policy to what stages rejected: `stop` stops the link with the first
 /// error (Err; nothing of the transaction ships); `quarantine` keeps each record in the
 /// dead letters with why, `outcome` saying what became of it.
-fn reject(
+pub(super) fn reject(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
@@ -1203,7 +1208,7 @@ fn reject(
 
 /// Run one transaction of a logical link through its filters and transforms; the
 /// operations to ship. What they reject follows the error policy ([`reject`]).
-fn stage(
+pub(super) fn stage(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
@@ -1247,7 +1252,7 @@ fn stage(
 }
 
 /// Aborts the task when dropped (the reading half of a session).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

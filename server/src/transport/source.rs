@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::links::{self, LinkDef, LinkSpec, LinkStatus, Mode};
-use super::{logical, mutual, sender, Replication, LINK_PREFIX, QUORUM_PREFIX};
+use super::{logical, mutual, postgres, sender, Replication, LINK_PREFIX, QUORUM_PREFIX};
 use crate::node::{Error, Result};
 use crate::txn::clock::{wall_ms, wall_us};
 
@@ -86,6 +86,16 @@ impl Replication {
                 other?;
             }
         }
+        if spec.target.postgres.is_some() {
+            self.check_stages(tenant, spec.options.apply, &spec.options.stages)?;
+            postgres::check_spec(&spec)?;
+            return Ok(spec);
+        }
+        if spec.options.create_tables {
+            return Err(Error::Malformed(
+                "create_tables is for a PostgreSQL target (\"target\": {\"postgres\": …})".into(),
+            ));
+        }
         if !spec.target.url.starts_with("http://") {
             return Err(Error::Malformed(
                 "target.url must be the target node's API, as http://host:port".into(),
@@ -122,6 +132,11 @@ impl Replication {
     pub fn create_link(self: &Arc<Self>, tenant: &str, spec: LinkSpec) -> Result<Value> {
         let mut spec = self.check_link(tenant, spec, false)?;
         let target_token = spec.target.token.take();
+        // The password stays in the definition's secret part only.
+        let postgres_url = spec.target.postgres.clone();
+        if let Some(conn) = &mut spec.target.postgres {
+            *conn = links::mask_password(conn);
+        }
         let id = format!("{}-{}", self.node_id, self.node.generate_id()?);
         let def = LinkDef {
             id: id.clone(),
@@ -129,6 +144,7 @@ impl Replication {
             spec,
             credential: links::random_secret().map_err(|e| Error::Unavailable(e.to_string()))?,
             target_token,
+            postgres_url,
             created_ms: wall_ms(),
             paused: false,
         };
@@ -193,6 +209,7 @@ impl Replication {
             "on_error": def.spec.options.on_error,
             "b_log": def.spec.options.b_log,
             "conflicts": def.spec.options.conflicts,
+            "create_tables": def.spec.options.create_tables,
             "paused": def.paused,
             "created_ms": def.created_ms,
             "status": status,

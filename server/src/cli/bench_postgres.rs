@@ -1,0 +1,259 @@
+//! `doppel bench --scenario postgres --postgres CONN`: a link into PostgreSQL through the
+//! built-in `json-columns` row mapping, against a running node and a running
+//! PostgreSQL (the node connects to it with CONN; this command runs `psql` with it for
+//! the floor).
+//!
+//! - **apply**: `--records` records of `--record-bytes` (`{"n": i, "s": "xxx…"}`) are
+//!   written in batches while the link is paused, then it resumes: rows/s from the
+//!   resume until the link's position covers the last serial (everything applied and
+//!   committed in PostgreSQL), with the CPU seconds of the PostgreSQL processes and of
+//!   the node over that time (from `/proc`, so on this machine only);
+//! - **floor**: the same rows by `COPY … FROM STDIN` (psql `\copy`, text format) into a
+//!   fresh table of the same shape (primary key included): rows/s, and the ratio;
+//! - **live**: the same keys written again (updates, upserts in PostgreSQL) with the link
+//!   running: the write rate, the link's lag when the writes end, and the time until it
+//!   caught up.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::bench::{db_path, recreate, run_parallel, BenchArgs};
+use super::client::{connect, Client};
+
+/// CPU seconds (user + system) of the processes whose command name starts with one of
+/// `names`, from `/proc`.
+fn cpu_seconds(names: &[&str]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in dir.flatten() {
+        if entry.file_name().to_str() == Some(me.as_str()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        if !names.iter().any(|n| comm.starts_with(n)) {
+            continue;
+        }
+        // Fields after the command: state is field 3; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+        total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    }
+    total as f64 / ticks
+}
+
+fn payload(args: &BenchArgs) -> String {
+    // `{"n":123456,"s":""}` is about 20 bytes; the string fills the rest.
+    "x".repeat(args.record_bytes.saturating_sub(20).max(1))
+}
+
+/// Batched upserts of `k{i:012}` → `{"n": i + round, "s": …}`.
+fn write_pass(args: &BenchArgs, path: &str, round: usize) -> Result<Duration, String> {
+    let fill = payload(args);
+    let (records, batch) = (args.records, args.batch);
+    let path = format!("{path}/transactions");
+    let (elapsed, _) = run_parallel(
+        args.connections,
+        records.div_ceil(batch),
+        move |client, job| {
+            let start = job * batch;
+            let ops: Vec<String> = (start..(start + batch).min(records))
+                .map(|i| {
+                    format!(
+                        r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":{{"n":{},"s":"{fill}"}}}}"#,
+                        i + round
+                    )
+                })
+                .collect();
+            client
+                .call_raw(
+                    "POST",
+                    &path,
+                    Some(&format!(r#"{{"ops":[{}]}}"#, ops.join(","))),
+                )
+                .map(|_| ())
+        },
+        &args.target,
+    )?;
+    Ok(elapsed)
+}
+
+fn status(client: &Client, link: &str) -> Result<serde_json::Value, String> {
+    Ok(client.call("GET", link, None)?["status"].clone())
+}
+
+/// Wait until the link's position covers `serial`; the time it took.
+fn until_applied(client: &Client, link: &str, serial: u64) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let s = status(client, link)?;
+        if s["acked_serial"].as_u64() >= Some(serial) {
+            return Ok(started.elapsed());
+        }
+        if s["state"] == "stopped" || started.elapsed() > Duration::from_secs(1800) {
+            return Err(format!("the link did not catch up: {s}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn psql(conn: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conn,
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    let conn = args
+        .postgres
+        .clone()
+        .ok_or("--scenario postgres needs --postgres CONNECTION (a database the node can reach)")?;
+    let client = connect(&args.target);
+    let tenant = &args.target.tenant;
+    let path = db_path(tenant, &args.db);
+    let links = format!(
+        "/v1/tenants/{}/links",
+        super::client::encode_segment(tenant)
+    );
+    for l in client
+        .call("GET", &links, None)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if l["database"] == args.db.as_str() {
+            client.call(
+                "DELETE",
+                &format!("{links}/{}", l["id"].as_str().unwrap_or("")),
+                None,
+            )?;
+        }
+    }
+    recreate(&client, tenant, &args.db, &args.durability)?;
+    psql(&conn, "DROP TABLE IF EXISTS bench, bench_copy")?;
+    let version = env!("CARGO_PKG_VERSION");
+    let link = client.call(
+        "POST",
+        &links,
+        Some(&json!({"database": args.db, "target": {"postgres": conn, "schema": "public"},
+            "apply": "logical", "on_error": "quarantine", "create_tables": true,
+            "stages": [{"plugin": format!("json-columns@{version}"), "config": {"files": {
+                "bench": {"table": "bench", "key": "id", "columns": {"n": "bigint", "s": "text"}}}}}]})),
+    )?;
+    let link = format!("{links}/{}", link["id"].as_str().ok_or("no link id")?);
+    until_applied(&client, &link, 0)?;
+    client.call("POST", &format!("{link}/pause"), None)?;
+
+    let (records, batch) = (args.records, args.batch);
+    let elapsed = write_pass(args, &path, 0)?;
+    let last = client.call("GET", &path, None)?["last_serial"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "postgres: {records} records of {} B written in {:.1} s with the link paused ({:.0} records/s, batches of {batch})",
+        args.record_bytes,
+        elapsed.as_secs_f64(),
+        records as f64 / elapsed.as_secs_f64()
+    );
+
+    let (pg0, node0) = (cpu_seconds(&["postgres"]), cpu_seconds(&["doppel"]));
+    let started = Instant::now();
+    client.call("POST", &format!("{link}/resume"), None)?;
+    until_applied(&client, &link, last)?;
+    let applied = started.elapsed();
+    let (pg1, node1) = (cpu_seconds(&["postgres"]), cpu_seconds(&["doppel"]));
+    let rows = psql(&conn, "SELECT count(*) FROM bench")?;
+    let apply_rate = records as f64 / applied.as_secs_f64();
+    println!(
+        "  apply: {rows} rows in {:.2} s: {apply_rate:.0} rows/s; CPU over it: PostgreSQL {:.1} s ({:.0}% of the wall time), node {:.1} s ({:.0}%)",
+        applied.as_secs_f64(),
+        pg1 - pg0,
+        100.0 * (pg1 - pg0) / applied.as_secs_f64(),
+        node1 - node0,
+        100.0 * (node1 - node0) / applied.as_secs_f64(),
+    );
+
+    // The floor: the same rows by COPY into a table of the same shape.
+    psql(
+        &conn,
+        "CREATE TABLE bench_copy (id text PRIMARY KEY, n bigint, s text)",
+    )?;
+    let file = std::env::temp_dir().join(format!("doppel-bench-copy-{}.tsv", std::process::id()));
+    {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+        );
+        let fill = payload(args);
+        for i in 0..records {
+            writeln!(out, "k{i:012}\t{i}\t{fill}").map_err(|e| e.to_string())?;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    let started = Instant::now();
+    let copied = psql(
+        &conn,
+        &format!("\\copy bench_copy FROM '{}'", file.display()),
+    );
+    let floor = started.elapsed();
+    let _ = std::fs::remove_file(&file);
+    copied?;
+    let floor_rate = records as f64 / floor.as_secs_f64();
+    println!(
+        "  floor: COPY FROM STDIN (psql \\copy, text) of the same rows: {:.2} s, {floor_rate:.0} rows/s; the link takes {:.2}x its time",
+        floor.as_secs_f64(),
+        applied.as_secs_f64() / floor.as_secs_f64()
+    );
+
+    // Live: the same keys updated with the link running.
+    let elapsed = write_pass(args, &path, 1)?;
+    let s = status(&client, &link)?;
+    let last = client.call("GET", &path, None)?["last_serial"]
+        .as_u64()
+        .unwrap_or(0);
+    let drained = until_applied(&client, &link, last)?;
+    println!(
+        "  live: {records} updates in {:.1} s ({:.0} records/s) with the link running; at the end of the writes the link was {} entries ({} ms) behind and caught up {:.2} s later",
+        elapsed.as_secs_f64(),
+        records as f64 / elapsed.as_secs_f64(),
+        s["lag_entries"],
+        s["lag_ms"],
+        drained.as_secs_f64()
+    );
+    let check = psql(
+        &conn,
+        "SELECT count(*) FROM bench WHERE n = substr(id, 2)::bigint + 1",
+    )?;
+    println!("  check: {check} of {records} rows hold the second pass's value");
+    Ok(())
+}

@@ -1,0 +1,1336 @@
+//! Links whose target is a PostgreSQL database (SPEC G9): the link's task on the source
+//! node reads the database's log as a logical link does, runs each transaction through
+//! the link's stages, the last of which is a row-mapping stage (the row contract: each
+//! output record's data is a row document, see `plugins/json-columns` and
+//! docs/PLUGINS.md), and applies the rows with `tokio-postgres`.
+//!
+//! **Exactly once.** The link's position (link id, source stream, last source serial
+//! applied) lives in the target database's `doppel_positions` table and is written in
+//! the same PostgreSQL transaction as the rows it covers. A session starts by reading
+//! it and resumes after it, so a kill -9 of the source node (the process that applies
+//! into PostgreSQL), a lost connection or a PostgreSQL restart at any moment leaves
+//! either the whole transaction with its position or neither. A group of whole source
+//! transactions (up to [`GROUP_BYTES`] of log) is one PostgreSQL transaction; a
+//! cancelled source transaction carries no records, so nothing of it reaches
+//! PostgreSQL, but its serials are covered by the position.
+//!
+//! **Rows.** Inserts and updates are upserts on the key (`INSERT … SELECT … FROM
+//! unnest($1, $2, …) ON CONFLICT (key) DO UPDATE`, one statement per table and column
+//! set in a group, after collapsing the group to the last operation of each key), deletes
+//! are deletes (`DELETE … USING unnest(…)`). Missing tables are created when the link
+//! says `create_tables`; missing columns are always added; a column whose type differs
+//! from the mapping's is a type clash that names the column; nothing is dropped or
+//! retyped.
+//!
+//! **Bad rows do not stop the line.** When PostgreSQL refuses a group (a constraint, a
+//! type, a clash), the group is retried row by row, each under a savepoint; a refused
+//! row goes to the link's dead letters with PostgreSQL's own text (`on_error:
+//! quarantine`) and the rest lands, or stops the link (`stop`). Dead letters re-drive
+//! into PostgreSQL through the stages, without moving the position.
+//!
+//! **Bootstrap.** A link whose position is missing while the source's log no longer
+//! reaches serial 1 (or behind its position) starts from a frozen copy of the source's
+//! records, applied in one PostgreSQL transaction together with the copy's serial as
+//! the position, then streams from there: no gap and no duplicate at the seam.
+//!
+//! **Interrelation.** A link with interrelation rules holds a transaction that depends
+//! on another database of the tenant until that database's PostgreSQL link (same
+//! connection and schema) has applied the serial the dependency names.
+//!
+//! The connection string's password is kept in the link's secret part only
+//! ([`super::links::LinkDef::postgres_url`]); errors are `tokio-postgres`'s, which never
+//! carry it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
+
+use super::links::{Apply, LinkDef, LinkSpec, LinkState, Mode, OnError};
+use super::redrive::RedriveError;
+use super::sender::{self, AbortOnDrop, Rejected};
+use super::{interrelation, logical, LinkHandle, Replication};
+use crate::log::durable::RawTxn;
+use crate::log::{LogKind, Outcome};
+use crate::node::{Database, Durability, Error};
+use crate::txn::clock::wall_us;
+
+/// The table that holds each link's position, in the target's schema.
+pub const POSITIONS_TABLE: &str = "doppel_positions";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Log bytes applied as one PostgreSQL transaction while catching up.
+const GROUP_BYTES: usize = 8 << 20;
+/// Records staged at a time during a bootstrap.
+const SNAPSHOT_RECORDS: usize = 5_000;
+/// How often a transaction held for another link's progress looks again.
+const DEPENDENCY_POLL: Duration = Duration::from_millis(5);
+
+/// Check a link request whose target is PostgreSQL: only `postgres` and `schema` in
+/// the target, a logical async link with stages, and a connection string that parses.
+pub fn check_spec(spec: &LinkSpec) -> crate::node::Result<()> {
+    let bad = |m: &str| Err(Error::Malformed(m.to_string()));
+    let t = &spec.target;
+    if !t.url.is_empty()
+        || !t.database.is_empty()
+        || t.token.is_some()
+        || t.replication.is_some()
+        || t.resync
+    {
+        return bad(
+            "a PostgreSQL target takes \"postgres\" (the connection string) and \"schema\" \
+             only, not url, database, token, replication or resync",
+        );
+    }
+    if spec.options.apply != Apply::Logical {
+        return bad("a PostgreSQL target applies rows: give \"apply\": \"logical\"");
+    }
+    if spec.options.mode != Mode::Async {
+        return bad("a PostgreSQL target is asynchronous: give \"mode\": \"async\"");
+    }
+    if spec.options.conflicts.is_some() {
+        return bad("a PostgreSQL target cannot be mutual (\"conflicts\")");
+    }
+    if spec.options.stages.is_empty() {
+        return bad(
+            "a PostgreSQL target needs a row-mapping stage (e.g. {\"plugin\": \
+             \"json-columns@…\", \"config\": {\"files\": …}}) to turn records into rows",
+        );
+    }
+    let conn = t.postgres.as_deref().unwrap_or_default();
+    if let Err(e) = conn.parse::<tokio_postgres::Config>() {
+        return Err(Error::Malformed(format!(
+            "target.postgres is not a PostgreSQL connection string: {e}"
+        )));
+    }
+    if let Some(schema) = &t.schema {
+        check_ident("target.schema", schema).map_err(Error::Malformed)?;
+    }
+    Ok(())
+}
+
+/// Names the target quotes plainly: a-z, 0-9 and `_`, not starting with a digit.
+fn check_ident(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: '{name}' is not a PostgreSQL name this link uses (a-z, 0-9 and _, not \
+             starting with a digit, at most 63 characters)"
+        ))
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The column types of the row contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PgType {
+    Text,
+    Bigint,
+    Double,
+    Boolean,
+    Jsonb,
+    Timestamptz,
+    Bytea,
+}
+
+impl PgType {
+    fn parse(s: &str) -> Option<PgType> {
+        Some(match s {
+            "text" => PgType::Text,
+            "bigint" => PgType::Bigint,
+            "double" => PgType::Double,
+            "boolean" => PgType::Boolean,
+            "jsonb" => PgType::Jsonb,
+            "timestamptz" => PgType::Timestamptz,
+            "bytea" => PgType::Bytea,
+            _ => return None,
+        })
+    }
+
+    /// The type in DDL and casts.
+    fn sql(self) -> &'static str {
+        match self {
+            PgType::Text => "text",
+            PgType::Bigint => "bigint",
+            PgType::Double => "double precision",
+            PgType::Boolean => "boolean",
+            PgType::Jsonb => "jsonb",
+            PgType::Timestamptz => "timestamptz",
+            PgType::Bytea => "bytea",
+        }
+    }
+
+    /// The type as `information_schema.columns.data_type` names it.
+    fn catalog(self) -> &'static str {
+        match self {
+            PgType::Timestamptz => "timestamp with time zone",
+            other => other.sql(),
+        }
+    }
+
+    /// The array a column of this type travels in (jsonb and timestamptz as text,
+    /// cast by the statement).
+    fn param(self) -> &'static str {
+        match self {
+            PgType::Text | PgType::Jsonb | PgType::Timestamptz => "text[]",
+            PgType::Bigint => "int8[]",
+            PgType::Double => "float8[]",
+            PgType::Boolean => "bool[]",
+            PgType::Bytea => "bytea[]",
+        }
+    }
+}
+
+/// A row document as it arrives (the row contract).
+#[derive(serde::Deserialize)]
+struct RowDoc<'a> {
+    row: u32,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    columns: Vec<(Cow<'a, str>, Cow<'a, str>, Value)>,
+}
+
+/// One row operation: what the row-mapping stage made of one source record.
+#[derive(Debug, Clone)]
+struct Row {
+    delete: bool,
+    table: String,
+    key: Vec<String>,
+    columns: Vec<(String, PgType, Value)>,
+    /// The source record's serial (its dead letter finds the source record by it).
+    serial: u64,
+}
+
+impl Row {
+    /// A staged record as a row: its data must be a row document.
+    fn from_record(r: &Record<'_>) -> Result<Row, String> {
+        let not_row = |why: &str| {
+            format!(
+                "record '{}' of '{}' is not a row ({why}): the link's last stage must be a \
+                 row mapping such as json-columns",
+                r.key, r.file
+            )
+        };
+        let doc: RowDoc<'_> =
+            serde_json::from_slice(r.data).map_err(|e| not_row(&e.to_string()))?;
+        if doc.row != 1 {
+            return Err(not_row("not \"row\": 1"));
+        }
+        check_ident("table", &doc.table)?;
+        if doc.key.is_empty() {
+            return Err(not_row("no key columns"));
+        }
+        let key: Vec<String> = doc.key.into_iter().map(Cow::into_owned).collect();
+        let mut columns = Vec::with_capacity(doc.columns.len());
+        for (name, ty, v) in doc.columns {
+            check_ident("column", &name)?;
+            let ty = PgType::parse(&ty)
+                .ok_or_else(|| format!("column '{name}': unknown type '{ty}'"))?;
+            columns.push((name.into_owned(), ty, v));
+        }
+        let table = doc.table.into_owned();
+        for k in &key {
+            if !columns.iter().any(|(n, _, v)| n == k && !v.is_null()) {
+                return Err(not_row(&format!("key column '{k}' has no value")));
+            }
+        }
+        let delete = r.op == RecordOp::Delete;
+        if delete {
+            columns.retain(|(n, _, _)| key.contains(n));
+        }
+        Ok(Row {
+            delete,
+            table,
+            key,
+            columns,
+            serial: r.serial,
+        })
+    }
+
+    /// The table and key values: rows with the same identity are the same PostgreSQL row.
+    fn identity(&self) -> String {
+        let mut id = self.table.clone();
+        for k in &self.key {
+            if let Some((_, _, v)) = self.columns.iter().find(|(n, _, _)| n == k) {
+                id.push('\0');
+                id.push_str(&v.to_string());
+            }
+        }
+        id
+    }
+
+    /// Column names and types: rows with the same shape share a statement.
+    fn shape(&self) -> Vec<(String, PgType)> {
+        self.columns
+            .iter()
+            .map(|(n, t, _)| (n.clone(), *t))
+            .collect()
+    }
+}
+
+/// One column's values for a statement, as the array parameter of its type.
+enum Values {
+    Text(Vec<Option<String>>),
+    Bigint(Vec<Option<i64>>),
+    Double(Vec<Option<f64>>),
+    Boolean(Vec<Option<bool>>),
+    Bytea(Vec<Option<Vec<u8>>>),
+}
+
+impl Values {
+    fn new(ty: PgType) -> Values {
+        match ty {
+            PgType::Text | PgType::Jsonb | PgType::Timestamptz => Values::Text(Vec::new()),
+            PgType::Bigint => Values::Bigint(Vec::new()),
+            PgType::Double => Values::Double(Vec::new()),
+            PgType::Boolean => Values::Boolean(Vec::new()),
+            PgType::Bytea => Values::Bytea(Vec::new()),
+        }
+    }
+
+    /// Add one value; a value that does not fit is the row's error, naming the column.
+    fn push(&mut self, name: &str, ty: PgType, v: &Value) -> Result<(), String> {
+        let clash = || format!("column '{name}': {v} is not a {}", ty.sql());
+        match self {
+            Values::Text(out) => out.push(match (ty, v) {
+                (_, Value::Null) => None,
+                (PgType::Jsonb, v) => Some(v.to_string()),
+                (_, Value::String(s)) => Some(s.clone()),
+                _ => return Err(clash()),
+            }),
+            Values::Bigint(out) => out.push(match v {
+                Value::Null => None,
+                v => Some(v.as_i64().ok_or_else(clash)?),
+            }),
+            Values::Double(out) => out.push(match v {
+                Value::Null => None,
+                v => Some(v.as_f64().ok_or_else(clash)?),
+            }),
+            Values::Boolean(out) => out.push(match v {
+                Value::Null => None,
+                v => Some(v.as_bool().ok_or_else(clash)?),
+            }),
+            Values::Bytea(out) => out.push(match v {
+                Value::Null => None,
+                Value::String(s) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|_| format!("column '{name}': bytea travels as base64"))?,
+                ),
+                _ => return Err(clash()),
+            }),
+        }
+        Ok(())
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Values::Text(v) => v,
+            Values::Bigint(v) => v,
+            Values::Double(v) => v,
+            Values::Boolean(v) => v,
+            Values::Bytea(v) => v,
+        }
+    }
+}
+
+/// Why rows did not apply.
+enum Fault {
+    /// PostgreSQL (or the target's schema) refuses these rows: a row-level problem,
+    /// PostgreSQL's own text.
+    Refused(String),
+    /// The connection or the server failed: the session ends and retries.
+    Broken(String),
+}
+
+/// What a PostgreSQL error means here: a refusal of the rows (data, constraint,
+/// schema, a trigger's exception) or a failure of the connection or the server.
+fn fault(e: tokio_postgres::Error) -> Fault {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let mut text = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                let _ = write!(text, " ({detail})");
+            }
+            if ["22", "23", "42", "44", "P0", "2B"]
+                .iter()
+                .any(|class| code.starts_with(class))
+            {
+                Fault::Refused(text)
+            } else {
+                Fault::Broken(format!("PostgreSQL: {text} [{code}]"))
+            }
+        }
+        None => Fault::Broken(format!("PostgreSQL: {}", describe(&e))),
+    }
+}
+
+/// An error with what caused it (`tokio-postgres` keeps the server's text and the
+/// socket's error as the source); never the connection string.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+fn broken(e: tokio_postgres::Error) -> String {
+    match fault(e) {
+        Fault::Refused(m) | Fault::Broken(m) => m,
+    }
+}
+
+/// What one statement writes: (delete, table, shape, key columns).
+type Statement = (bool, String, Vec<(String, PgType)>, Vec<String>);
+
+/// The target's tables as this session knows them, and how to write rows into them.
+struct Tables {
+    schema: String,
+    create: bool,
+    /// Table → column → type as the catalog names it.
+    known: HashMap<String, HashMap<String, String>>,
+}
+
+impl Tables {
+    fn name(&self, table: &str) -> String {
+        format!("{}.{}", quote(&self.schema), quote(table))
+    }
+
+    /// Make sure `table` exists with these columns (created when the link may, columns
+    /// added); a column of another type is a clash naming it.
+    async fn ensure(
+        &mut self,
+        tx: &Transaction<'_>,
+        table: &str,
+        key: &[String],
+        shape: &[(String, PgType)],
+    ) -> Result<(), Fault> {
+        if !self.known.contains_key(table) {
+            let rows = tx
+                .query(
+                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                     WHERE table_schema = $1 AND table_name = $2",
+                    &[&self.schema, &table],
+                )
+                .await
+                .map_err(fault)?;
+            let mut cols: HashMap<String, String> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            if cols.is_empty() {
+                if !self.create {
+                    return Err(Fault::Refused(format!(
+                        "table {} does not exist, and the link does not create tables \
+                         (\"create_tables\": true)",
+                        self.name(table)
+                    )));
+                }
+                let mut ddl = format!("CREATE TABLE IF NOT EXISTS {} (", self.name(table));
+                for (name, ty) in shape {
+                    let _ = write!(ddl, "{} {}, ", quote(name), ty.sql());
+                }
+                let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+                let _ = write!(ddl, "PRIMARY KEY ({}))", keys.join(", "));
+                tx.batch_execute(&ddl).await.map_err(fault)?;
+                tracing::info!(table = %self.name(table), "created the table from the row mapping");
+                cols = shape
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.catalog().to_string()))
+                    .collect();
+            }
+            self.known.insert(table.to_string(), cols);
+        }
+        let cols = self.known.get_mut(table).expect("inserted above");
+        for (name, ty) in shape {
+            match cols.get(name) {
+                Some(have) if have == ty.catalog() => {}
+                Some(have) => {
+                    return Err(Fault::Refused(format!(
+                        "type clash: column '{name}' of table {} is {have} in PostgreSQL, the \
+                         row mapping gives {} (columns are never retyped)",
+                        format_args!("{}.{}", self.schema, table),
+                        ty.sql()
+                    )))
+                }
+                None => {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} {}",
+                        quote(&self.schema),
+                        quote(table),
+                        quote(name),
+                        ty.sql()
+                    ))
+                    .await
+                    .map_err(fault)?;
+                    tracing::info!(table, column = %name, "added a column from the row mapping");
+                    cols.insert(name.clone(), ty.catalog().to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply rows as few statements: the last operation of each key, upserts and deletes
+    /// per table and shape. Err on the first refusal (the caller rolls back).
+    async fn apply_set(&mut self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), Fault> {
+        let ids: Vec<String> = rows.iter().map(Row::identity).collect();
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        for (i, id) in ids.iter().enumerate() {
+            last.insert(id.as_str(), i);
+        }
+        // Statements and the rows of each, in the order each first appears; consecutive
+        // rows mostly share one, which is checked without building its key.
+        let mut groups: Vec<(Statement, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<Statement, usize> = HashMap::new();
+        let mut current: Option<usize> = None;
+        for (i, r) in rows.iter().enumerate() {
+            if last.get(ids[i].as_str()) != Some(&i) {
+                continue;
+            }
+            let at = match current.filter(|&g| same_statement(&groups[g].0, r)) {
+                Some(g) => g,
+                None => {
+                    let g = (r.delete, r.table.clone(), r.shape(), r.key.clone());
+                    *index.entry(g.clone()).or_insert_with(|| {
+                        groups.push((g, Vec::new()));
+                        groups.len() - 1
+                    })
+                }
+            };
+            current = Some(at);
+            groups[at].1.push(i);
+        }
+        for ((delete, table, shape, key), members) in &groups {
+            self.ensure(tx, table, key, shape).await?;
+            let mut values: Vec<Values> = shape.iter().map(|(_, t)| Values::new(*t)).collect();
+            for &i in members {
+                for ((name, ty, v), out) in rows[i].columns.iter().zip(values.iter_mut()) {
+                    out.push(name, *ty, v).map_err(Fault::Refused)?;
+                }
+            }
+            let sql = if *delete {
+                delete_sql(&self.name(table), shape)
+            } else {
+                upsert_sql(&self.name(table), shape, key)
+            };
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Values::param).collect();
+            tx.execute(sql.as_str(), &params).await.map_err(fault)?;
+        }
+        Ok(())
+    }
+
+    /// Apply rows inside `tx`: all at once, or, when PostgreSQL refuses that, row by row
+    /// under savepoints. The refused rows (index, PostgreSQL's text); Err when the
+    /// connection or the server failed.
+    async fn apply(
+        &mut self,
+        tx: &Transaction<'_>,
+        rows: &[Row],
+    ) -> Result<Vec<(usize, String)>, String> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.batch_execute("SAVEPOINT doppel_rows")
+            .await
+            .map_err(broken)?;
+        match self.apply_set(tx, rows).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT doppel_rows")
+                    .await
+                    .map_err(broken)?;
+                return Ok(Vec::new());
+            }
+            Err(Fault::Broken(e)) => return Err(e),
+            Err(Fault::Refused(_)) => {}
+        }
+        tx.batch_execute("ROLLBACK TO SAVEPOINT doppel_rows")
+            .await
+            .map_err(broken)?;
+        // What the rolled-back part created is gone too.
+        self.known.clear();
+        let mut refused = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            tx.batch_execute("SAVEPOINT doppel_row")
+                .await
+                .map_err(broken)?;
+            match self.apply_set(tx, std::slice::from_ref(row)).await {
+                Ok(()) => tx.batch_execute("RELEASE SAVEPOINT doppel_row").await,
+                Err(Fault::Broken(e)) => return Err(e),
+                Err(Fault::Refused(why)) => {
+                    refused.push((i, why));
+                    self.known.clear();
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT doppel_row").await
+                }
+            }
+            .map_err(broken)?;
+        }
+        tx.batch_execute("RELEASE SAVEPOINT doppel_rows")
+            .await
+            .map_err(broken)?;
+        Ok(refused)
+    }
+}
+
+/// Whether row `r` is written by statement `s`.
+fn same_statement(s: &Statement, r: &Row) -> bool {
+    s.0 == r.delete
+        && s.1 == r.table
+        && s.3 == r.key
+        && s.2.len() == r.columns.len()
+        && s.2
+            .iter()
+            .zip(&r.columns)
+            .all(|((n, t), (rn, rt, _))| n == rn && t == rt)
+}
+
+fn upsert_sql(table: &str, shape: &[(String, PgType)], key: &[String]) -> String {
+    let cols: Vec<String> = shape.iter().map(|(n, _)| quote(n)).collect();
+    let selects: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| format!("u.c{i}::{}", t.sql()))
+        .collect();
+    let params: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| format!("${}::{}", i + 1, t.param()))
+        .collect();
+    let aliases: Vec<String> = (0..shape.len()).map(|i| format!("c{i}")).collect();
+    let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let updates: Vec<String> = shape
+        .iter()
+        .filter(|(n, _)| !key.contains(n))
+        .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote(n)))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO {action}",
+        cols.join(", "),
+        selects.join(", "),
+        params.join(", "),
+        aliases.join(", "),
+        keys.join(", ")
+    )
+}
+
+fn delete_sql(table: &str, shape: &[(String, PgType)]) -> String {
+    let params: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| format!("${}::{}", i + 1, t.param()))
+        .collect();
+    let aliases: Vec<String> = (0..shape.len()).map(|i| format!("c{i}")).collect();
+    let matches: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, (n, t))| format!("t.{} = u.c{i}::{}", quote(n), t.sql()))
+        .collect();
+    format!(
+        "DELETE FROM {table} AS t USING unnest({}) AS u({}) WHERE {}",
+        params.join(", "),
+        aliases.join(", "),
+        matches.join(" AND ")
+    )
+}
+
+/// A session's connection to the target and what it knows of the target's tables.
+struct Target {
+    client: Client,
+    tables: Tables,
+    link: String,
+    /// The source stream, as PostgreSQL's bigint holds it.
+    stream: i64,
+    /// Reports the connection's end.
+    closed: oneshot::Receiver<String>,
+    _connection: AbortOnDrop,
+}
+
+impl Target {
+    /// Connect and make sure the positions table exists.
+    async fn connect(def: &LinkDef, stream: u64) -> Result<Target, String> {
+        let url = def
+            .postgres_url
+            .as_deref()
+            .ok_or("the link has no PostgreSQL connection string")?;
+        let (client, connection) =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+                .await
+                .map_err(|_| "connecting to PostgreSQL timed out".to_string())?
+                .map_err(|e| format!("connecting to PostgreSQL: {}", describe(&e)))?;
+        let (tx, closed) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let why = match connection.await {
+                Ok(()) => "the PostgreSQL connection ended".to_string(),
+                Err(e) => format!("the PostgreSQL connection ended: {}", describe(&e)),
+            };
+            let _ = tx.send(why);
+        });
+        let schema = def
+            .spec
+            .target
+            .schema
+            .clone()
+            .unwrap_or_else(|| "public".into());
+        let target = Target {
+            client,
+            tables: Tables {
+                schema,
+                create: def.spec.options.create_tables,
+                known: HashMap::new(),
+            },
+            link: def.id.clone(),
+            stream: stream as i64,
+            closed,
+            _connection: AbortOnDrop(task),
+        };
+        target
+            .client
+            .batch_execute(&format!(
+                "SET client_min_messages TO warning; CREATE TABLE IF NOT EXISTS {} (link text NOT NULL, stream bigint NOT NULL, \
+                 serial bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (link, stream))",
+                target.tables.name(POSITIONS_TABLE)
+            ))
+            .await
+            .map_err(broken)?;
+        Ok(target)
+    }
+
+    /// The last source serial applied, if the link has a position.
+    async fn position(&self) -> Result<Option<u64>, String> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT serial FROM {} WHERE link = $1 AND stream = $2",
+                    self.tables.name(POSITIONS_TABLE)
+                ),
+                &[&self.link, &self.stream],
+            )
+            .await
+            .map_err(broken)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    /// Write the position inside `tx`.
+    async fn set_position(
+        tables: &Tables,
+        tx: &Transaction<'_>,
+        link: &str,
+        stream: i64,
+        serial: u64,
+    ) -> Result<(), String> {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (link, stream, serial) VALUES ($1, $2, $3) \
+                 ON CONFLICT (link, stream) DO UPDATE SET serial = EXCLUDED.serial, updated = now()",
+                tables.name(POSITIONS_TABLE)
+            ),
+            &[&link, &stream, &(serial as i64)],
+        )
+        .await
+        .map_err(broken)?;
+        Ok(())
+    }
+}
+
+/// Staged rows of one or more source transactions, and where to find the source record
+/// a refused row's dead letter names: the transactions, decoded again only then (so
+/// the hot path keeps no copy of every record), or a bootstrap's records.
+#[derive(Default)]
+struct Staged {
+    rows: Vec<Row>,
+    txns: Vec<RawTxn>,
+    schema: Option<crate::store::Schema>,
+    origin: u64,
+    /// A bootstrap's records by (bootstrap) serial, kept when `keep_records`.
+    sources: HashMap<u64, OwnedRecord>,
+    keep_records: bool,
+}
+
+impl Staged {
+    /// The source record of serial `serial`.
+    fn source(&self, serial: u64) -> Option<OwnedRecord> {
+        if let Some(r) = self.sources.get(&serial) {
+            return Some(r.clone());
+        }
+        let txn = self
+            .txns
+            .iter()
+            .find(|t| t.first_serial <= serial && serial <= t.last_serial)?;
+        logical::records(self.schema.as_ref()?, self.origin, txn)
+            .ok()?
+            .into_iter()
+            .find(|r| r.serial == serial)
+    }
+}
+
+/// Run `records` through the link's stages and read the output as rows; what the stages
+/// or the row reading reject follows the error policy (`sender::reject`).
+fn stage_rows(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    chain: &mut crate::plugins::Chain,
+    txn: &RawTxn,
+    records: Vec<OwnedRecord>,
+    into: &mut Staged,
+) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut input = BatchBuilder::new();
+    for r in &records {
+        input.push(r);
+    }
+    let ops = sender::stage(repl, link, def, chain, txn, &records, input)?;
+    let mut rejected = Vec::new();
+    let mut at = 0;
+    while at + 4 <= ops.len() {
+        let len = u32::from_le_bytes(ops[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let raw = &ops[at + 4..at + 4 + len];
+        at += 4 + len;
+        let r = Record::decode(raw).map_err(|e| format!("a staged record: {e:?}"))?;
+        match Row::from_record(&r) {
+            Ok(row) => into.rows.push(row),
+            Err(message) => rejected.push(Rejected {
+                index: records.iter().position(|s| s.serial == r.serial),
+                plugin: "postgres".into(),
+                message,
+            }),
+        }
+    }
+    sender::reject(repl, link, def, txn, &records, &rejected, "not applied")?;
+    if into.keep_records {
+        into.sources
+            .extend(records.into_iter().map(|r| (r.serial, r)));
+    }
+    Ok(())
+}
+
+/// Apply staged rows and the position in one PostgreSQL transaction; refused rows go
+/// to dead letters (`quarantine`) or stop the link (`stop`, nothing committed).
+async fn commit(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    pg: &mut Target,
+    staged: &Staged,
+    serials: (u64, u64),
+) -> Result<(), String> {
+    let tx = pg.client.transaction().await.map_err(broken)?;
+    let refused = pg.tables.apply(&tx, &staged.rows).await?;
+    for (i, why) in &refused {
+        let row = &staged.rows[*i];
+        let record = staged.source(row.serial);
+        if def.spec.options.on_error == OnError::Stop {
+            link.stopped.store(true, Ordering::SeqCst);
+            let what = record.map_or(String::new(), |r| {
+                format!(" record '{}' of file '{}',", r.key, r.file)
+            });
+            return Err(format!(
+                "stopped by its error policy: PostgreSQL refused{what} source serials {}-{}: {why}",
+                serials.0, serials.1
+            ));
+        }
+        let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
+        let shown = record.as_ref().map_or_else(
+            || json!({"file": row.table, "serial": row.serial}),
+            logical::record_json,
+        );
+        repl.dead_letters
+            .push(
+                &def.id,
+                seq,
+                json!({
+                    "record": shown,
+                    "plugin": "postgres",
+                    "error": why,
+                    "outcome": "refused by PostgreSQL",
+                    "at_ms": wall_us() / 1000,
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+        link.status.lock().quarantined += 1;
+    }
+    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serials.1).await?;
+    tx.commit().await.map_err(broken)
+}
+
+/// One session of a PostgreSQL link: connect, find the position (or bootstrap), then
+/// apply the log as it grows. Ok when the link's definition changed; Err with why it
+/// broke (the caller retries with backoff and shows it).
+pub(super) async fn session(
+    repl: &Arc<Replication>,
+    link: &Arc<LinkHandle>,
+    control: &mut watch::Receiver<u64>,
+) -> Result<(), String> {
+    let def = link.def.lock().clone();
+    link.status.lock().state = LinkState::Connecting;
+    let db = repl
+        .node
+        .database(&def.tenant, &def.spec.database)
+        .map_err(|e| format!("the source database: {e}"))?;
+    let mut pg = Target::connect(&def, repl.stream_id(&db)).await?;
+    link.status.lock().connections += 1;
+    let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.options.stages)
+        .map_err(|e| e.to_string())?;
+    let mut sources = (!stages.rules.is_empty())
+        .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
+
+    let position = pg.position().await?;
+    let (last, _) = db.serials();
+    let oldest = db
+        .log_store()
+        .oldest_serial(db.def.uid, LogKind::A)
+        .map_err(|e| e.to_string())?;
+    let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
+    let from = position.unwrap_or(0);
+    let continues =
+        !forced && from <= last && (from == last || oldest.is_some_and(|o| o <= from + 1));
+    let from = if continues {
+        link.status.lock().started_at = Some(from);
+        from
+    } else {
+        let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut pg).await?;
+        link.status.lock().started_at = None;
+        serial
+    };
+    {
+        let mut status = link.status.lock();
+        status.state = LinkState::Streaming;
+        status.acked_serial = from;
+        status.sent_serial = from;
+    }
+    tracing::info!(link = %def.id, from, "applying into PostgreSQL");
+
+    let schema = db.schema();
+    let ship_early = db.def.spec.durability == Durability::None;
+    let mut next = from + 1;
+    let mut durable = 0;
+    let mut appended = db.subscribe_appended();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rate = (Instant::now(), from);
+    // The PostgreSQL side of the pipeline: while one group commits on its own task, the
+    // next is read and staged here. `pg` is home when no commit is in flight.
+    let mut pg = Some(pg);
+    let mut inflight: Option<InFlight> = None;
+    let result: Result<(), String> = async {
+        loop {
+            if control.has_changed().unwrap_or(true) {
+                return Ok(());
+            }
+            let available = *appended.borrow_and_update();
+            if next <= available {
+                if !ship_early && next > durable {
+                    db.await_durable()
+                        .await
+                        .map_err(|e| format!("the source log: {e}"))?;
+                    durable = available;
+                }
+                let txns = db
+                    .log_store()
+                    .read_txns(db.def.uid, next - 1, GROUP_BYTES, &[])
+                    .map_err(|e| format!("reading the source log: {e}"))?;
+                if txns.first().map(|t| t.first_serial) != Some(next) {
+                    link.force_bootstrap.store(true, Ordering::SeqCst);
+                    return Err(format!(
+                        "the source log no longer holds serial {next}; the link will bootstrap again"
+                    ));
+                }
+                let txns: Vec<RawTxn> = txns
+                    .into_iter()
+                    .take_while(|t| ship_early || t.last_serial <= durable)
+                    .collect();
+                let Some(end) = txns.last().map(|t| t.last_serial) else {
+                    continue;
+                };
+                let mut staged = Staged::default();
+                let mut waits: HashMap<String, u64> = HashMap::new();
+                for txn in &txns {
+                    let records = logical::records(&schema, repl.origin(), txn)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(sources) = sources.as_mut().filter(|_| !records.is_empty()) {
+                        let mut batch = BatchBuilder::new();
+                        for r in &records {
+                            batch.push(r);
+                        }
+                        let deps = sender::interrelate(
+                            repl,
+                            link,
+                            &def,
+                            &mut stages.rules,
+                            sources,
+                            txn,
+                            &records,
+                            &batch,
+                        )?;
+                        if !deps.is_empty() {
+                            link.status.lock().interrelated += 1;
+                        }
+                        for d in deps {
+                            let w = waits.entry(d.database).or_default();
+                            *w = (*w).max(d.serial);
+                        }
+                    }
+                    debug_assert!(
+                        txn.outcome != Outcome::Cancelled || records.is_empty(),
+                        "a cancelled transaction carries no records"
+                    );
+                    stage_rows(
+                        repl,
+                        link,
+                        &def,
+                        &mut stages.chain,
+                        txn,
+                        records,
+                        &mut staged,
+                    )?;
+                }
+                staged.txns = txns;
+                staged.schema = Some(schema.clone());
+                staged.origin = repl.origin();
+                landed(link, &mut inflight, &mut pg).await?;
+                measure(link, &mut rate);
+                if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
+                {
+                    return Ok(());
+                }
+                let target = pg.take().expect("no commit in flight");
+                inflight = Some(spawn_commit(repl, link, &def, target, staged, (next, end)));
+                next = end + 1;
+                continue;
+            }
+            if inflight.is_some() {
+                landed(link, &mut inflight, &mut pg).await?;
+                measure(link, &mut rate);
+                continue;
+            }
+            let target = pg.as_mut().expect("no commit in flight");
+            tokio::select! {
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        return Err("the source database was deleted".into());
+                    }
+                }
+                _ = control.changed() => return Ok(()),
+                why = &mut target.closed => {
+                    return Err(why.unwrap_or_else(|_| "the PostgreSQL connection ended".into()));
+                }
+                _ = tick.tick() => {
+                    // Caught up: nothing waits.
+                    link.status.lock().lag_ms = 0;
+                    measure(link, &mut rate);
+                }
+            }
+        }
+    }
+    .await;
+    // Never leave a commit running behind this session: the next one starts from the
+    // position that commit writes.
+    let landed = landed(link, &mut inflight, &mut pg).await;
+    result.and(landed)
+}
+
+/// At most once a second, the rows' rate: source entries applied per second since the
+/// last measure (`rate`: when, and the position then).
+fn measure(link: &LinkHandle, rate: &mut (Instant, u64)) {
+    let elapsed = rate.0.elapsed().as_secs_f64();
+    if elapsed < 1.0 {
+        return;
+    }
+    let mut status = link.status.lock();
+    let acked = status.acked_serial;
+    status.throughput = (acked - rate.1.min(acked)) as f64 / elapsed;
+    *rate = (Instant::now(), acked);
+}
+
+/// A group's commit on its own task: it gives the connection back with the last serial
+/// it applied, or why it failed.
+type InFlight = tokio::task::JoinHandle<(Target, Result<u64, String>)>;
+
+fn spawn_commit(
+    repl: &Arc<Replication>,
+    link: &Arc<LinkHandle>,
+    def: &LinkDef,
+    mut pg: Target,
+    staged: Staged,
+    serials: (u64, u64),
+) -> InFlight {
+    let (repl, link, def) = (repl.clone(), link.clone(), def.clone());
+    tokio::spawn(async move {
+        let result = commit(&repl, &link, &def, &mut pg, &staged, serials)
+            .await
+            .map(|()| serials.1);
+        (pg, result)
+    })
+}
+
+/// Wait for the commit in flight, if any: the connection comes home and the status
+/// shows the new position.
+async fn landed(
+    link: &LinkHandle,
+    inflight: &mut Option<InFlight>,
+    pg: &mut Option<Target>,
+) -> Result<(), String> {
+    let Some(handle) = inflight.take() else {
+        return Ok(());
+    };
+    let (target, result) = handle
+        .await
+        .map_err(|e| format!("applying into PostgreSQL: {e}"))?;
+    *pg = Some(target);
+    let end = result?;
+    let mut status = link.status.lock();
+    status.acked_serial = end;
+    status.sent_serial = end;
+    Ok(())
+}
+
+/// Hold until, for each database named, its PostgreSQL link into the same target has
+/// applied the serial (SPEC D on a PostgreSQL target). A database without such a link
+/// cannot be waited for. False when this link's definition changed meanwhile.
+async fn wait_for_dependencies(
+    repl: &Replication,
+    def: &LinkDef,
+    waits: &HashMap<String, u64>,
+    control: &mut watch::Receiver<u64>,
+) -> bool {
+    let same_target = |d: &LinkDef| {
+        d.tenant == def.tenant
+            && d.postgres_url == def.postgres_url
+            && d.spec.target.schema == def.spec.target.schema
+    };
+    loop {
+        let pending = waits.iter().any(|(database, serial)| {
+            repl.links.lock().values().any(|h| {
+                let d = h.def.lock();
+                same_target(&d) && &d.spec.database == database && {
+                    drop(d);
+                    h.status.lock().acked_serial < *serial
+                }
+            })
+        });
+        if !pending {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DEPENDENCY_POLL) => {}
+            _ = control.changed() => return false,
+        }
+    }
+}
+
+/// Bootstrap: every record of a frozen copy of the source, through the stages, in one
+/// PostgreSQL transaction with the copy's serial as the position. Returns the serial.
+async fn bootstrap(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    db: &Database,
+    chain: &mut crate::plugins::Chain,
+    pg: &mut Target,
+) -> Result<u64, String> {
+    link.status.lock().state = LinkState::Bootstrapping;
+    let (store, serial, _) = db.freeze();
+    let schema = store.schema().clone();
+    let marker = RawTxn {
+        txn: 0,
+        outcome: Outcome::Committed,
+        first_serial: serial,
+        last_serial: serial,
+        last_timestamp_us: 0,
+        chunks: Vec::new(),
+    };
+    let mut all: Vec<OwnedRecord> = Vec::new();
+    for (table, file) in schema.files.iter().enumerate() {
+        if file.name == crate::node::versions::VERSIONS_FILE {
+            continue;
+        }
+        store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
+            all.push(OwnedRecord {
+                op: RecordOp::Insert,
+                origin: repl.origin(),
+                // Numbered within the bootstrap, so a dead letter finds its record.
+                serial: all.len() as u64 + 1,
+                file: file.name.clone(),
+                key: String::from_utf8_lossy(r.key).into_owned(),
+                data: r.data.to_vec(),
+                alt: r
+                    .alts()
+                    .filter_map(|(i, v)| {
+                        let name = file.alt_keys.get(i as usize)?;
+                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .collect(),
+                ..OwnedRecord::default()
+            });
+            true
+        });
+    }
+    let count = all.len();
+    let tx = pg.client.transaction().await.map_err(broken)?;
+    let mut quarantined = Vec::new();
+    while !all.is_empty() {
+        let rest = all.split_off(all.len().min(SNAPSHOT_RECORDS));
+        let part = std::mem::replace(&mut all, rest);
+        let mut staged = Staged {
+            keep_records: true,
+            ..Staged::default()
+        };
+        stage_rows(repl, link, def, chain, &marker, part, &mut staged)?;
+        for (i, why) in pg.tables.apply(&tx, &staged.rows).await? {
+            quarantined.push((staged.source(staged.rows[i].serial), why));
+        }
+    }
+    for (record, why) in quarantined {
+        if def.spec.options.on_error == OnError::Stop {
+            link.stopped.store(true, Ordering::SeqCst);
+            return Err(format!(
+                "stopped by its error policy: PostgreSQL refused a record of the bootstrap: {why}"
+            ));
+        }
+        let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
+        repl.dead_letters
+            .push(
+                &def.id,
+                seq,
+                json!({
+                    "record": record.as_ref().map(logical::record_json),
+                    "plugin": "postgres",
+                    "error": why,
+                    "outcome": "refused by PostgreSQL",
+                    "at_ms": wall_us() / 1000,
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+        link.status.lock().quarantined += 1;
+    }
+    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serial).await?;
+    tx.commit().await.map_err(broken)?;
+    link.status.lock().bootstraps += 1;
+    tracing::info!(link = %def.id, serial, records = count, "bootstrapped the PostgreSQL target");
+    Ok(serial)
+}
+
+/// Re-drive: staged operations (`logical::ops_bytes`) applied into the link's
+/// PostgreSQL target as a transaction of their own, without moving the position. Err
+/// with PostgreSQL's text when it refuses them.
+pub(super) async fn redrive(def: &LinkDef, ops: &[u8]) -> Result<usize, RedriveError> {
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at + 4 <= ops.len() {
+        let len = u32::from_le_bytes(ops[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let r = Record::decode(&ops[at + 4..at + 4 + len])
+            .map_err(|e| RedriveError::Rejected(format!("a staged record: {e:?}")))?;
+        rows.push(Row::from_record(&r).map_err(RedriveError::Rejected)?);
+        at += 4 + len;
+    }
+    let unavailable = |e: String| RedriveError::Node(Error::Unavailable(e));
+    let mut pg = Target::connect(def, 0).await.map_err(unavailable)?;
+    let tx = pg
+        .client
+        .transaction()
+        .await
+        .map_err(|e| unavailable(broken(e)))?;
+    let refused = pg.tables.apply(&tx, &rows).await.map_err(unavailable)?;
+    if let Some((_, why)) = refused.into_iter().next() {
+        return Err(RedriveError::Rejected(format!(
+            "PostgreSQL refuses it: {why}"
+        )));
+    }
+    tx.commit().await.map_err(|e| unavailable(broken(e)))?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upserts_and_deletes_read_their_columns_from_arrays() {
+        let shape = vec![
+            ("id".to_string(), PgType::Text),
+            ("total".to_string(), PgType::Double),
+            ("extra".to_string(), PgType::Jsonb),
+        ];
+        assert_eq!(
+            upsert_sql("\"public\".\"orders\"", &shape, &["id".into()]),
+            "INSERT INTO \"public\".\"orders\" (\"id\", \"total\", \"extra\") SELECT u.c0::text, \
+             u.c1::double precision, u.c2::jsonb FROM unnest($1::text[], $2::float8[], $3::text[]) \
+             AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"total\" = EXCLUDED.\"total\", \
+             \"extra\" = EXCLUDED.\"extra\""
+        );
+        assert_eq!(
+            delete_sql("\"s\".\"t\"", &shape[..1]),
+            "DELETE FROM \"s\".\"t\" AS t USING unnest($1::text[]) AS u(c0) WHERE t.\"id\" = u.c0::text"
+        );
+    }
+
+    #[test]
+    fn a_row_document_reads_back_and_a_record_that_is_not_one_is_refused() {
+        let mut r = OwnedRecord::new(
+            RecordOp::Update,
+            "orders",
+            "o-1",
+            r#"{"row":1,"table":"orders","key":["id"],"columns":[["id","text","o-1"],["n","bigint",3]]}"#,
+        );
+        r.serial = 9;
+        let mut b = BatchBuilder::new();
+        b.push(&r);
+        let batch = b.as_batch();
+        let row = Row::from_record(&Record::decode(batch.raw(0).unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            (row.table.as_str(), row.serial, row.delete),
+            ("orders", 9, false)
+        );
+        assert_eq!(row.columns[1], ("n".into(), PgType::Bigint, json!(3)));
+
+        let plain = OwnedRecord::new(RecordOp::Insert, "orders", "o-1", r#"{"total": 1}"#);
+        let mut b = BatchBuilder::new();
+        b.push(&plain);
+        let batch = b.as_batch();
+        let err = Row::from_record(&Record::decode(batch.raw(0).unwrap()).unwrap()).unwrap_err();
+        assert!(err.contains("is not a row"), "{err}");
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_its_column_names_the_column() {
+        let mut v = Values::new(PgType::Double);
+        assert!(v.push("total", PgType::Double, &json!(1.5)).is_ok());
+        let err = v.push("total", PgType::Double, &json!("x")).unwrap_err();
+        assert!(err.contains("column 'total'"), "{err}");
+    }
+}
