@@ -21,6 +21,7 @@
 //!   to synchronise and never assert timings.
 
 pub mod chaos;
+pub mod etcd;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -206,6 +207,20 @@ impl Node {
         Node::launch(dir.to_path_buf(), None)
     }
 
+    /// Starts a sticky server (see [`Node::start_sticky`]) whose config file adds
+    /// `extra` (TOML, e.g. a `[cluster]` table) to the test keys.
+    pub fn start_configured(extra: &str) -> Node {
+        let tmp = tempfile::Builder::new()
+            .prefix("doppel-e2e-")
+            .tempdir()
+            .expect("create temp data dir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut node = Node::prepare(data_dir, Some(tmp), extra);
+        node.sticky = true;
+        node.spawn();
+        node
+    }
+
     /// Starts a server that keeps its API address when restarted, as a replication
     /// peer must (its links name it by URL).
     pub fn start_sticky() -> Node {
@@ -215,13 +230,19 @@ impl Node {
     }
 
     fn launch(data_dir: PathBuf, tmp: Option<TempDir>) -> Node {
+        let mut node = Node::prepare(data_dir, tmp, "");
+        node.spawn();
+        node
+    }
+
+    fn prepare(data_dir: PathBuf, tmp: Option<TempDir>, extra: &str) -> Node {
         let config_dir = tempfile::Builder::new()
             .prefix("doppel-e2e-config-")
             .tempdir()
             .expect("create temp config dir");
         let config = config_dir.path().join("doppel.toml");
-        std::fs::write(&config, auth_toml()).expect("write the test config");
-        let mut node = Node {
+        std::fs::write(&config, auth_toml() + extra).expect("write the test config");
+        Node {
             bin: node_binary(),
             data_dir,
             config,
@@ -232,9 +253,7 @@ impl Node {
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
             sticky: false,
-        };
-        node.spawn();
-        node
+        }
     }
 
     /// Spawns the process and waits for its ready line. Panics (after killing

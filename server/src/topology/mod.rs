@@ -79,7 +79,7 @@ fn default_quorum_timeout() -> u64 {
 }
 
 impl QuorumDoc {
-    fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         Endpoint {
             node: self.node.clone(),
             database: self.database.clone(),
@@ -89,7 +89,7 @@ impl QuorumDoc {
 
 impl Topology {
     /// The synchronous links from `from`.
-    fn sync_links_from(&self, from: &Endpoint) -> usize {
+    pub(crate) fn sync_links_from(&self, from: &Endpoint) -> usize {
         self.links
             .iter()
             .filter(|l| &l.from == from && l.options.mode == Mode::Sync)
@@ -141,7 +141,7 @@ impl LinkDoc {
     }
 
     /// The link as its source node's API takes it.
-    fn spec(&self, doc: &Topology) -> LinkSpec {
+    pub(crate) fn spec(&self, doc: &Topology) -> LinkSpec {
         let target = &doc.nodes[&self.to.node];
         LinkSpec {
             database: self.from.database.clone(),
@@ -466,7 +466,7 @@ pub struct Applied {
 /// down must not hold the new primary's commits; make it sync again once it has caught
 /// up), and the old primary's quorum moves to the promoted one, `k` capped at its
 /// synchronous links (dropped when it has none).
-fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> Topology {
+pub(crate) fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> Topology {
     let mut next = doc.clone();
     next.links = doc
         .links

@@ -1,0 +1,261 @@
+//! The cluster on etcd (issue 15), with real etcd and real nodes on loopback: membership
+//! and `GET /v1/cluster`, topology documents stored in etcd with compare-and-set and
+//! carried out by each member for its own links (also by a member that was down while
+//! the document changed), writes sent to a replica pointed at the primary, and the
+//! automatic failover when the primary is killed under concurrent synchronous writes
+//! (no acknowledged write lost, the old primary back as a replica, identical contents).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use doppel_tests::etcd::Etcd;
+use doppel_tests::*;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn topologies() -> String {
+    format!("/v1/tenants/{DEFAULT_TENANT}/topologies")
+}
+
+fn nodes_json(nodes: &[(&str, &Node)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, node) in nodes {
+        out.insert(name.to_string(), json!({"url": node.base()}));
+    }
+    Value::Object(out)
+}
+
+fn sync_link(from: &str, to: &str, db: &str) -> Value {
+    json!({"from": {"node": from, "database": db}, "to": {"node": to, "database": db},
+           "mode": "sync"})
+}
+
+/// Three members a, b, c of cluster `t` on `etcd`.
+fn members(etcd: &Etcd) -> (Node, Node, Node) {
+    let start = |id: &str| Node::start_configured(&etcd.cluster_toml("t", id, 2000));
+    (start("a"), start("b"), start("c"))
+}
+
+/// The primary of `database` as `node` sees it in `GET /v1/cluster`.
+fn primary_seen_by(node: &Node, database: &str) -> Option<String> {
+    let c = node.get("/v1/cluster");
+    if c.status != 200 {
+        return None;
+    }
+    c["primaries"]
+        .as_array()?
+        .iter()
+        .find(|p| p["database"] == database && p["tenant"] == DEFAULT_TENANT)
+        .and_then(|p| p["node"].as_str().map(str::to_string))
+}
+
+fn wait_primary(node: &Node, database: &str, want: &str) {
+    let mut seen = None;
+    let ok = wait_until(deadline_in(WITHIN), || {
+        seen = primary_seen_by(node, database);
+        seen.as_deref() == Some(want)
+    });
+    assert!(
+        ok,
+        "{want} never became the primary of {database}: {seen:?}"
+    );
+}
+
+/// Until `db` on `node` holds `key` with `n`.
+fn wait_record(db: &Db, key: &str, n: i64) {
+    let ok = wait_until(deadline_in(WITHIN), || {
+        db.data("orders", key) == Some(json!({"n": n}))
+    });
+    assert!(ok, "{key} = {n} never arrived");
+}
+
+#[test]
+fn members_share_documents_in_etcd_with_compare_and_set_and_each_carries_out_its_own_links() {
+    let etcd = Etcd::start(1);
+    let (a, mut b, c) = members(&etcd);
+    let mut cluster = Value::Null;
+    let all_up = wait_until(deadline_in(WITHIN), || {
+        cluster = a.get("/v1/cluster").ok().clone();
+        let up: Vec<&str> = cluster["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "up")
+            .filter_map(|m| m["node"].as_str())
+            .collect();
+        up == ["a", "b", "c"]
+    });
+    assert!(all_up, "{cluster}");
+    assert_eq!(cluster["name"], "t", "{cluster}");
+    assert_eq!(cluster["members"][0]["url"], a.base(), "{cluster}");
+
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    b.create_db(DEFAULT_TENANT, shop_spec("cat"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let doc = json!({"name": "ha", "nodes": nodes,
+                     "links": [sync_link("a", "b", "shop"), sync_link("a", "c", "shop")]});
+    // Two callers post a first version at once: one wins, the other is told it is stale.
+    let posts: Vec<Resp> = std::thread::scope(|s| {
+        let first = s.spawn(|| b.post(&format!("{}?revision=0", topologies()), &doc));
+        let second = s.spawn(|| c.post(&format!("{}?revision=0", topologies()), &doc));
+        vec![first.join().unwrap(), second.join().unwrap()]
+    });
+    let mut statuses: Vec<u16> = posts.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 409], "{posts:?}");
+    let lost = posts.iter().find(|r| r.status == 409).unwrap();
+    lost.expect_problem(409, "revision-conflict");
+    let revision = posts.iter().find(|r| r.status == 200).unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(lost["revision"], revision, "{lost:?}");
+    // Every member shows it.
+    for node in [&a, &b, &c] {
+        let shown = node.get(&format!("{}/ha", topologies())).ok().clone();
+        assert_eq!(shown["revision"], revision, "{shown}");
+        assert_eq!(shown["document"]["links"].as_array().unwrap().len(), 2);
+    }
+    // a carried out its links: writes acknowledged on a reach b and c.
+    wait_primary(&c, "shop", "a");
+    let primary = a.db(DEFAULT_TENANT, "shop");
+    primary
+        .put("orders", "o-1", json!({}), json!({"n": 1}))
+        .ok();
+    wait_record(&b.db(DEFAULT_TENANT, "shop"), "o-1", 1);
+    wait_record(&c.db(DEFAULT_TENANT, "shop"), "o-1", 1);
+    // A write sent to a replica is pointed at the primary.
+    let refused = b
+        .db(DEFAULT_TENANT, "shop")
+        .put("orders", "x", json!({}), json!({}));
+    let problem = refused.expect_problem(421, "misdirected-write");
+    assert_eq!(problem["primary"], a.base(), "{problem}");
+
+    // b is down while the document changes (a link of its own): back, it reconciles.
+    b.terminate();
+    let mut v2 = doc.clone();
+    v2["links"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"from": {"node": "b", "database": "cat"},
+                     "to": {"node": "c", "database": "cat"}}));
+    let stale = a.post(&format!("{}?revision={}", topologies(), revision - 1), &v2);
+    stale.expect_problem(409, "revision-conflict");
+    a.post(&format!("{}?revision={revision}", topologies()), &v2)
+        .ok();
+    b.restart();
+    wait_primary(&b, "cat", "b");
+    b.db(DEFAULT_TENANT, "cat")
+        .put("orders", "c-1", json!({}), json!({"n": 7}))
+        .ok();
+    wait_record(&c.db(DEFAULT_TENANT, "cat"), "c-1", 7);
+    let shown = b.get(&format!("{}/ha", topologies())).ok().clone();
+    let own: Vec<&str> = shown["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["link"].as_str().unwrap())
+        .collect();
+    assert_eq!(own, vec!["b/cat -> c/cat"], "{shown}");
+}
+
+#[test]
+fn killing_the_primary_under_sync_writes_elects_a_standby_and_loses_no_acknowledged_write() {
+    let etcd = Etcd::start(1);
+    let (mut a, b, c) = members(&etcd);
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let doc = json!({"name": "ha", "nodes": nodes,
+                     "links": [sync_link("a", "b", "shop"), sync_link("a", "c", "shop")]});
+    c.post(&topologies(), &doc).ok();
+    wait_primary(&b, "shop", "a");
+    let primary = a.db(DEFAULT_TENANT, "shop");
+    primary
+        .put("orders", "first", json!({}), json!({"n": 0}))
+        .ok();
+    wait_record(&b.db(DEFAULT_TENANT, "shop"), "first", 0);
+    wait_record(&c.db(DEFAULT_TENANT, "shop"), "first", 0);
+
+    // Four writers; each keeps the keys a 200 acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<(String, i64)>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (db, stop, acked) = (a.db(DEFAULT_TENANT, "shop"), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut i = 0i64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("w{w}-{i:05}");
+                    if let Ok(r) = db.client().try_request(
+                        "PUT",
+                        &db.record_path("orders", &key),
+                        Body::Json(&json!({"alt": {}, "data": {"n": i}})),
+                    ) {
+                        if r.status == 200 {
+                            acked.lock().push((key, i));
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let ok = wait_until(deadline_in(WITHIN), || acked.lock().len() >= 200);
+    assert!(
+        ok,
+        "the writers got {} acknowledgements",
+        acked.lock().len()
+    );
+    a.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+
+    // A standby takes over and takes writes.
+    let mut new = None;
+    let elected = wait_until(deadline_in(WITHIN), || {
+        new = primary_seen_by(&b, "shop").filter(|p| p != "a");
+        new.is_some()
+    });
+    assert!(elected, "no standby took over");
+    let new = new.unwrap();
+    let (winner, other) = if new == "b" { (&b, &c) } else { (&c, &b) };
+    let winner_db = winner.db(DEFAULT_TENANT, "shop");
+    let ok = wait_until(deadline_in(WITHIN), || {
+        winner_db
+            .put("orders", "after", json!({}), json!({"n": -1}))
+            .status
+            == 200
+    });
+    assert!(ok, "the new primary takes no writes");
+    let acked = acked.lock().clone();
+    for (key, n) in &acked {
+        assert_eq!(
+            winner_db.data("orders", key),
+            Some(json!({"n": n})),
+            "acknowledged write {key} lost"
+        );
+    }
+    let cluster = winner.get("/v1/cluster").ok().clone();
+    let failover = &cluster["failovers"][0];
+    assert_eq!(
+        (failover["from"].as_str(), failover["to"].as_str()),
+        (Some("a"), Some(new.as_str())),
+        "{cluster}"
+    );
+    assert_eq!(failover["database"], "shop", "{cluster}");
+    assert!(failover["took_ms"].as_u64().is_some(), "{cluster}");
+    // The other standby follows the new primary.
+    let other_db = other.db(DEFAULT_TENANT, "shop");
+    wait_record(&other_db, "after", -1);
+    // The old primary returns as a replica, refusing writes, and ends identical.
+    a.restart();
+    let old = a.db(DEFAULT_TENANT, "shop");
+    wait_record(&old, "after", -1);
+    let refused = old.put("orders", "x", json!({}), json!({}));
+    let problem = refused.expect_problem(421, "misdirected-write");
+    assert_eq!(problem["primary"], winner.base(), "{problem}");
+    wait_identical(&winner_db, &old, WITHIN);
+    wait_identical(&winner_db, &other_db, WITHIN);
+}
