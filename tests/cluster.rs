@@ -259,3 +259,108 @@ fn killing_the_primary_under_sync_writes_elects_a_standby_and_loses_no_acknowled
     wait_identical(&winner_db, &old, WITHIN);
     wait_identical(&winner_db, &other_db, WITHIN);
 }
+
+/// The index of the member etcd elected leader (asked of each member).
+fn etcd_leader(etcd: &Etcd) -> Option<usize> {
+    let endpoints = etcd.endpoints();
+    for e in &endpoints {
+        let status: Value = ureq::post(&format!("{e}/v3/maintenance/status"))
+            .send_json(json!({}))
+            .ok()?
+            .into_json()
+            .ok()?;
+        let leader = status["leader"].as_str()?.to_string();
+        let me = status["header"]["member_id"].as_str()?.to_string();
+        if leader == me {
+            return endpoints.iter().position(|x| x == e);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_three_member_etcd_losing_one_changes_nothing_and_an_etcd_outage_fences_the_primary_until_it_returns(
+) {
+    let mut etcd = Etcd::start(3);
+    let start = |id: &str| Node::start_configured(&etcd.cluster_toml("t", id, 2000));
+    let (a, b) = (start("a"), start("b"));
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b)]);
+    let doc = json!({"name": "ha", "nodes": nodes, "links": [sync_link("a", "b", "shop")]});
+    a.post(&topologies(), &doc).ok();
+    wait_primary(&b, "shop", "a");
+    let primary = a.db(DEFAULT_TENANT, "shop");
+    let mut acked = Vec::new();
+    let mut write = |n: i64| {
+        let r = primary.put("orders", &format!("o-{n:05}"), json!({}), json!({"n": n}));
+        if r.status == 200 {
+            acked.push(n);
+        }
+        r
+    };
+    for n in 0..20 {
+        write(n).ok();
+    }
+    // One member of three goes (a follower: the first endpoint when it is one, so the
+    // nodes also move to another endpoint): every write is still acknowledged.
+    let leader = {
+        let mut l = None;
+        assert!(wait_until(deadline_in(WITHIN), || {
+            l = etcd_leader(&etcd);
+            l.is_some()
+        }));
+        l.unwrap()
+    };
+    etcd.kill(if leader == 0 { 1 } else { 0 });
+    for n in 20..120 {
+        write(n).ok();
+    }
+    assert_eq!(primary_seen_by(&b, "shop").as_deref(), Some("a"));
+
+    // etcd unreachable: writes go on while the lease holds, then the primary fences
+    // itself (503 not-primary) instead of acknowledging.
+    etcd.pause();
+    write(1000).ok();
+    let mut fenced = None;
+    let mut n = 1001;
+    let ok = wait_until(deadline_in(WITHIN), || {
+        let r = write(n);
+        n += 1;
+        if r.status == 503 {
+            fenced = Some(r);
+            return true;
+        }
+        false
+    });
+    assert!(
+        ok,
+        "the primary never fenced itself while etcd was unreachable"
+    );
+    fenced.unwrap().expect_problem(503, "not-primary");
+    let refused = write(n);
+    refused.expect_problem(503, "not-primary");
+    // etcd back: a primary takes writes again (the same one, or the standby when the
+    // lease ran out meanwhile), with every acknowledged write.
+    etcd.resume();
+    let mut now = None;
+    let ok = wait_until(deadline_in(WITHIN), || {
+        now = primary_seen_by(&b, "shop");
+        let Some(p) = now.as_deref() else {
+            return false;
+        };
+        let node = if p == "a" { &a } else { &b };
+        node.db(DEFAULT_TENANT, "shop")
+            .put("orders", "back", json!({}), json!({"n": -1}))
+            .status
+            == 200
+    });
+    assert!(ok, "writes never resumed: primary {now:?}");
+    let node = if now.as_deref() == Some("a") { &a } else { &b };
+    let db = node.db(DEFAULT_TENANT, "shop");
+    for n in &acked {
+        assert_eq!(
+            db.data("orders", &format!("o-{n:05}")),
+            Some(json!({"n": n}))
+        );
+    }
+}

@@ -137,6 +137,9 @@ struct Group {
 /// What this node last read under the prefix.
 #[derive(Default)]
 struct View {
+    /// Read from etcd at least once (until then no write of any database is taken:
+    /// this node cannot know which it may take).
+    loaded: bool,
     members: BTreeMap<String, Value>,
     /// (tenant, name) → (document, revision).
     topologies: BTreeMap<(String, String), (Topology, i64)>,
@@ -408,7 +411,10 @@ impl Cluster {
     /// Read everything under the prefix into the view.
     fn refresh(&self) -> Result<(), EtcdError> {
         let (kvs, _) = self.etcd.range(&self.prefix)?;
-        let mut v = View::default();
+        let mut v = View {
+            loaded: true,
+            ..View::default()
+        };
         for kv in &kvs {
             let rest = &kv.key[self.prefix.len()..];
             let mut parts = rest.splitn(2, '/');
@@ -1029,6 +1035,15 @@ pub enum ClusterError {
 impl Fence for Cluster {
     fn admit(&self, tenant: &str, database: &str) -> node::Result<()> {
         let v = self.view.read();
+        if !v.loaded {
+            return Err(Error::NotPrimary {
+                detail: format!(
+                    "this node has not read the cluster's state from etcd yet: it takes no \
+                     write of database '{database}' until it knows whether it is its primary"
+                ),
+                primary: None,
+            });
+        }
         let Some((g, me)) = v.mine.get(&(tenant.to_string(), database.to_string())) else {
             return Ok(()); // not a replicated database of a clustered topology
         };
