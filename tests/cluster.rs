@@ -364,3 +364,137 @@ fn a_three_member_etcd_losing_one_changes_nothing_and_an_etcd_outage_fences_the_
         );
     }
 }
+
+/// One partition run (see the test); the number of writes the old primary acknowledged
+/// that the new primary does not hold (split-brain acknowledgements).
+fn partition_run() -> usize {
+    use doppel_tests::netns::Net;
+    let net = Net::new(4);
+    let etcd = Etcd::start_on_host(&net, 0);
+    let start =
+        |i: usize, id: &str| Node::start_on_host(&net, i, &etcd.cluster_toml("t", id, 2000));
+    let (a, b, c) = (start(1, "a"), start(2, "b"), start(3, "c"));
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let doc = json!({"name": "ha", "nodes": nodes,
+                     "links": [sync_link("a", "b", "shop"), sync_link("a", "c", "shop")]});
+    c.post(&topologies(), &doc).ok();
+    wait_primary(&b, "shop", "a");
+    a.db(DEFAULT_TENANT, "shop")
+        .put("orders", "first", json!({}), json!({"n": 0}))
+        .ok();
+    wait_record(&c.db(DEFAULT_TENANT, "shop"), "first", 0);
+
+    // Clients on a's side of the partition keep writing to it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicBool::new(false));
+    // (key, n, status, sent after the cut)
+    let answers = Arc::new(parking_lot::Mutex::new(
+        Vec::<(String, i64, u16, bool)>::new(),
+    ));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let db = a.db(DEFAULT_TENANT, "shop");
+            let (stop, cut, answers) = (stop.clone(), cut.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let mut i = 0i64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("w{w}-{i:05}");
+                    let after = cut.load(Ordering::SeqCst);
+                    let status = db
+                        .client()
+                        .try_request(
+                            "PUT",
+                            &db.record_path("orders", &key),
+                            Body::Json(&json!({"alt": {}, "data": {"n": i}})),
+                        )
+                        .map_or(0, |r| r.status);
+                    answers.lock().push((key, i, status, after));
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let acked =
+        |answers: &[(String, i64, u16, bool)]| answers.iter().filter(|a| a.2 == 200).count();
+    assert!(wait_until(deadline_in(WITHIN), || acked(&answers.lock()) >= 50));
+    cut.store(true, Ordering::SeqCst);
+    net.cut(1);
+
+    // The other side elects a standby, which takes writes.
+    let mut new = None;
+    let elected = wait_until(deadline_in(WITHIN), || {
+        new = primary_seen_by(&b, "shop").filter(|p| p != "a");
+        new.is_some()
+    });
+    assert!(elected, "no standby took over from the cut-off primary");
+    let new = new.unwrap();
+    let (winner, other) = if new == "b" { (&b, &c) } else { (&c, &b) };
+    let winner_db = winner.db(DEFAULT_TENANT, "shop");
+    assert!(wait_until(deadline_in(WITHIN), || {
+        winner_db
+            .put("orders", "after", json!({}), json!({"n": -1}))
+            .status
+            == 200
+    }));
+    // a's clients go on until each has had an answer sent after the election.
+    let seen = answers.lock().len();
+    assert!(wait_until(deadline_in(WITHIN), || answers.lock().len() >= seen + 4));
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let answers = answers.lock().clone();
+    // After the cut a acknowledged nothing once it had refused (its fence), and every
+    // write it acknowledged is on the new primary.
+    let first_refusal = answers
+        .iter()
+        .position(|a| a.3 && a.2 != 200)
+        .expect("a refused writes after the cut");
+    assert!(
+        answers[first_refusal..].iter().all(|a| a.2 != 200),
+        "the cut-off primary acknowledged a write after refusing one"
+    );
+    assert!(
+        answers[first_refusal..].iter().any(|a| a.2 == 503),
+        "the cut-off primary never fenced itself (503 not-primary)"
+    );
+    let split_brain = answers
+        .iter()
+        .filter(|a| a.2 == 200)
+        .filter(|a| winner_db.data("orders", &a.0) != Some(json!({"n": a.1})))
+        .count();
+
+    // Healed, the old primary rejoins as a replica, and every node holds the same.
+    net.heal(1);
+    let old = a.db(DEFAULT_TENANT, "shop");
+    wait_record(&old, "after", -1);
+    old.put("orders", "x", json!({}), json!({}))
+        .expect_problem(421, "misdirected-write");
+    wait_identical(&winner_db, &old, WITHIN);
+    wait_identical(&winner_db, &other.db(DEFAULT_TENANT, "shop"), WITHIN);
+    split_brain
+}
+
+/// The primary is cut off from etcd and its replicas (network namespaces) while clients
+/// on its side keep writing: none of their writes is acknowledged after its fence, a
+/// standby takes over, and after healing the old primary is a replica with identical
+/// contents. `DOPPEL_PARTITION_RUNS=20` repeats it (the bench, docs/BENCHMARKS.md).
+#[test]
+fn a_partitioned_primary_acknowledges_nothing_after_its_fence_and_rejoins_as_a_replica() {
+    let runs: usize = std::env::var("DOPPEL_PARTITION_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut split_brain = 0;
+    for run in 0..runs {
+        let n = partition_run();
+        eprintln!(
+            "partition run {}: split-brain acknowledgements {n}",
+            run + 1
+        );
+        split_brain += n;
+    }
+    eprintln!("partition runs {runs}: split-brain acknowledgements {split_brain}");
+    assert_eq!(split_brain, 0);
+}

@@ -21,6 +21,8 @@ struct Member {
     peer: String,
     data: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in ([`crate::netns`]), if not this one.
+    ns: Option<String>,
 }
 
 /// An etcd cluster of one or more members.
@@ -46,6 +48,31 @@ fn healthy(client: &str) -> bool {
 }
 
 impl Etcd {
+    /// One member inside host `i` of `net`, on the host's address.
+    pub fn start_on_host(net: &crate::netns::Net, i: usize) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("doppel-etcd-")
+            .tempdir()
+            .expect("etcd temp dir");
+        let h = &net.hosts[i];
+        let m = Member {
+            name: "e0".into(),
+            client: format!("http://{}:2379", h.ip),
+            peer: format!("http://{}:2380", h.ip),
+            data: dir.path().join("e0"),
+            child: None,
+            ns: Some(h.ns.clone()),
+        };
+        let mut etcd = Etcd {
+            initial: format!("e0={}", m.peer),
+            members: vec![m],
+            _dir: dir,
+        };
+        etcd.spawn(0);
+        etcd.wait_healthy(0);
+        etcd
+    }
+
     /// Start `n` members and wait until every one answers healthy.
     pub fn start(n: usize) -> Etcd {
         let dir = tempfile::Builder::new()
@@ -59,6 +86,7 @@ impl Etcd {
                 peer: format!("http://127.0.0.1:{}", free_port()),
                 data: dir.path().join(format!("e{i}")),
                 child: None,
+                ns: None,
             })
             .collect();
         let initial = members
@@ -82,7 +110,15 @@ impl Etcd {
 
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let child = Command::new("etcd")
+        let mut command = match &m.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
@@ -104,8 +140,12 @@ impl Etcd {
 
     fn wait_healthy(&self, i: usize) {
         let client = &self.members[i].client;
+        let check = || match &self.members[i].ns {
+            Some(ns) => crate::netns::within(ns, || healthy(client)),
+            None => healthy(client),
+        };
         assert!(
-            wait_until(deadline_in(HEALTHY_WITHIN), || healthy(client)),
+            wait_until(deadline_in(HEALTHY_WITHIN), check),
             "etcd member {i} at {client} not healthy within {HEALTHY_WITHIN:?}"
         );
     }
