@@ -253,9 +253,17 @@ fn killing_the_primary_under_sync_writes_elects_a_standby_and_loses_no_acknowled
     a.restart();
     let old = a.db(DEFAULT_TENANT, "shop");
     wait_record(&old, "after", -1);
-    let refused = old.put("orders", "x", json!({}), json!({}));
-    let problem = refused.expect_problem(421, "misdirected-write");
-    assert_eq!(problem["primary"], winner.base(), "{problem}");
+    let mut last = None;
+    let pointed = wait_until(deadline_in(WITHIN), || {
+        let r = old.put("orders", "x", json!({}), json!({}));
+        let done = r.code() == Some("misdirected-write") && r["primary"] == winner.base();
+        last = Some(r);
+        done
+    });
+    assert!(
+        pointed,
+        "the old primary never pointed at the new one: {last:?}"
+    );
     wait_identical(&winner_db, &old, WITHIN);
     wait_identical(&winner_db, &other_db, WITHIN);
 }
@@ -469,8 +477,15 @@ fn partition_run() -> usize {
     net.heal(1);
     let old = a.db(DEFAULT_TENANT, "shop");
     wait_record(&old, "after", -1);
-    old.put("orders", "x", json!({}), json!({}))
-        .expect_problem(421, "misdirected-write");
+    // Once it has read the cluster again, it points writers at the new primary.
+    let mut last = None;
+    let pointed = wait_until(deadline_in(WITHIN), || {
+        let r = old.put("orders", "x", json!({}), json!({}));
+        let done = r.code() == Some("misdirected-write") && r["primary"] == winner.base();
+        last = Some(r);
+        done
+    });
+    assert!(pointed, "{last:?}");
     wait_identical(&winner_db, &old, WITHIN);
     wait_identical(&winner_db, &other.db(DEFAULT_TENANT, "shop"), WITHIN);
     split_brain

@@ -227,6 +227,25 @@ fn groups(tenant: &str, doc: &Topology) -> Vec<Group> {
     out
 }
 
+/// Who may take a vacant leader key: once `N - k + 1` of the `N` standbys have stood
+/// (each acknowledged commit was confirmed by `k` standbys, so at least one of these holds
+/// every one), the one with the highest applied serial, then the lowest name. `None`:
+/// not enough standbys stood yet.
+fn winner(standbys: &[String], k: usize, candidates: &BTreeMap<String, u64>) -> Option<String> {
+    let standing: Vec<(&String, &u64)> = candidates
+        .iter()
+        .filter(|(n, _)| standbys.contains(n))
+        .collect();
+    let need = standbys.len().saturating_sub(k.max(1)) + 1;
+    if standbys.is_empty() || standing.len() < need {
+        return None;
+    }
+    standing
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(n, _)| (*n).clone())
+}
+
 impl Cluster {
     /// Join the cluster: grant the lease, register, read the prefix once, and start the
     /// lease keeper, the watch and the control loop. The fence is installed before this
@@ -719,19 +738,9 @@ impl Cluster {
                 ),
                 None => (g.standbys.clone(), g.k),
             };
-            let standing: Vec<(&String, &u64)> = candidates
-                .get(&id)
-                .map(|c| c.iter().filter(|(n, _)| standbys.contains(n)).collect())
-                .unwrap_or_default();
-            let need = standbys.len().saturating_sub(k) + 1;
-            if standing.len() < need {
-                continue;
-            }
-            let best = standing
-                .iter()
-                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                .map(|(n, _)| (*n).clone());
-            if best.as_deref() != Some(me.as_str()) {
+            let empty = BTreeMap::new();
+            let standing = candidates.get(&id).unwrap_or(&empty);
+            if winner(&standbys, k, standing).as_deref() != Some(me.as_str()) {
                 continue;
             }
             let Some((doc, rev)) = docs.get(&(g.tenant.clone(), g.topology.clone())) else {
@@ -1048,8 +1057,14 @@ impl Fence for Cluster {
             return Ok(()); // not a replicated database of a clustered topology
         };
         let leader = v.leaders.get(&(tenant.to_string(), database.to_string()));
+        // A replica refuses with where to write (a view not read since it became one
+        // may still name this node: then without a URL).
+        let replica = self
+            .node
+            .database(tenant, database)
+            .is_ok_and(|db| db.replica_of().is_some());
         match leader {
-            Some((l, lease)) if &l.node == me => {
+            Some((l, lease)) if &l.node == me && !replica => {
                 if self.live_lease() == Some(*lease) {
                     Ok(())
                 } else {
@@ -1064,26 +1079,28 @@ impl Fence for Cluster {
                 }
             }
             Some((l, _)) if g.replicas.contains(me) || g.head == *me => {
-                let replica = self
-                    .node
-                    .database(tenant, database)
-                    .is_ok_and(|db| db.replica_of().is_some());
-                let detail = format!(
-                    "database '{database}' has its primary on node '{}' ({}): write there",
-                    l.node, l.url
-                );
+                let primary = (&l.node != me).then(|| l.url.clone());
+                let detail = match &primary {
+                    Some(url) => format!(
+                        "database '{database}' has its primary on node '{}' ({url}): write \
+                         there",
+                        l.node
+                    ),
+                    None => format!("database '{database}' is a replica on this node"),
+                };
                 Err(if replica {
-                    Error::Misdirected {
-                        detail,
-                        primary: Some(l.url.clone()),
-                    }
+                    Error::Misdirected { detail, primary }
                 } else {
-                    Error::NotPrimary {
-                        detail,
-                        primary: Some(l.url.clone()),
-                    }
+                    Error::NotPrimary { detail, primary }
                 })
             }
+            _ if replica => Err(Error::Misdirected {
+                detail: format!(
+                    "database '{database}' is a replica on this node and its primary is \
+                     being elected: retry shortly on the primary"
+                ),
+                primary: None,
+            }),
             _ => Err(Error::NotPrimary {
                 detail: format!(
                     "database '{database}' has no primary in the cluster right now (an \
@@ -1092,5 +1109,64 @@ impl Fence for Cluster {
                 primary: None,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_vacant_key_goes_to_the_most_advanced_of_enough_standbys() {
+        let standbys = names(&["b", "c", "d"]);
+        let mut stood = BTreeMap::new();
+        stood.insert("c".to_string(), 10);
+        // k = 1 of 3: the one confirmation of a commit may be on any standby: all three.
+        assert_eq!(winner(&standbys, 1, &stood), None);
+        stood.insert("b".to_string(), 12);
+        assert_eq!(winner(&standbys, 1, &stood), None);
+        stood.insert("d".to_string(), 11);
+        assert_eq!(winner(&standbys, 1, &stood).as_deref(), Some("b"));
+        // k = 2 of 3: any two standbys include one that confirmed every commit.
+        stood.remove("d");
+        assert_eq!(winner(&standbys, 2, &stood).as_deref(), Some("b"));
+        // k = N: any one. Equal serials: the lowest name.
+        let mut one = BTreeMap::new();
+        one.insert("d".to_string(), 7);
+        assert_eq!(winner(&standbys, 3, &one).as_deref(), Some("d"));
+        one.insert("c".to_string(), 7);
+        assert_eq!(winner(&standbys, 3, &one).as_deref(), Some("c"));
+        // A node outside the standby set (an async replica) is never counted.
+        let mut outsider = BTreeMap::new();
+        outsider.insert("z".to_string(), 99);
+        assert_eq!(winner(&standbys, 3, &outsider), None);
+        assert_eq!(winner(&[], 1, &outsider), None);
+    }
+
+    #[test]
+    fn a_replicated_database_is_a_head_of_mirror_links_and_its_sync_targets_stand() {
+        let doc: Topology = serde_json::from_value(json!({
+            "name": "ha",
+            "nodes": {"a": {"url": "http://a:1"}, "b": {"url": "http://b:1"},
+                      "c": {"url": "http://c:1"}, "d": {"url": "http://d:1"}},
+            "links": [
+                {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}, "mode": "sync"},
+                {"from": {"node": "a", "database": "shop"}, "to": {"node": "c", "database": "shop"}},
+                {"from": {"node": "c", "database": "shop"}, "to": {"node": "d", "database": "shop"}},
+                {"from": {"node": "a", "database": "shop"}, "to": {"node": "d", "database": "copy"}}
+            ],
+            "quorum": [{"node": "a", "database": "shop", "k": 1}]
+        }))
+        .unwrap();
+        let g = groups("default", &doc);
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(g[0].head, "a");
+        assert_eq!(g[0].replicas, names(&["b", "c"]));
+        assert_eq!(g[0].standbys, names(&["b"]));
+        assert_eq!(g[0].k, 1);
     }
 }
