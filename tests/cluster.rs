@@ -159,8 +159,20 @@ fn members_share_documents_in_etcd_with_compare_and_set_and_each_carries_out_its
     assert_eq!(own, vec!["b/cat -> c/cat"], "{shown}");
 }
 
+/// kill -9 of the primary under concurrent synchronous writes, three times in CI
+/// (`DOPPEL_KILL_RUNS` for more; the timed bench is tests/bench/cluster_failover.py).
 #[test]
 fn killing_the_primary_under_sync_writes_elects_a_standby_and_loses_no_acknowledged_write() {
+    let runs: usize = std::env::var("DOPPEL_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for _ in 0..runs {
+        kill_run();
+    }
+}
+
+fn kill_run() {
     let etcd = Etcd::start(1);
     let (mut a, b, c) = members(&etcd);
     a.create_db(DEFAULT_TENANT, shop_spec("shop"));
