@@ -118,6 +118,11 @@ fn members_share_documents_in_etcd_with_compare_and_set_and_each_carries_out_its
     }
     // a carried out its links: writes acknowledged on a reach b and c.
     wait_primary(&c, "shop", "a");
+    // A caller of another tenant sees the members, not this tenant's databases.
+    let stranger = c.client().with_token(&token("other", Role::Reader));
+    let seen = stranger.get("/v1/cluster").ok().clone();
+    assert_eq!(seen["primaries"], json!([]), "{seen}");
+    assert_eq!(seen["members"].as_array().unwrap().len(), 3, "{seen}");
     let primary = a.db(DEFAULT_TENANT, "shop");
     primary
         .put("orders", "o-1", json!({}), json!({"n": 1}))
