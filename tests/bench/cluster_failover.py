@@ -158,8 +158,11 @@ def run(i, args, etcd, auth, token, root):
                           {"data": {"n": 0}})[0] == 200, "a first write")
 
         acked = []
+        refused = []  # refusals before the kill: a live primary fencing itself
         lock = threading.Lock()
         stop = threading.Event()
+        alive = threading.Event()
+        alive.set()
 
         def writer(w):
             j = 0
@@ -170,11 +173,15 @@ def run(i, args, etcd, auth, token, root):
                 if status == 200:
                     with lock:
                         acked.append((key, j))
+                elif alive.is_set():
+                    with lock:
+                        refused.append(status)
                 j += 1
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(args.writers)]
         for t in threads:
             t.start()
         wait(lambda: len(acked) >= args.acks, "acknowledged writes before the kill")
+        alive.clear()
         a.kill9()
         killed = time.monotonic()
         stop.set()
@@ -203,7 +210,7 @@ def run(i, args, etcd, auth, token, root):
         status, cluster = call(token, "GET", f"{winner.url}/v1/cluster")
         record = (cluster.get("failovers") or [{}])[0] if status == 200 else {}
         return {"run": i + 1, "failover_ms": round(took, 1), "acked": len(acked),
-                "lost": lost, "new_primary": "b" if winner is b else "c", "tries": tries,
+                "lost": lost, "refused_before_kill": len(refused), "new_primary": "b" if winner is b else "c", "tries": tries,
                 "elect_ms": record.get("took_ms"), "lost_entries": record.get("lost_entries")}
     finally:
         for n in nodes.values():
@@ -234,7 +241,7 @@ def main():
                             "--role", "admin"], check=True, capture_output=True,
                            text=True).stdout.strip()
     etcd = Etcd(root)
-    times, lost, failed = [], 0, 0
+    times, lost, failed, refused = [], 0, 0, 0
     try:
         for i in range(args.runs):
             try:
@@ -245,6 +252,7 @@ def main():
                 continue
             times.append(r["failover_ms"])
             lost += r["lost"]
+            refused += r["refused_before_kill"]
             print(json.dumps(r), flush=True)
     finally:
         etcd.stop()
@@ -252,7 +260,8 @@ def main():
     if times:
         print(json.dumps({"runs": len(times), "failed_runs": failed,
                           "failover_ms_p50": pct(times, 50), "failover_ms_p99": pct(times, 99),
-                          "failover_ms_max": max(times), "acknowledged_writes_lost": lost}))
+                          "failover_ms_max": max(times), "acknowledged_writes_lost": lost,
+                          "refused_before_kill": refused}))
     return 1 if lost or failed else 0
 
 
