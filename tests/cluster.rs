@@ -50,6 +50,17 @@ fn primary_seen_by(node: &Node, database: &str) -> Option<String> {
         .and_then(|p| p["node"].as_str().map(str::to_string))
 }
 
+/// `GET /v1/cluster` on `node` once it shows a failover.
+fn cluster_with_failover(node: &Node) -> Value {
+    let mut c = Value::Null;
+    let ok = wait_until(deadline_in(WITHIN), || {
+        c = node.get("/v1/cluster").ok().clone();
+        c["failovers"].as_array().is_some_and(|f| !f.is_empty())
+    });
+    assert!(ok, "no failover recorded: {c}");
+    c
+}
+
 fn wait_primary(node: &Node, database: &str, want: &str) {
     let mut seen = None;
     let ok = wait_until(deadline_in(WITHIN), || {
@@ -254,7 +265,7 @@ fn kill_run() {
             "acknowledged write {key} lost"
         );
     }
-    let cluster = winner.get("/v1/cluster").ok().clone();
+    let cluster = cluster_with_failover(winner);
     let failover = &cluster["failovers"][0];
     assert_eq!(
         (failover["from"].as_str(), failover["to"].as_str()),
@@ -529,4 +540,51 @@ fn a_partitioned_primary_acknowledges_nothing_after_its_fence_and_rejoins_as_a_r
     }
     eprintln!("partition runs {runs}: split-brain acknowledgements {split_brain}");
     assert_eq!(split_brain, 0);
+}
+
+/// With `"failover": "async-allowed"` asynchronous replicas may be promoted: the most
+/// advanced live one takes over, and the record says which policy allowed it and how
+/// many entries it knew it lacked.
+#[test]
+fn an_async_allowed_topology_promotes_the_most_advanced_async_replica() {
+    let etcd = Etcd::start(1);
+    let (mut a, b, c) = members(&etcd);
+    a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let async_link = |to: &str| json!({"from": {"node": "a", "database": "shop"}, "to": {"node": to, "database": "shop"}});
+    let doc = json!({"name": "ha", "nodes": nodes, "failover": "async-allowed",
+                     "links": [async_link("b"), async_link("c")]});
+    c.post(&topologies(), &doc).ok();
+    assert_eq!(
+        c.get(&format!("{}/ha", topologies())).ok()["document"]["failover"],
+        "async-allowed"
+    );
+    wait_primary(&b, "shop", "a");
+    let primary = a.db(DEFAULT_TENANT, "shop");
+    for i in 0..20 {
+        primary
+            .put("orders", &format!("o-{i:03}"), json!({}), json!({"n": i}))
+            .ok();
+    }
+    wait_record(&b.db(DEFAULT_TENANT, "shop"), "o-019", 19);
+    wait_record(&c.db(DEFAULT_TENANT, "shop"), "o-019", 19);
+    a.kill9();
+    let mut new = None;
+    let elected = wait_until(deadline_in(WITHIN), || {
+        new = primary_seen_by(&c, "shop").filter(|p| p != "a");
+        new.is_some()
+    });
+    assert!(elected, "no async replica took over");
+    let winner = if new.as_deref() == Some("b") { &b } else { &c };
+    let db = winner.db(DEFAULT_TENANT, "shop");
+    assert!(wait_until(deadline_in(WITHIN), || {
+        db.put("orders", "after", json!({}), json!({"n": -1}))
+            .status
+            == 200
+    }));
+    assert_eq!(db.data("orders", "o-019"), Some(json!({"n": 19})));
+    let cluster = cluster_with_failover(winner);
+    let f = &cluster["failovers"][0];
+    assert_eq!(f["policy"], "async-allowed", "{cluster}");
+    assert_eq!(f["lost_entries"], 0, "{cluster}");
 }

@@ -60,7 +60,7 @@ use serde_json::{json, Value};
 
 use crate::node::fence::Fence;
 use crate::node::{self, Error, Node};
-use crate::topology::{self, Applied, Endpoint, Stored, Topology};
+use crate::topology::{self, Applied, Endpoint, FailoverPolicy, Stored, Topology};
 use crate::transport::links::{Apply, Mode};
 use crate::transport::Replication;
 use crate::txn::clock::wall_ms;
@@ -132,6 +132,8 @@ struct Group {
     /// The synchronous ones.
     standbys: Vec<String>,
     k: usize,
+    /// `async-allowed`: every live replica may stand (the most advanced wins).
+    async_allowed: bool,
 }
 
 /// What this node last read under the prefix.
@@ -215,6 +217,7 @@ fn groups(tenant: &str, doc: &Topology) -> Vec<Group> {
                     replicas: Vec::new(),
                     standbys: Vec::new(),
                     k,
+                    async_allowed: doc.failover == FailoverPolicy::AsyncAllowed,
                 });
                 out.last_mut().expect("just pushed")
             }
@@ -706,7 +709,8 @@ impl Cluster {
                 }
                 continue;
             }
-            if !elected.contains(&id) || !g.standbys.contains(&me) {
+            let may_stand = g.standbys.contains(&me) || g.async_allowed;
+            if !elected.contains(&id) || !may_stand {
                 continue;
             }
             let since = *self
@@ -725,6 +729,23 @@ impl Cluster {
                 continue; // decide on the next read, with this candidacy in it
             }
             let (standbys, k) = match sync.get(&id) {
+                // Every replica whose member is alive stands; all of them must have
+                // stood, and the most advanced wins (k = 1 of them: need all).
+                _ if g.async_allowed => {
+                    let live: Vec<String> = g
+                        .replicas
+                        .iter()
+                        .filter(|n| {
+                            self.is_member(
+                                n,
+                                docs.get(&(g.tenant.clone(), g.topology.clone()))
+                                    .map(|d| &d.0),
+                            )
+                        })
+                        .cloned()
+                        .collect();
+                    (live, 1)
+                }
                 Some(s) => (
                     s["standbys"]
                         .as_array()
@@ -757,9 +778,22 @@ impl Cluster {
         }
     }
 
+    /// Whether node `name` of `doc` holds a live membership (by node id or API URL).
+    fn is_member(&self, name: &str, doc: Option<&Topology>) -> bool {
+        let v = self.view.read();
+        if v.members.contains_key(name) {
+            return true;
+        }
+        let url = doc
+            .and_then(|d| d.nodes.get(name))
+            .map(|n| n.url.trim_end_matches('/').to_string());
+        url.is_some_and(|u| v.members.values().any(|m| m["url"] == u.as_str()))
+    }
+
     /// The standby set and `k` this primary commits with, in etcd for the candidates.
     fn publish_sync(&self, g: &Group, stored: Option<&Value>) {
-        let want = json!({"standbys": g.standbys, "k": g.k});
+        let want = json!({"standbys": g.standbys, "k": g.k,
+                          "policy": if g.async_allowed { "async-allowed" } else { "sync-only" }});
         if stored != Some(&want) {
             let _ = self.etcd.put(
                 &self.key(&format!("sync/{}/{}", g.tenant, g.database)),
@@ -861,6 +895,7 @@ impl Cluster {
                             "from": g.head, "to": me, "serial": serial, "lost_entries": lost,
                             "took_ms": since.elapsed().as_millis() as u64,
                             "epoch": promoted["epoch"], "topology": g.topology,
+                            "policy": if g.async_allowed { "async-allowed" } else { "sync-only" },
                             "reason": "the primary's leader key expired"});
         let _ = self.etcd.put(
             &self.key(&format!(
@@ -1168,5 +1203,9 @@ mod tests {
         assert_eq!(g[0].replicas, names(&["b", "c"]));
         assert_eq!(g[0].standbys, names(&["b"]));
         assert_eq!(g[0].k, 1);
+        assert!(!g[0].async_allowed);
+        let mut allowed = doc.clone();
+        allowed.failover = FailoverPolicy::AsyncAllowed;
+        assert!(groups("default", &allowed)[0].async_allowed);
     }
 }

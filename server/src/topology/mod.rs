@@ -59,6 +59,27 @@ pub struct Topology {
     /// source of its synchronous links), and after a failover to the promoted one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quorum: Vec<QuorumDoc>,
+    /// What an automatic failover (in a cluster, `crate::cluster`) may promote.
+    #[serde(default, skip_serializing_if = "FailoverPolicy::is_default")]
+    pub failover: FailoverPolicy,
+}
+
+/// Which replicas an automatic failover may promote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverPolicy {
+    /// Only a synchronous standby, chosen so that no acknowledged write is lost.
+    #[default]
+    SyncOnly,
+    /// Also an asynchronous replica (the most advanced of the live ones): writes it had
+    /// not received are lost, and the failover record says how many it knew of.
+    AsyncAllowed,
+}
+
+impl FailoverPolicy {
+    fn is_default(&self) -> bool {
+        *self == FailoverPolicy::SyncOnly
+    }
 }
 
 /// The quorum of one replicated database: a commit on its primary waits until `k` of
@@ -1215,6 +1236,7 @@ impl Topologies {
             nodes: stored.doc.nodes.clone(),
             links: Vec::new(),
             quorum: Vec::new(),
+            failover: stored.doc.failover,
         };
         let remote = caller(authorization);
         let steps = plan(&empty, Some(&stored), |_| true);
@@ -1325,6 +1347,7 @@ mod tests {
                 })
                 .collect(),
             quorum: Vec::new(),
+            failover: FailoverPolicy::SyncOnly,
         }
     }
 
