@@ -31,9 +31,9 @@ fn sync_link(from: &str, to: &str, db: &str) -> Value {
            "mode": "sync"})
 }
 
-/// Three members a, b, c of cluster `t` on `etcd`.
-fn members(etcd: &Etcd) -> (Node, Node, Node) {
-    let start = |id: &str| Node::start_configured(&etcd.cluster_toml("t", id, 2000));
+/// Three members a, b, c of cluster `t` on `etcd`, with leases of `ttl_ms`.
+fn members(etcd: &Etcd, ttl_ms: u64) -> (Node, Node, Node) {
+    let start = |id: &str| Node::start_configured(&etcd.cluster_toml("t", id, ttl_ms));
     (start("a"), start("b"), start("c"))
 }
 
@@ -84,7 +84,8 @@ fn wait_record(db: &Db, key: &str, n: i64) {
 #[test]
 fn members_share_documents_in_etcd_with_compare_and_set_and_each_carries_out_its_own_links() {
     let etcd = Etcd::start(1);
-    let (a, mut b, c) = members(&etcd);
+    // Long leases: a restarted primary must not lose its key by waiting (below).
+    let (mut a, mut b, c) = members(&etcd, 10_000);
     let mut cluster = Value::Null;
     let all_up = wait_until(deadline_in(WITHIN), || {
         cluster = a.get("/v1/cluster").ok().clone();
@@ -173,6 +174,26 @@ fn members_share_documents_in_etcd_with_compare_and_set_and_each_carries_out_its
         .map(|l| l["link"].as_str().unwrap())
         .collect();
     assert_eq!(own, vec!["b/cat -> c/cat"], "{shown}");
+
+    // The primary restarts: it moves its leader key to its new lease (the key keeps
+    // when it was taken) and takes writes again, with no failover.
+    let leader = |node: &Node| {
+        node.get("/v1/cluster").ok()["primaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["database"] == "shop")
+            .cloned()
+    };
+    let before = leader(&c).unwrap();
+    a.restart();
+    let db = a.db(DEFAULT_TENANT, "shop");
+    assert!(wait_until(deadline_in(WITHIN), || {
+        db.put("orders", "o-2", json!({}), json!({"n": 2})).status == 200
+    }));
+    assert_eq!(leader(&c).unwrap(), before);
+    assert_eq!(c.get("/v1/cluster").ok()["failovers"], json!([]));
+    wait_record(&b.db(DEFAULT_TENANT, "shop"), "o-2", 2);
 }
 
 /// kill -9 of the primary under concurrent synchronous writes, three times in CI
@@ -190,7 +211,7 @@ fn killing_the_primary_under_sync_writes_elects_a_standby_and_loses_no_acknowled
 
 fn kill_run() {
     let etcd = Etcd::start(1);
-    let (mut a, b, c) = members(&etcd);
+    let (mut a, b, c) = members(&etcd, 2000);
     a.create_db(DEFAULT_TENANT, shop_spec("shop"));
     let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
     let doc = json!({"name": "ha", "nodes": nodes,
@@ -548,7 +569,7 @@ fn a_partitioned_primary_acknowledges_nothing_after_its_fence_and_rejoins_as_a_r
 #[test]
 fn an_async_allowed_topology_promotes_the_most_advanced_async_replica() {
     let etcd = Etcd::start(1);
-    let (mut a, b, c) = members(&etcd);
+    let (mut a, b, c) = members(&etcd, 2000);
     a.create_db(DEFAULT_TENANT, shop_spec("shop"));
     let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
     let async_link = |to: &str| json!({"from": {"node": "a", "database": "shop"}, "to": {"node": to, "database": "shop"}});

@@ -579,6 +579,7 @@ impl Cluster {
         let steps = topology::plan(&mine, before.as_ref(), |a| {
             self.repl.handle(tenant, &a.id).is_ok()
         });
+        let before_doc = before.as_ref().map(|b| b.doc.clone());
         let old = before.map(|b| b.links).unwrap_or_default();
         let mut stored = Stored {
             doc: mine.clone(),
@@ -635,8 +636,18 @@ impl Cluster {
                 }
             }
         }
-        let bytes = serde_json::to_vec(&stored).map_err(|e| Error::Unavailable(e.to_string()))?;
-        self.node.set_config_value(&key, &bytes)?;
+        // Stored again only when something changed (this runs on every read of etcd).
+        let same = |a: &BTreeMap<String, Applied>| {
+            a.len() == stored.links.len()
+                && a.iter()
+                    .zip(&stored.links)
+                    .all(|((la, x), (lb, y))| la == lb && x.id == y.id && x.link == y.link)
+        };
+        if !(same(&old) && before_doc.as_ref() == Some(&mine)) {
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| Error::Unavailable(e.to_string()))?;
+            self.node.set_config_value(&key, &bytes)?;
+        }
         // The quorum of the primaries this node is, as the document gives it.
         for q in doc.quorum.iter().filter(|q| q.node == me) {
             if let Ok(db) = self.node.database(tenant, &q.database) {
@@ -684,8 +695,14 @@ impl Cluster {
             return;
         };
         for (id, (g, me)) in mine {
-            if let Some((leader, _)) = leaders.get(&id) {
+            if let Some((leader, held)) = leaders.get(&id) {
                 self.vacant_since.lock().remove(&id);
+                // This node restarted while primary: its key still hangs on the lease of
+                // its previous process. Move it to this lease (only if that is still
+                // the lease it hangs on), instead of waiting for it to expire.
+                if leader.member == self.node_id && *held != lease && g.head == me {
+                    self.reclaim(&g, leader, *held, lease);
+                }
                 // A candidacy left from an election someone else won.
                 if candidates.get(&id).is_some_and(|c| c.contains_key(&me)) {
                     let _ = self
@@ -800,6 +817,26 @@ impl Cluster {
                 want.to_string().as_bytes(),
                 0,
             );
+        }
+    }
+
+    /// Move this node's leader key of `g` from lease `old` (its previous process) to
+    /// `lease`.
+    fn reclaim(&self, g: &Group, leader: &Leader, old: i64, lease: i64) {
+        let key = self.key(&format!("leaders/{}/{}", g.tenant, g.database));
+        let value = serde_json::to_vec(leader).expect("JSON");
+        let op = TxnOp::Put {
+            key: key.clone(),
+            value,
+            lease,
+        };
+        if self
+            .etcd
+            .txn(&[Compare::Lease(key, old)], &[op])
+            .unwrap_or(false)
+        {
+            tracing::info!(database = %g.database, "took the leader key over from this node's previous lease");
+            self.poke();
         }
     }
 
@@ -1034,10 +1071,18 @@ impl Cluster {
     }
 
     pub fn delete_topology(&self, tenant: &str, name: &str) -> Result<(), Error> {
-        self.topology(tenant, name)?;
+        let (doc, _) = self.topology(tenant, name)?;
         self.etcd
             .delete(&self.key(&format!("topologies/{tenant}/{name}")))
             .map_err(unavailable)?;
+        // Its databases were elected under it: a later document starts afresh.
+        for g in groups(tenant, &doc) {
+            for kind in ["elected", "sync"] {
+                let _ = self
+                    .etcd
+                    .delete(&self.key(&format!("{kind}/{tenant}/{}", g.database)));
+            }
+        }
         self.poke();
         Ok(())
     }
