@@ -46,6 +46,8 @@
 //! document after the failover (`topology::after_failover`: the others follow it,
 //! resync by serial; the old primary becomes its replica) with compare-and-set. Every
 //! member reconciles its links from that document, the old primary when it returns.
+//! A primary that restarts moves its key from its previous process's lease to its new
+//! one (compare on the lease), so a restart is no failover.
 
 pub mod etcd;
 
