@@ -650,6 +650,13 @@ impl Cluster {
                 serde_json::to_vec(&stored).map_err(|e| Error::Unavailable(e.to_string()))?;
             self.node.set_config_value(&key, &bytes)?;
         }
+        // The heads of this document's replicated databases (sync-only) never let a
+        // suspended standby lower their quorum: the election counts on all of them.
+        for g in groups(tenant, doc).iter().filter(|g| g.head == me) {
+            if let Ok(db) = self.node.database(tenant, &g.database) {
+                db.quorum.set_strict(!g.async_allowed);
+            }
+        }
         // The quorum of the primaries this node is, as the document gives it.
         for q in doc.quorum.iter().filter(|q| q.node == me) {
             if let Ok(db) = self.node.database(tenant, &q.database) {
