@@ -148,9 +148,39 @@ pub async fn show(
     let shown = blocking(move || {
         if let Some(cluster) = &app.cluster {
             let (doc, revision) = cluster.topology(&tenant, &name)?;
+            // Each link as the non-clustered answer shows it; id and live status for the
+            // ones this member made (the others are made by their source members).
+            let mine: std::collections::BTreeMap<String, Value> = cluster
+                .local_links(&tenant, &name)
+                .into_iter()
+                .filter_map(|l| Some((l["link"].as_str()?.to_string(), l)))
+                .collect();
+            let links: Vec<Value> = doc
+                .links
+                .iter()
+                .map(|l| {
+                    let label = l.label();
+                    let mut entry = json!({"link": label, "from": l.from, "to": l.to,
+                                           "mode": l.options.mode, "apply": l.options.apply,
+                                           "stages": l.options.stages});
+                    match mine.get(&label) {
+                        Some(m) => {
+                            entry["id"] = m["id"].clone();
+                            entry["status"] = m["status"].clone();
+                        }
+                        None => {
+                            entry["error"] = json!(format!(
+                                "made by member '{}': its status is on that node",
+                                l.from.node
+                            ))
+                        }
+                    }
+                    entry
+                })
+                .collect();
             return Ok(
                 json!({"name": doc.name, "document": doc, "revision": revision,
-                             "cluster": true, "links": cluster.local_links(&tenant, &name)}),
+                             "cluster": true, "links": links}),
             );
         }
         app.topologies
