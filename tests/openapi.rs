@@ -40,6 +40,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("/v1/tenants/{}/plugins/{}/{}", &["get", "put", "delete"]),
     ("/v1/tenants/{}/plugins/{}/{}/dry-run", &["post"]),
     ("/v1/node", &["get"]),
+    ("/v1/cluster", &["get"]),
     ("/metrics", &["get"]),
     ("/v1/tenants/{}/links", &["get", "post"]),
     ("/v1/tenants/{}/links/{}", &["get", "delete"]),

@@ -28,6 +28,7 @@ export default function overview(root, session) {
       <tbody id="links"></tbody></table></div>
       <p id="no-links" class="muted" hidden>No links start on this node. Create one under <a href="#/links">Links</a>.</p></section>
     <section class="card" id="usage-card"><h2>Usage <small class="muted">tenant ${session.tenant}, against its quotas</small></h2><div id="usage"><p class="muted">Loading…</p></div></section>
+    <section class="card" id="cluster-card" hidden><h2>Cluster <small class="muted" id="cluster-name"></small></h2><div id="cluster"></div></section>
     <section class="card" id="replicas-card" hidden><h2>Replicas on this node</h2>
       <div class="scroll"><table><thead><tr><th>Link</th><th>Database</th><th>Source</th><th>Apply</th><th>Connected</th><th>Suspended</th></tr></thead>
       <tbody id="replicas"></tbody></table></div></section>`);
@@ -62,6 +63,31 @@ export default function overview(root, session) {
   }
   loadUsage();
   const usageTimer = setInterval(loadUsage, 2000);
+
+  // The cluster this node is a member of (GET /v1/cluster): members, the primary of each
+  // replicated database, failovers. A node without [cluster] answers 404: no card.
+  let clusterTimer = null;
+  async function loadCluster() {
+    let c;
+    try {
+      c = await api('GET', '/v1/cluster');
+    } catch (err) {
+      if (err.code === 'not-clustered') clearInterval(clusterTimer);
+      else set($('#cluster', root), problem(err));
+      return;
+    }
+    $('#cluster-card', root).hidden = false;
+    $('#cluster-name', root).textContent = c.name;
+    const when = (ms) => new Date(ms).toISOString().replace('T', ' ').slice(0, 19);
+    set($('#cluster', root), html`<div class="scroll"><table id="cluster-members"><thead><tr><th>Member</th><th>API</th><th>State</th></tr></thead><tbody>
+        ${c.members.map((m) => html`<tr><td><strong class="node-name">${m.node}</strong></td><td><code>${m.url}</code></td><td>${pill(m.state === 'up' ? 'streaming' : 'error')} ${m.state}</td></tr>`)}</tbody></table></div>
+      <div class="scroll"><table id="cluster-primaries"><thead><tr><th>Database</th><th>Primary</th><th class="n">Serial at takeover</th><th>Since</th></tr></thead><tbody>
+        ${c.primaries.map((p) => html`<tr><td>${p.database}</td><td><strong class="node-name">${p.node}</strong> <code>${p.url}</code></td><td class="n">${num(p.serial)}</td><td>${when(p.since_ms)}</td></tr>`)}</tbody></table></div>
+      ${c.failovers.length ? html`<div class="scroll"><table id="cluster-failovers"><thead><tr><th>When</th><th>Database</th><th>From → to</th><th class="n">Serial</th><th class="n">Lost entries</th><th class="n">Took ms</th></tr></thead><tbody>
+        ${c.failovers.slice().reverse().map((f) => html`<tr><td>${when(f.at_ms)}</td><td>${f.database}</td><td>${f.from} → ${f.to}</td><td class="n">${num(f.serial)}</td><td class="n">${num(f.lost_entries)}</td><td class="n">${num(f.took_ms)}</td></tr>`)}</tbody></table></div>` : html`<p class="muted">No failover yet.</p>`}`);
+  }
+  loadCluster();
+  clusterTimer = setInterval(loadCluster, 2000);
 
   let node = null;
   api('GET', '/v1/node').then((n) => { node = n; draw(live.latest); }).catch((err) => set($('#nodes', root), problem(err)));
@@ -132,6 +158,6 @@ export default function overview(root, session) {
   names.load(session);
   const offNames = names.onNames(() => draw(live.latest));
   const off = live.onSnapshot(draw);
-  return () => { off(); offNames(); clearInterval(usageTimer); };
+  return () => { off(); offNames(); clearInterval(usageTimer); clearInterval(clusterTimer); };
 }
 

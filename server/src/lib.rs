@@ -3,7 +3,7 @@
 //! Dependencies point one way (a module uses only those to its right):
 //!
 //! ```text
-//! cli → api → topology, replay → transport → plugins, tenancy → node → txn → log → store
+//! cli → api → cluster → topology, replay → transport → plugins, tenancy → node → txn → log → store
 //! ```
 //!
 //! `remote` (the HTTP client for other nodes' APIs) stands apart: it uses none of them,
@@ -13,6 +13,7 @@
 pub mod alloc;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod fuzzing;
 pub mod log;
 pub mod node;

@@ -24,6 +24,8 @@
 
 pub mod chaos;
 pub mod postgres;
+pub mod etcd;
+pub mod netns;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -191,6 +193,8 @@ pub struct Node {
     starts: u32,
     /// Keep the API address across restarts (peers keep finding the node).
     sticky: bool,
+    /// Run inside this host of a [`netns::Net`]: (namespace, address).
+    host: Option<(String, String)>,
 }
 
 impl Node {
@@ -209,6 +213,36 @@ impl Node {
         Node::launch(dir.to_path_buf(), None)
     }
 
+    /// Starts a sticky server (see [`Node::start_sticky`]) whose config file adds
+    /// `extra` (TOML, e.g. a `[cluster]` table) to the test keys.
+    pub fn start_configured(extra: &str) -> Node {
+        let tmp = tempfile::Builder::new()
+            .prefix("doppel-e2e-")
+            .tempdir()
+            .expect("create temp data dir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut node = Node::prepare(data_dir, Some(tmp), extra);
+        node.sticky = true;
+        node.spawn();
+        node
+    }
+
+    /// Starts a sticky server inside host `i` of `net` (its own network stack), listening
+    /// on the host's address; the node's client makes its calls from that host.
+    pub fn start_on_host(net: &netns::Net, i: usize, extra: &str) -> Node {
+        let tmp = tempfile::Builder::new()
+            .prefix("doppel-e2e-")
+            .tempdir()
+            .expect("create temp data dir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut node = Node::prepare(data_dir, Some(tmp), extra);
+        node.sticky = true;
+        let h = &net.hosts[i];
+        node.host = Some((h.ns.clone(), h.ip.clone()));
+        node.spawn();
+        node
+    }
+
     /// Starts a server that keeps its API address when restarted, as a replication
     /// peer must (its links name it by URL).
     pub fn start_sticky() -> Node {
@@ -218,13 +252,19 @@ impl Node {
     }
 
     fn launch(data_dir: PathBuf, tmp: Option<TempDir>) -> Node {
+        let mut node = Node::prepare(data_dir, tmp, "");
+        node.spawn();
+        node
+    }
+
+    fn prepare(data_dir: PathBuf, tmp: Option<TempDir>, extra: &str) -> Node {
         let config_dir = tempfile::Builder::new()
             .prefix("doppel-e2e-config-")
             .tempdir()
             .expect("create temp config dir");
         let config = config_dir.path().join("doppel.toml");
-        std::fs::write(&config, auth_toml()).expect("write the test config");
-        let mut node = Node {
+        std::fs::write(&config, auth_toml() + extra).expect("write the test config");
+        Node {
             bin: node_binary(),
             data_dir,
             config,
@@ -235,9 +275,8 @@ impl Node {
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             starts: 0,
             sticky: false,
-        };
-        node.spawn();
-        node
+            host: None,
+        }
     }
 
     /// Spawns the process and waits for its ready line. Panics (after killing
@@ -246,11 +285,23 @@ impl Node {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
         let generation = self.starts;
+        let ip = self
+            .host
+            .as_ref()
+            .map_or("127.0.0.1", |(_, ip)| ip.as_str());
         let listen = match (self.sticky, self.client.base.strip_prefix("http://")) {
             (true, Some(addr)) if !addr.ends_with(":0") => addr.to_string(),
-            _ => "127.0.0.1:0".to_string(),
+            _ => format!("{ip}:0"),
         };
-        let mut child = Command::new(&self.bin)
+        let mut command = match &self.host {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data")
             .arg(&self.data_dir)
@@ -316,10 +367,13 @@ impl Node {
             }
         };
         assert!(
-            base.starts_with("http://127.0.0.1:"),
+            base.starts_with(&format!("http://{ip}:")),
             "unexpected ready line address {base:?}"
         );
-        self.client = Client::new(&base);
+        self.client = match &self.host {
+            Some((ns, _)) => Client::new(&base).in_netns(ns),
+            None => Client::new(&base),
+        };
     }
 
     /// HTTP client bound to the current process (its port changes on restart).
@@ -597,6 +651,8 @@ pub struct Client {
     base: String,
     /// The `authorization` header sent with every request, if any.
     authorization: Option<String>,
+    /// The network namespace requests are made from ([`netns`]), if not this one.
+    netns: Option<String>,
 }
 
 impl Client {
@@ -612,6 +668,15 @@ impl Client {
             agent,
             base: base.trim_end_matches('/').to_string(),
             authorization: Some(format!("Bearer {}", admin_token())),
+            netns: None,
+        }
+    }
+
+    /// This client making its requests from inside network namespace `ns`.
+    pub fn in_netns(&self, ns: &str) -> Client {
+        Client {
+            netns: Some(ns.to_string()),
+            ..self.clone()
         }
     }
 
@@ -644,6 +709,13 @@ impl Client {
     /// Sends a request; `Err` only for transport failures (connection
     /// refused or reset, timeout), never for an HTTP error status.
     pub fn try_request(&self, method: &str, path: &str, body: Body<'_>) -> Result<Resp, String> {
+        match &self.netns {
+            Some(ns) => netns::within(ns, || self.request_here(method, path, body)),
+            None => self.request_here(method, path, body),
+        }
+    }
+
+    fn request_here(&self, method: &str, path: &str, body: Body<'_>) -> Result<Resp, String> {
         let url = self.url(path);
         let mut req = self.agent.request(method, &url);
         if let Some(authorization) = &self.authorization {

@@ -104,6 +104,11 @@ fn title(code: &str) -> &'static str {
         "outside-retention" => "The point is outside the retained log",
         "point-in-future" => "The point is after the database's last update",
         "log-backlog" => "The database's log is too far ahead of the disk",
+        "not-primary" => "This node may not acknowledge writes of the database now",
+        "misdirected-write" => "The database is a replica here: write to its primary",
+        "revision-conflict" => "The document changed since the revision given",
+        "not-clustered" => "This node is not a member of a cluster",
+        "automatic-failover" => "Failover is automatic in a cluster",
         _ => "Internal error",
     }
 }
@@ -131,6 +136,13 @@ impl From<Error> for ApiError {
             )
             .with("oldest_serial", json!(oldest_serial))
             .with("oldest_timestamp_us", json!(oldest_timestamp_us));
+        }
+        if let Error::NotPrimary { primary, .. } | Error::Misdirected { primary, .. } = &err {
+            let (status, code) = match err {
+                Error::NotPrimary { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not-primary"),
+                _ => (StatusCode::MISDIRECTED_REQUEST, "misdirected-write"),
+            };
+            return ApiError::new(status, code, detail).with("primary", json!(primary));
         }
         if let Error::LogBacklog {
             retry_after_secs, ..
@@ -176,7 +188,9 @@ impl From<Error> for ApiError {
             Error::ReplicationTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "replication-timeout"),
             Error::NotCaughtUp(_) => (StatusCode::CONFLICT, "not-caught-up"),
             Error::RestoreInProgress(_) => (StatusCode::CONFLICT, "restore-in-progress"),
-            Error::OutsideRetention { .. } => unreachable!("handled above"),
+            Error::OutsideRetention { .. }
+            | Error::NotPrimary { .. }
+            | Error::Misdirected { .. } => unreachable!("handled above"),
             Error::PointInFuture(_) => (StatusCode::UNPROCESSABLE_ENTITY, "point-in-future"),
         };
         ApiError {

@@ -37,6 +37,8 @@ pub struct AppState {
     pub plugins: Arc<Registry>,
     pub replication: Arc<Replication>,
     pub topologies: Arc<crate::topology::Topologies>,
+    /// The cluster this node is a member of (`[cluster]`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The router for a node. Every matched route passes through [`guard::guard`].
@@ -45,8 +47,10 @@ pub fn router(
     tenancy: Arc<Tenancy>,
     plugins: Arc<Registry>,
     replication: Arc<Replication>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Router {
     let state = Arc::new(AppState {
+        cluster,
         topologies: Arc::new(crate::topology::Topologies::new(node.clone())),
         node,
         tenancy,

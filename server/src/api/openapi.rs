@@ -94,6 +94,7 @@ routes! {
     "post" "/v1/tenants/{tenant}/links/{link}/repair" => l::repair, Operate, "Repair the differing blocks of a mirror link's replica (body: {file?, blocks?}; {} repairs all)";
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link";
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link";
+    "get" "/v1/cluster" => t::cluster, Authenticated, "The cluster: members, the primary of each replicated database (of the caller's tenants), failovers";
     "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies";
     "post" "/v1/tenants/{tenant}/topologies" => t::apply, Operate, "Validate and apply a topology document (nodes, links, modes, stages, policies); ?dry_run=true answers the plan only";
     "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links";

@@ -58,6 +58,46 @@ pub struct ApplyQuery {
     /// Validate and answer the plan, changing nothing.
     #[serde(default)]
     dry_run: bool,
+    /// In a cluster: the revision of the document the caller read (0: it must not
+    /// exist yet). A document changed since is refused with 409 `revision-conflict`.
+    #[serde(default)]
+    revision: Option<i64>,
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> ApiError {
+        match e {
+            crate::cluster::ClusterError::Stale { given, current } => ApiError::new(
+                StatusCode::CONFLICT,
+                "revision-conflict",
+                format!(
+                    "the document is at revision {current}, not {given}: read it again \
+                     and apply your change to that"
+                ),
+            )
+            .with("revision", json!(current)),
+            crate::cluster::ClusterError::Node(e) => e.into(),
+        }
+    }
+}
+
+/// In a cluster the documents live in etcd: validated here, stored with
+/// compare-and-set, and carried out by each member for its own links.
+fn apply_clustered(
+    cluster: &crate::cluster::Cluster,
+    tenant: &str,
+    doc: Topology,
+    q: &ApplyQuery,
+) -> Result<Value> {
+    let problems = crate::topology::validate(&doc);
+    if !problems.is_empty() {
+        return Err(TopologyError::Invalid(problems).into());
+    }
+    if q.dry_run {
+        return Ok(json!({"dry_run": true, "name": doc.name, "cluster": true}));
+    }
+    let revision = cluster.store_topology(tenant, &doc, q.revision)?;
+    Ok(json!({"name": doc.name, "revision": revision, "cluster": true}))
 }
 
 pub async fn apply(
@@ -70,6 +110,17 @@ pub async fn apply(
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     let result = blocking(move || {
+        if let Some(cluster) = &app.cluster {
+            return apply_clustered(cluster, &tenant, doc, &q);
+        }
+        if q.revision.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not-clustered",
+                "revision is for a node of a cluster ([cluster] in its config); this node \
+                 keeps its topologies itself",
+            ));
+        }
         app.topologies
             .apply(&tenant, doc, q.dry_run, auth)
             .map_err(ApiError::from)
@@ -80,6 +131,10 @@ pub async fn apply(
 
 pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
     app.node.databases(&tenant)?;
+    if let Some(cluster) = app.cluster.clone() {
+        let list = blocking(move || Ok(cluster.topologies(&tenant)?)).await?;
+        return Ok(Json(Value::Array(list)));
+    }
     Ok(Json(Value::Array(app.topologies.list(&tenant)?)))
 }
 
@@ -91,6 +146,43 @@ pub async fn show(
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     let shown = blocking(move || {
+        if let Some(cluster) = &app.cluster {
+            let (doc, revision) = cluster.topology(&tenant, &name)?;
+            // Each link as the non-clustered answer shows it; id and live status for the
+            // ones this member made (the others are made by their source members).
+            let mine: std::collections::BTreeMap<String, Value> = cluster
+                .local_links(&tenant, &name)
+                .into_iter()
+                .filter_map(|l| Some((l["link"].as_str()?.to_string(), l)))
+                .collect();
+            let links: Vec<Value> = doc
+                .links
+                .iter()
+                .map(|l| {
+                    let label = l.label();
+                    let mut entry = json!({"link": label, "from": l.from, "to": l.to,
+                                           "mode": l.options.mode, "apply": l.options.apply,
+                                           "stages": l.options.stages});
+                    match mine.get(&label) {
+                        Some(m) => {
+                            entry["id"] = m["id"].clone();
+                            entry["status"] = m["status"].clone();
+                        }
+                        None => {
+                            entry["error"] = json!(format!(
+                                "made by member '{}': its status is on that node",
+                                l.from.node
+                            ))
+                        }
+                    }
+                    entry
+                })
+                .collect();
+            return Ok(
+                json!({"name": doc.name, "document": doc, "revision": revision,
+                             "cluster": true, "links": links}),
+            );
+        }
         app.topologies
             .show(&tenant, &name, auth)
             .map_err(ApiError::from)
@@ -122,6 +214,14 @@ pub async fn failover(
         database: body.database,
     };
     let result = blocking(move || {
+        if app.cluster.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "automatic-failover",
+                "in a cluster failover is automatic: a standby takes over when the \
+                 primary's leader key expires (see GET /v1/cluster)",
+            ));
+        }
         app.topologies
             .failover(&tenant, &name, to, body.force, auth)
             .map_err(ApiError::from)
@@ -138,10 +238,29 @@ pub async fn delete(
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     blocking(move || {
+        if let Some(cluster) = &app.cluster {
+            return Ok(cluster.delete_topology(&tenant, &name)?);
+        }
         app.topologies
             .delete(&tenant, &name, auth)
             .map_err(ApiError::from)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/cluster`: members, the primary of each replicated database, failovers; a
+/// caller sees the databases of the tenants its token covers.
+pub async fn cluster(
+    State(app): App,
+    axum::Extension(claims): axum::Extension<crate::tenancy::auth::Claims>,
+) -> Result<Json<Value>> {
+    let Some(cluster) = &app.cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-clustered",
+            "this node is not a member of a cluster (no [cluster] in its config)",
+        ));
+    };
+    Ok(Json(cluster.show(|t| claims.covers(t))))
 }

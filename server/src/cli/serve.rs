@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DOPPEL_REPLICATION_LISTEN")]
     replication_listen: Option<SocketAddr>,
     /// A TOML config file (keys: data, listen, replication_listen, log_format, [node],
-    /// [auth], [quotas]).
+    /// [auth], [quotas], [cluster]).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Log format: text or json.
@@ -61,6 +61,8 @@ pub(crate) struct FileConfig {
     node: NodeSettings,
     pub(crate) auth: AuthConfig,
     quotas: Limits,
+    /// Membership of a cluster on etcd (`crate::cluster`); absent: a node on its own.
+    cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 const DEFAULT_DATA: &str = "./doppel-data";
@@ -131,6 +133,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let demo = children.as_ref().map(|c| c.urls());
+    if let Some(c) = &file.cluster {
+        c.check()?;
+    }
     let result = runtime.block_on(serve(
         data,
         listen,
@@ -145,6 +150,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .name
                 .or(file.name)
                 .or_else(|| args.demo.then(|| "a".to_string())),
+            cluster: file.cluster,
         },
     ));
     drop(children);
@@ -159,6 +165,8 @@ struct Extras {
     exit_with_stdin: bool,
     /// The node's name for people.
     name: Option<String>,
+    /// `[cluster]`: join it once replication runs.
+    cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 async fn serve(
@@ -174,6 +182,7 @@ async fn serve(
         demo,
         exit_with_stdin,
         name,
+        cluster,
     } = extras;
     let dir = data.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(&dir, settings))
@@ -237,7 +246,20 @@ async fn serve(
             }
         });
     }
-    let app = crate::api::router(node.clone(), tenancy, plugins, replication)
+    let cluster = match cluster {
+        Some(config) => {
+            let (node, repl, url) = (node.clone(), replication.clone(), format!("http://{local}"));
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::cluster::Cluster::start(config, node, repl, url)
+                })
+                .await
+                .map_err(|e| e.to_string())??,
+            )
+        }
+        None => None,
+    };
+    let app = crate::api::router(node.clone(), tenancy, plugins, replication, cluster)
         .layer(axum::Extension(crate::api::links::NodeName(name)));
     // Open event streams end when the signal arrives, so the graceful shutdown does not
     // wait for them.

@@ -30,6 +30,20 @@ pub enum Error {
     /// Committed locally, but the synchronous quorum did not confirm in time.
     #[error("{0}")]
     ReplicationTimeout(String),
+    /// A database of a cluster on a node that may not acknowledge its writes now: it is
+    /// fenced (its lease could expire) or lost its leader key. `primary`: the current
+    /// primary's API when known.
+    #[error("{detail}")]
+    NotPrimary {
+        detail: String,
+        primary: Option<String>,
+    },
+    /// A write sent to a replica of a cluster: `primary` is where to send it.
+    #[error("{detail}")]
+    Misdirected {
+        detail: String,
+        primary: Option<String>,
+    },
     /// A replica asked to take over has not applied everything its source announced.
     #[error("{0}")]
     NotCaughtUp(String),

@@ -9,6 +9,7 @@
 
 pub mod database;
 pub mod error;
+pub mod fence;
 pub mod footprint;
 pub mod gate;
 pub mod logview;
@@ -103,6 +104,7 @@ pub struct Node {
     pub restores: restore::Restores,
     /// The rule every client write passes ([`gate`]), handed to each database.
     write_gate: RwLock<Option<Arc<dyn WriteGate>>>,
+    fence: RwLock<Option<Arc<dyn fence::Fence>>>,
     /// Where the node keeps its files, for its disk footprint ([`footprint`]).
     data_dir: PathBuf,
 }
@@ -178,6 +180,7 @@ impl Node {
             settings,
             restores: restore::Restores::default(),
             write_gate: RwLock::new(None),
+            fence: RwLock::new(None),
             data_dir: data_dir.to_path_buf(),
         };
         node.load()?;
@@ -391,6 +394,7 @@ impl Node {
         let name = def.spec.name.clone();
         let db = Arc::new(Database::create(def, self.log.clone()));
         db.set_write_gate(self.write_gate.read().clone());
+        db.set_fence(self.fence.read().clone());
         db.stored_bytes()?;
         owner.databases.insert(name, db.clone());
         Ok(db)
@@ -447,6 +451,15 @@ impl Node {
         *self.write_gate.write() = Some(gate.clone());
         for db in tenants.values().flat_map(|t| t.databases.values()) {
             db.set_write_gate(Some(gate.clone()));
+        }
+    }
+
+    /// Install the cluster's fence ([`fence`]) on every database, now and later.
+    pub fn set_fence(&self, f: Arc<dyn fence::Fence>) {
+        let tenants = self.tenants.read();
+        *self.fence.write() = Some(f.clone());
+        for db in tenants.values().flat_map(|t| t.databases.values()) {
+            db.set_fence(Some(f.clone()));
         }
     }
 

@@ -35,6 +35,10 @@ struct State {
     timeout_ms: u64,
     /// Synchronous links the database's topology gives it (0: whatever is registered).
     expected: usize,
+    /// A suspended link still counts (as one that confirms nothing): set for the primary
+    /// of a cluster's replicated database, whose standbys' election assumes each
+    /// acknowledged commit was confirmed by `k` of its whole standby set.
+    strict: bool,
 }
 
 /// Why a commit's quorum wait ended without enough confirmations.
@@ -71,6 +75,7 @@ impl Default for Quorum {
                 k: 1,
                 timeout_ms: DEFAULT_TIMEOUT_MS,
                 expected: 0,
+                strict: false,
             }),
             changed: watch::channel(0).0,
         }
@@ -141,6 +146,16 @@ impl Quorum {
         self.bump();
     }
 
+    /// Count suspended links as links that confirm nothing (see `State::strict`).
+    pub fn set_strict(&self, strict: bool) {
+        let mut state = self.state.lock();
+        if state.strict != strict {
+            state.strict = strict;
+            drop(state);
+            self.bump();
+        }
+    }
+
     pub fn info(&self) -> QuorumInfo {
         let state = self.state.lock();
         QuorumInfo {
@@ -158,7 +173,11 @@ impl Quorum {
     /// (confirmed, needed) for `serial` now.
     fn count(&self, serial: u64) -> (usize, usize) {
         let state = self.state.lock();
-        let live: Vec<&LinkAck> = state.links.values().filter(|l| !l.suspended).collect();
+        let live: Vec<&LinkAck> = state
+            .links
+            .values()
+            .filter(|l| state.strict || !l.suspended)
+            .collect();
         let confirmed = live.iter().filter(|l| l.acked >= serial).count();
         let suspended = state.links.len() - live.len();
         let links = live.len().max(state.expected.saturating_sub(suspended));
@@ -247,6 +266,21 @@ mod tests {
         q.configure(1, 20);
         q.expect_links(1);
         assert_eq!(q.wait(1).await.unwrap_err().needed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_strict_quorum_does_not_shrink_when_a_link_is_suspended() {
+        let q = Quorum::default();
+        q.register("a", 0);
+        q.register("b", 0);
+        q.configure(2, 20);
+        q.set_strict(true);
+        q.set_suspended("b", true);
+        q.ack("a", 3);
+        let err = q.wait(3).await.unwrap_err();
+        assert_eq!((err.confirmed, err.needed), (1, 2));
+        q.set_strict(false);
+        assert_eq!(q.wait(3).await, Ok(()));
     }
 
     #[tokio::test]

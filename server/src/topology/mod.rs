@@ -59,6 +59,27 @@ pub struct Topology {
     /// source of its synchronous links), and after a failover to the promoted one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quorum: Vec<QuorumDoc>,
+    /// What an automatic failover (in a cluster, `crate::cluster`) may promote.
+    #[serde(default, skip_serializing_if = "FailoverPolicy::is_default")]
+    pub failover: FailoverPolicy,
+}
+
+/// Which replicas an automatic failover may promote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverPolicy {
+    /// Only a synchronous standby, chosen so that no acknowledged write is lost.
+    #[default]
+    SyncOnly,
+    /// Also an asynchronous replica (the most advanced of the live ones): writes it had
+    /// not received are lost, and the failover record says how many it knew of.
+    AsyncAllowed,
+}
+
+impl FailoverPolicy {
+    fn is_default(&self) -> bool {
+        *self == FailoverPolicy::SyncOnly
+    }
 }
 
 /// The quorum of one replicated database: a commit on its primary waits until `k` of
@@ -79,7 +100,7 @@ fn default_quorum_timeout() -> u64 {
 }
 
 impl QuorumDoc {
-    fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         Endpoint {
             node: self.node.clone(),
             database: self.database.clone(),
@@ -89,7 +110,7 @@ impl QuorumDoc {
 
 impl Topology {
     /// The synchronous links from `from`.
-    fn sync_links_from(&self, from: &Endpoint) -> usize {
+    pub(crate) fn sync_links_from(&self, from: &Endpoint) -> usize {
         self.links
             .iter()
             .filter(|l| &l.from == from && l.options.mode == Mode::Sync)
@@ -141,7 +162,7 @@ impl LinkDoc {
     }
 
     /// The link as its source node's API takes it.
-    fn spec(&self, doc: &Topology) -> LinkSpec {
+    pub(crate) fn spec(&self, doc: &Topology) -> LinkSpec {
         let target = &doc.nodes[&self.to.node];
         LinkSpec {
             database: self.from.database.clone(),
@@ -468,7 +489,7 @@ pub struct Applied {
 /// down must not hold the new primary's commits; make it sync again once it has caught
 /// up), and the old primary's quorum moves to the promoted one, `k` capped at its
 /// synchronous links (dropped when it has none).
-fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> Topology {
+pub(crate) fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> Topology {
     let mut next = doc.clone();
     next.links = doc
         .links
@@ -1217,6 +1238,7 @@ impl Topologies {
             nodes: stored.doc.nodes.clone(),
             links: Vec::new(),
             quorum: Vec::new(),
+            failover: stored.doc.failover,
         };
         let remote = caller(authorization);
         let steps = plan(&empty, Some(&stored), |_| true);
@@ -1327,6 +1349,7 @@ mod tests {
                 })
                 .collect(),
             quorum: Vec::new(),
+            failover: FailoverPolicy::SyncOnly,
         }
     }
 

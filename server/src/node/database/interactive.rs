@@ -45,6 +45,7 @@ impl Database {
                 self.name()
             )));
         }
+        self.check_fence()?;
         self.check_writable()?;
         let mut open = self.open.lock();
         if open.len() >= MAX_OPEN_TXNS {
@@ -132,13 +133,14 @@ impl Database {
                 other => other,
             };
             self.locks.release_all(txn);
-            return result;
+            return result.and_then(|c| self.check_fence().map(|_| c));
         }
         self.locks.release_all(txn);
         let committed = result?;
         if committed.count > 0 {
             self.await_durable().await?;
         }
+        self.check_fence()?;
         Ok(committed)
     }
 

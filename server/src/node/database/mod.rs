@@ -212,6 +212,8 @@ pub struct Database {
     restoring: AtomicU64,
     /// The rule client writes pass before they commit ([`super::gate`]).
     gate: RwLock<Option<Arc<dyn WriteGate>>>,
+    /// In a cluster: whether this node may acknowledge writes now ([`super::fence`]).
+    fence: RwLock<Option<Arc<dyn super::fence::Fence>>>,
     /// CPU time and operations, for the tenant's usage ([`super::usage`]).
     pub usage: super::usage::Usage,
 }
@@ -252,6 +254,7 @@ impl Database {
             quorum: Quorum::default(),
             restoring: AtomicU64::new(0),
             gate: RwLock::new(None),
+            fence: RwLock::new(None),
             usage: super::usage::Usage::default(),
         }
     }
@@ -403,17 +406,34 @@ impl Database {
                 "a transaction needs at least one operation".into(),
             ));
         }
+        self.check_fence()?;
         self.check_writable()?;
         self.admit_past_backlog().await?;
         let Some(gate) = self.guarding_gate() else {
-            return self.execute_batch(ops, lock_timeout).await;
+            let result = self.execute_batch(ops, lock_timeout).await;
+            return result.and_then(|c| self.check_fence().map(|_| c));
         };
         let guard = gate.lock(self, ops, lock_timeout).await?;
         let result = self.execute_batch(ops, lock_timeout).await;
         if let Some(guard) = guard {
             guard.release().await;
         }
-        result
+        // Acknowledged only if the node may still do so (a fenced primary's write stays
+        // unacknowledged, a tail the next primary's history discards).
+        result.and_then(|c| self.check_fence().map(|_| c))
+    }
+
+    /// The cluster's fence, when one is installed ([`super::fence`]).
+    pub fn check_fence(&self) -> Result<()> {
+        match &*self.fence.read() {
+            Some(f) => f.admit(&self.def.tenant, self.name()),
+            None => Ok(()),
+        }
+    }
+
+    /// Install the cluster's fence (the node does so on every database).
+    pub fn set_fence(&self, fence: Option<Arc<dyn super::fence::Fence>>) {
+        *self.fence.write() = fence;
     }
 
     /// Hold a client write while the database's log is more than the node's
