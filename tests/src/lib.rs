@@ -23,9 +23,9 @@
 //!   to synchronise and never assert timings.
 
 pub mod chaos;
-pub mod postgres;
 pub mod etcd;
 pub mod netns;
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::fmt;

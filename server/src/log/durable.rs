@@ -118,6 +118,34 @@ pub struct RawTxn {
     pub chunks: Vec<RawChunk>,
 }
 
+/// Whether A chunk `head`, next in serial order, starts a transaction after the last of
+/// `txns` rather than continuing it.
+fn starts_txn(txns: &[RawTxn], head: &codec::ChunkHead) -> bool {
+    !txns
+        .last()
+        .is_some_and(|t| t.txn == head.txn && t.last_serial + 1 == head.first_serial)
+}
+
+/// Add the next A chunk (in serial order) to the transaction it continues, or as a new
+/// one.
+pub(super) fn add_a_chunk(txns: &mut Vec<RawTxn>, chunk: RawChunk) {
+    let head = chunk.head;
+    if starts_txn(txns, &head) {
+        txns.push(RawTxn {
+            txn: head.txn,
+            outcome: head.outcome,
+            first_serial: head.first_serial,
+            last_serial: head.last_serial,
+            last_timestamp_us: head.last_timestamp_us,
+            chunks: Vec::new(),
+        });
+    }
+    let txn = txns.last_mut().expect("pushed above");
+    txn.last_serial = head.last_serial;
+    txn.last_timestamp_us = head.last_timestamp_us;
+    txn.chunks.push(chunk);
+}
+
 #[derive(Default)]
 struct FlushState {
     requested: u64,
@@ -645,27 +673,11 @@ impl LogStore {
             if head.first_serial != expected {
                 break;
             }
-            let same_txn = out
-                .last()
-                .is_some_and(|t| t.txn == head.txn && t.last_serial + 1 == head.first_serial);
-            if !same_txn {
-                if bytes >= max_bytes {
-                    break;
-                }
-                out.push(RawTxn {
-                    txn: head.txn,
-                    outcome: head.outcome,
-                    first_serial: head.first_serial,
-                    last_serial: head.last_serial,
-                    last_timestamp_us: head.last_timestamp_us,
-                    chunks: Vec::new(),
-                });
+            if starts_txn(&out, &head) && bytes >= max_bytes {
+                break;
             }
             bytes += value.len();
-            let txn = out.last_mut().expect("pushed above");
-            txn.last_serial = head.last_serial;
-            txn.last_timestamp_us = head.last_timestamp_us;
-            txn.chunks.push(RawChunk { head, bytes: value });
+            add_a_chunk(&mut out, RawChunk { head, bytes: value });
             expected = head.last_serial + 1;
         }
         // A transaction's A chunks may continue past what the scan saw only if the

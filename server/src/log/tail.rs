@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use super::durable::{RawChunk, RawTxn};
+use super::durable::{add_a_chunk, RawChunk, RawTxn};
 use super::LogKind;
 
 /// Chunk bytes one database's tail holds at most.
@@ -140,24 +140,7 @@ fn group(chunks: &[RawChunk]) -> Vec<RawTxn> {
     a.sort_by_key(|c| c.head.first_serial);
     let mut out: Vec<RawTxn> = Vec::new();
     for c in a {
-        let head = c.head;
-        let continues = out
-            .last()
-            .is_some_and(|t| t.txn == head.txn && t.last_serial + 1 == head.first_serial);
-        if !continues {
-            out.push(RawTxn {
-                txn: head.txn,
-                outcome: head.outcome,
-                first_serial: head.first_serial,
-                last_serial: head.last_serial,
-                last_timestamp_us: head.last_timestamp_us,
-                chunks: Vec::new(),
-            });
-        }
-        let txn = out.last_mut().expect("pushed above");
-        txn.last_serial = head.last_serial;
-        txn.last_timestamp_us = head.last_timestamp_us;
-        txn.chunks.push(c.clone());
+        add_a_chunk(&mut out, c.clone());
     }
     for kind in [LogKind::B, LogKind::T] {
         let mut of_kind: Vec<&RawChunk> = chunks.iter().filter(|c| c.head.kind == kind).collect();
