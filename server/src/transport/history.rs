@@ -86,7 +86,7 @@ impl Replication {
     }
 
     /// The stored history of `db`'s log (empty: none stored).
-    fn stored_history(&self, db: &Database) -> Result<Vec<Epoch>> {
+    pub(crate) fn stored_history(&self, db: &Database) -> Result<Vec<Epoch>> {
         match self.node.config_value(&Self::history_key(db))? {
             Some(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| Error::Unavailable(e.to_string()))

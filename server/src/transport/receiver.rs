@@ -979,9 +979,19 @@ impl<'a> Applier<'a> {
         self.repl
             .adopt_stream(&self.reg.link, self.hello.stream)
             .map_err(|e| e.to_string())?;
+        let before = self
+            .repl
+            .stored_history(self.db)
+            .map_err(|e| e.to_string())?;
         self.repl
             .save_history(self.db, &self.hello.history)
             .map_err(|e| e.to_string())?;
+        if before != self.hello.history {
+            // This database's own replicas were told the old history when their
+            // sessions began (a chain's middle node can follow its source after its
+            // replica followed it): they connect again and learn the new one.
+            self.repl.restart_links_of(&self.reg.tenant, self.db.name());
+        }
         turn.answer = true;
         Ok(())
     }
