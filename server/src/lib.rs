@@ -26,6 +26,8 @@ pub mod topology;
 pub mod transport;
 pub mod txn;
 
-/// mimalloc for small blocks, the system allocator for large ones ([`alloc`]).
+/// mimalloc for small blocks, the system allocator for large ones ([`alloc`]); the
+/// system allocator alone with the `system-alloc` feature (for heap profilers).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: alloc::SplitAlloc = alloc::SplitAlloc;

@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec::{self, ChunkRef};
+use super::snapshot_files;
 use super::tail::Tail;
 use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
@@ -200,7 +201,13 @@ struct Shard {
 struct Trees {
     log: sled::Tree,
     snapshots: sled::Tree,
+    /// The byte counts a clean shutdown left (see [`Shard::load_counts`]).
+    counts: sled::Tree,
 }
+
+/// Keys of the `counts` tree: all stored bytes, and a log kind's (followed by its byte).
+const STORED_COUNT: &[u8] = b"stored";
+const KIND_COUNT: u8 = b'k';
 
 /// See [`LogStore::after_snapshot_part`].
 #[cfg(test)]
@@ -294,6 +301,22 @@ const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
 
 /// sled's segment size (see [`sled_config`]). Fixed when a sled directory is created.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
+
+/// Hand what this thread deferred to sled's epoch collector, and let it free what no
+/// thread can still see.
+///
+/// sled frees a replaced page, an evicted one, and each 2 MiB IO buffer it sealed only
+/// once every thread has left the epoch, through crossbeam-epoch's deferred functions;
+/// those wait in the deferring thread's own bag until it holds 64 of them. A flusher
+/// seals one buffer per flush, so its bag held up to 64 buffers: 128 MB of a node's RSS
+/// after a load (heaptrack, docs/BENCHMARKS.md). Flushing the bag costs well under a
+/// microsecond; call it after a flush and after a big write.
+fn release_deferred() {
+    crossbeam_epoch::pin().flush();
+}
+
+/// Written bytes from which a transaction's append also calls [`release_deferred`].
+const RELEASE_AFTER_BYTES: usize = 64 << 10;
 
 /// A shard's directory name: `<uid>.<generation>`, both in decimal.
 fn shard_dir_name(uid: u64, generation: u64) -> String {
@@ -520,6 +543,7 @@ impl LogStore {
                 })
                 .collect::<Result<Vec<_>, LogError>>()
         });
+        let big = chunks.iter().map(|(_, b)| b.len()).sum::<usize>() >= RELEASE_AFTER_BYTES;
         let is_a = |key: &[u8; 17]| key[8] == LogKind::A as u8;
         if position.is_none() && chunks.iter().filter(|(key, _)| is_a(key)).count() == 1 {
             // The A chunk last: it is the commit point.
@@ -539,6 +563,9 @@ impl LogStore {
         }
         if let Some(kept) = kept {
             shard.tail.lock().push(&kept?);
+        }
+        if big {
+            release_deferred();
         }
         Ok(())
     }
@@ -705,9 +732,18 @@ impl LogStore {
         }
         let t = shard.trees();
         let mut total = 0u64;
-        for tree in [&t.log, &t.snapshots] {
-            for item in tree.scan_prefix(uid.to_be_bytes()) {
-                total += item?.1.len() as u64;
+        for item in t.log.scan_prefix(uid.to_be_bytes()) {
+            total += item?.1.len() as u64;
+        }
+        // Metadata, and the parts of snapshots not yet moved into instances; the
+        // instances' parts as their metadata counts them, without reading them.
+        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
+            let (key, value) = item?;
+            total += value.len() as u64;
+            if key[16..20] == META_PART.to_be_bytes() {
+                let meta: SnapshotMeta =
+                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+                total += meta.size_bytes;
             }
         }
         let counted = *shard.stored.lock().get_or_insert(total);
@@ -1007,9 +1043,10 @@ impl LogStore {
             .map(|(key, _)| u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"))))
     }
 
-    /// Store a snapshot: its block bytes in parts, then its metadata (the commit point),
-    /// then flush. Other databases keep appending and flushing meanwhile (see the module
-    /// doc). Call it off the async runtime: it writes the whole snapshot.
+    /// Store a snapshot: its block bytes in parts in an instance of its own
+    /// ([`snapshot_files`]), then its metadata in the shard (the commit point), then
+    /// flush. Other databases keep appending and flushing meanwhile (see the module doc).
+    /// Call it off the async runtime: it writes the whole snapshot.
     pub fn save_snapshot(
         &self,
         uid: u64,
@@ -1017,25 +1054,21 @@ impl LogStore {
         blocks: &[&crate::store::Block],
     ) -> Result<SnapshotMeta, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
+        let mut writer = snapshot_files::Writer::create(&shard.path, meta.serial)?;
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
-        let mut parts = 0u32;
         let mut size = 0u64;
         let mut unflushed = 0u64;
-        let mut store = |part: Vec<u8>, parts: &mut u32| -> Result<(), LogError> {
+        let mut store = |part: Vec<u8>| -> Result<(), LogError> {
             let len = part.len() as u64;
-            t.snapshots
-                .insert(&snapshot_key(uid, meta.serial, *parts)[..], part)?;
-            shard.account(len as i64);
+            let _number = writer.push(part)?;
             #[cfg(test)]
             if let Some(hook) = self.after_snapshot_part.lock().as_mut() {
-                hook(*parts);
+                hook(_number);
             }
-            *parts += 1;
             size += len;
             unflushed += len;
             if unflushed >= SNAPSHOT_PACE_BYTES {
-                self.flush_now(uid)?;
+                writer.flush()?;
                 unflushed = 0;
             }
             Ok(())
@@ -1043,41 +1076,61 @@ impl LogStore {
         for block in blocks {
             part.extend_from_slice(block.as_bytes());
             if part.len() >= SNAPSHOT_PART_BYTES {
-                store(std::mem::take(&mut part), &mut parts)?;
+                store(std::mem::take(&mut part))?;
             }
         }
         if !part.is_empty() {
-            store(part, &mut parts)?;
+            store(part)?;
         }
-        meta.parts = parts;
+        meta.parts = writer.finish()?;
+        release_deferred();
         meta.size_bytes = size;
         let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
         let meta_bytes = encoded.len() as u64;
-        t.snapshots
+        shard
+            .trees()
+            .snapshots
             .insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded)?;
         shard.account(meta_bytes as i64);
+        shard.account_stored(size as i64);
         self.flush_now(uid)?;
         Ok(meta)
     }
 
-    /// Remove the parts of snapshots of `uid` that have no metadata: a save or a delete
-    /// a crash interrupted (see the module doc). Call it before the database is used.
-    /// Returns the parts removed.
+    /// Make the shard's snapshots whole before the database is used: remove what a crash
+    /// left of a save or a delete (instances without metadata, `.tmp` ones, parts
+    /// without metadata), and move the parts a node kept in the shard's `snapshots`
+    /// tree before snapshots had instances into an instance each. Returns the parts
+    /// and instances removed.
     pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
         let t = shard.trees();
         let finished: std::collections::HashSet<u64> =
             self.snapshots(uid)?.iter().map(|m| m.serial).collect();
         let mut removed = 0;
+        let mut in_tree: BTreeMap<u64, Vec<sled::IVec>> = BTreeMap::new();
         for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
-            let (key, value) = item?;
-            let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
-            if !finished.contains(&serial) {
-                t.snapshots.remove(&key)?;
-                shard.account(-(value.len() as i64));
-                removed += 1;
+            let (key, _) = item?;
+            if key[16..20] != META_PART.to_be_bytes() {
+                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
+                in_tree.entry(serial).or_default().push(key);
             }
         }
+        for (serial, keys) in in_tree {
+            if finished.contains(&serial) && !snapshot_files::exists(&shard.path, serial) {
+                let moved = self.move_parts_to_instance(&shard, uid, serial, keys.len())?;
+                shard.account_stored(moved as i64);
+            } else if !finished.contains(&serial) {
+                removed += keys.len();
+            }
+            for key in keys {
+                if let Some(bytes) = t.snapshots.remove(&key)? {
+                    shard.account_stored(-(bytes.len() as i64));
+                }
+            }
+        }
+        self.flush_now(uid)?;
+        removed += snapshot_files::remove_others(&shard.path, &finished)?;
         if removed > 0 {
             tracing::warn!(
                 uid,
@@ -1086,6 +1139,38 @@ impl LogStore {
             );
         }
         Ok(removed)
+    }
+
+    /// Copy snapshot `serial`'s `parts` parts from the shard's `snapshots` tree (the
+    /// layout before instances) into an instance of its own. Returns the bytes moved.
+    fn move_parts_to_instance(
+        &self,
+        shard: &Shard,
+        uid: u64,
+        serial: u64,
+        parts: usize,
+    ) -> Result<u64, LogError> {
+        let mut writer = snapshot_files::Writer::create(&shard.path, serial)?;
+        let mut moved = 0;
+        for part in 0..parts as u32 {
+            let bytes = shard
+                .trees()
+                .snapshots
+                .get(snapshot_key(uid, serial, part))?
+                .ok_or_else(|| {
+                    LogError::Damaged(format!("snapshot {serial} misses part {part}"))
+                })?;
+            moved += bytes.len() as u64;
+            writer.push(bytes.to_vec())?;
+        }
+        writer.finish()?;
+        tracing::info!(
+            uid,
+            serial,
+            parts,
+            "moved a snapshot into an instance of its own"
+        );
+        Ok(moved)
     }
 
     /// Metadata of every stored snapshot of `uid`, oldest first.
@@ -1113,7 +1198,8 @@ impl LogStore {
     ) -> Result<Vec<crate::store::Block>, LogError> {
         let size = (meta.layout.block_size as usize).max(1);
         let mut blocks = Vec::with_capacity(meta.layout.block_count());
-        self.for_each_snapshot_part(uid, meta, |part| {
+        let shard = self.shard(uid)?;
+        snapshot_files::read(&shard.path, meta.serial, meta.parts, |part| {
             if part.len() % size != 0 {
                 return Err(LogError::Damaged(format!(
                     "snapshot {}: a part of {} bytes for blocks of {size}",
@@ -1132,49 +1218,25 @@ impl LogStore {
             }
             Ok(())
         })?;
+        release_deferred();
         Ok(blocks)
     }
 
-    /// Each part of a snapshot, in order.
-    fn for_each_snapshot_part(
-        &self,
-        uid: u64,
-        meta: &SnapshotMeta,
-        mut visit: impl FnMut(&[u8]) -> Result<(), LogError>,
-    ) -> Result<(), LogError> {
-        let shard = self.shard(uid)?;
-        let t = shard.trees();
-        for part in 0..meta.parts {
-            let bytes = t
-                .snapshots
-                .get(snapshot_key(uid, meta.serial, part))?
-                .ok_or_else(|| {
-                    LogError::Damaged(format!("snapshot {} misses part {part}", meta.serial))
-                })?;
-            visit(&bytes)?;
-        }
-        Ok(())
-    }
-
-    /// Delete a stored snapshot: its metadata first, so a crash part way leaves only
-    /// parts that [`Self::drop_unfinished_snapshots`] removes (no batch: see the module
-    /// doc).
+    /// Delete a stored snapshot: its metadata first, made durable before its instance
+    /// goes, so a crash part way never lists a snapshot without its blocks.
     pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let shard = self.shard(uid)?;
-        if let Some(v) = t
-            .snapshots
-            .remove(snapshot_key(uid, meta.serial, META_PART))?
+        if let Some(v) =
+            shard
+                .trees()
+                .snapshots
+                .remove(snapshot_key(uid, meta.serial, META_PART))?
         {
             shard.account(-(v.len() as i64));
+            shard.account_stored(-(meta.size_bytes as i64));
         }
-        for part in 0..meta.parts {
-            if let Some(v) = t.snapshots.remove(snapshot_key(uid, meta.serial, part))? {
-                shard.account(-(v.len() as i64));
-            }
-        }
-        Ok(())
+        self.flush_now(uid)?;
+        snapshot_files::remove(&shard.path, meta.serial)
     }
 
     /// Delete every log chunk and snapshot of a database: its shard leaves the store,
@@ -1227,7 +1289,7 @@ impl LogStore {
         let mut first_error = None;
         for shard in shards {
             shard.flusher.stop();
-            if let Err(e) = shard.flusher.flush() {
+            if let Err(e) = shard.save_counts().and_then(|()| shard.flusher.flush()) {
                 first_error.get_or_insert(e);
             }
         }
@@ -1267,10 +1329,11 @@ impl Shard {
                 .spawn(move || flush_loop(flusher))
                 .map_err(|e| LogError::Flush(e.to_string()))?
         };
-        Ok(Shard {
+        let shard = Shard {
             trees: Some(Trees {
                 log: db.open_tree("log")?,
                 snapshots: db.open_tree("snapshots")?,
+                counts: db.open_tree("counts")?,
             }),
             path: path.to_path_buf(),
             flusher,
@@ -1279,7 +1342,9 @@ impl Shard {
             kind_stored: Mutex::new(HashMap::new()),
             doomed: std::sync::atomic::AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
-        })
+        };
+        shard.load_counts()?;
+        Ok(shard)
     }
 
     fn trees(&self) -> &Trees {
@@ -1288,16 +1353,57 @@ impl Shard {
             .expect("a shard's trees live until it drops")
     }
 
-    /// Add (or with a negative `delta`, remove) bytes to the count, if counted yet.
+    /// Add (or with a negative `delta`, remove) bytes to the count, if counted yet, and
+    /// written ones to what the flusher has to make durable.
     fn account(&self, delta: i64) {
         if delta > 0 {
             self.flusher
                 .appended
                 .fetch_add(delta as u64, Ordering::Relaxed);
         }
+        self.account_stored(delta);
+    }
+
+    /// Add bytes to the stored count only: a snapshot's parts are in an instance of
+    /// their own, not the shard's to flush.
+    fn account_stored(&self, delta: i64) {
         if let Some(bytes) = self.stored.lock().as_mut() {
             *bytes = bytes.saturating_add_signed(delta);
         }
+    }
+
+    /// Take the counts a clean shutdown left ([`Self::save_counts`]) and remove them,
+    /// so a crash from now on makes the next start count again. sled recovers a prefix
+    /// of its writes, so no write after this removal can survive a crash without it.
+    fn load_counts(&self) -> Result<(), LogError> {
+        let counts = &self.trees().counts;
+        let read = |value: sled::IVec| <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes);
+        for item in counts.iter() {
+            let (key, value) = item?;
+            match (key.as_ref(), read(value)) {
+                (STORED_COUNT, Ok(bytes)) => *self.stored.lock() = Some(bytes),
+                ([KIND_COUNT, kind], Ok(bytes)) => {
+                    self.kind_stored.lock().insert(*kind, bytes);
+                }
+                _ => {}
+            }
+            counts.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Write the byte counts known now, for the next start to take instead of reading
+    /// every chunk ([`Self::load_counts`]). Call it when no write can follow (the node
+    /// stops), then flush.
+    fn save_counts(&self) -> Result<(), LogError> {
+        let counts = &self.trees().counts;
+        if let Some(bytes) = *self.stored.lock() {
+            counts.insert(STORED_COUNT, &bytes.to_be_bytes())?;
+        }
+        for (kind, bytes) in self.kind_stored.lock().iter() {
+            counts.insert([KIND_COUNT, *kind], &bytes.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// [`Self::account`] for the log chunk at `key`, and its kind's count too.
@@ -1396,6 +1502,7 @@ fn flush_loop(flusher: Arc<Flusher>) {
             }
         }
         let result = flusher.flush();
+        release_deferred();
         flusher.flushed.send_modify(|(done, err)| match result {
             Ok(()) => {
                 *done = (*done).max(target);

@@ -54,10 +54,24 @@ impl Fixture {
         Fixture { dir, log }
     }
 
+    /// Lets go of the store without a shutdown (as a crash would, after the last
+    /// flush) and opens the same directory again.
+    fn crash_reopen(self) -> Fixture {
+        let Fixture { dir, log } = self;
+        for uid in log.shards.read().keys() {
+            log.shards.read()[uid].flusher.stop();
+        }
+        Fixture { dir, log }.release_and_open()
+    }
+
     /// Closes everything and opens the same directory again.
     fn reopen(self) -> Fixture {
+        self.log.shutdown().expect("shutdown flushes");
+        self.release_and_open()
+    }
+
+    fn release_and_open(self) -> Fixture {
         let Fixture { dir, log } = self;
-        log.shutdown().expect("shutdown flushes");
         let weak = Arc::downgrade(&log);
         drop(log);
         // The flusher thread may hold the store (and its sled handle) for a moment
@@ -652,7 +666,14 @@ fn snapshots_save_list_load_and_delete() {
     );
     assert_eq!(load_snapshot(&f.log, UID, &first).checksums(), at_first);
 
+    let shard_path = f.log.shard(UID).unwrap().path.clone();
+    let first_dir = super::snapshot_files::folder(&shard_path).join(first.serial.to_string());
+    assert!(first_dir.is_dir(), "a snapshot is an instance of its own");
     f.log.delete_snapshot(UID, &first).unwrap();
+    assert!(
+        !first_dir.exists(),
+        "a deleted snapshot's space comes back at once"
+    );
     assert_eq!(f.log.snapshots(UID).unwrap(), vec![second.clone()]);
     assert!(matches!(
         f.log.snapshot_block_list(UID, &first),
@@ -957,7 +978,22 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
             )
             .unwrap();
     }
-    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 3);
+    // What a crash leaves of a save: a `.tmp` instance, and an instance whose metadata
+    // was never written.
+    let shard_path = f.log.shard(UID).unwrap().path.clone();
+    let folder = super::snapshot_files::folder(&shard_path);
+    for name in [
+        format!("{}.tmp", kept.serial + 7),
+        (kept.serial + 9).to_string(),
+    ] {
+        std::fs::create_dir_all(folder.join(name)).unwrap();
+    }
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 5);
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec![kept.serial.to_string()]);
     assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 0);
     assert_eq!(f.log.drop_unfinished_snapshots(OTHER_UID).unwrap(), 0);
     assert_eq!(f.log.snapshots(UID).unwrap(), vec![kept.clone()]);
@@ -1115,11 +1151,30 @@ fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
         let (key, value) = item.unwrap();
         old_snapshots.insert(key, value).unwrap();
     }
+    // Parts sat in the tree too, beside their metadata.
+    let mut part = 0;
+    let shard_path = scratch.log.shard(UID).unwrap().path.clone();
+    super::snapshot_files::read(&shard_path, meta.serial, meta.parts, |bytes| {
+        old_snapshots
+            .insert(snapshot_key(UID, meta.serial, part), bytes)
+            .unwrap();
+        part += 1;
+        Ok(())
+    })
+    .unwrap();
     drop((old_log, old_snapshots));
 
     let log = open_at(&dir.path().join("logs"));
     let moved = log.adopt_shared_trees(&node).unwrap();
     assert!(moved > 0);
+    // Recovery moves the parts into an instance of the snapshot's own.
+    assert_eq!(log.drop_unfinished_snapshots(UID).unwrap(), 0);
+    assert!(
+        snapshot_tree(&log, UID)
+            .iter()
+            .all(|item| item.unwrap().0[16..20] == META_PART.to_be_bytes()),
+        "only metadata stays in the shard's tree"
+    );
     assert_eq!(replay_all(&log, UID, 0).2, w.seq.last_serial);
     assert_eq!(log.snapshots(UID).unwrap(), vec![meta.clone()]);
     assert_eq!(
@@ -1265,4 +1320,48 @@ fn the_tail_keeps_only_the_newest_transactions_and_sled_serves_the_rest() {
         .lock()
         .read(w.seq.last_serial - 1, 1, &[])
         .is_none());
+}
+
+/// A clean shutdown leaves the byte counts for the next start, which takes them instead
+/// of reading every chunk; a crash leaves none, and the next start counts again.
+#[test]
+fn byte_counts_survive_a_clean_restart_and_are_recounted_after_a_crash() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    f.log
+        .append(UID, &w.commit(&inserts("k", 300, 100)))
+        .unwrap();
+    f.log
+        .append(
+            UID,
+            &w.commit(&[update(ORDERS, "k0001", b"x"), delete(ORDERS, "k0002")]),
+        )
+        .unwrap();
+    save_snapshot(&f.log, UID, &w);
+    let stored = f.log.stored_bytes(UID).unwrap();
+    let b = f.log.kind_bytes(UID, LogKind::B).unwrap();
+    assert!(stored > b && b > 0, "stored {stored}, B {b}");
+
+    let f = f.reopen();
+    let shard = f.log.shard(UID).unwrap();
+    assert_eq!(
+        *shard.stored.lock(),
+        Some(stored),
+        "taken from the shutdown"
+    );
+    assert_eq!(shard.kind_stored.lock().get(&(LogKind::B as u8)), Some(&b));
+    assert!(
+        shard.trees().counts.is_empty(),
+        "taken counts are removed, so a crash cannot leave stale ones"
+    );
+    drop(shard);
+
+    // A crash: no shutdown, so nothing is saved; the next start counts from the log.
+    let Fixture { dir, log } = f;
+    log.append(UID, &w.commit(&inserts("n", 10, 100))).unwrap();
+    log.flush_now(UID).unwrap();
+    let grown = log.stored_bytes(UID).unwrap();
+    let uncounted = Fixture { dir, log }.crash_reopen();
+    assert_eq!(*uncounted.log.shard(UID).unwrap().stored.lock(), None);
+    assert_eq!(uncounted.log.stored_bytes(UID).unwrap(), grown);
 }

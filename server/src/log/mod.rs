@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod durable;
+mod snapshot_files;
 mod tail;
 
 use serde::{Deserialize, Serialize};
