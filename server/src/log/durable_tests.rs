@@ -637,7 +637,7 @@ fn snapshots_save_list_load_and_delete() {
         w.store.checksums()
     );
 
-    w.commit(&inserts("k", 600, 200));
+    w.commit(&inserts("k", 2000, 200));
     let first = save_snapshot(&f.log, UID, &w);
     let blocks = w.store.freeze().snapshot_parts().1.len() as u64;
     assert_eq!(first.serial, w.seq.last_serial);
@@ -647,10 +647,10 @@ fn snapshots_save_list_load_and_delete() {
     let loaded = load_snapshot(&f.log, UID, &first);
     assert_eq!(loaded.checksums(), w.store.checksums());
     assert_eq!(
-        loaded.get(ORDERS, b"k0599").map(|(_, r)| r.data.to_vec()),
+        loaded.get(ORDERS, b"k1999").map(|(_, r)| r.data.to_vec()),
         Some(vec![b'd'; 200])
     );
-    assert_eq!(loaded.lookup_alt(0, 0, b"ann", 1000).len(), 600);
+    assert_eq!(loaded.lookup_alt(0, 0, b"ann", 5000).len(), 2000);
     let at_first = w.store.checksums();
 
     w.commit(&[delete(ORDERS, "k0000"), insert(LINES, "l", b"1")]);
