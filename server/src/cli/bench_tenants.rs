@@ -393,6 +393,36 @@ fn report(label: &str, client: &Client, raw: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Wait until the node is at rest after a load: its data directory and RSS unchanged
+/// (within 1%) over [`SETTLE_READINGS`] readings a second apart, so an automatic
+/// snapshot the load started, sled's flushes and the allocator's purge are over before
+/// the footprint is read. At most [`SETTLE_LIMIT`]; how long it took.
+fn settle(client: &Client) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last: Option<(u64, u64)> = None;
+    let mut steady = 0;
+    while steady < SETTLE_READINGS && started.elapsed() < SETTLE_LIMIT {
+        std::thread::sleep(Duration::from_secs(1));
+        let node = client.call("GET", "/v1/node", None)?;
+        let now = (
+            node["data_dir_bytes"].as_u64().unwrap_or(0),
+            node["rss_bytes"].as_u64().unwrap_or(0),
+        );
+        let close = |a: u64, b: u64| a.abs_diff(b) * 100 <= a.max(1);
+        steady = match last {
+            Some((dir, rss)) if close(dir, now.0) && close(rss, now.1) => steady + 1,
+            _ => 0,
+        };
+        last = Some(now);
+    }
+    Ok(started.elapsed())
+}
+
+/// Steady readings [`settle`] waits for.
+const SETTLE_READINGS: u32 = 5;
+/// The longest [`settle`] waits.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
 /// `--minutes` of upserts over the loaded keys in transactions of 200 (whole passes
 /// over the keys, so a minute may run over by part of one); the footprint after each.
 fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
@@ -435,9 +465,12 @@ pub fn footprint(args: &BenchArgs) -> Result<(), String> {
         args.durability,
         args.records as f64 / took.as_secs_f64()
     );
-    // sled flushes every 500 ms: let the files settle before counting them.
-    std::thread::sleep(Duration::from_secs(2));
-    report("after load:", &client, raw)?;
+    let settled = settle(&client)?;
+    report(
+        &format!("after load (settled in {:.0} s):", settled.as_secs_f64()),
+        &client,
+        raw,
+    )?;
     let recovery = node.restart()?;
     let client = connect(&node.target);
     report(

@@ -81,13 +81,18 @@ pub fn start_children(data: &Path, config: &Path) -> Result<Children, String> {
 /// What a child node still has to say on its standard output.
 pub type NodeOutput = std::io::Lines<BufReader<std::process::ChildStdout>>;
 
-/// Start `doppel serve` (this very binary) on `data`, on a free loopback port, with
+/// Start `doppel serve` (this very binary, or the one `DOPPEL_NODE_BINARY` names: a
+/// benchmark of two builds runs the same client against either) on `data`, on a free
+/// loopback port, with
 /// `extra` arguments: the child, its API URL and the rest of its standard output,
 /// which the caller must keep reading (or drop). It ends when its standard input
 /// closes, so it ends with this process however that ends; stopping it that way is a
 /// graceful shutdown.
 pub fn start_node(data: &Path, extra: &[&OsStr]) -> Result<(Child, String, NodeOutput), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = match std::env::var_os("DOPPEL_NODE_BINARY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
     let mut child = Command::new(&exe)
         .arg("serve")
         .arg("--data")
