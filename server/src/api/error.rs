@@ -239,23 +239,101 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::malformed(
+                "expected a body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::malformed(r.body_text())
+                }
+            })?;
+        // serde takes a struct written as an array of its fields; the API does not.
+        let array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        if array && !std::any::type_name::<T>().starts_with("alloc::vec::Vec<") {
+            return Err(ApiError::malformed("expected a JSON object"));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+            Err(rejection) => {
+                // JSON has one kind of number: `3.0` is the integer 3 to a JSON Schema
+                // validator (and to JavaScript), so a count written so is taken as one.
+                if let Some(fixed) = integral_floats_as_integers(&bytes) {
+                    if let Ok(axum::Json(value)) = axum::Json::<T>::from_bytes(&fixed) {
+                        return Ok(Body(value));
+                    }
+                }
+                Err(json_rejection(rejection))
+            }
         }
     }
 }
 
+/// `application/json`, or another JSON type (`application/…+json`).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body again with every number written as a float that is a whole number within
+/// 64 bits (`3.0`, `1e3`) written as an integer; `None` if there is none (or it is not
+/// JSON).
+fn integral_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn fix(v: &mut Value) -> bool {
+        match v {
+            Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f >= i64::MIN as f64 && f < u64::MAX as f64 {
+                    *v = if f < 0.0 {
+                        json!(f as i64)
+                    } else {
+                        json!(f as u64)
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+            Value::Array(items) => items.iter_mut().fold(false, |c, v| fix(v) | c),
+            Value::Object(map) => map.values_mut().fold(false, |c, v| fix(v) | c),
+            _ => false,
+        }
+    }
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    fix(&mut value).then(|| value.to_string().into_bytes())
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        format!(
+            "the request body is over the limit of {} bytes",
+            super::MAX_BODY_BYTES
+        ),
+    )
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!(
-                "the request body is over the limit of {} bytes",
-                super::MAX_BODY_BYTES
-            ),
-        );
+        return too_large();
     }
     let detail = match rejection {
         JsonRejection::MissingJsonContentType(_) => {

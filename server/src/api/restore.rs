@@ -20,15 +20,29 @@ type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
 
 /// `POST …/restore`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(transform = one_point)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
+    /// The point: a serial, or `timestamp_us` (one of the two).
+    #[schemars(with = "u64")]
+    #[serde(default)]
     serial: Option<u64>,
+    #[schemars(with = "u64")]
+    #[serde(default)]
     timestamp_us: Option<u64>,
     into: Option<String>,
     method: Option<Method>,
     #[serde(default)]
     dry_run: bool,
+}
+
+/// A restore names its point by serial or by time, never both.
+fn one_point(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        json!([{"required": ["serial"]}, {"required": ["timestamp_us"]}]),
+    );
 }
 
 impl RestoreBody {
