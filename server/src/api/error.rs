@@ -61,7 +61,7 @@ impl ApiError {
     }
 }
 
-fn title(code: &str) -> &'static str {
+pub(crate) fn title(code: &str) -> &'static str {
     match code {
         "malformed-request" => "The request is malformed",
         "empty-key" => "The key is empty",
@@ -109,6 +109,7 @@ fn title(code: &str) -> &'static str {
         "revision-conflict" => "The document changed since the revision given",
         "not-clustered" => "This node is not a member of a cluster",
         "automatic-failover" => "Failover is automatic in a cluster",
+        "builtin-plugin" => "The name is a built-in plugin's",
         _ => "Internal error",
     }
 }

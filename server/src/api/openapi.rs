@@ -254,7 +254,7 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot", io().ok("201", JSON, of::<r::SnapshotAnswer>).problems(&["unavailable"]);
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, object);
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, object);
-    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "conflict"]);
+    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "read-only-replica"]);
     #[cfg(feature = "fault-injection")]
     "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})", io().body(object).none();
     "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)", io().body(of::<rs::RestoreBody>).ok("2XX", JSON, object).problems(&["outside-retention", "point-in-future", "restore-in-progress", "already-exists"]);
@@ -285,7 +285,7 @@ routes! {
     "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created", io().none().problems(&["topology-apply-failed"]);
     "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica", io().body(of::<t::FailoverBody>).ok("200", JSON, object).problems(&["topology-invalid", "not-caught-up", "automatic-failover"]);
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, objects);
-    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists", "conflict"]);
+    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists"]);
     "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)", io().body(of::<crate::transport::verify::RepairRequest>).ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)", io().body(of::<crate::transport::redrive::RedriveRequest>).ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)", io().ok("200", JSON, object);
@@ -485,6 +485,36 @@ fn bound_integers(v: &mut Value) {
             map.values_mut().for_each(bound_integers);
         }
         Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+/// An enum whose variants are documented comes out of `schemars` as a `oneOf` of
+/// string constants; clients and generators read a plain `enum` better.
+fn plain_enums(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let constants: Option<Vec<Value>> = map
+                .get("oneOf")
+                .and_then(Value::as_array)
+                .and_then(|variants| {
+                    variants
+                        .iter()
+                        .map(|variant| {
+                            (variant["type"] == "string")
+                                .then(|| variant.get("const").cloned())
+                                .flatten()
+                        })
+                        .collect()
+                });
+            if let Some(constants) = constants {
+                map.remove("oneOf");
+                map.insert("type".into(), json!("string"));
+                map.insert("enum".into(), Value::Array(constants));
+            }
+            map.values_mut().for_each(plain_enums);
+        }
+        Value::Array(items) => items.iter_mut().for_each(plain_enums),
         _ => {}
     }
 }
@@ -722,5 +752,85 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
     });
     bound_integers(&mut doc);
+    plain_enums(&mut doc);
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes that take no body; any other POST or PUT must name its body's type.
+    const BODILESS: &[&str] = &[
+        "r::begin",
+        "r::commit",
+        "r::cancel",
+        "r::take_snapshot",
+        "l::verify",
+        "l::pause",
+        "l::resume",
+        "l::suspend_replica",
+        "l::release_replica",
+    ];
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_route_names_its_body_and_answer() {
+        for route in ROUTES {
+            let name = route.handler_name;
+            if matches!(route.method, "post" | "put") {
+                assert!(
+                    !matches!(route.io.body, RequestBody::None) || BODILESS.contains(&name),
+                    "{name} ({} {}) names no body type",
+                    route.method,
+                    route.path
+                );
+            }
+            assert!(
+                route.io.answer.is_some() || route.io.status == "204",
+                "{name}: an answer with a body names its schema"
+            );
+            assert!(
+                !problem_codes(route).is_empty() || route.permission == Public,
+                "{name} lists its problem codes"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_and_every_code_has_a_title() {
+        let doc = document();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 40, "schemas are referenced: {}", found.len());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").expect(r);
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} resolves"
+            );
+        }
+        for route in ROUTES {
+            for code in problem_codes(route) {
+                assert_ne!(
+                    super::super::error::title(code),
+                    "Internal error",
+                    "{code} ({}) has a title",
+                    route.handler_name
+                );
+            }
+        }
+    }
 }
