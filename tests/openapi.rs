@@ -442,3 +442,35 @@ fn links_chain_what_an_operation_creates_to_its_users() {
     node.get(&format!("/v1/tenants/default/databases/{name}"))
         .ok();
 }
+
+#[test]
+fn every_problem_type_resolves_to_its_entry() {
+    let node = Node::start();
+    let problem = node.get("/v1/tenants/default/databases/nope");
+    let problem = problem.expect_problem(404, "not-found");
+    let kind = problem["type"].as_str().unwrap();
+    let (page, entry) = kind.split_once('#').expect("type names an entry");
+    assert_eq!(entry, "not-found");
+    let anonymous = node.client().without_token();
+    let r = anonymous.request("GET", page, Body::Empty);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.media_type().as_deref(), Some("text/html"), "{r}");
+    let html = &r.text;
+    // Every code the document says an operation can answer has its entry.
+    let doc = anonymous.get("/v1/openapi.json").ok().clone();
+    let mut codes = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            for code in op["x-problem-codes"].as_array().into_iter().flatten() {
+                codes.insert(code.as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(codes.len() > 30, "{codes:?}");
+    for code in codes {
+        assert!(
+            html.contains(&format!("id=\"{code}\"")),
+            "no entry for {code} on {page}"
+        );
+    }
+}

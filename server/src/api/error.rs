@@ -61,57 +61,258 @@ impl ApiError {
     }
 }
 
+/// Every problem `code`: its title, and what the caller should do. `GET /problems`
+/// shows it (each code an entry `#code`), and every problem's `type` points there.
+pub const PROBLEMS: &[(&str, &str, &str)] = &[
+    (
+        "malformed-request",
+        "The request is malformed",
+        "Fix the request as `detail` says: the body, query or path does not parse into what the route takes (the OpenAPI document has its schema), or a value is out of its bounds.",
+    ),
+    (
+        "empty-key",
+        "The key is empty",
+        "Give a unique key of 1 to 1024 bytes.",
+    ),
+    (
+        "key-too-long",
+        "The key is too long",
+        "Keys and alternate-key values are at most 1024 bytes; shorten it.",
+    ),
+    (
+        "not-found",
+        "Not found",
+        "The tenant, database, file, record, link, plugin or transaction named in the path does not exist (or no longer does): create it first, or check the name.",
+    ),
+    (
+        "no-route",
+        "No such route",
+        "No route has this path: see GET /v1/openapi.json for the routes.",
+    ),
+    (
+        "method-not-allowed",
+        "Method not allowed",
+        "The path exists but not with this method: see GET /v1/openapi.json.",
+    ),
+    (
+        "already-exists",
+        "Already exists",
+        "Something of that name exists already: use another name, or read or delete the existing one.",
+    ),
+    (
+        "duplicate-key",
+        "Duplicate unique key",
+        "A record with that key exists: use PUT to replace it, or another key.",
+    ),
+    (
+        "lock-timeout",
+        "Lock wait timed out",
+        "Another transaction held a record this one needed for longer than lock_timeout_ms: retry, or commit open transactions sooner.",
+    ),
+    (
+        "deadlock",
+        "Deadlock detected",
+        "This transaction was chosen to break a deadlock and was cancelled: retry it.",
+    ),
+    (
+        "payload-too-large",
+        "The request body is too large",
+        "Bodies are at most 16 MiB: split the batch.",
+    ),
+    (
+        "record-too-large",
+        "The record is larger than a block",
+        "A record must fit in one block: make it smaller, or use a database with a larger block_size.",
+    ),
+    (
+        "quota-exceeded",
+        "Quota exceeded",
+        "The database's memory quota or the tenant's quota is used up: delete data, or ask the node administrator for a larger quota (PUT …/quotas).",
+    ),
+    (
+        "missing-token",
+        "A bearer token is needed",
+        "Send Authorization: Bearer <token> (doppel token makes one).",
+    ),
+    (
+        "invalid-token",
+        "The token is not valid",
+        "The token is not a JWT this node can read: get a new one.",
+    ),
+    (
+        "bad-signature",
+        "The token's signature does not verify",
+        "The token was not signed by a key of this node's [auth] keys: get one signed by it.",
+    ),
+    (
+        "algorithm-not-allowed",
+        "The token's algorithm is not allowed",
+        "Sign the token with the algorithm its key is configured with (HS256 or EdDSA).",
+    ),
+    (
+        "unknown-key",
+        "The token's key is unknown",
+        "The token's kid names no key of this node's [auth] keys: use a key the node has.",
+    ),
+    (
+        "token-expired",
+        "The token has expired",
+        "Get a new token.",
+    ),
+    (
+        "token-not-yet-valid",
+        "The token is not valid yet",
+        "The token's nbf is in the future: check the clocks, or wait.",
+    ),
+    (
+        "wrong-audience",
+        "The token is for another audience",
+        "Get a token whose aud is this node's audience.",
+    ),
+    (
+        "wrong-issuer",
+        "The token is from another issuer",
+        "Get a token whose iss is this node's issuer.",
+    ),
+    (
+        "forbidden",
+        "The role does not allow this",
+        "The token's role or tenant does not cover this route: use a token with the permission the route's x-permission names.",
+    ),
+    (
+        "rate-limited",
+        "Too many requests",
+        "The tenant is over its request or operation rate: wait Retry-After seconds and retry.",
+    ),
+    (
+        "unavailable",
+        "Service unavailable",
+        "The node cannot serve this now (its log or a peer failed): retry later, and look at the node's log.",
+    ),
+    (
+        "plugin-rejected",
+        "The plugin was rejected",
+        "The upload is not a valid plugin component for its role (contract version, exports, size): rebuild it with doppel plugin build.",
+    ),
+    (
+        "plugin-config-rejected",
+        "The plugin rejected its configuration",
+        "The stage's config does not match the plugin's config schema (GET the plugin shows it): fix the config.",
+    ),
+    (
+        "plugin-stopped",
+        "The plugin was stopped",
+        "The plugin ran out of its time, memory or output limits, or trapped: fix the plugin or its input.",
+    ),
+    (
+        "unsupported-media-type",
+        "Unsupported media type",
+        "Send the body with the media type the route takes (application/json; a plugin upload application/wasm).",
+    ),
+    (
+        "read-only-replica",
+        "The database is a replica",
+        "Write to the link's source database, or detach or promote the replica first.",
+    ),
+    (
+        "replication-timeout",
+        "The synchronous replicas did not confirm in time",
+        "The write is committed here, but the quorum of synchronous replicas did not confirm it within its timeout: check the links.",
+    ),
+    (
+        "link-refused",
+        "The target node refused the link",
+        "The target node answered the link with a problem (in detail): fix the target (its tenant, database, token) and retry.",
+    ),
+    (
+        "not-caught-up",
+        "The replica has not applied everything its source sent",
+        "Wait until the replica caught up, or promote with force (losing what it has not applied).",
+    ),
+    (
+        "replay-rejected",
+        "The corrected transform rejects a replayed record",
+        "The corrected transform fails on a record of the range: fix the transform, or replay a smaller range.",
+    ),
+    (
+        "redrive-rejected",
+        "The link's stages reject the re-driven record",
+        "Edit the dead letter's record so that the stages accept it, or drop it.",
+    ),
+    (
+        "topology-invalid",
+        "The topology document is not valid",
+        "Fix the parts that errors names (path and message).",
+    ),
+    (
+        "topology-apply-failed",
+        "Applying the topology failed part way",
+        "Some links were not made: errors says which and why; fix and apply the document again (it is idempotent).",
+    ),
+    (
+        "restore-in-progress",
+        "A point-in-time restore is in progress",
+        "Wait until the database's restore finished (GET …/restores).",
+    ),
+    (
+        "outside-retention",
+        "The point is outside the retained log",
+        "Choose a point at or after oldest_serial / oldest_timestamp_us (in the problem).",
+    ),
+    (
+        "point-in-future",
+        "The point is after the database's last update",
+        "Choose a point at or before the database's last serial.",
+    ),
+    (
+        "log-backlog",
+        "The database's log is too far ahead of the disk",
+        "Slow down: retry after Retry-After seconds.",
+    ),
+    (
+        "not-primary",
+        "This node may not acknowledge writes of the database now",
+        "In a cluster, this node's lease or fence does not allow writes now: write to primary (in the problem), or retry.",
+    ),
+    (
+        "misdirected-write",
+        "The database is a replica here: write to its primary",
+        "Send the write to the node primary (in the problem) names.",
+    ),
+    (
+        "revision-conflict",
+        "The document changed since the revision given",
+        "Read the topology again and apply it with its current revision.",
+    ),
+    (
+        "not-clustered",
+        "This node is not a member of a cluster",
+        "Cluster routes and revisions need a node with [cluster] in its config.",
+    ),
+    (
+        "automatic-failover",
+        "Failover is automatic in a cluster",
+        "In a cluster the members fail over by themselves: do not call failover.",
+    ),
+    (
+        "builtin-plugin",
+        "The name is a built-in plugin's",
+        "Built-in plugins cannot be uploaded over or deleted: use another name.",
+    ),
+    (
+        "internal",
+        "Internal error",
+        "A bug: report it with the node's log.",
+    ),
+];
+
+/// A problem's title (`Internal error` for a code without an entry).
 pub(crate) fn title(code: &str) -> &'static str {
-    match code {
-        "malformed-request" => "The request is malformed",
-        "empty-key" => "The key is empty",
-        "key-too-long" => "The key is too long",
-        "not-found" => "Not found",
-        "no-route" => "No such route",
-        "method-not-allowed" => "Method not allowed",
-        "already-exists" => "Already exists",
-        "duplicate-key" => "Duplicate unique key",
-        "lock-timeout" => "Lock wait timed out",
-        "deadlock" => "Deadlock detected",
-        "payload-too-large" => "The request body is too large",
-        "record-too-large" => "The record is larger than a block",
-        "quota-exceeded" => "Quota exceeded",
-        "missing-token" => "A bearer token is needed",
-        "invalid-token" => "The token is not valid",
-        "bad-signature" => "The token's signature does not verify",
-        "algorithm-not-allowed" => "The token's algorithm is not allowed",
-        "unknown-key" => "The token's key is unknown",
-        "token-expired" => "The token has expired",
-        "token-not-yet-valid" => "The token is not valid yet",
-        "wrong-audience" => "The token is for another audience",
-        "wrong-issuer" => "The token is from another issuer",
-        "forbidden" => "The role does not allow this",
-        "rate-limited" => "Too many requests",
-        "unavailable" => "Service unavailable",
-        "plugin-rejected" => "The plugin was rejected",
-        "plugin-config-rejected" => "The plugin rejected its configuration",
-        "plugin-stopped" => "The plugin was stopped",
-        "unsupported-media-type" => "Unsupported media type",
-        "read-only-replica" => "The database is a replica",
-        "replication-timeout" => "The synchronous replicas did not confirm in time",
-        "link-refused" => "The target node refused the link",
-        "not-caught-up" => "The replica has not applied everything its source sent",
-        "replay-rejected" => "The corrected transform rejects a replayed record",
-        "redrive-rejected" => "The link's stages reject the re-driven record",
-        "topology-invalid" => "The topology document is not valid",
-        "topology-apply-failed" => "Applying the topology failed part way",
-        "restore-in-progress" => "A point-in-time restore is in progress",
-        "outside-retention" => "The point is outside the retained log",
-        "point-in-future" => "The point is after the database's last update",
-        "log-backlog" => "The database's log is too far ahead of the disk",
-        "not-primary" => "This node may not acknowledge writes of the database now",
-        "misdirected-write" => "The database is a replica here: write to its primary",
-        "revision-conflict" => "The document changed since the revision given",
-        "not-clustered" => "This node is not a member of a cluster",
-        "automatic-failover" => "Failover is automatic in a cluster",
-        "builtin-plugin" => "The name is a built-in plugin's",
-        _ => "Internal error",
-    }
+    PROBLEMS
+        .iter()
+        .find(|(c, ..)| *c == code)
+        .map(|(_, title, _)| *title)
+        .unwrap_or("Internal error")
 }
 
 impl From<Error> for ApiError {
@@ -208,7 +409,7 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({
-            "type": format!("https://doppel.dev/problems/{}", self.code),
+            "type": format!("/problems#{}", self.code),
             "title": title(self.code),
             "status": self.status.as_u16(),
             "detail": self.detail,

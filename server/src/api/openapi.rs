@@ -177,10 +177,10 @@ fn objects(_: &mut SchemaGenerator) -> Schema {
 
 /// Declared: a link as the source shows it (`transport::source`); `id` is what the
 /// link's other routes take.
+/// (A dry run's answer, `{"dry_run": true, "link": …}`, has none.)
 fn link_view(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({
         "type": "object",
-        "required": ["id"],
         "properties": {"id": {"type": "string", "minLength": 1}}
     })
 }
@@ -223,6 +223,7 @@ macro_rules! routes {
 routes! {
     "get" "/" => c::index, Public, "The browser console (text/html; no data: every figure comes from the API with the user's token)", io().ok("200", TEXT_HTML, text);
     "get" "/console/{file}" => c::asset, Public, "A file of the browser console (stylesheet, JavaScript modules)", io().ok("200", TEXT_JS, text).problems(&["not-found"]);
+    "get" "/problems" => r::problems, Public, "What each problem code means and what to do (text/html; a problem's type, /problems#{code}, is its entry)", io().ok("200", TEXT_HTML, text);
     "get" "/v1/health" => r::health, Public, "Liveness of the node", io().ok("200", JSON, of::<r::Health>);
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do", io().ok("200", JSON, of::<r::WhoAmI>);
     "get" "/v1/openapi.json" => r::openapi, Public, "This document (no token needed: it holds no secret)", io().ok("200", JSON, object);
@@ -489,6 +490,35 @@ fn bound_integers(v: &mut Value) {
     }
 }
 
+/// `true` (any value) as `{}` where a schema stands: the same for JSON Schema, and what
+/// OpenAPI tools that predate 3.1 expect.
+fn no_boolean_schemas(v: &mut Value) {
+    fn any(v: &mut Value) {
+        if *v == Value::Bool(true) {
+            *v = json!({});
+        }
+    }
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match (key.as_str(), &mut *value) {
+                    ("properties" | "$defs", Value::Object(props)) => {
+                        props.values_mut().for_each(any)
+                    }
+                    ("items" | "not", _) => any(value),
+                    ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(items)) => {
+                        items.iter_mut().for_each(any)
+                    }
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(no_boolean_schemas);
+        }
+        Value::Array(items) => items.iter_mut().for_each(no_boolean_schemas),
+        _ => {}
+    }
+}
+
 /// An enum whose variants are documented comes out of `schemars` as a `oneOf` of
 /// string constants; clients and generators read a plain `enum` better.
 fn plain_enums(v: &mut Value) {
@@ -690,7 +720,8 @@ pub fn document() -> Value {
                 op["requestBody"] = json!({"required": true, "content": {JSON: {"schema": schema(&mut requests).to_value()}}});
             }
             RequestBody::Wasm => {
-                op["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "contentMediaType": "application/wasm"}}}});
+                let wasm = json!({"schema": {"type": "string", "format": "binary"}});
+                op["requestBody"] = json!({"required": true, "content": {"application/wasm": wasm, "application/octet-stream": wasm}});
             }
             RequestBody::None => {}
         }
@@ -736,7 +767,7 @@ pub fn document() -> Value {
         "Problem".into(),
         json!({
             "type": "object",
-            "description": "A problem (RFC 9457). `type` is https://doppel.dev/problems/{code}, documented in docs/PROBLEMS.md and at /docs.",
+            "description": "A problem (RFC 9457). `type` is /problems#{code} on the node: its entry on the page `GET /problems` (what the code means and what to do).",
             "required": ["type", "title", "status", "detail", "code"],
             "properties": {
                 "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
@@ -753,6 +784,7 @@ pub fn document() -> Value {
     });
     bound_integers(&mut doc);
     plain_enums(&mut doc);
+    no_boolean_schemas(&mut doc);
     doc
 }
 

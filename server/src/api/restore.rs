@@ -25,11 +25,7 @@ type App = State<Arc<AppState>>;
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
     /// The point: a serial, or `timestamp_us` (one of the two).
-    #[schemars(with = "u64")]
-    #[serde(default)]
     serial: Option<u64>,
-    #[schemars(with = "u64")]
-    #[serde(default)]
     timestamp_us: Option<u64>,
     into: Option<String>,
     method: Option<Method>,
@@ -41,7 +37,10 @@ pub struct RestoreBody {
 fn one_point(schema: &mut schemars::Schema) {
     schema.insert(
         "oneOf".into(),
-        json!([{"required": ["serial"]}, {"required": ["timestamp_us"]}]),
+        json!([
+            {"required": ["serial"], "properties": {"serial": {"type": "integer"}}},
+            {"required": ["timestamp_us"], "properties": {"timestamp_us": {"type": "integer"}}}
+        ]),
     );
 }
 

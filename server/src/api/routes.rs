@@ -165,6 +165,41 @@ pub async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
 }
 
+/// `GET /problems`: every problem code with its title and what the caller should do;
+/// a problem's `type` (`/problems#{code}`) is its entry here.
+pub async fn problems() -> Response {
+    fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+    let mut html = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Doppel problem codes</title></head><body><h1>Problem codes</h1>\
+         <p>Every error of the API is a problem (RFC 9457, application/problem+json) \
+         with a stable <code>code</code>; its <code>type</code> is this page's entry.</p><dl>",
+    );
+    for (code, title, advice) in super::error::PROBLEMS {
+        html.push_str(&format!(
+            "<dt id=\"{code}\"><code>{code}</code>: {}</dt><dd>{}</dd>",
+            escape(title),
+            escape(advice)
+        ));
+    }
+    html.push_str("</dl></body></html>");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        html,
+    )
+        .into_response()
+}
+
 pub async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -389,6 +424,8 @@ pub struct RecordBody {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRecord {
+    /// 1 to 1024 bytes.
+    #[schemars(length(min = 1, max = 1024))]
     pub(crate) key: String,
     #[serde(default)]
     pub(crate) alt: BTreeMap<String, String>,

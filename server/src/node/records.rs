@@ -22,6 +22,8 @@ use crate::txn::Op;
 pub struct OpInput {
     pub op: OpName,
     pub file: String,
+    /// 1 to 1024 bytes.
+    #[schemars(length(min = 1, max = 1024))]
     pub key: String,
     #[serde(default)]
     pub alt: BTreeMap<String, String>,

@@ -51,11 +51,11 @@ pub enum OnError {
 /// Where the target is: another Doppel node (`url`, `database`), or a PostgreSQL
 /// database (`postgres`, `schema`; `transport::postgres`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[schemars(transform = target_schema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// The target node's API, e.g. `http://10.0.0.2:7070`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = r"^http://"))]
     pub url: String,
     /// The target database (created by bootstrap if it does not exist).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -82,20 +82,6 @@ pub struct TargetSpec {
     /// snapshot. Without it such a target is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
-}
-
-/// The document's schema of a target: a Doppel node (`url`, `database`) or PostgreSQL.
-fn target_schema(schema: &mut schemars::Schema) {
-    schema.insert(
-        "anyOf".into(),
-        serde_json::json!([
-            {"required": ["postgres"]},
-            {"required": ["url", "database"], "properties": {
-                "url": {"pattern": "^http://"},
-                "database": {"pattern": "^[A-Za-z0-9_-]{1,64}$"}
-            }}
-        ]),
-    );
 }
 
 /// A stage named from the plugin registry.
