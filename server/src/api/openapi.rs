@@ -223,6 +223,8 @@ macro_rules! routes {
 routes! {
     "get" "/" => c::index, Public, "The browser console (text/html; no data: every figure comes from the API with the user's token)", io().ok("200", TEXT_HTML, text);
     "get" "/console/{file}" => c::asset, Public, "A file of the browser console (stylesheet, JavaScript modules)", io().ok("200", TEXT_JS, text).problems(&["not-found"]);
+    "get" "/docs" => super::reference::index, Public, "The API reference: Swagger UI over this document (text/html)", io().ok("200", TEXT_HTML, text).problems(&["unavailable"]);
+    "get" "/docs/{file}" => super::reference::asset, Public, "A file of the API reference (Swagger UI's script and stylesheet)", io().ok("200", "text/*", text).problems(&["not-found", "unavailable"]);
     "get" "/problems" => r::problems, Public, "What each problem code means and what to do (text/html; a problem's type, /problems#{code}, is its entry)", io().ok("200", TEXT_HTML, text);
     "get" "/v1/health" => r::health, Public, "Liveness of the node", io().ok("200", JSON, of::<r::Health>);
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do", io().ok("200", JSON, of::<r::WhoAmI>);
@@ -311,6 +313,7 @@ pub fn operation_id(route: &Route) -> String {
         "t" => "topologies_",
         "rs" => "restores_",
         "e" => "tenant_",
+        "super::reference" => "reference_",
         _ => "",
     };
     format!("{prefix}{}", name.trim())

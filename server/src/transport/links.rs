@@ -59,6 +59,7 @@ pub struct TargetSpec {
     pub url: String,
     /// The target database (created by bootstrap if it does not exist).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub database: String,
     /// A PostgreSQL target's connection string. In a request it carries the password;
     /// the link keeps it apart ([`LinkDef::postgres_url`]) and stores and shows this
@@ -89,6 +90,7 @@ pub struct TargetSpec {
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// `name@version`.
+    #[schemars(regex(pattern = r"^[^@]+@[^@]+$"))]
     pub plugin: String,
     #[serde(default)]
     pub config: serde_json::Value,
