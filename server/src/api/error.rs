@@ -455,23 +455,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                     ApiError::malformed(r.body_text())
                 }
             })?;
-        // serde takes a struct written as an array of its fields; the API does not.
-        let array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-        if array && !std::any::type_name::<T>().starts_with("alloc::vec::Vec<") {
-            return Err(ApiError::malformed("expected a JSON object"));
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(rejection) => {
-                // JSON has one kind of number: `3.0` is the integer 3 to a JSON Schema
-                // validator (and to JavaScript), so a count written so is taken as one.
-                if let Some(fixed) = integral_floats_as_integers(&bytes) {
-                    if let Ok(axum::Json(value)) = axum::Json::<T>::from_bytes(&fixed) {
-                        return Ok(Body(value));
-                    }
+        parse_json(&bytes).map(Body)
+    }
+}
+
+/// A JSON body as every route reads it (the fuzz target `rest_body` too): serde's
+/// deserializer, refusing a struct written as an array of its fields (serde takes one;
+/// the document says object), and taking a whole number written as a float (`3.0`) as
+/// the integer it is to a JSON Schema validator.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if array && !std::any::type_name::<T>().starts_with("alloc::vec::Vec<") {
+        return Err(ApiError::malformed("expected a JSON object"));
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => {
+            if let Some(fixed) = integral_floats_as_integers(bytes) {
+                if let Ok(axum::Json(value)) = axum::Json::<T>::from_bytes(&fixed) {
+                    return Ok(value);
                 }
-                Err(json_rejection(rejection))
             }
+            Err(json_rejection(rejection))
         }
     }
 }
@@ -579,4 +584,40 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Quorum {
+        k: u32,
+        timeout_ms: Option<u64>,
+    }
+
+    #[test]
+    fn whole_floats_are_integers_and_structs_are_objects() {
+        let q: Quorum = parse_json(br#"{"k": 2.0, "timeout_ms": 1e3}"#).unwrap();
+        assert_eq!(
+            q,
+            Quorum {
+                k: 2,
+                timeout_ms: Some(1000)
+            }
+        );
+        let half = parse_json::<Quorum>(br#"{"k": 2.5}"#).unwrap_err();
+        assert_eq!(half.code, "malformed-request");
+        assert!(half.detail.contains("k: invalid type"), "{}", half.detail);
+        let array = parse_json::<Quorum>(b" [2, null]").unwrap_err();
+        assert_eq!(array.detail, "expected a JSON object");
+        let list: Vec<Quorum> = parse_json(br#"[{"k": 1}]"#).unwrap();
+        assert_eq!(
+            list,
+            vec![Quorum {
+                k: 1,
+                timeout_ms: None
+            }]
+        );
+    }
 }
