@@ -18,6 +18,27 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
+/// The API reference's Swagger UI (`api::reference`, `GET /docs`): the npm package
+/// `swagger-ui-dist` that `npm ci` put in `web/reference/node_modules` (`.ci/run` does),
+/// copied to OUT_DIR for `include_str!`. Without it the binary is built all the same and
+/// `/docs` says how to get it.
+fn vendor_reference(root: &Path, out: &Path) {
+    let dir = root.join("web").join("reference");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo::rustc-check-cfg=cfg(doppel_reference)");
+    let dist = dir.join("node_modules").join("swagger-ui-dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    let files = ["swagger-ui-bundle.js", "swagger-ui.css"];
+    if files.iter().all(|f| dist.join(f).is_file()) {
+        let to = out.join("reference");
+        fs::create_dir_all(&to).expect("reference dir");
+        for f in files {
+            fs::copy(dist.join(f), to.join(f)).expect("copy the reference's files");
+        }
+        println!("cargo:rustc-cfg=doppel_reference");
+    }
+}
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
@@ -27,6 +48,8 @@ fn main() {
     for part in ["sdk/src", "sdk/wit", "sdk/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(part).display());
     }
+
+    vendor_reference(&root, &out);
 
     let plugins = find_plugins(&root.join("plugins"));
     for (dir, _, _, _) in &plugins {

@@ -1350,3 +1350,42 @@ fn the_event_stream_sends_snapshots_and_ends_on_shutdown() {
         "graceful exit with a stream open: {status}"
     );
 }
+
+#[test]
+fn the_api_reference_opens_from_the_console() {
+    let node = Node::start();
+    let out = run_flow(
+        "api-reference",
+        &[
+            ("DOPPEL_BASE", node.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Reader)),
+        ],
+    );
+    assert_eq!(out["link"], "/docs", "{out}");
+    assert!(
+        out["title"].as_str().unwrap_or("").starts_with("Doppel"),
+        "{out}"
+    );
+    let documented = node.get("/v1/openapi.json").ok()["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(
+        out["operations"],
+        json!(documented),
+        "every operation listed: {out}"
+    );
+    let body = out["body_schema"].as_str().unwrap_or("");
+    assert!(
+        body.contains("DatabaseSpec") || body.contains("block_size"),
+        "the request body is typed: {body}"
+    );
+    assert_eq!(
+        out["outside"],
+        json!([]),
+        "nothing fetched from elsewhere: {out}"
+    );
+    assert!(out["page_errors"].is_null(), "{out}");
+}

@@ -243,3 +243,234 @@ fn every_documented_route_is_served() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn document_is_served_without_a_token() {
+    let node = Node::start();
+    let anonymous = node.client().without_token();
+    let r = anonymous.get("/v1/openapi.json");
+    let doc = r.ok();
+    assert_eq!(doc["openapi"], "3.1.0", "{r}");
+    // The routes that hold data still need one.
+    anonymous
+        .get("/v1/tenants")
+        .expect_problem(401, "missing-token");
+}
+
+/// Resolves a `$ref` into `components/schemas`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("reference {r} into components/schemas"));
+            let target = &doc["components"]["schemas"][name];
+            assert!(target.is_object(), "{r} resolves");
+            target
+        }
+        None => schema,
+    }
+}
+
+#[test]
+fn every_body_answer_and_parameter_is_typed() {
+    let node = Node::start();
+    let doc = node.get("/v1/openapi.json").ok().clone();
+    let mut untyped = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let what = format!("{} {path}", method.to_uppercase());
+            if let Some(content) = op["requestBody"]["content"].as_object() {
+                for (media, m) in content {
+                    if !m["schema"].is_object() {
+                        untyped.push(format!("{what}: request {media} has no schema"));
+                    }
+                }
+            } else if method == "post" || method == "put" {
+                // A bodiless write says so by having no requestBody: fine.
+            }
+            let mut success = 0;
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                success += 1;
+                for (media, m) in response["content"].as_object().into_iter().flatten() {
+                    if !m["schema"].is_object() {
+                        untyped.push(format!("{what}: {status} {media} has no schema"));
+                    }
+                }
+                if status != "204" && response["content"].as_object().is_none_or(|c| c.is_empty()) {
+                    untyped.push(format!("{what}: {status} has no content"));
+                }
+            }
+            if success == 0 {
+                untyped.push(format!("{what}: no 2xx answer"));
+            }
+            if op["x-problem-codes"]
+                .as_array()
+                .is_none_or(|c| c.is_empty())
+                && op["x-permission"] != "public"
+            {
+                untyped.push(format!("{what}: no problem codes"));
+            }
+            for p in op["parameters"].as_array().unwrap() {
+                let name = p["name"].as_str().unwrap();
+                let ty = &p["schema"]["type"];
+                if !ty.is_string() {
+                    untyped.push(format!("{what}: parameter {name} has no type"));
+                }
+                if matches!(name, "txn" | "id") && ty != "integer" {
+                    untyped.push(format!("{what}: {name} is a number, typed {ty}"));
+                }
+            }
+        }
+    }
+    assert!(untyped.is_empty(), "untyped:\n{}", untyped.join("\n"));
+
+    // The schemas are the handlers' own types: enums as enums, the record body's key.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Mode"]["enum"],
+        json!(["sync", "async"]),
+        "{}",
+        schemas["Mode"]
+    );
+    assert_eq!(schemas["Apply"]["enum"], json!(["mirror", "logical"]));
+    assert_eq!(schemas["OnError"]["enum"], json!(["stop", "quarantine"]));
+    let link = &doc["paths"]["/v1/tenants/{tenant}/links"]["post"];
+    let body = resolve(
+        &doc,
+        &link["requestBody"]["content"]["application/json"]["schema"],
+    );
+    let required: Vec<&str> = body["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        required.contains(&"database") && required.contains(&"target"),
+        "{body}"
+    );
+    let upload = &doc["paths"]["/v1/tenants/{tenant}/plugins/{name}/{version}"]["put"];
+    assert!(
+        upload["requestBody"]["content"]["application/wasm"].is_object(),
+        "{upload}"
+    );
+    let events = &doc["paths"]["/v1/tenants/{tenant}/events"]["get"]["responses"]["200"];
+    assert!(
+        events["content"]["text/event-stream"].is_object(),
+        "{events}"
+    );
+    let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+    assert!(
+        metrics
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("text/plain")),
+        "{metrics}"
+    );
+    let create = &doc["paths"]["/v1/tenants/{tenant}/databases"]["post"];
+    let codes = create["x-problem-codes"].as_array().unwrap();
+    assert!(codes.contains(&json!("already-exists")), "{codes:?}");
+}
+
+#[test]
+fn links_chain_what_an_operation_creates_to_its_users() {
+    let node = Node::start();
+    let doc = node.get("/v1/openapi.json").ok().clone();
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            assert!(
+                ids.insert(op["operationId"].as_str().unwrap().to_string()),
+                "unique operationId {}",
+                op["operationId"]
+            );
+        }
+    }
+    let links_of = |path: &str, method: &str, status: &str| -> Vec<String> {
+        let links = &doc["paths"][path][method]["responses"][status]["links"];
+        let links = links
+            .as_object()
+            .unwrap_or_else(|| panic!("links of {method} {path}"));
+        links
+            .values()
+            .map(|l| {
+                let id = l["operationId"].as_str().unwrap();
+                assert!(ids.contains(id), "link to unknown operation {id}");
+                id.to_string()
+            })
+            .collect()
+    };
+    let db = links_of("/v1/tenants/{tenant}/databases", "post", "201");
+    for user in [
+        "scan_records",
+        "insert_record",
+        "transaction",
+        "take_snapshot",
+    ] {
+        assert!(db.contains(&user.to_string()), "database → {user}: {db:?}");
+    }
+    let plugin = links_of(
+        "/v1/tenants/{tenant}/plugins/{name}/{version}",
+        "put",
+        "2XX",
+    );
+    assert!(
+        plugin.contains(&"plugins_dry_run".to_string()),
+        "{plugin:?}"
+    );
+    let link = links_of("/v1/tenants/{tenant}/links", "post", "2XX");
+    for user in ["links_dead_letters", "links_verify"] {
+        assert!(link.contains(&user.to_string()), "link → {user}: {link:?}");
+    }
+
+    // Following a link's parameters with a real answer reaches the created thing.
+    let spec = shop_spec("linked");
+    let created = node.post("/v1/tenants/default/databases", &spec);
+    let created = created.expect(201);
+    let param = &doc["paths"]["/v1/tenants/{tenant}/databases"]["post"]["responses"]["201"]
+        ["links"]["Database"]["parameters"]["db"];
+    let pointer = param
+        .as_str()
+        .and_then(|p| p.strip_prefix("$response.body#"))
+        .expect("db from the response body");
+    let name = created.pointer(pointer).and_then(Value::as_str).unwrap();
+    node.get(&format!("/v1/tenants/default/databases/{name}"))
+        .ok();
+}
+
+#[test]
+fn every_problem_type_resolves_to_its_entry() {
+    let node = Node::start();
+    let problem = node.get("/v1/tenants/default/databases/nope");
+    let problem = problem.expect_problem(404, "not-found");
+    let kind = problem["type"].as_str().unwrap();
+    let (page, entry) = kind.split_once('#').expect("type names an entry");
+    assert_eq!(entry, "not-found");
+    let anonymous = node.client().without_token();
+    let r = anonymous.request("GET", page, Body::Empty);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.media_type().as_deref(), Some("text/html"), "{r}");
+    let html = &r.text;
+    // Every code the document says an operation can answer has its entry.
+    let doc = anonymous.get("/v1/openapi.json").ok().clone();
+    let mut codes = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            for code in op["x-problem-codes"].as_array().into_iter().flatten() {
+                codes.insert(code.as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(codes.len() > 30, "{codes:?}");
+    for code in codes {
+        assert!(
+            html.contains(&format!("id=\"{code}\"")),
+            "no entry for {code} on {page}"
+        );
+    }
+}

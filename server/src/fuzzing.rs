@@ -199,7 +199,7 @@ fn read_all(store: &Store) {
 // ---- REST bodies ----
 
 /// The bodies of the routes that take JSON, each through the route's own deserialiser
-/// (`axum::Json::from_bytes`, what `api::error::Body` runs) and then the checks the
+/// (`api::error::parse_json`, what `api::error::Body` runs) and then the checks the
 /// route runs before it touches a database. The first byte picks the route.
 pub fn rest_body(data: &[u8]) {
     use crate::api;
@@ -209,7 +209,7 @@ pub fn rest_body(data: &[u8]) {
     };
     let bytes = axum::body::Bytes::copy_from_slice(body);
     fn parse<T: serde::de::DeserializeOwned>(bytes: &axum::body::Bytes) -> Option<T> {
-        axum::Json::<T>::from_bytes(bytes).ok().map(|j| j.0)
+        crate::api::error::parse_json(bytes).ok()
     }
     let schema = schema();
     match route % 20 {

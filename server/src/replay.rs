@@ -38,7 +38,7 @@ use crate::txn::Op;
 const READ_BYTES: usize = 4 << 20;
 
 /// A replay as a client asks for it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Restore to the state right after this serial, then replay what followed.

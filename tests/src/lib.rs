@@ -599,7 +599,7 @@ impl Resp {
         let b = &self.body;
         assert_eq!(
             b["type"],
-            json!(format!("https://doppel.dev/problems/{code}")),
+            json!(format!("/problems#{code}")),
             "problem type: {self}"
         );
         assert_eq!(b["status"], json!(status), "problem status field: {self}");

@@ -45,10 +45,12 @@ pub fn close_streams() {
     CLOSING.send_replace(true);
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    #[schemars(range(min = 250, max = 60_000))]
     interval_ms: Option<u64>,
+    #[schemars(range(min = 1))]
     limit: Option<u64>,
 }
 

@@ -48,7 +48,7 @@ pub async fn node(
     Ok(Json(info))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQuery {
     /// Check the request and answer what would be created, creating nothing.
@@ -157,11 +157,13 @@ pub async fn get_quorum(
     Ok(Json(quorum_json(&app, &tenant, &db)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuorumBody {
+    #[schemars(range(min = 1))]
     k: usize,
     #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 600_000))]
     timeout_ms: u64,
     /// The synchronous links the database's topology gives it: commits wait for those
     /// not in place yet (a topology sets it; absent: 0, only the links registered).
@@ -211,7 +213,7 @@ pub async fn set_stages(
     Ok(Json(app.replication.set_stages(&tenant, &link, stages)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LockRequest {
     holder: (u64, u64),
@@ -255,7 +257,7 @@ pub async fn release_locks(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConflictsQuery {
     #[serde(default = "default_conflicts")]
@@ -302,7 +304,7 @@ pub async fn drop_dead_letter(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveBody {
     /// The record as an operator edited it; absent re-drives the stored one.
@@ -310,7 +312,7 @@ pub struct RedriveBody {
     record: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteBody {
     /// Promote even if the source announced updates the replica has not applied.

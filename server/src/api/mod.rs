@@ -12,6 +12,7 @@ pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
+pub mod reference;
 pub mod restore;
 pub mod routes;
 pub mod topologies;

@@ -109,9 +109,22 @@ pub async fn show(
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+/// A plugin's role, as an upload names it.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // the document's only
+pub enum RoleName {
+    Filter,
+    Transform,
+    Rule,
+    Resolver,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
+    /// Required (its absence is answered with a precise problem).
+    #[schemars(with = "RoleName")]
     role: Option<String>,
 }
 
@@ -236,9 +249,10 @@ fn scopeguard<F: FnOnce()>(f: F) -> OnDrop<F> {
 }
 
 /// One record of a dry-run body.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRecord {
+    #[schemars(extend("enum" = ["insert", "update", "delete", "read"]))]
     op: String,
     file: String,
     key: String,
@@ -258,7 +272,7 @@ pub struct DryRecord {
     txn: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRun {
     #[serde(default)]

@@ -20,15 +20,28 @@ type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
 
 /// `POST …/restore`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(transform = one_point)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
+    /// The point: a serial, or `timestamp_us` (one of the two).
     serial: Option<u64>,
     timestamp_us: Option<u64>,
     into: Option<String>,
     method: Option<Method>,
     #[serde(default)]
     dry_run: bool,
+}
+
+/// A restore names its point by serial or by time, never both.
+fn one_point(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        json!([
+            {"required": ["serial"], "properties": {"serial": {"type": "integer"}}},
+            {"required": ["timestamp_us"], "properties": {"timestamp_us": {"type": "integer"}}}
+        ]),
+    );
 }
 
 impl RestoreBody {

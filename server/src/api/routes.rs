@@ -9,13 +9,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
-use crate::node::records::{OpInput, OpName};
+use crate::node::database::Committed;
+use crate::node::records::{OpInput, OpName, RecordView};
 use crate::node::{logview, Database, DatabaseSpec};
 use crate::tenancy::auth::Claims;
 use crate::tenancy::quota::Limits;
@@ -26,12 +28,176 @@ type App = State<Arc<AppState>>;
 /// Most records one scan or lookup returns.
 const MAX_LIMIT: usize = 10_000;
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+// ---- answers (their schemas are the document's) ----
+
+/// `GET /v1/health`.
+#[derive(Serialize, JsonSchema)]
+pub struct Health {
+    /// Always `ok` while the node answers.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
+
+/// What the caller's role allows (`GET /v1/whoami`).
+#[derive(Serialize, JsonSchema)]
+pub struct May {
+    pub read: bool,
+    pub write: bool,
+    pub operate: bool,
+    pub manage: bool,
+    pub node_admin: bool,
+}
+
+/// `GET /v1/whoami`.
+#[derive(Serialize, JsonSchema)]
+pub struct WhoAmI {
+    pub sub: String,
+    /// The tenant the token acts for, or `*` for every tenant.
+    pub tenant: String,
+    pub role: crate::tenancy::roles::Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// The tenants the token covers.
+    pub tenants: Vec<String>,
+    pub may: May,
+}
+
+/// A tenant, as created and listed.
+#[derive(Serialize, JsonSchema)]
+pub struct TenantName {
+    pub name: String,
+}
+
+/// The oldest point a point-in-time restore reaches.
+#[derive(Serialize, JsonSchema)]
+pub struct RestoreReach {
+    pub oldest_serial: u64,
+    pub oldest_timestamp_us: Option<u64>,
+}
+
+/// A database as every route shows it.
+#[derive(Serialize, JsonSchema)]
+pub struct DatabaseAnswer {
+    #[serde(flatten)]
+    pub info: crate::node::database::DatabaseInfo,
+    pub restore_reach: RestoreReach,
+}
+
+/// A written record: the transaction and the serial of its update.
+#[derive(Serialize, JsonSchema)]
+pub struct Written {
+    pub txn: u64,
+    pub serial: u64,
+}
+
+/// `PUT …/records/{key}`.
+#[derive(Serialize, JsonSchema)]
+pub struct Upserted {
+    pub txn: u64,
+    pub serial: u64,
+    /// The key did not exist before.
+    pub created: bool,
+}
+
+/// A page of a scan.
+#[derive(Serialize, JsonSchema)]
+pub struct Scan {
+    pub records: Vec<RecordView>,
+    /// The key to scan `from` for the next page; `null` at the end.
+    pub next: Option<String>,
+}
+
+/// Records found by an alternate key.
+#[derive(Serialize, JsonSchema)]
+pub struct Records {
+    pub records: Vec<RecordView>,
+}
+
+/// `POST …/txns`: the open transaction's number.
+#[derive(Serialize, JsonSchema)]
+pub struct Begun {
+    pub txn: u64,
+}
+
+/// An open transaction.
+#[derive(Serialize, JsonSchema)]
+pub struct OpenTxn {
+    pub txn: u64,
+    /// Operations added and not committed yet.
+    pub pending: usize,
+    /// Always `open` (a committed or cancelled transaction is 404).
+    pub state: String,
+}
+
+/// Operations added to an open transaction.
+#[derive(Serialize, JsonSchema)]
+pub struct Pending {
+    pub txn: u64,
+    pub pending: usize,
+}
+
+/// A cancelled transaction.
+#[derive(Serialize, JsonSchema)]
+pub struct Cancelled {
+    pub txn: u64,
+    pub cancelled: bool,
+}
+
+/// A stored snapshot.
+#[derive(Serialize, JsonSchema)]
+pub struct SnapshotAnswer {
+    /// The last serial the snapshot includes.
+    pub serial: u64,
+    pub size_bytes: u64,
+    pub blocks: usize,
+    pub created_ms: u64,
+}
+
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 pub async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
+}
+
+/// `GET /problems`: every problem code with its title and what the caller should do;
+/// a problem's `type` (`/problems#{code}`) is its entry here.
+pub async fn problems() -> Response {
+    fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+    let mut html = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Doppel problem codes</title></head><body><h1>Problem codes</h1>\
+         <p>Every error of the API is a problem (RFC 9457, application/problem+json) \
+         with a stable <code>code</code>; its <code>type</code> is this page's entry.</p><dl>",
+    );
+    for (code, title, advice) in super::error::PROBLEMS {
+        html.push_str(&format!(
+            "<dt id=\"{code}\"><code>{code}</code>: {}</dt><dd>{}</dd>",
+            escape(title),
+            escape(advice)
+        ));
+    }
+    html.push_str("</dl></body></html>");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 pub async fn no_route() -> ApiError {
@@ -54,7 +220,7 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// The caller as its (verified) token says, for clients such as the console that show
 /// or hide actions by role. The server still checks every route itself.
-pub async fn whoami(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
+pub async fn whoami(State(app): App, Extension(claims): Extension<Claims>) -> Json<WhoAmI> {
     use crate::tenancy::auth::ANY_TENANT;
     use crate::tenancy::roles::{allows, Permission as P};
     let tenants: Vec<String> = app
@@ -65,43 +231,48 @@ pub async fn whoami(State(app): App, Extension(claims): Extension<Claims>) -> Js
         .collect();
     let node_admin =
         claims.tenant == ANY_TENANT && claims.role == crate::tenancy::roles::Role::Admin;
-    Json(json!({
-        "sub": claims.sub,
-        "tenant": claims.tenant,
-        "role": claims.role,
-        "exp": claims.exp,
-        "tenants": tenants,
-        "may": {
-            "read": allows(claims.role, P::Read),
-            "write": allows(claims.role, P::Write),
-            "operate": allows(claims.role, P::Operate),
-            "manage": allows(claims.role, P::Manage),
-            "node_admin": node_admin,
+    Json(WhoAmI {
+        may: May {
+            read: allows(claims.role, P::Read),
+            write: allows(claims.role, P::Write),
+            operate: allows(claims.role, P::Operate),
+            manage: allows(claims.role, P::Manage),
+            node_admin,
         },
-    }))
+        sub: claims.sub,
+        tenant: claims.tenant,
+        role: claims.role,
+        exp: claims.exp,
+        tenants,
+    })
 }
 
 /// The tenants the caller's token covers (all of them for the node administrator).
-pub async fn list_tenants(State(app): App, Extension(claims): Extension<Claims>) -> Json<Value> {
-    let tenants: Vec<Value> = app
+pub async fn list_tenants(
+    State(app): App,
+    Extension(claims): Extension<Claims>,
+) -> Json<Vec<TenantName>> {
+    let tenants = app
         .node
         .tenants()
         .into_iter()
         .filter(|name| claims.covers(name))
-        .map(|name| json!({"name": name}))
+        .map(|name| TenantName { name })
         .collect();
-    Json(Value::Array(tenants))
+    Json(tenants)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub(crate) name: String,
 }
 
 pub async fn create_tenant(State(app): App, Body(body): Body<NewTenant>) -> Result<Response> {
     app.node.create_tenant(&body.name)?;
-    Ok((StatusCode::CREATED, Json(json!({"name": body.name}))).into_response())
+    Ok((StatusCode::CREATED, Json(TenantName { name: body.name })).into_response())
 }
 
 // ---- usage, quotas, audit ----
@@ -160,10 +331,11 @@ pub async fn set_quotas(
     Ok(Json(json!({"tenant": tenant, "quotas": limits})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     after: Option<u64>,
+    #[schemars(range(min = 1, max = 10_000))]
     limit: Option<usize>,
 }
 
@@ -189,14 +361,15 @@ fn db(app: &AppState, tenant: &str, name: &str) -> Result<Arc<Database>> {
 }
 
 /// A database's info as every route shows it, with the oldest point a restore reaches.
-fn info(db: &Database) -> Result<Value> {
-    let mut info = json!(db.info());
+fn info(db: &Database) -> Result<DatabaseAnswer> {
     let oldest = crate::node::restore::oldest_point(db)?;
-    info["restore_reach"] = json!({
-        "oldest_serial": oldest.serial,
-        "oldest_timestamp_us": oldest.timestamp_us,
-    });
-    Ok(info)
+    Ok(DatabaseAnswer {
+        info: db.info(),
+        restore_reach: RestoreReach {
+            oldest_serial: oldest.serial,
+            oldest_timestamp_us: oldest.timestamp_us,
+        },
+    })
 }
 
 pub async fn create_database(
@@ -208,20 +381,23 @@ pub async fn create_database(
     Ok((StatusCode::CREATED, Json(info(&db)?)).into_response())
 }
 
-pub async fn list_databases(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+pub async fn list_databases(
+    State(app): App,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<DatabaseAnswer>>> {
     let infos: Vec<_> = app
         .node
         .databases(&tenant)?
         .iter()
         .map(|db| info(db))
         .collect::<Result<_>>()?;
-    Ok(Json(Value::Array(infos)))
+    Ok(Json(infos))
 }
 
 pub async fn get_database(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DatabaseAnswer>> {
     let db = db(&app, &tenant, &name)?;
     Ok(Json(info(&db)?))
 }
@@ -236,7 +412,7 @@ pub async fn delete_database(
 
 // ---- records ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordBody {
     #[serde(default)]
@@ -245,9 +421,11 @@ pub struct RecordBody {
     pub(crate) data: Option<Box<RawValue>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRecord {
+    /// 1 to 1024 bytes.
+    #[schemars(length(min = 1, max = 1024))]
     pub(crate) key: String,
     #[serde(default)]
     pub(crate) alt: BTreeMap<String, String>,
@@ -308,7 +486,7 @@ pub async fn put_record(
     Extension(claims): Extension<Claims>,
     Path((tenant, name, file, key)): RecordPath,
     Body(body): Body<RecordBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Upserted>> {
     let db = db(&app, &tenant, &name)?;
     let existed = db.get(&file, &key).is_ok();
     let op = OpInput {
@@ -319,9 +497,11 @@ pub async fn put_record(
         data: body.data,
     };
     let done = run_one(&app, &claims, &db, op).await?;
-    Ok(Json(
-        json!({"txn": done.txn, "serial": done.first_serial, "created": !existed}),
-    ))
+    Ok(Json(Upserted {
+        txn: done.txn,
+        serial: done.first_serial,
+        created: !existed,
+    }))
 }
 
 pub async fn insert_record(
@@ -341,7 +521,10 @@ pub async fn insert_record(
     let done = run_one(&app, &claims, &db, op).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"txn": done.txn, "serial": done.first_serial})),
+        Json(Written {
+            txn: done.txn,
+            serial: done.first_serial,
+        }),
     )
         .into_response())
 }
@@ -349,15 +532,15 @@ pub async fn insert_record(
 pub async fn get_record(
     State(app): App,
     Path((tenant, name, file, key)): RecordPath,
-) -> Result<Json<Value>> {
-    Ok(Json(json!(db(&app, &tenant, &name)?.get(&file, &key)?)))
+) -> Result<Json<RecordView>> {
+    Ok(Json(db(&app, &tenant, &name)?.get(&file, &key)?))
 }
 
 pub async fn delete_record(
     State(app): App,
     Extension(claims): Extension<Claims>,
     Path((tenant, name, file, key)): RecordPath,
-) -> Result<Json<Value>> {
+) -> Result<Json<Written>> {
     let db = db(&app, &tenant, &name)?;
     let op = OpInput {
         op: OpName::Delete,
@@ -367,14 +550,18 @@ pub async fn delete_record(
         data: None,
     };
     let done = run_one(&app, &claims, &db, op).await?;
-    Ok(Json(json!({"txn": done.txn, "serial": done.first_serial})))
+    Ok(Json(Written {
+        txn: done.txn,
+        serial: done.first_serial,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
     from: Option<String>,
     to: Option<String>,
+    #[schemars(range(min = 1, max = 10_000))]
     limit: Option<usize>,
 }
 
@@ -392,7 +579,7 @@ pub async fn scan_records(
     State(app): App,
     Path((tenant, name, file)): Path<(String, String, String)>,
     Query(q): Query<ScanQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Scan>> {
     let db = db(&app, &tenant, &name)?;
     let (records, next) = db.scan(
         &file,
@@ -400,12 +587,13 @@ pub async fn scan_records(
         q.to.as_deref(),
         limit(q.limit)?,
     )?;
-    Ok(Json(json!({"records": records, "next": next})))
+    Ok(Json(Scan { records, next }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
+    #[schemars(range(min = 1, max = 10_000))]
     limit: Option<usize>,
 }
 
@@ -413,23 +601,25 @@ pub async fn lookup_alt(
     State(app): App,
     Path((tenant, name, file, alt, value)): Path<(String, String, String, String, String)>,
     Query(q): Query<LimitQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Records>> {
     let db = db(&app, &tenant, &name)?;
     let records = db.lookup_alt(&file, &alt, &value, limit(q.limit.or(Some(MAX_LIMIT)))?)?;
-    Ok(Json(json!({"records": records})))
+    Ok(Json(Records { records }))
 }
 
 // ---- transactions ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpsBody {
+    #[schemars(length(min = 1))]
     pub(crate) ops: Vec<OpInput>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LockQuery {
+    /// At most 600000 (longer waits are cut to it).
     lock_timeout_ms: Option<u64>,
 }
 
@@ -439,14 +629,14 @@ pub async fn transaction(
     Path((tenant, name)): Path<(String, String)>,
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Committed>> {
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;
     let done = db
         .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
         .await?;
-    Ok(Json(json!(done)))
+    Ok(Json(done))
 }
 
 pub async fn begin(
@@ -454,7 +644,7 @@ pub async fn begin(
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Response> {
     let txn = db(&app, &tenant, &name)?.begin()?;
-    Ok((StatusCode::CREATED, Json(json!({"txn": txn}))).into_response())
+    Ok((StatusCode::CREATED, Json(Begun { txn })).into_response())
 }
 
 type TxnPath = Path<(String, String, u64)>;
@@ -465,42 +655,53 @@ pub async fn add_ops(
     Path((tenant, name, txn)): TxnPath,
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Pending>> {
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;
     let pending = db
         .add(txn, ops, lock_timeout(&app, q.lock_timeout_ms))
         .await?;
-    Ok(Json(json!({"txn": txn, "pending": pending})))
+    Ok(Json(Pending { txn, pending }))
 }
 
-pub async fn get_txn(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+pub async fn get_txn(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<OpenTxn>> {
     let pending = db(&app, &tenant, &name)?.pending(txn).await?;
-    Ok(Json(
-        json!({"txn": txn, "pending": pending, "state": "open"}),
-    ))
+    Ok(Json(OpenTxn {
+        txn,
+        pending,
+        state: "open".into(),
+    }))
 }
 
-pub async fn commit(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+pub async fn commit(
+    State(app): App,
+    Path((tenant, name, txn)): TxnPath,
+) -> Result<Json<Committed>> {
     let done = db(&app, &tenant, &name)?.commit(txn).await?;
-    Ok(Json(json!(done)))
+    Ok(Json(done))
 }
 
-pub async fn cancel(State(app): App, Path((tenant, name, txn)): TxnPath) -> Result<Json<Value>> {
+pub async fn cancel(
+    State(app): App,
+    Path((tenant, name, txn)): TxnPath,
+) -> Result<Json<Cancelled>> {
     db(&app, &tenant, &name)?.cancel(txn)?;
-    Ok(Json(json!({"txn": txn, "cancelled": true})))
+    Ok(Json(Cancelled {
+        txn,
+        cancelled: true,
+    }))
 }
 
 // ---- snapshots, log, checksums ----
 
-fn snapshot_json(meta: &crate::log::durable::SnapshotMeta) -> Value {
-    json!({
-        "serial": meta.serial,
-        "size_bytes": meta.size_bytes,
-        "blocks": meta.layout.block_count(),
-        "created_ms": meta.created_ms,
-    })
+fn snapshot_json(meta: &crate::log::durable::SnapshotMeta) -> SnapshotAnswer {
+    SnapshotAnswer {
+        serial: meta.serial,
+        size_bytes: meta.size_bytes,
+        blocks: meta.layout.block_count(),
+        created_ms: meta.created_ms,
+    }
 }
 
 pub async fn take_snapshot(
@@ -514,17 +715,16 @@ pub async fn take_snapshot(
 pub async fn list_snapshots(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Vec<SnapshotAnswer>>> {
     let metas = db(&app, &tenant, &name)?.snapshots()?;
-    Ok(Json(Value::Array(
-        metas.iter().map(snapshot_json).collect(),
-    )))
+    Ok(Json(metas.iter().map(snapshot_json).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     from: Option<u64>,
+    #[schemars(range(min = 1, max = 10_000))]
     limit: Option<usize>,
 }
 

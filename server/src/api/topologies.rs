@@ -52,7 +52,7 @@ fn authorization(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyQuery {
     /// Validate and answer the plan, changing nothing.
@@ -115,7 +115,7 @@ pub async fn apply(
         }
         if q.revision.is_some() {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+                StatusCode::CONFLICT,
                 "not-clustered",
                 "revision is for a node of a cluster ([cluster] in its config); this node \
                  keeps its topologies itself",
@@ -191,7 +191,7 @@ pub async fn show(
     Ok(Json(shown))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverBody {
     /// The replica to promote: a node of the topology and its database.

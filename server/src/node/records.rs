@@ -17,11 +17,13 @@ use crate::store::{
 use crate::txn::Op;
 
 /// One operation of a transaction, as the client sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpInput {
     pub op: OpName,
     pub file: String,
+    /// 1 to 1024 bytes.
+    #[schemars(length(min = 1, max = 1024))]
     pub key: String,
     #[serde(default)]
     pub alt: BTreeMap<String, String>,
@@ -30,7 +32,7 @@ pub struct OpInput {
 }
 
 /// The operation names clients use.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OpName {
     Insert,
@@ -62,7 +64,7 @@ impl From<OpKind> for OpName {
 }
 
 /// A record as clients read it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RecordView {
     pub key: String,
     pub alt: BTreeMap<String, String>,

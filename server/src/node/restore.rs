@@ -83,7 +83,7 @@ pub enum Point {
 }
 
 /// How the state at the point is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// A snapshot at or before the point plus the A log up to it.

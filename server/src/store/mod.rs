@@ -34,10 +34,13 @@ pub struct Schema {
 }
 
 /// One table: its name and the names of its alternate keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileSchema {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`, not starting with `__` (Doppel's own).
+    #[schemars(regex(pattern = r"^(?!__)[A-Za-z0-9_-]{1,64}$"))]
     pub name: String,
     #[serde(default)]
+    #[schemars(length(max = 16), extend("uniqueItems" = true), inner(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$")))]
     pub alt_keys: Vec<String>,
 }
 

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::node::{Node, Result};
 
 /// A tenant's limits. `None`: unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Bytes of blocks in RAM over all the tenant's databases.

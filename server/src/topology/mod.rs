@@ -47,7 +47,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CHAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// A topology document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub name: String,
@@ -65,7 +65,9 @@ pub struct Topology {
 }
 
 /// Which replicas an automatic failover may promote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailoverPolicy {
     /// Only a synchronous standby, chosen so that no acknowledged write is lost.
@@ -84,7 +86,7 @@ impl FailoverPolicy {
 
 /// The quorum of one replicated database: a commit on its primary waits until `k` of
 /// its synchronous links confirmed it, at most `timeout_ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuorumDoc {
     /// The primary: a node of the document and its database.
@@ -118,7 +120,7 @@ impl Topology {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRef {
     /// The node's API, `http://host:port`.
@@ -129,7 +131,9 @@ pub struct NodeRef {
     pub replication: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub node: String,
@@ -138,7 +142,7 @@ pub struct Endpoint {
 
 /// One link of a topology: its two ends, and how it replicates
 /// ([`LinkOptions`], flat in the JSON, as in a link request).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkDoc {
     pub from: Endpoint,

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::node::DatabaseSpec;
 
 /// How the source waits for the replica (SPEC C1, C2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Tightly coupled: a commit waits until the quorum of replicas applied it.
@@ -23,7 +25,9 @@ pub enum Mode {
 }
 
 /// How the replica applies what arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Apply {
     /// Block-identical: the source's A log, replayed (SPEC A5).
@@ -34,7 +38,9 @@ pub enum Apply {
 }
 
 /// What a link does with a record its stages reject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     #[default]
@@ -44,14 +50,16 @@ pub enum OnError {
 
 /// Where the target is: another Doppel node (`url`, `database`), or a PostgreSQL
 /// database (`postgres`, `schema`; `transport::postgres`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// The target node's API, e.g. `http://10.0.0.2:7070`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = r"^http://"))]
     pub url: String,
     /// The target database (created by bootstrap if it does not exist).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub database: String,
     /// A PostgreSQL target's connection string. In a request it carries the password;
     /// the link keeps it apart ([`LinkDef::postgres_url`]) and stores and shows this
@@ -78,17 +86,20 @@ pub struct TargetSpec {
 }
 
 /// A stage named from the plugin registry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// `name@version`.
+    #[schemars(regex(pattern = r"^[^@]+@[^@]+$"))]
     pub plugin: String,
     #[serde(default)]
     pub config: serde_json::Value,
 }
 
 /// How a mutual link decides between concurrent writes of one record (SPEC F4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Last writer wins, by hybrid-logical-clock timestamp, then node id.
@@ -103,7 +114,7 @@ pub enum Strategy {
 
 /// What makes a link mutual: its databases both take writes, and the target resolves
 /// concurrent writes with this. Both links of a pair should carry the same.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConflictSpec {
     #[serde(default)]
@@ -122,7 +133,7 @@ pub struct ConflictSpec {
 }
 
 /// What a client sends to create a link: which database goes where, and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     /// The source database, on this node.
@@ -137,7 +148,7 @@ pub struct LinkSpec {
 /// in a topology document's link (`topology::LinkDoc`), both flat in their JSON. The one
 /// definition of these fields; an unknown field is refused here (serde passes this
 /// struct every field its container does not know).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkOptions {
     #[serde(default)]
@@ -199,9 +210,10 @@ pub struct LinkDef {
 }
 
 /// What the source sends the target's API to register a replica.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaRequest {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub database: String,
     /// The source database's name (interrelation finds a replica by it).
     #[serde(default)]

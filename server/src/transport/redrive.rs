@@ -37,7 +37,7 @@ impl From<Error> for RedriveError {
 }
 
 /// What the source sends the target's API.
-#[derive(Debug, serde::Serialize, Deserialize)]
+#[derive(Debug, serde::Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     pub credential: String,

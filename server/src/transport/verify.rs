@@ -30,7 +30,7 @@ use crate::store::file::FileLayout;
 const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which differing blocks to repair.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepairScope {
     /// Only this block file (a name from the checksums, e.g. `orders`).
@@ -42,7 +42,7 @@ pub struct RepairScope {
 }
 
 /// One block file's repair, as the source sends it to the target's API.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepairRequest {
     pub credential: String,

@@ -50,7 +50,9 @@ pub use interactive::{MAX_OPEN_TXNS, MAX_TXN_OPS};
 pub use replica::{Conflict, ConflictSeen, Decision, MutualWrite, ReplicaApply, SnapshotSave};
 
 /// When a write is acknowledged (SPEC B5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Acknowledged from RAM; the log is written in the background and a crash may lose
@@ -67,7 +69,7 @@ pub enum Durability {
 /// than its kind's period, or once the kind holds more bytes than its bound, oldest
 /// first (like Kafka's `retention.ms` and `retention.bytes`). Without a size bound the
 /// logs of a database that keeps updating the same records grow without end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Retention {
     #[serde(default = "Retention::default_b_secs")]
     pub b_secs: u64,
@@ -120,12 +122,15 @@ impl Default for Retention {
 }
 
 /// What a client declares when creating a database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSpec {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub files: Vec<FileSchema>,
     #[serde(default = "DatabaseSpec::default_block_size")]
+    #[schemars(range(min = 512, max = 32768))]
     pub block_size: usize,
     #[serde(default)]
     pub durability: Durability,
@@ -165,7 +170,7 @@ pub struct DatabaseDef {
 }
 
 /// Summary of a committed transaction.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, schemars::JsonSchema)]
 pub struct Committed {
     pub txn: u64,
     pub first_serial: u64,
@@ -856,7 +861,7 @@ impl Database {
 }
 
 /// A database as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct DatabaseInfo {
     pub name: String,
     pub files: Vec<FileInfo>,
@@ -871,7 +876,7 @@ pub struct DatabaseInfo {
 }
 
 /// A file as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct FileInfo {
     pub name: String,
     pub alt_keys: Vec<String>,
