@@ -606,3 +606,183 @@ fn a_bootstrap_meets_the_stream_without_gap_or_duplicate_and_interrelated_lines_
         .clone();
     assert_eq!(letters, json!([]));
 }
+
+/// The rows of `orders` in PostgreSQL database `shop`, `id|total` per line.
+fn pg_orders(pg: &Postgres) -> String {
+    pg.query("shop", "SELECT id, total FROM orders ORDER BY id")
+}
+
+/// Waits until PostgreSQL's `orders` read `want`.
+fn wait_pg_orders(pg: &Postgres, want: &str) {
+    let done = wait_until(deadline_in(CATCH_UP), || {
+        pg.try_query("shop", "SELECT id, total FROM orders ORDER BY id")
+            .is_ok_and(|rows| rows == want)
+    });
+    assert!(
+        done,
+        "PostgreSQL's orders never read {want:?}: {:?}",
+        pg_orders(pg)
+    );
+}
+
+#[test]
+fn a_topology_document_declares_a_postgres_target_keeps_its_password_and_a_failover_re_points_its_source(
+) {
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    let (mut a, b, c) = (Node::start(), Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    primary
+        .put("orders", "o-1", json!({}), json!({"total": 1}))
+        .ok();
+    let topologies = format!("/v1/tenants/{DEFAULT_TENANT}/topologies");
+    let nodes = json!({"a": {"url": a.base()}, "b": {"url": b.base()}, "c": {"url": c.base()}});
+    let into_pg = |conn: String| {
+        json!({"from": {"node": "a", "database": "shop"},
+               "to": {"postgres": conn, "schema": "public"},
+               "apply": "logical", "on_error": "quarantine", "create_tables": true,
+               "stages": mapping(json!({"orders": {"table": "orders", "key": "id",
+                                                   "columns": {"total": "bigint"}}}))})
+    };
+    let replica = json!({"from": {"node": "a", "database": "shop"},
+                         "to": {"node": "b", "database": "shop"}, "mode": "sync"});
+
+    // A document is refused at the PostgreSQL link's part when the source would refuse it.
+    let mut mirror = into_pg(pg.url("shop"));
+    mirror["apply"] = json!("mirror");
+    let refused = c
+        .post(
+            &topologies,
+            &json!({"name": "pg", "nodes": nodes, "links": [replica, mirror]}),
+        )
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    assert_eq!(refused["errors"][0]["path"], "links[1].to", "{refused}");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"apply\": \"logical\""),
+        "{refused}"
+    );
+    let mut both = into_pg(pg.url("shop"));
+    both["to"]["node"] = json!("b");
+    let r = c.post(
+        &topologies,
+        &json!({"name": "pg", "nodes": nodes, "links": [both]}),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.to_string().contains("or to PostgreSQL"), "{r:?}");
+
+    // Applied: the PostgreSQL link is made on its source node and applies there.
+    let doc = json!({"name": "pg", "nodes": nodes, "links": [replica, into_pg(pg.url("shop"))]});
+    let applied = c.post(&topologies, &doc).ok().clone();
+    let label = format!(
+        "a/shop -> postgresql://doppel:***@127.0.0.1:{}/shop (public)",
+        pg.port
+    );
+    assert_eq!(
+        applied["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["action"].as_str().unwrap(), s["link"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        vec![("create", "a/shop -> b/shop"), ("create", label.as_str())],
+        "{applied}"
+    );
+    primary
+        .put("orders", "o-2", json!({}), json!({"total": 2}))
+        .ok();
+    wait_pg_orders(&pg, "o-1|1\no-2|2");
+
+    // Shown with its password masked, in the document and the links, with its status.
+    let shown = c.get(&format!("{topologies}/pg")).ok().clone();
+    assert!(!shown.to_string().contains(PASSWORD), "{shown}");
+    assert_eq!(
+        shown["document"]["links"][1]["to"]["postgres"],
+        format!("postgresql://doppel:***@127.0.0.1:{}/shop", pg.port)
+    );
+    let entry = &shown["links"][1];
+    assert_eq!(entry["link"], label.as_str());
+    assert_eq!(entry["status"]["state"], "streaming", "{shown}");
+    let pg_link_id = entry["id"].as_str().unwrap().to_string();
+
+    // The document sent back as shown keeps the password: nothing changes, the link applies on.
+    let again = c.post(&topologies, &shown["document"]).ok().clone();
+    let kept: Vec<&str> = again["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, vec!["keep", "keep"], "{again}");
+    primary
+        .put("orders", "o-3", json!({}), json!({"total": 3}))
+        .ok();
+    wait_pg_orders(&pg, "o-1|1\no-2|2\no-3|3");
+    // A wrong password is a new connection: the link is replaced, and says why it fails.
+    let mut wrong = doc.clone();
+    wrong["links"][1]["to"]["postgres"] =
+        json!(pg.url("shop").replace(PASSWORD, "not-the-password"));
+    let replaced = c.post(&topologies, &wrong).ok().clone();
+    assert_eq!(replaced["plan"][1]["action"], "replace", "{replaced}");
+    assert_eq!(
+        replaced["plan"][1]["reason"],
+        "the PostgreSQL connection changed"
+    );
+    let failing = wait_until(deadline_in(CATCH_UP), || {
+        c.get(&format!("{topologies}/pg")).ok()["links"][1]["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("password authentication failed"))
+    });
+    assert!(failing, "{}", c.get(&format!("{topologies}/pg")).ok());
+    let back = c.post(&topologies, &doc).ok().clone();
+    assert_eq!(back["plan"][1]["action"], "replace", "{back}");
+    assert_ne!(back["plan"][1]["id"], json!(pg_link_id));
+
+    // The primary dies; the failover promotes b and re-points the PostgreSQL link: it now
+    // comes from b, and b's writes land in PostgreSQL.
+    wait_pg_orders(&pg, "o-1|1\no-2|2\no-3|3");
+    a.kill9();
+    let failover = c
+        .post(
+            &format!("{topologies}/pg/failover"),
+            &json!({"node": "b", "database": "shop"}),
+        )
+        .ok()
+        .clone();
+    assert!(!failover.to_string().contains(PASSWORD), "{failover}");
+    let shown = c.get(&format!("{topologies}/pg")).ok().clone();
+    let moved = shown["document"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["to"]["postgres"].is_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        moved["from"],
+        json!({"node": "b", "database": "shop"}),
+        "{shown}"
+    );
+    let on_b: Vec<Value> = b
+        .get(&links())
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["target"]["postgres"].is_string())
+        .cloned()
+        .collect();
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    new_primary
+        .put("orders", "o-4", json!({}), json!({"total": 4}))
+        .ok();
+    new_primary.delete("orders", "o-1").ok();
+    wait_pg_orders(&pg, "o-2|2\no-3|3\no-4|4");
+    for node in [&b, &c] {
+        assert!(!node.stderr_tail().contains(PASSWORD));
+    }
+}
