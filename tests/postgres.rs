@@ -24,7 +24,7 @@ fn links() -> String {
 
 /// The json-columns stage for `orders` (and `lines` when asked).
 fn mapping(files: Value) -> Value {
-    json!([{"plugin": format!("json-columns@{BUILTIN_VERSION}"), "config": {"files": files}}])
+    json!([{"plugin": "json-columns@1.0.0", "config": {"files": files}}])
 }
 
 fn pg_link(pg: &Postgres, database: &str, pg_database: &str, stages: Value) -> Value {
@@ -71,6 +71,32 @@ fn a_postgres_target_upserts_deletes_skips_cancelled_and_quarantines_what_it_can
     no_stage["apply"] = json!("mirror");
     let r = a.post(&links(), &no_stage);
     assert!(r["detail"].as_str().unwrap().contains("logical"), "{r}");
+
+    // The built-in row mapping is `json-columns@1.0.0`, the name users are given (its
+    // own version, not the server's); the registry lists it so.
+    let plugins = a
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/plugins"))
+        .ok()
+        .clone();
+    let listed = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "json-columns")
+        .cloned();
+    assert_eq!(
+        listed.map(|p| (p["version"].clone(), p["builtin"].clone())),
+        Some((json!("1.0.0"), json!(true))),
+        "{plugins}"
+    );
+    let mut old_name = pg_link(&pg, "shop", "shop", mapping(orders.clone()));
+    old_name["stages"][0]["plugin"] = json!("json-columns@0.1.0");
+    let r = a.post(&links(), &old_name);
+    assert!(
+        r.to_string()
+            .contains("the built-in 'json-columns' is version 1.0.0"),
+        "{r}"
+    );
 
     let created = a.post(
         &links(),

@@ -162,7 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     recreate(&client, tenant, &args.db, &args.durability)?;
     psql(&conn, "DROP TABLE IF EXISTS bench, bench_copy")?;
-    let version = env!("CARGO_PKG_VERSION");
+    let version = crate::plugins::registry::builtin_version("json-columns").unwrap_or("1.0.0");
     let link = client.call(
         "POST",
         &links,
