@@ -165,12 +165,16 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
     return html`<g class="${cls}" data-node="${n}" tabindex="0" role="group" aria-label="node ${n} (${url})${problems.length ? ': ' + problems.map((e) => e.message).join('; ') : ''}">
       <title>${n}: ${url}${problems.map((e) => '\n⚠ ' + e.message)}</title>
       <rect x="${p.x}" y="${p.y}" width="${BOX_W}" height="${p.h}" rx="10"/>
-      <text class="n-name" x="${p.x + 12}" y="${p.y + 20}">${problems.length ? '⚠ ' : ''}${n}</text>
-      <text class="n-url" x="${p.x + 12}" y="${p.y + 36}">${url.length > 30 ? url.slice(0, 29) + '…' : url}</text>
+      <text class="n-name" x="${p.x + 12}" y="${p.y + 20}">${problems.length ? '⚠ ' : ''}${pg ? 'PostgreSQL' : n}</text>
+      <text class="n-url" x="${p.x + 12}" y="${p.y + 36}">${short(pg ? n.slice('PostgreSQL '.length) : url)}</text>
       ${rows.length ? rows.map((db, i) => html`<text class="n-db" x="${p.x + 24}" y="${p.y + HEAD_H + i * ROW_H + 16}">▪ ${db}</text>`)
     : html`<text class="n-db muted" x="${p.x + 24}" y="${p.y + HEAD_H + 16}">no databases linked</text>`}
     </g>`;
   });
+
+  function short(text) {
+    return text.length > 30 ? text.slice(0, 29) + '…' : text;
+  }
 
   // Links that go back (or within one column) loop below the boxes, one lane each.
   const bottom = height - PAD;
