@@ -812,3 +812,93 @@ fn a_topology_document_declares_a_postgres_target_keeps_its_password_and_a_failo
         assert!(!node.stderr_tail().contains(PASSWORD));
     }
 }
+
+#[test]
+fn new_keys_land_by_copy_and_a_key_postgres_already_holds_falls_back_to_the_upsert() {
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    // Statements in PostgreSQL's log: which way the rows went.
+    pg.query("shop", "ALTER SYSTEM SET log_statement = 'all'");
+    pg.query("shop", "SELECT pg_reload_conf()");
+    // A row written before the link: an insert at the source is not new here.
+    pg.query(
+        "shop",
+        "CREATE TABLE orders (id text PRIMARY KEY, total double precision, extra jsonb); \
+         INSERT INTO orders VALUES ('o-0050', -1, '{\"old\": true}')",
+    );
+    let a = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let batch = |from: usize, to: usize, total: f64| {
+        let ops: Vec<Value> = (from..to)
+            .map(|i| {
+                op::upsert(
+                    "orders",
+                    &format!("o-{i:04}"),
+                    json!({"total": total, "note": format!("n{i}")}),
+                )
+            })
+            .collect();
+        src.batch(Value::Array(ops)).ok();
+    };
+    batch(0, 200, 1.0);
+    let orders = json!({"orders": {"table": "orders", "key": "id",
+        "columns": {"total": "double"}, "rest": "extra"}});
+    let id = a
+        .post(&links(), &pg_link(&pg, "shop", "shop", mapping(orders)))
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    caught_up(&a, &src, &id);
+    // The COPY of the 200 met o-0050 and gave way to the upsert: every row is the source's.
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT count(*), sum(total), count(*) FILTER (WHERE extra ? 'note') FROM orders"
+        ),
+        "200|200|200"
+    );
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT total, extra FROM orders WHERE id = 'o-0050'"
+        ),
+        r#"1|{"note": "n50"}"#
+    );
+    let log = pg.log();
+    assert!(
+        log.contains("duplicate key value violates unique constraint \"orders_pkey\""),
+        "{log}"
+    );
+
+    // New keys in one transaction: a COPY that lands; then updates of them: upserts.
+    batch(200, 300, 2.0);
+    caught_up(&a, &src, &id);
+    let copies = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("LOG:")
+                    && l.contains(
+                        "COPY \"public\".\"orders\" (\"id\", \"total\", \"extra\") FROM STDIN BINARY",
+                    )
+            })
+            .count()
+    };
+    assert_eq!(copies(&pg.log()), 2, "{}", pg.log());
+    batch(100, 300, 3.0);
+    caught_up(&a, &src, &id);
+    assert_eq!(copies(&pg.log()), 2, "updates are upserts");
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT count(*), sum(total), count(*) FILTER (WHERE extra->>'note' = 'n' || substr(id, 3)::int) FROM orders"
+        ),
+        "300|700|300"
+    );
+    assert_eq!(
+        link_status(&a, &id)["status"]["quarantined"],
+        0,
+        "{}",
+        link_status(&a, &id)
+    );
+}
