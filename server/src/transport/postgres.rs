@@ -357,14 +357,15 @@ enum Values {
 }
 
 impl Values {
-    fn new(ty: PgType) -> Values {
+    /// Empty, with room for `n` values.
+    fn new(ty: PgType, n: usize) -> Values {
         match ty {
-            PgType::Text | PgType::Timestamptz => Values::Text(Vec::new()),
-            PgType::Jsonb => Values::Jsonb(Vec::new()),
-            PgType::Bigint => Values::Bigint(Vec::new()),
-            PgType::Double => Values::Double(Vec::new()),
-            PgType::Boolean => Values::Boolean(Vec::new()),
-            PgType::Bytea => Values::Bytea(Vec::new()),
+            PgType::Text | PgType::Timestamptz => Values::Text(Vec::with_capacity(n)),
+            PgType::Jsonb => Values::Jsonb(Vec::with_capacity(n)),
+            PgType::Bigint => Values::Bigint(Vec::with_capacity(n)),
+            PgType::Double => Values::Double(Vec::with_capacity(n)),
+            PgType::Boolean => Values::Boolean(Vec::with_capacity(n)),
+            PgType::Bytea => Values::Bytea(Vec::with_capacity(n)),
         }
     }
 
@@ -610,7 +611,10 @@ impl Tables {
         }
         for (((delete, table, shape, key), members), fresh) in groups.iter().zip(fresh) {
             self.ensure(tx, table, key, shape).await?;
-            let mut values: Vec<Values> = shape.iter().map(|(_, t)| Values::new(*t)).collect();
+            let mut values: Vec<Values> = shape
+                .iter()
+                .map(|(_, t)| Values::new(*t, members.len()))
+                .collect();
             for &i in members {
                 for ((name, ty, v), out) in rows[i].columns.iter().zip(values.iter_mut()) {
                     out.push(name, *ty, v).map_err(Fault::Refused)?;
@@ -999,6 +1003,7 @@ fn stage_rows(
         return Ok(());
     }
     if let Some(native) = native {
+        into.rows.reserve(records.len());
         let rejected = native.rows(&records, &mut into.rows);
         sender::reject(repl, link, def, txn, &records, &rejected, "not shipped")?;
         if into.keep_records {
@@ -1534,7 +1539,7 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_fit_its_column_names_the_column() {
-        let mut v = Values::new(PgType::Double);
+        let mut v = Values::new(PgType::Double, 1);
         assert!(v.push("total", PgType::Double, &json!(1.5)).is_ok());
         let err = v.push("total", PgType::Double, &json!("x")).unwrap_err();
         assert!(err.contains("column 'total'"), "{err}");
