@@ -9,7 +9,7 @@
 //! The core modules cargo leaves in `target/wasm-guest-build/` are not plugins (the
 //! registry refuses a core module); the components, the files a user could upload, are
 //! also copied to `target/plugins/{name}.wasm`. Every node carries them anyway, available
-//! to every tenant as `{name}@{server version}` without an upload.
+//! to every tenant as `{name}@{version}` without an upload (the crate's own version, else the server's).
 
 use std::env;
 use std::fs;
@@ -99,6 +99,11 @@ fn main() {
          pub const BUILTIN_PLUGINS: &[(&str, &str, &str, &[u8])] = &[\n",
     );
     let mut consts = String::new();
+    let mut versions = String::from(
+        "/// Each built-in plugin's version: its crate's own when it has one (a contract \
+         users name, as `json-columns@1.0.0`), else the server's.\n\
+         pub const BUILTIN_VERSIONS: &[(&str, &str)] = &[\n",
+    );
     for (dir, name, role, description) in &plugins {
         let module_path = target_dir
             .join(TARGET)
@@ -120,6 +125,8 @@ fn main() {
         if fs::create_dir_all(&user_dir).is_ok() {
             let _ = fs::write(user_dir.join(format!("{short}.wasm")), &component);
         }
+        let version = crate_version(dir).unwrap_or_else(|| env::var("CARGO_PKG_VERSION").unwrap());
+        versions.push_str(&format!("    ({short:?}, {version:?}),\n"));
         let ident = short.replace('-', "_").to_uppercase();
         src.push_str(&format!(
             "    ({short:?}, {role:?}, {description:?}, include_bytes!({:?})),\n",
@@ -131,6 +138,8 @@ fn main() {
         ));
     }
     src.push_str("];\n");
+    versions.push_str("];\n");
+    src.push_str(&versions);
     src.push_str(&consts);
     fs::write(out.join("builtin_plugins.rs"), src).expect("writing builtin_plugins.rs");
 }
@@ -160,6 +169,16 @@ fn find_plugins(dir: &Path) -> Vec<(PathBuf, String, String, String)> {
     }
     found.sort();
     found
+}
+
+/// A plugin crate's own `version = "…"` in its `[package]` (None: the workspace's).
+fn crate_version(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with('[') || l.trim() == "[package]")
+        .find_map(|l| l.trim().strip_prefix("version"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
 }
 
 fn check_target() {

@@ -1389,3 +1389,107 @@ fn the_api_reference_opens_from_the_console() {
     );
     assert!(out["page_errors"].is_null(), "{out}");
 }
+
+#[test]
+fn a_postgres_link_built_in_the_console_applies_rows_and_never_shows_its_password() {
+    use doppel_tests::postgres::{Postgres, PASSWORD, USER};
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    let a = Node::start();
+    seeded_shop(&a);
+    let out = run_flow(
+        "postgres-link",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            (
+                "DOPPEL_PG_URL",
+                format!("postgresql://{USER}@127.0.0.1:{}/shop", pg.port),
+            ),
+            ("DOPPEL_PG_PASSWORD", PASSWORD.to_string()),
+        ],
+    );
+    let id = out["id"].as_str().expect("the link's id").to_string();
+    assert_eq!(out["node_fields_hidden"], true, "{out}");
+    assert_eq!(out["offered"], "json-columns@1.0.0", "{out}");
+    assert_eq!(out["state"], "streaming", "{out}");
+    let masked = format!("postgresql://{USER}:***@127.0.0.1:{}/shop", pg.port);
+    let target = out["target"].as_str().unwrap();
+    assert!(
+        target.contains(&masked) && target.contains("public"),
+        "{out}"
+    );
+    assert!(
+        out["row"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL 127.0.0.1"),
+        "{out}"
+    );
+    assert_eq!(out["fields_left"], json!(["", ""]), "{out}");
+    assert_eq!(out["password_shown"], false, "{out}");
+    // The server: the link as the form built it, applying the rows.
+    let link = link_status(&a.client(), &id);
+    assert_eq!(link["target"]["postgres"], masked.as_str(), "{link}");
+    assert_eq!(
+        (&link["mode"], &link["apply"], &link["on_error"]),
+        (&json!("async"), &json!("logical"), &json!("quarantine")),
+        "{link}"
+    );
+    assert_eq!(link["create_tables"], true, "{link}");
+    let done = wait_until(deadline_in(Duration::from_secs(30)), || {
+        pg.try_query("shop", "SELECT id, total FROM orders ORDER BY id")
+            .is_ok_and(|rows| rows == "o-1|3\no-2|2")
+    });
+    assert!(done, "{:?}", pg.try_query("shop", "SELECT * FROM orders"));
+}
+
+#[test]
+fn a_topology_with_a_postgres_target_is_drawn_and_previewed_without_its_password() {
+    use doppel_tests::postgres::{Postgres, PASSWORD};
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    let a = Node::start();
+    let b = Node::start();
+    seeded_shop(&a);
+    a.client()
+        .post(
+            &topologies(),
+            &json!({"name": "pg", "nodes": {"a": {"url": a.base()}, "b": {"url": b.base()}},
+                    "links": [
+                        {"from": {"node": "a", "database": "shop"}, "to": {"node": "b", "database": "shop"}},
+                        {"from": {"node": "a", "database": "shop"},
+                         "to": {"postgres": pg.url("shop"), "schema": "public"},
+                         "apply": "logical", "create_tables": true,
+                         "stages": [{"plugin": "json-columns@1.0.0", "config": {"files": {
+                             "orders": {"table": "orders", "key": "id", "columns": {"total": "bigint"}}}}}]}]}),
+        )
+        .expect(200);
+    let out = run_flow(
+        "topology-postgres",
+        &[
+            ("DOPPEL_BASE", a.base().to_string()),
+            ("DOPPEL_TOKEN", token(DEFAULT_TENANT, Role::Operator)),
+            ("DOPPEL_PG_PASSWORD", PASSWORD.to_string()),
+        ],
+    );
+    let text = |k: &str| out[k].as_str().unwrap_or_else(|| panic!("{k}: {out}"));
+    let masked = format!("postgresql://doppel:***@127.0.0.1:{}/shop", pg.port);
+    assert!(
+        text("pg_box").starts_with(&format!("node PostgreSQL 127.0.0.1:{}/shop", pg.port)),
+        "{out}"
+    );
+    assert!(text("pg_box").contains(&masked), "{out}");
+    assert_eq!(out["pg_rows"], json!(["▪ public"]), "{out}");
+    assert!(
+        text("pg_link").contains(&format!("a/shop -> {masked} (public)"))
+            && text("pg_link").contains("streaming"),
+        "{out}"
+    );
+    assert_eq!(out["editor_conn"], masked.as_str(), "{out}");
+    assert_eq!(out["editor_schema"], "public", "{out}");
+    // Only the node replica can be failed over to.
+    assert_eq!(out["failover_buttons"], 1, "{out}");
+    assert_eq!(out["plan"], json!(["keep", "keep"]), "{out}");
+    assert_eq!(out["password_shown"], false, "{out}");
+}

@@ -24,7 +24,7 @@ fn links() -> String {
 
 /// The json-columns stage for `orders` (and `lines` when asked).
 fn mapping(files: Value) -> Value {
-    json!([{"plugin": format!("json-columns@{BUILTIN_VERSION}"), "config": {"files": files}}])
+    json!([{"plugin": "json-columns@1.0.0", "config": {"files": files}}])
 }
 
 fn pg_link(pg: &Postgres, database: &str, pg_database: &str, stages: Value) -> Value {
@@ -71,6 +71,32 @@ fn a_postgres_target_upserts_deletes_skips_cancelled_and_quarantines_what_it_can
     no_stage["apply"] = json!("mirror");
     let r = a.post(&links(), &no_stage);
     assert!(r["detail"].as_str().unwrap().contains("logical"), "{r}");
+
+    // The built-in row mapping is `json-columns@1.0.0`, the name users are given (its
+    // own version, not the server's); the registry lists it so.
+    let plugins = a
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/plugins"))
+        .ok()
+        .clone();
+    let listed = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "json-columns")
+        .cloned();
+    assert_eq!(
+        listed.map(|p| (p["version"].clone(), p["builtin"].clone())),
+        Some((json!("1.0.0"), json!(true))),
+        "{plugins}"
+    );
+    let mut old_name = pg_link(&pg, "shop", "shop", mapping(orders.clone()));
+    old_name["stages"][0]["plugin"] = json!("json-columns@0.1.0");
+    let r = a.post(&links(), &old_name);
+    assert!(
+        r.to_string()
+            .contains("the built-in 'json-columns' is version 1.0.0"),
+        "{r}"
+    );
 
     let created = a.post(
         &links(),
@@ -605,4 +631,274 @@ fn a_bootstrap_meets_the_stream_without_gap_or_duplicate_and_interrelated_lines_
         .ok()
         .clone();
     assert_eq!(letters, json!([]));
+}
+
+/// The rows of `orders` in PostgreSQL database `shop`, `id|total` per line.
+fn pg_orders(pg: &Postgres) -> String {
+    pg.query("shop", "SELECT id, total FROM orders ORDER BY id")
+}
+
+/// Waits until PostgreSQL's `orders` read `want`.
+fn wait_pg_orders(pg: &Postgres, want: &str) {
+    let done = wait_until(deadline_in(CATCH_UP), || {
+        pg.try_query("shop", "SELECT id, total FROM orders ORDER BY id")
+            .is_ok_and(|rows| rows == want)
+    });
+    assert!(
+        done,
+        "PostgreSQL's orders never read {want:?}: {:?}",
+        pg_orders(pg)
+    );
+}
+
+#[test]
+fn a_topology_document_declares_a_postgres_target_keeps_its_password_and_a_failover_re_points_its_source(
+) {
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    let (mut a, b, c) = (Node::start(), Node::start(), Node::start());
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    primary
+        .put("orders", "o-1", json!({}), json!({"total": 1}))
+        .ok();
+    let topologies = format!("/v1/tenants/{DEFAULT_TENANT}/topologies");
+    let nodes = json!({"a": {"url": a.base()}, "b": {"url": b.base()}, "c": {"url": c.base()}});
+    let into_pg = |conn: String| {
+        json!({"from": {"node": "a", "database": "shop"},
+               "to": {"postgres": conn, "schema": "public"},
+               "apply": "logical", "on_error": "quarantine", "create_tables": true,
+               "stages": mapping(json!({"orders": {"table": "orders", "key": "id",
+                                                   "columns": {"total": "bigint"}}}))})
+    };
+    let replica = json!({"from": {"node": "a", "database": "shop"},
+                         "to": {"node": "b", "database": "shop"}, "mode": "sync"});
+
+    // A document is refused at the PostgreSQL link's part when the source would refuse it.
+    let mut mirror = into_pg(pg.url("shop"));
+    mirror["apply"] = json!("mirror");
+    let refused = c
+        .post(
+            &topologies,
+            &json!({"name": "pg", "nodes": nodes, "links": [replica, mirror]}),
+        )
+        .expect_problem(422, "topology-invalid")
+        .clone();
+    assert_eq!(refused["errors"][0]["path"], "links[1].to", "{refused}");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"apply\": \"logical\""),
+        "{refused}"
+    );
+    let mut both = into_pg(pg.url("shop"));
+    both["to"]["node"] = json!("b");
+    let r = c.post(
+        &topologies,
+        &json!({"name": "pg", "nodes": nodes, "links": [both]}),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.to_string().contains("or to PostgreSQL"), "{r:?}");
+
+    // Applied: the PostgreSQL link is made on its source node and applies there.
+    let doc = json!({"name": "pg", "nodes": nodes, "links": [replica, into_pg(pg.url("shop"))]});
+    let applied = c.post(&topologies, &doc).ok().clone();
+    let label = format!(
+        "a/shop -> postgresql://doppel:***@127.0.0.1:{}/shop (public)",
+        pg.port
+    );
+    assert_eq!(
+        applied["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["action"].as_str().unwrap(), s["link"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        vec![("create", "a/shop -> b/shop"), ("create", label.as_str())],
+        "{applied}"
+    );
+    primary
+        .put("orders", "o-2", json!({}), json!({"total": 2}))
+        .ok();
+    wait_pg_orders(&pg, "o-1|1\no-2|2");
+
+    // Shown with its password masked, in the document and the links, with its status.
+    let shown = c.get(&format!("{topologies}/pg")).ok().clone();
+    assert!(!shown.to_string().contains(PASSWORD), "{shown}");
+    assert_eq!(
+        shown["document"]["links"][1]["to"]["postgres"],
+        format!("postgresql://doppel:***@127.0.0.1:{}/shop", pg.port)
+    );
+    let entry = &shown["links"][1];
+    assert_eq!(entry["link"], label.as_str());
+    assert_eq!(entry["status"]["state"], "streaming", "{shown}");
+    let pg_link_id = entry["id"].as_str().unwrap().to_string();
+
+    // The document sent back as shown keeps the password: nothing changes, the link applies on.
+    let again = c.post(&topologies, &shown["document"]).ok().clone();
+    let kept: Vec<&str> = again["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, vec!["keep", "keep"], "{again}");
+    primary
+        .put("orders", "o-3", json!({}), json!({"total": 3}))
+        .ok();
+    wait_pg_orders(&pg, "o-1|1\no-2|2\no-3|3");
+    // A wrong password is a new connection: the link is replaced, and says why it fails.
+    let mut wrong = doc.clone();
+    wrong["links"][1]["to"]["postgres"] =
+        json!(pg.url("shop").replace(PASSWORD, "not-the-password"));
+    let replaced = c.post(&topologies, &wrong).ok().clone();
+    assert_eq!(replaced["plan"][1]["action"], "replace", "{replaced}");
+    assert_eq!(
+        replaced["plan"][1]["reason"],
+        "the PostgreSQL connection changed"
+    );
+    let failing = wait_until(deadline_in(CATCH_UP), || {
+        c.get(&format!("{topologies}/pg")).ok()["links"][1]["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("password authentication failed"))
+    });
+    assert!(failing, "{}", c.get(&format!("{topologies}/pg")).ok());
+    let back = c.post(&topologies, &doc).ok().clone();
+    assert_eq!(back["plan"][1]["action"], "replace", "{back}");
+    assert_ne!(back["plan"][1]["id"], json!(pg_link_id));
+
+    // The primary dies; the failover promotes b and re-points the PostgreSQL link: it now
+    // comes from b, and b's writes land in PostgreSQL.
+    wait_pg_orders(&pg, "o-1|1\no-2|2\no-3|3");
+    a.kill9();
+    let failover = c
+        .post(
+            &format!("{topologies}/pg/failover"),
+            &json!({"node": "b", "database": "shop"}),
+        )
+        .ok()
+        .clone();
+    assert!(!failover.to_string().contains(PASSWORD), "{failover}");
+    let shown = c.get(&format!("{topologies}/pg")).ok().clone();
+    let moved = shown["document"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["to"]["postgres"].is_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        moved["from"],
+        json!({"node": "b", "database": "shop"}),
+        "{shown}"
+    );
+    let on_b: Vec<Value> = b
+        .get(&links())
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["target"]["postgres"].is_string())
+        .cloned()
+        .collect();
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let new_primary = b.db(DEFAULT_TENANT, "shop");
+    new_primary
+        .put("orders", "o-4", json!({}), json!({"total": 4}))
+        .ok();
+    new_primary.delete("orders", "o-1").ok();
+    wait_pg_orders(&pg, "o-2|2\no-3|3\no-4|4");
+    for node in [&b, &c] {
+        assert!(!node.stderr_tail().contains(PASSWORD));
+    }
+}
+
+#[test]
+fn new_keys_land_by_copy_and_a_key_postgres_already_holds_falls_back_to_the_upsert() {
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    // Statements in PostgreSQL's log: which way the rows went.
+    pg.query("shop", "ALTER SYSTEM SET log_statement = 'all'");
+    pg.query("shop", "SELECT pg_reload_conf()");
+    // A row written before the link: an insert at the source is not new here.
+    pg.query(
+        "shop",
+        "CREATE TABLE orders (id text PRIMARY KEY, total double precision, extra jsonb); \
+         INSERT INTO orders VALUES ('o-0050', -1, '{\"old\": true}')",
+    );
+    let a = Node::start();
+    let src = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let batch = |from: usize, to: usize, total: f64| {
+        let ops: Vec<Value> = (from..to)
+            .map(|i| {
+                op::upsert(
+                    "orders",
+                    &format!("o-{i:04}"),
+                    json!({"total": total, "note": format!("n{i}")}),
+                )
+            })
+            .collect();
+        src.batch(Value::Array(ops)).ok();
+    };
+    batch(0, 200, 1.0);
+    let orders = json!({"orders": {"table": "orders", "key": "id",
+        "columns": {"total": "double"}, "rest": "extra"}});
+    let id = a
+        .post(&links(), &pg_link(&pg, "shop", "shop", mapping(orders)))
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    caught_up(&a, &src, &id);
+    // The COPY of the 200 met o-0050 and gave way to the upsert: every row is the source's.
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT count(*), sum(total), count(*) FILTER (WHERE extra ? 'note') FROM orders"
+        ),
+        "200|200|200"
+    );
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT total, extra FROM orders WHERE id = 'o-0050'"
+        ),
+        r#"1|{"note": "n50"}"#
+    );
+    let log = pg.log();
+    assert!(
+        log.contains("duplicate key value violates unique constraint \"orders_pkey\""),
+        "{log}"
+    );
+
+    // New keys in one transaction: a COPY that lands; then updates of them: upserts.
+    batch(200, 300, 2.0);
+    caught_up(&a, &src, &id);
+    let copies = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("LOG:")
+                    && l.contains(
+                        "COPY \"public\".\"orders\" (\"id\", \"total\", \"extra\") FROM STDIN BINARY",
+                    )
+            })
+            .count()
+    };
+    assert_eq!(copies(&pg.log()), 2, "{}", pg.log());
+    batch(100, 300, 3.0);
+    caught_up(&a, &src, &id);
+    assert_eq!(copies(&pg.log()), 2, "updates are upserts");
+    assert_eq!(
+        pg.query(
+            "shop",
+            "SELECT count(*), sum(total), count(*) FILTER (WHERE extra->>'note' = 'n' || substr(id, 3)::int) FROM orders"
+        ),
+        "300|700|300"
+    );
+    assert_eq!(
+        link_status(&a, &id)["status"]["quarantined"],
+        0,
+        "{}",
+        link_status(&a, &id)
+    );
 }

@@ -21,7 +21,25 @@ const SIDE = 44;
 /** The arrow heads' colours, one per tone (a marker cannot take its path's colour). */
 const TONES = { ok: '#17804a', warn: '#b26b00', bad: '#c0392b', info: '#1f5fd1', draft: '#8a97a8' };
 
-export const linkLabel = (l) => `${l.from.node}/${l.from.database} -> ${l.to.node}/${l.to.database}`;
+/** A PostgreSQL connection string with its password masked, as the server shows it. */
+export const maskPassword = (conn) => String(conn || '')
+  .replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?@]*:)[^/?]*@/i, '$1***@')
+  .replace(/(^|[?& ])password=[^& ]*/g, '$1password=***');
+
+/** Whether a link's target is PostgreSQL (`{"postgres", "schema"}`) rather than a node's database. */
+export const isPostgres = (to) => Boolean(to && to.postgres !== undefined);
+
+/** The box a PostgreSQL target is drawn as: `PostgreSQL host:port/db`. */
+export function pgBox(to) {
+  let where = maskPassword(to.postgres);
+  try { const u = new URL(where); where = `${u.host}${u.pathname}`; } catch { /* key-value form: as given */ }
+  return `PostgreSQL ${where}`;
+}
+
+/** A link's label as the server makes it (its key in the plan and the live state). */
+export const linkLabel = (l) => (isPostgres(l.to)
+  ? `${l.from.node}/${l.from.database} -> ${maskPassword(l.to.postgres)} (${l.to.schema || 'public'})`
+  : `${l.from.node}/${l.from.database} -> ${l.to.node}/${l.to.database}`);
 
 /**
  * A link's tone from its live entry ({status, error} as GET …/topologies/{name} gives
@@ -91,11 +109,19 @@ function depths(names, links) {
  */
 export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: new Map() }) {
   const declared = Object.keys(doc.nodes || {});
-  const links = doc.links || [];
+  // A PostgreSQL target is a box of its own (its schema the row), after the nodes.
+  const pgs = new Map();
+  const links = (doc.links || []).map((l) => {
+    if (!isPostgres(l.to)) return l;
+    const node = pgBox(l.to);
+    pgs.set(node, maskPassword(l.to.postgres));
+    return { ...l, to: { node, database: l.to.schema || 'public' } };
+  });
   // Nodes the links name but the document does not declare are drawn too (dashed), so
   // that a refusal about them has a place.
   const names = [...declared];
   for (const l of links) for (const end of [l.from, l.to]) if (end.node && !names.includes(end.node)) names.push(end.node);
+  names.sort((x, y) => Number(pgs.has(x)) - Number(pgs.has(y)));
   const dbs = new Map(names.map((n) => [n, []]));
   for (const l of links) {
     for (const end of [l.from, l.to]) {
@@ -131,19 +157,24 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
   const nodeMarkup = names.map((n) => {
     const p = pos.get(n);
     const problems = marks.nodes.get(n) || [];
-    const unknown = !declared.includes(n);
-    const cls = `t-node${unknown ? ' unknown' : ''}${problems.length ? ' invalid' : ''}`;
-    const url = unknown ? 'not declared' : doc.nodes[n].url;
+    const pg = pgs.has(n);
+    const unknown = !pg && !declared.includes(n);
+    const cls = `t-node${pg ? ' postgres' : ''}${unknown ? ' unknown' : ''}${problems.length ? ' invalid' : ''}`;
+    const url = pg ? pgs.get(n) : unknown ? 'not declared' : doc.nodes[n].url;
     const rows = dbs.get(n);
     return html`<g class="${cls}" data-node="${n}" tabindex="0" role="group" aria-label="node ${n} (${url})${problems.length ? ': ' + problems.map((e) => e.message).join('; ') : ''}">
       <title>${n}: ${url}${problems.map((e) => '\n⚠ ' + e.message)}</title>
       <rect x="${p.x}" y="${p.y}" width="${BOX_W}" height="${p.h}" rx="10"/>
-      <text class="n-name" x="${p.x + 12}" y="${p.y + 20}">${problems.length ? '⚠ ' : ''}${n}</text>
-      <text class="n-url" x="${p.x + 12}" y="${p.y + 36}">${url.length > 30 ? url.slice(0, 29) + '…' : url}</text>
+      <text class="n-name" x="${p.x + 12}" y="${p.y + 20}">${problems.length ? '⚠ ' : ''}${pg ? 'PostgreSQL' : n}</text>
+      <text class="n-url" x="${p.x + 12}" y="${p.y + 36}">${short(pg ? n.slice('PostgreSQL '.length) : url)}</text>
       ${rows.length ? rows.map((db, i) => html`<text class="n-db" x="${p.x + 24}" y="${p.y + HEAD_H + i * ROW_H + 16}">▪ ${db}</text>`)
     : html`<text class="n-db muted" x="${p.x + 24}" y="${p.y + HEAD_H + 16}">no databases linked</text>`}
     </g>`;
   });
+
+  function short(text) {
+    return text.length > 30 ? text.slice(0, 29) + '…' : text;
+  }
 
   // Links that go back (or within one column) loop below the boxes, one lane each.
   const bottom = height - PAD;
@@ -168,14 +199,15 @@ export function graph(doc, live = new Map(), marks = { links: new Map(), nodes: 
       mx = (x1 + b.x) / 2;
       my = y - 6;
     }
-    const entry = live.get(linkLabel(l));
+    const label = linkLabel(doc.links[i]);
+    const entry = live.get(label);
     const problems = marks.links.get(i) || [];
     const t = problems.length ? 'bad' : tone(entry);
     const status = entry && entry.status;
     const caption = problems.length ? '⚠ refused' : `${l.mode || 'async'}${l.apply === 'logical' ? ' · logical' : ''}${status ? ' · lag ' + num(status.lag_entries) : ''}`;
     return html`<g class="t-link tone-${t} st-${status ? status.state : entry ? 'error' : 'draft'}${problems.length ? ' invalid' : ''}" data-link="${i}" tabindex="0" role="group"
-        aria-label="link ${linkLabel(l)}: ${problems.length ? problems.map((e) => e.message).join('; ') : stateText(entry)}">
-      <title>${linkLabel(l)}\n${stateText(entry)}${problems.map((e) => '\n⚠ ' + e.message)}</title>
+        aria-label="link ${label}: ${problems.length ? problems.map((e) => e.message).join('; ') : stateText(entry)}">
+      <title>${label}\n${stateText(entry)}${problems.map((e) => '\n⚠ ' + e.message)}</title>
       <path class="edge" d="${d}" marker-end="url(#arrow-${t})"/>
       <text class="l-cap" x="${mx.toFixed(1)}" y="${my.toFixed(1)}" text-anchor="middle">${caption}</text>
     </g>`;

@@ -11,6 +11,26 @@ import { verifyPanel } from './verify.js';
 import * as names from './names.js';
 import { $, $$, html, set, num, ago, pill, patchRows, showProblem, toast, formData } from './ui.js';
 
+/**
+ * A PostgreSQL connection string with `password` put in: after the user in the URL form
+ * (`postgresql://user:password@host/db`, percent-encoded), as `password='…'` in the
+ * key-value form. Throws when the string has a password already or names no user.
+ */
+export function withPassword(conn, password) {
+  if (!password) return conn;
+  const url = conn.match(/^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/i);
+  if (url) {
+    const [, scheme, authority, rest] = url;
+    const at = authority.lastIndexOf('@');
+    if (at < 0) throw new Error('name the user in the connection string (postgresql://user@host:5432/db) to give a password');
+    const user = authority.slice(0, at);
+    if (user.includes(':') || /[?&]password=/.test(rest)) throw new Error('the connection string has a password already: leave the password field empty, or take it out of the string');
+    return `${scheme}${user}:${encodeURIComponent(password)}@${authority.slice(at + 1)}${rest}`;
+  }
+  if (/(^|\s)password\s*=/.test(conn)) throw new Error('the connection string has a password already: leave the password field empty, or take it out of the string');
+  return `${conn} password='${password.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
 function selected() {
   return new URLSearchParams(location.hash.split('?')[1] || '').get('id');
 }
@@ -27,20 +47,41 @@ export default function links(root, session) {
     <section class="card" data-needs="operate"><h2>New link</h2>
       <form id="create-link" class="form-grid">
         <label>Source database <select name="database" required id="link-db"></select></label>
-        <label>Target node URL <input name="url" type="url" required placeholder="http://127.0.0.1:7071" id="link-url"></label>
-        <label>Target database <input name="target_database" required placeholder="same name" id="link-target-db"></label>
-        <label>Mode <select name="mode" id="link-mode"><option value="async">async (loosely coupled)</option><option value="sync">sync (tightly coupled)</option></select></label>
-        <label>Apply <select name="apply" id="link-apply"><option value="mirror">mirror (block-identical)</option><option value="logical">logical (through stages)</option></select></label>
-        <label>On stage error <select name="on_error"><option value="stop">stop</option><option value="quarantine">quarantine (dead letters)</option></select></label>
+        <label>Target <select name="kind" id="link-kind"><option value="node">a Doppel node</option><option value="postgres">PostgreSQL</option></select></label>
+        <label data-kind="node">Target node URL <input name="url" type="url" required placeholder="http://127.0.0.1:7071" id="link-url"></label>
+        <label data-kind="node">Target database <input name="target_database" required placeholder="same name" id="link-target-db"></label>
+        <label data-kind="postgres" class="wide" hidden>Connection string <input name="postgres" required disabled id="link-pg" autocomplete="off" spellcheck="false" placeholder="postgresql://doppel@10.0.0.5:5432/shop">
+          <small class="muted">URL or key-value form; the password goes in the field beside it (or in the string). The server keeps it and never shows it again.</small></label>
+        <label data-kind="postgres" hidden>Password <input name="pg_password" type="password" disabled id="link-pg-password" autocomplete="new-password"></label>
+        <label data-kind="postgres" hidden>Schema <input name="schema" disabled id="link-pg-schema" placeholder="public" autocomplete="off"></label>
+        <label data-kind="postgres" class="check" hidden><input type="checkbox" name="create_tables" disabled id="link-pg-create" checked> Create missing tables</label>
+        <label data-kind="node">Mode <select name="mode" id="link-mode"><option value="async">async (loosely coupled)</option><option value="sync">sync (tightly coupled)</option></select></label>
+        <label data-kind="node">Apply <select name="apply" id="link-apply"><option value="mirror">mirror (block-identical)</option><option value="logical">logical (through stages)</option></select></label>
+        <label>On error <select name="on_error" id="link-on-error"><option value="stop">stop</option><option value="quarantine">quarantine (dead letters)</option></select></label>
         <label class="wide">Stages (JSON) <textarea name="stages" rows="3" spellcheck="false" id="link-stages">[]</textarea>
-          <small class="muted">[{"plugin": "name@version", "config": {…}}]; filters and transforms need apply "logical".</small></label>
-        <label class="wide">Target token (optional) <input name="token" autocomplete="off" placeholder="an operator token of this tenant on the target; not needed when the nodes share a key"></label>
+          <small class="muted" data-kind="node">[{"plugin": "name@version", "config": {…}}]; filters and transforms need apply "logical".</small>
+          <small class="muted" data-kind="postgres" hidden>The last stage maps records to rows: the built-in json-columns@1.0.0 maps a file's top-level JSON fields to typed columns (docs/PLUGINS.md, "Row mapping"). A PostgreSQL link is async and logical.</small></label>
+        <label class="wide" data-kind="node">Target token (optional) <input name="token" autocomplete="off" placeholder="an operator token of this tenant on the target; not needed when the nodes share a key"></label>
         <div class="wide" id="create-error"></div>
         <div class="wide"><button type="submit" class="primary" id="create-link-button">Create link</button></div>
       </form></section>`);
 
   const form = $('#create-link', root);
+  /** Shows the fields of the chosen target; the others are disabled (not sent, not required). */
+  function showKind() {
+    const kind = $('#link-kind', root).value;
+    for (const el of $$('[data-kind]', form)) {
+      const on = el.dataset.kind === kind;
+      el.hidden = !on;
+      for (const input of $$('input, select', el)) input.disabled = !on;
+    }
+    const stages = $('#link-stages', root);
+    if (kind === 'postgres' && !stages.value.trim().replace(/^\[\s*\]$/, '')) {
+      stages.value = JSON.stringify([{ plugin: 'json-columns@1.0.0', config: { files: { orders: { table: 'orders', key: 'id', columns: { total: 'double', customer: 'text' }, rest: 'extra' } } } }], null, 1);
+    }
+  }
   if (form) {
+    $('#link-kind', root).addEventListener('change', showKind);
     api('GET', `${t(session.tenant)}/databases`).then((dbs) => {
       set($('#link-db', root), dbs.map((db) => html`<option value="${db.name}">${db.name}</option>`));
       if (!$('#link-target-db', root).value && dbs[0]) $('#link-target-db', root).placeholder = dbs[0].name;
@@ -57,15 +98,36 @@ export default function links(root, session) {
         $('#link-stages', root).focus();
         return;
       }
-      const body = {
-        database: f.database,
-        target: { url: f.url.trim(), database: (f.target_database || f.database).trim() },
-        mode: f.mode, apply: f.apply, on_error: f.on_error, stages,
-      };
-      if (f.token.trim()) body.target.token = f.token.trim();
+      let body;
+      if (f.kind === 'postgres') {
+        let conn;
+        try {
+          conn = withPassword(f.postgres.trim(), f.pg_password || '');
+        } catch (err) {
+          showProblem(errBox, { title: 'The connection string', detail: err.message, code: 'client' });
+          $('#link-pg', root).focus();
+          return;
+        }
+        body = {
+          database: f.database,
+          target: { postgres: conn, schema: (f.schema || '').trim() || 'public' },
+          mode: 'async', apply: 'logical', on_error: f.on_error, stages,
+          create_tables: f.create_tables === 'on',
+        };
+      } else {
+        body = {
+          database: f.database,
+          target: { url: f.url.trim(), database: (f.target_database || f.database).trim() },
+          mode: f.mode, apply: f.apply, on_error: f.on_error, stages,
+        };
+        if (f.token.trim()) body.target.token = f.token.trim();
+      }
       try {
         const link = await api('POST', base, body);
         showProblem(errBox, null);
+        // The password is the server's now: nothing on the page keeps it.
+        $('#link-pg-password', root).value = '';
+        if (f.kind === 'postgres') $('#link-pg', root).value = '';
         toast(`Link ${link.id} created`);
         location.hash = `#/links?id=${enc(link.id)}`;
       } catch (err) {

@@ -7,7 +7,7 @@
 
 import { api, t, enc } from './api.js';
 import * as live from './live.js';
-import { graph, legend, linkLabel } from './graph.js';
+import { graph, legend, linkLabel, isPostgres, pgBox } from './graph.js';
 import { $, $$, html, set, num, ago, pill, patchRows, problem, showProblem, toast } from './ui.js';
 
 /** How often the stored topology's live state is asked for (it spans other nodes). */
@@ -147,7 +147,7 @@ export default function topology(root, session) {
       (l) => html`<tr data-label="${l.link}" data-id="${l.id || ''}"><td data-col="link"><strong class="link-name">${l.link.replace(' -> ', ' → ')}</strong></td>
         <td data-f="state" data-label="State"></td><td class="n big" data-f="lag_entries" data-label="Lag entries"></td><td class="n big" data-f="lag_ms" data-label="Lag ms"></td><td class="n big" data-f="throughput" data-label="Throughput /s"></td>
         <td data-col="mode" data-label="Mode">${l.mode} · ${l.apply}</td><td data-col="id" data-label="Id">${l.id ? html`<code>${l.id}</code>` : html`<span class="muted">–</span>`}</td>
-        <td class="actions"><button class="small" data-needs="operate" data-failover-node="${l.to.node}" data-failover-db="${l.to.database}" title="Promote ${l.to.node}/${l.to.database} and re-point the links of ${l.from.node}/${l.from.database}">Fail over to ${l.to.node}/${l.to.database}</button></td></tr>`,
+        <td class="actions">${isPostgres(l.to) ? '' : html`<button class="small" data-needs="operate" data-failover-node="${l.to.node}" data-failover-db="${l.to.database}" title="Promote ${l.to.node}/${l.to.database} and re-point the links of ${l.from.node}/${l.from.database}">Fail over to ${l.to.node}/${l.to.database}</button>`}</td></tr>`,
       (l) => {
         const e = entries.get(l.link) || l;
         const s = e.status;
@@ -167,7 +167,7 @@ export default function topology(root, session) {
     set($('#topo-failover', root), f
       ? html`<div class="notice" id="failover-record"><strong>Last failover</strong> — <code>${f.old_primary.node}/${f.old_primary.database}</code> → <code>${f.promoted.node}/${f.promoted.database}</code> at serial <span id="fr-serial">${num(f.serial)}</span>, epoch <code>${String(f.epoch)}</code>, took ${num(f.took_ms)} ms
         <div class="scroll"><table><thead><tr><th>follower</th><th>state</th><th>continued from serial</th><th>entries discarded</th><th>snapshots</th><th>bytes sent</th></tr></thead>
-        <tbody>${(f.followers || []).map((x) => html`<tr data-follower="${x.to.node}"><td><code>${x.to.node}/${x.to.database}</code></td><td>${x.state ? pill(x.state) : html`<span class="err">${x.error || 'no status'}</span>`}</td>
+        <tbody>${(f.followers || []).map((x) => html`<tr data-follower="${isPostgres(x.to) ? pgBox(x.to) : x.to.node}"><td><code>${isPostgres(x.to) ? `${pgBox(x.to)}.${x.to.schema || 'public'}` : `${x.to.node}/${x.to.database}`}</code></td><td>${x.state ? pill(x.state) : html`<span class="err">${x.error || 'no status'}</span>`}</td>
           <td>${x.started_at == null ? '–' : num(x.started_at)}</td><td class="fr-discarded">${x.discarded_entries == null ? '–' : num(x.discarded_entries)}</td><td>${x.bootstraps == null ? '–' : num(x.bootstraps)}</td><td>${x.bytes_sent == null ? '–' : num(x.bytes_sent)}</td></tr>`)}</tbody></table></div></div>`
       : '');
   }
@@ -191,8 +191,11 @@ export default function topology(root, session) {
         <div class="link-grid">
           <label>From node <select data-k="from.node">${options(names, l.from.node)}</select></label>
           <label>From database <input data-k="from.database" value="${l.from.database}" list="db-names" placeholder="shop" autocomplete="off"></label>
-          <label>To node <select data-k="to.node">${options(names, l.to.node)}</select></label>
-          <label>To database <input data-k="to.database" value="${l.to.database}" list="db-names" placeholder="shop" autocomplete="off"></label>
+          ${isPostgres(l.to) ? html`<label>To PostgreSQL <input data-k="to.postgres" value="${l.to.postgres}" placeholder="postgresql://user:password@host:5432/db" autocomplete="off" spellcheck="false" title="shown with its password masked; kept as stored unless you type a new one"></label>
+          <label>Schema <input data-k="to.schema" value="${l.to.schema || ''}" placeholder="public" autocomplete="off"></label>
+          <label class="check"><input type="checkbox" data-k="create_tables" ${l.create_tables ? 'checked' : ''}> Create tables</label>`
+    : html`<label>To node <select data-k="to.node">${options(names, l.to.node)}</select></label>
+          <label>To database <input data-k="to.database" value="${l.to.database}" list="db-names" placeholder="shop" autocomplete="off"></label>`}
           <label title="async: loosely coupled; sync: commits wait for the quorum">Mode <select data-k="mode">${options(['async', 'sync'], l.mode || 'async')}</select></label>
           <label title="mirror: block-identical; logical: through stages">Apply <select data-k="apply">${options(['mirror', 'logical'], l.apply || 'mirror')}</select></label>
           <label title="quarantine keeps rejected records as dead letters">On stage error <select data-k="on_error">${options(['stop', 'quarantine'], l.on_error || 'stop')}</select></label>
@@ -361,6 +364,7 @@ export default function topology(root, session) {
     const l = draft.links[Number(fs.dataset.linkIndex)];
     if (el.dataset.k) {
       setPath(l, el.dataset.k, el.type === 'checkbox' ? el.checked : el.value.trim());
+      if (el.dataset.k === 'to.schema' && !l.to.schema) delete l.to.schema;
       $('legend code', fs).textContent = linkLabel(l);
     } else if (el.dataset.s) {
       const box = el.closest('.stage-edit');

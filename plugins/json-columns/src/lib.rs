@@ -32,8 +32,9 @@ use doppel_sdk::{json, Op, Out, OwnedRecord, PluginConfig, Record};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The column types of the row contract.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// The column types of the row contract (the one list of them: a PostgreSQL target
+/// reads row documents with [`ColumnType::parse`]).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Text,
@@ -46,6 +47,21 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    pub const ALL: [ColumnType; 7] = [
+        ColumnType::Text,
+        ColumnType::Bigint,
+        ColumnType::Double,
+        ColumnType::Boolean,
+        ColumnType::Jsonb,
+        ColumnType::Timestamptz,
+        ColumnType::Bytea,
+    ];
+
+    /// The type a row document names.
+    pub fn parse(name: &str) -> Option<ColumnType> {
+        ColumnType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ColumnType::Text => "text",
@@ -158,22 +174,33 @@ fn key_value(m: &FileMap, key: &str) -> Result<(ColumnType, Value), String> {
     Ok((ty, v))
 }
 
-/// One record as a row document (the row contract).
-pub fn map_row(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
-    let Some(m) = cfg.files.get(r.file) else {
-        return Ok(Out::Drop);
+/// One record mapped to its row: the table, the key column and the typed columns (the
+/// key's first; a delete's only the key's).
+#[derive(Debug, PartialEq)]
+pub struct Mapped<'c> {
+    pub table: &'c str,
+    pub key: &'c str,
+    pub columns: Vec<(&'c str, ColumnType, Value)>,
+}
+
+/// Map one record by `cfg`: None when its file has no entry (not shipped); Err, naming
+/// the column, when a value does not fit. What the plugin and a PostgreSQL target that
+/// maps natively (`transport::postgres`) both run.
+pub fn map_columns<'c>(
+    cfg: &'c Config,
+    op: Op,
+    file: &str,
+    key: &str,
+    data: &[u8],
+) -> Result<Option<Mapped<'c>>, String> {
+    let Some(m) = cfg.files.get(file) else {
+        return Ok(None);
     };
-    let (key_ty, key) = key_value(m, r.key)?;
-    // Written straight out, not built as a JSON value first: this runs for every record.
-    let mut doc = Vec::with_capacity(r.data.len() + 96);
-    doc.extend_from_slice(br#"{"row":1,"table":"#);
-    put(&mut doc, &m.table);
-    doc.extend_from_slice(br#","key":["#);
-    put(&mut doc, &m.key);
-    doc.extend_from_slice(br#"],"columns":["#);
-    column(&mut doc, &m.key, key_ty, &key);
-    if r.op != Op::Delete {
-        let mut fields: Map<String, Value> = match json::parse(r.data)? {
+    let (key_ty, key) = key_value(m, key)?;
+    let mut columns = Vec::with_capacity(m.columns.len() + 2);
+    columns.push((m.key.as_str(), key_ty, key));
+    if op != Op::Delete {
+        let mut fields: Map<String, Value> = match json::parse(data)? {
             Value::Object(fields) => fields,
             _ => return Err("the record is not a JSON object".into()),
         };
@@ -191,17 +218,40 @@ pub fn map_row(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
                     kind(&v)
                 ));
             }
-            doc.push(b',');
-            column(&mut doc, name, *ty, &v);
+            columns.push((name.as_str(), *ty, v));
         }
         if let Some(rest) = &m.rest {
-            doc.push(b',');
-            column(&mut doc, rest, ColumnType::Jsonb, &Value::Object(fields));
+            columns.push((rest.as_str(), ColumnType::Jsonb, Value::Object(fields)));
         }
+    }
+    Ok(Some(Mapped {
+        table: &m.table,
+        key: &m.key,
+        columns,
+    }))
+}
+
+/// One record as a row document (the row contract).
+pub fn map_row(r: &Record<'_>, cfg: &Config) -> Result<Out, String> {
+    let Some(m) = map_columns(cfg, r.op, r.file, r.key, r.data)? else {
+        return Ok(Out::Drop);
+    };
+    // Written straight out, not built as a JSON value first: this runs for every record.
+    let mut doc = Vec::with_capacity(r.data.len() + 96);
+    doc.extend_from_slice(br#"{"row":1,"table":"#);
+    put(&mut doc, m.table);
+    doc.extend_from_slice(br#","key":["#);
+    put(&mut doc, m.key);
+    doc.extend_from_slice(br#"],"columns":["#);
+    for (i, (name, ty, v)) in m.columns.iter().enumerate() {
+        if i > 0 {
+            doc.push(b',');
+        }
+        column(&mut doc, name, *ty, v);
     }
     doc.extend_from_slice(b"]}");
     Ok(Out::Replace(OwnedRecord {
-        file: m.table.clone(),
+        file: m.table.to_string(),
         data: doc,
         before: None,
         ..r.to_owned()

@@ -86,9 +86,12 @@ impl From<crate::cluster::ClusterError> for ApiError {
 fn apply_clustered(
     cluster: &crate::cluster::Cluster,
     tenant: &str,
-    doc: Topology,
+    mut doc: Topology,
     q: &ApplyQuery,
 ) -> Result<Value> {
+    if let Ok((stored, _)) = cluster.topology(tenant, &doc.name) {
+        crate::topology::keep_passwords(&mut doc, &stored);
+    }
     let problems = crate::topology::validate(&doc);
     if !problems.is_empty() {
         return Err(TopologyError::Invalid(problems).into());
@@ -160,7 +163,7 @@ pub async fn show(
                 .iter()
                 .map(|l| {
                     let label = l.label();
-                    let mut entry = json!({"link": label, "from": l.from, "to": l.to,
+                    let mut entry = json!({"link": label, "from": l.from, "to": l.to.masked(),
                                            "mode": l.options.mode, "apply": l.options.apply,
                                            "stages": l.options.stages});
                     match mine.get(&label) {
@@ -179,7 +182,7 @@ pub async fn show(
                 })
                 .collect();
             return Ok(
-                json!({"name": doc.name, "document": doc, "revision": revision,
+                json!({"name": doc.name, "document": doc.masked(), "revision": revision,
                              "cluster": true, "links": links}),
             );
         }

@@ -6,8 +6,9 @@
 //! - **apply**: `--records` records of `--record-bytes` (`{"n": i, "s": "xxx…"}`) are
 //!   written in batches while the link is paused, then it resumes: rows/s from the
 //!   resume until the link's position covers the last serial (everything applied and
-//!   committed in PostgreSQL), with the CPU seconds of the PostgreSQL processes and of
-//!   the node over that time (from `/proc`, so on this machine only);
+//!   committed in PostgreSQL), with the CPU seconds over that time of the node and of
+//!   PostgreSQL (its postmaster and backends), each found by the port it listens on
+//!   (from `/proc`, so on this machine only; other nodes or servers do not count);
 //! - **floor**: the same rows by `COPY … FROM STDIN` (psql `\copy`, text format) into a
 //!   fresh table of the same shape (primary key included): rows/s, and the ratio;
 //! - **live**: the same keys written again (updates, upserts in PostgreSQL) with the link
@@ -22,36 +23,92 @@ use serde_json::json;
 use super::bench::{db_path, recreate, run_parallel, BenchArgs};
 use super::client::{connect, Client};
 
-/// CPU seconds (user + system) of the processes whose command name starts with one of
-/// `names`, from `/proc`.
-fn cpu_seconds(names: &[&str]) -> f64 {
+/// (pid, parent pid, CPU seconds user + system) of every process, from `/proc`.
+fn processes() -> Vec<(u32, u32, f64)> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = 0u64;
-    let me = std::process::id().to_string();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in dir.flatten() {
-        if entry.file_name().to_str() == Some(me.as_str()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
-        }
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some(close) = stat.rfind(')') else {
             continue;
         };
-        let comm = &stat[open + 1..close];
-        if !names.iter().any(|n| comm.starts_with(n)) {
-            continue;
-        }
-        // Fields after the command: state is field 3; utime and stime are 14 and 15.
+        // Fields after the command: state is field 3, ppid 4; utime and stime 14 and 15.
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-        total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        let cpu = field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        out.push((pid, field(4).unwrap_or(0) as u32, cpu as f64 / ticks));
     }
-    total as f64 / ticks
+    out
+}
+
+/// The process listening on TCP `port` on this machine (from `/proc/net/tcp*` and the
+/// processes' sockets), if any.
+fn listener(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// CPU seconds of the process listening on `port` and its children (PostgreSQL's
+/// backends are the postmaster's); None when no process here listens on it. Other
+/// processes of the same name (another node, another PostgreSQL) do not count.
+fn cpu_seconds(port: u16) -> Option<f64> {
+    let root = listener(port)?;
+    Some(
+        processes()
+            .into_iter()
+            .filter(|(pid, ppid, _)| *pid == root || *ppid == root)
+            .map(|(_, _, cpu)| cpu)
+            .sum(),
+    )
 }
 
 fn payload(args: &BenchArgs) -> String {
@@ -162,7 +219,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     recreate(&client, tenant, &args.db, &args.durability)?;
     psql(&conn, "DROP TABLE IF EXISTS bench, bench_copy")?;
-    let version = env!("CARGO_PKG_VERSION");
+    let version = crate::plugins::registry::builtin_version("json-columns").unwrap_or("1.0.0");
     let link = client.call(
         "POST",
         &links,
@@ -187,21 +244,43 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         records as f64 / elapsed.as_secs_f64()
     );
 
-    let (pg0, node0) = (cpu_seconds(&["postgres"]), cpu_seconds(&["doppel"]));
+    // The node and PostgreSQL by the ports they listen on.
+    let node_port = args
+        .target
+        .url
+        .split_once("://")
+        .map_or(args.target.url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .and_then(|authority| authority.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    let pg_port = conn
+        .parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_ports().first().copied())
+        .unwrap_or(5432);
+    let cpu = || (cpu_seconds(pg_port), node_port.and_then(cpu_seconds));
+    let before = cpu();
     let started = Instant::now();
     client.call("POST", &format!("{link}/resume"), None)?;
     until_applied(&client, &link, last)?;
     let applied = started.elapsed();
-    let (pg1, node1) = (cpu_seconds(&["postgres"]), cpu_seconds(&["doppel"]));
+    let after = cpu();
     let rows = psql(&conn, "SELECT count(*) FROM bench")?;
     let apply_rate = records as f64 / applied.as_secs_f64();
+    let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!(
+            "{:.1} s ({:.0}% of the wall time)",
+            b - a,
+            100.0 * (b - a) / applied.as_secs_f64()
+        ),
+        _ => "not measured (not listening on this machine)".to_string(),
+    };
     println!(
-        "  apply: {rows} rows in {:.2} s: {apply_rate:.0} rows/s; CPU over it: PostgreSQL {:.1} s ({:.0}% of the wall time), node {:.1} s ({:.0}%)",
+        "  apply: {rows} rows in {:.2} s: {apply_rate:.0} rows/s; CPU over it: PostgreSQL {}, node {}",
         applied.as_secs_f64(),
-        pg1 - pg0,
-        100.0 * (pg1 - pg0) / applied.as_secs_f64(),
-        node1 - node0,
-        100.0 * (node1 - node0) / applied.as_secs_f64(),
+        share(before.0, after.0),
+        share(before.1, after.1),
     );
 
     // The floor: the same rows by COPY into a table of the same shape.

@@ -193,9 +193,12 @@ fn json_of(kv: &Kv) -> Value {
 fn groups(tenant: &str, doc: &Topology) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
     for l in &doc.links {
+        let Some(to) = l.to.endpoint() else {
+            continue;
+        };
         let mirror = l.options.apply == Apply::Mirror
             && l.options.conflicts.is_none()
-            && l.from.database == l.to.database;
+            && l.from.database == to.database;
         let fed = doc.links.iter().any(|m| m.to == l.from);
         if !mirror || fed {
             continue;
@@ -224,9 +227,9 @@ fn groups(tenant: &str, doc: &Topology) -> Vec<Group> {
                 out.last_mut().expect("just pushed")
             }
         };
-        g.replicas.push(l.to.node.clone());
+        g.replicas.push(to.node.clone());
         if l.options.mode == Mode::Sync {
-            g.standbys.push(l.to.node.clone());
+            g.standbys.push(to.node.clone());
         }
     }
     out

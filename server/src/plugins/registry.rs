@@ -11,7 +11,9 @@
 //! on upload, or once after a restart on a cache miss; never per batch.
 //!
 //! The built-in plugins (`super::builtin`) are in every tenant's registry without an
-//! upload, as `name@{server version}`: listed, shown, loaded as stages like an upload,
+//! upload, as `name@{version}`: the plugin crate's own version when it has one
+//! (`json-columns@1.0.0`, whose config and row contract are a published interface),
+//! else the server's (`prefix-filter@0.1.0`): listed, shown, loaded as stages like an upload,
 //! compiled on first use (the artefact cached like an upload's). Their names are
 //! reserved: a tenant cannot upload a plugin of that name, nor delete one, so a stage
 //! `prefix-filter@0.1.0` runs the same code on every node and tenant of a topology.
@@ -47,8 +49,16 @@ pub struct PluginInfo {
     pub description: String,
 }
 
-/// The version every built-in plugin has: the server's own.
+/// The version of the built-in plugins that have none of their own: the server's.
 pub const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A built-in plugin's version (None: no built-in of that name).
+pub fn builtin_version(name: &str) -> Option<&'static str> {
+    super::builtin::BUILTIN_VERSIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+}
 
 /// One built-in plugin: what the registry answers for it, and its bytes.
 struct Builtin {
@@ -132,7 +142,7 @@ impl Registry {
                     Some(Builtin {
                         info: PluginInfo {
                             name: (*name).to_owned(),
-                            version: BUILTIN_VERSION.to_owned(),
+                            version: builtin_version(name).unwrap_or(BUILTIN_VERSION).to_owned(),
                             role: Role::parse(role)?,
                             sha256: hex(&Sha256::digest(wasm)),
                             size: wasm.len(),
@@ -175,9 +185,10 @@ impl Registry {
         crate::node::check_name("plugin", name)
             .map_err(|e| RegistryError::Malformed(e.to_string()))?;
         check_version(version)?;
-        if self.builtin(name).is_some() {
+        if let Some(b) = self.builtin(name) {
+            let version = &b.info.version;
             return Err(RegistryError::Builtin(format!(
-                "'{name}' is a built-in plugin ({name}@{BUILTIN_VERSION}, in every tenant's registry); \
+                "'{name}' is a built-in plugin ({name}@{version}, in every tenant's registry); \
                  its name is reserved so that a stage naming it means the same code on every node: \
                  upload yours under another name"
             )));

@@ -2,8 +2,9 @@
 //! one JSON document per tenant and name, validated, planned and applied.
 //!
 //! A document names its nodes by API URL and lists links `from {node, database}` →
-//! `to {node, database}` with the link's mode, apply form, stages, error policy and
-//! B-log choice. Applying it on any node:
+//! `to {node, database}` (or `to {postgres, schema}`: a PostgreSQL target, [`LinkTarget`])
+//! with the link's mode, apply form, stages, error policy and B-log choice. Applying it
+//! on any node:
 //! 1. validates it locally ([`validate`]): known nodes, no link from a database to
 //!    itself, one link per target database, no cycle of ordinary links (updates would
 //!    loop). Mutual links (with `conflicts`, SPEC F4) may form cycles: a mutual link
@@ -38,7 +39,7 @@ use serde_json::{json, Value};
 
 use crate::node::{self, Node};
 use crate::remote::{Client, RemoteError};
-use crate::transport::links::{Apply, LinkOptions, LinkSpec, Mode, TargetSpec};
+use crate::transport::links::{mask_password, Apply, LinkOptions, LinkSpec, Mode, TargetSpec};
 use crate::txn::clock::wall_ms;
 
 const PREFIX: &str = "topology/";
@@ -111,6 +112,15 @@ impl QuorumDoc {
 }
 
 impl Topology {
+    /// The document as answers show it: every PostgreSQL password masked.
+    pub fn masked(&self) -> Topology {
+        let mut doc = self.clone();
+        for l in &mut doc.links {
+            l.to = l.to.masked();
+        }
+        doc
+    }
+
     /// The synchronous links from `from`.
     pub(crate) fn sync_links_from(&self, from: &Endpoint) -> usize {
         self.links
@@ -140,13 +150,141 @@ pub struct Endpoint {
     pub database: String,
 }
 
+/// Where a link of a document goes: a database on one of its nodes
+/// (`{"node", "database"}`), or a schema of a PostgreSQL database (SPEC G9,
+/// `{"postgres": conn, "schema": s}`, applied by the source node: see
+/// `transport::postgres`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(try_from = "TargetFields", into = "TargetFields")]
+#[schemars(with = "TargetFields")]
+pub enum LinkTarget {
+    Node(Endpoint),
+    Postgres(PostgresTarget),
+}
+
+/// A PostgreSQL target of a document's link. The stored document keeps the connection
+/// string with its password (a link made again, or re-pointed by a failover, needs
+/// it); every answer shows it masked ([`Topology::masked`]), and a document sent back
+/// with the masked string keeps the stored password ([`keep_passwords`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PostgresTarget {
+    pub postgres: String,
+    /// `public` when not given.
+    pub schema: Option<String>,
+}
+
+impl PostgresTarget {
+    fn schema(&self) -> &str {
+        self.schema.as_deref().unwrap_or("public")
+    }
+
+    /// How labels and people name it: the masked connection string and the schema.
+    pub fn shown(&self) -> String {
+        format!("{} ({})", mask_password(&self.postgres), self.schema())
+    }
+
+    fn same(&self, other: &PostgresTarget) -> bool {
+        self.postgres == other.postgres && self.schema() == other.schema()
+    }
+}
+
+/// A link target as JSON has it: the fields of either form (`node` and `database`, or
+/// `postgres` and an optional `schema`).
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    postgres: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
+}
+
+impl TryFrom<TargetFields> for LinkTarget {
+    type Error = String;
+
+    fn try_from(f: TargetFields) -> Result<LinkTarget, String> {
+        match f {
+            TargetFields {
+                node: Some(node),
+                database: Some(database),
+                postgres: None,
+                schema: None,
+            } => Ok(LinkTarget::Node(Endpoint { node, database })),
+            TargetFields {
+                node: None,
+                database: None,
+                postgres: Some(postgres),
+                schema,
+            } => Ok(LinkTarget::Postgres(PostgresTarget { postgres, schema })),
+            _ => Err(
+                "a link goes to a node's database ({\"node\", \"database\"}) or to \
+                      PostgreSQL ({\"postgres\": connection string, \"schema\"}), with \
+                      the fields of one of them only"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl From<LinkTarget> for TargetFields {
+    fn from(t: LinkTarget) -> TargetFields {
+        match t {
+            LinkTarget::Node(e) => TargetFields {
+                node: Some(e.node),
+                database: Some(e.database),
+                postgres: None,
+                schema: None,
+            },
+            LinkTarget::Postgres(p) => TargetFields {
+                node: None,
+                database: None,
+                postgres: Some(p.postgres),
+                schema: p.schema,
+            },
+        }
+    }
+}
+
+impl LinkTarget {
+    /// The node's database, for a target that is one.
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        match self {
+            LinkTarget::Node(e) => Some(e),
+            LinkTarget::Postgres(_) => None,
+        }
+    }
+
+    /// As answers show it: a PostgreSQL password masked.
+    pub fn masked(&self) -> LinkTarget {
+        match self {
+            LinkTarget::Postgres(p) => LinkTarget::Postgres(PostgresTarget {
+                postgres: mask_password(&p.postgres),
+                schema: p.schema.clone(),
+            }),
+            other => other.clone(),
+        }
+    }
+}
+
+impl PartialEq<Endpoint> for LinkTarget {
+    fn eq(&self, other: &Endpoint) -> bool {
+        self.endpoint() == Some(other)
+    }
+}
+
 /// One link of a topology: its two ends, and how it replicates
 /// ([`LinkOptions`], flat in the JSON, as in a link request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkDoc {
     pub from: Endpoint,
-    pub to: Endpoint,
+    pub to: LinkTarget,
     /// The target may hold other data or follow another source: the link takes it over,
     /// by serial where the logs' histories allow, else from a snapshot (set by a
     /// failover for re-pointed links and the old primary).
@@ -159,26 +297,47 @@ pub struct LinkDoc {
 impl LinkDoc {
     /// How the plan and the stored state name the link.
     pub fn label(&self) -> String {
-        format!(
-            "{}/{} -> {}/{}",
-            self.from.node, self.from.database, self.to.node, self.to.database
-        )
+        match &self.to {
+            LinkTarget::Node(to) => format!(
+                "{}/{} -> {}/{}",
+                self.from.node, self.from.database, to.node, to.database
+            ),
+            LinkTarget::Postgres(p) => {
+                format!("{}/{} -> {}", self.from.node, self.from.database, p.shown())
+            }
+        }
     }
 
-    /// The link as its source node's API takes it.
+    /// The link as its source node's API takes it. A PostgreSQL link has no resync:
+    /// re-pointed by a failover, it continues from its own position or bootstraps
+    /// (`transport::postgres`).
     pub(crate) fn spec(&self, doc: &Topology) -> LinkSpec {
-        let target = &doc.nodes[&self.to.node];
+        let target = match &self.to {
+            LinkTarget::Node(to) => {
+                let node = &doc.nodes[&to.node];
+                TargetSpec {
+                    url: node.url.trim_end_matches('/').to_string(),
+                    database: to.database.clone(),
+                    token: None,
+                    replication: node.replication.clone(),
+                    resync: self.resync,
+                    postgres: None,
+                    schema: None,
+                }
+            }
+            LinkTarget::Postgres(p) => TargetSpec {
+                url: String::new(),
+                database: String::new(),
+                token: None,
+                replication: None,
+                resync: false,
+                postgres: Some(p.postgres.clone()),
+                schema: p.schema.clone(),
+            },
+        };
         LinkSpec {
             database: self.from.database.clone(),
-            target: TargetSpec {
-                url: target.url.trim_end_matches('/').to_string(),
-                database: self.to.database.clone(),
-                token: None,
-                replication: target.replication.clone(),
-                resync: self.resync,
-                postgres: None,
-                schema: None,
-            },
+            target,
             options: self.options.clone(),
         }
     }
@@ -206,6 +365,14 @@ impl LinkDoc {
         if self.options.conflicts != old.options.conflicts {
             what.push("conflicts");
         }
+        if self.options.create_tables != old.options.create_tables {
+            what.push("create_tables");
+        }
+        if let (LinkTarget::Postgres(new), LinkTarget::Postgres(was)) = (&self.to, &old.to) {
+            if !new.same(was) {
+                what.push("the PostgreSQL connection");
+            }
+        }
         (!what.is_empty()).then(|| format!("{} changed", what.join(", ")))
     }
 }
@@ -221,6 +388,32 @@ fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
         path: path.into(),
         message: message.into(),
+    }
+}
+
+/// A document sent back as it was shown keeps the stored PostgreSQL passwords: a
+/// link's connection string that carries none and reads as the stored one of the same
+/// link masked takes the stored string back (as a link credential, the password is
+/// given once and never has to be shown again).
+pub fn keep_passwords(doc: &mut Topology, stored: &Topology) {
+    for l in &mut doc.links {
+        let label = l.label();
+        let LinkTarget::Postgres(p) = &mut l.to else {
+            continue;
+        };
+        if mask_password(&p.postgres) != p.postgres {
+            continue;
+        }
+        let old = stored
+            .links
+            .iter()
+            .find(|o| o.label() == label)
+            .map(|o| &o.to);
+        if let Some(LinkTarget::Postgres(old)) = old {
+            if mask_password(&old.postgres) == p.postgres {
+                p.postgres = old.postgres.clone();
+            }
+        }
     }
 }
 
@@ -254,7 +447,14 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
             .all(|l| l.options.apply == Apply::Logical)
     };
     for (i, l) in doc.links.iter().enumerate() {
-        for (side, end) in [("from", &l.from), ("to", &l.to)] {
+        let to = match &l.to {
+            LinkTarget::Node(to) => to,
+            LinkTarget::Postgres(_) => {
+                out.extend(check_postgres(doc, i));
+                continue;
+            }
+        };
+        for (side, end) in [("from", &l.from), ("to", to)] {
             if !doc.nodes.contains_key(&end.node) {
                 out.push(problem(
                     format!("links[{i}].{side}.node"),
@@ -272,30 +472,31 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
                 ));
             }
         }
-        if l.from == l.to {
+        if l.from == *to {
             out.push(problem(
                 format!("links[{i}]"),
                 "a link cannot copy a database onto itself",
             ));
         }
-        if let Some(first) = targets.insert(&l.to, i).filter(|_| !consolidated(&l.to)) {
+        if let Some(first) = targets.insert(to, i).filter(|_| !consolidated(to)) {
             out.push(problem(
                 format!("links[{i}].to"),
                 format!(
                     "database '{}' on node '{}' is already the target of links[{first}]; a \
                      mirror follows one source (several sources consolidate into one \
                      database through logical links, with a namespace transform each)",
-                    l.to.database, l.to.node
+                    to.database, to.node
                 ),
             ));
         }
     }
     out.extend(check_mutual(doc));
     out.extend(check_quorum(doc));
+    // A PostgreSQL target sends nothing on: it closes no cycle.
     let ordinary: Vec<LinkDoc> = doc
         .links
         .iter()
-        .filter(|l| l.options.conflicts.is_none())
+        .filter(|l| l.options.conflicts.is_none() && l.to.endpoint().is_some())
         .cloned()
         .collect();
     if let Some((i, cycle)) = find_cycle(&ordinary) {
@@ -311,6 +512,36 @@ pub fn validate(doc: &Topology) -> Vec<Problem> {
                  that write both ways are mutual links: give each \"conflicts\")"
             ),
         ));
+    }
+    out
+}
+
+/// A link into PostgreSQL: its source node is declared, and its source node would take
+/// it (`transport::postgres::check_spec`: the connection string parses, a logical async
+/// link with a row-mapping stage, a plain schema name).
+fn check_postgres(doc: &Topology, i: usize) -> Vec<Problem> {
+    let l = &doc.links[i];
+    let mut out = Vec::new();
+    if !doc.nodes.contains_key(&l.from.node) {
+        out.push(problem(
+            format!("links[{i}].from.node"),
+            format!(
+                "unknown node '{}'; the document declares {}",
+                l.from.node,
+                names(doc.nodes.keys())
+            ),
+        ));
+        return out;
+    }
+    if let Err(e) = node::check_name("database", &l.from.database) {
+        out.push(problem(format!("links[{i}].from.database"), e.to_string()));
+    }
+    if let Err(e) = crate::transport::postgres::check_spec(&l.spec(doc)) {
+        let message = match e {
+            node::Error::Malformed(m) => m,
+            other => other.to_string(),
+        };
+        out.push(problem(format!("links[{i}].to"), message));
     }
     out
 }
@@ -374,18 +605,22 @@ fn check_mutual(doc: &Topology) -> Vec<Problem> {
             .any(|l| l.options.conflicts.is_some() && &l.from == from && &l.to == to)
     };
     for (i, l) in doc.links.iter().enumerate() {
+        // A PostgreSQL target is never mutual (`check_postgres`).
+        let Some(to) = l.to.endpoint() else {
+            continue;
+        };
         if l.options.conflicts.is_none() {
             let into_mutual = doc
                 .links
                 .iter()
-                .any(|m| m.options.conflicts.is_some() && (m.to == l.to || m.from == l.to));
+                .any(|m| m.options.conflicts.is_some() && (m.to == *to || m.from == *to));
             if into_mutual && l.options.apply == Apply::Logical {
                 out.push(problem(
                     format!("links[{i}]"),
                     format!(
                         "database '{}' on node '{}' is written through mutual links; a \
                          logical link into it must be mutual too (give it \"conflicts\")",
-                        l.to.database, l.to.node
+                        to.database, to.node
                     ),
                 ));
             }
@@ -397,29 +632,30 @@ fn check_mutual(doc: &Topology) -> Vec<Problem> {
                 "a mutual link applies by key: give \"apply\": \"logical\"",
             ));
         }
-        if !mutual(&l.to, &l.from) {
+        if !mutual(to, &l.from) {
             out.push(problem(
                 format!("links[{i}]"),
                 format!(
                     "a mutual link needs its way back: add a mutual link {}/{} -> {}/{}",
-                    l.to.node, l.to.database, l.from.node, l.from.database
+                    to.node, to.database, l.from.node, l.from.database
                 ),
             ));
         }
         // Full mesh: whoever this link's target sends to, this link's source must
         // send to as well, since the target forwards nothing it did not write.
-        for m in doc
+        for m_to in doc
             .links
             .iter()
-            .filter(|m| m.options.conflicts.is_some() && m.from == l.to)
+            .filter(|m| m.options.conflicts.is_some() && m.from == *to)
+            .filter_map(|m| m.to.endpoint())
         {
-            if m.to != l.from && !mutual(&l.from, &m.to) {
+            if *m_to != l.from && !mutual(&l.from, m_to) {
                 out.push(problem(
                     format!("links[{i}]"),
                     format!(
                         "mutual sites form a full mesh (each ships only its own writes): \
                          add a mutual link {}/{} -> {}/{}",
-                        l.from.node, l.from.database, m.to.node, m.to.database
+                        l.from.node, l.from.database, m_to.node, m_to.database
                     ),
                 ));
             }
@@ -442,8 +678,11 @@ fn find_cycle(links: &[LinkDoc]) -> Option<(usize, String)> {
     // Add links one by one; a link closes a cycle when its target already reaches its
     // source through the links before it.
     for (i, l) in links.iter().enumerate() {
-        let mut path = vec![&l.to];
-        if let Some(found) = reach(&links[..i], &l.to, &l.from, &mut path, &mut BTreeSet::new()) {
+        let Some(to) = l.to.endpoint() else {
+            continue;
+        };
+        let mut path = vec![to];
+        if let Some(found) = reach(&links[..i], to, &l.from, &mut path, &mut BTreeSet::new()) {
             let mut names: Vec<String> = std::iter::once(&l.from)
                 .chain(found.iter().copied())
                 .map(|e| format!("{}/{}", e.node, e.database))
@@ -468,9 +707,13 @@ fn reach<'a>(
     if !seen.insert(at) {
         return None;
     }
-    for l in links.iter().filter(|l| &l.from == at) {
-        path.push(&l.to);
-        if let Some(found) = reach(links, &l.to, goal, path, seen) {
+    for to in links
+        .iter()
+        .filter(|l| &l.from == at)
+        .filter_map(|l| l.to.endpoint())
+    {
+        path.push(to);
+        if let Some(found) = reach(links, to, goal, path, seen) {
             return Some(found);
         }
         path.pop();
@@ -502,7 +745,7 @@ pub(crate) fn after_failover(doc: &Topology, old: &Endpoint, to: &Endpoint) -> T
             if &l.from == old && &l.to == to {
                 LinkDoc {
                     from: to.clone(),
-                    to: old.clone(),
+                    to: LinkTarget::Node(old.clone()),
                     resync: true,
                     options: LinkOptions {
                         mode: Mode::Async,
@@ -637,8 +880,10 @@ pub fn plan(
             Some(a) => {
                 // A target node that moved is another link.
                 let moved = before.is_some_and(|b| {
-                    b.doc.nodes.get(&l.to.node) != doc.nodes.get(&l.to.node)
-                        || b.doc.nodes.get(&l.from.node) != doc.nodes.get(&l.from.node)
+                    let to_moved =
+                        l.to.endpoint()
+                            .is_some_and(|to| b.doc.nodes.get(&to.node) != doc.nodes.get(&to.node));
+                    to_moved || b.doc.nodes.get(&l.from.node) != doc.nodes.get(&l.from.node)
                 });
                 match (moved, l.replaced_because(&a.link)) {
                     (true, _) => step(
@@ -705,7 +950,7 @@ fn unknown_link(step: &Step) -> LinkDoc {
     };
     LinkDoc {
         from: end(from),
-        to: end(to),
+        to: LinkTarget::Node(end(to)),
         resync: false,
         options: LinkOptions::default(),
     }
@@ -836,12 +1081,16 @@ impl Topologies {
         dry_run: bool,
         authorization: Option<String>,
     ) -> Result<Value, TopologyError> {
+        let mut doc = doc;
+        let before = self.load(tenant, &doc.name)?;
+        if let Some(b) = &before {
+            keep_passwords(&mut doc, &b.doc);
+        }
         let problems = validate(&doc);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid(problems));
         }
         let remote = caller(authorization);
-        let before = self.load(tenant, &doc.name)?;
         // The primaries the stored document gave sync links to: their floor of expected
         // links follows what this document gives them.
         let old_primaries = before
@@ -887,8 +1136,13 @@ impl Topologies {
             .filter(|s| !matches!(s.action, "keep" | "delete"))
         {
             acting.insert(s.node.as_str());
-            if let Some(l) = s.index.map(|i| &doc.links[i]).filter(|l| !l.resync) {
-                acting.insert(l.to.node.as_str());
+            if let Some(to) = s
+                .index
+                .map(|i| &doc.links[i])
+                .filter(|l| !l.resync)
+                .and_then(|l| l.to.endpoint())
+            {
+                acting.insert(to.node.as_str());
             }
         }
         // A primary whose quorum is set.
@@ -1092,7 +1346,7 @@ impl Topologies {
         let mut links = Vec::new();
         for l in &stored.doc.links {
             let label = l.label();
-            let mut entry = json!({"link": label, "from": l.from, "to": l.to, "mode": l.options.mode,
+            let mut entry = json!({"link": label, "from": l.from, "to": l.to.masked(), "mode": l.options.mode,
                                    "apply": l.options.apply, "stages": l.options.stages});
             match stored.links.get(&label) {
                 None => entry["error"] = json!("not applied"),
@@ -1123,7 +1377,7 @@ impl Topologies {
                 .filter(|(l, _)| l.from == f.promoted)
                 .map(|(l, entry)| {
                     let st = &entry["status"];
-                    json!({"to": l.to, "link": entry["link"], "state": st["state"],
+                    json!({"to": l.to.masked(), "link": entry["link"], "state": st["state"],
                            "bootstraps": st["bootstraps"], "started_at": st["started_at"],
                            "resumed_by_serial": st["resumed_by_serial"],
                            "discarded_entries": st["discarded_entries"],
@@ -1136,7 +1390,7 @@ impl Topologies {
         });
         Ok(json!({
             "name": stored.doc.name,
-            "document": stored.doc,
+            "document": stored.doc.masked(),
             "applied_ms": stored.applied_ms,
             "failover": failover,
             "links": links,
@@ -1339,10 +1593,10 @@ mod tests {
                         node: fnode.to_string(),
                         database: fdb.to_string(),
                     },
-                    to: Endpoint {
+                    to: LinkTarget::Node(Endpoint {
                         node: tnode.to_string(),
                         database: tdb.to_string(),
-                    },
+                    }),
                     resync: false,
                     options: LinkOptions {
                         mode: Mode::Async,
@@ -1542,5 +1796,93 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    fn postgres_doc(conn: &str) -> Topology {
+        let nodes = json!({"a": {"url": "http://a:1"}});
+        serde_json::from_value(json!({"name": "t", "nodes": nodes, "links": [
+            {"from": {"node": "a", "database": "shop"},
+             "to": {"postgres": conn, "schema": "sales"},
+             "apply": "logical", "create_tables": true,
+             "stages": [{"plugin": "json-columns@1.0.0", "config": {}}]}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_postgres_target_reads_writes_and_shows_its_password_masked() {
+        let doc = postgres_doc("postgresql://doppel:s3cret@127.0.0.1:5432/shop");
+        assert_eq!(validate(&doc), vec![]);
+        let l = &doc.links[0];
+        assert_eq!(
+            l.label(),
+            "a/shop -> postgresql://doppel:***@127.0.0.1:5432/shop (sales)"
+        );
+        // The stored form keeps the password; what answers show does not.
+        let stored = serde_json::to_string(&doc).unwrap();
+        assert!(stored.contains("s3cret"), "{stored}");
+        let shown = serde_json::to_string(&doc.masked()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(r#""to":{"postgres":"postgresql://doppel:***@127.0.0.1:5432/shop","schema":"sales"}"#), "{shown}");
+        // The source node gets the connection string, schema and options.
+        let spec = serde_json::to_value(l.spec(&doc)).unwrap();
+        assert_eq!(
+            spec["target"],
+            json!({"postgres": "postgresql://doppel:s3cret@127.0.0.1:5432/shop", "schema": "sales"})
+        );
+        assert_eq!(spec["create_tables"], json!(true));
+        // Sent back as shown, the document keeps the stored password: nothing to do.
+        let mut again: Topology = serde_json::from_str(&shown).unwrap();
+        keep_passwords(&mut again, &doc);
+        assert_eq!(again, doc);
+        let stored = Stored {
+            doc: doc.clone(),
+            links: BTreeMap::from([(
+                l.label(),
+                Applied {
+                    node: "a".into(),
+                    id: "a-1".into(),
+                    link: l.clone(),
+                },
+            )]),
+            applied_ms: 0,
+            stale: Vec::new(),
+            failover: None,
+        };
+        let actions = |d: &Topology| {
+            plan(d, Some(&stored), |_| true)
+                .into_iter()
+                .map(|s| (s.action, s.reason))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(actions(&again), vec![("keep", None)]);
+        // A new password is a new connection: the link is made again with it.
+        let other = postgres_doc("postgresql://doppel:n3w@127.0.0.1:5432/shop");
+        assert_eq!(
+            actions(&other),
+            vec![("replace", Some("the PostgreSQL connection changed".into()))]
+        );
+    }
+
+    #[test]
+    fn a_postgres_target_is_refused_at_its_link_when_its_source_would_refuse_it() {
+        let mut doc = postgres_doc("postgresql://doppel:pw@127.0.0.1:5432/shop");
+        doc.links[0].options.apply = Apply::Mirror;
+        let p = validate(&doc);
+        assert_eq!(paths(&p), vec!["links[0].to"], "{p:?}");
+        assert!(p[0].message.contains("\"apply\": \"logical\""), "{p:?}");
+        let doc = postgres_doc("not a connection string");
+        let p = validate(&doc);
+        assert_eq!(paths(&p), vec!["links[0].to"], "{p:?}");
+        assert!(
+            p[0].message.contains("not a PostgreSQL connection string"),
+            "{p:?}"
+        );
+        // One form or the other, not a mix.
+        let nodes = json!({"a": {"url": "http://a:1"}});
+        let err = serde_json::from_value::<Topology>(json!({"name": "t", "nodes": nodes,
+            "links": [{"from": {"node": "a", "database": "shop"},
+                       "to": {"node": "a", "database": "x", "postgres": "postgresql://h/d"}}]}))
+        .unwrap_err();
+        assert!(err.to_string().contains("or to PostgreSQL"), "{err}");
     }
 }

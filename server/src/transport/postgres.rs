@@ -22,6 +22,14 @@
 //! from the mapping's is a type clash that names the column; nothing is dropped or
 //! retyped.
 //!
+//! **Speed.** A link whose only stage is the built-in `json-columns` maps records on
+//! the host with the plugin's own code ([`Native`]: no wasm call, no row document
+//! written and read again). Rows of keys inserted at the source (new in PostgreSQL
+//! too, since the position makes the link exactly once) go by a binary `COPY` into the
+//! table when there are at least [`COPY_MIN_ROWS`] of one shape; should one of them
+//! exist after all (rows written before the link, a failover's replay), a savepoint
+//! takes the `COPY` back and the upsert writes them.
+//!
 //! **Bad rows do not stop the line.** When PostgreSQL refuses a group (a constraint, a
 //! type, a clash), the group is retried row by row, each under a savepoint; a refused
 //! row goes to the link's dead letters with PostgreSQL's own text (`on_error:
@@ -51,9 +59,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 
+use doppel_plugin_json_columns as json_columns;
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 
 use super::links::{Apply, LinkDef, LinkSpec, LinkState, Mode, OnError};
@@ -72,6 +83,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const GROUP_BYTES: usize = 8 << 20;
 /// Records staged at a time during a bootstrap.
 const SNAPSHOT_RECORDS: usize = 5_000;
+/// The fewest new rows of one table and shape written by `COPY` rather than an upsert.
+const COPY_MIN_ROWS: usize = 64;
 /// How often a transaction held for another link's progress looks again.
 const DEPENDENCY_POLL: Duration = Duration::from_millis(5);
 
@@ -140,33 +153,23 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The column types of the row contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum PgType {
-    Text,
-    Bigint,
-    Double,
-    Boolean,
-    Jsonb,
-    Timestamptz,
-    Bytea,
+/// The row contract's column types (`json-columns` holds the one list of them).
+use doppel_plugin_json_columns::ColumnType as PgType;
+
+/// How PostgreSQL spells a row contract's type.
+trait Sql {
+    /// The type in DDL and casts.
+    fn sql(self) -> &'static str;
+    /// The type as `information_schema.columns.data_type` names it.
+    fn catalog(self) -> &'static str;
+    /// The array a column of this type travels in (timestamptz as text, cast by the
+    /// statement).
+    fn param(self) -> &'static str;
+    /// The type a binary `COPY` sends (None: not sent by COPY).
+    fn copied(self) -> Option<Type>;
 }
 
-impl PgType {
-    fn parse(s: &str) -> Option<PgType> {
-        Some(match s {
-            "text" => PgType::Text,
-            "bigint" => PgType::Bigint,
-            "double" => PgType::Double,
-            "boolean" => PgType::Boolean,
-            "jsonb" => PgType::Jsonb,
-            "timestamptz" => PgType::Timestamptz,
-            "bytea" => PgType::Bytea,
-            _ => return None,
-        })
-    }
-
-    /// The type in DDL and casts.
+impl Sql for PgType {
     fn sql(self) -> &'static str {
         match self {
             PgType::Text => "text",
@@ -179,7 +182,6 @@ impl PgType {
         }
     }
 
-    /// The type as `information_schema.columns.data_type` names it.
     fn catalog(self) -> &'static str {
         match self {
             PgType::Timestamptz => "timestamp with time zone",
@@ -187,8 +189,6 @@ impl PgType {
         }
     }
 
-    /// The array a column of this type travels in (jsonb and timestamptz as text,
-    /// cast by the statement).
     fn param(self) -> &'static str {
         match self {
             PgType::Text | PgType::Jsonb | PgType::Timestamptz => "text[]",
@@ -198,6 +198,43 @@ impl PgType {
             PgType::Bytea => "bytea[]",
         }
     }
+
+    fn copied(self) -> Option<Type> {
+        Some(match self {
+            PgType::Text => Type::TEXT,
+            PgType::Bigint => Type::INT8,
+            PgType::Double => Type::FLOAT8,
+            PgType::Boolean => Type::BOOL,
+            PgType::Jsonb => Type::JSONB,
+            PgType::Bytea => Type::BYTEA,
+            PgType::Timestamptz => return None,
+        })
+    }
+}
+
+/// A jsonb value as its JSON text: sent as text in a statement's `text[]` parameter, and
+/// in jsonb's binary form (a version byte, then the text) by a binary `COPY`.
+#[derive(Debug)]
+struct JsonText(String);
+
+impl ToSql for JsonText {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.extend_from_slice(&[1]);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSONB | Type::TEXT)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A row document as it arrives (the row contract).
@@ -216,6 +253,8 @@ struct RowDoc<'a> {
 #[derive(Debug, Clone)]
 struct Row {
     delete: bool,
+    /// The source record was an insert: its key was new at the source.
+    insert: bool,
     table: String,
     key: Vec<String>,
     columns: Vec<(String, PgType, Value)>,
@@ -262,11 +301,28 @@ impl Row {
         }
         Ok(Row {
             delete,
+            insert: r.op == RecordOp::Insert,
             table,
             key,
             columns,
             serial: r.serial,
         })
+    }
+
+    /// A source record as the host maps it with the built-in json-columns ([`Native`]).
+    fn mapped(m: json_columns::Mapped<'_>, r: &OwnedRecord) -> Row {
+        Row {
+            delete: r.op == RecordOp::Delete,
+            insert: r.op == RecordOp::Insert,
+            table: m.table.to_owned(),
+            key: vec![m.key.to_owned()],
+            columns: m
+                .columns
+                .into_iter()
+                .map(|(n, t, v)| (n.to_owned(), t, v))
+                .collect(),
+            serial: r.serial,
+        }
     }
 
     /// The table and key values: rows with the same identity are the same PostgreSQL row.
@@ -293,6 +349,7 @@ impl Row {
 /// One column's values for a statement, as the array parameter of its type.
 enum Values {
     Text(Vec<Option<String>>),
+    Jsonb(Vec<Option<JsonText>>),
     Bigint(Vec<Option<i64>>),
     Double(Vec<Option<f64>>),
     Boolean(Vec<Option<bool>>),
@@ -300,13 +357,15 @@ enum Values {
 }
 
 impl Values {
-    fn new(ty: PgType) -> Values {
+    /// Empty, with room for `n` values.
+    fn new(ty: PgType, n: usize) -> Values {
         match ty {
-            PgType::Text | PgType::Jsonb | PgType::Timestamptz => Values::Text(Vec::new()),
-            PgType::Bigint => Values::Bigint(Vec::new()),
-            PgType::Double => Values::Double(Vec::new()),
-            PgType::Boolean => Values::Boolean(Vec::new()),
-            PgType::Bytea => Values::Bytea(Vec::new()),
+            PgType::Text | PgType::Timestamptz => Values::Text(Vec::with_capacity(n)),
+            PgType::Jsonb => Values::Jsonb(Vec::with_capacity(n)),
+            PgType::Bigint => Values::Bigint(Vec::with_capacity(n)),
+            PgType::Double => Values::Double(Vec::with_capacity(n)),
+            PgType::Boolean => Values::Boolean(Vec::with_capacity(n)),
+            PgType::Bytea => Values::Bytea(Vec::with_capacity(n)),
         }
     }
 
@@ -314,11 +373,14 @@ impl Values {
     fn push(&mut self, name: &str, ty: PgType, v: &Value) -> Result<(), String> {
         let clash = || format!("column '{name}': {v} is not a {}", ty.sql());
         match self {
-            Values::Text(out) => out.push(match (ty, v) {
-                (_, Value::Null) => None,
-                (PgType::Jsonb, v) => Some(v.to_string()),
-                (_, Value::String(s)) => Some(s.clone()),
+            Values::Text(out) => out.push(match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
                 _ => return Err(clash()),
+            }),
+            Values::Jsonb(out) => out.push(match v {
+                Value::Null => None,
+                v => Some(JsonText(v.to_string())),
             }),
             Values::Bigint(out) => out.push(match v {
                 Value::Null => None,
@@ -348,10 +410,23 @@ impl Values {
     fn param(&self) -> &(dyn ToSql + Sync) {
         match self {
             Values::Text(v) => v,
+            Values::Jsonb(v) => v,
             Values::Bigint(v) => v,
             Values::Double(v) => v,
             Values::Boolean(v) => v,
             Values::Bytea(v) => v,
+        }
+    }
+
+    /// Row `i`'s value, as a binary `COPY` sends it.
+    fn item(&self, i: usize) -> &(dyn ToSql + Sync) {
+        match self {
+            Values::Text(v) => &v[i],
+            Values::Jsonb(v) => &v[i],
+            Values::Bigint(v) => &v[i],
+            Values::Double(v) => &v[i],
+            Values::Boolean(v) => &v[i],
+            Values::Bytea(v) => &v[i],
         }
     }
 }
@@ -502,38 +577,74 @@ impl Tables {
     /// per table and shape. Err on the first refusal (the caller rolls back).
     async fn apply_set(&mut self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), Fault> {
         let ids: Vec<String> = rows.iter().map(Row::identity).collect();
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+        // The last operation of each key, and whether its first one here inserted it.
+        let mut last: HashMap<&str, (usize, bool)> = HashMap::with_capacity(rows.len());
         for (i, id) in ids.iter().enumerate() {
-            last.insert(id.as_str(), i);
+            last.entry(id.as_str())
+                .and_modify(|(at, _)| *at = i)
+                .or_insert((i, rows[i].insert));
         }
         // Statements and the rows of each, in the order each first appears; consecutive
         // rows mostly share one, which is checked without building its key.
         let mut groups: Vec<(Statement, Vec<usize>)> = Vec::new();
+        let mut fresh: Vec<bool> = Vec::new();
         let mut index: HashMap<Statement, usize> = HashMap::new();
         let mut current: Option<usize> = None;
         for (i, r) in rows.iter().enumerate() {
-            if last.get(ids[i].as_str()) != Some(&i) {
+            let Some(&(_, inserted)) = last.get(ids[i].as_str()).filter(|(at, _)| *at == i) else {
                 continue;
-            }
+            };
             let at = match current.filter(|&g| same_statement(&groups[g].0, r)) {
                 Some(g) => g,
                 None => {
                     let g = (r.delete, r.table.clone(), r.shape(), r.key.clone());
                     *index.entry(g.clone()).or_insert_with(|| {
                         groups.push((g, Vec::new()));
+                        fresh.push(true);
                         groups.len() - 1
                     })
                 }
             };
             current = Some(at);
             groups[at].1.push(i);
+            fresh[at] &= inserted;
         }
-        for ((delete, table, shape, key), members) in &groups {
+        for (((delete, table, shape, key), members), fresh) in groups.iter().zip(fresh) {
             self.ensure(tx, table, key, shape).await?;
-            let mut values: Vec<Values> = shape.iter().map(|(_, t)| Values::new(*t)).collect();
+            let mut values: Vec<Values> = shape
+                .iter()
+                .map(|(_, t)| Values::new(*t, members.len()))
+                .collect();
             for &i in members {
                 for ((name, ty, v), out) in rows[i].columns.iter().zip(values.iter_mut()) {
                     out.push(name, *ty, v).map_err(Fault::Refused)?;
+                }
+            }
+            // Keys inserted at the source are new here too (exactly once): a binary COPY
+            // writes them, much cheaper than an upsert. Should one exist after all (rows
+            // written before the link, a failover's replay), it is the upsert again.
+            if !*delete && fresh && members.len() >= COPY_MIN_ROWS {
+                if let Some(types) = shape.iter().map(|(_, t)| t.copied()).collect() {
+                    tx.batch_execute("SAVEPOINT doppel_copy")
+                        .await
+                        .map_err(fault)?;
+                    match self
+                        .copy(tx, table, shape, types, &values, members.len())
+                        .await
+                    {
+                        Ok(()) => {
+                            tx.batch_execute("RELEASE SAVEPOINT doppel_copy")
+                                .await
+                                .map_err(fault)?;
+                            continue;
+                        }
+                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                            tx.batch_execute("ROLLBACK TO SAVEPOINT doppel_copy")
+                                .await
+                                .map_err(fault)?;
+                        }
+                        Err(e) => return Err(fault(e)),
+                    }
                 }
             }
             let sql = if *delete {
@@ -544,6 +655,36 @@ impl Tables {
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Values::param).collect();
             tx.execute(sql.as_str(), &params).await.map_err(fault)?;
         }
+        Ok(())
+    }
+
+    /// `n` rows of one shape by a binary `COPY` into the table.
+    async fn copy(
+        &self,
+        tx: &Transaction<'_>,
+        table: &str,
+        shape: &[(String, PgType)],
+        types: Vec<Type>,
+        values: &[Values],
+        n: usize,
+    ) -> Result<(), tokio_postgres::Error> {
+        let cols: Vec<String> = shape.iter().map(|(name, _)| quote(name)).collect();
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {} ({}) FROM STDIN BINARY",
+                self.name(table),
+                cols.join(", ")
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        tokio::pin!(writer);
+        let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len());
+        for i in 0..n {
+            row.clear();
+            row.extend(values.iter().map(|v| v.item(i)));
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await?;
         Ok(())
     }
 
@@ -797,18 +938,78 @@ impl Staged {
     }
 }
 
-/// Run `records` through the link's stages and read the output as rows; what the stages
-/// or the row reading reject follows the error policy (`sender::reject`).
+/// The built-in `json-columns` as a link's only stage, run on the host: the plugin's own
+/// mapping (`json_columns::map_columns`, the same code the wasm component runs) without
+/// a wasm call, nor a row document written and read again. Not a tenant's plugin, so it
+/// is not charged to the tenant's plugin CPU.
+struct Native {
+    config: json_columns::Config,
+    /// `json-columns@{version}`, as dead letters name the stage.
+    plugin: String,
+}
+
+impl Native {
+    /// Some when the link's stages are exactly the built-in json-columns (its config
+    /// loads as the plugin would load it).
+    fn of(def: &LinkDef) -> Option<Native> {
+        let [stage] = def.spec.options.stages.as_slice() else {
+            return None;
+        };
+        let version = crate::plugins::registry::builtin_version("json-columns")?;
+        if stage.plugin != format!("json-columns@{version}") {
+            return None;
+        }
+        let config =
+            doppel_sdk::load_config::<json_columns::Config>(&stage.config.to_string()).ok()?;
+        Some(Native {
+            config,
+            plugin: stage.plugin.clone(),
+        })
+    }
+
+    /// Rows of `records`, and the records the mapping refuses (by index).
+    fn rows(&self, records: &[OwnedRecord], into: &mut Vec<Row>) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match json_columns::map_columns(&self.config, r.op, &r.file, &r.key, &r.data) {
+                Ok(Some(m)) => into.push(Row::mapped(m, r)),
+                Ok(None) => {}
+                Err(message) => rejected.push(Rejected {
+                    index: Some(i),
+                    plugin: self.plugin.clone(),
+                    message,
+                }),
+            }
+        }
+        rejected
+    }
+}
+
+/// Run `records` through the link's stages (or the [`Native`] mapping) and read the
+/// output as rows; what the stages or the row reading reject follows the error policy
+/// (`sender::reject`).
+#[allow(clippy::too_many_arguments)]
 fn stage_rows(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
     chain: &mut crate::plugins::Chain,
+    native: Option<&Native>,
     txn: &RawTxn,
     records: Vec<OwnedRecord>,
     into: &mut Staged,
 ) -> Result<(), String> {
     if records.is_empty() {
+        return Ok(());
+    }
+    if let Some(native) = native {
+        into.rows.reserve(records.len());
+        let rejected = native.rows(&records, &mut into.rows);
+        sender::reject(repl, link, def, txn, &records, &rejected, "not shipped")?;
+        if into.keep_records {
+            into.sources
+                .extend(records.into_iter().map(|r| (r.serial, r)));
+        }
         return Ok(());
     }
     let mut input = BatchBuilder::new();
@@ -907,6 +1108,7 @@ pub(super) async fn session(
     link.status.lock().connections += 1;
     let mut stages = logical::stages(&repl.plugins, &def.tenant, &def.spec.options.stages)
         .map_err(|e| e.to_string())?;
+    let native = Native::of(&def);
     let mut sources = (!stages.rules.is_empty())
         .then(|| interrelation::Sources::new(repl.node.clone(), &def.tenant, &db));
 
@@ -924,7 +1126,15 @@ pub(super) async fn session(
         link.status.lock().started_at = Some(from);
         from
     } else {
-        let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut pg).await?;
+        let serial = bootstrap(
+            repl,
+            link,
+            &def,
+            &db,
+            (&mut stages.chain, native.as_ref()),
+            &mut pg,
+        )
+        .await?;
         link.status.lock().started_at = None;
         serial
     };
@@ -1014,6 +1224,7 @@ pub(super) async fn session(
                         link,
                         &def,
                         &mut stages.chain,
+                        native.as_ref(),
                         txn,
                         records,
                         &mut staged,
@@ -1160,7 +1371,7 @@ async fn bootstrap(
     link: &LinkHandle,
     def: &LinkDef,
     db: &Database,
-    chain: &mut crate::plugins::Chain,
+    (chain, native): (&mut crate::plugins::Chain, Option<&Native>),
     pg: &mut Target,
 ) -> Result<u64, String> {
     link.status.lock().state = LinkState::Bootstrapping;
@@ -1210,7 +1421,7 @@ async fn bootstrap(
             keep_records: true,
             ..Staged::default()
         };
-        stage_rows(repl, link, def, chain, &marker, part, &mut staged)?;
+        stage_rows(repl, link, def, chain, native, &marker, part, &mut staged)?;
         for (i, why) in pg.tables.apply(&tx, &staged.rows).await? {
             quarantined.push((staged.source(staged.rows[i].serial), why));
         }
@@ -1328,7 +1539,7 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_fit_its_column_names_the_column() {
-        let mut v = Values::new(PgType::Double);
+        let mut v = Values::new(PgType::Double, 1);
         assert!(v.push("total", PgType::Double, &json!(1.5)).is_ok());
         let err = v.push("total", PgType::Double, &json!("x")).unwrap_err();
         assert!(err.contains("column 'total'"), "{err}");
