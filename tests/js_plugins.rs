@@ -39,15 +39,6 @@ fn js_sdk() -> PathBuf {
     dir
 }
 
-fn show(what: &str, out: &Output) -> String {
-    format!(
-        "`{what}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Builds a JavaScript plugin source into a component at `out`.
 fn build_js(source: &Path, role: &str, out: &Path) {
     let run = Command::new("node")
@@ -61,41 +52,23 @@ fn build_js(source: &Path, role: &str, out: &Path) {
     assert!(
         run.status.success(),
         "{}",
-        show(&format!("build.mjs {}", source.display()), &run)
+        cli::show(&format!("build.mjs {}", source.display()), &run)
     );
 }
 
+/// `doppel ARGS` in `dir` ([`cli::doppel_in`]).
 fn doppel_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(node_binary())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DOPPEL_URL")
-        .env_remove("DOPPEL_TENANT")
-        .env_remove("DOPPEL_SDK")
-        .env("DOPPEL_TOKEN", admin_token())
-        .output()
-        .expect("running doppel")
+    cli::doppel_in(dir, args, &[])
 }
 
 #[track_caller]
 fn ok_json(dir: &Path, args: &[&str]) -> Value {
-    let out = doppel_in(dir, args);
-    let what = format!("doppel {}", args.join(" "));
-    assert!(out.status.success(), "{}", show(&what, &out));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", show(&what, &out)))
+    cli::ok_json(dir, args, &[])
 }
 
 #[track_caller]
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = doppel_in(dir, args);
-    let what = format!("doppel {}", args.join(" "));
-    assert!(
-        !out.status.success(),
-        "expected a failure: {}",
-        show(&what, &out)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    cli::fails(dir, args, &[])
 }
 
 /// `doppel plugin upload --wasm FILE --name NAME --plugin-version 0.1.0 --role ROLE`.
@@ -224,24 +197,24 @@ fn js_filter_and_transform_on_a_live_link_and_their_limits() {
         !ok && stderr
             .contains("plugin 'js-limits@0.1.0' stopped: time limit exceeded (1000 ms per call)"),
         "{}",
-        show("dry-run spin", &out)
+        cli::show("dry-run spin", &out)
     );
     let (ok, out) = dry("grow");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !ok && stderr.contains("stopped: memory limit exceeded (max 67108864 bytes)"),
         "{}",
-        show("dry-run grow", &out)
+        cli::show("dry-run grow", &out)
     );
     let (ok, out) = dry("throw");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !ok && stderr.contains("a JavaScript exception thrown out of an export"),
         "{}",
-        show("dry-run throw", &out)
+        cli::show("dry-run throw", &out)
     );
     let (ok, out) = dry("bad");
-    assert!(ok, "{}", show("dry-run bad", &out));
+    assert!(ok, "{}", cli::show("dry-run bad", &out));
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         answer["errors"],
@@ -249,7 +222,7 @@ fn js_filter_and_transform_on_a_live_link_and_their_limits() {
     );
     // The stopped calls did not break the plugin: a good record passes next.
     let (ok, out) = dry("fine");
-    assert!(ok, "{}", show("dry-run fine", &out));
+    assert!(ok, "{}", cli::show("dry-run fine", &out));
 }
 
 #[test]
@@ -282,7 +255,7 @@ fn a_generated_js_project_tests_builds_and_runs() {
         assert!(
             out.status.success(),
             "{}",
-            show(&format!("npm {}", args.join(" ")), &out)
+            cli::show(&format!("npm {}", args.join(" ")), &out)
         );
         out
     };

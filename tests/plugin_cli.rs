@@ -11,7 +11,7 @@
 //! built the SDK's dependencies for wasm32: the builds reuse them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use doppel_tests::*;
@@ -31,48 +31,14 @@ fn guest_target() -> PathBuf {
     repo().join("target").join("wasm-guest-build")
 }
 
-fn show(what: &str, out: &Output) -> String {
-    format!(
-        "`{what}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs `doppel ARGS` (the node binary is the same program) in `dir`.
-fn doppel_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(node_binary())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DOPPEL_URL")
-        .env_remove("DOPPEL_TENANT")
-        .env_remove("DOPPEL_SDK")
-        .env("DOPPEL_TOKEN", admin_token())
-        .env("CARGO_TARGET_DIR", guest_target())
-        .output()
-        .expect("running doppel")
-}
-
 #[track_caller]
 fn ok_json(dir: &Path, args: &[&str]) -> Value {
-    let out = doppel_in(dir, args);
-    let what = format!("doppel {}", args.join(" "));
-    assert!(out.status.success(), "{}", show(&what, &out));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", show(&what, &out)))
+    cli::ok_json(dir, args, &[("CARGO_TARGET_DIR", &guest_target())])
 }
 
 #[track_caller]
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = doppel_in(dir, args);
-    let what = format!("doppel {}", args.join(" "));
-    assert!(
-        !out.status.success(),
-        "expected a failure: {}",
-        show(&what, &out)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    cli::fails(dir, args, &[("CARGO_TARGET_DIR", &guest_target())])
 }
 
 fn sdk() -> String {
@@ -114,7 +80,7 @@ fn new_build_test_upload_and_run_on_a_live_link() {
     assert!(
         tested.status.success() && text.contains("2 passed"),
         "{}",
-        show("cargo test", &tested)
+        cli::show("cargo test", &tested)
     );
 
     // Built to a component the node takes, without wasm-tools.

@@ -23,6 +23,7 @@
 //!   to synchronise and never assert timings.
 
 pub mod chaos;
+pub mod cli;
 pub mod etcd;
 pub mod netns;
 pub mod postgres;
