@@ -756,11 +756,20 @@ pub fn run_seed(seed: u64) -> Outcome {
                                 s.serials().0
                             ));
                         }
+                        let status = slots[SRC].lock().as_ref().map(|r| {
+                            let v = r.list_links(DEFAULT_TENANT);
+                            let st = &v[0]["status"];
+                            format!(
+                                "connections {}, bytes sent {}, bootstraps {}",
+                                st["connections"], st["bytes_sent"], st["bootstraps"]
+                            )
+                        });
                         shared.trace.borrow_mut().push(format!(
-                            "{} ms: converged at serial {} ({} ms after healing)",
+                            "{} ms: converged at serial {} ({} ms after healing); the link since the source's last start: {}",
                             sim.elapsed().as_millis(),
                             s.serials().0,
-                            (sim.elapsed() - healed).as_millis()
+                            (sim.elapsed() - healed).as_millis(),
+                            status.unwrap_or_default()
                         ));
                         break;
                     }
@@ -781,6 +790,15 @@ pub fn run_seed(seed: u64) -> Outcome {
                 }
             }
         }
+    }
+    if !shared.violations.borrow().is_empty() {
+        let at = sim.elapsed().as_millis();
+        let first = shared.violations.borrow()[0].clone();
+        let first: String = first.chars().take(160).collect();
+        shared
+            .trace
+            .borrow_mut()
+            .push(format!("{at} ms (step {steps}): violation: {first}"));
     }
     // Stop the hosts before their directories go.
     for h in [SRC, DST] {
