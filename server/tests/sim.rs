@@ -54,6 +54,9 @@ const PORT: u16 = 7000;
 /// target refuses registrations as a real one would.
 const API_PORT: u16 = 7001;
 const DB: &str = "shop";
+/// The interrelated database (in some schedules): each line depends on an order of
+/// `shop` through the built-in `parent-rule` stage on its link.
+const LINES: &str = "lines";
 const SRC: &str = "src";
 const DST: &str = "dst";
 /// After healing, the replica must catch up within this much virtual time.
@@ -321,6 +324,10 @@ fn install_panic_counter() {
 struct Shared {
     seed: u64,
     sync: bool,
+    /// A second database, `lines`, interrelated with `shop`.
+    interrelated: bool,
+    /// The interrelation check stopped (the replica of `lines` took a snapshot).
+    interrelation_off: Cell<bool>,
     txns: u64,
     /// The next workload transaction to write (survives the source's restarts).
     next_txn: Cell<u64>,
@@ -336,23 +343,31 @@ impl Shared {
     }
 }
 
-fn database_spec() -> doppel_server::node::DatabaseSpec {
+fn database_spec(name: &str, file: &str) -> doppel_server::node::DatabaseSpec {
     serde_json::from_value(serde_json::json!({
-        "name": DB,
-        "files": [{"name": "orders"}],
+        "name": name,
+        "files": [{"name": file}],
         "block_size": 512,
         "durability": "none",
     }))
     .expect("database spec")
 }
 
-fn link_spec(sync: bool) -> LinkSpec {
-    serde_json::from_value(serde_json::json!({
-        "database": DB,
-        "target": {"url": format!("http://{DST}:{API_PORT}"), "database": DB},
+fn link_spec(db: &str, sync: bool) -> LinkSpec {
+    let mut spec = serde_json::json!({
+        "database": db,
+        "target": {"url": format!("http://{DST}:{API_PORT}"), "database": db},
         "mode": if sync { "sync" } else { "async" },
-    }))
-    .expect("link spec")
+    });
+    if db == LINES {
+        let rule = format!(
+            "parent-rule@{}",
+            doppel_server::plugins::registry::BUILTIN_VERSION
+        );
+        spec["stages"] = serde_json::json!([{"plugin": rule, "config": {"rules": [
+            {"file": "lines", "parent_file": "orders", "parent_key_field": "order"}]}}]);
+    }
+    serde_json::from_value(spec).expect("link spec")
 }
 
 /// Start a node on `dir` with its replication on the simulated network.
@@ -420,6 +435,18 @@ fn workload_ops(seed: u64, i: u64) -> Vec<Op> {
     ops
 }
 
+/// The key an operation of [`workload_ops`] writes.
+fn op_key(op: &Op) -> String {
+    let key = match op.kind {
+        OpKind::Delete => &op.payload[..],
+        _ => {
+            let len = u16::from_le_bytes([op.payload[0], op.payload[1]]) as usize;
+            &op.payload[2..2 + len]
+        }
+    };
+    String::from_utf8_lossy(key).into_owned()
+}
+
 /// The source host: its node, the database and link on first start, then the
 /// workload from where it stood.
 async fn run_source(
@@ -432,31 +459,63 @@ async fn run_source(
     let db = match repl.node.database(DEFAULT_TENANT, DB) {
         Ok(db) => db,
         Err(_) => {
-            let db = repl.node.create_database(DEFAULT_TENANT, database_spec())?;
-            repl.create_link(DEFAULT_TENANT, link_spec(shared.sync))?;
+            let db = repl
+                .node
+                .create_database(DEFAULT_TENANT, database_spec(DB, "orders"))?;
+            repl.create_link(DEFAULT_TENANT, link_spec(DB, shared.sync))?;
+            if shared.interrelated {
+                repl.node
+                    .create_database(DEFAULT_TENANT, database_spec(LINES, "lines"))?;
+                repl.create_link(DEFAULT_TENANT, link_spec(LINES, shared.sync))?;
+            }
             db
         }
     };
     db.quorum.configure(1, 2_000);
+    let lines = repl.node.database(DEFAULT_TENANT, LINES).ok();
+    if let Some(lines) = &lines {
+        lines.quorum.configure(1, 2_000);
+    }
     let mut pace = Rng::new(shared.seed, 3);
     while shared.next_txn.get() < shared.txns {
         let i = shared.next_txn.get();
         let ops = workload_ops(shared.seed, i);
-        match db.execute(&ops, Duration::from_secs(1)).await {
+        let written = match db.execute(&ops, Duration::from_secs(1)).await {
             Ok(committed) => {
                 if shared.sync {
-                    check_sync_ack(&shared, &repl, &slots[DST], committed.last_serial);
+                    check_sync_ack(&shared, &repl, &slots[DST], DB, committed.last_serial);
                 }
+                true
             }
             // Committed here, not confirmed in time: not acknowledged to a client.
-            Err(doppel_server::node::Error::ReplicationTimeout(_)) => {}
+            Err(doppel_server::node::Error::ReplicationTimeout(_)) => true,
             // A delete of a missing key: nothing written.
-            Err(_) => {}
+            Err(_) => false,
+        };
+        if let (Some(lines), true) = (&lines, written) {
+            // A line of the order just written: visible on the replica only once
+            // `shop` is there up to (at least) where it stands now.
+            let order = op_key(&ops[0]);
+            let needs = db.serials().0;
+            let data = format!("{{\"order\":\"{order}\",\"needs\":{needs}}}");
+            let mut payload = Vec::new();
+            let key = format!("l{i:04}");
+            encode_record(&mut payload, key.as_bytes(), &[], data.as_bytes());
+            let op = Op {
+                kind: OpKind::Upsert,
+                file: 0,
+                payload,
+            };
+            if let Ok(committed) = lines.execute(&[op], Duration::from_secs(1)).await {
+                if shared.sync {
+                    check_sync_ack(&shared, &repl, &slots[DST], LINES, committed.last_serial);
+                }
+            }
         }
         shared.next_txn.set(i + 1);
         tokio::time::sleep(Duration::from_millis(pace.below(30))).await;
     }
-    drop(db);
+    drop((db, lines));
     std::future::pending::<()>().await;
     Ok(())
 }
@@ -469,21 +528,23 @@ fn link_status(src: &Replication) -> String {
 }
 
 /// A synchronous commit at `serial` was acknowledged: the replica holds it.
-fn check_sync_ack(shared: &Shared, src: &Replication, dst: &Slot, serial: u64) {
-    shared
-        .max_sync_acked
-        .set(shared.max_sync_acked.get().max(serial));
+fn check_sync_ack(shared: &Shared, src: &Replication, dst: &Slot, name: &str, serial: u64) {
+    if name == DB {
+        shared
+            .max_sync_acked
+            .set(shared.max_sync_acked.get().max(serial));
+    }
     let held = dst
         .lock()
         .as_ref()
-        .and_then(|r| r.node.database(DEFAULT_TENANT, DB).ok())
+        .and_then(|r| r.node.database(DEFAULT_TENANT, name).ok())
         .map(|db| db.serials().0);
     match held {
         Some(held) if held >= serial => {}
         // Down: checked again when it restarts.
         None if dst.lock().is_none() => {}
         other => shared.violation(format!(
-            "a synchronous commit at serial {serial} was acknowledged while the replica held {other:?}; the link: {}",
+            "a synchronous commit of {name} at serial {serial} was acknowledged while the replica held {other:?}; the link: {}",
             link_status(src) + &format!(" dst dbs {:?}", dst.lock().as_ref().map(|r| r.node.databases(DEFAULT_TENANT).unwrap().iter().map(|d| (d.def.spec.name.clone(), d.def.uid, d.serials())).collect::<Vec<_>>()))
         )),
     }
@@ -514,10 +575,31 @@ async fn run_target(
     }
 }
 
-fn database(slot: &Slot) -> Option<Arc<Database>> {
+fn database(slot: &Slot, name: &str) -> Option<Arc<Database>> {
     slot.lock()
         .as_ref()
-        .and_then(|r| r.node.database(DEFAULT_TENANT, DB).ok())
+        .and_then(|r| r.node.database(DEFAULT_TENANT, name).ok())
+}
+
+/// Interrelated updates are visible together: every line the replica shows has the
+/// orders it depends on (`shop` up to its `needs` serial) applied too.
+fn check_interrelated(shop: &Database, lines: &Database) -> Result<(), String> {
+    let (records, _) = lines
+        .scan("lines", "", None, usize::MAX)
+        .map_err(|e| e.to_string())?;
+    let at = shop.serials().0;
+    for r in records {
+        let data: serde_json::Value =
+            serde_json::from_str(r.data.get()).map_err(|e| e.to_string())?;
+        let needs = data["needs"].as_u64().unwrap_or(0);
+        if needs > at {
+            return Err(format!(
+                "the replica shows line {} before the orders it depends on: it needs shop at serial {needs}, shop stands at {at}",
+                r.key
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The replica's A log is a prefix of the source's: transaction by transaction the
@@ -577,6 +659,54 @@ fn check_prefix(src: &Database, dst: &Database) -> Result<(), String> {
     Ok(())
 }
 
+/// The checks while both hosts run: prefix (every database), interrelation; once
+/// `settle` (healed, workload done) and every replica stands at its source's serial,
+/// identical checksums, and `Some` of the serials (converged).
+fn check_point(
+    shared: &Shared,
+    slots: &HashMap<&'static str, Slot>,
+    names: &[&str],
+    settle: bool,
+) -> Result<Option<Vec<u64>>, String> {
+    let mut pairs = Vec::new();
+    for name in names {
+        match (database(&slots[SRC], name), database(&slots[DST], name)) {
+            (Some(s), Some(d)) => pairs.push((s, d)),
+            _ => return Ok(None),
+        }
+    }
+    for (s, d) in &pairs {
+        check_prefix(s, d).map_err(|e| format!("{}: {e}", s.name()))?;
+    }
+    if shared.interrelated && !shared.interrelation_off.get() {
+        if pairs[1].1.serials().1 > 0 {
+            // The replica of `lines` was bootstrapped (or cut back) to a snapshot: a
+            // snapshot carries no dependencies (a known gap, docs/RELIABILITY.md), so
+            // from here on its lines may be ahead of `shop`.
+            shared.interrelation_off.set(true);
+            shared
+                .trace
+                .borrow_mut()
+                .push("the interrelation check stops: lines' replica took a snapshot".into());
+        } else {
+            check_interrelated(&pairs[0].1, &pairs[1].1)?;
+        }
+    }
+    if !settle || pairs.iter().any(|(s, d)| s.serials().0 != d.serials().0) {
+        return Ok(None);
+    }
+    for (s, d) in &pairs {
+        if s.checksums() != d.checksums() {
+            return Err(format!(
+                "after healing, {} at serial {} on both, the block checksums differ",
+                s.name(),
+                s.serials().0
+            ));
+        }
+    }
+    Ok(Some(pairs.iter().map(|(s, _)| s.serials().0).collect()))
+}
+
 /// One fault of the schedule, at a virtual time.
 #[derive(Debug, Clone)]
 enum Event {
@@ -589,6 +719,8 @@ enum Event {
 
 /// The outcome of one seed.
 pub struct Outcome {
+    /// (sync, interrelated, interrelation checked to the end).
+    pub kind: (bool, bool, bool),
     pub violations: Vec<String>,
     /// A digest of the run's trace: equal for two runs of the same seed.
     pub digest: u64,
@@ -605,6 +737,8 @@ pub fn run_seed(seed: u64) -> Outcome {
     let shared = Rc::new(Shared {
         seed,
         sync: rng.chance(400),
+        interrelated: rng.chance(100),
+        interrelation_off: Cell::new(false),
         txns: 20 + rng.below(120),
         next_txn: Cell::new(0),
         max_sync_acked: Cell::new(0),
@@ -647,8 +781,8 @@ pub fn run_seed(seed: u64) -> Outcome {
     }
     events.sort_by_key(|(at, _)| *at);
     shared.trace.borrow_mut().push(format!(
-        "seed {seed}: sync {} txns {} faults drop {} dup {} hold {} cut {} per mille, faulty phase {faulty_ms} ms, events {events:?}",
-        shared.sync, shared.txns, faults.drop, faults.dup, faults.hold, faults.cut
+        "seed {seed}: sync {} interrelated {} txns {} faults drop {} dup {} hold {} cut {} per mille, faulty phase {faulty_ms} ms, events {events:?}",
+        shared.sync, shared.interrelated, shared.txns, faults.drop, faults.dup, faults.hold, faults.cut
     ));
 
     let mut sim = turmoil::Builder::new()
@@ -681,6 +815,11 @@ pub fn run_seed(seed: u64) -> Outcome {
         });
     }
 
+    let names: &[&str] = if shared.interrelated {
+        &[DB, LINES]
+    } else {
+        &[DB]
+    };
     let mut next_event = 0;
     let mut down: Vec<&'static str> = Vec::new();
     let mut healed_at: Option<Duration> = None;
@@ -712,7 +851,8 @@ pub fn run_seed(seed: u64) -> Outcome {
             }
         }
         let workload_done = shared.next_txn.get() >= shared.txns;
-        if healed_at.is_none() && next_event == events.len() && workload_done {
+        let faulty_over = now.as_millis() as u64 >= faulty_ms;
+        if healed_at.is_none() && next_event == events.len() && workload_done && faulty_over {
             faults.on.store(false, Ordering::Relaxed);
             sim.repair(SRC, DST);
             sim.set_max_message_latency(Duration::from_millis(5));
@@ -738,53 +878,51 @@ pub fn run_seed(seed: u64) -> Outcome {
             break;
         }
         if steps.is_multiple_of(64) || healed_at.is_some() {
-            let (s, d) = (database(&slots[SRC]), database(&slots[DST]));
-            if let (Some(s), Some(d)) = (&s, &d) {
-                if steps.is_multiple_of(64) {
-                    if let Err(e) = check_prefix(s, d) {
-                        shared.violation(e);
-                        break;
-                    }
+            match check_point(&shared, &slots, names, healed_at.is_some() && workload_done) {
+                Err(e) => {
+                    shared.violation(e);
+                    break;
                 }
-                if let Some(healed) = healed_at {
-                    if s.serials().0 == d.serials().0 && workload_done {
-                        if let Err(e) = check_prefix(s, d) {
-                            shared.violation(e);
-                        } else if s.checksums() != d.checksums() {
-                            shared.violation(format!(
-                                "after healing, both at serial {}, the block checksums differ",
-                                s.serials().0
-                            ));
-                        }
-                        let status = slots[SRC].lock().as_ref().map(|r| {
-                            let v = r.list_links(DEFAULT_TENANT);
-                            let st = &v[0]["status"];
-                            format!(
-                                "connections {}, bytes sent {}, bootstraps {}",
-                                st["connections"], st["bytes_sent"], st["bootstraps"]
-                            )
-                        });
-                        shared.trace.borrow_mut().push(format!(
-                            "{} ms: converged at serial {} ({} ms after healing); the link since the source's last start: {}",
-                            sim.elapsed().as_millis(),
-                            s.serials().0,
-                            (sim.elapsed() - healed).as_millis(),
-                            status.unwrap_or_default()
-                        ));
-                        break;
-                    }
+                Ok(Some(serials)) => {
+                    let healed = healed_at.expect("converged after healing");
+                    let status = slots[SRC].lock().as_ref().map(|r| {
+                        r.list_links(DEFAULT_TENANT)
+                            .iter()
+                            .map(|l| {
+                                let st = &l["status"];
+                                format!(
+                                    "connections {}, bytes sent {}, bootstraps {}",
+                                    st["connections"], st["bytes_sent"], st["bootstraps"]
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                    shared.trace.borrow_mut().push(format!(
+                        "{} ms: converged at serials {serials:?} ({} ms after healing); the links since the source's last start: {:?}",
+                        sim.elapsed().as_millis(),
+                        (sim.elapsed() - healed).as_millis(),
+                        status.unwrap_or_default()
+                    ));
+                    break;
                 }
+                Ok(None) => {}
             }
             if let Some(healed) = healed_at {
                 if sim.elapsed() - healed > CONVERGE_WITHIN {
-                    let held = d.map(|d| d.serials().0);
+                    let at = |slot: &Slot| {
+                        names
+                            .iter()
+                            .map(|n| database(slot, n).map(|d| d.serials().0))
+                            .collect::<Vec<_>>()
+                    };
                     let links = slots[SRC]
                         .lock()
                         .as_ref()
                         .map(|r| r.list_links(DEFAULT_TENANT));
                     shared.violation(format!(
-                        "no convergence within {CONVERGE_WITHIN:?} of healing: source at {:?}, replica at {held:?}; the source's links: {links:?}",
-                        s.map(|s| s.serials().0)
+                        "no convergence within {CONVERGE_WITHIN:?} of healing: source at {:?}, replica at {:?}; the source's links: {links:?}",
+                        at(&slots[SRC]),
+                        at(&slots[DST])
                     ));
                     break;
                 }
@@ -813,6 +951,11 @@ pub fn run_seed(seed: u64) -> Outcome {
     let violations = shared.violations.borrow().clone();
     let digest = xxhash_rust::xxh3::xxh3_64(trace.join("\n").as_bytes());
     Outcome {
+        kind: (
+            shared.sync,
+            shared.interrelated,
+            shared.interrelated && !shared.interrelation_off.get(),
+        ),
         violations,
         digest,
         trace,
@@ -823,13 +966,20 @@ pub fn run_seed(seed: u64) -> Outcome {
 fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outcome)> {
     let started = Instant::now();
     let mut n = 0;
+    let (mut sync, mut inter, mut inter_full) = (0, 0, 0);
     for seed in seeds {
         let outcome = run_seed(seed);
         if !outcome.violations.is_empty() {
             return Err((seed, outcome));
         }
         n += 1;
+        sync += outcome.kind.0 as u64;
+        inter += outcome.kind.1 as u64;
+        inter_full += outcome.kind.2 as u64;
     }
+    println!(
+        "{sync} of them sync; {inter} with an interrelated database, checked to the end in {inter_full}"
+    );
     Ok((n, started.elapsed()))
 }
 
