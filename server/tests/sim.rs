@@ -965,7 +965,7 @@ pub fn run_seed(seed: u64) -> Outcome {
 /// Run `seeds`, stop at the first violation: the seed and what broke.
 fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outcome)> {
     let started = Instant::now();
-    let mut n = 0;
+    let mut n = 0u64;
     let (mut sync, mut inter, mut inter_full) = (0, 0, 0);
     for seed in seeds {
         let outcome = run_seed(seed);
@@ -973,6 +973,12 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outco
             return Err((seed, outcome));
         }
         n += 1;
+        if n.is_multiple_of(1000) {
+            println!(
+                "{n} schedules, 0 violations so far, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         sync += outcome.kind.0 as u64;
         inter += outcome.kind.1 as u64;
         inter_full += outcome.kind.2 as u64;
