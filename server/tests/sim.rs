@@ -973,7 +973,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outco
             return Err((seed, outcome));
         }
         n += 1;
-        if n.is_multiple_of(1000) {
+        if n.is_multiple_of(250) {
             println!(
                 "{n} schedules, 0 violations so far, {:.0} s",
                 started.elapsed().as_secs_f64()
