@@ -14,10 +14,11 @@
 //! acknowledging them with no replica behind.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Default wait for the quorum before a commit reports a replication timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -184,7 +185,8 @@ impl Quorum {
         (confirmed, state.k.min(links))
     }
 
-    /// Wait until `k` links confirmed `serial`, or the configured timeout passes.
+    /// Wait until `k` links confirmed `serial`, or the configured timeout passes (tokio's
+    /// clock, so a simulation's virtual time drives the deadline).
     pub async fn wait(&self, serial: u64) -> Result<(), QuorumTimeout> {
         let started = Instant::now();
         let deadline = started + self.timeout();
@@ -195,7 +197,7 @@ impl Quorum {
             if confirmed >= needed {
                 return Ok(());
             }
-            let changed = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+            let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
                 let (confirmed, needed) = self.count(serial);
                 if confirmed >= needed {

@@ -310,7 +310,7 @@ impl DeadLetters {
         let on_worker = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if on_worker {
-            tokio::task::block_in_place(flush)?;
+            super::net::blocking(flush)?;
         } else {
             flush()?;
         }

@@ -16,6 +16,8 @@
 //! - [`wire`]: frames and messages.
 //! - [`sender`]: one task per link on the source: register with the target's API,
 //!   connect, bootstrap from a snapshot when needed, then stream the log.
+//! - [`net`]: how a sender reaches a target and a receiver takes connections (TCP in
+//!   production, turmoil's virtual network in the simulation), and [`net::blocking`].
 //! - [`history`]: the history of a database's log (an epoch per promotion), compared
 //!   at the handshake so a re-pointed replica continues by serial.
 //! - [`receiver`]: the replication listener on the target: handshake, gap and
@@ -49,6 +51,7 @@ pub mod interrelation;
 pub mod links;
 pub mod logical;
 pub mod mutual;
+pub mod net;
 pub mod parallel;
 pub mod postgres;
 pub mod receiver;
@@ -89,6 +92,8 @@ pub struct Replication {
     pub node_id: String,
     /// Where this node's replication listener is reachable.
     pub advertised: SocketAddr,
+    /// How senders register with and connect to their targets.
+    pub net: Arc<dyn net::Network>,
     /// The source side ([`source`]): this node's links by id.
     links: Mutex<BTreeMap<String, Arc<LinkHandle>>>,
     /// Records that logical links quarantined.
@@ -132,6 +137,29 @@ impl Replication {
             .await
             .map_err(unavailable)?;
         let advertised = listener.local_addr().map_err(unavailable)?;
+        let listener = Box::new(net::TcpAcceptor(listener));
+        Self::start_on(
+            node,
+            tenancy,
+            plugins,
+            listener,
+            advertised,
+            Arc::new(net::Tcp),
+        )
+        .await
+    }
+
+    /// [`Replication::start`] on a given network: connections accepted from
+    /// `listener` (reachable at `advertised`), links registered and connected through
+    /// `net`. The simulation's hosts start here with turmoil's network.
+    pub async fn start_on(
+        node: Arc<Node>,
+        tenancy: Arc<Tenancy>,
+        plugins: Arc<crate::plugins::Registry>,
+        listener: Box<dyn net::Listener>,
+        advertised: SocketAddr,
+        net: Arc<dyn net::Network>,
+    ) -> Result<Arc<Replication>> {
         let node_id = match node.config_value(NODE_ID_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
@@ -152,6 +180,7 @@ impl Replication {
             tenancy,
             node_id,
             advertised,
+            net,
             plugins,
             links: Mutex::new(BTreeMap::new()),
             dead_letters: logical::DeadLetters::open(dead_tree),

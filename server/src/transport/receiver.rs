@@ -26,13 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::interrelation;
 use super::links::{self, ReplicaReg};
 use super::logical;
 use super::mutual;
+use super::net::{self, Listener, Reader, Writer};
 use super::spool;
 use super::wire::{self, FrameWriter, Msg};
 use super::Replication;
@@ -46,14 +46,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accept replication connections until the node stops.
-pub async fn listen(repl: Arc<Replication>, listener: TcpListener) {
+pub async fn listen(repl: Arc<Replication>, mut listener: Box<dyn Listener>) {
     loop {
         match listener.accept().await {
-            Ok((sock, peer)) => {
+            Ok(conn) => {
+                let peer = conn.peer.clone();
                 let repl = repl.clone();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let task = tokio::spawn(async move {
-                    if let Err(e) = serve(&repl, sock, rx).await {
+                    if let Err(e) = serve(&repl, conn, rx).await {
                         tracing::info!(peer = %peer, error = %e, "replication session ended");
                     }
                 });
@@ -165,11 +166,10 @@ fn chunk(bytes: &[u8]) -> Result<RawChunk, String> {
 /// of the link takes it), then [`stream`].
 async fn serve(
     repl: &Arc<Replication>,
-    sock: TcpStream,
+    conn: net::Conn,
     me: tokio::sync::oneshot::Receiver<tokio::task::AbortHandle>,
 ) -> Result<(), String> {
-    sock.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut rd, mut wr) = sock.into_split();
+    let net::Conn { mut rd, mut wr, .. } = conn;
     let payload = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_frame(&mut rd))
         .await
         .map_err(|_| "no handshake".to_string())?
@@ -240,7 +240,7 @@ enum Reply {
 /// runs. The reading half never waits for a flush.
 async fn write_replies(
     db: Arc<Database>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: Writer,
     mut rx: mpsc::Receiver<Reply>,
 ) -> Result<(), String> {
     while let Some(first) = rx.recv().await {
@@ -279,8 +279,8 @@ async fn stream(
     reg: &ReplicaReg,
     hello: &wire::Hello,
     db: &Arc<Database>,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rd: Reader,
+    mut wr: Writer,
 ) -> Result<(), String> {
     let last = applied(reg, db, hello.stream).max(
         repl.target
@@ -355,7 +355,7 @@ fn apply_mutual(
     let returned = writes.iter().filter(|w| w.stamp.o == here).count() as u64;
     let received = writes.len() as u64;
     let mut notes = Vec::new();
-    let (applied, seen) = tokio::task::block_in_place(|| {
+    let (applied, seen) = net::blocking(|| {
         db.apply_mutual(hello.stream, position, writes, &mut |c| {
             let (decision, note) = resolver.decide(c);
             notes.push(note);
@@ -379,7 +379,7 @@ fn apply_mutual(
         c.returned += returned;
     }
     let seen: Vec<_> = seen.into_iter().zip(notes).collect();
-    tokio::task::block_in_place(|| {
+    net::blocking(|| {
         repl.conflicts
             .record(db.def.uid, &reg.link, resolver.strategy(), &seen, &names)
     })
@@ -409,7 +409,7 @@ async fn apply_stream(
     reg: &ReplicaReg,
     hello: &wire::Hello,
     db: &Arc<Database>,
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut Reader,
     tx: &mpsc::Sender<Reply>,
 ) -> Result<(), String> {
     let mut s = Applier::new(repl, reg, hello, db, tx)?;
@@ -477,6 +477,9 @@ struct Applier<'a> {
     /// A mutual link's record versions for the transaction that follows them (SPEC F4).
     versions: Option<(u64, Vec<(u64, crate::node::versions::Stamp)>)>,
     resolver: Option<mutual::Resolver>,
+    /// What the replica held when the session began (the Welcome's serial): a `Follow`
+    /// may discard only that, never what this session applied.
+    held_at_start: u64,
 }
 
 impl<'a> Applier<'a> {
@@ -500,7 +503,9 @@ impl<'a> Applier<'a> {
             ),
             None => None,
         };
+        let held_at_start = applied(reg, db, hello.stream).max(spooled.unwrap_or(0));
         Ok(Applier {
+            held_at_start,
             repl,
             reg,
             hello,
@@ -593,6 +598,14 @@ impl<'a> Applier<'a> {
 
     /// One message of the frame.
     async fn on_msg(&mut self, msg: Msg<'_>, turn: &mut Turn) -> Result<(), String> {
+        let streaming = matches!(msg, Msg::TxnStart { .. } | Msg::Watermark { .. });
+        if streaming && self.incoming.is_some() {
+            // The source streams only after a snapshot's end: that end was lost. Left
+            // waiting for it, the replica would never see a gap at the end of the
+            // stream again (found by the simulation).
+            self.incoming = None;
+            return ask_snapshot(self.tx, "the snapshot's end was lost").await;
+        }
         match msg {
             Msg::Depends { txn, deps } => self.depends = Some((txn, deps)),
             Msg::Versions { txn, stamps } => self.versions = Some((txn, stamps)),
@@ -659,12 +672,33 @@ impl<'a> Applier<'a> {
                 // A confirmation covers what was spooled: it must be on disk, and the
                 // spool is in the node's sled, which the database's flush does not cover.
                 let spool = &self.repl.target.spool;
-                tokio::task::block_in_place(|| spool.flush()).map_err(|e| e.to_string())?;
+                net::blocking(|| spool.flush()).map_err(|e| e.to_string())?;
                 self.spool_unflushed = false;
             }
-            queue(self.tx, Reply::Ack(self.held())).await?;
+            queue(self.tx, Reply::Ack(self.confirmable())).await?;
         }
         Ok(())
+    }
+
+    /// The serial a confirmation names: what the replica holds.
+    #[cfg(not(feature = "sim-bug-early-ack"))]
+    fn confirmable(&self) -> u64 {
+        self.held()
+    }
+
+    /// A known bug, put back on purpose for the simulation to find (docs/RELIABILITY.md):
+    /// the replica confirms the highest serial the source announced, whether it holds it
+    /// or not (a gap does not hold the confirmation back).
+    #[cfg(feature = "sim-bug-early-ack")]
+    fn confirmable(&self) -> u64 {
+        let announced = self
+            .repl
+            .target
+            .announced
+            .lock()
+            .get(&self.reg.link)
+            .copied();
+        self.held().max(announced.unwrap_or(0))
     }
 
     /// The serial to ask a retransmission from, if any: a gap seen in the transactions
@@ -963,6 +997,17 @@ impl<'a> Applier<'a> {
     /// first, and from now on follows the source's stream and history.
     async fn follow(&mut self, serial: u64, turn: &mut Turn) -> Result<(), String> {
         let held = self.held();
+        if held > self.held_at_start.max(serial) {
+            // The source sends it first; transactions of this session applied before it
+            // mean frames arrived out of order. Discarding them would drop what was
+            // confirmed (a synchronous commit, found by the simulation): end the
+            // session, the next handshake starts over from what the replica holds.
+            return Err(format!(
+                "a Follow at serial {serial} arrived after this session's transactions \
+                 (the replica holds {held}, {} at the handshake)",
+                self.held_at_start
+            ));
+        }
         if held > serial {
             if self.spooled.is_some() || self.reg.apply != links::Apply::Mirror {
                 let reason = format!(

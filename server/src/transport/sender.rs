@@ -25,8 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use doppel_sdk::abi::OwnedRecord;
@@ -36,6 +34,7 @@ use super::interrelation;
 use super::links::{Apply, LinkDef, LinkState, Mode, OnError, ReplicaRequest};
 use super::logical;
 use super::mutual;
+use super::net::{self, Reader, Writer};
 use super::wire::{self, FrameWriter, Hello, Msg};
 use super::{LinkHandle, Replication};
 use crate::log::LogKind;
@@ -48,6 +47,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// The replica answers every frame and heartbeat; this much silence (or a write that
+/// long blocked) ends the session. A connection whose peer vanished while the network
+/// was partitioned otherwise stays open with nothing getting through (found by the
+/// simulation, docs/RELIABILITY.md).
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Log bytes gathered into one frame.
 const FRAME_BYTES: usize = 512 * 1024;
 /// Most entries sent and not yet confirmed.
@@ -111,17 +115,9 @@ pub async fn run(repl: Arc<Replication>, link: Arc<LinkHandle>) {
     }
 }
 
-/// What the target's API answered to the registration.
-struct Registered {
-    replication: String,
-}
-
-/// Register the replica through the target's REST API.
-async fn register(
-    repl: &Arc<Replication>,
-    def: &LinkDef,
-    db: &Database,
-) -> Result<Registered, String> {
+/// Register the replica with the target node (its REST API, through the node's
+/// [`net::Network`]): the target's replication address.
+async fn register(repl: &Arc<Replication>, def: &LinkDef, db: &Database) -> Result<String, String> {
     let body = ReplicaRequest {
         database: def.spec.target.database.clone(),
         source_database: def.spec.database.clone(),
@@ -132,22 +128,7 @@ async fn register(
         resync: def.spec.target.resync,
         conflicts: def.spec.options.conflicts.clone(),
     };
-    let (repl, def) = (repl.clone(), def.clone());
-    let answer = tokio::task::spawn_blocking(move || {
-        repl.target_client(&def)
-            .and_then(|c| c.send("PUT", &format!("/replicas/{}", def.id), &body))
-            .map_err(|e| match e.status() {
-                Some(_) => format!("the target refused the link: {e}"),
-                None => format!("the target's API did not answer: {e}"),
-            })
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let replication = answer["replication"]
-        .as_str()
-        .ok_or("the target's answer has no replication address")?
-        .to_string();
-    Ok(Registered { replication })
+    repl.net.register(repl, def, body).await
 }
 
 /// What the reading half reports.
@@ -162,7 +143,7 @@ enum Event {
 
 /// The reading half: turns the replica's messages into [`Event`]s for the session, and
 /// ends with [`Event::Closed`] when the connection does (or a frame is malformed).
-async fn read_replies(mut rd: OwnedReadHalf, tx: mpsc::Sender<Event>) {
+async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
     loop {
         let event = match wire::read_frame(&mut rd).await {
             Ok(payload) => match wire::messages(&payload) {
@@ -204,6 +185,19 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), Stri
     wire::write_frame(w, frame)
         .await
         .map_err(|e| format!("sending to the replica: {e}"))
+}
+
+/// Write one frame of the stream: one that cannot be written for [`SILENCE_TIMEOUT`]
+/// (nothing is read at the other end) ends the session.
+async fn send_live<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), String> {
+    tokio::time::timeout(SILENCE_TIMEOUT, send(w, frame))
+        .await
+        .map_err(|_| {
+            format!(
+                "the replica has not read for {} s",
+                SILENCE_TIMEOUT.as_secs()
+            )
+        })?
 }
 
 /// Stream a frozen copy of the store: the serial the replica continues from, and the
@@ -338,20 +332,14 @@ async fn connect(
     repl: &Arc<Replication>,
     def: &LinkDef,
     db: &Database,
-) -> Result<(OwnedReadHalf, OwnedWriteHalf, Peer), String> {
+) -> Result<(Reader, Writer, Peer), String> {
     let registered = register(repl, def, db).await?;
-    let addr = def
-        .spec
-        .target
-        .replication
-        .clone()
-        .unwrap_or(registered.replication);
-    let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    sock.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut rd, mut wr) = sock.into_split();
+    let addr = def.spec.target.replication.clone().unwrap_or(registered);
+    let net::Conn { mut rd, mut wr, .. } =
+        tokio::time::timeout(CONNECT_TIMEOUT, repl.net.connect(&addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let ours = repl.stream_id(db);
     let history = repl
         .history(db)
@@ -453,8 +441,8 @@ async fn bootstrap<W: AsyncWrite + Unpin>(
 /// changes are the [`Shipper`]'s.
 async fn stream(
     mut s: Shipper<'_>,
-    rd: OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
+    rd: Reader,
+    mut wr: Writer,
     control: &mut watch::Receiver<u64>,
 ) -> Result<(), String> {
     let (tx, mut events) = mpsc::channel(256);
@@ -462,6 +450,7 @@ async fn stream(
     let _reader = AbortOnDrop(reader);
     let mut appended = s.db.subscribe_appended();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heard = tokio::time::Instant::now();
     loop {
         // The definition changed (stages swapped, paused, deleted): nothing more ships
         // under the old one; the next session reads the new one. Checked before each
@@ -476,7 +465,7 @@ async fn stream(
             let txns = s.read_log()?;
             let frame = s.frame(&txns, hold)?;
             let bytes = frame.len() as u64;
-            send(&mut wr, frame).await?;
+            send_live(&mut wr, frame).await?;
             let mut status = s.link.status.lock();
             status.sent_serial = s.window.sent();
             status.bytes_sent += bytes;
@@ -488,9 +477,22 @@ async fn stream(
                     return Err("the source database was deleted".into());
                 }
             }
-            event = events.recv() => s.on_event(event)?,
-            _ = heartbeat.tick() => send(&mut wr, &s.heartbeat()).await?,
+            event = events.recv() => {
+                heard = tokio::time::Instant::now();
+                s.on_event(event)?
+            }
+            _ = heartbeat.tick() => send_live(&mut wr, &s.heartbeat()).await?,
             _ = control.changed() => return Ok(()),
+            _ = tokio::time::sleep_until(heard + SILENCE_TIMEOUT) => {
+                if events.is_empty() {
+                    return Err(format!(
+                        "the replica has not answered for {} s",
+                        SILENCE_TIMEOUT.as_secs()
+                    ));
+                }
+                // Answers queued while frames went out: taken on the next turn.
+                heard = tokio::time::Instant::now();
+            }
         }
     }
 }
@@ -1097,7 +1099,7 @@ pub(super) fn interrelate(
 ) -> Result<Vec<wire::Dependency>, String> {
     throttle(repl, def);
     let started = Instant::now();
-    let result = tokio::task::block_in_place(|| {
+    let result = net::blocking(|| {
         interrelation::depends(rules, sources, &def.spec.database, records, batch)
     });
     charge(repl, link, def, started.elapsed());
@@ -1135,7 +1137,7 @@ pub(super) fn interrelate(
 /// The tenant's plugin CPU budget throttles the link: it waits; nothing is dropped.
 fn throttle(repl: &Replication, def: &LinkDef) {
     while let Err(wait) = repl.tenancy.quotas.plugin_cpu_available(&def.tenant) {
-        tokio::task::block_in_place(|| std::thread::sleep(wait.min(Duration::from_millis(100))));
+        net::blocking(|| std::thread::sleep(wait.min(Duration::from_millis(100))));
     }
 }
 
@@ -1222,7 +1224,7 @@ pub(super) fn stage(
     }
     throttle(repl, def);
     let started = Instant::now();
-    let result = tokio::task::block_in_place(|| chain.run(input));
+    let result = net::blocking(|| chain.run(input));
     charge(repl, link, def, started.elapsed());
     let (output, rejected) = match result {
         Ok(out) => {

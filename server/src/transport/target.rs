@@ -28,7 +28,7 @@ pub struct Replicas {
     sessions: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
     /// Per replica link: the last serial its source announced (watermark), to tell
     /// whether it is caught up before a promotion.
-    announced: Mutex<BTreeMap<String, u64>>,
+    pub(super) announced: Mutex<BTreeMap<String, u64>>,
     /// What suspended replicas received (SPEC G6).
     pub spool: spool::Spool,
     /// How far each replica got, for the transactions that wait on it (SPEC D3).
