@@ -198,6 +198,9 @@ struct Shard {
     doomed: std::sync::atomic::AtomicBool,
     /// The newest transactions, for the links' senders.
     tail: Mutex<Tail>,
+    /// Held while a snapshot's instance is open for reading: sled locks an instance's
+    /// files, so two restores reading the same snapshot take turns.
+    snapshot_reads: Mutex<()>,
 }
 
 struct Trees {
@@ -1201,6 +1204,7 @@ impl LogStore {
         let size = (meta.layout.block_size as usize).max(1);
         let mut blocks = Vec::with_capacity(meta.layout.block_count());
         let shard = self.shard(uid)?;
+        let _reading = shard.snapshot_reads.lock();
         snapshot_files::read(&shard.path, meta.serial, meta.parts, |part| {
             if part.len() % size != 0 {
                 return Err(LogError::Damaged(format!(
@@ -1344,6 +1348,7 @@ impl Shard {
             kind_stored: Mutex::new(HashMap::new()),
             doomed: std::sync::atomic::AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
+            snapshot_reads: Mutex::new(()),
         };
         shard.load_counts()?;
         Ok(shard)

@@ -1365,3 +1365,22 @@ fn byte_counts_survive_a_clean_restart_and_are_recounted_after_a_crash() {
     assert_eq!(*uncounted.log.shard(UID).unwrap().stored.lock(), None);
     assert_eq!(uncounted.log.stored_bytes(UID).unwrap(), grown);
 }
+
+/// Two readers of one snapshot at once (two restores from it): both get its blocks,
+/// though sled lets one process open an instance's files once at a time.
+#[test]
+fn two_readers_of_one_snapshot_both_get_it() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    w.commit(&inserts("k", 2000, 200));
+    let meta = save_snapshot(&f.log, UID, &w);
+    let log = &f.log;
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| load_snapshot(log, UID, &meta).checksums()))
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap(), w.store.checksums());
+        }
+    });
+}
