@@ -201,6 +201,9 @@ struct Shard {
     /// Held while a snapshot's instance is open for reading: sled locks an instance's
     /// files, so two restores reading the same snapshot take turns.
     snapshot_reads: Mutex<()>,
+    /// Held while a snapshot is saved: two saves at one serial (a snapshot asked for
+    /// twice with no write between) must not write one instance at once.
+    snapshot_writes: Mutex<()>,
 }
 
 struct Trees {
@@ -1059,6 +1062,16 @@ impl LogStore {
         blocks: &[&crate::store::Block],
     ) -> Result<SnapshotMeta, LogError> {
         let shard = self.shard(uid)?;
+        let _saving = shard.snapshot_writes.lock();
+        if let Some(stored) =
+            shard
+                .trees()
+                .snapshots
+                .get(snapshot_key(uid, meta.serial, META_PART))?
+        {
+            // The same serial is the same state: the snapshot is already stored.
+            return postcard::from_bytes(&stored).map_err(|e| LogError::Damaged(e.to_string()));
+        }
         let mut writer = snapshot_files::Writer::create(&shard.path, meta.serial)?;
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
         let mut size = 0u64;
@@ -1349,6 +1362,7 @@ impl Shard {
             doomed: std::sync::atomic::AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
             snapshot_reads: Mutex::new(()),
+            snapshot_writes: Mutex::new(()),
         };
         shard.load_counts()?;
         Ok(shard)

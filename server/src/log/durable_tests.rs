@@ -1384,3 +1384,29 @@ fn two_readers_of_one_snapshot_both_get_it() {
         }
     });
 }
+
+/// A snapshot asked for twice at one serial (no write between), even at once, is
+/// stored once and stays readable: the second save does not rewrite the first's files.
+#[test]
+fn two_saves_at_one_serial_store_one_snapshot() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    w.commit(&inserts("k", 2000, 200));
+    let first = save_snapshot(&f.log, UID, &w);
+    let again = save_snapshot(&f.log, UID, &w);
+    assert_eq!(again, first);
+    let log = &f.log;
+    std::thread::scope(|s| {
+        let saves: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| save_snapshot(log, UID, &w)))
+            .collect();
+        for save in saves {
+            assert_eq!(save.join().unwrap(), first);
+        }
+    });
+    assert_eq!(f.log.snapshots(UID).unwrap(), vec![first.clone()]);
+    assert_eq!(
+        load_snapshot(&f.log, UID, &first).checksums(),
+        w.store.checksums()
+    );
+}
