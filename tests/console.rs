@@ -398,7 +398,10 @@ fn a_built_in_filter_is_found_dry_run_and_put_on_a_live_link_without_an_upload()
     );
     let mut expected: Vec<String> = doppel_server::plugins::builtin::BUILTIN_PLUGINS
         .iter()
-        .map(|(name, ..)| format!("{name}@{version}"))
+        .map(|(name, ..)| {
+            let version = doppel_server::plugins::registry::builtin_version(name).unwrap();
+            format!("{name}@{version}")
+        })
         .collect();
     expected.sort();
     assert_eq!(out["builtin"], json!(expected), "{out}");
