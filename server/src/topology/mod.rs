@@ -154,14 +154,37 @@ pub struct Endpoint {
 /// (`{"node", "database"}`), or a schema of a PostgreSQL database (SPEC G9,
 /// `{"postgres": conn, "schema": s}`, applied by the source node: see
 /// `transport::postgres`).
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "TargetFields", into = "TargetFields")]
-#[schemars(with = "TargetFields")]
 pub enum LinkTarget {
     Node(Endpoint),
     Postgres(PostgresTarget),
+}
+
+/// One of the two forms, each with its own fields only, as [`TargetFields`] reads them.
+impl schemars::JsonSchema for LinkTarget {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LinkTarget".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let node = generator.subschema_for::<Endpoint>();
+        schemars::json_schema!({
+            "description": "A database on one of the document's nodes, or a schema of a PostgreSQL database.",
+            "oneOf": [
+                node,
+                {
+                    "type": "object",
+                    "properties": {
+                        "postgres": {"type": "string", "description": "A connection string; answers show its password masked."},
+                        "schema": {"type": ["string", "null"], "description": "`public` when not given."}
+                    },
+                    "required": ["postgres"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 /// A PostgreSQL target of a document's link. The stored document keeps the connection
@@ -192,7 +215,7 @@ impl PostgresTarget {
 
 /// A link target as JSON has it: the fields of either form (`node` and `database`, or
 /// `postgres` and an optional `schema`).
-#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
