@@ -15,8 +15,10 @@
 //! - `log`: key `db uid (8, BE) | kind (1) | first serial (8, BE)` → encoded chunk.
 //!   Kind byte 0 holds a database's markers: a logical replica's position (serial
 //!   `u64::MAX`) and, per log kind, the last serial retention pruned (`u64::MAX - kind`).
-//! - `snapshots`: key `db uid | serial | part (4, BE)` → packed block bytes; part
-//!   `u32::MAX` is the snapshot's metadata, written after every part (see below).
+//! - `snapshots`: key `db uid | serial | u32::MAX (4, BE)` → a snapshot's metadata.
+//!   Its block bytes are in an instance of their own ([`snapshot_files`]); a node from
+//!   before that layout kept them here under part numbers, and recovery moves them.
+//! - `counts`: the byte counts a clean shutdown left ([`Shard::load_counts`]).
 //!
 //! A transaction's chunks are inserted while its database's writer lock is held, so
 //! sled receives them in serial order and a crash keeps a prefix of the log.
@@ -31,16 +33,13 @@
 //! the database is recovered. Bigger transactions, and a logical replica's apply with
 //! its position, still use one batch.
 //!
-//! A snapshot is never one sled batch either: `Tree::apply_batch` holds sled's
-//! process-wide write lock for the whole batch, so a batch of a few hundred megabytes of
-//! parts stopped every other database's log appends for seconds (SPEC G1: a snapshot
-//! pauses writers only to freeze the location tables). Its parts are plain inserts, the
-//! metadata last: it is the commit point, for the same reason as the A chunk above. Every
-//! [`SNAPSHOT_PACE_BYTES`] the writer flushes, so what sled has not yet written stays
-//! small and another database's group flush never waits for a whole snapshot. A crash
-//! in between leaves parts without metadata, which no listing shows and
+//! A snapshot writes its parts into its own instance, never holding the shard's sled
+//! (SPEC G1: a snapshot pauses writers only to freeze the location tables); its
+//! metadata, written into the shard once the parts are durable, is the commit point. A
+//! crash before leaves an instance without metadata, which no listing shows and
 //! [`LogStore::drop_unfinished_snapshots`] removes when the database is recovered.
-//! Deleting a snapshot removes its metadata first, for the same reason.
+//! Deleting a snapshot makes the removal of its metadata durable before its instance
+//! goes.
 //!
 //! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
 //! started after the insert. One flusher thread runs flushes back to back while anyone
@@ -64,9 +63,10 @@ use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
 /// Bytes of snapshot parts a snapshot writes between two flushes of its own (one sled
-/// segment): the most that another database's write or group flush can find queued
-/// ahead of it. Measured on a 230 MB snapshot: the other writers' worst put 31–101 ms
-/// at 8 MiB, 9–17 ms at 2 MiB, 9–15 ms at 1 MiB (docs/BENCHMARKS.md).
+/// segment), so the data it leaves for the kernel to write stays small ahead of other
+/// databases' fsyncs on the same disk. Measured when parts still went into the shard's
+/// own instance, on a 230 MB snapshot: the other writers' worst put 31–101 ms at 8 MiB,
+/// 9–17 ms at 2 MiB, 9–15 ms at 1 MiB (docs/BENCHMARKS.md); not measured again since.
 const SNAPSHOT_PACE_BYTES: u64 = 2 << 20;
 /// Bytes of packed blocks per snapshot part: small enough that sled keeps parts inline
 /// rather than as blob files (from a quarter segment, 512 KiB), big enough that sled's
@@ -317,8 +317,8 @@ const SLED_SEGMENT_BYTES: usize = 2 << 20;
 /// once every thread has left the epoch, through crossbeam-epoch's deferred functions;
 /// those wait in the deferring thread's own bag until it holds 64 of them. A flusher
 /// seals one buffer per flush, so its bag held up to 64 buffers: 128 MB of a node's RSS
-/// after a load (heaptrack, docs/BENCHMARKS.md). Flushing the bag costs well under a
-/// microsecond; call it after a flush and after a big write.
+/// after a load (heaptrack, docs/BENCHMARKS.md). Call it after a flush and after a big
+/// write, not per small commit (it also tries to advance the epoch over every thread).
 fn release_deferred() {
     crossbeam_epoch::pin().flush();
 }
@@ -1134,6 +1134,7 @@ impl LogStore {
                 in_tree.entry(serial).or_default().push(key);
             }
         }
+        let changed = !in_tree.is_empty();
         for (serial, keys) in in_tree {
             if finished.contains(&serial) && !snapshot_files::exists(&shard.path, serial) {
                 let moved = self.move_parts_to_instance(&shard, uid, serial, keys.len())?;
@@ -1147,7 +1148,9 @@ impl LogStore {
                 }
             }
         }
-        self.flush_now(uid)?;
+        if changed {
+            self.flush_now(uid)?;
+        }
         removed += snapshot_files::remove_others(&shard.path, &finished)?;
         if removed > 0 {
             tracing::warn!(

@@ -306,14 +306,7 @@ impl DeadLetters {
         // The link moves past the record once the rest of its transaction is applied:
         // the dead letter must be on disk by then, and the tree is in the node's sled
         // instance, which the database's log flush does not cover.
-        let flush = || self.tree.flush().map(|_| ());
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if on_worker {
-            super::net::blocking(flush)?;
-        } else {
-            flush()?;
-        }
+        super::net::blocking(|| self.tree.flush())?;
         Ok(())
     }
 

@@ -450,7 +450,11 @@ async fn stream(
     let _reader = AbortOnDrop(reader);
     let mut appended = s.db.subscribe_appended();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // When the replica was last heard from, and a timer that looks at it only when it
+    // fires (then set again from `heard`), so an answer costs no timer of its own.
     let mut heard = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(SILENCE_TIMEOUT);
+    tokio::pin!(silence);
     loop {
         // The definition changed (stages swapped, paused, deleted): nothing more ships
         // under the old one; the next session reads the new one. Checked before each
@@ -483,15 +487,19 @@ async fn stream(
             }
             _ = heartbeat.tick() => send_live(&mut wr, &s.heartbeat()).await?,
             _ = control.changed() => return Ok(()),
-            _ = tokio::time::sleep_until(heard + SILENCE_TIMEOUT) => {
-                if events.is_empty() {
-                    return Err(format!(
-                        "the replica has not answered for {} s",
-                        SILENCE_TIMEOUT.as_secs()
-                    ));
+            _ = &mut silence => {
+                let now = tokio::time::Instant::now();
+                if heard + SILENCE_TIMEOUT <= now {
+                    if events.is_empty() {
+                        return Err(format!(
+                            "the replica has not answered for {} s",
+                            SILENCE_TIMEOUT.as_secs()
+                        ));
+                    }
+                    // Answers queued while frames went out: taken on the next turn.
+                    heard = now;
                 }
-                // Answers queued while frames went out: taken on the next turn.
-                heard = tokio::time::Instant::now();
+                silence.as_mut().reset(heard + SILENCE_TIMEOUT);
             }
         }
     }
