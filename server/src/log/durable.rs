@@ -1,7 +1,7 @@
-//! The durable log and snapshots in sled, with group commit (SPEC B4, B5, G1).
+//! The durable log and snapshots of every database, with group commit (SPEC B4, B5, G1).
 //!
-//! Every database keeps its log and snapshots in a sled instance of its own, a
-//! [`Shard`] in `<data dir>/logs/<uid>.<generation>`, with its own flusher. One instance
+//! Every database keeps its log and snapshots in a directory of its own, a [`Shard`] in
+//! `<data dir>/logs/<uid>.<generation>`, with its own flusher. One instance
 //! for the node made every database's `group` flush write out whatever any other
 //! database had appended (a flood at durability `none` put its megabytes ahead of a
 //! quiet tenant's commit), and sled's write lock serialised them all. Apart, a
@@ -11,27 +11,21 @@
 //! that kept everything in its one instance (before this layout) has it moved at start
 //! ([`LogStore::adopt_shared_trees`]).
 //!
-//! Trees of a shard:
-//! - `log`: key `db uid (8, BE) | kind (1) | first serial (8, BE)` → encoded chunk.
-//!   Kind byte 0 holds a database's markers: a logical replica's position (serial
-//!   `u64::MAX`) and, per log kind, the last serial retention pruned (`u64::MAX - kind`).
-//! - `snapshots`: key `db uid | serial | u32::MAX (4, BE)` → a snapshot's metadata.
-//!   Its block bytes are in an instance of their own ([`snapshot_files`]); a node from
-//!   before that layout kept them here under part numbers, and recovery moves them.
-//! - `counts`: the byte counts a clean shutdown left ([`Shard::load_counts`]).
+//! A shard holds:
+//! - `segments/`: the A, B and T logs, a logical replica's positions and retention's
+//!   marks, in append-only files with a checksum per record ([`super::segments`]). A
+//!   transaction is one record, so a crash keeps all of its chunks or none.
+//! - a sled instance with the `snapshots` tree: key `db uid | serial | u32::MAX (4, BE)`
+//!   → a snapshot's metadata. Its block bytes are in an instance of their own
+//!   ([`snapshot_files`]); a node from before that layout kept them here under part
+//!   numbers, and recovery moves them. The instance's `log` tree is where the log was
+//!   kept before segment files (key `db uid | kind | first serial`, markers under kind
+//!   byte 0); opening a shard moves what it holds into segments and empties it.
 //!
-//! A transaction's chunks are inserted while its database's writer lock is held, so
-//! sled receives them in serial order and a crash keeps a prefix of the log.
-//!
-//! All of a transaction's chunks or none survive a crash. sled's atomic batch gives that,
-//! but each batch seals sled's IO buffer and writes it out with a `sync_file_range` of
-//! its own, which cost a single-record commit 35–110 µs. So a transaction with one A
-//! chunk (every small one) is written as plain inserts, its B and T chunks first and the
-//! A chunk last: sled recovers a prefix of its writes (it never recovers a later segment
-//! without its predecessors), so the A chunk is the commit point. A crash between leaves
-//! B or T chunks above the last A serial; [`LogStore::drop_torn_tail`] removes them when
-//! the database is recovered. Bigger transactions, and a logical replica's apply with
-//! its position, still use one batch.
+//! A transaction's record is written while its database's writer lock is held, so the
+//! segments receive them in serial order. [`LogStore::drop_torn_tail`] still removes B
+//! or T chunks above the last A serial, which only a log moved out of sled can hold
+//! (sled wrote a small transaction's chunks one at a time, its A chunk last).
 //!
 //! A snapshot writes its parts into its own instance, never holding the shard's sled
 //! (SPEC G1: a snapshot pauses writers only to freeze the location tables); its
@@ -42,9 +36,9 @@
 //! goes.
 //!
 //! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
-//! started after the insert. One flusher thread runs flushes back to back while anyone
-//! waits, so one fsync covers every transaction that arrived during the previous one
-//! (group commit).
+//! started after the append. One flusher thread runs flushes (an `fdatasync` of the
+//! segment written) back to back while anyone waits, so one sync covers every
+//! transaction that arrived during the previous one (group commit).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -57,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec::{self, ChunkRef};
+use super::segments::{Entry, Segments};
 use super::snapshot_files;
 use super::tail::Tail;
 use super::{LogKind, TxnLog};
@@ -189,11 +184,11 @@ struct Shard {
     path: PathBuf,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Bytes of log chunks and snapshot parts, counted from a scan the first time they
-    /// are asked for and kept up to date by every write and prune.
-    stored: Mutex<Option<u64>>,
-    /// The same per log kind (retention's size bound), keyed by the kind's byte.
-    kind_stored: Mutex<HashMap<u8, u64>>,
+    /// The A, B and T logs.
+    segments: Arc<Segments>,
+    /// Bytes of snapshot metadata and parts, counted from the metadata the first time
+    /// they are asked for and kept up to date by every save and delete.
+    snapshot_bytes: Mutex<Option<u64>>,
     /// Remove the directory when the last holder lets go (the database was deleted).
     doomed: std::sync::atomic::AtomicBool,
     /// The newest transactions, for the links' senders.
@@ -207,15 +202,11 @@ struct Shard {
 }
 
 struct Trees {
+    /// Where the log was kept before it had segment files: emptied into them at open
+    /// ([`Shard::migrate_sled_log`]).
     log: sled::Tree,
     snapshots: sled::Tree,
-    /// The byte counts a clean shutdown left (see [`Shard::load_counts`]).
-    counts: sled::Tree,
 }
-
-/// Keys of the `counts` tree: all stored bytes, and a log kind's (followed by its byte).
-const STORED_COUNT: &[u8] = b"stored";
-const KIND_COUNT: u8 = b'k';
 
 /// See [`LogStore::after_snapshot_part`].
 #[cfg(test)]
@@ -226,6 +217,7 @@ type PartHook = Box<dyn FnMut(u32) + Send>;
 struct Flusher {
     /// Taken when the shard drops, so sled is closed before its directory may go.
     db: Mutex<Option<sled::Db>>,
+    segments: Arc<Segments>,
     state: Mutex<FlushState>,
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
@@ -236,49 +228,6 @@ struct Flusher {
     /// Tests hold the flusher back, as a disk that cannot keep up would.
     #[cfg(test)]
     stalled: std::sync::atomic::AtomicBool,
-}
-
-fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[8] = kind as u8;
-    key[9..].copy_from_slice(&serial.to_be_bytes());
-    key
-}
-
-/// Where a logical replica stands in one source's stream (a replica may follow several:
-/// many-to-one), kept in the `log` tree next to the database's chunks: `uid | 0 |
-/// u64::MAX | stream` (kind byte 0 sorts before every log kind).
-fn position_key(uid: u64, stream: u64) -> [u8; 25] {
-    let mut key = [0u8; 25];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
-    key[17..].copy_from_slice(&stream.to_be_bytes());
-    key
-}
-
-fn positions_prefix(uid: u64) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
-    key
-}
-
-/// The last serial whose `kind` chunks retention pruned, kept next to the chunks: what
-/// point-in-time restore by before images can still reach (B chunks exist only for
-/// updates that had a before image, so the oldest chunk alone does not say it).
-fn pruned_key(uid: u64, kind: LogKind) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[9..].copy_from_slice(&(u64::MAX - kind as u64).to_be_bytes());
-    key
-}
-
-fn log_prefix(uid: u64, kind: LogKind) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[8] = kind as u8;
-    key
 }
 
 fn snapshot_key(uid: u64, serial: u64, part: u32) -> [u8; 20] {
@@ -322,9 +271,6 @@ const SLED_SEGMENT_BYTES: usize = 2 << 20;
 fn release_deferred() {
     crossbeam_epoch::pin().flush();
 }
-
-/// Written bytes from which a transaction's append also calls [`release_deferred`].
-const RELEASE_AFTER_BYTES: usize = 64 << 10;
 
 /// A shard's directory name: `<uid>.<generation>`, both in decimal.
 fn shard_dir_name(uid: u64, generation: u64) -> String {
@@ -471,7 +417,9 @@ impl LogStore {
                 moved += 1;
             }
             for uid in touched {
-                self.flush_now(uid)?;
+                let shard = self.shard(uid)?;
+                shard.migrate_sled_log()?;
+                shard.flusher.flush_all()?;
             }
             drop(tree);
             node.drop_tree(name)?;
@@ -517,63 +465,33 @@ impl LogStore {
     ) -> Result<(), LogError> {
         let mut chunks = Vec::new();
         for kind in [LogKind::A, LogKind::B, LogKind::T] {
-            for (first, bytes) in codec::encode(txn, kind) {
-                chunks.push((log_key(uid, kind, first), sled::IVec::from(bytes)));
+            for (_, bytes) in codec::encode(txn, kind) {
+                chunks.push(sled::IVec::from(bytes));
             }
         }
-        let position = position.map(|(stream, serial)| (position_key(uid, stream), serial));
         Self::insert_txn(&*self.shard(uid)?, chunks, position)
     }
 
-    /// Store one transaction's chunks (keys from [`log_key`]) and, for a logical replica,
-    /// its position, so that a crash keeps all of them or none (see the module doc).
+    /// Store one transaction's chunks and, for a logical replica, its position, so that
+    /// a crash keeps all of them or none: one record of the segment log.
     fn insert_txn(
         shard: &Shard,
-        chunks: Vec<([u8; 17], sled::IVec)>,
-        position: Option<([u8; 25], u64)>,
+        chunks: Vec<sled::IVec>,
+        position: Option<(u64, u64)>,
     ) -> Result<(), LogError> {
-        let t = shard.trees();
-        // Counted first: a failed write means sled failed, and the node with it.
-        for (key, bytes) in &chunks {
-            shard.account_chunk(key, bytes.len() as i64);
-        }
-        let wanted = shard.tail.lock().wanted();
-        let kept = wanted.then(|| {
-            chunks
-                .iter()
-                .filter(|(key, _)| key[8] != 0)
-                .map(|(_, bytes)| {
-                    let head = codec::peek(bytes).map_err(|e| LogError::Damaged(e.to_string()))?;
-                    Ok(RawChunk {
-                        head,
-                        bytes: bytes.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>, LogError>>()
-        });
-        let big = chunks.iter().map(|(_, b)| b.len()).sum::<usize>() >= RELEASE_AFTER_BYTES;
-        let is_a = |key: &[u8; 17]| key[8] == LogKind::A as u8;
-        if position.is_none() && chunks.iter().filter(|(key, _)| is_a(key)).count() == 1 {
-            // The A chunk last: it is the commit point.
-            let (a, others): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|(k, _)| is_a(k));
-            for (key, bytes) in others.into_iter().chain(a) {
-                t.log.insert(key, bytes)?;
-            }
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, bytes) in chunks {
-                batch.insert(&key[..], bytes);
-            }
-            if let Some((key, serial)) = position {
-                batch.insert(&key[..], &serial.to_be_bytes()[..]);
-            }
-            t.log.apply_batch(batch)?;
-        }
-        if let Some(kept) = kept {
-            shard.tail.lock().push(&kept?);
-        }
-        if big {
-            release_deferred();
+        let chunks = chunks
+            .into_iter()
+            .map(|bytes| {
+                let head = codec::peek(&bytes).map_err(|e| LogError::Damaged(e.to_string()))?;
+                Ok(RawChunk { head, bytes })
+            })
+            .collect::<Result<Vec<_>, LogError>>()?;
+        let refs: Vec<_> = chunks.iter().map(|c| (c.head, &c.bytes[..])).collect();
+        let written = shard.segments.append(&refs, position)?;
+        shard.account(written);
+        let mut tail = shard.tail.lock();
+        if tail.wanted() {
+            tail.push(&chunks);
         }
         Ok(())
     }
@@ -584,30 +502,15 @@ impl LogStore {
     /// doc. Call it before the database takes writes. Returns the chunks removed.
     pub fn drop_torn_tail(&self, uid: u64, recovered: u64) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let last_a = match t.log.scan_prefix(log_prefix(uid, LogKind::A)).next_back() {
-            Some(item) => {
-                codec::peek(&item?.1)
-                    .map_err(|e| LogError::Damaged(e.to_string()))?
-                    .last_serial
-            }
-            None => 0,
-        }
-        .max(recovered);
+        let last_a = shard
+            .segments
+            .bounds(LogKind::A)
+            .1
+            .map_or(0, |e| e.last)
+            .max(recovered);
         let mut removed = 0;
         for kind in [LogKind::B, LogKind::T] {
-            let from = log_key(uid, kind, last_a.saturating_add(1));
-            let torn: Vec<sled::IVec> = t
-                .log
-                .range(from..=log_key(uid, kind, u64::MAX))
-                .keys()
-                .collect::<Result<_, _>>()?;
-            for key in torn {
-                if let Some(bytes) = t.log.remove(&key)? {
-                    shard.account_chunk(&key, -(bytes.len() as i64));
-                }
-                removed += 1;
-            }
+            removed += shard.segments.truncate_above(kind, last_a)?.0;
         }
         if removed > 0 {
             tracing::warn!(
@@ -622,21 +525,7 @@ impl LogStore {
 
     /// The source serial a logical replica has applied, per source stream.
     pub fn positions(&self, uid: u64) -> Result<BTreeMap<u64, u64>, LogError> {
-        let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let mut out = BTreeMap::new();
-        for item in t.log.scan_prefix(positions_prefix(uid)) {
-            let (key, value) = item?;
-            let (Some(stream), Ok(position)) = (
-                key.get(17..25)
-                    .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes"))),
-                <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes),
-            ) else {
-                continue;
-            };
-            out.insert(stream, position);
-        }
-        Ok(out)
+        Ok(self.shard(uid)?.segments.positions())
     }
 
     /// Write several transactions' chunks in one atomic batch (a point-in-time restore's
@@ -644,37 +533,32 @@ impl LogStore {
     /// can append to database `uid`.
     pub fn append_txns(&self, uid: u64, txns: &[TxnLog]) -> Result<(), LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let mut batch = sled::Batch::default();
-        let mut written = Vec::new();
-        for txn in txns {
-            for kind in [LogKind::A, LogKind::B, LogKind::T] {
-                for (first, bytes) in codec::encode(txn, kind) {
-                    let key = log_key(uid, kind, first);
-                    written.push((key, bytes.len() as i64));
-                    batch.insert(&key[..], bytes);
-                }
-            }
-        }
-        t.log.apply_batch(batch)?;
-        for (key, len) in written {
-            shard.account_chunk(&key, len);
-        }
+        let encoded: Vec<Vec<u8>> = txns
+            .iter()
+            .flat_map(|txn| {
+                [LogKind::A, LogKind::B, LogKind::T]
+                    .into_iter()
+                    .flat_map(move |kind| codec::encode(txn, kind))
+            })
+            .map(|(_, bytes)| bytes)
+            .collect();
+        let chunks = encoded
+            .iter()
+            .map(|bytes| {
+                let head = codec::peek(bytes).map_err(|e| LogError::Damaged(e.to_string()))?;
+                Ok((head, bytes.as_slice()))
+            })
+            .collect::<Result<Vec<_>, LogError>>()?;
+        let written = shard.segments.append(&chunks, None)?;
+        shard.account(written);
         shard.tail.lock().clear();
         Ok(())
     }
 
     /// Write chunks exactly as another node encoded them (a mirror replica's copy of its
-    /// source's log), all of them or none (see the module doc). Call it under the
-    /// database's writer lock.
+    /// source's log), all of them or none. Call it under the database's writer lock.
     pub fn append_raw(&self, uid: u64, chunks: &[RawChunk]) -> Result<(), LogError> {
-        let chunks = chunks
-            .iter()
-            .map(|c| {
-                let key = log_key(uid, c.head.kind, c.head.first_serial);
-                (key, c.bytes.clone())
-            })
-            .collect();
+        let chunks = chunks.iter().map(|c| c.bytes.clone()).collect();
         Self::insert_txn(&*self.shard(uid)?, chunks, None)
     }
 
@@ -696,80 +580,50 @@ impl LogStore {
             }
             tail.want();
         }
-        let t = shard.trees();
+        let segments = &shard.segments;
         let mut out: Vec<RawTxn> = Vec::new();
         let mut bytes = 0;
         let mut expected = after + 1;
-        let start = log_key(uid, LogKind::A, expected);
-        let end = log_key(uid, LogKind::A, u64::MAX);
-        for item in t.log.range(start..=end) {
-            let (_, value) = item?;
+        segments.scan(LogKind::A, expected, |_, value| {
             let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            if head.first_serial != expected {
-                break;
-            }
-            if starts_txn(&out, &head) && bytes >= max_bytes {
-                break;
+            if head.first_serial != expected || (starts_txn(&out, &head) && bytes >= max_bytes) {
+                return Ok(false);
             }
             bytes += value.len();
             add_a_chunk(&mut out, RawChunk { head, bytes: value });
             expected = head.last_serial + 1;
-        }
+            Ok(true)
+        })?;
         // A transaction's A chunks may continue past what the scan saw only if the
-        // scan stopped at a gap, which cannot split a transaction (one atomic batch).
-        for txn in &mut out {
+        // scan stopped at a gap, which cannot split a transaction (one record).
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            let range = first.first_serial..=last.last_serial;
             for kind in also {
-                let range =
-                    log_key(uid, *kind, txn.first_serial)..=log_key(uid, *kind, txn.last_serial);
-                for item in t.log.range(range) {
-                    let (_, value) = item?;
+                let entries = segments.entries_in(*kind, range.clone(), usize::MAX);
+                let mut at = 0;
+                segments.read(&entries, |_, value| {
                     let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-                    txn.chunks.push(RawChunk { head, bytes: value });
-                }
+                    while out[at].last_serial < head.first_serial {
+                        at += 1;
+                    }
+                    out[at].chunks.push(RawChunk { head, bytes: value });
+                    Ok(true)
+                })?;
             }
         }
         Ok(out)
     }
 
-    /// Bytes of log and snapshots stored for database `uid` (its share of the sled
-    /// files, before sled's own overhead).
+    /// Bytes of log and snapshots stored for database `uid`: its chunks, and its
+    /// snapshots' metadata and parts.
     pub fn stored_bytes(&self, uid: u64) -> Result<u64, LogError> {
         let shard = self.shard(uid)?;
-        if let Some(bytes) = *shard.stored.lock() {
-            return Ok(bytes);
-        }
-        let t = shard.trees();
-        let mut total = 0u64;
-        for item in t.log.scan_prefix(uid.to_be_bytes()) {
-            total += item?.1.len() as u64;
-        }
-        // Metadata, and the parts of snapshots not yet moved into instances; the
-        // instances' parts as their metadata counts them, without reading them.
-        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
-            let (key, value) = item?;
-            total += value.len() as u64;
-            if key[16..20] == META_PART.to_be_bytes() {
-                let meta: SnapshotMeta =
-                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-                total += meta.size_bytes;
-            }
-        }
-        let counted = *shard.stored.lock().get_or_insert(total);
-        Ok(counted)
+        Ok(shard.segments.chunk_bytes() + shard.snapshot_bytes()?)
     }
 
     /// Bytes of the `kind` chunks of database `uid`.
     pub fn kind_bytes(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
-        let shard = self.shard(uid)?;
-        if let Some(bytes) = shard.kind_stored.lock().get(&(kind as u8)) {
-            return Ok(*bytes);
-        }
-        let mut total = 0u64;
-        for item in shard.trees().log.scan_prefix(log_prefix(uid, kind)) {
-            total += item?.1.len() as u64;
-        }
-        let counted = *shard.kind_stored.lock().entry(kind as u8).or_insert(total);
-        Ok(counted)
+        Ok(self.shard(uid)?.segments.kind_bytes(kind))
     }
 
     /// Bytes database `uid`'s shard takes on disk: its sled files, overhead included
@@ -799,7 +653,7 @@ impl LogStore {
 
     /// Flush database `uid`'s log now, on this thread (durability `sync`, snapshots).
     pub fn flush_now(&self, uid: u64) -> Result<(), LogError> {
-        self.shard(uid)?.flusher.flush()
+        self.shard(uid)?.flusher.flush_all()
     }
 
     /// Bytes written to database `uid`'s log that no flush has made durable yet.
@@ -826,22 +680,13 @@ impl LogStore {
         mut visit: impl FnMut(&ChunkRef<'_>) -> Result<(), LogError>,
     ) -> Result<u64, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
         let mut last = after;
         // Start at the chunk holding `after + 1`, which may begin before it.
-        let wanted = log_key(uid, LogKind::A, after.saturating_add(1));
-        let start = t
-            .log
-            .range(log_key(uid, LogKind::A, 0)..=wanted)
-            .next_back()
-            .transpose()?
-            .map_or(wanted.to_vec(), |(key, _)| key.to_vec());
-        let end = log_key(uid, LogKind::A, u64::MAX);
-        for item in t.log.range(start..=end.to_vec()) {
-            let (_, value) = item?;
+        let start = shard.segments.holding(LogKind::A, after.saturating_add(1));
+        shard.segments.scan(LogKind::A, start, |_, value| {
             let mut chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
             if chunk.last_serial <= last {
-                continue;
+                return Ok(true);
             }
             if chunk.first_serial <= last {
                 chunk.entries.retain(|e| e.header.serial > last);
@@ -854,11 +699,12 @@ impl LogStore {
                     found = chunk.first_serial,
                     "gap in the log; replay stops here"
                 );
-                break;
+                return Ok(false);
             }
             visit(&chunk)?;
             last = chunk.last_serial;
-        }
+            Ok(true)
+        })?;
         Ok(last)
     }
 
@@ -872,30 +718,12 @@ impl LogStore {
         mut visit: impl FnMut(&ChunkRef<'_>) -> bool,
     ) -> Result<(), LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let prefix = log_prefix(uid, kind);
         // The chunk holding `from` starts at or before it.
-        let start = t
-            .log
-            .range(log_key(uid, kind, 0)..=log_key(uid, kind, from))
-            .next_back()
-            .transpose()?
-            .map(|(key, _)| key.to_vec())
-            .unwrap_or_else(|| log_key(uid, kind, from).to_vec());
-        for item in t.log.range(start..) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        let start = shard.segments.holding(kind, from);
+        shard.segments.scan(kind, start, |_, value| {
             let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            if chunk.last_serial < from {
-                continue;
-            }
-            if !visit(&chunk) {
-                break;
-            }
-        }
-        Ok(())
+            Ok(chunk.last_serial < from || visit(&chunk))
+        })
     }
 
     /// Delete chunks of `kind` whose newest entry is older than `cutoff_us`, oldest
@@ -906,9 +734,7 @@ impl LogStore {
         kind: LogKind,
         cutoff_us: u64,
     ) -> Result<usize, LogError> {
-        self.prune_oldest(uid, kind, |chunk| {
-            codec::last_timestamp_us(chunk).is_some_and(|ts| ts < cutoff_us)
-        })
+        self.prune_oldest(uid, kind, |chunk| chunk.last_ts < cutoff_us)
     }
 
     /// Remove the oldest `kind` chunks of `uid` until at most `max_bytes` of them remain:
@@ -922,7 +748,7 @@ impl LogStore {
         let mut over = self.kind_bytes(uid, kind)?.saturating_sub(max_bytes);
         self.prune_oldest(uid, kind, |chunk| {
             let go = over > 0;
-            over = over.saturating_sub(chunk.len() as u64);
+            over = over.saturating_sub(chunk.len as u64);
             go
         })
     }
@@ -933,40 +759,17 @@ impl LogStore {
         &self,
         uid: u64,
         kind: LogKind,
-        mut remove: impl FnMut(&[u8]) -> bool,
+        remove: impl FnMut(&Entry) -> bool,
     ) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let mut removed = 0;
-        let mut pruned = None;
-        for item in t.log.scan_prefix(log_prefix(uid, kind)) {
-            let (key, value) = item?;
-            if !remove(&value) {
-                break;
-            }
-            let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            pruned = Some(head.last_serial);
-            t.log.remove(&key)?;
-            shard.account_chunk(&key, -(value.len() as i64));
-            removed += 1;
-        }
-        if let Some(serial) = pruned {
-            let through = self.pruned_through(uid, kind)?.max(serial);
-            t.log
-                .insert(pruned_key(uid, kind), &through.to_be_bytes()[..])?;
-        }
+        let (removed, _) = shard.segments.prune_oldest(kind, remove)?;
         Ok(removed)
     }
 
     /// The last serial whose `kind` entries retention may have dropped (0: none): every
     /// entry of a later serial is still held.
     pub fn pruned_through(&self, uid: u64, kind: LogKind) -> Result<u64, LogError> {
-        let shard = self.shard(uid)?;
-        let t = shard.trees();
-        Ok(t.log
-            .get(pruned_key(uid, kind))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+        Ok(self.shard(uid)?.segments.pruned_through(kind))
     }
 
     /// Around `timestamp_us` in the `kind` log of `uid`: the last entry stamped at or
@@ -979,25 +782,25 @@ impl LogStore {
         timestamp_us: u64,
     ) -> Result<(Option<Stamped>, Option<Stamped>), LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
         let mut at_or_before = None;
-        for item in t.log.scan_prefix(log_prefix(uid, kind)) {
-            let (_, value) = item?;
-            let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            if head.last_timestamp_us <= timestamp_us {
-                at_or_before = Some((head.last_serial, head.last_timestamp_us));
-                continue;
+        let mut after = None;
+        shard.segments.scan(kind, 0, |entry, value| {
+            if entry.last_ts <= timestamp_us {
+                at_or_before = Some((entry.last, entry.last_ts));
+                return Ok(true);
             }
             let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            for entry in &chunk.entries {
-                let found = (entry.header.serial, entry.header.timestamp_us);
-                if entry.header.timestamp_us > timestamp_us {
-                    return Ok((at_or_before, Some(found)));
+            for e in &chunk.entries {
+                let found = (e.header.serial, e.header.timestamp_us);
+                if e.header.timestamp_us > timestamp_us {
+                    after = Some(found);
+                    return Ok(false);
                 }
                 at_or_before = Some(found);
             }
-        }
-        Ok((at_or_before, None))
+            Ok(true)
+        })?;
+        Ok((at_or_before, after))
     }
 
     /// The timestamp of the update with `serial`, from its `kind` entry if retained.
@@ -1021,34 +824,12 @@ impl LogStore {
 
     /// Delete chunks of `kind` whose entries all have serials at or below `serial`.
     pub fn prune_through(&self, uid: u64, kind: LogKind, serial: u64) -> Result<usize, LogError> {
-        let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let mut removed = 0;
-        for item in t
-            .log
-            .range(log_key(uid, kind, 0)..=log_key(uid, kind, serial))
-        {
-            let (key, value) = item?;
-            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-            if chunk.last_serial > serial {
-                break;
-            }
-            t.log.remove(&key)?;
-            shard.account_chunk(&key, -(value.len() as i64));
-            removed += 1;
-        }
-        Ok(removed)
+        self.prune_oldest(uid, kind, |chunk| chunk.last <= serial)
     }
 
     /// Oldest serial still held in the log of `kind`, if any.
     pub fn oldest_serial(&self, uid: u64, kind: LogKind) -> Result<Option<u64>, LogError> {
-        let shard = self.shard(uid)?;
-        let t = shard.trees();
-        Ok(t.log
-            .scan_prefix(log_prefix(uid, kind))
-            .next()
-            .transpose()?
-            .map(|(key, _)| u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"))))
+        Ok(self.shard(uid)?.segments.bounds(kind).0.map(|e| e.first))
     }
 
     /// Store a snapshot: its block bytes in parts in an instance of its own
@@ -1109,8 +890,8 @@ impl LogStore {
             .trees()
             .snapshots
             .insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded)?;
-        shard.account(meta_bytes as i64);
-        shard.account_stored(size as i64);
+        shard.account(meta_bytes);
+        shard.account_snapshot((meta_bytes + size) as i64);
         self.flush_now(uid)?;
         Ok(meta)
     }
@@ -1138,13 +919,13 @@ impl LogStore {
         for (serial, keys) in in_tree {
             if finished.contains(&serial) && !snapshot_files::exists(&shard.path, serial) {
                 let moved = self.move_parts_to_instance(&shard, uid, serial, keys.len())?;
-                shard.account_stored(moved as i64);
+                shard.account_snapshot(moved as i64);
             } else if !finished.contains(&serial) {
                 removed += keys.len();
             }
             for key in keys {
                 if let Some(bytes) = t.snapshots.remove(&key)? {
-                    shard.account_stored(-(bytes.len() as i64));
+                    shard.account_snapshot(-(bytes.len() as i64));
                 }
             }
         }
@@ -1254,8 +1035,7 @@ impl LogStore {
                 .snapshots
                 .remove(snapshot_key(uid, meta.serial, META_PART))?
         {
-            shard.account(-(v.len() as i64));
-            shard.account_stored(-(meta.size_bytes as i64));
+            shard.account_snapshot(-((v.len() as u64 + meta.size_bytes) as i64));
         }
         self.flush_now(uid)?;
         snapshot_files::remove(&shard.path, meta.serial)
@@ -1311,7 +1091,7 @@ impl LogStore {
         let mut first_error = None;
         for shard in shards {
             shard.flusher.stop();
-            if let Err(e) = shard.save_counts().and_then(|()| shard.flusher.flush()) {
+            if let Err(e) = shard.flusher.flush_all() {
                 first_error.get_or_insert(e);
             }
         }
@@ -1326,7 +1106,8 @@ pub struct FlushTicket {
 }
 
 impl Shard {
-    /// Open (or create) the sled instance at `path` and start its flusher.
+    /// Open (or create) the sled instance at `path` and its segment files, move a log
+    /// still kept in sled into them, and start its flusher.
     fn open(path: &Path, cache_bytes: u64) -> Result<Shard, LogError> {
         let db = sled_config(path, cache_bytes)
             .flush_every_ms(None)
@@ -1334,8 +1115,10 @@ impl Shard {
             .map_err(|e| {
                 LogError::Sled(format!("cannot open the log at {}: {e}", path.display()))
             })?;
+        let segments = Arc::new(Segments::open(&path.join("segments"))?);
         let flusher = Arc::new(Flusher {
             db: Mutex::new(Some(db.clone())),
+            segments: segments.clone(),
             state: Mutex::new(FlushState::default()),
             wake: Condvar::new(),
             flushed: watch::channel((0, None)).0,
@@ -1351,23 +1134,27 @@ impl Shard {
                 .spawn(move || flush_loop(flusher))
                 .map_err(|e| LogError::Flush(e.to_string()))?
         };
+        // Byte counts a clean shutdown of an older build left: the segment index
+        // counts its own bytes now.
+        if db.tree_names().iter().any(|t| t.as_ref() == b"counts") {
+            db.drop_tree("counts")?;
+        }
         let shard = Shard {
             trees: Some(Trees {
                 log: db.open_tree("log")?,
                 snapshots: db.open_tree("snapshots")?,
-                counts: db.open_tree("counts")?,
             }),
             path: path.to_path_buf(),
             flusher,
             flusher_thread: Mutex::new(Some(thread)),
-            stored: Mutex::new(None),
-            kind_stored: Mutex::new(HashMap::new()),
+            segments,
+            snapshot_bytes: Mutex::new(None),
             doomed: std::sync::atomic::AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
             snapshot_reads: Mutex::new(()),
             snapshot_writes: Mutex::new(()),
         };
-        shard.load_counts()?;
+        shard.migrate_sled_log()?;
         Ok(shard)
     }
 
@@ -1377,65 +1164,90 @@ impl Shard {
             .expect("a shard's trees live until it drops")
     }
 
-    /// Add (or with a negative `delta`, remove) bytes to the count, if counted yet, and
-    /// written ones to what the flusher has to make durable.
-    fn account(&self, delta: i64) {
-        if delta > 0 {
-            self.flusher
-                .appended
-                .fetch_add(delta as u64, Ordering::Relaxed);
-        }
-        self.account_stored(delta);
+    /// Count bytes written, for the flusher to make durable.
+    fn account(&self, written: u64) {
+        self.flusher.appended.fetch_add(written, Ordering::Relaxed);
     }
 
-    /// Add bytes to the stored count only: a snapshot's parts are in an instance of
-    /// their own, not the shard's to flush.
-    fn account_stored(&self, delta: i64) {
-        if let Some(bytes) = self.stored.lock().as_mut() {
+    /// Add (or with a negative `delta`, remove) snapshot bytes to their count, if
+    /// counted yet.
+    fn account_snapshot(&self, delta: i64) {
+        if let Some(bytes) = self.snapshot_bytes.lock().as_mut() {
             *bytes = bytes.saturating_add_signed(delta);
         }
     }
 
-    /// Take the counts a clean shutdown left ([`Self::save_counts`]) and remove them,
-    /// so a crash from now on makes the next start count again. sled recovers a prefix
-    /// of its writes, so no write after this removal can survive a crash without it.
-    fn load_counts(&self) -> Result<(), LogError> {
-        let counts = &self.trees().counts;
-        let read = |value: sled::IVec| <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes);
-        for item in counts.iter() {
+    /// Bytes of snapshot metadata and parts (the parts as their metadata counts them,
+    /// without reading them), counted once and then kept up to date.
+    fn snapshot_bytes(&self) -> Result<u64, LogError> {
+        if let Some(bytes) = *self.snapshot_bytes.lock() {
+            return Ok(bytes);
+        }
+        let mut total = 0u64;
+        for item in self.trees().snapshots.iter() {
             let (key, value) = item?;
-            match (key.as_ref(), read(value)) {
-                (STORED_COUNT, Ok(bytes)) => *self.stored.lock() = Some(bytes),
-                ([KIND_COUNT, kind], Ok(bytes)) => {
-                    self.kind_stored.lock().insert(*kind, bytes);
+            total += value.len() as u64;
+            if key.get(16..20) == Some(&META_PART.to_be_bytes()[..]) {
+                let meta: SnapshotMeta =
+                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+                total += meta.size_bytes;
+            }
+        }
+        Ok(*self.snapshot_bytes.lock().get_or_insert(total))
+    }
+
+    /// Move a log kept in sled's `log` tree (by a node from before segment files, or
+    /// adopted from the node's own instance) into the segment files, then empty the
+    /// tree. A crash part way moves it again at the next open: a chunk stored twice
+    /// replaces itself in the index. Returns the entries moved.
+    fn migrate_sled_log(&self) -> Result<u64, LogError> {
+        let tree = &self.trees().log;
+        if tree.is_empty() {
+            return Ok(0);
+        }
+        let mut moved = 0u64;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            moved += 1;
+            if key.get(8) != Some(&0) {
+                let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+                self.segments.append(&[(head, &value[..])], None)?;
+                continue;
+            }
+            let number = |at: usize| {
+                key.get(at..at + 8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            };
+            let value = <[u8; 8]>::try_from(value.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| LogError::Damaged("a log marker is not 8 bytes".into()))?;
+            match (key.len(), number(9)) {
+                // A logical replica's position in a stream.
+                (25, Some(u64::MAX)) => {
+                    let stream = number(17).expect("25 bytes");
+                    self.segments.append(&[], Some((stream, value)))?;
+                }
+                // The last serial retention pruned of a kind.
+                (17, Some(marker)) => {
+                    if let Some(kind) = [LogKind::A, LogKind::B, LogKind::T]
+                        .into_iter()
+                        .find(|k| u64::MAX - *k as u64 == marker)
+                    {
+                        self.segments.mark_pruned(kind, value)?;
+                    }
                 }
                 _ => {}
             }
-            counts.remove(key)?;
         }
-        Ok(())
-    }
-
-    /// Write the byte counts known now, for the next start to take instead of reading
-    /// every chunk ([`Self::load_counts`]). Call it when no write can follow (the node
-    /// stops), then flush.
-    fn save_counts(&self) -> Result<(), LogError> {
-        let counts = &self.trees().counts;
-        if let Some(bytes) = *self.stored.lock() {
-            counts.insert(STORED_COUNT, &bytes.to_be_bytes())?;
-        }
-        for (kind, bytes) in self.kind_stored.lock().iter() {
-            counts.insert([KIND_COUNT, *kind], &bytes.to_be_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// [`Self::account`] for the log chunk at `key`, and its kind's count too.
-    fn account_chunk(&self, key: &[u8], delta: i64) {
-        self.account(delta);
-        if let Some(bytes) = self.kind_stored.lock().get_mut(&key[8]) {
-            *bytes = bytes.saturating_add_signed(delta);
-        }
+        self.segments.sync()?;
+        tree.clear()?;
+        self.flusher.flush_all()?;
+        tracing::info!(
+            path = %self.path.display(),
+            entries = moved,
+            "moved the log out of sled into segment files"
+        );
+        Ok(moved)
     }
 }
 
@@ -1481,14 +1293,24 @@ impl Flusher {
         appended.saturating_sub(self.durable.load(Ordering::Acquire))
     }
 
-    /// Flush on this thread; what was appended before it is durable after it.
+    /// Make the log durable on this thread: what was appended before it is durable
+    /// after it (group commit's flush).
     fn flush(&self) -> Result<(), LogError> {
         let upto = self.appended.load(Ordering::Acquire);
+        if self.db.lock().is_none() {
+            return Err(LogError::Flush("the database's log is closed".into()));
+        }
+        self.segments.sync()?;
+        self.durable.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// [`Self::flush`], and sled's snapshot metadata and markers too.
+    fn flush_all(&self) -> Result<(), LogError> {
         let db = self.db.lock().clone();
         db.ok_or_else(|| LogError::Flush("the database's log is closed".into()))?
             .flush()?;
-        self.durable.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
+        self.flush()
     }
 
     fn stop(&self) {

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod durable;
+mod segments;
 mod snapshot_files;
 mod tail;
 
