@@ -5,7 +5,9 @@
 //! `sync`) loses no acknowledged batch and leaves no batch half-applied; and
 //! a graceful SIGTERM keeps everything, for every durability mode, even when it
 //! arrives right after the node announces itself; and B and T logs expire each
-//! after their own retention period.
+//! after their own retention period; a log segment damaged on disk stops the node
+//! from starting, naming the file, while a record a crash cut short at the end of
+//! the log is cut off.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -574,4 +576,73 @@ fn b_and_t_logs_expire_each_after_their_own_retention() {
     );
     // The records themselves are untouched.
     assert_eq!(db.data("orders", "o1"), Some(json!("v2")));
+}
+
+/// The log segment files under a node's data directory.
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir.join("logs")).expect("logs dir") {
+        let segments = shard.expect("entry").path().join("segments");
+        for file in std::fs::read_dir(&segments).into_iter().flatten() {
+            let path = file.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_damaged_log_segment_refuses_the_start_and_a_torn_end_is_cut_off() {
+    let mut node = Node::start();
+    let db = node.create_db(
+        "default",
+        json!({ "name": "seg", "files": [{ "name": "orders" }], "durability": "group" }),
+    );
+    for i in 0..40 {
+        db.put("orders", &format!("k{i:02}"), json!({}), json!({ "n": i }))
+            .ok();
+    }
+    let written = capture(&db);
+    assert!(node.terminate().success());
+    let files = segment_files(node.data_dir());
+    assert_eq!(files.len(), 1, "one database, one segment: {files:?}");
+    let segment = &files[0];
+
+    // A crash in the middle of writing a record: its header promises more bytes than
+    // reached the file. The node starts, and everything before it is there.
+    let whole = std::fs::read(segment).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&500u32.to_le_bytes());
+    torn.extend_from_slice(&[0xab; 40]);
+    std::fs::write(segment, &torn).unwrap();
+    node.restart();
+    let db = node.db("default", "seg");
+    assert_eq!(capture(&db), written);
+    assert_eq!(
+        std::fs::read(segment).unwrap(),
+        whole,
+        "the torn record is cut off"
+    );
+    assert!(node.terminate().success());
+
+    // A flipped byte in the middle of the log, with valid records after it: the node
+    // refuses to start rather than serve a log with a hole, and names the file.
+    let mut damaged = whole.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x5a;
+    std::fs::write(segment, &damaged).unwrap();
+    let refusal = node.start_refused();
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        refusal.contains("checksum") && refusal.contains(name),
+        "the refusal names the damage and the file: {refusal}"
+    );
+
+    // Put back as it was, the node starts and serves everything again.
+    std::fs::write(segment, &whole).unwrap();
+    node.restart();
+    assert_eq!(capture(&node.db("default", "seg")), written);
 }

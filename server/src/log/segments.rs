@@ -52,6 +52,8 @@ const SEGMENT_BYTES: u64 = 32 << 20;
 const HEADER: usize = 12;
 /// Bytes read at once when scanning a segment or reading neighbouring chunks.
 const READ_SPAN: u64 = 1 << 20;
+/// Bytes hashed at most when looking for a valid record after an invalid one.
+const SEARCH_HASH_BYTES: usize = 64 << 20;
 /// Index entries taken at a time by [`Segments::scan`].
 const SCAN_BATCH: usize = 256;
 
@@ -645,13 +647,11 @@ impl Inner {
         let mut at = 0usize;
         while at < bytes.len() {
             let Some(body) = valid_record(&bytes, at) else {
-                let followed_by_valid = (at + 1..bytes.len())
-                    .any(|next| valid_record(&bytes, next).is_some_and(|b| !b.is_empty()));
                 return Ok((
                     len,
                     ScanEnd::Invalid {
                         at: at as u64,
-                        followed_by_valid,
+                        followed_by_valid: valid_record_after(&bytes, at),
                     },
                 ));
             };
@@ -739,6 +739,39 @@ impl Inner {
         })();
         parsed.is_some()
     }
+}
+
+/// Whether a valid record follows the invalid one at `at`: damage, where a crash in the
+/// middle of a write leaves nothing valid after it. Looks where the record's own length
+/// says the next one starts (a damaged body), then at every later offset, hashing at most
+/// [`SEARCH_HASH_BYTES`] (a header damaged too).
+fn valid_record_after(bytes: &[u8], at: usize) -> bool {
+    let claimed = bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    if let Some(next) = claimed.and_then(|len| (at + HEADER).checked_add(len)) {
+        if next > at + HEADER && valid_record(bytes, next).is_some() {
+            return true;
+        }
+    }
+    let mut budget = SEARCH_HASH_BYTES;
+    for next in at + 1..bytes.len() {
+        let Some(header) = bytes.get(next..next + HEADER) else {
+            break;
+        };
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || next + HEADER + len > bytes.len() {
+            continue;
+        }
+        if len > budget {
+            break;
+        }
+        budget -= len;
+        if valid_record(bytes, next).is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// The body of the record at `at` in `bytes`, if a whole one with a matching checksum

@@ -216,7 +216,10 @@ impl Node {
         for def in defs {
             let started = Instant::now();
             let (tenant, name) = (def.tenant.clone(), def.spec.name.clone());
-            let (db, replayed) = Database::recover(def, self.log.clone())?;
+            let (db, replayed) = Database::recover(def, self.log.clone()).inspect_err(|e| {
+                tracing::error!(tenant = %tenant, database = %name, error = %e,
+                    "the database cannot be recovered; the node does not start");
+            })?;
             // Count its stored bytes now, before any write can race the count.
             db.stored_bytes()?;
             let secs = started.elapsed().as_secs_f64();
