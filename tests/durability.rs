@@ -7,7 +7,8 @@
 //! arrives right after the node announces itself; and B and T logs expire each
 //! after their own retention period; a log segment damaged on disk stops the node
 //! from starting, naming the file, while a record a crash cut short at the end of
-//! the log is cut off.
+//! the log is cut off; a full disk refuses writes with 507 `disk-full`, keeps
+//! reads, loses nothing acknowledged and takes writes again once space returns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -645,4 +646,109 @@ fn a_damaged_log_segment_refuses_the_start_and_a_torn_end_is_cut_off() {
     std::fs::write(segment, &whole).unwrap();
     node.restart();
     assert_eq!(capture(&node.db("default", "seg")), written);
+}
+
+/// A small tmpfs mounted for one test (the tests run as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("doppel-disk-")
+            .tempdir()
+            .expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs at {:?}", dir.path());
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fill what is left of the disk with a file, which [`SmallDisk::free`] removes.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path().join("filler")).expect("filler");
+        let block = vec![0u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+        // The last few bytes of the disk.
+        while file.write_all(&[0]).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_507_keeps_reads_and_takes_writes_once_space_returns() {
+    let disk = SmallDisk::mount("64m");
+    let mut node = Node::start_in(&disk.path().join("data"));
+    let db = node.create_db(
+        "default",
+        json!({ "name": "full", "files": [{ "name": "orders" }], "durability": "group" }),
+    );
+    for i in 0..20 {
+        db.put("orders", &format!("before{i:02}"), json!({}), json!({ "n": i }))
+            .ok();
+    }
+
+    disk.fill();
+    // Writes go on while the log's last page has room; then the disk is full.
+    let mut acknowledged = Vec::new();
+    let refused = (0..5000)
+        .map(|i| format!("during{i:04}"))
+        .find(|key| {
+            let answer = db.put("orders", key, json!({}), json!({ "pad": "x".repeat(200) }));
+            if answer.status == 507 {
+                answer.expect_problem(507, "disk-full");
+                return true;
+            }
+            answer.ok();
+            acknowledged.push(key.clone());
+            false
+        })
+        .expect("the full disk refuses a write");
+    // Nothing of the refused write is in memory; reads go on.
+    assert_eq!(db.data("orders", &refused), None);
+    assert_eq!(
+        db.record_count("orders"),
+        20 + acknowledged.len() as u64,
+        "every acknowledged write and nothing else"
+    );
+    assert_eq!(db.data("orders", "before07"), Some(json!({ "n": 7 })));
+    // Still full: the same write is still refused, and the node carries on.
+    db.put("orders", &refused, json!({}), json!({ "pad": "x".repeat(200) }))
+        .expect_problem(507, "disk-full");
+
+    // Space returns: writes succeed again, in serial order with the earlier ones.
+    disk.free();
+    db.put("orders", &refused, json!({}), json!({ "late": true }))
+        .ok();
+    db.put("orders", "after", json!({}), json!(1)).ok();
+    let state = capture(&db);
+    let log = db.log_from(0);
+
+    node.kill9();
+    node.restart();
+    let db = node.db("default", "full");
+    assert_eq!(capture(&db), state, "everything acknowledged survives a kill -9");
+    assert_eq!(db.log_from(0), log, "the log has no gap where the refused write was");
+    assert_eq!(db.data("orders", &refused), Some(json!({ "late": true })));
 }

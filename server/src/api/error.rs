@@ -130,6 +130,11 @@ pub const PROBLEMS: &[(&str, &str, &str)] = &[
         "The database's memory quota or the tenant's quota is used up: delete data, or ask the node administrator for a larger quota (PUT …/quotas).",
     ),
     (
+        "disk-full",
+        "The node's disk is full",
+        "The node could not write the log: nothing of this request was written and the database is as before it. Reads go on; writes succeed again once the node's administrator frees space.",
+    ),
+    (
         "missing-token",
         "A bearer token is needed",
         "Send Authorization: Bearer <token> (doppel token makes one).",
@@ -382,6 +387,9 @@ impl From<Error> for ApiError {
             }
             Error::Lock(LockError::Deadlock { .. } | LockError::SiteDeadlock(_)) => {
                 (StatusCode::CONFLICT, "deadlock")
+            }
+            Error::Log(crate::log::LogError::NoSpace(_)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "disk-full")
             }
             Error::Log(_) | Error::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

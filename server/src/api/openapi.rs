@@ -120,6 +120,7 @@ const WRITE: &[&str] = &[
     "key-too-long",
     "record-too-large",
     "quota-exceeded",
+    "disk-full",
     "lock-timeout",
     "deadlock",
     "read-only-replica",

@@ -79,10 +79,26 @@ pub enum LogError {
     Flush(String),
     #[error("a stored log chunk or snapshot is damaged: {0}")]
     Damaged(String),
+    /// The disk (or the user's disk quota) is full: nothing was written.
+    #[error("the disk is full: {0}")]
+    NoSpace(String),
+}
+
+impl LogError {
+    /// An IO failure doing `what`: [`LogError::NoSpace`] when the disk is full.
+    pub fn io(what: String, err: &std::io::Error) -> LogError {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => LogError::NoSpace(format!("{what}: {err}")),
+            _ => LogError::Sled(format!("{what}: {err}")),
+        }
+    }
 }
 
 impl From<sled::Error> for LogError {
     fn from(err: sled::Error) -> Self {
+        if let sled::Error::Io(io) = &err {
+            return LogError::io("sled".into(), io);
+        }
         LogError::Sled(err.to_string())
     }
 }

@@ -115,7 +115,7 @@ fn seg_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> LogError {
-    LogError::Sled(format!("cannot {what} {}: {e}", path.display()))
+    LogError::io(format!("cannot {what} {}", path.display()), &e)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -297,10 +297,16 @@ impl Segments {
         }
         let at = inner.end;
         let file = &inner.segments[&inner.active].file;
-        file.write_all_at(record, at).map_err(|e| {
-            // A short write leaves bytes the next open cuts off; nothing is indexed.
-            io("write", &seg_path(&self.dir, inner.active), e)
-        })?;
+        if let Err(e) = file.write_all_at(record, at) {
+            // Nothing is indexed. What part of the record reached the file goes, so the
+            // next record follows the last whole one (a full disk frees what it took).
+            let path = seg_path(&self.dir, inner.active);
+            if let Err(cut) = file.set_len(at) {
+                tracing::error!(path = %path.display(), error = %cut,
+                    "could not cut a failed write off the log; the next open will");
+            }
+            return Err(io("write", &path, e));
+        }
         inner.end = at + record.len() as u64;
         Ok(at)
     }
@@ -356,12 +362,12 @@ impl Segments {
         };
         for file in files {
             file.sync_data()
-                .map_err(|e| LogError::Flush(format!("fdatasync of the log failed: {e}")))?;
+                .map_err(|e| io("fdatasync the log in", &self.dir, e))?;
         }
         if dir_changed {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| LogError::Flush(format!("fsync of the log directory failed: {e}")))?;
+                .map_err(|e| io("fsync the log directory", &self.dir, e))?;
         }
         Ok(())
     }

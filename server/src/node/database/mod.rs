@@ -34,7 +34,7 @@ use super::gate::WriteGate;
 use super::quorum::Quorum;
 use super::records::{self, RecordView};
 use crate::log::durable::SnapshotMeta;
-use crate::log::{LogKind, LogStore, TxnLog};
+use crate::log::{LogKind, LogStore};
 use crate::store::{FileSchema, Schema, Store};
 use crate::txn::clock::wall_ms;
 use crate::txn::locks::{LockManager, RecordId};
@@ -269,6 +269,17 @@ impl Database {
     pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
         // A snapshot a crash interrupted has parts and no metadata: space only.
         log.drop_unfinished_snapshots(def.uid)?;
+        let (store, seq, snapshot_serial, replayed) = Self::load(&def, &log)?;
+        log.drop_torn_tail(def.uid, seq.last_serial)?;
+        Ok((
+            Self::with_state(def, log, store, seq, snapshot_serial),
+            replayed,
+        ))
+    }
+
+    /// The store and sequencer as database `def`'s latest snapshot and the log after it
+    /// hold them, with the snapshot's serial and the number of log entries replayed.
+    fn load(def: &DatabaseDef, log: &LogStore) -> Result<(Store, Sequencer, u64, u64)> {
         let snapshot = log.snapshots(def.uid)?.pop();
         let (mut store, mut seq, snapshot_serial) = match &snapshot {
             Some(meta) => {
@@ -310,12 +321,34 @@ impl Database {
             }
             Ok(())
         })?;
-        log.drop_torn_tail(def.uid, last)?;
         seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
-        Ok((
-            Self::with_state(def, log, store, seq, snapshot_serial),
-            replayed,
-        ))
+        Ok((store, seq, snapshot_serial, replayed))
+    }
+
+    /// Run `append`, which writes to the log what was just applied to `state`'s store.
+    /// When it fails (a full disk), the store holds what the log does not: it is rebuilt
+    /// from the snapshot and the log, so memory is never ahead of the log and the next
+    /// transaction takes the serials the failed one did not keep.
+    fn append_or_reload(
+        &self,
+        state: &mut State,
+        append: impl FnOnce() -> std::result::Result<(), crate::log::LogError>,
+    ) -> Result<()> {
+        let Err(failed) = append() else {
+            return Ok(());
+        };
+        tracing::error!(database = %self.name(), error = %failed,
+            "log append failed; rebuilding the database from its snapshot and log");
+        match Self::load(&self.def, &self.log) {
+            Ok((store, seq, snapshot_serial, _)) => {
+                state.store = store;
+                state.seq = seq;
+                state.snapshot_serial = snapshot_serial;
+            }
+            Err(e) => tracing::error!(database = %self.name(), error = %e,
+                "the database could not be rebuilt from its log; restart the node"),
+        }
+        Err(failed.into())
     }
 
     pub fn name(&self) -> &str {
@@ -611,32 +644,24 @@ impl Database {
             None
         };
         let per_op = if stamped.is_some() { 2 } else { 1 };
-        match txn::apply(store, seq, txn, stamped.as_deref().unwrap_or(ops)) {
-            Ok(log) => {
-                self.append(&log)?;
-                Ok(Committed {
-                    txn,
-                    first_serial: log.first_serial().unwrap_or(seq.last_serial),
-                    last_serial: log.last_serial().unwrap_or(seq.last_serial),
-                    count: ops.len(),
-                })
-            }
-            Err(refused) => {
-                self.append(&refused.log)?;
-                Err(Error::Store(refused.error).at_op(refused.index / per_op))
-            }
-        }
-    }
-
-    fn append(&self, log: &TxnLog) -> Result<()> {
-        self.log.append(self.def.uid, log).map_err(|e| {
-            tracing::error!(database = %self.name(), error = %e, "log append failed");
-            Error::from(e)
-        })?;
+        let result = txn::apply(store, seq, txn, stamped.as_deref().unwrap_or(ops));
+        let log = match &result {
+            Ok(log) => log,
+            Err(refused) => &refused.log,
+        };
+        self.append_or_reload(state, || self.log.append(self.def.uid, log))?;
         if let Some(last) = log.last_serial() {
             self.appended.send_replace(last);
         }
-        Ok(())
+        match result {
+            Ok(log) => Ok(Committed {
+                txn,
+                first_serial: log.first_serial().unwrap_or(state.seq.last_serial),
+                last_serial: log.last_serial().unwrap_or(state.seq.last_serial),
+                count: ops.len(),
+            }),
+            Err(refused) => Err(Error::Store(refused.error).at_op(refused.index / per_op)),
+        }
     }
 
     /// Follow the serial of the last update in the log.

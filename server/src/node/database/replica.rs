@@ -171,7 +171,7 @@ impl Database {
         debug_assert_eq!(next, last_serial + 1, "replicated transaction incomplete");
         state.seq.last_serial = last_serial;
         state.seq.next_txn = state.seq.next_txn.max(txn + 1);
-        self.log.append_raw(self.def.uid, chunks)?;
+        self.append_or_reload(&mut state, || self.log.append_raw(self.def.uid, chunks))?;
         self.appended.send_replace(last_serial);
         Ok(ReplicaApply::Applied(last_serial))
     }
@@ -384,7 +384,7 @@ impl Database {
             Ok(log) => log,
             Err(refused) => {
                 // The refused attempt is logged; the position stays.
-                self.log.append(self.def.uid, &refused.log)?;
+                self.append_or_reload(state, || self.log.append(self.def.uid, &refused.log))?;
                 return Err(Error::Store(refused.error).at_op(refused.index));
             }
         };
@@ -397,11 +397,13 @@ impl Database {
                     ops.is_empty() || state.positions.get(&stream).is_none_or(|p| at > *p),
                     "stream {stream} moved back to {at}"
                 );
-                self.log
-                    .append_with_position(self.def.uid, &log, stream, at)?;
+                self.append_or_reload(state, || {
+                    self.log
+                        .append_with_position(self.def.uid, &log, stream, at)
+                })?;
                 state.positions.insert(stream, at);
             }
-            None => self.log.append(self.def.uid, &log)?,
+            None => self.append_or_reload(state, || self.log.append(self.def.uid, &log))?,
         }
         if let Some(serial) = log.last_serial() {
             self.appended.send_replace(serial);
