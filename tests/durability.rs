@@ -705,8 +705,13 @@ fn a_full_disk_refuses_writes_with_507_keeps_reads_and_takes_writes_once_space_r
         json!({ "name": "full", "files": [{ "name": "orders" }], "durability": "group" }),
     );
     for i in 0..20 {
-        db.put("orders", &format!("before{i:02}"), json!({}), json!({ "n": i }))
-            .ok();
+        db.put(
+            "orders",
+            &format!("before{i:02}"),
+            json!({}),
+            json!({ "n": i }),
+        )
+        .ok();
     }
 
     disk.fill();
@@ -734,8 +739,13 @@ fn a_full_disk_refuses_writes_with_507_keeps_reads_and_takes_writes_once_space_r
     );
     assert_eq!(db.data("orders", "before07"), Some(json!({ "n": 7 })));
     // Still full: the same write is still refused, and the node carries on.
-    db.put("orders", &refused, json!({}), json!({ "pad": "x".repeat(200) }))
-        .expect_problem(507, "disk-full");
+    db.put(
+        "orders",
+        &refused,
+        json!({}),
+        json!({ "pad": "x".repeat(200) }),
+    )
+    .expect_problem(507, "disk-full");
 
     // Space returns: writes succeed again, in serial order with the earlier ones.
     disk.free();
@@ -748,7 +758,15 @@ fn a_full_disk_refuses_writes_with_507_keeps_reads_and_takes_writes_once_space_r
     node.kill9();
     node.restart();
     let db = node.db("default", "full");
-    assert_eq!(capture(&db), state, "everything acknowledged survives a kill -9");
-    assert_eq!(db.log_from(0), log, "the log has no gap where the refused write was");
+    assert_eq!(
+        capture(&db),
+        state,
+        "everything acknowledged survives a kill -9"
+    );
+    assert_eq!(
+        db.log_from(0),
+        log,
+        "the log has no gap where the refused write was"
+    );
     assert_eq!(db.data("orders", &refused), Some(json!({ "late": true })));
 }

@@ -667,7 +667,13 @@ impl LogStore {
         }
     }
 
-    /// Flush database `uid`'s log now, on this thread (durability `sync`, snapshots).
+    /// Make database `uid`'s log durable now, on this thread (durability `sync`): its
+    /// segment files only, not the snapshot metadata beside them.
+    pub fn sync_log(&self, uid: u64) -> Result<(), LogError> {
+        self.shard(uid)?.flusher.flush()
+    }
+
+    /// Flush database `uid`'s log and snapshot metadata now, on this thread.
     pub fn flush_now(&self, uid: u64) -> Result<(), LogError> {
         self.shard(uid)?.flusher.flush_all()
     }

@@ -711,7 +711,7 @@ impl Database {
             }
             Durability::Sync => {
                 let (log, uid) = (self.log.clone(), self.def.uid);
-                tokio::task::spawn_blocking(move || log.flush_now(uid))
+                tokio::task::spawn_blocking(move || log.sync_log(uid))
                     .await
                     .map_err(|e| Error::Unavailable(e.to_string()))??;
                 Ok(())
