@@ -76,12 +76,12 @@ fn client_operations(
             .log_store()
             .read_txns(uid, after, READ_BYTES, &[LogKind::T])?;
         let Some(first) = txns.first() else {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "the log holds nothing after serial {after}, short of serial {to}"
             )));
         };
         if first.first_serial != after + 1 {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "the log no longer holds serial {} (its oldest retained transaction starts \
                  at {}); replay from a later serial",
                 after + 1,
@@ -142,7 +142,7 @@ fn client_operations(
                 }
             }
             if !has_t {
-                return Err(Error::Malformed(format!(
+                return Err(Error::Invalid(format!(
                     "transaction {} (serials {}-{}) has no T log left (retention); replay \
                      needs the client operations",
                     txn.txn, txn.first_serial, txn.last_serial
@@ -177,7 +177,7 @@ pub fn replay(
     let last = db.serials().0;
     let to = req.to_serial.unwrap_or(last);
     if req.from_serial >= to || to > last {
-        return Err(Error::Malformed(format!(
+        return Err(Error::Invalid(format!(
             "replay needs from_serial < to_serial <= {last} (the last serial); got {} and {to}",
             req.from_serial
         ))
@@ -193,9 +193,7 @@ pub fn replay(
         None => None,
     };
     if stages.as_ref().is_some_and(|s| !s.rules.is_empty()) {
-        return Err(
-            Error::Malformed("the transform must be a transform or a filter".into()).into(),
-        );
+        return Err(Error::Invalid("the transform must be a transform or a filter".into()).into());
     }
     let schema = db.schema();
     let mut replayed = Vec::with_capacity(original.len());

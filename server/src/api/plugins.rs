@@ -390,7 +390,7 @@ pub fn run_dry(
         (None, None) => None,
         (Some(remote), base) => {
             if remote.len() != n {
-                return Err(ApiError::malformed(format!(
+                return Err(ApiError::invalid(format!(
                     "a resolver's dry run pairs records[i] (the local version) with remote[i]: got {n} records and {} remote",
                     remote.len()
                 )));
@@ -399,7 +399,7 @@ pub fn run_dry(
                 None => (0..n).map(|_| None).collect(),
                 Some(base) if base.len() == n => base,
                 Some(base) => {
-                    return Err(ApiError::malformed(format!(
+                    return Err(ApiError::invalid(format!(
                         "base[i] is the base version of records[i]: got {n} records and {} base (null for a record without one, or leave base out)",
                         base.len()
                     )))
@@ -414,7 +414,7 @@ pub fn run_dry(
             }
             Some((to_batch(remote, "remote")?, bases))
         }
-        (None, Some(_)) => return Err(ApiError::malformed(
+        (None, Some(_)) => return Err(ApiError::invalid(
             "base goes with remote: a resolver's dry run takes records (local), remote and base",
         )),
     };
@@ -425,7 +425,7 @@ pub fn run_dry(
         return resolve_dry_run(&mut stage, label, input, sides).map(|Json(v)| v);
     }
     if sides.is_some() {
-        return Err(ApiError::malformed(format!(
+        return Err(ApiError::invalid(format!(
             "remote and base are a resolver's; '{label}' is a {role}"
         )));
     }
@@ -481,7 +481,7 @@ fn resolve_dry_run(
     sides: Option<(BatchBuilder, BatchBuilder)>,
 ) -> Result<Json<Value>> {
     let (remote, base) = sides.ok_or_else(|| {
-        ApiError::malformed(format!(
+        ApiError::invalid(format!(
             "'{plugin}' is a resolver: give remote (remote[i] conflicts with records[i]) and optionally base"
         ))
     })?;

@@ -92,8 +92,17 @@ impl Replication {
             return Ok(spec);
         }
         if spec.options.create_tables {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "create_tables is for a PostgreSQL target (\"target\": {\"postgres\": …})".into(),
+            ));
+        }
+        // Both fields are optional in the schema (a PostgreSQL target has neither): a
+        // node target without them is refused on meaning; one off its pattern is not.
+        if spec.target.url.is_empty() || spec.target.database.is_empty() {
+            return Err(Error::Invalid(
+                "a node target needs \"url\" (the target node's API, http://host:port) and \
+                 \"database\" (or give \"postgres\" for a PostgreSQL target)"
+                    .into(),
             ));
         }
         if !spec.target.url.starts_with("http://") {
@@ -162,7 +171,7 @@ impl Replication {
     ) -> Result<()> {
         let loaded = logical::stages(&self.plugins, tenant, stages)?;
         if apply == links::Apply::Mirror && !loaded.chain.stages.is_empty() {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "a mirror link carries every update unchanged; filter and transform stages \
                  need \"apply\": \"logical\" (interrelation rules are fine on a mirror)"
                     .into(),

@@ -307,7 +307,7 @@ impl Replication {
         let started = std::time::Instant::now();
         let db = self.node.database(tenant, database)?;
         let Some(link) = db.replica_of() else {
-            return Err(Error::Malformed(format!(
+            return Err(Error::NotAReplica(format!(
                 "database '{database}' is not a replica; it takes writes already"
             )));
         };
