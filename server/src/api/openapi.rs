@@ -236,7 +236,7 @@ routes! {
     "get" "/v1/health" => r::health, Public, "Liveness of the node", io().ok("200", JSON, of::<r::Health>);
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do", io().ok("200", JSON, of::<r::WhoAmI>);
     "get" "/v1/openapi.json" => r::openapi, Public, "This document (no token needed: it holds no secret)", io().ok("200", JSON, object);
-    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk", io().ok("200", JSON, object);
+    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk", io().ok("200", JSON, of::<crate::transport::NodeInfo>);
     "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers (and the node's memory and disk for the node administrator)", io().ok("200", PROMETHEUS, text);
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants", io().ok("200", JSON, of::<Vec<r::TenantName>>);
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant", io().body(of::<r::NewTenant>).ok("201", JSON, of::<r::TenantName>).problems(&["already-exists"]);
@@ -274,8 +274,8 @@ routes! {
     "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision", io().query(of::<l::ConflictsQuery>).ok("200", JSON, object);
     "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout", io().body(of::<l::LockRequest>).ok("200", JSON, object).problems(&["deadlock", "lock-timeout"]);
     "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)", io().none();
-    "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, object);
-    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, object);
+    "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, of::<l::QuorumView>);
+    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, of::<l::QuorumView>);
     "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node", io().ok("200", JSON, link_views);
     "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error", io().query(of::<l::CreateQuery>).body(of::<crate::transport::links::LinkSpec>).ok("2XX", JSON, link_view).problems(&["link-refused", "already-exists", "read-only-replica", "invalid-request"]);
     "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error", io().ok("200", JSON, link_view);
