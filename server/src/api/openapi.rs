@@ -240,9 +240,9 @@ routes! {
     "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers (and the node's memory and disk for the node administrator)", io().ok("200", PROMETHEUS, text);
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants", io().ok("200", JSON, of::<Vec<r::TenantName>>);
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant", io().body(of::<r::NewTenant>).ok("201", JSON, of::<r::TenantName>).problems(&["already-exists"]);
-    "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas", io().ok("200", JSON, object);
-    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)", io().body(of::<crate::tenancy::quota::Limits>).ok("200", JSON, object);
-    "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)", io().query(of::<r::AuditQuery>).ok("200", JSON, object);
+    "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas", io().ok("200", JSON, of::<r::Usage>);
+    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)", io().body(of::<crate::tenancy::quota::Limits>).ok("200", JSON, of::<r::TenantQuotas>);
+    "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)", io().query(of::<r::AuditQuery>).ok("200", JSON, of::<r::Entries<crate::tenancy::audit::Entry>>);
     "get" "/v1/tenants/{tenant}/events" => e::events, Read, "Live figures (text/event-stream): a 'snapshot' event every interval_ms (default 1000) with the tenant's links, databases and replicas; limit ends it after that many", io().query(of::<e::EventsQuery>).ok("200", EVENT_STREAM, sse_event);
     "get" "/v1/tenants/{tenant}/databases" => r::list_databases, Read, "List a tenant's databases", io().ok("200", JSON, of::<Vec<r::DatabaseAnswer>>);
     "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention", io().body(of::<crate::node::DatabaseSpec>).ok("201", JSON, of::<r::DatabaseAnswer>).problems(&["already-exists", "quota-exceeded", "invalid-request"]);
@@ -262,8 +262,8 @@ routes! {
     "post" db!("/txns/{txn}/cancel") => r::cancel, Write, "Cancel an open transaction", io().ok("200", JSON, of::<r::Cancelled>);
     "get" db!("/snapshots") => r::list_snapshots, Read, "List stored snapshots", io().ok("200", JSON, of::<Vec<r::SnapshotAnswer>>);
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot", io().ok("201", JSON, of::<r::SnapshotAnswer>).problems(&["unavailable"]);
-    "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, object);
-    "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, object);
+    "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, of::<r::Entries<crate::node::logview::LogEntryView>>);
+    "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, of::<r::Checksums>);
     "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "read-only-replica", "not-a-replica"]);
     #[cfg(feature = "fault-injection")]
     "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})", io().body(object).none();
