@@ -196,23 +196,6 @@ fn link_views(g: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({"type": "array", "items": link_view(g)})
 }
 
-/// Declared: a plugin version as the registry shows it (`api::plugins::info_json`).
-fn plugin_info(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "required": ["name", "version", "role"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "role": {"type": "string", "enum": ["filter", "transform", "rule", "resolver"]}
-        }
-    })
-}
-
-fn plugin_infos(g: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "array", "items": plugin_info(g)})
-}
-
 /// A path under one database.
 macro_rules! db {
     ($rest:literal) => {
@@ -301,10 +284,10 @@ routes! {
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)", io().ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again", io().ok("200", JSON, object);
     "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again", io().none();
-    "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins", io().ok("200", JSON, plugin_infos);
-    "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)", io().ok("200", JSON, plugin_info);
-    "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)", io().query(of::<p::UploadQuery>).wasm().ok("2XX", JSON, plugin_info).problems(&["plugin-rejected", "unsupported-media-type", "already-exists", "builtin-plugin", "quota-exceeded", "payload-too-large"]);
-    "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version", io().ok("200", JSON, object).problems(&["builtin-plugin"]);
+    "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins", io().ok("200", JSON, of::<Vec<p::PluginView>>);
+    "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)", io().ok("200", JSON, of::<p::PluginView>);
+    "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)", io().query(of::<p::UploadQuery>).wasm().ok("2XX", JSON, of::<p::PluginView>).problems(&["plugin-rejected", "unsupported-media-type", "already-exists", "builtin-plugin", "quota-exceeded", "payload-too-large"]);
+    "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version", io().ok("200", JSON, of::<p::Deleted>).problems(&["builtin-plugin"]);
     "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)", io().body(of::<p::DryRun>).ok("200", JSON, object).problems(&["plugin-rejected", "plugin-config-rejected", "plugin-stopped", "invalid-request"]);
 }
 
