@@ -65,10 +65,29 @@ pub async fn create(
         let spec = app
             .replication
             .check_link(&tenant, spec, q.source_pending)?;
-        return Ok(Json(json!({"dry_run": true, "link": spec})).into_response());
+        return Ok(Json(LinkDryRun {
+            dry_run: true,
+            link: spec,
+        })
+        .into_response());
     }
     let link = app.replication.create_link(&tenant, spec)?;
     Ok((StatusCode::CREATED, Json(link)).into_response())
+}
+
+/// A link request checked with `?dry_run=true`: the link it would create, normalised.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LinkDryRun {
+    dry_run: bool,
+    link: LinkSpec,
+}
+
+/// `POST …/links`: 201 with the link, or 200 with a dry run's check.
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Created {
+    Link(Box<crate::transport::source::LinkView>),
+    DryRun(Box<LinkDryRun>),
 }
 
 pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
@@ -109,9 +128,12 @@ pub async fn resume(
     Ok(Json(app.replication.set_paused(&tenant, &link, false)?))
 }
 
-pub async fn list_replicas(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+pub async fn list_replicas(
+    State(app): App,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<crate::transport::target::ReplicaView>>> {
     app.node.databases(&tenant)?;
-    Ok(Json(Value::Array(app.replication.list_replicas(&tenant))))
+    Ok(Json(app.replication.list_replicas(&tenant)))
 }
 
 pub async fn register_replica(

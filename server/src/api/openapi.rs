@@ -4,8 +4,9 @@
 //! its 2xx status, media type and answer type, and the problem `code`s it can answer.
 //! The schemas come from the types themselves (`schemars`, `#[derive(JsonSchema)]` on
 //! the structs the handlers deserialize and serialize), so the document follows the
-//! code. Answers still built as JSON values name a declared shape ([`object`],
-//! [`link_view`], …) instead (docs/API.md lists them).
+//! code. Answers still built as JSON values (topologies, the cluster, replicas, dead
+//! letters, verify and repair, a dry run, promote; docs/API.md lists them) name the
+//! declared [`object`] instead.
 
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -182,18 +183,9 @@ fn objects(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({"type": "array", "items": {"type": "object"}})
 }
 
-/// Declared: a link as the source shows it (`transport::source`); `id` is what the
-/// link's other routes take.
-/// (A dry run's answer, `{"dry_run": true, "link": …}`, has none.)
-fn link_view(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": {"id": {"type": "string", "minLength": 1}}
-    })
-}
-
-fn link_views(g: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "array", "items": link_view(g)})
+/// A link as the source shows it (`transport::source::LinkView`).
+fn link_view(g: &mut SchemaGenerator) -> Schema {
+    of::<crate::transport::source::LinkView>(g)
 }
 
 /// A path under one database.
@@ -259,8 +251,8 @@ routes! {
     "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)", io().none();
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, of::<l::QuorumView>);
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, of::<l::QuorumView>);
-    "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node", io().ok("200", JSON, link_views);
-    "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error", io().query(of::<l::CreateQuery>).body(of::<crate::transport::links::LinkSpec>).ok("2XX", JSON, link_view).problems(&["link-refused", "already-exists", "read-only-replica", "invalid-request"]);
+    "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node", io().ok("200", JSON, of::<Vec<crate::transport::source::LinkView>>);
+    "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error", io().query(of::<l::CreateQuery>).body(of::<crate::transport::links::LinkSpec>).ok("2XX", JSON, of::<l::Created>).problems(&["link-refused", "already-exists", "read-only-replica", "invalid-request"]);
     "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error", io().ok("200", JSON, link_view);
     "delete" "/v1/tenants/{tenant}/links/{link}" => l::delete, Operate, "Delete a link (the replica keeps its data)", io().none();
     "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs", io().body(of::<Vec<crate::transport::links::StageSpec>>).ok("200", JSON, link_view).problems(&["plugin-config-rejected", "invalid-request"]);
@@ -277,7 +269,7 @@ routes! {
     "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links", io().ok("200", JSON, object);
     "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created", io().none().problems(&["topology-apply-failed"]);
     "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica", io().body(of::<t::FailoverBody>).ok("200", JSON, object).problems(&["topology-invalid", "not-caught-up", "automatic-failover"]);
-    "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, objects);
+    "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, of::<Vec<crate::transport::target::ReplicaView>>);
     "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists", "invalid-request"]);
     "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)", io().body(of::<crate::transport::verify::RepairRequest>).ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)", io().body(of::<crate::transport::redrive::RedriveRequest>).ok("200", JSON, object);

@@ -38,7 +38,7 @@ use crate::store::{block, Schema};
 pub const KEEP: u64 = 1000;
 
 /// What a mutual replica link brought since the node started.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct Counts {
     /// Writes received.
     pub writes: u64,
