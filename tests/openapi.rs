@@ -474,3 +474,98 @@ fn every_problem_type_resolves_to_its_entry() {
         );
     }
 }
+
+/// A request the document allows but the server refuses on meaning (a rule between two
+/// fields, or what it names cannot take it) answers 422 `invalid-request`, not 400
+/// `malformed-request` (kept for what does not parse); a promote of a database that is
+/// not a replica is 409 `not-a-replica`. Nothing is written, and each operation lists
+/// the code it answered.
+#[test]
+fn schema_valid_requests_refused_on_meaning_are_422_and_listed() {
+    let node = Node::start();
+    let client = node.client();
+    let dbs = format!("/v1/tenants/{DEFAULT_TENANT}/databases");
+    let tiny = json!({"name": "tiny", "files": [{"name": "f"}], "block_size": 4096,
+        "memory_quota_bytes": 1024});
+    let p = client
+        .post(&dbs, &tiny)
+        .expect_problem(422, "invalid-request")
+        .clone();
+    assert!(
+        p["detail"].as_str().unwrap().contains("at least one block"),
+        "{p}"
+    );
+    let twice = json!({"name": "twice", "files": [{"name": "f"}, {"name": "f"}]});
+    client
+        .post(&dbs, &twice)
+        .expect_problem(422, "invalid-request");
+    client
+        .get(&format!("{dbs}/tiny"))
+        .expect_problem(404, "not-found");
+
+    let db = client.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let unknown_alt = json!({"key": "k", "alt": {"colour": "red"}, "data": {}});
+    let p = client
+        .post(&db.path("/files/orders/records"), &unknown_alt)
+        .expect_problem(422, "invalid-request")
+        .clone();
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no alternate key 'colour'"),
+        "{p}"
+    );
+    client
+        .put(
+            &db.path("/files/orders/records/k"),
+            &json!({"alt": {"colour": "red"}, "data": {}}),
+        )
+        .expect_problem(422, "invalid-request");
+    client
+        .get(&db.path("/files/orders/records/k"))
+        .expect_problem(404, "not-found");
+
+    let p = client
+        .post(&db.path("/promote"), &json!({}))
+        .expect_problem(409, "not-a-replica")
+        .clone();
+    assert!(
+        p["detail"].as_str().unwrap().contains("not a replica"),
+        "{p}"
+    );
+
+    let doc = client.get("/v1/openapi.json").ok().clone();
+    let codes = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["x-problem-codes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} lists its codes"))
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    let db_path = "/v1/tenants/{tenant}/databases/{db}";
+    for (path, method, code) in [
+        (
+            "/v1/tenants/{tenant}/databases".to_string(),
+            "post",
+            "invalid-request",
+        ),
+        (
+            format!("{db_path}/files/{{file}}/records"),
+            "post",
+            "invalid-request",
+        ),
+        (
+            format!("{db_path}/files/{{file}}/records/{{key}}"),
+            "put",
+            "invalid-request",
+        ),
+        (format!("{db_path}/promote"), "post", "not-a-replica"),
+    ] {
+        assert!(
+            codes(&path, method).iter().any(|c| c == code),
+            "{method} {path} does not list {code}"
+        );
+    }
+}

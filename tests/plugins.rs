@@ -187,7 +187,7 @@ fn a_resolver_dry_run_answers_each_records_decision_and_merged_data() {
     let one = [v(1, 1, json!({}))];
     let problem = client
         .post(&url, &json!({"records": one, "remote": []}))
-        .expect_problem(400, "malformed-request")
+        .expect_problem(422, "invalid-request")
         .clone();
     assert!(
         problem["detail"]
@@ -201,7 +201,7 @@ fn a_resolver_dry_run_answers_each_records_decision_and_merged_data() {
             &url,
             &json!({"records": one, "remote": one, "base": [null, null]}),
         )
-        .expect_problem(400, "malformed-request")
+        .expect_problem(422, "invalid-request")
         .clone();
     assert!(
         problem["detail"]
@@ -212,7 +212,7 @@ fn a_resolver_dry_run_answers_each_records_decision_and_merged_data() {
     );
     let problem = client
         .post(&url, &json!({"records": one}))
-        .expect_problem(400, "malformed-request")
+        .expect_problem(422, "invalid-request")
         .clone();
     assert!(
         problem["detail"]
@@ -228,7 +228,7 @@ fn a_resolver_dry_run_answers_each_records_decision_and_merged_data() {
             &format!("{PLUGINS}/reads/1/dry-run"),
             &json!({"records": one, "remote": one}),
         )
-        .expect_problem(400, "malformed-request")
+        .expect_problem(422, "invalid-request")
         .clone();
     assert!(
         problem["detail"].as_str().unwrap().contains("is a filter"),

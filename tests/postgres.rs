@@ -66,7 +66,7 @@ fn a_postgres_target_upserts_deletes_skips_cancelled_and_quarantines_what_it_can
     // Bad requests are refused precisely.
     let mut no_stage = pg_link(&pg, "shop", "shop", json!([]));
     a.post(&links(), &no_stage)
-        .expect_problem(400, "malformed-request");
+        .expect_problem(422, "invalid-request");
     no_stage["stages"] = mapping(orders.clone());
     no_stage["apply"] = json!("mirror");
     let r = a.post(&links(), &no_stage);

@@ -380,7 +380,7 @@ fn link_creation_refuses_bad_requests_precisely() {
         &links,
         &json!({"database": "shop", "target": target, "stages": [{"plugin": "prefix-filter@1"}]}),
     )
-    .expect_problem(400, "malformed-request");
+    .expect_problem(404, "not-found");
     let id = create_link(&a, "shop", &b, "shop", json!({}));
     a.post(&links, &json!({"database": "shop", "target": target}))
         .expect_problem(409, "already-exists");
@@ -691,7 +691,7 @@ fn a_logical_link_ships_exactly_the_filtered_and_transformed_records() {
     // Swap the transform's config on the live link: later records get the new stages.
     let stages = format!("/v1/tenants/{DEFAULT_TENANT}/links/{id}/stages");
     a.put(&stages, &json!([{"plugin": "nope@9"}]))
-        .expect_problem(400, "malformed-request");
+        .expect_problem(404, "not-found");
     a.put(
         &stages,
         &json!([
@@ -1120,7 +1120,7 @@ fn an_interrelation_rule_naming_an_unknown_file_stops_the_link_or_quarantines_as
                     {"file": "lines", "parent_file": "orders", "parent_key_field": "order"}]}},
                    {"plugin": "eu@1", "config": {"files": ["orders"], "prefixes": ["eu-"]}}]}),
         )
-        .expect_problem(400, "malformed-request")
+        .expect_problem(422, "invalid-request")
         .clone();
     assert!(
         refused["detail"]

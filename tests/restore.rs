@@ -630,10 +630,10 @@ fn replay_with_corrected_logic_rolls_back_a_faulty_change_and_replays_it_through
     db.put("orders", "o-9", json!({}), json!({"amount": 9}))
         .ok();
     node.post(&replay, &json!({"from_serial": 10_000_000}))
-        .expect_problem(400, "malformed-request");
+        .expect_problem(422, "invalid-request");
     node.post(
         &replay,
         &json!({"from_serial": 1, "transform": {"plugin": "nope@1"}}),
     )
-    .expect_problem(400, "malformed-request");
+    .expect_problem(404, "not-found");
 }

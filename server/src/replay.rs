@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::log::{LogKind, OpKind, Outcome};
 use crate::node::restore::{self, Point, Request, State};
@@ -76,12 +75,12 @@ fn client_operations(
             .log_store()
             .read_txns(uid, after, READ_BYTES, &[LogKind::T])?;
         let Some(first) = txns.first() else {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "the log holds nothing after serial {after}, short of serial {to}"
             )));
         };
         if first.first_serial != after + 1 {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "the log no longer holds serial {} (its oldest retained transaction starts \
                  at {}); replay from a later serial",
                 after + 1,
@@ -142,7 +141,7 @@ fn client_operations(
                 }
             }
             if !has_t {
-                return Err(Error::Malformed(format!(
+                return Err(Error::Invalid(format!(
                     "transaction {} (serials {}-{}) has no T log left (retention); replay \
                      needs the client operations",
                     txn.txn, txn.first_serial, txn.last_serial
@@ -166,7 +165,7 @@ pub fn replay(
     tenant: &str,
     database: &str,
     req: ReplayRequest,
-) -> std::result::Result<Value, ReplayError> {
+) -> std::result::Result<Replay, ReplayError> {
     let db = node.database(tenant, database)?;
     if let Some(link) = db.replica_of() {
         return Err(Error::ReadOnlyReplica(format!(
@@ -177,7 +176,7 @@ pub fn replay(
     let last = db.serials().0;
     let to = req.to_serial.unwrap_or(last);
     if req.from_serial >= to || to > last {
-        return Err(Error::Malformed(format!(
+        return Err(Error::Invalid(format!(
             "replay needs from_serial < to_serial <= {last} (the last serial); got {} and {to}",
             req.from_serial
         ))
@@ -193,9 +192,7 @@ pub fn replay(
         None => None,
     };
     if stages.as_ref().is_some_and(|s| !s.rules.is_empty()) {
-        return Err(
-            Error::Malformed("the transform must be a transform or a filter".into()).into(),
-        );
+        return Err(Error::Invalid("the transform must be a transform or a filter".into()).into());
     }
     let schema = db.schema();
     let mut replayed = Vec::with_capacity(original.len());
@@ -235,18 +232,20 @@ pub fn replay(
             replayed.push(Replayed { txn: *txn, ops });
         }
     }
-    let summary = json!({
-        "database": database,
-        "from_serial": req.from_serial,
-        "to_serial": to,
-        "transactions": replayed.len(),
-        "operations": operations,
-        "transform": req.transform.as_ref().map(|t| t.plugin.clone()),
-    });
+    let mut summary = Replay {
+        database: database.to_string(),
+        from_serial: req.from_serial,
+        to_serial: to,
+        transactions: replayed.len(),
+        operations,
+        transform: req.transform.as_ref().map(|t| t.plugin.clone()),
+        dry_run: None,
+        restore: None,
+        last_serial: None,
+    };
     if req.dry_run {
-        let mut s = summary;
-        s["dry_run"] = json!(true);
-        return Ok(s);
+        summary.dry_run = Some(true);
+        return Ok(summary);
     }
     // Back to the point, then forward again through the corrected logic.
     let prepared = restore::prepare(
@@ -281,10 +280,30 @@ pub fn replay(
             ))
         })?;
     }
-    let mut s = summary;
-    s["restore"] = json!(view.id);
-    s["last_serial"] = json!(db.serials().0);
-    Ok(s)
+    summary.restore = Some(view.id);
+    summary.last_serial = Some(db.serials().0);
+    Ok(summary)
+}
+
+/// A replay's answer: what it replays; a dry run says so, a replay names its restore
+/// and the database's last serial after it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Replay {
+    pub database: String,
+    pub from_serial: u64,
+    pub to_serial: u64,
+    /// Transactions replayed (those the transform left something of).
+    pub transactions: usize,
+    pub operations: usize,
+    /// The corrected transform, `name@version` (`null`: none).
+    pub transform: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+    /// The restore operation that took the database back to `from_serial`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_serial: Option<u64>,
 }
 
 /// Why a replay did not happen.

@@ -56,8 +56,16 @@ impl ApiError {
         self
     }
 
+    /// 400 `malformed-request`: the body, query or path does not parse into the route's
+    /// types, or breaks a bound the OpenAPI document states.
     pub fn malformed(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed-request", detail)
+    }
+
+    /// 422 `invalid-request`: the request parsed and meets its schema, but is refused on
+    /// meaning (a rule between fields, or what it names cannot take it).
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", detail)
     }
 }
 
@@ -67,7 +75,12 @@ pub const PROBLEMS: &[(&str, &str, &str)] = &[
     (
         "malformed-request",
         "The request is malformed",
-        "Fix the request as `detail` says: the body, query or path does not parse into what the route takes (the OpenAPI document has its schema), or a value is out of its bounds.",
+        "Fix the request as `detail` says: the body, query or path does not parse into what the route takes, or a value is out of the bounds the OpenAPI document states for it.",
+    ),
+    (
+        "invalid-request",
+        "The request is invalid",
+        "The request parsed and meets its schema, but is refused on meaning: a rule between its fields (e.g. memory_quota_bytes below block_size, a PostgreSQL target with a sync mode), or what it names cannot take it (an alternate key its file does not have, a serial outside the log, a plugin of the wrong role). Change the request as `detail` says; sending it again unchanged fails again.",
     ),
     (
         "empty-key",
@@ -213,6 +226,11 @@ pub const PROBLEMS: &[(&str, &str, &str)] = &[
         "unsupported-media-type",
         "Unsupported media type",
         "Send the body with the media type the route takes (application/json; a plugin upload application/wasm).",
+    ),
+    (
+        "not-a-replica",
+        "Not a replica",
+        "The operation is a replica's (promote), and the database takes writes already: nothing to do, or name the replica's database on its own node.",
     ),
     (
         "read-only-replica",
@@ -365,6 +383,8 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists"),
             Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
+            Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+            Error::NotAReplica(_) => (StatusCode::CONFLICT, "not-a-replica"),
             Error::Store(err) => match err {
                 StoreError::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key"),
                 StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),

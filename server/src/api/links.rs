@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::{blocking, ApiError, Body, Path, Query};
@@ -32,18 +32,12 @@ pub async fn node(
     State(app): App,
     Extension(claims): Extension<Claims>,
     name: Option<Extension<NodeName>>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::NodeInfo>> {
     let mut info = app.replication.node_info();
-    info["name"] = json!(name.and_then(|Extension(NodeName(n))| n));
+    info.name = name.and_then(|Extension(NodeName(n))| n);
     if check(&claims, Permission::NodeAdmin, None).is_ok() {
         let node = app.node.clone();
-        let f = blocking(move || Ok(node.footprint())).await?;
-        info["rss_bytes"] = json!(f.rss_bytes);
-        info["data_dir_bytes"] = json!(f.data_dir_bytes);
-        info["blocks_bytes"] = json!(f.blocks_bytes);
-        info["index_bytes"] = json!(f.index_bytes);
-        info["sled_cache_limit_bytes"] = json!(f.sled_cache_limit_bytes);
-        info["log_backlog_bytes"] = json!(f.log_backlog_bytes);
+        info.footprint = Some(blocking(move || Ok(node.footprint())).await?);
     }
     Ok(Json(info))
 }
@@ -71,10 +65,29 @@ pub async fn create(
         let spec = app
             .replication
             .check_link(&tenant, spec, q.source_pending)?;
-        return Ok(Json(json!({"dry_run": true, "link": spec})).into_response());
+        return Ok(Json(LinkDryRun {
+            dry_run: true,
+            link: spec,
+        })
+        .into_response());
     }
     let link = app.replication.create_link(&tenant, spec)?;
     Ok((StatusCode::CREATED, Json(link)).into_response())
+}
+
+/// A link request checked with `?dry_run=true`: the link it would create, normalised.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LinkDryRun {
+    dry_run: bool,
+    link: LinkSpec,
+}
+
+/// `POST …/links`: 201 with the link, or 200 with a dry run's check.
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Created {
+    Link(Box<crate::transport::source::LinkView>),
+    DryRun(Box<LinkDryRun>),
 }
 
 pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
@@ -115,9 +128,12 @@ pub async fn resume(
     Ok(Json(app.replication.set_paused(&tenant, &link, false)?))
 }
 
-pub async fn list_replicas(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+pub async fn list_replicas(
+    State(app): App,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<crate::transport::target::ReplicaView>>> {
     app.node.databases(&tenant)?;
-    Ok(Json(Value::Array(app.replication.list_replicas(&tenant))))
+    Ok(Json(app.replication.list_replicas(&tenant)))
 }
 
 pub async fn register_replica(
@@ -138,22 +154,37 @@ pub async fn detach_replica(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn quorum_json(app: &AppState, tenant: &str, db: &str) -> Result<Value> {
+/// A database's synchronous quorum, as `GET` and `PUT …/quorum` answer it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct QuorumView {
+    /// The synchronous links a commit waits for.
+    k: usize,
+    /// The synchronous links registered now.
+    sync_links: usize,
+    /// What a commit waits for now: `k`, at most the links there are or are expected.
+    effective_k: usize,
+    /// How long a commit waits for the quorum.
+    timeout_ms: u64,
+    /// The synchronous links the topology gives the database (0: not set).
+    expected_links: usize,
+}
+
+fn quorum_json(app: &AppState, tenant: &str, db: &str) -> Result<QuorumView> {
     let database = app.node.database(tenant, db)?;
     let info = database.quorum.info();
-    Ok(json!({
-        "k": info.k,
-        "sync_links": info.sync_links,
-        "effective_k": info.k.min(info.sync_links.max(info.expected_links)),
-        "timeout_ms": info.timeout_ms,
-        "expected_links": info.expected_links,
-    }))
+    Ok(QuorumView {
+        k: info.k,
+        sync_links: info.sync_links,
+        effective_k: info.k.min(info.sync_links.max(info.expected_links)),
+        timeout_ms: info.timeout_ms,
+        expected_links: info.expected_links,
+    })
 }
 
 pub async fn get_quorum(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<QuorumView>> {
     Ok(Json(quorum_json(&app, &tenant, &db)?))
 }
 
@@ -194,7 +225,7 @@ pub async fn set_quorum(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
     Body(body): Body<QuorumBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<QuorumView>> {
     body.check()?;
     let database = app.node.database(&tenant, &db)?;
     database.quorum.configure(body.k, body.timeout_ms);

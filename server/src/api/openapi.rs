@@ -4,8 +4,9 @@
 //! its 2xx status, media type and answer type, and the problem `code`s it can answer.
 //! The schemas come from the types themselves (`schemars`, `#[derive(JsonSchema)]` on
 //! the structs the handlers deserialize and serialize), so the document follows the
-//! code. Answers still built as JSON values name a declared shape ([`object`],
-//! [`link_view`], …) instead (docs/API.md lists them).
+//! code. Answers still built as JSON values (topologies, the cluster, replicas, dead
+//! letters, verify and repair, a dry run, promote; docs/API.md lists them) name the
+//! declared [`object`] instead.
 
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -65,6 +66,8 @@ pub struct Io {
     /// The problem `code`s particular to the route (those of the guard, of a malformed
     /// request and of a missing tenant or database are added from the route's shape).
     pub problems: &'static [&'static str],
+    /// More of the route's own codes (a shared list such as [`WRITE`] plus these).
+    pub more_problems: &'static [&'static str],
 }
 
 const fn io() -> Io {
@@ -74,6 +77,7 @@ const fn io() -> Io {
         status: "204",
         answer: None,
         problems: &[],
+        more_problems: &[],
     }
 }
 
@@ -103,6 +107,10 @@ impl Io {
     }
     const fn problems(mut self, codes: &'static [&'static str]) -> Io {
         self.problems = codes;
+        self
+    }
+    const fn and(mut self, codes: &'static [&'static str]) -> Io {
+        self.more_problems = codes;
         self
     }
 }
@@ -176,35 +184,9 @@ fn objects(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({"type": "array", "items": {"type": "object"}})
 }
 
-/// Declared: a link as the source shows it (`transport::source`); `id` is what the
-/// link's other routes take.
-/// (A dry run's answer, `{"dry_run": true, "link": …}`, has none.)
-fn link_view(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": {"id": {"type": "string", "minLength": 1}}
-    })
-}
-
-fn link_views(g: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "array", "items": link_view(g)})
-}
-
-/// Declared: a plugin version as the registry shows it (`api::plugins::info_json`).
-fn plugin_info(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "required": ["name", "version", "role"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "role": {"type": "string", "enum": ["filter", "transform", "rule", "resolver"]}
-        }
-    })
-}
-
-fn plugin_infos(g: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "array", "items": plugin_info(g)})
+/// A link as the source shows it (`transport::source::LinkView`).
+fn link_view(g: &mut SchemaGenerator) -> Schema {
+    of::<crate::transport::source::LinkView>(g)
 }
 
 /// A path under one database.
@@ -230,51 +212,51 @@ routes! {
     "get" "/v1/health" => r::health, Public, "Liveness of the node", io().ok("200", JSON, of::<r::Health>);
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do", io().ok("200", JSON, of::<r::WhoAmI>);
     "get" "/v1/openapi.json" => r::openapi, Public, "This document (no token needed: it holds no secret)", io().ok("200", JSON, object);
-    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk", io().ok("200", JSON, object);
+    "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk", io().ok("200", JSON, of::<crate::transport::NodeInfo>);
     "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers (and the node's memory and disk for the node administrator)", io().ok("200", PROMETHEUS, text);
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants", io().ok("200", JSON, of::<Vec<r::TenantName>>);
     "post" "/v1/tenants" => r::create_tenant, NodeAdmin, "Create a tenant", io().body(of::<r::NewTenant>).ok("201", JSON, of::<r::TenantName>).problems(&["already-exists"]);
-    "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas", io().ok("200", JSON, object);
-    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)", io().body(of::<crate::tenancy::quota::Limits>).ok("200", JSON, object);
-    "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)", io().query(of::<r::AuditQuery>).ok("200", JSON, object);
+    "get" "/v1/tenants/{tenant}/usage" => r::usage, Read, "The tenant's usage against its quotas", io().ok("200", JSON, of::<r::Usage>);
+    "put" "/v1/tenants/{tenant}/quotas" => r::set_quotas, NodeAdmin, "Set the tenant's quotas (memory_bytes, storage_bytes, requests_per_sec, burst; null: the node default)", io().body(of::<crate::tenancy::quota::Limits>).ok("200", JSON, of::<r::TenantQuotas>);
+    "get" "/v1/tenants/{tenant}/audit" => r::audit, Manage, "The tenant's audit log: admin and operator actions (after, limit)", io().query(of::<r::AuditQuery>).ok("200", JSON, of::<r::Entries<crate::tenancy::audit::Entry>>);
     "get" "/v1/tenants/{tenant}/events" => e::events, Read, "Live figures (text/event-stream): a 'snapshot' event every interval_ms (default 1000) with the tenant's links, databases and replicas; limit ends it after that many", io().query(of::<e::EventsQuery>).ok("200", EVENT_STREAM, sse_event);
     "get" "/v1/tenants/{tenant}/databases" => r::list_databases, Read, "List a tenant's databases", io().ok("200", JSON, of::<Vec<r::DatabaseAnswer>>);
-    "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention", io().body(of::<crate::node::DatabaseSpec>).ok("201", JSON, of::<r::DatabaseAnswer>).problems(&["already-exists", "quota-exceeded"]);
+    "post" "/v1/tenants/{tenant}/databases" => r::create_database, Manage, "Create a database: files, alternate keys, block size, durability, quota, retention", io().body(of::<crate::node::DatabaseSpec>).ok("201", JSON, of::<r::DatabaseAnswer>).problems(&["already-exists", "quota-exceeded", "invalid-request"]);
     "get" db!("") => r::get_database, Read, "Show a database", io().ok("200", JSON, of::<r::DatabaseAnswer>);
     "delete" db!("") => r::delete_database, Manage, "Delete a database with its logs and snapshots", io().none().problems(&["read-only-replica", "restore-in-progress"]);
     "get" db!("/files/{file}/records") => r::scan_records, Read, "Scan records by unique key range (from, to, limit)", io().query(of::<r::ScanQuery>).ok("200", JSON, of::<r::Scan>);
-    "post" db!("/files/{file}/records") => r::insert_record, Write, "Insert a record (409 if the key exists)", io().body(of::<r::NewRecord>).ok("201", JSON, of::<r::Written>).problems(WRITE);
+    "post" db!("/files/{file}/records") => r::insert_record, Write, "Insert a record (409 if the key exists)", io().body(of::<r::NewRecord>).ok("201", JSON, of::<r::Written>).problems(WRITE).and(&["invalid-request"]);
     "get" db!("/files/{file}/records/{key}") => r::get_record, Read, "Read a record by unique key", io().ok("200", JSON, of::<crate::node::records::RecordView>);
-    "put" db!("/files/{file}/records/{key}") => r::put_record, Write, "Insert or replace a record", io().body(of::<r::RecordBody>).ok("200", JSON, of::<r::Upserted>).problems(WRITE);
+    "put" db!("/files/{file}/records/{key}") => r::put_record, Write, "Insert or replace a record", io().body(of::<r::RecordBody>).ok("200", JSON, of::<r::Upserted>).problems(WRITE).and(&["invalid-request"]);
     "delete" db!("/files/{file}/records/{key}") => r::delete_record, Write, "Delete a record", io().ok("200", JSON, of::<r::Written>).problems(WRITE);
     "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, Read, "Records whose alternate key equals a value", io().query(of::<r::LimitQuery>).ok("200", JSON, of::<r::Records>);
-    "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE);
+    "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "malformed-request"]);
     "get" db!("/txns/{txn}") => r::get_txn, Read, "Show an open transaction", io().ok("200", JSON, of::<r::OpenTxn>);
-    "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE);
+    "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns/{txn}/commit") => r::commit, Write, "Commit an open transaction", io().ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE);
     "post" db!("/txns/{txn}/cancel") => r::cancel, Write, "Cancel an open transaction", io().ok("200", JSON, of::<r::Cancelled>);
     "get" db!("/snapshots") => r::list_snapshots, Read, "List stored snapshots", io().ok("200", JSON, of::<Vec<r::SnapshotAnswer>>);
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot", io().ok("201", JSON, of::<r::SnapshotAnswer>).problems(&["unavailable"]);
-    "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, object);
-    "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, object);
-    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "read-only-replica"]);
+    "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, of::<r::Entries<crate::node::logview::LogEntryView>>);
+    "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, of::<r::Checksums>);
+    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "read-only-replica", "not-a-replica"]);
     #[cfg(feature = "fault-injection")]
     "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})", io().body(object).none();
-    "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)", io().body(of::<rs::RestoreBody>).ok("2XX", JSON, object).problems(&["outside-retention", "point-in-future", "restore-in-progress", "already-exists"]);
-    "post" db!("/replay") => rs::replay, Operate, "Replay with corrected logic: restore to from_serial, then replay the T log up to to_serial through a corrected transform (body {from_serial, to_serial?, transform?: {plugin, config}, dry_run?})", io().body(of::<crate::replay::ReplayRequest>).ok("200", JSON, object).problems(&["outside-retention", "point-in-future", "restore-in-progress", "replay-rejected"]);
-    "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress", io().ok("200", JSON, object);
-    "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error", io().ok("200", JSON, object);
+    "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)", io().body(of::<rs::RestoreBody>).ok("2XX", JSON, of::<rs::Started>).problems(&["outside-retention", "point-in-future", "restore-in-progress", "already-exists"]);
+    "post" db!("/replay") => rs::replay, Operate, "Replay with corrected logic: restore to from_serial, then replay the T log up to to_serial through a corrected transform (body {from_serial, to_serial?, transform?: {plugin, config}, dry_run?})", io().body(of::<crate::replay::ReplayRequest>).ok("200", JSON, of::<crate::replay::Replay>).problems(&["outside-retention", "point-in-future", "restore-in-progress", "replay-rejected", "read-only-replica", "invalid-request"]);
+    "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress", io().ok("200", JSON, of::<rs::Restores>);
+    "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error", io().ok("200", JSON, of::<crate::node::restore::OperationView>);
     "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision", io().query(of::<l::ConflictsQuery>).ok("200", JSON, object);
     "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout", io().body(of::<l::LockRequest>).ok("200", JSON, object).problems(&["deadlock", "lock-timeout"]);
     "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)", io().none();
-    "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, object);
-    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, object);
-    "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node", io().ok("200", JSON, link_views);
-    "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error", io().query(of::<l::CreateQuery>).body(of::<crate::transport::links::LinkSpec>).ok("2XX", JSON, link_view).problems(&["link-refused", "already-exists", "read-only-replica"]);
+    "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, of::<l::QuorumView>);
+    "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, of::<l::QuorumView>);
+    "get" "/v1/tenants/{tenant}/links" => l::list, Read, "List the links whose source is on this node", io().ok("200", JSON, of::<Vec<crate::transport::source::LinkView>>);
+    "post" "/v1/tenants/{tenant}/links" => l::create, Operate, "Create a link: database, target {url, database}, mode sync|async, apply mirror|logical, stages, on_error", io().query(of::<l::CreateQuery>).body(of::<crate::transport::links::LinkSpec>).ok("2XX", JSON, of::<l::Created>).problems(&["link-refused", "already-exists", "read-only-replica", "invalid-request"]);
     "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error", io().ok("200", JSON, link_view);
     "delete" "/v1/tenants/{tenant}/links/{link}" => l::delete, Operate, "Delete a link (the replica keeps its data)", io().none();
-    "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs", io().body(of::<Vec<crate::transport::links::StageSpec>>).ok("200", JSON, link_view).problems(&["plugin-config-rejected"]);
+    "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs", io().body(of::<Vec<crate::transport::links::StageSpec>>).ok("200", JSON, link_view).problems(&["plugin-config-rejected", "invalid-request"]);
     "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first", io().ok("200", JSON, objects);
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter", io().none();
     "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica", io().body(of::<l::RedriveBody>).ok("200", JSON, object).problems(&["redrive-rejected", "link-refused"]);
@@ -288,18 +270,18 @@ routes! {
     "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links", io().ok("200", JSON, object);
     "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created", io().none().problems(&["topology-apply-failed"]);
     "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica", io().body(of::<t::FailoverBody>).ok("200", JSON, object).problems(&["topology-invalid", "not-caught-up", "automatic-failover"]);
-    "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, objects);
-    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists"]);
+    "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, of::<Vec<crate::transport::target::ReplicaView>>);
+    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists", "invalid-request"]);
     "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)", io().body(of::<crate::transport::verify::RepairRequest>).ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)", io().body(of::<crate::transport::redrive::RedriveRequest>).ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)", io().ok("200", JSON, object);
     "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again", io().ok("200", JSON, object);
     "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again", io().none();
-    "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins", io().ok("200", JSON, plugin_infos);
-    "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)", io().ok("200", JSON, plugin_info);
-    "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)", io().query(of::<p::UploadQuery>).wasm().ok("2XX", JSON, plugin_info).problems(&["plugin-rejected", "unsupported-media-type", "already-exists", "builtin-plugin", "quota-exceeded", "payload-too-large"]);
-    "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version", io().ok("200", JSON, object).problems(&["builtin-plugin"]);
-    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)", io().body(of::<p::DryRun>).ok("200", JSON, object).problems(&["plugin-rejected", "plugin-config-rejected", "plugin-stopped"]);
+    "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins", io().ok("200", JSON, of::<Vec<p::PluginView>>);
+    "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)", io().ok("200", JSON, of::<p::PluginView>);
+    "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)", io().query(of::<p::UploadQuery>).wasm().ok("2XX", JSON, of::<p::PluginView>).problems(&["plugin-rejected", "unsupported-media-type", "already-exists", "builtin-plugin", "quota-exceeded", "payload-too-large"]);
+    "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version", io().ok("200", JSON, of::<p::Deleted>).problems(&["builtin-plugin"]);
+    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)", io().body(of::<p::DryRun>).ok("200", JSON, object).problems(&["plugin-rejected", "plugin-config-rejected", "plugin-stopped", "invalid-request"]);
 }
 
 /// The operation id of a route: its handler's name, with its module's where names
@@ -595,6 +577,7 @@ fn generator(contract: Contract, inline: bool) -> SchemaGenerator {
 /// The problem codes a route can answer: its own, and those its shape brings.
 pub fn problem_codes(route: &Route) -> Vec<&'static str> {
     let mut codes: Vec<&'static str> = route.io.problems.to_vec();
+    codes.extend_from_slice(route.io.more_problems);
     if route.permission != Public {
         codes.extend_from_slice(GUARD);
     }

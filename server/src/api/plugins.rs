@@ -55,18 +55,47 @@ impl From<PluginError> for ApiError {
     }
 }
 
-fn info_json(info: &PluginInfo) -> Value {
-    json!({
-        "name": info.name,
-        "version": info.version,
-        "role": info.role,
-        "sha256": info.sha256,
-        "size": info.size,
-        "compile_ms": info.compile_ms,
-        "exports": info.role.exports(),
-        "builtin": info.builtin,
-        "description": info.description,
-    })
+/// A plugin version as the API shows it (list, show, upload, delete).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct PluginView {
+    name: String,
+    version: String,
+    #[schemars(with = "RoleName")]
+    role: Role,
+    /// SHA-256 of the wasm bytes, hex.
+    sha256: String,
+    size: usize,
+    /// The compilation's time (a built-in's: its first; 0 before it).
+    compile_ms: u64,
+    /// The functions its role's world exports.
+    exports: [&'static str; 4],
+    /// Carried by the server, in every tenant's registry (not deletable).
+    builtin: bool,
+    description: String,
+    /// The JSON Schema of its config (`GET` of one version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_schema: Option<Value>,
+}
+
+fn info_json(info: &PluginInfo) -> PluginView {
+    PluginView {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        role: info.role,
+        sha256: info.sha256.clone(),
+        size: info.size,
+        compile_ms: info.compile_ms,
+        exports: info.role.exports(),
+        builtin: info.builtin,
+        description: info.description.clone(),
+        config_schema: None,
+    }
+}
+
+/// `DELETE` of a plugin version: what was deleted.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Deleted {
+    deleted: PluginView,
 }
 
 /// Runs plugin work on the blocking pool.
@@ -80,7 +109,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     })?
 }
 
-pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Vec<PluginView>>> {
     app.node.databases(&tenant)?;
     // The built-ins first (every tenant has them), then the tenant's uploads.
     let list = app
@@ -88,13 +117,13 @@ pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Va
         .builtins()
         .into_iter()
         .chain(app.plugins.list(&tenant)?);
-    Ok(Json(Value::Array(list.map(|p| info_json(&p)).collect())))
+    Ok(Json(list.map(|p| info_json(&p)).collect()))
 }
 
 pub async fn show(
     State(app): App,
     Path((tenant, name, version)): Path<(String, String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<PluginView>> {
     app.node.databases(&tenant)?;
     let plugins = app.plugins.clone();
     // The template first: a built-in's first load sets its compile time.
@@ -105,7 +134,7 @@ pub async fn show(
     })
     .await?;
     let mut v = info_json(&info);
-    v["config_schema"] = serde_json::from_str(&schema).unwrap_or(Value::String(schema));
+    v.config_schema = Some(serde_json::from_str(&schema).unwrap_or(Value::String(schema)));
     Ok(Json(v))
 }
 
@@ -227,10 +256,12 @@ fn check_plugin_quota(
 pub async fn delete(
     State(app): App,
     Path((tenant, name, version)): Path<(String, String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Deleted>> {
     app.node.databases(&tenant)?;
     let info = app.plugins.delete(&tenant, &name, &version)?;
-    Ok(Json(json!({"deleted": info_json(&info)})))
+    Ok(Json(Deleted {
+        deleted: info_json(&info),
+    }))
 }
 
 /// Runs `f` when dropped (charges a dry-run's plugin time, however it ended).
@@ -390,7 +421,7 @@ pub fn run_dry(
         (None, None) => None,
         (Some(remote), base) => {
             if remote.len() != n {
-                return Err(ApiError::malformed(format!(
+                return Err(ApiError::invalid(format!(
                     "a resolver's dry run pairs records[i] (the local version) with remote[i]: got {n} records and {} remote",
                     remote.len()
                 )));
@@ -399,7 +430,7 @@ pub fn run_dry(
                 None => (0..n).map(|_| None).collect(),
                 Some(base) if base.len() == n => base,
                 Some(base) => {
-                    return Err(ApiError::malformed(format!(
+                    return Err(ApiError::invalid(format!(
                         "base[i] is the base version of records[i]: got {n} records and {} base (null for a record without one, or leave base out)",
                         base.len()
                     )))
@@ -414,7 +445,7 @@ pub fn run_dry(
             }
             Some((to_batch(remote, "remote")?, bases))
         }
-        (None, Some(_)) => return Err(ApiError::malformed(
+        (None, Some(_)) => return Err(ApiError::invalid(
             "base goes with remote: a resolver's dry run takes records (local), remote and base",
         )),
     };
@@ -425,7 +456,7 @@ pub fn run_dry(
         return resolve_dry_run(&mut stage, label, input, sides).map(|Json(v)| v);
     }
     if sides.is_some() {
-        return Err(ApiError::malformed(format!(
+        return Err(ApiError::invalid(format!(
             "remote and base are a resolver's; '{label}' is a {role}"
         )));
     }
@@ -481,7 +512,7 @@ fn resolve_dry_run(
     sides: Option<(BatchBuilder, BatchBuilder)>,
 ) -> Result<Json<Value>> {
     let (remote, base) = sides.ok_or_else(|| {
-        ApiError::malformed(format!(
+        ApiError::invalid(format!(
             "'{plugin}' is a resolver: give remote (remote[i] conflicts with records[i]) and optionally base"
         ))
     })?;

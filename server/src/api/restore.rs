@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::{blocking, ApiError, Body, Path};
 use super::AppState;
@@ -96,7 +96,7 @@ pub async fn start(
             tokio::task::spawn_blocking(move || restore::preview(&node, &tenant, &name, &request))
                 .await,
         )??;
-        return Ok(Json(json!(preview)).into_response());
+        return Ok(Json(preview).into_response());
     }
     let location = format!("/v1/tenants/{tenant}/databases/{name}/restores");
     let prepared = joined(
@@ -120,7 +120,7 @@ pub async fn start(
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("{location}/{}", view.id))],
-        Json(json!(view)),
+        Json(view),
     )
         .into_response())
 }
@@ -129,29 +129,39 @@ pub async fn start(
 pub async fn list(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Restores>> {
     app.node.database(&tenant, &name)?;
-    let ops: Vec<_> = app
+    let restores: Vec<_> = app
         .node
         .restores
         .list(&tenant, &name)
         .iter()
         .map(|op| op.view())
         .collect();
-    Ok(Json(json!({ "restores": ops })))
+    Ok(Json(Restores { restores }))
+}
+
+/// `GET …/restores`: the database's restores, oldest first.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Restores {
+    restores: Vec<restore::OperationView>,
+}
+
+/// `POST …/restore`: 202 with the operation, or 200 with a dry run's preview.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Started {
+    Operation(restore::OperationView),
+    Preview(restore::Preview),
 }
 
 /// `GET …/restores/{id}`: one restore's state and progress.
 pub async fn show(
     State(app): App,
     Path((tenant, name, id)): Path<(String, String, u64)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<restore::OperationView>> {
     app.node.database(&tenant, &name)?;
-    Ok(Json(json!(app
-        .node
-        .restores
-        .get(&tenant, &name, id)?
-        .view())))
+    Ok(Json(app.node.restores.get(&tenant, &name, id)?.view()))
 }
 
 /// `POST …/replay`: restore to `from_serial`, then replay the T log through a corrected
@@ -160,7 +170,7 @@ pub async fn replay(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
     Body(req): Body<crate::replay::ReplayRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::replay::Replay>> {
     app.node.databases(&tenant)?;
     let out = blocking(move || {
         crate::replay::replay(&app.node, &app.plugins, &tenant, &db, req).map_err(|e| match e {

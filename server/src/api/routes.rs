@@ -12,7 +12,7 @@ use axum::{Extension, Json};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
@@ -281,54 +281,158 @@ fn ns_to_ms(ns: u64) -> f64 {
     (ns / 1_000) as f64 / 1_000.0
 }
 
-pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+/// Used so far against a quota (`limit` `null`: unlimited).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Used {
+    used: u64,
+    limit: Option<u64>,
+}
+
+/// A quota with no usage figure.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LimitOnly {
+    limit: Option<u64>,
+}
+
+/// The request rate quota and the tokens left in its bucket.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RequestRate {
+    per_sec: Option<u32>,
+    burst: Option<u32>,
+    available: Option<u64>,
+}
+
+/// The write-operation rate quota, its bucket, and what the databases wrote.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct OperationRate {
+    per_sec: Option<u32>,
+    burst: Option<u32>,
+    available: Option<i64>,
+    last_second: u64,
+    total: u64,
+}
+
+/// CPU milliseconds of the databases' writes and replica applies.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct CpuMs {
+    last_second: f64,
+    total: f64,
+}
+
+/// Concurrent writes: the quota and the writes waiting for a turn.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ConcurrentWrites {
+    limit: Option<u32>,
+    waiting: usize,
+}
+
+/// `GET …/usage`: a tenant's usage against its quotas.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Usage {
+    tenant: String,
+    databases: usize,
+    memory_bytes: Used,
+    storage_bytes: Used,
+    plugins: Used,
+    plugin_bytes: Used,
+    plugin_cpu_ms_per_sec: LimitOnly,
+    requests: RequestRate,
+    operations: OperationRate,
+    cpu_ms: CpuMs,
+    log_backlog_bytes: u64,
+    disk_bytes: u64,
+    concurrent_writes: ConcurrentWrites,
+}
+
+pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<Usage>> {
     let databases = app.node.databases(&tenant)?;
     let quotas = &app.tenancy.quotas;
     let limits = quotas.limits(&tenant);
     let memory: u64 = databases.iter().map(|db| db.memory_bytes()).sum();
     let stored = crate::tenancy::quota::Quotas::storage_used(&app.node, &tenant);
     let plugins = app.plugins.list(&tenant)?;
-    Ok(Json(json!({
-        "tenant": tenant,
-        "databases": databases.len(),
-        "memory_bytes": {"used": memory, "limit": limits.memory_bytes},
-        "storage_bytes": {"used": stored, "limit": limits.storage_bytes},
-        "plugins": {"used": plugins.len(), "limit": limits.plugins},
-        "plugin_bytes": {"used": plugins.iter().map(|p| p.size as u64).sum::<u64>(), "limit": limits.plugin_bytes},
-        "plugin_cpu_ms_per_sec": {"limit": limits.plugin_cpu_ms_per_sec},
-        "requests": {
-            "per_sec": limits.requests_per_sec,
-            "burst": limits.burst,
-            "available": quotas.available_requests(&tenant),
+    Ok(Json(Usage {
+        databases: databases.len(),
+        memory_bytes: Used {
+            used: memory,
+            limit: limits.memory_bytes,
         },
-        "operations": {
-            "per_sec": limits.operations_per_sec,
-            "burst": limits.operations_burst,
-            "available": quotas.available_operations(&tenant),
-            "last_second": databases.iter().map(|db| db.usage.operations.last_second()).sum::<u64>(),
-            "total": databases.iter().map(|db| db.usage.operations.total()).sum::<u64>(),
+        storage_bytes: Used {
+            used: stored,
+            limit: limits.storage_bytes,
         },
-        "cpu_ms": {
-            "last_second": ns_to_ms(databases.iter().map(|db| db.usage.cpu_ns.last_second()).sum()),
-            "total": ns_to_ms(databases.iter().map(|db| db.usage.cpu_ns.total()).sum()),
+        plugins: Used {
+            used: plugins.len() as u64,
+            limit: limits.plugins,
         },
-        "log_backlog_bytes": databases.iter().map(|db| db.log_backlog()).sum::<u64>(),
-        "disk_bytes": databases.iter().map(|db| db.disk_bytes()).sum::<u64>(),
-        "concurrent_writes": {
-            "limit": limits.concurrent_writes,
-            "waiting": quotas.writes_waiting(&tenant),
+        plugin_bytes: Used {
+            used: plugins.iter().map(|p| p.size as u64).sum::<u64>(),
+            limit: limits.plugin_bytes,
         },
-    })))
+        plugin_cpu_ms_per_sec: LimitOnly {
+            limit: limits.plugin_cpu_ms_per_sec,
+        },
+        requests: RequestRate {
+            per_sec: limits.requests_per_sec,
+            burst: limits.burst,
+            available: quotas.available_requests(&tenant),
+        },
+        operations: OperationRate {
+            per_sec: limits.operations_per_sec,
+            burst: limits.operations_burst,
+            available: quotas.available_operations(&tenant),
+            last_second: databases
+                .iter()
+                .map(|db| db.usage.operations.last_second())
+                .sum::<u64>(),
+            total: databases
+                .iter()
+                .map(|db| db.usage.operations.total())
+                .sum::<u64>(),
+        },
+        cpu_ms: CpuMs {
+            last_second: ns_to_ms(
+                databases
+                    .iter()
+                    .map(|db| db.usage.cpu_ns.last_second())
+                    .sum(),
+            ),
+            total: ns_to_ms(databases.iter().map(|db| db.usage.cpu_ns.total()).sum()),
+        },
+        log_backlog_bytes: databases.iter().map(|db| db.log_backlog()).sum::<u64>(),
+        disk_bytes: databases.iter().map(|db| db.disk_bytes()).sum::<u64>(),
+        concurrent_writes: ConcurrentWrites {
+            limit: limits.concurrent_writes,
+            waiting: quotas.writes_waiting(&tenant),
+        },
+        tenant,
+    }))
 }
 
 pub async fn set_quotas(
     State(app): App,
     Path(tenant): Path<String>,
     Body(limits): Body<Limits>,
-) -> Result<Json<Value>> {
+) -> Result<Json<TenantQuotas>> {
     app.node.databases(&tenant)?;
     app.tenancy.quotas.set(&app.node, &tenant, limits)?;
-    Ok(Json(json!({"tenant": tenant, "quotas": limits})))
+    Ok(Json(TenantQuotas {
+        tenant,
+        quotas: limits,
+    }))
+}
+
+/// `PUT …/quotas`: the tenant's quotas as set (`null`: the node default).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct TenantQuotas {
+    tenant: String,
+    quotas: Limits,
+}
+
+/// Entries of a log (the audit log, a database's A/B/T log), oldest first.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Entries<T> {
+    entries: Vec<T>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -343,7 +447,7 @@ pub async fn audit(
     State(app): App,
     Path(tenant): Path<String>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Entries<crate::tenancy::audit::Entry>>> {
     if tenant != crate::tenancy::auth::ANY_TENANT {
         app.node.databases(&tenant)?;
     }
@@ -351,7 +455,7 @@ pub async fn audit(
         .tenancy
         .audit
         .read(&tenant, q.after.unwrap_or(0), limit(q.limit)?)?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(Entries { entries }))
 }
 
 // ---- databases ----
@@ -732,26 +836,48 @@ pub async fn read_log(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Entries<logview::LogEntryView>>> {
     let db = db(&app, &tenant, &name)?;
     let entries = logview::read(&db, q.from.unwrap_or(1), limit(q.limit)?)?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(Entries { entries }))
+}
+
+/// `GET …/checksums`: each file's blocks with their checksums.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Checksums {
+    files: Vec<FileChecksums>,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct FileChecksums {
+    name: String,
+    blocks: Vec<BlockChecksum>,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct BlockChecksum {
+    block: u32,
+    /// The block's xxh3 checksum, 16 hex digits.
+    checksum: String,
 }
 
 pub async fn checksums(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
-    let files: Vec<Value> = db(&app, &tenant, &name)?
+) -> Result<Json<Checksums>> {
+    let files = db(&app, &tenant, &name)?
         .checksums()
         .into_iter()
-        .map(|(name, blocks)| {
-            let blocks: Vec<Value> = blocks
+        .map(|(name, blocks)| FileChecksums {
+            name,
+            blocks: blocks
                 .into_iter()
-                .map(|(block, sum)| json!({"block": block, "checksum": format!("{sum:016x}")}))
-                .collect();
-            json!({"name": name, "blocks": blocks})
+                .map(|(block, sum)| BlockChecksum {
+                    block,
+                    checksum: format!("{sum:016x}"),
+                })
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({"files": files})))
+    Ok(Json(Checksums { files }))
 }

@@ -11,8 +11,17 @@ pub enum Error {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The request does not parse, or breaks a bound its schema states (400).
     #[error("{0}")]
     Malformed(String),
+    /// A request that parsed into its type and meets its schema, refused on meaning: a
+    /// rule between fields, or what it names cannot take it (422 `invalid-request`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A replica's operation (promote) asked of a database that is not a replica (409
+    /// `not-a-replica`: the request is well formed, the database's state refuses it).
+    #[error("{0}")]
+    NotAReplica(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     /// An error caused by operation `index` of a transaction.

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::Node;
 
 /// The node's memory and disk, measured when asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Footprint {
     /// Resident memory of the process (`VmRSS`); `None` where `/proc` has none.
     pub rss_bytes: Option<u64>,

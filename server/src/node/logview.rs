@@ -14,7 +14,7 @@ use crate::log::{EntryRef, LogKind};
 use crate::store::{block, Effect, Schema};
 
 /// One update with its A, B and T entries (each present if still retained).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LogEntryView {
     pub serial: u64,
     pub txn: u64,
@@ -30,7 +30,7 @@ pub struct LogEntryView {
 }
 
 /// The T entry: the client's operation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TView {
     pub op: OpName,
     #[serde(flatten)]

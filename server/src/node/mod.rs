@@ -344,7 +344,7 @@ impl Node {
                 )));
             }
             if !names.insert(&file.name) {
-                return Err(Error::Malformed(format!(
+                return Err(Error::Invalid(format!(
                     "file '{}' is declared twice",
                     file.name
                 )));
@@ -365,7 +365,7 @@ impl Node {
             }
         }
         if spec.memory_quota_bytes < spec.block_size as u64 {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "memory_quota_bytes must hold at least one block".into(),
             ));
         }

@@ -152,7 +152,7 @@ pub fn encode(
             .iter()
             .position(|a| a == name)
             .ok_or_else(|| {
-                Error::Malformed(format!(
+                Error::Invalid(format!(
                     "file '{}' has no alternate key '{name}'",
                     file.name
                 ))

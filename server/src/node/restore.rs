@@ -103,14 +103,14 @@ pub struct Request {
 }
 
 /// A serial with its timestamp, when the log still knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PointView {
     pub serial: u64,
     pub timestamp_us: Option<u64>,
 }
 
 /// What a restore will do, decided before it reads the log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Plan {
     pub database: String,
     pub into: Option<String>,
@@ -127,7 +127,7 @@ pub struct Plan {
 }
 
 /// How the restore changes the target database's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Changes {
     pub inserted: u64,
     pub updated: u64,
@@ -721,7 +721,7 @@ fn operations(
 }
 
 /// A restore's answer to a dry run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Preview {
     pub dry_run: bool,
     #[serde(flatten)]
@@ -941,7 +941,7 @@ fn execute(
 }
 
 /// How a restore operation stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     #[default]
@@ -972,7 +972,7 @@ pub struct Operation {
 }
 
 /// A restore operation as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct OperationView {
     pub id: u64,
     pub state: State,
@@ -989,7 +989,7 @@ pub struct OperationView {
     pub finished_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoredSerials {
     pub first: u64,
     pub last: u64,

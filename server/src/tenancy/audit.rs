@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::node::{Node, Result};
 
 /// One recorded action.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Entry {
     /// Increasing across the node.
     pub id: u64,

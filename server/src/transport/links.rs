@@ -55,7 +55,7 @@ pub enum OnError {
 pub struct TargetSpec {
     /// The target node's API, e.g. `http://10.0.0.2:7070`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(regex(pattern = r"^http://"))]
+    #[schemars(regex(pattern = r"^http://[^/]"))]
     pub url: String,
     /// The target database (created by bootstrap if it does not exist).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -256,7 +256,7 @@ pub struct ReplicaReg {
 }
 
 /// The state a link is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     Connecting,
@@ -272,7 +272,7 @@ pub enum LinkState {
 }
 
 /// A link's live figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LinkStatus {
     pub state: LinkState,
     /// Highest serial sent.

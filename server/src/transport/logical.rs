@@ -23,6 +23,7 @@ use crate::log::durable::{LogError, RawTxn};
 use crate::log::OpKind;
 use crate::log::{LogKind, Outcome};
 use crate::node::{records, versions, Error, Result};
+use crate::plugins::registry::RegistryError;
 use crate::plugins::{Chain, Registry, Role};
 use crate::store::{block, Effect, Schema, Store};
 use crate::txn::Op;
@@ -69,7 +70,7 @@ pub fn stages(registry: &Registry, tenant: &str, specs: &[StageSpec]) -> Result<
             Role::Rule => out.rules.push(loaded),
             Role::Filter | Role::Transform => out.chain.stages.push(loaded),
             role => {
-                return Err(Error::Malformed(format!(
+                return Err(Error::Invalid(format!(
                     "stages[{i}] ({}): a {role} is not a link stage (links take filters, \
                      transforms and interrelation rules)",
                     stage.plugin
@@ -96,7 +97,15 @@ pub fn load_stage(
     })?;
     let template = registry
         .template(tenant, name, version)
-        .map_err(|e| Error::Malformed(format!("{at} ({}): {e}", stage.plugin)))?;
+        .map_err(|e| match e {
+            // 404 like any missing thing a request names; the registry's hint (the
+            // built-in's own version) is kept.
+            RegistryError::NotFound(m) => Error::NotFound(match m.split_once("not found: ") {
+                Some((_, hint)) => format!("{at}: plugin '{}' ({hint})", stage.plugin),
+                None => format!("{at}: plugin '{}'", stage.plugin),
+            }),
+            e => Error::Invalid(format!("{at} ({}): {e}", stage.plugin)),
+        })?;
     let config = if stage.config.is_null() {
         String::new()
     } else {
@@ -104,7 +113,7 @@ pub fn load_stage(
     };
     template
         .stage(&config)
-        .map_err(|e| Error::Malformed(format!("{at} ({}): {e}", stage.plugin)))
+        .map_err(|e| Error::Invalid(format!("{at} ({}): {e}", stage.plugin)))
 }
 
 /// The records of one transaction (main files only; reorganisations and undo updates

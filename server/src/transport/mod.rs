@@ -68,7 +68,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 
 use crate::node::{Database, Error, Node, Result};
 use crate::remote::{self, RemoteError};
@@ -261,14 +260,37 @@ impl Replication {
         crate::node::versions::origin_of(&self.node_id)
     }
 
-    /// This node as the API shows it.
-    pub fn node_info(&self) -> Value {
-        json!({
-            "id": self.node_id,
-            "origin": self.origin(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "replication": self.advertised.to_string(),
-            "protocol_version": wire::PROTOCOL_VERSION,
-        })
+    /// This node as the API shows it (`GET /v1/node`; the API adds its name and, for
+    /// the node administrator, its footprint).
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.node_id.clone(),
+            origin: self.origin(),
+            version: env!("CARGO_PKG_VERSION"),
+            replication: self.advertised.to_string(),
+            protocol_version: wire::PROTOCOL_VERSION,
+            name: None,
+            footprint: None,
+        }
     }
+}
+
+/// This node, as `GET /v1/node` answers.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct NodeInfo {
+    /// The node's id (its records' origin is derived from it).
+    pub id: String,
+    /// The number this node's records carry as their origin.
+    pub origin: u64,
+    /// The server's version.
+    pub version: &'static str,
+    /// The replication address other nodes connect to.
+    pub replication: String,
+    /// The replication protocol's version.
+    pub protocol_version: u16,
+    /// The node's name in its config (`null`: none).
+    pub name: Option<String>,
+    /// Its memory and disk: for the node administrator only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<crate::node::footprint::Footprint>,
 }

@@ -38,7 +38,7 @@ use crate::store::{block, Schema};
 pub const KEEP: u64 = 1000;
 
 /// What a mutual replica link brought since the node started.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct Counts {
     /// Writes received.
     pub writes: u64,
@@ -58,7 +58,7 @@ pub fn check_link(
     conflicts: &ConflictSpec,
 ) -> Result<()> {
     if spec.options.apply != super::links::Apply::Logical {
-        return Err(Error::Malformed(
+        return Err(Error::Invalid(
             "a mutual link (with \"conflicts\") applies by key: give \"apply\": \"logical\"".into(),
         ));
     }
@@ -69,12 +69,12 @@ pub fn check_link(
         .iter()
         .any(|s| s.role() == Role::Transform)
     {
-        return Err(Error::Malformed(
+        return Err(Error::Invalid(
             "a mutual link keeps the sites identical, so it takes filters but no transforms".into(),
         ));
     }
     if let Some(db) = db.filter(|db| !db.def.spec.mutual) {
-        return Err(Error::Malformed(format!(
+        return Err(Error::Invalid(format!(
             "database '{}' keeps no record versions: a mutual link needs databases created \
              with \"mutual\": true on every site",
             db.name()
@@ -88,14 +88,14 @@ pub fn check_link(
 pub fn check_target(db: &Database, req: &ReplicaRequest) -> Option<Error> {
     let mutual = req.conflicts.is_some();
     if mutual && !db.def.spec.mutual {
-        return Some(Error::Malformed(format!(
+        return Some(Error::Invalid(format!(
             "database '{}' keeps no record versions: a mutual link needs databases created \
              with \"mutual\": true on every site",
             req.database
         )));
     }
     if !mutual && db.def.spec.mutual && req.apply == super::links::Apply::Logical {
-        return Some(Error::Malformed(format!(
+        return Some(Error::Invalid(format!(
             "database '{}' is mutual: a logical link into it must be mutual too (give \
              \"conflicts\")",
             req.database
@@ -118,7 +118,7 @@ impl Resolver {
             (Strategy::Resolver, Some(stage)) => {
                 let loaded = logical::load_stage(registry, tenant, stage, "conflicts.resolver")?;
                 if loaded.role() != Role::Resolver {
-                    return Err(Error::Malformed(format!(
+                    return Err(Error::Invalid(format!(
                         "conflicts.resolver ({}): a {} is not a resolver",
                         stage.plugin,
                         loaded.role()
@@ -127,18 +127,18 @@ impl Resolver {
                 Some(loaded)
             }
             (Strategy::Resolver, None) => {
-                return Err(Error::Malformed(
+                return Err(Error::Invalid(
                     "conflicts: the resolver strategy needs \"resolver\": {\"plugin\": \"name@version\"}"
                         .into(),
                 ))
             }
             (_, Some(_)) => {
-                return Err(Error::Malformed(
+                return Err(Error::Invalid(
                     "conflicts.resolver is used by the resolver strategy only".into(),
                 ))
             }
             (Strategy::Priority, None) if spec.priority.is_empty() => {
-                return Err(Error::Malformed(
+                return Err(Error::Invalid(
                     "conflicts: the priority strategy needs \"priority\": [node ids, highest first]"
                         .into(),
                 ))

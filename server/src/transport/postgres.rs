@@ -91,7 +91,7 @@ const DEPENDENCY_POLL: Duration = Duration::from_millis(5);
 /// Check a link request whose target is PostgreSQL: only `postgres` and `schema` in
 /// the target, a logical async link with stages, and a connection string that parses.
 pub fn check_spec(spec: &LinkSpec) -> crate::node::Result<()> {
-    let bad = |m: &str| Err(Error::Malformed(m.to_string()));
+    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
     let t = &spec.target;
     if !t.url.is_empty()
         || !t.database.is_empty()
@@ -121,7 +121,7 @@ pub fn check_spec(spec: &LinkSpec) -> crate::node::Result<()> {
     }
     let conn = t.postgres.as_deref().unwrap_or_default();
     if let Err(e) = conn.parse::<tokio_postgres::Config>() {
-        return Err(Error::Malformed(format!(
+        return Err(Error::Invalid(format!(
             "target.postgres is not a PostgreSQL connection string: {e}"
         )));
     }

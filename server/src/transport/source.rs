@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::links::{self, LinkDef, LinkSpec, LinkStatus, Mode};
 use super::{logical, mutual, postgres, sender, Replication, LINK_PREFIX, QUORUM_PREFIX};
@@ -92,11 +92,21 @@ impl Replication {
             return Ok(spec);
         }
         if spec.options.create_tables {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "create_tables is for a PostgreSQL target (\"target\": {\"postgres\": …})".into(),
             ));
         }
-        if !spec.target.url.starts_with("http://") {
+        // Both fields are optional in the schema (a PostgreSQL target has neither): a
+        // node target without them is refused on meaning; one off its pattern is not.
+        if spec.target.url.is_empty() || spec.target.database.is_empty() {
+            return Err(Error::Invalid(
+                "a node target needs \"url\" (the target node's API, http://host:port) and \
+                 \"database\" (or give \"postgres\" for a PostgreSQL target)"
+                    .into(),
+            ));
+        }
+        let host = spec.target.url.strip_prefix("http://").unwrap_or_default();
+        if host.is_empty() || host.starts_with('/') {
             return Err(Error::Malformed(
                 "target.url must be the target node's API, as http://host:port".into(),
             ));
@@ -162,7 +172,7 @@ impl Replication {
     ) -> Result<()> {
         let loaded = logical::stages(&self.plugins, tenant, stages)?;
         if apply == links::Apply::Mirror && !loaded.chain.stages.is_empty() {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "a mirror link carries every update unchanged; filter and transform stages \
                  need \"apply\": \"logical\" (interrelation rules are fine on a mirror)"
                     .into(),
@@ -181,7 +191,13 @@ impl Replication {
     }
 
     /// A link as the API shows it: definition (without secrets) and live status.
+    /// A link as the API shows it (`LinkView`, as JSON: the events stream, metrics and
+    /// the cluster read it as a value too).
     pub fn view(&self, handle: &LinkHandle) -> Value {
+        serde_json::to_value(self.link_view(handle)).expect("a link view is JSON")
+    }
+
+    fn link_view(&self, handle: &LinkHandle) -> LinkView {
         let def = handle.def.lock().clone();
         let mut status = handle.status.lock().clone();
         if let Ok(db) = self.node.database(&def.tenant, &def.spec.database) {
@@ -198,22 +214,22 @@ impl Replication {
                 })
             };
         }
-        json!({
-            "id": def.id,
-            "tenant": def.tenant,
-            "database": def.spec.database,
-            "target": def.spec.target,
-            "mode": def.spec.options.mode,
-            "apply": def.spec.options.apply,
-            "stages": def.spec.options.stages,
-            "on_error": def.spec.options.on_error,
-            "b_log": def.spec.options.b_log,
-            "conflicts": def.spec.options.conflicts,
-            "create_tables": def.spec.options.create_tables,
-            "paused": def.paused,
-            "created_ms": def.created_ms,
-            "status": status,
-        })
+        LinkView {
+            id: def.id,
+            tenant: def.tenant,
+            database: def.spec.database,
+            target: def.spec.target,
+            mode: def.spec.options.mode,
+            apply: def.spec.options.apply,
+            stages: def.spec.options.stages,
+            on_error: def.spec.options.on_error,
+            b_log: def.spec.options.b_log,
+            conflicts: def.spec.options.conflicts,
+            create_tables: def.spec.options.create_tables,
+            paused: def.paused,
+            created_ms: def.created_ms,
+            status,
+        }
     }
 
     pub fn list_links(&self, tenant: &str) -> Vec<Value> {
@@ -348,4 +364,26 @@ fn oldest_unconfirmed_us(db: &crate::node::database::Database, serial: u64) -> O
         .timestamp_of(db.def.uid, crate::log::LogKind::A, serial)
         .ok()
         .flatten()
+}
+
+/// A link as its source shows it (`GET …/links`, `…/links/{id}`, create, pause, resume,
+/// stages): its request, normalised, and its live figures.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct LinkView {
+    pub id: String,
+    pub tenant: String,
+    /// The source database, on this node.
+    pub database: String,
+    /// A PostgreSQL target's connection string is shown with its password as `***`.
+    pub target: links::TargetSpec,
+    pub mode: links::Mode,
+    pub apply: links::Apply,
+    pub stages: Vec<links::StageSpec>,
+    pub on_error: links::OnError,
+    pub b_log: bool,
+    pub conflicts: Option<links::ConflictSpec>,
+    pub create_tables: bool,
+    pub paused: bool,
+    pub created_ms: u64,
+    pub status: links::LinkStatus,
 }

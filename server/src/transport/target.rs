@@ -228,29 +228,32 @@ impl Replication {
     }
 
     /// Replicas on this node, of one tenant.
-    pub fn list_replicas(&self, tenant: &str) -> Vec<Value> {
+    pub fn list_replicas(&self, tenant: &str) -> Vec<ReplicaView> {
         self.target
             .regs
             .lock()
             .values()
             .filter(|r| r.tenant == tenant)
-            .map(|r| {
-                json!({
-                    "link": r.link,
-                    "database": r.database,
-                    "source_node": r.source_node,
-                    "apply": r.apply,
-                    "connected": self.target.sessions.lock().contains_key(&r.link),
-                    "suspended": r.suspended,
-                    "spooled": self.target.spool.len(&r.link),
-                    "waiting_for": self.target.gates.held(&r.link),
-                    "source_database": r.source_database,
-                    "conflicts": r.conflicts,
-                    "mutual": r.conflicts.as_ref().map(|_| {
-                        self.target.mutual_counts.lock().get(&r.link).copied().unwrap_or_default()
-                    }),
-                    "created_ms": r.created_ms,
-                })
+            .map(|r| ReplicaView {
+                link: r.link.clone(),
+                database: r.database.clone(),
+                source_node: r.source_node.clone(),
+                apply: r.apply,
+                connected: self.target.sessions.lock().contains_key(&r.link),
+                suspended: r.suspended,
+                spooled: self.target.spool.len(&r.link),
+                waiting_for: self.target.gates.held(&r.link),
+                source_database: r.source_database.clone(),
+                conflicts: r.conflicts.clone(),
+                mutual: r.conflicts.as_ref().map(|_| {
+                    self.target
+                        .mutual_counts
+                        .lock()
+                        .get(&r.link)
+                        .copied()
+                        .unwrap_or_default()
+                }),
+                created_ms: r.created_ms,
             })
             .collect()
     }
@@ -307,7 +310,7 @@ impl Replication {
         let started = std::time::Instant::now();
         let db = self.node.database(tenant, database)?;
         let Some(link) = db.replica_of() else {
-            return Err(Error::Malformed(format!(
+            return Err(Error::NotAReplica(format!(
                 "database '{database}' is not a replica; it takes writes already"
             )));
         };
@@ -404,4 +407,27 @@ impl Replication {
             sessions.remove(id);
         }
     }
+}
+
+/// A replica on this node, as `GET …/replicas` lists it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ReplicaView {
+    /// The link that feeds it.
+    pub link: String,
+    pub database: String,
+    pub source_node: String,
+    pub apply: super::links::Apply,
+    /// The link's connection is up.
+    pub connected: bool,
+    /// It stores what arrives and applies nothing.
+    pub suspended: bool,
+    /// Transactions stored, not yet applied.
+    pub spooled: usize,
+    /// The link whose progress an interrelation rule holds this one for (`null`: none).
+    pub waiting_for: Option<String>,
+    pub source_database: String,
+    pub conflicts: Option<super::links::ConflictSpec>,
+    /// A mutual link's counts (`null`: not mutual).
+    pub mutual: Option<super::mutual::Counts>,
+    pub created_ms: u64,
 }

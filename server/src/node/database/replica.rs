@@ -246,7 +246,7 @@ impl Database {
         }
         let schema = state.store.schema().clone();
         let versions = v::versions_id(&schema).ok_or_else(|| {
-            Error::Malformed(format!(
+            Error::Invalid(format!(
                 "database '{}' keeps no record versions: a mutual link needs a database \
                  created with \"mutual\": true",
                 self.name()
