@@ -266,25 +266,54 @@ impl Database {
 
     /// Rebuild a database from its latest snapshot plus the log after it (SPEC B5).
     /// Returns it with the number of log entries replayed.
+    ///
+    /// A snapshot that fails its checksums (or cannot be read at all) is named in an
+    /// error in the node's log, and recovery tries the next older one (or none) with the
+    /// log after it. That is only good if the replay then reaches every damaged
+    /// snapshot's serial: anything less would serve older data than was acknowledged, so
+    /// the database is refused instead, with the reason. Once recovered, the damaged
+    /// snapshots leave the listing and their files are kept in the shard's
+    /// `damaged-snapshots` folder.
     pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
         // A snapshot a crash interrupted has parts and no metadata: space only.
         log.drop_unfinished_snapshots(def.uid)?;
-        let snapshot = log.snapshots(def.uid)?.pop();
-        let (mut store, mut seq, snapshot_serial) = match &snapshot {
-            Some(meta) => {
-                let blocks = log.snapshot_block_list(def.uid, meta)?;
+        let name = def.spec.name.clone();
+        let mut damaged: Vec<(u64, String)> = Vec::new();
+        let mut base = None;
+        for (serial, meta) in log.snapshot_list(def.uid)?.into_iter().rev() {
+            let loaded = meta.map_err(Error::from).and_then(|meta| {
+                let blocks = log.snapshot_block_list(def.uid, &meta)?;
                 let store = Store::from_snapshot_blocks(
                     meta.layout.clone(),
                     def.spec.memory_quota_bytes,
                     blocks,
                 )
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-                (
-                    store,
-                    Sequencer::new(meta.serial, meta.next_txn),
-                    meta.serial,
-                )
+                .map_err(|e| Error::Unavailable(format!("snapshot {serial}: {e}")))?;
+                Ok((store, meta))
+            });
+            match loaded {
+                Ok(loaded) => {
+                    base = Some(loaded);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        tenant = %def.tenant,
+                        database = %name,
+                        snapshot = serial,
+                        error = %e,
+                        "a snapshot is damaged; recovering from the older snapshot and the log"
+                    );
+                    damaged.push((serial, e.to_string()));
+                }
             }
+        }
+        let (mut store, mut seq, snapshot_serial) = match base {
+            Some((store, meta)) => (
+                store,
+                Sequencer::new(meta.serial, meta.next_txn),
+                meta.serial,
+            ),
             None => (
                 Store::new(
                     def.spec.schema(),
@@ -310,7 +339,31 @@ impl Database {
             }
             Ok(())
         })?;
+        if let Some((newest, reason)) = damaged.first() {
+            if last < *newest {
+                let from = match snapshot_serial {
+                    0 => "with no older snapshot, the log".to_string(),
+                    s => format!("the older snapshot at serial {s} and the log after it"),
+                };
+                return Err(Error::Unavailable(format!(
+                    "database '{name}' cannot be recovered without losing updates: snapshot \
+                     {newest} is damaged ({reason}), and {from} reach only serial {last}"
+                )));
+            }
+        }
         log.drop_torn_tail(def.uid, last)?;
+        for (serial, _) in &damaged {
+            let kept = log.set_aside_snapshot(def.uid, *serial)?;
+            tracing::warn!(
+                tenant = %def.tenant,
+                database = %name,
+                snapshot = serial,
+                recovered_from = snapshot_serial,
+                serial = last,
+                kept_at = ?kept,
+                "recovered without a damaged snapshot; its files are kept for inspection"
+            );
+        }
         seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
         Ok((
             Self::with_state(def, log, store, seq, snapshot_serial),
