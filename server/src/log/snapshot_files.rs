@@ -248,7 +248,9 @@ pub(super) fn read(
     }
     if expected != parts {
         return Err(LogError::Damaged(format!(
-            "snapshot {serial} has {expected} of its {parts} parts"
+            "snapshot {serial} has {expected} of its {parts} parts readable in {} \
+             (its files are damaged or incomplete)",
+            path.display()
         )));
     }
     Ok(())

@@ -339,15 +339,20 @@ impl Database {
             }
             Ok(())
         })?;
-        if let Some((newest, reason)) = damaged.first() {
+        if let Some((newest, _)) = damaged.first() {
             if last < *newest {
                 let from = match snapshot_serial {
-                    0 => "with no older snapshot, the log".to_string(),
-                    s => format!("the older snapshot at serial {s} and the log after it"),
+                    0 => "the log alone (no older snapshot reads)".to_string(),
+                    s => format!("the older snapshot at serial {s} with the log after it"),
                 };
+                let reasons: Vec<String> = damaged
+                    .iter()
+                    .map(|(serial, reason)| format!("snapshot {serial} is damaged ({reason})"))
+                    .collect();
                 return Err(Error::Unavailable(format!(
-                    "database '{name}' cannot be recovered without losing updates: snapshot \
-                     {newest} is damaged ({reason}), and {from} reach only serial {last}"
+                    "database '{name}' cannot be recovered without losing updates: {}; \
+                     {from} reaches only serial {last}, short of serial {newest}",
+                    reasons.join("; ")
                 )));
             }
         }
