@@ -5,10 +5,10 @@
 //! `sync`) loses no acknowledged batch and leaves no batch half-applied; and
 //! a graceful SIGTERM keeps everything, for every durability mode, even when it
 //! arrives right after the node announces itself; and B and T logs expire each
-//! after their own retention period; a log segment damaged on disk stops the node
-//! from starting, naming the file, while a record a crash cut short at the end of
-//! the log is cut off; a full disk refuses writes with 507 `disk-full`, keeps
-//! reads, loses nothing acknowledged and takes writes again once space returns.
+//! after their own retention period; a record a crash cut short at the end of the
+//! log is cut off, and a damaged one refuses its database, naming the file; a full
+//! disk refuses writes with 507 `disk-full`, keeps reads, loses nothing acknowledged
+//! and takes writes again once space returns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -596,7 +596,7 @@ fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_damaged_log_segment_refuses_the_start_and_a_torn_end_is_cut_off() {
+fn a_damaged_log_segment_refuses_its_database_and_a_torn_end_is_cut_off() {
     let mut node = Node::start();
     let db = node.create_db(
         "default",
@@ -627,22 +627,42 @@ fn a_damaged_log_segment_refuses_the_start_and_a_torn_end_is_cut_off() {
         whole,
         "the torn record is cut off"
     );
+    let other = node.create_db(
+        "default",
+        json!({ "name": "other", "files": [{ "name": "orders" }] }),
+    );
+    other.put("orders", "kept", json!({}), json!(1)).ok();
     assert!(node.terminate().success());
 
-    // A flipped byte in the middle of the log, with valid records after it: the node
-    // refuses to start rather than serve a log with a hole, and names the file.
+    // A flipped byte in the middle of the log, with valid records after it: the
+    // database is refused rather than served with a hole in its log, with the file
+    // named; the node serves its other databases.
     let mut damaged = whole.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x5a;
     std::fs::write(segment, &damaged).unwrap();
-    let refusal = node.start_refused();
+    node.restart();
+    let refused = node.db("default", "seg");
+    let info = refused.info();
+    let detail = info.expect_problem(503, "unavailable")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let name = segment.file_name().unwrap().to_str().unwrap();
     assert!(
-        refusal.contains("checksum") && refusal.contains(name),
-        "the refusal names the damage and the file: {refusal}"
+        detail.contains("checksum") && detail.contains(name),
+        "the refusal names the damage and the file: {detail}"
+    );
+    refused
+        .get("orders", "k01")
+        .expect_problem(503, "unavailable");
+    assert_eq!(
+        node.db("default", "other").data("orders", "kept"),
+        Some(json!(1))
     );
 
-    // Put back as it was, the node starts and serves everything again.
+    // Put back as it was, the database starts and serves everything again.
+    assert!(node.terminate().success());
     std::fs::write(segment, &whole).unwrap();
     node.restart();
     assert_eq!(capture(&node.db("default", "seg")), written);

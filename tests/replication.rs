@@ -918,6 +918,80 @@ fn orphan_lines(replica_lines: &Db, replica_orders: &Db) -> Vec<String> {
 }
 
 #[test]
+fn an_interrelated_bootstrap_is_installed_only_once_the_orders_it_needs_are_there() {
+    use doppel_server::plugins::builtin;
+    let a = Node::start();
+    let b = Node::start();
+    upload_plugin(&a, "parent", "rule", builtin::PARENT_RULE);
+    let orders = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "orders", "files": [{"name": "orders"}]}),
+    );
+    let lines = a.create_db(
+        DEFAULT_TENANT,
+        json!({"name": "lines", "files": [{"name": "lines"}]}),
+    );
+    let addr = b.get("/v1/node").ok()["replication"]
+        .as_str()
+        .expect("a replication address")
+        .parse()
+        .expect("an address");
+    let proxy = ChaosProxy::start(addr).expect("start the chaos proxy");
+    create_link(
+        &a,
+        "orders",
+        &b,
+        "orders",
+        json!({"target": {"replication": proxy.addr().to_string()}}),
+    );
+    orders.put("orders", "o-0", json!({}), json!({"n": 0})).ok();
+    let r_orders = b.db(DEFAULT_TENANT, "orders");
+    wait_identical(&orders, &r_orders, CATCH_UP);
+
+    // The orders stream stops on its way; then lines of a new order are written, with
+    // snapshots that prune the log of `lines`, and only then is `lines` linked: its
+    // replica must start from a snapshot, which holds those lines.
+    proxy.hold(Direction::ToUpstream);
+    orders.put("orders", "o-1", json!({}), json!({"n": 1})).ok();
+    for line in ["l-1", "l-2"] {
+        lines
+            .put("lines", line, json!({}), json!({"order": "o-1"}))
+            .ok();
+        lines.snapshot().expect(201);
+    }
+    let lines_link = create_link(
+        &a,
+        "lines",
+        &b,
+        "lines",
+        json!({"stages": [{"plugin": "parent@1", "config": {"rules": [
+            {"file": "lines", "parent_file": "orders", "parent_key_field": "order"}]}}]}),
+    );
+    let waiting = || replica_entry(&b, &lines_link)["waiting_for"].clone();
+    assert!(
+        wait_until(deadline_in(CATCH_UP), || waiting().is_string()),
+        "the snapshot was never held: {}",
+        b.get(&format!("/v1/tenants/{DEFAULT_TENANT}/replicas"))
+    );
+    assert!(
+        waiting().as_str().unwrap().contains("'orders'"),
+        "{}",
+        waiting()
+    );
+    let r_lines = b.db(DEFAULT_TENANT, "lines");
+    let shown = r_lines.get("lines", "l-1");
+    assert_ne!(shown.status, 200, "a line without its order: {shown}");
+    assert_eq!(r_orders.data("orders", "o-1"), None);
+
+    // The orders arrive: the snapshot is installed, with the line.
+    proxy.release(Direction::ToUpstream);
+    wait_identical(&lines, &r_lines, CATCH_UP);
+    assert!(r_orders.data("orders", "o-1").is_some());
+    assert_eq!(waiting(), Value::Null);
+    assert_eq!(link_status(&a, &lines_link)["status"]["bootstraps"], 1);
+}
+
+#[test]
 fn interrelation_never_shows_an_order_line_without_its_order_when_the_orders_stream_lags() {
     let Interrelated {
         a,

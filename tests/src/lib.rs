@@ -455,45 +455,6 @@ impl Node {
         self.spawn();
     }
 
-    /// Starts the server on its data directory expecting it to refuse: waits (within
-    /// [`STARTUP_TIMEOUT`]) for the process to exit, asserts it failed, and returns
-    /// what it wrote to stderr. Panics if it starts instead.
-    pub fn start_refused(&self) -> String {
-        assert!(self.child.is_none(), "server already running");
-        let mut child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--data")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            text
-        });
-        let mut status = None;
-        wait_until(deadline_in(STARTUP_TIMEOUT), || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server started where it should have refused");
-        };
-        let text = reader.join().expect("stderr reader");
-        assert!(!status.success(), "the server exited with {status}: {text}");
-        text
-    }
-
     /// The last lines the server wrote to stderr (across restarts).
     pub fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock();

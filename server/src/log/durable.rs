@@ -873,7 +873,7 @@ impl LogStore {
                 .get(snapshot_key(uid, meta.serial, META_PART))?
         {
             // The same serial is the same state: the snapshot is already stored.
-            return postcard::from_bytes(&stored).map_err(|e| LogError::Damaged(e.to_string()));
+            return snapshot_files::decode_meta(meta.serial, &stored).map(|(meta, _)| meta);
         }
         let mut writer = snapshot_files::Writer::create(&shard.path, meta.serial)?;
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
@@ -903,10 +903,11 @@ impl LogStore {
         if !part.is_empty() {
             store(part)?;
         }
-        meta.parts = writer.finish()?;
+        let sums = writer.finish()?;
         release_deferred();
+        meta.parts = sums.len() as u32;
         meta.size_bytes = size;
-        let encoded = postcard::to_allocvec(&meta).map_err(|e| LogError::Damaged(e.to_string()))?;
+        let encoded = snapshot_files::encode_meta(&meta, &sums)?;
         let meta_bytes = encoded.len() as u64;
         shard
             .trees()
@@ -926,8 +927,12 @@ impl LogStore {
     pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
         let t = shard.trees();
-        let finished: std::collections::HashSet<u64> =
-            self.snapshots(uid)?.iter().map(|m| m.serial).collect();
+        // Every snapshot with metadata, a damaged one too: recovery decides about it.
+        let finished: std::collections::HashSet<u64> = self
+            .snapshot_list(uid)?
+            .iter()
+            .map(|(serial, _)| *serial)
+            .collect();
         let mut removed = 0;
         let mut in_tree: BTreeMap<u64, Vec<sled::IVec>> = BTreeMap::new();
         for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
@@ -987,7 +992,7 @@ impl LogStore {
             moved += bytes.len() as u64;
             writer.push(bytes.to_vec())?;
         }
-        writer.finish()?;
+        let _sums = writer.finish()?;
         tracing::info!(
             uid,
             serial,
@@ -997,20 +1002,50 @@ impl LogStore {
         Ok(moved)
     }
 
-    /// Metadata of every stored snapshot of `uid`, oldest first.
+    /// Metadata of every stored snapshot of `uid`, oldest first (an error if one is
+    /// damaged: see [`LogStore::snapshot_list`]).
     pub fn snapshots(&self, uid: u64) -> Result<Vec<SnapshotMeta>, LogError> {
+        self.snapshot_list(uid)?
+            .into_iter()
+            .map(|(_, meta)| meta)
+            .collect()
+    }
+
+    /// The serial of every stored snapshot of `uid`, oldest first, each with its
+    /// metadata or why that is damaged (checked against its checksum).
+    #[allow(clippy::type_complexity)]
+    pub fn snapshot_list(
+        &self,
+        uid: u64,
+    ) -> Result<Vec<(u64, Result<SnapshotMeta, LogError>)>, LogError> {
         let shard = self.shard(uid)?;
         let t = shard.trees();
         let mut out = Vec::new();
         for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
             let (key, value) = item?;
             if key[16..20] == META_PART.to_be_bytes() {
-                out.push(
-                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?,
-                );
+                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
+                let meta = snapshot_files::decode_meta(serial, &value).map(|(meta, _)| meta);
+                out.push((serial, meta));
             }
         }
         Ok(out)
+    }
+
+    /// Take damaged snapshot `serial` out of the listing (its metadata goes, durably)
+    /// and keep its files for inspection under the shard's `damaged-snapshots` folder.
+    /// Returns where they went.
+    pub fn set_aside_snapshot(&self, uid: u64, serial: u64) -> Result<Option<PathBuf>, LogError> {
+        let shard = self.shard(uid)?;
+        shard
+            .trees()
+            .snapshots
+            .remove(snapshot_key(uid, serial, META_PART))?;
+        self.flush_now(uid)?;
+        let moved = snapshot_files::set_aside(&shard.path, serial)?;
+        // Its size was in its (damaged) metadata: count again when next asked.
+        *shard.snapshot_bytes.lock() = None;
+        Ok(moved)
     }
 
     /// A snapshot's blocks, cut out of each part as it is read (a part holds whole
@@ -1023,26 +1058,38 @@ impl LogStore {
         let size = (meta.layout.block_size as usize).max(1);
         let mut blocks = Vec::with_capacity(meta.layout.block_count());
         let shard = self.shard(uid)?;
+        let stored = shard
+            .trees()
+            .snapshots
+            .get(snapshot_key(uid, meta.serial, META_PART))?
+            .ok_or_else(|| LogError::Damaged(format!("snapshot {} is gone", meta.serial)))?;
+        let (_, sums) = snapshot_files::decode_meta(meta.serial, &stored)?;
         let _reading = shard.snapshot_reads.lock();
-        snapshot_files::read(&shard.path, meta.serial, meta.parts, |part| {
-            if part.len() % size != 0 {
-                return Err(LogError::Damaged(format!(
-                    "snapshot {}: a part of {} bytes for blocks of {size}",
-                    meta.serial,
-                    part.len()
-                )));
-            }
-            for bytes in part.chunks_exact(size) {
-                blocks.push(crate::store::Block::from_bytes(bytes).ok_or_else(|| {
-                    LogError::Damaged(format!(
-                        "snapshot {}: block {} has a bad header",
+        snapshot_files::read(
+            &shard.path,
+            meta.serial,
+            meta.parts,
+            sums.as_deref(),
+            |part| {
+                if part.len() % size != 0 {
+                    return Err(LogError::Damaged(format!(
+                        "snapshot {}: a part of {} bytes for blocks of {size}",
                         meta.serial,
-                        blocks.len()
-                    ))
-                })?);
-            }
-            Ok(())
-        })?;
+                        part.len()
+                    )));
+                }
+                for bytes in part.chunks_exact(size) {
+                    blocks.push(crate::store::Block::from_bytes(bytes).ok_or_else(|| {
+                        LogError::Damaged(format!(
+                            "snapshot {}: block {} has a bad header",
+                            meta.serial,
+                            blocks.len()
+                        ))
+                    })?);
+                }
+                Ok(())
+            },
+        )?;
         release_deferred();
         Ok(blocks)
     }
@@ -1210,9 +1257,11 @@ impl Shard {
             let (key, value) = item?;
             total += value.len() as u64;
             if key.get(16..20) == Some(&META_PART.to_be_bytes()[..]) {
-                let meta: SnapshotMeta =
-                    postcard::from_bytes(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-                total += meta.size_bytes;
+                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
+                // A damaged snapshot counts its metadata only (recovery sets it aside).
+                if let Ok((meta, _)) = snapshot_files::decode_meta(serial, &value) {
+                    total += meta.size_bytes;
+                }
             }
         }
         Ok(*self.snapshot_bytes.lock().get_or_insert(total))

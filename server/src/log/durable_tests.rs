@@ -1168,7 +1168,7 @@ fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
     // Parts sat in the tree too, beside their metadata.
     let mut part = 0;
     let shard_path = scratch.log.shard(UID).unwrap().path.clone();
-    super::snapshot_files::read(&shard_path, meta.serial, meta.parts, |bytes| {
+    super::snapshot_files::read(&shard_path, meta.serial, meta.parts, None, |bytes| {
         old_snapshots
             .insert(snapshot_key(UID, meta.serial, part), bytes)
             .unwrap();

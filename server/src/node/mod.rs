@@ -15,6 +15,8 @@ pub mod gate;
 pub mod logview;
 pub mod quorum;
 pub mod records;
+#[cfg(test)]
+mod recovery_tests;
 pub mod restore;
 pub mod usage;
 pub mod versions;
@@ -91,6 +93,9 @@ struct TenantDef {
 #[derive(Default)]
 struct Tenant {
     databases: BTreeMap<String, Arc<Database>>,
+    /// Databases that did not recover at start (say a damaged snapshot the log cannot
+    /// replace): their uid and why. They are not served; requests get the reason.
+    refused: BTreeMap<String, (u64, String)>,
 }
 
 /// A running node's state.
@@ -216,10 +221,26 @@ impl Node {
         for def in defs {
             let started = Instant::now();
             let (tenant, name) = (def.tenant.clone(), def.spec.name.clone());
-            let (db, replayed) = Database::recover(def, self.log.clone()).inspect_err(|e| {
-                tracing::error!(tenant = %tenant, database = %name, error = %e,
-                    "the database cannot be recovered; the node does not start");
-            })?;
+            let uid = def.uid;
+            let (db, replayed) = match Database::recover(def, self.log.clone()) {
+                Ok(recovered) => recovered,
+                Err(e) => {
+                    // Never serve what may be wrong: this database stays down, with the
+                    // reason, and the node serves the others.
+                    tracing::error!(
+                        tenant = %tenant,
+                        database = %name,
+                        error = %e,
+                        "database not started: it could not be recovered"
+                    );
+                    tenants
+                        .entry(tenant)
+                        .or_default()
+                        .refused
+                        .insert(name, (uid, e.to_string()));
+                    continue;
+                }
+            };
             // Count its stored bytes now, before any write can race the count.
             db.stored_bytes()?;
             let secs = started.elapsed().as_secs_f64();
@@ -379,7 +400,7 @@ impl Node {
         let owner = tenants
             .get_mut(tenant)
             .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
-        if owner.databases.contains_key(&spec.name) {
+        if owner.databases.contains_key(&spec.name) || owner.refused.contains_key(&spec.name) {
             return Err(Error::AlreadyExists(format!("database '{}'", spec.name)));
         }
         let uid = self
@@ -418,6 +439,11 @@ impl Node {
         let owner = tenants
             .get(tenant)
             .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
+        if let Some((_, reason)) = owner.refused.get(name) {
+            return Err(Error::Unavailable(format!(
+                "database '{name}' was not started: {reason}"
+            )));
+        }
         owner
             .databases
             .get(name)
@@ -431,17 +457,24 @@ impl Node {
         let owner = tenants
             .get_mut(tenant)
             .ok_or_else(|| Error::NotFound(format!("tenant '{tenant}'")))?;
-        let db = owner
-            .databases
-            .remove(name)
-            .ok_or_else(|| Error::NotFound(format!("database '{name}'")))?;
+        // A database refused at start can be deleted too (its files go with it).
+        let uid = match owner.databases.remove(name) {
+            Some(db) => db.def.uid,
+            None => {
+                owner
+                    .refused
+                    .remove(name)
+                    .ok_or_else(|| Error::NotFound(format!("database '{name}'")))?
+                    .0
+            }
+        };
         self.config
             .remove(db_key(tenant, name))
             .map_err(crate::log::LogError::from)?;
         // The definition goes first and durably: a crash after it leaves a log
         // directory that the next start removes, never a definition without its log.
         self.flush_config()?;
-        self.log.delete_database(db.def.uid)?;
+        self.log.delete_database(uid)?;
         Ok(())
     }
 

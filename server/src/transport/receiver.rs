@@ -114,6 +114,10 @@ struct Incoming {
     bad: bool,
     hasher: xxhash_rust::xxh3::Xxh3,
     started: std::time::Instant,
+    /// What the snapshot's records depend on in other databases (a `Depends` for
+    /// [`wire::SNAPSHOT_TXN`] before its `SnapshotBegin`): it is installed only once the
+    /// gates hold them, as a transaction would be (SPEC D3).
+    deps: Option<Vec<wire::Dependency>>,
 }
 
 impl Incoming {
@@ -940,6 +944,7 @@ impl<'a> Applier<'a> {
             bad: false,
             hasher: xxhash_rust::xxh3::Xxh3::new(),
             started: std::time::Instant::now(),
+            deps: for_txn(&mut self.depends, wire::SNAPSHOT_TXN),
         });
         Ok(())
     }
@@ -967,6 +972,22 @@ impl<'a> Applier<'a> {
             return ask_snapshot(self.tx, "the snapshot arrived damaged").await;
         }
         let (bytes, transfer, serial) = (s.size, s.started.elapsed(), s.serial);
+        let mut s = s;
+        // An interrelated snapshot becomes visible only with what its records depend on
+        // (nothing is confirmed meanwhile: what the replica held before the snapshot is
+        // not of the stream it is joining).
+        if let Some(deps) = s.deps.take() {
+            self.repl
+                .target
+                .gates
+                .hold(
+                    &self.reg.link,
+                    &self.reg.source_node,
+                    &self.reg.tenant,
+                    &deps,
+                )
+                .await;
+        }
         let installing = std::time::Instant::now();
         self.repl
             .target
@@ -1194,6 +1215,7 @@ mod tests {
             bad: false,
             hasher: xxhash_rust::xxh3::Xxh3::new(),
             started: std::time::Instant::now(),
+            deps: None,
         }
     }
 

@@ -205,8 +205,24 @@ async fn send_live<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(),
 async fn send_snapshot<W: AsyncWrite + Unpin>(
     db: &Database,
     wr: &mut W,
+    deps: Option<impl FnOnce(&crate::store::Store) -> Result<Vec<wire::Dependency>, String>>,
 ) -> Result<(u64, u64), String> {
     let (frozen, serial, next_txn) = db.freeze();
+    if let Some(deps) = deps {
+        // What the frozen records depend on in other databases goes first, so the
+        // replica installs the snapshot only once those are there (SPEC D3).
+        let deps = deps(&frozen)?;
+        if !deps.is_empty() {
+            send(
+                wr,
+                &wire::single(&Msg::Depends {
+                    txn: wire::SNAPSHOT_TXN,
+                    deps,
+                }),
+            )
+            .await?;
+        }
+    }
     let (layout, blocks) = frozen.snapshot_parts();
     let layout_bytes = postcard::to_allocvec(&layout).map_err(|e| e.to_string())?;
     let size: u64 = blocks.iter().map(|b| b.as_bytes().len() as u64).sum();
@@ -282,7 +298,9 @@ async fn session(
     let window = match start {
         None => {
             tracing::info!(link = %def.id, replica_serial = peer.last, source_serial = last, "bootstrapping the replica from a snapshot");
-            let serial = bootstrap(repl, link, &def, &db, &mut stages.chain, &mut wr).await?;
+            let rules = (!stages.rules.is_empty()).then_some(&mut stages.rules[..]);
+            let serial =
+                bootstrap(repl, link, &def, &db, &mut stages.chain, rules, &mut wr).await?;
             link.status.lock().started_at = None;
             // Nothing is confirmed until the replica confirms the snapshot's serial.
             Window::new(serial + 1, 0)
@@ -414,19 +432,27 @@ fn continue_from(peer: &Peer, last: u64, oldest: Option<u64>, mirror: bool) -> O
 
 /// Send the replica a snapshot (a frozen copy of the store, or of its records through
 /// the stages for a logical link): the serial it will stand at.
+#[allow(clippy::too_many_arguments)]
 async fn bootstrap<W: AsyncWrite + Unpin>(
     repl: &Replication,
     link: &LinkHandle,
     def: &LinkDef,
     db: &Database,
     chain: &mut crate::plugins::Chain,
+    rules: Option<&mut [crate::plugins::Stage]>,
     wr: &mut W,
 ) -> Result<u64, String> {
     link.status.lock().state = LinkState::Bootstrapping;
     let serial = if def.spec.options.apply == Apply::Logical {
         send_logical_snapshot(repl, link, def, db, chain, wr).await?
     } else {
-        let (serial, bytes) = send_snapshot(db, wr).await?;
+        let deps = rules.map(|rules| {
+            let sources = interrelation::Sources::new(repl.node.clone(), &def.tenant, db);
+            move |store: &crate::store::Store| {
+                snapshot_depends(repl, link, def, rules, sources, store)
+            }
+        });
+        let (serial, bytes) = send_snapshot(db, wr, deps).await?;
         link.status.lock().bytes_sent += bytes;
         serial
     };
@@ -1139,6 +1165,90 @@ pub(super) fn interrelate(
         &rejected,
         "shipped without this record's interrelation",
     )?;
+    Ok(deps)
+}
+
+/// What the records of a frozen store (a bootstrap snapshot of a link with interrelation
+/// rules) depend on in other databases: the rules run over every record, in batches, as
+/// they would over the transactions that wrote them. Each dependency is on the other
+/// database as it stands now, after the freeze (`before_us` the commit clock at the
+/// freeze): coarser than each record's own, which is always safe. A record a rule
+/// complains about is shipped all the same (the stream's rule errors are dead letters
+/// of transactions; a snapshot has none to name), with a warning.
+fn snapshot_depends(
+    repl: &Replication,
+    link: &LinkHandle,
+    def: &LinkDef,
+    rules: &mut [crate::plugins::Stage],
+    mut sources: interrelation::Sources,
+    store: &crate::store::Store,
+) -> Result<Vec<wire::Dependency>, String> {
+    let frozen_us = crate::txn::clock::last_us();
+    let schema = store.schema().clone();
+    let mut deps: Vec<wire::Dependency> = Vec::new();
+    let mut run = |records: &mut Vec<OwnedRecord>| -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = doppel_sdk::abi::BatchBuilder::new();
+        for r in records.iter() {
+            batch.push(r);
+        }
+        throttle(repl, def);
+        let started = Instant::now();
+        let result = net::blocking(|| {
+            interrelation::depends(rules, &mut sources, &def.spec.database, records, &batch)
+        });
+        charge(repl, link, def, started.elapsed());
+        let (found, errors) = result.map_err(|e| e.to_string())?;
+        if let Some(e) = errors.first() {
+            tracing::warn!(link = %def.id, plugin = %e.plugin, error = %e.message, complaints = errors.len(), "an interrelation rule complained about records of a bootstrap snapshot; they are shipped");
+        }
+        for dep in found {
+            match deps.iter_mut().find(|d| d.database == dep.database) {
+                Some(d) => d.serial = d.serial.max(dep.serial),
+                None => deps.push(wire::Dependency {
+                    before_us: frozen_us,
+                    ..dep
+                }),
+            }
+        }
+        records.clear();
+        Ok(())
+    };
+    let mut records: Vec<OwnedRecord> = Vec::with_capacity(SNAPSHOT_RECORDS);
+    for (table, file) in schema.files.iter().enumerate() {
+        if file.name == versions::VERSIONS_FILE {
+            continue;
+        }
+        let mut scanned = Vec::new();
+        store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
+            scanned.push(OwnedRecord {
+                op: doppel_sdk::abi::Op::Insert,
+                origin: repl.origin(),
+                timestamp: frozen_us,
+                file: file.name.clone(),
+                key: String::from_utf8_lossy(r.key).into_owned(),
+                data: r.data.to_vec(),
+                alt: r
+                    .alts()
+                    .filter_map(|(i, v)| {
+                        let name = file.alt_keys.get(i as usize)?;
+                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .collect(),
+                ..OwnedRecord::default()
+            });
+            true
+        });
+        for record in scanned {
+            records.push(record);
+            if records.len() == SNAPSHOT_RECORDS {
+                run(&mut records)?;
+            }
+        }
+    }
+    run(&mut records)?;
     Ok(deps)
 }
 

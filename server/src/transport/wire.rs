@@ -49,6 +49,11 @@ pub struct Hello {
 /// database's serial when the dependency was taken, so a replica that has applied it
 /// has everything needed (and more); a transmission-completion watermark can show it
 /// sooner. See `transport::interrelation`.
+/// The transaction number a `Depends` names when it is for the bootstrap snapshot that
+/// follows it (no transaction has number 0): the snapshot's records' dependencies, as of
+/// its freeze. A receiver from before this drops it unused.
+pub const SNAPSHOT_TXN: u64 = 0;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
     pub database: String,

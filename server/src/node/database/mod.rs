@@ -198,6 +198,42 @@ struct State {
     positions: BTreeMap<u64, u64>,
 }
 
+/// What [`Database::load`] rebuilt from a snapshot and the log.
+struct Loaded {
+    store: Store,
+    seq: Sequencer,
+    snapshot_serial: u64,
+    replayed: u64,
+    /// Snapshots that failed their checksums or could not be read: (serial, reason).
+    damaged: Vec<(u64, String)>,
+}
+
+impl Loaded {
+    /// The refusal when snapshots were damaged and the log did not reach the newest of
+    /// them: anything less would serve older data than was acknowledged.
+    fn short_of_damaged(&self, name: &str) -> Option<Error> {
+        let (newest, _) = self.damaged.first()?;
+        let last = self.seq.last_serial;
+        if last >= *newest {
+            return None;
+        }
+        let from = match self.snapshot_serial {
+            0 => "the log alone (no older snapshot reads)".to_string(),
+            s => format!("the older snapshot at serial {s} with the log after it"),
+        };
+        let reasons: Vec<String> = self
+            .damaged
+            .iter()
+            .map(|(serial, reason)| format!("snapshot {serial} is damaged ({reason})"))
+            .collect();
+        Some(Error::Unavailable(format!(
+            "database '{name}' cannot be recovered without losing updates: {}; \
+             {from} reaches only serial {last}, short of serial {newest}",
+            reasons.join("; ")
+        )))
+    }
+}
+
 /// A live database.
 pub struct Database {
     pub def: DatabaseDef,
@@ -266,36 +302,82 @@ impl Database {
 
     /// Rebuild a database from its latest snapshot plus the log after it (SPEC B5).
     /// Returns it with the number of log entries replayed.
+    ///
+    /// A snapshot that fails its checksums (or cannot be read at all) is named in an
+    /// error in the node's log, and recovery tries the next older one (or none) with the
+    /// log after it. That is only good if the replay then reaches every damaged
+    /// snapshot's serial: anything less would serve older data than was acknowledged, so
+    /// the database is refused instead, with the reason. Once recovered, the damaged
+    /// snapshots leave the listing and their files are kept in the shard's
+    /// `damaged-snapshots` folder.
     pub fn recover(def: DatabaseDef, log: Arc<LogStore>) -> Result<(Database, u64)> {
         // A snapshot a crash interrupted has parts and no metadata: space only.
         log.drop_unfinished_snapshots(def.uid)?;
-        let (store, seq, snapshot_serial, replayed) = Self::load(&def, &log)?;
-        log.drop_torn_tail(def.uid, seq.last_serial)?;
+        let name = def.spec.name.clone();
+        let loaded = Self::load(&def, &log)?;
+        let last = loaded.seq.last_serial;
+        if let Some(refusal) = loaded.short_of_damaged(&name) {
+            return Err(refusal);
+        }
+        log.drop_torn_tail(def.uid, last)?;
+        for (serial, _) in &loaded.damaged {
+            let kept = log.set_aside_snapshot(def.uid, *serial)?;
+            tracing::warn!(
+                tenant = %def.tenant,
+                database = %name,
+                snapshot = serial,
+                recovered_from = loaded.snapshot_serial,
+                serial = last,
+                kept_at = ?kept,
+                "recovered without a damaged snapshot; its files are kept for inspection"
+            );
+        }
         Ok((
-            Self::with_state(def, log, store, seq, snapshot_serial),
-            replayed,
+            Self::with_state(def, log, loaded.store, loaded.seq, loaded.snapshot_serial),
+            loaded.replayed,
         ))
     }
 
-    /// The store and sequencer as database `def`'s latest snapshot and the log after it
-    /// hold them, with the snapshot's serial and the number of log entries replayed.
-    fn load(def: &DatabaseDef, log: &LogStore) -> Result<(Store, Sequencer, u64, u64)> {
-        let snapshot = log.snapshots(def.uid)?.pop();
-        let (mut store, mut seq, snapshot_serial) = match &snapshot {
-            Some(meta) => {
-                let blocks = log.snapshot_block_list(def.uid, meta)?;
+    /// The store and sequencer as database `def`'s newest readable snapshot and the log
+    /// after it hold them (see [`Self::recover`] for damaged snapshots).
+    fn load(def: &DatabaseDef, log: &LogStore) -> Result<Loaded> {
+        let name = &def.spec.name;
+        let mut damaged: Vec<(u64, String)> = Vec::new();
+        let mut base = None;
+        for (serial, meta) in log.snapshot_list(def.uid)?.into_iter().rev() {
+            let loaded = meta.map_err(Error::from).and_then(|meta| {
+                let blocks = log.snapshot_block_list(def.uid, &meta)?;
                 let store = Store::from_snapshot_blocks(
                     meta.layout.clone(),
                     def.spec.memory_quota_bytes,
                     blocks,
                 )
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-                (
-                    store,
-                    Sequencer::new(meta.serial, meta.next_txn),
-                    meta.serial,
-                )
+                .map_err(|e| Error::Unavailable(format!("snapshot {serial}: {e}")))?;
+                Ok((store, meta))
+            });
+            match loaded {
+                Ok(loaded) => {
+                    base = Some(loaded);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        tenant = %def.tenant,
+                        database = %name,
+                        snapshot = serial,
+                        error = %e,
+                        "a snapshot is damaged; recovering from the older snapshot and the log"
+                    );
+                    damaged.push((serial, e.to_string()));
+                }
             }
+        }
+        let (mut store, seq, snapshot_serial) = match base {
+            Some((store, meta)) => (
+                store,
+                Sequencer::new(meta.serial, meta.next_txn),
+                meta.serial,
+            ),
             None => (
                 Store::new(
                     def.spec.schema(),
@@ -321,8 +403,13 @@ impl Database {
             }
             Ok(())
         })?;
-        seq = Sequencer::new(last, seq.next_txn.max(max_txn + 1));
-        Ok((store, seq, snapshot_serial, replayed))
+        Ok(Loaded {
+            store,
+            seq: Sequencer::new(last, seq.next_txn.max(max_txn + 1)),
+            snapshot_serial,
+            replayed,
+            damaged,
+        })
     }
 
     /// Run `append`, which writes to the log what was just applied to `state`'s store.
@@ -339,11 +426,17 @@ impl Database {
         };
         tracing::error!(database = %self.name(), error = %failed,
             "log append failed; rebuilding the database from its snapshot and log");
-        match Self::load(&self.def, &self.log) {
-            Ok((store, seq, snapshot_serial, _)) => {
-                state.store = store;
-                state.seq = seq;
-                state.snapshot_serial = snapshot_serial;
+        let rebuilt = Self::load(&self.def, &self.log).and_then(|loaded| {
+            match loaded.short_of_damaged(self.name()) {
+                Some(refusal) => Err(refusal),
+                None => Ok(loaded),
+            }
+        });
+        match rebuilt {
+            Ok(loaded) => {
+                state.store = loaded.store;
+                state.seq = loaded.seq;
+                state.snapshot_serial = loaded.snapshot_serial;
             }
             Err(e) => tracing::error!(database = %self.name(), error = %e,
                 "the database could not be rebuilt from its log; restart the node"),
