@@ -351,3 +351,29 @@ impl DeadLetters {
         super::spool::remove_prefix(&self.tree, &prefix(link))
     }
 }
+
+/// A record of a frozen copy (a bootstrap's snapshot) as an insert of `file`, numbered
+/// `serial`, its alternate keys by name.
+pub fn stored_record(
+    origin: u64,
+    serial: u64,
+    file: &crate::store::FileSchema,
+    r: crate::store::RecordRef<'_>,
+) -> OwnedRecord {
+    OwnedRecord {
+        op: RecordOp::Insert,
+        origin,
+        serial,
+        file: file.name.clone(),
+        key: String::from_utf8_lossy(r.key).into_owned(),
+        data: r.data.to_vec(),
+        alt: r
+            .alts()
+            .filter_map(|(i, v)| {
+                let name = file.alt_keys.get(i as usize)?;
+                Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
+            })
+            .collect(),
+        ..OwnedRecord::default()
+    }
+}

@@ -57,9 +57,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
@@ -249,15 +250,53 @@ struct RowDoc<'a> {
     columns: Vec<(Cow<'a, str>, Cow<'a, str>, Value)>,
 }
 
+/// What one statement writes: upserts or deletes of a table's rows with these columns.
+/// Rows of one shape share it (one allocation per file and operation, not per row).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    delete: bool,
+    table: String,
+    key: Vec<String>,
+    /// Where each key column is in `columns`.
+    key_at: Vec<usize>,
+    columns: Vec<(String, PgType)>,
+}
+
+impl Shape {
+    /// None when a key column is not among the columns.
+    fn new(
+        delete: bool,
+        table: String,
+        key: Vec<String>,
+        columns: Vec<(String, PgType)>,
+    ) -> Option<Shape> {
+        let key_at = key
+            .iter()
+            .map(|k| columns.iter().position(|(n, _)| n == k))
+            .collect::<Option<Vec<usize>>>()?;
+        Some(Shape {
+            delete,
+            table,
+            key,
+            key_at,
+            columns,
+        })
+    }
+
+    /// Whether a binary `COPY` can send rows of this shape (every column's type).
+    fn copied(&self) -> Option<Vec<Type>> {
+        self.columns.iter().map(|(_, t)| t.copied()).collect()
+    }
+}
+
 /// One row operation: what the row-mapping stage made of one source record.
 #[derive(Debug, Clone)]
 struct Row {
-    delete: bool,
+    shape: Arc<Shape>,
     /// The source record was an insert: its key was new at the source.
     insert: bool,
-    table: String,
-    key: Vec<String>,
-    columns: Vec<(String, PgType, Value)>,
+    /// One value per column of the shape.
+    values: Vec<Value>,
     /// The source record's serial (its dead letter finds the source record by it).
     serial: u64,
 }
@@ -282,73 +321,77 @@ impl Row {
             return Err(not_row("no key columns"));
         }
         let key: Vec<String> = doc.key.into_iter().map(Cow::into_owned).collect();
+        let delete = r.op == RecordOp::Delete;
         let mut columns = Vec::with_capacity(doc.columns.len());
+        let mut values = Vec::with_capacity(doc.columns.len());
         for (name, ty, v) in doc.columns {
             check_ident("column", &name)?;
             let ty = PgType::parse(&ty)
                 .ok_or_else(|| format!("column '{name}': unknown type '{ty}'"))?;
-            columns.push((name.into_owned(), ty, v));
+            if delete && !key.iter().any(|k| *k == name) {
+                continue;
+            }
+            columns.push((name.into_owned(), ty));
+            values.push(v);
         }
-        let table = doc.table.into_owned();
         for k in &key {
-            if !columns.iter().any(|(n, _, v)| n == k && !v.is_null()) {
+            let present = columns
+                .iter()
+                .zip(&values)
+                .any(|((n, _), v)| n == k && !v.is_null());
+            if !present {
                 return Err(not_row(&format!("key column '{k}' has no value")));
             }
         }
-        let delete = r.op == RecordOp::Delete;
-        if delete {
-            columns.retain(|(n, _, _)| key.contains(n));
-        }
+        let shape = Shape::new(delete, doc.table.into_owned(), key, columns)
+            .expect("every key column was found above");
         Ok(Row {
-            delete,
+            shape: Arc::new(shape),
             insert: r.op == RecordOp::Insert,
-            table,
-            key,
-            columns,
+            values,
             serial: r.serial,
         })
     }
 
-    /// A source record as the host maps it with the built-in json-columns ([`Native`]).
-    fn mapped(m: json_columns::Mapped<'_>, r: &OwnedRecord) -> Row {
-        Row {
-            delete: r.op == RecordOp::Delete,
-            insert: r.op == RecordOp::Insert,
-            table: m.table.to_owned(),
-            key: vec![m.key.to_owned()],
-            columns: m
-                .columns
-                .into_iter()
-                .map(|(n, t, v)| (n.to_owned(), t, v))
-                .collect(),
-            serial: r.serial,
-        }
-    }
-
-    /// The table and key values: rows with the same identity are the same PostgreSQL row.
-    fn identity(&self) -> String {
-        let mut id = self.table.clone();
-        for k in &self.key {
-            if let Some((_, _, v)) = self.columns.iter().find(|(n, _, _)| n == k) {
-                id.push('\0');
-                id.push_str(&v.to_string());
+    /// The table and key values: rows with the same identity are the same PostgreSQL
+    /// row. A single text key is borrowed, not copied.
+    fn identity(&self) -> (&str, Cow<'_, str>) {
+        let key = match self.shape.key_at.as_slice() {
+            [at] => match &self.values[*at] {
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                v => Cow::Owned(v.to_string()),
+            },
+            many => {
+                let mut id = String::new();
+                for at in many {
+                    id.push('\0');
+                    id.push_str(&self.values[*at].to_string());
+                }
+                Cow::Owned(id)
             }
-        }
-        id
+        };
+        (&self.shape.table, key)
     }
 
-    /// Column names and types: rows with the same shape share a statement.
-    fn shape(&self) -> Vec<(String, PgType)> {
-        self.columns
+    /// The column names, types and values.
+    fn columns(&self) -> impl Iterator<Item = (&str, PgType, &Value)> {
+        self.shape
+            .columns
             .iter()
-            .map(|(n, t, _)| (n.clone(), *t))
-            .collect()
+            .zip(&self.values)
+            .map(|((n, t), v)| (n.as_str(), *t, v))
     }
 }
 
-/// One column's values for a statement, as the array parameter of its type.
-enum Values {
-    Text(Vec<Option<String>>),
+/// A value that does not fit its column: the row's error, naming the column.
+fn clash(name: &str, ty: PgType, v: &Value) -> String {
+    format!("column '{name}': {v} is not a {}", ty.sql())
+}
+
+/// One column's values for a statement, as the array parameter of its type; text is
+/// borrowed from the rows.
+enum Values<'a> {
+    Text(Vec<Option<&'a str>>),
     Jsonb(Vec<Option<JsonText>>),
     Bigint(Vec<Option<i64>>),
     Double(Vec<Option<f64>>),
@@ -356,9 +399,9 @@ enum Values {
     Bytea(Vec<Option<Vec<u8>>>),
 }
 
-impl Values {
+impl<'a> Values<'a> {
     /// Empty, with room for `n` values.
-    fn new(ty: PgType, n: usize) -> Values {
+    fn new(ty: PgType, n: usize) -> Values<'a> {
         match ty {
             PgType::Text | PgType::Timestamptz => Values::Text(Vec::with_capacity(n)),
             PgType::Jsonb => Values::Jsonb(Vec::with_capacity(n)),
@@ -370,13 +413,12 @@ impl Values {
     }
 
     /// Add one value; a value that does not fit is the row's error, naming the column.
-    fn push(&mut self, name: &str, ty: PgType, v: &Value) -> Result<(), String> {
-        let clash = || format!("column '{name}': {v} is not a {}", ty.sql());
+    fn push(&mut self, name: &str, ty: PgType, v: &'a Value) -> Result<(), String> {
         match self {
             Values::Text(out) => out.push(match v {
                 Value::Null => None,
-                Value::String(s) => Some(s.clone()),
-                _ => return Err(clash()),
+                Value::String(s) => Some(s.as_str()),
+                _ => return Err(clash(name, ty, v)),
             }),
             Values::Jsonb(out) => out.push(match v {
                 Value::Null => None,
@@ -384,24 +426,20 @@ impl Values {
             }),
             Values::Bigint(out) => out.push(match v {
                 Value::Null => None,
-                v => Some(v.as_i64().ok_or_else(clash)?),
+                v => Some(v.as_i64().ok_or_else(|| clash(name, ty, v))?),
             }),
             Values::Double(out) => out.push(match v {
                 Value::Null => None,
-                v => Some(v.as_f64().ok_or_else(clash)?),
+                v => Some(v.as_f64().ok_or_else(|| clash(name, ty, v))?),
             }),
             Values::Boolean(out) => out.push(match v {
                 Value::Null => None,
-                v => Some(v.as_bool().ok_or_else(clash)?),
+                v => Some(v.as_bool().ok_or_else(|| clash(name, ty, v))?),
             }),
             Values::Bytea(out) => out.push(match v {
                 Value::Null => None,
-                Value::String(s) => Some(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(|_| format!("column '{name}': bytea travels as base64"))?,
-                ),
-                _ => return Err(clash()),
+                Value::String(s) => Some(bytea(name, s)?),
+                _ => return Err(clash(name, ty, v)),
             }),
         }
         Ok(())
@@ -417,17 +455,188 @@ impl Values {
             Values::Bytea(v) => v,
         }
     }
+}
 
-    /// Row `i`'s value, as a binary `COPY` sends it.
-    fn item(&self, i: usize) -> &(dyn ToSql + Sync) {
-        match self {
-            Values::Text(v) => &v[i],
-            Values::Jsonb(v) => &v[i],
-            Values::Bigint(v) => &v[i],
-            Values::Double(v) => &v[i],
-            Values::Boolean(v) => &v[i],
-            Values::Bytea(v) => &v[i],
+/// A bytea value: it travels as base64.
+fn bytea(name: &str, s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| format!("column '{name}': bytea travels as base64"))
+}
+
+/// How big the pieces of a binary `COPY`'s data are (each is one message to PostgreSQL,
+/// which starts on the first while the next is sent). Small enough that the allocator
+/// serves each piece from memory it reuses: 256 KiB pieces were mimalloc's large
+/// objects, fresh pages every time (a quarter of the node's samples zeroing them).
+const COPY_CHUNK: usize = 64 << 10;
+
+/// Rows `members` of one shape as the data of a binary `COPY` (header, a tuple per row,
+/// trailer), in pieces of about [`COPY_CHUNK`]; Err naming the column when a value
+/// does not fit. Written straight from the rows' values: no column arrays, no
+/// per-value calls through `ToSql`.
+fn copy_data(rows: &[Row], members: &[usize]) -> Result<Vec<Bytes>, String> {
+    let mut chunks = Vec::new();
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + (COPY_CHUNK >> 2));
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0);
+    buf.put_i32(0);
+    for &i in members {
+        let row = &rows[i];
+        buf.put_i16(row.values.len() as i16);
+        for (name, ty, v) in row.columns() {
+            put_value(&mut buf, name, ty, v)?;
         }
+        if buf.len() >= COPY_CHUNK {
+            chunks.push(buf.split().freeze());
+            buf.reserve(COPY_CHUNK + (COPY_CHUNK >> 2));
+        }
+    }
+    buf.put_i16(-1);
+    chunks.push(buf.freeze());
+    Ok(chunks)
+}
+
+/// One field of a binary `COPY` tuple: its length (-1 for null), then the value in the
+/// type's binary form.
+fn put_value(buf: &mut BytesMut, name: &str, ty: PgType, v: &Value) -> Result<(), String> {
+    if v.is_null() {
+        buf.put_i32(-1);
+        return Ok(());
+    }
+    let fixed = |buf: &mut BytesMut, len: i32| buf.put_i32(len);
+    match ty {
+        PgType::Text => {
+            let Value::String(s) = v else {
+                return Err(clash(name, ty, v));
+            };
+            put_len(buf, s.len())?;
+            buf.put_slice(s.as_bytes());
+        }
+        PgType::Bigint => {
+            let n = v.as_i64().ok_or_else(|| clash(name, ty, v))?;
+            fixed(buf, 8);
+            buf.put_i64(n);
+        }
+        PgType::Double => {
+            let n = v.as_f64().ok_or_else(|| clash(name, ty, v))?;
+            fixed(buf, 8);
+            buf.put_f64(n);
+        }
+        PgType::Boolean => {
+            let b = v.as_bool().ok_or_else(|| clash(name, ty, v))?;
+            fixed(buf, 1);
+            buf.put_u8(b as u8);
+        }
+        PgType::Jsonb => {
+            // jsonb's binary form: a version byte, then the text.
+            let at = buf.len();
+            buf.put_i32(0);
+            buf.put_u8(1);
+            serde_json::to_writer((&mut *buf).writer(), v).map_err(|e| e.to_string())?;
+            let len = i32::try_from(buf.len() - at - 4).map_err(|_| too_big(name))?;
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        PgType::Bytea => {
+            let Value::String(s) = v else {
+                return Err(clash(name, ty, v));
+            };
+            let bytes = bytea(name, s)?;
+            put_len(buf, bytes.len())?;
+            buf.put_slice(&bytes);
+        }
+        PgType::Timestamptz => {
+            return Err(format!(
+                "column '{name}': timestamptz is not sent by COPY (its text is cast)"
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn put_len(buf: &mut BytesMut, len: usize) -> Result<(), String> {
+    buf.put_i32(i32::try_from(len).map_err(|_| "a value over 2 GiB".to_string())?);
+    Ok(())
+}
+
+fn too_big(name: &str) -> String {
+    format!("column '{name}': a value over 2 GiB")
+}
+
+/// The statements a set of rows becomes: the last operation of each key, grouped by
+/// shape in the order each shape first appears. Pure computation, so a group's plan
+/// (and its `COPY` data) is made while the previous group commits.
+struct Plan {
+    statements: Vec<Planned>,
+}
+
+struct Planned {
+    shape: Arc<Shape>,
+    /// The rows it writes (indexes into the rows).
+    members: Vec<usize>,
+    /// For keys inserted at the source (new in PostgreSQL too, by exactly once), at
+    /// least [`COPY_MIN_ROWS`] of a shape a `COPY` can send: the `COPY`'s data, or why
+    /// a value does not fit.
+    copy: Option<Result<Vec<Bytes>, String>>,
+}
+
+impl Plan {
+    fn of(rows: &[Row]) -> Plan {
+        // The last operation of each key, and whether its first one here inserted it.
+        let mut last: HashMap<(&str, Cow<'_, str>), (usize, bool)> =
+            HashMap::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            last.entry(r.identity())
+                .and_modify(|(at, _)| *at = i)
+                .or_insert((i, r.insert));
+        }
+        let mut keep: Vec<Option<bool>> = vec![None; rows.len()];
+        for (at, inserted) in last.into_values() {
+            keep[at] = Some(inserted);
+        }
+        // Consecutive rows mostly share a shape, which is checked without hashing it.
+        let mut statements: Vec<(Planned, bool)> = Vec::new();
+        let mut index: HashMap<Arc<Shape>, usize> = HashMap::new();
+        let mut current: Option<usize> = None;
+        for (i, r) in rows.iter().enumerate() {
+            let Some(inserted) = keep[i] else {
+                continue;
+            };
+            let same = |g: &usize| {
+                let s = &statements[*g].0.shape;
+                Arc::ptr_eq(s, &r.shape) || **s == *r.shape
+            };
+            let at = match current.filter(same) {
+                Some(g) => g,
+                None => *index.entry(r.shape.clone()).or_insert_with(|| {
+                    statements.push((
+                        Planned {
+                            shape: r.shape.clone(),
+                            members: Vec::new(),
+                            copy: None,
+                        },
+                        true,
+                    ));
+                    statements.len() - 1
+                }),
+            };
+            current = Some(at);
+            statements[at].0.members.push(i);
+            statements[at].1 &= inserted;
+        }
+        let statements = statements
+            .into_iter()
+            .map(|(mut p, fresh)| {
+                if fresh
+                    && !p.shape.delete
+                    && p.members.len() >= COPY_MIN_ROWS
+                    && p.shape.copied().is_some()
+                {
+                    p.copy = Some(copy_data(rows, &p.members));
+                }
+                p
+            })
+            .collect();
+        Plan { statements }
     }
 }
 
@@ -483,9 +692,6 @@ fn broken(e: tokio_postgres::Error) -> String {
         Fault::Refused(m) | Fault::Broken(m) => m,
     }
 }
-
-/// What one statement writes: (delete, table, shape, key columns).
-type Statement = (bool, String, Vec<(String, PgType)>, Vec<String>);
 
 /// The target's tables as this session knows them, and how to write rows into them.
 struct Tables {
@@ -573,84 +779,60 @@ impl Tables {
         Ok(())
     }
 
-    /// Apply rows as few statements: the last operation of each key, upserts and deletes
-    /// per table and shape. Err on the first refusal (the caller rolls back).
-    async fn apply_set(&mut self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), Fault> {
-        let ids: Vec<String> = rows.iter().map(Row::identity).collect();
-        // The last operation of each key, and whether its first one here inserted it.
-        let mut last: HashMap<&str, (usize, bool)> = HashMap::with_capacity(rows.len());
-        for (i, id) in ids.iter().enumerate() {
-            last.entry(id.as_str())
-                .and_modify(|(at, _)| *at = i)
-                .or_insert((i, rows[i].insert));
-        }
-        // Statements and the rows of each, in the order each first appears; consecutive
-        // rows mostly share one, which is checked without building its key.
-        let mut groups: Vec<(Statement, Vec<usize>)> = Vec::new();
-        let mut fresh: Vec<bool> = Vec::new();
-        let mut index: HashMap<Statement, usize> = HashMap::new();
-        let mut current: Option<usize> = None;
-        for (i, r) in rows.iter().enumerate() {
-            let Some(&(_, inserted)) = last.get(ids[i].as_str()).filter(|(at, _)| *at == i) else {
-                continue;
-            };
-            let at = match current.filter(|&g| same_statement(&groups[g].0, r)) {
-                Some(g) => g,
-                None => {
-                    let g = (r.delete, r.table.clone(), r.shape(), r.key.clone());
-                    *index.entry(g.clone()).or_insert_with(|| {
-                        groups.push((g, Vec::new()));
-                        fresh.push(true);
-                        groups.len() - 1
-                    })
+    /// Apply rows as few statements ([`Plan`]: the last operation of each key, upserts
+    /// and deletes per table and shape, new keys by `COPY`). Err on the first refusal
+    /// (the caller rolls back).
+    async fn apply_set(
+        &mut self,
+        tx: &Transaction<'_>,
+        rows: &[Row],
+        plan: &Plan,
+    ) -> Result<(), Fault> {
+        for Planned {
+            shape,
+            members,
+            copy,
+        } in &plan.statements
+        {
+            self.ensure(tx, &shape.table, &shape.key, &shape.columns)
+                .await?;
+            // Keys inserted at the source are new here too (exactly once): a binary COPY
+            // writes them, much cheaper than an upsert. Should one exist after all (rows
+            // written before the link, a failover's replay), it is the upsert again.
+            if let Some(copy) = copy {
+                let data = copy.as_ref().map_err(|why| Fault::Refused(why.clone()))?;
+                tx.batch_execute("SAVEPOINT doppel_copy")
+                    .await
+                    .map_err(fault)?;
+                match self.copy(tx, shape, data).await {
+                    Ok(()) => {
+                        tx.batch_execute("RELEASE SAVEPOINT doppel_copy")
+                            .await
+                            .map_err(fault)?;
+                        continue;
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT doppel_copy")
+                            .await
+                            .map_err(fault)?;
+                    }
+                    Err(e) => return Err(fault(e)),
                 }
-            };
-            current = Some(at);
-            groups[at].1.push(i);
-            fresh[at] &= inserted;
-        }
-        for (((delete, table, shape, key), members), fresh) in groups.iter().zip(fresh) {
-            self.ensure(tx, table, key, shape).await?;
-            let mut values: Vec<Values> = shape
+            }
+            let mut values: Vec<Values<'_>> = shape
+                .columns
                 .iter()
                 .map(|(_, t)| Values::new(*t, members.len()))
                 .collect();
             for &i in members {
-                for ((name, ty, v), out) in rows[i].columns.iter().zip(values.iter_mut()) {
-                    out.push(name, *ty, v).map_err(Fault::Refused)?;
+                for ((name, ty, v), out) in rows[i].columns().zip(values.iter_mut()) {
+                    out.push(name, ty, v).map_err(Fault::Refused)?;
                 }
             }
-            // Keys inserted at the source are new here too (exactly once): a binary COPY
-            // writes them, much cheaper than an upsert. Should one exist after all (rows
-            // written before the link, a failover's replay), it is the upsert again.
-            if !*delete && fresh && members.len() >= COPY_MIN_ROWS {
-                if let Some(types) = shape.iter().map(|(_, t)| t.copied()).collect() {
-                    tx.batch_execute("SAVEPOINT doppel_copy")
-                        .await
-                        .map_err(fault)?;
-                    match self
-                        .copy(tx, table, shape, types, &values, members.len())
-                        .await
-                    {
-                        Ok(()) => {
-                            tx.batch_execute("RELEASE SAVEPOINT doppel_copy")
-                                .await
-                                .map_err(fault)?;
-                            continue;
-                        }
-                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                            tx.batch_execute("ROLLBACK TO SAVEPOINT doppel_copy")
-                                .await
-                                .map_err(fault)?;
-                        }
-                        Err(e) => return Err(fault(e)),
-                    }
-                }
-            }
-            let sql = if *delete {
-                delete_sql(&self.name(table), shape)
+            let sql = if shape.delete {
+                delete_sql(&self.name(&shape.table), &shape.columns)
             } else {
-                upsert_sql(&self.name(table), shape, key)
+                upsert_sql(&self.name(&shape.table), &shape.columns, &shape.key)
             };
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Values::param).collect();
             tx.execute(sql.as_str(), &params).await.map_err(fault)?;
@@ -658,43 +840,37 @@ impl Tables {
         Ok(())
     }
 
-    /// `n` rows of one shape by a binary `COPY` into the table.
+    /// Rows of one shape by a binary `COPY` into the table: the data [`copy_data`] made.
     async fn copy(
         &self,
         tx: &Transaction<'_>,
-        table: &str,
-        shape: &[(String, PgType)],
-        types: Vec<Type>,
-        values: &[Values],
-        n: usize,
+        shape: &Shape,
+        data: &[Bytes],
     ) -> Result<(), tokio_postgres::Error> {
-        let cols: Vec<String> = shape.iter().map(|(name, _)| quote(name)).collect();
+        let cols: Vec<String> = shape.columns.iter().map(|(name, _)| quote(name)).collect();
         let sink = tx
-            .copy_in(&format!(
+            .copy_in::<_, Bytes>(&format!(
                 "COPY {} ({}) FROM STDIN BINARY",
-                self.name(table),
+                self.name(&shape.table),
                 cols.join(", ")
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        tokio::pin!(writer);
-        let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len());
-        for i in 0..n {
-            row.clear();
-            row.extend(values.iter().map(|v| v.item(i)));
-            writer.as_mut().write(&row).await?;
+        tokio::pin!(sink);
+        for chunk in data {
+            sink.send(chunk.clone()).await?;
         }
-        writer.finish().await?;
+        sink.finish().await?;
         Ok(())
     }
 
-    /// Apply rows inside `tx`: all at once, or, when PostgreSQL refuses that, row by row
-    /// under savepoints. The refused rows (index, PostgreSQL's text); Err when the
-    /// connection or the server failed.
+    /// Apply rows inside `tx`: all at once (by `plan` when it was made beforehand), or,
+    /// when PostgreSQL refuses that, row by row under savepoints. The refused rows
+    /// (index, PostgreSQL's text); Err when the connection or the server failed.
     async fn apply(
         &mut self,
         tx: &Transaction<'_>,
         rows: &[Row],
+        plan: Option<&Plan>,
     ) -> Result<Vec<(usize, String)>, String> {
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -702,7 +878,15 @@ impl Tables {
         tx.batch_execute("SAVEPOINT doppel_rows")
             .await
             .map_err(broken)?;
-        match self.apply_set(tx, rows).await {
+        let made;
+        let plan = match plan {
+            Some(plan) => plan,
+            None => {
+                made = Plan::of(rows);
+                &made
+            }
+        };
+        match self.apply_set(tx, rows, plan).await {
             Ok(()) => {
                 tx.batch_execute("RELEASE SAVEPOINT doppel_rows")
                     .await
@@ -722,7 +906,8 @@ impl Tables {
             tx.batch_execute("SAVEPOINT doppel_row")
                 .await
                 .map_err(broken)?;
-            match self.apply_set(tx, std::slice::from_ref(row)).await {
+            let one = std::slice::from_ref(row);
+            match self.apply_set(tx, one, &Plan::of(one)).await {
                 Ok(()) => tx.batch_execute("RELEASE SAVEPOINT doppel_row").await,
                 Err(Fault::Broken(e)) => return Err(e),
                 Err(Fault::Refused(why)) => {
@@ -738,18 +923,6 @@ impl Tables {
             .map_err(broken)?;
         Ok(refused)
     }
-}
-
-/// Whether row `r` is written by statement `s`.
-fn same_statement(s: &Statement, r: &Row) -> bool {
-    s.0 == r.delete
-        && s.1 == r.table
-        && s.3 == r.key
-        && s.2.len() == r.columns.len()
-        && s.2
-            .iter()
-            .zip(&r.columns)
-            .all(|((n, t), (rn, rt, _))| n == rn && t == rt)
 }
 
 fn upsert_sql(table: &str, shape: &[(String, PgType)], key: &[String]) -> String {
@@ -913,6 +1086,8 @@ impl Target {
 #[derive(Default)]
 struct Staged {
     rows: Vec<Row>,
+    /// The rows' statements, made before the commit (while the previous one ran).
+    plan: Option<Plan>,
     txns: Vec<RawTxn>,
     schema: Option<crate::store::Schema>,
     origin: u64,
@@ -946,6 +1121,8 @@ struct Native {
     config: json_columns::Config,
     /// `json-columns@{version}`, as dead letters name the stage.
     plugin: String,
+    /// The shapes the mapping has made (one per file and operation): rows share them.
+    shapes: parking_lot::Mutex<Vec<Arc<Shape>>>,
 }
 
 impl Native {
@@ -964,15 +1141,54 @@ impl Native {
         Some(Native {
             config,
             plugin: stage.plugin.clone(),
+            shapes: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// A mapped record as a row, its shape shared with the rows mapped before it.
+    fn row(shapes: &mut Vec<Arc<Shape>>, m: json_columns::Mapped<'_>, r: &OwnedRecord) -> Row {
+        let delete = r.op == RecordOp::Delete;
+        let fits = |s: &Arc<Shape>| {
+            s.delete == delete
+                && s.table == m.table
+                && s.key.len() == 1
+                && s.key[0] == m.key
+                && s.columns.len() == m.columns.len()
+                && s.columns
+                    .iter()
+                    .zip(&m.columns)
+                    .all(|((n, t), (mn, mt, _))| n == mn && t == mt)
+        };
+        let shape = match shapes.iter().find(|s| fits(s)) {
+            Some(s) => s.clone(),
+            None => {
+                let columns = m.columns.iter().map(|(n, t, _)| (n.to_string(), *t));
+                let shape = Shape::new(
+                    delete,
+                    m.table.to_owned(),
+                    vec![m.key.to_owned()],
+                    columns.collect(),
+                )
+                .expect("json-columns maps the key column first");
+                shapes.push(Arc::new(shape));
+                shapes.last().expect("pushed").clone()
+            }
+        };
+        Row {
+            shape,
+            insert: r.op == RecordOp::Insert,
+            values: m.columns.into_iter().map(|(_, _, v)| v).collect(),
+            serial: r.serial,
+        }
     }
 
     /// Rows of `records`, and the records the mapping refuses (by index).
     fn rows(&self, records: &[OwnedRecord], into: &mut Vec<Row>) -> Vec<Rejected> {
         let mut rejected = Vec::new();
+        let mut shapes = self.shapes.lock();
         for (i, r) in records.iter().enumerate() {
             match json_columns::map_columns(&self.config, r.op, &r.file, &r.key, &r.data) {
-                Ok(Some(m)) => into.push(Row::mapped(m, r)),
+                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r)),
                 Ok(None) => {}
                 Err(message) => rejected.push(Rejected {
                     index: Some(i),
@@ -1052,7 +1268,10 @@ async fn commit(
     serials: (u64, u64),
 ) -> Result<(), String> {
     let tx = pg.client.transaction().await.map_err(broken)?;
-    let refused = pg.tables.apply(&tx, &staged.rows).await?;
+    let refused = pg
+        .tables
+        .apply(&tx, &staged.rows, staged.plan.as_ref())
+        .await?;
     for (i, why) in &refused {
         let row = &staged.rows[*i];
         let record = staged.source(row.serial);
@@ -1068,7 +1287,7 @@ async fn commit(
         }
         let seq = repl.node.generate_id().map_err(|e| e.to_string())?;
         let shown = record.as_ref().map_or_else(
-            || json!({"file": row.table, "serial": row.serial}),
+            || json!({"file": row.shape.table, "serial": row.serial}),
             logical::record_json,
         );
         repl.dead_letters
@@ -1230,6 +1449,7 @@ pub(super) async fn session(
                         &mut staged,
                     )?;
                 }
+                staged.plan = Some(Plan::of(&staged.rows));
                 staged.txns = txns;
                 staged.schema = Some(schema.clone());
                 staged.origin = repl.origin();
@@ -1391,23 +1611,9 @@ async fn bootstrap(
             continue;
         }
         store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
-            all.push(OwnedRecord {
-                op: RecordOp::Insert,
-                origin: repl.origin(),
-                // Numbered within the bootstrap, so a dead letter finds its record.
-                serial: all.len() as u64 + 1,
-                file: file.name.clone(),
-                key: String::from_utf8_lossy(r.key).into_owned(),
-                data: r.data.to_vec(),
-                alt: r
-                    .alts()
-                    .filter_map(|(i, v)| {
-                        let name = file.alt_keys.get(i as usize)?;
-                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
-                    })
-                    .collect(),
-                ..OwnedRecord::default()
-            });
+            // Numbered within the bootstrap, so a dead letter finds its record.
+            let serial = all.len() as u64 + 1;
+            all.push(logical::stored_record(repl.origin(), serial, file, r));
             true
         });
     }
@@ -1422,7 +1628,7 @@ async fn bootstrap(
             ..Staged::default()
         };
         stage_rows(repl, link, def, chain, native, &marker, part, &mut staged)?;
-        for (i, why) in pg.tables.apply(&tx, &staged.rows).await? {
+        for (i, why) in pg.tables.apply(&tx, &staged.rows, None).await? {
             quarantined.push((staged.source(staged.rows[i].serial), why));
         }
     }
@@ -1476,7 +1682,11 @@ pub(super) async fn redrive(def: &LinkDef, ops: &[u8]) -> Result<usize, RedriveE
         .transaction()
         .await
         .map_err(|e| unavailable(broken(e)))?;
-    let refused = pg.tables.apply(&tx, &rows).await.map_err(unavailable)?;
+    let refused = pg
+        .tables
+        .apply(&tx, &rows, None)
+        .await
+        .map_err(unavailable)?;
     if let Some((_, why)) = refused.into_iter().next() {
         return Err(RedriveError::Rejected(format!(
             "PostgreSQL refuses it: {why}"
@@ -1524,10 +1734,11 @@ mod tests {
         let batch = b.as_batch();
         let row = Row::from_record(&Record::decode(batch.raw(0).unwrap()).unwrap()).unwrap();
         assert_eq!(
-            (row.table.as_str(), row.serial, row.delete),
+            (row.shape.table.as_str(), row.serial, row.shape.delete),
             ("orders", 9, false)
         );
-        assert_eq!(row.columns[1], ("n".into(), PgType::Bigint, json!(3)));
+        assert_eq!(row.columns().nth(1), Some(("n", PgType::Bigint, &json!(3))));
+        assert_eq!(row.identity(), ("orders", Cow::Borrowed("o-1")));
 
         let plain = OwnedRecord::new(RecordOp::Insert, "orders", "o-1", r#"{"total": 1}"#);
         let mut b = BatchBuilder::new();
@@ -1539,9 +1750,118 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_fit_its_column_names_the_column() {
+        let (fits, not) = (json!(1.5), json!("x"));
         let mut v = Values::new(PgType::Double, 1);
-        assert!(v.push("total", PgType::Double, &json!(1.5)).is_ok());
-        let err = v.push("total", PgType::Double, &json!("x")).unwrap_err();
+        assert!(v.push("total", PgType::Double, &fits).is_ok());
+        let err = v.push("total", PgType::Double, &not).unwrap_err();
         assert!(err.contains("column 'total'"), "{err}");
+        let err = put_value(&mut BytesMut::new(), "total", PgType::Double, &not).unwrap_err();
+        assert!(err.contains("column 'total'"), "{err}");
+    }
+
+    /// Rows of `orders` (id text, n bigint, extra jsonb): `(op, key, n)`.
+    fn orders(ops: &[(RecordOp, &str, i64)]) -> Vec<Row> {
+        let upsert = Arc::new(
+            Shape::new(
+                false,
+                "orders".into(),
+                vec!["id".into()],
+                vec![
+                    ("id".into(), PgType::Text),
+                    ("n".into(), PgType::Bigint),
+                    ("extra".into(), PgType::Jsonb),
+                ],
+            )
+            .unwrap(),
+        );
+        let delete = Arc::new(
+            Shape::new(
+                true,
+                "orders".into(),
+                vec!["id".into()],
+                vec![("id".into(), PgType::Text)],
+            )
+            .unwrap(),
+        );
+        ops.iter()
+            .enumerate()
+            .map(|(i, (op, key, n))| Row {
+                shape: if *op == RecordOp::Delete {
+                    delete.clone()
+                } else {
+                    upsert.clone()
+                },
+                insert: *op == RecordOp::Insert,
+                values: if *op == RecordOp::Delete {
+                    vec![json!(key)]
+                } else {
+                    vec![json!(key), json!(n), json!({"k": key})]
+                },
+                serial: i as u64 + 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_keeps_the_last_operation_of_each_key_and_copies_only_keys_new_at_the_source() {
+        use RecordOp::{Delete, Insert, Update};
+        let mut ops: Vec<(RecordOp, String, i64)> = (0..COPY_MIN_ROWS as i64)
+            .map(|i| (Insert, format!("n{i}"), i))
+            .collect();
+        ops.extend([
+            (Insert, "a".to_string(), 1),
+            (Update, "a".to_string(), 2),
+            (Update, "b".to_string(), 3),
+            (Insert, "c".to_string(), 4),
+            (Delete, "c".to_string(), 0),
+        ]);
+        let ops: Vec<(RecordOp, &str, i64)> =
+            ops.iter().map(|(o, k, n)| (*o, k.as_str(), *n)).collect();
+        let rows = orders(&ops);
+        let plan = Plan::of(&rows);
+        let members: Vec<(bool, Vec<u64>)> = plan
+            .statements
+            .iter()
+            .map(|p| {
+                let serials = p.members.iter().map(|&i| rows[i].serial).collect();
+                (p.shape.delete, serials)
+            })
+            .collect();
+        // One upsert statement (the new keys, a's update, b's update), one delete (c).
+        let n = COPY_MIN_ROWS as u64;
+        let mut upserted: Vec<u64> = (1..=n).collect();
+        upserted.extend([n + 2, n + 3]);
+        assert_eq!(members, vec![(false, upserted), (true, vec![n + 5])]);
+        // b was updated, not inserted, here: the statement is an upsert, not a COPY.
+        assert!(plan.statements.iter().all(|p| p.copy.is_none()));
+
+        // Only new keys, enough of them: a COPY, in the binary format.
+        let fresh: Vec<(RecordOp, &str, i64)> = ops[..COPY_MIN_ROWS].to_vec();
+        let rows = orders(&fresh);
+        let plan = Plan::of(&rows);
+        let [Planned {
+            copy: Some(Ok(data)),
+            members,
+            ..
+        }] = plan.statements.as_slice()
+        else {
+            panic!("one COPY statement");
+        };
+        assert_eq!(members.len(), COPY_MIN_ROWS);
+        let all: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
+        assert!(all.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
+        assert!(all.ends_with(&[0xff, 0xff]));
+        // The first tuple: 3 fields; "n0" (2 bytes), 0 as int8, jsonb {"k":"n0"}.
+        let mut first = vec![0, 3, 0, 0, 0, 2, b'n', b'0', 0, 0, 0, 8];
+        first.extend(0i64.to_be_bytes());
+        let json = br#"{"k":"n0"}"#;
+        first.extend((json.len() as i32 + 1).to_be_bytes());
+        first.push(1);
+        first.extend(json);
+        assert_eq!(&all[19..19 + first.len()], first.as_slice());
+
+        // Fewer than COPY_MIN_ROWS new keys: an upsert.
+        let plan = Plan::of(&rows[..COPY_MIN_ROWS - 1]);
+        assert!(plan.statements[0].copy.is_none());
     }
 }

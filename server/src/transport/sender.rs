@@ -1003,22 +1003,7 @@ async fn send_logical_snapshot<W: AsyncWrite + Unpin>(
         }
         let mut records = Vec::new();
         store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
-            records.push(OwnedRecord {
-                op: doppel_sdk::abi::Op::Insert,
-                origin: repl.origin(),
-                serial,
-                file: file.name.clone(),
-                key: String::from_utf8_lossy(r.key).into_owned(),
-                data: r.data.to_vec(),
-                alt: r
-                    .alts()
-                    .filter_map(|(i, v)| {
-                        let name = file.alt_keys.get(i as usize)?;
-                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
-                    })
-                    .collect(),
-                ..OwnedRecord::default()
-            });
+            records.push(logical::stored_record(repl.origin(), serial, file, r));
             true
         });
         if let Some(vid) = versions_id {
