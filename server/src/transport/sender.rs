@@ -1209,20 +1209,8 @@ fn snapshot_depends(
         let mut scanned = Vec::new();
         store.files()[schema.main_id(table) as usize].scan(b"", None, |r| {
             scanned.push(OwnedRecord {
-                op: doppel_sdk::abi::Op::Insert,
-                origin: repl.origin(),
                 timestamp: frozen_us,
-                file: file.name.clone(),
-                key: String::from_utf8_lossy(r.key).into_owned(),
-                data: r.data.to_vec(),
-                alt: r
-                    .alts()
-                    .filter_map(|(i, v)| {
-                        let name = file.alt_keys.get(i as usize)?;
-                        Some((name.clone(), String::from_utf8_lossy(v).into_owned()))
-                    })
-                    .collect(),
-                ..OwnedRecord::default()
+                ..super::logical::stored_record(repl.origin(), 0, file, r)
             });
             true
         });
