@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 RUNS="${RUNS:-10000000}"
 SECS="${SECS:-1800}"
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(wire log_chunk spool snapshot rest jwt plugin plugin_smith)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(wire log_chunk spool snapshot rest jwt plugin plugin_smith segment)
 mkdir -p logs
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"

@@ -11,7 +11,8 @@
 //! state: the wire decoder also decodes what a message carries (log chunks, a snapshot
 //! layout, a logical link's operations) and checks that every decoded message encodes
 //! back to itself; a log chunk's A entries are applied to a store, as recovery and a
-//! mirror replica do; a snapshot becomes a store that is then read; a REST body goes
+//! mirror replica do; a log segment is indexed as opening a database indexes it; a
+//! snapshot becomes a store that is then read; a REST body goes
 //! through the route's own deserialiser (`axum::Json`) and the checks the route runs
 //! next; a plugin goes through the upload steps (compile, link, instantiate).
 
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rest", rest_body),
     ("jwt", jwt),
     ("plugin", plugin),
+    ("segment", segment),
 ];
 
 /// The schema the targets decode records against: two files, one with alternate keys.
@@ -137,6 +139,12 @@ pub fn log_chunk(data: &[u8]) {
         }
     }
     read_all(&store);
+}
+
+/// A log segment file as opening a database reads it: its records, checksums, and the
+/// index built from them (see `log::segments::check_scan`).
+pub fn segment(data: &[u8]) {
+    crate::log::segments::check_scan(data);
 }
 
 /// A suspended replica's spooled transaction (sled tree `spool`).

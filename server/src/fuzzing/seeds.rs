@@ -88,6 +88,25 @@ pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         a.iter().chain(&b).chain(&t).take(8).cloned().collect(),
     );
 
+    // a log segment: its opening checkpoint, then each transaction's record (the last
+    // with a logical replica's position)
+    let mut segment = crate::log::segments::checkpoint_record(&BTreeMap::from([(7, 3)]), [0, 1, 2]);
+    for (i, log) in logs.iter().enumerate() {
+        let encoded: Vec<Vec<u8>> = [LogKind::A, LogKind::B, LogKind::T]
+            .into_iter()
+            .flat_map(|kind| codec::encode(log, kind))
+            .map(|(_, bytes)| bytes)
+            .collect();
+        let chunks: Vec<_> = encoded
+            .iter()
+            .map(|bytes| (codec::peek(bytes).expect("a head"), bytes.as_slice()))
+            .collect();
+        let position = (i + 1 == logs.len()).then_some((7, 9));
+        segment.extend(crate::log::segments::txn_record(&chunks, position).0);
+    }
+    let torn = segment[..segment.len() - 3].to_vec();
+    out.insert("segment", vec![segment, torn]);
+
     // snapshots
     let (layout, blocks) = store.snapshot_parts();
     let packed: Vec<u8> = blocks.iter().flat_map(|b| b.as_bytes().to_vec()).collect();

@@ -10,7 +10,7 @@
 
 pub mod codec;
 pub mod durable;
-mod segments;
+pub(crate) mod segments;
 mod snapshot_files;
 mod tail;
 

@@ -126,6 +126,47 @@ fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The record of one transaction's chunks (and a logical replica's position), with
+/// where each chunk starts in it.
+pub fn txn_record(
+    chunks: &[(ChunkHead, &[u8])],
+    position: Option<(u64, u64)>,
+) -> (Vec<u8>, Vec<usize>) {
+    let mut body =
+        Vec::with_capacity(4 + 17 + chunks.iter().map(|(_, b)| b.len() + 4).sum::<usize>());
+    body.push(TXN);
+    body.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    let mut offsets = Vec::with_capacity(chunks.len());
+    for (_, bytes) in chunks {
+        body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        offsets.push(HEADER + body.len());
+        body.extend_from_slice(bytes);
+    }
+    match position {
+        Some((stream, serial)) => {
+            body.push(1);
+            body.extend_from_slice(&stream.to_le_bytes());
+            body.extend_from_slice(&serial.to_le_bytes());
+        }
+        None => body.push(0),
+    }
+    (frame(&body), offsets)
+}
+
+/// The record a new segment starts with: the positions and retention marks.
+pub fn checkpoint_record(positions: &BTreeMap<u64, u64>, pruned: [u64; 3]) -> Vec<u8> {
+    let mut body = vec![CHECKPOINT];
+    body.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+    for (stream, serial) in positions {
+        body.extend_from_slice(&stream.to_le_bytes());
+        body.extend_from_slice(&serial.to_le_bytes());
+    }
+    for mark in pruned {
+        body.extend_from_slice(&mark.to_le_bytes());
+    }
+    frame(&body)
+}
+
 /// A little-endian cursor over a record's body.
 struct Body<'a> {
     bytes: &'a [u8],
@@ -174,17 +215,7 @@ impl Segments {
             }
         }
         numbers.sort_unstable();
-        let mut inner = Inner {
-            segments: BTreeMap::new(),
-            active: 0,
-            end: 0,
-            index: Default::default(),
-            bytes: [0; 3],
-            positions: BTreeMap::new(),
-            pruned: [0; 3],
-            unsynced: Vec::new(),
-            dir_changed: false,
-        };
+        let mut inner = Inner::empty();
         let last = numbers.last().copied();
         for number in numbers {
             let path = seg_path(dir, number);
@@ -247,25 +278,7 @@ impl Segments {
         chunks: &[(ChunkHead, &[u8])],
         position: Option<(u64, u64)>,
     ) -> Result<u64, LogError> {
-        let mut body =
-            Vec::with_capacity(4 + 17 + chunks.iter().map(|(_, b)| b.len() + 4).sum::<usize>());
-        body.push(TXN);
-        body.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-        let mut offsets = Vec::with_capacity(chunks.len());
-        for (_, bytes) in chunks {
-            body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            offsets.push(body.len());
-            body.extend_from_slice(bytes);
-        }
-        match position {
-            Some((stream, serial)) => {
-                body.push(1);
-                body.extend_from_slice(&stream.to_le_bytes());
-                body.extend_from_slice(&serial.to_le_bytes());
-            }
-            None => body.push(0),
-        }
-        let record = frame(&body);
+        let (record, offsets) = txn_record(chunks, position);
         let mut inner = self.inner.lock();
         let at = self.write(&mut inner, &record)?;
         let segment = inner.active;
@@ -276,7 +289,7 @@ impl Segments {
                     last: head.last_serial,
                     last_ts: head.last_timestamp_us,
                     segment,
-                    offset: at + (HEADER + offset) as u64,
+                    offset: at + offset as u64,
                     len: bytes.len() as u32,
                 },
                 head.kind,
@@ -333,16 +346,7 @@ impl Segments {
         inner.active = number;
         inner.end = 0;
         inner.dir_changed = true;
-        let mut body = vec![CHECKPOINT];
-        body.extend_from_slice(&(inner.positions.len() as u32).to_le_bytes());
-        for (stream, serial) in &inner.positions {
-            body.extend_from_slice(&stream.to_le_bytes());
-            body.extend_from_slice(&serial.to_le_bytes());
-        }
-        for pruned in inner.pruned {
-            body.extend_from_slice(&pruned.to_le_bytes());
-        }
-        let record = frame(&body);
+        let record = checkpoint_record(&inner.positions, inner.pruned);
         let file = &inner.segments[&number].file;
         file.write_all_at(&record, 0)
             .map_err(|e| io("write", &path, e))?;
@@ -590,6 +594,21 @@ impl Segments {
 }
 
 impl Inner {
+    /// Nothing indexed, no segments open.
+    fn empty() -> Inner {
+        Inner {
+            segments: BTreeMap::new(),
+            active: 1,
+            end: 0,
+            index: Default::default(),
+            bytes: [0; 3],
+            positions: BTreeMap::new(),
+            pruned: [0; 3],
+            unsynced: Vec::new(),
+            dir_changed: false,
+        }
+    }
+
     /// Add `entry` to its kind's index; a chunk with the same first serial is replaced.
     fn add(&mut self, entry: Entry, kind: LogKind) {
         let index = &mut self.index[slot(kind)];
@@ -650,30 +669,29 @@ impl Inner {
         let mut bytes = Vec::with_capacity(len.min(SEGMENT_BYTES * 2) as usize);
         file.read_to_end(&mut bytes)
             .map_err(|e| io("read", path, e))?;
+        Ok((bytes.len() as u64, self.scan_bytes(number, &bytes)))
+    }
+
+    /// Index the records of segment `number`, whose bytes are `bytes`.
+    fn scan_bytes(&mut self, number: u64, bytes: &[u8]) -> ScanEnd {
         let mut at = 0usize;
         while at < bytes.len() {
-            let Some(body) = valid_record(&bytes, at) else {
-                return Ok((
-                    len,
-                    ScanEnd::Invalid {
-                        at: at as u64,
-                        followed_by_valid: valid_record_after(&bytes, at),
-                    },
-                ));
+            let Some(body) = valid_record(bytes, at) else {
+                return ScanEnd::Invalid {
+                    at: at as u64,
+                    followed_by_valid: valid_record_after(bytes, at),
+                };
             };
             let body_at = at + HEADER;
             if !self.apply(number, body_at as u64, body) {
-                return Ok((
-                    len,
-                    ScanEnd::Invalid {
-                        at: at as u64,
-                        followed_by_valid: true,
-                    },
-                ));
+                return ScanEnd::Invalid {
+                    at: at as u64,
+                    followed_by_valid: true,
+                };
             }
             at = body_at + body.len();
         }
-        Ok((len, ScanEnd::Clean))
+        ScanEnd::Clean
     }
 
     /// Apply one record read at open. False if its body does not parse (with a valid
@@ -778,6 +796,37 @@ fn valid_record_after(bytes: &[u8], at: usize) -> bool {
         }
     }
     false
+}
+
+/// The fuzz target's view of a segment (`crate::fuzzing::segment`): index `bytes` as
+/// opening a database does, then check every entry the index holds lies inside the
+/// valid records and is the chunk it says. Panics on a broken invariant.
+pub fn check_scan(bytes: &[u8]) {
+    let mut inner = Inner::empty();
+    let valid_end = match inner.scan_bytes(1, bytes) {
+        ScanEnd::Clean => bytes.len() as u64,
+        ScanEnd::Invalid { at, .. } => at,
+    };
+    for kind in KINDS {
+        let index = &inner.index[slot(kind)];
+        assert!(
+            index.windows(2).all(|w| w[0].first < w[1].first),
+            "index sorted"
+        );
+        let mut held = 0;
+        for entry in index {
+            let end = entry.offset + entry.len as u64;
+            assert!(end <= valid_end, "an entry past the valid records");
+            let chunk = &bytes[entry.offset as usize..end as usize];
+            let head = codec::peek(chunk).expect("an indexed chunk has a head");
+            assert_eq!(
+                (head.kind, head.first_serial, head.last_serial),
+                (kind, entry.first, entry.last)
+            );
+            held += entry.len as u64;
+        }
+        assert_eq!(inner.bytes[slot(kind)], held, "byte count of {kind:?}");
+    }
 }
 
 /// The body of the record at `at` in `bytes`, if a whole one with a matching checksum
@@ -893,6 +942,26 @@ mod tests {
         match Segments::open(dir.path()) {
             Err(LogError::Damaged(message)) => assert!(message.contains("checksum"), "{message}"),
             other => panic!("damage must be refused, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_anywhere_in_a_segment_is_caught() {
+        let segment = crate::fuzzing::seeds()["segment"][0].clone();
+        let mut clean = Inner::empty();
+        assert!(matches!(clean.scan_bytes(1, &segment), ScanEnd::Clean));
+        // Every fourth byte: headers, bodies and chunk lengths all get their turn.
+        for at in (0..segment.len()).step_by(4) {
+            let mut flipped = segment.clone();
+            flipped[at] ^= 0x20;
+            check_scan(&flipped);
+            match Inner::empty().scan_bytes(1, &flipped) {
+                ScanEnd::Invalid { at: invalid, .. } => assert!(
+                    invalid as usize <= at,
+                    "byte {at} flipped, the scan went on to {invalid}"
+                ),
+                ScanEnd::Clean => panic!("byte {at} flipped and the segment reads clean"),
+            }
         }
     }
 
