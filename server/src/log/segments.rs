@@ -118,11 +118,21 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> LogError {
     LogError::io(format!("cannot {what} {}", path.display()), &e)
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
-    out.extend_from_slice(body);
+/// A record whose body [`frame`] will follow: room for the header, then the tag.
+fn record(tag: u8, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 1 + capacity);
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(tag);
+    out
+}
+
+/// Fill in the header of a record from [`record`]: its body's length and checksum (the
+/// body is written once, in place).
+fn frame(mut out: Vec<u8>) -> Vec<u8> {
+    let body = &out[HEADER..];
+    let (len, sum) = (body.len() as u32, xxhash_rust::xxh3::xxh3_64(body));
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -132,14 +142,15 @@ pub fn txn_record(
     chunks: &[(ChunkHead, &[u8])],
     position: Option<(u64, u64)>,
 ) -> (Vec<u8>, Vec<usize>) {
-    let mut body =
-        Vec::with_capacity(4 + 17 + chunks.iter().map(|(_, b)| b.len() + 4).sum::<usize>());
-    body.push(TXN);
+    let mut body = record(
+        TXN,
+        4 + 17 + chunks.iter().map(|(_, b)| b.len() + 4).sum::<usize>(),
+    );
     body.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
     let mut offsets = Vec::with_capacity(chunks.len());
     for (_, bytes) in chunks {
         body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        offsets.push(HEADER + body.len());
+        offsets.push(body.len());
         body.extend_from_slice(bytes);
     }
     match position {
@@ -150,12 +161,12 @@ pub fn txn_record(
         }
         None => body.push(0),
     }
-    (frame(&body), offsets)
+    (frame(body), offsets)
 }
 
 /// The record a new segment starts with: the positions and retention marks.
 pub fn checkpoint_record(positions: &BTreeMap<u64, u64>, pruned: [u64; 3]) -> Vec<u8> {
-    let mut body = vec![CHECKPOINT];
+    let mut body = record(CHECKPOINT, 4 + 16 * positions.len() + 24);
     body.extend_from_slice(&(positions.len() as u32).to_le_bytes());
     for (stream, serial) in positions {
         body.extend_from_slice(&stream.to_le_bytes());
@@ -164,7 +175,7 @@ pub fn checkpoint_record(positions: &BTreeMap<u64, u64>, pruned: [u64; 3]) -> Ve
     for mark in pruned {
         body.extend_from_slice(&mark.to_le_bytes());
     }
-    frame(&body)
+    frame(body)
 }
 
 /// A little-endian cursor over a record's body.
@@ -412,10 +423,11 @@ impl Segments {
         through_first: Option<u64>,
         pruned: u64,
     ) -> Result<u64, LogError> {
-        let mut body = vec![PRUNE, kind as u8, through_first.is_some() as u8];
+        let mut body = record(PRUNE, 18);
+        body.extend_from_slice(&[kind as u8, through_first.is_some() as u8]);
         body.extend_from_slice(&through_first.unwrap_or(0).to_le_bytes());
         body.extend_from_slice(&pruned.to_le_bytes());
-        self.write(inner, &frame(&body))?;
+        self.write(inner, &frame(body))?;
         Ok(inner.prune(kind, through_first, pruned))
     }
 
@@ -429,9 +441,10 @@ impl Segments {
         if count == 0 {
             return Ok((0, 0));
         }
-        let mut body = vec![TRUNCATE, kind as u8];
+        let mut body = record(TRUNCATE, 9);
+        body.push(kind as u8);
         body.extend_from_slice(&above.to_le_bytes());
-        self.write(&mut inner, &frame(&body))?;
+        self.write(&mut inner, &frame(body))?;
         Ok((count, inner.truncate(kind, above)))
     }
 

@@ -977,16 +977,7 @@ impl<'a> Applier<'a> {
         // (nothing is confirmed meanwhile: what the replica held before the snapshot is
         // not of the stream it is joining).
         if let Some(deps) = s.deps.take() {
-            self.repl
-                .target
-                .gates
-                .hold(
-                    &self.reg.link,
-                    &self.reg.source_node,
-                    &self.reg.tenant,
-                    &deps,
-                )
-                .await;
+            self.wait_for_deps(&deps).await;
         }
         let installing = std::time::Instant::now();
         self.repl
@@ -1139,6 +1130,12 @@ impl<'a> Applier<'a> {
             "a confirmation never covers a held transaction"
         );
         queue(self.tx, Reply::Ack(done)).await?;
+        self.wait_for_deps(&deps).await;
+        Ok(())
+    }
+
+    /// Wait until the interrelation gates hold what `deps` name (SPEC D).
+    async fn wait_for_deps(&self, deps: &[wire::Dependency]) {
         self.repl
             .target
             .gates
@@ -1146,10 +1143,9 @@ impl<'a> Applier<'a> {
                 &self.reg.link,
                 &self.reg.source_node,
                 &self.reg.tenant,
-                &deps,
+                deps,
             )
             .await;
-        Ok(())
     }
 }
 
