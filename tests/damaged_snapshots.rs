@@ -32,51 +32,38 @@ fn snapshot(db: &Db) -> u64 {
         .unwrap_or_else(|| panic!("serial: {r}"))
 }
 
-/// The files of snapshot `serial`'s instance (the data directory holds one database
-/// with snapshots).
-fn snapshot_files(data: &Path, serial: u64) -> Vec<PathBuf> {
+/// The file of snapshot `serial` (the data directory holds one database with
+/// snapshots).
+fn snapshot_file(data: &Path, serial: u64) -> PathBuf {
     let logs = data.join("logs");
-    let dir = std::fs::read_dir(&logs)
+    std::fs::read_dir(&logs)
         .unwrap()
-        .map(|e| e.unwrap().path().join("snapshots").join(serial.to_string()))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("no files of snapshot {serial} under {}", logs.display()));
-    let mut files = Vec::new();
-    let mut stack = vec![dir];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("snapshots")
+                .join(format!("{serial}.snap"))
+        })
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no file of snapshot {serial} under {}", logs.display()))
 }
 
-/// Flip a byte in every copy of [`MARKER`] in snapshot `serial`'s files; returns how
+/// Flip a byte in every copy of [`MARKER`] in snapshot `serial`'s file; returns how
 /// many were flipped.
 fn flip_marker(data: &Path, serial: u64) -> usize {
+    let file = snapshot_file(data, serial);
+    let mut bytes = std::fs::read(&file).unwrap();
     let mut flipped = 0;
-    for file in snapshot_files(data, serial) {
-        let mut bytes = std::fs::read(&file).unwrap();
-        let mut changed = false;
-        let mut at = 0;
-        while let Some(found) = bytes[at..]
-            .windows(MARKER.len())
-            .position(|w| w == MARKER.as_bytes())
-        {
-            bytes[at + found + 3] ^= 0x20;
-            at += found + MARKER.len();
-            changed = true;
-            flipped += 1;
-        }
-        if changed {
-            std::fs::write(&file, bytes).unwrap();
-        }
+    let mut at = 0;
+    while let Some(found) = bytes[at..]
+        .windows(MARKER.len())
+        .position(|w| w == MARKER.as_bytes())
+    {
+        bytes[at + found + 3] ^= 0x20;
+        at += found + MARKER.len();
+        flipped += 1;
     }
+    std::fs::write(&file, bytes).unwrap();
     flipped
 }
 

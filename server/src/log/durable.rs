@@ -16,9 +16,9 @@
 //!   marks, in append-only files with a checksum per record ([`super::segments`]). A
 //!   transaction is one record, so a crash keeps all of its chunks or none.
 //! - a sled instance with the `snapshots` tree: key `db uid | serial | u32::MAX (4, BE)`
-//!   → a snapshot's metadata. Its block bytes are in an instance of their own
-//!   ([`snapshot_files`]); a node from before that layout kept them here under part
-//!   numbers, and recovery moves them. The instance's `log` tree is where the log was
+//!   → a snapshot's metadata. Its block bytes are in a file of their own,
+//!   `snapshots/<serial>.snap` ([`snapshot_files`]); a node from before that layout kept
+//!   them here under part numbers, and recovery moves them into a file. The instance's `log` tree is where the log was
 //!   kept before segment files (key `db uid | kind | first serial`, markers under kind
 //!   byte 0); opening a shard moves what it holds into segments and empties it.
 //!
@@ -27,12 +27,12 @@
 //! or T chunks above the last A serial, which only a log moved out of sled can hold
 //! (sled wrote a small transaction's chunks one at a time, its A chunk last).
 //!
-//! A snapshot writes its parts into its own instance, never holding the shard's sled
+//! A snapshot writes its parts into its own file, never holding the shard's sled
 //! (SPEC G1: a snapshot pauses writers only to freeze the location tables); its
 //! metadata, written into the shard once the parts are durable, is the commit point. A
-//! crash before leaves an instance without metadata, which no listing shows and
+//! crash before leaves a file without metadata, which no listing shows and
 //! [`LogStore::drop_unfinished_snapshots`] removes when the database is recovered.
-//! Deleting a snapshot makes the removal of its metadata durable before its instance
+//! Deleting a snapshot makes the removal of its metadata durable before its file
 //! goes.
 //!
 //! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
@@ -57,16 +57,14 @@ use super::tail::Tail;
 use super::{LogKind, TxnLog};
 use crate::store::snapshot::SnapshotLayout;
 
-/// Bytes of snapshot parts a snapshot writes between two flushes of its own (one sled
-/// segment), so the data it leaves for the kernel to write stays small ahead of other
-/// databases' fsyncs on the same disk. Measured when parts still went into the shard's
-/// own instance, on a 230 MB snapshot: the other writers' worst put 31–101 ms at 8 MiB,
-/// 9–17 ms at 2 MiB, 9–15 ms at 1 MiB (docs/BENCHMARKS.md); not measured again since.
+/// Bytes of snapshot parts a snapshot writes between two syncs of its file, so the data
+/// it leaves for the kernel to write stays small ahead of other databases' fsyncs on the
+/// same disk. Measured when parts still went into sled, on a 230 MB snapshot: the other
+/// writers' worst put 31–101 ms at 8 MiB, 9–17 ms at 2 MiB, 9–15 ms at 1 MiB
+/// (docs/BENCHMARKS.md).
 const SNAPSHOT_PACE_BYTES: u64 = 2 << 20;
-/// Bytes of packed blocks per snapshot part: small enough that sled keeps parts inline
-/// rather than as blob files (from a quarter segment, 512 KiB), big enough that sled's
-/// rewrites of a leaf cost little. Writing 100 MiB into an instance took 192 MB of disk
-/// in 48 KiB parts, 156 MB in 120 KiB, 152 MB in 256 KiB, 293 MB in 1 MiB (blobs).
+/// Bytes of packed blocks per snapshot part: the unit of a snapshot file's checksums
+/// (`snapshot_files`), and the buffer a save and a load hold.
 const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 const META_PART: u32 = u32::MAX;
 
@@ -209,11 +207,11 @@ struct Shard {
     doomed: std::sync::atomic::AtomicBool,
     /// The newest transactions, for the links' senders.
     tail: Mutex<Tail>,
-    /// Held while a snapshot's instance is open for reading: sled locks an instance's
-    /// files, so two restores reading the same snapshot take turns.
+    /// Held while a snapshot is read: sled locks the files of a snapshot an earlier
+    /// build wrote as an instance, so two restores reading the same snapshot take turns.
     snapshot_reads: Mutex<()>,
     /// Held while a snapshot is saved: two saves at one serial (a snapshot asked for
-    /// twice with no write between) must not write one instance at once.
+    /// twice with no write between) must not write one file at once.
     snapshot_writes: Mutex<()>,
 }
 
@@ -854,7 +852,7 @@ impl LogStore {
         Ok(self.shard(uid)?.segments.bounds(kind).0.map(|e| e.first))
     }
 
-    /// Store a snapshot: its block bytes in parts in an instance of its own
+    /// Store a snapshot: its block bytes in parts in a file of its own
     /// ([`snapshot_files`]), then its metadata in the shard (the commit point), then
     /// flush. Other databases keep appending and flushing meanwhile (see the module doc).
     /// Call it off the async runtime: it writes the whole snapshot.
@@ -879,7 +877,7 @@ impl LogStore {
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
         let mut size = 0u64;
         let mut unflushed = 0u64;
-        let mut store = |part: Vec<u8>| -> Result<(), LogError> {
+        let mut store = |part: &[u8]| -> Result<(), LogError> {
             let len = part.len() as u64;
             let _number = writer.push(part)?;
             #[cfg(test)]
@@ -897,11 +895,12 @@ impl LogStore {
         for block in blocks {
             part.extend_from_slice(block.as_bytes());
             if part.len() >= SNAPSHOT_PART_BYTES {
-                store(std::mem::take(&mut part))?;
+                store(&part)?;
+                part.clear();
             }
         }
         if !part.is_empty() {
-            store(part)?;
+            store(&part)?;
         }
         let sums = writer.finish()?;
         release_deferred();
@@ -920,10 +919,10 @@ impl LogStore {
     }
 
     /// Make the shard's snapshots whole before the database is used: remove what a crash
-    /// left of a save or a delete (instances without metadata, `.tmp` ones, parts
-    /// without metadata), and move the parts a node kept in the shard's `snapshots`
-    /// tree before snapshots had instances into an instance each. Returns the parts
-    /// and instances removed.
+    /// left of a save or a delete (files or instances without metadata, `.tmp` ones,
+    /// parts without metadata), and move the parts a node kept in the shard's
+    /// `snapshots` tree before snapshots had files into a file each. Returns the parts,
+    /// files and instances removed.
     pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
         let t = shard.trees();
@@ -945,7 +944,7 @@ impl LogStore {
         let changed = !in_tree.is_empty();
         for (serial, keys) in in_tree {
             if finished.contains(&serial) && !snapshot_files::exists(&shard.path, serial) {
-                let moved = self.move_parts_to_instance(&shard, uid, serial, keys.len())?;
+                let moved = self.move_parts_to_file(&shard, uid, serial, keys.len())?;
                 shard.account_snapshot(moved as i64);
             } else if !finished.contains(&serial) {
                 removed += keys.len();
@@ -971,8 +970,8 @@ impl LogStore {
     }
 
     /// Copy snapshot `serial`'s `parts` parts from the shard's `snapshots` tree (the
-    /// layout before instances) into an instance of its own. Returns the bytes moved.
-    fn move_parts_to_instance(
+    /// layout before snapshot files) into a file of its own. Returns the bytes moved.
+    fn move_parts_to_file(
         &self,
         shard: &Shard,
         uid: u64,
@@ -990,14 +989,14 @@ impl LogStore {
                     LogError::Damaged(format!("snapshot {serial} misses part {part}"))
                 })?;
             moved += bytes.len() as u64;
-            writer.push(bytes.to_vec())?;
+            writer.push(&bytes)?;
         }
         let _sums = writer.finish()?;
         tracing::info!(
             uid,
             serial,
             parts,
-            "moved a snapshot into an instance of its own"
+            "moved a snapshot into a file of its own"
         );
         Ok(moved)
     }
@@ -1094,7 +1093,7 @@ impl LogStore {
         Ok(blocks)
     }
 
-    /// Delete a stored snapshot: its metadata first, made durable before its instance
+    /// Delete a stored snapshot: its metadata first, made durable before its file
     /// goes, so a crash part way never lists a snapshot without its blocks.
     pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
         let shard = self.shard(uid)?;

@@ -677,11 +677,11 @@ fn snapshots_save_list_load_and_delete() {
     assert_eq!(load_snapshot(&f.log, UID, &first).checksums(), at_first);
 
     let shard_path = f.log.shard(UID).unwrap().path.clone();
-    let first_dir = super::snapshot_files::folder(&shard_path).join(first.serial.to_string());
-    assert!(first_dir.is_dir(), "a snapshot is an instance of its own");
+    let first_file = super::snapshot_files::file(&shard_path, first.serial);
+    assert!(first_file.is_file(), "a snapshot is a file of its own");
     f.log.delete_snapshot(UID, &first).unwrap();
     assert!(
-        !first_dir.exists(),
+        !first_file.exists(),
         "a deleted snapshot's space comes back at once"
     );
     assert_eq!(f.log.snapshots(UID).unwrap(), vec![second.clone()]);
@@ -988,22 +988,28 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
             )
             .unwrap();
     }
-    // What a crash leaves of a save: a `.tmp` instance, and an instance whose metadata
-    // was never written.
+    // What a crash leaves of a save: a `.tmp` file, and a file whose metadata was
+    // never written; and the same as an earlier build left them, as sled instances.
     let shard_path = f.log.shard(UID).unwrap().path.clone();
     let folder = super::snapshot_files::folder(&shard_path);
+    for name in [
+        format!("{}.snap.tmp", kept.serial + 6),
+        format!("{}.snap", kept.serial + 8),
+    ] {
+        std::fs::write(folder.join(name), b"dpsnap").unwrap();
+    }
     for name in [
         format!("{}.tmp", kept.serial + 7),
         (kept.serial + 9).to_string(),
     ] {
         std::fs::create_dir_all(folder.join(name)).unwrap();
     }
-    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 5);
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 7);
     let left: Vec<_> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(left, vec![kept.serial.to_string()]);
+    assert_eq!(left, vec![format!("{}.snap", kept.serial)]);
     assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 0);
     assert_eq!(f.log.drop_unfinished_snapshots(OTHER_UID).unwrap(), 0);
     assert_eq!(f.log.snapshots(UID).unwrap(), vec![kept.clone()]);

@@ -1,22 +1,22 @@
-//! Where a snapshot's block bytes live: a sled instance of their own per snapshot, in
-//! `<shard>/snapshots/<serial>`, opened only while the snapshot is written or read.
+//! Where a snapshot's block bytes live: one file per snapshot, `<shard>/snapshots/<serial>.snap`,
+//! written once in order and read once in order.
 //!
-//! The parts used to sit in the shard's own `snapshots` tree, and sled kept them in
-//! memory long after they were written or read. sled 0.34 charges a page to its cache
-//! only once 64 accesses have queued in that page's LRU shard (one of 256), so up to
-//! 16k pages per instance are never evicted whatever `cache_capacity` says: after a
-//! 1M-record load the node held the whole 130 MB snapshot it had just written, and a
-//! restart that listed the snapshots read every part and kept 140 MB of them
-//! (docs/BENCHMARKS.md, heaptrack). An instance that is closed when the snapshot is
-//! written or loaded gives all of that back, and deleting a snapshot removes its
-//! directory, so its disk space comes back at once rather than when sled cleans its
-//! segments.
+//! A file is [`FILE_MAGIC`], then each part as `length (u32 LE) | bytes`. A part is a run
+//! of whole packed blocks (up to `SNAPSHOT_PART_BYTES`, in `durable.rs`).
 //!
-//! A snapshot is written into `<serial>.tmp`, flushed, closed, and renamed to
-//! `<serial>` (the directory is fsynced); only then does [`super::LogStore`] write its
-//! metadata, the commit point. A crash before leaves a `.tmp` directory or a directory
-//! without metadata, which [`super::LogStore::drop_unfinished_snapshots`] removes.
-//! Keys are the part numbers (4 bytes, big-endian), so the parts read back in order.
+//! Why a plain file. Snapshots first sat in the shard's sled tree, then in a sled
+//! instance of their own per snapshot, and sled kept what it wrote and read in memory:
+//! after a 1M-record load the node held the 143 MB snapshot it had just written and
+//! sled's sealed IO buffers, about 270 MB of RSS (docs/BENCHMARKS.md, issue 24), and
+//! sled's pages took 1.5× the blocks on disk. A file costs the blocks' bytes on disk and
+//! one part's buffer in memory; the kernel's page cache, not the process, holds what was
+//! read. Snapshots written by an earlier build as sled instances (`<serial>/`, a
+//! directory) are still read ([`read`]) and removed as before; new ones are files.
+//!
+//! A snapshot is written into `<serial>.snap.tmp`, synced, and renamed to
+//! `<serial>.snap` (the directory is fsynced); only then does [`super::LogStore`] write
+//! its metadata, the commit point. A crash before leaves a `.tmp` file or a file without
+//! metadata, which [`super::LogStore::drop_unfinished_snapshots`] removes.
 //!
 //! Checksums: the writer takes each part's xxh3, and the metadata is stored with them
 //! ([`encode_meta`]): the metadata's postcard bytes, the parts' checksums, then the
@@ -27,14 +27,24 @@
 //! unchecked; a node from before checksums reads the new values too (postcard stops
 //! at the end of the metadata).
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::durable::{sled_config, LogError, SnapshotMeta};
 
-/// sled's page cache for a snapshot's instance: it is read and written in order, once.
-const CACHE_BYTES: u64 = 1 << 20;
+/// The first 8 bytes of a snapshot file.
+const FILE_MAGIC: &[u8; 8] = b"dpsnap\x00\x01";
+
+/// The largest part a reader accepts: a damaged length must not make it allocate
+/// gigabytes (parts are written at 256 KiB).
+const MAX_PART_BYTES: usize = 64 << 20;
+
+/// sled's page cache for a snapshot written as an instance by an earlier build: it is
+/// read in order, once.
+const LEGACY_CACHE_BYTES: u64 = 1 << 20;
 
 /// The last 8 bytes of a snapshot's metadata stored with checksums.
 const SUMS_MAGIC: &[u8; 8] = b"dpsnxh3\x01";
@@ -112,104 +122,103 @@ pub(super) fn decode_meta(
     Ok((meta, sums))
 }
 
-/// The folder of a shard's snapshot instances.
+/// The folder of a shard's snapshots.
 pub(super) fn folder(shard: &Path) -> PathBuf {
     shard.join("snapshots")
 }
 
-fn dir(shard: &Path, serial: u64) -> PathBuf {
+/// Snapshot `serial`'s file.
+pub(super) fn file(shard: &Path, serial: u64) -> PathBuf {
+    folder(shard).join(format!("{serial}.snap"))
+}
+
+/// Snapshot `serial`'s sled instance, as an earlier build wrote it.
+fn legacy_dir(shard: &Path, serial: u64) -> PathBuf {
     folder(shard).join(serial.to_string())
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> LogError {
-    LogError::Sled(format!("cannot {what} {}: {e}", path.display()))
+    LogError::io(format!("cannot {what} {}", path.display()), &e)
 }
 
-fn open(path: &Path) -> Result<sled::Db, LogError> {
-    sled_config(path, CACHE_BYTES)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| {
-            LogError::Sled(format!(
-                "cannot open the snapshot at {}: {e}",
-                path.display()
-            ))
-        })
+/// Make a rename or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error("sync", dir, e))
 }
 
 /// Writes one snapshot's parts; [`Writer::finish`] makes them durable under the
 /// snapshot's final name.
 pub(super) struct Writer {
-    db: sled::Db,
+    out: BufWriter<File>,
     tmp: PathBuf,
     done: PathBuf,
-    parts: u32,
     /// xxh3 of each part pushed.
     sums: Vec<u64>,
 }
 
 impl Writer {
-    /// A new instance for snapshot `serial` of the shard at `shard` (what a crashed
+    /// A new file for snapshot `serial` of the shard at `shard` (what a crashed
     /// earlier attempt left under the same name is removed first).
     pub(super) fn create(shard: &Path, serial: u64) -> Result<Writer, LogError> {
-        let done = dir(shard, serial);
-        let tmp = done.with_extension("tmp");
-        for stale in [&tmp, &done] {
-            if stale.exists() {
-                std::fs::remove_dir_all(stale).map_err(|e| io_error("remove", stale, e))?;
-            }
-        }
-        std::fs::create_dir_all(folder(shard))
-            .map_err(|e| io_error("create", &folder(shard), e))?;
+        let done = file(shard, serial);
+        let tmp = done.with_extension("snap.tmp");
+        remove(shard, serial)?;
+        let folder = folder(shard);
+        std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
+        let created = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, created);
+        out.write_all(FILE_MAGIC)
+            .map_err(|e| io_error("write", &tmp, e))?;
         Ok(Writer {
-            db: open(&tmp)?,
+            out,
             tmp,
             done,
-            parts: 0,
             sums: Vec::new(),
         })
     }
 
-    /// Store the next part; returns its number.
-    pub(super) fn push(&mut self, part: Vec<u8>) -> Result<u32, LogError> {
-        let number = self.parts;
-        self.sums.push(xxh3_64(&part));
-        self.db.insert(number.to_be_bytes(), part)?;
-        self.parts += 1;
+    /// Append the next part; returns its number.
+    pub(super) fn push(&mut self, part: &[u8]) -> Result<u32, LogError> {
+        let number = self.sums.len() as u32;
+        self.sums.push(xxh3_64(part));
+        let len = u32::try_from(part.len()).expect("a part is far below 4 GiB");
+        self.out
+            .write_all(&len.to_le_bytes())
+            .and_then(|()| self.out.write_all(part))
+            .map_err(|e| io_error("write", &self.tmp, e))?;
         Ok(number)
     }
 
-    /// Make what was pushed durable (the writer paces itself with this).
-    pub(super) fn flush(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        Ok(())
+    /// Make what was pushed durable (the writer paces itself with this, so the data it
+    /// leaves for the kernel to write stays small ahead of other databases' fsyncs).
+    pub(super) fn flush(&mut self) -> Result<(), LogError> {
+        self.out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+            .map_err(|e| io_error("sync", &self.tmp, e))
     }
 
-    /// Flush, close, and give the snapshot its final name durably. Returns the
-    /// checksum of each of its parts.
-    pub(super) fn finish(self) -> Result<Vec<u64>, LogError> {
-        self.db.flush()?;
+    /// Sync, close, and give the snapshot its final name durably. Returns the checksum
+    /// of each of its parts.
+    pub(super) fn finish(mut self) -> Result<Vec<u64>, LogError> {
+        self.flush()?;
         let Writer {
-            db,
+            out,
             tmp,
             done,
-            parts,
             sums,
         } = self;
-        debug_assert_eq!(sums.len(), parts as usize);
-        drop(db);
+        drop(out);
         std::fs::rename(&tmp, &done).map_err(|e| io_error("rename", &tmp, e))?;
-        let parent = done.parent().unwrap_or(&done);
-        std::fs::File::open(parent)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error("sync", parent, e))?;
+        sync_dir(done.parent().unwrap_or(&done))?;
         Ok(sums)
     }
 }
 
 /// Each of the `parts` parts of snapshot `serial`, in order, each checked against its
-/// checksum in `sums` when the snapshot has them. The instance is closed when this
-/// returns.
+/// checksum in `sums` when the snapshot has them.
 pub(super) fn read(
     shard: &Path,
     serial: u64,
@@ -217,14 +226,93 @@ pub(super) fn read(
     sums: Option<&[u64]>,
     mut visit: impl FnMut(&[u8]) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
-    let path = dir(shard, serial);
-    if !path.is_dir() {
+    let path = file(shard, serial);
+    let check = |number: u32, bytes: &[u8], path: &Path| -> Result<(), LogError> {
+        if let Some(&stored) = sums.and_then(|s| s.get(number as usize)) {
+            let computed = xxh3_64(bytes);
+            if computed != stored {
+                return Err(LogError::Damaged(format!(
+                    "snapshot {serial}: part {number} in {} fails its checksum \
+                     (stored {stored:016x}, read {computed:016x})",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    };
+    let opened = match File::open(&path) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let legacy = legacy_dir(shard, serial);
+            if legacy.is_dir() {
+                return read_legacy(&legacy, serial, parts, check, visit);
+            }
+            return Err(LogError::Damaged(format!(
+                "snapshot {serial} has no file at {}",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(io_error("open", &path, e)),
+    };
+    let short = |read: u32, what: &str| {
+        LogError::Damaged(format!(
+            "snapshot {serial} has {read} of its {parts} parts readable in {} ({what})",
+            path.display()
+        ))
+    };
+    let mut input = BufReader::with_capacity(1 << 20, opened);
+    let mut magic = [0u8; 8];
+    if input.read_exact(&mut magic).is_err() || &magic != FILE_MAGIC {
+        return Err(short(0, "it does not start as a snapshot file"));
+    }
+    let mut bytes = Vec::new();
+    for number in 0..parts {
+        let mut len = [0u8; 4];
+        if input.read_exact(&mut len).is_err() {
+            return Err(short(number, "the file ends early"));
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_PART_BYTES {
+            return Err(short(number, &format!("part {number} claims {len} bytes")));
+        }
+        bytes.resize(len, 0);
+        if input.read_exact(&mut bytes).is_err() {
+            return Err(short(number, "the file ends early"));
+        }
+        check(number, &bytes, &path)?;
+        visit(&bytes)?;
+    }
+    if input
+        .read(&mut [0u8; 1])
+        .map_err(|e| io_error("read", &path, e))?
+        != 0
+    {
         return Err(LogError::Damaged(format!(
-            "snapshot {serial} has no files at {}",
+            "snapshot {serial}: {} holds more than its {parts} parts",
             path.display()
         )));
     }
-    let db = open(&path)?;
+    Ok(())
+}
+
+/// [`read`] of a snapshot an earlier build wrote as a sled instance of its own (keys
+/// are the part numbers, 4 bytes big-endian). The instance is closed when this returns.
+fn read_legacy(
+    path: &Path,
+    serial: u64,
+    parts: u32,
+    check: impl Fn(u32, &[u8], &Path) -> Result<(), LogError>,
+    mut visit: impl FnMut(&[u8]) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    let db = sled_config(path, LEGACY_CACHE_BYTES)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| {
+            LogError::Sled(format!(
+                "cannot open the snapshot at {}: {e}",
+                path.display()
+            ))
+        })?;
     let mut expected = 0u32;
     for item in db.iter() {
         let (key, bytes) = item?;
@@ -233,16 +321,7 @@ pub(super) fn read(
                 "snapshot {serial} misses part {expected}"
             )));
         }
-        if let Some(&stored) = sums.and_then(|s| s.get(expected as usize)) {
-            let computed = xxh3_64(&bytes);
-            if computed != stored {
-                return Err(LogError::Damaged(format!(
-                    "snapshot {serial}: part {expected} in {} fails its checksum \
-                     (stored {stored:016x}, read {computed:016x})",
-                    path.display()
-                )));
-            }
-        }
+        check(expected, &bytes, path)?;
         visit(&bytes)?;
         expected += 1;
     }
@@ -256,47 +335,76 @@ pub(super) fn read(
     Ok(())
 }
 
-/// Whether snapshot `serial`'s instance exists under its final name.
+/// Whether snapshot `serial` is stored under its final name (a file, or an earlier
+/// build's instance).
 pub(super) fn exists(shard: &Path, serial: u64) -> bool {
-    dir(shard, serial).is_dir()
+    file(shard, serial).is_file() || legacy_dir(shard, serial).is_dir()
 }
 
-/// Where a damaged snapshot's instance is kept for inspection, out of the way of
+/// Where a damaged snapshot is kept for inspection, out of the way of
 /// [`remove_others`].
 pub(super) fn damaged_folder(shard: &Path) -> PathBuf {
     shard.join("damaged-snapshots")
 }
 
-/// Move snapshot `serial`'s instance into [`damaged_folder`]; returns where it went
-/// (`None`: it had no instance).
+/// Move snapshot `serial` into [`damaged_folder`]; returns where it went (`None`: it
+/// had no file).
 pub(super) fn set_aside(shard: &Path, serial: u64) -> Result<Option<PathBuf>, LogError> {
-    let from = dir(shard, serial);
-    if !from.is_dir() {
+    let (from, name) = if file(shard, serial).is_file() {
+        (file(shard, serial), format!("{serial}.snap"))
+    } else if legacy_dir(shard, serial).is_dir() {
+        (legacy_dir(shard, serial), serial.to_string())
+    } else {
         return Ok(None);
-    }
+    };
     let folder = damaged_folder(shard);
     std::fs::create_dir_all(&folder).map_err(|e| io_error("create", &folder, e))?;
-    let mut to = folder.join(serial.to_string());
+    let mut to = folder.join(&name);
     let mut n = 1;
     while to.exists() {
-        to = folder.join(format!("{serial}.{n}"));
+        to = folder.join(format!("{name}.{n}"));
         n += 1;
     }
     std::fs::rename(&from, &to).map_err(|e| io_error("move", &from, e))?;
     Ok(Some(to))
 }
 
-/// Remove snapshot `serial`'s instance, if there is one.
-pub(super) fn remove(shard: &Path, serial: u64) -> Result<(), LogError> {
-    let path = dir(shard, serial);
-    match std::fs::remove_dir_all(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", &path, e)),
+/// Remove a file or a directory tree, if it is there.
+fn remove_path(path: &Path) -> Result<(), LogError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", path, e)),
         _ => Ok(()),
     }
 }
 
-/// Remove every instance that is not a finished snapshot in `keep` (a `.tmp` one, or
-/// one whose metadata was never written). Returns how many went.
+/// Remove snapshot `serial`'s file (or instance), and what an unfinished write of it
+/// left, if there is any.
+pub(super) fn remove(shard: &Path, serial: u64) -> Result<(), LogError> {
+    let done = file(shard, serial);
+    for path in [
+        done.with_extension("snap.tmp"),
+        done,
+        legacy_dir(shard, serial),
+        legacy_dir(shard, serial).with_extension("tmp"),
+    ] {
+        remove_path(&path)?;
+    }
+    Ok(())
+}
+
+/// The serial a finished snapshot's name in [`folder`] stands for: `<serial>.snap`, or
+/// an earlier build's instance `<serial>`.
+fn finished_serial(name: &str) -> Option<u64> {
+    name.strip_suffix(".snap").unwrap_or(name).parse().ok()
+}
+
+/// Remove every file or instance that is not a finished snapshot in `keep` (a `.tmp`
+/// one, or one whose metadata was never written). Returns how many went.
 pub(super) fn remove_others(
     shard: &Path,
     keep: &std::collections::HashSet<u64>,
@@ -310,14 +418,13 @@ pub(super) fn remove_others(
     let mut removed = 0;
     for entry in entries {
         let entry = entry.map_err(|e| io_error("list", &folder, e))?;
-        let name = entry.file_name();
-        let finished = name
+        let finished = entry
+            .file_name()
             .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(finished_serial)
             .is_some_and(|serial| keep.contains(&serial));
         if !finished {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(|e| io_error("remove", &path, e))?;
+            remove_path(&entry.path())?;
             removed += 1;
         }
     }
@@ -376,35 +483,118 @@ mod tests {
         }
     }
 
+    /// Write a snapshot of two parts at serial 42; returns their checksums.
+    fn two_parts(shard: &Path) -> Vec<u64> {
+        let mut writer = Writer::create(shard, 42).unwrap();
+        writer.push(&[1; 4096]).unwrap();
+        writer.push(&[2; 4096]).unwrap();
+        writer.finish().unwrap()
+    }
+
+    fn read_all(shard: &Path, sums: Option<&[u64]>) -> Result<Vec<Vec<u8>>, String> {
+        let mut parts = Vec::new();
+        read(shard, 42, 2, sums, |bytes| {
+            parts.push(bytes.to_vec());
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(parts)
+    }
+
+    #[test]
+    fn a_snapshot_is_one_file_of_its_parts_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sums = two_parts(dir.path());
+        assert!(exists(dir.path(), 42));
+        let files: Vec<_> = std::fs::read_dir(folder(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec!["42.snap"], "no .tmp left behind");
+        let len = std::fs::metadata(file(dir.path(), 42)).unwrap().len();
+        assert_eq!(
+            len,
+            8 + 2 * (4 + 4096),
+            "the blocks' bytes and a length each"
+        );
+        assert_eq!(
+            read_all(dir.path(), Some(&sums)).unwrap(),
+            vec![vec![1; 4096], vec![2; 4096]]
+        );
+        remove(dir.path(), 42).unwrap();
+        assert!(!exists(dir.path(), 42));
+    }
+
     #[test]
     fn a_flipped_byte_in_a_part_is_named_with_its_part_and_path() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = Writer::create(dir.path(), 42).unwrap();
-        writer.push(vec![1; 4096]).unwrap();
-        writer.push(vec![2; 4096]).unwrap();
-        let sums = writer.finish().unwrap();
-        let mut seen = 0;
-        read(dir.path(), 42, 2, Some(&sums), |_| {
-            seen += 1;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, 2);
-        {
-            let db = open(&dir.path().join("snapshots").join("42")).unwrap();
-            let mut part = db.get(1u32.to_be_bytes()).unwrap().unwrap().to_vec();
-            part[100] ^= 1;
-            db.insert(1u32.to_be_bytes(), part).unwrap();
-            db.flush().unwrap();
-        }
-        let err = read(dir.path(), 42, 2, Some(&sums), |_| Ok(()))
-            .unwrap_err()
-            .to_string();
+        let sums = two_parts(dir.path());
+        let path = file(dir.path(), 42);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8 + 4 + 4096 + 4 + 100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_all(dir.path(), Some(&sums)).unwrap_err();
         assert!(
             err.contains("snapshot 42: part 1 in ") && err.contains("fails its checksum"),
             "{err}"
         );
         // Without checksums (a snapshot from before them) the same read passes.
-        read(dir.path(), 42, 2, None, |_| Ok(())).unwrap();
+        read_all(dir.path(), None).unwrap();
+    }
+
+    #[test]
+    fn a_cut_or_lengthened_file_is_damage_not_a_shorter_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let sums = two_parts(dir.path());
+        let path = file(dir.path(), 42);
+        let whole = std::fs::read(&path).unwrap();
+        for cut in [0, 5, 8 + 2, 8 + 4 + 4096, whole.len() - 1] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let err = read_all(dir.path(), Some(&sums)).unwrap_err();
+            assert!(err.contains("parts readable in"), "cut at {cut}: {err}");
+        }
+        let mut longer = whole.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        let err = read_all(dir.path(), Some(&sums)).unwrap_err();
+        assert!(err.contains("holds more than its 2 parts"), "{err}");
+        let mut huge = whole;
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        let err = read_all(dir.path(), Some(&sums)).unwrap_err();
+        assert!(err.contains("part 0 claims"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_an_earlier_build_wrote_as_a_sled_instance_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = legacy_dir(dir.path(), 42);
+        let sums = {
+            let db = sled_config(&instance, LEGACY_CACHE_BYTES).open().unwrap();
+            db.insert(0u32.to_be_bytes(), vec![1; 4096]).unwrap();
+            db.insert(1u32.to_be_bytes(), vec![2; 4096]).unwrap();
+            db.flush().unwrap();
+            vec![xxh3_64(&[1; 4096]), xxh3_64(&[2; 4096])]
+        };
+        assert!(exists(dir.path(), 42));
+        assert_eq!(
+            read_all(dir.path(), Some(&sums)).unwrap(),
+            vec![vec![1; 4096], vec![2; 4096]]
+        );
+        let wrong = [sums[0], 7];
+        let err = read_all(dir.path(), Some(&wrong)).unwrap_err();
+        assert!(
+            err.contains("part 1 in ") && err.contains("fails its checksum"),
+            "{err}"
+        );
+        // A leftover `.tmp`, a file without metadata and the kept instance: only the
+        // kept one stays.
+        std::fs::write(folder(dir.path()).join("43.snap.tmp"), b"x").unwrap();
+        std::fs::write(folder(dir.path()).join("44.snap"), b"x").unwrap();
+        let keep = std::collections::HashSet::from([42]);
+        assert_eq!(remove_others(dir.path(), &keep).unwrap(), 2);
+        assert!(exists(dir.path(), 42));
+        let moved = set_aside(dir.path(), 42).unwrap().unwrap();
+        assert!(moved.is_dir() && !exists(dir.path(), 42));
     }
 }

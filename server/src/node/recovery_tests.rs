@@ -51,30 +51,29 @@ fn start(dir: &Path) -> Node {
     }
 }
 
-/// The directory of snapshot `serial`'s instance (the only database with one).
-fn snapshot_dir(data: &Path, serial: u64) -> PathBuf {
+/// Snapshot `serial`'s file (the only database with snapshots).
+fn snapshot_file(data: &Path, serial: u64) -> PathBuf {
     let logs = data.join("logs");
     std::fs::read_dir(&logs)
         .unwrap()
-        .map(|e| e.unwrap().path().join("snapshots").join(serial.to_string()))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("no instance of snapshot {serial} under {}", logs.display()))
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("snapshots")
+                .join(format!("{serial}.snap"))
+        })
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no file of snapshot {serial} under {}", logs.display()))
 }
 
-/// Flip one byte in the middle of part 0 of snapshot `serial`, through sled (so sled's
-/// own checks pass and only the snapshot's checksum can tell).
+/// Flip one byte in the middle of part 0 of snapshot `serial`, past its length (so
+/// the file still reads part by part and only the snapshot's checksum can tell).
 fn flip_part(data: &Path, serial: u64) {
-    let db = sled::Config::new()
-        .path(snapshot_dir(data, serial))
-        .segment_size(2 << 20)
-        .open()
-        .unwrap();
-    let key = 0u32.to_be_bytes();
-    let mut part = db.get(key).unwrap().expect("part 0").to_vec();
-    let middle = part.len() / 2;
-    part[middle] ^= 0x5a;
-    db.insert(key, part).unwrap();
-    db.flush().unwrap();
+    let path = snapshot_file(data, serial);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[12 + len / 2] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
 }
 
 fn value(db: &Database, key: &str) -> String {
@@ -107,14 +106,14 @@ async fn a_damaged_newest_snapshot_is_replaced_by_the_older_one_and_the_log() {
         vec![older.serial],
         "the damaged one left the listing"
     );
-    let kept = snapshot_dir(dir.path(), older.serial)
+    let kept = snapshot_file(dir.path(), older.serial)
         .parent()
         .unwrap()
         .parent()
         .unwrap()
         .join("damaged-snapshots")
-        .join(newest.serial.to_string());
-    assert!(kept.is_dir(), "its files are kept at {}", kept.display());
+        .join(format!("{}.snap", newest.serial));
+    assert!(kept.is_file(), "its file is kept at {}", kept.display());
     // The database goes on: a new snapshot, and a restart from it.
     put(&db, "c", "{}").await;
     db.snapshot().await.unwrap();
@@ -160,7 +159,7 @@ async fn a_damaged_snapshot_the_log_cannot_replace_refuses_the_database_with_the
         assert!(message.contains(&needle), "{needle:?} in {message}");
     }
     // Nothing was moved or removed: the operator can still look at every file.
-    assert!(snapshot_dir(dir.path(), newest.serial).is_dir());
+    assert!(snapshot_file(dir.path(), newest.serial).is_file());
     // The node serves its other databases, and the refused one cannot be recreated
     // over its files, only deleted.
     let other: Arc<Database> = node.database(DEFAULT_TENANT, "other").unwrap();
