@@ -1,12 +1,14 @@
 //! Update logs (SPEC B2): A logs (after images), B logs (before images) and T logs
-//! (operations as the client sent them), and their durable home in sled.
+//! (operations as the client sent them), and their durable home: each database's
+//! segment files ([`segments`]), its snapshot files, and snapshot metadata in sled.
 //!
 //! Every store mutation of a committed (or cancelled) transaction becomes one
 //! [`Update`] with a serial number per database. A transaction's updates are written as
-//! one chunk per log kind, all three in one atomic sled batch, in serial order: sled
-//! then always holds a prefix of the log, never a torn transaction. Replay at restart
-//! reads only A chunks; B and T chunks serve inspection, point-in-time restore and
-//! replay with corrected logic, each kept for its own retention period (SPEC B4).
+//! one chunk per log kind, all three in one checksummed segment record, in serial
+//! order: the segments then always hold a prefix of the log, never a torn transaction.
+//! Replay at restart reads only A chunks; B and T chunks serve inspection, point-in-time
+//! restore and replay with corrected logic, each kept for its own retention period
+//! (SPEC B4).
 
 pub mod codec;
 pub mod durable;

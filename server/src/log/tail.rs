@@ -1,18 +1,18 @@
 //! The newest transactions of one database's log, kept in memory for its links.
 //!
 //! A link's sender reads the log right after a commit appended to it. Reading that back
-//! from sled (a range scan, a page lookup per chunk) cost a third of a synchronous
-//! commit's CPU on the source under 64 concurrent clients. The [`Tail`] keeps the chunks
-//! of the last few transactions as they were written (sled's `IVec`s, shared, not
-//! copied), so [`super::LogStore::read_txns`] answers from memory when the tail reaches
-//! back far enough, and from sled otherwise.
+//! from storage (when the log was in sled, a range scan and a page lookup per chunk)
+//! cost a third of a synchronous commit's CPU on the source under 64 concurrent
+//! clients. The [`Tail`] keeps the chunks of the last few transactions as they were
+//! written (shared `IVec`s, not copied), so [`super::LogStore::read_txns`] answers from
+//! memory when the tail reaches back far enough, and from the segment files otherwise.
 //!
 //! The tail is filled only once something reads the log (a database without links pays
 //! nothing), holds whole transactions in serial order without a gap (an append that
 //! does not follow on empties it first), and is bounded by [`TAIL_BYTES`], dropping the
-//! oldest transactions first. What it answers is what sled would answer: every append
-//! goes to sled first and to the tail after, under the database's writer lock, and a
-//! sender reads only serials whose append has returned.
+//! oldest transactions first. What it answers is what the segments would answer: every
+//! append goes to the segments first and to the tail after, under the database's writer
+//! lock, and a sender reads only serials whose append has returned.
 
 use std::collections::VecDeque;
 
@@ -73,13 +73,13 @@ impl Tail {
             self.bytes -= txn_bytes(&old);
         }
         if self.bytes > TAIL_BYTES {
-            // One transaction over the bound: sled serves it.
+            // One transaction over the bound: the segments serve it.
             self.clear();
         }
     }
 
     /// What [`super::LogStore::read_txns`] would answer for `after`, if the tail
-    /// reaches back to `after + 1`; `None` sends the reader to sled.
+    /// reaches back to `after + 1`; `None` sends the reader to the segments.
     pub fn read(&self, after: u64, max_bytes: usize, also: &[LogKind]) -> Option<Vec<RawTxn>> {
         let first = self.txns.front()?.first_serial;
         let last = self.txns.back()?.last_serial;
@@ -91,7 +91,7 @@ impl Tail {
         let mut bytes = 0;
         for txn in self.txns.iter().skip(start) {
             if txn.first_serial != after + 1 && out.is_empty() {
-                // `after` falls inside a transaction: sled's answer starts mid-way.
+                // `after` falls inside a transaction: the segments' answer starts mid-way.
                 return None;
             }
             if bytes >= max_bytes {
