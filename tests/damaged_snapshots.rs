@@ -179,4 +179,19 @@ fn a_damaged_snapshot_the_log_cannot_replace_refuses_its_database_with_the_reaso
     // The node serves its other databases.
     let other = node.db("default", "other");
     assert_eq!(other.data("orders", "kept"), Some(json!({ "k": 1 })));
+    // The node administrator sees which database did not start, and why.
+    let answer = node.get("/v1/node");
+    let info = answer.ok();
+    let refused = info["refused_databases"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(refused.len(), 1, "{info}");
+    assert_eq!(refused[0]["tenant"], "default");
+    assert_eq!(refused[0]["database"], "shop");
+    let reason = refused[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("snapshot {newest} is damaged")),
+        "{reason}"
+    );
 }

@@ -20,7 +20,8 @@ pub struct Footprint {
     pub blocks_bytes: u64,
     /// Bytes of their location tables and directories (estimated from their sizes).
     pub index_bytes: u64,
-    /// The most sled's page caches may hold: one per database's log and the node's.
+    /// The most sled's page caches may hold: one per database's snapshot metadata and
+    /// the node's.
     pub sled_cache_limit_bytes: u64,
     /// Bytes logged and not yet flushed, over every database.
     pub log_backlog_bytes: u64,

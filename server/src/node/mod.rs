@@ -90,6 +90,15 @@ struct TenantDef {
     created_ms: u64,
 }
 
+/// A database the node did not start, and why: requests to it get the same reason
+/// (503); it can be deleted, and its files stay until then.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct RefusedDatabase {
+    pub tenant: String,
+    pub database: String,
+    pub reason: String,
+}
+
 #[derive(Default)]
 struct Tenant {
     databases: BTreeMap<String, Arc<Database>>,
@@ -422,6 +431,25 @@ impl Node {
         db.stored_bytes()?;
         owner.databases.insert(name, db.clone());
         Ok(db)
+    }
+
+    /// Every database that did not start (say a damaged snapshot the log cannot
+    /// replace), with why, for the node administrator.
+    pub fn refused_databases(&self) -> Vec<RefusedDatabase> {
+        let tenants = self.tenants.read();
+        tenants
+            .iter()
+            .flat_map(|(tenant, owner)| {
+                owner
+                    .refused
+                    .iter()
+                    .map(move |(name, (_, reason))| RefusedDatabase {
+                        tenant: tenant.clone(),
+                        database: name.clone(),
+                        reason: reason.clone(),
+                    })
+            })
+            .collect()
     }
 
     /// The databases of `tenant`.

@@ -271,6 +271,7 @@ impl Replication {
             protocol_version: wire::PROTOCOL_VERSION,
             name: None,
             footprint: None,
+            refused_databases: Vec::new(),
         }
     }
 }
@@ -293,4 +294,8 @@ pub struct NodeInfo {
     /// Its memory and disk: for the node administrator only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub footprint: Option<crate::node::footprint::Footprint>,
+    /// Databases that did not start, with why (for the node administrator; absent when
+    /// there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_databases: Vec<crate::node::RefusedDatabase>,
 }
