@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for `bench` with the small load used here.
 const BENCH_TIMEOUT: Duration = Duration::from_secs(120);
-/// Upper bound for the node's upkeep (a 5 s tick) to act on `[node]` settings.
+/// Upper bound for the node's upkeep (a 1 s tick) to act on `[node]` settings.
 const UPKEEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 const READY_PREFIX: &str = "doppel listening on ";

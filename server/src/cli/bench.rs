@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Minutes of sustained updates of the footprint scenario.
     #[arg(long, default_value_t = 1)]
     pub(crate) minutes: u64,
+    /// Updates per second the footprint scenario's sustained load is held to, a pass
+    /// over the keys at a time (0: as fast as the node takes them).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) rate: u64,
     /// A writer token of the loud tenant (`--tenant`) for the neighbours scenario's
     /// quota phase: quotas never limit the node administrator's token.
     #[arg(long, env = "DOPPEL_LOUD_TOKEN", hide_env_values = true)]

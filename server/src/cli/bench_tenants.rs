@@ -424,7 +424,9 @@ const SETTLE_READINGS: u32 = 5;
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// `--minutes` of upserts over the loaded keys in transactions of 200 (whole passes
-/// over the keys, so a minute may run over by part of one); the footprint after each.
+/// over the keys, so a minute may run over by part of one), held to `--rate` updates a
+/// second when it is set (a pass runs at full speed, then waits for its share of
+/// time); the footprint after each minute.
 fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
     let client = connect(&node.target);
     let path = db_path("default", &args.db);
@@ -437,6 +439,10 @@ fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
             upsert_pass(&node.target, &path, args, SUSTAINED_BATCH, fill)?;
             updates += args.records;
             pass += 1;
+            if args.rate > 0 {
+                let due = Duration::from_secs_f64(updates as f64 / args.rate as f64);
+                std::thread::sleep(due.saturating_sub(started.elapsed()));
+            }
         }
         let rate = updates as f64 / started.elapsed().as_secs_f64();
         report(

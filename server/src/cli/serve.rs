@@ -14,6 +14,10 @@ use crate::tenancy::auth::AuthConfig;
 use crate::tenancy::quota::Limits;
 use crate::tenancy::Tenancy;
 
+/// How often the node's upkeep runs ([`crate::node::Node::upkeep`]): idle transactions,
+/// retention, automatic snapshots.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Options of `doppel serve`. Flags override the config file.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -213,7 +217,10 @@ async fn serve(
     let upkeep = {
         let node = node.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Each second: a database written at 100k+ updates/s adds tens of MB of log
+            // a second, and retention and the next snapshot bound it only as often as
+            // they run (docs/BENCHMARKS.md, issue 24, fourth part).
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
             loop {
                 tick.tick().await;
                 node.upkeep().await;
