@@ -14,14 +14,15 @@
 //! allocator until the log and snapshots left sled; since then glibc keeps a node's RSS
 //! at 1.6× the raw bytes after a 1M-record load, where mimalloc kept 3.3× (memory the
 //! write path had freed), and the write path is no slower with it (docs/BENCHMARKS.md,
-//! issue 24, fourth part). Heap profilers that hook malloc (heaptrack) see every
-//! allocation.
+//! issue 24, fourth part); [`memory`] tunes it. Heap profilers that hook malloc
+//! (heaptrack) see every allocation.
 
 pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod fuzzing;
 pub mod log;
+pub mod memory;
 pub mod node;
 pub mod plugins;
 pub mod remote;

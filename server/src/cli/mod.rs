@@ -49,26 +49,6 @@ enum Command {
 }
 
 /// Entry point of the `doppel` binary.
-/// Allocations from this size on get pages of their own from the kernel, given back
-/// when freed. See [`tune_allocator`].
-pub const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
-
-/// Set glibc malloc's mmap threshold to [`MMAP_THRESHOLD_BYTES`], before anything else
-/// allocates. glibc raises the threshold each time a large block is freed (up to 32
-/// MiB), after which request bodies, log reads and snapshot buffers come from the heap
-/// and the freed space stays in the process: under 15 minutes of sustained updates a
-/// node's RSS kept growing, 92 -> 130 MB; with the threshold fixed, 74 -> 93 MB at
-/// the same rates, most of it in the first minutes (docs/BENCHMARKS.md, issue 24,
-/// fourth part). Setting the threshold also turns that adjustment off.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called before
-    // any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-    }
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -221,9 +221,17 @@ async fn serve(
             // a second, and retention and the next snapshot bound it only as often as
             // they run (docs/BENCHMARKS.md, issue 24, fourth part).
             let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            let mut given_back = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 node.upkeep().await;
+                if given_back.elapsed() >= crate::memory::GIVE_BACK_EVERY {
+                    given_back = std::time::Instant::now();
+                    if let Ok(took) = tokio::task::spawn_blocking(crate::memory::give_back).await
+                    {
+                        tracing::debug!(took_us = took.as_micros() as u64, "free memory given back");
+                    }
+                }
             }
         })
     };
