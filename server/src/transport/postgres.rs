@@ -580,6 +580,31 @@ struct Planned {
 }
 
 impl Plan {
+    /// A catching-up group's plan. When `distinct` (no two files map to the same table)
+    /// and the rows are all inserts of one shape with a single text key (a bulk load),
+    /// the keys are distinct: a key inserted twice at the source was deleted in between,
+    /// and there is no delete here. So the plan is that one statement, without working
+    /// out the last operation of each key. Should a key repeat after all, PostgreSQL
+    /// refuses the `COPY`, then the upsert, and the group is written row by row.
+    fn of_group(rows: &[Row], distinct: bool) -> Plan {
+        let Some(first) = rows.first().filter(|_| distinct) else {
+            return Plan::of(rows);
+        };
+        let text_key = matches!(first.shape.key_at.as_slice(),
+            [at] if first.shape.columns[*at].1 == PgType::Text);
+        if !text_key
+            || !rows
+                .iter()
+                .all(|r| r.insert && Arc::ptr_eq(&r.shape, &first.shape))
+        {
+            return Plan::of(rows);
+        }
+        let p = Planned::new(first.shape.clone(), (0..rows.len()).collect(), true, rows);
+        Plan {
+            statements: vec![p],
+        }
+    }
+
     fn of(rows: &[Row]) -> Plan {
         // The last operation of each key, and whether its first one here inserted it.
         let mut last: HashMap<(&str, Cow<'_, str>), (usize, bool)> =
@@ -625,18 +650,24 @@ impl Plan {
         }
         let statements = statements
             .into_iter()
-            .map(|(mut p, fresh)| {
-                if fresh
-                    && !p.shape.delete
-                    && p.members.len() >= COPY_MIN_ROWS
-                    && p.shape.copied().is_some()
-                {
-                    p.copy = Some(copy_data(rows, &p.members));
-                }
-                p
-            })
+            .map(|(p, fresh)| Planned::new(p.shape, p.members, fresh, rows))
             .collect();
         Plan { statements }
+    }
+}
+
+impl Planned {
+    /// The statement writing `members` of `rows`: a `COPY` when they are `fresh` (every
+    /// key inserted at the source), enough of them, and of a shape `COPY` can send.
+    fn new(shape: Arc<Shape>, members: Vec<usize>, fresh: bool, rows: &[Row]) -> Planned {
+        let copy =
+            (fresh && !shape.delete && members.len() >= COPY_MIN_ROWS && shape.copied().is_some())
+                .then(|| copy_data(rows, &members));
+        Planned {
+            shape,
+            members,
+            copy,
+        }
     }
 }
 
@@ -1123,6 +1154,8 @@ struct Native {
     plugin: String,
     /// The shapes the mapping has made (one per file and operation): rows share them.
     shapes: parking_lot::Mutex<Vec<Arc<Shape>>>,
+    /// No two files map to the same table, so a table's keys are one file's keys.
+    one_file_per_table: bool,
 }
 
 impl Native {
@@ -1138,16 +1171,25 @@ impl Native {
         }
         let config =
             doppel_sdk::load_config::<json_columns::Config>(&stage.config.to_string()).ok()?;
+        let mut tables: Vec<&str> = config.files.values().map(|m| m.table.as_str()).collect();
+        tables.sort_unstable();
+        let one_file_per_table = tables.windows(2).all(|w| w[0] != w[1]);
         Some(Native {
-            config,
             plugin: stage.plugin.clone(),
             shapes: parking_lot::Mutex::new(Vec::new()),
+            one_file_per_table,
+            config,
         })
     }
 
     /// A mapped record as a row, its shape shared with the rows mapped before it.
-    fn row(shapes: &mut Vec<Arc<Shape>>, m: json_columns::Mapped<'_>, r: &OwnedRecord) -> Row {
-        let delete = r.op == RecordOp::Delete;
+    fn row(
+        shapes: &mut Vec<Arc<Shape>>,
+        m: json_columns::Mapped<'_>,
+        op: RecordOp,
+        serial: u64,
+    ) -> Row {
+        let delete = op == RecordOp::Delete;
         let fits = |s: &Arc<Shape>| {
             s.delete == delete
                 && s.table == m.table
@@ -1176,9 +1218,9 @@ impl Native {
         };
         Row {
             shape,
-            insert: r.op == RecordOp::Insert,
+            insert: op == RecordOp::Insert,
             values: m.columns.into_iter().map(|(_, _, v)| v).collect(),
-            serial: r.serial,
+            serial,
         }
     }
 
@@ -1188,7 +1230,7 @@ impl Native {
         let mut shapes = self.shapes.lock();
         for (i, r) in records.iter().enumerate() {
             match json_columns::map_columns(&self.config, r.op, &r.file, &r.key, &r.data) {
-                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r)),
+                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r.op, r.serial)),
                 Ok(None) => {}
                 Err(message) => rejected.push(Rejected {
                     index: Some(i),
@@ -1198,6 +1240,39 @@ impl Native {
             }
         }
         rejected
+    }
+
+    /// The rows of one transaction mapped straight from its log, no record copied.
+    /// False, with no row added, when the mapping refuses one of its records: the caller
+    /// then stages the transaction's records, which rejects that one by the link's error
+    /// policy.
+    fn rows_of(
+        &self,
+        schema: &crate::store::Schema,
+        txn: &RawTxn,
+        into: &mut Vec<Row>,
+    ) -> Result<bool, String> {
+        let start = into.len();
+        let mut refused = false;
+        let mut shapes = self.shapes.lock();
+        logical::each_log_record(schema, txn, |r| {
+            if refused {
+                return Ok(());
+            }
+            let key = String::from_utf8_lossy(r.key);
+            let data = r.image.map_or(&[][..], |i| i.data);
+            match json_columns::map_columns(&self.config, r.op, &r.file.name, &key, data) {
+                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r.op, r.serial)),
+                Ok(None) => {}
+                Err(_) => refused = true,
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        if refused {
+            into.truncate(start);
+        }
+        Ok(!refused)
     }
 }
 
@@ -1376,6 +1451,9 @@ pub(super) async fn session(
     // next is read and staged here. `pg` is home when no commit is in flight.
     let mut pg = Some(pg);
     let mut inflight: Option<InFlight> = None;
+    // A landed commit's row buffer, emptied, for the next group but one: the big
+    // buffers are kept, not allocated (and their pages zeroed) for every group.
+    let mut spare: Vec<Row> = Vec::new();
     let result: Result<(), String> = async {
         loop {
             if control.has_changed().unwrap_or(true) {
@@ -1406,9 +1484,18 @@ pub(super) async fn session(
                 let Some(end) = txns.last().map(|t| t.last_serial) else {
                     continue;
                 };
-                let mut staged = Staged::default();
+                // The rows go into the buffer the commit before last gave back.
+                let mut staged = Staged {
+                    rows: std::mem::take(&mut spare),
+                    ..Staged::default()
+                };
                 let mut waits: HashMap<String, u64> = HashMap::new();
                 for txn in &txns {
+                    if let Some(native) = native.as_ref().filter(|_| sources.is_none()) {
+                        if native.rows_of(&schema, txn, &mut staged.rows)? {
+                            continue;
+                        }
+                    }
                     let records = logical::records(&schema, repl.origin(), txn)
                         .map_err(|e| e.to_string())?;
                     if let Some(sources) = sources.as_mut().filter(|_| !records.is_empty()) {
@@ -1449,11 +1536,12 @@ pub(super) async fn session(
                         &mut staged,
                     )?;
                 }
-                staged.plan = Some(Plan::of(&staged.rows));
+                let distinct = native.as_ref().is_some_and(|n| n.one_file_per_table);
+                staged.plan = Some(Plan::of_group(&staged.rows, distinct));
                 staged.txns = txns;
                 staged.schema = Some(schema.clone());
                 staged.origin = repl.origin();
-                landed(link, &mut inflight, &mut pg).await?;
+                landed(link, &mut inflight, &mut pg, &mut spare).await?;
                 measure(link, &mut rate);
                 if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
                 {
@@ -1465,7 +1553,7 @@ pub(super) async fn session(
                 continue;
             }
             if inflight.is_some() {
-                landed(link, &mut inflight, &mut pg).await?;
+                landed(link, &mut inflight, &mut pg, &mut spare).await?;
                 measure(link, &mut rate);
                 continue;
             }
@@ -1491,7 +1579,7 @@ pub(super) async fn session(
     .await;
     // Never leave a commit running behind this session: the next one starts from the
     // position that commit writes.
-    let landed = landed(link, &mut inflight, &mut pg).await;
+    let landed = landed(link, &mut inflight, &mut pg, &mut spare).await;
     result.and(landed)
 }
 
@@ -1508,9 +1596,9 @@ fn measure(link: &LinkHandle, rate: &mut (Instant, u64)) {
     *rate = (Instant::now(), acked);
 }
 
-/// A group's commit on its own task: it gives the connection back with the last serial
-/// it applied, or why it failed.
-type InFlight = tokio::task::JoinHandle<(Target, Result<u64, String>)>;
+/// A group's commit on its own task: it gives the connection back, and the group's row
+/// buffer emptied, with the last serial it applied, or why it failed.
+type InFlight = tokio::task::JoinHandle<(Target, Vec<Row>, Result<u64, String>)>;
 
 fn spawn_commit(
     repl: &Arc<Replication>,
@@ -1525,24 +1613,28 @@ fn spawn_commit(
         let result = commit(&repl, &link, &def, &mut pg, &staged, serials)
             .await
             .map(|()| serials.1);
-        (pg, result)
+        let mut rows = staged.rows;
+        rows.clear();
+        (pg, rows, result)
     })
 }
 
-/// Wait for the commit in flight, if any: the connection comes home and the status
-/// shows the new position.
+/// Wait for the commit in flight, if any: the connection and the row buffer (`spare`)
+/// come home and the status shows the new position.
 async fn landed(
     link: &LinkHandle,
     inflight: &mut Option<InFlight>,
     pg: &mut Option<Target>,
+    spare: &mut Vec<Row>,
 ) -> Result<(), String> {
     let Some(handle) = inflight.take() else {
         return Ok(());
     };
-    let (target, result) = handle
+    let (target, rows, result) = handle
         .await
         .map_err(|e| format!("applying into PostgreSQL: {e}"))?;
     *pg = Some(target);
+    *spare = rows;
     let end = result?;
     let mut status = link.status.lock();
     status.acked_serial = end;
@@ -1863,5 +1955,52 @@ mod tests {
         // Fewer than COPY_MIN_ROWS new keys: an upsert.
         let plan = Plan::of(&rows[..COPY_MIN_ROWS - 1]);
         assert!(plan.statements[0].copy.is_none());
+    }
+
+    #[test]
+    fn a_bulk_load_of_new_keys_is_one_copy_and_any_other_group_is_collapsed_by_key() {
+        use RecordOp::{Insert, Update};
+        let keys: Vec<String> = (0..COPY_MIN_ROWS).map(|i| format!("k{i}")).collect();
+        let fresh: Vec<(RecordOp, &str, i64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (Insert, k.as_str(), i as i64))
+            .collect();
+        let rows = orders(&fresh);
+        let copy_of = |plan: &Plan| -> Vec<(Vec<usize>, Option<Vec<Bytes>>)> {
+            plan.statements
+                .iter()
+                .map(|p| (p.members.clone(), p.copy.clone().map(Result::unwrap)))
+                .collect()
+        };
+        // New keys only: the same single COPY the collapsing plan makes.
+        let bulk = copy_of(&Plan::of_group(&rows, true));
+        assert_eq!(bulk, copy_of(&Plan::of(&rows)));
+        assert_eq!(bulk.len(), 1);
+        assert_eq!(bulk[0].0, (0..COPY_MIN_ROWS).collect::<Vec<_>>());
+        assert!(bulk[0].1.is_some());
+
+        // An update of k0 among them: collapsed to k0's last operation, still new here.
+        let mut mixed = fresh.clone();
+        mixed.push((Update, "k0", 99));
+        let rows = orders(&mixed);
+        let plan = copy_of(&Plan::of_group(&rows, true));
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS);
+        assert!(!plan[0].0.contains(&0) && plan[0].0.contains(&COPY_MIN_ROWS));
+        assert!(plan[0].1.is_some());
+        // An update of a key inserted before the group: an upsert.
+        mixed.push((Update, "older", 7));
+        let plan = copy_of(&Plan::of_group(&orders(&mixed), true));
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS + 1);
+        assert!(plan[0].1.is_none());
+
+        // Two files into one table may insert the same key: not taken as distinct.
+        let mut twice = fresh.clone();
+        twice.push((Insert, "k0", 99));
+        let rows = orders(&twice);
+        let plan = copy_of(&Plan::of_group(&rows, false));
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS);
+        assert!(!plan[0].0.contains(&0));
     }
 }
