@@ -9,7 +9,11 @@
 //! the same PostgreSQL transaction as the rows it covers. A session starts by reading
 //! it and resumes after it, so a kill -9 of the source node (the process that applies
 //! into PostgreSQL), a lost connection or a PostgreSQL restart at any moment leaves
-//! either the whole transaction with its position or neither. A group of whole source
+//! either the whole transaction with its position or neither. A position row also
+//! says the source log's epoch at its serial and a hash of the link's stages, so a
+//! link a failover re-points (`resync`) takes over the old link's position where the
+//! promoted database's history names the same epoch there ([`Target::take_over`]).
+//! A group of whole source
 //! transactions (up to [`GROUP_BYTES`] of log) is one PostgreSQL transaction; a
 //! cancelled source transaction carries no records, so nothing of it reaches
 //! PostgreSQL, but its serials are covered by the position.
@@ -24,7 +28,9 @@
 //!
 //! **Speed.** A link whose only stage is the built-in `json-columns` maps records on
 //! the host with the plugin's own code ([`Native`]: no wasm call, no row document
-//! written and read again). Rows of keys inserted at the source (new in PostgreSQL
+//! written and read again, no record copied out of the log, no map of a record's
+//! fields). A group that is a bulk load of new keys is planned without collapsing it by
+//! key ([`Plan::of_group`]), and the row buffers go round between groups. Rows of keys inserted at the source (new in PostgreSQL
 //! too, since the position makes the link exactly once) go by a binary `COPY` into the
 //! table when there are at least [`COPY_MIN_ROWS`] of one shape; should one of them
 //! exist after all (rows written before the link, a failover's replay), a savepoint
@@ -71,7 +77,7 @@ use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 use super::links::{Apply, LinkDef, LinkSpec, LinkState, Mode, OnError};
 use super::redrive::RedriveError;
 use super::sender::{self, AbortOnDrop, Rejected};
-use super::{interrelation, logical, LinkHandle, Replication};
+use super::{history, interrelation, logical, LinkHandle, Replication};
 use crate::log::durable::RawTxn;
 use crate::log::{LogKind, Outcome};
 use crate::node::{Database, Durability, Error};
@@ -94,15 +100,10 @@ const DEPENDENCY_POLL: Duration = Duration::from_millis(5);
 pub fn check_spec(spec: &LinkSpec) -> crate::node::Result<()> {
     let bad = |m: &str| Err(Error::Invalid(m.to_string()));
     let t = &spec.target;
-    if !t.url.is_empty()
-        || !t.database.is_empty()
-        || t.token.is_some()
-        || t.replication.is_some()
-        || t.resync
-    {
+    if !t.url.is_empty() || !t.database.is_empty() || t.token.is_some() || t.replication.is_some() {
         return bad(
-            "a PostgreSQL target takes \"postgres\" (the connection string) and \"schema\" \
-             only, not url, database, token, replication or resync",
+            "a PostgreSQL target takes \"postgres\" (the connection string), \"schema\" and \
+             \"resync\" only, not url, database, token or replication",
         );
     }
     if spec.options.apply != Apply::Logical {
@@ -1017,6 +1018,9 @@ struct Target {
     link: String,
     /// The source stream, as PostgreSQL's bigint holds it.
     stream: i64,
+    /// What the link's stages are (a hash of them): a position row says it, so that a
+    /// re-pointed link takes over only the position of a link that mapped as it does.
+    mapping: i64,
     /// Reports the connection's end.
     closed: oneshot::Receiver<String>,
     _connection: AbortOnDrop,
@@ -1057,6 +1061,11 @@ impl Target {
             },
             link: def.id.clone(),
             stream: stream as i64,
+            mapping: xxhash_rust::xxh3::xxh3_64(
+                serde_json::to_string(&def.spec.options.stages)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ) as i64,
             closed,
             _connection: AbortOnDrop(task),
         };
@@ -1065,11 +1074,34 @@ impl Target {
             .batch_execute(&format!(
                 "SET client_min_messages TO warning; CREATE TABLE IF NOT EXISTS {} (link text NOT NULL, stream bigint NOT NULL, \
                  serial bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (link, stream))",
+                 epoch bigint, mapping bigint, PRIMARY KEY (link, stream))",
                 target.tables.name(POSITIONS_TABLE)
             ))
             .await
             .map_err(broken)?;
+        // A table made before positions said their epoch and mapping gets the columns
+        // (looked up first: adding them locks the table).
+        let have: i64 = target
+            .client
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 \
+                 AND table_name = $2 AND column_name IN ('epoch', 'mapping')",
+                &[&target.tables.schema, &POSITIONS_TABLE],
+            )
+            .await
+            .map_err(broken)?
+            .get(0);
+        if have < 2 {
+            target
+                .client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS epoch bigint, \
+                     ADD COLUMN IF NOT EXISTS mapping bigint",
+                    target.tables.name(POSITIONS_TABLE)
+                ))
+                .await
+                .map_err(broken)?;
+        }
         Ok(target)
     }
 
@@ -1089,25 +1121,76 @@ impl Target {
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
-    /// Write the position inside `tx`.
+    /// Write the position inside `tx`: the serial, and the epoch of the source's log
+    /// that wrote it (`transport::history`; None when not known).
     async fn set_position(
-        tables: &Tables,
+        (tables, link, stream, mapping): (&Tables, &str, i64, i64),
         tx: &Transaction<'_>,
-        link: &str,
-        stream: i64,
         serial: u64,
+        epoch: Option<u64>,
     ) -> Result<(), String> {
         tx.execute(
             &format!(
-                "INSERT INTO {} (link, stream, serial) VALUES ($1, $2, $3) \
-                 ON CONFLICT (link, stream) DO UPDATE SET serial = EXCLUDED.serial, updated = now()",
+                "INSERT INTO {} (link, stream, serial, epoch, mapping) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (link, stream) DO UPDATE SET serial = EXCLUDED.serial, \
+                 epoch = EXCLUDED.epoch, mapping = EXCLUDED.mapping, updated = now()",
                 tables.name(POSITIONS_TABLE)
             ),
-            &[&link, &stream, &(serial as i64)],
+            &[
+                &link,
+                &stream,
+                &(serial as i64),
+                &epoch.map(|e| e as i64),
+                &mapping,
+            ],
         )
         .await
         .map_err(broken)?;
         Ok(())
+    }
+
+    /// A link a failover re-pointed (`resync`) and that has no position of its own
+    /// takes over the position another link with the same stages left, when this
+    /// database's log holds the same entries up to it: its history names, for that
+    /// serial, the epoch the other link's source had (`transport::history`: one epoch
+    /// is one linear log). `usable` says whether the log can continue from a serial.
+    /// The lowest such position when several agree (each of them applied everything up
+    /// to its own). The other link's id and the serial taken over.
+    async fn take_over(
+        &mut self,
+        history: &[history::Epoch],
+        usable: impl Fn(u64) -> bool,
+    ) -> Result<Option<(String, u64)>, String> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT link, serial, epoch FROM {} WHERE mapping = $1 AND epoch IS NOT NULL \
+                     AND link <> $2",
+                    self.tables.name(POSITIONS_TABLE)
+                ),
+                &[&self.mapping, &self.link],
+            )
+            .await
+            .map_err(broken)?;
+        let found = rows
+            .iter()
+            .map(|r| {
+                let (serial, epoch): (i64, i64) = (r.get(1), r.get(2));
+                (r.get::<_, String>(0), serial as u64, epoch as u64)
+            })
+            .filter(|(_, serial, epoch)| {
+                usable(*serial) && history::epoch_at(history, *serial) == Some(*epoch)
+            })
+            .min_by_key(|(_, serial, _)| *serial);
+        let Some((from, serial, epoch)) = found else {
+            return Ok(None);
+        };
+        let tx = self.client.transaction().await.map_err(broken)?;
+        let at = (&self.tables, self.link.as_str(), self.stream, self.mapping);
+        Target::set_position(at, &tx, serial, Some(epoch)).await?;
+        tx.commit().await.map_err(broken)?;
+        Ok(Some((from, serial)))
     }
 }
 
@@ -1119,6 +1202,8 @@ struct Staged {
     rows: Vec<Row>,
     /// The rows' statements, made before the commit (while the previous one ran).
     plan: Option<Plan>,
+    /// The epoch of the source's log that wrote the group's last serial.
+    epoch: Option<u64>,
     txns: Vec<RawTxn>,
     schema: Option<crate::store::Schema>,
     origin: u64,
@@ -1380,7 +1465,8 @@ async fn commit(
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;
     }
-    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serials.1).await?;
+    let at = (&pg.tables, pg.link.as_str(), pg.stream, pg.mapping);
+    Target::set_position(at, &tx, serials.1, staged.epoch).await?;
     tx.commit().await.map_err(broken)
 }
 
@@ -1413,9 +1499,20 @@ pub(super) async fn session(
         .oldest_serial(db.def.uid, LogKind::A)
         .map_err(|e| e.to_string())?;
     let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
+    let usable =
+        |from: u64| from <= last && (from == last || oldest.is_some_and(|o| o <= from + 1));
+    let mut position = position;
+    if position.is_none() && !forced && def.spec.target.resync {
+        let history = repl.history(&db).map_err(|e| e.to_string())?;
+        if let Some((from, serial)) = pg.take_over(&history, usable).await? {
+            tracing::info!(link = %def.id, from = %from, serial,
+                "took over the position of the link this one replaces");
+            link.status.lock().resumed_by_serial += 1;
+            position = Some(serial);
+        }
+    }
     let from = position.unwrap_or(0);
-    let continues =
-        !forced && from <= last && (from == last || oldest.is_some_and(|o| o <= from + 1));
+    let continues = !forced && usable(from);
     let from = if continues {
         link.status.lock().started_at = Some(from);
         from
@@ -1538,6 +1635,8 @@ pub(super) async fn session(
                 }
                 let distinct = native.as_ref().is_some_and(|n| n.one_file_per_table);
                 staged.plan = Some(Plan::of_group(&staged.rows, distinct));
+                let history = repl.history(&db).map_err(|e| e.to_string())?;
+                staged.epoch = history::epoch_at(&history, end);
                 staged.txns = txns;
                 staged.schema = Some(schema.clone());
                 staged.origin = repl.origin();
@@ -1747,7 +1846,9 @@ async fn bootstrap(
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;
     }
-    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serial).await?;
+    let epoch = history::epoch_at(&repl.history(db).map_err(|e| e.to_string())?, serial);
+    let at = (&pg.tables, pg.link.as_str(), pg.stream, pg.mapping);
+    Target::set_position(at, &tx, serial, epoch).await?;
     tx.commit().await.map_err(broken)?;
     link.status.lock().bootstraps += 1;
     tracing::info!(link = %def.id, serial, records = count, "bootstrapped the PostgreSQL target");
