@@ -3,13 +3,16 @@
 //! carried out by each member for its own links (also by a member that was down while
 //! the document changed), writes sent to a replica pointed at the primary, and the
 //! automatic failover when the primary is killed under concurrent synchronous writes
-//! (no acknowledged write lost, the old primary back as a replica, identical contents).
+//! (no acknowledged write lost, the old primary back as a replica, identical contents);
+//! a document with a PostgreSQL target carried out by its source member, its password
+//! masked on every member and kept when the document comes back masked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use doppel_tests::etcd::Etcd;
+use doppel_tests::postgres::{Postgres, PASSWORD};
 use doppel_tests::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -611,4 +614,84 @@ fn an_async_allowed_topology_promotes_the_most_advanced_async_replica() {
     let f = &cluster["failovers"][0];
     assert_eq!(f["policy"], "async-allowed", "{cluster}");
     assert_eq!(f["lost_entries"], 0, "{cluster}");
+}
+
+/// Until PostgreSQL's `orders` read `want`.
+fn wait_pg(pg: &Postgres, want: &str) {
+    let mut seen = Err(String::new());
+    let ok = wait_until(deadline_in(WITHIN), || {
+        seen = pg.try_query("shop", "SELECT id, n FROM orders ORDER BY id");
+        seen.as_deref() == Ok(want)
+    });
+    assert!(ok, "PostgreSQL's orders never read {want:?}: {seen:?}");
+}
+
+/// The ids of the PostgreSQL links on `node`.
+fn pg_links(node: &Node) -> Vec<String> {
+    node.get(&format!("/v1/tenants/{DEFAULT_TENANT}/links"))
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["target"]["postgres"].is_string())
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_document_in_etcd_with_a_postgres_target_is_carried_out_by_its_source_member_and_keeps_its_password(
+) {
+    let etcd = Etcd::start(1);
+    let pg = Postgres::start();
+    pg.create_database("shop");
+    let (a, b, c) = members(&etcd, 10_000);
+    let primary = a.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    primary
+        .put("orders", "o-1", json!({}), json!({"n": 1}))
+        .ok();
+    let nodes = nodes_json(&[("a", &a), ("b", &b), ("c", &c)]);
+    let doc = json!({"name": "pg", "nodes": nodes, "links": [
+        {"from": {"node": "a", "database": "shop"},
+         "to": {"postgres": pg.url("shop"), "schema": "public"},
+         "apply": "logical", "on_error": "quarantine", "create_tables": true,
+         "stages": [{"plugin": "json-columns@1.0.0", "config": {"files": {
+             "orders": {"table": "orders", "key": "id", "columns": {"n": "bigint"}}}}}]}]});
+    // Posted on b: stored in etcd, and a, the source, makes the link and applies.
+    let revision = b.post(&format!("{}?revision=0", topologies()), &doc).ok()["revision"]
+        .as_i64()
+        .unwrap();
+    wait_pg(&pg, "o-1|1");
+    let made = pg_links(&a);
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(pg_links(&b).is_empty() && pg_links(&c).is_empty());
+
+    // Every member shows the document with the password masked.
+    let masked = format!("postgresql://doppel:***@127.0.0.1:{}/shop", pg.port);
+    let mut shown = Value::Null;
+    for node in [&a, &b, &c] {
+        shown = node.get(&format!("{}/pg", topologies())).ok().clone();
+        assert!(!shown.to_string().contains(PASSWORD), "{shown}");
+        assert_eq!(shown["document"]["links"][0]["to"]["postgres"], masked);
+    }
+    // Sent back as shown (masked) with its revision: the stored password is kept, the
+    // link is the same one and applies on.
+    c.post(
+        &format!("{}?revision={revision}", topologies()),
+        &shown["document"],
+    )
+    .ok();
+    primary
+        .put("orders", "o-2", json!({}), json!({"n": 2}))
+        .ok();
+    wait_pg(&pg, "o-1|1\no-2|2");
+    assert_eq!(pg_links(&a), made);
+    let status = a
+        .get(&format!("/v1/tenants/{DEFAULT_TENANT}/links/{}", made[0]))
+        .ok()
+        .clone();
+    assert_eq!(status["status"]["state"], "streaming", "{status}");
+    assert_eq!(status["status"]["last_error"], Value::Null, "{status}");
+    for node in [&a, &b, &c] {
+        assert!(!node.stderr_tail().contains(PASSWORD));
+    }
 }

@@ -768,8 +768,22 @@ fn a_topology_document_declares_a_postgres_target_keeps_its_password_and_a_failo
     assert_ne!(back["plan"][1]["id"], json!(pg_link_id));
 
     // The primary dies; the failover promotes b and re-points the PostgreSQL link: it now
-    // comes from b, and b's writes land in PostgreSQL.
+    // comes from b, takes over the old link's position (b's log holds the same entries up
+    // to it), and b's writes land in PostgreSQL. A trigger notes every row PostgreSQL
+    // writes from here on: o-1 to o-3 must not be applied again.
     wait_pg_orders(&pg, "o-1|1\no-2|2\no-3|3");
+    let taken: u64 = pg
+        .query("shop", "SELECT min(serial) FROM doppel_positions")
+        .parse()
+        .unwrap();
+    pg.query(
+        "shop",
+        "CREATE TABLE writes (id text); \
+         CREATE FUNCTION noted() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO writes VALUES (NEW.id); RETURN NEW; END $$; \
+         CREATE TRIGGER noted AFTER INSERT OR UPDATE ON orders FOR EACH ROW \
+         EXECUTE FUNCTION noted()",
+    );
     a.kill9();
     let failover = c
         .post(
@@ -808,6 +822,19 @@ fn a_topology_document_declares_a_postgres_target_keeps_its_password_and_a_failo
         .ok();
     new_primary.delete("orders", "o-1").ok();
     wait_pg_orders(&pg, "o-2|2\no-3|3\no-4|4");
+    assert_eq!(
+        pg.query("shop", "SELECT id FROM writes ORDER BY id"),
+        "o-4",
+        "the re-pointed link applied again rows the old one had applied"
+    );
+    let moved = b
+        .get(&format!("{}/{}", links(), on_b[0]["id"].as_str().unwrap()))
+        .ok()
+        .clone();
+    let status = &moved["status"];
+    assert_eq!(status["resumed_by_serial"], 1, "{moved}");
+    assert_eq!(status["started_at"], taken, "{moved}");
+    assert_eq!(status["bootstraps"], 0, "{moved}");
     for node in [&b, &c] {
         assert!(!node.stderr_tail().contains(PASSWORD));
     }

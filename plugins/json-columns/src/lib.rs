@@ -26,6 +26,7 @@
 //! no entry is not shipped. A value that does not fit its column's type is a record
 //! error that names the column.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use doppel_sdk::{json, Op, Out, OwnedRecord, PluginConfig, Record};
@@ -174,6 +175,77 @@ fn key_value(m: &FileMap, key: &str) -> Result<(ColumnType, Value), String> {
     Ok((ty, v))
 }
 
+/// A record's top-level fields read straight into the columns they fill: a listed
+/// field's value into its column, the others into the `rest` object, or skipped without
+/// being built when there is none. No map of every field is made, and field names are
+/// borrowed from the data (this runs for every record).
+struct Fields<'c, 'v> {
+    /// The key column: the record's key fills it, whatever the data says.
+    key: &'c str,
+    listed: &'v mut [(&'c str, ColumnType, Value)],
+    rest: Option<Map<String, Value>>,
+}
+
+impl Fields<'_, '_> {
+    /// Read `data`, a JSON object, into the columns (the errors of parsing it whole).
+    fn read(&mut self, data: &[u8]) -> Result<(), String> {
+        if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            json::parse(data)?;
+            return Err("the record is not a JSON object".into());
+        }
+        let mut de = serde_json::Deserializer::from_slice(data);
+        serde::Deserializer::deserialize_map(&mut de, &mut *self)
+            .and_then(|()| de.end())
+            .map_err(|e| format!("data is not JSON: {e}"))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Fields<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Name(name)) = map.next_key()? {
+            // A later duplicate wins, as in a parsed object.
+            let listed = self.listed.iter().position(|(n, _, _)| *n == name);
+            let is_key = name == self.key;
+            if let Some(at) = listed {
+                self.listed[at].2 = map.next_value()?;
+            } else if let Some(rest) = self.rest.as_mut().filter(|_| !is_key) {
+                rest.insert(name.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A field name, borrowed from the data unless it has escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(Text)
+    }
+}
+
 /// One record mapped to its row: the table, the key column and the typed columns (the
 /// key's first; a delete's only the key's).
 #[derive(Debug, PartialEq)]
@@ -200,28 +272,31 @@ pub fn map_columns<'c>(
     let mut columns = Vec::with_capacity(m.columns.len() + 2);
     columns.push((m.key.as_str(), key_ty, key));
     if op != Op::Delete {
-        let mut fields: Map<String, Value> = match json::parse(data)? {
-            Value::Object(fields) => fields,
-            _ => return Err("the record is not a JSON object".into()),
+        // The listed columns (the key's excepted) in order, filled as the data is read.
+        columns.extend(
+            m.columns
+                .iter()
+                .filter(|(name, _)| **name != m.key)
+                .map(|(name, ty)| (name.as_str(), *ty, Value::Null)),
+        );
+        let mut fields = Fields {
+            key: &m.key,
+            listed: &mut columns[1..],
+            rest: m.rest.as_ref().map(|_| Map::new()),
         };
-        // The key column holds the record's key, whatever the data says.
-        fields.remove(&m.key);
-        for (name, ty) in &m.columns {
-            if *name == m.key {
-                continue;
-            }
-            let v = fields.remove(name).unwrap_or(Value::Null);
-            if !ty.fits(&v) {
+        fields.read(data)?;
+        let rest = fields.rest.take();
+        for (name, ty, v) in &columns[1..] {
+            if !ty.fits(v) {
                 return Err(format!(
                     "column '{name}': expected {}, got {}",
                     ty.name(),
-                    kind(&v)
+                    kind(v)
                 ));
             }
-            columns.push((name.as_str(), *ty, v));
         }
-        if let Some(rest) = &m.rest {
-            columns.push((rest.as_str(), ColumnType::Jsonb, Value::Object(fields)));
+        if let (Some(name), Some(fields)) = (&m.rest, rest) {
+            columns.push((name.as_str(), ColumnType::Jsonb, Value::Object(fields)));
         }
     }
     Ok(Some(Mapped {
@@ -363,6 +438,38 @@ mod tests {
         let (out, errors) = transform(map_row, cfg, &recs).unwrap();
         assert_eq!(doc(&out[0])["columns"], json!([["id", "bigint", 42]]));
         assert!(errors[0].1.contains("column 'id'"), "{}", errors[0].1);
+    }
+
+    #[test]
+    fn fields_read_in_place_match_the_parsed_object() {
+        let cfg: Config = doppel_sdk::load_config(CFG).unwrap();
+        let map = |data: &str| map_columns(&cfg, Op::Insert, "orders", "o-1", data.as_bytes());
+        // A later duplicate wins, escaped names are read, the key field is never data,
+        // and unlisted fields (escaped or not) go to the rest column.
+        let m = map(
+            r#" {"total": 1, "tot\u0061l": 2.5, "id": "x", "n\u00f6te": [1], "customer": null}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            m.columns,
+            vec![
+                ("id", ColumnType::Text, json!("o-1")),
+                ("customer", ColumnType::Text, Value::Null),
+                ("total", ColumnType::Double, json!(2.5)),
+                ("extra", ColumnType::Jsonb, json!({"n\u{f6}te": [1]})),
+            ]
+        );
+        for (data, want) in [
+            ("", "not a JSON object"),
+            ("  [1]", "not a JSON object"),
+            ("{\"total\": 1} x", "data is not JSON"),
+            ("{\"total\": ", "data is not JSON"),
+            ("nope", "data is not JSON"),
+        ] {
+            let err = map(data).unwrap_err();
+            assert!(err.contains(want), "{data:?}: {err}");
+        }
     }
 
     #[test]

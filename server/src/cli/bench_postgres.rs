@@ -4,13 +4,17 @@
 //! the floor).
 //!
 //! - **apply**: `--records` records of `--record-bytes` (`{"n": i, "s": "xxx…"}`) are
-//!   written in batches while the link is paused, then it resumes: rows/s from the
-//!   resume until the link's position covers the last serial (everything applied and
+//!   written in batches while the link is paused; then the database is snapshotted
+//!   (1,000,000 entries is when the node's upkeep would, about a second of its CPU
+//!   that would otherwise run during the apply) and, once the node is idle again,
+//!   the link resumes: rows/s from the resume
+//!   until the link's position covers the last serial (everything applied and
 //!   committed in PostgreSQL), with the CPU seconds over that time of the node and of
 //!   PostgreSQL (its postmaster and backends), each found by the port it listens on
 //!   (from `/proc`, so on this machine only; other nodes or servers do not count);
 //! - **floor**: the same rows by `COPY … FROM STDIN` (psql `\copy`, text format) into a
-//!   fresh table of the same shape (primary key included): rows/s, and the ratio;
+//!   fresh table of the same shape (primary key included): rows/s, PostgreSQL's CPU
+//!   seconds over it, and the ratio;
 //! - **live**: the same keys written again (updates, upserts in PostgreSQL) with the link
 //!   running: the write rate, the link's lag when the writes end, and the time until it
 //!   caught up.
@@ -23,8 +27,9 @@ use serde_json::json;
 use super::bench::{db_path, recreate, run_parallel, BenchArgs};
 use super::client::{connect, Client};
 
-/// (pid, parent pid, CPU seconds user + system) of every process, from `/proc`.
-fn processes() -> Vec<(u32, u32, f64)> {
+/// (pid, parent pid, CPU seconds user + system, and of its children that ended) of every
+/// process, from `/proc`.
+fn processes() -> Vec<(u32, u32, f64, f64)> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -45,11 +50,18 @@ fn processes() -> Vec<(u32, u32, f64)> {
         let Some(close) = stat.rfind(')') else {
             continue;
         };
-        // Fields after the command: state is field 3, ppid 4; utime and stime 14 and 15.
+        // Fields after the command: state is field 3, ppid 4; utime and stime 14 and 15,
+        // the ended children's 16 and 17.
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
         let cpu = field(14).unwrap_or(0) + field(15).unwrap_or(0);
-        out.push((pid, field(4).unwrap_or(0) as u32, cpu as f64 / ticks));
+        let ended = field(16).unwrap_or(0) + field(17).unwrap_or(0);
+        out.push((
+            pid,
+            field(4).unwrap_or(0) as u32,
+            cpu as f64 / ticks,
+            ended as f64 / ticks,
+        ));
     }
     out
 }
@@ -97,16 +109,17 @@ fn listener(port: u16) -> Option<u32> {
     None
 }
 
-/// CPU seconds of the process listening on `port` and its children (PostgreSQL's
-/// backends are the postmaster's); None when no process here listens on it. Other
+/// CPU seconds of the process listening on `port` and its children, those that ended
+/// included (PostgreSQL's backends are the postmaster's: psql's `\copy` has its own,
+/// gone when it is measured); None when no process here listens on it. Other
 /// processes of the same name (another node, another PostgreSQL) do not count.
 fn cpu_seconds(port: u16) -> Option<f64> {
     let root = listener(port)?;
     Some(
         processes()
             .into_iter()
-            .filter(|(pid, ppid, _)| *pid == root || *ppid == root)
-            .map(|(_, _, cpu)| cpu)
+            .filter(|(pid, ppid, _, _)| *pid == root || *ppid == root)
+            .map(|(pid, _, cpu, ended)| if pid == root { cpu + ended } else { cpu })
             .sum(),
     )
 }
@@ -162,7 +175,26 @@ fn until_applied(client: &Client, link: &str, serial: u64) -> Result<Duration, S
         if s["state"] == "stopped" || started.elapsed() > Duration::from_secs(1800) {
             return Err(format!("the link did not catch up: {s}"));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        // Each look reads the link's status, log included: often enough to time a
+        // second-long apply to 1%, not so often that the looks cost the node.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait (at most `limit`) until the process listening on `port` uses under a fifth of a
+/// core over a quarter of a second: the work that follows a bulk write (the snapshot
+/// it triggers) is done. How long that took; None when its CPU cannot be read here.
+fn settle(port: u16, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let window = Duration::from_millis(250);
+    let mut before = cpu_seconds(port)?;
+    loop {
+        std::thread::sleep(window);
+        let now = cpu_seconds(port)?;
+        if now - before < 0.2 * window.as_secs_f64() || started.elapsed() > limit {
+            return Some(started.elapsed());
+        }
+        before = now;
     }
 }
 
@@ -259,6 +291,16 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         .ok()
         .and_then(|c| c.get_ports().first().copied())
         .unwrap_or(5432);
+    let started = Instant::now();
+    client.call("POST", &format!("{path}/snapshots"), None)?;
+    let snapshot = started.elapsed();
+    if let Some(waited) = node_port.and_then(|port| settle(port, Duration::from_secs(120))) {
+        println!(
+            "  snapshot of the database before the apply: {:.1} s; the node idle {:.1} s later",
+            snapshot.as_secs_f64(),
+            waited.as_secs_f64()
+        );
+    }
     let cpu = || (cpu_seconds(pg_port), node_port.and_then(cpu_seconds));
     let before = cpu();
     let started = Instant::now();
@@ -299,18 +341,21 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         }
         out.flush().map_err(|e| e.to_string())?;
     }
+    let before = cpu_seconds(pg_port);
     let started = Instant::now();
     let copied = psql(
         &conn,
         &format!("\\copy bench_copy FROM '{}'", file.display()),
     );
     let floor = started.elapsed();
+    let floor_cpu = before.zip(cpu_seconds(pg_port)).map(|(a, b)| b - a);
     let _ = std::fs::remove_file(&file);
     copied?;
     let floor_rate = records as f64 / floor.as_secs_f64();
     println!(
-        "  floor: COPY FROM STDIN (psql \\copy, text) of the same rows: {:.2} s, {floor_rate:.0} rows/s; the link takes {:.2}x its time",
+        "  floor: COPY FROM STDIN (psql \\copy, text) of the same rows: {:.2} s, {floor_rate:.0} rows/s, PostgreSQL CPU {}; the link takes {:.2}x its time",
         floor.as_secs_f64(),
+        floor_cpu.map_or("not measured".to_string(), |c| format!("{c:.1} s")),
         applied.as_secs_f64() / floor.as_secs_f64()
     );
 

@@ -353,7 +353,9 @@ impl LinkDoc {
                 database: String::new(),
                 token: None,
                 replication: None,
-                resync: false,
+                // A failover's re-pointed link takes over the old one's position
+                // (`transport::postgres`).
+                resync: self.resync,
                 postgres: Some(p.postgres.clone()),
                 schema: p.schema.clone(),
             },

@@ -30,7 +30,7 @@ const HISTORY_PREFIX: &str = "history/";
 pub type Epoch = (u64, u64);
 
 /// The epoch that wrote serial `s` in `history` (None: before the first one).
-fn epoch_at(history: &[Epoch], s: u64) -> Option<u64> {
+pub fn epoch_at(history: &[Epoch], s: u64) -> Option<u64> {
     history
         .iter()
         .take_while(|(_, first)| *first <= s)

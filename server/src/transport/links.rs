@@ -80,7 +80,9 @@ pub struct TargetSpec {
     /// The target database may hold data of its own or follow another source: this
     /// link takes it over (a failover re-pointing replicas, an old primary rejoining):
     /// by serial where its log's history allows (`transport::history`), else from a
-    /// snapshot. Without it such a target is refused.
+    /// snapshot. Without it such a target is refused. On a PostgreSQL target: a link
+    /// with no position of its own takes over the position another link with the same
+    /// stages left, where this database's log holds the same entries up to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
 }

@@ -116,12 +116,55 @@ pub fn load_stage(
         .map_err(|e| Error::Invalid(format!("{at} ({}): {e}", stage.plugin)))
 }
 
-/// The records of one transaction (main files only; reorganisations and undo updates
-/// carry nothing a key-based replica needs, and a cancelled transaction none at all).
-pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRecord>> {
-    let mut out = Vec::new();
+/// One record of a transaction, borrowed from its log chunk.
+pub struct LogRecord<'a> {
+    pub op: RecordOp,
+    pub serial: u64,
+    pub timestamp: u64,
+    pub txn: u64,
+    pub file: &'a crate::store::FileSchema,
+    pub key: &'a [u8],
+    /// The after image (None for a delete).
+    pub image: Option<block::RecordRef<'a>>,
+}
+
+impl LogRecord<'_> {
+    /// The record as a plugin record of its own.
+    pub fn owned(&self, origin: u64) -> OwnedRecord {
+        let file = self.file;
+        OwnedRecord {
+            origin,
+            serial: self.serial,
+            timestamp: self.timestamp,
+            txn: self.txn,
+            op: self.op,
+            file: file.name.clone(),
+            key: String::from_utf8_lossy(self.key).into_owned(),
+            data: self.image.map_or_else(Vec::new, |r| r.data.to_vec()),
+            alt: self.image.map_or_else(Vec::new, |r| {
+                r.alts()
+                    .filter_map(|(index, value)| {
+                        let name = file.alt_keys.get(index as usize)?;
+                        Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
+                    })
+                    .collect()
+            }),
+            ..OwnedRecord::default()
+        }
+    }
+}
+
+/// Each record of one transaction, in order, borrowed from the log (main files only;
+/// reorganisations and undo updates carry nothing a key-based replica needs, and a
+/// cancelled transaction none at all): what [`records`] copies, and what a PostgreSQL
+/// link that maps records on the host reads without copying them.
+pub fn each_log_record(
+    schema: &Schema,
+    txn: &RawTxn,
+    mut f: impl FnMut(LogRecord<'_>) -> Result<()>,
+) -> Result<()> {
     if txn.outcome == Outcome::Cancelled {
-        return Ok(out);
+        return Ok(());
     }
     for chunk in txn.chunks.iter().filter(|c| c.head.kind == LogKind::A) {
         let decoded = codec::decode(&chunk.bytes).map_err(damaged)?;
@@ -138,45 +181,43 @@ pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRe
             if file.name == versions::VERSIONS_FILE {
                 continue;
             }
-            let mut record = OwnedRecord {
-                origin,
-                serial: h.serial,
-                timestamp: h.timestamp_us,
-                txn: h.txn,
-                file: file.name.clone(),
-                ..OwnedRecord::default()
-            };
-            match h.effect {
-                Effect::Delete => {
-                    record.op = RecordOp::Delete;
-                    record.key =
-                        String::from_utf8_lossy(entry.key.unwrap_or_default()).into_owned();
-                }
-                _ => {
-                    record.op = if h.effect == Effect::Insert {
-                        RecordOp::Insert
-                    } else {
-                        RecordOp::Update
-                    };
+            let (op, key, image) = match h.effect {
+                Effect::Delete => (RecordOp::Delete, entry.key.unwrap_or_default(), None),
+                effect => {
                     let image = entry
                         .image
                         .ok_or_else(|| damaged("a put without its after image"))?;
                     let r = block::decode(image)
                         .ok_or_else(|| damaged("an undecodable after image"))?;
-                    record.key = String::from_utf8_lossy(r.key).into_owned();
-                    record.data = r.data.to_vec();
-                    record.alt = r
-                        .alts()
-                        .filter_map(|(index, value)| {
-                            let name = file.alt_keys.get(index as usize)?;
-                            Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
-                        })
-                        .collect();
+                    let op = if effect == Effect::Insert {
+                        RecordOp::Insert
+                    } else {
+                        RecordOp::Update
+                    };
+                    (op, r.key, Some(r))
                 }
-            }
-            out.push(record);
+            };
+            f(LogRecord {
+                op,
+                serial: h.serial,
+                timestamp: h.timestamp_us,
+                txn: h.txn,
+                file,
+                key,
+                image,
+            })?;
         }
     }
+    Ok(())
+}
+
+/// The records of one transaction ([`each_log_record`], each a record of its own).
+pub fn records(schema: &Schema, origin: u64, txn: &RawTxn) -> Result<Vec<OwnedRecord>> {
+    let mut out = Vec::new();
+    each_log_record(schema, txn, |r| {
+        out.push(r.owned(origin));
+        Ok(())
+    })?;
     Ok(out)
 }
 

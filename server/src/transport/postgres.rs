@@ -9,7 +9,11 @@
 //! the same PostgreSQL transaction as the rows it covers. A session starts by reading
 //! it and resumes after it, so a kill -9 of the source node (the process that applies
 //! into PostgreSQL), a lost connection or a PostgreSQL restart at any moment leaves
-//! either the whole transaction with its position or neither. A group of whole source
+//! either the whole transaction with its position or neither. A position row also
+//! says the source log's epoch at its serial and a hash of the link's stages, so a
+//! link a failover re-points (`resync`) takes over the old link's position where the
+//! promoted database's history names the same epoch there ([`Target::take_over`]).
+//! A group of whole source
 //! transactions (up to [`GROUP_BYTES`] of log) is one PostgreSQL transaction; a
 //! cancelled source transaction carries no records, so nothing of it reaches
 //! PostgreSQL, but its serials are covered by the position.
@@ -24,7 +28,9 @@
 //!
 //! **Speed.** A link whose only stage is the built-in `json-columns` maps records on
 //! the host with the plugin's own code ([`Native`]: no wasm call, no row document
-//! written and read again). Rows of keys inserted at the source (new in PostgreSQL
+//! written and read again, no record copied out of the log, no map of a record's
+//! fields). A group that is a bulk load of new keys is planned without collapsing it by
+//! key ([`Plan::of_group`]), and the row buffers go round between groups. Rows of keys inserted at the source (new in PostgreSQL
 //! too, since the position makes the link exactly once) go by a binary `COPY` into the
 //! table when there are at least [`COPY_MIN_ROWS`] of one shape; should one of them
 //! exist after all (rows written before the link, a failover's replay), a savepoint
@@ -71,7 +77,7 @@ use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord, Record};
 use super::links::{Apply, LinkDef, LinkSpec, LinkState, Mode, OnError};
 use super::redrive::RedriveError;
 use super::sender::{self, AbortOnDrop, Rejected};
-use super::{interrelation, logical, LinkHandle, Replication};
+use super::{history, interrelation, logical, LinkHandle, Replication};
 use crate::log::durable::RawTxn;
 use crate::log::{LogKind, Outcome};
 use crate::node::{Database, Durability, Error};
@@ -94,15 +100,10 @@ const DEPENDENCY_POLL: Duration = Duration::from_millis(5);
 pub fn check_spec(spec: &LinkSpec) -> crate::node::Result<()> {
     let bad = |m: &str| Err(Error::Invalid(m.to_string()));
     let t = &spec.target;
-    if !t.url.is_empty()
-        || !t.database.is_empty()
-        || t.token.is_some()
-        || t.replication.is_some()
-        || t.resync
-    {
+    if !t.url.is_empty() || !t.database.is_empty() || t.token.is_some() || t.replication.is_some() {
         return bad(
-            "a PostgreSQL target takes \"postgres\" (the connection string) and \"schema\" \
-             only, not url, database, token, replication or resync",
+            "a PostgreSQL target takes \"postgres\" (the connection string), \"schema\" and \
+             \"resync\" only, not url, database, token or replication",
         );
     }
     if spec.options.apply != Apply::Logical {
@@ -580,6 +581,31 @@ struct Planned {
 }
 
 impl Plan {
+    /// A catching-up group's plan. When `distinct` (no two files map to the same table)
+    /// and the rows are all inserts of one shape with a single text key (a bulk load),
+    /// the keys are distinct: a key inserted twice at the source was deleted in between,
+    /// and there is no delete here. So the plan is that one statement, without working
+    /// out the last operation of each key. Should a key repeat after all, PostgreSQL
+    /// refuses the `COPY`, then the upsert, and the group is written row by row.
+    fn of_group(rows: &[Row], distinct: bool) -> Plan {
+        let Some(first) = rows.first().filter(|_| distinct) else {
+            return Plan::of(rows);
+        };
+        let text_key = matches!(first.shape.key_at.as_slice(),
+            [at] if first.shape.columns[*at].1 == PgType::Text);
+        if !text_key
+            || !rows
+                .iter()
+                .all(|r| r.insert && Arc::ptr_eq(&r.shape, &first.shape))
+        {
+            return Plan::of(rows);
+        }
+        let p = Planned::new(first.shape.clone(), (0..rows.len()).collect(), true, rows);
+        Plan {
+            statements: vec![p],
+        }
+    }
+
     fn of(rows: &[Row]) -> Plan {
         // The last operation of each key, and whether its first one here inserted it.
         let mut last: HashMap<(&str, Cow<'_, str>), (usize, bool)> =
@@ -625,18 +651,24 @@ impl Plan {
         }
         let statements = statements
             .into_iter()
-            .map(|(mut p, fresh)| {
-                if fresh
-                    && !p.shape.delete
-                    && p.members.len() >= COPY_MIN_ROWS
-                    && p.shape.copied().is_some()
-                {
-                    p.copy = Some(copy_data(rows, &p.members));
-                }
-                p
-            })
+            .map(|(p, fresh)| Planned::new(p.shape, p.members, fresh, rows))
             .collect();
         Plan { statements }
+    }
+}
+
+impl Planned {
+    /// The statement writing `members` of `rows`: a `COPY` when they are `fresh` (every
+    /// key inserted at the source), enough of them, and of a shape `COPY` can send.
+    fn new(shape: Arc<Shape>, members: Vec<usize>, fresh: bool, rows: &[Row]) -> Planned {
+        let copy =
+            (fresh && !shape.delete && members.len() >= COPY_MIN_ROWS && shape.copied().is_some())
+                .then(|| copy_data(rows, &members));
+        Planned {
+            shape,
+            members,
+            copy,
+        }
     }
 }
 
@@ -986,6 +1018,9 @@ struct Target {
     link: String,
     /// The source stream, as PostgreSQL's bigint holds it.
     stream: i64,
+    /// What the link's stages are (a hash of them): a position row says it, so that a
+    /// re-pointed link takes over only the position of a link that mapped as it does.
+    mapping: i64,
     /// Reports the connection's end.
     closed: oneshot::Receiver<String>,
     _connection: AbortOnDrop,
@@ -1026,6 +1061,11 @@ impl Target {
             },
             link: def.id.clone(),
             stream: stream as i64,
+            mapping: xxhash_rust::xxh3::xxh3_64(
+                serde_json::to_string(&def.spec.options.stages)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ) as i64,
             closed,
             _connection: AbortOnDrop(task),
         };
@@ -1034,11 +1074,34 @@ impl Target {
             .batch_execute(&format!(
                 "SET client_min_messages TO warning; CREATE TABLE IF NOT EXISTS {} (link text NOT NULL, stream bigint NOT NULL, \
                  serial bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (link, stream))",
+                 epoch bigint, mapping bigint, PRIMARY KEY (link, stream))",
                 target.tables.name(POSITIONS_TABLE)
             ))
             .await
             .map_err(broken)?;
+        // A table made before positions said their epoch and mapping gets the columns
+        // (looked up first: adding them locks the table).
+        let have: i64 = target
+            .client
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 \
+                 AND table_name = $2 AND column_name IN ('epoch', 'mapping')",
+                &[&target.tables.schema, &POSITIONS_TABLE],
+            )
+            .await
+            .map_err(broken)?
+            .get(0);
+        if have < 2 {
+            target
+                .client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS epoch bigint, \
+                     ADD COLUMN IF NOT EXISTS mapping bigint",
+                    target.tables.name(POSITIONS_TABLE)
+                ))
+                .await
+                .map_err(broken)?;
+        }
         Ok(target)
     }
 
@@ -1058,25 +1121,76 @@ impl Target {
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
-    /// Write the position inside `tx`.
+    /// Write the position inside `tx`: the serial, and the epoch of the source's log
+    /// that wrote it (`transport::history`; None when not known).
     async fn set_position(
-        tables: &Tables,
+        (tables, link, stream, mapping): (&Tables, &str, i64, i64),
         tx: &Transaction<'_>,
-        link: &str,
-        stream: i64,
         serial: u64,
+        epoch: Option<u64>,
     ) -> Result<(), String> {
         tx.execute(
             &format!(
-                "INSERT INTO {} (link, stream, serial) VALUES ($1, $2, $3) \
-                 ON CONFLICT (link, stream) DO UPDATE SET serial = EXCLUDED.serial, updated = now()",
+                "INSERT INTO {} (link, stream, serial, epoch, mapping) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (link, stream) DO UPDATE SET serial = EXCLUDED.serial, \
+                 epoch = EXCLUDED.epoch, mapping = EXCLUDED.mapping, updated = now()",
                 tables.name(POSITIONS_TABLE)
             ),
-            &[&link, &stream, &(serial as i64)],
+            &[
+                &link,
+                &stream,
+                &(serial as i64),
+                &epoch.map(|e| e as i64),
+                &mapping,
+            ],
         )
         .await
         .map_err(broken)?;
         Ok(())
+    }
+
+    /// A link a failover re-pointed (`resync`) and that has no position of its own
+    /// takes over the position another link with the same stages left, when this
+    /// database's log holds the same entries up to it: its history names, for that
+    /// serial, the epoch the other link's source had (`transport::history`: one epoch
+    /// is one linear log). `usable` says whether the log can continue from a serial.
+    /// The lowest such position when several agree (each of them applied everything up
+    /// to its own). The other link's id and the serial taken over.
+    async fn take_over(
+        &mut self,
+        history: &[history::Epoch],
+        usable: impl Fn(u64) -> bool,
+    ) -> Result<Option<(String, u64)>, String> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT link, serial, epoch FROM {} WHERE mapping = $1 AND epoch IS NOT NULL \
+                     AND link <> $2",
+                    self.tables.name(POSITIONS_TABLE)
+                ),
+                &[&self.mapping, &self.link],
+            )
+            .await
+            .map_err(broken)?;
+        let found = rows
+            .iter()
+            .map(|r| {
+                let (serial, epoch): (i64, i64) = (r.get(1), r.get(2));
+                (r.get::<_, String>(0), serial as u64, epoch as u64)
+            })
+            .filter(|(_, serial, epoch)| {
+                usable(*serial) && history::epoch_at(history, *serial) == Some(*epoch)
+            })
+            .min_by_key(|(_, serial, _)| *serial);
+        let Some((from, serial, epoch)) = found else {
+            return Ok(None);
+        };
+        let tx = self.client.transaction().await.map_err(broken)?;
+        let at = (&self.tables, self.link.as_str(), self.stream, self.mapping);
+        Target::set_position(at, &tx, serial, Some(epoch)).await?;
+        tx.commit().await.map_err(broken)?;
+        Ok(Some((from, serial)))
     }
 }
 
@@ -1088,6 +1202,8 @@ struct Staged {
     rows: Vec<Row>,
     /// The rows' statements, made before the commit (while the previous one ran).
     plan: Option<Plan>,
+    /// The epoch of the source's log that wrote the group's last serial.
+    epoch: Option<u64>,
     txns: Vec<RawTxn>,
     schema: Option<crate::store::Schema>,
     origin: u64,
@@ -1123,6 +1239,8 @@ struct Native {
     plugin: String,
     /// The shapes the mapping has made (one per file and operation): rows share them.
     shapes: parking_lot::Mutex<Vec<Arc<Shape>>>,
+    /// No two files map to the same table, so a table's keys are one file's keys.
+    one_file_per_table: bool,
 }
 
 impl Native {
@@ -1138,16 +1256,25 @@ impl Native {
         }
         let config =
             doppel_sdk::load_config::<json_columns::Config>(&stage.config.to_string()).ok()?;
+        let mut tables: Vec<&str> = config.files.values().map(|m| m.table.as_str()).collect();
+        tables.sort_unstable();
+        let one_file_per_table = tables.windows(2).all(|w| w[0] != w[1]);
         Some(Native {
-            config,
             plugin: stage.plugin.clone(),
             shapes: parking_lot::Mutex::new(Vec::new()),
+            one_file_per_table,
+            config,
         })
     }
 
     /// A mapped record as a row, its shape shared with the rows mapped before it.
-    fn row(shapes: &mut Vec<Arc<Shape>>, m: json_columns::Mapped<'_>, r: &OwnedRecord) -> Row {
-        let delete = r.op == RecordOp::Delete;
+    fn row(
+        shapes: &mut Vec<Arc<Shape>>,
+        m: json_columns::Mapped<'_>,
+        op: RecordOp,
+        serial: u64,
+    ) -> Row {
+        let delete = op == RecordOp::Delete;
         let fits = |s: &Arc<Shape>| {
             s.delete == delete
                 && s.table == m.table
@@ -1176,9 +1303,9 @@ impl Native {
         };
         Row {
             shape,
-            insert: r.op == RecordOp::Insert,
+            insert: op == RecordOp::Insert,
             values: m.columns.into_iter().map(|(_, _, v)| v).collect(),
-            serial: r.serial,
+            serial,
         }
     }
 
@@ -1188,7 +1315,7 @@ impl Native {
         let mut shapes = self.shapes.lock();
         for (i, r) in records.iter().enumerate() {
             match json_columns::map_columns(&self.config, r.op, &r.file, &r.key, &r.data) {
-                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r)),
+                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r.op, r.serial)),
                 Ok(None) => {}
                 Err(message) => rejected.push(Rejected {
                     index: Some(i),
@@ -1198,6 +1325,39 @@ impl Native {
             }
         }
         rejected
+    }
+
+    /// The rows of one transaction mapped straight from its log, no record copied.
+    /// False, with no row added, when the mapping refuses one of its records: the caller
+    /// then stages the transaction's records, which rejects that one by the link's error
+    /// policy.
+    fn rows_of(
+        &self,
+        schema: &crate::store::Schema,
+        txn: &RawTxn,
+        into: &mut Vec<Row>,
+    ) -> Result<bool, String> {
+        let start = into.len();
+        let mut refused = false;
+        let mut shapes = self.shapes.lock();
+        logical::each_log_record(schema, txn, |r| {
+            if refused {
+                return Ok(());
+            }
+            let key = String::from_utf8_lossy(r.key);
+            let data = r.image.map_or(&[][..], |i| i.data);
+            match json_columns::map_columns(&self.config, r.op, &r.file.name, &key, data) {
+                Ok(Some(m)) => into.push(Native::row(&mut shapes, m, r.op, r.serial)),
+                Ok(None) => {}
+                Err(_) => refused = true,
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        if refused {
+            into.truncate(start);
+        }
+        Ok(!refused)
     }
 }
 
@@ -1305,7 +1465,8 @@ async fn commit(
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;
     }
-    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serials.1).await?;
+    let at = (&pg.tables, pg.link.as_str(), pg.stream, pg.mapping);
+    Target::set_position(at, &tx, serials.1, staged.epoch).await?;
     tx.commit().await.map_err(broken)
 }
 
@@ -1338,9 +1499,20 @@ pub(super) async fn session(
         .oldest_serial(db.def.uid, LogKind::A)
         .map_err(|e| e.to_string())?;
     let forced = link.force_bootstrap.swap(false, Ordering::SeqCst);
+    let usable =
+        |from: u64| from <= last && (from == last || oldest.is_some_and(|o| o <= from + 1));
+    let mut position = position;
+    if position.is_none() && !forced && def.spec.target.resync {
+        let history = repl.history(&db).map_err(|e| e.to_string())?;
+        if let Some((from, serial)) = pg.take_over(&history, usable).await? {
+            tracing::info!(link = %def.id, from = %from, serial,
+                "took over the position of the link this one replaces");
+            link.status.lock().resumed_by_serial += 1;
+            position = Some(serial);
+        }
+    }
     let from = position.unwrap_or(0);
-    let continues =
-        !forced && from <= last && (from == last || oldest.is_some_and(|o| o <= from + 1));
+    let continues = !forced && usable(from);
     let from = if continues {
         link.status.lock().started_at = Some(from);
         from
@@ -1376,6 +1548,9 @@ pub(super) async fn session(
     // next is read and staged here. `pg` is home when no commit is in flight.
     let mut pg = Some(pg);
     let mut inflight: Option<InFlight> = None;
+    // A landed commit's row buffer, emptied, for the next group but one: the big
+    // buffers are kept, not allocated (and their pages zeroed) for every group.
+    let mut spare: Vec<Row> = Vec::new();
     let result: Result<(), String> = async {
         loop {
             if control.has_changed().unwrap_or(true) {
@@ -1406,9 +1581,18 @@ pub(super) async fn session(
                 let Some(end) = txns.last().map(|t| t.last_serial) else {
                     continue;
                 };
-                let mut staged = Staged::default();
+                // The rows go into the buffer the commit before last gave back.
+                let mut staged = Staged {
+                    rows: std::mem::take(&mut spare),
+                    ..Staged::default()
+                };
                 let mut waits: HashMap<String, u64> = HashMap::new();
                 for txn in &txns {
+                    if let Some(native) = native.as_ref().filter(|_| sources.is_none()) {
+                        if native.rows_of(&schema, txn, &mut staged.rows)? {
+                            continue;
+                        }
+                    }
                     let records = logical::records(&schema, repl.origin(), txn)
                         .map_err(|e| e.to_string())?;
                     if let Some(sources) = sources.as_mut().filter(|_| !records.is_empty()) {
@@ -1449,11 +1633,14 @@ pub(super) async fn session(
                         &mut staged,
                     )?;
                 }
-                staged.plan = Some(Plan::of(&staged.rows));
+                let distinct = native.as_ref().is_some_and(|n| n.one_file_per_table);
+                staged.plan = Some(Plan::of_group(&staged.rows, distinct));
+                let history = repl.history(&db).map_err(|e| e.to_string())?;
+                staged.epoch = history::epoch_at(&history, end);
                 staged.txns = txns;
                 staged.schema = Some(schema.clone());
                 staged.origin = repl.origin();
-                landed(link, &mut inflight, &mut pg).await?;
+                landed(link, &mut inflight, &mut pg, &mut spare).await?;
                 measure(link, &mut rate);
                 if !waits.is_empty() && !wait_for_dependencies(repl, &def, &waits, control).await
                 {
@@ -1465,7 +1652,7 @@ pub(super) async fn session(
                 continue;
             }
             if inflight.is_some() {
-                landed(link, &mut inflight, &mut pg).await?;
+                landed(link, &mut inflight, &mut pg, &mut spare).await?;
                 measure(link, &mut rate);
                 continue;
             }
@@ -1491,7 +1678,7 @@ pub(super) async fn session(
     .await;
     // Never leave a commit running behind this session: the next one starts from the
     // position that commit writes.
-    let landed = landed(link, &mut inflight, &mut pg).await;
+    let landed = landed(link, &mut inflight, &mut pg, &mut spare).await;
     result.and(landed)
 }
 
@@ -1508,9 +1695,9 @@ fn measure(link: &LinkHandle, rate: &mut (Instant, u64)) {
     *rate = (Instant::now(), acked);
 }
 
-/// A group's commit on its own task: it gives the connection back with the last serial
-/// it applied, or why it failed.
-type InFlight = tokio::task::JoinHandle<(Target, Result<u64, String>)>;
+/// A group's commit on its own task: it gives the connection back, and the group's row
+/// buffer emptied, with the last serial it applied, or why it failed.
+type InFlight = tokio::task::JoinHandle<(Target, Vec<Row>, Result<u64, String>)>;
 
 fn spawn_commit(
     repl: &Arc<Replication>,
@@ -1525,24 +1712,28 @@ fn spawn_commit(
         let result = commit(&repl, &link, &def, &mut pg, &staged, serials)
             .await
             .map(|()| serials.1);
-        (pg, result)
+        let mut rows = staged.rows;
+        rows.clear();
+        (pg, rows, result)
     })
 }
 
-/// Wait for the commit in flight, if any: the connection comes home and the status
-/// shows the new position.
+/// Wait for the commit in flight, if any: the connection and the row buffer (`spare`)
+/// come home and the status shows the new position.
 async fn landed(
     link: &LinkHandle,
     inflight: &mut Option<InFlight>,
     pg: &mut Option<Target>,
+    spare: &mut Vec<Row>,
 ) -> Result<(), String> {
     let Some(handle) = inflight.take() else {
         return Ok(());
     };
-    let (target, result) = handle
+    let (target, rows, result) = handle
         .await
         .map_err(|e| format!("applying into PostgreSQL: {e}"))?;
     *pg = Some(target);
+    *spare = rows;
     let end = result?;
     let mut status = link.status.lock();
     status.acked_serial = end;
@@ -1655,7 +1846,9 @@ async fn bootstrap(
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;
     }
-    Target::set_position(&pg.tables, &tx, &pg.link, pg.stream, serial).await?;
+    let epoch = history::epoch_at(&repl.history(db).map_err(|e| e.to_string())?, serial);
+    let at = (&pg.tables, pg.link.as_str(), pg.stream, pg.mapping);
+    Target::set_position(at, &tx, serial, epoch).await?;
     tx.commit().await.map_err(broken)?;
     link.status.lock().bootstraps += 1;
     tracing::info!(link = %def.id, serial, records = count, "bootstrapped the PostgreSQL target");
@@ -1863,5 +2056,52 @@ mod tests {
         // Fewer than COPY_MIN_ROWS new keys: an upsert.
         let plan = Plan::of(&rows[..COPY_MIN_ROWS - 1]);
         assert!(plan.statements[0].copy.is_none());
+    }
+
+    #[test]
+    fn a_bulk_load_of_new_keys_is_one_copy_and_any_other_group_is_collapsed_by_key() {
+        use RecordOp::{Insert, Update};
+        let keys: Vec<String> = (0..COPY_MIN_ROWS).map(|i| format!("k{i}")).collect();
+        let fresh: Vec<(RecordOp, &str, i64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (Insert, k.as_str(), i as i64))
+            .collect();
+        let rows = orders(&fresh);
+        let copy_of = |plan: &Plan| -> Vec<(Vec<usize>, Option<Vec<Bytes>>)> {
+            plan.statements
+                .iter()
+                .map(|p| (p.members.clone(), p.copy.clone().map(Result::unwrap)))
+                .collect()
+        };
+        // New keys only: the same single COPY the collapsing plan makes.
+        let bulk = copy_of(&Plan::of_group(&rows, true));
+        assert_eq!(bulk, copy_of(&Plan::of(&rows)));
+        assert_eq!(bulk.len(), 1);
+        assert_eq!(bulk[0].0, (0..COPY_MIN_ROWS).collect::<Vec<_>>());
+        assert!(bulk[0].1.is_some());
+
+        // An update of k0 among them: collapsed to k0's last operation, still new here.
+        let mut mixed = fresh.clone();
+        mixed.push((Update, "k0", 99));
+        let rows = orders(&mixed);
+        let plan = copy_of(&Plan::of_group(&rows, true));
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS);
+        assert!(!plan[0].0.contains(&0) && plan[0].0.contains(&COPY_MIN_ROWS));
+        assert!(plan[0].1.is_some());
+        // An update of a key inserted before the group: an upsert.
+        mixed.push((Update, "older", 7));
+        let plan = copy_of(&Plan::of_group(&orders(&mixed), true));
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS + 1);
+        assert!(plan[0].1.is_none());
+
+        // Two files into one table may insert the same key: not taken as distinct.
+        let mut twice = fresh.clone();
+        twice.push((Insert, "k0", 99));
+        let rows = orders(&twice);
+        let plan = copy_of(&Plan::of_group(&rows, false));
+        assert_eq!(plan[0].0.len(), COPY_MIN_ROWS);
+        assert!(!plan[0].0.contains(&0));
     }
 }
