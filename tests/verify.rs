@@ -146,9 +146,10 @@ fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them_by_block_file
         true
     );
 
-    // Bad requests.
+    // Bad requests: blocks without their file, and a logical link, parse but are
+    // refused on meaning (422).
     a.post(&format!("{link}/repair"), &json!({"blocks": [1]}))
-        .expect_problem(400, "malformed-request");
+        .expect_problem(422, "invalid-request");
     b.post(
         &format!("/v1/tenants/{DEFAULT_TENANT}/replicas/{id}/repair"),
         &json!({"credential": "guess", "file": "orders", "layout": "", "used": [], "blocks": []}),
@@ -158,5 +159,5 @@ fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them_by_block_file
     a.post_empty(&format!(
         "/v1/tenants/{DEFAULT_TENANT}/links/{logical}/verify"
     ))
-    .expect_problem(400, "malformed-request");
+    .expect_problem(422, "invalid-request");
 }

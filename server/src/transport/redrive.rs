@@ -14,7 +14,7 @@
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
 
@@ -42,7 +42,28 @@ impl From<Error> for RedriveError {
 pub struct RedriveRequest {
     pub credential: String,
     /// The staged operations (`transport::logical::ops_bytes`), base64.
+    #[schemars(regex(pattern = crate::api::openapi::BASE64_PATTERN), extend("contentEncoding" = "base64"))]
     pub ops: String,
+}
+
+/// A dead letter re-driven (`POST …/dead-letters/{id}/redrive`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Redriven {
+    /// The dead letter's id (it is dropped).
+    pub id: u64,
+    /// `applied` on the replica, or `filtered` out by the stages.
+    pub outcome: String,
+    /// The record as it went through the stages.
+    #[schemars(with = "logical::ShownRecord")]
+    pub record: Value,
+}
+
+/// Re-driven operations applied on a logical replica (`POST …/replicas/{link}/redrive`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct AppliedRedrive {
+    /// The operations applied.
+    pub applied: usize,
+    pub database: String,
 }
 
 /// A dead letter's record (as [`logical::record_json`] shows it, possibly edited) back
@@ -96,7 +117,7 @@ impl Replication {
         id: &str,
         seq: u64,
         record: Option<Value>,
-    ) -> Result<Value, RedriveError> {
+    ) -> Result<Redriven, RedriveError> {
         let handle = self.handle(tenant, id)?;
         let def = handle.def.lock().clone();
         let letter = self
@@ -105,7 +126,7 @@ impl Replication {
             .map_err(Error::Log)?
             .ok_or_else(|| Error::NotFound(format!("dead letter {seq} of link '{id}'")))?;
         if def.spec.options.apply != Apply::Logical
-            || letter["outcome"] == "shipped without this record's interrelation"
+            || letter.outcome == "shipped without this record's interrelation"
         {
             return Err(Error::AlreadyExists(format!(
                 "dead letter {seq} was shipped to the replica already (an interrelation \
@@ -113,7 +134,7 @@ impl Replication {
             ))
             .into());
         }
-        let record = record.unwrap_or_else(|| letter["record"].clone());
+        let record = record.unwrap_or(letter.record);
         let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
         let mut stages = logical::stages(&self.plugins, tenant, &def.spec.options.stages)
             // They loaded when the link was made: what fails now is the registry.
@@ -154,7 +175,11 @@ impl Replication {
         };
         self.drop_dead_letter(tenant, id, seq)?;
         tracing::info!(link = %id, dead_letter = seq, outcome, "dead letter re-driven");
-        Ok(json!({"id": seq, "outcome": outcome, "record": logical::record_json(&record)}))
+        Ok(Redriven {
+            id: seq,
+            outcome: outcome.to_string(),
+            record: logical::record_json(&record),
+        })
     }
 
     /// The target side: apply re-driven operations on the replica of link `id`.
@@ -163,10 +188,10 @@ impl Replication {
         tenant: &str,
         id: &str,
         req: RedriveRequest,
-    ) -> Result<Value, Error> {
+    ) -> Result<AppliedRedrive, Error> {
         let reg = self.authenticated_replica(tenant, id, &req.credential)?;
         if reg.apply != Apply::Logical {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "only a logical replica takes re-driven records".into(),
             ));
         }
@@ -177,13 +202,17 @@ impl Replication {
         let ops = logical::decode_ops(&db.schema(), &bytes)?;
         let n = ops.len();
         db.apply_redriven(ops)?;
-        Ok(json!({"applied": n, "database": reg.database}))
+        Ok(AppliedRedrive {
+            applied: n,
+            database: reg.database,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_dead_letters_record_reads_back_as_it_was_shown() {
