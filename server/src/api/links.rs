@@ -358,6 +358,7 @@ pub async fn drop_dead_letter(
 pub struct RedriveBody {
     /// The record as an operator edited it; absent re-drives the stored one.
     #[serde(default)]
+    #[schemars(with = "Option<crate::transport::redrive::EditedRecord>")]
     record: Option<Value>,
 }
 

@@ -121,8 +121,11 @@ const TEXT_JS: &str = "text/javascript";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
 const EVENT_STREAM: &str = "text/event-stream";
 
-/// What a write of records can be refused with.
+/// What a write of records can be refused with (`invalid-request`: a key too long for a
+/// mutual database's versions, a write into its versions file, an alternate key the
+/// file does not have).
 const WRITE: &[&str] = &[
+    "invalid-request",
     "duplicate-key",
     "empty-key",
     "key-too-long",
@@ -235,7 +238,7 @@ routes! {
     "delete" db!("/files/{file}/records/{key}") => r::delete_record, Write, "Delete a record", io().ok("200", JSON, of::<r::Written>).problems(WRITE);
     "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, Read, "Records whose alternate key equals a value", io().query(of::<r::LimitQuery>).ok("200", JSON, of::<r::Records>);
     "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE).and(&["invalid-request"]);
-    "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "malformed-request"]);
+    "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "invalid-request"]);
     "get" db!("/txns/{txn}") => r::get_txn, Read, "Show an open transaction", io().ok("200", JSON, of::<r::OpenTxn>);
     "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns/{txn}/commit") => r::commit, Write, "Commit an open transaction", io().ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE);
@@ -263,7 +266,7 @@ routes! {
     "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs", io().body(of::<Vec<crate::transport::links::StageSpec>>).ok("200", JSON, link_view).problems(&["plugin-config-rejected", "invalid-request"]);
     "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first", io().ok("200", JSON, of::<Vec<crate::transport::logical::DeadLetter>>);
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter", io().none();
-    "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica", io().body(of::<l::RedriveBody>).ok("200", JSON, of::<crate::transport::redrive::Redriven>).problems(&["redrive-rejected", "link-refused"]);
+    "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica", io().body(of::<l::RedriveBody>).ok("200", JSON, of::<crate::transport::redrive::Redriven>).problems(&["redrive-rejected", "link-refused", "invalid-request", "already-exists"]);
     "post" "/v1/tenants/{tenant}/links/{link}/verify" => l::verify, Operate, "Verify a mirror link: compare the replica's blocks with the source's at one serial, and list the differing blocks", io().ok("200", JSON, of::<crate::transport::verify::Report>).problems(&["link-refused", "unavailable", "invalid-request"]);
     "post" "/v1/tenants/{tenant}/links/{link}/repair" => l::repair, Operate, "Repair the differing blocks of a mirror link's replica (body: {file?, blocks?}; {} repairs all)", io().body(of::<crate::transport::verify::RepairScope>).ok("200", JSON, of::<crate::transport::verify::Repair>).problems(&["link-refused", "unavailable", "invalid-request"]);
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link", io().ok("200", JSON, link_view);
@@ -628,6 +631,8 @@ pub fn document() -> Value {
                         json!({"type": "string", "pattern": NAME_PATTERN})
                     }
                     "version" => json!({"type": "string", "pattern": "^[A-Za-z0-9._+-]{1,32}$"}),
+                    "link" => json!({"type": "string", "minLength": 1, "maxLength": 128}),
+                    "key" => json!({"type": "string", "minLength": 1, "maxLength": 1024}),
                     "holder" => json!({"type": "string", "pattern": "^[0-9]{1,19}\\.[0-9]{1,19}$"}),
                     _ => json!({"type": "string", "minLength": 1}),
                 };

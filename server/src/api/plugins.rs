@@ -308,6 +308,7 @@ pub struct DryRecord {
 pub struct DryRun {
     #[serde(default)]
     config: Option<Value>,
+    #[schemars(length(max = 10_000))]
     records: Vec<DryRecord>,
     /// A resolver's incoming versions: `remote[i]` conflicts with `records[i]` (local).
     #[serde(default)]

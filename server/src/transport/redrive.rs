@@ -66,17 +66,47 @@ pub struct AppliedRedrive {
     pub database: String,
 }
 
-/// A dead letter's record (as [`logical::record_json`] shows it, possibly edited) back
-/// into a plugin record.
-fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, String> {
-    let text = |k: &str| -> Result<String, String> {
+/// A dead letter's record as an operator may edit it: the schema of a re-drive's
+/// `record` (what [`record_from_json`] reads).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct EditedRecord {
+    op: EditedOp,
+    file: String,
+    key: String,
+    /// Alternate keys by name.
+    #[serde(default)]
+    alt: Option<std::collections::BTreeMap<String, String>>,
+    /// The record's data (needed but for a delete).
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    serial: Option<u64>,
+    #[serde(default)]
+    txn: Option<u64>,
+}
+
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum EditedOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Why a record does not read back: it does not parse as an [`EditedRecord`]
+/// (`Malformed`), or it lacks the data its operation needs (`Invalid`).
+fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, Error> {
+    let malformed = |m: String| Error::Malformed(m);
+    let text = |k: &str| -> Result<String, Error> {
         v[k].as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("the record needs \"{k}\" as a string"))
+            .ok_or_else(|| malformed(format!("the record needs \"{k}\" as a string")))
     };
     let op = RecordOp::from_name(&text("op")?)
         .filter(|op| *op != RecordOp::Read)
-        .ok_or("\"op\" is insert, update or delete")?;
+        .ok_or_else(|| malformed("\"op\" is insert, update or delete".into()))?;
     let alt = match &v["alt"] {
         Value::Null => Vec::new(),
         Value::Object(m) => m
@@ -84,15 +114,20 @@ fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, String> {
             .map(|(k, v)| {
                 v.as_str()
                     .map(|s| (k.clone(), s.to_string()))
-                    .ok_or_else(|| format!("alternate key '{k}' is not a string"))
+                    .ok_or_else(|| malformed(format!("alternate key '{k}' is not a string")))
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err("\"alt\" is an object of strings".into()),
+        _ => return Err(malformed("\"alt\" is an object of strings".into())),
     };
     let data = match (&v["data"], op) {
         (_, RecordOp::Delete) => Vec::new(),
-        (Value::Null, _) => return Err("the record needs \"data\"".into()),
-        (d, _) => serde_json::to_vec(d).map_err(|e| e.to_string())?,
+        (Value::Null, _) => {
+            return Err(Error::Invalid(format!(
+                "the record needs \"data\" to {}",
+                op.name()
+            )))
+        }
+        (d, _) => serde_json::to_vec(d).map_err(|e| malformed(e.to_string()))?,
     };
     Ok(OwnedRecord {
         op,
@@ -135,7 +170,7 @@ impl Replication {
             .into());
         }
         let record = record.unwrap_or(letter.record);
-        let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
+        let record = record_from_json(&record, self.origin())?;
         let mut stages = logical::stages(&self.plugins, tenant, &def.spec.options.stages)
             // They loaded when the link was made: what fails now is the registry.
             .map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -256,7 +291,7 @@ mod tests {
         ];
         for (v, want) in cases {
             let err = record_from_json(&v, 0).unwrap_err();
-            assert!(err.contains(want), "{v}: {err}");
+            assert!(err.to_string().contains(want), "{v}: {err}");
         }
         let del = record_from_json(&json!({"op": "delete", "file": "f", "key": "k"}), 0).unwrap();
         assert!(del.data.is_empty());
