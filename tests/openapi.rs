@@ -526,6 +526,27 @@ fn schema_valid_requests_refused_on_meaning_are_422_and_listed() {
         .get(&db.path("/files/orders/records/k"))
         .expect_problem(404, "not-found");
 
+    // A replay while an interactive transaction is open would wait for its locks half
+    // way: refused before anything is restored (409), and done once it is cancelled.
+    client
+        .put(&db.path("/files/lines/records/r"), &json!({"data": {}}))
+        .ok();
+    let txn = client.post_empty(&db.path("/txns")).expect(201)["txn"].clone();
+    client
+        .post(&db.path("/replay"), &json!({"from_serial": 0}))
+        .expect_problem(409, "transactions-open");
+    client
+        .post(&db.path(&format!("/txns/{txn}/cancel")), &json!({}))
+        .ok();
+    client
+        .post(&db.path("/replay"), &json!({"from_serial": 0}))
+        .ok();
+    // An interactive transaction takes at least one operation per request.
+    let txn = client.post_empty(&db.path("/txns")).expect(201)["txn"].clone();
+    client
+        .post(&db.path(&format!("/txns/{txn}/ops")), &json!({"ops": []}))
+        .expect_problem(400, "malformed-request");
+
     // A mutual database's versions file exists, and takes no writes of a client.
     let mut mutual = shop_spec("both");
     mutual["mutual"] = json!(true);

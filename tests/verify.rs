@@ -160,4 +160,17 @@ fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them_by_block_file
         "/v1/tenants/{DEFAULT_TENANT}/links/{logical}/verify"
     ))
     .expect_problem(422, "invalid-request");
+    // A paused link does not bring its replica to a serial: refused at once (409), and
+    // verified again once resumed.
+    a.post_empty(&format!("{link}/pause")).ok();
+    let p = a
+        .post_empty(&format!("{link}/verify"))
+        .expect_problem(409, "link-not-streaming")
+        .clone();
+    assert!(p["detail"].as_str().unwrap().contains("Paused"), "{p}");
+    a.post_empty(&format!("{link}/resume")).ok();
+    assert_eq!(
+        a.post_empty(&format!("{link}/verify")).ok()["identical"],
+        true
+    );
 }

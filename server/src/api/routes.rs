@@ -724,6 +724,9 @@ pub struct OpsBody {
 impl OpsBody {
     /// The bound the document states on `ops`.
     fn check(&self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Err(ApiError::malformed("ops: give at least one operation"));
+        }
         if self.ops.len() > crate::node::database::MAX_TXN_OPS {
             return Err(ApiError::malformed(format!(
                 "a request holds at most {} operations",

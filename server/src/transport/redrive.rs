@@ -72,7 +72,9 @@ pub struct AppliedRedrive {
 #[allow(dead_code)]
 pub struct EditedRecord {
     op: EditedOp,
+    #[schemars(length(min = 1))]
     file: String,
+    #[schemars(length(min = 1, max = 1024))]
     key: String,
     /// Alternate keys by name.
     #[serde(default)]
@@ -203,9 +205,25 @@ impl Replication {
                 credential: def.credential.clone(),
                 ops: base64::engine::general_purpose::STANDARD.encode(&ops),
             };
-            self.target_client(&def)
-                .and_then(|c| c.send("POST", &format!("/replicas/{id}/redrive"), &body))
-                .map_err(Error::from)?;
+            match self.target_client(&def).map_err(Error::from)?.send(
+                "POST",
+                &format!("/replicas/{id}/redrive"),
+                &body,
+            ) {
+                Ok(_) => {}
+                // The replica refuses what the stages made of the record (a file it
+                // does not have, say): the record is what to change.
+                Err(crate::remote::RemoteError::Refused {
+                    status: 400 | 422,
+                    detail,
+                    ..
+                }) => {
+                    return Err(RedriveError::Rejected(format!(
+                        "the replica refuses it: {detail}"
+                    )))
+                }
+                Err(e) => return Err(Error::from(e).into()),
+            }
             "applied"
         };
         self.drop_dead_letter(tenant, id, seq)?;

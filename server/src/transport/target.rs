@@ -61,6 +61,9 @@ impl Replication {
         if id.is_empty() || id.len() > 128 {
             return Err(Error::Malformed("a link id is 1 to 128 characters".into()));
         }
+        // The source's own name for it, which the replica does not take, still follows
+        // the rule the document states.
+        crate::node::check_name("database", &req.spec.name)?;
         let mut spec = req.spec.clone();
         spec.name = req.database.clone();
         let (db, created) = match self.node.database(tenant, &req.database) {

@@ -66,6 +66,25 @@ impl Drop for Hold<'_> {
     }
 }
 
+/// A link that is not streaming does not bring its replica to a serial: refused.
+fn not_streaming(id: &str, handle: &LinkHandle) -> Result<(), Error> {
+    let status = handle.status.lock();
+    match status.state {
+        links::LinkState::Paused | links::LinkState::Stopped | links::LinkState::Retrying => {
+            Err(Error::LinkNotStreaming(format!(
+                "link '{id}' is {:?}{}: its replica does not follow; resume it or fix the \
+                 error, then try again",
+                status.state,
+                status
+                    .last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" ({e})"))
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
@@ -205,6 +224,7 @@ impl Replication {
                     .into(),
             ));
         }
+        not_streaming(id, &handle)?;
         let db = self.node.database(tenant, &def.spec.database)?;
         // Hold first at a serial nothing has been shipped past, then at the freeze's.
         handle
@@ -216,6 +236,7 @@ impl Replication {
         let deadline = Instant::now() + REACH_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         while handle.status.lock().acked_serial < serial {
+            not_streaming(id, &handle)?;
             if Instant::now() > deadline {
                 let status = handle.status.lock().clone();
                 return Err(Error::Unavailable(format!(

@@ -34,6 +34,11 @@ pub(super) struct OpenTxn {
 }
 
 impl Database {
+    /// How many interactive transactions are open.
+    pub fn open_transactions(&self) -> usize {
+        self.open.lock().len()
+    }
+
     /// Open an interactive transaction. Refused on a database the write gate guards (a
     /// parallel one, SPEC F5): the transaction would hold the gate across requests.
     pub fn begin(&self) -> Result<u64> {
