@@ -526,6 +526,46 @@ fn schema_valid_requests_refused_on_meaning_are_422_and_listed() {
         .get(&db.path("/files/orders/records/k"))
         .expect_problem(404, "not-found");
 
+    // A replay while an interactive transaction is open would wait for its locks half
+    // way: refused before anything is restored (409), and done once it is cancelled.
+    client
+        .put(&db.path("/files/lines/records/r"), &json!({"data": {}}))
+        .ok();
+    let txn = client.post_empty(&db.path("/txns")).expect(201)["txn"].clone();
+    client
+        .post(&db.path("/replay"), &json!({"from_serial": 0}))
+        .expect_problem(409, "transactions-open");
+    client
+        .post(&db.path(&format!("/txns/{txn}/cancel")), &json!({}))
+        .ok();
+    client
+        .post(&db.path("/replay"), &json!({"from_serial": 0}))
+        .ok();
+    // An interactive transaction takes at least one operation per request.
+    let txn = client.post_empty(&db.path("/txns")).expect(201)["txn"].clone();
+    client
+        .post(&db.path(&format!("/txns/{txn}/ops")), &json!({"ops": []}))
+        .expect_problem(400, "malformed-request");
+
+    // A mutual database's versions file exists, and takes no writes of a client.
+    let mut mutual = shop_spec("both");
+    mutual["mutual"] = json!(true);
+    let both = client.create_db(DEFAULT_TENANT, mutual);
+    let p = client
+        .put(
+            &both.path("/files/__versions/records/k"),
+            &json!({"data": {}}),
+        )
+        .expect_problem(422, "invalid-request")
+        .clone();
+    assert!(
+        p["detail"].as_str().unwrap().contains("takes no writes"),
+        "{p}"
+    );
+    client
+        .delete(&both.path("/files/__versions/records/k"))
+        .expect_problem(422, "invalid-request");
+
     let p = client
         .post(&db.path("/promote"), &json!({}))
         .expect_problem(409, "not-a-replica")
@@ -562,6 +602,22 @@ fn schema_valid_requests_refused_on_meaning_are_422_and_listed() {
             "invalid-request",
         ),
         (format!("{db_path}/promote"), "post", "not-a-replica"),
+        (
+            format!("{db_path}/files/{{file}}/records/{{key}}"),
+            "delete",
+            "invalid-request",
+        ),
+        (format!("{db_path}/txns"), "post", "invalid-request"),
+        (
+            "/v1/tenants/{tenant}/links/{link}/verify".to_string(),
+            "post",
+            "invalid-request",
+        ),
+        (
+            "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive".to_string(),
+            "post",
+            "invalid-request",
+        ),
     ] {
         assert!(
             codes(&path, method).iter().any(|c| c == code),

@@ -1177,9 +1177,10 @@ fn parallel_sites_write_a_record_one_at_a_time_across_sites_and_a_cross_site_dea
         None,
         "a refused write is not applied"
     );
-    // Interactive transactions would hold other sites' locks across requests.
+    // Interactive transactions would hold other sites' locks across requests: the
+    // request is well formed, the database cannot take it (422).
     a.post(&da.path("/txns"), &json!({}))
-        .expect_problem(400, "malformed-request");
+        .expect_problem(422, "invalid-request");
 }
 
 #[test]

@@ -146,9 +146,10 @@ fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them_by_block_file
         true
     );
 
-    // Bad requests.
+    // Bad requests: blocks without their file, and a logical link, parse but are
+    // refused on meaning (422).
     a.post(&format!("{link}/repair"), &json!({"blocks": [1]}))
-        .expect_problem(400, "malformed-request");
+        .expect_problem(422, "invalid-request");
     b.post(
         &format!("/v1/tenants/{DEFAULT_TENANT}/replicas/{id}/repair"),
         &json!({"credential": "guess", "file": "orders", "layout": "", "used": [], "blocks": []}),
@@ -158,5 +159,18 @@ fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them_by_block_file
     a.post_empty(&format!(
         "/v1/tenants/{DEFAULT_TENANT}/links/{logical}/verify"
     ))
-    .expect_problem(400, "malformed-request");
+    .expect_problem(422, "invalid-request");
+    // A paused link does not bring its replica to a serial: refused at once (409), and
+    // verified again once resumed.
+    a.post_empty(&format!("{link}/pause")).ok();
+    let p = a
+        .post_empty(&format!("{link}/verify"))
+        .expect_problem(409, "link-not-streaming")
+        .clone();
+    assert!(p["detail"].as_str().unwrap().contains("Paused"), "{p}");
+    a.post_empty(&format!("{link}/resume")).ok();
+    assert_eq!(
+        a.post_empty(&format!("{link}/verify")).ok()["identical"],
+        true
+    );
 }

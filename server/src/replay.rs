@@ -247,6 +247,15 @@ pub fn replay(
         summary.dry_run = Some(true);
         return Ok(summary);
     }
+    // Their locks would hold the replay's writes after the restore, half way.
+    let open = db.open_transactions();
+    if open > 0 {
+        return Err(Error::TransactionsOpen(format!(
+            "database '{database}' has {open} open interactive transactions; commit or \
+             cancel them, then replay"
+        ))
+        .into());
+    }
     // Back to the point, then forward again through the corrected logic.
     let prepared = restore::prepare(
         node,

@@ -233,6 +233,16 @@ pub const PROBLEMS: &[(&str, &str, &str)] = &[
         "The operation is a replica's (promote), and the database takes writes already: nothing to do, or name the replica's database on its own node.",
     ),
     (
+        "link-not-streaming",
+        "The link is not streaming",
+        "The operation needs the link streaming (verify and repair compare the replica at one serial): resume a paused or stopped link (POST …/links/{link}/resume), or fix what its last error names, then send it again.",
+    ),
+    (
+        "transactions-open",
+        "Transactions open",
+        "The database has open interactive transactions whose locks the operation would wait for: commit or cancel them (or let them expire), then send it again.",
+    ),
+    (
         "read-only-replica",
         "The database is a replica",
         "Write to the link's source database, or detach or promote the replica first.",
@@ -385,6 +395,9 @@ impl From<Error> for ApiError {
             Error::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
             Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
             Error::NotAReplica(_) => (StatusCode::CONFLICT, "not-a-replica"),
+            Error::TransactionsOpen(_) => (StatusCode::CONFLICT, "transactions-open"),
+            Error::LinkRefused(_) => (StatusCode::CONFLICT, "link-refused"),
+            Error::LinkNotStreaming(_) => (StatusCode::CONFLICT, "link-not-streaming"),
             Error::Store(err) => match err {
                 StoreError::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key"),
                 StoreError::KeyTooLong { .. } => (StatusCode::BAD_REQUEST, "key-too-long"),

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::{blocking, ApiError, Body, Path, Query};
 use super::AppState;
@@ -16,7 +16,7 @@ use crate::tenancy::auth::Claims;
 use crate::tenancy::roles::{check, Permission};
 use crate::transport::links::{LinkSpec, ReplicaRequest};
 use crate::transport::redrive::{RedriveError, RedriveRequest};
-use crate::transport::verify::{RepairRequest, RepairScope};
+use crate::transport::verify::{Repair, RepairRequest, RepairScope, Report, Verified};
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -141,7 +141,7 @@ pub async fn register_replica(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
     Body(req): Body<ReplicaRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::target::Registered>> {
     app.node.databases(&tenant)?;
     Ok(Json(app.replication.register_replica(&tenant, &link, req)?))
 }
@@ -262,7 +262,7 @@ pub async fn take_locks(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
     Body(req): Body<LockRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Locked>> {
     let db = app.node.database(&tenant, &db)?;
     let keys: Vec<Vec<u8>> = req.keys.into_iter().map(String::into_bytes).collect();
     let timeout = std::time::Duration::from_millis(req.timeout_ms.min(60_000));
@@ -271,9 +271,19 @@ pub async fn take_locks(
         .acquire(db.def.uid, &keys, req.holder, timeout)
         .await
         .map_err(|e| ApiError::from(crate::node::Error::Lock(e)))?;
-    Ok(Json(
-        json!({"held": keys.len(), "lease_ms": crate::transport::parallel::LEASE.as_millis() as u64}),
-    ))
+    Ok(Json(Locked {
+        held: keys.len(),
+        lease_ms: crate::transport::parallel::LEASE.as_millis() as u64,
+    }))
+}
+
+/// Records locked for a transaction of another site.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Locked {
+    /// The records locked.
+    held: usize,
+    /// How long the locks last unless released or renewed.
+    lease_ms: u64,
 }
 
 pub async fn release_locks(
@@ -300,31 +310,39 @@ fn default_conflicts() -> usize {
     100
 }
 
+/// The conflicts mutual links met in a database.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Conflicts {
+    database: String,
+    /// Every conflict it met (the oldest are not kept).
+    count: u64,
+    /// The newest, at most `limit`.
+    conflicts: Vec<crate::transport::mutual::ConflictEntry>,
+}
+
 pub async fn conflicts(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
     Query(q): Query<ConflictsQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Conflicts>> {
     let db = app.node.database(&tenant, &db)?;
     let log = &app.replication.conflicts;
     let list = log
         .list(db.def.uid, q.limit.min(1000))
         .map_err(|e| ApiError::from(crate::node::Error::Log(e)))?;
-    Ok(Json(json!({
-        "database": db.name(),
-        "count": log.count(db.def.uid),
-        "conflicts": list,
-    })))
+    Ok(Json(Conflicts {
+        database: db.name().to_string(),
+        count: log.count(db.def.uid),
+        conflicts: list,
+    }))
 }
 
 pub async fn dead_letters(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Vec<crate::transport::logical::DeadLetter>>> {
     app.node.databases(&tenant)?;
-    Ok(Json(Value::Array(
-        app.replication.dead_letters(&tenant, &link, 1000)?,
-    )))
+    Ok(Json(app.replication.dead_letters(&tenant, &link, 1000)?))
 }
 
 pub async fn drop_dead_letter(
@@ -341,6 +359,7 @@ pub async fn drop_dead_letter(
 pub struct RedriveBody {
     /// The record as an operator edited it; absent re-drives the stored one.
     #[serde(default)]
+    #[schemars(with = "Option<crate::transport::redrive::EditedRecord>")]
     record: Option<Value>,
 }
 
@@ -365,7 +384,7 @@ pub async fn promote(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
     Body(body): Body<PromoteBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::target::Promoted>> {
     app.node.databases(&tenant)?;
     if let Some(q) = &body.quorum {
         q.check()?;
@@ -385,10 +404,12 @@ pub async fn promote(
 pub async fn verify(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Report>> {
     app.node.databases(&tenant)?;
-    let out = blocking(move || Ok(app.replication.verify(&tenant, &link, None)?)).await?;
-    Ok(Json(out))
+    match blocking(move || Ok(app.replication.verify(&tenant, &link, None)?)).await? {
+        Verified::Report(report) => Ok(Json(report)),
+        Verified::Repair(_) => unreachable!("a verification without a scope repairs nothing"),
+    }
 }
 
 /// Repair the blocks of a mirror link's replica that differ (body: {file?, blocks?}).
@@ -396,10 +417,12 @@ pub async fn repair(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
     Body(scope): Body<RepairScope>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Repair>> {
     app.node.databases(&tenant)?;
-    let out = blocking(move || Ok(app.replication.verify(&tenant, &link, Some(scope))?)).await?;
-    Ok(Json(out))
+    match blocking(move || Ok(app.replication.verify(&tenant, &link, Some(scope))?)).await? {
+        Verified::Repair(repair) => Ok(Json(repair)),
+        Verified::Report(_) => unreachable!("a verification with a scope repairs"),
+    }
 }
 
 /// (target side) Repair one block file of a mirror replica from its source's blocks.
@@ -407,11 +430,20 @@ pub async fn apply_repair(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
     Body(req): Body<RepairRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::verify::Replaced>> {
     app.node.databases(&tenant)?;
     Ok(Json(
         app.replication.apply_repair(&tenant, &link, req).await?,
     ))
+}
+
+/// Which block a fault flips a byte of.
+#[cfg(feature = "fault-injection")]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorruptBlock {
+    file: String,
+    block: u32,
 }
 
 /// Fault injection: flip a byte of one block (test builds only).
@@ -419,17 +451,11 @@ pub async fn apply_repair(
 pub async fn corrupt_block(
     State(app): App,
     Path((tenant, db)): Path<(String, String)>,
-    Body(body): Body<Value>,
+    Body(body): Body<CorruptBlock>,
 ) -> Result<StatusCode> {
-    let file = body["file"]
-        .as_str()
-        .ok_or_else(|| ApiError::malformed("give \"file\""))?;
-    let block = body["block"]
-        .as_u64()
-        .ok_or_else(|| ApiError::malformed("give \"block\""))?;
     app.node
         .database(&tenant, &db)?
-        .corrupt_block(file, block as u32)?;
+        .corrupt_block(&body.file, body.block)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -438,7 +464,7 @@ pub async fn redrive(
     State(app): App,
     Path((tenant, link, id)): Path<(String, String, u64)>,
     Body(body): Body<RedriveBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::redrive::Redriven>> {
     app.node.databases(&tenant)?;
     let record = body.record;
     let out = blocking(move || {
@@ -460,7 +486,7 @@ pub async fn apply_redrive(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
     Body(req): Body<RedriveRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::redrive::AppliedRedrive>> {
     app.node.databases(&tenant)?;
     Ok(Json(app.replication.apply_redrive(&tenant, &link, req)?))
 }
@@ -468,7 +494,7 @@ pub async fn apply_redrive(
 pub async fn suspend_replica(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::target::Suspension>> {
     app.node.databases(&tenant)?;
     Ok(Json(app.replication.set_suspended(&tenant, &link, true)?))
 }
@@ -476,7 +502,7 @@ pub async fn suspend_replica(
 pub async fn release_replica(
     State(app): App,
     Path((tenant, link)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::transport::target::Suspension>> {
     app.node.databases(&tenant)?;
     Ok(Json(app.replication.set_suspended(&tenant, &link, false)?))
 }

@@ -4,9 +4,9 @@
 //! its 2xx status, media type and answer type, and the problem `code`s it can answer.
 //! The schemas come from the types themselves (`schemars`, `#[derive(JsonSchema)]` on
 //! the structs the handlers deserialize and serialize), so the document follows the
-//! code. Answers still built as JSON values (topologies, the cluster, replicas, dead
-//! letters, verify and repair, a dry run, promote; docs/API.md lists them) name the
-//! declared [`object`] instead.
+//! code. Every JSON answer names a type but one: `GET /v1/openapi.json`, this document,
+//! whose schema is OpenAPI's own (declared: [`openapi_document`]); the text answers
+//! (HTML, JavaScript, Prometheus, an event stream) are declared strings.
 
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -35,7 +35,7 @@ pub struct Route {
     pub io: Io,
 }
 
-/// A schema in the document: derived from a type ([`of`]) or declared ([`object`], …).
+/// A schema in the document: derived from a type ([`of`]) or declared ([`text`], …).
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
 /// The schema of `T`, as a reference into `components/schemas`.
@@ -121,8 +121,11 @@ const TEXT_JS: &str = "text/javascript";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
 const EVENT_STREAM: &str = "text/event-stream";
 
-/// What a write of records can be refused with.
+/// What a write of records can be refused with (`invalid-request`: a key too long for a
+/// mutual database's versions, a write into its versions file, an alternate key the
+/// file does not have).
 const WRITE: &[&str] = &[
+    "invalid-request",
     "duplicate-key",
     "empty-key",
     "key-too-long",
@@ -157,6 +160,9 @@ const GUARD: &[&str] = &[
 /// Tenant, database, file, alternate key, plugin and topology names (`node::check_name`).
 const NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
+/// Standard base64 with its padding (bytes carried in a JSON string).
+pub const BASE64_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+
 /// Path parameters that are numbers (the handlers parse them as `u64`).
 const INTEGER_PARAMS: &[&str] = &["txn", "id"];
 
@@ -174,14 +180,15 @@ fn sse_event(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Declared: a JSON object built by the handler as a value (docs/API.md shows it).
-pub fn object(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "object"})
-}
-
-/// Declared: a list of JSON objects.
-fn objects(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "array", "items": {"type": "object"}})
+/// Declared: this document itself, an OpenAPI 3.1 document (the one answer left a
+/// free object: its schema is OpenAPI's own, not this API's).
+fn openapi_document(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "An OpenAPI 3.1 document (https://spec.openapis.org/oas/v3.1.0)",
+        "required": ["openapi", "info", "paths"],
+        "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}}
+    })
 }
 
 /// A link as the source shows it (`transport::source::LinkView`).
@@ -211,7 +218,7 @@ routes! {
     "get" "/problems" => r::problems, Public, "What each problem code means and what to do (text/html; a problem's type, /problems#{code}, is its entry)", io().ok("200", TEXT_HTML, text);
     "get" "/v1/health" => r::health, Public, "Liveness of the node", io().ok("200", JSON, of::<r::Health>);
     "get" "/v1/whoami" => r::whoami, Authenticated, "The caller as its token says: subject, tenant, role, expiry, the tenants it covers and what its role may do", io().ok("200", JSON, of::<r::WhoAmI>);
-    "get" "/v1/openapi.json" => r::openapi, Public, "This document (no token needed: it holds no secret)", io().ok("200", JSON, object);
+    "get" "/v1/openapi.json" => r::openapi, Public, "This document (no token needed: it holds no secret)", io().ok("200", JSON, openapi_document);
     "get" "/v1/node" => l::node, Authenticated, "This node: id, version, replication address; for the node administrator also its memory and disk", io().ok("200", JSON, of::<crate::transport::NodeInfo>);
     "get" "/metrics" => super::metrics::metrics, Authenticated, "Prometheus metrics of the databases and links the token covers (and the node's memory and disk for the node administrator)", io().ok("200", PROMETHEUS, text);
     "get" "/v1/tenants" => r::list_tenants, Authenticated, "List tenants", io().ok("200", JSON, of::<Vec<r::TenantName>>);
@@ -231,7 +238,7 @@ routes! {
     "delete" db!("/files/{file}/records/{key}") => r::delete_record, Write, "Delete a record", io().ok("200", JSON, of::<r::Written>).problems(WRITE);
     "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, Read, "Records whose alternate key equals a value", io().query(of::<r::LimitQuery>).ok("200", JSON, of::<r::Records>);
     "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE).and(&["invalid-request"]);
-    "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "malformed-request"]);
+    "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "invalid-request"]);
     "get" db!("/txns/{txn}") => r::get_txn, Read, "Show an open transaction", io().ok("200", JSON, of::<r::OpenTxn>);
     "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns/{txn}/commit") => r::commit, Write, "Commit an open transaction", io().ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE);
@@ -240,15 +247,15 @@ routes! {
     "post" db!("/snapshots") => r::take_snapshot, Operate, "Take a compact snapshot", io().ok("201", JSON, of::<r::SnapshotAnswer>).problems(&["unavailable"]);
     "get" db!("/log") => r::read_log, Read, "Inspect A/B/T log entries (from, limit)", io().query(of::<r::LogQuery>).ok("200", JSON, of::<r::Entries<crate::node::logview::LogEntryView>>);
     "get" db!("/checksums") => r::checksums, Read, "Per-block checksums, file by file", io().ok("200", JSON, of::<r::Checksums>);
-    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, object).problems(&["not-caught-up", "read-only-replica", "not-a-replica"]);
+    "post" db!("/promote") => l::promote, Operate, "Promote a replica to a primary (body {force, quorum}): it opens a new epoch of its log, takes the quorum, stops following its link and takes writes, keeping its blocks", io().body(of::<l::PromoteBody>).ok("200", JSON, of::<crate::transport::target::Promoted>).problems(&["not-caught-up", "read-only-replica", "not-a-replica"]);
     #[cfg(feature = "fault-injection")]
-    "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})", io().body(object).none();
+    "post" db!("/faults/corrupt-block") => l::corrupt_block, NodeAdmin, "Fault injection (test builds only): flip a byte of a block ({file, block})", io().body(of::<l::CorruptBlock>).none();
     "post" db!("/restore") => rs::start, Operate, "Point-in-time restore to a serial or timestamp_us, in place or into a new database; answers 202 with the restore operation, or with dry_run the preview (method, updates, records changed)", io().body(of::<rs::RestoreBody>).ok("2XX", JSON, of::<rs::Started>).problems(&["outside-retention", "point-in-future", "restore-in-progress", "already-exists"]);
-    "post" db!("/replay") => rs::replay, Operate, "Replay with corrected logic: restore to from_serial, then replay the T log up to to_serial through a corrected transform (body {from_serial, to_serial?, transform?: {plugin, config}, dry_run?})", io().body(of::<crate::replay::ReplayRequest>).ok("200", JSON, of::<crate::replay::Replay>).problems(&["outside-retention", "point-in-future", "restore-in-progress", "replay-rejected", "read-only-replica", "invalid-request"]);
+    "post" db!("/replay") => rs::replay, Operate, "Replay with corrected logic: restore to from_serial, then replay the T log up to to_serial through a corrected transform (body {from_serial, to_serial?, transform?: {plugin, config}, dry_run?})", io().body(of::<crate::replay::ReplayRequest>).ok("200", JSON, of::<crate::replay::Replay>).problems(&["outside-retention", "point-in-future", "restore-in-progress", "replay-rejected", "read-only-replica", "invalid-request", "transactions-open"]);
     "get" db!("/restores") => rs::list, Read, "The database's restores since the node started, with their state and progress", io().ok("200", JSON, of::<rs::Restores>);
     "get" db!("/restores/{id}") => rs::show, Read, "One restore: state, phase, done/total, method, point, records changed, error", io().ok("200", JSON, of::<crate::node::restore::OperationView>);
-    "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision", io().query(of::<l::ConflictsQuery>).ok("200", JSON, object);
-    "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout", io().body(of::<l::LockRequest>).ok("200", JSON, object).problems(&["deadlock", "lock-timeout"]);
+    "get" db!("/conflicts") => l::conflicts, Read, "Conflicts mutual links met in this database: the count and the newest (limit, at most 1000) with both versions and the decision", io().query(of::<l::ConflictsQuery>).ok("200", JSON, of::<l::Conflicts>);
+    "post" db!("/locks") => l::take_locks, Operate, "Parallel databases (called by the other sites): lock records for a transaction of another site (body {holder: [time, origin], keys: [\"file/key\"], timeout_ms}); 409 deadlock or lock-timeout", io().body(of::<l::LockRequest>).ok("200", JSON, of::<l::Locked>).problems(&["deadlock", "lock-timeout"]);
     "delete" db!("/locks/{holder}") => l::release_locks, Operate, "Parallel databases: release the records a transaction of another site holds (holder time.origin)", io().none();
     "get" db!("/quorum") => l::get_quorum, Read, "The synchronous quorum: k of the database's synchronous links, and the wait", io().ok("200", JSON, of::<l::QuorumView>);
     "put" db!("/quorum") => l::set_quorum, Operate, "Set the synchronous quorum (k, timeout_ms, sync_links)", io().body(of::<l::QuorumBody>).ok("200", JSON, of::<l::QuorumView>);
@@ -257,31 +264,31 @@ routes! {
     "get" "/v1/tenants/{tenant}/links/{link}" => l::show, Read, "Show a link with its state, lag, throughput and last error", io().ok("200", JSON, link_view);
     "delete" "/v1/tenants/{tenant}/links/{link}" => l::delete, Operate, "Delete a link (the replica keeps its data)", io().none();
     "put" "/v1/tenants/{tenant}/links/{link}/stages" => l::set_stages, Operate, "Swap a logical link's stages (body: [{plugin: name@version, config}]) while it runs", io().body(of::<Vec<crate::transport::links::StageSpec>>).ok("200", JSON, link_view).problems(&["plugin-config-rejected", "invalid-request"]);
-    "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first", io().ok("200", JSON, objects);
+    "get" "/v1/tenants/{tenant}/links/{link}/dead-letters" => l::dead_letters, Read, "Records the link's stages rejected under the quarantine policy, oldest first", io().ok("200", JSON, of::<Vec<crate::transport::logical::DeadLetter>>);
     "delete" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}" => l::drop_dead_letter, Operate, "Drop a dead letter", io().none();
-    "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica", io().body(of::<l::RedriveBody>).ok("200", JSON, object).problems(&["redrive-rejected", "link-refused"]);
-    "post" "/v1/tenants/{tenant}/links/{link}/verify" => l::verify, Operate, "Verify a mirror link: compare the replica's blocks with the source's at one serial, and list the differing blocks", io().ok("200", JSON, object).problems(&["link-refused", "unavailable"]);
-    "post" "/v1/tenants/{tenant}/links/{link}/repair" => l::repair, Operate, "Repair the differing blocks of a mirror link's replica (body: {file?, blocks?}; {} repairs all)", io().body(of::<crate::transport::verify::RepairScope>).ok("200", JSON, object).problems(&["link-refused", "unavailable"]);
+    "post" "/v1/tenants/{tenant}/links/{link}/dead-letters/{id}/redrive" => l::redrive, Operate, "Re-drive a dead letter (body: optional {record} as edited) through the link's stages to its replica", io().body(of::<l::RedriveBody>).ok("200", JSON, of::<crate::transport::redrive::Redriven>).problems(&["redrive-rejected", "link-refused", "invalid-request", "already-exists"]);
+    "post" "/v1/tenants/{tenant}/links/{link}/verify" => l::verify, Operate, "Verify a mirror link: compare the replica's blocks with the source's at one serial, and list the differing blocks", io().ok("200", JSON, of::<crate::transport::verify::Report>).problems(&["link-refused", "link-not-streaming", "unavailable", "invalid-request"]);
+    "post" "/v1/tenants/{tenant}/links/{link}/repair" => l::repair, Operate, "Repair the differing blocks of a mirror link's replica (body: {file?, blocks?}; {} repairs all)", io().body(of::<crate::transport::verify::RepairScope>).ok("200", JSON, of::<crate::transport::verify::Repair>).problems(&["link-refused", "link-not-streaming", "unavailable", "invalid-request"]);
     "post" "/v1/tenants/{tenant}/links/{link}/pause" => l::pause, Operate, "Pause a link", io().ok("200", JSON, link_view);
     "post" "/v1/tenants/{tenant}/links/{link}/resume" => l::resume, Operate, "Resume a paused or stopped link", io().ok("200", JSON, link_view);
-    "get" "/v1/cluster" => t::cluster, Authenticated, "The cluster: members, the primary of each replicated database (of the caller's tenants), failovers", io().ok("200", JSON, object).problems(&["not-clustered"]);
-    "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies", io().ok("200", JSON, objects);
-    "post" "/v1/tenants/{tenant}/topologies" => t::apply, Operate, "Validate and apply a topology document (nodes, links, modes, stages, policies); ?dry_run=true answers the plan only", io().query(of::<t::ApplyQuery>).body(of::<crate::topology::Topology>).ok("200", JSON, object).problems(&["topology-invalid", "topology-apply-failed", "revision-conflict"]);
-    "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links", io().ok("200", JSON, object);
+    "get" "/v1/cluster" => t::cluster, Authenticated, "The cluster: members, the primary of each replicated database (of the caller's tenants), failovers", io().ok("200", JSON, of::<crate::cluster::ClusterView>).problems(&["not-clustered"]);
+    "get" "/v1/tenants/{tenant}/topologies" => t::list, Read, "List the tenant's topologies", io().ok("200", JSON, of::<Vec<crate::topology::Summary>>);
+    "post" "/v1/tenants/{tenant}/topologies" => t::apply, Operate, "Validate and apply a topology document (nodes, links, modes, stages, policies); ?dry_run=true answers the plan only", io().query(of::<t::ApplyQuery>).body(of::<crate::topology::Topology>).ok("200", JSON, of::<crate::topology::ApplyAnswer>).problems(&["topology-invalid", "topology-apply-failed", "revision-conflict"]);
+    "get" "/v1/tenants/{tenant}/topologies/{name}" => t::show, Read, "Show a topology document with the live state of each of its links", io().ok("200", JSON, of::<crate::topology::Shown>);
     "delete" "/v1/tenants/{tenant}/topologies/{name}" => t::delete, Operate, "Delete a topology and the links it created", io().none().problems(&["topology-apply-failed"]);
-    "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica", io().body(of::<t::FailoverBody>).ok("200", JSON, object).problems(&["topology-invalid", "not-caught-up", "automatic-failover"]);
+    "post" "/v1/tenants/{tenant}/topologies/{name}/failover" => t::failover, Operate, "Fail over: promote a replica (body {node, database, force}) and re-point the old primary's links; the old primary rejoins as a replica", io().body(of::<t::FailoverBody>).ok("200", JSON, of::<crate::topology::FailoverAnswer>).problems(&["topology-invalid", "not-caught-up", "automatic-failover"]);
     "get" "/v1/tenants/{tenant}/replicas" => l::list_replicas, Read, "List the replicas on this node", io().ok("200", JSON, of::<Vec<crate::transport::target::ReplicaView>>);
-    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, object).problems(&["already-exists", "invalid-request"]);
-    "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)", io().body(of::<crate::transport::verify::RepairRequest>).ok("200", JSON, object);
-    "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)", io().body(of::<crate::transport::redrive::RedriveRequest>).ok("200", JSON, object);
-    "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)", io().ok("200", JSON, object);
-    "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again", io().ok("200", JSON, object);
+    "put" "/v1/tenants/{tenant}/replicas/{link}" => l::register_replica, Operate, "Register a replica (called by the source node when a link starts)", io().body(of::<crate::transport::links::ReplicaRequest>).ok("200", JSON, of::<crate::transport::target::Registered>).problems(&["already-exists", "invalid-request"]);
+    "post" "/v1/tenants/{tenant}/replicas/{link}/repair" => l::apply_repair, Operate, "Repair a mirror replica's block file from its source's blocks (called by the source node, with the link's credential)", io().body(of::<crate::transport::verify::RepairRequest>).ok("200", JSON, of::<crate::transport::verify::Replaced>).problems(&["invalid-request"]);
+    "post" "/v1/tenants/{tenant}/replicas/{link}/redrive" => l::apply_redrive, Operate, "Apply re-driven records on a logical replica (called by the source node, with the link's credential)", io().body(of::<crate::transport::redrive::RedriveRequest>).ok("200", JSON, of::<crate::transport::redrive::AppliedRedrive>).problems(&["invalid-request"]);
+    "post" "/v1/tenants/{tenant}/replicas/{link}/suspend" => l::suspend_replica, Operate, "Suspend a replica: it stores what arrives and applies nothing (a frozen state for read-only jobs)", io().ok("200", JSON, of::<crate::transport::target::Suspension>);
+    "post" "/v1/tenants/{tenant}/replicas/{link}/release" => l::release_replica, Operate, "Release a suspended replica: it applies what it stored and follows again", io().ok("200", JSON, of::<crate::transport::target::Suspension>);
     "delete" "/v1/tenants/{tenant}/replicas/{link}" => l::detach_replica, Operate, "Detach a replica: the database takes client writes again", io().none();
     "get" "/v1/tenants/{tenant}/plugins" => p::list, Read, "List a tenant's plugins", io().ok("200", JSON, of::<Vec<p::PluginView>>);
     "get" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::show, Read, "Show a plugin version (role, SHA-256, size, config schema)", io().ok("200", JSON, of::<p::PluginView>);
     "put" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::upload, Operate, "Upload a plugin (?role=filter|transform|rule|resolver; body: the wasm component, application/wasm)", io().query(of::<p::UploadQuery>).wasm().ok("2XX", JSON, of::<p::PluginView>).problems(&["plugin-rejected", "unsupported-media-type", "already-exists", "builtin-plugin", "quota-exceeded", "payload-too-large"]);
     "delete" "/v1/tenants/{tenant}/plugins/{name}/{version}" => p::delete, Operate, "Delete a plugin version", io().ok("200", JSON, of::<p::Deleted>).problems(&["builtin-plugin"]);
-    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)", io().body(of::<p::DryRun>).ok("200", JSON, object).problems(&["plugin-rejected", "plugin-config-rejected", "plugin-stopped", "invalid-request"]);
+    "post" "/v1/tenants/{tenant}/plugins/{name}/{version}/dry-run" => p::dry_run, Operate, "Run records through a plugin: result, per-record errors and log lines (a resolver takes records, remote and optional base, and answers each record's decision: local, remote or merged)", io().body(of::<p::DryRun>).ok("200", JSON, of::<p::DryRunAnswer>).problems(&["plugin-rejected", "plugin-config-rejected", "plugin-stopped", "invalid-request"]);
 }
 
 /// The operation id of a route: its handler's name, with its module's where names
@@ -624,6 +631,8 @@ pub fn document() -> Value {
                         json!({"type": "string", "pattern": NAME_PATTERN})
                     }
                     "version" => json!({"type": "string", "pattern": "^[A-Za-z0-9._+-]{1,32}$"}),
+                    "link" => json!({"type": "string", "minLength": 1, "maxLength": 128}),
+                    "key" => json!({"type": "string", "minLength": 1, "maxLength": 1024}),
                     "holder" => json!({"type": "string", "pattern": "^[0-9]{1,19}\\.[0-9]{1,19}$"}),
                     _ => json!({"type": "string", "minLength": 1}),
                 };
@@ -824,6 +833,29 @@ mod tests {
             assert!(
                 !problem_codes(route).is_empty() || route.permission == Public,
                 "{name} lists its problem codes"
+            );
+        }
+    }
+
+    /// Every JSON answer is a named type of the code (a `$ref`, or a list of one),
+    /// but the document's own.
+    #[test]
+    fn every_json_answer_names_its_type() {
+        let doc = document();
+        for route in ROUTES {
+            let Some((JSON, _)) = route.io.answer else {
+                continue;
+            };
+            if route.path == "/v1/openapi.json" {
+                continue;
+            }
+            let op = &doc["paths"][route.path][route.method];
+            let schema = &op["responses"][route.io.status]["content"][JSON]["schema"];
+            let named = |s: &Value| s["$ref"].is_string();
+            assert!(
+                named(schema) || (schema["type"] == "array" && named(&schema["items"])),
+                "{} answers a named type, not {schema}",
+                route.handler_name
             );
         }
     }

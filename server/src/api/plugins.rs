@@ -308,6 +308,7 @@ pub struct DryRecord {
 pub struct DryRun {
     #[serde(default)]
     config: Option<Value>,
+    #[schemars(length(max = 10_000))]
     records: Vec<DryRecord>,
     /// A resolver's incoming versions: `remote[i]` conflicts with `records[i]` (local).
     #[serde(default)]
@@ -375,11 +376,111 @@ fn record_json(r: &Record<'_>) -> Value {
     v
 }
 
+/// What a dry run answers: the plugin's errors and log lines, and per role what it did
+/// (a filter: `kept` and `records`; a transform: `records`; a rule: `depends`; a
+/// resolver: `decisions`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct DryRunAnswer {
+    /// `name@version`.
+    plugin: String,
+    #[schemars(with = "RoleName")]
+    role: Role,
+    /// Records the plugin refused, by index.
+    errors: Vec<DryRunError>,
+    /// Its log lines.
+    log: Vec<String>,
+    /// A filter: whether each record passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<bool>")]
+    kept: Option<Vec<bool>>,
+    /// A filter: the records it keeps; a transform: what it makes of them (or
+    /// `{error}` for a record it produced that does not decode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<DryRecordShown>")]
+    records: Option<Vec<Value>>,
+    /// A rule: the records each one depends on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<Depends>")]
+    depends: Option<Vec<Depends>>,
+    /// A resolver: per record the decision and the version the site ends with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<DecisionShown>")]
+    decisions: Option<Vec<Value>>,
+}
+
+/// A record a plugin refused.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct DryRunError {
+    /// Its index in `records`.
+    index: u32,
+    message: String,
+}
+
+impl From<&crate::plugins::runtime::RecordError> for DryRunError {
+    fn from(e: &crate::plugins::runtime::RecordError) -> Self {
+        DryRunError {
+            index: e.index,
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A dependency a rule declares: record `index` waits for `file`/`key`.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Depends {
+    index: u32,
+    file: String,
+    key: String,
+}
+
+/// A record as a dry run shows it.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct DryRecordShown {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt: Option<BTreeMap<String, String>>,
+    /// JSON, or the bytes as text when they are not JSON; `null` when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<Value>,
+    /// A record the transform produced that does not decode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A resolver's decision for one record.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct DecisionShown {
+    decision: DecisionName,
+    /// The version the site ends with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum DecisionName {
+    Local,
+    Remote,
+    Merged,
+}
+
 pub async fn dry_run(
     State(app): App,
     Path((tenant, name, version)): Path<(String, String, String)>,
     Body(body): Body<DryRun>,
-) -> Result<Json<Value>> {
+) -> Result<Json<DryRunAnswer>> {
     app.node.databases(&tenant)?;
     if body.records.len() > MAX_DRY_RUN_RECORDS {
         return Err(ApiError::malformed(format!(
@@ -413,7 +514,7 @@ pub fn run_dry(
     template: &crate::plugins::runtime::Template,
     label: &str,
     body: DryRun,
-) -> Result<Value> {
+) -> Result<DryRunAnswer> {
     let config = body.config.map(|c| c.to_string()).unwrap_or_default();
     let n = body.records.len();
     // A resolver's other two sides: the remote versions, and the bases (or "no base").
@@ -453,7 +554,7 @@ pub fn run_dry(
     let role = template.role();
     let mut stage = template.stage(&config)?;
     if role == Role::Resolver {
-        return resolve_dry_run(&mut stage, label, input, sides).map(|Json(v)| v);
+        return resolve_dry_run(&mut stage, label, input, sides);
     }
     if sides.is_some() {
         return Err(ApiError::invalid(format!(
@@ -461,12 +562,16 @@ pub fn run_dry(
         )));
     }
     let out = stage.call(input.as_batch(), None)?;
-    let mut v = json!({
-        "plugin": label,
-        "role": role,
-        "errors": out.errors,
-        "log": out.log,
-    });
+    let mut v = DryRunAnswer {
+        plugin: label.to_string(),
+        role,
+        errors: out.errors.iter().map(DryRunError::from).collect(),
+        log: out.log,
+        kept: None,
+        records: None,
+        depends: None,
+        decisions: None,
+    };
     match role {
         Role::Filter => {
             let kept: Vec<bool> = (0..n).map(|i| bit(&out.bitmap, i)).collect();
@@ -477,8 +582,8 @@ pub fn run_dry(
                 .filter(|(_, k)| **k)
                 .filter_map(|(r, _)| r.ok().map(|r| record_json(&r)))
                 .collect();
-            v["kept"] = json!(kept);
-            v["records"] = json!(records);
+            v.kept = Some(kept);
+            v.records = Some(records);
         }
         Role::Transform => {
             let records: Vec<Value> = out
@@ -490,14 +595,15 @@ pub fn run_dry(
                     Err(e) => json!({"error": e.to_string()}),
                 })
                 .collect();
-            v["records"] = json!(records);
+            v.records = Some(records);
         }
         Role::Rule => {
-            v["depends"] = out
-                .depends
-                .iter()
-                .map(|(index, file, key)| json!({"index": index, "file": file, "key": key}))
-                .collect();
+            v.depends = Some(
+                out.depends
+                    .into_iter()
+                    .map(|(index, file, key)| Depends { index, file, key })
+                    .collect(),
+            );
         }
         Role::Resolver => unreachable!("resolvers run through resolve_dry_run"),
     }
@@ -510,7 +616,7 @@ fn resolve_dry_run(
     plugin: &str,
     local: BatchBuilder,
     sides: Option<(BatchBuilder, BatchBuilder)>,
-) -> Result<Json<Value>> {
+) -> Result<DryRunAnswer> {
     let (remote, base) = sides.ok_or_else(|| {
         ApiError::invalid(format!(
             "'{plugin}' is a resolver: give remote (remote[i] conflicts with records[i]) and optionally base"
@@ -548,11 +654,14 @@ fn resolve_dry_run(
             }),
         })
         .collect();
-    Ok(Json(json!({
-        "plugin": plugin,
-        "role": Role::Resolver,
-        "decisions": decisions,
-        "errors": out.errors,
-        "log": out.log,
-    })))
+    Ok(DryRunAnswer {
+        plugin: plugin.to_string(),
+        role: Role::Resolver,
+        errors: out.errors.iter().map(DryRunError::from).collect(),
+        log: out.log,
+        kept: None,
+        records: None,
+        depends: None,
+        decisions: Some(decisions),
+    })
 }

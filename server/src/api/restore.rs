@@ -27,6 +27,8 @@ pub struct RestoreBody {
     /// The point: a serial, or `timestamp_us` (one of the two).
     serial: Option<u64>,
     timestamp_us: Option<u64>,
+    /// Restore into a new database of this name (absent: in place).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     into: Option<String>,
     method: Option<Method>,
     #[serde(default)]

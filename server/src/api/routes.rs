@@ -716,8 +716,25 @@ pub async fn lookup_alt(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpsBody {
-    #[schemars(length(min = 1))]
+    /// At most `MAX_TXN_OPS` (100000), in one request as in an interactive transaction.
+    #[schemars(length(min = 1, max = 100_000))]
     pub(crate) ops: Vec<OpInput>,
+}
+
+impl OpsBody {
+    /// The bound the document states on `ops`.
+    fn check(&self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Err(ApiError::malformed("ops: give at least one operation"));
+        }
+        if self.ops.len() > crate::node::database::MAX_TXN_OPS {
+            return Err(ApiError::malformed(format!(
+                "a request holds at most {} operations",
+                crate::node::database::MAX_TXN_OPS
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -734,6 +751,7 @@ pub async fn transaction(
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
 ) -> Result<Json<Committed>> {
+    body.check()?;
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;
@@ -760,6 +778,7 @@ pub async fn add_ops(
     Query(q): Query<LockQuery>,
     Body(body): Body<OpsBody>,
 ) -> Result<Json<Pending>> {
+    body.check()?;
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, body.ops.len())?;
     let ops = db.resolve(&body.ops)?;

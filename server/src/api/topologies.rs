@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 
 use super::error::{blocking, ApiError, Body, Path, Query};
 use super::AppState;
-use crate::topology::{Topology, TopologyError};
+use crate::topology::{
+    ApplyAnswer, FailoverAnswer, LinkShown, Shown, Summary, Topology, TopologyError,
+};
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -88,7 +90,7 @@ fn apply_clustered(
     tenant: &str,
     mut doc: Topology,
     q: &ApplyQuery,
-) -> Result<Value> {
+) -> Result<ApplyAnswer> {
     if let Ok((stored, _)) = cluster.topology(tenant, &doc.name) {
         crate::topology::keep_passwords(&mut doc, &stored);
     }
@@ -96,11 +98,18 @@ fn apply_clustered(
     if !problems.is_empty() {
         return Err(TopologyError::Invalid(problems).into());
     }
-    if q.dry_run {
-        return Ok(json!({"dry_run": true, "name": doc.name, "cluster": true}));
-    }
-    let revision = cluster.store_topology(tenant, &doc, q.revision)?;
-    Ok(json!({"name": doc.name, "revision": revision, "cluster": true}))
+    let revision = match q.dry_run {
+        true => None,
+        false => Some(cluster.store_topology(tenant, &doc, q.revision)?),
+    };
+    Ok(ApplyAnswer {
+        dry_run: q.dry_run,
+        name: doc.name,
+        plan: None,
+        applied_ms: None,
+        revision,
+        cluster: true,
+    })
 }
 
 pub async fn apply(
@@ -109,7 +118,7 @@ pub async fn apply(
     Query(q): Query<ApplyQuery>,
     headers: HeaderMap,
     Body(doc): Body<Topology>,
-) -> Result<Json<Value>> {
+) -> Result<Json<ApplyAnswer>> {
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     let result = blocking(move || {
@@ -132,20 +141,20 @@ pub async fn apply(
     Ok(Json(result))
 }
 
-pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Value>> {
+pub async fn list(State(app): App, Path(tenant): Path<String>) -> Result<Json<Vec<Summary>>> {
     app.node.databases(&tenant)?;
     if let Some(cluster) = app.cluster.clone() {
         let list = blocking(move || Ok(cluster.topologies(&tenant)?)).await?;
-        return Ok(Json(Value::Array(list)));
+        return Ok(Json(list));
     }
-    Ok(Json(Value::Array(app.topologies.list(&tenant)?)))
+    Ok(Json(app.topologies.list(&tenant)?))
 }
 
 pub async fn show(
     State(app): App,
     Path((tenant, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>> {
+) -> Result<Json<Shown>> {
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     let shown = blocking(move || {
@@ -158,21 +167,18 @@ pub async fn show(
                 .into_iter()
                 .filter_map(|l| Some((l["link"].as_str()?.to_string(), l)))
                 .collect();
-            let links: Vec<Value> = doc
+            let links: Vec<LinkShown> = doc
                 .links
                 .iter()
                 .map(|l| {
-                    let label = l.label();
-                    let mut entry = json!({"link": label, "from": l.from, "to": l.to.masked(),
-                                           "mode": l.options.mode, "apply": l.options.apply,
-                                           "stages": l.options.stages});
-                    match mine.get(&label) {
+                    let mut entry = LinkShown::of(l);
+                    match mine.get(&entry.link) {
                         Some(m) => {
-                            entry["id"] = m["id"].clone();
-                            entry["status"] = m["status"].clone();
+                            entry.id = m["id"].as_str().map(str::to_string);
+                            entry.status = Some(m["status"].clone());
                         }
                         None => {
-                            entry["error"] = json!(format!(
+                            entry.error = Some(format!(
                                 "made by member '{}': its status is on that node",
                                 l.from.node
                             ))
@@ -181,10 +187,16 @@ pub async fn show(
                     entry
                 })
                 .collect();
-            return Ok(
-                json!({"name": doc.name, "document": doc.masked(), "revision": revision,
-                             "cluster": true, "links": links}),
-            );
+            return Ok(Shown {
+                name: doc.name.clone(),
+                document: doc.masked(),
+                applied_ms: None,
+                revision: Some(revision),
+                cluster: true,
+                failover: None,
+                links,
+                stale: Vec::new(),
+            });
         }
         app.topologies
             .show(&tenant, &name, auth)
@@ -209,7 +221,7 @@ pub async fn failover(
     Path((tenant, name)): Path<(String, String)>,
     headers: HeaderMap,
     Body(body): Body<FailoverBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<FailoverAnswer>> {
     app.node.databases(&tenant)?;
     let auth = authorization(&headers);
     let to = crate::topology::Endpoint {
@@ -257,7 +269,7 @@ pub async fn delete(
 pub async fn cluster(
     State(app): App,
     axum::Extension(claims): axum::Extension<crate::tenancy::auth::Claims>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::cluster::ClusterView>> {
     let Some(cluster) = &app.cluster else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

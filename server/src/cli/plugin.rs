@@ -181,8 +181,9 @@ pub fn run(command: PluginCommand) -> Result<(), String> {
             let started = std::time::Instant::now();
             let template = instantiate(&runtime, &label, role, &bytes)?;
             let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-            let mut out =
+            let out =
                 crate::api::plugins::run_dry(&template, &label, body).map_err(|e| e.detail)?;
+            let mut out = serde_json::to_value(out).expect("a dry run's answer is JSON");
             if let Some((config, records)) = bench_input {
                 let mut figures = measure(&template, &config, records)?;
                 figures["compile_ms"] = serde_json::json!(round(compile_ms));

@@ -138,6 +138,73 @@ struct Group {
     async_allowed: bool,
 }
 
+/// `GET /v1/cluster`: its members, the primary of each replicated database, failovers.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ClusterView {
+    /// The cluster's name (`[cluster] name`).
+    pub name: String,
+    /// This node's id.
+    pub node: String,
+    /// The live members, then the nodes the documents name that hold no membership.
+    pub members: Vec<Member>,
+    pub primaries: Vec<Primary>,
+    /// The automatic failovers, oldest first.
+    #[schemars(with = "Vec<FailoverEvent>")]
+    pub failovers: Vec<Value>,
+}
+
+/// A node of a cluster.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Member {
+    pub node: String,
+    pub url: String,
+    pub state: MemberState,
+}
+
+/// Whether a node holds a live membership.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Up,
+    Down,
+}
+
+/// The primary of a replicated database: who holds its leader key.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Primary {
+    pub tenant: String,
+    pub database: String,
+    /// The node's name in the topology.
+    pub node: String,
+    pub url: String,
+    /// The database's last serial when it took the key.
+    pub serial: u64,
+    pub since_ms: u64,
+}
+
+/// An automatic failover, as stored in etcd (`failovers/…`) and shown.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct FailoverEvent {
+    pub at_ms: u64,
+    pub tenant: String,
+    pub database: String,
+    /// The node that was primary.
+    pub from: String,
+    /// The node promoted.
+    pub to: String,
+    /// The promoted database's last serial.
+    pub serial: u64,
+    /// Entries the old primary had announced that the promoted one had not applied.
+    pub lost_entries: u64,
+    pub took_ms: u64,
+    /// The epoch its log opened.
+    pub epoch: u64,
+    pub topology: String,
+    /// `sync-only` or `async-allowed`: what the topology lets it promote.
+    pub policy: String,
+    pub reason: String,
+}
+
 /// What this node last read under the prefix.
 #[derive(Default)]
 struct View {
@@ -934,18 +1001,31 @@ impl Cluster {
         if !stored {
             tracing::warn!(topology = %g.topology, "the document changed during the failover");
         }
-        let serial = promoted["serial"].as_u64().unwrap_or(0);
-        let lost = promoted["source_serial_announced"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(promoted["source_serial_applied"].as_u64().unwrap_or(0));
+        let serial = promoted.serial;
+        let lost = promoted
+            .source_serial_announced
+            .saturating_sub(promoted.source_serial_applied);
         let at_ms = wall_ms();
-        let record = json!({"at_ms": at_ms, "tenant": g.tenant, "database": g.database,
-                            "from": g.head, "to": me, "serial": serial, "lost_entries": lost,
-                            "took_ms": since.elapsed().as_millis() as u64,
-                            "epoch": promoted["epoch"], "topology": g.topology,
-                            "policy": if g.async_allowed { "async-allowed" } else { "sync-only" },
-                            "reason": "the primary's leader key expired"});
+        let record = serde_json::to_value(FailoverEvent {
+            at_ms,
+            tenant: g.tenant.clone(),
+            database: g.database.clone(),
+            from: g.head.clone(),
+            to: me.to_string(),
+            serial,
+            lost_entries: lost,
+            took_ms: since.elapsed().as_millis() as u64,
+            epoch: promoted.epoch,
+            topology: g.topology.clone(),
+            policy: if g.async_allowed {
+                "async-allowed"
+            } else {
+                "sync-only"
+            }
+            .into(),
+            reason: "the primary's leader key expired".into(),
+        })
+        .expect("a failover record is JSON");
         let _ = self.etcd.put(
             &self.key(&format!(
                 "failovers/{at_ms:013}-{}-{}",
@@ -964,12 +1044,16 @@ impl Cluster {
     // ---- what the API asks -------------------------------------------------------
 
     /// `GET /v1/cluster`, restricted to the tenants `covers` accepts.
-    pub fn show(&self, covers: impl Fn(&str) -> bool) -> Value {
+    pub fn show(&self, covers: impl Fn(&str) -> bool) -> ClusterView {
         let v = self.view.read();
-        let mut members: Vec<Value> = v
+        let mut members: Vec<Member> = v
             .members
             .iter()
-            .map(|(node, m)| json!({"node": node, "url": m["url"], "state": "up"}))
+            .map(|(node, m)| Member {
+                node: node.clone(),
+                url: m["url"].as_str().unwrap_or_default().to_string(),
+                state: MemberState::Up,
+            })
             .collect();
         // Nodes the documents name that hold no live membership.
         let up: BTreeSet<String> = v
@@ -989,17 +1073,22 @@ impl Cluster {
                 }
             }
         }
-        members.extend(
-            down.into_iter()
-                .map(|(node, url)| json!({"node": node, "url": url, "state": "down"})),
-        );
-        let primaries: Vec<Value> = v
+        members.extend(down.into_iter().map(|(node, url)| Member {
+            node,
+            url,
+            state: MemberState::Down,
+        }));
+        let primaries: Vec<Primary> = v
             .leaders
             .iter()
             .filter(|((t, _), _)| covers(t))
-            .map(|((tenant, database), (l, _))| {
-                json!({"tenant": tenant, "database": database, "node": l.node, "url": l.url,
-                       "serial": l.serial, "since_ms": l.since_ms})
+            .map(|((tenant, database), (l, _))| Primary {
+                tenant: tenant.clone(),
+                database: database.clone(),
+                node: l.node.clone(),
+                url: l.url.clone(),
+                serial: l.serial,
+                since_ms: l.since_ms,
             })
             .collect();
         let failovers: Vec<Value> = v
@@ -1008,8 +1097,13 @@ impl Cluster {
             .filter(|f| f["tenant"].as_str().is_some_and(&covers))
             .cloned()
             .collect();
-        json!({"name": self.config.name, "node": self.node_id, "members": members,
-               "primaries": primaries, "failovers": failovers})
+        ClusterView {
+            name: self.config.name.clone(),
+            node: self.node_id.clone(),
+            members,
+            primaries,
+            failovers,
+        }
     }
 
     /// Store a topology document (validated by the caller). `revision`: the revision
@@ -1067,7 +1161,7 @@ impl Cluster {
     }
 
     /// The tenant's documents.
-    pub fn topologies(&self, tenant: &str) -> Result<Vec<Value>, Error> {
+    pub fn topologies(&self, tenant: &str) -> Result<Vec<crate::topology::Summary>, Error> {
         let (kvs, _) = self
             .etcd
             .range(&self.key(&format!("topologies/{tenant}/")))
@@ -1076,8 +1170,13 @@ impl Cluster {
             .iter()
             .filter_map(|kv| {
                 let doc: Topology = serde_json::from_slice(&kv.value).ok()?;
-                Some(json!({"name": doc.name, "nodes": doc.nodes.len(),
-                            "links": doc.links.len(), "revision": kv.mod_revision}))
+                Some(crate::topology::Summary {
+                    name: doc.name,
+                    nodes: doc.nodes.len(),
+                    links: doc.links.len(),
+                    applied_ms: None,
+                    revision: Some(kv.mod_revision),
+                })
             })
             .collect())
     }

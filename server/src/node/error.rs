@@ -22,6 +22,19 @@ pub enum Error {
     /// `not-a-replica`: the request is well formed, the database's state refuses it).
     #[error("{0}")]
     NotAReplica(String),
+    /// The database has open interactive transactions, whose locks the operation would
+    /// wait for (a replay rewrites records they may hold): 409 `transactions-open`.
+    #[error("{0}")]
+    TransactionsOpen(String),
+    /// A link's target node answered with a problem of its own (a 4xx: its replica or
+    /// database is gone, its credential is refused): 409 `link-refused`.
+    #[error("{0}")]
+    LinkRefused(String),
+    /// The link is not streaming (paused, stopped by its error policy, or retrying
+    /// after an error): what needs its replica at one serial (verify, repair) is
+    /// refused rather than waited for (409 `link-not-streaming`).
+    #[error("{0}")]
+    LinkNotStreaming(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     /// An error caused by operation `index` of a transaction.

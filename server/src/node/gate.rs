@@ -238,7 +238,7 @@ mod tests {
         let (_dir, node, _gate) = node();
         let par = node.database(DEFAULT_TENANT, "par").unwrap();
         let err = par.begin().unwrap_err();
-        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains("is parallel"), "{err}");
         let plain = node.database(DEFAULT_TENANT, "plain").unwrap();
         plain.begin().unwrap();

@@ -51,7 +51,7 @@ pub struct QuorumTimeout {
 }
 
 /// The quorum settings as the API shows them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct QuorumInfo {
     pub k: usize,
     pub sync_links: usize,

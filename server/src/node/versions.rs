@@ -146,7 +146,7 @@ pub fn current(store: &Store, versions: u32, file: &str, key: &[u8]) -> Option<S
 pub fn stamp_op(versions: u32, file: &str, key: &[u8], stamp: &Stamp) -> Result<Op> {
     let entry = entry_key(file, key);
     if entry.len() > MAX_KEY_BYTES {
-        return Err(Error::Malformed(format!(
+        return Err(Error::Invalid(format!(
             "key of {} bytes: in a mutual database a key and its file's name take at most \
              {} bytes together",
             key.len(),
@@ -175,7 +175,7 @@ pub fn stamp(store: &Store, ops: &[Op]) -> Result<Vec<Op>> {
     let mut out = Vec::with_capacity(ops.len() * 2);
     for op in ops {
         if op.file == versions {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "file '{VERSIONS_FILE}' holds the record versions of mutual replication; \
                  it takes no writes"
             )));

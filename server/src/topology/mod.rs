@@ -826,7 +826,7 @@ pub struct Stored {
 
 /// What a failover did: who was promoted, at which serial, the epoch its log opened
 /// (`transport::history`). `GET` of the topology adds each follower's live figures.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FailoverRecord {
     pub promoted: Endpoint,
     pub old_primary: Endpoint,
@@ -839,10 +839,169 @@ pub struct FailoverRecord {
     pub took_ms: u64,
 }
 
+/// What a plan's step does.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+enum StepAction {
+    Keep,
+    Create,
+    UpdateStages,
+    Replace,
+    Delete,
+}
+
+/// A topology as `GET …/topologies` lists it.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Summary {
+    pub name: String,
+    /// Its nodes.
+    pub nodes: usize,
+    /// Its links.
+    pub links: usize,
+    /// When it was last applied (a node's own topologies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_ms: Option<u64>,
+    /// Its revision (a cluster's topologies, kept in etcd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+}
+
+/// A document applied, or checked with `?dry_run=true`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ApplyAnswer {
+    /// Nothing was changed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    pub name: String,
+    /// What was (or would be) done, link by link (a node's own topologies; in a
+    /// cluster each member carries out its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<Step>")]
+    pub plan: Option<Vec<Step>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_ms: Option<u64>,
+    /// The revision stored (in a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Kept by the cluster (etcd) rather than this node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+}
+
+/// A topology as `GET …/topologies/{name}` shows it: its document and the live state
+/// of each of its links.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Shown {
+    pub name: String,
+    /// The document, PostgreSQL passwords masked.
+    pub document: Topology,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_ms: Option<u64>,
+    /// Its revision (in a cluster: give it back to apply a change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Kept by the cluster (etcd).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+    /// The last failover (`null`: none), with what each follower of the promoted
+    /// database did.
+    pub failover: Option<FailoverView>,
+    pub links: Vec<LinkShown>,
+    /// Links an apply or failover could not delete (their node was down), deleted by
+    /// the next apply.
+    pub stale: Vec<StaleLink>,
+}
+
+/// A link of a shown topology.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct LinkShown {
+    /// `from → to` as the document names them.
+    pub link: String,
+    pub from: Endpoint,
+    pub to: LinkTarget,
+    pub mode: Mode,
+    pub apply: Apply,
+    pub stages: Vec<crate::transport::links::StageSpec>,
+    /// The live link's id on its source node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its live state, as its source node shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::transport::links::LinkStatus>")]
+    pub status: Option<Value>,
+    /// Why there is no status (not applied, its node does not answer, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LinkShown {
+    pub fn of(l: &LinkDoc) -> LinkShown {
+        LinkShown {
+            link: l.label(),
+            from: l.from.clone(),
+            to: l.to.masked(),
+            mode: l.options.mode,
+            apply: l.options.apply,
+            stages: l.options.stages.clone(),
+            id: None,
+            status: None,
+            error: None,
+        }
+    }
+}
+
+/// A link a topology could not delete yet.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StaleLink {
+    pub link: String,
+    /// Its source node.
+    pub node: String,
+    pub id: String,
+}
+
+/// The last failover of a shown topology.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct FailoverView {
+    #[serde(flatten)]
+    pub record: FailoverRecord,
+    pub followers: Vec<Follower>,
+}
+
+/// A follower of the promoted database after a failover: how it was continued (by
+/// serial from `started_at`, or by snapshot), the entries of a diverged tail it
+/// discarded, the bytes sent to it (`null` where its link's status is not known).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Follower {
+    pub to: LinkTarget,
+    pub link: String,
+    #[schemars(with = "Option<crate::transport::links::LinkState>")]
+    pub state: Value,
+    pub bootstraps: Option<u64>,
+    pub started_at: Option<u64>,
+    pub resumed_by_serial: Option<u64>,
+    pub discarded_entries: Option<u64>,
+    pub bytes_sent: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A failover done (`POST …/topologies/{name}/failover`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct FailoverAnswer {
+    /// What the promoted node answered.
+    #[schemars(with = "crate::transport::target::Promoted")]
+    pub promoted: Value,
+    pub old_primary: Endpoint,
+    /// The document after the failover, applied.
+    pub applied: ApplyAnswer,
+    pub failover: FailoverRecord,
+}
+
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Step {
     /// keep, create, update-stages, replace or delete.
+    #[schemars(with = "StepAction")]
     pub action: &'static str,
     pub link: String,
     /// The source node.
@@ -1081,18 +1240,19 @@ impl Topologies {
     }
 
     /// The tenant's topologies: name, nodes, links and when they were applied.
-    pub fn list(&self, tenant: &str) -> Result<Vec<Value>, node::Error> {
+    pub fn list(&self, tenant: &str) -> Result<Vec<Summary>, node::Error> {
         let prefix = format!("{PREFIX}{tenant}/");
         let mut out = Vec::new();
         for (_, v) in self.node.config_scan(&prefix)? {
             let s: Stored =
                 serde_json::from_slice(&v).map_err(|e| node::Error::Unavailable(e.to_string()))?;
-            out.push(json!({
-                "name": s.doc.name,
-                "nodes": s.doc.nodes.len(),
-                "links": s.doc.links.len(),
-                "applied_ms": s.applied_ms,
-            }));
+            out.push(Summary {
+                name: s.doc.name,
+                nodes: s.doc.nodes.len(),
+                links: s.doc.links.len(),
+                applied_ms: Some(s.applied_ms),
+                revision: None,
+            });
         }
         Ok(out)
     }
@@ -1105,7 +1265,7 @@ impl Topologies {
         doc: Topology,
         dry_run: bool,
         authorization: Option<String>,
-    ) -> Result<Value, TopologyError> {
+    ) -> Result<ApplyAnswer, TopologyError> {
         let mut doc = doc;
         let before = self.load(tenant, &doc.name)?;
         if let Some(b) = &before {
@@ -1219,9 +1379,15 @@ impl Topologies {
         if !problems.is_empty() {
             return Err(TopologyError::Invalid(problems));
         }
-        let plan_json = serde_json::to_value(&steps).expect("steps are JSON");
         if dry_run {
-            return Ok(json!({"dry_run": true, "name": doc.name, "plan": plan_json}));
+            return Ok(ApplyAnswer {
+                dry_run: true,
+                name: doc.name,
+                plan: Some(steps),
+                applied_ms: None,
+                revision: None,
+                cluster: false,
+            });
         }
         let mut stored = Stored {
             doc: doc.clone(),
@@ -1278,7 +1444,14 @@ impl Topologies {
                 follow_sync_links(&remote, &urls, tenant, e, doc.sync_links_from(e));
             }
         }
-        Ok(json!({"name": doc.name, "plan": plan_json, "applied_ms": stored.applied_ms}))
+        Ok(ApplyAnswer {
+            dry_run: false,
+            name: doc.name,
+            plan: Some(steps),
+            applied_ms: Some(stored.applied_ms),
+            revision: None,
+            cluster: false,
+        })
     }
 
     /// One step, and the link it leaves.
@@ -1365,26 +1538,24 @@ impl Topologies {
         tenant: &str,
         name: &str,
         authorization: Option<String>,
-    ) -> Result<Value, node::Error> {
+    ) -> Result<Shown, node::Error> {
         let stored = self.get(tenant, name)?;
         let remote = caller(authorization);
         let mut links = Vec::new();
         for l in &stored.doc.links {
-            let label = l.label();
-            let mut entry = json!({"link": label, "from": l.from, "to": l.to.masked(), "mode": l.options.mode,
-                                   "apply": l.options.apply, "stages": l.options.stages});
-            match stored.links.get(&label) {
-                None => entry["error"] = json!("not applied"),
+            let mut entry = LinkShown::of(l);
+            match stored.links.get(&entry.link) {
+                None => entry.error = Some("not applied".into()),
                 Some(a) => {
-                    entry["id"] = json!(a.id);
+                    entry.id = Some(a.id.clone());
                     let url = format!(
                         "{}/v1/tenants/{tenant}/links/{}",
                         stored.doc.nodes[&a.node].url.trim_end_matches('/'),
                         a.id
                     );
                     match remote.call("GET", &url, None) {
-                        Ok(body) => entry["status"] = body["status"].clone(),
-                        Err(e) => entry["error"] = json!(e.detail()),
+                        Ok(body) => entry.status = Some(body["status"].clone()),
+                        Err(e) => entry.error = Some(e.detail()),
                     }
                 }
             }
@@ -1394,33 +1565,51 @@ impl Topologies {
         // it was continued (by serial from `started_at`, or by snapshot), the entries of
         // a diverged tail it discarded, the bytes sent to it.
         let failover = stored.failover.as_ref().map(|f| {
-            let followers: Vec<Value> = stored
+            let followers: Vec<Follower> = stored
                 .doc
                 .links
                 .iter()
                 .zip(&links)
                 .filter(|(l, _)| l.from == f.promoted)
                 .map(|(l, entry)| {
-                    let st = &entry["status"];
-                    json!({"to": l.to.masked(), "link": entry["link"], "state": st["state"],
-                           "bootstraps": st["bootstraps"], "started_at": st["started_at"],
-                           "resumed_by_serial": st["resumed_by_serial"],
-                           "discarded_entries": st["discarded_entries"],
-                           "bytes_sent": st["bytes_sent"], "error": entry.get("error")})
+                    let st = entry.status.clone().unwrap_or_default();
+                    let n = |k: &str| st[k].as_u64();
+                    Follower {
+                        to: l.to.masked(),
+                        link: entry.link.clone(),
+                        state: st["state"].clone(),
+                        bootstraps: n("bootstraps"),
+                        started_at: n("started_at"),
+                        resumed_by_serial: n("resumed_by_serial"),
+                        discarded_entries: n("discarded_entries"),
+                        bytes_sent: n("bytes_sent"),
+                        error: entry.error.clone(),
+                    }
                 })
                 .collect();
-            json!({"promoted": f.promoted, "old_primary": f.old_primary, "serial": f.serial,
-                   "epoch": f.epoch, "at_ms": f.at_ms, "took_ms": f.took_ms,
-                   "followers": followers})
+            FailoverView {
+                record: f.clone(),
+                followers,
+            }
         });
-        Ok(json!({
-            "name": stored.doc.name,
-            "document": stored.doc.masked(),
-            "applied_ms": stored.applied_ms,
-            "failover": failover,
-            "links": links,
-            "stale": stored.stale.iter().map(|a| json!({"link": a.link.label(), "node": a.node, "id": a.id})).collect::<Vec<_>>(),
-        }))
+        Ok(Shown {
+            name: stored.doc.name.clone(),
+            document: stored.doc.masked(),
+            applied_ms: Some(stored.applied_ms),
+            revision: None,
+            cluster: false,
+            failover,
+            links,
+            stale: stored
+                .stale
+                .iter()
+                .map(|a| StaleLink {
+                    link: a.link.label(),
+                    node: a.node.clone(),
+                    id: a.id.clone(),
+                })
+                .collect(),
+        })
     }
 
     /// Fail over to a replica (SPEC G4): promote database `to` (the target of a link of
@@ -1441,7 +1630,7 @@ impl Topologies {
         to: Endpoint,
         force: bool,
         authorization: Option<String>,
-    ) -> Result<Value, TopologyError> {
+    ) -> Result<FailoverAnswer, TopologyError> {
         let started = std::time::Instant::now();
         let stored = self.get(tenant, name)?;
         let doc = &stored.doc;
@@ -1502,10 +1691,12 @@ impl Topologies {
         let mut now = self.get(tenant, name)?;
         now.failover = Some(record.clone());
         self.save(tenant, &now)?;
-        Ok(
-            json!({"promoted": promoted, "old_primary": old, "applied": applied,
-                  "failover": record}),
-        )
+        Ok(FailoverAnswer {
+            promoted,
+            old_primary: old,
+            applied,
+            failover: record,
+        })
     }
 
     /// Delete a topology and the links it made.

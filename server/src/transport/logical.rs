@@ -39,8 +39,68 @@ fn damaged(detail: impl std::fmt::Display) -> Error {
 }
 
 /// A stored JSON value (a dead letter).
-fn stored_json(bytes: &[u8]) -> std::result::Result<Value, LogError> {
+fn stored_letter(bytes: &[u8]) -> std::result::Result<DeadLetter, LogError> {
     serde_json::from_slice(bytes).map_err(|e| LogError::Damaged(format!("a dead letter: {e}")))
+}
+
+/// A record a link's stages (or its PostgreSQL target) rejected under the quarantine
+/// policy, as it is stored and as `GET …/links/{link}/dead-letters` lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct DeadLetter {
+    /// Its id in the link's dead letters (drop or re-drive it by this id).
+    #[serde(default)]
+    pub id: u64,
+    /// The record as the stages saw it ([`record_json`]); a PostgreSQL bootstrap's row
+    /// that did not decode shows only its file and serial.
+    #[schemars(with = "Option<ShownRecord>")]
+    pub record: Value,
+    /// The stage plugin that rejected it (`postgres`: the PostgreSQL target).
+    #[serde(default)]
+    pub plugin: String,
+    /// Why.
+    #[serde(default)]
+    pub error: String,
+    /// What became of the record's transaction (the rest of it shipped, or it did).
+    #[serde(default)]
+    pub outcome: String,
+    /// When it was quarantined, ms since the Unix epoch.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+impl DeadLetter {
+    /// A dead letter to [`DeadLetters::push`] (its id is set there).
+    pub fn new(record: Value, plugin: &str, error: &str, outcome: &str, at_ms: u64) -> Self {
+        DeadLetter {
+            id: 0,
+            record,
+            plugin: plugin.to_string(),
+            error: error.to_string(),
+            outcome: outcome.to_string(),
+            at_ms,
+        }
+    }
+}
+
+/// A record as the API shows it ([`record_json`]): the schema of a dead letter's.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct ShownRecord {
+    /// `insert`, `update` or `delete`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<String>,
+    file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// Alternate keys by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt: Option<BTreeMap<String, String>>,
+    /// The record's data (JSON, or its bytes as text when they are not JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+    serial: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    txn: Option<u64>,
 }
 
 /// A link's stages, loaded: its interrelation rules (which only read) and the chain of
@@ -346,12 +406,12 @@ impl DeadLetters {
         &self,
         link: &str,
         seq: u64,
-        mut entry: Value,
+        mut entry: DeadLetter,
     ) -> std::result::Result<(), LogError> {
-        entry["id"] = json!(seq);
+        entry.id = seq;
         let mut key = prefix(link);
         key.extend_from_slice(&seq.to_be_bytes());
-        let bytes = serde_json::to_vec(&entry).expect("a JSON value serialises");
+        let bytes = serde_json::to_vec(&entry).expect("a dead letter serialises");
         self.tree.insert(key, bytes)?;
         // The link moves past the record once the rest of its transaction is applied:
         // the dead letter must be on disk by then, and the tree is in the node's sled
@@ -361,19 +421,19 @@ impl DeadLetters {
     }
 
     /// The oldest `limit` dead letters of `link`.
-    pub fn list(&self, link: &str, limit: usize) -> std::result::Result<Vec<Value>, LogError> {
+    pub fn list(&self, link: &str, limit: usize) -> std::result::Result<Vec<DeadLetter>, LogError> {
         self.tree
             .scan_prefix(prefix(link))
             .take(limit)
-            .map(|item| stored_json(&item?.1))
+            .map(|item| stored_letter(&item?.1))
             .collect()
     }
 
     /// One dead letter, if there is one with that id.
-    pub fn get(&self, link: &str, seq: u64) -> std::result::Result<Option<Value>, LogError> {
+    pub fn get(&self, link: &str, seq: u64) -> std::result::Result<Option<DeadLetter>, LogError> {
         let mut key = prefix(link);
         key.extend_from_slice(&seq.to_be_bytes());
-        self.tree.get(key)?.map(|v| stored_json(&v)).transpose()
+        self.tree.get(key)?.map(|v| stored_letter(&v)).transpose()
     }
 
     pub fn count(&self, link: &str) -> usize {

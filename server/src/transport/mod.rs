@@ -108,8 +108,18 @@ pub struct Replication {
 /// A call to another node that fails leaves the operation unavailable (503), with what
 /// that node said.
 impl From<RemoteError> for Error {
+    /// A target that does not answer is unavailable (503); one that answers with a
+    /// problem of its own refuses (409 `link-refused`, its problem in the detail).
     fn from(e: RemoteError) -> Error {
-        Error::Unavailable(e.to_string())
+        match e {
+            RemoteError::NotFound { .. } | RemoteError::Conflict { .. } => {
+                Error::LinkRefused(format!("the target node refuses it: {e}"))
+            }
+            RemoteError::Refused { status, .. } if (400..500).contains(&status) => {
+                Error::LinkRefused(format!("the target node refuses it: {e}"))
+            }
+            _ => Error::Unavailable(e.to_string()),
+        }
     }
 }
 

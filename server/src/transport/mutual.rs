@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use doppel_sdk::abi::{BatchBuilder, OwnedRecord, Record};
 
@@ -369,6 +369,55 @@ pub fn incoming(schema: &Schema, ops: &[u8], stamps: &[(u64, Stamp)]) -> Result<
     Ok(out)
 }
 
+/// A conflict a mutual link met, as it is stored and as `GET …/conflicts` lists it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct ConflictEntry {
+    /// Its number in the database's conflicts (1, 2, …).
+    pub id: u64,
+    /// When it was met, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The mutual link whose update met it.
+    pub link: String,
+    pub file: String,
+    pub key: String,
+    pub strategy: Strategy,
+    pub decision: ConflictDecision,
+    /// This node's version.
+    pub local: ConflictSide,
+    /// The version the link brought.
+    pub remote: ConflictSide,
+    /// The data a resolver merged the two into (`decision` `merged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<Value>,
+    /// What else happened (a resolver that failed, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Which version a conflict kept.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictDecision {
+    Local,
+    Remote,
+    Merged,
+}
+
+/// One side of a conflict.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct ConflictSide {
+    /// Its version's hybrid timestamp.
+    pub timestamp_us: u64,
+    /// The origin that wrote it.
+    pub origin: u64,
+    /// The node id of that origin, where known.
+    pub node: Option<String>,
+    /// It is a delete.
+    pub deleted: bool,
+    /// Its data (JSON, or its bytes as text); `null` for a delete.
+    pub data: Value,
+}
+
 /// Conflicts per database (sled tree `conflicts`): key `uid u64 BE | seq u64 BE`, value
 /// JSON; the count under `uid | u64::MAX`.
 pub struct ConflictLog {
@@ -420,43 +469,37 @@ impl ConflictLog {
         }
         let at_ms = crate::txn::clock::wall_ms();
         let mut seq = self.count(uid);
-        let side = |stamp: &Stamp, data: Option<&[u8]>| {
-            json!({
-                "timestamp_us": stamp.t,
-                "origin": stamp.o,
-                "node": names(stamp.o),
-                "deleted": data.is_none(),
-                "data": data_json(data),
-            })
+        let side = |stamp: &Stamp, data: Option<&[u8]>| ConflictSide {
+            timestamp_us: stamp.t,
+            origin: stamp.o,
+            node: names(stamp.o),
+            deleted: data.is_none(),
+            data: data_json(data),
         };
         let mut batch = sled::Batch::default();
         for (c, note) in seen {
             seq += 1;
             let (decision, merged) = match &c.decision {
-                Decision::Local => ("local", Value::Null),
-                Decision::Remote => ("remote", Value::Null),
-                Decision::Merged(d) => ("merged", data_json(Some(d))),
+                Decision::Local => (ConflictDecision::Local, None),
+                Decision::Remote => (ConflictDecision::Remote, None),
+                Decision::Merged(d) => (ConflictDecision::Merged, Some(data_json(Some(d)))),
             };
-            let mut entry = json!({
-                "id": seq,
-                "at_ms": at_ms,
-                "link": link,
-                "file": c.file,
-                "key": String::from_utf8_lossy(&c.key),
-                "strategy": strategy,
-                "decision": decision,
-                "local": side(&c.local, c.local_data.as_deref()),
-                "remote": side(&c.remote, c.remote_data.as_deref()),
-            });
-            if decision == "merged" {
-                entry["merged"] = merged;
-            }
-            if let Some(note) = note {
-                entry["note"] = json!(note);
-            }
+            let entry = ConflictEntry {
+                id: seq,
+                at_ms,
+                link: link.to_string(),
+                file: c.file.clone(),
+                key: String::from_utf8_lossy(&c.key).into_owned(),
+                strategy,
+                decision,
+                local: side(&c.local, c.local_data.as_deref()),
+                remote: side(&c.remote, c.remote_data.as_deref()),
+                merged,
+                note: note.clone(),
+            };
             batch.insert(
                 &key(uid, seq)[..],
-                serde_json::to_vec(&entry).expect("a JSON value serialises"),
+                serde_json::to_vec(&entry).expect("a conflict serialises"),
             );
             if seq > KEEP {
                 batch.remove(&key(uid, seq - KEEP)[..]);
@@ -472,7 +515,7 @@ impl ConflictLog {
     }
 
     /// The newest `limit` conflicts of database `uid`, newest first.
-    pub fn list(&self, uid: u64, limit: usize) -> Result<Vec<Value>, LogError> {
+    pub fn list(&self, uid: u64, limit: usize) -> Result<Vec<ConflictEntry>, LogError> {
         self.tree
             .range(key(uid, 0)..key(uid, u64::MAX))
             .rev()

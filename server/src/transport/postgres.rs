@@ -1454,13 +1454,13 @@ async fn commit(
             .push(
                 &def.id,
                 seq,
-                json!({
-                    "record": shown,
-                    "plugin": "postgres",
-                    "error": why,
-                    "outcome": "refused by PostgreSQL",
-                    "at_ms": wall_us() / 1000,
-                }),
+                logical::DeadLetter::new(
+                    shown,
+                    "postgres",
+                    why,
+                    "refused by PostgreSQL",
+                    wall_us() / 1000,
+                ),
             )
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;
@@ -1835,13 +1835,13 @@ async fn bootstrap(
             .push(
                 &def.id,
                 seq,
-                json!({
-                    "record": record.as_ref().map(logical::record_json),
-                    "plugin": "postgres",
-                    "error": why,
-                    "outcome": "refused by PostgreSQL",
-                    "at_ms": wall_us() / 1000,
-                }),
+                logical::DeadLetter::new(
+                    record.as_ref().map_or(Value::Null, logical::record_json),
+                    "postgres",
+                    &why,
+                    "refused by PostgreSQL",
+                    wall_us() / 1000,
+                ),
             )
             .map_err(|e| e.to_string())?;
         link.status.lock().quarantined += 1;

@@ -14,7 +14,7 @@
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use doppel_sdk::abi::{BatchBuilder, Op as RecordOp, OwnedRecord};
 
@@ -42,20 +42,73 @@ impl From<Error> for RedriveError {
 pub struct RedriveRequest {
     pub credential: String,
     /// The staged operations (`transport::logical::ops_bytes`), base64.
+    #[schemars(regex(pattern = crate::api::openapi::BASE64_PATTERN), extend("contentEncoding" = "base64"))]
     pub ops: String,
 }
 
-/// A dead letter's record (as [`logical::record_json`] shows it, possibly edited) back
-/// into a plugin record.
-fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, String> {
-    let text = |k: &str| -> Result<String, String> {
+/// A dead letter re-driven (`POST …/dead-letters/{id}/redrive`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Redriven {
+    /// The dead letter's id (it is dropped).
+    pub id: u64,
+    /// `applied` on the replica, or `filtered` out by the stages.
+    pub outcome: String,
+    /// The record as it went through the stages.
+    #[schemars(with = "logical::ShownRecord")]
+    pub record: Value,
+}
+
+/// Re-driven operations applied on a logical replica (`POST …/replicas/{link}/redrive`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct AppliedRedrive {
+    /// The operations applied.
+    pub applied: usize,
+    pub database: String,
+}
+
+/// A dead letter's record as an operator may edit it: the schema of a re-drive's
+/// `record` (what [`record_from_json`] reads).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct EditedRecord {
+    op: EditedOp,
+    #[schemars(length(min = 1))]
+    file: String,
+    #[schemars(length(min = 1, max = 1024))]
+    key: String,
+    /// Alternate keys by name.
+    #[serde(default)]
+    alt: Option<std::collections::BTreeMap<String, String>>,
+    /// The record's data (needed but for a delete).
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    serial: Option<u64>,
+    #[serde(default)]
+    txn: Option<u64>,
+}
+
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum EditedOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Why a record does not read back: it does not parse as an [`EditedRecord`]
+/// (`Malformed`), or it lacks the data its operation needs (`Invalid`).
+fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, Error> {
+    let malformed = |m: String| Error::Malformed(m);
+    let text = |k: &str| -> Result<String, Error> {
         v[k].as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("the record needs \"{k}\" as a string"))
+            .ok_or_else(|| malformed(format!("the record needs \"{k}\" as a string")))
     };
     let op = RecordOp::from_name(&text("op")?)
         .filter(|op| *op != RecordOp::Read)
-        .ok_or("\"op\" is insert, update or delete")?;
+        .ok_or_else(|| malformed("\"op\" is insert, update or delete".into()))?;
     let alt = match &v["alt"] {
         Value::Null => Vec::new(),
         Value::Object(m) => m
@@ -63,15 +116,20 @@ fn record_from_json(v: &Value, origin: u64) -> Result<OwnedRecord, String> {
             .map(|(k, v)| {
                 v.as_str()
                     .map(|s| (k.clone(), s.to_string()))
-                    .ok_or_else(|| format!("alternate key '{k}' is not a string"))
+                    .ok_or_else(|| malformed(format!("alternate key '{k}' is not a string")))
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err("\"alt\" is an object of strings".into()),
+        _ => return Err(malformed("\"alt\" is an object of strings".into())),
     };
     let data = match (&v["data"], op) {
         (_, RecordOp::Delete) => Vec::new(),
-        (Value::Null, _) => return Err("the record needs \"data\"".into()),
-        (d, _) => serde_json::to_vec(d).map_err(|e| e.to_string())?,
+        (Value::Null, _) => {
+            return Err(Error::Invalid(format!(
+                "the record needs \"data\" to {}",
+                op.name()
+            )))
+        }
+        (d, _) => serde_json::to_vec(d).map_err(|e| malformed(e.to_string()))?,
     };
     Ok(OwnedRecord {
         op,
@@ -96,7 +154,7 @@ impl Replication {
         id: &str,
         seq: u64,
         record: Option<Value>,
-    ) -> Result<Value, RedriveError> {
+    ) -> Result<Redriven, RedriveError> {
         let handle = self.handle(tenant, id)?;
         let def = handle.def.lock().clone();
         let letter = self
@@ -105,7 +163,7 @@ impl Replication {
             .map_err(Error::Log)?
             .ok_or_else(|| Error::NotFound(format!("dead letter {seq} of link '{id}'")))?;
         if def.spec.options.apply != Apply::Logical
-            || letter["outcome"] == "shipped without this record's interrelation"
+            || letter.outcome == "shipped without this record's interrelation"
         {
             return Err(Error::AlreadyExists(format!(
                 "dead letter {seq} was shipped to the replica already (an interrelation \
@@ -113,8 +171,8 @@ impl Replication {
             ))
             .into());
         }
-        let record = record.unwrap_or_else(|| letter["record"].clone());
-        let record = record_from_json(&record, self.origin()).map_err(Error::Malformed)?;
+        let record = record.unwrap_or(letter.record);
+        let record = record_from_json(&record, self.origin())?;
         let mut stages = logical::stages(&self.plugins, tenant, &def.spec.options.stages)
             // They loaded when the link was made: what fails now is the registry.
             .map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -147,14 +205,34 @@ impl Replication {
                 credential: def.credential.clone(),
                 ops: base64::engine::general_purpose::STANDARD.encode(&ops),
             };
-            self.target_client(&def)
-                .and_then(|c| c.send("POST", &format!("/replicas/{id}/redrive"), &body))
-                .map_err(Error::from)?;
+            match self.target_client(&def).map_err(Error::from)?.send(
+                "POST",
+                &format!("/replicas/{id}/redrive"),
+                &body,
+            ) {
+                Ok(_) => {}
+                // The replica refuses what the stages made of the record (a file it
+                // does not have, say): the record is what to change.
+                Err(crate::remote::RemoteError::Refused {
+                    status: 400 | 422,
+                    detail,
+                    ..
+                }) => {
+                    return Err(RedriveError::Rejected(format!(
+                        "the replica refuses it: {detail}"
+                    )))
+                }
+                Err(e) => return Err(Error::from(e).into()),
+            }
             "applied"
         };
         self.drop_dead_letter(tenant, id, seq)?;
         tracing::info!(link = %id, dead_letter = seq, outcome, "dead letter re-driven");
-        Ok(json!({"id": seq, "outcome": outcome, "record": logical::record_json(&record)}))
+        Ok(Redriven {
+            id: seq,
+            outcome: outcome.to_string(),
+            record: logical::record_json(&record),
+        })
     }
 
     /// The target side: apply re-driven operations on the replica of link `id`.
@@ -163,10 +241,10 @@ impl Replication {
         tenant: &str,
         id: &str,
         req: RedriveRequest,
-    ) -> Result<Value, Error> {
+    ) -> Result<AppliedRedrive, Error> {
         let reg = self.authenticated_replica(tenant, id, &req.credential)?;
         if reg.apply != Apply::Logical {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "only a logical replica takes re-driven records".into(),
             ));
         }
@@ -177,13 +255,17 @@ impl Replication {
         let ops = logical::decode_ops(&db.schema(), &bytes)?;
         let n = ops.len();
         db.apply_redriven(ops)?;
-        Ok(json!({"applied": n, "database": reg.database}))
+        Ok(AppliedRedrive {
+            applied: n,
+            database: reg.database,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_dead_letters_record_reads_back_as_it_was_shown() {
@@ -227,7 +309,7 @@ mod tests {
         ];
         for (v, want) in cases {
             let err = record_from_json(&v, 0).unwrap_err();
-            assert!(err.contains(want), "{v}: {err}");
+            assert!(err.to_string().contains(want), "{v}: {err}");
         }
         let del = record_from_json(&json!({"op": "delete", "file": "f", "key": "k"}), 0).unwrap();
         assert!(del.data.is_empty());

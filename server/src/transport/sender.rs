@@ -1284,13 +1284,13 @@ pub(super) fn reject(
                 .push(
                     &def.id,
                     seq,
-                    serde_json::json!({
-                        "record": logical::record_json(record),
-                        "plugin": r.plugin,
-                        "error": r.message,
-                        "outcome": outcome,
-                        "at_ms": wall_us() / 1000,
-                    }),
+                    logical::DeadLetter::new(
+                        logical::record_json(record),
+                        &r.plugin,
+                        &r.message,
+                        outcome,
+                        wall_us() / 1000,
+                    ),
                 )
                 .map_err(|e| e.to_string())?;
             link.status.lock().quarantined += 1;

@@ -340,7 +340,12 @@ impl Replication {
     }
 
     /// Dead letters of a link of `tenant`.
-    pub fn dead_letters(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Value>> {
+    pub fn dead_letters(
+        &self,
+        tenant: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<super::logical::DeadLetter>> {
         self.handle(tenant, id)?;
         Ok(self.dead_letters.list(id, limit)?)
     }

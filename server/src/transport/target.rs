@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 
 use super::links::{self, ReplicaReg, ReplicaRequest};
 use super::{interrelation, mutual, spool, Replication, REPLICA_PREFIX};
@@ -53,10 +52,18 @@ impl Replicas {
 impl Replication {
     /// Register (or re-register) a replica of link `id` on this (target) node; creates
     /// the database from the source's definition if it does not exist.
-    pub fn register_replica(&self, tenant: &str, id: &str, req: ReplicaRequest) -> Result<Value> {
+    pub fn register_replica(
+        &self,
+        tenant: &str,
+        id: &str,
+        req: ReplicaRequest,
+    ) -> Result<Registered> {
         if id.is_empty() || id.len() > 128 {
             return Err(Error::Malformed("a link id is 1 to 128 characters".into()));
         }
+        // The source's own name for it, which the replica does not take, still follows
+        // the rule the document states.
+        crate::node::check_name("database", &req.spec.name)?;
         let mut spec = req.spec.clone();
         spec.name = req.database.clone();
         let (db, created) = match self.node.database(tenant, &req.database) {
@@ -150,14 +157,14 @@ impl Replication {
             self.save_replica(&reg)?;
         }
         self.publish_progress(&reg, &db);
-        Ok(json!({
-            "link": id,
-            "database": req.database,
-            "created": created,
-            "replication": self.advertised.to_string(),
-            "last_serial": db.serials().0,
-            "node": self.node_id,
-        }))
+        Ok(Registered {
+            link: id.to_string(),
+            database: req.database,
+            created,
+            replication: self.advertised.to_string(),
+            last_serial: db.serials().0,
+            node: self.node_id.clone(),
+        })
     }
 
     /// The stream a replica follows, as interrelation names it.
@@ -306,7 +313,7 @@ impl Replication {
         force: bool,
         quorum: Option<(usize, u64)>,
         sync_links: usize,
-    ) -> Result<Value> {
+    ) -> Result<Promoted> {
         let started = std::time::Instant::now();
         let db = self.node.database(tenant, database)?;
         let Some(link) = db.replica_of() else {
@@ -349,16 +356,16 @@ impl Replication {
         self.restart_links_of(tenant, database);
         let took_us = started.elapsed().as_micros() as u64;
         tracing::info!(database, link = %link, applied, announced, took_us, "replica promoted to primary");
-        Ok(json!({
-            "database": database,
-            "promoted_from_link": link,
-            "serial": db.serials().0,
-            "source_serial_applied": applied,
-            "source_serial_announced": announced,
-            "epoch": epoch,
-            "quorum": db.quorum.info(),
-            "took_us": took_us,
-        }))
+        Ok(Promoted {
+            database: database.to_string(),
+            promoted_from_link: link,
+            serial: db.serials().0,
+            source_serial_applied: applied,
+            source_serial_announced: announced,
+            epoch,
+            quorum: db.quorum.info(),
+            took_us,
+        })
     }
 
     /// Drop a replica's registration, session and spool (its database stays as it is).
@@ -376,19 +383,19 @@ impl Replication {
     /// Suspend (detach) or release a replica (SPEC G6). Suspended, it stores what
     /// arrives and applies nothing, so readers see a frozen state; released, it applies
     /// what it stored and follows again (its session does so at the next frame).
-    pub fn set_suspended(&self, tenant: &str, id: &str, suspended: bool) -> Result<Value> {
+    pub fn set_suspended(&self, tenant: &str, id: &str, suspended: bool) -> Result<Suspension> {
         let mut reg = self
             .replica(id)
             .filter(|r| r.tenant == tenant)
             .ok_or_else(|| Error::NotFound(format!("replica of link '{id}'")))?;
         reg.suspended = suspended;
         self.save_replica(&reg)?;
-        Ok(json!({
-            "link": id,
-            "database": reg.database,
-            "suspended": suspended,
-            "spooled": self.target.spool.len(id),
-        }))
+        Ok(Suspension {
+            link: id.to_string(),
+            database: reg.database,
+            suspended,
+            spooled: self.target.spool.len(id),
+        })
     }
 
     pub(crate) fn is_suspended(&self, id: &str) -> bool {
@@ -407,6 +414,50 @@ impl Replication {
             sessions.remove(id);
         }
     }
+}
+
+/// A replica registered (`PUT …/replicas/{link}`), as the source node reads it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Registered {
+    pub link: String,
+    pub database: String,
+    /// The database was created from the source's definition.
+    pub created: bool,
+    /// This node's replication address, where the link connects.
+    pub replication: String,
+    /// The replica's last serial.
+    pub last_serial: u64,
+    /// This node's id.
+    pub node: String,
+}
+
+/// A replica promoted to a primary (`POST …/promote`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Promoted {
+    pub database: String,
+    /// The link it followed.
+    pub promoted_from_link: String,
+    /// Its last serial.
+    pub serial: u64,
+    /// How far it applied its source's stream.
+    pub source_serial_applied: u64,
+    /// How far its source announced (above `source_serial_applied`: the difference is
+    /// lost to it, promoted with `force`).
+    pub source_serial_announced: u64,
+    /// The epoch of its log it opened.
+    pub epoch: u64,
+    pub quorum: crate::node::quorum::QuorumInfo,
+    pub took_us: u64,
+}
+
+/// A replica suspended or released.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Suspension {
+    pub link: String,
+    pub database: String,
+    pub suspended: bool,
+    /// The updates it stored and has not applied.
+    pub spooled: usize,
 }
 
 /// A replica on this node, as `GET …/replicas` lists it.

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::links::{self, Apply};
 use super::{LinkHandle, Replication};
@@ -48,6 +47,7 @@ pub struct RepairRequest {
     pub credential: String,
     pub file: String,
     /// The source's `FileLayout`, postcard then base64.
+    #[schemars(regex(pattern = crate::api::openapi::BASE64_PATTERN), extend("contentEncoding" = "base64"))]
     pub layout: String,
     /// Every block number the source's file uses.
     pub used: Vec<u32>,
@@ -63,6 +63,25 @@ struct Hold<'a>(&'a LinkHandle);
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         self.0.hold_at.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A link that is not streaming does not bring its replica to a serial: refused.
+fn not_streaming(id: &str, handle: &LinkHandle) -> Result<(), Error> {
+    let status = handle.status.lock();
+    match status.state {
+        links::LinkState::Paused | links::LinkState::Stopped | links::LinkState::Retrying => {
+            Err(Error::LinkNotStreaming(format!(
+                "link '{id}' is {:?}{}: its replica does not follow; resume it or fix the \
+                 error, then try again",
+                status.state,
+                status
+                    .last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" ({e})"))
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -118,22 +137,72 @@ fn differing(source: &Sums, target: &Sums) -> BTreeMap<String, Vec<u32>> {
     out
 }
 
-fn report(source: &Sums, diff: &BTreeMap<String, Vec<u32>>) -> Value {
-    let files: Vec<Value> = source
-        .iter()
-        .map(|(name, blocks)| {
-            json!({
-                "file": name,
-                "blocks": blocks.len(),
-                "differing": diff.get(name).cloned().unwrap_or_default(),
+/// A verification: how the replica's blocks compare with the source's.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Report {
+    /// No block differs.
+    pub identical: bool,
+    pub differing_blocks: usize,
+    pub files: Vec<FileReport>,
+    /// The serial both sides were compared at (absent in a repair's `after`: the same
+    /// as its `serial`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// How long the verification took (a verification alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
+}
+
+/// One block file of a [`Report`].
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct FileReport {
+    pub file: String,
+    /// The blocks the source's file uses.
+    pub blocks: usize,
+    /// The numbers of the blocks that differ.
+    pub differing: Vec<u32>,
+}
+
+/// A repair: the verification before, what was repaired, and the verification after.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Repair {
+    pub serial: u64,
+    pub before: Report,
+    pub repaired_blocks: usize,
+    pub after: Report,
+    pub took_ms: u64,
+}
+
+/// What [`Replication::verify`] answers: a report, or with a scope a repair.
+#[derive(Debug)]
+pub enum Verified {
+    Report(Report),
+    Repair(Repair),
+}
+
+/// A replica's block file repaired (`POST …/replicas/{link}/repair`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Replaced {
+    pub file: String,
+    /// The blocks replaced.
+    pub replaced: usize,
+}
+
+fn report(source: &Sums, diff: &BTreeMap<String, Vec<u32>>) -> Report {
+    Report {
+        identical: diff.is_empty(),
+        differing_blocks: diff.values().map(Vec::len).sum(),
+        files: source
+            .iter()
+            .map(|(name, blocks)| FileReport {
+                file: name.clone(),
+                blocks: blocks.len(),
+                differing: diff.get(name).cloned().unwrap_or_default(),
             })
-        })
-        .collect();
-    json!({
-        "identical": diff.is_empty(),
-        "differing_blocks": diff.values().map(Vec::len).sum::<usize>(),
-        "files": files,
-    })
+            .collect(),
+        serial: None,
+        took_ms: None,
+    }
 }
 
 impl Replication {
@@ -144,17 +213,18 @@ impl Replication {
         tenant: &str,
         id: &str,
         repair: Option<RepairScope>,
-    ) -> Result<Value, Error> {
+    ) -> Result<Verified, Error> {
         let started = Instant::now();
         let handle = self.handle(tenant, id)?;
         let def = handle.def.lock().clone();
         if def.spec.options.apply != Apply::Mirror {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "verify compares blocks, and a logical replica's blocks are its own; only a \
                  mirror link can be verified"
                     .into(),
             ));
         }
+        not_streaming(id, &handle)?;
         let db = self.node.database(tenant, &def.spec.database)?;
         // Hold first at a serial nothing has been shipped past, then at the freeze's.
         handle
@@ -166,6 +236,7 @@ impl Replication {
         let deadline = Instant::now() + REACH_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         while handle.status.lock().acked_serial < serial {
+            not_streaming(id, &handle)?;
             if Instant::now() > deadline {
                 let status = handle.status.lock().clone();
                 return Err(Error::Unavailable(format!(
@@ -189,14 +260,14 @@ impl Replication {
             .collect();
         let diff = differing(&source, &target_sums(self, &def)?);
         let mut out = report(&source, &diff);
-        out["serial"] = json!(serial);
+        out.serial = Some(serial);
         let Some(scope) = repair else {
-            out["took_ms"] = json!(started.elapsed().as_millis() as u64);
-            return Ok(out);
+            out.took_ms = Some(started.elapsed().as_millis() as u64);
+            return Ok(Verified::Report(out));
         };
         // Repair what the scope selects of what differs.
         if scope.blocks.is_some() && scope.file.is_none() {
-            return Err(Error::Malformed(
+            return Err(Error::Invalid(
                 "repairing blocks needs their \"file\"".into(),
             ));
         }
@@ -240,12 +311,12 @@ impl Replication {
         }
         let after = differing(&source, &target_sums(self, &def)?);
         tracing::info!(link = %id, serial, repaired, left = after.values().map(Vec::len).sum::<usize>(), "replica repaired");
-        Ok(json!({
-            "serial": serial,
-            "before": out,
-            "repaired_blocks": repaired,
-            "after": report(&source, &after),
-            "took_ms": started.elapsed().as_millis() as u64,
+        Ok(Verified::Repair(Repair {
+            serial,
+            before: out,
+            repaired_blocks: repaired,
+            after: report(&source, &after),
+            took_ms: started.elapsed().as_millis() as u64,
         }))
     }
 
@@ -255,10 +326,10 @@ impl Replication {
         tenant: &str,
         id: &str,
         req: RepairRequest,
-    ) -> Result<Value, Error> {
+    ) -> Result<Replaced, Error> {
         let reg = self.authenticated_replica(tenant, id, &req.credential)?;
         if reg.apply != Apply::Mirror {
-            return Err(Error::Malformed("only a mirror replica is repaired".into()));
+            return Err(Error::Invalid("only a mirror replica is repaired".into()));
         }
         let malformed = |what: &str, e: String| Error::Malformed(format!("{what}: {e}"));
         let layout: FileLayout = postcard::from_bytes(
@@ -280,7 +351,10 @@ impl Replication {
         let replaced = db
             .repair_blocks(&req.file, layout, &req.used, blocks)
             .await?;
-        Ok(json!({"file": req.file, "replaced": replaced}))
+        Ok(Replaced {
+            file: req.file,
+            replaced,
+        })
     }
 }
 
@@ -303,7 +377,7 @@ mod tests {
         assert_eq!(diff["orders"], vec![1, 2, 5]);
         assert!(differing(&source, &source).is_empty());
         let r = report(&source, &diff);
-        assert_eq!(r["identical"], false);
-        assert_eq!(r["differing_blocks"], 3);
+        assert!(!r.identical);
+        assert_eq!(r.differing_blocks, 3);
     }
 }

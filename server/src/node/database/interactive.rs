@@ -34,11 +34,16 @@ pub(super) struct OpenTxn {
 }
 
 impl Database {
+    /// How many interactive transactions are open.
+    pub fn open_transactions(&self) -> usize {
+        self.open.lock().len()
+    }
+
     /// Open an interactive transaction. Refused on a database the write gate guards (a
     /// parallel one, SPEC F5): the transaction would hold the gate across requests.
     pub fn begin(&self) -> Result<u64> {
         if self.guarding_gate().is_some() {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "database '{}' is parallel: it takes batch and single-record writes, whose \
                  records are locked on every site for the length of one request (an \
                  interactive transaction would hold other sites' locks across requests)",
@@ -82,7 +87,7 @@ impl Database {
             return Err(Error::NotFound(format!("open transaction {txn}")));
         }
         if open.ops.len() + ops.len() > MAX_TXN_OPS {
-            return Err(Error::Malformed(format!(
+            return Err(Error::Invalid(format!(
                 "a transaction holds at most {MAX_TXN_OPS} operations"
             )));
         }

@@ -28,7 +28,7 @@ impl Database {
             state
                 .store
                 .repair_file(index, layout, used, blocks)
-                .map_err(Error::Malformed)?
+                .map_err(Error::Invalid)?
         };
         self.snapshot().await?;
         Ok(replaced)
