@@ -227,9 +227,11 @@ async fn serve(
                 node.upkeep().await;
                 if given_back.elapsed() >= crate::memory::GIVE_BACK_EVERY {
                     given_back = std::time::Instant::now();
-                    if let Ok(took) = tokio::task::spawn_blocking(crate::memory::give_back).await
-                    {
-                        tracing::debug!(took_us = took.as_micros() as u64, "free memory given back");
+                    if let Ok(took) = tokio::task::spawn_blocking(crate::memory::give_back).await {
+                        tracing::debug!(
+                            took_us = took.as_micros() as u64,
+                            "free memory given back"
+                        );
                     }
                 }
             }
