@@ -13,8 +13,10 @@
 //! The process uses the system allocator (glibc malloc), on purpose. mimalloc was the
 //! allocator until the log and snapshots left sled; since then glibc keeps a node's RSS
 //! at 1.6× the raw bytes after a 1M-record load, where mimalloc kept 3.3× (memory the
-//! write path had freed), and the write path is no slower with it (docs/BENCHMARKS.md,
-//! issue 24, fourth part); [`memory`] tunes it. Heap profilers that hook malloc
+//! write path had freed). Bulk loads and single-connection commits measured within the
+//! noise of mimalloc; 64 concurrent sync clients may be slower with glibc, which three
+//! interleaved rounds on an idle machine have still to settle (docs/BENCHMARKS.md,
+//! issue 24, fourth part). [`memory`] tunes it. Heap profilers that hook malloc
 //! (heaptrack) see every allocation.
 
 pub mod api;

@@ -6,8 +6,8 @@
 //! `malloc_trim`. Under sustained writes the write path frees and allocates buffers of
 //! every size on several threads, so the heaps fill with free holes: a node updating
 //! the same 100,000 records at 26,000 updates/s grew from 46 to 73 MB of RSS in 14
-//! minutes while its live heap stayed the same (heaptrack), and one `malloc_trim` gave
-//! 13 MB of that back (docs/BENCHMARKS.md, issue 24, fourth part).
+//! minutes, heaptrack found its live heap well under its RSS, and one `malloc_trim`
+//! gave 13 MB back (docs/BENCHMARKS.md, issue 24, fourth part).
 
 use std::time::{Duration, Instant};
 

@@ -18,8 +18,8 @@
 //! - a sled instance with the `snapshots` tree: key `db uid | serial | u32::MAX (4, BE)`
 //!   → a snapshot's metadata. Its block bytes are in a file of their own,
 //!   `snapshots/<serial>.snap` ([`snapshot_files`]); a node from before that layout kept
-//!   them here under part numbers, and recovery moves them into a file. The instance's `log` tree is where the log was
-//!   kept before segment files (key `db uid | kind | first serial`, markers under kind
+//!   them here under part numbers, and recovery moves them into a file. The instance's
+//!   `log` tree is where the log was kept before segment files (key `db uid | kind | first serial`, markers under kind
 //!   byte 0); opening a shard moves what it holds into segments and empties it.
 //!
 //! A transaction's record is written while its database's writer lock is held, so the
@@ -903,7 +903,6 @@ impl LogStore {
             store(&part)?;
         }
         let sums = writer.finish()?;
-        release_deferred();
         meta.parts = sums.len() as u32;
         meta.size_bytes = size;
         let encoded = snapshot_files::encode_meta(&meta, &sums)?;

@@ -105,20 +105,20 @@ pub struct Replication {
     pub exclusive: parallel::Exclusive,
 }
 
-/// A call to another node that fails leaves the operation unavailable (503), with what
-/// that node said.
+/// A call to another node that fails: a node that does not answer leaves the operation
+/// unavailable (503); one that answers with a problem of its own (4xx) refuses it (409
+/// `link-refused`, its problem in the detail).
 impl From<RemoteError> for Error {
-    /// A target that does not answer is unavailable (503); one that answers with a
-    /// problem of its own refuses (409 `link-refused`, its problem in the detail).
     fn from(e: RemoteError) -> Error {
-        match e {
-            RemoteError::NotFound { .. } | RemoteError::Conflict { .. } => {
-                Error::LinkRefused(format!("the target node refuses it: {e}"))
-            }
-            RemoteError::Refused { status, .. } if (400..500).contains(&status) => {
-                Error::LinkRefused(format!("the target node refuses it: {e}"))
-            }
-            _ => Error::Unavailable(e.to_string()),
+        let refused = match &e {
+            RemoteError::NotFound { .. } | RemoteError::Conflict { .. } => true,
+            RemoteError::Refused { status, .. } => (400..500).contains(status),
+            _ => false,
+        };
+        if refused {
+            Error::LinkRefused(format!("the target node refuses it: {e}"))
+        } else {
+            Error::Unavailable(e.to_string())
         }
     }
 }
