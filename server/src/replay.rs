@@ -70,6 +70,7 @@ fn client_operations(
     let uid = db.def.uid;
     let mut out = Vec::new();
     let mut after = from;
+    let t_pruned = db.log_store().pruned_through(uid, LogKind::T)?;
     while after < to {
         let txns = db
             .log_store()
@@ -92,10 +93,13 @@ fn client_operations(
             if txn.outcome == Outcome::Cancelled {
                 continue;
             }
-            let has_t = txn.chunks.iter().any(|c| c.head.kind == LogKind::T);
+            // The A chunks that carry the T log outlive it when the A log is kept
+            // longer: what T retention let go of is gone for replay too.
+            let has_t =
+                txn.first_serial > t_pruned && txn.chunks.iter().any(|c| c.head.holds(LogKind::T));
             let mut records = Vec::new();
-            for chunk in txn.chunks.iter().filter(|c| c.head.kind == LogKind::T) {
-                let decoded = crate::log::codec::decode(&chunk.bytes)
+            for chunk in txn.chunks.iter().filter(|c| c.head.holds(LogKind::T)) {
+                let decoded = crate::log::codec::decode_as(&chunk.bytes, LogKind::T)
                     .map_err(|e| Error::Unavailable(e.to_string()))?;
                 for entry in &decoded.entries {
                     let (Some(op), Some(image)) = (entry.op, entry.image) else {

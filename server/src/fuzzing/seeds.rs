@@ -51,9 +51,9 @@ fn history() -> (Store, Vec<TxnLog>) {
     (store, logs)
 }
 
-fn chunks(logs: &[TxnLog], kind: LogKind) -> Vec<Vec<u8>> {
+fn chunks(logs: &[TxnLog], kind: LogKind, encode: codec::Encoder) -> Vec<Vec<u8>> {
     logs.iter()
-        .flat_map(|l| codec::encode(l, kind))
+        .flat_map(|l| encode(l, kind))
         .map(|(_, bytes)| bytes)
         .collect()
 }
@@ -77,24 +77,37 @@ fn snapshot_input(flavour: u8, layout: &[u8], packed: &[u8]) -> Vec<u8> {
 
 pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let (store, logs) = history();
-    let a = chunks(&logs, LogKind::A);
-    let b = chunks(&logs, LogKind::B);
-    let t = chunks(&logs, LogKind::T);
+    let a = chunks(&logs, LogKind::A, codec::encode);
+    let b = chunks(&logs, LogKind::B, codec::encode);
+    // As builds before the T log was folded into the A log wrote them.
+    let a_v1 = chunks(&logs, LogKind::A, codec::encode_v1);
+    let t_v1 = chunks(&logs, LogKind::T, codec::encode_v1);
     let mut out: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
 
     // log chunks
     out.insert(
         "log_chunk",
-        a.iter().chain(&b).chain(&t).take(8).cloned().collect(),
+        a.iter()
+            .take(4)
+            .chain(b.iter().take(2))
+            .chain(a_v1.iter().take(2))
+            .chain(t_v1.iter().take(2))
+            .cloned()
+            .collect(),
     );
 
-    // a log segment: its opening checkpoint, then each transaction's record (the last
-    // with a logical replica's position)
+    // a log segment: its opening checkpoint, then each transaction's record (the first
+    // as a build before the folded T log wrote it, the last with a logical replica's
+    // position)
     let mut segment = crate::log::segments::checkpoint_record(&BTreeMap::from([(7, 3)]), [0, 1, 2]);
     for (i, log) in logs.iter().enumerate() {
-        let encoded: Vec<Vec<u8>> = [LogKind::A, LogKind::B, LogKind::T]
-            .into_iter()
-            .flat_map(|kind| codec::encode(log, kind))
+        let (encode, kinds): (codec::Encoder, &[LogKind]) = match i {
+            0 => (codec::encode_v1, &[LogKind::A, LogKind::B, LogKind::T]),
+            _ => (codec::encode, &[LogKind::A, LogKind::B]),
+        };
+        let encoded: Vec<Vec<u8>> = kinds
+            .iter()
+            .flat_map(|kind| encode(log, *kind))
             .map(|(_, bytes)| bytes)
             .collect();
         let chunks: Vec<_> = encoded
@@ -208,7 +221,7 @@ pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         },
         Msg::Updates {
             txn: 1,
-            chunk: &t[0],
+            chunk: &t_v1[0],
         },
         Msg::TxnCompleted {
             txn: 1,

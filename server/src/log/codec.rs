@@ -2,14 +2,24 @@
 //!
 //! ```text
 //! last_timestamp_us u64 BE   first, so retention reads it without decoding the rest
-//! version u8 = 1 | kind u8 | txn u64 | outcome u8 | first_serial u64 | last_serial u64
+//! version u8 | kind u8 | txn u64 | outcome u8 | first_serial u64 | last_serial u64
+//! version 2 only: t u8 (1: some entry carries its client operation)
 //! count u32, then per entry:
 //!   serial u64 | effect u8 | file u32 | block u32 | offset u32 | timestamp_us u64 | undo u8
-//!   A: after (opt bytes) | key (opt bytes)
+//!   A, version 2: op u8 (0: none, 1 + the operation) | after (opt bytes) | key (opt bytes)
+//!   A, version 1: after (opt bytes) | key (opt bytes)
 //!   B: before (bytes)
-//!   T: op u8 | payload (bytes)
+//!   T (version 1 only): op u8 | payload (bytes)
 //! bytes = len u32 | bytes; opt bytes = 0 | 1 bytes.   Integers LE unless marked.
 //! ```
+//!
+//! The T log is folded into the A log: a T entry's payload is the after image (puts) or
+//! the deleted key, which the A entry holds already, so an A chunk of version 2 carries
+//! each entry's client operation and *is* the T chunk of its transaction
+//! ([`decode_as`] reads it either way; the segments index it under both kinds). That
+//! keeps one copy of every record on disk and on a mirror's wire instead of two
+//! (docs/BENCHMARKS.md, issue 24). Chunks of version 1 (A without operations, and
+//! separate T chunks), as earlier builds wrote them, still decode.
 //!
 //! Decoding checks every length and returns borrowed entries: replay allocates nothing
 //! per entry.
@@ -17,7 +27,10 @@
 use super::{EntryRef, Header, LogKind, OpKind, Outcome, TxnLog, Update};
 use crate::store::Effect;
 
-const VERSION: u8 = 1;
+/// B chunks, and the A and T chunks earlier builds wrote.
+const VERSION_1: u8 = 1;
+/// A chunks that carry each entry's client operation (the T log).
+const VERSION_2: u8 = 2;
 
 /// Largest encoded chunk, so sled keeps every chunk inline in its log rather than as a
 /// separate blob file (a file per value made writes 40% slower).
@@ -25,8 +38,28 @@ pub const MAX_CHUNK_BYTES: usize = 48 * 1024;
 
 /// Encode the entries of `kind` for `txn` as chunks of at most [`MAX_CHUNK_BYTES`]
 /// (a single larger entry gets a chunk of its own). Returns each chunk with the serial
-/// of its first entry; empty if the kind has no entries.
+/// of its first entry; empty if the kind has no entries. The log writes A and B chunks
+/// only (A carries the T log); `LogKind::T` gives the separate T chunks of version 1
+/// that earlier builds wrote, for tests and fuzz seeds of those logs.
 pub fn encode(txn: &TxnLog, kind: LogKind) -> Vec<(u64, Vec<u8>)> {
+    let version = if kind == LogKind::A {
+        VERSION_2
+    } else {
+        VERSION_1
+    };
+    encode_version(txn, kind, version)
+}
+
+/// [`encode`] or [`encode_v1`], for tests and seeds that write either.
+pub type Encoder = fn(&TxnLog, LogKind) -> Vec<(u64, Vec<u8>)>;
+
+/// [`encode`] as builds before the T log was folded into the A log wrote chunks (A
+/// without operations): for tests and fuzz seeds of logs those builds left.
+pub fn encode_v1(txn: &TxnLog, kind: LogKind) -> Vec<(u64, Vec<u8>)> {
+    encode_version(txn, kind, VERSION_1)
+}
+
+fn encode_version(txn: &TxnLog, kind: LogKind, version: u8) -> Vec<(u64, Vec<u8>)> {
     let chosen = txn.updates.iter().filter(|u| match kind {
         LogKind::A => true,
         LogKind::B => u.before.is_some(),
@@ -40,7 +73,7 @@ pub fn encode(txn: &TxnLog, kind: LogKind) -> Vec<(u64, Vec<u8>)> {
             + update.after.as_ref().map_or(0, Vec::len)
             + update.before.as_ref().map_or(0, Vec::len);
         if !piece.is_empty() && piece_bytes + size > MAX_CHUNK_BYTES {
-            chunks.push(encode_piece(txn, kind, &piece));
+            chunks.push(encode_piece(txn, kind, version, &piece));
             piece.clear();
             piece_bytes = 0;
         }
@@ -48,12 +81,12 @@ pub fn encode(txn: &TxnLog, kind: LogKind) -> Vec<(u64, Vec<u8>)> {
         piece_bytes += size;
     }
     if !piece.is_empty() {
-        chunks.push(encode_piece(txn, kind, &piece));
+        chunks.push(encode_piece(txn, kind, version, &piece));
     }
     chunks
 }
 
-fn encode_piece(txn: &TxnLog, kind: LogKind, chosen: &[&Update]) -> (u64, Vec<u8>) {
+fn encode_piece(txn: &TxnLog, kind: LogKind, version: u8, chosen: &[&Update]) -> (u64, Vec<u8>) {
     let first = chosen.first().map_or(0, |u| u.header.serial);
     let last = chosen.last().map_or(0, |u| u.header.serial);
     let last_ts = chosen.last().map_or(0, |u| u.header.timestamp_us);
@@ -63,7 +96,7 @@ fn encode_piece(txn: &TxnLog, kind: LogKind, chosen: &[&Update]) -> (u64, Vec<u8
         .sum();
     let mut out = Vec::with_capacity(64 + payload);
     out.extend_from_slice(&last_ts.to_be_bytes());
-    out.push(VERSION);
+    out.push(version);
     out.push(kind as u8);
     out.extend_from_slice(&txn.txn.to_le_bytes());
     out.push(match txn.outcome {
@@ -72,6 +105,9 @@ fn encode_piece(txn: &TxnLog, kind: LogKind, chosen: &[&Update]) -> (u64, Vec<u8
     });
     out.extend_from_slice(&first.to_le_bytes());
     out.extend_from_slice(&last.to_le_bytes());
+    if version == VERSION_2 {
+        out.push(chosen.iter().any(|u| u.op.is_some()) as u8);
+    }
     out.extend_from_slice(&(chosen.len() as u32).to_le_bytes());
     for update in chosen {
         put_header(&mut out, &update.header);
@@ -81,12 +117,15 @@ fn encode_piece(txn: &TxnLog, kind: LogKind, chosen: &[&Update]) -> (u64, Vec<u8
         };
         match kind {
             LogKind::A => {
+                if version == VERSION_2 {
+                    out.push(update.op.map_or(0, |op| 1 + op_code(op)));
+                }
                 put_opt(&mut out, update.after.as_deref());
                 put_opt(&mut out, deleted_key);
             }
             LogKind::B => put_bytes(&mut out, update.before.as_deref().unwrap_or_default()),
             LogKind::T => {
-                out.push(update.op.expect("filtered on op") as u8);
+                out.push(op_code(update.op.expect("filtered on op")));
                 put_bytes(
                     &mut out,
                     update.after.as_deref().or(deleted_key).unwrap_or_default(),
@@ -119,6 +158,25 @@ fn put_opt(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
             put_bytes(out, bytes);
         }
         None => out.push(0),
+    }
+}
+
+fn op_code(op: OpKind) -> u8 {
+    match op {
+        OpKind::Insert => 0,
+        OpKind::Update => 1,
+        OpKind::Upsert => 2,
+        OpKind::Delete => 3,
+    }
+}
+
+fn op_of(code: u8) -> Option<OpKind> {
+    match code {
+        0 => Some(OpKind::Insert),
+        1 => Some(OpKind::Update),
+        2 => Some(OpKind::Upsert),
+        3 => Some(OpKind::Delete),
+        _ => None,
     }
 }
 
@@ -187,14 +245,13 @@ impl<'a> Reader<'a> {
     /// The fixed fields at the front of a chunk.
     fn head(&mut self) -> Result<ChunkHead, CodecError> {
         let last_timestamp_us = u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
-        if self.u8()? != VERSION {
-            return Err(CodecError(8));
-        }
-        let kind = match self.u8()? {
-            1 => LogKind::A,
-            2 => LogKind::B,
-            3 => LogKind::T,
-            _ => return Err(CodecError(9)),
+        let version = self.u8()?;
+        let kind = match (version, self.u8()?) {
+            (VERSION_1 | VERSION_2, 1) => LogKind::A,
+            (VERSION_1, 2) => LogKind::B,
+            (VERSION_1, 3) => LogKind::T,
+            (VERSION_1 | VERSION_2, _) => return Err(CodecError(9)),
+            _ => return Err(CodecError(8)),
         };
         let txn = self.u64()?;
         let outcome = match self.u8()? {
@@ -202,13 +259,25 @@ impl<'a> Reader<'a> {
             1 => Outcome::Cancelled,
             _ => return Err(CodecError(18)),
         };
+        let first_serial = self.u64()?;
+        let last_serial = self.u64()?;
+        let carries_t = match version {
+            VERSION_2 => match self.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(CodecError(self.pos - 1)),
+            },
+            _ => false,
+        };
         Ok(ChunkHead {
             kind,
+            version,
             txn,
             outcome,
-            first_serial: self.u64()?,
-            last_serial: self.u64()?,
+            first_serial,
+            last_serial,
             last_timestamp_us,
+            carries_t,
         })
     }
 
@@ -240,11 +309,13 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
     let mut r = Reader { bytes, pos: 0 };
     let ChunkHead {
         kind,
+        version,
         txn,
         outcome,
         first_serial,
         last_serial,
         last_timestamp_us,
+        ..
     } = r.head()?;
     let count = r.u32()? as usize;
     let mut entries = Vec::with_capacity(count.min(bytes.len() / 30));
@@ -252,13 +323,23 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
         let header = r.header(txn)?;
         let entry = match kind {
             LogKind::A => {
+                let op = match version {
+                    VERSION_2 => {
+                        let at = r.pos;
+                        match r.u8()? {
+                            0 => None,
+                            code => Some(op_of(code - 1).ok_or(CodecError(at))?),
+                        }
+                    }
+                    _ => None,
+                };
                 let image = r.opt()?;
                 let key = r.opt()?;
                 EntryRef {
                     header,
                     image,
                     key,
-                    op: None,
+                    op,
                 }
             }
             LogKind::B => EntryRef {
@@ -269,13 +350,7 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
             },
             LogKind::T => {
                 let at = r.pos;
-                let op = match r.u8()? {
-                    0 => OpKind::Insert,
-                    1 => OpKind::Update,
-                    2 => OpKind::Upsert,
-                    3 => OpKind::Delete,
-                    _ => return Err(CodecError(at)),
-                };
+                let op = op_of(r.u8()?).ok_or(CodecError(at))?;
                 EntryRef {
                     header,
                     image: Some(r.bytes()?),
@@ -300,15 +375,46 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkRef<'_>, CodecError> {
     })
 }
 
+/// Decode a chunk as a chunk of `kind`: itself, or for `LogKind::T` an A chunk that
+/// carries the T log (version 2), read as the T chunk it stands for: its entries with a
+/// client operation, each with the record (puts) or the key (deletes) as its payload.
+pub fn decode_as(bytes: &[u8], kind: LogKind) -> Result<ChunkRef<'_>, CodecError> {
+    let mut chunk = decode(bytes)?;
+    if chunk.kind == kind {
+        return Ok(chunk);
+    }
+    if kind != LogKind::T || chunk.kind != LogKind::A || !peek(bytes)?.carries_t {
+        return Err(CodecError(9));
+    }
+    chunk.kind = LogKind::T;
+    chunk.entries.retain(|e| e.op.is_some());
+    for e in &mut chunk.entries {
+        e.image = e.image.or(e.key);
+        e.key = None;
+    }
+    Ok(chunk)
+}
+
 /// The fixed fields at the front of an encoded chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHead {
     pub kind: LogKind,
+    /// The format's version (see the module doc).
+    pub version: u8,
     pub txn: u64,
     pub outcome: Outcome,
     pub first_serial: u64,
     pub last_serial: u64,
     pub last_timestamp_us: u64,
+    /// An A chunk that is also its transaction's T chunk.
+    pub carries_t: bool,
+}
+
+impl ChunkHead {
+    /// Whether the chunk holds entries of `kind`'s log.
+    pub fn holds(&self, kind: LogKind) -> bool {
+        self.kind == kind || (kind == LogKind::T && self.carries_t)
+    }
 }
 
 /// Read a chunk's fixed fields without decoding its entries (replication forwards the
@@ -379,6 +485,71 @@ mod tests {
         let t = decode(&t).unwrap();
         assert_eq!(t.entries.len(), 2);
         assert_eq!(t.entries[1].op, Some(OpKind::Delete));
+    }
+
+    #[test]
+    fn a_chunks_carry_the_t_log() {
+        let mut rec = Vec::new();
+        crate::store::encode_record(&mut rec, b"k", &[], b"old");
+        let txn = TxnLog {
+            txn: 7,
+            outcome: Outcome::Committed,
+            updates: vec![
+                update(10, Effect::Insert, Some(b"new"), None, Some(OpKind::Insert)),
+                update(11, Effect::Reorg, None, None, None),
+                update(12, Effect::Delete, None, Some(&rec), Some(OpKind::Delete)),
+            ],
+        };
+        let a = encode(&txn, LogKind::A).pop().unwrap().1;
+        let head = peek(&a).unwrap();
+        assert!(head.carries_t && head.holds(LogKind::T) && head.holds(LogKind::A));
+        assert!(!head.holds(LogKind::B));
+        // Read as the A log: every entry, with its operation.
+        let ops: Vec<_> = decode(&a).unwrap().entries.iter().map(|e| e.op).collect();
+        assert_eq!(ops, [Some(OpKind::Insert), None, Some(OpKind::Delete)]);
+        // Read as the T log: what the separate T chunk said, entry for entry.
+        let t = decode_as(&a, LogKind::T).unwrap();
+        let legacy_bytes = encode_v1(&txn, LogKind::T).pop().unwrap().1;
+        let legacy = decode(&legacy_bytes).unwrap();
+        assert_eq!(t.kind, LogKind::T);
+        assert_eq!(t.entries, legacy.entries);
+        assert_eq!(t.entries[1].image, Some(&b"k"[..]));
+        assert!(decode_as(&a, LogKind::B).is_err());
+        // A transaction with no client operation has no T log.
+        let undo = TxnLog {
+            updates: vec![update(13, Effect::Reorg, None, None, None)],
+            ..txn.clone()
+        };
+        let a = encode(&undo, LogKind::A).pop().unwrap().1;
+        assert!(!peek(&a).unwrap().carries_t);
+        assert!(decode_as(&a, LogKind::T).is_err());
+    }
+
+    #[test]
+    fn chunks_of_version_1_still_decode() {
+        let txn = TxnLog {
+            txn: 7,
+            outcome: Outcome::Committed,
+            updates: vec![update(
+                10,
+                Effect::Insert,
+                Some(b"new"),
+                None,
+                Some(OpKind::Upsert),
+            )],
+        };
+        let a = encode_v1(&txn, LogKind::A).pop().unwrap().1;
+        let head = peek(&a).unwrap();
+        assert_eq!((head.version, head.carries_t), (1, false));
+        let chunk = decode(&a).unwrap();
+        assert_eq!(chunk.entries[0].image, Some(&b"new"[..]));
+        assert_eq!(chunk.entries[0].op, None);
+        let t = encode_v1(&txn, LogKind::T).pop().unwrap().1;
+        let t = decode_as(&t, LogKind::T).unwrap();
+        assert_eq!(t.entries[0].op, Some(OpKind::Upsert));
+        // Version 2 adds the head's T flag and each entry's operation.
+        let a2 = encode(&txn, LogKind::A).pop().unwrap().1;
+        assert_eq!(a2.len(), a.len() + 2);
     }
 
     #[test]

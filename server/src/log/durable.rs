@@ -14,7 +14,8 @@
 //! A shard holds:
 //! - `segments/`: the A, B and T logs, a logical replica's positions and retention's
 //!   marks, in append-only files with a checksum per record ([`super::segments`]). A
-//!   transaction is one record, so a crash keeps all of its chunks or none.
+//!   transaction is one record, so a crash keeps all of its chunks or none. Its A chunks
+//!   carry its T log ([`codec`]'s version 2): the record's bytes are kept once.
 //! - a sled instance with the `snapshots` tree: key `db uid | serial | u32::MAX (4, BE)`
 //!   → a snapshot's metadata. Its block bytes are in a file of their own,
 //!   `snapshots/<serial>.snap` ([`snapshot_files`]); a node from before that layout kept
@@ -119,7 +120,9 @@ pub struct RawChunk {
     pub bytes: sled::IVec,
 }
 
-/// One transaction's stored chunks (A first, then B and T), for replication.
+/// One transaction's stored chunks (A first, then B and T), for replication. A chunks of
+/// version 2 are its T chunks too (`head.holds(LogKind::T)`); separate T chunks come
+/// only from logs written by earlier builds.
 #[derive(Debug, Clone)]
 pub struct RawTxn {
     pub txn: u64,
@@ -448,7 +451,7 @@ impl LogStore {
         Ok(moved)
     }
 
-    /// Write a transaction's A, B and T chunks in one atomic batch. Call it under the
+    /// Write a transaction's A chunks (which carry its T log) and B chunks in one atomic batch. Call it under the
     /// database's writer lock so chunks reach sled in serial order.
     pub fn append(&self, uid: u64, txn: &TxnLog) -> Result<(), LogError> {
         if txn.updates.is_empty() {
@@ -478,7 +481,7 @@ impl LogStore {
         position: Option<(u64, u64)>,
     ) -> Result<(), LogError> {
         let mut chunks = Vec::new();
-        for kind in [LogKind::A, LogKind::B, LogKind::T] {
+        for kind in [LogKind::A, LogKind::B] {
             for (_, bytes) in codec::encode(txn, kind) {
                 chunks.push(sled::IVec::from(bytes));
             }
@@ -550,7 +553,7 @@ impl LogStore {
         let encoded: Vec<Vec<u8>> = txns
             .iter()
             .flat_map(|txn| {
-                [LogKind::A, LogKind::B, LogKind::T]
+                [LogKind::A, LogKind::B]
                     .into_iter()
                     .flat_map(move |kind| codec::encode(txn, kind))
             })
@@ -613,7 +616,9 @@ impl LogStore {
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
             let range = first.first_serial..=last.last_serial;
             for kind in also {
-                let entries = segments.entries_in(*kind, range.clone(), usize::MAX);
+                let mut entries = segments.entries_in(*kind, range.clone(), usize::MAX);
+                // A chunks that carry the T log are in `out` already.
+                entries.retain(|e| !e.shared);
                 let mut at = 0;
                 segments.read(&entries, |_, value| {
                     let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
@@ -741,7 +746,8 @@ impl LogStore {
         // The chunk holding `from` starts at or before it.
         let start = shard.segments.holding(kind, from);
         shard.segments.scan(kind, start, |_, value| {
-            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            let chunk =
+                codec::decode_as(&value, kind).map_err(|e| LogError::Damaged(e.to_string()))?;
             Ok(chunk.last_serial < from || visit(&chunk))
         })
     }
@@ -809,7 +815,8 @@ impl LogStore {
                 at_or_before = Some((entry.last, entry.last_ts));
                 return Ok(true);
             }
-            let chunk = codec::decode(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
+            let chunk =
+                codec::decode_as(&value, kind).map_err(|e| LogError::Damaged(e.to_string()))?;
             for e in &chunk.entries {
                 let found = (e.header.serial, e.header.timestamp_us);
                 if e.header.timestamp_us > timestamp_us {

@@ -29,6 +29,9 @@
 //! valid records after it, or anywhere in an older segment, is damage, and the open
 //! fails naming the file and offset rather than serving a log with a hole in it.
 //!
+//! An A chunk that carries the T log (`codec`'s version 2) is indexed under A and T: each
+//! kind's retention lets go of it on its own, and its bytes stay while either holds it.
+//!
 //! Retention removes the oldest chunks of a kind; a segment file goes once no chunk of
 //! any kind in it, nor in any older segment, is still held. Each new segment starts with
 //! the positions and retention marks, so nothing an older segment said is lost with it.
@@ -81,6 +84,9 @@ pub struct Entry {
     segment: u64,
     offset: u64,
     pub len: u32,
+    /// A T entry that is an A chunk carrying the T log (`codec::ChunkHead::carries_t`):
+    /// the A index points at the same bytes.
+    pub shared: bool,
 }
 
 struct Segment {
@@ -96,6 +102,8 @@ struct Inner {
     end: u64,
     index: [Vec<Entry>; 3],
     bytes: [u64; 3],
+    /// Bytes counted under both A and T: chunks both indexes hold.
+    both: u64,
     positions: BTreeMap<u64, u64>,
     pruned: [u64; 3],
     /// Segments written since the last sync (the active one is always synced).
@@ -294,17 +302,7 @@ impl Segments {
         let at = self.write(&mut inner, &record)?;
         let segment = inner.active;
         for ((head, bytes), offset) in chunks.iter().zip(offsets) {
-            inner.add(
-                Entry {
-                    first: head.first_serial,
-                    last: head.last_serial,
-                    last_ts: head.last_timestamp_us,
-                    segment,
-                    offset: at + offset as u64,
-                    len: bytes.len() as u32,
-                },
-                head.kind,
-            );
+            inner.add_chunk(head, segment, at + offset as u64, bytes.len());
         }
         if let Some((stream, serial)) = position {
             inner.positions.insert(stream, serial);
@@ -600,9 +598,10 @@ impl Segments {
         self.inner.lock().bytes[slot(kind)]
     }
 
-    /// Bytes of every chunk held.
+    /// Bytes of every chunk held (once, however many kinds hold it).
     pub fn chunk_bytes(&self) -> u64 {
-        self.inner.lock().bytes.iter().sum()
+        let inner = self.inner.lock();
+        inner.bytes.iter().sum::<u64>() - inner.both
     }
 }
 
@@ -615,11 +614,51 @@ impl Inner {
             end: 0,
             index: Default::default(),
             bytes: [0; 3],
+            both: 0,
             positions: BTreeMap::new(),
             pruned: [0; 3],
             unsynced: Vec::new(),
             dir_changed: false,
         }
+    }
+
+    /// Index a chunk with head `head` at `offset` of `segment`: under its kind, and under
+    /// T too when it is an A chunk that carries the T log.
+    fn add_chunk(&mut self, head: &ChunkHead, segment: u64, offset: u64, len: usize) {
+        let entry = Entry {
+            first: head.first_serial,
+            last: head.last_serial,
+            last_ts: head.last_timestamp_us,
+            segment,
+            offset,
+            len: len as u32,
+            shared: false,
+        };
+        self.add(entry, head.kind);
+        if head.kind == LogKind::A && head.carries_t {
+            self.add(
+                Entry {
+                    shared: true,
+                    ..entry
+                },
+                LogKind::T,
+            );
+        }
+    }
+
+    /// Whether the other index of an A chunk carrying the T log holds `entry` too (the
+    /// T index for an A entry, the A index for a shared T entry).
+    fn held_twice(&self, kind: LogKind, entry: &Entry) -> bool {
+        let other = match kind {
+            LogKind::A => LogKind::T,
+            LogKind::T if entry.shared => LogKind::A,
+            _ => return false,
+        };
+        let index = &self.index[slot(other)];
+        let at = index.partition_point(|e| e.first < entry.first);
+        index.get(at).is_some_and(|e| {
+            (e.segment, e.offset, e.first) == (entry.segment, entry.offset, entry.first)
+        })
     }
 
     /// Add `entry` to its kind's index; a chunk with the same first serial is replaced.
@@ -637,13 +676,20 @@ impl Inner {
             self.release(kind, &old);
         }
         self.bytes[slot(kind)] += entry.len as u64;
+        if self.held_twice(kind, &entry) {
+            self.both += entry.len as u64;
+        }
         if let Some(segment) = self.segments.get_mut(&entry.segment) {
             segment.live += 1;
         }
     }
 
+    /// Account for `entry`, already out of its kind's index.
     fn release(&mut self, kind: LogKind, entry: &Entry) {
         self.bytes[slot(kind)] -= entry.len as u64;
+        if self.held_twice(kind, entry) {
+            self.both -= entry.len as u64;
+        }
         if let Some(segment) = self.segments.get_mut(&entry.segment) {
             segment.live -= 1;
         }
@@ -731,17 +777,7 @@ impl Inner {
                         _ => Some((b.u64()?, b.u64()?)),
                     };
                     for (head, offset, len) in found {
-                        self.add(
-                            Entry {
-                                first: head.first_serial,
-                                last: head.last_serial,
-                                last_ts: head.last_timestamp_us,
-                                segment,
-                                offset,
-                                len: len as u32,
-                            },
-                            head.kind,
-                        );
+                        self.add_chunk(&head, segment, offset, len);
                     }
                     if let Some((stream, serial)) = position {
                         self.positions.insert(stream, serial);
@@ -832,14 +868,21 @@ pub fn check_scan(bytes: &[u8]) {
             assert!(end <= valid_end, "an entry past the valid records");
             let chunk = &bytes[entry.offset as usize..end as usize];
             let head = codec::peek(chunk).expect("an indexed chunk has a head");
+            assert!(head.holds(kind), "an indexed chunk holds its kind");
             assert_eq!(
-                (head.kind, head.first_serial, head.last_serial),
-                (kind, entry.first, entry.last)
+                (head.kind != kind, head.first_serial, head.last_serial),
+                (entry.shared, entry.first, entry.last)
             );
             held += entry.len as u64;
         }
         assert_eq!(inner.bytes[slot(kind)], held, "byte count of {kind:?}");
     }
+    let shared: u64 = inner.index[slot(LogKind::T)]
+        .iter()
+        .filter(|e| e.shared && inner.held_twice(LogKind::T, e))
+        .map(|e| e.len as u64)
+        .sum();
+    assert_eq!(inner.both, shared, "bytes held under both A and T");
 }
 
 /// The body of the record at `at` in `bytes`, if a whole one with a matching checksum
@@ -879,10 +922,20 @@ mod tests {
         }
     }
 
+    /// Append `log` as the log writes it: A chunks (carrying the T log) and B chunks.
     fn append(segments: &Segments, log: &TxnLog) {
-        let encoded: Vec<Vec<u8>> = KINDS
-            .into_iter()
-            .flat_map(|k| codec::encode(log, k))
+        append_encoded(segments, log, codec::encode, &[LogKind::A, LogKind::B]);
+    }
+
+    fn append_encoded(
+        segments: &Segments,
+        log: &TxnLog,
+        encode: codec::Encoder,
+        kinds: &[LogKind],
+    ) {
+        let encoded: Vec<Vec<u8>> = kinds
+            .iter()
+            .flat_map(|k| encode(log, *k))
             .map(|(_, b)| b)
             .collect();
         let chunks: Vec<(ChunkHead, &[u8])> = encoded
@@ -1004,5 +1057,74 @@ mod tests {
         assert_eq!(reopened.positions(), BTreeMap::from([(9, 42)]));
         assert_eq!(reopened.pruned_through(LogKind::T), 1);
         assert_eq!(firsts(&reopened, LogKind::A), vec![2]);
+    }
+
+    #[test]
+    fn a_chunks_carrying_the_t_log_are_held_until_both_kinds_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        append(&segments, &txn(1, 1));
+        let one = segments.kind_bytes(LogKind::A);
+        assert_eq!(
+            segments.kind_bytes(LogKind::T),
+            one,
+            "T indexes the A chunk"
+        );
+        assert_eq!(segments.chunk_bytes(), one, "its bytes are held once");
+        {
+            let mut inner = segments.inner.lock();
+            segments.roll(&mut inner, 2).unwrap();
+        }
+        append(&segments, &txn(2, 2));
+        // A chunk that a build before the folding wrote: A and T apart.
+        append_encoded(
+            &segments,
+            &txn(3, 3),
+            codec::encode_v1,
+            &[LogKind::A, LogKind::T],
+        );
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let bytes = segments.chunk_bytes();
+        assert_eq!(firsts(&segments, LogKind::T), vec![1, 2, 3]);
+
+        // The A log lets go of serial 1 (a snapshot covers it): T still reads it.
+        segments.prune_oldest(LogKind::A, |e| e.first == 1).unwrap();
+        assert_eq!(segments.chunk_bytes(), bytes, "T still holds the chunk");
+        let mut read = Vec::new();
+        segments
+            .read(&segments.entries_from(LogKind::T, 1, 1), |e, bytes| {
+                let t = codec::decode_as(&bytes, LogKind::T).unwrap();
+                read.push((
+                    e.shared,
+                    t.entries[0].op,
+                    t.entries[0].image.map(<[u8]>::len),
+                ));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(read, vec![(true, Some(OpKind::Insert), Some(100))]);
+        assert_eq!(files(), 2, "segment 1 is still held by T");
+
+        // Then T's retention: the chunk and its segment go.
+        segments.prune_oldest(LogKind::T, |e| e.first == 1).unwrap();
+        assert_eq!(segments.chunk_bytes(), bytes - one);
+        assert_eq!(files(), 1);
+        check_scan(&std::fs::read(seg_path(dir.path(), 2)).unwrap());
+        drop(segments);
+
+        let reopened = Segments::open(dir.path()).unwrap();
+        assert_eq!(firsts(&reopened, LogKind::A), vec![2, 3]);
+        assert_eq!(firsts(&reopened, LogKind::T), vec![2, 3]);
+        let shared: Vec<bool> = reopened
+            .entries_from(LogKind::T, 0, usize::MAX)
+            .iter()
+            .map(|e| e.shared)
+            .collect();
+        assert_eq!(
+            shared,
+            vec![true, false],
+            "the old build's T chunk is its own"
+        );
+        assert_eq!(reopened.chunk_bytes(), bytes - one);
     }
 }

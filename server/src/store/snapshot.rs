@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::block::Block;
+use super::block::{Block, MAX_BLOCK_BYTES, MIN_BLOCK_BYTES};
 use super::file::{BlockFile, FileLayout};
 use super::{Schema, Store};
 
@@ -106,6 +106,20 @@ impl Store {
         blocks: Vec<Block>,
     ) -> Result<Store, SnapshotError> {
         let block_size = layout.block_size as usize;
+        // The table bound below divides by the block size: a size no store has (a
+        // snapshot with no blocks says any) would let a 60-byte layout ask for millions
+        // of table slots (found by the `snapshot` fuzz target, docs/RELIABILITY.md).
+        if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&block_size)
+            || layout
+                .files
+                .iter()
+                .any(|f| f.layout.block_size != layout.block_size)
+        {
+            return Err(SnapshotError(format!(
+                "a block size of {block_size} bytes (a store's blocks are \
+                 {MIN_BLOCK_BYTES}-{MAX_BLOCK_BYTES} bytes, the same in every file)"
+            )));
+        }
         if blocks.len() != layout.block_count() || blocks.iter().any(|b| b.size() != block_size) {
             return Err(SnapshotError(format!(
                 "{} blocks for a layout of {} blocks of {block_size} bytes",

@@ -331,6 +331,22 @@ fn a_snapshot_that_reads_would_trip_on_is_refused() {
     huge.files[0].layout.table_len = u32::MAX;
     let err = Store::from_snapshot(huge, 1 << 20, &packed).unwrap_err();
     assert!(err.to_string().contains("location table"), "{err}");
+
+    // A layout with no blocks and a block size no store has: refused before a table
+    // of two slots per quota byte is built (the fuzz target's timeout input).
+    let mut tiny = layout.clone();
+    tiny.block_size = 1;
+    for file in &mut tiny.files {
+        file.dense.clear();
+        file.layout.block_size = 1;
+        file.layout.table_len = 2 << 20;
+    }
+    let err = Store::from_snapshot(tiny, 1 << 20, &[]).unwrap_err();
+    assert!(err.to_string().contains("block size of 1 bytes"), "{err}");
+    let mut mixed = layout.clone();
+    mixed.files[0].layout.block_size = 1024;
+    let err = Store::from_snapshot(mixed, 1 << 20, &packed).unwrap_err();
+    assert!(err.to_string().contains("block size"), "{err}");
 }
 
 proptest! {

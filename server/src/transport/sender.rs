@@ -673,7 +673,8 @@ impl<'a> Shipper<'a> {
         window: Window,
     ) -> Shipper<'a> {
         let logical = def.spec.options.apply == Apply::Logical;
-        // A mirror ships its B (when asked) and T logs too; a logical link needs A only.
+        // A mirror ships its B (when asked) and T logs too (its A chunks carry the T log;
+        // separate T chunks are those an earlier build wrote); a logical link needs A only.
         let mutual = def.spec.options.conflicts.is_some();
         let also: &'static [LogKind] = match (logical, def.spec.options.b_log) {
             // A mutual link sends each record's before image, a resolver's base.
