@@ -164,6 +164,8 @@ pub struct Store {
     block_size: usize,
     quota_bytes: u64,
     files: Vec<BlockFile>,
+    /// The transaction whose mutations are being applied ([`Store::begin`]).
+    txn: u64,
 }
 
 impl Store {
@@ -174,6 +176,7 @@ impl Store {
             block_size,
             quota_bytes,
             files: (0..count).map(|_| BlockFile::new(block_size)).collect(),
+            txn: 0,
         }
     }
 
@@ -189,6 +192,7 @@ impl Store {
             block_size,
             quota_bytes,
             files,
+            txn: 0,
         })
     }
 
@@ -300,6 +304,19 @@ impl Store {
         keys.into_iter()
             .filter_map(|key| self.files[main as usize].get(key))
             .collect()
+    }
+
+    /// The mutations that follow are transaction `txn`'s. Where a record lands may
+    /// depend on the transaction's earlier puts (`BlockFile::put_at`), so the writer
+    /// and every replay of its log (`txn::replay_entry`) call this alike: replay lands
+    /// each record where the log says.
+    pub fn begin(&mut self, txn: u64) {
+        if txn != self.txn {
+            self.txn = txn;
+            for file in &mut self.files {
+                file.begin();
+            }
+        }
     }
 
     /// Apply one mutation. On error nothing changed.
