@@ -456,11 +456,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trips_each_kind() {
+    /// An insert, a delete of record `k` and a reorganisation, serials 10-12.
+    fn mixed_txn() -> TxnLog {
         let mut rec = Vec::new();
         crate::store::encode_record(&mut rec, b"k", &[], b"old");
-        let txn = TxnLog {
+        TxnLog {
             txn: 7,
             outcome: Outcome::Committed,
             updates: vec![
@@ -468,7 +468,12 @@ mod tests {
                 update(11, Effect::Delete, None, Some(&rec), Some(OpKind::Delete)),
                 update(12, Effect::Reorg, None, None, None),
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn round_trips_each_kind() {
+        let txn = mixed_txn();
         let a = encode(&txn, LogKind::A).pop().unwrap().1;
         let chunk = decode(&a).unwrap();
         assert_eq!(
@@ -489,24 +494,14 @@ mod tests {
 
     #[test]
     fn a_chunks_carry_the_t_log() {
-        let mut rec = Vec::new();
-        crate::store::encode_record(&mut rec, b"k", &[], b"old");
-        let txn = TxnLog {
-            txn: 7,
-            outcome: Outcome::Committed,
-            updates: vec![
-                update(10, Effect::Insert, Some(b"new"), None, Some(OpKind::Insert)),
-                update(11, Effect::Reorg, None, None, None),
-                update(12, Effect::Delete, None, Some(&rec), Some(OpKind::Delete)),
-            ],
-        };
+        let txn = mixed_txn();
         let a = encode(&txn, LogKind::A).pop().unwrap().1;
         let head = peek(&a).unwrap();
         assert!(head.carries_t && head.holds(LogKind::T) && head.holds(LogKind::A));
         assert!(!head.holds(LogKind::B));
         // Read as the A log: every entry, with its operation.
         let ops: Vec<_> = decode(&a).unwrap().entries.iter().map(|e| e.op).collect();
-        assert_eq!(ops, [Some(OpKind::Insert), None, Some(OpKind::Delete)]);
+        assert_eq!(ops, [Some(OpKind::Insert), Some(OpKind::Delete), None]);
         // Read as the T log: what the separate T chunk said, entry for entry.
         let t = decode_as(&a, LogKind::T).unwrap();
         let legacy_bytes = encode_v1(&txn, LogKind::T).pop().unwrap().1;
