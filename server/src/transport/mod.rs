@@ -180,7 +180,7 @@ impl Replication {
             }
         };
         // Local writes of mutual databases carry this node's id in their versions.
-        crate::node::versions::set_local_origin(crate::node::versions::origin_of(&node_id));
+        node.set_origin(crate::node::versions::origin_of(&node_id));
         let spool_tree = node.tree("spool")?;
         let conflicts_tree = node.tree("conflicts")?;
         let dead_tree = node.tree("dead-letters")?;

@@ -355,7 +355,7 @@ fn apply_mutual(
     stamps: &[(u64, crate::node::versions::Stamp)],
 ) -> Result<ReplicaApply, String> {
     let writes = mutual::incoming(schema, ops, stamps).map_err(|e| e.to_string())?;
-    let here = crate::node::versions::local_origin();
+    let here = repl.origin();
     let returned = writes.iter().filter(|w| w.stamp.o == here).count() as u64;
     let received = writes.len() as u64;
     let mut notes = Vec::new();
