@@ -24,7 +24,7 @@
 //! with its trace. A failure prints its seed; the run is reproducible from it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +46,7 @@ use doppel_server::tenancy::auth::AuthConfig;
 use doppel_server::tenancy::Tenancy;
 use doppel_server::transport::links::{LinkDef, LinkSpec, ReplicaRequest};
 use doppel_server::transport::net::{self, BoxFuture, Conn, Listener, Network};
-use doppel_server::transport::Replication;
+use doppel_server::transport::{Replication, NODE_ID_KEY};
 use doppel_server::txn::Op;
 
 const PORT: u16 = 7000;
@@ -390,6 +390,12 @@ async fn start_node(
         ..NodeSettings::default()
     };
     let node = Arc::new(Node::open(&dir, settings)?);
+    // The node's id from the host and the seed, not from the OS's random source: the
+    // same origins and stream ids on every run of a seed.
+    if node.config_value(NODE_ID_KEY)?.is_none() {
+        let id = format!("n{name}{:x}", net.seed);
+        node.set_config_value(NODE_ID_KEY, id.as_bytes())?;
+    }
     let auth = AuthConfig {
         enabled: false,
         ..AuthConfig::default()
@@ -1067,6 +1073,8 @@ struct MutualShared {
     txns: u64,
     /// Each site's next workload transaction (survives its restarts).
     next_txn: [Cell<u64>; 2],
+    /// Synchronous commits acknowledged (and checked).
+    sync_acked: Cell<u64>,
     violations: RefCell<Vec<String>>,
     trace: RefCell<Vec<String>>,
 }
@@ -1134,7 +1142,14 @@ async fn run_site(
         let ops = site_ops(shared.seed, me, i);
         if let Ok(committed) = db.execute(&ops, Duration::from_secs(1)).await {
             if shared.sync {
-                check_mutual_sync_ack(&shared, &repl, &db, &slots[other], committed.last_serial);
+                check_mutual_sync_ack(
+                    &shared,
+                    name,
+                    &repl,
+                    &db,
+                    &slots[other],
+                    committed.last_serial,
+                );
             }
         }
         next.set(i + 1);
@@ -1149,6 +1164,7 @@ async fn run_site(
 /// (if up) has applied this site's stream up to it.
 fn check_mutual_sync_ack(
     shared: &MutualShared,
+    site: &str,
     repl: &Replication,
     db: &Database,
     other: &Slot,
@@ -1160,11 +1176,11 @@ fn check_mutual_sync_ack(
     let Ok(theirs) = there.node.database(DEFAULT_TENANT, DB) else {
         return;
     };
+    shared.sync_acked.set(shared.sync_acked.get() + 1);
     let held = theirs.position(repl.stream_id(db));
     if held < serial {
         shared.violations.borrow_mut().push(format!(
-            "a synchronous commit of site {} at serial {serial} was acknowledged while the other site had applied its stream to {held}",
-            repl.node_id
+            "a synchronous commit of site {site} at serial {serial} was acknowledged while the other site had applied its stream to {held}"
         ));
     }
 }
@@ -1183,6 +1199,7 @@ fn contents(db: &Database, file: &str) -> Result<Vec<(String, String)>, String> 
 /// Every conflict `repl` met on `db` was decided by last writer wins: the larger
 /// `(timestamp, origin)` kept. Returns the conflicts and the versions they saw.
 fn check_lww(
+    site: &str,
     repl: &Replication,
     db: &Database,
 ) -> Result<Vec<doppel_server::transport::mutual::ConflictEntry>, String> {
@@ -1205,8 +1222,7 @@ fn check_lww(
         };
         if kept_remote != remote_wins {
             return Err(format!(
-                "site {}: conflict {} on {} kept the {} version, last writer wins keeps the other (local ({}, {}), remote ({}, {}))",
-                repl.node_id,
+                "site {site}: conflict {} on {} kept the {} version, last writer wins keeps the other (local ({}, {}), remote ({}, {}))",
                 c.id,
                 c.key,
                 if kept_remote { "remote" } else { "local" },
@@ -1241,12 +1257,12 @@ fn check_mutual(
         };
         sites.push((repl, db));
     }
-    for (repl, _) in &sites {
-        for (link, c) in repl.target.mutual_counts.lock().iter() {
+    for ((repl, _), site) in sites.iter().zip(SITES) {
+        for c in repl.target.mutual_counts.lock().values() {
             if c.returned > 0 {
                 return Err(format!(
-                    "site {}: {} updates came back to their origin over link {link}",
-                    repl.node_id, c.returned
+                    "site {site}: {} updates came back to their origin",
+                    c.returned
                 ));
             }
         }
@@ -1266,12 +1282,14 @@ fn check_mutual(
     for file in ["orders", versions_file] {
         let (ca, cb) = (contents(a, file)?, contents(b, file)?);
         if ca != cb {
-            let differ = ca
-                .iter()
-                .zip(&cb)
-                .find(|(x, y)| x != y)
-                .map(|(x, y)| format!("{x:?} against {y:?}"))
-                .unwrap_or_else(|| format!("{} records against {}", ca.len(), cb.len()));
+            let (ma, mb): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                (ca.into_iter().collect(), cb.into_iter().collect());
+            let differ = ma
+                .keys()
+                .chain(mb.keys())
+                .find(|k| ma.get(*k) != mb.get(*k))
+                .map(|k| format!("{k}: {:?} on a, {:?} on b", ma.get(k), mb.get(k)))
+                .unwrap_or_default();
             return Err(format!(
                 "both sites applied each other's stream to its end (serials {} and {}), but their {file} differ: {differ}",
                 a.serials().0,
@@ -1301,8 +1319,8 @@ fn check_mutual(
         );
     }
     let mut conflicts = 0;
-    for (repl, db) in &sites {
-        let list = check_lww(repl, db)?;
+    for ((repl, db), site) in sites.iter().zip(SITES) {
+        let list = check_lww(site, repl, db)?;
         conflicts += list.len() as u64;
         if !no_restart {
             continue;
@@ -1315,8 +1333,8 @@ fn check_mutual(
             let now = held.get(&c.key).copied().unwrap_or_default();
             if seen.iter().any(|v| *v > now) {
                 return Err(format!(
-                    "record {} stands at version {now:?}, before one its conflict {} on site {} saw ({seen:?})",
-                    c.key, c.id, repl.node_id
+                    "record {} stands at version {now:?}, before one its conflict {} on site {site} saw ({seen:?})",
+                    c.key, c.id
                 ));
             }
         }
@@ -1340,6 +1358,7 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
         sync: rng.chance(300),
         txns: 10 + rng.below(70),
         next_txn: [Cell::new(0), Cell::new(0)],
+        sync_acked: Cell::new(0),
         violations: RefCell::new(Vec::new()),
         trace: RefCell::new(Vec::new()),
     });
@@ -1471,9 +1490,10 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
                     let healed = healed_at.expect("converged after healing");
                     conflicts = met;
                     shared.trace.borrow_mut().push(format!(
-                        "{} ms: converged at serials {serials:?} ({} ms after healing), {met} conflicts",
+                        "{} ms: converged at serials {serials:?} ({} ms after healing), {met} conflicts, {} synchronous commits acknowledged",
                         sim.elapsed().as_millis(),
                         (sim.elapsed() - healed).as_millis(),
+                        shared.sync_acked.get(),
                     ));
                     break;
                 }
