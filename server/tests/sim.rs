@@ -735,6 +735,9 @@ enum Event {
     Partition,
     Repair,
     Latency(u64),
+    /// Two snapshots of a mutual site's database, back to back: its log is pruned up to
+    /// where it stands, so the other site, if behind, needs a bootstrap.
+    Snapshot(&'static str),
 }
 
 /// The outcome of one seed.
@@ -1407,6 +1410,10 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
     for _ in 0..rng.below(3) {
         events.push((rng.below(faulty_ms), Event::Latency(1 + rng.below(200))));
     }
+    for _ in 0..rng.below(3) {
+        let host = SITES[rng.below(2) as usize];
+        events.push((rng.below(faulty_ms), Event::Snapshot(host)));
+    }
     events.sort_by_key(|(at, _)| *at);
     let no_restart = !events.iter().any(|(_, e)| matches!(e, Event::Crash(_)));
     shared.trace.borrow_mut().push(format!(
@@ -1461,6 +1468,36 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
                 Event::Partition => sim.partition(a, b),
                 Event::Repair => sim.repair(a, b),
                 Event::Latency(ms) => sim.set_max_message_latency(Duration::from_millis(ms)),
+                Event::Snapshot(h) => {
+                    if let Some(db) = database(&slots[h], DB) {
+                        // Between two steps, on a runtime of its own: no host runs
+                        // meanwhile, so the schedule stays the seed's.
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .expect("runtime");
+                        for _ in 0..2 {
+                            if let Err(e) = rt.block_on(db.snapshot()) {
+                                shared
+                                    .violations
+                                    .borrow_mut()
+                                    .push(format!("a snapshot of site {h} failed: {e}"));
+                            }
+                        }
+                        let oldest = db
+                            .log_store()
+                            .oldest_serial(db.def.uid, doppel_server::log::LogKind::A)
+                            .ok()
+                            .flatten();
+                        let other = if h == a { b } else { a };
+                        let applied = slots[h].lock().clone().and_then(|r| {
+                            database(&slots[other], DB).map(|d| d.position(r.stream_id(&db)))
+                        });
+                        shared.trace.borrow_mut().push(format!(
+                            "site {h} snapshotted at serial {}, its log now from {oldest:?}; site {other} had applied its stream to {applied:?}",
+                            db.serials().0
+                        ));
+                    }
+                }
                 _ => {}
             }
         }
@@ -1503,8 +1540,20 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
                 Ok(Some((serials, met))) => {
                     let healed = healed_at.expect("converged after healing");
                     conflicts = met;
+                    let links: Vec<String> = SITES
+                        .iter()
+                        .filter_map(|h| slots[h].lock().clone())
+                        .flat_map(|r| r.list_links(DEFAULT_TENANT))
+                        .map(|l| {
+                            let st = &l["status"];
+                            format!(
+                                "connections {}, bootstraps {}",
+                                st["connections"], st["bootstraps"]
+                            )
+                        })
+                        .collect();
                     shared.trace.borrow_mut().push(format!(
-                        "{} ms: converged at serials {serials:?} ({} ms after healing), {met} conflicts, {} synchronous commits acknowledged",
+                        "{} ms: converged at serials {serials:?} ({} ms after healing), {met} conflicts, {} synchronous commits acknowledged; the links since their site's last start: {links:?}",
                         sim.elapsed().as_millis(),
                         (sim.elapsed() - healed).as_millis(),
                         shared.sync_acked.get(),
