@@ -44,8 +44,9 @@ pub struct Counts {
     pub writes: u64,
     /// Of those, concurrent with the version held here.
     pub conflicts: u64,
-    /// Of those, written on this very node: an update come back to its origin (loop
-    /// prevention keeps this at 0).
+    /// Of the streamed ones, written on this very node: an update come back to its
+    /// origin (loop prevention keeps this at 0). A bootstrap's records, which include
+    /// this node's writes the source holds, are not counted.
     pub returned: u64,
 }
 
