@@ -20,11 +20,19 @@
 //! - after healing: the same last serial and identical block checksums;
 //! - no panic on the simulation's thread (a debug assertion in the node counts).
 //!
+//! Mutual schedules (`mutual_seeds`, SPEC F4): two sites `a` and `b`, each writing the
+//! same keys, linked both ways by mutual links (last writer wins, async or sync), with
+//! the same faults. Checked: no update comes back to its origin; a sync commit was
+//! acknowledged only once the other site applied it; after healing, once each site has
+//! applied the other's stream to its end, the same records and versions on both, every
+//! conflict decided by last writer wins (see [`check_mutual`]).
+//!
 //! `SIM_SEEDS=N` runs seeds 0..N (`SIM_FIRST` moves the start), `SIM_SEED=s` one seed
-//! with its trace. A failure prints its seed; the run is reproducible from it.
+//! with its trace; `SIM_MUTUAL_SEEDS`, `SIM_MUTUAL_FIRST` and `SIM_MUTUAL_SEED` the same
+//! for the mutual schedules. A failure prints its seed; the run is reproducible from it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +54,7 @@ use doppel_server::tenancy::auth::AuthConfig;
 use doppel_server::tenancy::Tenancy;
 use doppel_server::transport::links::{LinkDef, LinkSpec, ReplicaRequest};
 use doppel_server::transport::net::{self, BoxFuture, Conn, Listener, Network};
-use doppel_server::transport::Replication;
+use doppel_server::transport::{Replication, NODE_ID_KEY};
 use doppel_server::txn::Op;
 
 const PORT: u16 = 7000;
@@ -250,7 +258,14 @@ impl Network for SimNet {
         body: ReplicaRequest,
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let host = DST;
+            // The target's host, out of its URL (`http://{host}:{API_PORT}`).
+            let named = def.spec.target.url.trim_start_matches("http://");
+            let named = named.split(':').next().unwrap_or_default();
+            let host = *self
+                .slots
+                .keys()
+                .find(|h| **h == named)
+                .ok_or("the target's API did not answer")?;
             let reach = turmoil::net::TcpStream::connect((host, API_PORT));
             match tokio::time::timeout(Duration::from_secs(2), reach).await {
                 Ok(Ok(_)) => {}
@@ -383,6 +398,12 @@ async fn start_node(
         ..NodeSettings::default()
     };
     let node = Arc::new(Node::open(&dir, settings)?);
+    // The node's id from the host and the seed, not from the OS's random source: the
+    // same origins and stream ids on every run of a seed.
+    if node.config_value(NODE_ID_KEY)?.is_none() {
+        let id = format!("n{name}{:x}", net.seed);
+        node.set_config_value(NODE_ID_KEY, id.as_bytes())?;
+    }
     let auth = AuthConfig {
         enabled: false,
         ..AuthConfig::default()
@@ -714,6 +735,9 @@ enum Event {
     Partition,
     Repair,
     Latency(u64),
+    /// A snapshot of a mutual site's database: from its second on, its log is pruned up
+    /// to the one before, so the other site, if behind that, needs a bootstrap.
+    Snapshot(&'static str),
 }
 
 /// The outcome of one seed.
@@ -724,6 +748,8 @@ pub struct Outcome {
     /// A digest of the run's trace: equal for two runs of the same seed.
     pub digest: u64,
     pub trace: Vec<String>,
+    /// Conflicts the sites met (mutual schedules).
+    pub conflicts: u64,
 }
 
 /// Run seed `seed`: build the schedule, run it, heal, wait for the replica, check.
@@ -958,17 +984,22 @@ pub fn run_seed(seed: u64) -> Outcome {
         violations,
         digest,
         trace,
+        conflicts: 0,
     }
 }
 
-/// Run `seeds`, stop at the first violation: the seed and what broke.
-fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outcome)> {
+/// Run `seeds` (`mutual`: the mutual schedules), stop at the first violation: the seed and what broke.
+fn run_seeds(seeds: std::ops::Range<u64>, mutual: bool) -> Result<(u64, Duration), (u64, Outcome)> {
     let started = Instant::now();
     let mut n = 0u64;
-    let (mut sync, mut inter) = (0, 0);
+    let (mut sync, mut inter, mut conflicts, mut with_conflicts) = (0, 0, 0, 0);
     let mut on_snapshot = Vec::new();
     for seed in seeds {
-        let outcome = run_seed(seed);
+        let outcome = if mutual {
+            run_mutual_seed(seed)
+        } else {
+            run_seed(seed)
+        };
         if !outcome.violations.is_empty() {
             return Err((seed, outcome));
         }
@@ -981,15 +1012,21 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> Result<(u64, Duration), (u64, Outco
         }
         sync += outcome.kind.0 as u64;
         inter += outcome.kind.1 as u64;
+        conflicts += outcome.conflicts;
+        with_conflicts += (outcome.conflicts > 0) as u64;
         if outcome.kind.2 {
             on_snapshot.push(seed);
         }
     }
-    println!(
-        "{sync} of them sync; {inter} with an interrelated database, in {} of them checked \
-         while the replica of lines stood on a snapshot (seeds {on_snapshot:?})",
-        on_snapshot.len()
-    );
+    if !mutual {
+        println!(
+            "{sync} of them sync; {inter} with an interrelated database, in {} of them \
+             checked while the replica of lines stood on a snapshot (seeds {on_snapshot:?})",
+            on_snapshot.len()
+        );
+    } else {
+        println!("{sync} of them sync; {conflicts} conflicts met, in {with_conflicts} schedules");
+    }
     Ok((n, started.elapsed()))
 }
 
@@ -997,7 +1034,7 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn report(result: Result<(u64, Duration), (u64, Outcome)>) {
+fn report(result: Result<(u64, Duration), (u64, Outcome)>, test: &str, var: &str) {
     match result {
         Ok((n, took)) => println!(
             "{n} schedules, 0 violations, {:.1} s, {:.1} schedules/s",
@@ -1005,7 +1042,7 @@ fn report(result: Result<(u64, Duration), (u64, Outcome)>) {
             n as f64 / took.as_secs_f64()
         ),
         Err((seed, outcome)) => panic!(
-            "seed {seed} violates an invariant: {}\nrerun it with: SIM_SEED={seed} cargo test -p doppel-server --test sim seeds -- --nocapture\ntrace:\n{}",
+            "seed {seed} violates an invariant: {}\nrerun it with: {var}={seed} cargo test -p doppel-server --test sim {test} -- --nocapture\ntrace:\n{}",
             outcome.violations.join("; "),
             outcome.trace.join("\n")
         ),
@@ -1017,27 +1054,12 @@ fn report(result: Result<(u64, Duration), (u64, Outcome)>) {
 #[test]
 fn seeds() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        if std::env::var_os("RUST_LOG").is_some() {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_test_writer()
-                .init();
-        }
-        let outcome = run_seed(seed);
-        for line in &outcome.trace {
-            println!("{line}");
-        }
-        println!("digest {:016x}", outcome.digest);
-        assert!(
-            outcome.violations.is_empty(),
-            "seed {seed}: {}",
-            outcome.violations.join("; ")
-        );
+        one_seed(seed, run_seed);
         return;
     }
     let first = env_u64("SIM_FIRST").unwrap_or(0);
     let n = env_u64("SIM_SEEDS").unwrap_or(200);
-    report(run_seeds(first..first + n));
+    report(run_seeds(first..first + n, false), "seeds", "SIM_SEED");
 }
 
 /// The same seed twice: the same schedule, the same outcome (the trace's digest).
@@ -1047,4 +1069,593 @@ fn a_seed_replays_exactly() {
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.digest, b.digest);
+}
+
+// Mutual sites (SPEC F4): two sites, each writing the same keys, linked both ways.
+
+/// The two sites of a mutual schedule.
+const SITES: [&str; 2] = ["a", "b"];
+
+/// What a mutual run's sites share with the harness.
+struct MutualShared {
+    seed: u64,
+    sync: bool,
+    /// Workload transactions per site.
+    txns: u64,
+    /// Each site's next workload transaction (survives its restarts).
+    next_txn: [Cell<u64>; 2],
+    /// Synchronous commits acknowledged (and checked).
+    sync_acked: Cell<u64>,
+    violations: RefCell<Vec<String>>,
+    trace: RefCell<Vec<String>>,
+}
+
+fn mutual_database_spec() -> doppel_server::node::DatabaseSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": DB,
+        "files": [{"name": "orders"}],
+        "block_size": 512,
+        "durability": "none",
+        "mutual": true,
+    }))
+    .expect("database spec")
+}
+
+/// A site's link to the other: logical, mutual, last writer wins.
+fn mutual_link_spec(other: &str, sync: bool) -> LinkSpec {
+    serde_json::from_value(serde_json::json!({
+        "database": DB,
+        "target": {"url": format!("http://{other}:{API_PORT}"), "database": DB},
+        "mode": if sync { "sync" } else { "async" },
+        "apply": "logical",
+        "conflicts": {"strategy": "lww"},
+    }))
+    .expect("link spec")
+}
+
+/// Site `me`'s workload transaction `i`: the keys of [`workload_ops`] (the same 24 on
+/// both sites, so their writes conflict), its own choice of them.
+fn site_ops(seed: u64, me: usize, i: u64) -> Vec<Op> {
+    workload_ops(seed ^ ((me as u64 + 1) << 40), i)
+}
+
+/// A site: its node, a listener standing for its REST API, the database (unless the
+/// other site's registration made it) and its link to the other site on first start,
+/// then its workload from where it stood.
+async fn run_site(
+    me: usize,
+    dir: PathBuf,
+    slots: HashMap<&'static str, Slot>,
+    net: Arc<SimNet>,
+    shared: Rc<MutualShared>,
+) -> turmoil::Result {
+    let (name, other) = (SITES[me], SITES[1 - me]);
+    let repl = start_node(name, dir, &slots[name], net).await?;
+    tokio::spawn(async {
+        if let Ok(api) = turmoil::net::TcpListener::bind(("0.0.0.0", API_PORT)).await {
+            while api.accept().await.is_ok() {}
+        }
+    });
+    let db = match repl.node.database(DEFAULT_TENANT, DB) {
+        Ok(db) => db,
+        Err(_) => repl
+            .node
+            .create_database(DEFAULT_TENANT, mutual_database_spec())?,
+    };
+    if repl.list_links(DEFAULT_TENANT).is_empty() {
+        repl.create_link(DEFAULT_TENANT, mutual_link_spec(other, shared.sync))?;
+    }
+    db.quorum.configure(1, 2_000);
+    let mut pace = Rng::new(shared.seed, 4 + me as u64);
+    let next = &shared.next_txn[me];
+    while next.get() < shared.txns {
+        let i = next.get();
+        let ops = site_ops(shared.seed, me, i);
+        if let Ok(committed) = db.execute(&ops, Duration::from_secs(1)).await {
+            if shared.sync {
+                check_mutual_sync_ack(
+                    &shared,
+                    name,
+                    &repl,
+                    &db,
+                    &slots[other],
+                    committed.last_serial,
+                );
+            }
+        }
+        next.set(i + 1);
+        tokio::time::sleep(Duration::from_millis(pace.below(30))).await;
+    }
+    drop(db);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A synchronous commit of a mutual site at `serial` was acknowledged: the other site
+/// (if up) has applied this site's stream up to it.
+fn check_mutual_sync_ack(
+    shared: &MutualShared,
+    site: &str,
+    repl: &Replication,
+    db: &Database,
+    other: &Slot,
+    serial: u64,
+) {
+    let Some(there) = other.lock().clone() else {
+        return;
+    };
+    let Ok(theirs) = there.node.database(DEFAULT_TENANT, DB) else {
+        return;
+    };
+    shared.sync_acked.set(shared.sync_acked.get() + 1);
+    let held = theirs.position(repl.stream_id(db));
+    if held < serial {
+        shared.violations.borrow_mut().push(format!(
+            "a synchronous commit of site {site} at serial {serial} was acknowledged while the other site had applied its stream to {held}"
+        ));
+    }
+}
+
+/// A mutual database's records of `file`: (key, data).
+fn contents(db: &Database, file: &str) -> Result<Vec<(String, String)>, String> {
+    let (records, _) = db
+        .scan(file, "", None, usize::MAX)
+        .map_err(|e| format!("{}: {e}", db.name()))?;
+    Ok(records
+        .into_iter()
+        .map(|r| (r.key, r.data.get().to_string()))
+        .collect())
+}
+
+/// Every conflict `repl` met on `db` was between two versions and decided by last
+/// writer wins: the larger `(timestamp, origin)` kept. Returns the conflicts and the versions they saw.
+fn check_lww(
+    site: &str,
+    repl: &Replication,
+    db: &Database,
+) -> Result<Vec<doppel_server::transport::mutual::ConflictEntry>, String> {
+    let list = repl
+        .conflicts
+        .list(db.def.uid, doppel_server::transport::mutual::KEEP as usize)
+        .map_err(|e| e.to_string())?;
+    for c in &list {
+        if (c.remote.timestamp_us, c.remote.origin) == (c.local.timestamp_us, c.local.origin) {
+            return Err(format!(
+                "site {site}: conflict {} on {} is a version in conflict with itself ({}, {}): a write already held is not a conflict",
+                c.id, c.key, c.local.timestamp_us, c.local.origin
+            ));
+        }
+        let remote_wins =
+            (c.remote.timestamp_us, c.remote.origin) > (c.local.timestamp_us, c.local.origin);
+        let kept_remote = match c.decision {
+            doppel_server::transport::mutual::ConflictDecision::Remote => true,
+            doppel_server::transport::mutual::ConflictDecision::Local => false,
+            doppel_server::transport::mutual::ConflictDecision::Merged => {
+                return Err(format!(
+                    "conflict {} on {} was merged under lww",
+                    c.id, c.key
+                ));
+            }
+        };
+        if kept_remote != remote_wins {
+            return Err(format!(
+                "site {site}: conflict {} on {} kept the {} version, last writer wins keeps the other (local ({}, {}), remote ({}, {}))",
+                c.id,
+                c.key,
+                if kept_remote { "remote" } else { "local" },
+                c.local.timestamp_us,
+                c.local.origin,
+                c.remote.timestamp_us,
+                c.remote.origin
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// The checks of a mutual run: no update came back to its origin; once `settle`
+/// (healed, workloads done) and each site has applied the other's stream to its last
+/// serial: the same records and versions on both, each record present unless its
+/// version is a delete, every conflict decided by last writer wins and (`no_restart`:
+/// nothing written was lost) every record at a version at least as late as each one
+/// its conflicts saw. `Some` of the serials and the conflicts once converged.
+fn check_mutual(
+    slots: &HashMap<&'static str, Slot>,
+    settle: bool,
+    no_restart: bool,
+) -> Result<Option<(Vec<u64>, u64)>, String> {
+    let mut sites = Vec::new();
+    for h in SITES {
+        let Some(repl) = slots[h].lock().clone() else {
+            return Ok(None);
+        };
+        let Ok(db) = repl.node.database(DEFAULT_TENANT, DB) else {
+            return Ok(None);
+        };
+        sites.push((repl, db));
+    }
+    for ((repl, _), site) in sites.iter().zip(SITES) {
+        for c in repl.target.mutual_counts.lock().values() {
+            if c.returned > 0 {
+                return Err(format!(
+                    "site {site}: {} updates came back to their origin",
+                    c.returned
+                ));
+            }
+        }
+    }
+    if !settle {
+        return Ok(None);
+    }
+    for x in 0..2 {
+        let (rx, dx) = &sites[x];
+        let (_, dy) = &sites[1 - x];
+        if dy.position(rx.stream_id(dx)) != dx.serials().0 {
+            return Ok(None);
+        }
+    }
+    let versions_file = doppel_server::node::versions::VERSIONS_FILE;
+    let (a, b) = (&sites[0].1, &sites[1].1);
+    for file in ["orders", versions_file] {
+        let (ca, cb) = (contents(a, file)?, contents(b, file)?);
+        if ca != cb {
+            let (ma, mb): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                (ca.into_iter().collect(), cb.into_iter().collect());
+            let differ = ma
+                .keys()
+                .chain(mb.keys())
+                .find(|k| ma.get(*k) != mb.get(*k))
+                .map(|k| format!("{k}: {:?} on a, {:?} on b", ma.get(k), mb.get(k)))
+                .unwrap_or_default();
+            return Err(format!(
+                "both sites applied each other's stream to its end (serials {} and {}), but their {file} differ: {differ}",
+                a.serials().0,
+                b.serials().0
+            ));
+        }
+    }
+    let records: HashMap<String, String> = contents(a, "orders")?.into_iter().collect();
+    let mut held = HashMap::new();
+    for (key, data) in contents(a, versions_file)? {
+        let stamp: serde_json::Value = serde_json::from_str(&data).map_err(|e| e.to_string())?;
+        let record_key = key.trim_start_matches("orders/").to_string();
+        let deleted = stamp["del"].as_bool().unwrap_or(false);
+        if deleted == records.contains_key(&record_key) {
+            return Err(format!(
+                "record {record_key}: its version {stamp} says {}, the record is {}",
+                if deleted { "deleted" } else { "written" },
+                if deleted { "there" } else { "missing" }
+            ));
+        }
+        held.insert(
+            record_key,
+            (
+                stamp["t"].as_u64().unwrap_or(0),
+                stamp["o"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    let mut conflicts = 0;
+    for ((repl, db), site) in sites.iter().zip(SITES) {
+        let list = check_lww(site, repl, db)?;
+        conflicts += list.len() as u64;
+        if !no_restart {
+            continue;
+        }
+        for c in list {
+            let seen = [
+                (c.local.timestamp_us, c.local.origin),
+                (c.remote.timestamp_us, c.remote.origin),
+            ];
+            let now = held.get(&c.key).copied().unwrap_or_default();
+            if seen.iter().any(|v| *v > now) {
+                return Err(format!(
+                    "record {} stands at version {now:?}, before one its conflict {} on site {site} saw ({seen:?})",
+                    c.key, c.id
+                ));
+            }
+        }
+    }
+    Ok(Some((
+        sites.iter().map(|(_, d)| d.serials().0).collect(),
+        conflicts,
+    )))
+}
+
+/// Run mutual seed `seed`: the schedule, both sites' workloads, heal, wait until each
+/// has the other's writes, check.
+pub fn run_mutual_seed(seed: u64) -> Outcome {
+    install_panic_counter();
+    PANICS.with(|p| p.borrow_mut().clear());
+    IN_SIM.with(|s| s.set(true));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut rng = Rng::new(seed, 2);
+    let shared = Rc::new(MutualShared {
+        seed,
+        sync: rng.chance(300),
+        txns: 10 + rng.below(70),
+        next_txn: [Cell::new(0), Cell::new(0)],
+        sync_acked: Cell::new(0),
+        violations: RefCell::new(Vec::new()),
+        trace: RefCell::new(Vec::new()),
+    });
+    let faults = Arc::new(Faults {
+        on: AtomicBool::new(true),
+        drop: rng.below(60),
+        dup: rng.below(60),
+        hold: rng.below(60),
+        cut: rng.below(15),
+    });
+    let slots: HashMap<&'static str, Slot> =
+        SITES.into_iter().map(|h| (h, Slot::default())).collect();
+    let net = Arc::new(SimNet {
+        slots: slots.clone(),
+        faults: faults.clone(),
+        seed,
+        conns: AtomicU64::new(0),
+    });
+    let faulty_ms = 2_000 + rng.below(8_000);
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    for _ in 0..rng.below(4) {
+        let host = SITES[rng.below(2) as usize];
+        let at = 200 + rng.below(faulty_ms);
+        events.push((at, Event::Crash(host)));
+        events.push((at + 50 + rng.below(2_000), Event::Bounce(host)));
+    }
+    for _ in 0..rng.below(4) {
+        let at = rng.below(faulty_ms);
+        events.push((at, Event::Partition));
+        events.push((at + rng.below(3_000), Event::Repair));
+    }
+    for _ in 0..rng.below(3) {
+        events.push((rng.below(faulty_ms), Event::Latency(1 + rng.below(200))));
+    }
+    for _ in 0..rng.below(3) {
+        // Two snapshots of one site, some time apart (one serial apart at least: a
+        // second one at the same serial is the same snapshot).
+        let host = SITES[rng.below(2) as usize];
+        let at = rng.below(faulty_ms);
+        events.push((at, Event::Snapshot(host)));
+        events.push((at + 1 + rng.below(2_000), Event::Snapshot(host)));
+    }
+    events.sort_by_key(|(at, _)| *at);
+    let no_restart = !events.iter().any(|(_, e)| matches!(e, Event::Crash(_)));
+    shared.trace.borrow_mut().push(format!(
+        "mutual seed {seed}: sync {} txns {} per site, faults drop {} dup {} hold {} cut {} per mille, faulty phase {faulty_ms} ms, events {events:?}",
+        shared.sync, shared.txns, faults.drop, faults.dup, faults.hold, faults.cut
+    ));
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(3_600))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(1 + rng.below(50)))
+        .build();
+    for (me, site) in SITES.into_iter().enumerate() {
+        let (dir, slots, net, shared) = (
+            tmp.path().join(site),
+            slots.clone(),
+            net.clone(),
+            shared.clone(),
+        );
+        sim.host(site, move || {
+            run_site(me, dir.clone(), slots.clone(), net.clone(), shared.clone())
+        });
+    }
+
+    let [a, b] = SITES;
+    let mut next_event = 0;
+    let mut down: Vec<&'static str> = Vec::new();
+    let mut healed_at: Option<Duration> = None;
+    let mut steps = 0u64;
+    let mut conflicts = 0;
+    loop {
+        let now = sim.elapsed();
+        while next_event < events.len() && events[next_event].0 <= now.as_millis() as u64 {
+            let event = events[next_event].1.clone();
+            next_event += 1;
+            shared
+                .trace
+                .borrow_mut()
+                .push(format!("{} ms: {event:?}", now.as_millis()));
+            match event {
+                Event::Crash(h) if !down.contains(&h) => {
+                    sim.crash(h);
+                    slots[h].lock().take();
+                    down.push(h);
+                }
+                Event::Bounce(h) if down.contains(&h) => {
+                    sim.bounce(h);
+                    down.retain(|d| *d != h);
+                }
+                Event::Partition => sim.partition(a, b),
+                Event::Repair => sim.repair(a, b),
+                Event::Latency(ms) => sim.set_max_message_latency(Duration::from_millis(ms)),
+                Event::Snapshot(h) => {
+                    if let Some(db) = database(&slots[h], DB) {
+                        // Between two steps, on a runtime of its own: no host runs
+                        // meanwhile, so the schedule stays the seed's.
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .expect("runtime");
+                        if let Err(e) = rt.block_on(db.snapshot()) {
+                            shared
+                                .violations
+                                .borrow_mut()
+                                .push(format!("a snapshot of site {h} failed: {e}"));
+                        }
+                        let oldest = db
+                            .log_store()
+                            .oldest_serial(db.def.uid, doppel_server::log::LogKind::A)
+                            .ok()
+                            .flatten();
+                        let other = if h == a { b } else { a };
+                        let applied = slots[h].lock().clone().and_then(|r| {
+                            database(&slots[other], DB).map(|d| d.position(r.stream_id(&db)))
+                        });
+                        shared.trace.borrow_mut().push(format!(
+                            "site {h} snapshotted at serial {}, its log now from {oldest:?}; site {other} had applied its stream to {applied:?}",
+                            db.serials().0
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let workload_done = shared.next_txn.iter().all(|n| n.get() >= shared.txns);
+        let faulty_over = now.as_millis() as u64 >= faulty_ms;
+        if healed_at.is_none() && next_event == events.len() && workload_done && faulty_over {
+            faults.on.store(false, Ordering::Relaxed);
+            sim.repair(a, b);
+            sim.set_max_message_latency(Duration::from_millis(5));
+            for h in down.drain(..) {
+                sim.bounce(h);
+            }
+            healed_at = Some(now);
+            shared
+                .trace
+                .borrow_mut()
+                .push(format!("{} ms: healed", now.as_millis()));
+        }
+        if let Err(e) = sim.step() {
+            shared
+                .violations
+                .borrow_mut()
+                .push(format!("a host failed: {e}"));
+            break;
+        }
+        steps += 1;
+        let panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for p in panics {
+            shared.violations.borrow_mut().push(format!("panic: {p}"));
+        }
+        if !shared.violations.borrow().is_empty() {
+            break;
+        }
+        if steps.is_multiple_of(64) || healed_at.is_some() {
+            match check_mutual(&slots, healed_at.is_some() && workload_done, no_restart) {
+                Err(e) => {
+                    shared.violations.borrow_mut().push(e);
+                    break;
+                }
+                Ok(Some((serials, met))) => {
+                    let healed = healed_at.expect("converged after healing");
+                    conflicts = met;
+                    let links: Vec<String> = SITES
+                        .iter()
+                        .filter_map(|h| slots[h].lock().clone())
+                        .flat_map(|r| r.list_links(DEFAULT_TENANT))
+                        .map(|l| {
+                            let st = &l["status"];
+                            format!(
+                                "connections {}, bootstraps {}",
+                                st["connections"], st["bootstraps"]
+                            )
+                        })
+                        .collect();
+                    shared.trace.borrow_mut().push(format!(
+                        "{} ms: converged at serials {serials:?} ({} ms after healing), {met} conflicts, {} synchronous commits acknowledged; the links since their site's last start: {links:?}",
+                        sim.elapsed().as_millis(),
+                        (sim.elapsed() - healed).as_millis(),
+                        shared.sync_acked.get(),
+                    ));
+                    break;
+                }
+                Ok(None) => {}
+            }
+            if let Some(healed) = healed_at {
+                if sim.elapsed() - healed > CONVERGE_WITHIN {
+                    let state = |h: &str| {
+                        slots[h].lock().as_ref().map(|r| {
+                            let db = r.node.database(DEFAULT_TENANT, DB).ok();
+                            (
+                                db.map(|d| d.serials().0),
+                                r.list_links(DEFAULT_TENANT)
+                                    .first()
+                                    .map(|l| l["status"].to_string()),
+                            )
+                        })
+                    };
+                    shared.violations.borrow_mut().push(format!(
+                        "no convergence within {CONVERGE_WITHIN:?} of healing: site a {:?}, site b {:?}",
+                        state(a),
+                        state(b)
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    if !shared.violations.borrow().is_empty() {
+        let at = sim.elapsed().as_millis();
+        let first: String = shared.violations.borrow()[0].chars().take(160).collect();
+        shared
+            .trace
+            .borrow_mut()
+            .push(format!("{at} ms (step {steps}): violation: {first}"));
+    }
+    for h in SITES {
+        if !down.contains(&h) {
+            sim.crash(h);
+        }
+        slots[h].lock().take();
+    }
+    drop(sim);
+    IN_SIM.with(|s| s.set(false));
+    let trace = shared.trace.borrow().clone();
+    let violations = shared.violations.borrow().clone();
+    let digest = xxhash_rust::xxh3::xxh3_64(trace.join("\n").as_bytes());
+    Outcome {
+        kind: (shared.sync, false, false),
+        violations,
+        digest,
+        trace,
+        conflicts,
+    }
+}
+
+/// Run one seed alone with its trace (`var` names it) and the tracing log if `RUST_LOG`.
+fn one_seed(seed: u64, run: fn(u64) -> Outcome) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .init();
+    }
+    let outcome = run(seed);
+    for line in &outcome.trace {
+        println!("{line}");
+    }
+    println!("digest {:016x}", outcome.digest);
+    assert!(
+        outcome.violations.is_empty(),
+        "seed {seed}: {}",
+        outcome.violations.join("; ")
+    );
+}
+
+/// The CI run of mutual sites: 60 seeds (or `SIM_MUTUAL_SEEDS` from
+/// `SIM_MUTUAL_FIRST`); `SIM_MUTUAL_SEED` runs one and prints its trace.
+#[test]
+fn mutual_seeds() {
+    if let Some(seed) = env_u64("SIM_MUTUAL_SEED") {
+        one_seed(seed, run_mutual_seed);
+        return;
+    }
+    let first = env_u64("SIM_MUTUAL_FIRST").unwrap_or(0);
+    let n = env_u64("SIM_MUTUAL_SEEDS").unwrap_or(60);
+    report(
+        run_seeds(first..first + n, true),
+        "mutual_seeds",
+        "SIM_MUTUAL_SEED",
+    );
+}
+
+/// A mutual seed twice: the same trace.
+#[test]
+fn a_mutual_seed_replays_exactly() {
+    let (a, b) = (run_mutual_seed(3), run_mutual_seed(3));
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert_eq!(a.trace, b.trace);
 }

@@ -23,6 +23,7 @@ pub mod versions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,9 @@ pub struct Node {
     /// The rule every client write passes ([`gate`]), handed to each database.
     write_gate: RwLock<Option<Arc<dyn WriteGate>>>,
     fence: RwLock<Option<Arc<dyn fence::Fence>>>,
+    /// The number this node's writes of mutual databases carry as their origin
+    /// ([`versions`]), handed to each database; 0 until replication starts.
+    origin: AtomicU64,
     /// Where the node keeps its files, for its disk footprint ([`footprint`]).
     data_dir: PathBuf,
 }
@@ -195,6 +199,7 @@ impl Node {
             restores: restore::Restores::default(),
             write_gate: RwLock::new(None),
             fence: RwLock::new(None),
+            origin: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
         };
         node.load()?;
@@ -428,6 +433,7 @@ impl Node {
         let db = Arc::new(Database::create(def, self.log.clone()));
         db.set_write_gate(self.write_gate.read().clone());
         db.set_fence(self.fence.read().clone());
+        db.set_origin(self.origin());
         db.stored_bytes()?;
         owner.databases.insert(name, db.clone());
         Ok(db)
@@ -516,6 +522,22 @@ impl Node {
         for db in tenants.values().flat_map(|t| t.databases.values()) {
             db.set_write_gate(Some(gate.clone()));
         }
+    }
+
+    /// Set the origin this node's writes of mutual databases carry ([`versions`]): on
+    /// the databases the node has, and on every one it creates or recovers later. Set
+    /// once, from the node's id, when replication starts.
+    pub fn set_origin(&self, origin: u64) {
+        let tenants = self.tenants.read();
+        self.origin.store(origin, Ordering::Relaxed);
+        for db in tenants.values().flat_map(|t| t.databases.values()) {
+            db.set_origin(origin);
+        }
+    }
+
+    /// The origin this node's writes carry (0 until [`Node::set_origin`]).
+    pub fn origin(&self) -> u64 {
+        self.origin.load(Ordering::Relaxed)
     }
 
     /// Install the cluster's fence ([`fence`]) on every database, now and later.

@@ -18,7 +18,6 @@
 //! restored and mirrored like any record.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,19 +32,9 @@ pub const VERSIONS_FILE: &str = "__versions";
 /// File names starting with this are Doppel's own.
 pub const RESERVED_PREFIX: &str = "__";
 
-static ORIGIN: AtomicU64 = AtomicU64::new(0);
-
-/// This node's id as versions carry it (a process is one node).
-pub fn local_origin() -> u64 {
-    ORIGIN.load(Ordering::Relaxed)
-}
-
-/// Set once at start from the node's id.
-pub fn set_local_origin(origin: u64) {
-    ORIGIN.store(origin, Ordering::Relaxed);
-}
-
-/// The origin number of a node id (the first 32 bits of its xxh3).
+/// The origin number of a node id (the first 32 bits of its xxh3): what the node's
+/// writes carry. Each node holds its own (`Node::origin`, set from its id when
+/// replication starts), so several nodes can share a process (the simulation).
 pub fn origin_of(node_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()) & 0xFFFF_FFFF
 }
@@ -163,14 +152,17 @@ pub fn stamp_op(versions: u32, file: &str, key: &[u8], stamp: &Stamp) -> Result<
 }
 
 /// A local transaction's operations with a new version after each write: stamped now,
-/// by this node, on the version each record holds (or the one an earlier operation of
-/// the same transaction gave it).
-pub fn stamp(store: &Store, ops: &[Op]) -> Result<Vec<Op>> {
+/// by this node (`origin`), on the version each record holds (or the one an earlier
+/// operation of the same transaction gave it).
+///
+/// The time comes from `txn::clock`, which is the process's: nodes sharing a process
+/// (the simulation) share one monotonic clock, a valid execution of the hybrid logical
+/// clock (perfectly synchronised clocks); the origin tells their writes apart.
+pub fn stamp(store: &Store, ops: &[Op], origin: u64) -> Result<Vec<Op>> {
     let schema = store.schema();
     let Some(versions) = versions_id(schema) else {
         return Ok(ops.to_vec());
     };
-    let origin = local_origin();
     let mut within: HashMap<(u32, Vec<u8>), Version> = HashMap::new();
     let mut out = Vec::with_capacity(ops.len() * 2);
     for op in ops {
@@ -256,7 +248,6 @@ mod tests {
 
     #[test]
     fn a_local_write_is_stamped_on_the_version_it_replaces() {
-        set_local_origin(7);
         let mut store = Store::new(
             schema(
                 &[FileSchema {
@@ -278,13 +269,13 @@ mod tests {
             }
         };
         let mut seq = crate::txn::Sequencer::new(0, 1);
-        let ops = stamp(&store, &[put("1"), put("2")]).unwrap();
+        let ops = stamp(&store, &[put("1"), put("2")], 7).unwrap();
         assert_eq!(ops.len(), 4);
         crate::txn::apply(&mut store, &mut seq, 1, &ops).unwrap();
         let first = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(first.o, 7);
         assert!(first.base().t > 0, "the second put follows the first");
-        let ops = stamp(&store, &[put("3")]).unwrap();
+        let ops = stamp(&store, &[put("3")], 7).unwrap();
         crate::txn::apply(&mut store, &mut seq, 2, &ops).unwrap();
         let second = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(second.base(), first.version());
@@ -295,6 +286,7 @@ mod tests {
                 file: 1,
                 ..put("x")
             }],
+            7,
         )
         .unwrap_err();
         assert!(refused.to_string().contains("takes no writes"), "{refused}");

@@ -77,7 +77,9 @@ pub use source::LinkHandle;
 
 const LINK_PREFIX: &str = "link/";
 const REPLICA_PREFIX: &str = "replica/";
-const NODE_ID_KEY: &str = "node/id";
+/// The node config key of the node's id (made at its first start; the simulation
+/// sets it beforehand, so a seed's ids are the same on every run).
+pub const NODE_ID_KEY: &str = "node/id";
 const QUORUM_PREFIX: &str = "quorum/";
 /// The deadline of one call to a link's target node.
 const TARGET_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -180,7 +182,7 @@ impl Replication {
             }
         };
         // Local writes of mutual databases carry this node's id in their versions.
-        crate::node::versions::set_local_origin(crate::node::versions::origin_of(&node_id));
+        node.set_origin(crate::node::versions::origin_of(&node_id));
         let spool_tree = node.tree("spool")?;
         let conflicts_tree = node.tree("conflicts")?;
         let dead_tree = node.tree("dead-letters")?;

@@ -44,8 +44,9 @@ pub struct Counts {
     pub writes: u64,
     /// Of those, concurrent with the version held here.
     pub conflicts: u64,
-    /// Of those, written on this very node: an update come back to its origin (loop
-    /// prevention keeps this at 0).
+    /// Of the streamed ones, written on this very node: an update come back to its
+    /// origin (loop prevention keeps this at 0). A bootstrap's records, which include
+    /// this node's writes the source holds, are not counted.
     pub returned: u64,
 }
 
@@ -252,6 +253,9 @@ impl Resolver {
 /// The records a mutual link ships out of one source transaction: those written on
 /// this node, each with its version as timestamp and origin and its before image, and
 /// their stamps by serial. What this node applied from other sites stays here.
+///
+/// `records` are the transaction's records as [`logical::records`] gives them, each
+/// carrying this node's origin: that is the origin a local write's version names.
 pub fn outgoing(
     schema: &Schema,
     txn: &RawTxn,
@@ -313,7 +317,9 @@ pub fn outgoing(
             LogKind::T => {}
         }
     }
-    let local = versions::local_origin();
+    let Some(local) = records.first().map(|r| r.origin) else {
+        return Ok((Vec::new(), HashMap::new()));
+    };
     let mut out = Vec::with_capacity(records.len());
     for mut r in records {
         let stamp = stamps.get(&r.serial).ok_or_else(|| {

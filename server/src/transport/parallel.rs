@@ -279,7 +279,7 @@ impl Replication {
             return Ok(None);
         }
         let keys = keys_of(db, ops);
-        let gid = (clock::next_us(), versions::local_origin());
+        let gid = (clock::next_us(), self.origin());
         self.exclusive
             .acquire(db.def.uid, &keys, gid, timeout)
             .await?;

@@ -355,8 +355,14 @@ fn apply_mutual(
     stamps: &[(u64, crate::node::versions::Stamp)],
 ) -> Result<ReplicaApply, String> {
     let writes = mutual::incoming(schema, ops, stamps).map_err(|e| e.to_string())?;
-    let here = crate::node::versions::local_origin();
-    let returned = writes.iter().filter(|w| w.stamp.o == here).count() as u64;
+    // An update of a transaction come back to this node is a loop. A bootstrap part
+    // (`position` None) is the source's whole store, with what this node wrote and
+    // the source applied: held here already (the same version, skipped), not a loop.
+    let here = repl.origin();
+    let returned = match position {
+        Some(_) => writes.iter().filter(|w| w.stamp.o == here).count() as u64,
+        None => 0,
+    };
     let received = writes.len() as u64;
     let mut notes = Vec::new();
     let (applied, seen) = net::blocking(|| {

@@ -257,6 +257,9 @@ pub struct Database {
     fence: RwLock<Option<Arc<dyn super::fence::Fence>>>,
     /// CPU time and operations, for the tenant's usage ([`super::usage`]).
     pub usage: super::usage::Usage,
+    /// The origin this node's writes carry in a mutual database's versions, set by the
+    /// node ([`super::Node::set_origin`]).
+    origin: AtomicU64,
 }
 
 impl Database {
@@ -297,6 +300,7 @@ impl Database {
             gate: RwLock::new(None),
             fence: RwLock::new(None),
             usage: super::usage::Usage::default(),
+            origin: AtomicU64::new(0),
         }
     }
 
@@ -562,6 +566,16 @@ impl Database {
         }
     }
 
+    /// Set the origin this node's writes carry (the node does so on every database).
+    pub fn set_origin(&self, origin: u64) {
+        self.origin.store(origin, Ordering::Relaxed);
+    }
+
+    /// The origin this node's writes carry in a mutual database's versions.
+    pub fn origin(&self) -> u64 {
+        self.origin.load(Ordering::Relaxed)
+    }
+
     /// Install the cluster's fence (the node does so on every database).
     pub fn set_fence(&self, fence: Option<Arc<dyn super::fence::Fence>>) {
         *self.fence.write() = fence;
@@ -732,7 +746,7 @@ impl Database {
         // A mutual database writes each record's new version with it: one more
         // operation after each of the client's.
         let stamped = if self.def.spec.mutual {
-            Some(super::versions::stamp(store, ops)?)
+            Some(super::versions::stamp(store, ops, self.origin())?)
         } else {
             None
         };
