@@ -217,8 +217,12 @@ def main():
         for name in ["src", "sync", "async"]:
             nodes.append(Node(binary, work, name))
         src, sync, asyn = nodes
+        # The writers, the status calls and the links' registrations use it for the
+        # whole run: a token of the default hour expired in the hour's last minute.
+        ttl = int(args.minutes * 60 + args.measure_secs + 3600)
         token = subprocess.check_output(
-            [binary, "token", "--tenant", "*", "--role", "admin", "--config", src.config],
+            [binary, "token", "--tenant", "*", "--role", "admin", "--config", src.config,
+             "--ttl-secs", str(ttl)],
             text=True).strip()
         tenant = "/v1/tenants/default"
         call(token, "POST", src.url + tenant + "/databases",
