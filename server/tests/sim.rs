@@ -740,6 +740,78 @@ enum Event {
     Snapshot(&'static str),
 }
 
+/// The faults every schedule draws, in this order from `rng`: 0-3 restarts of a host
+/// `pick` chooses, 0-3 partitions with their heal, 0-2 latency changes, at virtual
+/// milliseconds within the faulty phase (restarts and heals may fall after it).
+fn host_and_network_events(
+    rng: &mut Rng,
+    faulty_ms: u64,
+    mut pick: impl FnMut(&mut Rng) -> &'static str,
+) -> Vec<(u64, Event)> {
+    let mut events = Vec::new();
+    for _ in 0..rng.below(4) {
+        let host = pick(rng);
+        let at = 200 + rng.below(faulty_ms);
+        events.push((at, Event::Crash(host)));
+        events.push((at + 50 + rng.below(2_000), Event::Bounce(host)));
+    }
+    for _ in 0..rng.below(4) {
+        let at = rng.below(faulty_ms);
+        events.push((at, Event::Partition));
+        events.push((at + rng.below(3_000), Event::Repair));
+    }
+    for _ in 0..rng.below(3) {
+        events.push((rng.below(faulty_ms), Event::Latency(1 + rng.below(200))));
+    }
+    events
+}
+
+/// Apply `event` if it is a host or network fault between `pair` (a restart, a
+/// partition or its heal, a latency change), keeping `down` (the crashed hosts) up to
+/// date. Returns the event back if it is none of these (or a crash of a host already
+/// down, a restart of one that is up).
+fn apply_fault(
+    sim: &mut turmoil::Sim<'_>,
+    event: Event,
+    down: &mut Vec<&'static str>,
+    slots: &HashMap<&'static str, Slot>,
+    pair: (&'static str, &'static str),
+) -> Option<Event> {
+    match event {
+        Event::Crash(h) if !down.contains(&h) => {
+            sim.crash(h);
+            // Nothing of the old process may outlive it (sled's lock).
+            slots[h].lock().take();
+            down.push(h);
+        }
+        Event::Bounce(h) if down.contains(&h) => {
+            sim.bounce(h);
+            down.retain(|d| *d != h);
+        }
+        Event::Partition => sim.partition(pair.0, pair.1),
+        Event::Repair => sim.repair(pair.0, pair.1),
+        Event::Latency(ms) => sim.set_max_message_latency(Duration::from_millis(ms)),
+        other => return Some(other),
+    }
+    None
+}
+
+/// End the faulty phase: no more faulty frames, the partition repaired, latency
+/// back to 5 ms, and every crashed host started again.
+fn heal(
+    sim: &mut turmoil::Sim<'_>,
+    faults: &Faults,
+    pair: (&'static str, &'static str),
+    down: &mut Vec<&'static str>,
+) {
+    faults.on.store(false, Ordering::Relaxed);
+    sim.repair(pair.0, pair.1);
+    sim.set_max_message_latency(Duration::from_millis(5));
+    for h in down.drain(..) {
+        sim.bounce(h);
+    }
+}
+
 /// The outcome of one seed.
 pub struct Outcome {
     /// (sync, interrelated, the replica of `lines` stood on a snapshot).
@@ -789,21 +861,18 @@ pub fn run_seed(seed: u64) -> Outcome {
     });
     // The faulty phase: events at virtual milliseconds.
     let faulty_ms = 2_000 + rng.below(8_000);
-    let mut events: Vec<(u64, Event)> = Vec::new();
-    for _ in 0..rng.below(4) {
-        let host = if rng.chance(500) { SRC } else { DST };
-        let at = 200 + rng.below(faulty_ms);
-        events.push((at, Event::Crash(host)));
-        events.push((at + 50 + rng.below(2_000), Event::Bounce(host)));
-    }
-    for _ in 0..rng.below(4) {
-        let at = rng.below(faulty_ms);
-        events.push((at, Event::Partition));
-        events.push((at + rng.below(3_000), Event::Repair));
-    }
-    for _ in 0..rng.below(3) {
-        events.push((rng.below(faulty_ms), Event::Latency(1 + rng.below(200))));
-    }
+    let mut events =
+        host_and_network_events(
+            &mut rng,
+            faulty_ms,
+            |rng| {
+                if rng.chance(500) {
+                    SRC
+                } else {
+                    DST
+                }
+            },
+        );
     events.sort_by_key(|(at, _)| *at);
     shared.trace.borrow_mut().push(format!(
         "seed {seed}: sync {} interrelated {} txns {} faults drop {} dup {} hold {} cut {} per mille, faulty phase {faulty_ms} ms, events {events:?}",
@@ -858,32 +927,12 @@ pub fn run_seed(seed: u64) -> Outcome {
                 .trace
                 .borrow_mut()
                 .push(format!("{} ms: {event:?}", now.as_millis()));
-            match event {
-                Event::Crash(h) if !down.contains(&h) => {
-                    sim.crash(h);
-                    // Nothing of the old process may outlive it (sled's lock).
-                    slots[h].lock().take();
-                    down.push(h);
-                }
-                Event::Bounce(h) if down.contains(&h) => {
-                    sim.bounce(h);
-                    down.retain(|d| *d != h);
-                }
-                Event::Partition => sim.partition(SRC, DST),
-                Event::Repair => sim.repair(SRC, DST),
-                Event::Latency(ms) => sim.set_max_message_latency(Duration::from_millis(ms)),
-                _ => {}
-            }
+            apply_fault(&mut sim, event, &mut down, &slots, (SRC, DST));
         }
         let workload_done = shared.next_txn.get() >= shared.txns;
         let faulty_over = now.as_millis() as u64 >= faulty_ms;
         if healed_at.is_none() && next_event == events.len() && workload_done && faulty_over {
-            faults.on.store(false, Ordering::Relaxed);
-            sim.repair(SRC, DST);
-            sim.set_max_message_latency(Duration::from_millis(5));
-            for h in down.drain(..) {
-                sim.bounce(h);
-            }
+            heal(&mut sim, &faults, (SRC, DST), &mut down);
             healed_at = Some(now);
             shared
                 .trace
@@ -1395,21 +1444,8 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
         conns: AtomicU64::new(0),
     });
     let faulty_ms = 2_000 + rng.below(8_000);
-    let mut events: Vec<(u64, Event)> = Vec::new();
-    for _ in 0..rng.below(4) {
-        let host = SITES[rng.below(2) as usize];
-        let at = 200 + rng.below(faulty_ms);
-        events.push((at, Event::Crash(host)));
-        events.push((at + 50 + rng.below(2_000), Event::Bounce(host)));
-    }
-    for _ in 0..rng.below(4) {
-        let at = rng.below(faulty_ms);
-        events.push((at, Event::Partition));
-        events.push((at + rng.below(3_000), Event::Repair));
-    }
-    for _ in 0..rng.below(3) {
-        events.push((rng.below(faulty_ms), Event::Latency(1 + rng.below(200))));
-    }
+    let mut events =
+        host_and_network_events(&mut rng, faulty_ms, |rng| SITES[rng.below(2) as usize]);
     for _ in 0..rng.below(3) {
         // Two snapshots of one site, some time apart (one serial apart at least: a
         // second one at the same serial is the same snapshot).
@@ -1459,59 +1495,41 @@ pub fn run_mutual_seed(seed: u64) -> Outcome {
                 .trace
                 .borrow_mut()
                 .push(format!("{} ms: {event:?}", now.as_millis()));
-            match event {
-                Event::Crash(h) if !down.contains(&h) => {
-                    sim.crash(h);
-                    slots[h].lock().take();
-                    down.push(h);
-                }
-                Event::Bounce(h) if down.contains(&h) => {
-                    sim.bounce(h);
-                    down.retain(|d| *d != h);
-                }
-                Event::Partition => sim.partition(a, b),
-                Event::Repair => sim.repair(a, b),
-                Event::Latency(ms) => sim.set_max_message_latency(Duration::from_millis(ms)),
-                Event::Snapshot(h) => {
-                    if let Some(db) = database(&slots[h], DB) {
-                        // Between two steps, on a runtime of its own: no host runs
-                        // meanwhile, so the schedule stays the seed's.
-                        let rt = tokio::runtime::Builder::new_current_thread()
-                            .build()
-                            .expect("runtime");
-                        if let Err(e) = rt.block_on(db.snapshot()) {
-                            shared
-                                .violations
-                                .borrow_mut()
-                                .push(format!("a snapshot of site {h} failed: {e}"));
-                        }
-                        let oldest = db
-                            .log_store()
-                            .oldest_serial(db.def.uid, doppel_server::log::LogKind::A)
-                            .ok()
-                            .flatten();
-                        let other = if h == a { b } else { a };
-                        let applied = slots[h].lock().clone().and_then(|r| {
-                            database(&slots[other], DB).map(|d| d.position(r.stream_id(&db)))
-                        });
-                        shared.trace.borrow_mut().push(format!(
-                            "site {h} snapshotted at serial {}, its log now from {oldest:?}; site {other} had applied its stream to {applied:?}",
-                            db.serials().0
-                        ));
+            if let Some(Event::Snapshot(h)) =
+                apply_fault(&mut sim, event, &mut down, &slots, (a, b))
+            {
+                if let Some(db) = database(&slots[h], DB) {
+                    // Between two steps, on a runtime of its own: no host runs
+                    // meanwhile, so the schedule stays the seed's.
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    if let Err(e) = rt.block_on(db.snapshot()) {
+                        shared
+                            .violations
+                            .borrow_mut()
+                            .push(format!("a snapshot of site {h} failed: {e}"));
                     }
+                    let oldest = db
+                        .log_store()
+                        .oldest_serial(db.def.uid, doppel_server::log::LogKind::A)
+                        .ok()
+                        .flatten();
+                    let other = if h == a { b } else { a };
+                    let applied = slots[h].lock().clone().and_then(|r| {
+                        database(&slots[other], DB).map(|d| d.position(r.stream_id(&db)))
+                    });
+                    shared.trace.borrow_mut().push(format!(
+                        "site {h} snapshotted at serial {}, its log now from {oldest:?}; site {other} had applied its stream to {applied:?}",
+                        db.serials().0
+                    ));
                 }
-                _ => {}
             }
         }
         let workload_done = shared.next_txn.iter().all(|n| n.get() >= shared.txns);
         let faulty_over = now.as_millis() as u64 >= faulty_ms;
         if healed_at.is_none() && next_event == events.len() && workload_done && faulty_over {
-            faults.on.store(false, Ordering::Relaxed);
-            sim.repair(a, b);
-            sim.set_max_message_latency(Duration::from_millis(5));
-            for h in down.drain(..) {
-                sim.bounce(h);
-            }
+            heal(&mut sim, &faults, (a, b), &mut down);
             healed_at = Some(now);
             shared
                 .trace
