@@ -267,9 +267,10 @@ impl Replication {
         (node ^ db.def.uid.rotate_left(32)).max(1)
     }
 
-    /// The number this node's records carry as their origin in plugin batches.
+    /// The number this node's records carry as their origin in plugin batches and
+    /// mutual versions: the node's (set from its id when replication started).
     pub fn origin(&self) -> u64 {
-        crate::node::versions::origin_of(&self.node_id)
+        self.node.origin()
     }
 
     /// This node as the API shows it (`GET /v1/node`; the API adds its name and, for

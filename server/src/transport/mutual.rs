@@ -253,13 +253,12 @@ impl Resolver {
 /// The records a mutual link ships out of one source transaction: those written on
 /// this node, each with its version as timestamp and origin and its before image, and
 /// their stamps by serial. What this node applied from other sites stays here.
-///
-/// `records` are the transaction's records as [`logical::records`] gives them, each
-/// carrying this node's origin: that is the origin a local write's version names.
+/// `local` is this node's origin (`Replication::origin`).
 pub fn outgoing(
     schema: &Schema,
     txn: &RawTxn,
     records: Vec<OwnedRecord>,
+    local: u64,
 ) -> Result<(Vec<OwnedRecord>, HashMap<u64, Stamp>)> {
     let mut stamps: HashMap<u64, Stamp> = HashMap::new();
     let mut befores: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -317,9 +316,6 @@ pub fn outgoing(
             LogKind::T => {}
         }
     }
-    let Some(local) = records.first().map(|r| r.origin) else {
-        return Ok((Vec::new(), HashMap::new()));
-    };
     let mut out = Vec::with_capacity(records.len());
     for mut r in records {
         let stamp = stamps.get(&r.serial).ok_or_else(|| {

@@ -836,7 +836,8 @@ impl<'a> Shipper<'a> {
         let mut stamps = None;
         if self.mutual {
             let (local, by_serial) =
-                mutual::outgoing(&self.schema, txn, records).map_err(|e| e.to_string())?;
+                mutual::outgoing(&self.schema, txn, records, self.repl.origin())
+                    .map_err(|e| e.to_string())?;
             records = local;
             stamps = Some(by_serial);
         }
