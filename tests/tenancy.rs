@@ -468,6 +468,12 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
     );
     assert_eq!(field("sled_cache_limit_bytes"), 2 * (16 << 20), "{info}");
     assert!(info["log_backlog_bytes"].is_u64(), "{info}");
+    // The allocator's own count: what is allocated holds at least the blocks.
+    let in_use = field("heap_in_use_bytes");
+    assert!(
+        in_use > blocks && info["heap_free_bytes"].is_u64(),
+        "{info}"
+    );
     let metrics = node.get("/metrics");
     for name in [
         "doppel_node_rss_bytes",
@@ -475,6 +481,8 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
         "doppel_node_blocks_bytes",
         "doppel_node_index_bytes",
         "doppel_node_sled_cache_limit_bytes",
+        "doppel_node_heap_in_use_bytes",
+        "doppel_node_heap_free_bytes",
     ] {
         let value: f64 = metrics
             .text

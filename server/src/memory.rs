@@ -1,5 +1,6 @@
-//! How the process uses glibc's allocator: its tunables, set once at start, and giving
-//! the memory freed inside its heaps back to the kernel.
+//! How the process uses glibc's allocator: its tunables, set once at start, what it
+//! holds ([`heap_stats`], for the node's footprint), and giving the memory freed inside
+//! its heaps back to the kernel.
 //!
 //! The node runs on the system allocator (see the crate doc). glibc keeps freed memory
 //! inside its heaps for reuse, and returns it only from the top of a heap or by
@@ -35,6 +36,37 @@ pub fn tune() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
     }
+}
+
+/// What the allocator holds, as it counts it: the bytes the process has allocated and
+/// not freed, and the free bytes kept inside its heaps for reuse (what `malloc_trim`
+/// could give back if whole pages of it are free). Beside the RSS they tell live growth
+/// from fragmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Allocated and not yet freed: in the heaps, and in chunks of their own (mmap,
+    /// counted at their full size, resident or not).
+    pub in_use_bytes: u64,
+    /// Free inside the heaps, kept by the allocator (pages of it [`give_back`] returned
+    /// to the kernel still count).
+    pub free_bytes: u64,
+}
+
+/// The allocator's own count ([`HeapStats`]); `None` where the allocator is not glibc's.
+/// Walks every heap under its lock (`mallinfo2`): for an occasional look, not a hot
+/// path.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+        let info = unsafe { libc::mallinfo2() };
+        Some(HeapStats {
+            in_use_bytes: (info.uordblks + info.hblkhd) as u64,
+            free_bytes: info.fordblks as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 /// Give the free memory inside the allocator's heaps back to the kernel

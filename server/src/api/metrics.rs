@@ -225,6 +225,16 @@ fn node_metrics(out: &mut String, f: Footprint) {
             "Bytes logged and not yet flushed to disk, over every database.",
             Some(f.log_backlog_bytes),
         ),
+        (
+            "doppel_node_heap_in_use_bytes",
+            "Bytes the node has allocated and not freed, as its allocator counts them.",
+            f.heap_in_use_bytes,
+        ),
+        (
+            "doppel_node_heap_free_bytes",
+            "Free bytes its allocator keeps inside its heaps (resident, holding no data).",
+            f.heap_free_bytes,
+        ),
     ];
     for (name, help, value) in gauges {
         let mut family = family(out, name, "gauge", help);

@@ -384,8 +384,16 @@ fn report(label: &str, client: &Client, raw: u64) -> Result<(), String> {
         ),
         None => format!("{what} unknown"),
     };
+    let heap = match (field("heap_in_use_bytes"), field("heap_free_bytes")) {
+        (Some(used), Some(free)) => format!(
+            " (heap: {:.1} MB in use, {:.1} MB free inside)",
+            used as f64 / 1e6,
+            free as f64 / 1e6
+        ),
+        _ => String::new(),
+    };
     println!(
-        "  {label:<36} {}, {}, {}",
+        "  {label:<36} {}, {}, {}{heap}",
         show("rss_bytes", "RSS"),
         show("data_dir_bytes", "data dir"),
         show("blocks_bytes", "blocks")

@@ -25,6 +25,15 @@ pub struct Footprint {
     pub sled_cache_limit_bytes: u64,
     /// Bytes logged and not yet flushed, over every database.
     pub log_backlog_bytes: u64,
+    /// Bytes the process has allocated and not freed, as the allocator counts them
+    /// (blocks, indexes, buffers, sled's structures: everything on the heap; a large
+    /// allocation with pages of its own counts in full, touched or not); `None` where
+    /// the allocator does not say.
+    pub heap_in_use_bytes: Option<u64>,
+    /// Free bytes the allocator keeps inside its heaps for reuse, holding no data
+    /// (fragmentation; pages of it the periodic trim gave back count too, though no
+    /// longer resident); `None` where the allocator does not say.
+    pub heap_free_bytes: Option<u64>,
 }
 
 impl Node {
@@ -32,6 +41,7 @@ impl Node {
     /// meant for an operator's or a scraper's occasional look.
     pub fn footprint(&self) -> Footprint {
         let databases = self.all_databases();
+        let heap = crate::memory::heap_stats();
         Footprint {
             rss_bytes: rss_bytes(),
             data_dir_bytes: dir_bytes(&self.data_dir),
@@ -40,6 +50,8 @@ impl Node {
             sled_cache_limit_bytes: (databases.len() as u64 + 1)
                 .saturating_mul(self.settings.sled_cache_bytes),
             log_backlog_bytes: databases.iter().map(|db| db.log_backlog()).sum(),
+            heap_in_use_bytes: heap.map(|h| h.in_use_bytes),
+            heap_free_bytes: heap.map(|h| h.free_bytes),
         }
     }
 }
