@@ -300,6 +300,13 @@ fn parse_shard_dir_name(name: &str) -> Option<(u64, u64)> {
 }
 
 impl LogStore {
+    /// Call `hook` after each snapshot part is stored, with the part's number (tests
+    /// hold a snapshot half-written).
+    #[cfg(test)]
+    pub(crate) fn set_after_snapshot_part(&self, hook: impl FnMut(u32) + Send + 'static) {
+        *self.after_snapshot_part.lock() = Some(Box::new(hook));
+    }
+
     /// Open the log store in `dir` (`<data dir>/logs`). Of each database's shard
     /// directories the newest generation is the live one; older ones are what a crash
     /// left of a reset ([`Self::reset_database`]) and are removed.
