@@ -25,7 +25,7 @@ ROUNDS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # VS_REDIS_PARTS=throughput runs the first part alone (it needs no sync_clients build).
 PARTS=${VS_REDIS_PARTS:-throughput sync}
-CLIENT=$(ls -t "$ROOT"/target/release/deps/sync_clients-* 2>/dev/null | grep -v '\.d$' | head -1)
+CLIENT=$(ls -t "$ROOT"/target/release/deps/sync_clients-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
 if [[ $PARTS == *sync* && ! -x $CLIENT ]]; then
   echo "build the client first: cargo bench --bench sync_clients --no-run" >&2; exit 2
 fi
