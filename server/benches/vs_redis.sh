@@ -9,7 +9,9 @@
 # fall on both:
 #   1. replicated writes/s: `redis-benchmark -t set -d 100 -c 50 -P 128` (its own figure,
 #      and the time until the replica's offset caught up) against `doppel bench
-#      --scenario async` (records/s applied on the replica, durability none);
+#      --scenario async` (records/s applied on the replica, durability none), once with
+#      JSON batches and once with binary ones (`--format binary`), each with the CPU
+#      seconds the client and each server process spent on it;
 #   2. sync commit latency, one connection, and commits/s with 64 connections: the
 #      `sync_clients` bench speaks HTTP to Doppel (PUT on a database with a sync link)
 #      and RESP to Redis (SET + WAIT 1 0 in one send), the same client for both;
@@ -21,8 +23,12 @@ set -euo pipefail
 BIN=$(realpath "${1:?usage: vs_redis.sh DOPPEL_BINARY [ROUNDS]}")
 ROUNDS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-CLIENT=$(ls -t "$ROOT"/target/release/deps/sync_clients-* 2>/dev/null | grep -v '\.d$' | head -1)
-[[ -x $CLIENT ]] || { echo "build the client first: cargo bench --bench sync_clients --no-run" >&2; exit 2; }
+# VS_REDIS_PARTS=throughput runs the first part alone (it needs no sync_clients build).
+PARTS=${VS_REDIS_PARTS:-throughput sync}
+CLIENT=$(ls -t "$ROOT"/target/release/deps/sync_clients-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+if [[ $PARTS == *sync* && ! -x $CLIENT ]]; then
+  echo "build the client first: cargo bench --bench sync_clients --no-run" >&2; exit 2
+fi
 command -v redis-server >/dev/null || { echo "apt-get install -y redis-server redis-tools" >&2; exit 2; }
 RP=6392 RR=6393 DA=7191 DB=7192
 for p in $RP $RR $DA $DB; do
@@ -77,19 +83,33 @@ redis_offsets_equal() {
   r=$(redis-cli -p $RR info replication | tr -d '\r' | sed -n 's/^slave_repl_offset://p')
   [[ -n $p && $p == "$r" ]]
 }
+# CPU seconds between two readings of `cpu` for each pid of $1 (space-separated).
+cpu_all() { for p in $1; do cpu "$p"; done | paste -sd' '; }
+cpu_diff() { paste -d' ' <(tr ' ' '\n' <<< "$1") <(tr ' ' '\n' <<< "$2") | awk '{printf "%.2f ", $2-$1}'; }
 for round in $(seq 1 "$ROUNDS"); do
-  "$BIN" bench --url http://127.0.0.1:$DA --token "$TOKEN" --replica http://127.0.0.1:$DB \
-    --scenario async --records 1000000 --durability none 2>&1 | sed "s/^/throughput round $round doppel: /"
+  [[ $PARTS == *throughput* ]] || break
+  for format in json binary; do
+    before=$(cpu_all "$DOPPEL_A $DOPPEL_B")
+    /usr/bin/time -f '%U %S' -o "$W/client.time" \
+      "$BIN" bench --url http://127.0.0.1:$DA --token "$TOKEN" --replica http://127.0.0.1:$DB \
+      --scenario async --records 1000000 --durability none --format $format > "$W/bench.out" 2>&1
+    read -r src rep <<< "$(cpu_diff "$before" "$(cpu_all "$DOPPEL_A $DOPPEL_B")")"
+    echo "throughput round $round doppel $format: $(cat "$W/bench.out"); cpu: source ${src}s replica ${rep}s client $(awk '{print $1+$2}' "$W/client.time")s"
+  done
+  before=$(cpu_all "$REDIS_P $REDIS_R")
   t0=$(date +%s.%N)
-  rps=$(redis-benchmark -h 127.0.0.1 -p $RP -t set -d 100 -r 1000000 -n 1000000 -c 50 -P 128 -q 2>/dev/null \
+  rps=$(/usr/bin/time -f '%U %S' -o "$W/client.time" \
+    redis-benchmark -h 127.0.0.1 -p $RP -t set -d 100 -r 1000000 -n 1000000 -c 50 -P 128 -q 2>/dev/null \
     | tr '\r' '\n' | sed -n 's/^SET: \([0-9.]*\) requests per second.*/\1/p' | tail -1)
   wait_for "redis replica catch-up" redis_offsets_equal
   t1=$(date +%s.%N)
-  echo "throughput round $round redis: redis-benchmark -P 128: $rps SET/s; 1000000 SETs applied on the replica in $(echo "$t1 - $t0" | bc) s = $(echo "1000000 / ($t1 - $t0)" | bc) records/s"
+  read -r prim repl <<< "$(cpu_diff "$before" "$(cpu_all "$REDIS_P $REDIS_R")")"
+  echo "throughput round $round redis: redis-benchmark -P 128: $rps SET/s; 1000000 SETs applied on the replica in $(echo "$t1 - $t0" | bc) s = $(echo "1000000 / ($t1 - $t0)" | bc) records/s; cpu: primary ${prim}s replica ${repl}s client $(awk '{print $1+$2}' "$W/client.time")s"
 done
 
 # ---- 2. sync commits, durability none, then group
 for durability in none group; do
+  [[ $PARTS == *sync* ]] || break
   db="sync_$durability"
   api POST /v1/tenants/default/databases \
     "{\"name\":\"$db\",\"files\":[{\"name\":\"bench\"}],\"durability\":\"$durability\"}" > /dev/null

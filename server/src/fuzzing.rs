@@ -208,7 +208,8 @@ fn read_all(store: &Store) {
 
 /// The bodies of the routes that take JSON, each through the route's own deserialiser
 /// (`api::error::parse_json`, what `api::error::Body` runs) and then the checks the
-/// route runs before it touches a database. The first byte picks the route.
+/// route runs before it touches a database; and the transaction routes' binary batch
+/// (`api::batch::decode`, route 20). The first byte picks the route.
 pub fn rest_body(data: &[u8]) {
     use crate::api;
     use crate::node::records;
@@ -220,7 +221,7 @@ pub fn rest_body(data: &[u8]) {
         crate::api::error::parse_json(bytes).ok()
     }
     let schema = schema();
-    match route % 20 {
+    match route % 21 {
         0 => {
             if let Some(b) = parse::<api::routes::OpsBody>(&bytes) {
                 for op in &b.ops {
@@ -296,6 +297,13 @@ pub fn rest_body(data: &[u8]) {
         }
         18 => {
             let _ = parse::<api::topologies::FailoverBody>(&bytes);
+        }
+        20 => {
+            if let Ok(ops) = api::batch::decode(&bytes) {
+                for op in &ops {
+                    let _ = records::resolve(&schema, op);
+                }
+            }
         }
         _ => {
             let _ = parse::<api::plugins::DryRun>(&bytes);

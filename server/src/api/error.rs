@@ -482,22 +482,29 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !json_content_type(req.headers()) {
+        if !media_type(req.headers()).as_deref().is_some_and(is_json) {
             return Err(ApiError::malformed(
                 "expected a body with Content-Type: application/json",
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    ApiError::malformed(r.body_text())
-                }
-            })?;
-        parse_json(&bytes).map(Body)
+        parse_json(&read_body(req, state).await?).map(Body)
     }
+}
+
+/// The request's body, whatever its type (413 `payload-too-large` over the limit).
+pub async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::malformed(r.body_text())
+            }
+        })
 }
 
 /// A JSON body as every route reads it (the fuzz target `rest_body` too): serde's
@@ -522,20 +529,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// The request's media type without its parameters, lowercased (`None`: no readable
+/// `Content-Type`).
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
 /// `application/json`, or another JSON type (`application/…+json`).
-fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+pub fn is_json(essence: &str) -> bool {
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

@@ -4,6 +4,7 @@
 //! [`ROUTES`](openapi::ROUTES) is the one list of routes: the router is built from it
 //! and the OpenAPI document describes it, so the two cannot drift apart.
 
+pub mod batch;
 pub mod console;
 pub mod error;
 pub mod events;

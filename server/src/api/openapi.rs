@@ -12,6 +12,7 @@ use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
+use super::batch::MEDIA_TYPE as BATCH;
 use super::console as c;
 use super::events as e;
 use super::links as l;
@@ -51,6 +52,9 @@ pub enum RequestBody {
     Json(SchemaFn),
     /// `application/wasm`: a WebAssembly component.
     Wasm,
+    /// `application/json` with this schema (the operations), or the same operations as
+    /// a binary batch, `application/vnd.doppel.batch` ([`super::batch`]).
+    Ops(SchemaFn),
 }
 
 /// What a route reads and answers.
@@ -84,6 +88,11 @@ const fn io() -> Io {
 impl Io {
     const fn body(mut self, schema: SchemaFn) -> Io {
         self.body = RequestBody::Json(schema);
+        self
+    }
+    /// The operations of a transaction: JSON or a binary batch.
+    const fn ops(mut self, schema: SchemaFn) -> Io {
+        self.body = RequestBody::Ops(schema);
         self
     }
     const fn wasm(mut self) -> Io {
@@ -163,6 +172,15 @@ const NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// Standard base64 with its padding (bytes carried in a JSON string).
 pub const BASE64_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 
+/// The binary batch's layout, as the document tells it (`api::batch` decodes it).
+const BATCH_LAYOUT: &str = "The operations of {\"ops\": [...]} without JSON around them. \
+Integers little-endian, strings UTF-8. batch = \"DPB1\" count:u32 op{count}, nothing after the last op; \
+op = kind:u8 file:str16 key:str16 alts:u8 (name:str16 value:str16){alts} data:bytes32; \
+kind = 1 insert | 2 update | 3 upsert | 4 delete; str16 = len:u16 then len bytes; \
+bytes32 = len:u32 then len bytes of JSON text, the record's data (len 0: no data). \
+count is 1 to 100000. A body that breaks the layout is 400 malformed-request naming the operation \
+(op_index) and byte where it stopped.";
+
 /// Path parameters that are numbers (the handlers parse them as `u64`).
 const INTEGER_PARAMS: &[&str] = &["txn", "id"];
 
@@ -237,10 +255,10 @@ routes! {
     "put" db!("/files/{file}/records/{key}") => r::put_record, Write, "Insert or replace a record", io().body(of::<r::RecordBody>).ok("200", JSON, of::<r::Upserted>).problems(WRITE).and(&["invalid-request"]);
     "delete" db!("/files/{file}/records/{key}") => r::delete_record, Write, "Delete a record", io().ok("200", JSON, of::<r::Written>).problems(WRITE);
     "get" db!("/files/{file}/alt/{alt}/{value}") => r::lookup_alt, Read, "Records whose alternate key equals a value", io().query(of::<r::LimitQuery>).ok("200", JSON, of::<r::Records>);
-    "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE).and(&["invalid-request"]);
+    "post" db!("/transactions") => r::transaction, Write, "Apply a batch of operations atomically (JSON, or the same operations as a binary batch: application/vnd.doppel.batch)", io().query(of::<r::LockQuery>).ops(of::<r::OpsBody>).ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns") => r::begin, Write, "Begin an interactive transaction", io().ok("201", JSON, of::<r::Begun>).problems(&["read-only-replica", "invalid-request"]);
     "get" db!("/txns/{txn}") => r::get_txn, Read, "Show an open transaction", io().ok("200", JSON, of::<r::OpenTxn>);
-    "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records)", io().query(of::<r::LockQuery>).body(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE).and(&["invalid-request"]);
+    "post" db!("/txns/{txn}/ops") => r::add_ops, Write, "Add operations to an open transaction (locks their records; JSON or a binary batch)", io().query(of::<r::LockQuery>).ops(of::<r::OpsBody>).ok("200", JSON, of::<r::Pending>).problems(WRITE).and(&["invalid-request"]);
     "post" db!("/txns/{txn}/commit") => r::commit, Write, "Commit an open transaction", io().ok("200", JSON, of::<crate::node::database::Committed>).problems(WRITE);
     "post" db!("/txns/{txn}/cancel") => r::cancel, Write, "Cancel an open transaction", io().ok("200", JSON, of::<r::Cancelled>);
     "get" db!("/snapshots") => r::list_snapshots, Read, "List stored snapshots", io().ok("200", JSON, of::<Vec<r::SnapshotAnswer>>);
@@ -598,6 +616,7 @@ pub fn problem_codes(route: &Route) -> Vec<&'static str> {
     match route.io.body {
         RequestBody::Json(_) => codes.push("payload-too-large"),
         RequestBody::Wasm => codes.push("payload-too-large"),
+        RequestBody::Ops(_) => codes.extend(["payload-too-large", "unsupported-media-type"]),
         RequestBody::None => {}
     }
     if !params.is_empty() {
@@ -714,6 +733,17 @@ pub fn document() -> Value {
         match route.io.body {
             RequestBody::Json(schema) => {
                 op["requestBody"] = json!({"required": true, "content": {JSON: {"schema": schema(&mut requests).to_value()}}});
+            }
+            RequestBody::Ops(schema) => {
+                let batch = json!({"schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": BATCH_LAYOUT,
+                }});
+                op["requestBody"] = json!({"required": true, "content": {
+                    JSON: {"schema": schema(&mut requests).to_value()},
+                    BATCH: batch,
+                }});
             }
             RequestBody::Wasm => {
                 let wasm = json!({"schema": {"type": "string", "format": "binary"}});

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::batch::Ops;
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::node::database::Committed;
@@ -713,28 +714,14 @@ pub async fn lookup_alt(
 
 // ---- transactions ----
 
+/// The JSON body of the transaction routes; they take a binary batch too
+/// ([`super::batch`]), which decodes into the same operations.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpsBody {
     /// At most `MAX_TXN_OPS` (100000), in one request as in an interactive transaction.
     #[schemars(length(min = 1, max = 100_000))]
     pub(crate) ops: Vec<OpInput>,
-}
-
-impl OpsBody {
-    /// The bound the document states on `ops`.
-    fn check(&self) -> Result<()> {
-        if self.ops.is_empty() {
-            return Err(ApiError::malformed("ops: give at least one operation"));
-        }
-        if self.ops.len() > crate::node::database::MAX_TXN_OPS {
-            return Err(ApiError::malformed(format!(
-                "a request holds at most {} operations",
-                crate::node::database::MAX_TXN_OPS
-            )));
-        }
-        Ok(())
-    }
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -749,12 +736,11 @@ pub async fn transaction(
     Extension(claims): Extension<Claims>,
     Path((tenant, name)): Path<(String, String)>,
     Query(q): Query<LockQuery>,
-    Body(body): Body<OpsBody>,
+    Ops(ops): Ops,
 ) -> Result<Json<Committed>> {
-    body.check()?;
     let db = db(&app, &tenant, &name)?;
-    charge(&app, &claims, &tenant, body.ops.len())?;
-    let ops = db.resolve(&body.ops)?;
+    charge(&app, &claims, &tenant, ops.len())?;
+    let ops = db.resolve(&ops)?;
     let done = db
         .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
         .await?;
@@ -776,12 +762,11 @@ pub async fn add_ops(
     Extension(claims): Extension<Claims>,
     Path((tenant, name, txn)): TxnPath,
     Query(q): Query<LockQuery>,
-    Body(body): Body<OpsBody>,
+    Ops(ops): Ops,
 ) -> Result<Json<Pending>> {
-    body.check()?;
     let db = db(&app, &tenant, &name)?;
-    charge(&app, &claims, &tenant, body.ops.len())?;
-    let ops = db.resolve(&body.ops)?;
+    charge(&app, &claims, &tenant, ops.len())?;
+    let ops = db.resolve(&ops)?;
     let pending = db
         .add(txn, ops, lock_timeout(&app, q.lock_timeout_ms))
         .await?;

@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// Operations per transaction.
     #[arg(long, default_value_t = 1000)]
     pub(crate) batch: usize,
+    /// How the replication scenarios send their batches: json (`{"ops": [...]}`) or
+    /// binary (`application/vnd.doppel.batch`).
+    #[arg(long, default_value = "json", value_parser = ["json", "binary"])]
+    pub(crate) format: String,
     /// Concurrent client connections.
     #[arg(long, default_value_t = 4)]
     pub(crate) connections: usize,

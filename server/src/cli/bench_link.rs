@@ -2,7 +2,9 @@
 //!
 //! Scenarios (`--scenario`, default all):
 //! - `async`: batched writes on the source with an async mirror link; records/s the
-//!   replica applies (from the first write until the replica holds the last one);
+//!   replica applies (from the first write until the replica holds the last one). The
+//!   batches are JSON, or binary (`application/vnd.doppel.batch`) with `--format binary`
+//!   (every scenario that writes batches follows `--format`);
 //! - `sync`: single-record transactions on a sync link from one connection; commit
 //!   latency p50, p99 and p99.9;
 //! - `bootstrap`: a loaded source whose log was pruned by snapshots, then a new link;
@@ -28,6 +30,8 @@ use serde_json::{json, Value};
 
 use super::bench::{percentile, run_parallel, BenchArgs};
 use super::client::{connect, encode_segment, Client, Target};
+use crate::api::batch;
+use crate::node::records::OpName;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -179,32 +183,49 @@ impl Pair {
         reverse: bool,
     ) -> Result<Duration, String> {
         let jobs = records.div_ceil(args.batch);
-        let payload = "x".repeat(args.record_bytes.saturating_sub(2));
+        // The data is a JSON string of `record_bytes` bytes, quotes included.
+        let data = format!("\"{}\"", "x".repeat(args.record_bytes.saturating_sub(2)));
         let batch = args.batch;
         let path = format!("{}/transactions", self.db_path());
-        let body_for = move |job: usize| -> String {
+        let keys = move |job: usize| {
             let job = if reverse { jobs - 1 - job } else { job };
             let start = offset + job * batch;
-            let end = (start + batch).min(offset + records);
-            let ops: Vec<String> = (start..end)
-                .map(|i| {
-                    format!(
-                        r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":"{payload}"}}"#
-                    )
-                })
-                .collect();
-            format!(r#"{{"ops":[{}]}}"#, ops.join(","))
+            start..(start + batch).min(offset + records)
         };
-        let (elapsed, _) = run_parallel(
-            args.connections,
-            jobs,
-            move |client, job| {
-                client
-                    .call_raw("POST", &path, Some(&body_for(job)))
-                    .map(|_| ())
-            },
-            target,
-        )?;
+        let (elapsed, _) = if args.format == "binary" {
+            run_parallel(
+                args.connections,
+                jobs,
+                move |client, job| {
+                    let mut body = batch::Writer::new();
+                    for i in keys(job) {
+                        let key = format!("k{i:012}");
+                        body.push(OpName::Upsert, "bench", &key, &[], Some(data.as_str()));
+                    }
+                    client
+                        .call_bytes("POST", &path, batch::MEDIA_TYPE, &body.finish())
+                        .map(|_| ())
+                },
+                target,
+            )?
+        } else {
+            run_parallel(
+                args.connections,
+                jobs,
+                move |client, job| {
+                    let ops: Vec<String> = keys(job)
+                        .map(|i| {
+                            format!(
+                                r#"{{"op":"upsert","file":"bench","key":"k{i:012}","data":{data}}}"#
+                            )
+                        })
+                        .collect();
+                    let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
+                    client.call_raw("POST", &path, Some(&body)).map(|_| ())
+                },
+                target,
+            )?
+        };
         Ok(elapsed)
     }
 
@@ -282,9 +303,10 @@ pub fn run(
         let done = pair.caught_up()?;
         let applied = done - started;
         println!(
-            "async: {} records ({} per transaction, {} durability): source {:.0} records/s; replica applied all in {:.2} s = {:.0} records/s (lag at the end of the writes {:.0} ms)",
+            "async: {} records ({} per transaction, {}, {} durability): source {:.0} records/s; replica applied all in {:.2} s = {:.0} records/s (lag at the end of the writes {:.0} ms)",
             args.records,
             args.batch,
+            args.format,
             args.durability,
             args.records as f64 / wrote.as_secs_f64(),
             applied.as_secs_f64(),

@@ -320,17 +320,31 @@ pub(super) fn all() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
             r#"{"config":{"prefix":"a"},"records":[{"op":"insert","file":"items","key":"a1","data":{"v":1}}]}"#,
         ),
     ];
-    out.insert(
-        "rest",
-        bodies
-            .iter()
-            .map(|(route, body)| {
-                let mut v = vec![*route];
-                v.extend_from_slice(body.as_bytes());
-                v
-            })
-            .collect(),
+    let mut rest: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|(route, body)| {
+            let mut v = vec![*route];
+            v.extend_from_slice(body.as_bytes());
+            v
+        })
+        .collect();
+    // Route 20: a binary batch (`api::batch`), every kind, alternate keys and no data.
+    use crate::node::records::OpName;
+    let mut batch = crate::api::batch::Writer::new();
+    batch.push(
+        OpName::Insert,
+        "items",
+        "k",
+        &[("sku", "s")],
+        Some(r#"{"a":[1,2]}"#),
     );
+    batch.push(OpName::Update, "items", "k", &[], Some("2"));
+    batch.push(OpName::Upsert, "orders", "o", &[], None);
+    batch.push(OpName::Delete, "orders", "o", &[], None);
+    let mut v = vec![20u8];
+    v.extend_from_slice(&batch.finish());
+    rest.push(v);
+    out.insert("rest", rest);
 
     // tokens: one signed with the target's key, and header\0claims to be signed
     let claims = crate::tenancy::auth::Claims {
