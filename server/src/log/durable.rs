@@ -300,13 +300,6 @@ fn parse_shard_dir_name(name: &str) -> Option<(u64, u64)> {
 }
 
 impl LogStore {
-    /// Call `hook` after each snapshot part is stored, with the part's number (tests
-    /// hold a snapshot half-written).
-    #[cfg(test)]
-    pub(crate) fn set_after_snapshot_part(&self, hook: impl FnMut(u32) + Send + 'static) {
-        *self.after_snapshot_part.lock() = Some(Box::new(hook));
-    }
-
     /// Open the log store in `dir` (`<data dir>/logs`). Of each database's shard
     /// directories the newest generation is the live one; older ones are what a crash
     /// left of a reset ([`Self::reset_database`]) and are removed.
@@ -894,12 +887,9 @@ impl LogStore {
         let mut store = |part: &[u8]| -> Result<(), LogError> {
             let len = part.len() as u64;
             let _number = writer.push(part)?;
-            // Out of its slot while it runs: a hook that holds one snapshot does not
-            // hold another database's.
             #[cfg(test)]
-            if let Some(mut hook) = self.after_snapshot_part.lock().take() {
+            if let Some(hook) = self.after_snapshot_part.lock().as_mut() {
                 hook(_number);
-                self.after_snapshot_part.lock().get_or_insert(hook);
             }
             size += len;
             unflushed += len;
