@@ -42,13 +42,20 @@ pub const MAGIC: &[u8; 4] = b"DPB1";
 /// data.
 const MIN_OP_BYTES: usize = 1 + 2 + 2 + 1 + 4;
 
+/// The operation each kind byte stands for: byte = index + 1 (0 is not a kind).
+const KINDS: [OpName; 4] = [
+    OpName::Insert,
+    OpName::Update,
+    OpName::Upsert,
+    OpName::Delete,
+];
+
 fn kind_byte(op: OpName) -> u8 {
-    match op {
-        OpName::Insert => 1,
-        OpName::Update => 2,
-        OpName::Upsert => 3,
-        OpName::Delete => 4,
-    }
+    let at = KINDS
+        .iter()
+        .position(|k| *k == op)
+        .expect("every OpName has a byte");
+    at as u8 + 1
 }
 
 /// Builds a batch, operation by operation.
@@ -180,17 +187,12 @@ impl<'a> Reader<'a> {
     }
 
     fn op(&mut self) -> Result<OpInput, ApiError> {
-        let op = match self.u8("kind")? {
-            1 => OpName::Insert,
-            2 => OpName::Update,
-            3 => OpName::Upsert,
-            4 => OpName::Delete,
-            other => {
-                return Err(self.fail_at(
-                    self.at - 1,
-                    format!("unknown operation {other} (1 insert, 2 update, 3 upsert, 4 delete)"),
-                ));
-            }
+        let kind = self.u8("kind")?;
+        let Some(&op) = (kind as usize).checked_sub(1).and_then(|at| KINDS.get(at)) else {
+            return Err(self.fail_at(
+                self.at - 1,
+                format!("unknown operation {kind} (1 insert, 2 update, 3 upsert, 4 delete)"),
+            ));
         };
         let file = self.str16("file")?.to_owned();
         let key = self.str16("key")?.to_owned();
