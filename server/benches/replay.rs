@@ -38,7 +38,7 @@ fn replay(c: &mut Criterion) {
 /// Write a log of 1,000,000 upserts whose keys come from `key_of`, then time recovery.
 fn replay_log(c: &mut Criterion, name: &str, key_of: fn(usize) -> usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = LogStore::open(dir.path(), 16 << 20, u64::MAX).expect("log");
+    let log = LogStore::open(dir.path(), u64::MAX).expect("log");
     let def = DatabaseDef {
         uid: 1,
         tenant: "default".into(),

@@ -7,34 +7,31 @@
 //! quiet tenant's commit), and sled's write lock serialised them all. Apart, a
 //! database's flush waits only for its own writes, a deleted database's space comes back
 //! at once (its directory goes), and a replica rebuilt from a snapshot starts a new
-//! generation instead of leaving its old log's pages for sled to reuse some day. A node
-//! that kept everything in its one instance (before this layout) has it moved at start
-//! ([`LogStore::adopt_shared_trees`]).
+//! generation instead of leaving its old log's files behind.
 //!
 //! A shard holds:
 //! - `segments/`: the A, B and T logs, a logical replica's positions and retention's
 //!   marks, in append-only files with a checksum per record ([`super::segments`]). A
 //!   transaction is one record, so a crash keeps all of its chunks or none. Its A chunks
 //!   carry its T log ([`codec`]'s version 2): the record's bytes are kept once.
-//! - a sled instance with the `snapshots` tree: key `db uid | serial | u32::MAX (4, BE)`
-//!   → a snapshot's metadata. Its block bytes are in a file of their own,
-//!   `snapshots/<serial>.snap` ([`snapshot_files`]); a node from before that layout kept
-//!   them here under part numbers, and recovery moves them into a file. The instance's
-//!   `log` tree is where the log was kept before segment files (key `db uid | kind | first serial`, markers under kind
-//!   byte 0); opening a shard moves what it holds into segments and empties it.
+//! - `snapshots/<serial>.snap`: each snapshot, its blocks and its metadata in one file
+//!   ([`snapshot_files`]); the folder is the list of snapshots.
+//!
+//! No sled instance: what earlier builds kept in one per shard (the log before segment
+//! files, snapshot metadata before it went into the snapshot's file) is moved out when
+//! the shard opens ([`sled_migration`]), and a node that kept everything in its own
+//! instance has it moved at start ([`LogStore::adopt_shared_trees`]).
 //!
 //! A transaction's record is written while its database's writer lock is held, so the
 //! segments receive them in serial order. [`LogStore::drop_torn_tail`] still removes B
 //! or T chunks above the last A serial, which only a log moved out of sled can hold
 //! (sled wrote a small transaction's chunks one at a time, its A chunk last).
 //!
-//! A snapshot writes its parts into its own file, never holding the shard's sled
-//! (SPEC G1: a snapshot pauses writers only to freeze the location tables); its
-//! metadata, written into the shard once the parts are durable, is the commit point. A
-//! crash before leaves a file without metadata, which no listing shows and
+//! A snapshot writes its parts and then its metadata into a file of its own, never
+//! holding the database's log (SPEC G1: a snapshot pauses writers only to freeze the
+//! location tables); the file's rename to its final name is the commit point. A crash
+//! before leaves a `.tmp` file, which no listing shows and
 //! [`LogStore::drop_unfinished_snapshots`] removes when the database is recovered.
-//! Deleting a snapshot makes the removal of its metadata durable before its file
-//! goes.
 //!
 //! Making them durable is separate: [`LogStore::wait_durable`] waits for a flush that
 //! started after the append. One flusher thread runs flushes (an `fdatasync` of the
@@ -53,6 +50,7 @@ use tokio::sync::watch;
 
 use super::codec::{self, ChunkRef};
 use super::segments::{Entry, Segments};
+use super::sled_migration;
 use super::snapshot_files;
 use super::tail::Tail;
 use super::{LogKind, TxnLog};
@@ -67,7 +65,6 @@ const SNAPSHOT_PACE_BYTES: u64 = 2 << 20;
 /// Bytes of packed blocks per snapshot part: the unit of a snapshot file's checksums
 /// (`snapshot_files`), and the buffer a save and a load hold.
 const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
-const META_PART: u32 = u32::MAX;
 
 /// A failure of the durable log. The message is safe to show to clients.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -178,8 +175,6 @@ type Flushed = (u64, Option<Arc<str>>);
 pub struct LogStore {
     /// `<data dir>/logs`.
     dir: PathBuf,
-    /// sled's page cache for each shard.
-    cache_bytes: u64,
     /// The most bytes a database may have written and not flushed before its writers
     /// wait for a flush ([`Self::over_backlog`]).
     backlog_bytes: u64,
@@ -192,37 +187,26 @@ pub struct LogStore {
     after_snapshot_part: Mutex<Option<PartHook>>,
 }
 
-/// One database's sled instance: its log and snapshot trees and its group-commit
-/// flusher. Dropped when its database is deleted or starts a new generation; the last
-/// holder's drop stops the flusher, closes sled, and then (if doomed) removes the
-/// directory, so no sled thread writes into a directory that is going or reused.
+/// One database's log and snapshots, and its group-commit flusher. Dropped when its
+/// database is deleted or starts a new generation; the last holder's drop stops the
+/// flusher and then (if doomed) removes the directory, so no thread writes into a
+/// directory that is going or reused.
 struct Shard {
-    trees: Option<Trees>,
     path: PathBuf,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The A, B and T logs.
     segments: Arc<Segments>,
-    /// Bytes of snapshot metadata and parts, counted from the metadata the first time
-    /// they are asked for and kept up to date by every save and delete.
+    /// Bytes of the snapshot files, counted the first time they are asked for and kept
+    /// up to date by every save and delete.
     snapshot_bytes: Mutex<Option<u64>>,
     /// Remove the directory when the last holder lets go (the database was deleted).
     doomed: std::sync::atomic::AtomicBool,
     /// The newest transactions, for the links' senders.
     tail: Mutex<Tail>,
-    /// Held while a snapshot is read: sled locks the files of a snapshot an earlier
-    /// build wrote as an instance, so two restores reading the same snapshot take turns.
-    snapshot_reads: Mutex<()>,
     /// Held while a snapshot is saved: two saves at one serial (a snapshot asked for
     /// twice with no write between) must not write one file at once.
     snapshot_writes: Mutex<()>,
-}
-
-struct Trees {
-    /// Where the log was kept before it had segment files: emptied into them at open
-    /// ([`Shard::migrate_sled_log`]).
-    log: sled::Tree,
-    snapshots: sled::Tree,
 }
 
 /// See [`LogStore::after_snapshot_part`].
@@ -232,13 +216,11 @@ type PartHook = Box<dyn FnMut(u32) + Send>;
 /// What the log store shares with its flusher thread. The thread holds only this, so
 /// dropping the [`LogStore`] stops it at once.
 struct Flusher {
-    /// Taken when the shard drops, so sled is closed before its directory may go.
-    db: Mutex<Option<sled::Db>>,
     segments: Arc<Segments>,
     state: Mutex<FlushState>,
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
-    /// Bytes written into the shard since it opened (chunks, snapshot parts).
+    /// Bytes written into the shard's log since it opened.
     appended: AtomicU64,
     /// Of those, the bytes a completed flush made durable: the rest is the backlog.
     durable: AtomicU64,
@@ -247,15 +229,8 @@ struct Flusher {
     stalled: std::sync::atomic::AtomicBool,
 }
 
-fn snapshot_key(uid: u64, serial: u64, part: u32) -> [u8; 20] {
-    let mut key = [0u8; 20];
-    key[..8].copy_from_slice(&uid.to_be_bytes());
-    key[8..16].copy_from_slice(&serial.to_be_bytes());
-    key[16..].copy_from_slice(&part.to_be_bytes());
-    key
-}
-
-/// sled as Doppel configures it, for a shard and for the node's own instance.
+/// sled as Doppel configures it: the node's own instance (config, plugins, audit), and
+/// an earlier build's shard instance while [`sled_migration`] moves it out.
 pub fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
     sled::Config::new()
         .path(path)
@@ -269,25 +244,12 @@ pub fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
 }
 
 /// How often a shard's flusher makes a backlog nobody waits for durable (durability
-/// `none`). sled's own periodic flush is off in shards: this one also knows what it
-/// made durable, which is what [`LogStore::over_backlog`] needs.
+/// `none`). It knows what it made durable, which is what [`LogStore::over_backlog`]
+/// needs.
 const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
 
 /// sled's segment size (see [`sled_config`]). Fixed when a sled directory is created.
 const SLED_SEGMENT_BYTES: usize = 2 << 20;
-
-/// Hand what this thread deferred to sled's epoch collector, and let it free what no
-/// thread can still see.
-///
-/// sled frees a replaced page, an evicted one, and each 2 MiB IO buffer it sealed only
-/// once every thread has left the epoch, through crossbeam-epoch's deferred functions;
-/// those wait in the deferring thread's own bag until it holds 64 of them. A flusher
-/// seals one buffer per flush, so its bag held up to 64 buffers: 128 MB of a node's RSS
-/// after a load (heaptrack, docs/BENCHMARKS.md). Call it after a flush and after a big
-/// write, not per small commit (it also tries to advance the epoch over every thread).
-fn release_deferred() {
-    crossbeam_epoch::pin().flush();
-}
 
 /// A shard's directory name: `<uid>.<generation>`, both in decimal.
 fn shard_dir_name(uid: u64, generation: u64) -> String {
@@ -300,19 +262,21 @@ fn parse_shard_dir_name(name: &str) -> Option<(u64, u64)> {
 }
 
 impl LogStore {
+    /// Call `hook` after each snapshot part is stored, with the part's number (tests
+    /// hold a snapshot half-written).
+    #[cfg(test)]
+    pub(crate) fn set_after_snapshot_part(&self, hook: impl FnMut(u32) + Send + 'static) {
+        *self.after_snapshot_part.lock() = Some(Box::new(hook));
+    }
+
     /// Open the log store in `dir` (`<data dir>/logs`). Of each database's shard
     /// directories the newest generation is the live one; older ones are what a crash
     /// left of a reset ([`Self::reset_database`]) and are removed.
-    pub fn open(
-        dir: &Path,
-        cache_bytes: u64,
-        backlog_bytes: u64,
-    ) -> Result<Arc<LogStore>, LogError> {
+    pub fn open(dir: &Path, backlog_bytes: u64) -> Result<Arc<LogStore>, LogError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::Sled(format!("cannot create {}: {e}", dir.display())))?;
         let store = Arc::new(LogStore {
             dir: dir.to_path_buf(),
-            cache_bytes,
             backlog_bytes,
             shards: RwLock::new(HashMap::new()),
             deleted: Mutex::new(std::collections::HashSet::new()),
@@ -392,7 +356,6 @@ impl LogStore {
             .unwrap_or(0);
         let shard = Arc::new(Shard::open(
             &self.dir.join(shard_dir_name(uid, generation)),
-            self.cache_bytes,
         )?);
         shards.insert(uid, shard.clone());
         Ok(shard)
@@ -401,51 +364,42 @@ impl LogStore {
     /// Move every database's log and snapshots out of the node's own sled instance,
     /// where a node kept them before each database had a shard, into the shards; then
     /// drop those trees. Returns the entries moved. Idempotent: a crash part way leaves
-    /// entries that the next start moves again (inserts of the same bytes).
+    /// entries that the next start moves again ([`sled_migration`]).
     pub fn adopt_shared_trees(&self, node: &sled::Db) -> Result<u64, LogError> {
-        let mut moved = 0u64;
-        for name in ["log", "snapshots"] {
-            if !node
-                .tree_names()
-                .iter()
-                .any(|t| t.as_ref() == name.as_bytes())
-            {
-                continue;
-            }
-            let tree = node.open_tree(name)?;
-            let mut touched = std::collections::HashSet::new();
+        let log = sled_migration::existing_tree(node, "log")?;
+        let snapshots = sled_migration::existing_tree(node, "snapshots")?;
+        let mut uids = std::collections::BTreeSet::new();
+        for tree in log.iter().chain(snapshots.iter()) {
             for item in tree.iter() {
-                let (key, value) = item?;
-                let Some(uid) = key
-                    .get(..8)
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                else {
-                    continue;
-                };
-                let shard = self.shard(uid)?;
-                let trees = shard.trees();
-                let target = if name == "log" {
-                    &trees.log
-                } else {
-                    &trees.snapshots
-                };
-                target.insert(key, value)?;
-                touched.insert(uid);
-                moved += 1;
+                let (key, _) = item?;
+                if let Some(uid) = key.get(..8) {
+                    uids.insert(u64::from_be_bytes(uid.try_into().expect("8 bytes")));
+                }
             }
-            for uid in touched {
-                let shard = self.shard(uid)?;
-                shard.migrate_sled_log()?;
-                shard.flusher.flush_all()?;
-            }
-            drop(tree);
-            node.drop_tree(name)?;
-            node.flush()?;
         }
+        let mut moved = 0u64;
+        for uid in uids {
+            let shard = self.shard(uid)?;
+            moved += sled_migration::move_trees(
+                log.as_ref(),
+                snapshots.as_ref(),
+                &uid.to_be_bytes(),
+                &shard.path,
+                &shard.segments,
+            )?;
+            *shard.snapshot_bytes.lock() = None;
+        }
+        for (tree, name) in [(log, "log"), (snapshots, "snapshots")] {
+            if tree.is_some() {
+                drop(tree);
+                node.drop_tree(name)?;
+            }
+        }
+        node.flush()?;
         if moved > 0 {
             tracing::info!(
                 entries = moved,
-                "moved the node's log into one sled instance per database"
+                "moved the node's log into one directory per database"
             );
         }
         Ok(moved)
@@ -645,7 +599,7 @@ impl LogStore {
         Ok(self.shard(uid)?.segments.kind_bytes(kind))
     }
 
-    /// Bytes database `uid`'s shard takes on disk: its sled files, overhead included
+    /// Bytes database `uid`'s shard takes on disk: its segment and snapshot files
     /// (what `du` shows of its directory).
     pub fn disk_bytes(&self, uid: u64) -> Result<u64, LogError> {
         Ok(crate::node::footprint::dir_bytes(&self.shard(uid)?.path))
@@ -670,15 +624,14 @@ impl LogStore {
         }
     }
 
-    /// Make database `uid`'s log durable now, on this thread (durability `sync`): its
-    /// segment files only, not the snapshot metadata beside them.
+    /// Make database `uid`'s log durable now, on this thread (durability `sync`).
     pub fn sync_log(&self, uid: u64) -> Result<(), LogError> {
         self.shard(uid)?.flusher.flush()
     }
 
-    /// Flush database `uid`'s log and snapshot metadata now, on this thread.
+    /// Flush database `uid`'s log now, on this thread.
     pub fn flush_now(&self, uid: u64) -> Result<(), LogError> {
-        self.shard(uid)?.flusher.flush_all()
+        self.shard(uid)?.flusher.flush()
     }
 
     /// Bytes written to database `uid`'s log that no flush has made durable yet.
@@ -859,152 +812,70 @@ impl LogStore {
         Ok(self.shard(uid)?.segments.bounds(kind).0.map(|e| e.first))
     }
 
-    /// Store a snapshot: its block bytes in parts in a file of its own
-    /// ([`snapshot_files`]), then its metadata in the shard (the commit point), then
-    /// flush. Other databases keep appending and flushing meanwhile (see the module doc).
+    /// Store a snapshot: its block bytes in parts, then its metadata, in a file of its
+    /// own ([`snapshot_files`]), made durable under its final name (the commit point).
+    /// Other databases keep appending and flushing meanwhile (see the module doc).
     /// Call it off the async runtime: it writes the whole snapshot.
     pub fn save_snapshot(
         &self,
         uid: u64,
-        mut meta: SnapshotMeta,
+        meta: SnapshotMeta,
         blocks: &[&crate::store::Block],
     ) -> Result<SnapshotMeta, LogError> {
         let shard = self.shard(uid)?;
         let _saving = shard.snapshot_writes.lock();
-        if let Some(stored) =
-            shard
-                .trees()
-                .snapshots
-                .get(snapshot_key(uid, meta.serial, META_PART))?
-        {
+        if snapshot_files::file(&shard.path, meta.serial).is_file() {
             // The same serial is the same state: the snapshot is already stored.
-            return snapshot_files::decode_meta(meta.serial, &stored).map(|(meta, _)| meta);
+            return snapshot_files::read_meta(&shard.path, meta.serial);
         }
         let mut writer = snapshot_files::Writer::create(&shard.path, meta.serial)?;
         let mut part = Vec::with_capacity(SNAPSHOT_PART_BYTES);
-        let mut size = 0u64;
         let mut unflushed = 0u64;
-        let mut store = |part: &[u8]| -> Result<(), LogError> {
-            let len = part.len() as u64;
+        let mut store = |writer: &mut snapshot_files::Writer, part: &[u8]| {
             let _number = writer.push(part)?;
+            // Out of its slot while it runs: a hook that holds one database's snapshot
+            // does not hold another's. (Taken in a statement of its own: the guard of an
+            // `if let` scrutinee lives through its body, and the put back would
+            // deadlock on it.)
             #[cfg(test)]
-            if let Some(hook) = self.after_snapshot_part.lock().as_mut() {
-                hook(_number);
+            {
+                let taken = self.after_snapshot_part.lock().take();
+                if let Some(mut hook) = taken {
+                    hook(_number);
+                    self.after_snapshot_part.lock().get_or_insert(hook);
+                }
             }
-            size += len;
-            unflushed += len;
+            unflushed += part.len() as u64;
             if unflushed >= SNAPSHOT_PACE_BYTES {
                 writer.flush()?;
                 unflushed = 0;
             }
-            Ok(())
+            Ok::<(), LogError>(())
         };
         for block in blocks {
             part.extend_from_slice(block.as_bytes());
             if part.len() >= SNAPSHOT_PART_BYTES {
-                store(&part)?;
+                store(&mut writer, &part)?;
                 part.clear();
             }
         }
         if !part.is_empty() {
-            store(&part)?;
+            store(&mut writer, &part)?;
         }
-        let sums = writer.finish()?;
-        meta.parts = sums.len() as u32;
-        meta.size_bytes = size;
-        let encoded = snapshot_files::encode_meta(&meta, &sums)?;
-        let meta_bytes = encoded.len() as u64;
-        shard
-            .trees()
-            .snapshots
-            .insert(&snapshot_key(uid, meta.serial, META_PART)[..], encoded)?;
-        shard.account(meta_bytes);
-        shard.account_snapshot((meta_bytes + size) as i64);
-        self.flush_now(uid)?;
+        let (meta, bytes) = writer.finish(meta)?;
+        shard.account_snapshot(bytes as i64);
         Ok(meta)
     }
 
     /// Make the shard's snapshots whole before the database is used: remove what a crash
-    /// left of a save or a delete (files or instances without metadata, `.tmp` ones,
-    /// parts without metadata), and move the parts a node kept in the shard's
-    /// `snapshots` tree before snapshots had files into a file each. Returns the parts,
-    /// files and instances removed.
+    /// left of a save (`.tmp` files). Returns the files removed.
     pub fn drop_unfinished_snapshots(&self, uid: u64) -> Result<usize, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        // Every snapshot with metadata, a damaged one too: recovery decides about it.
-        let finished: std::collections::HashSet<u64> = self
-            .snapshot_list(uid)?
-            .iter()
-            .map(|(serial, _)| *serial)
-            .collect();
-        let mut removed = 0;
-        let mut in_tree: BTreeMap<u64, Vec<sled::IVec>> = BTreeMap::new();
-        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
-            let (key, _) = item?;
-            if key[16..20] != META_PART.to_be_bytes() {
-                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
-                in_tree.entry(serial).or_default().push(key);
-            }
-        }
-        let changed = !in_tree.is_empty();
-        for (serial, keys) in in_tree {
-            if finished.contains(&serial) && !snapshot_files::exists(&shard.path, serial) {
-                let moved = self.move_parts_to_file(&shard, uid, serial, keys.len())?;
-                shard.account_snapshot(moved as i64);
-            } else if !finished.contains(&serial) {
-                removed += keys.len();
-            }
-            for key in keys {
-                if let Some(bytes) = t.snapshots.remove(&key)? {
-                    shard.account_snapshot(-(bytes.len() as i64));
-                }
-            }
-        }
-        if changed {
-            self.flush_now(uid)?;
-        }
-        removed += snapshot_files::remove_others(&shard.path, &finished)?;
+        let removed = snapshot_files::remove_others(&shard.path)?;
         if removed > 0 {
-            tracing::warn!(
-                uid,
-                removed,
-                "removed the parts of a snapshot a crash interrupted"
-            );
+            tracing::warn!(uid, removed, "removed a snapshot a crash interrupted");
         }
         Ok(removed)
-    }
-
-    /// Copy snapshot `serial`'s `parts` parts from the shard's `snapshots` tree (the
-    /// layout before snapshot files) into a file of its own. Returns the bytes moved.
-    fn move_parts_to_file(
-        &self,
-        shard: &Shard,
-        uid: u64,
-        serial: u64,
-        parts: usize,
-    ) -> Result<u64, LogError> {
-        let mut writer = snapshot_files::Writer::create(&shard.path, serial)?;
-        let mut moved = 0;
-        for part in 0..parts as u32 {
-            let bytes = shard
-                .trees()
-                .snapshots
-                .get(snapshot_key(uid, serial, part))?
-                .ok_or_else(|| {
-                    LogError::Damaged(format!("snapshot {serial} misses part {part}"))
-                })?;
-            moved += bytes.len() as u64;
-            writer.push(&bytes)?;
-        }
-        let _sums = writer.finish()?;
-        tracing::info!(
-            uid,
-            serial,
-            parts,
-            "moved a snapshot into a file of its own"
-        );
-        Ok(moved)
     }
 
     /// Metadata of every stored snapshot of `uid`, oldest first (an error if one is
@@ -1024,31 +895,18 @@ impl LogStore {
         uid: u64,
     ) -> Result<Vec<(u64, Result<SnapshotMeta, LogError>)>, LogError> {
         let shard = self.shard(uid)?;
-        let t = shard.trees();
-        let mut out = Vec::new();
-        for item in t.snapshots.scan_prefix(uid.to_be_bytes()) {
-            let (key, value) = item?;
-            if key[16..20] == META_PART.to_be_bytes() {
-                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
-                let meta = snapshot_files::decode_meta(serial, &value).map(|(meta, _)| meta);
-                out.push((serial, meta));
-            }
-        }
-        Ok(out)
+        Ok(snapshot_files::list(&shard.path)?
+            .into_iter()
+            .map(|(serial, meta, _)| (serial, meta))
+            .collect())
     }
 
-    /// Take damaged snapshot `serial` out of the listing (its metadata goes, durably)
-    /// and keep its files for inspection under the shard's `damaged-snapshots` folder.
-    /// Returns where they went.
+    /// Take damaged snapshot `serial` out of the listing, durably, and keep its file for
+    /// inspection under the shard's `damaged-snapshots` folder. Returns where it went.
     pub fn set_aside_snapshot(&self, uid: u64, serial: u64) -> Result<Option<PathBuf>, LogError> {
         let shard = self.shard(uid)?;
-        shard
-            .trees()
-            .snapshots
-            .remove(snapshot_key(uid, serial, META_PART))?;
-        self.flush_now(uid)?;
         let moved = snapshot_files::set_aside(&shard.path, serial)?;
-        // Its size was in its (damaged) metadata: count again when next asked.
+        // Count again when next asked.
         *shard.snapshot_bytes.lock() = None;
         Ok(moved)
     }
@@ -1063,56 +921,34 @@ impl LogStore {
         let size = (meta.layout.block_size as usize).max(1);
         let mut blocks = Vec::with_capacity(meta.layout.block_count());
         let shard = self.shard(uid)?;
-        let stored = shard
-            .trees()
-            .snapshots
-            .get(snapshot_key(uid, meta.serial, META_PART))?
-            .ok_or_else(|| LogError::Damaged(format!("snapshot {} is gone", meta.serial)))?;
-        let (_, sums) = snapshot_files::decode_meta(meta.serial, &stored)?;
-        let _reading = shard.snapshot_reads.lock();
-        snapshot_files::read(
-            &shard.path,
-            meta.serial,
-            meta.parts,
-            sums.as_deref(),
-            |part| {
-                if part.len() % size != 0 {
-                    return Err(LogError::Damaged(format!(
-                        "snapshot {}: a part of {} bytes for blocks of {size}",
+        snapshot_files::read(&shard.path, meta.serial, |part| {
+            if part.len() % size != 0 {
+                return Err(LogError::Damaged(format!(
+                    "snapshot {}: a part of {} bytes for blocks of {size}",
+                    meta.serial,
+                    part.len()
+                )));
+            }
+            for bytes in part.chunks_exact(size) {
+                blocks.push(crate::store::Block::from_bytes(bytes).ok_or_else(|| {
+                    LogError::Damaged(format!(
+                        "snapshot {}: block {} has a bad header",
                         meta.serial,
-                        part.len()
-                    )));
-                }
-                for bytes in part.chunks_exact(size) {
-                    blocks.push(crate::store::Block::from_bytes(bytes).ok_or_else(|| {
-                        LogError::Damaged(format!(
-                            "snapshot {}: block {} has a bad header",
-                            meta.serial,
-                            blocks.len()
-                        ))
-                    })?);
-                }
-                Ok(())
-            },
-        )?;
-        release_deferred();
+                        blocks.len()
+                    ))
+                })?);
+            }
+            Ok(())
+        })?;
         Ok(blocks)
     }
 
-    /// Delete a stored snapshot: its metadata first, made durable before its file
-    /// goes, so a crash part way never lists a snapshot without its blocks.
+    /// Delete a stored snapshot: its file goes, durably.
     pub fn delete_snapshot(&self, uid: u64, meta: &SnapshotMeta) -> Result<(), LogError> {
         let shard = self.shard(uid)?;
-        if let Some(v) =
-            shard
-                .trees()
-                .snapshots
-                .remove(snapshot_key(uid, meta.serial, META_PART))?
-        {
-            shard.account_snapshot(-((v.len() as u64 + meta.size_bytes) as i64));
-        }
-        self.flush_now(uid)?;
-        snapshot_files::remove(&shard.path, meta.serial)
+        let bytes = snapshot_files::remove(&shard.path, meta.serial)?;
+        shard.account_snapshot(-(bytes as i64));
+        Ok(())
     }
 
     /// Delete every log chunk and snapshot of a database: its shard leaves the store,
@@ -1141,7 +977,6 @@ impl LogStore {
             .map_or(0, |(_, g)| g);
         let fresh = Arc::new(Shard::open(
             &self.dir.join(shard_dir_name(uid, generation + 1)),
-            self.cache_bytes,
         )?);
         self.shards.write().insert(uid, fresh);
         old.doomed.store(true, std::sync::atomic::Ordering::Release);
@@ -1165,7 +1000,7 @@ impl LogStore {
         let mut first_error = None;
         for shard in shards {
             shard.flusher.stop();
-            if let Err(e) = shard.flusher.flush_all() {
+            if let Err(e) = shard.flusher.flush() {
                 first_error.get_or_insert(e);
             }
         }
@@ -1180,18 +1015,14 @@ pub struct FlushTicket {
 }
 
 impl Shard {
-    /// Open (or create) the sled instance at `path` and its segment files, move a log
-    /// still kept in sled into them, and start its flusher.
-    fn open(path: &Path, cache_bytes: u64) -> Result<Shard, LogError> {
-        let db = sled_config(path, cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                LogError::Sled(format!("cannot open the log at {}: {e}", path.display()))
-            })?;
+    /// Open (or create) the shard at `path`: its segment files, with what an earlier
+    /// build kept in sled moved into them and into snapshot files; start its flusher.
+    fn open(path: &Path) -> Result<Shard, LogError> {
         let segments = Arc::new(Segments::open(&path.join("segments"))?);
+        if sled_migration::instance_in(path) {
+            sled_migration::migrate_shard(path, &segments)?;
+        }
         let flusher = Arc::new(Flusher {
-            db: Mutex::new(Some(db.clone())),
             segments: segments.clone(),
             state: Mutex::new(FlushState::default()),
             wake: Condvar::new(),
@@ -1208,16 +1039,7 @@ impl Shard {
                 .spawn(move || flush_loop(flusher))
                 .map_err(|e| LogError::Flush(e.to_string()))?
         };
-        // Byte counts a clean shutdown of an older build left: the segment index
-        // counts its own bytes now.
-        if db.tree_names().iter().any(|t| t.as_ref() == b"counts") {
-            db.drop_tree("counts")?;
-        }
-        let shard = Shard {
-            trees: Some(Trees {
-                log: db.open_tree("log")?,
-                snapshots: db.open_tree("snapshots")?,
-            }),
+        Ok(Shard {
             path: path.to_path_buf(),
             flusher,
             flusher_thread: Mutex::new(Some(thread)),
@@ -1225,17 +1047,8 @@ impl Shard {
             snapshot_bytes: Mutex::new(None),
             doomed: std::sync::atomic::AtomicBool::new(false),
             tail: Mutex::new(Tail::default()),
-            snapshot_reads: Mutex::new(()),
             snapshot_writes: Mutex::new(()),
-        };
-        shard.migrate_sled_log()?;
-        Ok(shard)
-    }
-
-    fn trees(&self) -> &Trees {
-        self.trees
-            .as_ref()
-            .expect("a shard's trees live until it drops")
+        })
     }
 
     /// Count bytes written, for the flusher to make durable.
@@ -1251,94 +1064,27 @@ impl Shard {
         }
     }
 
-    /// Bytes of snapshot metadata and parts (the parts as their metadata counts them,
-    /// without reading them), counted once and then kept up to date.
+    /// Bytes of the snapshot files, counted once and then kept up to date.
     fn snapshot_bytes(&self) -> Result<u64, LogError> {
         if let Some(bytes) = *self.snapshot_bytes.lock() {
             return Ok(bytes);
         }
-        let mut total = 0u64;
-        for item in self.trees().snapshots.iter() {
-            let (key, value) = item?;
-            total += value.len() as u64;
-            if key.get(16..20) == Some(&META_PART.to_be_bytes()[..]) {
-                let serial = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
-                // A damaged snapshot counts its metadata only (recovery sets it aside).
-                if let Ok((meta, _)) = snapshot_files::decode_meta(serial, &value) {
-                    total += meta.size_bytes;
-                }
-            }
-        }
+        let total = snapshot_files::list(&self.path)?
+            .iter()
+            .map(|(.., bytes)| bytes)
+            .sum();
         Ok(*self.snapshot_bytes.lock().get_or_insert(total))
-    }
-
-    /// Move a log kept in sled's `log` tree (by a node from before segment files, or
-    /// adopted from the node's own instance) into the segment files, then empty the
-    /// tree. A crash part way moves it again at the next open: a chunk stored twice
-    /// replaces itself in the index. Returns the entries moved.
-    fn migrate_sled_log(&self) -> Result<u64, LogError> {
-        let tree = &self.trees().log;
-        if tree.is_empty() {
-            return Ok(0);
-        }
-        let mut moved = 0u64;
-        for item in tree.iter() {
-            let (key, value) = item?;
-            moved += 1;
-            if key.get(8) != Some(&0) {
-                let head = codec::peek(&value).map_err(|e| LogError::Damaged(e.to_string()))?;
-                self.segments.append(&[(head, &value[..])], None)?;
-                continue;
-            }
-            let number = |at: usize| {
-                key.get(at..at + 8)
-                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            };
-            let value = <[u8; 8]>::try_from(value.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| LogError::Damaged("a log marker is not 8 bytes".into()))?;
-            match (key.len(), number(9)) {
-                // A logical replica's position in a stream.
-                (25, Some(u64::MAX)) => {
-                    let stream = number(17).expect("25 bytes");
-                    self.segments.append(&[], Some((stream, value)))?;
-                }
-                // The last serial retention pruned of a kind.
-                (17, Some(marker)) => {
-                    if let Some(kind) = [LogKind::A, LogKind::B, LogKind::T]
-                        .into_iter()
-                        .find(|k| u64::MAX - *k as u64 == marker)
-                    {
-                        self.segments.mark_pruned(kind, value)?;
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.segments.sync()?;
-        tree.clear()?;
-        self.flusher.flush_all()?;
-        tracing::info!(
-            path = %self.path.display(),
-            entries = moved,
-            "moved the log out of sled into segment files"
-        );
-        Ok(moved)
     }
 }
 
 impl Drop for Shard {
-    /// Stops the flusher and waits for it, closes sled, then removes the directory of a
-    /// deleted database or an old generation.
+    /// Stops the flusher and waits for it, then removes the directory of a deleted
+    /// database or an old generation.
     fn drop(&mut self) {
         self.flusher.stop();
         if let Some(thread) = self.flusher_thread.lock().take() {
             let _ = thread.join();
         }
-        // Nothing else holds sled now: the thread is gone, and flushes run under a
-        // holder of the shard.
-        drop(self.trees.take());
-        drop(self.flusher.db.lock().take());
         if self.doomed.load(std::sync::atomic::Ordering::Acquire) {
             if let Err(e) = std::fs::remove_dir_all(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not remove a deleted database's log directory");
@@ -1373,20 +1119,9 @@ impl Flusher {
     /// after it (group commit's flush).
     fn flush(&self) -> Result<(), LogError> {
         let upto = self.appended.load(Ordering::Acquire);
-        if self.db.lock().is_none() {
-            return Err(LogError::Flush("the database's log is closed".into()));
-        }
         self.segments.sync()?;
         self.durable.fetch_max(upto, Ordering::AcqRel);
         Ok(())
-    }
-
-    /// [`Self::flush`], and sled's snapshot metadata and markers too.
-    fn flush_all(&self) -> Result<(), LogError> {
-        let db = self.db.lock().clone();
-        db.ok_or_else(|| LogError::Flush("the database's log is closed".into()))?
-            .flush()?;
-        self.flush()
     }
 
     fn stop(&self) {
@@ -1424,7 +1159,6 @@ fn flush_loop(flusher: Arc<Flusher>) {
             }
         }
         let result = flusher.flush();
-        release_deferred();
         flusher.flushed.send_modify(|(done, err)| match result {
             Ok(()) => {
                 *done = (*done).max(target);

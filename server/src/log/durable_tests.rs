@@ -1,4 +1,5 @@
-//! Unit tests of [`LogStore`] on a real sled database in a temporary directory.
+//! Unit tests of [`LogStore`] on real segment and snapshot files in a temporary
+//! directory.
 //!
 //! Covers: append + replay of A entries in serial order (including a transaction split
 //! into several chunks and a cancelled transaction with its undo), replaying into an
@@ -6,7 +7,8 @@
 //! a gap in serials; `read` of B and T chunks from a serial; retention pruning
 //! (`prune_older_than`) of B and T and `prune_through` of A, each touching only its own
 //! kind and database; snapshots saved, listed, loaded and deleted; `delete_database`;
-//! group commit (`request_flush` + `wait_durable`); and reopening the sled directory.
+//! group commit (`request_flush` + `wait_durable`); reopening the directory; and a
+//! shard an earlier build kept in sled, moved into files when it opens.
 //!
 //! Transaction logs are produced by `txn::apply` on a real `Store`, so every chunk holds
 //! realistic records, before images and operations.
@@ -42,19 +44,17 @@ fn log_key(uid: u64, kind: LogKind, serial: u64) -> [u8; 17] {
     key
 }
 
-/// Database `uid`'s `log` tree, to write what a node from before segment files left (a
-/// torn tail).
-fn log_tree(log: &LogStore, uid: u64) -> sled::Tree {
-    log.shard(uid).unwrap().trees().log.clone()
-}
-
-/// Database `uid`'s `snapshots` tree.
-fn snapshot_tree(log: &LogStore, uid: u64) -> sled::Tree {
-    log.shard(uid).unwrap().trees().snapshots.clone()
+/// A snapshot's key in a `snapshots` tree, where earlier builds kept them.
+fn snapshot_key(uid: u64, serial: u64, part: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..8].copy_from_slice(&uid.to_be_bytes());
+    key[8..16].copy_from_slice(&serial.to_be_bytes());
+    key[16..].copy_from_slice(&part.to_be_bytes());
+    key
 }
 
 fn open_at(path: &std::path::Path) -> Arc<LogStore> {
-    LogStore::open(path, 8 << 20, 32 << 20).expect("open log store")
+    LogStore::open(path, 32 << 20).expect("open log store")
 }
 
 impl Fixture {
@@ -80,12 +80,39 @@ impl Fixture {
         self.release_and_open()
     }
 
+    /// Closes everything, writes into database `uid`'s shard a sled instance as an
+    /// earlier build kept it there (`write` gets its `log` and `snapshots` trees), and
+    /// opens the directory again, which moves it out.
+    fn with_sled_instance(self, uid: u64, write: impl FnOnce(&sled::Tree, &sled::Tree)) -> Fixture {
+        let path = self.log.shard(uid).unwrap().path.clone();
+        self.log.shutdown().expect("shutdown flushes");
+        let dir = self.release();
+        {
+            let db = sled_config(&path, 1 << 20).open().unwrap();
+            write(
+                &db.open_tree("log").unwrap(),
+                &db.open_tree("snapshots").unwrap(),
+            );
+            db.flush().unwrap();
+        }
+        assert!(super::sled_migration::instance_in(&path));
+        let log = open_at(&dir.path().join("logs"));
+        Fixture { dir, log }
+    }
+
     fn release_and_open(self) -> Fixture {
+        let dir = self.release();
+        let log = open_at(&dir.path().join("logs"));
+        Fixture { dir, log }
+    }
+
+    /// Lets go of the store and waits until nothing holds it.
+    fn release(self) -> tempfile::TempDir {
         let Fixture { dir, log } = self;
         let weak = Arc::downgrade(&log);
         drop(log);
-        // The flusher thread may hold the store (and its sled handle) for a moment
-        // after the last user lets go; sled's directory lock is free once it is gone.
+        // The flusher thread may hold the store for a moment after the last user lets
+        // go.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while weak.strong_count() > 0 {
             assert!(
@@ -94,8 +121,7 @@ impl Fixture {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let log = open_at(&dir.path().join("logs"));
-        Fixture { dir, log }
+        dir
     }
 }
 
@@ -836,17 +862,15 @@ fn a_transaction_cut_before_its_a_chunk_leaves_nothing_once_the_tail_is_dropped(
     let b_before = read_kind(&f.log, UID, LogKind::B, 0);
     let t_before = read_kind(&f.log, UID, LogKind::T, 0);
     // A crash after the B and T chunks of an update reached sled, before its A chunk
-    // (the order `append` writes a small transaction in).
+    // (the order an earlier build wrote a small transaction in).
     let torn = w.commit(&[update(ORDERS, "k0001", b"new"), delete(ORDERS, "k0002")]);
-    for kind in [LogKind::B, LogKind::T] {
-        for (first, bytes) in codec::encode(&torn, kind) {
-            log_tree(&f.log, UID)
-                .insert(log_key(UID, kind, first), bytes)
-                .unwrap();
+    let f = f.with_sled_instance(UID, |log_tree, _| {
+        for kind in [LogKind::B, LogKind::T] {
+            for (first, bytes) in codec::encode(&torn, kind) {
+                log_tree.insert(log_key(UID, kind, first), bytes).unwrap();
+            }
         }
-    }
-    f.log.flush_now(UID).unwrap();
-    let f = f.reopen();
+    });
     assert_eq!(replay_all(&f.log, UID, 0).2, first.updates.len() as u64);
     let recovered = first.updates.len() as u64;
     assert_eq!(
@@ -980,31 +1004,21 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
     w.commit(&inserts("k", 600, 200));
     let kept = save_snapshot(&f.log, UID, &w);
     let other = save_snapshot(&f.log, OTHER_UID, &w);
-    for part in 0..3 {
-        snapshot_tree(&f.log, UID)
-            .insert(
-                &snapshot_key(UID, kept.serial + 5, part)[..],
-                vec![7u8; 100],
-            )
-            .unwrap();
-    }
-    // What a crash leaves of a save: a `.tmp` file, and a file whose metadata was
-    // never written; and the same as an earlier build left them, as sled instances.
+    // What a crash leaves of a save: a `.tmp` file (and stray directories).
     let shard_path = f.log.shard(UID).unwrap().path.clone();
     let folder = super::snapshot_files::folder(&shard_path);
-    for name in [
-        format!("{}.snap.tmp", kept.serial + 6),
-        format!("{}.snap", kept.serial + 8),
-    ] {
-        std::fs::write(folder.join(name), b"dpsnap").unwrap();
-    }
+    std::fs::write(
+        folder.join(format!("{}.snap.tmp", kept.serial + 6)),
+        b"dpsnap",
+    )
+    .unwrap();
     for name in [
         format!("{}.tmp", kept.serial + 7),
         (kept.serial + 9).to_string(),
     ] {
         std::fs::create_dir_all(folder.join(name)).unwrap();
     }
-    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 7);
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 3);
     let left: Vec<_> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1020,6 +1034,179 @@ fn unfinished_snapshots_are_dropped_and_finished_ones_kept() {
     assert_eq!(
         load_snapshot(&f.log, OTHER_UID, &other).checksums(),
         w.store.checksums()
+    );
+    // A file under a finished name is finished (the rename is the commit point): a bad
+    // one is damage for recovery to set aside, not an unfinished save.
+    std::fs::write(folder.join(format!("{}.snap", kept.serial + 8)), b"dpsnap").unwrap();
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 0);
+    let listed = f.log.snapshot_list(UID).unwrap();
+    assert_eq!(listed.len(), 2);
+    let err = listed[1].1.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("snapshot {}", kept.serial + 8)),
+        "{err}"
+    );
+    assert!(f.log.snapshots(UID).is_err());
+    let aside = f
+        .log
+        .set_aside_snapshot(UID, kept.serial + 8)
+        .unwrap()
+        .unwrap();
+    assert!(aside.is_file());
+    assert_eq!(f.log.snapshots(UID).unwrap(), vec![kept]);
+}
+
+/// Turn snapshot `serial`'s file into what an earlier build wrote: its parts after the
+/// old magic, no trailer. Returns its metadata as that build kept it in sled.
+fn strip_trailer(shard: &std::path::Path, serial: u64) -> Vec<u8> {
+    let path = super::snapshot_files::file(shard, serial);
+    let bytes = std::fs::read(&path).unwrap();
+    let (rest, end) = bytes.split_at(bytes.len() - 12);
+    assert_eq!(&end[4..], b"dpsnmeta");
+    let len = u32::from_le_bytes(end[..4].try_into().unwrap()) as usize;
+    let (parts, meta) = rest.split_at(rest.len() - len);
+    let mut old = super::snapshot_files::FILE_MAGIC_V1.to_vec();
+    old.extend_from_slice(&parts[8..]);
+    std::fs::write(&path, old).unwrap();
+    meta.to_vec()
+}
+
+/// The parts of an earlier build's snapshot file (see [`strip_trailer`]).
+fn framed_parts(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 8;
+    let mut parts = Vec::new();
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        parts.push(bytes[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    parts
+}
+
+/// Every layout earlier builds kept snapshots in, in one shard's sled instance:
+/// metadata in the `snapshots` tree with the blocks in a file without a trailer, in a
+/// sled instance of the snapshot's own, or as parts in the tree; one already moved
+/// (a crash after its move); and what crashes left without metadata. Opening the shard
+/// moves each into a file of today's layout, byte for byte, and the instance goes.
+#[test]
+fn a_shard_an_earlier_build_kept_in_sled_is_moved_into_files_when_it_opens() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    let mut saved = Vec::new();
+    for round in 0..4 {
+        let txn = w.commit(&inserts(&format!("r{round}-"), 300, 150));
+        f.log.append(UID, &txn).unwrap();
+        saved.push((save_snapshot(&f.log, UID, &w), w.store.checksums()));
+    }
+    let a_log = replay_all(&f.log, UID, 0);
+    let shard = f.log.shard(UID).unwrap().path.clone();
+    let metas: Vec<_> = saved.iter().map(|(m, _)| m.clone()).collect();
+    let stored: Vec<Vec<u8>> = metas
+        .iter()
+        .take(3)
+        .map(|m| strip_trailer(&shard, m.serial))
+        .collect();
+    let file = |serial| super::snapshot_files::file(&shard, serial);
+    let parts_in_tree = framed_parts(&file(metas[0].serial));
+    std::fs::remove_file(file(metas[0].serial)).unwrap();
+    let instance_parts = framed_parts(&file(metas[1].serial));
+    std::fs::remove_file(file(metas[1].serial)).unwrap();
+    let folder = super::snapshot_files::folder(&shard);
+    {
+        let db = sled_config(&folder.join(metas[1].serial.to_string()), 1 << 20)
+            .open()
+            .unwrap();
+        for (n, part) in instance_parts.iter().enumerate() {
+            db.insert((n as u32).to_be_bytes(), part.clone()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    // Without metadata: an earlier build's file and instance a crash left.
+    std::fs::copy(file(metas[2].serial), folder.join("9001.snap")).unwrap();
+    std::fs::create_dir_all(folder.join("9002")).unwrap();
+    let today = super::snapshot_files::read_meta(&shard, metas[3].serial).unwrap();
+    let f = f.with_sled_instance(UID, |_, tree| {
+        for (meta, value) in metas.iter().zip(&stored) {
+            tree.insert(snapshot_key(UID, meta.serial, u32::MAX), value.clone())
+                .unwrap();
+        }
+        for (n, part) in parts_in_tree.iter().enumerate() {
+            tree.insert(snapshot_key(UID, metas[0].serial, n as u32), part.clone())
+                .unwrap();
+        }
+        // Moved before a crash: its metadata still in the tree.
+        let moved = super::snapshot_files::encode_meta(&today, &[1, 2]).unwrap();
+        tree.insert(snapshot_key(UID, metas[3].serial, u32::MAX), moved)
+            .unwrap();
+        // Parts without metadata.
+        tree.insert(snapshot_key(UID, 9003, 0), vec![7u8; 10])
+            .unwrap();
+    });
+
+    // The shard opens (and moves its instance out) when the database is first used.
+    assert_eq!(f.log.snapshots(UID).unwrap(), metas);
+    assert!(
+        !super::sled_migration::instance_in(&shard),
+        "the shard's sled instance is gone"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["segments", "snapshots"]);
+    let mut files: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut expected: Vec<_> = metas.iter().map(|m| format!("{}.snap", m.serial)).collect();
+    expected.sort();
+    assert_eq!(
+        files, expected,
+        "one file per snapshot with metadata, nothing else"
+    );
+    assert_eq!(f.log.snapshots(UID).unwrap(), metas);
+    for (meta, checksums) in &saved {
+        assert_eq!(&load_snapshot(&f.log, UID, meta).checksums(), checksums);
+    }
+    assert_eq!(replay_all(&f.log, UID, 0), a_log);
+    assert_eq!(f.log.drop_unfinished_snapshots(UID).unwrap(), 0);
+    // Counted from the files, the same after another start.
+    let stored_bytes = f.log.stored_bytes(UID).unwrap();
+    let f = f.reopen();
+    assert_eq!(f.log.stored_bytes(UID).unwrap(), stored_bytes);
+    assert_eq!(f.log.snapshots(UID).unwrap(), metas);
+}
+
+/// Metadata damaged in sled stays damaged in its file: recovery names it and sets it
+/// aside as before, and the snapshots beside it are moved whole.
+#[test]
+fn damaged_metadata_in_sled_is_moved_as_it_is_and_named() {
+    let f = Fixture::new();
+    let mut w = Writer::new();
+    w.commit(&inserts("k", 300, 150));
+    let good = save_snapshot(&f.log, UID, &w);
+    w.commit(&inserts("m", 10, 150));
+    let bad = save_snapshot(&f.log, UID, &w);
+    let shard = f.log.shard(UID).unwrap().path.clone();
+    let good_meta = strip_trailer(&shard, good.serial);
+    let mut bad_meta = strip_trailer(&shard, bad.serial);
+    bad_meta[3] ^= 0x40;
+    let f = f.with_sled_instance(UID, |_, tree| {
+        tree.insert(snapshot_key(UID, good.serial, u32::MAX), good_meta)
+            .unwrap();
+        tree.insert(snapshot_key(UID, bad.serial, u32::MAX), bad_meta)
+            .unwrap();
+    });
+    let listed = f.log.snapshot_list(UID).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].1.as_ref().unwrap(), &good);
+    let err = listed[1].1.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("snapshot {}", bad.serial)) && err.contains("checksum"),
+        "{err}"
     );
 }
 
@@ -1166,35 +1353,25 @@ fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
     }
     let scratch = Fixture::new();
     let meta = save_snapshot(&scratch.log, UID, &w);
-    let old_snapshots = node.open_tree("snapshots").unwrap();
-    for item in snapshot_tree(&scratch.log, UID).iter() {
-        let (key, value) = item.unwrap();
-        old_snapshots.insert(key, value).unwrap();
-    }
-    // Parts sat in the tree too, beside their metadata.
-    let mut part = 0;
     let shard_path = scratch.log.shard(UID).unwrap().path.clone();
-    super::snapshot_files::read(&shard_path, meta.serial, meta.parts, None, |bytes| {
+    let stored = strip_trailer(&shard_path, meta.serial);
+    let old_snapshots = node.open_tree("snapshots").unwrap();
+    old_snapshots
+        .insert(snapshot_key(UID, meta.serial, u32::MAX), stored)
+        .unwrap();
+    // Parts sat in the tree too, beside their metadata.
+    let file = super::snapshot_files::file(&shard_path, meta.serial);
+    for (n, part) in framed_parts(&file).into_iter().enumerate() {
         old_snapshots
-            .insert(snapshot_key(UID, meta.serial, part), bytes)
+            .insert(snapshot_key(UID, meta.serial, n as u32), part)
             .unwrap();
-        part += 1;
-        Ok(())
-    })
-    .unwrap();
+    }
     drop((old_log, old_snapshots));
 
     let log = open_at(&dir.path().join("logs"));
     let moved = log.adopt_shared_trees(&node).unwrap();
     assert!(moved > 0);
-    // Recovery moves the parts into an instance of the snapshot's own.
     assert_eq!(log.drop_unfinished_snapshots(UID).unwrap(), 0);
-    assert!(
-        snapshot_tree(&log, UID)
-            .iter()
-            .all(|item| item.unwrap().0[16..20] == META_PART.to_be_bytes()),
-        "only metadata stays in the shard's tree"
-    );
     assert_eq!(replay_all(&log, UID, 0).2, w.seq.last_serial);
     assert_eq!(log.snapshots(UID).unwrap(), vec![meta.clone()]);
     assert_eq!(
@@ -1212,7 +1389,7 @@ fn a_node_that_kept_every_log_in_one_instance_has_them_moved_at_start() {
 #[tokio::test]
 async fn a_backlog_over_the_bound_is_flushed_before_the_next_write_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let log = LogStore::open(&dir.path().join("logs"), 8 << 20, 64 << 10).unwrap();
+    let log = LogStore::open(&dir.path().join("logs"), 64 << 10).unwrap();
     let mut w = Writer::new();
     log.append(UID, &w.commit(&inserts("k", 10, 100))).unwrap();
     assert!(log.backlog(UID).unwrap() > 0);
@@ -1342,7 +1519,7 @@ fn the_tail_keeps_only_the_newest_transactions_and_sled_serves_the_rest() {
         .is_none());
 }
 
-/// Byte counts come from the segment index and the snapshots' metadata: the same after
+/// Byte counts come from the segment index and the snapshot files: the same after
 /// a clean restart and after a crash, with nothing saved in between.
 #[test]
 fn byte_counts_are_the_same_after_a_clean_restart_and_after_a_crash() {
@@ -1380,8 +1557,7 @@ fn byte_counts_are_the_same_after_a_clean_restart_and_after_a_crash() {
     assert_eq!(uncounted.log.kind_bytes(UID, LogKind::B).unwrap(), b);
 }
 
-/// Two readers of one snapshot at once (two restores from it): both get its blocks,
-/// though sled lets one process open an instance's files once at a time.
+/// Two readers of one snapshot at once (two restores from it): both get its blocks.
 #[test]
 fn two_readers_of_one_snapshot_both_get_it() {
     let f = Fixture::new();

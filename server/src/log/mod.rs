@@ -1,6 +1,7 @@
 //! Update logs (SPEC B2): A logs (after images), B logs (before images) and T logs
 //! (operations as the client sent them), and their durable home: each database's
-//! segment files ([`segments`]), its snapshot files, and snapshot metadata in sled.
+//! segment files ([`segments`]) and its snapshot files ([`snapshot_files`], blocks and
+//! metadata in one file each).
 //!
 //! Every store mutation of a committed (or cancelled) transaction becomes one
 //! [`Update`] with a serial number per database. A transaction's updates are written as
@@ -13,6 +14,7 @@
 pub mod codec;
 pub mod durable;
 pub(crate) mod segments;
+mod sled_migration;
 mod snapshot_files;
 mod tail;
 

@@ -1,6 +1,6 @@
 //! What the node costs the machine (issue 24: a node many tenants share): its resident
 //! memory, the bytes under its data directory, and the parts of the memory it can name
-//! (its databases' blocks and indexes, the most sled's caches may hold, the logs'
+//! (its databases' blocks and indexes, the most sled's cache may hold, the logs'
 //! unflushed bytes), for `GET /v1/node` and `/metrics`. Side by side they show how much
 //! of the RSS is data and how much is overhead the node cannot name (allocator slack,
 //! sled's own structures).
@@ -20,8 +20,8 @@ pub struct Footprint {
     pub blocks_bytes: u64,
     /// Bytes of their location tables and directories (estimated from their sizes).
     pub index_bytes: u64,
-    /// The most sled's page caches may hold: one per database's snapshot metadata and
-    /// the node's.
+    /// The most sled's page cache may hold: the node's one instance (config, plugins,
+    /// audit; databases keep their logs and snapshots in files).
     pub sled_cache_limit_bytes: u64,
     /// Bytes logged and not yet flushed, over every database.
     pub log_backlog_bytes: u64,
@@ -47,8 +47,7 @@ impl Node {
             data_dir_bytes: dir_bytes(&self.data_dir),
             blocks_bytes: databases.iter().map(|db| db.memory_bytes()).sum(),
             index_bytes: databases.iter().map(|db| db.index_bytes()).sum(),
-            sled_cache_limit_bytes: (databases.len() as u64 + 1)
-                .saturating_mul(self.settings.sled_cache_bytes),
+            sled_cache_limit_bytes: self.settings.sled_cache_bytes,
             log_backlog_bytes: databases.iter().map(|db| db.log_backlog()).sum(),
             heap_in_use_bytes: heap.map(|h| h.in_use_bytes),
             heap_free_bytes: heap.map(|h| h.free_bytes),

@@ -5,7 +5,7 @@
 //! definitions live in the `config` tree as JSON; logs and snapshots in the trees of
 //! [`LogStore`]. Opening a node recovers every database from its last snapshot plus the
 //! log after it. Background upkeep (idle transactions, retention, periodic snapshots)
-//! runs from [`Node::upkeep`].
+//! runs from [`Node::upkeep`]; a snapshot it starts is written in a task of its own.
 
 pub mod database;
 pub mod error;
@@ -18,16 +18,18 @@ pub mod records;
 #[cfg(test)]
 mod recovery_tests;
 pub mod restore;
+#[cfg(test)]
+mod upkeep_tests;
 pub mod usage;
 pub mod versions;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 pub use database::{Database, DatabaseDef, DatabaseSpec, Durability};
@@ -125,6 +127,9 @@ pub struct Node {
     origin: AtomicU64,
     /// Where the node keeps its files, for its disk footprint ([`footprint`]).
     data_dir: PathBuf,
+    /// The databases (by uid) whose snapshot the upkeep started and is still being
+    /// written: it starts the next one of a database only once this one ends.
+    upkeep_snapshots: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// Check a tenant, database or file name: 1–64 of `A-Z a-z 0-9 _ -`.
@@ -184,11 +189,7 @@ impl Node {
         let config = sled
             .open_tree("config")
             .map_err(crate::log::LogError::from)?;
-        let log = LogStore::open(
-            &data_dir.join("logs"),
-            settings.sled_cache_bytes,
-            settings.log_backlog_bytes,
-        )?;
+        let log = LogStore::open(&data_dir.join("logs"), settings.log_backlog_bytes)?;
         log.adopt_shared_trees(&sled)?;
         let node = Node {
             sled,
@@ -201,6 +202,7 @@ impl Node {
             fence: RwLock::new(None),
             origin: AtomicU64::new(0),
             data_dir: data_dir.to_path_buf(),
+            upkeep_snapshots: Arc::default(),
         };
         node.load()?;
         if !node.tenants.read().contains_key(DEFAULT_TENANT) {
@@ -570,14 +572,37 @@ impl Node {
                 tracing::warn!(database = %db.name(), error = %e, "retention failed");
             }
             if db.wants_snapshot(self.settings.snapshot_every_entries) {
-                match db.snapshot().await {
-                    Ok(meta) => {
-                        tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken")
-                    }
-                    Err(e) => tracing::warn!(database = %db.name(), error = %e, "snapshot failed"),
-                }
+                self.start_snapshot(db);
             }
         }
+    }
+
+    /// Take a snapshot of `db` in a task of its own, unless the upkeep's previous one of
+    /// it is still being written: a big database's snapshot (seconds for gigabytes)
+    /// holds up neither the next rounds of upkeep nor the other databases' retention,
+    /// idle transactions and snapshots.
+    fn start_snapshot(&self, db: Arc<Database>) {
+        let uid = db.def.uid;
+        if !self.upkeep_snapshots.lock().insert(uid) {
+            return;
+        }
+        /// Takes the database out of the set however the task ends.
+        struct Running(Arc<Mutex<HashSet<u64>>>, u64);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.lock().remove(&self.1);
+            }
+        }
+        let running = Running(self.upkeep_snapshots.clone(), uid);
+        tokio::spawn(async move {
+            let _running = running;
+            match db.snapshot().await {
+                Ok(meta) => {
+                    tracing::info!(database = %db.name(), serial = meta.serial, bytes = meta.size_bytes, "snapshot taken")
+                }
+                Err(e) => tracing::warn!(database = %db.name(), error = %e, "snapshot failed"),
+            }
+        });
     }
 
     /// Make the `config` tree durable (the node's own sled instance).

@@ -23,7 +23,7 @@ async fn put(db: &Database, key: &str, value: &str) {
     db.execute(&[op], Duration::from_secs(5)).await.unwrap();
 }
 
-async fn put_many(db: &Database, prefix: &str, count: usize) {
+pub(super) async fn put_many(db: &Database, prefix: &str, count: usize) {
     for i in 0..count {
         put(db, &format!("{prefix}{i:03}"), &format!("{{\"n\":{i}}}")).await;
     }

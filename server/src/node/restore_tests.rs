@@ -15,7 +15,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let log = LogStore::open(dir.path(), 8 << 20, 32 << 20).unwrap();
+    let log = LogStore::open(dir.path(), 32 << 20).unwrap();
     let def = DatabaseDef {
         uid: 7,
         tenant: "default".into(),

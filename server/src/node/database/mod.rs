@@ -803,7 +803,7 @@ impl Database {
         self.log.backlog(self.def.uid).unwrap_or(0)
     }
 
-    /// Bytes its log and snapshots take on disk, sled's overhead included.
+    /// Bytes its log and snapshots take on disk (what `du` shows of its directory).
     pub fn disk_bytes(&self) -> u64 {
         self.log.disk_bytes(self.def.uid).unwrap_or(0)
     }
@@ -936,7 +936,7 @@ impl Database {
         self.state.read().store.index_bytes()
     }
 
-    /// Bytes of log and snapshots this database keeps in sled (counted once when the
+    /// Bytes of log and snapshots this database keeps (counted once when the
     /// database opens, then kept up to date by every write and prune).
     pub fn stored_bytes(&self) -> Result<u64> {
         Ok(self.log.stored_bytes(self.def.uid)?)
@@ -1040,7 +1040,7 @@ mod tests {
     async fn a_write_past_the_log_backlog_waits_for_the_disk_and_is_refused_if_it_stalls() {
         let dir = tempfile::tempdir().unwrap();
         // A bound of 4 KiB: one batch of 50 records of 200 B passes it.
-        let log = LogStore::open(dir.path(), 8 << 20, 4 << 10).unwrap();
+        let log = LogStore::open(dir.path(), 4 << 10).unwrap();
         let def = DatabaseDef {
             uid: 9,
             tenant: "default".into(),
