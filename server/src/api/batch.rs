@@ -290,14 +290,18 @@ pub struct Ops(pub Vec<OpInput>);
 impl<S: Send + Sync> FromRequest<S> for Ops {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // A big body's decoding (a third of a flood's CPU as JSON) runs off the async
+        // worker at a lower priority, so a neighbour's small request goes first.
+        let big = |bytes: &[u8]| bytes.len() >= crate::node::usage::BIG_BODY_BYTES;
         let essence = super::error::media_type(req.headers());
         if essence.as_deref() == Some(MEDIA_TYPE) {
             let bytes = read_body(req, state).await?;
-            return decode(&bytes).map(Ops);
+            return crate::node::usage::big_work(big(&bytes), || decode(&bytes)).map(Ops);
         }
         if essence.as_deref().is_some_and(super::error::is_json) {
             let bytes = read_body(req, state).await?;
-            let body: OpsBody = super::error::parse_json(&bytes)?;
+            let body: OpsBody =
+                crate::node::usage::big_work(big(&bytes), || super::error::parse_json(&bytes))?;
             check_count(body.ops.len())?;
             return Ok(Ops(body.ops));
         }

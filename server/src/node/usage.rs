@@ -26,6 +26,29 @@ pub fn thread_cpu_ns() -> u64 {
         .saturating_add(now.tv_nsec as u64)
 }
 
+/// Operations from which a request's CPU work counts as big ([`big_work`]): a write of
+/// this many takes on the order of a millisecond.
+pub const BIG_OPS: usize = 100;
+
+/// Body bytes from which decoding a request counts as big ([`big_work`]): about
+/// [`BIG_OPS`] operations of 100 B values as JSON.
+pub const BIG_BODY_BYTES: usize = 16 << 10;
+
+/// Run `work`, when `big`, off the async worker (tokio hands the worker's other tasks
+/// to another thread meanwhile) and at a lower CPU priority ([`at_low_priority`]), so a
+/// neighbour's small request is served first instead of after it (issue 24, fair
+/// shares). Small work, and work outside a multi-threaded runtime, runs as it is.
+pub fn big_work<T>(big: bool, work: impl FnOnce() -> T) -> T {
+    let off_worker = big
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if off_worker {
+        tokio::task::block_in_place(|| at_low_priority(work))
+    } else {
+        work()
+    }
+}
+
 /// Run `work` at a lower CPU priority on this thread (nice +10), then restore it: the
 /// kernel then serves a neighbour's small request first. Only where the process may
 /// raise a thread's priority back (checked once); elsewhere `work` runs as it is.
@@ -183,6 +206,21 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_big_work_runs_lowered_and_the_worker_gets_its_priority_back() {
+        let before = nice();
+        assert_eq!(big_work(false, nice), before, "small work runs as it is");
+        let inside = big_work(true, nice);
+        assert_eq!(nice(), before, "the worker's priority is restored");
+        assert!(inside == lowered(before) || inside == before, "{inside}");
+        if inside == before {
+            return; // this process may not raise a priority again
+        }
+        // Outside a multi-threaded runtime there is no worker to hand over: as it is.
+        let outside = std::thread::spawn(|| big_work(true, nice)).join().unwrap();
+        assert_eq!(outside, before);
     }
 
     #[test]

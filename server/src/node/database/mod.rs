@@ -186,10 +186,6 @@ const BATCH_TXN: u64 = 0;
 /// bound before it is refused ([`Database::admit_past_backlog`]).
 const BACKLOG_WAIT: Duration = Duration::from_secs(2);
 
-/// Operations from which a batch is written off the async worker (`block_in_place`):
-/// about 0.3 ms of CPU and up.
-const BIG_BATCH: usize = 100;
-
 struct State {
     store: Store,
     seq: Sequencer,
@@ -524,7 +520,15 @@ impl Database {
     }
 
     /// Resolve client operations against this database's schema.
+    /// A big batch's (see [`super::usage::big_work`]) runs off the async worker at a
+    /// lower priority.
     pub fn resolve(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
+        super::usage::big_work(inputs.len() >= super::usage::BIG_OPS, || {
+            self.resolve_here(inputs)
+        })
+    }
+
+    fn resolve_here(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
         let state = self.state.read();
         inputs
             .iter()
@@ -639,19 +643,9 @@ impl Database {
                     }
                 }
             };
-            let off_worker = ops.len() >= BIG_BATCH
-                && tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                });
-            let outcome = if off_worker {
-                // Milliseconds of CPU: off the async worker, which another thread takes
-                // over meanwhile, and at a lower priority, so the kernel serves a
-                // neighbour's small request first instead of after this batch (issue
-                // 24, fair shares).
-                tokio::task::block_in_place(|| super::usage::at_low_priority(write))
-            } else {
-                write()
-            };
+            // Milliseconds of CPU for a big batch: off the async worker and at a lower
+            // priority, so a neighbour's small request goes first.
+            let outcome = super::usage::big_work(ops.len() >= super::usage::BIG_OPS, write);
             match outcome {
                 Ok(result) => {
                     let committed = result?;
