@@ -125,6 +125,55 @@ fn an_operation_quota_counts_every_operation_of_a_batch_and_other_tenants_carry_
 }
 
 #[test]
+fn a_byte_quota_counts_the_bytes_a_write_carries_and_other_tenants_carry_on() {
+    let node = Node::start();
+    node.create_tenant("big");
+    node.create_tenant("calm");
+    node.create_db("big", shop_spec("shop"));
+    node.create_db("calm", shop_spec("shop"));
+    node.put(
+        "/v1/tenants/big/quotas",
+        &json!({"bytes_per_sec": 1000, "bytes_burst": 4000}),
+    )
+    .ok();
+    // Few operations, many bytes: an operation quota would not notice them.
+    let large = |key: &str| op::upsert("orders", key, json!("x".repeat(1_500)));
+    let big = node.with_token(&token("big", Role::Writer));
+    let shop = big.db("big", "shop");
+    shop.batch(json!([large("a"), large("b")])).ok();
+    let refused = shop.batch(json!([large("c"), large("d")]));
+    let problem = refused.expect_problem(429, "rate-limited");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("byte rate"), "{detail}");
+    let retry: u64 = refused
+        .retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("a 429 says when to retry in whole seconds");
+    assert!((1..=4).contains(&retry), "{retry}");
+    assert_eq!(
+        shop.data("orders", "c"),
+        None,
+        "a refused batch writes nothing"
+    );
+    assert_eq!(shop.record_count("orders"), 2);
+    // Small writes still fit what is left of the burst.
+    shop.put("orders", "small", json!({}), json!(1)).ok();
+    let usage = node.get("/v1/tenants/big/usage");
+    let bytes = &usage.ok()["bytes"];
+    assert_eq!(bytes["per_sec"], json!(1000), "{usage}");
+    assert!(bytes["available"].as_i64().unwrap() < 1_100, "{usage}");
+    // Another tenant writes as much as it likes.
+    let calm = node
+        .with_token(&token("calm", Role::Writer))
+        .db("calm", "shop");
+    for key in ["a", "b", "c", "d", "e"] {
+        calm.batch(json!([large(key)])).ok();
+    }
+    assert_eq!(calm.record_count("orders"), 5);
+}
+
+#[test]
 fn a_tenants_writes_take_turns_and_another_tenant_does_not_wait_for_them() {
     let node = Node::start();
     node.create_tenant("loud");

@@ -328,6 +328,9 @@ fn quotas(limits: crate::tenancy::quota::Limits, n: usize) {
     let _ = q.take_request("t");
     let _ = q.take_operations("t", n);
     let _ = q.take_operations("t", usize::MAX);
+    let _ = q.take_write("t", n, n as u64 * 100);
+    let _ = q.take_write("t", 1, u64::MAX);
+    let _ = q.available_bytes("t");
     let _ = q.plugin_cpu_available("t");
     q.charge_plugin_cpu("t", std::time::Duration::from_secs(n as u64));
     let _ = q.plugin_cpu_available("t");

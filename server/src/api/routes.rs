@@ -21,7 +21,7 @@ use crate::node::database::Committed;
 use crate::node::records::{OpInput, OpName, RecordView};
 use crate::node::{logview, Database, DatabaseSpec};
 use crate::tenancy::auth::Claims;
-use crate::tenancy::quota::Limits;
+use crate::tenancy::quota::{Limits, RateQuota};
 
 type Result<T> = std::result::Result<T, ApiError>;
 type App = State<Arc<AppState>>;
@@ -313,6 +313,15 @@ pub struct OperationRate {
     total: u64,
 }
 
+/// The written-bytes rate quota and its bucket.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ByteRate {
+    per_sec: Option<u64>,
+    burst: Option<u64>,
+    /// Bytes the tenant could write at once now (negative: in debt).
+    available: Option<i64>,
+}
+
 /// CPU milliseconds of the databases' writes and replica applies.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct CpuMs {
@@ -339,6 +348,7 @@ pub struct Usage {
     plugin_cpu_ms_per_sec: LimitOnly,
     requests: RequestRate,
     operations: OperationRate,
+    bytes: ByteRate,
     cpu_ms: CpuMs,
     log_backlog_bytes: u64,
     disk_bytes: u64,
@@ -390,6 +400,11 @@ pub async fn usage(State(app): App, Path(tenant): Path<String>) -> Result<Json<U
                 .iter()
                 .map(|db| db.usage.operations.total())
                 .sum::<u64>(),
+        },
+        bytes: ByteRate {
+            per_sec: limits.bytes_per_sec,
+            burst: limits.bytes_burst,
+            available: quotas.available_bytes(&tenant),
         },
         cpu_ms: CpuMs {
             last_second: ns_to_ms(
@@ -544,20 +559,26 @@ fn lock_timeout(app: &AppState, ms: Option<u64>) -> Duration {
     Duration::from_millis(ms.unwrap_or(app.node.settings.lock_timeout_ms).min(600_000))
 }
 
-/// Charge `n` written operations to `tenant`'s operation quota (a batch counts each of
-/// its operations); the node administrator is not limited. Refused: nothing is written.
-fn charge(app: &AppState, claims: &Claims, tenant: &str, n: usize) -> Result<()> {
+/// Charge written operations to `tenant`'s operation and byte quotas (a batch counts
+/// each of its operations and their bytes); the node administrator is not limited.
+/// Refused: nothing is written.
+fn charge(app: &AppState, claims: &Claims, tenant: &str, ops: &[OpInput]) -> Result<()> {
     if claims.tenant == crate::tenancy::auth::ANY_TENANT {
         return Ok(());
     }
+    let n = ops.len();
+    let bytes: u64 = ops.iter().map(OpInput::written_bytes).sum();
     app.tenancy
         .quotas
-        .take_operations(tenant, n)
-        .map_err(|wait| {
+        .take_write(tenant, n, bytes)
+        .map_err(|(wait, which)| {
+            let asked = match which {
+                RateQuota::Operations => format!("operation rate ({n} operations asked)"),
+                RateQuota::Bytes => format!("byte rate ({bytes} bytes asked)"),
+            };
             ApiError::rate_limited(
                 format!(
-                    "tenant '{tenant}' is over its operation rate ({n} operations asked); \
-                     retry in {} s",
+                    "tenant '{tenant}' is over its {asked}; retry in {} s",
                     wait.as_secs() + 1
                 ),
                 wait,
@@ -571,7 +592,7 @@ async fn run_one(
     db: &Database,
     op: OpInput,
 ) -> Result<crate::node::database::Committed> {
-    charge(app, claims, &db.def.tenant, 1)?;
+    charge(app, claims, &db.def.tenant, std::slice::from_ref(&op))?;
     let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
     db.execute(&ops, lock_timeout(app, None))
         .await
@@ -739,7 +760,7 @@ pub async fn transaction(
     Ops(ops): Ops,
 ) -> Result<Json<Committed>> {
     let db = db(&app, &tenant, &name)?;
-    charge(&app, &claims, &tenant, ops.len())?;
+    charge(&app, &claims, &tenant, &ops)?;
     let ops = db.resolve(&ops)?;
     let done = db
         .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
@@ -765,7 +786,7 @@ pub async fn add_ops(
     Ops(ops): Ops,
 ) -> Result<Json<Pending>> {
     let db = db(&app, &tenant, &name)?;
-    charge(&app, &claims, &tenant, ops.len())?;
+    charge(&app, &claims, &tenant, &ops)?;
     let ops = db.resolve(&ops)?;
     let pending = db
         .add(txn, ops, lock_timeout(&app, q.lock_timeout_ms))

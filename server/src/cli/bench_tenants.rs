@@ -128,12 +128,13 @@ impl Neighbours<'_> {
     }
 
     /// (a): the quiet writer with nobody else writing.
-    fn alone(&self) -> Result<(), String> {
+    /// (a) and (d0): the quiet writer with nothing else running.
+    fn alone(&self, label: &str) -> Result<(), String> {
         let writer = self.quiet_writer();
         std::thread::sleep(ALONE);
         let puts = writer.stop()?;
         let all = puts.iter().map(|(_, took)| *took).collect();
-        println!("  {:<28} {}", "(a) alone:", stats(all));
+        println!("  {label:<28} {}", stats(all));
         Ok(())
     }
 
@@ -271,13 +272,12 @@ pub fn neighbours(args: &BenchArgs) -> Result<(), String> {
         "neighbours: quiet writer: {}/quiet (durability none), one connection, a 100 B put every 2 ms; flood: {}/flood ({} durability), {} records in transactions of {}{note}",
         n.quiet, n.loud, args.durability, args.records, args.batch
     );
-    n.alone()?;
+    n.alone("(a) alone:")?;
     n.next_to_flood("(b) next to a flood:", 0)?;
-    println!(
-        "  quota phase: not run (an operation quota never limits the administrator's token this bench uses)"
-    );
     n.during_snapshot()?;
     recreate(&n.client, &n.quiet, "quiet", "group")?;
+    // Its own baseline: a group commit waits for an fdatasync even alone.
+    n.alone("(d0) quiet at group, alone:")?;
     n.next_to_flood("(d) quiet at group, flood:", 1)?;
     recreate(&n.client, &n.quiet, "quiet", "none")?;
     match &args.loud_token {

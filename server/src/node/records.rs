@@ -31,6 +31,15 @@ pub struct OpInput {
     pub data: Option<Box<RawValue>>,
 }
 
+impl OpInput {
+    /// The bytes a byte-rate quota charges it: its key, alternate keys and data.
+    pub fn written_bytes(&self) -> u64 {
+        let alt: usize = self.alt.values().map(String::len).sum();
+        let data = self.data.as_ref().map_or(0, |d| d.get().len());
+        (self.key.len() + alt + data) as u64
+    }
+}
+
 /// The operation names clients use.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]

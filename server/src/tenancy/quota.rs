@@ -14,6 +14,10 @@
 //!   batch larger than the burst passes when the bucket is full and leaves it in debt,
 //!   which later writes wait out; so a tenant's sustained rate is its quota whatever its
 //!   batch size. Refused: 429 `rate-limited` with `Retry-After`, nothing written.
+//! * **Byte rate**: the same for the bytes a write carries (`bytes_per_sec`,
+//!   `bytes_burst`): each operation's key, alternate keys and data, so a tenant writing
+//!   few large records is bounded as one writing many small ones (Kafka's
+//!   `producer_byte_rate` bounds the same). A write is charged both or neither.
 //! * **Concurrent writes**: at most `concurrent_writes` write requests of a tenant run
 //!   at once; the others wait their turn (they are not refused). On a node with few
 //!   cores a tenant flooding it from many connections otherwise holds every worker, and
@@ -64,6 +68,11 @@ pub struct Limits {
     pub operations_per_sec: Option<u32>,
     /// Operations allowed at once above the rate (default: one second's worth).
     pub operations_burst: Option<u32>,
+    /// Sustained bytes written per second: each operation's key, alternate keys and
+    /// data.
+    pub bytes_per_sec: Option<u64>,
+    /// Bytes allowed at once above the rate (default: one second's worth).
+    pub bytes_burst: Option<u64>,
     /// Plugin versions in the registry.
     pub plugins: Option<u64>,
     /// Bytes of plugin wasm in the registry.
@@ -84,6 +93,8 @@ impl Limits {
             operations_per_sec: self.operations_per_sec.or(defaults.operations_per_sec),
             concurrent_writes: self.concurrent_writes.or(defaults.concurrent_writes),
             operations_burst: self.operations_burst.or(defaults.operations_burst),
+            bytes_per_sec: self.bytes_per_sec.or(defaults.bytes_per_sec),
+            bytes_burst: self.bytes_burst.or(defaults.bytes_burst),
             plugins: self.plugins.or(defaults.plugins),
             plugin_bytes: self.plugin_bytes.or(defaults.plugin_bytes),
             plugin_cpu_ms_per_sec: self
@@ -91,6 +102,13 @@ impl Limits {
                 .or(defaults.plugin_cpu_ms_per_sec),
         }
     }
+}
+
+/// The write-rate quota that refused a write ([`Quotas::take_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateQuota {
+    Operations,
+    Bytes,
 }
 
 /// A tenant's turns for write requests, and how many wait for one.
@@ -126,7 +144,7 @@ impl Bucket {
 }
 
 /// A token bucket's settings: `rate` a second, at most `burst` at once (default: one
-/// second's worth). The request and operation quotas are both one.
+/// second's worth). The request, operation and byte quotas are each one.
 #[derive(Clone, Copy)]
 struct TokenRate {
     rate: f64,
@@ -135,12 +153,20 @@ struct TokenRate {
 
 impl TokenRate {
     /// None when there is no rate (unlimited).
-    fn of(per_sec: Option<u32>, burst: Option<u32>) -> Option<TokenRate> {
-        let rate = f64::from(per_sec.filter(|r| *r > 0)?);
+    fn of(per_sec: Option<impl Into<u64>>, burst: Option<impl Into<u64>>) -> Option<TokenRate> {
+        let rate = per_sec.map(Into::into).filter(|r| *r > 0)? as f64;
         Some(TokenRate {
             rate,
-            burst: burst.map_or(rate, f64::from).max(1.0),
+            burst: burst.map_or(rate, |b| b.into() as f64).max(1.0),
         })
+    }
+
+    /// Put `n` tokens taken by [`Self::take`] back (the write they were for was refused
+    /// by another quota).
+    fn give_back(self, buckets: &Mutex<HashMap<String, Bucket>>, tenant: &str, n: usize) {
+        if let Some(bucket) = buckets.lock().get_mut(tenant) {
+            bucket.tokens = (bucket.tokens + n as f64).min(self.burst);
+        }
     }
 
     /// Take `n` tokens from `tenant`'s bucket; `Err(wait)` until it holds them, or
@@ -180,6 +206,8 @@ pub struct Quotas {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Written operations, per tenant.
     operations: Mutex<HashMap<String, Bucket>>,
+    /// Written bytes, per tenant.
+    bytes: Mutex<HashMap<String, Bucket>>,
     /// Turns for write requests, per tenant with a `concurrent_writes` limit.
     writers: Mutex<HashMap<String, Arc<Turns>>>,
     /// Plugin CPU budgets: milliseconds left, refilled at the tenant's rate.
@@ -213,6 +241,7 @@ impl Quotas {
             limits: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             operations: Mutex::new(HashMap::new()),
+            bytes: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         }
@@ -232,6 +261,7 @@ impl Quotas {
         self.limits.lock().insert(tenant.to_string(), limits);
         self.buckets.lock().remove(tenant);
         self.operations.lock().remove(tenant);
+        self.bytes.lock().remove(tenant);
         self.writers.lock().remove(tenant);
         self.cpu.lock().remove(tenant);
         Ok(())
@@ -281,6 +311,40 @@ impl Quotas {
             Some(r) => r.take(&self.operations, tenant, n),
             None => Ok(()),
         }
+    }
+
+    /// Charge a write of `ops` operations carrying `bytes` to `tenant`'s operation and
+    /// byte quotas, both or neither; `Err` names the quota that refused it and how long
+    /// to wait.
+    pub fn take_write(
+        &self,
+        tenant: &str,
+        ops: usize,
+        bytes: u64,
+    ) -> std::result::Result<(), (Duration, RateQuota)> {
+        let limits = self.limits(tenant);
+        let operations = TokenRate::of(limits.operations_per_sec, limits.operations_burst);
+        if let Some(r) = operations {
+            r.take(&self.operations, tenant, ops)
+                .map_err(|wait| (wait, RateQuota::Operations))?;
+        }
+        if let Some(r) = TokenRate::of(limits.bytes_per_sec, limits.bytes_burst) {
+            let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            if let Err(wait) = r.take(&self.bytes, tenant, bytes) {
+                if let Some(o) = operations {
+                    o.give_back(&self.operations, tenant, ops);
+                }
+                return Err((wait, RateQuota::Bytes));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes `tenant` could write at once now (None: unlimited; negative: in debt).
+    pub fn available_bytes(&self, tenant: &str) -> Option<i64> {
+        let limits = self.limits(tenant);
+        TokenRate::of(limits.bytes_per_sec, limits.bytes_burst)
+            .map(|r| r.available(&self.bytes, tenant) as i64)
     }
 
     /// Wait for a turn to run a write request of `tenant`; the turn ends when the
@@ -376,6 +440,7 @@ mod tests {
             limits: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             operations: Mutex::new(HashMap::new()),
+            bytes: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         };
@@ -399,6 +464,31 @@ mod tests {
         // Without an operation quota, nothing is counted.
         q.take_operations("other", 1_000_000).unwrap();
         assert_eq!(q.available_operations("other"), None);
+    }
+
+    #[test]
+    fn a_write_is_charged_to_both_rates_or_to_neither() {
+        let q = quotas(Limits {
+            operations_per_sec: Some(100),
+            bytes_per_sec: Some(1_000),
+            bytes_burst: Some(2_000),
+            ..Limits::default()
+        });
+        q.take_write("t", 10, 1_500).unwrap();
+        assert_eq!(q.available_bytes("t").map(|b| b / 100), Some(5));
+        // Over the byte rate: refused, naming it, and its operations given back.
+        let before = q.available_operations("t").unwrap();
+        let (wait, which) = q.take_write("t", 10, 1_500).unwrap_err();
+        assert_eq!(which, RateQuota::Bytes);
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        assert!(q.available_operations("t").unwrap() >= before);
+        // Over the operation rate: the bytes are not taken.
+        let (_, which) = q.take_write("t", 1_000, 1).unwrap_err();
+        assert_eq!(which, RateQuota::Operations);
+        assert!(q.available_bytes("t").unwrap() < 600);
+        // Without either quota, nothing is counted.
+        q.take_write("other", 1 << 20, u64::MAX).unwrap();
+        assert_eq!(q.available_bytes("other"), None);
     }
 
     #[test]
