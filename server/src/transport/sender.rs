@@ -9,7 +9,9 @@
 //! soon as a transaction is in the log, since its commit waits for the replica anyway.
 //! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
 //! frames are sent as soon as there is something to send: the batching delay is the
-//! time the previous frame took to write.
+//! time the previous frame took to write. The reading half hands the replica's
+//! confirmations straight to a synchronous link's quorum, which wakes the commits they
+//! cover.
 //!
 //! A session's steps: `connect` (register with the target's API, handshake),
 //! `continue_from` (where the log continues the replica: the last serial both logs'
@@ -131,9 +133,8 @@ async fn register(repl: &Arc<Replication>, def: &LinkDef, db: &Database) -> Resu
     repl.net.register(repl, def, body).await
 }
 
-/// What the reading half reports.
+/// What the reading half reports besides confirmations (those go to [`Replies::acked`]).
 enum Event {
-    Acked(u64),
     /// The replica was suspended (true) or released.
     Suspended(bool),
     Retransmit(u64),
@@ -141,23 +142,57 @@ enum Event {
     Closed(String),
 }
 
-/// The reading half: turns the replica's messages into [`Event`]s for the session, and
+/// Where the reading half puts what the replica said.
+struct Replies {
+    /// The highest serial the replica confirmed, for the session's window: the latest
+    /// value is what counts, so confirmations never queue (nor block the reading half).
+    acked: Arc<watch::Sender<u64>>,
+    events: mpsc::Sender<Event>,
+    /// A synchronous link's quorum (the database and the link's id): told of each
+    /// confirmation and suspension by the reading half itself, in the order the replica
+    /// sent them, so a commit is released without a hop through the session's task.
+    quorum: Option<(Arc<Database>, String)>,
+}
+
+impl Replies {
+    /// The replica was suspended (true) or released: the quorum does not wait for a
+    /// detached replica (SPEC G6); the session shows it.
+    fn suspended(&self, suspended: bool) -> Event {
+        if let Some((db, link)) = &self.quorum {
+            db.quorum.set_suspended(link, suspended);
+        }
+        Event::Suspended(suspended)
+    }
+}
+
+/// The reading half: hands confirmations to the quorum (a synchronous link) and the
+/// session's window, the replica's other messages to the session as [`Event`]s, and
 /// ends with [`Event::Closed`] when the connection does (or a frame is malformed).
-async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
+async fn read_replies(mut rd: Reader, out: Replies) {
+    let mut payload = Vec::new();
     loop {
-        let event = match wire::read_frame(&mut rd).await {
-            Ok(payload) => match wire::messages(&payload) {
+        let event = match wire::read_frame_into(&mut rd, &mut payload).await {
+            Ok(()) => match wire::messages(&payload) {
                 Ok(msgs) => {
                     let mut events = Vec::new();
                     for m in msgs {
                         match m {
-                            Msg::BackupCompleted { serial } => events.push(Event::Acked(serial)),
+                            Msg::BackupCompleted { serial } => {
+                                if let Some((db, link)) = &out.quorum {
+                                    db.quorum.ack(link, serial);
+                                }
+                                out.acked.send_if_modified(|acked| {
+                                    let moved = serial > *acked;
+                                    *acked = (*acked).max(serial);
+                                    moved
+                                });
+                            }
                             Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
-                            Msg::Suspend => events.push(Event::Suspended(true)),
+                            Msg::Suspend => events.push(out.suspended(true)),
+                            Msg::Release => events.push(out.suspended(false)),
                             Msg::Refused { code, reason } => events.push(Event::Closed(format!(
                                 "the replica refused: {reason} ({code})"
                             ))),
-                            Msg::Release => events.push(Event::Suspended(false)),
                             Msg::NeedBootstrap { reason } => {
                                 events.push(Event::NeedBootstrap(reason))
                             }
@@ -165,7 +200,7 @@ async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
                         }
                     }
                     for e in events {
-                        if tx.send(e).await.is_err() {
+                        if out.events.send(e).await.is_err() {
                             return;
                         }
                     }
@@ -175,7 +210,7 @@ async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
             },
             Err(e) => Event::Closed(format!("the replica's connection ended: {e}")),
         };
-        let _ = tx.send(event).await;
+        let _ = out.events.send(event).await;
         return;
     }
 }
@@ -472,7 +507,17 @@ async fn stream(
     control: &mut watch::Receiver<u64>,
 ) -> Result<(), String> {
     let (tx, mut events) = mpsc::channel(256);
-    let reader = tokio::spawn(read_replies(rd, tx));
+    // Kept here too, so the channel stays open when the reading half ends (its last
+    // word, why, comes as an event).
+    let acked_tx = Arc::new(watch::channel(s.window.acked).0);
+    let mut acked = acked_tx.subscribe();
+    let sync = s.def.spec.options.mode == Mode::Sync;
+    let replies = Replies {
+        acked: acked_tx.clone(),
+        events: tx,
+        quorum: sync.then(|| (s.db.clone(), s.def.id.clone())),
+    };
+    let reader = tokio::spawn(read_replies(rd, replies));
     let _reader = AbortOnDrop(reader);
     let mut appended = s.db.subscribe_appended();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -507,8 +552,19 @@ async fn stream(
                     return Err("the source database was deleted".into());
                 }
             }
+            _ = acked.changed() => {
+                heard = tokio::time::Instant::now();
+                let serial = *acked.borrow_and_update();
+                s.acked(serial);
+            }
             event = events.recv() => {
                 heard = tokio::time::Instant::now();
+                // What the replica confirmed before asking for something is taken
+                // first, as it was sent.
+                if acked.has_changed().unwrap_or(false) {
+                    let serial = *acked.borrow_and_update();
+                    s.acked(serial);
+                }
                 s.on_event(event)?
             }
             _ = heartbeat.tick() => send_live(&mut wr, &s.heartbeat()).await?,
@@ -516,7 +572,7 @@ async fn stream(
             _ = &mut silence => {
                 let now = tokio::time::Instant::now();
                 if heard + SILENCE_TIMEOUT <= now {
-                    if events.is_empty() {
+                    if events.is_empty() && !acked.has_changed().unwrap_or(false) {
                         return Err(format!(
                             "the replica has not answered for {} s",
                             SILENCE_TIMEOUT.as_secs()
@@ -852,12 +908,11 @@ impl<'a> Shipper<'a> {
         }))
     }
 
-    /// What the replica said: a confirmation moves the window, a retransmission request
-    /// rewinds it; a request for a snapshot, a refusal or the end of the connection end
-    /// the session (Err). No waiting here: a confirmation reaches the quorum at once.
+    /// What the replica said besides confirmations: a retransmission request rewinds the
+    /// window; a request for a snapshot, a refusal or the end of the connection end
+    /// the session (Err).
     fn on_event(&mut self, event: Option<Event>) -> Result<(), String> {
         match event {
-            Some(Event::Acked(serial)) => self.acked(serial),
             Some(Event::Suspended(suspended)) => self.suspended(suspended),
             Some(Event::Retransmit(from)) => {
                 if self.window.rewind(from) {
@@ -874,8 +929,8 @@ impl<'a> Shipper<'a> {
         Ok(())
     }
 
-    /// The replica confirmed `serial`: the window, the status and, for a synchronous
-    /// link, the quorum (which releases the commits waiting for it) move on.
+    /// The replica confirmed `serial`: the window and the status move on (a synchronous
+    /// link's quorum heard it from the reading half already).
     fn acked(&mut self, serial: u64) {
         let before = self.window.acked;
         if !self.window.ack(serial) {
@@ -885,18 +940,12 @@ impl<'a> Shipper<'a> {
         let mut status = self.link.status.lock();
         status.acked_serial = self.window.acked;
         status.lag_ms = self.window.lag_ms();
-        drop(status);
-        if self.def.spec.options.mode == Mode::Sync {
-            self.db.quorum.ack(&self.def.id, self.window.acked);
-        }
     }
 
-    /// The replica was suspended (true) or released: a detached replica is not waited
-    /// for (SPEC G6).
+    /// The replica was suspended (true) or released: the link's state says so (the
+    /// reading half told a synchronous link's quorum, which does not wait for a
+    /// detached replica, SPEC G6).
     fn suspended(&self, suspended: bool) {
-        if self.def.spec.options.mode == Mode::Sync {
-            self.db.quorum.set_suspended(&self.def.id, suspended);
-        }
         self.link.status.lock().state = if suspended {
             LinkState::Suspended
         } else {
