@@ -9,9 +9,10 @@
 //! soon as a transaction is in the log, since its commit waits for the replica anyway.
 //! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
 //! frames are sent as soon as there is something to send: the batching delay is the
-//! time the previous frame took to write. The reading half hands the replica's
-//! confirmations straight to a synchronous link's quorum, which wakes the commits they
-//! cover.
+//! time the previous frame took to write. A synchronous link that is caught up keeps
+//! one frame in flight: the commits made while it travels share the next frame and its
+//! one confirmation. The reading half hands the replica's confirmations straight to a
+//! synchronous link's quorum, which wakes the commits they cover.
 //!
 //! A session's steps: `connect` (register with the target's API, handshake),
 //! `continue_from` (where the log continues the replica: the last serial both logs'
@@ -500,6 +501,12 @@ async fn bootstrap<W: AsyncWrite + Unpin>(
 /// whichever comes first of more log, a reply, the heartbeat and a change of the
 /// definition. The waiting and the socket are here; what to send and what a reply
 /// changes are the [`Shipper`]'s.
+///
+/// A synchronous link keeps one frame in flight while it is caught up: the commits
+/// made while a frame travels wait for its confirmation and then share the next frame
+/// and its one confirmation (group commit over the wire). One commit alone finds
+/// nothing in flight and goes at once; a link catching up (the log held more than its
+/// last frame took) sends frame after frame as an asynchronous one does.
 async fn stream(
     mut s: Shipper<'_>,
     rd: Reader,
@@ -526,6 +533,9 @@ async fn stream(
     let mut heard = tokio::time::Instant::now();
     let silence = tokio::time::sleep(SILENCE_TIMEOUT);
     tokio::pin!(silence);
+    // The log held more than the last frame took: the link is catching up, frames go
+    // back to back.
+    let mut catching_up = false;
     loop {
         // The definition changed (stages swapped, paused, deleted): nothing more ships
         // under the old one; the next session reads the new one. Checked before each
@@ -533,21 +543,28 @@ async fn stream(
         if control.has_changed().unwrap_or(true) {
             return Ok(());
         }
-        let available = *appended.borrow_and_update();
-        let hold = s.link.hold_at.load(Ordering::SeqCst);
-        if s.window.may_send(available, hold) {
-            s.await_durable(available).await?;
-            let txns = s.read_log()?;
-            let frame = s.frame(&txns, hold)?;
-            let bytes = frame.len() as u64;
-            send_live(&mut wr, frame).await?;
-            let mut status = s.link.status.lock();
-            status.sent_serial = s.window.sent();
-            status.bytes_sent += bytes;
-            continue;
+        // A synchronous link that is caught up waits for its frame's confirmation;
+        // meanwhile new commits do not wake it (they go in the next frame).
+        let in_flight = sync && !catching_up && s.window.acked < s.window.sent();
+        if !in_flight {
+            let available = *appended.borrow_and_update();
+            let hold = s.link.hold_at.load(Ordering::SeqCst);
+            if s.window.may_send(available, hold) {
+                s.await_durable(available).await?;
+                let txns = s.read_log()?;
+                let frame = s.frame(&txns, hold)?;
+                let bytes = frame.len() as u64;
+                send_live(&mut wr, frame).await?;
+                let mut status = s.link.status.lock();
+                status.sent_serial = s.window.sent();
+                status.bytes_sent += bytes;
+                drop(status);
+                catching_up = s.window.sent() < available;
+                continue;
+            }
         }
         tokio::select! {
-            changed = appended.changed() => {
+            changed = appended.changed(), if !in_flight => {
                 if changed.is_err() {
                     return Err("the source database was deleted".into());
                 }
