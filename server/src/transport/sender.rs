@@ -153,6 +153,9 @@ struct Replies {
     /// confirmation and suspension by the reading half itself, in the order the replica
     /// sent them, so a commit is released without a hop through the session's task.
     quorum: Option<(Arc<Database>, String)>,
+    /// A synchronous link's status, whose confirmed serial the reading half keeps up
+    /// to date itself (the session's task takes confirmations only when it needs them).
+    status: Option<Arc<LinkHandle>>,
 }
 
 impl Replies {
@@ -187,6 +190,10 @@ async fn read_replies(mut rd: Reader, out: Replies) {
                                     *acked = (*acked).max(serial);
                                     moved
                                 });
+                                if let Some(link) = &out.status {
+                                    let mut status = link.status.lock();
+                                    status.acked_serial = status.acked_serial.max(serial);
+                                }
                             }
                             Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
                             Msg::Suspend => events.push(out.suspended(true)),
@@ -523,6 +530,7 @@ async fn stream(
         acked: acked_tx.clone(),
         events: tx,
         quorum: sync.then(|| (s.db.clone(), s.def.id.clone())),
+        status: sync.then(|| s.link.clone()),
     };
     let reader = tokio::spawn(read_replies(rd, replies));
     let _reader = AbortOnDrop(reader);
@@ -543,33 +551,43 @@ async fn stream(
         if control.has_changed().unwrap_or(true) {
             return Ok(());
         }
-        // A synchronous link that is caught up waits for its frame's confirmation;
-        // meanwhile new commits do not wake it (they go in the next frame).
-        let in_flight = sync && !catching_up && s.window.acked < s.window.sent();
-        if !in_flight {
-            let available = *appended.borrow_and_update();
-            let hold = s.link.hold_at.load(Ordering::SeqCst);
-            if s.window.may_send(available, hold) {
-                s.await_durable(available).await?;
-                let txns = s.read_log()?;
-                let frame = s.frame(&txns, hold)?;
-                let bytes = frame.len() as u64;
-                send_live(&mut wr, frame).await?;
-                let mut status = s.link.status.lock();
-                status.sent_serial = s.window.sent();
-                status.bytes_sent += bytes;
-                drop(status);
-                catching_up = s.window.sent() < available;
-                continue;
-            }
+        // What the replica confirmed since the last turn. A synchronous link's reading
+        // half wakes this task for a confirmation only when it waits for one (below):
+        // the quorum and the status have it already, so a commit is released without
+        // waking this task too.
+        if acked.has_changed().unwrap_or(false) {
+            heard = tokio::time::Instant::now();
+            let serial = *acked.borrow_and_update();
+            s.acked(serial);
         }
+        let available = *appended.borrow_and_update();
+        let hold = s.link.hold_at.load(Ordering::SeqCst);
+        // A synchronous link that is caught up keeps one frame in flight: what is
+        // committed meanwhile waits for its confirmation and goes in the next frame.
+        let in_flight = sync && !catching_up && s.window.acked < s.window.sent();
+        if !in_flight && s.window.may_send(available, hold) {
+            s.await_durable(available).await?;
+            let txns = s.read_log()?;
+            let frame = s.frame(&txns, hold)?;
+            let bytes = frame.len() as u64;
+            send_live(&mut wr, frame).await?;
+            let mut status = s.link.status.lock();
+            status.sent_serial = s.window.sent();
+            status.bytes_sent += bytes;
+            drop(status);
+            catching_up = s.window.sent() < available;
+            continue;
+        }
+        // The log holds more than was sent, and only a confirmation lets it go (the
+        // frame in flight, a full window): wait for that rather than for more log.
+        let blocked = s.window.next <= available && (in_flight || !s.window.has_room());
         tokio::select! {
-            changed = appended.changed(), if !in_flight => {
+            changed = appended.changed(), if !sync || !blocked => {
                 if changed.is_err() {
                     return Err("the source database was deleted".into());
                 }
             }
-            _ = acked.changed() => {
+            _ = acked.changed(), if !sync || blocked => {
                 heard = tokio::time::Instant::now();
                 let serial = *acked.borrow_and_update();
                 s.acked(serial);
@@ -955,7 +973,8 @@ impl<'a> Shipper<'a> {
         }
         debug_assert!(self.window.acked > before, "acked never moves backward");
         let mut status = self.link.status.lock();
-        status.acked_serial = self.window.acked;
+        // A synchronous link's reading half may have set a later one already.
+        status.acked_serial = status.acked_serial.max(self.window.acked);
         status.lag_ms = self.window.lag_ms();
     }
 
