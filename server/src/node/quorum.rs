@@ -304,12 +304,18 @@ impl Quorum {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn k_of_n_waits_for_k_live_links_and_ignores_suspended_ones() {
+    /// A quorum of links `a` and `b`, both needed, with this timeout.
+    fn both_of_two(timeout_ms: u64) -> std::sync::Arc<Quorum> {
         let q = std::sync::Arc::new(Quorum::default());
         q.register("a", 0);
         q.register("b", 0);
-        q.configure(2, 200);
+        q.configure(2, timeout_ms);
+        q
+    }
+
+    #[tokio::test]
+    async fn k_of_n_waits_for_k_live_links_and_ignores_suspended_ones() {
+        let q = both_of_two(200);
         let waiter = {
             let q = q.clone();
             tokio::spawn(async move { q.wait(5).await })
@@ -326,10 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_confirmation_times_out_with_the_counts() {
-        let q = Quorum::default();
-        q.register("a", 0);
-        q.register("b", 0);
-        q.configure(2, 20);
+        let q = both_of_two(20);
         q.ack("a", 3);
         let err = q.wait(3).await.unwrap_err();
         assert_eq!((err.confirmed, err.needed), (1, 2));
@@ -359,10 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_strict_quorum_does_not_shrink_when_a_link_is_suspended() {
-        let q = Quorum::default();
-        q.register("a", 0);
-        q.register("b", 0);
-        q.configure(2, 20);
+        let q = both_of_two(20);
         q.set_strict(true);
         q.set_suspended("b", true);
         q.ack("a", 3);
@@ -374,10 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_confirmation_releases_the_commits_it_covers_and_no_later_one() {
-        let q = std::sync::Arc::new(Quorum::default());
-        q.register("a", 0);
-        q.register("b", 0);
-        q.configure(2, 5_000);
+        let q = both_of_two(5_000);
         let wait = |serial| {
             let q = q.clone();
             tokio::spawn(async move { q.wait(serial).await })
