@@ -20,7 +20,11 @@
 //!   --path /v1/tenants/default/databases/sync/files/bench/records \
 //!   --redis 127.0.0.1:6390 --pids "$A,$B,$RP,$RR" --clients 64
 //! ```
-//! `server/benches/vs_redis.sh` starts everything and runs it.
+//! `server/benches/vs_redis.sh` starts everything and runs it. `--sides doppel|redis`
+//! measures one side, `--first-round N` numbers the rounds (and so the keys) from N, and
+//! `--doppel-name` names the Doppel side in the output: the script uses them to run one
+//! round per call when it compares two Doppel builds with Redis. Beside the CPU seconds
+//! each line gives the CPU µs per commit of every process.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -42,6 +46,12 @@ struct Args {
     mode: String,
     /// `doppel`, `redis` or `both`.
     sides: String,
+    /// The first round's number (keys are named by round): a script that runs one
+    /// round per call, interleaving servers, keeps each call's keys new.
+    first_round: usize,
+    /// What this run calls the Doppel side (`doppel`; a script comparing two builds
+    /// names them).
+    doppel_name: String,
 }
 
 fn args() -> Args {
@@ -58,6 +68,8 @@ fn args() -> Args {
         value_bytes: 100,
         mode: "all".into(),
         sides: "both".into(),
+        first_round: 0,
+        doppel_name: "doppel".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +100,8 @@ fn args() -> Args {
             "--value-bytes" => a.value_bytes = value.parse().expect("a size"),
             "--mode" => a.mode = value,
             "--sides" => a.sides = value,
+            "--first-round" => a.first_round = value.parse().expect("a number"),
+            "--doppel-name" => a.doppel_name = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -240,16 +254,22 @@ fn own_cpu() -> f64 {
     cpu_of(std::process::id())
 }
 
-/// CPU seconds used by the client and each named process while `f` ran.
-fn with_cpu<T>(a: &Args, f: impl FnOnce() -> T) -> (T, String) {
+/// CPU seconds used by the client and each named process while `f` ran, and per
+/// commit (`commits` of what `f` returns) in µs.
+fn with_cpu<T>(a: &Args, f: impl FnOnce() -> T, commits: impl Fn(&T) -> usize) -> (T, String) {
     let before: Vec<f64> = a.pids.iter().map(|(_, p)| cpu_of(*p)).collect();
     let me = own_cpu();
     let out = f();
-    let mut cpu = format!("client {:.2}", own_cpu() - me);
+    let n = commits(&out).max(1) as f64;
+    let spent = own_cpu() - me;
+    let mut cpu = format!("client {spent:.2}");
+    let mut per = format!("client {:.1}", spent / n * 1e6);
     for ((name, pid), b) in a.pids.iter().zip(before) {
-        cpu.push_str(&format!(", {name} {:.2}", cpu_of(*pid) - b));
+        let spent = cpu_of(*pid) - b;
+        cpu.push_str(&format!(", {name} {spent:.2}"));
+        per.push_str(&format!(", {name} {:.1}", spent / n * 1e6));
     }
-    (out, format!("CPU s: {cpu}"))
+    (out, format!("CPU s: {cpu}; CPU µs per commit: {per}"))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -259,9 +279,9 @@ enum Side {
 }
 
 impl Side {
-    fn name(self) -> &'static str {
+    fn name(self, a: &Args) -> &str {
         match self {
-            Side::Doppel => "doppel",
+            Side::Doppel => &a.doppel_name,
             Side::Redis => "redis",
         }
     }
@@ -337,12 +357,12 @@ fn main() {
     );
     if a.mode == "all" || a.mode == "latency" {
         let mut p50 = [Vec::new(), Vec::new()];
-        for round in 0..a.rounds {
+        for (n, round) in (a.first_round..a.first_round + a.rounds).enumerate() {
             for (i, side) in sides.iter().copied().enumerate() {
-                let (lat, cpu) = with_cpu(&a, || latency(&a, side, round));
+                let (lat, cpu) = with_cpu(&a, || latency(&a, side, round), Vec::len);
                 println!(
                     "latency round {round} {}: {} commits, one connection: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({cpu})",
-                    side.name(),
+                    side.name(&a),
                     lat.len(),
                     us(&lat, 0.5),
                     us(&lat, 0.99),
@@ -353,20 +373,21 @@ fn main() {
             if sides.len() == 2 {
                 println!(
                     "latency round {round}: doppel p50 / redis p50 = {:.2}",
-                    p50[0][round] / p50[1][round]
+                    p50[0][n] / p50[1][n]
                 );
             }
         }
     }
     if a.mode == "all" || a.mode == "concurrent" {
-        for round in 0..a.rounds {
+        for round in a.first_round..a.first_round + a.rounds {
             let mut rate = [0.0; 2];
             for (i, side) in sides.iter().copied().enumerate() {
-                let ((r, lat), cpu) = with_cpu(&a, || concurrent(&a, side, round));
+                let ((r, lat), cpu) =
+                    with_cpu(&a, || concurrent(&a, side, round), |(_, lat)| lat.len());
                 rate[i] = r;
                 println!(
                     "concurrent round {round} {}: {} clients: {:.0} commits/s, p50 {:.1} µs, p99 {:.1} µs ({cpu})",
-                    side.name(),
+                    side.name(&a),
                     a.clients,
                     r,
                     us(&lat, 0.5),

@@ -3,6 +3,7 @@
 #
 #   cargo build --release --bin doppel && cargo bench --bench sync_clients --no-run
 #   server/benches/vs_redis.sh target/release/doppel [ROUNDS]
+#   VS_REDIS_BASE=/tmp/doppel-base VS_REDIS_PARTS=sync server/benches/vs_redis.sh target/release/doppel 3
 #
 # Starts a Redis primary and replica (no persistence) and two release Doppel nodes, then
 # measures, interleaving Doppel and Redis in every round so that the machine's swings
@@ -18,6 +19,11 @@
 #      once with both Doppel databases at durability `none`, once at `group`.
 # Prints every figure with the CPU seconds of each process beside it, and a ratio line
 # per comparison. Everything listens on 127.0.0.1 and is stopped at exit.
+# VS_REDIS_BASE=BINARY also starts a pair of nodes of another build (the base of a
+# change) and runs the sync part round by round as: this build, the base, Redis (each
+# line names its side: doppel, base, redis; the two builds take turns going first), so
+# the two builds are compared in one run. VS_REDIS_SYNC="group" (or "none") runs the
+# sync part at that durability only.
 # Needs redis-server and redis-tools (Debian), python3 for nothing.
 set -euo pipefail
 BIN=$(realpath "${1:?usage: vs_redis.sh DOPPEL_BINARY [ROUNDS]}")
@@ -30,8 +36,9 @@ if [[ $PARTS == *sync* && ! -x $CLIENT ]]; then
   echo "build the client first: cargo bench --bench sync_clients --no-run" >&2; exit 2
 fi
 command -v redis-server >/dev/null || { echo "apt-get install -y redis-server redis-tools" >&2; exit 2; }
-RP=6392 RR=6393 DA=7191 DB=7192
-for p in $RP $RR $DA $DB; do
+BASE=${VS_REDIS_BASE:+$(realpath "$VS_REDIS_BASE")}
+RP=6392 RR=6393 DA=7191 DB=7192 BA=7193 BB=7194
+for p in $RP $RR $DA $DB $BA $BB; do
   if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p in use" >&2; exit 2; fi
 done
 W=$(mktemp -d /tmp/vs_redis.XXXXXX)
@@ -67,14 +74,21 @@ TOML
 "$BIN" serve --data "$W/b" --listen 127.0.0.1:$DB --config "$W/node.toml" > "$W/b.log" 2>&1 & PIDS+=($!); DOPPEL_B=$!
 wait_for "doppel A" curl -sf http://127.0.0.1:$DA/v1/health
 wait_for "doppel B" curl -sf http://127.0.0.1:$DB/v1/health
+PIDLIST="doppel_a=$DOPPEL_A,doppel_b=$DOPPEL_B,redis_p=$REDIS_P,redis_r=$REDIS_R"
+if [[ -n $BASE ]]; then
+  "$BASE" serve --data "$W/ba" --listen 127.0.0.1:$BA --config "$W/node.toml" > "$W/ba.log" 2>&1 & PIDS+=($!); BASE_A=$!
+  "$BASE" serve --data "$W/bb" --listen 127.0.0.1:$BB --config "$W/node.toml" > "$W/bb.log" 2>&1 & PIDS+=($!); BASE_B=$!
+  wait_for "base A" curl -sf http://127.0.0.1:$BA/v1/health
+  wait_for "base B" curl -sf http://127.0.0.1:$BB/v1/health
+  PIDLIST="doppel_a=$DOPPEL_A,doppel_b=$DOPPEL_B,base_a=$BASE_A,base_b=$BASE_B,redis_p=$REDIS_P,redis_r=$REDIS_R"
+fi
 TOKEN=$("$BIN" token --tenant default --role admin --config "$W/node.toml")
-api() {  # METHOD PATH [BODY]
+api() {  # METHOD PATH [BODY]   (on node A; API=port for another)
   curl -sf -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    "http://127.0.0.1:$DA$2" ${3:+-d "$3"}
+    "http://127.0.0.1:${API:-$DA}$2" ${3:+-d "$3"}
 }
 cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
-PIDLIST="doppel_a=$DOPPEL_A,doppel_b=$DOPPEL_B,redis_p=$REDIS_P,redis_r=$REDIS_R"
-echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $("$BIN" --version); $(redis-server --version | cut -d' ' -f3)"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $("$BIN" --version)${BASE:+ against base $("$BASE" --version)}; $(redis-server --version | cut -d' ' -f3)"
 
 # ---- 1. replicated writes/s
 redis_offsets_equal() {
@@ -108,18 +122,36 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # ---- 2. sync commits, durability none, then group
-for durability in none group; do
+# A database with a sync link from node $1 (API port) to node $2: waits until it streams.
+sync_db() {
+  local src=$1 dst=$2 db=$3 durability=$4 id
+  API=$src api POST /v1/tenants/default/databases \
+    "{\"name\":\"$db\",\"files\":[{\"name\":\"bench\"}],\"durability\":\"$durability\"}" > /dev/null
+  API=$src api POST /v1/tenants/default/links \
+    "{\"database\":\"$db\",\"mode\":\"sync\",\"target\":{\"url\":\"http://127.0.0.1:$dst\",\"database\":\"$db\"}}" > "$W/link.json"
+  id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$W/link.json")
+  wait_for "sync link" bash -c "curl -sf -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$src/v1/tenants/default/links/$id | grep -q '\"state\":\"streaming\"'"
+}
+for durability in ${VS_REDIS_SYNC:-none group}; do
   [[ $PARTS == *sync* ]] || break
   db="sync_$durability"
-  api POST /v1/tenants/default/databases \
-    "{\"name\":\"$db\",\"files\":[{\"name\":\"bench\"}],\"durability\":\"$durability\"}" > /dev/null
-  api POST /v1/tenants/default/links \
-    "{\"database\":\"$db\",\"mode\":\"sync\",\"target\":{\"url\":\"http://127.0.0.1:$DB\",\"database\":\"$db\"}}" > "$W/link.json"
-  id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$W/link.json")
-  wait_for "sync link" bash -c "curl -sf -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$DA/v1/tenants/default/links/$id | grep -q '\"state\":\"streaming\"'"
-  echo "# sync commits, Doppel databases at durability $durability (Redis: no persistence)"
+  sync_db $DA $DB "$db" $durability
+  [[ -n $BASE ]] && sync_db $BA $BB "$db" $durability
+  echo "# sync commits, Doppel databases at durability $durability (Redis: no persistence); load $(cut -d' ' -f1-3 /proc/loadavg)"
   mode=all; [[ $durability == group ]] && mode=latency
-  "$CLIENT" --doppel 127.0.0.1:$DA --token "$TOKEN" --redis 127.0.0.1:$RP \
-    --path "/v1/tenants/default/databases/$db/files/bench/records" --pids "$PIDLIST" \
-    --rounds "$ROUNDS" --clients 64 --mode $mode | sed "s/^/$durability /"
+  client=("$CLIENT" --token "$TOKEN" --redis 127.0.0.1:$RP --path "/v1/tenants/default/databases/$db/files/bench/records"
+    --pids "$PIDLIST" --clients 64 --mode $mode)
+  if [[ -z $BASE ]]; then
+    "${client[@]}" --doppel 127.0.0.1:$DA --rounds "$ROUNDS" | sed "s/^/$durability /"
+    continue
+  fi
+  # This build and the base (in turn first: even rounds this build, odd ones the base),
+  # then Redis, round after round; each call one round of each mode.
+  for round in $(seq 0 $((ROUNDS - 1))); do
+    this=("${client[@]}" --rounds 1 --first-round "$round" --sides doppel --doppel 127.0.0.1:$DA)
+    base=("${client[@]}" --rounds 1 --first-round "$round" --sides doppel --doppel 127.0.0.1:$BA --doppel-name base)
+    if (( round % 2 == 0 )); then "${this[@]}"; "${base[@]}"; else "${base[@]}"; "${this[@]}"; fi | sed "s/^/$durability /"
+    "${client[@]}" --rounds 1 --first-round "$round" --sides redis | sed "s/^/$durability /"
+    echo "$durability round $round done; load $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
 done

@@ -9,7 +9,10 @@
 //! of the stream too. After each frame the replica answers "backup completed" with its
 //! last applied serial, once that is as durable as the replica's database promises; the
 //! confirmations wait for the flush in a writing half of their own, so applying goes on
-//! while the flush runs and one flush confirms many frames.
+//! while the flush runs and one flush confirms many frames. At durability `none` there
+//! is no flush to wait for: the reading half writes the confirmation itself on the turn
+//! that applied the frame (no hand-off to the writing half), unless replies are queued
+//! there before it.
 //!
 //! A session's steps: `serve` checks the handshake, `stream` welcomes the source and
 //! starts the writing half (`write_replies`), and `apply_stream` reads frame after
@@ -22,6 +25,7 @@
 //! `Applier::end_frame` (the retransmission request, the confirmation). The socket is
 //! read in the loop; the methods decide what a message does.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +43,7 @@ use super::Replication;
 use crate::log::codec;
 use crate::log::durable::RawChunk;
 use crate::node::database::ReplicaApply;
-use crate::node::Database;
+use crate::node::{Database, Durability};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A source sends a heartbeat every half second; this much silence ends the session.
@@ -239,27 +243,57 @@ enum Reply {
     Wait(tokio::task::JoinHandle<Result<(), String>>),
 }
 
+/// The session's way back to the source: the writing half's queue and, for a replica
+/// whose confirmations wait for no flush (durability `none`), the socket itself.
+struct Answers {
+    tx: mpsc::Sender<Reply>,
+    /// Replies handed to the writing half and not yet written.
+    queued: Arc<AtomicUsize>,
+    wr: Arc<tokio::sync::Mutex<Writer>>,
+    /// Confirmations wait for no flush: the reading half writes them itself.
+    direct: bool,
+}
+
+impl Answers {
+    /// Send `frame` (replies, a confirmation that needs no flush) from the reading half
+    /// itself, on this turn, when nothing queued for the writing half must go before it;
+    /// otherwise queue it behind what is.
+    async fn answer(&self, frame: &[u8]) -> Result<(), String> {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            // Nothing queued: the writing half is idle and holds no lock.
+            if let Ok(mut wr) = self.wr.try_lock() {
+                return send(&mut *wr, frame).await;
+            }
+        }
+        queue(self, Reply::Frame(frame.to_vec())).await
+    }
+}
+
 /// The writing half: sends replies in order, and confirms applied serials after the
 /// group flush that covers them, several at once when they queue up while a flush
 /// runs. The reading half never waits for a flush.
 async fn write_replies(
     db: Arc<Database>,
-    mut wr: Writer,
+    wr: Arc<tokio::sync::Mutex<Writer>>,
     mut rx: mpsc::Receiver<Reply>,
+    queued: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     while let Some(first) = rx.recv().await {
         let mut ack = None;
         let mut next = Some(first);
+        let mut taken = 0;
         while let Some(reply) = next.take().or_else(|| rx.try_recv().ok()) {
+            taken += 1;
             match reply {
-                Reply::Frame(frame) => send(&mut wr, &frame).await?,
+                Reply::Frame(frame) => send(&mut *wr.lock().await, &frame).await?,
                 Reply::Ack(serial) => ack = ack.max(Some(serial)),
                 Reply::Wait(task) => {
                     if let Some(serial) = ack.take() {
                         db.await_durable()
                             .await
                             .map_err(|e| format!("the replica's log: {e}"))?;
-                        send(&mut wr, &wire::single(&Msg::BackupCompleted { serial })).await?;
+                        let frame = wire::single(&Msg::BackupCompleted { serial });
+                        send(&mut *wr.lock().await, &frame).await?;
                     }
                     task.await.map_err(|e| e.to_string())??;
                 }
@@ -269,8 +303,11 @@ async fn write_replies(
             db.await_durable()
                 .await
                 .map_err(|e| format!("the replica's log: {e}"))?;
-            send(&mut wr, &wire::single(&Msg::BackupCompleted { serial })).await?;
+            let frame = wire::single(&Msg::BackupCompleted { serial });
+            send(&mut *wr.lock().await, &frame).await?;
         }
+        // Written: the reading half may write again itself.
+        queued.fetch_sub(taken, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -316,9 +353,17 @@ async fn stream(
     .await?;
     tracing::info!(link = %reg.link, database = %reg.database, serial = last, "replica connected");
     let (tx, rx) = mpsc::channel(1024);
-    let writer = tokio::spawn(write_replies(db.clone(), wr, rx));
-    let result = apply_stream(repl, reg, hello, db, &mut rd, &tx).await;
-    drop(tx);
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let answers = Answers {
+        tx,
+        queued: queued.clone(),
+        wr: wr.clone(),
+        direct: db.def.spec.durability == Durability::None,
+    };
+    let writer = tokio::spawn(write_replies(db.clone(), wr, rx, queued));
+    let result = apply_stream(repl, reg, hello, db, &mut rd, &answers).await;
+    drop(answers);
     // Whatever the reading half queued (a refusal, a request for a snapshot) goes out.
     let written = writer.await.map_err(|e| e.to_string())?;
     result.and(written)
@@ -398,14 +443,16 @@ fn apply_mutual(
 }
 
 /// Hand a reply to the writing half.
-async fn queue(tx: &mpsc::Sender<Reply>, reply: Reply) -> Result<(), String> {
-    tx.send(reply)
+async fn queue(tx: &Answers, reply: Reply) -> Result<(), String> {
+    tx.queued.fetch_add(1, Ordering::SeqCst);
+    tx.tx
+        .send(reply)
         .await
         .map_err(|_| "the connection to the source is closed".to_string())
 }
 
 /// Hand a frame to the writing half, to be sent in order with the confirmations.
-async fn reply_now(tx: &mpsc::Sender<Reply>, frame: Vec<u8>) -> Result<(), String> {
+async fn reply_now(tx: &Answers, frame: Vec<u8>) -> Result<(), String> {
     queue(tx, Reply::Frame(frame)).await
 }
 
@@ -420,7 +467,7 @@ async fn apply_stream(
     hello: &wire::Hello,
     db: &Arc<Database>,
     rd: &mut Reader,
-    tx: &mpsc::Sender<Reply>,
+    tx: &Answers,
 ) -> Result<(), String> {
     let mut s = Applier::new(repl, reg, hello, db, tx)?;
     let mut payload = Vec::new();
@@ -467,7 +514,7 @@ struct Applier<'a> {
     reg: &'a ReplicaReg,
     hello: &'a wire::Hello,
     db: &'a Arc<Database>,
-    tx: &'a mpsc::Sender<Reply>,
+    tx: &'a Answers,
     /// A database's files are fixed when it is created: resolve logical operations
     /// against one copy of the schema for the whole session.
     schema: crate::store::Schema,
@@ -498,7 +545,7 @@ impl<'a> Applier<'a> {
         reg: &'a ReplicaReg,
         hello: &'a wire::Hello,
         db: &'a Arc<Database>,
-        tx: &'a mpsc::Sender<Reply>,
+        tx: &'a Answers,
     ) -> Result<Applier<'a>, String> {
         let schema = db.schema();
         let spooled = repl
@@ -668,24 +715,36 @@ impl<'a> Applier<'a> {
     }
 
     /// The end of a frame's turn: ask for a retransmission if a gap showed, send the
-    /// replies, and confirm what the replica holds if the frame asked for an answer
-    /// (the writing half waits for the flush that covers it).
+    /// replies, and confirm what the replica holds if the frame asked for an answer.
+    /// At durability `none` the confirmation goes out now, on this turn, with the
+    /// replies in one frame; otherwise (or while replies are queued before it) the
+    /// writing half sends it after the flush that covers it.
     async fn end_frame(&mut self, mut turn: Turn) -> Result<(), String> {
         if let Some(from) = self.retransmit_from(turn.gap) {
             turn.reply.push(&Msg::Retransmit { from });
         }
+        if turn.answer && self.spool_unflushed {
+            // A confirmation covers what was spooled: it must be on disk, and the
+            // spool is in the node's sled, which the database's flush does not cover.
+            let spool = &self.repl.target.spool;
+            net::blocking(|| spool.flush()).map_err(|e| e.to_string())?;
+            self.spool_unflushed = false;
+        }
+        let confirm = turn.answer.then(|| self.confirmable());
+        if self.tx.direct {
+            if let Some(serial) = confirm {
+                turn.reply.push(&Msg::BackupCompleted { serial });
+            }
+            if !turn.reply.is_empty() {
+                self.tx.answer(turn.reply.frame()).await?;
+            }
+            return Ok(());
+        }
         if !turn.reply.is_empty() {
             reply_now(self.tx, turn.reply.finish()).await?;
         }
-        if turn.answer {
-            if self.spool_unflushed {
-                // A confirmation covers what was spooled: it must be on disk, and the
-                // spool is in the node's sled, which the database's flush does not cover.
-                let spool = &self.repl.target.spool;
-                net::blocking(|| spool.flush()).map_err(|e| e.to_string())?;
-                self.spool_unflushed = false;
-            }
-            queue(self.tx, Reply::Ack(self.confirmable())).await?;
+        if let Some(serial) = confirm {
+            queue(self.tx, Reply::Ack(serial)).await?;
         }
         Ok(())
     }
@@ -1157,7 +1216,7 @@ impl<'a> Applier<'a> {
 
 /// Refuse what the source sent (through the writing half, which sends it before
 /// closing) and end the session with the reason.
-async fn refuse_stream(tx: &mpsc::Sender<Reply>, reason: String) -> Result<(), String> {
+async fn refuse_stream(tx: &Answers, reason: String) -> Result<(), String> {
     let refusal = wire::single(&Msg::Refused {
         code: "apply".into(),
         reason: reason.clone(),
@@ -1168,7 +1227,7 @@ async fn refuse_stream(tx: &mpsc::Sender<Reply>, reason: String) -> Result<(), S
 
 /// Ask the source for a snapshot (the replica cannot go on from where it is) and end
 /// the session with the reason.
-async fn ask_snapshot(tx: &mpsc::Sender<Reply>, reason: &str) -> Result<(), String> {
+async fn ask_snapshot(tx: &Answers, reason: &str) -> Result<(), String> {
     let _ = reply_now(
         tx,
         wire::single(&Msg::NeedBootstrap {

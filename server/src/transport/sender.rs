@@ -9,7 +9,10 @@
 //! soon as a transaction is in the log, since its commit waits for the replica anyway.
 //! At most [`WINDOW_ENTRIES`] unconfirmed entries are in flight (backpressure), and
 //! frames are sent as soon as there is something to send: the batching delay is the
-//! time the previous frame took to write.
+//! time the previous frame took to write. A synchronous link that is caught up keeps
+//! one frame in flight: the commits made while it travels share the next frame and its
+//! one confirmation. The reading half hands the replica's confirmations straight to a
+//! synchronous link's quorum, which wakes the commits they cover.
 //!
 //! A session's steps: `connect` (register with the target's API, handshake),
 //! `continue_from` (where the log continues the replica: the last serial both logs'
@@ -131,9 +134,8 @@ async fn register(repl: &Arc<Replication>, def: &LinkDef, db: &Database) -> Resu
     repl.net.register(repl, def, body).await
 }
 
-/// What the reading half reports.
+/// What the reading half reports besides confirmations (those go to [`Replies::acked`]).
 enum Event {
-    Acked(u64),
     /// The replica was suspended (true) or released.
     Suspended(bool),
     Retransmit(u64),
@@ -141,23 +143,64 @@ enum Event {
     Closed(String),
 }
 
-/// The reading half: turns the replica's messages into [`Event`]s for the session, and
+/// Where the reading half puts what the replica said.
+struct Replies {
+    /// The highest serial the replica confirmed, for the session's window: the latest
+    /// value is what counts, so confirmations never queue (nor block the reading half).
+    acked: Arc<watch::Sender<u64>>,
+    events: mpsc::Sender<Event>,
+    /// A synchronous link's quorum (the database and the link's id): told of each
+    /// confirmation and suspension by the reading half itself, in the order the replica
+    /// sent them, so a commit is released without a hop through the session's task.
+    quorum: Option<(Arc<Database>, String)>,
+    /// A synchronous link's status, whose confirmed serial the reading half keeps up
+    /// to date itself (the session's task takes confirmations only when it needs them).
+    status: Option<Arc<LinkHandle>>,
+}
+
+impl Replies {
+    /// The replica was suspended (true) or released: the quorum does not wait for a
+    /// detached replica (SPEC G6); the session shows it.
+    fn suspended(&self, suspended: bool) -> Event {
+        if let Some((db, link)) = &self.quorum {
+            db.quorum.set_suspended(link, suspended);
+        }
+        Event::Suspended(suspended)
+    }
+}
+
+/// The reading half: hands confirmations to the quorum (a synchronous link) and the
+/// session's window, the replica's other messages to the session as [`Event`]s, and
 /// ends with [`Event::Closed`] when the connection does (or a frame is malformed).
-async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
+async fn read_replies(mut rd: Reader, out: Replies) {
+    let mut payload = Vec::new();
     loop {
-        let event = match wire::read_frame(&mut rd).await {
-            Ok(payload) => match wire::messages(&payload) {
+        let event = match wire::read_frame_into(&mut rd, &mut payload).await {
+            Ok(()) => match wire::messages(&payload) {
                 Ok(msgs) => {
                     let mut events = Vec::new();
                     for m in msgs {
                         match m {
-                            Msg::BackupCompleted { serial } => events.push(Event::Acked(serial)),
+                            Msg::BackupCompleted { serial } => {
+                                if let Some((db, link)) = &out.quorum {
+                                    db.quorum.ack(link, serial);
+                                }
+                                out.acked.send_if_modified(|acked| {
+                                    let moved = serial > *acked;
+                                    *acked = (*acked).max(serial);
+                                    moved
+                                });
+                                if let Some(link) = &out.status {
+                                    let mut status = link.status.lock();
+                                    status.acked_serial = status.acked_serial.max(serial);
+                                }
+                            }
                             Msg::Retransmit { from } => events.push(Event::Retransmit(from)),
-                            Msg::Suspend => events.push(Event::Suspended(true)),
+                            Msg::Suspend => events.push(out.suspended(true)),
+                            Msg::Release => events.push(out.suspended(false)),
                             Msg::Refused { code, reason } => events.push(Event::Closed(format!(
                                 "the replica refused: {reason} ({code})"
                             ))),
-                            Msg::Release => events.push(Event::Suspended(false)),
                             Msg::NeedBootstrap { reason } => {
                                 events.push(Event::NeedBootstrap(reason))
                             }
@@ -165,7 +208,7 @@ async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
                         }
                     }
                     for e in events {
-                        if tx.send(e).await.is_err() {
+                        if out.events.send(e).await.is_err() {
                             return;
                         }
                     }
@@ -175,7 +218,7 @@ async fn read_replies(mut rd: Reader, tx: mpsc::Sender<Event>) {
             },
             Err(e) => Event::Closed(format!("the replica's connection ended: {e}")),
         };
-        let _ = tx.send(event).await;
+        let _ = out.events.send(event).await;
         return;
     }
 }
@@ -465,6 +508,12 @@ async fn bootstrap<W: AsyncWrite + Unpin>(
 /// whichever comes first of more log, a reply, the heartbeat and a change of the
 /// definition. The waiting and the socket are here; what to send and what a reply
 /// changes are the [`Shipper`]'s.
+///
+/// A synchronous link keeps one frame in flight while it is caught up: the commits
+/// made while a frame travels wait for its confirmation and then share the next frame
+/// and its one confirmation (group commit over the wire). One commit alone finds
+/// nothing in flight and goes at once; a link catching up (the log held more than its
+/// last frame took) sends frame after frame as an asynchronous one does.
 async fn stream(
     mut s: Shipper<'_>,
     rd: Reader,
@@ -472,7 +521,18 @@ async fn stream(
     control: &mut watch::Receiver<u64>,
 ) -> Result<(), String> {
     let (tx, mut events) = mpsc::channel(256);
-    let reader = tokio::spawn(read_replies(rd, tx));
+    // Kept here too, so the channel stays open when the reading half ends (its last
+    // word, why, comes as an event).
+    let acked_tx = Arc::new(watch::channel(s.window.acked).0);
+    let mut acked = acked_tx.subscribe();
+    let sync = s.def.spec.options.mode == Mode::Sync;
+    let replies = Replies {
+        acked: acked_tx.clone(),
+        events: tx,
+        quorum: sync.then(|| (s.db.clone(), s.def.id.clone())),
+        status: sync.then(|| s.link.clone()),
+    };
+    let reader = tokio::spawn(read_replies(rd, replies));
     let _reader = AbortOnDrop(reader);
     let mut appended = s.db.subscribe_appended();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -481,6 +541,9 @@ async fn stream(
     let mut heard = tokio::time::Instant::now();
     let silence = tokio::time::sleep(SILENCE_TIMEOUT);
     tokio::pin!(silence);
+    // The log held more than the last frame took: the link is catching up, frames go
+    // back to back.
+    let mut catching_up = false;
     loop {
         // The definition changed (stages swapped, paused, deleted): nothing more ships
         // under the old one; the next session reads the new one. Checked before each
@@ -488,9 +551,21 @@ async fn stream(
         if control.has_changed().unwrap_or(true) {
             return Ok(());
         }
+        // What the replica confirmed since the last turn. A synchronous link's reading
+        // half wakes this task for a confirmation only when it waits for one (below):
+        // the quorum and the status have it already, so a commit is released without
+        // waking this task too.
+        if acked.has_changed().unwrap_or(false) {
+            heard = tokio::time::Instant::now();
+            let serial = *acked.borrow_and_update();
+            s.acked(serial);
+        }
         let available = *appended.borrow_and_update();
         let hold = s.link.hold_at.load(Ordering::SeqCst);
-        if s.window.may_send(available, hold) {
+        // A synchronous link that is caught up keeps one frame in flight: what is
+        // committed meanwhile waits for its confirmation and goes in the next frame.
+        let in_flight = sync && !catching_up && s.window.acked < s.window.sent();
+        if !in_flight && s.window.may_send(available, hold) {
             s.await_durable(available).await?;
             let txns = s.read_log()?;
             let frame = s.frame(&txns, hold)?;
@@ -499,16 +574,32 @@ async fn stream(
             let mut status = s.link.status.lock();
             status.sent_serial = s.window.sent();
             status.bytes_sent += bytes;
+            drop(status);
+            catching_up = s.window.sent() < available;
             continue;
         }
+        // The log holds more than was sent, and only a confirmation lets it go (the
+        // frame in flight, a full window): wait for that rather than for more log.
+        let blocked = s.window.next <= available && (in_flight || !s.window.has_room());
         tokio::select! {
-            changed = appended.changed() => {
+            changed = appended.changed(), if !sync || !blocked => {
                 if changed.is_err() {
                     return Err("the source database was deleted".into());
                 }
             }
+            _ = acked.changed(), if !sync || blocked => {
+                heard = tokio::time::Instant::now();
+                let serial = *acked.borrow_and_update();
+                s.acked(serial);
+            }
             event = events.recv() => {
                 heard = tokio::time::Instant::now();
+                // What the replica confirmed before asking for something is taken
+                // first, as it was sent.
+                if acked.has_changed().unwrap_or(false) {
+                    let serial = *acked.borrow_and_update();
+                    s.acked(serial);
+                }
                 s.on_event(event)?
             }
             _ = heartbeat.tick() => send_live(&mut wr, &s.heartbeat()).await?,
@@ -516,7 +607,7 @@ async fn stream(
             _ = &mut silence => {
                 let now = tokio::time::Instant::now();
                 if heard + SILENCE_TIMEOUT <= now {
-                    if events.is_empty() {
+                    if events.is_empty() && !acked.has_changed().unwrap_or(false) {
                         return Err(format!(
                             "the replica has not answered for {} s",
                             SILENCE_TIMEOUT.as_secs()
@@ -852,12 +943,11 @@ impl<'a> Shipper<'a> {
         }))
     }
 
-    /// What the replica said: a confirmation moves the window, a retransmission request
-    /// rewinds it; a request for a snapshot, a refusal or the end of the connection end
-    /// the session (Err). No waiting here: a confirmation reaches the quorum at once.
+    /// What the replica said besides confirmations: a retransmission request rewinds the
+    /// window; a request for a snapshot, a refusal or the end of the connection end
+    /// the session (Err).
     fn on_event(&mut self, event: Option<Event>) -> Result<(), String> {
         match event {
-            Some(Event::Acked(serial)) => self.acked(serial),
             Some(Event::Suspended(suspended)) => self.suspended(suspended),
             Some(Event::Retransmit(from)) => {
                 if self.window.rewind(from) {
@@ -874,8 +964,8 @@ impl<'a> Shipper<'a> {
         Ok(())
     }
 
-    /// The replica confirmed `serial`: the window, the status and, for a synchronous
-    /// link, the quorum (which releases the commits waiting for it) move on.
+    /// The replica confirmed `serial`: the window and the status move on (a synchronous
+    /// link's quorum heard it from the reading half already).
     fn acked(&mut self, serial: u64) {
         let before = self.window.acked;
         if !self.window.ack(serial) {
@@ -883,20 +973,15 @@ impl<'a> Shipper<'a> {
         }
         debug_assert!(self.window.acked > before, "acked never moves backward");
         let mut status = self.link.status.lock();
-        status.acked_serial = self.window.acked;
+        // A synchronous link's reading half may have set a later one already.
+        status.acked_serial = status.acked_serial.max(self.window.acked);
         status.lag_ms = self.window.lag_ms();
-        drop(status);
-        if self.def.spec.options.mode == Mode::Sync {
-            self.db.quorum.ack(&self.def.id, self.window.acked);
-        }
     }
 
-    /// The replica was suspended (true) or released: a detached replica is not waited
-    /// for (SPEC G6).
+    /// The replica was suspended (true) or released: the link's state says so (the
+    /// reading half told a synchronous link's quorum, which does not wait for a
+    /// detached replica, SPEC G6).
     fn suspended(&self, suspended: bool) {
-        if self.def.spec.options.mode == Mode::Sync {
-            self.db.quorum.set_suspended(&self.def.id, suspended);
-        }
         self.link.status.lock().state = if suspended {
             LinkState::Suspended
         } else {
