@@ -1449,7 +1449,7 @@ fn every_read(log: &LogStore, uid: u64, last: u64) -> Vec<Vec<ReadTxn>> {
 }
 
 #[test]
-fn the_in_memory_tail_answers_a_sender_exactly_as_sled_does() {
+fn the_in_memory_tail_answers_a_sender_exactly_as_the_segments_do() {
     let f = Fixture::new();
     let mut w = Writer::new();
     // Something reads the log before the writes: the tail keeps them from then on.
@@ -1476,13 +1476,13 @@ fn the_in_memory_tail_answers_a_sender_exactly_as_sled_does() {
         Some(logs.len()),
         "the tail holds every transaction"
     );
-    // A reopened store has an empty tail: every answer comes from sled.
+    // A reopened store has an empty tail: every answer comes from the segment files.
     let f = f.reopen();
     assert_eq!(every_read(&f.log, UID, last), from_tail);
 }
 
 #[test]
-fn the_tail_keeps_only_the_newest_transactions_and_sled_serves_the_rest() {
+fn the_tail_keeps_only_the_newest_transactions_and_the_segments_serve_the_rest() {
     let f = Fixture::new();
     let mut w = Writer::new();
     f.log.read_txns(UID, 0, 1, &[]).unwrap();
@@ -1504,7 +1504,7 @@ fn the_tail_keeps_only_the_newest_transactions_and_sled_serves_the_rest() {
             .expect("the newest writes are in the tail")
     };
     assert!(oldest > 1);
-    // Before the tail, sled answers, continuing into what the tail holds.
+    // Before the tail, the segment files answer, continuing into what the tail holds.
     let txns = f.log.read_txns(UID, 0, 64 << 20, &[]).unwrap();
     assert_eq!(txns.len(), 200);
     assert_eq!(txns.last().unwrap().last_serial, w.seq.last_serial);
