@@ -895,10 +895,7 @@ impl LogStore {
         uid: u64,
     ) -> Result<Vec<(u64, Result<SnapshotMeta, LogError>)>, LogError> {
         let shard = self.shard(uid)?;
-        Ok(snapshot_files::list(&shard.path)?
-            .into_iter()
-            .map(|(serial, meta, _)| (serial, meta))
-            .collect())
+        snapshot_files::list(&shard.path)
     }
 
     /// Take damaged snapshot `serial` out of the listing, durably, and keep its file for
@@ -1069,10 +1066,7 @@ impl Shard {
         if let Some(bytes) = *self.snapshot_bytes.lock() {
             return Ok(bytes);
         }
-        let total = snapshot_files::list(&self.path)?
-            .iter()
-            .map(|(.., bytes)| bytes)
-            .sum();
+        let total = snapshot_files::total_bytes(&self.path)?;
         Ok(*self.snapshot_bytes.lock().get_or_insert(total))
     }
 }

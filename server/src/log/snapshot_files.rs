@@ -387,20 +387,27 @@ pub(super) fn read(
     Ok(meta)
 }
 
-/// One snapshot file in a shard's folder: its serial, its metadata (or why that is
-/// damaged) and its bytes on disk.
-pub(super) type Listed = (u64, Result<SnapshotMeta, LogError>, u64);
+/// One snapshot file in a shard's folder: its serial and its metadata (or why that is
+/// damaged).
+pub(super) type Listed = (u64, Result<SnapshotMeta, LogError>);
 
 /// Every finished snapshot of the shard at `shard`, oldest first, each with its
 /// metadata from its trailer or why that cannot be read.
 pub(super) fn list(shard: &Path) -> Result<Vec<Listed>, LogError> {
-    let mut out = Vec::new();
-    for (serial, path) in finished(shard)? {
-        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        out.push((serial, read_meta(shard, serial), bytes));
-    }
-    out.sort_by_key(|(serial, ..)| *serial);
+    let mut out: Vec<Listed> = finished(shard)?
+        .into_iter()
+        .map(|(serial, _)| (serial, read_meta(shard, serial)))
+        .collect();
+    out.sort_by_key(|(serial, _)| *serial);
     Ok(out)
+}
+
+/// Bytes of every finished snapshot file of the shard at `shard` (their trailers unread).
+pub(super) fn total_bytes(shard: &Path) -> Result<u64, LogError> {
+    Ok(finished(shard)?
+        .iter()
+        .map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()))
+        .sum())
 }
 
 /// The serial a finished snapshot's name in [`folder`] stands for: `<serial>.snap`.
@@ -596,7 +603,8 @@ mod tests {
         assert_eq!(read_meta(dir.path(), 42).unwrap(), written);
         let listed = list(dir.path()).unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].0, listed[0].2), (42, len));
+        assert_eq!(listed[0].0, 42);
+        assert_eq!(total_bytes(dir.path()).unwrap(), len);
         assert_eq!(listed[0].1.as_ref().unwrap(), &written);
         assert_eq!(
             read_all(dir.path()).unwrap(),

@@ -306,11 +306,7 @@ impl Quotas {
     /// them (or, for a batch larger than the burst, until it is full: the batch then
     /// leaves it in debt).
     pub fn take_operations(&self, tenant: &str, n: usize) -> std::result::Result<(), Duration> {
-        let limits = self.limits(tenant);
-        match TokenRate::of(limits.operations_per_sec, limits.operations_burst) {
-            Some(r) => r.take(&self.operations, tenant, n),
-            None => Ok(()),
-        }
+        self.take_write(tenant, n, 0).map_err(|(wait, _)| wait)
     }
 
     /// Charge a write of `ops` operations carrying `bytes` to `tenant`'s operation and
