@@ -73,6 +73,12 @@ pub struct BenchArgs {
     /// can use (and `psql`, for the COPY floor).
     #[arg(long, env = "DOPPEL_BENCH_POSTGRES", hide_env_values = true)]
     pub(crate) postgres: Option<String>,
+    /// The neighbours scenario's flood (the loud tenant's databases) on another node
+    /// at this URL (the same `--token` and `--loud-token` must hold there), the quiet
+    /// writer staying on `--url`: the two then share only the machine, and the quiet
+    /// writer's figures are the floor the machine gives two unrelated processes.
+    #[arg(long)]
+    pub(crate) flood_url: Option<String>,
     /// The loud tenant's `operations_per_sec` in the quota phase.
     #[arg(long, default_value_t = 100_000)]
     pub(crate) loud_quota: u64,

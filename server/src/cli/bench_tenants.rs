@@ -15,6 +15,10 @@
 //!   key+data bytes: after the load, after a restart, and after each of `--minutes` of
 //!   sustained updates of the same keys.
 //!
+//! With `--flood-url`, the loud tenant and its flood are on another node: the same
+//! phases then give the floor of the machine (two processes sharing only its cores and
+//! disk), against which the one-node figures show what sharing a node costs.
+//!
 //! Latencies are taken with `Instant` around each call on the client, so they include
 //! the client's own CPU, which shares the machine with the node.
 
@@ -104,10 +108,15 @@ fn stats(mut latencies: Vec<Duration>) -> String {
     )
 }
 
-/// The bench's two tenants and their databases on one node.
+/// The bench's two tenants and their databases: on one node, or with `--flood-url`
+/// the loud one on another.
 struct Neighbours<'a> {
     args: &'a BenchArgs,
+    /// The quiet writer's node (`--url`), with the token given.
     client: Client,
+    /// The loud tenant's node (`--flood-url`, else `--url`), and a client of it.
+    flood: Target,
+    flood_client: Client,
     /// The flood's tenant: `--tenant`.
     loud: String,
     /// The quiet writer's tenant: `quiet`, or `loud` when the token cannot make one.
@@ -144,7 +153,7 @@ impl Neighbours<'_> {
         let fill = (b'a' + (pass % 26) as u8) as char;
         let from = Instant::now();
         let flood = db_path(&self.loud, "flood");
-        let (took, _) = upsert_pass(&self.args.target, &flood, self.args, self.args.batch, fill)?;
+        let (took, _) = upsert_pass(&self.flood, &flood, self.args, self.args.batch, fill)?;
         let to = Instant::now();
         let puts = writer.stop()?;
         println!(
@@ -162,12 +171,12 @@ impl Neighbours<'_> {
     fn next_to_quota_flood(&self, token: &str) -> Result<(), String> {
         let quotas = format!("/v1/tenants/{}/quotas", self.loud);
         let limit = self.args.loud_quota;
-        self.client
+        self.flood_client
             .call("PUT", &quotas, Some(&json!({"operations_per_sec": limit})))
             .map_err(|e| e.to_string())?;
         let loud = Target {
             token: Some(token.to_string()),
-            ..self.args.target.clone()
+            ..self.flood.clone()
         };
         let (records, batch) = (self.args.records, self.args.batch);
         let path = format!("{}/transactions", db_path(&self.loud, "flood"));
@@ -200,7 +209,7 @@ impl Neighbours<'_> {
         );
         let to = Instant::now();
         let puts = writer.stop()?;
-        self.client
+        self.flood_client
             .call("PUT", &quotas, Some(&json!({})))
             .map_err(|e| e.to_string())?;
         let (took, _) = result?;
@@ -217,14 +226,11 @@ impl Neighbours<'_> {
     /// (c): the quiet writer, and one into `flood` itself, while `flood` (holding what
     /// the flood wrote) takes a snapshot; only the puts that overlap it count.
     fn during_snapshot(&self) -> Result<(), String> {
-        let own = Writer::start(
-            connect(&self.args.target),
-            self.records(&self.loud, "flood"),
-        );
+        let own = Writer::start(connect(&self.flood), self.records(&self.loud, "flood"));
         let quiet = self.quiet_writer();
         std::thread::sleep(Duration::from_secs(1));
         let snapshots = format!("{}/snapshots", db_path(&self.loud, "flood"));
-        let long = connect(&self.args.target).with_timeout(Duration::from_secs(3600));
+        let long = connect(&self.flood).with_timeout(Duration::from_secs(3600));
         let from = Instant::now();
         let meta = long.call("POST", &snapshots, None)?;
         let to = Instant::now();
@@ -259,15 +265,31 @@ fn quiet_tenant(client: &Client, loud: &str) -> (String, String) {
 pub fn neighbours(args: &BenchArgs) -> Result<(), String> {
     let client = connect(&args.target);
     let loud = args.target.tenant.clone();
-    let (quiet, note) = quiet_tenant(&client, &loud);
+    let flood = Target {
+        url: args.flood_url.clone().unwrap_or(args.target.url.clone()),
+        ..args.target.clone()
+    };
+    let (quiet, mut note) = quiet_tenant(&client, &loud);
+    if let Some(url) = &args.flood_url {
+        // The loud tenant on its own node, made there if it is not (a 409 says it is).
+        match connect(&flood).call("POST", "/v1/tenants", Some(&json!({ "name": loud }))) {
+            Err(e) if e.status() != Some(409) => {
+                return Err(format!("the loud tenant on {url}: {e}"))
+            }
+            _ => {}
+        }
+        note += &format!(" (the flood on another node: {url})");
+    }
     let n = Neighbours {
         args,
         client,
+        flood_client: connect(&flood),
+        flood,
         loud,
         quiet,
     };
     recreate(&n.client, &n.quiet, "quiet", "none")?;
-    recreate(&n.client, &n.loud, "flood", &args.durability)?;
+    recreate(&n.flood_client, &n.loud, "flood", &args.durability)?;
     println!(
         "neighbours: quiet writer: {}/quiet (durability none), one connection, a 100 B put every 2 ms; flood: {}/flood ({} durability), {} records in transactions of {}{note}",
         n.quiet, n.loud, args.durability, args.records, args.batch
@@ -434,10 +456,14 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// `--minutes` of upserts over the loaded keys in transactions of 200 (whole passes
 /// over the keys, so a minute may run over by part of one), held to `--rate` updates a
 /// second when it is set (a pass runs at full speed, then waits for its share of
-/// time); the footprint after each minute.
+/// time); the footprint after each minute, and the node's RSS over the minute read
+/// once a second ([`RssSampler`]): a single reading may fall on a snapshot's
+/// copy-on-write peak or just after the allocator gave memory back, so whether the
+/// RSS grows is read from the minutes' medians and highs.
 fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
     let client = connect(&node.target);
     let path = db_path("default", &args.db);
+    let sampler = RssSampler::start(node.child.as_ref().map(Child::id));
     let mut pass = 1;
     for minute in 1..=args.minutes {
         let started = Instant::now();
@@ -458,8 +484,70 @@ fn sustained(args: &BenchArgs, node: &OwnNode, raw: u64) -> Result<(), String> {
             &client,
             raw,
         )?;
+        if let Some((low, median, high)) = sampler.take_minute() {
+            println!(
+                "  {:<36} RSS read each second: low {:.1}, median {:.1}, high {:.1} MB",
+                "",
+                low as f64 / 1e6,
+                median as f64 / 1e6,
+                high as f64 / 1e6
+            );
+        }
     }
     Ok(())
+}
+
+/// Reads a process's RSS once a second on a thread of its own, until dropped.
+struct RssSampler {
+    readings: Arc<parking_lot::Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Sample `pid` (none: nothing is sampled).
+    fn start(pid: Option<u32>) -> RssSampler {
+        let readings = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = pid.map(|pid| {
+            let (readings, stop) = (readings.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let pid = pid.to_string();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(rss) = crate::node::footprint::process_rss_bytes(&pid) {
+                        readings.lock().push(rss);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        });
+        RssSampler {
+            readings,
+            stop,
+            thread,
+        }
+    }
+
+    /// The lowest, median and highest reading since the last call; `None` if there
+    /// were none.
+    fn take_minute(&self) -> Option<(u64, u64, u64)> {
+        let mut readings = std::mem::take(&mut *self.readings.lock());
+        readings.sort_unstable();
+        Some((
+            *readings.first()?,
+            readings[readings.len() / 2],
+            *readings.last()?,
+        ))
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// `--scenario footprint`: RSS and disk per raw byte of a node this starts itself.

@@ -57,7 +57,13 @@ impl Node {
 
 /// This process's resident memory from `/proc/self/status` (Linux).
 fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    process_rss_bytes("self")
+}
+
+/// A process's resident memory from `/proc/PID/status` (`pid`: a number or `self`);
+/// `None` once the process is gone or where `/proc` has none.
+pub fn process_rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_rss(&status)
 }
 
