@@ -24,7 +24,11 @@
 //! measures one side, `--first-round N` numbers the rounds (and so the keys) from N, and
 //! `--doppel-name` names the Doppel side in the output: the script uses them to run one
 //! round per call when it compares two Doppel builds with Redis. Beside the CPU seconds
-//! each line gives the CPU µs per commit of every process.
+//! each line gives the CPU µs and the context switches (its threads going to sleep or
+//! put off the CPU, from `/proc/PID/task/*/status`) per commit of every process, and
+//! with `--syscalls` its system calls per commit (`perf stat -e raw_syscalls:sys_enter
+//! -p PID` around the measurement). The latency figures' counts include the 200
+//! warm-up commits, divided by the timed ones.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -52,6 +56,9 @@ struct Args {
     /// What this run calls the Doppel side (`doppel`; a script comparing two builds
     /// names them).
     doppel_name: String,
+    /// Also count each process's system calls (`perf stat`, which must be allowed to
+    /// attach to them).
+    syscalls: bool,
 }
 
 fn args() -> Args {
@@ -70,11 +77,16 @@ fn args() -> Args {
         sides: "both".into(),
         first_round: 0,
         doppel_name: "doppel".into(),
+        syscalls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         // `cargo bench` adds `--bench`; it takes no value.
         if flag == "--bench" {
+            continue;
+        }
+        if flag == "--syscalls" {
+            a.syscalls = true;
             continue;
         }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -254,22 +266,110 @@ fn own_cpu() -> f64 {
     cpu_of(std::process::id())
 }
 
+/// Context switches (voluntary and involuntary) of a process's live threads so far:
+/// how often its threads went to sleep or were put off the CPU.
+fn switches_of(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// `perf stat` counting a process's system calls until [`SyscallCount::stop`].
+struct SyscallCount {
+    perf: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl SyscallCount {
+    fn start(pid: u32) -> Option<SyscallCount> {
+        let out =
+            std::env::temp_dir().join(format!("sync_clients-{}-{pid}.perf", std::process::id()));
+        let perf = std::process::Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(SyscallCount { perf, out })
+    }
+
+    /// Stop counting: the system calls counted (None if perf could not count).
+    fn stop(mut self) -> Option<u64> {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(self.perf.id() as i32, libc::SIGINT) };
+        self.perf.wait().ok()?;
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        let _ = std::fs::remove_file(&self.out);
+        text.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
 /// CPU seconds used by the client and each named process while `f` ran, and per
-/// commit (`commits` of what `f` returns) in µs.
+/// commit (`commits` of what `f` returns) in µs, with each process's context switches
+/// per commit (and its system calls, with `--syscalls`).
 fn with_cpu<T>(a: &Args, f: impl FnOnce() -> T, commits: impl Fn(&T) -> usize) -> (T, String) {
+    let counting: Vec<Option<SyscallCount>> = a
+        .pids
+        .iter()
+        .map(|(_, p)| a.syscalls.then(|| SyscallCount::start(*p)).flatten())
+        .collect();
+    if a.syscalls {
+        // Time for perf to attach before the first commit.
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let before: Vec<f64> = a.pids.iter().map(|(_, p)| cpu_of(*p)).collect();
+    let switched: Vec<u64> = a.pids.iter().map(|(_, p)| switches_of(*p)).collect();
     let me = own_cpu();
     let out = f();
     let n = commits(&out).max(1) as f64;
     let spent = own_cpu() - me;
     let mut cpu = format!("client {spent:.2}");
     let mut per = format!("client {:.1}", spent / n * 1e6);
-    for ((name, pid), b) in a.pids.iter().zip(before) {
+    let mut switches = String::new();
+    for (((name, pid), b), s) in a.pids.iter().zip(before).zip(switched) {
         let spent = cpu_of(*pid) - b;
         cpu.push_str(&format!(", {name} {spent:.2}"));
         per.push_str(&format!(", {name} {:.1}", spent / n * 1e6));
+        let sep = if switches.is_empty() { "" } else { ", " };
+        let s = switches_of(*pid).saturating_sub(s) as f64 / n;
+        switches.push_str(&format!("{sep}{name} {s:.2}"));
     }
-    (out, format!("CPU s: {cpu}; CPU µs per commit: {per}"))
+    let mut line =
+        format!("CPU s: {cpu}; CPU µs per commit: {per}; context switches per commit: {switches}");
+    if a.syscalls {
+        let counted: Vec<String> = a
+            .pids
+            .iter()
+            .zip(counting)
+            .map(|((name, _), c)| match c.and_then(SyscallCount::stop) {
+                Some(calls) => format!("{name} {:.2}", calls as f64 / n),
+                None => format!("{name} ?"),
+            })
+            .collect();
+        line.push_str(&format!(
+            "; system calls per commit: {}",
+            counted.join(", ")
+        ));
+    }
+    (out, line)
 }
 
 #[derive(Clone, Copy, PartialEq)]

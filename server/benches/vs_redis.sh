@@ -23,7 +23,8 @@
 # change) and runs the sync part round by round as: this build, the base, Redis (each
 # line names its side: doppel, base, redis; the two builds take turns going first), so
 # the two builds are compared in one run. VS_REDIS_SYNC="group" (or "none") runs the
-# sync part at that durability only.
+# sync part at that durability only. VS_REDIS_SYSCALLS=1 also counts each process's
+# system calls per commit (perf stat; context switches per commit are always given).
 # Needs redis-server and redis-tools (Debian), python3 for nothing.
 set -euo pipefail
 BIN=$(realpath "${1:?usage: vs_redis.sh DOPPEL_BINARY [ROUNDS]}")
@@ -140,7 +141,7 @@ for durability in ${VS_REDIS_SYNC:-none group}; do
   echo "# sync commits, Doppel databases at durability $durability (Redis: no persistence); load $(cut -d' ' -f1-3 /proc/loadavg)"
   mode=all; [[ $durability == group ]] && mode=latency
   client=("$CLIENT" --token "$TOKEN" --redis 127.0.0.1:$RP --path "/v1/tenants/default/databases/$db/files/bench/records"
-    --pids "$PIDLIST" --clients 64 --mode $mode)
+    --pids "$PIDLIST" --clients 64 --mode $mode ${VS_REDIS_SYSCALLS:+--syscalls})
   if [[ -z $BASE ]]; then
     "${client[@]}" --doppel 127.0.0.1:$DA --rounds "$ROUNDS" | sed "s/^/$durability /"
     continue
