@@ -821,17 +821,13 @@ impl Database {
     }
 
     /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it.
+    /// Both run off the async runtime: freezing a big store copies its location tables
+    /// (milliseconds for millions of records), and a worker doing that would hold up
+    /// other databases' requests queued behind it.
     pub async fn snapshot(self: &Arc<Self>) -> Result<SnapshotMeta> {
-        let (frozen, serial, next_txn) = {
-            let state = self.state.read();
-            (
-                state.store.freeze(),
-                state.seq.last_serial,
-                state.seq.next_txn,
-            )
-        };
         let db = self.clone();
         let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
+            let (frozen, serial, next_txn) = db.freeze();
             let (layout, blocks) = frozen.snapshot_parts();
             let meta = SnapshotMeta {
                 serial,
