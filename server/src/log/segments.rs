@@ -37,8 +37,8 @@
 //! at `none` leaves its log in the page cache until the kernel's own writeback takes
 //! hundreds of megabytes at once, and another database's `fdatasync` waits behind that
 //! on the same disk (issue 24 point 4; PostgreSQL's `wal_writer_flush_after` and
-//! `backend_flush_after` do the same). A snapshot file is paced the same way
-//! (`durable::SNAPSHOT_PACE_BYTES`).
+//! `backend_flush_after` do the same). A snapshot file is paced too, with a sync every
+//! `durable::SNAPSHOT_PACE_BYTES`.
 //!
 //! Retention removes the oldest chunks of a kind; a segment file goes once no chunk of
 //! any kind in it, nor in any older segment, is still held. Each new segment starts with
