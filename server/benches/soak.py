@@ -2,7 +2,9 @@
 """Soak (issue 16 §4): a source with a sync replica and an async replica behind a plugin
 chain, written at about 80 % of the throughput this setup measured, for a given time,
 sampling each node's RSS, open file descriptors and data directory size, and the
-writers' p50/p99 commit latency, once per sample interval, into a CSV.
+writers' p50/p99 commit latency, once per sample interval, into a CSV. Each node's log
+and its database's snapshot list at the end are kept beside the CSV (`<node>.log`,
+`<node>-snapshots.json`).
 
     server/benches/soak.py --bin target/release/doppel --minutes 60 --out target/soak
     server/benches/soak_plot.py target/soak/soak.csv docs/soak.png
@@ -290,9 +292,23 @@ def main():
                     break
         writers.join()
         print(f"wrote {csv_path}")
+        # What each node's database holds at the end, for a disk figure that moved.
+        for node in nodes:
+            try:
+                listing = call(token, "GET", node.url + tenant + "/databases/soak/snapshots")
+            except Exception as e:  # a node that died says so in its log
+                listing = {"error": str(e)}
+            with open(os.path.join(args.out, f"{node.name}-snapshots.json"), "w") as f:
+                json.dump(listing, f, indent=1)
     finally:
         for node in nodes:
             node.stop()
+            # The node's log stays with the samples: the scratch directory goes.
+            try:
+                shutil.copy(os.path.join(node.dir, "node.log"),
+                            os.path.join(args.out, f"{node.name}.log"))
+            except OSError:
+                pass
         if os.environ.get("SOAK_KEEP"):
             print(f"kept {work}")
         else:
