@@ -39,14 +39,30 @@ pub const BIG_BODY_BYTES: usize = 16 << 10;
 /// neighbour's small request is served first instead of after it (issue 24, fair
 /// shares). Small work, and work outside a multi-threaded runtime, runs as it is.
 pub fn big_work<T>(big: bool, work: impl FnOnce() -> T) -> T {
-    let off_worker = big
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if off_worker {
+    if big && on_multi_thread_runtime() {
         tokio::task::block_in_place(|| at_low_priority(work))
     } else {
         work()
     }
+}
+
+/// Run `work` where it holds up no other task: on a worker of a multi-threaded runtime
+/// through `block_in_place` (tokio hands the worker's other tasks to another thread
+/// meanwhile); anywhere else (a blocking thread, a current-thread runtime, no runtime)
+/// as it is. For work of milliseconds that borrows what the caller holds.
+pub fn off_worker<T>(work: impl FnOnce() -> T) -> T {
+    if on_multi_thread_runtime() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
+/// Whether this thread runs inside a multi-threaded tokio runtime, where
+/// `block_in_place` may be called.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Run `work` at a lower CPU priority on this thread (nice +10), then restore it: the

@@ -782,14 +782,19 @@ impl Database {
     }
 
     /// A frozen copy of the store with its serial and next transaction number (for
-    /// streaming a bootstrap snapshot without holding the writer).
+    /// streaming a bootstrap snapshot without holding the writer). Copying the location
+    /// tables takes milliseconds for millions of records, so it runs off the async
+    /// worker ([`super::usage::off_worker`]): a bootstrap or a verify does not hold up
+    /// other databases' requests queued behind it.
     pub fn freeze(&self) -> (Store, u64, u64) {
-        let state = self.state.read();
-        (
-            state.store.freeze(),
-            state.seq.last_serial,
-            state.seq.next_txn,
-        )
+        super::usage::off_worker(|| {
+            let state = self.state.read();
+            (
+                state.store.freeze(),
+                state.seq.last_serial,
+                state.seq.next_txn,
+            )
+        })
     }
 
     /// Bytes logged and not yet flushed (0 if the log cannot say).
@@ -820,10 +825,8 @@ impl Database {
         }
     }
 
-    /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it.
-    /// Both run off the async runtime: freezing a big store copies its location tables
-    /// (milliseconds for millions of records), and a worker doing that would hold up
-    /// other databases' requests queued behind it.
+    /// Take a compact snapshot (SPEC G1): freeze under the lock, write without it,
+    /// both on a blocking thread.
     pub async fn snapshot(self: &Arc<Self>) -> Result<SnapshotMeta> {
         let db = self.clone();
         let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
