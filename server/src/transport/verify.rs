@@ -66,15 +66,23 @@ impl Drop for Hold<'_> {
     }
 }
 
-/// A link that is not streaming does not bring its replica to a serial: refused.
+/// A link that is not streaming does not bring its replica to a serial: refused. A
+/// link paused a moment ago counts as paused although its task has not shown it yet
+/// (the pause is in its definition at once, its state once the task sees it).
 fn not_streaming(id: &str, handle: &LinkHandle) -> Result<(), Error> {
+    let paused = handle.def.lock().paused;
     let status = handle.status.lock();
-    match status.state {
+    let state = if paused {
+        links::LinkState::Paused
+    } else {
+        status.state
+    };
+    match state {
         links::LinkState::Paused | links::LinkState::Stopped | links::LinkState::Retrying => {
             Err(Error::LinkNotStreaming(format!(
                 "link '{id}' is {:?}{}: its replica does not follow; resume it or fix the \
                  error, then try again",
-                status.state,
+                state,
                 status
                     .last_error
                     .as_ref()
