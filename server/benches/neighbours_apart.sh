@@ -8,6 +8,8 @@
 # floor this machine gives two unrelated processes, and the difference to `same` (the
 # default, one node for both) is what sharing the node costs.
 # Separates what the flood's client costs the quiet writer from what the node does.
+# QUIET_PREFIX runs the quiet writer under a command (e.g. QUIET_PREFIX='chrt -f 10':
+# its own waits for a core taken away).
 set -euo pipefail
 bin=$(realpath "$1")
 flood_nice=$2
@@ -29,7 +31,7 @@ if [ "$flood_nice" != none ]; then
   flooder=$!
   sleep 2
 fi
-"$bin" bench --scenario neighbours --url "$url" --token "$admin" --tenant loud --records 1000 --durability none 2>&1 | grep "(a) alone"
+${QUIET_PREFIX:-} "$bin" bench --scenario neighbours --url "$url" --token "$admin" --tenant loud --records 1000 --durability none 2>&1 | grep "(a) alone"
 if [ "$flood_nice" != none ]; then
   grep -m1 "records/s" "$dir/flood.log" || true
   pkill -P "$flooder" 2>/dev/null || true
