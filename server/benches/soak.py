@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Soak (issue 16 §4): a source with a sync replica and an async replica behind a plugin
 chain, written at about 80 % of the throughput this setup measured, for a given time,
-sampling each node's RSS, open file descriptors and data directory size, and the
-writers' p50/p99 commit latency, once per sample interval, into a CSV. Each node's log
+sampling each node's RSS, open file descriptors and data directory size every
+--probe-secs, and writing one CSV row per sample interval: the writers' p50/p99 commit
+latency, and per node the median and the highest of that interval's probes (a single
+reading once a minute aliases the node's cycles: snapshots every few seconds made the
+async node's disk look as if it climbed for half an hour, RELIABILITY §4). Each node's log
 and its database's snapshot list at the end are kept beside the CSV (`<node>.log`,
 `<node>-snapshots.json`).
 
@@ -137,6 +140,47 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+class Probes:
+    """Each node's RSS, descriptors and disk every `every` seconds, on a thread of its
+    own; `take` hands over what was seen since the last call, per node and figure."""
+
+    def __init__(self, nodes, every):
+        self.nodes, self.every = nodes, every
+        self.lock = threading.Lock()
+        self.seen = self.empty()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def empty(self):
+        return {n.name: {"rss_mb": [], "fds": [], "disk_mb": []} for n in self.nodes}
+
+    def run(self):
+        while not self.stop.wait(self.every):
+            for node in self.nodes:
+                try:
+                    probe = {"rss_mb": node.rss_kb() / 1024, "fds": node.fds(),
+                             "disk_mb": node.disk_bytes() / 1e6}
+                except OSError:  # the node is going away: its log says why
+                    continue
+                with self.lock:
+                    for what, value in probe.items():
+                        self.seen[node.name][what].append(value)
+
+    def take(self):
+        with self.lock:
+            seen, self.seen = self.seen, self.empty()
+        return seen
+
+    def join(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def median(values):
+    return sorted(values)[len(values) // 2] if values else 0.0
+
+
 class Writers:
     """Threads writing batches of upserts; paced to `rate` records/s when set."""
 
@@ -201,7 +245,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default="target/release/doppel")
     ap.add_argument("--minutes", type=float, default=60)
-    ap.add_argument("--sample-secs", type=float, default=60)
+    ap.add_argument("--sample-secs", type=float, default=60, help="seconds per CSV row")
+    ap.add_argument("--probe-secs", type=float, default=1,
+                    help="seconds between two readings of each node's RSS, fds and disk")
     ap.add_argument("--measure-secs", type=float, default=30,
                     help="seconds of unpaced writing that measure the throughput")
     ap.add_argument("--load", type=float, default=0.8, help="share of the measured throughput")
@@ -264,10 +310,12 @@ def main():
         with open(csv_path, "w") as csv:
             cols = ["minute", "records_per_s", "errors", "p50_ms", "p99_ms"]
             for n in nodes:
-                cols += [f"{n.name}_rss_mb", f"{n.name}_fds", f"{n.name}_disk_mb"]
+                cols += [f"{n.name}_rss_mb", f"{n.name}_rss_max_mb", f"{n.name}_fds",
+                         f"{n.name}_disk_mb", f"{n.name}_disk_max_mb"]
             cols += ["sync_lag", "async_lag"]
             csv.write(",".join(cols) + "\n")
             started = time.time()
+            probes = Probes(nodes, args.probe_secs)
             samples = int(args.minutes * 60 / args.sample_secs)
             for i in range(1, samples + 1):
                 time.sleep(max(0.0, started + i * args.sample_secs - time.time()))
@@ -275,9 +323,12 @@ def main():
                 row = [f"{(time.time() - started) / 60:.2f}", f"{n / args.sample_secs:.0f}",
                        str(errors), f"{percentile(lat, 0.50) * 1000:.2f}",
                        f"{percentile(lat, 0.99) * 1000:.2f}"]
+                seen = probes.take()
                 for node in nodes:
-                    row += [f"{node.rss_kb() / 1024:.1f}", str(node.fds()),
-                            f"{node.disk_bytes() / 1e6:.1f}"]
+                    rss, fds, disk = (seen[node.name][w] for w in ("rss_mb", "fds", "disk_mb"))
+                    row += [f"{median(rss):.1f}", f"{max(rss, default=0):.1f}",
+                            str(max(fds, default=0)), f"{median(disk):.1f}",
+                            f"{max(disk, default=0):.1f}"]
                 # Confirmations first, then the serial: the lag is never negative.
                 acked = [call(token, "GET", link)["status"].get("acked_serial") or 0
                          for link in links]
@@ -290,6 +341,7 @@ def main():
                 if free < args.min_free_gb:
                     print(f"stopping early: {free:.1f} GB free on {work}", flush=True)
                     break
+        probes.join()
         writers.join()
         print(f"wrote {csv_path}")
         # What each node's database holds at the end, for a disk figure that moved.

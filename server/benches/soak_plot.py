@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plot a soak's CSV (server/benches/soak.py) into a PNG: RSS, open file descriptors
-and data directory size of each node, and the writers' p50/p99 commit latency, per
+and data directory size of each node (each minute's median, and dotted its highest
+probe when the CSV has it), and the writers' p50/p99 commit latency, per
 minute; and print the issue's figures (growth after the first --baseline minutes, p99
 against the first --baseline minutes).
 
@@ -38,7 +39,11 @@ def main():
         (axes[1][0], "disk_mb", "data directory (MB)"),
     ]:
         for n in NODES:
-            ax.plot(minute, [r[f"{n}_{what}"] for r in rows], marker=".", label=n)
+            line, = ax.plot(minute, [r[f"{n}_{what}"] for r in rows], marker=".", label=n)
+            top = f"{n}_{what.replace('_mb', '_max_mb')}"
+            if what != "fds" and top in rows[0]:  # soak.py's per-minute highest probe
+                ax.plot(minute, [r[top] for r in rows], linestyle=":", color=line.get_color(),
+                        label=f"{n}, highest")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -67,6 +72,12 @@ def main():
             growth = (last[f"{n}_{what}"] - ref) / ref * 100 if ref else 0.0
             print(f"{n} {what}: {ref:g} at minute {base[-1]['minute']:.1f} -> "
                   f"{last[f'{n}_{what}']:g} at the end ({growth:+.1f} %)")
+            top = f"{n}_{what.replace('_mb', '_max_mb')}"
+            if what != "fds" and top in last:
+                before = max(r[top] for r in base)
+                after = max((r[top] for r in rows if r not in base), default=0.0)
+                print(f"{n} {what}, highest probe: {before:g} in the baseline, {after:g} "
+                      f"after it ({(after - before) / before * 100 if before else 0:+.1f} %)")
     p99_base = max(r["p99_ms"] for r in base)
     p99_after = max((r["p99_ms"] for r in rows if r not in base), default=0.0)
     print(f"p99: worst of the baseline {p99_base:.1f} ms, worst after it {p99_after:.1f} ms "
