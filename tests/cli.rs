@@ -490,6 +490,11 @@ fn serve_refuses_a_bad_config_file_and_names_it() {
             "listen",
         ),
         (
+            "no-workers.toml",
+            format!("{listen}[node]\nworker_threads = 0\n"),
+            "worker_threads",
+        ),
+        (
             "bad-type.toml",
             format!("{listen}[node]\nlock_timeout_ms = \"soon\"\n"),
             "lock_timeout_ms",

@@ -551,6 +551,28 @@ fn the_node_administrator_sees_the_nodes_memory_and_disk_and_a_tenant_does_not()
         assert!(info.get(name).is_none(), "{info}");
     }
     assert!(!tenant.get("/metrics").text.contains("doppel_node_"));
+    assert!(info.get("worker_threads").is_none(), "{info}");
+}
+
+#[test]
+fn a_node_runs_on_the_worker_threads_its_config_gives() {
+    // The default: one per core (at least one), shown to the node administrator.
+    let node = Node::start();
+    let workers = node.get("/v1/node").ok()["worker_threads"].as_u64();
+    assert!(workers.is_some_and(|n| n >= 1), "{workers:?}");
+    drop(node);
+    let node = Node::start_configured("[node]\nworker_threads = 1\n");
+    let info = node.get("/v1/node").ok().clone();
+    assert_eq!(info["worker_threads"], 1, "{info}");
+    // One thread carries everything: writes, reads and a snapshot.
+    let db = node.create_db(DEFAULT_TENANT, shop_spec("shop"));
+    let ops: Vec<Value> = (0..200)
+        .map(|i| op::upsert("orders", &format!("o-{i:04}"), json!({"n": i})))
+        .collect();
+    db.batch(json!(ops)).ok();
+    assert_eq!(db.data("orders", "o-0199"), Some(json!({"n": 199})));
+    let snapshot = db.snapshot().expect(201).clone();
+    assert_eq!(snapshot["serial"], 200, "{snapshot}");
 }
 
 #[test]

@@ -38,6 +38,7 @@ pub async fn node(
     if check(&claims, Permission::NodeAdmin, None).is_ok() {
         let node = app.node.clone();
         info.footprint = Some(blocking(move || Ok(node.footprint())).await?);
+        info.worker_threads = Some(tokio::runtime::Handle::current().metrics().num_workers());
         info.refused_databases = app.node.refused_databases();
     }
     Ok(Json(info))

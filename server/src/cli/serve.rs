@@ -131,7 +131,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             .as_deref()
             .unwrap_or("text"),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = file.node.worker_threads {
+        runtime.worker_threads(n.get());
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("doppel")
         .build()

@@ -73,6 +73,12 @@ pub struct NodeSettings {
     /// at durability `none` written faster than the disk takes it is held to the disk's
     /// pace instead of piling up gigabytes that other databases' flushes wait behind.
     pub log_backlog_bytes: u64,
+    /// Threads that run the node's async work (requests, links, upkeep); absent: one
+    /// per core, or `TOKIO_WORKER_THREADS` if set. Read by `doppel serve` when it builds
+    /// its runtime. One thread gives the lowest latency to a node with one busy client
+    /// (a sync commit wakes no second thread), at the cost of a neighbour's flood then
+    /// sharing that thread with everyone (docs/BENCHMARKS.md, issue 19 sixth part).
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for NodeSettings {
@@ -83,6 +89,7 @@ impl Default for NodeSettings {
             txn_idle_timeout_secs: 300,
             sled_cache_bytes: DEFAULT_SLED_CACHE_BYTES,
             log_backlog_bytes: DEFAULT_LOG_BACKLOG_BYTES,
+            worker_threads: None,
         }
     }
 }

@@ -284,6 +284,7 @@ impl Replication {
             protocol_version: wire::PROTOCOL_VERSION,
             name: None,
             footprint: None,
+            worker_threads: None,
             refused_databases: Vec::new(),
         }
     }
@@ -307,6 +308,10 @@ pub struct NodeInfo {
     /// Its memory and disk: for the node administrator only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub footprint: Option<crate::node::footprint::Footprint>,
+    /// Threads running the node's async work (`[node] worker_threads`): for the node
+    /// administrator only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Databases that did not start, with why (for the node administrator; absent when
     /// there are none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
