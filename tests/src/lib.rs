@@ -1381,26 +1381,6 @@ pub fn trapping_filter() -> Vec<u8> {
   (func (export "filter") (param i32 i32 i32 i32) (result i32)
     unreachable)
 )"#;
-    let mut module = wat::parse_str(wat).expect("the hostile module parses");
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve
-        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/wit"))
-        .expect("the WIT contract parses");
-    let world = resolve
-        .select_world(&[pkg], Some("filter"))
-        .expect("the filter world");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .expect("metadata embeds");
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .expect("the module is accepted")
-        .validate(true)
-        .encode()
-        .expect("the component encodes")
+    let module = wat::parse_str(wat).expect("the hostile module parses");
+    doppel_server::plugins::wrap::wrap_module(module, "filter").expect("the component encodes")
 }

@@ -8,9 +8,11 @@
 //! - [`registry`]: tenant-scoped plugins by name and version, content-addressed, with
 //!   compiled artefacts cached by content hash in sled.
 //! - [`builtin`]: the plugins of `plugins/`, built to wasm components by `build.rs`.
+//! - [`wrap`]: a component of the contract from a core module (seeds, tests).
 
 pub mod registry;
 pub mod runtime;
+pub mod wrap;
 
 pub use registry::{PluginInfo, Registry};
 pub use runtime::{Chain, Limits, PluginError, Resolution, Resolved, Role, Runtime, Stage};

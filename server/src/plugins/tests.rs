@@ -433,26 +433,8 @@ fn hostile_at(
     (i32.const 64))
 )"#
     );
-    let mut module = wat::parse_str(&wat).unwrap();
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve
-        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/wit"))
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some(world)).unwrap();
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .unwrap();
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .unwrap()
-        .validate(true)
-        .encode()
-        .unwrap()
+    let module = wat::parse_str(&wat).unwrap();
+    super::wrap::wrap_module(module, world).unwrap()
 }
 
 fn hostile_filter(body: &str, extra: &str) -> Vec<u8> {
@@ -762,7 +744,7 @@ world resolver {
   export configure: func(config: string) -> result<_, string>;
   export resolve: func(local: batch, remote: batch) -> resolve-result;
 }"#;
-    let mut module = wat::parse_str(
+    let module = wat::parse_str(
         r#"(module
   (memory (export "memory") 1)
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
@@ -772,22 +754,7 @@ world resolver {
   (func (export "resolve") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32) (i32.const 64)))"#,
     )
     .unwrap();
-    let mut resolve = wit_parser::Resolve::default();
-    let pkg = resolve.push_str("old.wit", wit).unwrap();
-    let world = resolve.select_world(&[pkg], Some("resolver")).unwrap();
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .unwrap();
-    let wasm = wit_component::ComponentEncoder::default()
-        .module(&module)
-        .unwrap()
-        .encode()
-        .unwrap();
+    let wasm = super::wrap::wrap_module_with(module, wit, "resolver").unwrap();
     let text = rejected(Role::Resolver, &wasm);
     assert!(
         text.contains("a resolver of contract version 1") && text.contains("rebuild the plugin"),
@@ -869,7 +836,7 @@ fn an_oversized_module_is_rejected_on_upload() {
 #[test]
 fn a_wrong_contract_version_is_rejected() {
     // A module whose contract-version answers 3 (this node speaks 1 and 2 for filters).
-    let mut module = wat::parse_str(
+    let module = wat::parse_str(
         r#"(module
   (memory (export "memory") 1)
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
@@ -879,24 +846,7 @@ fn a_wrong_contract_version_is_rejected() {
   (func (export "filter") (param i32 i32 i32 i32) (result i32) (i32.const 64)))"#,
     )
     .unwrap();
-    let mut resolve = wit_parser::Resolve::default();
-    let (pkg, _) = resolve
-        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/wit"))
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some("filter")).unwrap();
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .unwrap();
-    let wasm = wit_component::ComponentEncoder::default()
-        .module(&module)
-        .unwrap()
-        .encode()
-        .unwrap();
+    let wasm = super::wrap::wrap_module(module, "filter").unwrap();
     let rt = runtime();
     let t = template(&rt, "v3@1", Role::Filter, &wasm);
     let err = t.check().err().unwrap().to_string();
