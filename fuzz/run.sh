@@ -18,23 +18,24 @@ for t in "${TARGETS[@]}"; do
   echo "== $t"
   build=()
   case "$t" in
-    # The plugin targets: instrumented only along the upload's path, no debug
-    # assertions (see instrument-plugin-path.sh), in a target directory of their own so
-    # that the decoders' build is not redone; inputs up to 4 KiB (the small seeds of
-    # every role are about 1 KB; a built-in plugin, 116 KB, is cut to its first 4 KiB).
+    # The plugin targets: instrumented only along the upload's path, `-O` with debug
+    # assertions in Doppel's crates only (see instrument-plugin-path.sh), in a target
+    # directory of their own so that the decoders' build is not redone; inputs up to
+    # 4 KiB (the small seeds of every role are about 1 KB; a built-in plugin, 116 KB,
+    # is cut to its first 4 KiB).
     plugin | plugin_smith)
       export RUSTC_WRAPPER="$PWD/instrument-plugin-path.sh"
       build=(-O --target-dir target-plugin)
-      FLAGS=(-max_len=4096)
+      limits=(-max_len=4096)
       ;;
     *)
       unset RUSTC_WRAPPER
-      FLAGS=()
+      limits=()
       ;;
   esac
   cargo +nightly fuzz run -s none "${build[@]}" "$t" "corpus/$t" -- \
     -runs="$RUNS" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -timeout=10 -print_final_stats=1 "${FLAGS[@]}" >"logs/$t.log" 2>&1
+    -timeout=10 -print_final_stats=1 "${limits[@]}" >"logs/$t.log" 2>&1
   echo "exit $?"
   grep -E "DONE|Done [0-9]+ runs|stat::number_of_executed_units|stat::average_exec_per_sec|SUMMARY|panicked|ERROR" "logs/$t.log" | tail -8
 done

@@ -20,6 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 NODES = ["src", "sync", "async"]
 
 
+def highest(node, what, row):
+    """The column of `what`'s highest probe in a minute (soak.py since the fifteenth
+    session), or None for descriptors and for older CSVs, which have none."""
+    column = f"{node}_{what[:-3]}_max_mb" if what.endswith("_mb") else None
+    return column if column in row else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
@@ -40,8 +47,8 @@ def main():
     ]:
         for n in NODES:
             line, = ax.plot(minute, [r[f"{n}_{what}"] for r in rows], marker=".", label=n)
-            top = f"{n}_{what.replace('_mb', '_max_mb')}"
-            if what != "fds" and top in rows[0]:  # soak.py's per-minute highest probe
+            top = highest(n, what, rows[0])
+            if top:
                 ax.plot(minute, [r[top] for r in rows], linestyle=":", color=line.get_color(),
                         label=f"{n}, highest")
         ax.set_ylabel(label)
@@ -72,8 +79,8 @@ def main():
             growth = (last[f"{n}_{what}"] - ref) / ref * 100 if ref else 0.0
             print(f"{n} {what}: {ref:g} at minute {base[-1]['minute']:.1f} -> "
                   f"{last[f'{n}_{what}']:g} at the end ({growth:+.1f} %)")
-            top = f"{n}_{what.replace('_mb', '_max_mb')}"
-            if what != "fds" and top in last:
+            top = highest(n, what, last)
+            if top:
                 before = max(r[top] for r in base)
                 after = max((r[top] for r in rows if r not in base), default=0.0)
                 print(f"{n} {what}, highest probe: {before:g} in the baseline, {after:g} "
