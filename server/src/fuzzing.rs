@@ -225,18 +225,18 @@ pub fn rest_body(data: &[u8]) {
         0 => {
             if let Some(b) = parse::<api::routes::OpsBody>(&bytes) {
                 for op in &b.ops {
-                    let _ = records::resolve(&schema, op);
+                    let _ = records::resolve(&schema, &op.as_ref());
                 }
             }
         }
         1 => {
             if let Some(b) = parse::<api::routes::RecordBody>(&bytes) {
-                let _ = records::encode(&schema.files[0], "k", &b.alt, b.data.as_deref());
+                let _ = records::encode(&schema.files[0], "k", alts(&b.alt), raw_text(&b.data));
             }
         }
         2 => {
             if let Some(b) = parse::<api::routes::NewRecord>(&bytes) {
-                let _ = records::encode(&schema.files[0], &b.key, &b.alt, b.data.as_deref());
+                let _ = records::encode(&schema.files[0], &b.key, alts(&b.alt), raw_text(&b.data));
             }
         }
         3 => {
@@ -309,6 +309,17 @@ pub fn rest_body(data: &[u8]) {
             let _ = parse::<api::plugins::DryRun>(&bytes);
         }
     }
+}
+
+/// A JSON body's alternate keys as `records::encode` takes them.
+fn alts(alt: &std::collections::BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> {
+    alt.iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+}
+
+/// A JSON body's data as `records::encode` takes it.
+fn raw_text(data: &Option<Box<serde_json::value::RawValue>>) -> Option<&str> {
+    data.as_deref().map(serde_json::value::RawValue::get)
 }
 
 /// A database definition: the node's checks, then (if they pass) its schema and an

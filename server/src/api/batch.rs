@@ -14,15 +14,15 @@
 //! bytes32 = len:u32, then len bytes: the record's data as JSON text (len 0: no data)
 //! ```
 //!
-//! `count` is 1 to 100000, as for `ops`. An operation decodes into the [`OpInput`] the
-//! JSON body gives, so both run the same checks afterwards (the file exists, key 1 to
+//! `count` is 1 to 100000, as for `ops`. An operation decodes into the [`OpRef`] a JSON
+//! body's operation gives, borrowed from the batch's bytes, so both run the same checks
+//! afterwards (the file exists, key 1 to
 //! 1024 bytes, alternate keys of the file, record size). The decoder refuses what JSON
 //! cannot say either: an unknown kind, a string that is not UTF-8, data that is not one
 //! JSON value, an alternate key named twice, a body that ends inside an operation or
 //! goes on after the last one; each with the operation's index and byte offset.
 
-use std::collections::BTreeMap;
-
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use serde_json::value::RawValue;
@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use super::error::{read_body, ApiError};
 use super::routes::OpsBody;
 use crate::node::database::MAX_TXN_OPS;
-use crate::node::records::{OpInput, OpName};
+use crate::node::records::{OpInput, OpName, OpRef};
 
 /// The media type of a binary batch.
 pub const MEDIA_TYPE: &str = "application/vnd.doppel.batch";
@@ -186,7 +186,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn op(&mut self) -> Result<OpInput, ApiError> {
+    fn op(&mut self) -> Result<OpRef<'a>, ApiError> {
         let kind = self.u8("kind")?;
         let Some(&op) = (kind as usize).checked_sub(1).and_then(|at| KINDS.get(at)) else {
             return Err(self.fail_at(
@@ -194,31 +194,36 @@ impl<'a> Reader<'a> {
                 format!("unknown operation {kind} (1 insert, 2 update, 3 upsert, 4 delete)"),
             ));
         };
-        let file = self.str16("file")?.to_owned();
-        let key = self.str16("key")?.to_owned();
-        let mut alt = BTreeMap::new();
-        for _ in 0..self.u8("count of alternate keys")? {
+        let file = self.str16("file")?;
+        let key = self.str16("key")?;
+        let count = self.u8("count of alternate keys")?;
+        let mut alt: Vec<(&'a str, &'a str)> = Vec::with_capacity(count as usize);
+        for _ in 0..count {
             let at = self.at;
             let name = self.str16("alternate key name")?;
             let value = self.str16("alternate key value")?;
-            if alt.insert(name.to_owned(), value.to_owned()).is_some() {
+            if alt.iter().any(|(seen, _)| *seen == name) {
                 return Err(self.fail_at(at, format!("alternate key '{name}' is given twice")));
             }
+            alt.push((name, value));
         }
         let len = self.u32("data's length")?;
         let at = self.at;
         let data = self.take(len, "data")?;
-        let data =
-            if data.is_empty() {
-                None
-            } else {
-                let text = std::str::from_utf8(data)
-                    .map_err(|_| self.fail_at(at, "its data is not UTF-8 JSON text".into()))?;
-                Some(RawValue::from_string(text.to_owned()).map_err(|e| {
+        let data = if data.is_empty() {
+            None
+        } else {
+            // Checked and borrowed in one pass, as the text it is (no copy).
+            let value: &RawValue = serde_json::from_slice(data).map_err(|e| {
+                if std::str::from_utf8(data).is_err() {
+                    self.fail_at(at, "its data is not UTF-8 JSON text".into())
+                } else {
                     self.fail_at(at, format!("its data is not one JSON value: {e}"))
-                })?)
-            };
-        Ok(OpInput {
+                }
+            })?;
+            Some(value.get())
+        };
+        Ok(OpRef {
             op,
             file,
             key,
@@ -237,9 +242,9 @@ fn byte_count(n: usize) -> String {
     }
 }
 
-/// The operations of a batch, or the precise reason it is not one (400
+/// The operations of a batch, read in place, or the precise reason it is not one (400
 /// `malformed-request`; its `op_index` names the operation it stopped in).
-pub fn decode(bytes: &[u8]) -> Result<Vec<OpInput>, ApiError> {
+pub fn decode(bytes: &[u8]) -> Result<Vec<OpRef<'_>>, ApiError> {
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(ApiError::malformed(format!(
             "a binary batch ({MEDIA_TYPE}) starts with the 4 bytes \"DPB1\" and a u32 count of operations"
@@ -284,26 +289,45 @@ pub fn check_count(count: usize) -> Result<(), ApiError> {
 
 /// The operations of a transaction route's body: JSON (`application/json`, or another
 /// `…+json` type) or a binary batch ([`MEDIA_TYPE`]). Any other type is 415
-/// `unsupported-media-type`.
-pub struct Ops(pub Vec<OpInput>);
+/// `unsupported-media-type`. A JSON body is parsed here; a batch is kept as its bytes and
+/// read in place by [`Ops::read`], so its operations borrow from it.
+pub enum Ops {
+    Json(Vec<OpInput>),
+    Batch(Bytes),
+}
+
+impl Ops {
+    /// The operations, borrowed from the body: a batch is decoded here (400
+    /// `malformed-request` naming the operation and byte where it stops). A big batch's
+    /// decoding runs off the async worker at a lower priority, as its parsing does for
+    /// JSON ([`crate::node::usage::big_work`]).
+    pub fn read(&self) -> Result<Vec<OpRef<'_>>, ApiError> {
+        match self {
+            Ops::Json(ops) => Ok(ops.iter().map(OpInput::as_ref).collect()),
+            Ops::Batch(bytes) => crate::node::usage::big_work(big(bytes), || decode(bytes)),
+        }
+    }
+}
+
+/// A body big enough that reading it is work for a blocking thread (a third of a
+/// flood's CPU as JSON), so a neighbour's small request goes first.
+fn big(bytes: &[u8]) -> bool {
+    bytes.len() >= crate::node::usage::BIG_BODY_BYTES
+}
 
 impl<S: Send + Sync> FromRequest<S> for Ops {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // A big body's decoding (a third of a flood's CPU as JSON) runs off the async
-        // worker at a lower priority, so a neighbour's small request goes first.
-        let big = |bytes: &[u8]| bytes.len() >= crate::node::usage::BIG_BODY_BYTES;
         let essence = super::error::media_type(req.headers());
         if essence.as_deref() == Some(MEDIA_TYPE) {
-            let bytes = read_body(req, state).await?;
-            return crate::node::usage::big_work(big(&bytes), || decode(&bytes)).map(Ops);
+            return Ok(Ops::Batch(read_body(req, state).await?));
         }
         if essence.as_deref().is_some_and(super::error::is_json) {
             let bytes = read_body(req, state).await?;
             let body: OpsBody =
                 crate::node::usage::big_work(big(&bytes), || super::error::parse_json(&bytes))?;
             check_count(body.ops.len())?;
-            return Ok(Ops(body.ops));
+            return Ok(Ops::Json(body.ops));
         }
         let got = req
             .headers()
@@ -355,12 +379,9 @@ mod tests {
         let ops = decode(&bytes).unwrap();
         assert_eq!(ops.len(), 1);
         let op = &ops[0];
-        assert_eq!(
-            (op.op, op.file.as_str(), op.key.as_str()),
-            (OpName::Upsert, "f", "k1")
-        );
-        assert_eq!(op.alt.get("a").map(String::as_str), Some("v"));
-        assert_eq!(op.data.as_deref().map(RawValue::get), Some("[1]"));
+        assert_eq!((op.op, op.file, op.key), (OpName::Upsert, "f", "k1"));
+        assert_eq!(op.alt, [("a", "v")]);
+        assert_eq!(op.data, Some("[1]"));
     }
 
     #[test]
@@ -377,7 +398,8 @@ mod tests {
         {
             w.push(op, "orders", &format!("k{i}"), &[], None);
         }
-        let ops = decode(&w.finish()).unwrap();
+        let bytes = w.finish();
+        let ops = decode(&bytes).unwrap();
         let kinds: Vec<OpName> = ops.iter().map(|o| o.op).collect();
         assert_eq!(
             kinds,

@@ -18,7 +18,7 @@ use super::batch::Ops;
 use super::error::{ApiError, Body, Path, Query};
 use super::AppState;
 use crate::node::database::Committed;
-use crate::node::records::{OpInput, OpName, RecordView};
+use crate::node::records::{OpInput, OpName, OpRef, RecordView};
 use crate::node::{logview, Database, DatabaseSpec};
 use crate::tenancy::auth::Claims;
 use crate::tenancy::quota::{Limits, RateQuota};
@@ -562,12 +562,12 @@ fn lock_timeout(app: &AppState, ms: Option<u64>) -> Duration {
 /// Charge written operations to `tenant`'s operation and byte quotas (a batch counts
 /// each of its operations and their bytes); the node administrator is not limited.
 /// Refused: nothing is written.
-fn charge(app: &AppState, claims: &Claims, tenant: &str, ops: &[OpInput]) -> Result<()> {
+fn charge(app: &AppState, claims: &Claims, tenant: &str, ops: &[OpRef<'_>]) -> Result<()> {
     if claims.tenant == crate::tenancy::auth::ANY_TENANT {
         return Ok(());
     }
     let n = ops.len();
-    let bytes: u64 = ops.iter().map(OpInput::written_bytes).sum();
+    let bytes: u64 = ops.iter().map(OpRef::written_bytes).sum();
     app.tenancy
         .quotas
         .take_write(tenant, n, bytes)
@@ -592,8 +592,9 @@ async fn run_one(
     db: &Database,
     op: OpInput,
 ) -> Result<crate::node::database::Committed> {
-    charge(app, claims, &db.def.tenant, std::slice::from_ref(&op))?;
-    let ops = db.resolve(std::slice::from_ref(&op)).map_err(strip_index)?;
+    let op = [op.as_ref()];
+    charge(app, claims, &db.def.tenant, &op)?;
+    let ops = db.resolve(&op).map_err(strip_index)?;
     db.execute(&ops, lock_timeout(app, None))
         .await
         .map_err(strip_index)
@@ -757,8 +758,9 @@ pub async fn transaction(
     Extension(claims): Extension<Claims>,
     Path((tenant, name)): Path<(String, String)>,
     Query(q): Query<LockQuery>,
-    Ops(ops): Ops,
+    ops: Ops,
 ) -> Result<Json<Committed>> {
+    let ops = ops.read()?;
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, &ops)?;
     let ops = db.resolve(&ops)?;
@@ -783,8 +785,9 @@ pub async fn add_ops(
     Extension(claims): Extension<Claims>,
     Path((tenant, name, txn)): TxnPath,
     Query(q): Query<LockQuery>,
-    Ops(ops): Ops,
+    ops: Ops,
 ) -> Result<Json<Pending>> {
+    let ops = ops.read()?;
     let db = db(&app, &tenant, &name)?;
     charge(&app, &claims, &tenant, &ops)?;
     let ops = db.resolve(&ops)?;

@@ -31,7 +31,7 @@ fn history() -> (Store, Vec<TxnLog>) {
         let inputs: Vec<OpInput> = serde_json::from_str(body).expect("seed operations");
         let ops: Vec<_> = inputs
             .iter()
-            .map(|op| records::resolve(&schema, op).expect("seed operation"))
+            .map(|op| records::resolve(&schema, &op.as_ref()).expect("seed operation"))
             .collect();
         let txn = seq.next_txn();
         logs.push(txn::apply(&mut store, &mut seq, txn, &ops).expect("seed transaction"));
@@ -44,7 +44,7 @@ fn history() -> (Store, Vec<TxnLog>) {
             "data": {"i": i, "pad": "x".repeat(i % 7 * 10)}
         }))
         .expect("seed operation");
-        ops.push(records::resolve(&schema, &input).expect("seed operation"));
+        ops.push(records::resolve(&schema, &input.as_ref()).expect("seed operation"));
     }
     let txn = seq.next_txn();
     logs.push(txn::apply(&mut store, &mut seq, txn, &ops).expect("seed transaction"));

@@ -369,17 +369,12 @@ pub fn decode_op(schema: &Schema, r: &Record<'_>) -> Result<(usize, Op)> {
         };
         return Ok((table, op));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(r.data)
+    // Checked and borrowed in one pass: one JSON value, as UTF-8 text.
+    let data: &RawValue = serde_json::from_slice(r.data)
         .map_err(|e| bad(format!("record '{}': its data is not JSON: {e}", r.key)))?;
-    let alt: BTreeMap<String, String> = r
-        .alt()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let data = std::str::from_utf8(r.data)
-        .map_err(|_| bad(format!("record '{}': data is not UTF-8", r.key)))?;
-    let raw_data = RawValue::from_string(data.to_string())
-        .map_err(|e| bad(format!("record '{}': {e}", r.key)))?;
-    let payload = records::encode(&schema.files[table], r.key, &alt, Some(&raw_data))
+    // By name, the last one given winning (no allocation when there is none).
+    let alt: BTreeMap<&str, &str> = r.alt().collect();
+    let payload = records::encode(&schema.files[table], r.key, alt, Some(data.get()))
         .map_err(|e| bad(format!("record '{}': {e}", r.key)))?;
     let op = Op {
         kind: OpKind::Upsert,

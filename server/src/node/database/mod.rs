@@ -522,13 +522,13 @@ impl Database {
     /// Resolve client operations against this database's schema.
     /// A big batch's (see [`super::usage::big_work`]) runs off the async worker at a
     /// lower priority.
-    pub fn resolve(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
+    pub fn resolve(&self, inputs: &[records::OpRef<'_>]) -> Result<Vec<Op>> {
         super::usage::big_work(inputs.len() >= super::usage::BIG_OPS, || {
             self.resolve_here(inputs)
         })
     }
 
-    fn resolve_here(&self, inputs: &[records::OpInput]) -> Result<Vec<Op>> {
+    fn resolve_here(&self, inputs: &[records::OpRef<'_>]) -> Result<Vec<Op>> {
         let state = self.state.read();
         inputs
             .iter()
