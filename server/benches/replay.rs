@@ -66,7 +66,7 @@ fn replay_log(c: &mut Criterion, name: &str, key_of: fn(usize) -> usize) {
             })
             .collect();
         let txn = seq.next_txn();
-        let entry = txn::apply(&mut store, &mut seq, txn, &ops).expect("apply");
+        let entry = txn::apply(&mut store, &mut seq, txn, ops).expect("apply");
         log.append(def.uid, &entry).expect("append");
     }
     log.flush_now(def.uid).expect("flush");

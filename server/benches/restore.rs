@@ -155,7 +155,7 @@ fn history(node: &Node, rt: &tokio::runtime::Runtime, name: &str) {
                 op(key, n)
             })
             .collect();
-        rt.block_on(db.execute(&ops, Duration::from_secs(10)))
+        rt.block_on(db.execute(ops, Duration::from_secs(10)))
             .expect("write");
     }
     // Chains that grow past their limit add logged reorganisations.

@@ -11,8 +11,9 @@
 #   1. replicated writes/s: `redis-benchmark -t set -d 100 -c 50 -P 128` (its own figure,
 #      and the time until the replica's offset caught up) against `doppel bench
 #      --scenario async` (records/s applied on the replica, durability none), once with
-#      JSON batches and once with binary ones (`--format binary`), each with the CPU
-#      seconds the client and each server process spent on it;
+#      JSON batches and once with binary ones (`--format binary`), and once more (binary)
+#      through a logical link's filter → transform chain (`--scenario logical-live`),
+#      each with the CPU seconds the client and each server process spent on it;
 #   2. sync commit latency, one connection, and commits/s with 64 connections: the
 #      `sync_clients` bench speaks HTTP to Doppel (PUT on a database with a sync link)
 #      and RESP to Redis (SET + WAIT 1 0 in one send), the same client for both;
@@ -111,6 +112,14 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r src rep <<< "$(cpu_diff "$before" "$(cpu_all "$DOPPEL_A $DOPPEL_B")")"
     echo "throughput round $round doppel $format: $(cat "$W/bench.out"); cpu: source ${src}s replica ${rep}s client $(awk '{print $1+$2}' "$W/client.time")s"
   done
+  # The same records through a logical link's filter → transform chain, streaming
+  # while they are written (binary batches).
+  before=$(cpu_all "$DOPPEL_A $DOPPEL_B")
+  /usr/bin/time -f '%U %S' -o "$W/client.time" \
+    "$BIN" bench --url http://127.0.0.1:$DA --token "$TOKEN" --replica http://127.0.0.1:$DB \
+    --scenario logical-live --records 1000000 --durability none --format binary > "$W/bench.out" 2>&1
+  read -r src rep <<< "$(cpu_diff "$before" "$(cpu_all "$DOPPEL_A $DOPPEL_B")")"
+  echo "throughput round $round doppel logical: $(cat "$W/bench.out"); cpu: source ${src}s replica ${rep}s client $(awk '{print $1+$2}' "$W/client.time")s"
   before=$(cpu_all "$REDIS_P $REDIS_R")
   t0=$(date +%s.%N)
   rps=$(/usr/bin/time -f '%U %S' -o "$W/client.time" \

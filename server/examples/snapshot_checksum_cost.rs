@@ -52,7 +52,7 @@ async fn main() {
                 }
             })
             .collect();
-        db.execute(&ops, Duration::from_secs(10)).await.unwrap();
+        db.execute(ops, Duration::from_secs(10)).await.unwrap();
     }
     let started = Instant::now();
     let meta = db.snapshot().await.unwrap();

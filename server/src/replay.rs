@@ -284,8 +284,8 @@ pub fn replay(
     }
     let handle = tokio::runtime::Handle::current();
     let timeout = Duration::from_millis(node.settings.lock_timeout_ms);
-    for r in &replayed {
-        handle.block_on(db.execute(&r.ops, timeout)).map_err(|e| {
+    for r in replayed {
+        handle.block_on(db.execute(r.ops, timeout)).map_err(|e| {
             Error::Unavailable(format!(
                 "replaying transaction {} after the restore: {e}; the database is \
                      restored to serial {} and the transactions before it are replayed",
@@ -365,7 +365,7 @@ mod tests {
                 file: 0,
                 payload,
             };
-            let done = db.execute(&[op], Duration::from_secs(1)).await.unwrap();
+            let done = db.execute(vec![op], Duration::from_secs(1)).await.unwrap();
             serials.push(done.last_serial);
         }
         assert_eq!(gate.locked(), 3);

@@ -502,7 +502,7 @@ async fn run_source(
     while shared.next_txn.get() < shared.txns {
         let i = shared.next_txn.get();
         let ops = workload_ops(shared.seed, i);
-        let written = match db.execute(&ops, Duration::from_secs(1)).await {
+        let written = match db.execute(ops.clone(), Duration::from_secs(1)).await {
             Ok(committed) => {
                 if shared.sync {
                     check_sync_ack(&shared, &repl, &slots[DST], DB, committed.last_serial);
@@ -528,7 +528,7 @@ async fn run_source(
                 file: 0,
                 payload,
             };
-            if let Ok(committed) = lines.execute(&[op], Duration::from_secs(1)).await {
+            if let Ok(committed) = lines.execute(vec![op], Duration::from_secs(1)).await {
                 if shared.sync {
                     check_sync_ack(&shared, &repl, &slots[DST], LINES, committed.last_serial);
                 }
@@ -1200,7 +1200,7 @@ async fn run_site(
     while next.get() < shared.txns {
         let i = next.get();
         let ops = site_ops(shared.seed, me, i);
-        if let Ok(committed) = db.execute(&ops, Duration::from_secs(1)).await {
+        if let Ok(committed) = db.execute(ops, Duration::from_secs(1)).await {
             if shared.sync {
                 check_mutual_sync_ack(
                     &shared,

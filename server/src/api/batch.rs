@@ -147,7 +147,8 @@ impl<'a> Reader<'a> {
         self.fail_at(self.at, detail)
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ApiError> {
+    /// `what` names the part in the error (formatted only when there is one).
+    fn take(&mut self, n: usize, what: &dyn std::fmt::Display) -> Result<&'a [u8], ApiError> {
         let left = self.bytes.len() - self.at;
         if n > left {
             return Err(self.fail(format!(
@@ -161,23 +162,19 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self, what: &str) -> Result<u8, ApiError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &str) -> Result<usize, ApiError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]) as usize)
+        Ok(self.take(1, &what)?[0])
     }
 
     fn u32(&mut self, what: &str) -> Result<usize, ApiError> {
-        let b = self.take(4, what)?;
+        let b = self.take(4, &what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
     fn str16(&mut self, what: &str) -> Result<&'a str, ApiError> {
-        let len = self.u16(&format!("{what}'s length"))?;
+        let b = self.take(2, &format_args!("{what}'s length"))?;
+        let len = u16::from_le_bytes([b[0], b[1]]) as usize;
         let at = self.at;
-        let bytes = self.take(len, what)?;
+        let bytes = self.take(len, &what)?;
         std::str::from_utf8(bytes).map_err(|e| {
             self.fail_at(
                 at,
@@ -209,7 +206,7 @@ impl<'a> Reader<'a> {
         }
         let len = self.u32("data's length")?;
         let at = self.at;
-        let data = self.take(len, "data")?;
+        let data = self.take(len, &"data")?;
         let data = if data.is_empty() {
             None
         } else {

@@ -595,7 +595,7 @@ async fn run_one(
     let op = [op.as_ref()];
     charge(app, claims, &db.def.tenant, &op)?;
     let ops = db.resolve(&op).map_err(strip_index)?;
-    db.execute(&ops, lock_timeout(app, None))
+    db.execute(ops, lock_timeout(app, None))
         .await
         .map_err(strip_index)
 }
@@ -765,7 +765,7 @@ pub async fn transaction(
     charge(&app, &claims, &tenant, &ops)?;
     let ops = db.resolve(&ops)?;
     let done = db
-        .execute(&ops, lock_timeout(&app, q.lock_timeout_ms))
+        .execute(ops, lock_timeout(&app, q.lock_timeout_ms))
         .await?;
     Ok(Json(done))
 }

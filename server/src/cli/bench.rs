@@ -51,8 +51,9 @@ pub struct BenchArgs {
     /// Scenario. Without --replica: all (batched writes and point reads), neighbours (a
     /// quiet tenant's puts next to a loud one), footprint (RSS and disk of a node this
     /// starts) or postgres (a link into PostgreSQL through json-columns, against
-    /// `--postgres`). With --replica: async, sync, bootstrap, catchup, logical, verify,
-    /// promote, mutual or all.
+    /// `--postgres`). With --replica: async, sync, bootstrap, catchup, logical (through
+    /// a filter → transform chain: a catch-up, then live), logical-live (live alone),
+    /// verify, promote, mutual or all.
     #[arg(long, default_value = "all")]
     pub(crate) scenario: String,
     /// Single-record commits of the sync scenario.

@@ -34,7 +34,7 @@ fn history() -> (Store, Vec<TxnLog>) {
             .map(|op| records::resolve(&schema, &op.as_ref()).expect("seed operation"))
             .collect();
         let txn = seq.next_txn();
-        logs.push(txn::apply(&mut store, &mut seq, txn, &ops).expect("seed transaction"));
+        logs.push(txn::apply(&mut store, &mut seq, txn, ops).expect("seed transaction"));
     }
     // Enough records to split blocks and chain overflow blocks.
     let mut ops = Vec::new();
@@ -47,7 +47,7 @@ fn history() -> (Store, Vec<TxnLog>) {
         ops.push(records::resolve(&schema, &input.as_ref()).expect("seed operation"));
     }
     let txn = seq.next_txn();
-    logs.push(txn::apply(&mut store, &mut seq, txn, &ops).expect("seed transaction"));
+    logs.push(txn::apply(&mut store, &mut seq, txn, ops).expect("seed transaction"));
     (store, logs)
 }
 

@@ -158,14 +158,14 @@ impl Writer {
     #[track_caller]
     fn commit(&mut self, ops: &[Op]) -> TxnLog {
         let txn = self.seq.next_txn();
-        txn::apply(&mut self.store, &mut self.seq, txn, ops).expect("transaction applies")
+        txn::apply(&mut self.store, &mut self.seq, txn, ops.to_vec()).expect("transaction applies")
     }
 
     /// Applies `ops`, which must be refused, and returns the cancelled attempt's log.
     #[track_caller]
     fn refuse(&mut self, ops: &[Op]) -> TxnLog {
         let txn = self.seq.next_txn();
-        txn::apply(&mut self.store, &mut self.seq, txn, ops)
+        txn::apply(&mut self.store, &mut self.seq, txn, ops.to_vec())
             .expect_err("transaction is refused")
             .log
     }

@@ -174,7 +174,9 @@ mod tests {
     }
 
     async fn write(db: &Database, kind: OpKind, key: &str) -> crate::node::Result<u64> {
-        let committed = db.execute(&[op(kind, key)], Duration::from_secs(1)).await?;
+        let committed = db
+            .execute(vec![op(kind, key)], Duration::from_secs(1))
+            .await?;
         Ok(committed.last_serial)
     }
 

@@ -20,7 +20,7 @@ async fn put(db: &Database, key: &str, value: &str) {
         file: 0,
         payload,
     };
-    db.execute(&[op], Duration::from_secs(5)).await.unwrap();
+    db.execute(vec![op], Duration::from_secs(5)).await.unwrap();
 }
 
 pub(super) async fn put_many(db: &Database, prefix: &str, count: usize) {

@@ -656,7 +656,7 @@ fn apply_ops(
             end += 1;
         }
         let txn = seq.next_txn();
-        let log = txn::apply(store, seq, txn, &ops[start..end])
+        let log = txn::apply(store, seq, txn, ops[start..end].to_vec())
             .map_err(|refused| Error::Store(refused.error).at_op(start + refused.index))?;
         logs.push(log);
         progress.step((end - start) as u64);

@@ -62,7 +62,7 @@ fn delete(file: FileId, key: &str) -> Op {
 }
 
 async fn write(db: &Database, ops: Vec<Op>) -> u64 {
-    db.execute(&ops, Duration::from_secs(1))
+    db.execute(ops, Duration::from_secs(1))
         .await
         .unwrap()
         .last_serial
@@ -320,7 +320,7 @@ async fn writes_are_refused_while_a_restore_runs_and_readers_go_on() {
         Err(Error::RestoreInProgress(_))
     ));
     let refused =
-        f.db.execute(&[upsert(orders, "c", "3")], Duration::from_secs(1))
+        f.db.execute(vec![upsert(orders, "c", "3")], Duration::from_secs(1))
             .await;
     assert!(
         matches!(refused, Err(Error::RestoreInProgress(_))),

@@ -271,12 +271,12 @@ mod tests {
         let mut seq = crate::txn::Sequencer::new(0, 1);
         let ops = stamp(&store, &[put("1"), put("2")], 7).unwrap();
         assert_eq!(ops.len(), 4);
-        crate::txn::apply(&mut store, &mut seq, 1, &ops).unwrap();
+        crate::txn::apply(&mut store, &mut seq, 1, ops).unwrap();
         let first = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(first.o, 7);
         assert!(first.base().t > 0, "the second put follows the first");
         let ops = stamp(&store, &[put("3")], 7).unwrap();
-        crate::txn::apply(&mut store, &mut seq, 2, &ops).unwrap();
+        crate::txn::apply(&mut store, &mut seq, 2, ops).unwrap();
         let second = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(second.base(), first.version());
         assert!(second.version() > first.version());

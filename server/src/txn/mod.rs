@@ -99,11 +99,11 @@ pub fn apply(
     store: &mut Store,
     seq: &mut Sequencer,
     txn: u64,
-    ops: &[Op],
+    ops: Vec<Op>,
 ) -> Result<TxnLog, Refused> {
     store.begin(txn);
     let mut updates = Vec::with_capacity(ops.len());
-    for (index, op) in ops.iter().enumerate() {
+    for (index, op) in ops.into_iter().enumerate() {
         let mutation = match op.kind.put_mode() {
             Some(mode) => Mutation::Put {
                 file: op.file,
@@ -118,7 +118,8 @@ pub fn apply(
         match store.apply(mutation) {
             Ok(applied) => {
                 let reorg = applied.reorg;
-                let after = (op.kind != OpKind::Delete).then(|| op.payload.clone());
+                // The record becomes the after image as it is: no copy.
+                let after = (op.kind != OpKind::Delete).then_some(op.payload);
                 updates.push(seq.update(txn, op.file, applied, after, Some(op.kind), false));
                 reorganise(store, seq, txn, reorg, false, &mut updates);
             }
@@ -280,7 +281,7 @@ mod tests {
             &mut s,
             &mut seq,
             txn,
-            &[
+            vec![
                 put(OpKind::Insert, "k", b"1"),
                 put(OpKind::Update, "k", b"2"),
             ],
@@ -307,7 +308,7 @@ mod tests {
             &mut s,
             &mut seq,
             1,
-            &[
+            vec![
                 put(OpKind::Insert, "a", b"old-a"),
                 put(OpKind::Insert, "b", b"old-b"),
             ],
@@ -323,7 +324,7 @@ mod tests {
             payload: b"b".to_vec(),
         });
         ops.push(put(OpKind::Insert, "a", b"dup"));
-        let refused = apply(&mut s, &mut seq, 2, &ops).unwrap_err();
+        let refused = apply(&mut s, &mut seq, 2, ops).unwrap_err();
         assert_eq!(refused.index, 52);
         assert_eq!(refused.error, StoreError::DuplicateKey);
         assert_eq!(refused.log.outcome, Outcome::Cancelled);
@@ -349,7 +350,7 @@ mod tests {
         for pair in (0..40).step_by(2) {
             for b in [pair + 1, pair] {
                 let txn = seq.next_txn();
-                logs.push(apply(s, seq, txn, &batch(b)).unwrap());
+                logs.push(apply(s, seq, txn, batch(b)).unwrap());
             }
         }
     }
@@ -369,7 +370,7 @@ mod tests {
                 .map(|i| put(OpKind::Upsert, &format!("k{i:06}"), &[b'x'; 100]))
                 .collect();
             let txn = seq2.next_txn();
-            apply(&mut in_order, &mut seq2, txn, &ops).unwrap();
+            apply(&mut in_order, &mut seq2, txn, ops).unwrap();
         }
         let blocks = |s: &Store| s.files()[0].blocks().count();
         assert!(

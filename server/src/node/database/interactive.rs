@@ -115,7 +115,7 @@ impl Database {
     /// Commit an open transaction.
     pub async fn commit(&self, txn: u64) -> Result<Committed> {
         let handle = self.open_txn(txn)?;
-        let open = handle.lock().await;
+        let mut open = handle.lock().await;
         if self.open.lock().remove(&txn).is_none() {
             return Err(Error::NotFound(format!("open transaction {txn}")));
         }
@@ -129,7 +129,8 @@ impl Database {
             })
         } else {
             let mut state = self.state.write();
-            self.write_locked(&mut state, txn, &open.ops)
+            // Removed from the open transactions above: its operations are written now.
+            self.write_locked(&mut state, txn, std::mem::take(&mut open.ops))
         };
         if self.quorum.is_active() {
             // Synchronous links: the locks are held until the quorum confirmed.

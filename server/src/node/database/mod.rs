@@ -539,7 +539,7 @@ impl Database {
 
     /// Run `ops` as one atomic transaction (the batched fast path), through the write
     /// gate when one guards this database ([`super::gate`]).
-    pub async fn execute(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+    pub async fn execute(&self, ops: Vec<Op>, lock_timeout: Duration) -> Result<Committed> {
         if ops.is_empty() {
             return Err(Error::Malformed(
                 "a transaction needs at least one operation".into(),
@@ -552,7 +552,7 @@ impl Database {
             let result = self.execute_batch(ops, lock_timeout).await;
             return result.and_then(|c| self.check_fence().map(|_| c));
         };
-        let guard = gate.lock(self, ops, lock_timeout).await?;
+        let guard = gate.lock(self, &ops, lock_timeout).await?;
         let result = self.execute_batch(ops, lock_timeout).await;
         if let Some(guard) = guard {
             guard.release().await;
@@ -621,17 +621,21 @@ impl Database {
     }
 
     /// A batch past the checks and the gate: wait for the records, write, await.
-    async fn execute_batch(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+    async fn execute_batch(&self, ops: Vec<Op>, lock_timeout: Duration) -> Result<Committed> {
         if self.quorum.is_active() {
             return self.execute_sync(ops, lock_timeout).await;
         }
         let deadline = Instant::now() + lock_timeout;
+        let big = ops.len() >= super::usage::BIG_OPS;
+        // Handed to the write that finds no record held (it keeps the records).
+        let mut ops = Some(ops);
         loop {
             // Wait for interactive transactions holding any of these records.
-            let records: Vec<RecordId> = if self.locks.is_idle() {
-                Vec::new()
-            } else {
-                ops.iter().map(|op| (op.file, op.key().to_vec())).collect()
+            let records: Vec<RecordId> = match &ops {
+                Some(ops) if !self.locks.is_idle() => {
+                    ops.iter().map(|op| (op.file, op.key().to_vec())).collect()
+                }
+                _ => Vec::new(),
             };
             let write = || {
                 let mut state = self.state.write();
@@ -639,13 +643,14 @@ impl Database {
                     Some((_, holder)) => Err(holder),
                     None => {
                         let txn = state.seq.next_txn();
+                        let ops = ops.take().expect("a batch is written once");
                         Ok(self.write_locked(&mut state, txn, ops))
                     }
                 }
             };
             // Milliseconds of CPU for a big batch: off the async worker and at a lower
             // priority, so a neighbour's small request goes first.
-            let outcome = super::usage::big_work(ops.len() >= super::usage::BIG_OPS, write);
+            let outcome = super::usage::big_work(big, write);
             match outcome {
                 Ok(result) => {
                     let committed = result?;
@@ -660,7 +665,7 @@ impl Database {
     /// A batch on a database with synchronous links: its records stay locked until the
     /// quorum of replicas confirmed it (SPEC C1), so a second writer of one of them
     /// waits while writers of other records go on.
-    async fn execute_sync(&self, ops: &[Op], lock_timeout: Duration) -> Result<Committed> {
+    async fn execute_sync(&self, ops: Vec<Op>, lock_timeout: Duration) -> Result<Committed> {
         let deadline = Instant::now() + lock_timeout;
         let txn = self.state.write().seq.next_txn();
         let mut records: Vec<RecordId> =
@@ -730,22 +735,22 @@ impl Database {
     }
 
     /// Apply a transaction and append its log, under the state lock.
-    fn write_locked(&self, state: &mut State, txn: u64, ops: &[Op]) -> Result<Committed> {
+    fn write_locked(&self, state: &mut State, txn: u64, ops: Vec<Op>) -> Result<Committed> {
         // Checked under the state lock that `begin_restore` takes to set the flag, so no
         // write lands after a restore captured the store.
         self.check_not_restoring()?;
         let _cpu = self.usage.charge_cpu();
-        self.usage.operations.add(ops.len() as u64);
+        let count = ops.len();
+        self.usage.operations.add(count as u64);
         let State { store, seq, .. } = state;
         // A mutual database writes each record's new version with it: one more
         // operation after each of the client's.
-        let stamped = if self.def.spec.mutual {
-            Some(super::versions::stamp(store, ops, self.origin())?)
+        let (ops, per_op) = if self.def.spec.mutual {
+            (super::versions::stamp(store, &ops, self.origin())?, 2)
         } else {
-            None
+            (ops, 1)
         };
-        let per_op = if stamped.is_some() { 2 } else { 1 };
-        let result = txn::apply(store, seq, txn, stamped.as_deref().unwrap_or(ops));
+        let result = txn::apply(store, seq, txn, ops);
         let log = match &result {
             Ok(log) => log,
             Err(refused) => &refused.log,
@@ -759,7 +764,7 @@ impl Database {
                 txn,
                 first_serial: log.first_serial().unwrap_or(state.seq.last_serial),
                 last_serial: log.last_serial().unwrap_or(state.seq.last_serial),
-                count: ops.len(),
+                count,
             }),
             Err(refused) => Err(Error::Store(refused.error).at_op(refused.index / per_op)),
         }
@@ -1055,12 +1060,12 @@ mod tests {
         let wait = Duration::from_secs(1);
         // The disk stops keeping up: what is written stays in the backlog.
         log.stall_flushes(9, true);
-        db.execute(&upserts("a", 50), wait)
+        db.execute(upserts("a", 50), wait)
             .await
             .expect("under the bound");
         assert!(db.log_backlog() > 4 << 10);
         let refused = db
-            .execute(&upserts("b", 5), wait)
+            .execute(upserts("b", 5), wait)
             .await
             .expect_err("over the bound, with a disk that does not catch up");
         let Error::LogBacklog {
@@ -1080,7 +1085,7 @@ mod tests {
         );
         // The disk catches up: the same write is held for the flush, then admitted.
         log.stall_flushes(9, false);
-        db.execute(&upserts("b", 5), wait)
+        db.execute(upserts("b", 5), wait)
             .await
             .expect("admitted after the flush");
         assert!(db.get("bench", "b0000").is_ok());

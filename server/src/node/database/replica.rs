@@ -380,7 +380,8 @@ impl Database {
         });
         let txn = state.seq.next_txn();
         let State { store, seq, .. } = &mut *state;
-        let log = match txn::apply(store, seq, txn, &ops) {
+        let carries_ops = !ops.is_empty();
+        let log = match txn::apply(store, seq, txn, ops) {
             Ok(log) => log,
             Err(refused) => {
                 // The refused attempt is logged; the position stays.
@@ -394,7 +395,7 @@ impl Database {
                 // follows the position); only the end of a bootstrap, which carries no
                 // operations, may put the stream anywhere.
                 debug_assert!(
-                    ops.is_empty() || state.positions.get(&stream).is_none_or(|p| at > *p),
+                    !carries_ops || state.positions.get(&stream).is_none_or(|p| at > *p),
                     "stream {stream} moved back to {at}"
                 );
                 self.append_or_reload(state, || {
