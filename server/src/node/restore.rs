@@ -639,28 +639,33 @@ fn all_records(store: &Store) -> (Vec<Op>, Changes) {
 }
 
 /// Apply `ops` to `store` as transactions of at most [`TXN_OPS`] operations and
-/// [`TXN_BYTES`] bytes, returning their logs.
+/// [`TXN_BYTES`] bytes, returning their logs. Each transaction takes its operations
+/// over (no copy of their records).
 fn apply_ops(
     store: &mut Store,
     seq: &mut Sequencer,
-    ops: &[Op],
+    ops: Vec<Op>,
     progress: &Progress,
 ) -> Result<Vec<TxnLog>> {
     let mut logs = Vec::new();
     let mut start = 0;
-    while start < ops.len() {
-        let mut end = start;
+    let mut rest = ops.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut chunk = Vec::new();
         let mut bytes = 0;
-        while end < ops.len() && end - start < TXN_OPS && (end == start || bytes < TXN_BYTES) {
-            bytes += ops[end].payload.len();
-            end += 1;
+        while let Some(op) =
+            rest.next_if(|_| chunk.len() < TXN_OPS && (chunk.is_empty() || bytes < TXN_BYTES))
+        {
+            bytes += op.payload.len();
+            chunk.push(op);
         }
+        let count = chunk.len();
         let txn = seq.next_txn();
-        let log = txn::apply(store, seq, txn, ops[start..end].to_vec())
+        let log = txn::apply(store, seq, txn, chunk)
             .map_err(|refused| Error::Store(refused.error).at_op(start + refused.index))?;
         logs.push(log);
-        progress.step((end - start) as u64);
-        start = end;
+        progress.step(count as u64);
+        start += count;
     }
     Ok(logs)
 }
@@ -915,8 +920,9 @@ fn execute(
     let expected_last = seq.last_serial;
     let (ops, changes) = operations(source, current, &op.plan, &op.progress)?;
     op.outcome.lock().records = Some(changes);
-    op.progress.start("applying", ops.len() as u64);
-    let logs = apply_ops(&mut store, &mut seq, &ops, &op.progress)?;
+    let count = ops.len();
+    op.progress.start("applying", count as u64);
+    let logs = apply_ops(&mut store, &mut seq, ops, &op.progress)?;
     op.progress.start("writing-log", logs.len() as u64);
     let log = target.log_store();
     log.append_txns(target.def.uid, &logs)?;
@@ -934,7 +940,7 @@ fn execute(
         method = ?op.plan.method,
         point = op.plan.point.serial,
         updates = op.plan.updates,
-        ops = ops.len(),
+        ops = count,
         "restore finished"
     );
     Ok((changes, serials))

@@ -143,7 +143,7 @@ fn restored(db: &Database, request: &Request) -> (Plan, Changes, Store) {
     let (ops, changes) = operations(db, &current, &plan, &Progress::default()).unwrap();
     let mut store = current.freeze();
     let mut seq = seq.clone();
-    apply_ops(&mut store, &mut seq, &ops, &Progress::default()).unwrap();
+    apply_ops(&mut store, &mut seq, ops, &Progress::default()).unwrap();
     (plan, changes, store)
 }
 
