@@ -208,7 +208,8 @@ fn read_all(store: &Store) {
 
 /// The bodies of the routes that take JSON, each through the route's own deserialiser
 /// (`api::error::parse_json`, what `api::error::Body` runs) and then the checks the
-/// route runs before it touches a database; and the transaction routes' binary batch
+/// route runs before it touches a database (route 0 also checks that reading the
+/// transaction body in place, `api::batch::json_in_place`, gives what the parser gives); and the transaction routes' binary batch
 /// (`api::batch::decode`, route 20). The first byte picks the route.
 pub fn rest_body(data: &[u8]) {
     use crate::api;
@@ -223,7 +224,16 @@ pub fn rest_body(data: &[u8]) {
     let schema = schema();
     match route % 21 {
         0 => {
-            if let Some(b) = parse::<api::routes::OpsBody>(&bytes) {
+            let parsed = parse::<api::routes::OpsBody>(&bytes);
+            // Read in place, a body gives what the route's own parser gives.
+            if let Some(in_place) = api::batch::json_in_place(&bytes) {
+                let parsed = parsed
+                    .as_ref()
+                    .expect("a body read in place is one the route's parser takes");
+                let by_parser: Vec<_> = parsed.ops.iter().map(|op| op.as_ref()).collect();
+                assert_eq!(in_place, by_parser);
+            }
+            if let Some(b) = parsed {
                 for op in &b.ops {
                     let _ = records::resolve(&schema, &op.as_ref());
                 }

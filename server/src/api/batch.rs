@@ -22,9 +22,13 @@
 //! JSON value, an alternate key named twice, a body that ends inside an operation or
 //! goes on after the last one; each with the operation's index and byte offset.
 
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::error::{read_body, ApiError};
@@ -286,24 +290,86 @@ pub fn check_count(count: usize) -> Result<(), ApiError> {
 
 /// The operations of a transaction route's body: JSON (`application/json`, or another
 /// `…+json` type) or a binary batch ([`MEDIA_TYPE`]). Any other type is 415
-/// `unsupported-media-type`. A JSON body is parsed here; a batch is kept as its bytes and
-/// read in place by [`Ops::read`], so its operations borrow from it.
+/// `unsupported-media-type`. Either body is kept as its bytes and read by [`Ops::read`],
+/// so its operations borrow from it.
 pub enum Ops {
-    Json(Vec<OpInput>),
+    /// `owned` holds the operations when the route's own parser had to read them
+    /// ([`json_in_place`] could not).
+    Json {
+        bytes: Bytes,
+        owned: OnceLock<Vec<OpInput>>,
+    },
     Batch(Bytes),
 }
 
 impl Ops {
-    /// The operations, borrowed from the body: a batch is decoded here (400
-    /// `malformed-request` naming the operation and byte where it stops). A big batch's
-    /// decoding runs off the async worker at a lower priority, as its parsing does for
-    /// JSON ([`crate::node::usage::big_work`]).
+    /// The operations, borrowed from the body, or the precise reason there are none
+    /// (400 `malformed-request`; a batch's names the operation and byte where it stops).
+    /// A big body's reading runs off the async worker at a lower priority
+    /// ([`crate::node::usage::big_work`]).
     pub fn read(&self) -> Result<Vec<OpRef<'_>>, ApiError> {
         match self {
-            Ops::Json(ops) => Ok(ops.iter().map(OpInput::as_ref).collect()),
+            Ops::Json { bytes, owned } => crate::node::usage::big_work(big(bytes), || {
+                if let Some(ops) = json_in_place(bytes) {
+                    check_count(ops.len())?;
+                    return Ok(ops);
+                }
+                // An escape in a string, or a body that is refused: the route's own
+                // parser reads it, and its answer (or its error) stands.
+                let body: OpsBody = super::error::parse_json(bytes)?;
+                check_count(body.ops.len())?;
+                Ok(owned
+                    .get_or_init(|| body.ops)
+                    .iter()
+                    .map(OpInput::as_ref)
+                    .collect())
+            }),
             Ops::Batch(bytes) => crate::node::usage::big_work(big(bytes), || decode(bytes)),
         }
     }
+}
+
+/// A JSON body's operations read in place: the common case, where no file, key or
+/// alternate key holds an escape, costs no copy of them nor of the data. The fields and
+/// rules of [`OpsBody`] and [`OpInput`] (unknown fields refused, an alternate key named
+/// twice: the last one). `None` for anything it cannot borrow or would refuse, which
+/// the route's own parser ([`super::error::parse_json`]) then reads: its answer is the
+/// one the client gets, so this changes no outcome, only the cost of the common one.
+pub fn json_in_place(bytes: &[u8]) -> Option<Vec<OpRef<'_>>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        ops: Vec<Op<'a>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Op<'a> {
+        op: OpName,
+        file: &'a str,
+        key: &'a str,
+        #[serde(default, borrow)]
+        alt: BTreeMap<&'a str, &'a str>,
+        #[serde(default, borrow)]
+        data: Option<&'a RawValue>,
+    }
+    // The document says object: the route's parser refuses the array form.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let body: Body<'_> = serde_json::from_slice(bytes).ok()?;
+    Some(
+        body.ops
+            .into_iter()
+            .map(|op| OpRef {
+                op: op.op,
+                file: op.file,
+                key: op.key,
+                alt: op.alt.into_iter().collect(),
+                data: op.data.map(RawValue::get),
+            })
+            .collect(),
+    )
 }
 
 /// A body big enough that reading it is work for a blocking thread (a third of a
@@ -320,11 +386,10 @@ impl<S: Send + Sync> FromRequest<S> for Ops {
             return Ok(Ops::Batch(read_body(req, state).await?));
         }
         if essence.as_deref().is_some_and(super::error::is_json) {
-            let bytes = read_body(req, state).await?;
-            let body: OpsBody =
-                crate::node::usage::big_work(big(&bytes), || super::error::parse_json(&bytes))?;
-            check_count(body.ops.len())?;
-            return Ok(Ops::Json(body.ops));
+            return Ok(Ops::Json {
+                bytes: read_body(req, state).await?,
+                owned: OnceLock::new(),
+            });
         }
         let got = req
             .headers()
@@ -480,5 +545,57 @@ mod tests {
         let mut big = b"DPB1".to_vec();
         big.extend_from_slice(&100_000u32.to_le_bytes());
         assert!(refused(&big).contains("the body ends inside its kind"));
+    }
+    fn json(text: &str) -> Ops {
+        Ops::Json {
+            bytes: Bytes::copy_from_slice(text.as_bytes()),
+            owned: OnceLock::new(),
+        }
+    }
+
+    /// What the route's own parser makes of `text`, as `OpRef`s.
+    fn parsed(text: &str) -> Result<Vec<OpRef<'static>>, String> {
+        let body: OpsBody = crate::api::error::parse_json(text.as_bytes()).map_err(|e| e.detail)?;
+        let ops: &'static [OpInput] = Box::leak(body.ops.into_boxed_slice());
+        Ok(ops.iter().map(OpInput::as_ref).collect())
+    }
+
+    #[test]
+    fn a_json_body_is_read_in_place_as_its_parser_reads_it() {
+        let text = r#"{"ops": [{"op": "upsert", "file": "f", "key": "k1",
+            "alt": {"b": "2", "a": "1", "a": "3"}, "data": {"x": [1, 2.5]} },
+            {"op": "delete", "file": "f", "key": "k2", "data": null}]}"#;
+        let fast = json_in_place(text.as_bytes()).expect("read in place");
+        assert_eq!(fast, parsed(text).unwrap());
+        assert_eq!(fast[0].alt, [("a", "3"), ("b", "2")]);
+        assert_eq!(fast[0].data, Some(r#"{"x": [1, 2.5]}"#));
+        assert_eq!(fast[1].data, None);
+        assert_eq!(json(text).read().unwrap(), fast);
+    }
+
+    #[test]
+    fn what_cannot_be_read_in_place_goes_to_the_routes_parser() {
+        // An escape: the parser's copy, the same operations.
+        let escaped = r#"{"ops": [{"op": "insert", "file": "f", "key": "k\u00e9\n"}]}"#;
+        assert!(json_in_place(escaped.as_bytes()).is_none());
+        let ops = json(escaped);
+        let read = ops.read().unwrap();
+        assert_eq!(read[0].key, "k\u{e9}\n");
+        assert_eq!(read, parsed(escaped).unwrap());
+        // Refused bodies: the parser's own words, whichever reader failed.
+        for bad in [
+            r#"[{"op": "insert", "file": "f", "key": "k"}]"#,
+            r#"{"ops": [{"op": "insert", "file": "f", "key": "k", "extra": 1}]}"#,
+            r#"{"ops": [{"op": "merge", "file": "f", "key": "k"}]}"#,
+            r#"{"ops": [{"op": "insert", "file": "f", "key": "k", "data": }]}"#,
+            r#"{"ops": []}"#,
+        ] {
+            let err = json(bad).read().unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+            match parsed(bad) {
+                Err(detail) => assert_eq!(err.detail, detail, "{bad}"),
+                Ok(_) => assert_eq!(err.detail, "ops: give at least one operation"),
+            }
+        }
     }
 }
