@@ -1,6 +1,7 @@
 //! The binary batch body of the transaction routes, `application/vnd.doppel.batch`: its
 //! layout, the decoder the routes run, the encoder clients use, and the extractor that
-//! takes either body (this one or JSON `{"ops": [...]}`) into the same operations.
+//! takes either body (this one or JSON `{"ops": [...]}`) into the same operations, read
+//! in place from the body's bytes.
 //!
 //! A batch carries what the JSON body carries, operation by operation, without JSON
 //! around it: no field names, no escapes, lengths instead of delimiters. All integers
