@@ -1127,6 +1127,60 @@ fn bench_loads_a_node_and_reports() {
     assert_eq!(db.data("bench", "k000000000300"), None);
 }
 
+/// `bench --replica`: the logical chain measured live, in binary batches (the report
+/// comes only once the link confirmed every record); a scenario it does not know is an
+/// error that lists the ones it does.
+#[test]
+fn bench_measures_a_logical_chain_live_and_refuses_an_unknown_scenario() {
+    let source = Node::start();
+    let replica = Node::start();
+    let with = |scenario: &str| {
+        let args = [
+            "bench",
+            "--url",
+            source.base(),
+            "--replica",
+            replica.base(),
+            "--scenario",
+            scenario,
+            "--records",
+            "2000",
+            "--batch",
+            "100",
+            "--connections",
+            "2",
+            "--format",
+            "binary",
+            "--durability",
+            "none",
+            "--db",
+            "chain",
+        ];
+        run(doppel_command(&args), args.join(" "), None, BENCH_TIMEOUT)
+    };
+    let out = with("logical-live");
+    let report = out.success();
+    assert!(
+        report.contains(
+            "logical, live: 2000 records (binary) written and applied by key through the same chain"
+        ),
+        "{out}"
+    );
+    assert!(
+        !report.contains("logical: 2000"),
+        "the catch-up is not run: {out}"
+    );
+    // The bench removes what it made, on both nodes.
+    assert_eq!(replica.db("default", "chain").info().status, 404);
+
+    let out = with("logicl");
+    assert!(
+        out.failure()
+            .contains("unknown scenario 'logicl' (with --replica: all, async, sync,"),
+        "{out}"
+    );
+}
+
 /// `serve --demo`: three nodes and a topology between them, one token for all; the two
 /// extra nodes end with the command, even when it is killed.
 #[test]

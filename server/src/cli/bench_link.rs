@@ -269,11 +269,32 @@ impl Pair {
     }
 }
 
+/// The scenarios [`run`] knows.
+const SCENARIOS: [&str; 10] = [
+    "all",
+    "async",
+    "sync",
+    "bootstrap",
+    "catchup",
+    "logical",
+    "logical-live",
+    "verify",
+    "promote",
+    "mutual",
+];
+
 pub fn run(
     args: &BenchArgs,
     replica_url: &str,
     replica_token: Option<String>,
 ) -> Result<(), String> {
+    if !SCENARIOS.contains(&args.scenario.as_str()) {
+        return Err(format!(
+            "unknown scenario '{}' (with --replica: {})",
+            args.scenario,
+            SCENARIOS.join(", ")
+        ));
+    }
     let replica_target = Target {
         url: replica_url.to_string(),
         tenant: args.target.tenant.clone(),
