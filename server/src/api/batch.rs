@@ -17,8 +17,8 @@
 //!
 //! `count` is 1 to 100000, as for `ops`. An operation decodes into the [`OpRef`] a JSON
 //! body's operation gives, borrowed from the batch's bytes, so both run the same checks
-//! afterwards (the file exists, key 1 to
-//! 1024 bytes, alternate keys of the file, record size). The decoder refuses what JSON
+//! afterwards (the file exists, key 1 to 1024 bytes, alternate keys of the file, record
+//! size). The decoder refuses what JSON
 //! cannot say either: an unknown kind, a string that is not UTF-8, data that is not one
 //! JSON value, an alternate key named twice, a body that ends inside an operation or
 //! goes on after the last one; each with the operation's index and byte offset.

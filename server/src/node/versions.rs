@@ -158,10 +158,10 @@ pub fn stamp_op(versions: u32, file: &str, key: &[u8], stamp: &Stamp) -> Result<
 /// The time comes from `txn::clock`, which is the process's: nodes sharing a process
 /// (the simulation) share one monotonic clock, a valid execution of the hybrid logical
 /// clock (perfectly synchronised clocks); the origin tells their writes apart.
-pub fn stamp(store: &Store, ops: &[Op], origin: u64) -> Result<Vec<Op>> {
+pub fn stamp(store: &Store, ops: Vec<Op>, origin: u64) -> Result<Vec<Op>> {
     let schema = store.schema();
     let Some(versions) = versions_id(schema) else {
-        return Ok(ops.to_vec());
+        return Ok(ops);
     };
     let mut within: HashMap<(u32, Vec<u8>), Version> = HashMap::new();
     let mut out = Vec::with_capacity(ops.len() * 2);
@@ -172,13 +172,15 @@ pub fn stamp(store: &Store, ops: &[Op], origin: u64) -> Result<Vec<Op>> {
                  it takes no writes"
             )));
         }
-        out.push(op.clone());
         let Some(table) = schema.table_of(op.file) else {
+            out.push(op);
             continue;
         };
         let name = &schema.files[table].name;
-        let key = op.key().to_vec();
-        let base = match within.get(&(op.file, key.clone())) {
+        let (file, key) = (op.file, op.key().to_vec());
+        let deleted = op.kind == OpKind::Delete;
+        out.push(op);
+        let base = match within.get(&(file, key.clone())) {
             Some(v) => *v,
             None => {
                 current(store, versions, name, &key).map_or(Version::default(), |s| s.version())
@@ -189,10 +191,10 @@ pub fn stamp(store: &Store, ops: &[Op], origin: u64) -> Result<Vec<Op>> {
             o: origin,
             bt: base.t,
             bo: base.o,
-            del: op.kind == OpKind::Delete,
+            del: deleted,
         };
         out.push(stamp_op(versions, name, &key, &now)?);
-        within.insert((op.file, key), now.version());
+        within.insert((file, key), now.version());
     }
     Ok(out)
 }
@@ -269,20 +271,20 @@ mod tests {
             }
         };
         let mut seq = crate::txn::Sequencer::new(0, 1);
-        let ops = stamp(&store, &[put("1"), put("2")], 7).unwrap();
+        let ops = stamp(&store, vec![put("1"), put("2")], 7).unwrap();
         assert_eq!(ops.len(), 4);
         crate::txn::apply(&mut store, &mut seq, 1, ops).unwrap();
         let first = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(first.o, 7);
         assert!(first.base().t > 0, "the second put follows the first");
-        let ops = stamp(&store, &[put("3")], 7).unwrap();
+        let ops = stamp(&store, vec![put("3")], 7).unwrap();
         crate::txn::apply(&mut store, &mut seq, 2, ops).unwrap();
         let second = current(&store, 1, "f", b"k").unwrap();
         assert_eq!(second.base(), first.version());
         assert!(second.version() > first.version());
         let refused = stamp(
             &store,
-            &[Op {
+            vec![Op {
                 file: 1,
                 ..put("x")
             }],

@@ -746,7 +746,7 @@ impl Database {
         // A mutual database writes each record's new version with it: one more
         // operation after each of the client's.
         let (ops, per_op) = if self.def.spec.mutual {
-            (super::versions::stamp(store, &ops, self.origin())?, 2)
+            (super::versions::stamp(store, ops, self.origin())?, 2)
         } else {
             (ops, 1)
         };
