@@ -231,6 +231,10 @@ pub fn rest_body(data: &[u8]) {
                     .as_ref()
                     .expect("a body read in place is one the route's parser takes");
                 let by_parser: Vec<_> = parsed.ops.iter().map(|op| op.as_ref()).collect();
+                let in_place = match &in_place {
+                    api::batch::InPlace::Borrowed(ops) => ops.clone(),
+                    api::batch::InPlace::Copied(ops) => ops.iter().map(|op| op.as_ref()).collect(),
+                };
                 assert_eq!(in_place, by_parser);
             }
             if let Some(b) = parsed {

@@ -23,6 +23,7 @@
 //! JSON value, an alternate key named twice, a body that ends inside an operation or
 //! goes on after the last one; each with the operation's index and byte offset.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -311,16 +312,19 @@ impl Ops {
     pub fn read(&self) -> Result<Vec<OpRef<'_>>, ApiError> {
         match self {
             Ops::Json { bytes, owned } => crate::node::usage::big_work(big(bytes), || {
-                if let Some(ops) = json_in_place(bytes) {
-                    check_count(ops.len())?;
-                    return Ok(ops);
-                }
-                // An escape in a string, or a body that is refused: the route's own
-                // parser reads it, and its answer (or its error) stands.
-                let body: OpsBody = super::error::parse_json(bytes)?;
-                check_count(body.ops.len())?;
+                let copies = match json_in_place(bytes) {
+                    Some(InPlace::Borrowed(ops)) => {
+                        check_count(ops.len())?;
+                        return Ok(ops);
+                    }
+                    Some(InPlace::Copied(ops)) => ops,
+                    // Refused (or a string this cannot borrow in an alternate key): the
+                    // route's own parser reads it, and its answer (or its error) stands.
+                    None => super::error::parse_json::<OpsBody>(bytes)?.ops,
+                };
+                check_count(copies.len())?;
                 Ok(owned
-                    .get_or_init(|| body.ops)
+                    .get_or_init(|| copies)
                     .iter()
                     .map(OpInput::as_ref)
                     .collect())
@@ -330,13 +334,23 @@ impl Ops {
     }
 }
 
-/// A JSON body's operations read in place: the common case, where no file, key or
-/// alternate key holds an escape, costs no copy of them nor of the data. The fields and
-/// rules of [`OpsBody`] and [`OpInput`] (unknown fields refused, an alternate key named
-/// twice: the last one). `None` for anything it cannot borrow or would refuse, which
-/// the route's own parser ([`super::error::parse_json`]) then reads: its answer is the
-/// one the client gets, so this changes no outcome, only the cost of the common one.
-pub fn json_in_place(bytes: &[u8]) -> Option<Vec<OpRef<'_>>> {
+/// What [`json_in_place`] made of a body.
+#[derive(Debug)]
+pub enum InPlace<'a> {
+    /// Every operation borrowed from the body.
+    Borrowed(Vec<OpRef<'a>>),
+    /// A file or key held an escape (`"k\u00e9"`): the operations as the route's
+    /// parser would give them, copied.
+    Copied(Vec<OpInput>),
+}
+
+/// A JSON body's operations read in place, in one pass: the common case, where no file
+/// or key holds an escape, costs no copy of them nor of the data. The fields and rules
+/// of [`OpsBody`] and [`OpInput`] (unknown fields refused, an alternate key named twice:
+/// the last one). `None` for a body it would refuse or an alternate key with an escape,
+/// which the route's own parser ([`super::error::parse_json`]) then reads: its answer is
+/// the one the client gets, so this changes no outcome, only the cost of the common one.
+pub fn json_in_place(bytes: &[u8]) -> Option<InPlace<'_>> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body<'a> {
@@ -347,8 +361,10 @@ pub fn json_in_place(bytes: &[u8]) -> Option<Vec<OpRef<'_>>> {
     #[serde(deny_unknown_fields)]
     struct Op<'a> {
         op: OpName,
-        file: &'a str,
-        key: &'a str,
+        #[serde(borrow)]
+        file: Cow<'a, str>,
+        #[serde(borrow)]
+        key: Cow<'a, str>,
         #[serde(default, borrow)]
         alt: BTreeMap<&'a str, &'a str>,
         #[serde(default, borrow)]
@@ -359,18 +375,47 @@ pub fn json_in_place(bytes: &[u8]) -> Option<Vec<OpRef<'_>>> {
         return None;
     }
     let body: Body<'_> = serde_json::from_slice(bytes).ok()?;
-    Some(
-        body.ops
-            .into_iter()
-            .map(|op| OpRef {
+    let refs: Option<Vec<OpRef<'_>>> = body
+        .ops
+        .iter()
+        .map(|op| {
+            Some(OpRef {
                 op: op.op,
-                file: op.file,
-                key: op.key,
-                alt: op.alt.into_iter().collect(),
+                file: borrowed(&op.file)?,
+                key: borrowed(&op.key)?,
+                alt: op.alt.iter().map(|(name, value)| (*name, *value)).collect(),
                 data: op.data.map(RawValue::get),
             })
-            .collect(),
-    )
+        })
+        .collect();
+    if let Some(refs) = refs {
+        return Some(InPlace::Borrowed(refs));
+    }
+    let copied = body.ops.into_iter().map(|op| {
+        Some(OpInput {
+            op: op.op,
+            file: op.file.into_owned(),
+            key: op.key.into_owned(),
+            alt: op
+                .alt
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+            data: match op.data {
+                Some(raw) => Some(RawValue::from_string(raw.get().to_owned()).ok()?),
+                None => None,
+            },
+        })
+    });
+    copied.collect::<Option<_>>().map(InPlace::Copied)
+}
+
+/// The text of a string the parser could borrow (`None`: it had an escape).
+fn borrowed<'a>(text: &Cow<'a, str>) -> Option<&'a str> {
+    match text {
+        Cow::Borrowed(text) => Some(text),
+        Cow::Owned(_) => None,
+    }
 }
 
 /// A body big enough that reading it is work for a blocking thread (a third of a
@@ -566,7 +611,9 @@ mod tests {
         let text = r#"{"ops": [{"op": "upsert", "file": "f", "key": "k1",
             "alt": {"b": "2", "a": "1", "a": "3"}, "data": {"x": [1, 2.5]} },
             {"op": "delete", "file": "f", "key": "k2", "data": null}]}"#;
-        let fast = json_in_place(text.as_bytes()).expect("read in place");
+        let Some(InPlace::Borrowed(fast)) = json_in_place(text.as_bytes()) else {
+            panic!("read in place")
+        };
         assert_eq!(fast, parsed(text).unwrap());
         assert_eq!(fast[0].alt, [("a", "3"), ("b", "2")]);
         assert_eq!(fast[0].data, Some(r#"{"x": [1, 2.5]}"#));
@@ -576,13 +623,23 @@ mod tests {
 
     #[test]
     fn what_cannot_be_read_in_place_goes_to_the_routes_parser() {
-        // An escape: the parser's copy, the same operations.
-        let escaped = r#"{"ops": [{"op": "insert", "file": "f", "key": "k\u00e9\n"}]}"#;
-        assert!(json_in_place(escaped.as_bytes()).is_none());
+        // An escape in a key: copied in the same pass, the same operations.
+        let escaped = r#"{"ops": [{"op": "insert", "file": "f", "key": "plain"},
+            {"op": "insert", "file": "f", "key": "k\u00e9\n", "data": [1]}]}"#;
+        let Some(InPlace::Copied(copied)) = json_in_place(escaped.as_bytes()) else {
+            panic!("copied")
+        };
+        assert_eq!(copied.len(), 2);
         let ops = json(escaped);
         let read = ops.read().unwrap();
-        assert_eq!(read[0].key, "k\u{e9}\n");
+        assert_eq!(read[1].key, "k\u{e9}\n");
         assert_eq!(read, parsed(escaped).unwrap());
+        // An escape in an alternate key: the route's parser, the same operations.
+        let alt = r#"{"ops": [{"op": "insert", "file": "f", "key": "k", "alt": {"a": "\u00e9"}}]}"#;
+        assert!(json_in_place(alt.as_bytes()).is_none());
+        let ops = json(alt);
+        assert_eq!(ops.read().unwrap()[0].alt, [("a", "\u{e9}")]);
+        assert_eq!(ops.read().unwrap(), parsed(alt).unwrap());
         // Refused bodies: the parser's own words, whichever reader failed.
         for bad in [
             r#"[{"op": "insert", "file": "f", "key": "k"}]"#,
