@@ -209,8 +209,9 @@ fn read_all(store: &Store) {
 /// The bodies of the routes that take JSON, each through the route's own deserialiser
 /// (`api::error::parse_json`, what `api::error::Body` runs) and then the checks the
 /// route runs before it touches a database (route 0 also checks that reading the
-/// transaction body in place, `api::batch::json_in_place`, gives what the parser gives); and the transaction routes' binary batch
-/// (`api::batch::decode`, route 20). The first byte picks the route.
+/// transaction body in place, `api::batch::json_in_place`, gives what the parser
+/// gives); and the transaction routes' binary batch (`api::batch::decode`, route 20).
+/// The first byte picks the route.
 pub fn rest_body(data: &[u8]) {
     use crate::api;
     use crate::node::records;
@@ -243,14 +244,29 @@ pub fn rest_body(data: &[u8]) {
                 }
             }
         }
+        // A record route's body, as the route resolves it: an operation on the file.
         1 => {
             if let Some(b) = parse::<api::routes::RecordBody>(&bytes) {
-                let _ = records::encode(&schema.files[0], "k", alts(&b.alt), raw_text(&b.data));
+                let op = records::OpInput {
+                    op: records::OpName::Upsert,
+                    file: schema.files[0].name.clone(),
+                    key: "k".into(),
+                    alt: b.alt,
+                    data: b.data,
+                };
+                let _ = records::resolve(&schema, &op.as_ref());
             }
         }
         2 => {
             if let Some(b) = parse::<api::routes::NewRecord>(&bytes) {
-                let _ = records::encode(&schema.files[0], &b.key, alts(&b.alt), raw_text(&b.data));
+                let op = records::OpInput {
+                    op: records::OpName::Insert,
+                    file: schema.files[0].name.clone(),
+                    key: b.key,
+                    alt: b.alt,
+                    data: b.data,
+                };
+                let _ = records::resolve(&schema, &op.as_ref());
             }
         }
         3 => {
@@ -323,17 +339,6 @@ pub fn rest_body(data: &[u8]) {
             let _ = parse::<api::plugins::DryRun>(&bytes);
         }
     }
-}
-
-/// A JSON body's alternate keys as `records::encode` takes them.
-fn alts(alt: &std::collections::BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> {
-    alt.iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-}
-
-/// A JSON body's data as `records::encode` takes it.
-fn raw_text(data: &Option<Box<serde_json::value::RawValue>>) -> Option<&str> {
-    data.as_deref().map(serde_json::value::RawValue::get)
 }
 
 /// A database definition: the node's checks, then (if they pass) its schema and an

@@ -391,23 +391,18 @@ pub fn json_in_place(bytes: &[u8]) -> Option<InPlace<'_>> {
     if let Some(refs) = refs {
         return Some(InPlace::Borrowed(refs));
     }
-    let copied = body.ops.into_iter().map(|op| {
-        Some(OpInput {
-            op: op.op,
-            file: op.file.into_owned(),
-            key: op.key.into_owned(),
-            alt: op
-                .alt
-                .into_iter()
-                .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                .collect(),
-            data: match op.data {
-                Some(raw) => Some(RawValue::from_string(raw.get().to_owned()).ok()?),
-                None => None,
-            },
-        })
+    let copied = body.ops.into_iter().map(|op| OpInput {
+        op: op.op,
+        file: op.file.into_owned(),
+        key: op.key.into_owned(),
+        alt: op
+            .alt
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        data: op.data.map(RawValue::to_owned),
     });
-    copied.collect::<Option<_>>().map(InPlace::Copied)
+    Some(InPlace::Copied(copied.collect()))
 }
 
 /// The text of a string the parser could borrow (`None`: it had an escape).
